@@ -50,7 +50,7 @@ _NETWORK_ALIASES = {
 
 def is_address(value: object) -> bool:
     """True for a 0x-prefixed 20-byte hex string (any letter case)."""
-    return isinstance(value, str) and bool(_ADDRESS_RE.match(value))
+    return isinstance(value, str) and bool(_ADDRESS_RE.fullmatch(value))
 
 
 def checksum_address(value: str) -> str:
@@ -72,7 +72,7 @@ def normalize_network(network: str) -> str:
     if not isinstance(network, str):
         raise ConfigurationError(f"network must be a string, got {type(network).__name__}")
     network = _NETWORK_ALIASES.get(network.strip().lower(), network.strip())
-    if not _NETWORK_RE.match(network):
+    if not _NETWORK_RE.fullmatch(network):
         raise ConfigurationError(
             f"unsupported network {network!r}: use a CAIP-2 EVM id such as 'eip155:8453'"
         )
@@ -81,7 +81,7 @@ def normalize_network(network: str) -> str:
 
 def chain_id_of(network: str) -> int:
     """The EVM chain id in a CAIP-2 network id."""
-    match = _NETWORK_RE.match(network)
+    match = _NETWORK_RE.fullmatch(network)
     if not match:
         raise ConfigurationError(f"not an EVM CAIP-2 network: {network!r}")
     return int(match.group(1))
