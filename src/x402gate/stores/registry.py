@@ -1,0 +1,147 @@
+"""Choosing a store backend from a URL.
+
+Each backend class registers its URL scheme with :func:`register_scheme` when its module is
+imported. The built-in backends live in modules that are imported only when their scheme is
+asked for, so ``import x402gate`` never loads ``sqlite3`` or ``redis``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import urllib.parse
+from typing import TypeVar
+
+from ..errors import ConfigurationError
+from .base import Store
+
+__all__ = ["DEFAULT_STORE_URL", "accepted_schemes", "open_store", "redact_url", "register_scheme"]
+
+DEFAULT_STORE_URL = "sqlite:///x402gate.db"
+"""The embedded default: a SQLite file in the working directory, shared by all worker processes."""
+
+S = TypeVar("S", bound=Store)
+
+_SCHEMES: dict[str, type[Store]] = {}
+
+# Built-in schemes and the module whose import registers them. Kept as names, not classes,
+# so that choosing ``memory://`` does not import the SQLite or Redis code.
+_BUILTIN_MODULES: dict[str, str] = {
+    "memory": "x402gate.stores.memory",
+    "sqlite": "x402gate.stores.sqlite",
+    "redis": "x402gate.stores.redis",
+    "rediss": "x402gate.stores.redis",
+    "unix": "x402gate.stores.redis",
+}
+
+# RFC 3986 scheme syntax.
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def register_scheme(cls: type[S]) -> type[S]:
+    """Class decorator: make ``cls`` the backend for ``cls.scheme`` (and ``cls.aliases``).
+
+    Registering a scheme again replaces the earlier backend, so an application can override a
+    built-in one.
+    """
+    if not cls.scheme:
+        raise ConfigurationError(f"{cls.__name__} has no 'scheme' to register under")
+    for scheme in (cls.scheme, *cls.aliases):
+        if not _SCHEME_RE.match(f"{scheme}://"):
+            raise ConfigurationError(f"{cls.__name__}: {scheme!r} is not a valid URL scheme")
+        _SCHEMES[scheme.lower()] = cls
+    return cls
+
+
+def accepted_schemes() -> list[str]:
+    """Every scheme :func:`open_store` understands, sorted."""
+    return sorted(set(_SCHEMES) | set(_BUILTIN_MODULES))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with passwords (user info or ``password=`` option) replaced by ``***``.
+
+    Safe for messages and logs. A URL too malformed to tell where a password would be is
+    shown by its scheme only.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - validates the port, raising ValueError like the drivers would
+    except ValueError:
+        return _opaque(url)
+    if "@" in url and "@" not in parts.netloc:
+        return _opaque(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    redacted = url
+    if parts.password is not None:
+        # Splice rather than urlunsplit, which would rewrite "unix:///p" as "unix:/p".
+        start = url.index("//") + 2
+        user = parts.netloc.rpartition("@")[0].partition(":")[0]
+        hostport = parts.netloc.rpartition("@")[2]
+        redacted = f"{url[:start]}{user}:***@{hostport}{url[start + len(parts.netloc) :]}"
+    if any(name == "password" for name, _ in query):
+        base, _, rest = redacted.partition("?")
+        _, hash_sign, fragment = rest.partition("#")
+        safe = [(name, "***" if name == "password" else value) for name, value in query]
+        redacted = f"{base}?{urllib.parse.urlencode(safe, safe='*/:')}{hash_sign}{fragment}"
+    return redacted
+
+
+def _opaque(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}://..." if sep else "<URL not shown: it may contain a password>"
+
+
+def _backend_for(url: str) -> type[Store]:
+    match = _SCHEME_RE.match(url)
+    if match is None:
+        raise ConfigurationError(
+            f"store URL {redact_url(url)!r} is malformed: expected scheme://..., "
+            f"one of {', '.join(s + '://' for s in accepted_schemes())}"
+        )
+    scheme = match.group(1).lower()
+    if scheme not in _SCHEMES and scheme in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[scheme])
+    try:
+        return _SCHEMES[scheme]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown store URL scheme {scheme!r}; accepted: "
+            f"{', '.join(s + '://' for s in accepted_schemes())}"
+        ) from None
+
+
+def open_store(url_or_store: str | Store | object) -> Store:
+    """The store for a URL, an existing :class:`Store`, or an existing ``redis.Redis`` client.
+
+    * ``memory://`` — one process only (tests, single-worker servers);
+    * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — the default
+      (:data:`DEFAULT_STORE_URL`), shared by every process on the host;
+    * ``redis://[:password@]host:port/db``, ``rediss://...``, ``unix:///path/redis.sock`` —
+      shared by several hosts.
+
+    A :class:`Store` is returned as it is. Raises :class:`~x402gate.errors.ConfigurationError`
+    for an unknown scheme or a malformed URL; messages never contain a password from the URL.
+    """
+    if isinstance(url_or_store, Store):
+        return url_or_store
+    if isinstance(url_or_store, str):
+        return _backend_for(url_or_store.strip()).from_url(url_or_store.strip())
+    # A redis client can only exist if redis was imported by the caller, so checking
+    # sys.modules keeps the import lazy.
+    redis_module = sys.modules.get("redis")
+    if redis_module is not None and isinstance(url_or_store, redis_module.Redis):
+        from .redis import RedisStore
+
+        return RedisStore(client=url_or_store)
+    if type(url_or_store).__module__.partition(".")[0] == "redis":
+        raise ConfigurationError(
+            f"unsupported redis client {type(url_or_store).__name__}: pass a synchronous "
+            "redis.Redis (stores are called from worker threads) or a redis:// URL"
+        )
+    raise ConfigurationError(
+        "a store is a URL ("
+        + ", ".join(s + "://" for s in accepted_schemes())
+        + f"), a Store instance or a redis.Redis client; got {type(url_or_store).__name__}"
+    )

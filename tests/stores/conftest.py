@@ -1,0 +1,51 @@
+"""One ``make_store`` fixture over every backend, so each rule is checked on each of them.
+
+The Redis server comes from the x402gate pytest plugin (``redis_url``); the Redis case is marked
+``redis`` and skips, or fails under ``X402GATE_REQUIRE_REDIS=1``, when no server can run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from x402gate.stores import Store, open_store
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """A factory of fresh, empty stores of one backend, each opened by URL."""
+    backend: str = request.param
+    redis_url: str = request.getfixturevalue("redis_url") if backend == "redis" else ""
+    counter = itertools.count()
+    opened: list[Store] = []
+
+    def url_of(n: int) -> str:
+        if backend == "memory":
+            return "memory://"
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path}/store-{n}.db"
+        # A prefix per store keeps stores apart on one server without flushing it.
+        return f"{redis_url}?key_prefix=t{n}:"
+
+    def make() -> Store:
+        store = open_store(url_of(next(counter)))
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    """A fresh, empty store of each backend."""
+    return make_store()

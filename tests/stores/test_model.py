@@ -1,0 +1,124 @@
+"""Random operation sequences on every backend must match a plain dict model of base.py's rules.
+
+In the manner of fakeredis-py's hypothesis tests: hypothesis drives the same operations into a
+real store (a real SQLite file, a real redis-server) and into :class:`Model`, and every answer
+must agree. Small key, resource and token alphabets make collisions, stale tokens and re-claims
+common; the clock moves forward in steps that land exactly on expiry boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+
+from x402gate.stores import ClaimResult, Store
+
+from .conftest import StoreFactory
+
+KEYS = st.sampled_from(["k1", "k2", "k3"])
+RESOURCES = st.sampled_from(["GET /a", "POST /b"])
+TOKENS = st.sampled_from(["t1", "t2", "t3"])
+START = 1_700_000_000.0
+
+
+@dataclass
+class Entry:
+    state: str
+    resource: str
+    token: str
+    expires_at: float
+
+
+class Model:
+    """The rules of stores/base.py, as directly as they can be written."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+
+    def live(self, key: str, now: float) -> Entry | None:
+        entry = self.entries.get(key)
+        return entry if entry is not None and now < entry.expires_at else None
+
+    def claim(
+        self, key: str, resource: str, token: str, expires_at: int, now: float
+    ) -> ClaimResult:
+        entry = self.live(key, now)
+        if entry is None:
+            self.entries[key] = Entry("held", resource, token, expires_at)
+            return ClaimResult.CLAIMED
+        if entry.state == "used":
+            return ClaimResult.USED
+        if entry.resource != resource:
+            return ClaimResult.BOUND_ELSEWHERE
+        if entry.state == "held" and entry.token != token:
+            return ClaimResult.IN_FLIGHT
+        entry.state, entry.token = "held", token
+        entry.expires_at = max(entry.expires_at, expires_at)
+        return ClaimResult.CLAIMED
+
+    def finish_answers(self, key: str, token: str, new_state: str, now: float) -> set[bool]:
+        """What release / mark_used may answer: either, once the entry may have been purged."""
+        entry = self.entries.get(key)
+        if entry is None or entry.token != token or entry.state not in ("held", new_state):
+            return {False}
+        return {True} if now < entry.expires_at else {True, False}
+
+    def state(self, key: str, now: float) -> str | None:
+        entry = self.live(key, now)
+        return entry.state if entry is not None else None
+
+
+class StoreMachine(RuleBasedStateMachine):
+    make_store: StoreFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: Store = self.make_store()
+        self.model = Model()
+        self.now = START
+
+    @initialize(offset=st.sampled_from([0.0, 0.25, 0.5]))
+    def start_clock(self, offset: float) -> None:
+        self.now = START + offset
+
+    @rule(key=KEYS, resource=RESOURCES, token=TOKENS, ttl=st.integers(min_value=-1, max_value=8))
+    def claim(self, key: str, resource: str, token: str, ttl: int) -> None:
+        expires_at = int(self.now) + ttl
+        expected = self.model.claim(key, resource, token, expires_at, self.now)
+        assert self.store.claim(key, resource, token, expires_at, self.now) is expected
+
+    @rule(key=KEYS, token=TOKENS, used=st.booleans())
+    def finish(self, key: str, token: str, used: bool) -> None:
+        new_state = "used" if used else "released"
+        allowed = self.model.finish_answers(key, token, new_state, self.now)
+        done = self.store.mark_used(key, token) if used else self.store.release(key, token)
+        assert done in allowed
+        if done:
+            self.model.entries[key].state = new_state
+
+    @rule(key=KEYS)
+    def state(self, key: str) -> None:
+        assert self.store.state(key, self.now) == self.model.state(key, self.now)
+
+    @rule(step=st.sampled_from([0.25, 0.5, 1.0, 3.0]))
+    def tick(self, step: float) -> None:
+        self.now += step
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+def test_every_backend_matches_the_model(make_store: StoreFactory) -> None:
+    machine = type("Machine", (StoreMachine,), {"make_store": staticmethod(make_store)})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=200,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
