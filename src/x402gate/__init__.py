@@ -1,0 +1,85 @@
+"""x402gate: charge per call for any Python API with HTTP 402 and the x402 protocol.
+
+``import x402gate`` is cheap: it loads no web framework, no web3, no redis and not even the x402
+SDK. Public names are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .__about__ import __version__
+from .errors import (
+    ConfigurationError,
+    FacilitatorError,
+    FacilitatorUnavailable,
+    PaymentError,
+    StoreError,
+    X402GateError,
+)
+
+if TYPE_CHECKING:
+    from .assets import Asset, usdc
+    from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
+    from .gate import Payment, PaymentEvent, PaymentGate, Route
+    from .pricing import Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .request import RequestInfo
+
+__all__ = [
+    "Asset",
+    "ConfigurationError",
+    "Dynamic",
+    "Facilitator",
+    "FacilitatorError",
+    "FacilitatorUnavailable",
+    "Flat",
+    "HTTPFacilitator",
+    "LocalFacilitator",
+    "MatchRules",
+    "ModelTable",
+    "Payment",
+    "PaymentError",
+    "PaymentEvent",
+    "PaymentGate",
+    "PriceStrategy",
+    "RequestInfo",
+    "Route",
+    "Rule",
+    "StoreError",
+    "X402GateError",
+    "__version__",
+    "usdc",
+]
+
+_LAZY = {
+    "Asset": "assets",
+    "usdc": "assets",
+    "Facilitator": "facilitators",
+    "HTTPFacilitator": "facilitators",
+    "LocalFacilitator": "facilitators",
+    "Payment": "gate",
+    "PaymentEvent": "gate",
+    "PaymentGate": "gate",
+    "Route": "gate",
+    "Dynamic": "pricing",
+    "Flat": "pricing",
+    "MatchRules": "pricing",
+    "ModelTable": "pricing",
+    "PriceStrategy": "pricing",
+    "Rule": "pricing",
+    "RequestInfo": "request",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'x402gate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,325 @@
+"""Facilitators: who verifies payments on chain and settles them.
+
+* :class:`HTTPFacilitator` talks to a facilitator service (x402.org, CDP, a self-hosted one) with
+  the official ``HTTPFacilitatorClient``. ``verify`` may fail over across several URLs; ``settle``
+  goes to one URL only, because settling the same authorization twice through two services is
+  exactly what must never happen blindly.
+* :class:`LocalFacilitator` settles in-process through web3 with the official exact-EVM
+  facilitator scheme, against an RPC URL and a funded key. Simulation before settle is on, so a
+  replayed or invalid authorization is refused before any transaction is broadcast.
+
+Both are async. Blocking work (web3, the SDK's sync ``get_supported``) runs in worker threads so
+the event loop never waits on the network. Errors become :class:`~x402gate.errors.FacilitatorError`
+(502: the facilitator answered nonsense) or :class:`~x402gate.errors.FacilitatorUnavailable`
+(503: it could not be reached in time); the raw text stays in the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from .errors import ConfigurationError, FacilitatorError, FacilitatorUnavailable
+
+if TYPE_CHECKING:
+    from x402.schemas import (
+        PaymentPayload,
+        PaymentRequirements,
+        SettleResponse,
+        SupportedResponse,
+        VerifyResponse,
+    )
+
+__all__ = ["Facilitator", "HTTPFacilitator", "LocalFacilitator"]
+
+logger = logging.getLogger("x402gate.facilitator")
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Facilitator(Protocol):
+    """What the gate needs from a facilitator. Implement it to plug in your own."""
+
+    async def verify(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> VerifyResponse: ...
+
+    async def settle(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> SettleResponse: ...
+
+    async def supported(self) -> SupportedResponse: ...
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError | OSError)
+
+
+class HTTPFacilitator:
+    """A facilitator service reached over HTTP.
+
+    :param url: base URL (``https://x402.org/facilitator``), or several: verify tries them in
+        order while one is unreachable; settle always uses the first.
+    :param headers: extra headers for every call (an API key, say), or a callable returning
+        per-endpoint headers ``{"verify": {...}, "settle": {...}, "supported": {...}}`` for
+        signed auth such as CDP's JWTs. Header values never appear in logs or errors.
+    :param timeout: seconds per call.
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, Mapping[str, str]]] | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ConfigurationError("HTTPFacilitator needs at least one URL")
+        for u in urls:
+            if not isinstance(u, str) or not u.startswith(("http://", "https://")):
+                raise ConfigurationError(f"facilitator URL must be http(s): {u!r}")
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigurationError("facilitator timeout must be a positive number of seconds")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.timeout = float(timeout)
+        self._headers = headers
+        # The official async client caches an httpx.AsyncClient bound to the loop that made it;
+        # keep one per URL per event loop.
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, tuple[Any, Any]]
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"HTTPFacilitator({self.urls!r})"
+
+    def _auth_provider(self) -> Any:
+        from x402.http import AuthHeaders
+
+        headers = self._headers
+        if headers is None:
+            return None
+        static = None if callable(headers) else dict(headers)
+
+        class _Provider:
+            def get_auth_headers(self) -> AuthHeaders:
+                if callable(headers):
+                    per = headers()
+                    return AuthHeaders(
+                        verify=dict(per.get("verify", {})),
+                        settle=dict(per.get("settle", {})),
+                        supported=dict(per.get("supported", {})),
+                    )
+                assert static is not None
+                return AuthHeaders(verify=static, settle=static, supported=static)
+
+        return _Provider()
+
+    def _client(self, url: str) -> Any:
+        import httpx
+        from x402.http import FacilitatorConfig, HTTPFacilitatorClient
+
+        loop = asyncio.get_running_loop()
+        per_loop = self._clients.setdefault(loop, {})
+        entry = per_loop.get(url)
+        if entry is None:
+            # We own the httpx client (the SDK's aclose() leaves its own open) and never follow
+            # redirects: a facilitator that moved must be reconfigured, not silently followed.
+            http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+            client = HTTPFacilitatorClient(
+                FacilitatorConfig(
+                    url=url,
+                    timeout=self.timeout,
+                    http_client=http,
+                    auth_provider=self._auth_provider(),
+                )
+            )
+            entry = per_loop[url] = (client, http)
+        return entry[0]
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections opened on the running event loop."""
+        per_loop = self._clients.pop(asyncio.get_running_loop(), {})
+        for _, http in per_loop.values():
+            await http.aclose()
+
+    async def _call(self, url: str, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await asyncio.wait_for(fn(), timeout=self.timeout + 1)
+        except (FacilitatorError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if _is_transport_error(exc):
+                logger.warning("facilitator %s %s unreachable: %s", url, op, type(exc).__name__)
+                raise FacilitatorUnavailable(f"facilitator {op} unreachable") from exc
+            # ValueError with the facilitator's status and body text, or a schema error.
+            logger.warning("facilitator %s %s failed: %s", url, op, exc)
+            raise FacilitatorError(f"facilitator {op} failed") from exc
+
+    async def verify(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> VerifyResponse:
+        last: FacilitatorError | None = None
+        for url in self.urls:
+            client = self._client(url)
+
+            async def call(c: Any = client) -> VerifyResponse:
+                result: VerifyResponse = await c.verify(payload, requirements)
+                return result
+
+            try:
+                return await self._call(url, "verify", call)
+            except FacilitatorUnavailable as exc:
+                last = exc  # verify has no side effect: the next URL may answer
+        assert last is not None
+        raise last
+
+    async def settle(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> SettleResponse:
+        client = self._client(self.urls[0])
+        return await self._call(
+            self.urls[0], "settle", lambda: client.settle(payload, requirements)
+        )
+
+    async def supported(self) -> SupportedResponse:
+        last: FacilitatorError | None = None
+        for url in self.urls:
+            client = self._client(url)
+
+            async def fetch(c: Any = client) -> SupportedResponse:
+                result: SupportedResponse = await asyncio.to_thread(c.get_supported)
+                return result
+
+            try:
+                return await self._call(url, "supported", fetch)
+            except FacilitatorError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+_AMBIGUOUS_REASONS = frozenset(
+    {
+        "invalid_exact_evm_failed_to_verify_signature",
+        "invalid_exact_evm_transaction_simulation_failed",
+        "invalid_exact_evm_failed_to_get_asset_info",
+        "asset_not_deployed_contract",
+        "transaction_failed",
+        "unexpected_verify_error",
+        "unexpected_settle_error",
+    }
+)
+
+
+class LocalFacilitator:
+    """Verify and settle in-process through web3, with the official exact-EVM scheme.
+
+    :param rpc_url: JSON-RPC endpoint of the chain.
+    :param private_key: the key that pays gas for settlement transactions. It is held by the
+        SDK's signer only and never logged.
+    :param networks: CAIP-2 networks this facilitator settles on (``"eip155:31337"``).
+    :param confirmation_timeout: seconds to wait for a receipt before the SDK reports
+        ``settlement_pending``.
+    """
+
+    def __init__(
+        self,
+        rpc_url: str,
+        private_key: str,
+        *,
+        networks: str | Sequence[str],
+        confirmation_timeout: float = 30.0,
+    ) -> None:
+        from x402 import x402FacilitatorSync
+        from x402.mechanisms.evm import FacilitatorWeb3Signer
+        from x402.mechanisms.evm.exact import register_exact_evm_facilitator
+
+        from .assets import normalize_network
+
+        nets = [networks] if isinstance(networks, str) else list(networks)
+        if not nets:
+            raise ConfigurationError("LocalFacilitator needs at least one network")
+        self.networks = [normalize_network(n) for n in nets]
+        self.rpc_url = rpc_url
+        try:
+            self._signer = FacilitatorWeb3Signer(
+                private_key, rpc_url, confirmation_timeout_seconds=int(confirmation_timeout)
+            )
+        except Exception as exc:  # bad key format, unusable URL
+            raise ConfigurationError("LocalFacilitator: invalid private key or RPC URL") from exc
+        self._facilitator = x402FacilitatorSync()
+        register_exact_evm_facilitator(
+            self._facilitator, self._signer, networks=self.networks, simulate_in_settle=True
+        )
+        # One key sends every settlement: serialize them so nonces never race.
+        self._settle_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalFacilitator({self.rpc_url!r}, networks={self.networks!r})"
+
+    @property
+    def address(self) -> str:
+        """The account that pays gas."""
+        return str(self._signer.address)
+
+    async def _run(self, op: str, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except Exception as exc:
+            if _is_transport_error(exc) or "connect" in type(exc).__name__.lower():
+                logger.warning(
+                    "local facilitator %s: chain unreachable: %s", op, type(exc).__name__
+                )
+                raise FacilitatorUnavailable(f"chain unreachable during {op}") from exc
+            logger.warning("local facilitator %s failed: %s: %s", op, type(exc).__name__, exc)
+            raise FacilitatorError(f"facilitator {op} failed") from exc
+
+    async def _chain_reachable(self) -> bool:
+        import httpx
+
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                response = await client.post(self.rpc_url, json=body)
+            return response.status_code == 200 and "result" in response.json()
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    async def _fail_closed_if_chain_down(self, op: str, reason: str | None) -> None:
+        # The SDK turns RPC exceptions into ordinary-looking rejections; a rejection for one of
+        # these reasons may be an outage, which must be a 503, not a "pay again" 402.
+        if reason in _AMBIGUOUS_REASONS and not await self._chain_reachable():
+            logger.warning("local facilitator %s: chain unreachable (reason %s)", op, reason)
+            raise FacilitatorUnavailable(f"chain unreachable during {op}")
+
+    async def verify(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> VerifyResponse:
+        result = await self._run("verify", lambda: self._facilitator.verify(payload, requirements))
+        if not result.is_valid:
+            await self._fail_closed_if_chain_down("verify", result.invalid_reason)
+        return result
+
+    async def settle(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> SettleResponse:
+        def settle() -> SettleResponse:
+            with self._settle_lock:
+                result: SettleResponse = self._facilitator.settle(payload, requirements)
+                return result
+
+        result = await self._run("settle", settle)
+        if not result.success and not result.transaction:
+            await self._fail_closed_if_chain_down("settle", result.error_reason)
+        return result
+
+    async def supported(self) -> SupportedResponse:
+        return await self._run("supported", self._facilitator.get_supported)

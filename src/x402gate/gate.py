@@ -1,0 +1,645 @@
+"""PaymentGate: the framework-neutral engine that decides *serve*, *402* or *reject*, and settles.
+
+One paid request, as every integration drives it::
+
+    session = await gate.begin(route, request)      # raises PaymentError: answer it, stop
+    ... run the handler, hold the response start ...
+    headers = await gate.finish(session, status)    # settles ("after"); PaymentError on failure
+    # on an exception in the handler instead:  await gate.abort(session)
+
+``begin`` prices the request, answers 402 when there is no payment, decodes and matches the
+payment (400 when malformed, 402 when for other terms), verifies it locally (fields, window,
+EIP-712 signature), claims the authorization atomically in the replay store (exactly one request
+can hold it, bound to this resource), asks the facilitator to verify it, and — with policy
+``before`` — settles it. ``finish`` settles with policy ``after`` only when the handler succeeded.
+
+Fail closed: a store, facilitator or chain error never lets content through; it becomes a
+503/502 with a sanitized message, and the detail goes to the ``x402gate`` logger.
+
+Sync integrations call :meth:`PaymentGate.begin_sync` & co., which run the same coroutines on a
+background loop (:mod:`x402gate._runner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from . import protocol
+from ._runner import run_sync
+from .assets import Asset, checksum_address, normalize_network, usdc
+from .clock import Clock, SystemClock
+from .errors import (
+    ConfigurationError,
+    FacilitatorError,
+    FacilitatorUnavailable,
+    PaymentError,
+    StoreError,
+)
+from .money import scale_to_asset
+from .pricing import PriceStrategy, as_strategy, resolve_quote
+from .request import RequestInfo
+from .stores import ClaimResult, Store, open_store, replay_key
+from .stores.registry import DEFAULT_STORE_URL
+
+if TYPE_CHECKING:
+    from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
+
+    from .facilitators import Facilitator
+
+__all__ = ["Payment", "PaymentEvent", "PaymentGate", "PaymentSession", "Route", "Settlement"]
+
+logger = logging.getLogger("x402gate")
+
+T = TypeVar("T")
+Settlement = Literal["after", "before"]
+EventListener = Callable[["PaymentEvent"], "Awaitable[None] | None"]
+
+_CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
+_SETTLEMENT_POLICIES = ("after", "before")
+
+
+def _safe_code(code: str | None, default: str) -> str:
+    # Facilitators put free text in reason fields; only well-formed codes reach the client.
+    return code if code and _CODE_RE.match(code) else default
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How one route is paid for. Build it with :meth:`PaymentGate.route`."""
+
+    price: PriceStrategy
+    settlement: Settlement = "after"
+    description: str | None = None
+    mime_type: str | None = None
+    assets: tuple[Asset, ...] | None = None
+    pay_to: Mapping[str, str] | None = None
+    max_timeout_seconds: int | None = None
+    verify_with_facilitator: bool | None = None
+    extensions: Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Payment:
+    """A payment accepted for this request, as handlers see it.
+
+    ``amount`` is in the asset's atomic units (USDC: 1 = $0.000001). ``transaction`` is the
+    settlement transaction hash once settled (with policy ``after`` the handler runs before
+    settlement, so it is ``None`` there).
+    """
+
+    payer: str
+    amount: int
+    asset: Asset
+    pay_to: str
+    nonce: str
+    resource: str
+    valid_before: int
+    transaction: str | None = None
+
+    @property
+    def network(self) -> str:
+        return self.asset.network
+
+    @property
+    def settled(self) -> bool:
+        return self.transaction is not None
+
+
+@dataclass(slots=True)
+class PaymentSession:
+    """Per-request state between :meth:`PaymentGate.begin` and :meth:`PaymentGate.finish`."""
+
+    route: Route
+    request: RequestInfo
+    payment: Payment
+    payload: PaymentPayload
+    requirements: PaymentRequirements
+    version: int
+    key: str
+    token: str
+    response_headers: dict[str, str] = field(default_factory=dict)
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent:
+    """What happened to a paid request; given to listeners added with :meth:`PaymentGate.on_event`.
+
+    ``kind`` is one of ``challenged`` (402 without payment), ``rejected`` (bad or refused
+    payment), ``verified`` (claimed and verified, handler about to run), ``settled``,
+    ``settle_failed``, ``released`` (handler failed: nothing charged, claim released),
+    ``error`` (store or facilitator failure).
+    """
+
+    kind: str
+    request: RequestInfo
+    route: Route
+    payment: Payment | None = None
+    code: str | None = None
+    status: int | None = None
+
+
+class PaymentGate:
+    """The payment engine shared by every integration.
+
+    :param pay_to: the address that receives payments, or a mapping network → address.
+    :param network: accept USDC on this network (``"base"``, ``"base-sepolia"``, ``"eip155:8453"``).
+    :param assets: accept these tokens instead (several networks or tokens per route are fine).
+    :param facilitator: an :class:`~x402gate.facilitators.HTTPFacilitator`,
+        :class:`~x402gate.facilitators.LocalFacilitator` or any object with the same methods.
+    :param store: replay store URL (``sqlite:///x402gate.db`` by default, ``memory://``,
+        ``redis://...``) or a :class:`~x402gate.stores.Store`.
+    :param max_timeout_seconds: how long a signed authorization may stay valid.
+    :param verify_with_facilitator: ask the facilitator to verify (balance, nonce, simulation)
+        before the handler runs. Local verification always runs.
+    :param allow_smart_wallets: accept signatures that do not recover to the payer offline
+        (EIP-1271 / ERC-6492 smart wallets) and leave them to the facilitator. Off by default:
+        such signatures from ordinary wallets are forgeries and are refused in microseconds.
+    :param clock: time source (tests inject one).
+    """
+
+    def __init__(
+        self,
+        *,
+        pay_to: str | Mapping[str, str],
+        facilitator: Facilitator,
+        network: str | None = None,
+        assets: Asset | Sequence[Asset] | None = None,
+        store: str | Store | Any = DEFAULT_STORE_URL,
+        max_timeout_seconds: int = 300,
+        verify_with_facilitator: bool = True,
+        allow_smart_wallets: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        self.assets = self._resolve_assets(network, assets)
+        self.pay_to = self._resolve_pay_to(pay_to, self.assets)
+        if facilitator is None or not all(
+            callable(getattr(facilitator, m, None)) for m in ("verify", "settle", "supported")
+        ):
+            raise ConfigurationError("facilitator must have async verify, settle and supported")
+        self.facilitator = facilitator
+        self.store = open_store(store)
+        self.max_timeout_seconds = self._check_timeout(max_timeout_seconds)
+        self.verify_with_facilitator = bool(verify_with_facilitator)
+        self.allow_smart_wallets = bool(allow_smart_wallets)
+        self.clock: Clock = clock or SystemClock()
+        self._listeners: list[EventListener] = []
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve_assets(
+        network: str | None, assets: Asset | Sequence[Asset] | None
+    ) -> tuple[Asset, ...]:
+        if assets is not None:
+            items = (assets,) if isinstance(assets, Asset) else tuple(assets)
+            if not items or not all(isinstance(a, Asset) for a in items):
+                raise ConfigurationError("assets must be one or more x402gate.Asset")
+            return items
+        if network is None:
+            raise ConfigurationError("say which network to accept payments on: network= or assets=")
+        return (usdc(network),)
+
+    @staticmethod
+    def _resolve_pay_to(pay_to: str | Mapping[str, str], assets: Iterable[Asset]) -> dict[str, str]:
+        if isinstance(pay_to, str):
+            address = checksum_address(pay_to)
+            mapping = {a.network: address for a in assets}
+        elif isinstance(pay_to, Mapping):
+            mapping = {normalize_network(k): checksum_address(v) for k, v in pay_to.items()}
+        else:
+            raise ConfigurationError("pay_to must be an address or a mapping network → address")
+        for asset in assets:
+            if asset.network not in mapping:
+                raise ConfigurationError(f"no pay_to address for network {asset.network}")
+            if int(mapping[asset.network], 16) == 0:
+                raise ConfigurationError("pay_to must not be the zero address")
+        return mapping
+
+    @staticmethod
+    def _check_timeout(value: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 10 <= value <= 86_400:
+            raise ConfigurationError("max_timeout_seconds must be an integer from 10 to 86400")
+        return value
+
+    def route(
+        self,
+        price: Any,
+        *,
+        settlement: Settlement = "after",
+        description: str | None = None,
+        mime_type: str | None = None,
+        assets: Asset | Sequence[Asset] | None = None,
+        network: str | None = None,
+        pay_to: str | Mapping[str, str] | None = None,
+        max_timeout_seconds: int | None = None,
+        verify_with_facilitator: bool | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> Route:
+        """A paid route: ``price`` is a price (``0.05``, ``"$0.05"``, ``Decimal``), a strategy
+        (``MatchRules``, ``ModelTable``, ...) or a callable of the request (sync or async)."""
+        if settlement not in _SETTLEMENT_POLICIES:
+            raise ConfigurationError(
+                f"settlement must be one of {', '.join(_SETTLEMENT_POLICIES)}, not {settlement!r}"
+            )
+        route_assets: tuple[Asset, ...] | None = None
+        if assets is not None or network is not None:
+            route_assets = self._resolve_assets(network, assets)
+        route_pay_to = (
+            self._resolve_pay_to(pay_to, route_assets or self.assets)
+            if pay_to is not None
+            else None
+        )
+        if route_assets is not None and route_pay_to is None:
+            self._resolve_pay_to(self.pay_to, route_assets)  # every asset needs a recipient
+        return Route(
+            price=as_strategy(price),
+            settlement=settlement,
+            description=description,
+            mime_type=mime_type,
+            assets=route_assets,
+            pay_to=route_pay_to,
+            max_timeout_seconds=(
+                self._check_timeout(max_timeout_seconds)
+                if max_timeout_seconds is not None
+                else None
+            ),
+            verify_with_facilitator=verify_with_facilitator,
+            extensions=extensions,
+        )
+
+    def on_event(self, listener: EventListener) -> EventListener:
+        """Call ``listener(event)`` (sync or async) on each event; usable as a decorator."""
+        self._listeners.append(listener)
+        return listener
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Check the store and that the facilitator supports every accepted network.
+
+        Called once, lazily, by the first paid request (or by an integration's lifespan).
+        Raises :class:`ConfigurationError` when the facilitator supports none of the gate's
+        networks (an empty ``/supported`` must never mean "let everything through"), and
+        :class:`StoreError` / :class:`FacilitatorError` when a dependency is down; the next
+        request tries again.
+        """
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self._store_call(self.store.ping)
+            supported = await self.facilitator.supported()
+            kinds = {(k.scheme, k.network) for k in supported.kinds if k.x402_version == 2}
+            missing = sorted({a.network for a in self.assets if ("exact", a.network) not in kinds})
+            if missing:
+                raise ConfigurationError(
+                    f"the facilitator does not support the exact scheme on {', '.join(missing)}"
+                )
+            self._started = True
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _emit(self, event: PaymentEvent) -> None:
+        for listener in self._listeners:
+            try:
+                result = listener(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # a listener must never break a payment
+                logger.exception("x402gate event listener failed on %s", event.kind)
+
+    async def _store_call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            if self.store.blocking:
+                return await asyncio.to_thread(fn, *args)
+            return fn(*args)
+        except StoreError:
+            raise
+        except Exception as exc:  # a backend bug must fail closed too
+            raise StoreError(f"store operation failed: {type(exc).__name__}") from exc
+
+    def _resource_info(self, route: Route, request: RequestInfo) -> Any:
+        from x402.schemas import ResourceInfo
+
+        return ResourceInfo(
+            url=request.url, description=route.description, mime_type=route.mime_type
+        )
+
+    async def requirements(self, route: Route, request: RequestInfo) -> list[PaymentRequirements]:
+        """The payment requirements of this request (its quote in each accepted asset)."""
+        try:
+            quote = await resolve_quote(route.price, request)
+        except PaymentError:
+            raise
+        except ConfigurationError as exc:
+            logger.error("pricing failed for %s: %s", request.resource, exc)
+            raise PaymentError(
+                500, "pricing_error", "the price of this request could not be computed"
+            ) from exc
+        assets = route.assets or self.assets
+        pay_to = route.pay_to or self.pay_to
+        timeout = route.max_timeout_seconds or self.max_timeout_seconds
+        accepts = []
+        for asset in assets:
+            try:
+                amount = scale_to_asset(quote, asset.decimals)
+            except ConfigurationError as exc:
+                logger.error("price %s not payable in %s: %s", quote, asset.symbol, exc)
+                raise PaymentError(
+                    500, "pricing_error", "the price of this request could not be computed"
+                ) from exc
+            accepts.append(
+                protocol.build_requirements(asset, amount, pay_to[asset.network], timeout)
+            )
+        return accepts
+
+    def _challenge(
+        self,
+        route: Route,
+        request: RequestInfo,
+        accepts: Sequence[PaymentRequirements],
+        code: str,
+        message: str,
+        status: int = 402,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> PaymentError:
+        required = protocol.build_payment_required(
+            accepts, self._resource_info(route, request), code, route.extensions
+        )
+        body = required.model_dump(mode="json", by_alias=True, exclude_none=True)
+        body["message"] = message
+        headers = {
+            protocol.PAYMENT_REQUIRED: protocol.b64json(
+                required.model_dump(mode="json", by_alias=True, exclude_none=True)
+            ),
+            "Cache-Control": "no-store",
+        }
+        if extra_headers:
+            headers.update(extra_headers)
+        return PaymentError(status, code, message, headers=headers, body=body)
+
+    @staticmethod
+    def _failure(exc: Exception) -> PaymentError:
+        headers = {"Cache-Control": "no-store", "Retry-After": "1"}
+        if isinstance(exc, StoreError):
+            return PaymentError(
+                503, "store_unavailable", "payment store unavailable, try again", headers=headers
+            )
+        if isinstance(exc, FacilitatorUnavailable):
+            return PaymentError(
+                503,
+                "facilitator_unavailable",
+                "payment facilitator unavailable, try again",
+                headers=headers,
+            )
+        return PaymentError(
+            502, "facilitator_error", "payment facilitator failed, try again", headers=headers
+        )
+
+    # -- the flow ------------------------------------------------------------------------------
+
+    async def begin(self, route: Route, request: RequestInfo) -> PaymentSession:
+        """Everything before the handler. Returns the session, or raises the answer to send."""
+        try:
+            await self.startup()
+        except ConfigurationError:
+            logger.exception("x402gate start-up check failed")
+            raise PaymentError(
+                503, "payment_unavailable", "payments are not available on this server"
+            ) from None
+        except (StoreError, FacilitatorError) as exc:
+            logger.error("x402gate start-up check failed: %s", exc)
+            await self._emit(PaymentEvent("error", request, route, code="startup"))
+            raise self._failure(exc) from None
+
+        accepts = await self.requirements(route, request)
+        try:
+            decoded = protocol.decode_payment(request.headers)
+        except PaymentError as exc:
+            await self._emit(PaymentEvent("rejected", request, route, code=exc.code, status=400))
+            raise self._challenge(
+                route, request, accepts, exc.code, exc.message, status=400
+            ) from None
+        if decoded is None:
+            await self._emit(PaymentEvent("challenged", request, route, status=402))
+            raise self._challenge(
+                route, request, accepts, "payment_required", "this resource requires payment"
+            )
+
+        async def reject(code: str, message: str, status: int = 402) -> PaymentError:
+            await self._emit(PaymentEvent("rejected", request, route, code=code, status=status))
+            return self._challenge(route, request, accepts, code, message, status=status)
+
+        try:
+            requirements = protocol.match_requirements(decoded, accepts)
+        except PaymentError as exc:
+            raise await reject(exc.code, exc.message) from None
+        from .verify import verify_exact
+
+        try:
+            auth = verify_exact(
+                decoded.payload.payload,
+                requirements,
+                now=self.clock.now(),
+                allow_unrecovered=self.allow_smart_wallets,
+            )
+        except PaymentError as exc:
+            raise await reject(exc.code, exc.message, exc.status_code) from None
+
+        payload = decoded.payload
+        if decoded.version == 1:
+            payload = payload.model_copy(update={"accepted": requirements})
+        asset = next(
+            a
+            for a in (route.assets or self.assets)
+            if a.network == requirements.network and a.address == requirements.asset
+        )
+        payment = Payment(
+            payer=auth.payer,
+            amount=auth.value,
+            asset=asset,
+            pay_to=requirements.pay_to,
+            nonce=auth.nonce,
+            resource=request.resource,
+            valid_before=auth.valid_before,
+        )
+        key = replay_key(requirements.network, requirements.asset, auth.payer, auth.nonce)
+        token = secrets.token_hex(16)
+        try:
+            claim = await self._store_call(
+                self.store.claim, key, request.resource, token, auth.valid_before, self.clock.now()
+            )
+        except StoreError as exc:
+            logger.error("replay store claim failed: %s", exc)
+            await self._emit(PaymentEvent("error", request, route, payment, code="store"))
+            raise self._failure(exc) from None
+        if claim is not ClaimResult.CLAIMED:
+            if claim is ClaimResult.BOUND_ELSEWHERE:
+                raise await reject(
+                    "payment_bound_to_other_resource",
+                    "this payment was presented for another resource and cannot be used here",
+                )
+            raise await reject(
+                "invalid_exact_evm_nonce_already_used",
+                "this payment authorization was already used or is being used",
+            )
+        session = PaymentSession(
+            route=route,
+            request=request,
+            payment=payment,
+            payload=payload,
+            requirements=requirements,
+            version=decoded.version,
+            key=key,
+            token=token,
+        )
+
+        use_facilitator = (
+            route.verify_with_facilitator
+            if route.verify_with_facilitator is not None
+            else self.verify_with_facilitator
+        )
+        if use_facilitator or not auth.recovered:
+            try:
+                verdict = await self.facilitator.verify(payload, requirements)
+            except FacilitatorError as exc:
+                await self._release(session)
+                await self._emit(PaymentEvent("error", request, route, payment, code="verify"))
+                raise self._failure(exc) from None
+            if not verdict.is_valid:
+                await self._release(session)
+                code = _safe_code(verdict.invalid_reason, "payment_invalid")
+                raise await reject(code, "the facilitator refused this payment")
+        await self._emit(PaymentEvent("verified", request, route, payment))
+
+        if route.settlement == "before":
+            await self._settle(session)
+        return session
+
+    async def finish(self, session: PaymentSession, status_code: int) -> dict[str, str]:
+        """After the handler answered with ``status_code``: the headers to add to its response.
+
+        Policy ``after``: a status below 400 settles now, and the handler's content may be sent
+        only if this returns; a failed settlement raises the 402 to send instead. A status of
+        400 or more charges nothing and releases the claim.
+        """
+        if session.done:
+            return session.response_headers
+        if session.route.settlement == "before":
+            session.done = True
+            return session.response_headers
+        # Done before settling: whatever happens next, _settle alone decides whether the claim
+        # is released (definitive refusal) or stays held (outcome unknown) — abort() must not.
+        session.done = True
+        if status_code >= 400:
+            await self._release(session)
+            return {}
+        await self._settle(session)
+        return session.response_headers
+
+    async def abort(self, session: PaymentSession) -> None:
+        """The handler raised: charge nothing and release the claim (if not settled yet)."""
+        if session.done:
+            return
+        session.done = True
+        if not session.payment.settled:
+            await self._release(session)
+
+    async def _release(self, session: PaymentSession) -> None:
+        try:
+            await self._store_call(self.store.release, session.key, session.token)
+        except StoreError as exc:
+            # The claim stays held until the authorization expires: nothing can double-spend it.
+            logger.error("replay store release failed: %s", exc)
+        await self._emit(PaymentEvent("released", session.request, session.route, session.payment))
+
+    async def _settle(self, session: PaymentSession) -> None:
+        request, route, payment = session.request, session.route, session.payment
+        result: SettleResponse | None = None
+        try:
+            for _ in range(2):
+                result = await self.facilitator.settle(session.payload, session.requirements)
+                # settlement_pending: broadcast but unconfirmed; asking again reconciles the same
+                # transaction (the facilitator keys it by signature), it never sends a second one.
+                if result.success or result.error_reason != "settlement_pending":
+                    break
+        except FacilitatorError as exc:
+            # Outcome unknown: keep the claim held so the authorization cannot be spent twice.
+            logger.error("settlement failed for %s: %s", request.resource, exc)
+            await self._emit(PaymentEvent("error", request, route, payment, code="settle"))
+            raise self._failure(exc) from None
+        assert result is not None
+        header_name = (
+            protocol.X_PAYMENT_RESPONSE if session.version == 1 else protocol.PAYMENT_RESPONSE
+        )
+        if result.success:
+            payment.transaction = result.transaction
+            try:
+                await self._store_call(self.store.mark_used, session.key, session.token)
+            except StoreError as exc:
+                # Paid on chain; the chain itself now refuses the nonce, so serving is safe.
+                logger.error("replay store mark_used failed after settlement: %s", exc)
+            session.response_headers = {header_name: protocol.encode_settle_response(result)}
+            await self._emit(PaymentEvent("settled", request, route, payment))
+            return
+        code = _safe_code(result.error_reason, "settlement_failed")
+        if code == "settlement_pending":
+            logger.error(
+                "settlement still pending for %s (tx %s)", request.resource, result.transaction
+            )
+            await self._emit(PaymentEvent("error", request, route, payment, code=code, status=503))
+            raise PaymentError(
+                503,
+                "settlement_pending",
+                "the payment was sent but is not confirmed yet; do not pay again",
+                headers={"Cache-Control": "no-store", "Retry-After": "5"},
+            )
+        await self._release(session)
+        await self._emit(
+            PaymentEvent("settle_failed", request, route, payment, code=code, status=402)
+        )
+        clean = result.model_copy(update={"error_message": None, "error_reason": code})
+        accepts = await self.requirements(route, request)
+        raise self._challenge(
+            route,
+            request,
+            accepts,
+            code,
+            "the payment could not be settled",
+            extra_headers={header_name: protocol.encode_settle_response(clean)},
+        )
+
+    # -- sync facade ---------------------------------------------------------------------------
+
+    def begin_sync(self, route: Route, request: RequestInfo) -> PaymentSession:
+        return run_sync(self.begin(route, request))
+
+    def finish_sync(self, session: PaymentSession, status_code: int) -> dict[str, str]:
+        return run_sync(self.finish(session, status_code))
+
+    def abort_sync(self, session: PaymentSession) -> None:
+        run_sync(self.abort(session))
+
+    def close(self) -> None:
+        """Close the store (sync code; async code prefers :meth:`aclose`)."""
+        self.store.close()
+
+    async def aclose(self) -> None:
+        """Close the facilitator's connections on this event loop and the store."""
+        closer = getattr(self.facilitator, "aclose", None)
+        if closer is not None:
+            await closer()
+        self.store.close()

@@ -1,0 +1,1 @@
+"""Framework integrations: thin translation layers over :class:`~x402gate.gate.PaymentGate`."""

@@ -1,0 +1,75 @@
+"""What every integration shares: rendering gate answers, decorating paid responses."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+
+from ..errors import PaymentError
+from ..protocol import EXPOSED_HEADERS
+
+__all__ = ["paid_response_headers", "render_error", "wants_html"]
+
+
+def wants_html(accept: str | None) -> bool:
+    """True when the client prefers an HTML page (a browser), not JSON."""
+    if not accept:
+        return False
+    accept = accept.lower()
+    return "text/html" in accept and "application/json" not in accept.split(",")[0]
+
+
+def render_error(
+    exc: PaymentError, accept: str | None = None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body for an answer the gate raised."""
+    headers = dict(exc.headers)
+    headers.setdefault("Cache-Control", "no-store")
+    headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    if wants_html(accept):
+        title = "Payment required" if exc.status_code == 402 else f"Error {exc.status_code}"
+        body = (
+            "<!doctype html><html><head><meta charset=utf-8><title>"
+            f"{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>{html.escape(exc.message)}</p>"
+            "<p>This resource is paid per request with the x402 protocol: use an x402 client "
+            "(the payment terms are in the <code>PAYMENT-REQUIRED</code> header).</p>"
+            "</body></html>"
+        ).encode()
+        headers["Content-Type"] = "text/html; charset=utf-8"
+    else:
+        body = json.dumps(exc.body, separators=(",", ":")).encode()
+        headers["Content-Type"] = "application/json"
+    headers["Content-Length"] = str(len(body))
+    return exc.status_code, list(headers.items()), body
+
+
+def paid_response_headers(
+    existing: Iterable[tuple[str, str]], payment_headers: dict[str, str]
+) -> list[tuple[str, str]]:
+    """Headers of a paid response: the handler's, the receipt, CORS exposure, private caching."""
+    out: list[tuple[str, str]] = []
+    cache_control: str | None = None
+    expose: str | None = None
+    for name, value in existing:
+        low = name.lower()
+        if low == "cache-control":
+            cache_control = value if cache_control is None else f"{cache_control}, {value}"
+        elif low == "access-control-expose-headers":
+            expose = value if expose is None else f"{expose}, {value}"
+        else:
+            out.append((name, value))
+    out.extend(payment_headers.items())
+    if not cache_control:
+        cache_control = "private"
+    elif "private" not in cache_control.lower() and "no-store" not in cache_control.lower():
+        cache_control = f"{cache_control}, private"
+    out.append(("Cache-Control", cache_control))
+    out.append(
+        (
+            "Access-Control-Expose-Headers",
+            f"{expose}, {EXPOSED_HEADERS}" if expose else EXPOSED_HEADERS,
+        )
+    )
+    return out

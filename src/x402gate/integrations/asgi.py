@@ -1,0 +1,253 @@
+"""Pure ASGI middleware: paywall any ASGI app (Starlette, FastAPI, Litestar, Quart, raw ASGI).
+
+::
+
+    app = PaymentMiddleware(app, gate=gate, routes={"GET /weather": 0.01, "POST /v1/chat": rules})
+
+Only ``http`` scopes on a paid route are touched; websocket and lifespan scopes pass through.
+The request body is read once (for prices that look at it) and replayed to the app. With policy
+``after``, only ``http.response.start`` is held: the payment is settled when the app starts its
+answer with a status below 400 and before any body byte is sent; when settlement fails the client
+gets the 402 and none of the app's content. The accepted payment is in ``scope["state"]["payment"]``
+(``request.state.payment`` in Starlette and FastAPI). With ``discovery=True`` the middleware also
+answers ``GET /.well-known/x402`` with the paid routes (see :mod:`x402gate.discovery`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..discovery import WELL_KNOWN_PATH, discovery_document
+from ..errors import PaymentError
+from ..gate import PaymentGate, PaymentSession
+from ..request import Headers, RequestInfo
+from ..routing import RouteTable
+from ._common import paid_response_headers, render_error
+from ._types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "PaymentMiddleware",
+    "public_origin",
+    "request_info_from_scope",
+    "send_error",
+    "send_json",
+    "settling_send",
+]
+
+DEFAULT_MAX_BODY = 1 << 20
+
+
+def request_info_from_scope(
+    scope: Scope, body: bytes, *, trust_proxy_headers: bool = False
+) -> RequestInfo:
+    """The neutral request of an ASGI ``http`` scope."""
+    headers = Headers.from_asgi(scope.get("headers", ()))
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host")
+    if trust_proxy_headers:
+        # Only behind a proxy the operator vouches for: otherwise any client could choose the
+        # URL written into payment requirements.
+        scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip() or scheme
+        host = headers.get("x-forwarded-host", host or "").split(",")[0].strip() or host
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    path = scope.get("root_path", "") + scope.get("path", "/")
+    query = scope.get("query_string", b"").decode("latin-1")
+    url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+    return RequestInfo(
+        scope.get("method", "GET"),
+        scope.get("path", "/"),
+        query_string=query,
+        headers=headers,
+        body=body,
+        url=url,
+        native=scope,
+    )
+
+
+def public_origin(scope: Scope, *, trust_proxy_headers: bool = False) -> str:
+    """``scheme://host[:port]`` plus the root path the app is served under, as clients see it."""
+    info = request_info_from_scope(scope, b"", trust_proxy_headers=trust_proxy_headers)
+    parts = urlsplit(info.url)
+    return f"{parts.scheme}://{parts.netloc}{scope.get('root_path', '')}"
+
+
+async def send_json(send: Send, status: int, document: Any) -> None:
+    """Send a complete JSON answer (discovery documents and the like)."""
+    body = json.dumps(document, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, exc: PaymentError, accept: str | None) -> None:
+    status, headers, body = render_error(exc, accept)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def settling_send(send: Send, gate: PaymentGate, session: PaymentSession, accept: str | None) -> Send:
+    """Wrap ``send`` so the payment is settled when the app starts its answer.
+
+    Only ``http.response.start`` is held: the gate settles (policy ``after``, status < 400) before
+    it goes out, and adds the receipt headers. When settlement fails, the client gets the gate's
+    402 instead and every later message of the app (its content) is dropped.
+    """
+    blocked = False
+
+    async def send_paid(message: Message) -> None:
+        nonlocal blocked
+        kind = message["type"]
+        if kind == "http.response.start":
+            try:
+                extra = await gate.finish(session, int(message["status"]))
+            except PaymentError as exc:
+                blocked = True
+                await send_error(send, exc, accept)
+                return
+            if message["status"] < 400:
+                existing = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
+                ]
+                message = dict(message)
+                message["headers"] = [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in paid_response_headers(existing, extra)
+                ]
+            await send(message)
+        elif not blocked:
+            await send(message)
+
+    return send_paid
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+class PaymentMiddleware:
+    """ASGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
+
+    :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
+    :param trust_proxy_headers: build the resource URL from ``X-Forwarded-Proto``/``-Host``;
+        only when every request comes through a proxy you control.
+    :param discovery: answer ``GET /.well-known/x402`` with a document listing ``routes``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        gate: PaymentGate,
+        routes: Mapping[str, Any] | RouteTable,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        trust_proxy_headers: bool = False,
+        discovery: bool = False,
+    ) -> None:
+        self.app = app
+        self.gate = gate
+        self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
+        self.max_body_bytes = max_body_bytes
+        self.trust_proxy_headers = trust_proxy_headers
+        self.discovery = discovery
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.discovery and scope["method"] == "GET" and scope["path"] == WELL_KNOWN_PATH:
+            # Served before the route table: a catch-all paid route must not put it behind a 402.
+            origin = public_origin(scope, trust_proxy_headers=self.trust_proxy_headers)
+            await send_json(send, 200, discovery_document(self.gate, self.routes, origin))
+            return
+        route = self.routes.match(scope["method"], scope["path"])
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        accept = Headers.from_asgi(scope.get("headers", ())).get("accept")
+        try:
+            body, disconnected = await _read_body(receive, self.max_body_bytes)
+        except _BodyTooLarge:
+            await send_error(
+                send,
+                PaymentError(413, "request_too_large", "request body too large for a paid route"),
+                accept,
+            )
+            return
+        if disconnected:
+            return
+        info = request_info_from_scope(scope, body, trust_proxy_headers=self.trust_proxy_headers)
+        try:
+            session = await self.gate.begin(route, info)
+        except PaymentError as exc:
+            await send_error(send, exc, accept)
+            return
+        await self._serve(scope, receive, send, session, body, accept)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session: PaymentSession,
+        body: bytes,
+        accept: str | None,
+    ) -> None:
+        scope = dict(scope)
+        state = dict(scope.get("state") or {})
+        state["payment"] = session.payment
+        scope["state"] = state
+        scope["x402gate.payment"] = session.payment
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # After the body only the real disconnect is left to report (streaming responses
+            # listen for it): hand over to the server's own receive.
+            return await receive()
+
+        send_paid = settling_send(send, self.gate, session, accept)
+        try:
+            await self.app(scope, replay, send_paid)
+        finally:
+            # An exception, a cancelled request or an app that never answered: charge nothing.
+            if not session.done:
+                await self.gate.abort(session)

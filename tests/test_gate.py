@@ -1,0 +1,151 @@
+"""PaymentGate paths that need no chain: start-up checks, store outages, pricing errors, events.
+
+The facilitator here is a stub (a unit test of the gate alone); the paid flow against a real
+chain and real facilitators is in test_gate_chain.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from eth_account import Account
+from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, VerifyResponse
+
+from x402gate import PaymentError, PaymentEvent, PaymentGate
+from x402gate.assets import Asset
+from x402gate.errors import ConfigurationError, StoreError
+from x402gate.request import RequestInfo
+from x402gate.stores.memory import MemoryStore
+from x402gate.testing.payments import encode_payment, sign_exact_payment
+
+ASSET = Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC", "2")
+PAY_TO = Account.create().address
+
+
+class StubFacilitator:
+    def __init__(self, networks: tuple[str, ...] = ("eip155:84532",)) -> None:
+        self.networks = networks
+        self.settled: list[Any] = []
+
+    async def supported(self) -> SupportedResponse:
+        return SupportedResponse(
+            kinds=[SupportedKind(x402_version=2, scheme="exact", network=n) for n in self.networks],
+            extensions=[], signers={},
+        )
+
+    async def verify(self, payload: Any, requirements: Any) -> VerifyResponse:
+        return VerifyResponse(is_valid=True, payer=payload.payload["authorization"]["from"])
+
+    async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
+        self.settled.append(payload)
+        return SettleResponse(success=True, transaction="0x" + "ab" * 32, network=requirements.network)
+
+
+class BrokenStore(MemoryStore):
+    def claim(self, *args: Any) -> Any:
+        raise StoreError("redis down at redis://:hunter2@db:6379")
+
+
+def make_gate(**kw: Any) -> PaymentGate:
+    kw.setdefault("facilitator", StubFacilitator())
+    kw.setdefault("store", "memory://")
+    return PaymentGate(pay_to=PAY_TO, assets=ASSET, **kw)
+
+
+def request(headers: dict[str, str] | None = None, path: str = "/paid") -> RequestInfo:
+    return RequestInfo("GET", path, headers=headers or {}, url=f"https://api.test{path}")
+
+
+async def paid_request(gate: PaymentGate, route: Any) -> RequestInfo:
+    (req,) = await gate.requirements(route, request())
+    payer = Account.create()
+    return request({"PAYMENT-SIGNATURE": encode_payment(sign_exact_payment(payer, req, valid_before=int(time.time()) + 200))})
+
+
+async def test_a_facilitator_that_supports_none_of_our_networks_fails_closed() -> None:
+    gate = make_gate(facilitator=StubFacilitator(networks=()))
+    route = gate.route("$0.01")
+    for _ in range(2):  # and keeps failing closed, request after request
+        with pytest.raises(PaymentError) as info:
+            await gate.begin(route, await paid_request(gate, route))
+        assert info.value.status_code == 503 and info.value.code == "payment_unavailable"
+
+
+async def test_store_outage_is_a_503_without_the_driver_text() -> None:
+    gate = make_gate(store=BrokenStore())
+    route = gate.route("$0.01")
+    with pytest.raises(PaymentError) as info:
+        await gate.begin(route, await paid_request(gate, route))
+    assert info.value.status_code == 503 and info.value.code == "store_unavailable"
+    assert "hunter2" not in str(info.value.body) and "hunter2" not in info.value.message
+
+
+async def test_a_price_function_that_fails_is_a_sanitized_500() -> None:
+    gate = make_gate()
+    route = gate.route(lambda r: "not a price with secret sk-123")
+    with pytest.raises(PaymentError) as info:
+        await gate.begin(route, request())
+    assert info.value.status_code == 500 and info.value.code == "pricing_error"
+    assert "sk-123" not in str(info.value.body)
+
+
+async def test_events_follow_the_flow_and_a_failing_listener_breaks_nothing() -> None:
+    gate = make_gate()
+    seen: list[str] = []
+
+    @gate.on_event
+    def record(event: PaymentEvent) -> None:
+        seen.append(event.kind)
+
+    @gate.on_event
+    async def explode(event: PaymentEvent) -> None:
+        raise RuntimeError("listener bug")
+
+    route = gate.route("$0.01")
+    with pytest.raises(PaymentError):
+        await gate.begin(route, request())
+    session = await gate.begin(route, await paid_request(gate, route))
+    headers = await gate.finish(session, 200)
+    assert "PAYMENT-RESPONSE" in headers
+    assert seen == ["challenged", "verified", "settled"]
+
+
+async def test_a_session_is_finished_once() -> None:
+    facilitator = StubFacilitator()
+    gate = make_gate(facilitator=facilitator)
+    route = gate.route("$0.01")
+    session = await gate.begin(route, await paid_request(gate, route))
+    first = await gate.finish(session, 200)
+    assert await gate.finish(session, 200) == first
+    await gate.abort(session)
+    assert len(facilitator.settled) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"pay_to": "0x" + "00" * 20},
+        {"pay_to": "not an address"},
+        {"pay_to": {"eip155:8453": PAY_TO}},
+        {"max_timeout_seconds": 5},
+        {"max_timeout_seconds": True},
+        {"facilitator": object()},
+        {"store": "ftp://nowhere"},
+    ],
+)
+def test_bad_gate_configuration_is_refused(kwargs: dict[str, Any]) -> None:
+    base: dict[str, Any] = {"pay_to": PAY_TO, "assets": ASSET, "facilitator": StubFacilitator(), "store": "memory://"}
+    with pytest.raises(ConfigurationError):
+        PaymentGate(**{**base, **kwargs})
+
+
+def test_network_or_assets_must_be_given() -> None:
+    with pytest.raises(ConfigurationError, match="network"):
+        PaymentGate(pay_to=PAY_TO, facilitator=StubFacilitator(), store="memory://")
+
+
+def test_unknown_settlement_policy_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="settlement"):
+        make_gate().route("$0.01", settlement="later")  # type: ignore[arg-type]

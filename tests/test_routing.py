@@ -1,0 +1,81 @@
+"""Route tables: which requests are paid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from x402gate import PaymentGate
+from x402gate.assets import usdc
+from x402gate.errors import ConfigurationError
+from x402gate.routing import RouteTable, compile_pattern
+
+
+class NoFacilitator:
+    async def verify(self, *a: Any) -> Any: raise AssertionError
+    async def settle(self, *a: Any) -> Any: raise AssertionError
+    async def supported(self) -> Any: raise AssertionError
+
+
+@pytest.fixture
+def gate() -> PaymentGate:
+    return PaymentGate(pay_to="0x" + "12" * 20, assets=usdc("base-sepolia"), facilitator=NoFacilitator(), store="memory://")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("/weather", "/weather", True),
+        ("/weather", "/weather/", True),
+        ("/weather", "/weather/today", False),
+        ("/weather", "/Weather", False),
+        ("/items/{id}", "/items/42", True),
+        ("/items/{id}", "/items/42/x", False),
+        ("/items/:id/detail", "/items/7/detail", True),
+        ("/files/*", "/files", True),
+        ("/files/*", "/files/a/b/c", True),
+        ("/files/*", "/filesystem", False),
+        ("/v1/*.json", "/v1/data.json", True),
+        ("/v1/*.json", "/v1/a/data.json", False),
+        ("/", "/", True),
+        ("/", "/x", False),
+        ("/a.b", "/aXb", False),
+    ],
+)
+def test_patterns(pattern: str, path: str, matches: bool) -> None:
+    assert bool(compile_pattern(pattern).match(path)) is matches
+
+
+def test_first_match_wins_and_methods_filter(gate: PaymentGate) -> None:
+    table = RouteTable(gate, {"POST /chat": "$0.05", "GET,HEAD /chat": "$0.01", "/chat": "$0.02"})
+    assert table.match("post", "/chat").price.amount == 50_000  # type: ignore[union-attr]
+    assert table.match("GET", "/chat").price.amount == 10_000  # type: ignore[union-attr]
+    assert table.match("DELETE", "/chat").price.amount == 20_000  # type: ignore[union-attr]
+    assert table.match("GET", "/other") is None
+
+
+def test_values_may_be_prices_routes_or_route_arguments(gate: PaymentGate) -> None:
+    table = RouteTable(
+        gate,
+        {"/a": 0.05, "/b": gate.route("$0.01", settlement="before"), "/c": {"price": "$0.02", "description": "C"}},
+    )
+    assert table.match("GET", "/b").settlement == "before"  # type: ignore[union-attr]
+    assert table.match("GET", "/c").description == "C"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [
+        {},
+        {"weather": 0.01},
+        {"get/weather /x": 0.01},
+        {"GET /items/{id": 0.01},
+        {"/x": {"price": 0.01, "colour": "red"}},
+        {"/x": -1},
+        {"/x": {"price": 0.01, "settlement": "sometimes"}},
+    ],
+)
+def test_bad_tables_are_configuration_errors(gate: PaymentGate, routes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        RouteTable(gate, routes)
