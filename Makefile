@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh clone (Python 3.11+, Node.js/npm present):
+#   make demo   - a paid round trip on a local chain
+#   make test   - the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test install node clean check-token
+
+demo: install node
+	X402GATE_ANVIL=$(CURDIR)/node_modules/.bin/anvil $(VENV)/bin/x402gate demo
+
+test: install node
+	X402GATE_ANVIL=$(CURDIR)/node_modules/.bin/anvil $(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -m pip install --quiet -e ".[all]" --group test
+	touch $(STAMP)
+
+node: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch node_modules/.installed
+
+check-token: node
+	node scripts/build-token.mjs --check
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
