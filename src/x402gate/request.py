@@ -61,7 +61,17 @@ class RequestInfo:
     integration could not read it without consuming it).
     """
 
-    __slots__ = ("_json", "_query", "body", "headers", "method", "native", "path", "query_string", "url")
+    __slots__ = (
+        "_json",
+        "_query",
+        "body",
+        "headers",
+        "method",
+        "native",
+        "path",
+        "query_string",
+        "url",
+    )
 
     def __init__(
         self,
