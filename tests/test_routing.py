@@ -79,3 +79,9 @@ def test_values_may_be_prices_routes_or_route_arguments(gate: PaymentGate) -> No
 def test_bad_tables_are_configuration_errors(gate: PaymentGate, routes: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         RouteTable(gate, routes)
+
+
+def test_a_get_route_also_charges_head(gate: PaymentGate) -> None:
+    table = RouteTable(gate, {"GET /report": "$0.01", "POST /submit": "$0.02"})
+    assert table.match("HEAD", "/report") is not None
+    assert table.match("HEAD", "/submit") is None

@@ -75,6 +75,9 @@ class RouteTable:
                 if not _METHOD_RE.match(methods_text):
                     raise ConfigurationError(f"bad HTTP method in route {key!r}")
                 methods: frozenset[str] | None = frozenset(methods_text.split(","))
+                if "GET" in methods:
+                    # Servers answer HEAD by running the GET handler: it must be paid for too.
+                    methods = methods | {"HEAD"}
             else:
                 methods, path = None, head
             if isinstance(spec, Route):
