@@ -1,0 +1,346 @@
+"""Flask integration: an extension and a ``require_payment`` decorator for views.
+
+::
+
+    app.config.update(X402GATE_PAY_TO="0x...", X402GATE_NETWORK="base-sepolia",
+                      X402GATE_FACILITATOR_URL="https://x402.org/facilitator")
+    X402Gate(app)
+
+    @app.get("/weather")
+    @require_payment("$0.01")
+    def weather():
+        return {"forecast": "sunny", "payer": current_payment.payer}
+
+The view runs only after the payment is claimed and verified; its response is built, the payment
+settled for its status (policy ``after``), and only then is the response handed to Flask, so a
+streamed body is not produced, let alone sent, before settlement. When settlement fails the
+client gets the gate's answer and the response is closed unread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, cast, get_args
+from weakref import WeakKeyDictionary
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.local import LocalProxy
+
+from ..assets import Asset, checksum_address, normalize_network, usdc
+from ..discovery import WELL_KNOWN_PATH, discovery_document
+from ..errors import ConfigurationError, PaymentError
+from ..gate import Payment, PaymentGate, PaymentSession, Route, Settlement
+from ..pricing import as_strategy
+from ..request import RequestInfo
+from ..stores import open_store
+from ..stores.registry import DEFAULT_STORE_URL
+from ._common import paid_response_headers, render_error
+from .wsgi import DEFAULT_MAX_BODY, base_url_of, request_info_from_environ
+
+__all__ = ["GateState", "X402Gate", "current_payment", "gate_from_config", "require_payment"]
+
+P = ParamSpec("P")
+EXTENSION_KEY = "x402gate"
+_SESSION = "_x402gate_session"
+_MARK = "__x402gate__"
+_RULE_PARAM = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
+
+
+@contextlib.contextmanager
+def _setting(key: str) -> Iterator[None]:
+    # Whatever fails while reading a setting is reported under the setting's own name.
+    try:
+        yield
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{key}: {exc}") from exc
+
+
+def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
+    """A :class:`~x402gate.gate.PaymentGate` from ``X402GATE_*`` settings (``app.config``).
+
+    ``X402GATE_PAY_TO`` (address, or mapping network → address), ``X402GATE_FACILITATOR_URL``
+    (one URL or a list) and ``X402GATE_NETWORK`` (or ``X402GATE_ASSETS``, a list of
+    :class:`~x402gate.assets.Asset`) are required; ``X402GATE_STORE_URL`` defaults to
+    ``sqlite:///x402gate.db`` and ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300. A missing or invalid
+    setting raises :class:`~x402gate.errors.ConfigurationError` naming it.
+    """
+    from ..facilitators import HTTPFacilitator
+
+    def required(key: str) -> Any:
+        value = config.get(key)
+        if value is None or value == "":
+            raise ConfigurationError(f"{key} is not set (see the x402gate Flask docs)")
+        return value
+
+    with _setting("X402GATE_FACILITATOR_URL"):
+        facilitator = HTTPFacilitator(required("X402GATE_FACILITATOR_URL"))
+    if config.get("X402GATE_ASSETS"):
+        with _setting("X402GATE_ASSETS"):
+            raw = config["X402GATE_ASSETS"]
+            assets = (raw,) if isinstance(raw, Asset) else tuple(raw)
+            if not all(isinstance(a, Asset) for a in assets):
+                raise ConfigurationError("must be a list of x402gate.Asset")
+    else:
+        with _setting("X402GATE_NETWORK"):
+            assets = (usdc(required("X402GATE_NETWORK")),)
+    with _setting("X402GATE_PAY_TO"):
+        pay_to = _checked_pay_to(required("X402GATE_PAY_TO"), assets)
+    with _setting("X402GATE_STORE_URL"):
+        store = open_store(config.get("X402GATE_STORE_URL") or DEFAULT_STORE_URL)
+    try:
+        with _setting("X402GATE_MAX_TIMEOUT_SECONDS"):
+            # Everything else is checked by now: the gate can only refuse the timeout.
+            return PaymentGate(
+                pay_to=pay_to,
+                assets=assets,
+                facilitator=facilitator,
+                store=store,
+                max_timeout_seconds=_integer(config.get("X402GATE_MAX_TIMEOUT_SECONDS", 300)),
+            )
+    except ConfigurationError:
+        store.close()
+        raise
+
+
+def _integer(value: Any) -> int:
+    # Settings often come from the environment as strings: "300" is fine, "5m" is not.
+    try:
+        if isinstance(value, bool | float):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"must be a whole number of seconds, not {value!r}") from None
+
+
+def _checked_pay_to(value: Any, assets: Sequence[Asset]) -> str | dict[str, str]:
+    mapping = (
+        {normalize_network(k): v for k, v in value.items()}
+        if isinstance(value, Mapping)
+        else {a.network: value for a in assets}
+    )
+    for asset in assets:
+        if asset.network not in mapping:
+            raise ConfigurationError(f"no address for network {asset.network}")
+        if int(checksum_address(mapping[asset.network]), 16) == 0:
+            raise ConfigurationError("must not be the zero address")
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class GateState:
+    """What :meth:`X402Gate.init_app` keeps in ``app.extensions["x402gate"]``."""
+
+    gate: PaymentGate
+    trust_proxy_headers: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY
+
+
+class X402Gate:
+    """The Flask extension: one :class:`~x402gate.gate.PaymentGate` per app.
+
+    :param gate: the gate to use; when omitted, :meth:`init_app` builds one from the app's
+        ``X402GATE_*`` config (see :func:`gate_from_config`).
+    :param discovery: serve ``GET /.well-known/x402`` listing every ``require_payment`` view.
+    :param trust_proxy_headers: build resource URLs from ``X-Forwarded-Proto``/``-Host``; only
+        when every request comes through a proxy you control (or use werkzeug's ``ProxyFix``).
+    :param max_body_bytes: largest request body read for pricing on a paid view (413 above).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        gate: PaymentGate | None = None,
+        discovery: bool = False,
+        trust_proxy_headers: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self._gate = gate
+        self.discovery = discovery
+        self.trust_proxy_headers = trust_proxy_headers
+        self.max_body_bytes = max_body_bytes
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Attach to ``app``: build or take the gate, and register the discovery route."""
+        gate = self._gate if self._gate is not None else gate_from_config(app.config)
+        app.extensions[EXTENSION_KEY] = GateState(
+            gate, self.trust_proxy_headers, self.max_body_bytes
+        )
+        if self.discovery:
+            app.add_url_rule(WELL_KNOWN_PATH, "x402gate_discovery", _discovery, methods=["GET"])
+
+    @property
+    def gate(self) -> PaymentGate:
+        """The gate of the current app (or the one given to the constructor)."""
+        return self._gate if self._gate is not None else _state().gate
+
+
+def _state() -> GateState:
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, GateState):
+        raise ConfigurationError("x402gate is not set up on this app: call X402Gate(app)")
+    return state
+
+
+class _PaidView:
+    """The payment terms of one decorated view; its Route is built once per gate."""
+
+    def __init__(self, price: Any, gate: PaymentGate | None, options: dict[str, Any]) -> None:
+        self.price = as_strategy(price)  # a bad price fails at import time, not per request
+        if options["settlement"] not in get_args(Settlement):
+            raise ConfigurationError(
+                f"settlement must be 'after' or 'before', not {options['settlement']!r}"
+            )
+        self.gate, self.options = gate, options
+        self._routes: WeakKeyDictionary[PaymentGate, Route] = WeakKeyDictionary()
+        if gate is not None:
+            self.route_for(gate)
+
+    def route_for(self, gate: PaymentGate) -> Route:
+        route = self._routes.get(gate)
+        if route is None:
+            route = self._routes[gate] = gate.route(self.price, **self.options)
+        return route
+
+    def serve(self, view: Callable[..., Any], args: Any, kwargs: Any) -> Response:
+        if g.get(_SESSION) is not None:
+            # A paid view inside a paid view (decorated twice, or calling another): the
+            # outermost one charges, once per request.
+            return current_app.make_response(view(*args, **kwargs))
+        found = current_app.extensions.get(EXTENSION_KEY)
+        # An explicit gate needs no extension; otherwise a missing one fails closed (500).
+        state = GateState(self.gate) if self.gate and not found else _state()
+        gate = self.gate or state.gate
+        accept = request.headers.get("Accept")
+        try:
+            session = gate.begin_sync(self.route_for(gate), _request_info(state))
+        except PaymentError as exc:
+            return _error(exc, accept)
+        setattr(g, _SESSION, session)
+        g.payment = session.payment
+        try:
+            response = current_app.make_response(view(*args, **kwargs))
+        except BaseException:
+            gate.abort_sync(session)
+            raise
+        try:
+            extra = gate.finish_sync(session, response.status_code)
+        except PaymentError as exc:
+            response.close()  # a generator body is closed before it ever ran
+            return _error(exc, accept)
+        if response.status_code < 400:
+            headers = paid_response_headers(response.headers.items(), extra)
+            response.headers.clear()
+            response.headers.extend(headers)
+        return response
+
+
+def _request_info(state: GateState) -> RequestInfo:
+    limit = request.max_content_length
+    if limit is None or limit > state.max_body_bytes:
+        with contextlib.suppress(AttributeError):  # no per-request limit before Flask 3.1
+            request.max_content_length = state.max_body_bytes
+    try:
+        length = request.content_length
+        if length is not None and length > state.max_body_bytes:
+            raise RequestEntityTooLarge
+        body = request.get_data(cache=True)  # cached: the view reads it again
+    except RequestEntityTooLarge:
+        raise PaymentError(
+            413, "request_too_large", "request body too large for a paid route"
+        ) from None
+    return request_info_from_environ(
+        request.environ, body, trust_proxy_headers=state.trust_proxy_headers, native=request
+    )
+
+
+def _error(exc: PaymentError, accept: str | None) -> Response:
+    status, headers, body = render_error(exc, accept)
+    return Response(body, status=status, headers=headers)
+
+
+def require_payment(
+    price: Any,
+    *,
+    settlement: Settlement = "after",
+    description: str | None = None,
+    mime_type: str | None = None,
+    assets: Asset | Sequence[Asset] | None = None,
+    network: str | None = None,
+    pay_to: str | Mapping[str, str] | None = None,
+    max_timeout_seconds: int | None = None,
+    verify_with_facilitator: bool | None = None,
+    extensions: Mapping[str, Any] | None = None,
+    gate: PaymentGate | None = None,
+) -> Callable[[Callable[P, Any]], Callable[P, Response]]:
+    """Charge ``price`` per call of the decorated view (sync or ``async``).
+
+    The options are those of :meth:`~x402gate.gate.PaymentGate.route`. The app's gate (from
+    :class:`X402Gate`) is used unless ``gate`` is given. In the view, the payment is
+    :data:`current_payment` (also ``g.payment``). ``settlement="before"`` settles before the
+    view runs: use it for streamed responses and irreversible side effects.
+    """
+    options: dict[str, Any] = {
+        "settlement": settlement,
+        "description": description,
+        "mime_type": mime_type,
+        "assets": assets,
+        "network": network,
+        "pay_to": pay_to,
+        "max_timeout_seconds": max_timeout_seconds,
+        "verify_with_facilitator": verify_with_facilitator,
+        "extensions": extensions,
+    }
+    paid = _PaidView(price, gate, options)
+
+    def decorator(view: Callable[P, Any]) -> Callable[P, Response]:
+        @functools.wraps(view)
+        def paid_view(*args: P.args, **kwargs: P.kwargs) -> Response:
+            # ensure_sync runs an async view to completion (Flask's asgiref bridge) while the
+            # payment flow stays on the gate's own loop.
+            return paid.serve(current_app.ensure_sync(view), args, kwargs)
+
+        setattr(paid_view, _MARK, paid)
+        return paid_view
+
+    return decorator
+
+
+def _current_payment() -> Payment:
+    session = g.get(_SESSION)
+    if not isinstance(session, PaymentSession):
+        raise RuntimeError("no x402 payment in this request: the view is not @require_payment")
+    return session.payment
+
+
+current_payment = cast(Payment, LocalProxy(_current_payment))
+"""The payment of the current request (payer, amount, asset, transaction), in a paid view."""
+
+
+def _discovery() -> Response:
+    state = _state()
+    by_gate: dict[int, tuple[PaymentGate, list[tuple[str, Route]]]] = {}
+    for rule in current_app.url_map.iter_rules():
+        paid = getattr(current_app.view_functions.get(rule.endpoint), _MARK, None)
+        if not isinstance(paid, _PaidView):
+            continue
+        gate = paid.gate or state.gate
+        methods = ",".join(sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}))
+        template = _RULE_PARAM.sub(r"{\1}", rule.rule)  # /items/<int:id> -> /items/{id}
+        key = f"{methods} {template}"
+        by_gate.setdefault(id(gate), (gate, []))[1].append((key, paid.route_for(gate)))
+    base = base_url_of(request.environ, trust_proxy_headers=state.trust_proxy_headers)
+    document = discovery_document(state.gate, [], base)
+    for gate, items in by_gate.values():
+        document["items"].extend(discovery_document(gate, items, base)["items"])
+    response = jsonify(document)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"  # public terms, meant for crawlers
+    return response

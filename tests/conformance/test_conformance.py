@@ -1,0 +1,225 @@
+"""One conformance suite for every adapter, each behind its real server, paid by the official
+x402 clients (httpx and requests) on the local chain.
+
+Each ``apps/<adapter>.py`` module builds the same small API (see ``apps/__init__.py``) with its
+framework and serves it with a real server on loopback: uvicorn for ASGI apps, waitress for WSGI
+apps. What is asserted is what a user checks: status codes, headers, bodies, handler runs,
+transactions and balances on chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from x402.http import decode_payment_required_header, decode_payment_response_header
+
+from x402gate import LocalFacilitator, PaymentGate
+from x402gate.testing.clients import paying_httpx_client, paying_requests_session
+from x402gate.testing.payments import encode_payment, sign_exact_payment
+
+pytestmark = pytest.mark.chain
+
+ADAPTERS = ["starlette", "flask", "wsgi"]
+PRICE = 10_000
+CHUNKS = b"chunk-0\nchunk-1\nchunk-2\n"
+
+
+def _module(name: str) -> Any:
+    framework = {"django_app": "django", "wsgi": "waitress", "starlette": "starlette"}.get(name, name)
+    pytest.importorskip(framework)
+    try:
+        return importlib.import_module(f"{__package__}.apps.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith(name):
+            pytest.fail(f"conformance app for {name} is missing")
+        raise
+
+
+class DrainingFacilitator:
+    """A real LocalFacilitator; when ``drain`` is set, the payer empties the wallet on chain right
+    before settlement (the race a payer can really play between verify and settle)."""
+
+    def __init__(self, inner: LocalFacilitator, chain: Any, token: Any) -> None:
+        self.inner, self.chain, self.token = inner, chain, token
+        self.drain: Any = None
+
+    async def supported(self) -> Any:
+        return await self.inner.supported()
+
+    async def verify(self, payload: Any, requirements: Any) -> Any:
+        return await self.inner.verify(payload, requirements)
+
+    async def settle(self, payload: Any, requirements: Any) -> Any:
+        if self.drain is not None:
+            payer = self.drain
+            balance = self.token.balance_of(payer.address)
+            sink = self.chain.new_account().address
+            await asyncio.to_thread(
+                self.chain.transact, payer, self.token.contract.functions.transfer(sink, balance)
+            )
+        return await self.inner.settle(payload, requirements)
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> Any:
+    return _module(request.param)
+
+
+@pytest.fixture
+def facilitator(chain: Any, facilitator_account: Any, test_token: Any) -> DrainingFacilitator:
+    inner = LocalFacilitator(chain.rpc_url, facilitator_account.key.hex(), networks=chain.network)
+    return DrainingFacilitator(inner, chain, test_token)
+
+
+@pytest.fixture
+def served(
+    adapter: Any, facilitator: DrainingFacilitator, test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[tuple[str, Any, PaymentGate]]:
+    gate = PaymentGate(
+        pay_to=pay_to,
+        assets=test_token.asset,
+        facilitator=facilitator,
+        store=f"sqlite:///{tmp_path / 'replay.db'}",
+    )
+    app, calls = adapter.make_app(gate)
+    with adapter.serve(app) as base_url:
+        yield base_url, calls, gate
+    gate.close()
+
+
+async def _requirements(base_url: str, path: str = "/paid") -> Any:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get(path)
+    assert response.status_code == 402
+    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+
+
+async def test_unpaid_request_gets_the_402_challenge(served: Any, test_token: Any, pay_to: str) -> None:
+    base_url, calls, _ = served
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get("/paid")
+        free = await client.get("/free")
+    assert response.status_code == 402
+    assert response.headers["cache-control"] == "no-store"
+    assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
+    required = decode_payment_required_header(response.headers["payment-required"])
+    (req,) = required.accepts
+    assert (req.amount, req.asset, req.pay_to, req.network) == (str(PRICE), test_token.address, pay_to, "eip155:31337")
+    assert required.resource is not None and required.resource.url.endswith("/paid")
+    assert response.json()["error"] == "payment_required"
+    assert free.status_code == 200 and free.text == "free"
+    assert calls["paid"] == 0
+
+
+async def test_paid_with_the_official_httpx_client(
+    served: Any, test_token: Any, payer: Any, pay_to: str, chain: Any
+) -> None:
+    base_url, calls, _ = served
+    before = test_token.balance_of(payer.address)
+    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+        response = await client.get("/paid")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"content": "PAID-CONTENT", "payer": payer.address}
+    receipt = decode_payment_response_header(response.headers["payment-response"])
+    assert receipt.success and chain.w3.eth.get_transaction_receipt(receipt.transaction)["status"] == 1
+    assert test_token.balance_of(payer.address) == before - PRICE
+    assert test_token.balance_of(pay_to) == PRICE
+    assert calls["paid"] == 1
+
+
+def test_paid_with_the_official_requests_client(served: Any, test_token: Any, payer: Any, pay_to: str) -> None:
+    base_url, calls, _ = served
+    session = paying_requests_session(payer, asset=test_token)
+    with session:
+        response = session.get(f"{base_url}/paid", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["payer"] == payer.address
+    assert decode_payment_response_header(response.headers["payment-response"]).success
+    assert test_token.balance_of(pay_to) == PRICE
+    assert calls["paid"] == 1
+
+
+@pytest.mark.parametrize("path", ["/boom", "/error"])
+async def test_handler_error_settles_nothing(
+    served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    facilitator: DrainingFacilitator,
+) -> None:
+    base_url, calls, _ = served
+    payload = sign_exact_payment(payer, await _requirements(base_url, path))
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get(path, headers={"PAYMENT-SIGNATURE": encode_payment(payload)})
+    assert response.status_code in (500, 503)
+    assert "payment-response" not in response.headers
+    assert calls[path.strip("/")] == 1
+    assert chain.tx_count(facilitator.inner.address) == 0
+    assert test_token.balance_of(pay_to) == 0
+
+
+@pytest.mark.parametrize("path", ["/paid", "/stream-after"])
+async def test_failed_settlement_sends_a_402_and_not_one_byte_of_content(
+    served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    facilitator: DrainingFacilitator,
+) -> None:
+    base_url, calls, _ = served
+    chain.set_balance(payer.address, 10**18)  # gas for the payer's own draining transfer
+    payload = sign_exact_payment(payer, await _requirements(base_url, path))
+    facilitator.drain = payer
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get(path, headers={"PAYMENT-SIGNATURE": encode_payment(payload)})
+    assert response.status_code == 402, response.text
+    assert response.json()["error"] == "invalid_exact_evm_insufficient_balance"
+    assert b"PAID-CONTENT" not in response.content and b"chunk-" not in response.content
+    assert decode_payment_response_header(response.headers["payment-response"]).success is False
+    assert test_token.balance_of(pay_to) == 0
+
+
+async def test_replay_is_refused(served: Any, test_token: Any, payer: Any, pay_to: str) -> None:
+    base_url, calls, _ = served
+    header = {"PAYMENT-SIGNATURE": encode_payment(sign_exact_payment(payer, await _requirements(base_url)))}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        first = await client.get("/paid", headers=header)
+        replay = await client.get("/paid", headers=header)
+    assert first.status_code == 200
+    assert replay.status_code == 402
+    assert replay.json()["error"] == "invalid_exact_evm_nonce_already_used"
+    assert b"PAID-CONTENT" not in replay.content
+    assert calls["paid"] == 1 and test_token.balance_of(pay_to) == PRICE
+
+
+@pytest.mark.parametrize("path", ["/stream", "/stream-after"])
+async def test_streams_are_served_only_after_settlement(
+    served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any
+) -> None:
+    base_url, _, _ = served
+    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+        async with client.stream("GET", path) as response:
+            # Headers precede the first byte of the body: the receipt being among them proves the
+            # payment was settled before any content left the server.
+            receipt = decode_payment_response_header(response.headers["payment-response"])
+            assert receipt.success
+            assert chain.w3.eth.get_transaction_receipt(receipt.transaction)["status"] == 1
+            body = b"".join([chunk async for chunk in response.aiter_bytes()])
+    assert response.status_code == 200
+    assert body == CHUNKS
+    assert test_token.balance_of(pay_to) == PRICE
+
+
+async def test_discovery_document_lists_the_paid_routes(served: Any, test_token: Any, pay_to: str) -> None:
+    base_url, _, _ = served
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.get("/.well-known/x402")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["x402Version"] == 2
+    items = {(i["input"]["method"], i["input"]["routeTemplate"].rstrip("/")): i for i in document["items"]}
+    assert ("GET", "/paid") in items and ("GET", "/stream") in items
+    assert not any(path.rstrip("/") == "/free" for _, path in items)
+    paid = items[("GET", "/paid")]
+    assert paid["resource"]["url"].startswith(base_url) and paid["resource"]["url"].rstrip("/").endswith("/paid")
+    (accept,) = paid["accepts"]
+    assert (accept["amount"], accept["payTo"], accept["asset"]) == (str(PRICE), pay_to, test_token.address)

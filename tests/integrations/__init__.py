@@ -1,0 +1,1 @@
+"""Tests of x402gate.integrations: each adapter on a real chain, with real servers."""
