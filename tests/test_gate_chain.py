@@ -500,3 +500,106 @@ async def test_unreachable_facilitator_is_a_503_not_a_402(
     assert "127.0.0.1" not in response.text
     assert shop.calls == {}
     await gate.aclose()
+
+
+async def test_verify_fails_over_to_the_next_facilitator_but_settle_never_does(
+    shop: Shop, facilitator_service: FacilitatorServer, test_token: Any, payer: Any,
+    pay_to: str, tmp_path: Any,
+) -> None:
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    failover = HTTPFacilitator([facilitator_service.url, dead], timeout=1.0)
+    gate = make_gate(failover, test_token, pay_to, tmp_path)
+    app = shop.app(gate)
+    payload = sign_exact_payment(payer, await challenge(app))
+    async with asgi_client(app) as client:
+        # the first URL is unreachable for verify: the second one answers
+        with facilitator_service.fault("verify", "drop"):
+            pass
+        failover.urls.reverse()  # now [dead, live]: verify must skip the dead one...
+        response = await client.get("/paid", headers=_header(payload))
+    # ...but settle goes to the first URL only, which is dead: no content, 503, nothing settled
+    assert response.status_code == 503 and response.json()["error"] == "facilitator_unavailable"
+    assert facilitator_service.calls["verify"] == 1 and facilitator_service.calls["settle"] == 0
+    assert test_token.balance_of(pay_to) == 0
+    await gate.aclose()
+
+
+async def test_the_event_loop_keeps_running_while_a_payment_settles(
+    gate: PaymentGate, shop: Shop, test_token: Any, payer: Any
+) -> None:
+    # web3 calls are blocking; they must run in worker threads, never on the event loop.
+    app = shop.app(gate)
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    task = asyncio.create_task(ticker())
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url="http://shop.test", transport=httpx.ASGITransport(app=app)
+    ) as client:
+        for _ in range(3):
+            assert (await client.get("/paid")).status_code == 200
+    done.set()
+    await task
+    assert len(gaps) > 10
+    # A blocking settle (verify + send + receipt, tens of ms) would show up as one long gap.
+    assert max(gaps) < 0.05, f"event loop blocked for {max(gaps) * 1000:.1f} ms"
+
+
+async def test_a_route_can_accept_several_assets_and_networks(
+    facilitator: LocalFacilitator, test_token: Any, chain: Any, payer: Any, pay_to: str, tmp_path: Any
+) -> None:
+    # Two tokens with different EIP-712 domains on one chain (several networks per route are
+    # covered by test_protocol; a facilitator here supports only the local chain).
+    second = chain.deploy_token(name="USDC", symbol="USDC", version="2")
+    gate = PaymentGate(
+        pay_to=pay_to,
+        assets=[test_token.asset, second.asset],
+        facilitator=facilitator,
+        store="memory://",
+    )
+    app = PaymentMiddleware(
+        Starlette(routes=[StarletteRoute("/x", lambda r: JSONResponse({"ok": True}))]),
+        gate=gate,
+        routes={"GET /x": "$0.02"},
+    )
+    async with asgi_client(app) as client:
+        response = await client.get("/x")
+    accepts = decode_payment_required_header(response.headers["payment-required"]).accepts
+    assert [(a.network, a.asset, a.amount, a.extra["name"]) for a in accepts] == [
+        ("eip155:31337", test_token.address, "20000", "USD Coin"),
+        ("eip155:31337", second.address, "20000", "USDC"),
+    ]
+    second.mint(payer.address, 1_000_000)
+    payload = sign_exact_payment(payer, accepts[1])  # pay with the second token
+    async with asgi_client(app) as client:
+        paid = await client.get("/x", headers=_header(payload))
+    assert paid.status_code == 200
+    assert second.balance_of(pay_to) == 20_000 and test_token.balance_of(pay_to) == 0
+
+
+async def test_with_policy_before_a_failing_handler_still_gets_the_receipt(
+    gate: PaymentGate, test_token: Any, payer: Any, pay_to: str
+) -> None:
+    async def fails(request: Request) -> JSONResponse:
+        return JSONResponse({"error": "down"}, status_code=503)
+
+    app = PaymentMiddleware(
+        Starlette(routes=[StarletteRoute("/x", fails)]),
+        gate=gate,
+        routes={"GET /x": gate.route("$0.01", settlement="before")},
+    )
+    payload = sign_exact_payment(payer, await challenge(app, "/x"))
+    async with asgi_client(app) as client:
+        response = await client.get("/x", headers=_header(payload))
+    # The money moved before the handler ran: the client must be able to see where it went.
+    assert response.status_code == 503
+    assert decode_payment_response_header(response.headers["payment-response"]).success
+    assert test_token.balance_of(pay_to) == PRICE

@@ -70,10 +70,10 @@ def request_info_from_scope(
 
 
 def public_origin(scope: Scope, *, trust_proxy_headers: bool = False) -> str:
-    """``scheme://host[:port]`` plus the root path the app is served under, as clients see it."""
+    """``scheme://host[:port]`` of the request, as clients see it (no path)."""
     info = request_info_from_scope(scope, b"", trust_proxy_headers=trust_proxy_headers)
     parts = urlsplit(info.url)
-    return f"{parts.scheme}://{parts.netloc}{scope.get('root_path', '')}"
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def send_json(send: Send, status: int, document: Any) -> None:
@@ -104,7 +104,9 @@ async def send_error(send: Send, exc: PaymentError, accept: str | None) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def settling_send(send: Send, gate: PaymentGate, session: PaymentSession, accept: str | None) -> Send:
+def settling_send(
+    send: Send, gate: PaymentGate, session: PaymentSession, accept: str | None
+) -> Send:
     """Wrap ``send`` so the payment is settled when the app starts its answer.
 
     Only ``http.response.start`` is held: the gate settles (policy ``after``, status < 400) before
@@ -123,9 +125,11 @@ def settling_send(send: Send, gate: PaymentGate, session: PaymentSession, accept
                 blocked = True
                 await send_error(send, exc, accept)
                 return
-            if message["status"] < 400:
+            # Once money moved (policy "before") the receipt goes out whatever the status.
+            if extra or message["status"] < 400:
                 existing = [
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
+                    (k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in message.get("headers", ())
                 ]
                 message = dict(message)
                 message["headers"] = [

@@ -235,7 +235,7 @@ class _PaidView:
         except PaymentError as exc:
             response.close()  # a generator body is closed before it ever ran
             return _error(exc, accept)
-        if response.status_code < 400:
+        if extra or response.status_code < 400:
             headers = paid_response_headers(response.headers.items(), extra)
             response.headers.clear()
             response.headers.extend(headers)

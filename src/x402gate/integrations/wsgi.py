@@ -155,7 +155,9 @@ class _Settling:
             status, headers, self.blocked = render_error(exc, self.accept)
             self._write = self._start_response(_status_line(status), headers)
             return
-        headers = paid_response_headers(self.headers, extra) if code < 400 else self.headers
+        headers = (
+            paid_response_headers(self.headers, extra) if extra or code < 400 else self.headers
+        )
         self._write = self._start_response(self.status, headers)
 
     def respond(self, result: Iterable[bytes]) -> Iterable[bytes]:
