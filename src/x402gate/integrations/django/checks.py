@@ -1,0 +1,235 @@
+"""System checks for ``settings.X402GATE`` (``python manage.py check``).
+
+Run when ``"x402gate.django"`` is in ``INSTALLED_APPS``. Ids:
+
+* ``x402gate.E001`` ``PAY_TO`` missing or not an address (or the zero address);
+* ``x402gate.E002`` ``NETWORK`` / ``ASSETS`` missing, or a network without known USDC;
+* ``x402gate.E003`` a ``ROUTES`` entry with a bad key, price or option;
+* ``x402gate.E004`` no facilitator, or a ``FACILITATOR_URL`` that is not http(s);
+* ``x402gate.E005`` ``X402GATE`` missing or not a dict, an unknown key, or a bad option value;
+* ``x402gate.E006`` a ``STORE_URL`` with an unknown scheme;
+* ``x402gate.E007`` ``GATE`` is not a ``PaymentGate`` (or its path does not import), or is
+  combined with keys that describe a gate;
+* ``x402gate.E008`` ``PaymentMiddleware`` is not in ``MIDDLEWARE``;
+* ``x402gate.W001`` the ``memory://`` store in production: it is per process, so behind several
+  worker processes one payment could be accepted once per process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.utils.module_loading import import_string
+
+from ...assets import Asset, checksum_address, normalize_network, usdc
+from ...errors import ConfigurationError
+from ...gate import PaymentGate
+from ...stores.registry import accepted_schemes, redact_url
+from .conf import GATE_KEYS, KNOWN_KEYS, build_gate, build_routes, conf
+
+__all__ = ["check_settings"]
+
+_DOCS = "See docs/django.md of x402gate."
+
+
+def _error(n: int, msg: str, hint: str = _DOCS) -> Error:
+    return Error(msg, hint=hint, id=f"x402gate.E{n:03d}")
+
+
+class _NoFacilitator:
+    """Stands in for the facilitator while checking: checks never touch the network."""
+
+    async def verify(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    settle = supported = verify
+
+
+def _check_pay_to(pay_to: Any) -> list[CheckMessage]:
+    if pay_to is None:
+        return [_error(1, "X402GATE['PAY_TO'] is required: the address that receives payments.")]
+    addresses = list(pay_to.values()) if isinstance(pay_to, Mapping) else [pay_to]
+    try:
+        if isinstance(pay_to, Mapping):
+            for network in pay_to:
+                normalize_network(network)
+        for address in addresses:
+            if int(checksum_address(address), 16) == 0:
+                raise ConfigurationError("PAY_TO must not be the zero address")
+    except ConfigurationError as exc:
+        return [_error(1, f"X402GATE['PAY_TO'] is invalid: {exc}")]
+    return []
+
+
+def _check_assets() -> list[CheckMessage]:
+    try:
+        if conf.ASSETS is not None:
+            assets = conf.ASSETS if isinstance(conf.ASSETS, list | tuple) else [conf.ASSETS]
+            if not assets or not all(isinstance(a, Asset) for a in assets):
+                raise ConfigurationError("ASSETS must be one or more x402gate.Asset")
+        elif conf.NETWORK is None:
+            raise ConfigurationError("NETWORK (or ASSETS) is required, e.g. 'base'")
+        else:
+            usdc(conf.NETWORK)
+    except ConfigurationError as exc:
+        return [_error(2, f"X402GATE: {exc}")]
+    return []
+
+
+def _check_facilitator() -> list[CheckMessage]:
+    try:
+        if conf.FACILITATOR is not None:
+            if isinstance(conf.FACILITATOR, str):
+                import_string(conf.FACILITATOR)
+            return []
+        if not conf.FACILITATOR_URL:
+            raise ConfigurationError("FACILITATOR_URL (or FACILITATOR) is required")
+        from ...facilitators import HTTPFacilitator
+
+        HTTPFacilitator(conf.FACILITATOR_URL, timeout=conf.FACILITATOR_TIMEOUT)
+    except (ConfigurationError, ImportError) as exc:
+        return [_error(4, f"X402GATE: {exc}")]
+    return []
+
+
+def _check_store() -> list[CheckMessage]:
+    url = conf.STORE_URL
+    if isinstance(url, str) and url.partition("://")[0].lower() not in accepted_schemes():
+        return [
+            _error(
+                6,
+                f"X402GATE['STORE_URL'] {redact_url(url)!r} has an unknown scheme.",
+                f"Use one of {', '.join(s + '://' for s in accepted_schemes())}.",
+            )
+        ]
+    return []
+
+
+def _check_options() -> list[CheckMessage]:
+    errors = []
+    timeout = conf.MAX_TIMEOUT_SECONDS
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 10 <= timeout <= 86_400:
+        errors.append(_error(5, "X402GATE['MAX_TIMEOUT_SECONDS'] must be an int from 10 to 86400."))
+    for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "DISCOVERY"):
+        if not isinstance(getattr(conf, key), bool):
+            errors.append(_error(5, f"X402GATE[{key!r}] must be True or False."))
+    return errors
+
+
+def _gate_for_checks() -> tuple[PaymentGate | None, list[CheckMessage]]:
+    if conf.GATE is not None:
+        try:
+            gate, _ = build_gate()
+        except (ConfigurationError, ImportError) as exc:
+            return None, [_error(7, f"X402GATE['GATE']: {exc}")]
+        return gate, []
+    errors = [
+        *_check_pay_to(conf.PAY_TO),
+        *_check_assets(),
+        *_check_facilitator(),
+        *_check_store(),
+    ]
+    if errors:
+        return None, errors
+    try:
+        gate = PaymentGate(
+            pay_to=conf.PAY_TO,
+            network=conf.NETWORK,
+            assets=conf.ASSETS,
+            facilitator=_NoFacilitator(),
+            store="memory://",
+        )
+    except ConfigurationError as exc:  # e.g. a PAY_TO mapping without one of the networks
+        return None, [_error(1, f"X402GATE: {exc}")]
+    return gate, []
+
+
+def _check_routes(gate: PaymentGate) -> list[CheckMessage]:
+    routes = conf.ROUTES
+    if not isinstance(routes, Mapping):
+        return [_error(3, "X402GATE['ROUTES'] must be a dict of 'METHOD /path' or 'view:name'.")]
+    errors = []
+    for key, spec in routes.items():
+        try:
+            build_routes(gate, {key: spec})
+        except ConfigurationError as exc:
+            errors.append(_error(3, f"X402GATE['ROUTES'][{key!r}]: {exc}"))
+    return errors
+
+
+def _check_middleware() -> list[CheckMessage]:
+    from .middleware import PaymentMiddleware
+
+    for path in getattr(settings, "MIDDLEWARE", None) or ():
+        try:
+            cls = import_string(path)
+        except ImportError:
+            continue  # Django reports unimportable middleware itself
+        if isinstance(cls, type) and issubclass(cls, PaymentMiddleware):
+            return []
+    return [
+        _error(
+            8,
+            "x402gate.django.PaymentMiddleware is not in MIDDLEWARE: ROUTES are served free "
+            "and @require_payment views answer 500.",
+            "Add 'x402gate.django.PaymentMiddleware' to MIDDLEWARE.",
+        )
+    ]
+
+
+def _check_memory_store(gate: PaymentGate | None) -> list[CheckMessage]:
+    if gate is not None and conf.GATE is not None:
+        memory = getattr(gate.store, "scheme", None) == "memory"
+    else:
+        memory = isinstance(conf.STORE_URL, str) and conf.STORE_URL.startswith("memory://")
+    workers = os.environ.get("WEB_CONCURRENCY", "1")  # gunicorn and most PaaS set it
+    several = workers.isdigit() and int(workers) > 1
+    if memory and (several or not settings.DEBUG):
+        return [
+            Warning(
+                "X402GATE uses the memory:// replay store, which lives in one process: behind a "
+                "server with several worker processes (gunicorn -w, uWSGI, several ASGI "
+                "workers) a payment can be accepted once in each process.",
+                hint="Use 'sqlite:///path/x402gate.db' (one host) or 'redis://...' (several).",
+                id="x402gate.W001",
+            )
+        ]
+    return []
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every ``x402gate.*`` check of ``settings.X402GATE``."""
+    raw = conf.raw
+    if not isinstance(raw, Mapping):
+        found = "missing" if raw is None else f"a {type(raw).__name__}"
+        errors = [_error(5, f"settings.X402GATE must be a dict; it is {found}.")]
+        return errors + _check_middleware()
+    known = f"Known keys: {', '.join(sorted(KNOWN_KEYS))}."
+    errors = [
+        _error(5, f"X402GATE has an unknown key {key!r}.", known)
+        for key in raw
+        if key not in KNOWN_KEYS
+    ]
+    conflicting = ", ".join(sorted(GATE_KEYS & set(raw)))
+    gate: PaymentGate | None
+    if conf.GATE is not None and conflicting:
+        errors.append(_error(7, f"X402GATE['GATE'] cannot be combined with {conflicting}."))
+        gate = None
+    else:
+        gate, gate_errors = _gate_for_checks()
+        errors += gate_errors
+    errors += _check_options()
+    if gate is not None:
+        errors += _check_routes(gate)
+    errors += _check_middleware()
+    errors += _check_memory_store(gate)
+    return errors
+
+
+def register_checks() -> None:
+    """Register :func:`check_settings` (called by the app's ``ready``)."""
+    register(check_settings)

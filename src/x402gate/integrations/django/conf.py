@@ -1,0 +1,317 @@
+"""The ``X402GATE`` setting, and the gate and route tables built from it.
+
+:data:`conf` reads ``settings.X402GATE`` on every access (no copy is kept), so
+``override_settings`` works everywhere. The gate built from the settings is cached for the whole
+process and rebuilt after a ``setting_changed`` signal for ``X402GATE`` (sent by
+``override_settings`` and Django's test tools).
+
+Keys (see ``docs/django.md``)::
+
+    X402GATE = {
+        "PAY_TO": "0x...",                 # address, or {network: address}
+        "NETWORK": "base",                 # USDC on this network; or "ASSETS": [Asset(...)]
+        "FACILITATOR_URL": "https://...",  # or several; or "FACILITATOR": an object / dotted path
+        "FACILITATOR_HEADERS": {...},      # optional: auth headers, or a callable
+        "FACILITATOR_TIMEOUT": 20.0,
+        "STORE_URL": "sqlite:///x402gate.db",
+        "MAX_TIMEOUT_SECONDS": 300,
+        "VERIFY_WITH_FACILITATOR": True,
+        "ALLOW_SMART_WALLETS": False,
+        "ROUTES": {"GET /weather/": "$0.01", "view:reports-detail": {"price": "$0.05"}},
+        "DISCOVERY": False,                # serve GET /.well-known/x402
+    }
+
+or ``{"GATE": a PaymentGate or "dotted.path.to.gate", "ROUTES": ..., "DISCOVERY": ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.http import HttpRequest
+from django.urls import Resolver404, resolve
+from django.utils.module_loading import import_string
+
+from ..._runner import run_sync
+from ...errors import ConfigurationError
+from ...gate import PaymentGate, Route
+from ...routing import RouteTable
+from ...stores.registry import DEFAULT_STORE_URL
+
+__all__ = [
+    "GATE_KEYS",
+    "KNOWN_KEYS",
+    "PaidView",
+    "Runtime",
+    "Settings",
+    "build_gate",
+    "build_routes",
+    "conf",
+    "get_runtime",
+    "reset",
+]
+
+GATE_KEYS = frozenset(
+    {
+        "PAY_TO", "NETWORK", "ASSETS", "FACILITATOR", "FACILITATOR_URL", "FACILITATOR_HEADERS",
+        "FACILITATOR_TIMEOUT", "STORE_URL", "MAX_TIMEOUT_SECONDS", "VERIFY_WITH_FACILITATOR",
+        "ALLOW_SMART_WALLETS",
+    }
+)
+"""Keys that describe the gate; they cannot be combined with ``GATE``."""
+
+KNOWN_KEYS = GATE_KEYS | {"GATE", "ROUTES", "DISCOVERY"}
+
+_VIEW_KEY_RE = re.compile(r"^(?:(?P<methods>[A-Za-z]+(?:,[A-Za-z]+)*)\s+)?view:(?P<name>\S+)$")
+
+
+class Settings:
+    """``settings.X402GATE``, one property per key, read on every access."""
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        raw = getattr(settings, "X402GATE", None)
+        return raw.get(key, default) if isinstance(raw, Mapping) else default
+
+    @property
+    def raw(self) -> Any:
+        """The setting as written (``None`` when absent)."""
+        return getattr(settings, "X402GATE", None)
+
+    @property
+    def GATE(self) -> Any:
+        """An existing :class:`PaymentGate`, or the dotted path of one."""
+        return self._get("GATE")
+
+    @property
+    def PAY_TO(self) -> Any:
+        return self._get("PAY_TO")
+
+    @property
+    def NETWORK(self) -> Any:
+        return self._get("NETWORK")
+
+    @property
+    def ASSETS(self) -> Any:
+        return self._get("ASSETS")
+
+    @property
+    def FACILITATOR(self) -> Any:
+        """A facilitator object (``LocalFacilitator``, your own) or its dotted path."""
+        return self._get("FACILITATOR")
+
+    @property
+    def FACILITATOR_URL(self) -> Any:
+        return self._get("FACILITATOR_URL")
+
+    @property
+    def FACILITATOR_HEADERS(self) -> Any:
+        return self._get("FACILITATOR_HEADERS")
+
+    @property
+    def FACILITATOR_TIMEOUT(self) -> Any:
+        return self._get("FACILITATOR_TIMEOUT", 20.0)
+
+    @property
+    def STORE_URL(self) -> Any:
+        return self._get("STORE_URL", DEFAULT_STORE_URL)
+
+    @property
+    def MAX_TIMEOUT_SECONDS(self) -> Any:
+        return self._get("MAX_TIMEOUT_SECONDS", 300)
+
+    @property
+    def VERIFY_WITH_FACILITATOR(self) -> Any:
+        return self._get("VERIFY_WITH_FACILITATOR", True)
+
+    @property
+    def ALLOW_SMART_WALLETS(self) -> Any:
+        return self._get("ALLOW_SMART_WALLETS", False)
+
+    @property
+    def ROUTES(self) -> Any:
+        return self._get("ROUTES", {})
+
+    @property
+    def DISCOVERY(self) -> Any:
+        return self._get("DISCOVERY", False)
+
+
+conf = Settings()
+
+
+def _load(value: Any) -> Any:
+    # Dotted paths let settings name objects that must not be built at settings import time.
+    return import_string(value) if isinstance(value, str) else value
+
+
+def build_gate() -> tuple[PaymentGate, bool]:
+    """The gate the settings describe, and whether this module owns (and so closes) it."""
+    if conf.GATE is not None:
+        extra = sorted(GATE_KEYS & set(conf.raw))
+        if extra:
+            raise ConfigurationError(f"GATE cannot be combined with {', '.join(extra)}")
+        gate = _load(conf.GATE)
+        if not isinstance(gate, PaymentGate):
+            raise ConfigurationError(f"GATE must be a PaymentGate, not {type(gate).__name__}")
+        return gate, False
+    if conf.FACILITATOR is not None:
+        facilitator = _load(conf.FACILITATOR)
+    elif conf.FACILITATOR_URL:
+        from ...facilitators import HTTPFacilitator
+
+        facilitator = HTTPFacilitator(
+            conf.FACILITATOR_URL,
+            headers=_load(conf.FACILITATOR_HEADERS) if conf.FACILITATOR_HEADERS else None,
+            timeout=conf.FACILITATOR_TIMEOUT,
+        )
+    else:
+        raise ConfigurationError("FACILITATOR_URL (or FACILITATOR) is required")
+    if conf.PAY_TO is None:
+        raise ConfigurationError("PAY_TO is required")
+    gate = PaymentGate(
+        pay_to=conf.PAY_TO,
+        network=conf.NETWORK,
+        assets=conf.ASSETS,
+        facilitator=facilitator,
+        store=conf.STORE_URL,
+        max_timeout_seconds=conf.MAX_TIMEOUT_SECONDS,
+        verify_with_facilitator=conf.VERIFY_WITH_FACILITATOR,
+        allow_smart_wallets=conf.ALLOW_SMART_WALLETS,
+    )
+    return gate, True
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRoute:
+    """A ``ROUTES`` entry keyed by URL name (``"GET view:reports-detail"``)."""
+
+    key: str
+    methods: frozenset[str] | None
+    name: str
+    route: Route
+
+
+def _route(gate: PaymentGate, key: str, spec: Any) -> Route:
+    # The same value forms as a path key of RouteTable.
+    if isinstance(spec, Route):
+        return spec
+    if isinstance(spec, Mapping):
+        try:
+            return gate.route(**spec)
+        except TypeError as exc:
+            raise ConfigurationError(f"route {key!r}: {exc}") from None
+    return gate.route(spec)
+
+
+def build_routes(
+    gate: PaymentGate, routes: Any
+) -> tuple[RouteTable | None, tuple[ViewRoute, ...]]:
+    """Split ``ROUTES`` into a path table and URL-name entries; ``ConfigurationError`` if bad."""
+    if not isinstance(routes, Mapping):
+        raise ConfigurationError("ROUTES must map 'METHOD /path' or 'view:name' keys to prices")
+    paths: dict[str, Any] = {}
+    views: list[ViewRoute] = []
+    for key, spec in routes.items():
+        match = _VIEW_KEY_RE.match(key.strip()) if isinstance(key, str) else None
+        if match is None:
+            paths[key] = spec
+            continue
+        route = _route(gate, key, spec)
+        methods = frozenset(match["methods"].upper().split(",")) if match["methods"] else None
+        views.append(ViewRoute(key, methods, match["name"], route))
+    return (RouteTable(gate, paths) if paths else None), tuple(views)
+
+
+@dataclass(eq=False)
+class PaidView:
+    """What ``@require_payment`` attaches to a view: the price and the route options."""
+
+    price: Any
+    options: Mapping[str, Any]
+
+
+@dataclass(eq=False)
+class Runtime:
+    """The gate and routes in force; replaced as a whole when the settings change."""
+
+    gate: PaymentGate
+    owned: bool
+    table: RouteTable | None
+    views: tuple[ViewRoute, ...]
+    discovery: bool
+    _decorated: dict[PaidView, Route] = field(default_factory=dict)
+
+    def match(self, request: HttpRequest) -> Route | None:
+        """The ``ROUTES`` entry for this request, or ``None``."""
+        method, path = request.method or "GET", request.path_info
+        if self.table is not None:
+            route = self.table.match(method, path)
+            if route is not None:
+                return route
+        if not self.views:
+            return None
+        try:
+            view_name = resolve(path, getattr(request, "urlconf", None)).view_name
+        except Resolver404:
+            return None
+        for entry in self.views:
+            if entry.name == view_name and (entry.methods is None or method in entry.methods):
+                return entry.route
+        return None
+
+    def route_for(self, paid: PaidView) -> Route:
+        """The route of a decorated view on this gate (built once)."""
+        route = self._decorated.get(paid)
+        if route is None:
+            route = self._decorated[paid] = self.gate.route(paid.price, **paid.options)
+        return route
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The runtime for the current settings (built on first use)."""
+    global _runtime
+    runtime = _runtime
+    if runtime is not None:
+        return runtime
+    with _lock:
+        if _runtime is None:
+            gate: PaymentGate | None = None
+            try:
+                gate, owned = build_gate()
+                table, views = build_routes(gate, conf.ROUTES)
+            except (ConfigurationError, ImportError) as exc:
+                if gate is not None and owned:
+                    gate.close()
+                # Every request fails until the settings are fixed: nothing is served free.
+                raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
+            _runtime = Runtime(gate, owned, table, views, bool(conf.DISCOVERY))
+        return _runtime
+
+
+def reset() -> None:
+    """Forget the runtime; the next request builds it from the settings again."""
+    global _runtime
+    with _lock:
+        old, _runtime = _runtime, None
+    if old is not None and old.owned:
+        # Closes the store and the facilitator connections of the sync path's loop.
+        run_sync(old.gate.aclose())
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "X402GATE":
+        reset()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="x402gate.django.conf")

@@ -1,0 +1,135 @@
+"""``@require_payment``: price one view, on function views, class-based views and DRF.
+
+::
+
+    @require_payment("$0.01")
+    def weather(request): ...
+
+    @api_view(["GET"])
+    @require_payment("$0.05", description="A report")
+    def report(request): ...                  # DRF: after authentication and permissions
+
+    class Forecast(APIView):
+        @require_payment("$0.02")
+        def get(self, request): ...
+
+    @method_decorator(require_payment("$0.02"), name="get")
+    class Forecast(View): ...
+
+The payment is started right before the view runs and settled by
+:class:`~x402gate.integrations.django.middleware.PaymentMiddleware` once the response is complete,
+so the middleware must be installed: without it a decorated view answers 500 and never runs for
+free.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from asgiref.sync import iscoroutinefunction
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+
+from ...assets import Asset
+from ...errors import ConfigurationError
+from ...gate import Route, Settlement
+from ...pricing import as_strategy
+from .conf import PaidView
+from .middleware import RequestState, paid_flow, request_state, run_flow_async, run_flow_sync
+
+__all__ = ["PAID_VIEW_ATTR", "require_payment"]
+
+PAID_VIEW_ATTR = "x402gate_paid"
+"""Attribute holding the :class:`~x402gate.integrations.django.conf.PaidView` of a view."""
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def _request_of(args: Sequence[Any]) -> tuple[Any, RequestState]:
+    # Function views get (request, ...); methods get (self, request, ...).
+    for arg in args[:2]:
+        inner = getattr(arg, "_request", arg)
+        if isinstance(inner, HttpRequest):
+            state = request_state(arg)
+            if state is None:
+                break
+            return arg, state
+    raise ImproperlyConfigured(
+        "@require_payment needs 'x402gate.django.PaymentMiddleware' in MIDDLEWARE"
+    )
+
+
+def require_payment(
+    price: Any,
+    *,
+    settlement: Settlement = "after",
+    description: str | None = None,
+    mime_type: str | None = None,
+    network: str | None = None,
+    assets: Asset | Sequence[Asset] | None = None,
+    pay_to: str | Mapping[str, str] | None = None,
+    max_timeout_seconds: int | None = None,
+    verify_with_facilitator: bool | None = None,
+    extensions: Mapping[str, Any] | None = None,
+) -> Callable[[V], V]:
+    """Charge ``price`` for every call of the decorated view (sync or async).
+
+    ``price`` and the options are those of :meth:`x402gate.PaymentGate.route`: ``"$0.01"``,
+    ``Decimal``, a strategy (``MatchRules``, ``ModelTable``), or a function of the
+    :class:`~x402gate.RequestInfo`. ``settlement="before"`` settles before the view runs (for
+    irreversible side effects); the default ``"after"`` settles only if the view answered with
+    a status below 400. The view finds the payment in ``request.payment``.
+    """
+    if settlement not in ("after", "before"):
+        raise ConfigurationError(f"settlement must be 'after' or 'before', not {settlement!r}")
+    options = {
+        "settlement": settlement,
+        "description": description,
+        "mime_type": mime_type,
+        "network": network,
+        "assets": assets,
+        "pay_to": pay_to,
+        "max_timeout_seconds": max_timeout_seconds,
+        "verify_with_facilitator": verify_with_facilitator,
+        "extensions": extensions,
+    }
+    # A bad price fails at import time, not on the first paying customer.
+    paid = PaidView(as_strategy(price), {k: v for k, v in options.items() if v is not None})
+
+    def route_of(state: RequestState) -> Route:
+        try:
+            return state.runtime.route_for(paid)
+        except ConfigurationError as exc:
+            raise ImproperlyConfigured(f"@require_payment: {exc}") from exc
+
+    def decorate(view: V) -> V:
+        if isinstance(view, type):
+            raise TypeError(
+                "@require_payment decorates view functions and methods; for a class use "
+                "method_decorator(require_payment(...), name='get')"
+            )
+        wrapper: Any
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                request, state = _request_of(args)
+                flow = paid_flow(request, state, route_of(state))
+                # Under WSGI an async view runs on a loop of its own: the gate must not.
+                call = functools.partial(view, *args, **kwargs)
+                return await run_flow_async(flow, call, offload=not state.async_mode)
+
+        else:
+
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                request, state = _request_of(args)
+                flow = paid_flow(request, state, route_of(state))
+                return run_flow_sync(flow, functools.partial(view, *args, **kwargs))
+
+        setattr(wrapper, PAID_VIEW_ATTR, paid)
+        return cast(V, wrapper)
+
+    return decorate

@@ -1,0 +1,81 @@
+"""The paid routes of a Django project, for ``/.well-known/x402`` (``X402GATE["DISCOVERY"]``).
+
+Listed: the path keys of ``ROUTES``; every URL pattern whose name has a ``view:`` entry; and
+every URL pattern whose view carries ``@require_payment`` (function views, class-based and DRF
+views with decorated methods or ``dispatch``, ViewSet actions). A DRF function view is found when
+``@require_payment`` is visible from outside (above ``@api_view``); below it, the view is charged
+all the same but not listed. Path parameters are written ``{name}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.urls import URLResolver, get_resolver
+
+from ...gate import Route
+from .conf import PaidView, Runtime
+from .decorators import PAID_VIEW_ATTR
+
+__all__ = ["discoverable_routes"]
+
+_CONVERTER_RE = re.compile(r"<(?:[^>:]+:)?([^>]+)>")  # path("<int:pk>/") → {pk}
+_GROUP_RE = re.compile(r"\(\?P<(\w+)>[^()]*\)")  # re_path(r"(?P<pk>[^/.]+)/") → {pk}
+_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def _template(pattern: Any) -> str:
+    # Regex patterns print as regexes: drop the anchors and name the groups; anything fancier
+    # is listed as written.
+    text = str(pattern).removeprefix("^").removesuffix("$").removesuffix(r"\Z")
+    return _CONVERTER_RE.sub(r"{\1}", _GROUP_RE.sub(r"{\1}", text))
+
+
+def _walk(
+    patterns: Sequence[Any], prefix: str, namespaces: tuple[str, ...]
+) -> Iterator[tuple[str, Any, str | None]]:
+    for entry in patterns:
+        template = prefix + _template(entry.pattern)
+        if isinstance(entry, URLResolver):
+            ns = (*namespaces, entry.namespace) if entry.namespace else namespaces
+            yield from _walk(entry.url_patterns, template, ns)
+        else:
+            name = ":".join((*namespaces, entry.name)) if entry.name else None
+            yield "/" + template, entry.callback, name
+
+
+def _decorated(callback: Any) -> list[tuple[str, PaidView]]:
+    paid = getattr(callback, PAID_VIEW_ATTR, None)
+    if paid is not None:
+        return [("GET", paid)]  # a function view answers every method; GET is the usual one
+    cls = getattr(callback, "cls", None) or getattr(callback, "view_class", None)
+    if cls is None:
+        return []
+    actions: dict[str, str] = getattr(callback, "actions", None) or {}  # DRF ViewSets
+    whole = getattr(getattr(cls, "dispatch", None), PAID_VIEW_ATTR, None)
+    found = []
+    for method in _METHODS:
+        if actions and method not in actions:
+            continue
+        handler = getattr(cls, actions.get(method, method), None)
+        if handler is None:
+            continue
+        paid = getattr(handler, PAID_VIEW_ATTR, None) or whole
+        if paid is not None:
+            found.append((method.upper(), paid))
+    return found
+
+
+def discoverable_routes(runtime: Runtime, urlconf: Any = None) -> list[tuple[str, Route]]:
+    """``(key, Route)`` pairs for :func:`x402gate.discovery.discovery_document`."""
+    routes: list[tuple[str, Route]] = list(runtime.table) if runtime.table is not None else []
+    for template, callback, name in _walk(get_resolver(urlconf).url_patterns, "", ()):
+        for view in runtime.views:
+            if view.name == name:
+                methods = ",".join(sorted(view.methods)) if view.methods else "GET"
+                routes.append((f"{methods} {template}", view.route))
+        for method, paid in _decorated(callback):
+            routes.append((f"{method} {template}", runtime.route_for(paid)))
+    return routes
