@@ -74,10 +74,9 @@ class RouteTable:
                 methods_text, path = head.upper(), rest.strip()
                 if not _METHOD_RE.match(methods_text):
                     raise ConfigurationError(f"bad HTTP method in route {key!r}")
-                methods: frozenset[str] | None = frozenset(methods_text.split(","))
-                if "GET" in methods:
-                    # Servers answer HEAD by running the GET handler: it must be paid for too.
-                    methods = methods | {"HEAD"}
+                named = frozenset(methods_text.split(","))
+                # Servers answer HEAD by running the GET handler: it must be paid for too.
+                methods: frozenset[str] | None = named | {"HEAD"} if "GET" in named else named
             else:
                 methods, path = None, head
             if isinstance(spec, Route):

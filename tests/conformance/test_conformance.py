@@ -24,7 +24,7 @@ from x402gate.testing.payments import encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 
-ADAPTERS = ["starlette", "flask", "wsgi", "django_app"]
+ADAPTERS = ["starlette", "fastapi", "flask", "wsgi", "django_app"]
 PRICE = 10_000
 CHUNKS = b"chunk-0\nchunk-1\nchunk-2\n"
 

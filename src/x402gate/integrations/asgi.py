@@ -55,7 +55,12 @@ def request_info_from_scope(
     if not host:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else "localhost"
-    path = scope.get("root_path", "") + scope.get("path", "/")
+    root_path = scope.get("root_path", "")
+    path = scope.get("path", "/")
+    # Servers disagree on whether "path" already includes "root_path" (uvicorn and Starlette's
+    # routing do): add the prefix only when it is not there yet.
+    if root_path and not path.startswith(root_path):
+        path = root_path + path
     query = scope.get("query_string", b"").decode("latin-1")
     url = f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
     return RequestInfo(

@@ -33,10 +33,10 @@ def serve_wsgi(
     is what proxy tests check.
     """
     try:
-        from waitress.server import create_server  # type: ignore[import-untyped]
+        from waitress.server import create_server
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("serve_wsgi needs waitress: pip install waitress") from exc
-    from waitress import wasyncore  # type: ignore[import-untyped]
+    from waitress import wasyncore
 
     # Our own socket map: stopping closes exactly this server's sockets and nothing else.
     socket_map: dict[int, Any] = {}

@@ -1,0 +1,18 @@
+"""CI check: start ``app.py --local`` with uvicorn and pay one request; exit 0 on success.
+
+Run from the repository: ``python examples/fastapi/check.py`` (anvil must be findable, see
+``X402GATE_ANVIL``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # examples/_check.py, shared by every example
+
+from _check import check_example  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(check_example(HERE / "app.py", "/weather/lisbon"))
