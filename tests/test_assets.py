@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from x402gate.assets import Asset, chain_id_of, checksum_address, is_address, normalize_network, usdc
+from x402gate.assets import (
+    Asset,
+    chain_id_of,
+    checksum_address,
+    is_address,
+    normalize_network,
+    usdc,
+)
 from x402gate.errors import ConfigurationError
 
 BASE_USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
@@ -22,7 +29,15 @@ def test_addresses_in_any_single_case_or_checksummed_are_accepted(value: str) ->
 
 
 @pytest.mark.parametrize(
-    "value", [BASE_USDC + "\n", BASE_USDC[:-1], "0x" + "zz" * 20, BASE_USDC.replace("f", "F", 1), "", "833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"]
+    "value",
+    [
+        BASE_USDC + "\n",
+        BASE_USDC[:-1],
+        "0x" + "zz" * 20,
+        BASE_USDC.replace("f", "F", 1),
+        "",
+        "833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+    ],
 )
 def test_bad_or_miscased_addresses_are_refused(value: str) -> None:
     with pytest.raises(ConfigurationError):
@@ -49,9 +64,15 @@ def test_unknown_usdc_network_asks_for_an_explicit_asset() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"name": ""}, {"version": ""}, {"decimals": -1}, {"decimals": True}, {"decimals": 77}]
+    "kwargs",
+    [{"name": ""}, {"version": ""}, {"decimals": -1}, {"decimals": True}, {"decimals": 77}],
 )
 def test_asset_fields_are_validated(kwargs: dict[str, object]) -> None:
-    base: dict[str, object] = {"network": "eip155:8453", "address": BASE_USDC, "name": "USD Coin", "version": "2"}
+    base: dict[str, object] = {
+        "network": "eip155:8453",
+        "address": BASE_USDC,
+        "name": "USD Coin",
+        "version": "2",
+    }
     with pytest.raises(ConfigurationError):
         Asset(**{**base, **kwargs})  # type: ignore[arg-type]

@@ -16,7 +16,11 @@ def test_demo_buys_twice_and_refuses_the_replay(local_chain: object) -> None:
     assert run_demo(out) == 0
     text = out.getvalue()
     lines = [line for line in text.splitlines() if line.startswith(("GET", "POST"))]
-    assert [line.split()[0:2] for line in lines] == [["GET", "/weather"], ["POST", "/summarize"], ["GET", "/weather"]]
+    assert [line.split()[0:2] for line in lines] == [
+        ["GET", "/weather"],
+        ["POST", "/summarize"],
+        ["GET", "/weather"],
+    ]
     assert "200 paid" in lines[0] and "200 paid" in lines[1]
     assert "402 invalid_exact_evm_nonce_already_used" in lines[2]
     assert "seller received $0.013 in 2 transactions" in text

@@ -32,7 +32,8 @@ class StubFacilitator:
     async def supported(self) -> SupportedResponse:
         return SupportedResponse(
             kinds=[SupportedKind(x402_version=2, scheme="exact", network=n) for n in self.networks],
-            extensions=[], signers={},
+            extensions=[],
+            signers={},
         )
 
     async def verify(self, payload: Any, requirements: Any) -> VerifyResponse:
@@ -40,7 +41,9 @@ class StubFacilitator:
 
     async def settle(self, payload: Any, requirements: Any) -> SettleResponse:
         self.settled.append(payload)
-        return SettleResponse(success=True, transaction="0x" + "ab" * 32, network=requirements.network)
+        return SettleResponse(
+            success=True, transaction="0x" + "ab" * 32, network=requirements.network
+        )
 
 
 class BrokenStore(MemoryStore):
@@ -61,7 +64,13 @@ def request(headers: dict[str, str] | None = None, path: str = "/paid") -> Reque
 async def paid_request(gate: PaymentGate, route: Any) -> RequestInfo:
     (req,) = await gate.requirements(route, request())
     payer = Account.create()
-    return request({"PAYMENT-SIGNATURE": encode_payment(sign_exact_payment(payer, req, valid_before=int(time.time()) + 200))})
+    return request(
+        {
+            "PAYMENT-SIGNATURE": encode_payment(
+                sign_exact_payment(payer, req, valid_before=int(time.time()) + 200)
+            )
+        }
+    )
 
 
 async def test_a_facilitator_that_supports_none_of_our_networks_fails_closed() -> None:
@@ -136,7 +145,12 @@ async def test_a_session_is_finished_once() -> None:
     ],
 )
 def test_bad_gate_configuration_is_refused(kwargs: dict[str, Any]) -> None:
-    base: dict[str, Any] = {"pay_to": PAY_TO, "assets": ASSET, "facilitator": StubFacilitator(), "store": "memory://"}
+    base: dict[str, Any] = {
+        "pay_to": PAY_TO,
+        "assets": ASSET,
+        "facilitator": StubFacilitator(),
+        "store": "memory://",
+    }
     with pytest.raises(ConfigurationError):
         PaymentGate(**{**base, **kwargs})
 

@@ -50,7 +50,9 @@ class Shop:
     def app(self, gate: PaymentGate) -> PaymentMiddleware:
         async def paid(request: Request) -> JSONResponse:
             self._hit("paid", request)
-            return JSONResponse({"secret": "the paid content", "payer": request.state.payment.payer})
+            return JSONResponse(
+                {"secret": "the paid content", "payer": request.state.payment.payer}
+            )
 
         async def other(request: Request) -> JSONResponse:
             self._hit("other", request)
@@ -110,7 +112,9 @@ def make_gate(facilitator: Any, token: Any, pay_to: str, tmp_path: Any, **kw: An
 
 
 @pytest.fixture
-def gate(facilitator: LocalFacilitator, test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[PaymentGate]:
+def gate(
+    facilitator: LocalFacilitator, test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[PaymentGate]:
     g = make_gate(facilitator, test_token, pay_to, tmp_path)
     yield g
     g.close()
@@ -190,7 +194,11 @@ def _b64(text: str) -> str:
 BAD_PAYMENTS = {
     # name: (how to build the header from (payer, requirements), expected status, expected code)
     "amount_in_terms": (
-        lambda p, r: _header(sign_exact_payment(p, r, value=PRICE // 2, accepted=r.model_copy(update={"amount": str(PRICE // 2)}))),
+        lambda p, r: _header(
+            sign_exact_payment(
+                p, r, value=PRICE // 2, accepted=r.model_copy(update={"amount": str(PRICE // 2)})
+            )
+        ),
         402,
         "invalid_exact_evm_payload_authorization_value_mismatch",
     ),
@@ -205,27 +213,43 @@ BAD_PAYMENTS = {
         "invalid_exact_evm_payload_recipient_mismatch",
     ),
     "recipient_in_terms": (
-        lambda p, r: _header(sign_exact_payment(p, r, accepted=r.model_copy(update={"pay_to": Account.create().address}))),
+        lambda p, r: _header(
+            sign_exact_payment(
+                p, r, accepted=r.model_copy(update={"pay_to": Account.create().address})
+            )
+        ),
         402,
         "invalid_exact_evm_payload_recipient_mismatch",
     ),
     "network": (
-        lambda p, r: _header(sign_exact_payment(p, r, accepted=r.model_copy(update={"network": "eip155:8453"}))),
+        lambda p, r: _header(
+            sign_exact_payment(p, r, accepted=r.model_copy(update={"network": "eip155:8453"}))
+        ),
         402,
         "network_mismatch",
     ),
     "asset": (
-        lambda p, r: _header(sign_exact_payment(p, r, accepted=r.model_copy(update={"asset": Account.create().address}))),
+        lambda p, r: _header(
+            sign_exact_payment(
+                p, r, accepted=r.model_copy(update={"asset": Account.create().address})
+            )
+        ),
         402,
         "asset_mismatch",
     ),
     "timeout_terms": (
-        lambda p, r: _header(sign_exact_payment(p, r, accepted=r.model_copy(update={"max_timeout_seconds": 999}))),
+        lambda p, r: _header(
+            sign_exact_payment(p, r, accepted=r.model_copy(update={"max_timeout_seconds": 999}))
+        ),
         402,
         "max_timeout_mismatch",
     ),
     "extra_terms": (
-        lambda p, r: _header(sign_exact_payment(p, r, accepted=r.model_copy(update={"extra": {"name": "USDC", "version": "2"}}))),
+        lambda p, r: _header(
+            sign_exact_payment(
+                p, r, accepted=r.model_copy(update={"extra": {"name": "USDC", "version": "2"}})
+            )
+        ),
         402,
         "extra_mismatch",
     ),
@@ -252,17 +276,41 @@ BAD_PAYMENTS = {
     "signature_of_someone_else": (
         lambda p, r: _header(
             sign_exact_payment(Account.create(), r).model_copy(
-                update={"payload": _swap_from(sign_exact_payment(Account.create(), r).payload, p.address)}
+                update={
+                    "payload": _swap_from(
+                        sign_exact_payment(Account.create(), r).payload, p.address
+                    )
+                }
             )
         ),
         402,
         "invalid_exact_evm_payload_signature",
     ),
-    "malformed_base64": (lambda p, r: {"PAYMENT-SIGNATURE": "%%%not-base64%%%"}, 400, "invalid_payment_header"),
-    "malformed_json": (lambda p, r: {"PAYMENT-SIGNATURE": _b64("{not json")}, 400, "invalid_payment_header"),
-    "json_not_object": (lambda p, r: {"PAYMENT-SIGNATURE": _b64("[1,2]")}, 400, "invalid_payment_header"),
-    "missing_accepted": (lambda p, r: {"PAYMENT-SIGNATURE": _b64(json.dumps({"x402Version": 2, "payload": {}}))}, 400, "invalid_payment_header"),
-    "unknown_version": (lambda p, r: {"PAYMENT-SIGNATURE": _b64(json.dumps({"x402Version": 7}))}, 400, "invalid_payment_header"),
+    "malformed_base64": (
+        lambda p, r: {"PAYMENT-SIGNATURE": "%%%not-base64%%%"},
+        400,
+        "invalid_payment_header",
+    ),
+    "malformed_json": (
+        lambda p, r: {"PAYMENT-SIGNATURE": _b64("{not json")},
+        400,
+        "invalid_payment_header",
+    ),
+    "json_not_object": (
+        lambda p, r: {"PAYMENT-SIGNATURE": _b64("[1,2]")},
+        400,
+        "invalid_payment_header",
+    ),
+    "missing_accepted": (
+        lambda p, r: {"PAYMENT-SIGNATURE": _b64(json.dumps({"x402Version": 2, "payload": {}}))},
+        400,
+        "invalid_payment_header",
+    ),
+    "unknown_version": (
+        lambda p, r: {"PAYMENT-SIGNATURE": _b64(json.dumps({"x402Version": 7}))},
+        400,
+        "invalid_payment_header",
+    ),
 }
 
 
@@ -274,8 +322,14 @@ def _swap_from(payload: dict[str, Any], new_from: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", sorted(BAD_PAYMENTS))
 async def test_bad_payments_are_refused_with_their_own_code_and_nothing_happens(
-    case: str, gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any,
-    pay_to: str, facilitator: LocalFacilitator,
+    case: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     app = shop.app(gate)
     requirements = await challenge(app)
@@ -295,7 +349,12 @@ async def test_bad_payments_are_refused_with_their_own_code_and_nothing_happens(
 
 
 async def test_replay_of_a_settled_payment_is_refused_without_a_transaction(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     app = shop.app(gate)
@@ -314,7 +373,12 @@ async def test_replay_of_a_settled_payment_is_refused_without_a_transaction(
 
 
 async def test_twenty_concurrent_submissions_of_one_payment_run_the_handler_once(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     app = shop.app(gate)
@@ -322,7 +386,9 @@ async def test_twenty_concurrent_submissions_of_one_payment_run_the_handler_once
     headers = _header(payload)
     with serve_in_thread(app) as base_url:
         async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            responses = await asyncio.gather(*(client.get("/paid", headers=headers) for _ in range(20)))
+            responses = await asyncio.gather(
+                *(client.get("/paid", headers=headers) for _ in range(20))
+            )
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] + [402] * 19
     refusals = {r.json()["error"] for r in responses if r.status_code == 402}
@@ -334,8 +400,14 @@ async def test_twenty_concurrent_submissions_of_one_payment_run_the_handler_once
 
 @pytest.mark.parametrize("path", ["/boom", "/error"])
 async def test_failed_handler_charges_nothing_and_the_payment_cannot_buy_another_route(
-    path: str, gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any,
-    pay_to: str, facilitator: LocalFacilitator,
+    path: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     app = shop.app(gate)
     payload = sign_exact_payment(payer, await challenge(app, path))
@@ -349,7 +421,10 @@ async def test_failed_handler_charges_nothing_and_the_payment_cannot_buy_another
     assert shop.calls == {path.strip("/"): 1}
     assert chain.tx_count(facilitator.address) == 0
     assert test_token.balance_of(pay_to) == 0
-    assert test_token.authorization_state(payer.address, payload.payload["authorization"]["nonce"]) is False
+    assert (
+        test_token.authorization_state(payer.address, payload.payload["authorization"]["nonce"])
+        is False
+    )
 
 
 async def test_after_a_failed_handler_the_same_payment_can_retry_the_same_route(
@@ -365,7 +440,9 @@ async def test_after_a_failed_handler_the_same_payment_can_retry_the_same_route(
         return JSONResponse({"ok": True})
 
     app = PaymentMiddleware(
-        Starlette(routes=[StarletteRoute("/flaky", flaky)]), gate=gate, routes={"GET /flaky": "$0.01"}
+        Starlette(routes=[StarletteRoute("/flaky", flaky)]),
+        gate=gate,
+        routes={"GET /flaky": "$0.01"},
     )
     payload = sign_exact_payment(payer, await challenge(app, "/flaky"))
     async with asgi_client(app) as client:
@@ -396,7 +473,12 @@ async def test_v1_x_payment_header_is_accepted_and_answered_with_x_payment_respo
     app = shop.app(gate)
     requirements = await challenge(app)
     v2 = sign_exact_payment(payer, requirements)
-    v1 = {"x402Version": 1, "scheme": "exact", "network": requirements.network, "payload": v2.payload}
+    v1 = {
+        "x402Version": 1,
+        "scheme": "exact",
+        "network": requirements.network,
+        "payload": v2.payload,
+    }
     async with asgi_client(app) as client:
         response = await client.get("/paid", headers={"X-PAYMENT": _b64(json.dumps(v1))})
     assert response.status_code == 200, response.text
@@ -417,13 +499,19 @@ def facilitator_service(facilitator: LocalFacilitator) -> Iterator[FacilitatorSe
 async def http_gate(
     facilitator_service: FacilitatorServer, test_token: Any, pay_to: str, tmp_path: Any
 ) -> AsyncIterator[PaymentGate]:
-    g = make_gate(HTTPFacilitator(facilitator_service.url, timeout=1.0), test_token, pay_to, tmp_path)
+    g = make_gate(
+        HTTPFacilitator(facilitator_service.url, timeout=1.0), test_token, pay_to, tmp_path
+    )
     yield g
     await g.aclose()
 
 
 async def test_paid_request_through_an_http_facilitator(
-    http_gate: PaymentGate, shop: Shop, test_token: Any, payer: Any, pay_to: str,
+    http_gate: PaymentGate,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator_service: FacilitatorServer,
 ) -> None:
     app = shop.app(http_gate)
@@ -438,12 +526,24 @@ async def test_paid_request_through_an_http_facilitator(
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
-    [("500", 502, "facilitator_error"), ("malformed", 502, "facilitator_error"),
-     ("drop", 503, "facilitator_unavailable"), ("timeout", 503, "facilitator_unavailable")],
+    [
+        ("500", 502, "facilitator_error"),
+        ("malformed", 502, "facilitator_error"),
+        ("drop", 503, "facilitator_unavailable"),
+        ("timeout", 503, "facilitator_unavailable"),
+    ],
 )
 async def test_facilitator_fault_at_verify_serves_nothing(
-    fault: str, status: int, code: str, http_gate: PaymentGate, shop: Shop, chain: Any,
-    test_token: Any, payer: Any, pay_to: str, facilitator_service: FacilitatorServer,
+    fault: str,
+    status: int,
+    code: str,
+    http_gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator_service: FacilitatorServer,
 ) -> None:
     app = shop.app(http_gate)
     payload = sign_exact_payment(payer, await challenge(app))
@@ -461,13 +561,25 @@ async def test_facilitator_fault_at_verify_serves_nothing(
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
-    [("500", 502, "facilitator_error"), ("malformed", 502, "facilitator_error"),
-     ("drop", 503, "facilitator_unavailable"), ("timeout", 503, "facilitator_unavailable"),
-     ("pending", 503, "settlement_pending")],
+    [
+        ("500", 502, "facilitator_error"),
+        ("malformed", 502, "facilitator_error"),
+        ("drop", 503, "facilitator_unavailable"),
+        ("timeout", 503, "facilitator_unavailable"),
+        ("pending", 503, "settlement_pending"),
+    ],
 )
 async def test_facilitator_fault_at_settle_serves_nothing_and_never_settles_twice(
-    fault: str, status: int, code: str, http_gate: PaymentGate, shop: Shop, chain: Any,
-    test_token: Any, payer: Any, pay_to: str, facilitator_service: FacilitatorServer,
+    fault: str,
+    status: int,
+    code: str,
+    http_gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator_service: FacilitatorServer,
     facilitator: LocalFacilitator,
 ) -> None:
     app = shop.app(http_gate)
@@ -482,7 +594,9 @@ async def test_facilitator_fault_at_settle_serves_nothing_and_never_settles_twic
         assert again.status_code == 402
         assert again.json()["error"] == "invalid_exact_evm_nonce_already_used"
         # a fresh payment works once the fault has cleared
-        fresh = await client.get("/paid", headers=_header(sign_exact_payment(payer, await challenge(app))))
+        fresh = await client.get(
+            "/paid", headers=_header(sign_exact_payment(payer, await challenge(app)))
+        )
     assert fresh.status_code == 200
     assert chain.tx_count(facilitator.address) == 1
     assert test_token.balance_of(pay_to) == PRICE
@@ -491,7 +605,9 @@ async def test_facilitator_fault_at_settle_serves_nothing_and_never_settles_twic
 async def test_unreachable_facilitator_is_a_503_not_a_402(
     shop: Shop, test_token: Any, payer: Any, pay_to: str, tmp_path: Any
 ) -> None:
-    gate = make_gate(HTTPFacilitator("http://127.0.0.1:9", timeout=1.0), test_token, pay_to, tmp_path)
+    gate = make_gate(
+        HTTPFacilitator("http://127.0.0.1:9", timeout=1.0), test_token, pay_to, tmp_path
+    )
     app = shop.app(gate)
     async with asgi_client(app) as client:
         response = await client.get("/paid")
@@ -503,8 +619,12 @@ async def test_unreachable_facilitator_is_a_503_not_a_402(
 
 
 async def test_verify_fails_over_to_the_next_facilitator_but_settle_never_does(
-    shop: Shop, facilitator_service: FacilitatorServer, test_token: Any, payer: Any,
-    pay_to: str, tmp_path: Any,
+    shop: Shop,
+    facilitator_service: FacilitatorServer,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    tmp_path: Any,
 ) -> None:
     dead = "http://127.0.0.1:9"  # nothing listens on the discard port
     failover = HTTPFacilitator([facilitator_service.url, dead], timeout=1.0)
@@ -552,7 +672,12 @@ async def test_blocking_chain_calls_never_run_on_the_event_loop(
 
 
 async def test_a_route_can_accept_several_assets_and_networks(
-    facilitator: LocalFacilitator, test_token: Any, chain: Any, payer: Any, pay_to: str, tmp_path: Any
+    facilitator: LocalFacilitator,
+    test_token: Any,
+    chain: Any,
+    payer: Any,
+    pay_to: str,
+    tmp_path: Any,
 ) -> None:
     # Two tokens with different EIP-712 domains on one chain (several networks per route are
     # covered by test_protocol; a facilitator here supports only the local chain).

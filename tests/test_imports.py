@@ -5,14 +5,22 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ["web3", "eth_account", "x402", "redis", "flask", "django", "fastapi", "starlette", "pydantic", "httpx"]
+HEAVY = [
+    "web3",
+    "eth_account",
+    "x402",
+    "redis",
+    "flask",
+    "django",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "httpx",
+]
 
 
 def test_import_x402gate_loads_no_framework_web3_redis_or_sdk() -> None:
-    code = (
-        "import sys, x402gate; "
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, x402gate; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -17,7 +17,10 @@ from x402gate.assets import Asset
 from x402gate.errors import PaymentError
 
 ASSET = Asset(
-    network="eip155:84532", address="0x036CbD53842c5426634e7929541eC2318f3dCF7e", name="USDC", version="2"
+    network="eip155:84532",
+    address="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+    name="USDC",
+    version="2",
 )
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 
@@ -71,7 +74,9 @@ def test_no_header_means_no_payment() -> None:
 
 def test_payment_signature_wins_over_x_payment() -> None:
     v2 = encode_payment_signature_header(payload())
-    decoded = protocol.decode_payment({protocol.PAYMENT_SIGNATURE: v2, protocol.X_PAYMENT: "garbage"})
+    decoded = protocol.decode_payment(
+        {protocol.PAYMENT_SIGNATURE: v2, protocol.X_PAYMENT: "garbage"}
+    )
     assert decoded is not None and decoded.header == protocol.PAYMENT_SIGNATURE
 
 
@@ -117,15 +122,24 @@ def test_arbitrary_text_never_crashes_the_decoder(value: str) -> None:
 
 
 def test_v1_payload_is_upgraded_with_its_network_name_mapped() -> None:
-    raw = {"x402Version": 1, "scheme": "exact", "network": "base-sepolia", "payload": {"signature": "0x"}}
-    decoded = protocol.decode_payment(header(base64.b64encode(json.dumps(raw).encode()).decode(), protocol.X_PAYMENT))
+    raw = {
+        "x402Version": 1,
+        "scheme": "exact",
+        "network": "base-sepolia",
+        "payload": {"signature": "0x"},
+    }
+    decoded = protocol.decode_payment(
+        header(base64.b64encode(json.dumps(raw).encode()).decode(), protocol.X_PAYMENT)
+    )
     assert decoded is not None and decoded.version == 1 and decoded.v1_network == "base-sepolia"
     assert protocol.match_requirements(decoded, [requirements()]) == requirements()
 
 
 def test_v1_payload_for_an_unaccepted_network_is_a_network_mismatch() -> None:
     raw = {"x402Version": 1, "scheme": "exact", "network": "base", "payload": {}}
-    decoded = protocol.decode_payment(header(base64.b64encode(json.dumps(raw).encode()).decode(), protocol.X_PAYMENT))
+    decoded = protocol.decode_payment(
+        header(base64.b64encode(json.dumps(raw).encode()).decode(), protocol.X_PAYMENT)
+    )
     assert decoded is not None
     with pytest.raises(PaymentError) as info:
         protocol.match_requirements(decoded, [requirements()])
@@ -147,9 +161,13 @@ def test_v1_payload_for_an_unaccepted_network_is_a_network_mismatch() -> None:
         ({"extra": {}}, "extra_mismatch"),
     ],
 )
-def test_payment_for_other_terms_is_a_402_naming_the_field(change: dict[str, Any], code: str) -> None:
+def test_payment_for_other_terms_is_a_402_naming_the_field(
+    change: dict[str, Any], code: str
+) -> None:
     decoded = protocol.DecodedPayment(
-        payload=payload(requirements().model_copy(update=change)), version=2, header=protocol.PAYMENT_SIGNATURE
+        payload=payload(requirements().model_copy(update=change)),
+        version=2,
+        header=protocol.PAYMENT_SIGNATURE,
     )
     with pytest.raises(PaymentError) as info:
         protocol.match_requirements(decoded, [requirements()])
@@ -157,15 +175,26 @@ def test_payment_for_other_terms_is_a_402_naming_the_field(change: dict[str, Any
 
 
 def test_client_may_add_keys_to_extra() -> None:
-    accepted = requirements().model_copy(update={"extra": {"name": "USDC", "version": "2", "note": "x"}})
-    decoded = protocol.DecodedPayment(payload=payload(accepted), version=2, header=protocol.PAYMENT_SIGNATURE)
+    accepted = requirements().model_copy(
+        update={"extra": {"name": "USDC", "version": "2", "note": "x"}}
+    )
+    decoded = protocol.DecodedPayment(
+        payload=payload(accepted), version=2, header=protocol.PAYMENT_SIGNATURE
+    )
     assert protocol.match_requirements(decoded, [requirements()]) == requirements()
 
 
 def test_the_matching_requirement_among_several_is_chosen() -> None:
-    other = Asset(network="eip155:8453", address="0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", name="USD Coin", version="2")
+    other = Asset(
+        network="eip155:8453",
+        address="0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        name="USD Coin",
+        version="2",
+    )
     base = protocol.build_requirements(other, 10_000, PAY_TO, 300)
-    decoded = protocol.DecodedPayment(payload=payload(base), version=2, header=protocol.PAYMENT_SIGNATURE)
+    decoded = protocol.DecodedPayment(
+        payload=payload(base), version=2, header=protocol.PAYMENT_SIGNATURE
+    )
     assert protocol.match_requirements(decoded, [requirements(), base]) == base
 
 

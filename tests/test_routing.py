@@ -13,14 +13,24 @@ from x402gate.routing import RouteTable, compile_pattern
 
 
 class NoFacilitator:
-    async def verify(self, *a: Any) -> Any: raise AssertionError
-    async def settle(self, *a: Any) -> Any: raise AssertionError
-    async def supported(self) -> Any: raise AssertionError
+    async def verify(self, *a: Any) -> Any:
+        raise AssertionError
+
+    async def settle(self, *a: Any) -> Any:
+        raise AssertionError
+
+    async def supported(self) -> Any:
+        raise AssertionError
 
 
 @pytest.fixture
 def gate() -> PaymentGate:
-    return PaymentGate(pay_to="0x" + "12" * 20, assets=usdc("base-sepolia"), facilitator=NoFacilitator(), store="memory://")
+    return PaymentGate(
+        pay_to="0x" + "12" * 20,
+        assets=usdc("base-sepolia"),
+        facilitator=NoFacilitator(),
+        store="memory://",
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,7 +68,11 @@ def test_first_match_wins_and_methods_filter(gate: PaymentGate) -> None:
 def test_values_may_be_prices_routes_or_route_arguments(gate: PaymentGate) -> None:
     table = RouteTable(
         gate,
-        {"/a": 0.05, "/b": gate.route("$0.01", settlement="before"), "/c": {"price": "$0.02", "description": "C"}},
+        {
+            "/a": 0.05,
+            "/b": gate.route("$0.01", settlement="before"),
+            "/c": {"price": "$0.02", "description": "C"},
+        },
     )
     assert table.match("GET", "/b").settlement == "before"  # type: ignore[union-attr]
     assert table.match("GET", "/c").description == "C"  # type: ignore[union-attr]

@@ -4,7 +4,7 @@
 
     X402GateError
     ├── ConfigurationError      wrong settings, found at start-up or when a route is built
-    ├── StoreError              a replay store or credit ledger backend failed (driver errors wrapped)
+    ├── StoreError              a replay store or credit ledger failed (driver errors wrapped)
     ├── FacilitatorError        a facilitator could not be reached or answered nonsense
     │   └── FacilitatorUnavailable   connection refused, timeout: worth retrying later (503)
     └── PaymentError            an HTTP answer for the client: status, code, body and headers

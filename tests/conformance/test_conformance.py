@@ -30,7 +30,9 @@ CHUNKS = b"chunk-0\nchunk-1\nchunk-2\n"
 
 
 def _module(name: str) -> Any:
-    framework = {"django_app": "django", "wsgi": "waitress", "starlette": "starlette"}.get(name, name)
+    framework = {"django_app": "django", "wsgi": "waitress", "starlette": "starlette"}.get(
+        name, name
+    )
     pytest.importorskip(framework)
     try:
         return importlib.import_module(f"{__package__}.apps.{name}")
@@ -99,7 +101,9 @@ async def _requirements(base_url: str, path: str = "/paid") -> Any:
     return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
 
 
-async def test_unpaid_request_gets_the_402_challenge(served: Any, test_token: Any, pay_to: str) -> None:
+async def test_unpaid_request_gets_the_402_challenge(
+    served: Any, test_token: Any, pay_to: str
+) -> None:
     base_url, calls, _ = served
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get("/paid")
@@ -109,7 +113,12 @@ async def test_unpaid_request_gets_the_402_challenge(served: Any, test_token: An
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
     required = decode_payment_required_header(response.headers["payment-required"])
     (req,) = required.accepts
-    assert (req.amount, req.asset, req.pay_to, req.network) == (str(PRICE), test_token.address, pay_to, "eip155:31337")
+    assert (req.amount, req.asset, req.pay_to, req.network) == (
+        str(PRICE),
+        test_token.address,
+        pay_to,
+        "eip155:31337",
+    )
     assert required.resource is not None and required.resource.url.endswith("/paid")
     assert response.json()["error"] == "payment_required"
     assert free.status_code == 200 and free.text == "free"
@@ -121,18 +130,24 @@ async def test_paid_with_the_official_httpx_client(
 ) -> None:
     base_url, calls, _ = served
     before = test_token.balance_of(payer.address)
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30
+    ) as client:
         response = await client.get("/paid")
     assert response.status_code == 200, response.text
     assert response.json() == {"content": "PAID-CONTENT", "payer": payer.address}
     receipt = decode_payment_response_header(response.headers["payment-response"])
-    assert receipt.success and chain.w3.eth.get_transaction_receipt(receipt.transaction)["status"] == 1
+    assert (
+        receipt.success and chain.w3.eth.get_transaction_receipt(receipt.transaction)["status"] == 1
+    )
     assert test_token.balance_of(payer.address) == before - PRICE
     assert test_token.balance_of(pay_to) == PRICE
     assert calls["paid"] == 1
 
 
-def test_paid_with_the_official_requests_client(served: Any, test_token: Any, payer: Any, pay_to: str) -> None:
+def test_paid_with_the_official_requests_client(
+    served: Any, test_token: Any, payer: Any, pay_to: str
+) -> None:
     base_url, calls, _ = served
     session = paying_requests_session(payer, asset=test_token)
     with session:
@@ -146,7 +161,12 @@ def test_paid_with_the_official_requests_client(served: Any, test_token: Any, pa
 
 @pytest.mark.parametrize("path", ["/boom", "/error"])
 async def test_handler_error_settles_nothing(
-    served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    served: Any,
+    path: str,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    chain: Any,
     facilitator: DrainingFacilitator,
 ) -> None:
     base_url, calls, _ = served
@@ -162,10 +182,15 @@ async def test_handler_error_settles_nothing(
 
 @pytest.mark.parametrize("path", ["/paid", "/stream-after"])
 async def test_failed_settlement_sends_a_402_and_not_one_byte_of_content(
-    served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    served: Any,
+    path: str,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    chain: Any,
     facilitator: DrainingFacilitator,
 ) -> None:
-    base_url, calls, _ = served
+    base_url, _, _ = served
     chain.set_balance(payer.address, 10**18)  # gas for the payer's own draining transfer
     payload = sign_exact_payment(payer, await _requirements(base_url, path))
     facilitator.drain = payer
@@ -180,7 +205,11 @@ async def test_failed_settlement_sends_a_402_and_not_one_byte_of_content(
 
 async def test_replay_is_refused(served: Any, test_token: Any, payer: Any, pay_to: str) -> None:
     base_url, calls, _ = served
-    header = {"PAYMENT-SIGNATURE": encode_payment(sign_exact_payment(payer, await _requirements(base_url)))}
+    header = {
+        "PAYMENT-SIGNATURE": encode_payment(
+            sign_exact_payment(payer, await _requirements(base_url))
+        )
+    }
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         first = await client.get("/paid", headers=header)
         replay = await client.get("/paid", headers=header)
@@ -196,30 +225,42 @@ async def test_streams_are_served_only_after_settlement(
     served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any
 ) -> None:
     base_url, _, _ = served
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
-        async with client.stream("GET", path) as response:
-            # Headers precede the first byte of the body: the receipt being among them proves the
-            # payment was settled before any content left the server.
-            receipt = decode_payment_response_header(response.headers["payment-response"])
-            assert receipt.success
-            assert chain.w3.eth.get_transaction_receipt(receipt.transaction)["status"] == 1
-            body = b"".join([chunk async for chunk in response.aiter_bytes()])
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30
+    ) as client, client.stream("GET", path) as response:
+        # Headers precede the first byte of the body: the receipt being among them proves the
+        # payment was settled before any content left the server.
+        receipt = decode_payment_response_header(response.headers["payment-response"])
+        assert receipt.success
+        assert chain.w3.eth.get_transaction_receipt(receipt.transaction)["status"] == 1
+        body = b"".join([chunk async for chunk in response.aiter_bytes()])
     assert response.status_code == 200
     assert body == CHUNKS
     assert test_token.balance_of(pay_to) == PRICE
 
 
-async def test_discovery_document_lists_the_paid_routes(served: Any, test_token: Any, pay_to: str) -> None:
+async def test_discovery_document_lists_the_paid_routes(
+    served: Any, test_token: Any, pay_to: str
+) -> None:
     base_url, _, _ = served
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get("/.well-known/x402")
     assert response.status_code == 200
     document = response.json()
     assert document["x402Version"] == 2
-    items = {(i["input"]["method"], i["input"]["routeTemplate"].rstrip("/")): i for i in document["items"]}
+    items = {
+        (i["input"]["method"], i["input"]["routeTemplate"].rstrip("/")): i
+        for i in document["items"]
+    }
     assert ("GET", "/paid") in items and ("GET", "/stream") in items
     assert not any(path.rstrip("/") == "/free" for _, path in items)
     paid = items[("GET", "/paid")]
-    assert paid["resource"]["url"].startswith(base_url) and paid["resource"]["url"].rstrip("/").endswith("/paid")
+    assert paid["resource"]["url"].startswith(base_url) and paid["resource"]["url"].rstrip(
+        "/"
+    ).endswith("/paid")
     (accept,) = paid["accepts"]
-    assert (accept["amount"], accept["payTo"], accept["asset"]) == (str(PRICE), pay_to, test_token.address)
+    assert (accept["amount"], accept["payTo"], accept["asset"]) == (
+        str(PRICE),
+        pay_to,
+        test_token.address,
+    )
