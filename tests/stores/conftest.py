@@ -31,7 +31,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         if backend == "memory":
             return "memory://"
         if backend == "sqlite":
-            return f"sqlite:///{tmp_path}/store-{n}.db"
+            # Durability is not what these tests check, and an fsync per operation would make
+            # the model test wait on the disk; test_sqlite and test_atomicity use the default.
+            return f"sqlite:///{tmp_path}/store-{n}.db?synchronous=normal"
         # A prefix per store keeps stores apart on one server without flushing it.
         return f"{redis_url}?key_prefix=t{n}:"
 

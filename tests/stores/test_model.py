@@ -8,6 +8,8 @@ common; the clock moves forward in steps that land exactly on expiry boundaries.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, settings
@@ -15,8 +17,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from x402gate.stores import ClaimResult, Store
-
-from .conftest import StoreFactory
 
 KEYS = st.sampled_from(["k1", "k2", "k3"])
 RESOURCES = st.sampled_from(["GET /a", "POST /b"])
@@ -72,11 +72,14 @@ class Model:
 
 
 class StoreMachine(RuleBasedStateMachine):
-    make_store: StoreFactory
+    store: Store
+    runs: Iterator[int]
 
     def __init__(self) -> None:
         super().__init__()
-        self.store: Store = self.make_store()
+        # One store serves every example (opening a SQLite file or a Redis client per example
+        # would dominate the run time); a key namespace per example starts it empty.
+        self.namespace = f"run{next(self.runs)}:"
         self.model = Model()
         self.now = START
 
@@ -88,31 +91,34 @@ class StoreMachine(RuleBasedStateMachine):
     def claim(self, key: str, resource: str, token: str, ttl: int) -> None:
         expires_at = int(self.now) + ttl
         expected = self.model.claim(key, resource, token, expires_at, self.now)
-        assert self.store.claim(key, resource, token, expires_at, self.now) is expected
+        got = self.store.claim(self.namespace + key, resource, token, expires_at, self.now)
+        assert got is expected
 
     @rule(key=KEYS, token=TOKENS, used=st.booleans())
     def finish(self, key: str, token: str, used: bool) -> None:
         new_state = "used" if used else "released"
         allowed = self.model.finish_answers(key, token, new_state, self.now)
-        done = self.store.mark_used(key, token) if used else self.store.release(key, token)
+        stored_key = self.namespace + key
+        if used:
+            done = self.store.mark_used(stored_key, token)
+        else:
+            done = self.store.release(stored_key, token)
         assert done in allowed
         if done:
             self.model.entries[key].state = new_state
 
     @rule(key=KEYS)
     def state(self, key: str) -> None:
-        assert self.store.state(key, self.now) == self.model.state(key, self.now)
+        got = self.store.state(self.namespace + key, self.now)
+        assert got == self.model.state(key, self.now)
 
     @rule(step=st.sampled_from([0.25, 0.5, 1.0, 3.0]))
     def tick(self, step: float) -> None:
         self.now += step
 
-    def teardown(self) -> None:
-        self.store.close()
 
-
-def test_every_backend_matches_the_model(make_store: StoreFactory) -> None:
-    machine = type("Machine", (StoreMachine,), {"make_store": staticmethod(make_store)})
+def test_every_backend_matches_the_model(store: Store) -> None:
+    machine = type("Machine", (StoreMachine,), {"store": store, "runs": itertools.count()})
     run_state_machine_as_test(
         machine,
         settings=settings(

@@ -7,13 +7,25 @@ is created.
 
 from __future__ import annotations
 
-from .base import ClaimResult, Store, replay_key
+from .base import (
+    MAX_IDEMPOTENT_RESPONSE_BYTES,
+    ClaimResult,
+    IdempotencyOutcome,
+    IdempotencyResult,
+    Store,
+    check_payment_id,
+    replay_key,
+)
 from .registry import DEFAULT_STORE_URL, open_store, register_scheme
 
 __all__ = [
     "DEFAULT_STORE_URL",
+    "MAX_IDEMPOTENT_RESPONSE_BYTES",
     "ClaimResult",
+    "IdempotencyOutcome",
+    "IdempotencyResult",
     "Store",
+    "check_payment_id",
     "open_store",
     "register_scheme",
     "replay_key",

@@ -31,6 +31,33 @@ Precise rules, identical in every backend (``tests/stores`` checks them against 
 * Time is expected to move forward; a backend may forget expired entries relative to the latest
   ``now`` it has seen.
 
+Idempotent retries (x402 ``payment-identifier`` extension): the client names its payment with an
+id, and a retry carrying the same id and the same payment gets the first answer again instead of
+paying twice. The store keeps, per id, the *fingerprint* the caller computed (a hash of the
+payment and the request) and, once the request is answered, the serialized response:
+
+``absent`` --begin--> ``pending`` --complete--> ``done`` (response kept until ``expires_at``)
+                       ``pending`` --abandon--> ``absent``
+
+* :meth:`Store.idempotency_begin` reserves the id *before* the payment is verified or settled,
+  so of concurrent retries exactly one proceeds. On a live entry it answers ``CONFLICT`` if the
+  fingerprint differs (whatever the state), else ``REPLAY`` with the stored response when done,
+  else ``IN_PROGRESS``; on an absent or expired id it answers ``NEW``: the entry is now pending
+  for this fingerprint until ``now + ttl_seconds``.
+* :meth:`Store.idempotency_complete` stores the response of a pending entry with this
+  fingerprint: it becomes ``done`` and is kept for the begin's ``ttl_seconds`` counted from
+  this ``now`` (never shorter than the reservation). Repeating it on a done entry with this
+  fingerprint answers True and keeps the first response; on an expired entry it answers False.
+  Responses over :data:`MAX_IDEMPOTENT_RESPONSE_BYTES` are refused.
+* :meth:`Store.idempotency_abandon` deletes a pending entry with this fingerprint (the request
+  failed before a definitive answer), so that a retry can proceed; a done entry stays. It takes
+  no clock: on an expired entry its answer is unspecified.
+* Entries are live while ``now < expires_at``, as claims are; a pending entry whose owner died
+  stays pending (``IN_PROGRESS``) until it expires. There is no owner token: any caller with the
+  same id and fingerprint is the same logical request.
+* Ids are checked against the extension's syntax (:func:`check_payment_id`) and answered
+  :class:`ValueError` otherwise; the gate answers 400 before it gets here.
+
 Every operation is atomic across threads, and across processes / hosts for backends that are
 shared (SQLite file, Redis). Backends wrap every driver error in
 :class:`~x402gate.errors.StoreError`. Methods are synchronous; the gate calls stores whose
@@ -40,12 +67,30 @@ shared (SQLite file, Redis). Backends wrap every driver error in
 from __future__ import annotations
 
 import enum
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from ..errors import ConfigurationError
 
-__all__ = ["ClaimResult", "Store", "replay_key"]
+__all__ = [
+    "MAX_IDEMPOTENT_RESPONSE_BYTES",
+    "ClaimResult",
+    "IdempotencyOutcome",
+    "IdempotencyResult",
+    "Store",
+    "check_payment_id",
+    "replay_key",
+]
+
+MAX_IDEMPOTENT_RESPONSE_BYTES = 1024 * 1024
+"""Largest response :meth:`Store.idempotency_complete` stores (1 MiB)."""
+
+MAX_FINGERPRINT_LENGTH = 512
+"""Longest fingerprint accepted (a hex SHA-256 is 64 characters)."""
+
+_PAYMENT_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 class ClaimResult(enum.Enum):
@@ -62,6 +107,74 @@ class ClaimResult(enum.Enum):
 
     BOUND_ELSEWHERE = "bound_elsewhere"
     """The key was first presented for another resource."""
+
+
+class IdempotencyOutcome(enum.Enum):
+    """Outcome of :meth:`Store.idempotency_begin`."""
+
+    NEW = "new"
+    """The id is now reserved (pending) for this fingerprint: process the request."""
+
+    REPLAY = "replay"
+    """Same fingerprint, already answered: :attr:`IdempotencyResult.response` holds the answer."""
+
+    IN_PROGRESS = "in_progress"
+    """Same fingerprint, still pending: another request with this id is being processed."""
+
+    CONFLICT = "conflict"
+    """The id was first used with another fingerprint (the gate answers 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyResult:
+    """What :meth:`Store.idempotency_begin` found; ``response`` is set for ``REPLAY`` only."""
+
+    outcome: IdempotencyOutcome
+    response: bytes | None = None
+
+
+def check_payment_id(payment_id: str) -> str:
+    """``payment_id`` if it is 16-128 characters of ``[A-Za-z0-9_-]``, else :class:`ValueError`."""
+    if not isinstance(payment_id, str) or _PAYMENT_ID_RE.fullmatch(payment_id) is None:
+        raise ValueError(
+            f"payment identifier must be 16-128 characters of [A-Za-z0-9_-], got {payment_id!r:.80}"
+        )
+    return payment_id
+
+
+def check_idempotency_args(payment_id: str, fingerprint: str) -> None:
+    """The argument checks every backend runs before an idempotency operation."""
+    check_payment_id(payment_id)
+    if not isinstance(fingerprint, str) or not 0 < len(fingerprint) <= MAX_FINGERPRINT_LENGTH:
+        raise ValueError(
+            f"idempotency fingerprint must be a non-empty string of at most "
+            f"{MAX_FINGERPRINT_LENGTH} characters"
+        )
+
+
+def check_idempotency_ttl(ttl_seconds: int) -> None:
+    """A positive whole number of seconds, else :class:`ConfigurationError`."""
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise ConfigurationError(
+            f"idempotency TTL must be a positive number of seconds, got {ttl_seconds!r}"
+        )
+
+
+def check_idempotency_response(response: bytes) -> bytes:
+    """``response`` as bytes if it fits :data:`MAX_IDEMPOTENT_RESPONSE_BYTES`.
+
+    Raises :class:`ConfigurationError` above the cap: the gate checks the size first and
+    abandons instead of caching an answer that large.
+    """
+    if not isinstance(response, bytes | bytearray | memoryview):
+        raise TypeError(f"idempotency response must be bytes, got {type(response).__name__}")
+    data = bytes(response)
+    if len(data) > MAX_IDEMPOTENT_RESPONSE_BYTES:
+        raise ConfigurationError(
+            f"idempotency response of {len(data)} bytes exceeds the "
+            f"{MAX_IDEMPOTENT_RESPONSE_BYTES}-byte cap"
+        )
+    return data
 
 
 def replay_key(network: str, asset: str, payer: str, nonce: str) -> str:
@@ -126,6 +239,52 @@ class Store(ABC):
 
         For tests and tools; the gate itself only needs :meth:`claim`.
         """
+
+    supports_idempotency: ClassVar[bool] = False
+    """True when the backend implements the ``idempotency_*`` operations (all built-in ones do).
+
+    The defaults raise :class:`~x402gate.errors.ConfigurationError`, so a third-party backend
+    written before idempotency keeps working for claims; the gate checks this flag when a route
+    turns ``payment-identifier`` on.
+    """
+
+    def idempotency_begin(
+        self, payment_id: str, fingerprint: str, ttl_seconds: int, now: float
+    ) -> IdempotencyResult:
+        """Reserve ``payment_id`` for ``fingerprint`` before the payment is verified.
+
+        ``NEW`` (now pending until ``now + ttl_seconds``), ``REPLAY`` with the stored response,
+        ``IN_PROGRESS`` or ``CONFLICT``; see the module docstring for the order.
+        """
+        raise self._no_idempotency()
+
+    def idempotency_complete(
+        self, payment_id: str, fingerprint: str, response: bytes, now: float
+    ) -> bool:
+        """Pending for ``fingerprint`` → done, keeping ``response`` until the entry expires.
+
+        True also when it is already done for ``fingerprint`` (the first response is kept);
+        False in every other case (absent, expired, other fingerprint). Raises
+        :class:`~x402gate.errors.ConfigurationError` for a response over
+        :data:`MAX_IDEMPOTENT_RESPONSE_BYTES`.
+        """
+        raise self._no_idempotency()
+
+    def idempotency_abandon(self, payment_id: str, fingerprint: str) -> bool:
+        """Delete the entry if it is pending for ``fingerprint``; True if it was deleted.
+
+        A done entry, or one of another fingerprint, is left alone (False).
+        """
+        raise self._no_idempotency()
+
+    def idempotency_state(self, payment_id: str, now: float) -> str | None:
+        """``"pending"``, ``"done"`` or ``None`` (absent or expired); for tests and tools."""
+        raise self._no_idempotency()
+
+    def _no_idempotency(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"{type(self).__name__} does not support payment-identifier idempotency"
+        )
 
     def ping(self) -> None:  # noqa: B027 - optional hook, a no-op is the right default
         """Raise :class:`~x402gate.errors.StoreError` when the backend is unreachable."""

@@ -5,10 +5,12 @@ URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
 and ``key_prefix`` (default ``x402gate:``). An existing synchronous ``redis.Redis`` client may be
 passed instead; the store then never closes it.
 
-Each entry is one hash, ``<prefix>replay:<key>``. Every check-and-set is one Lua script, which
-Redis runs atomically; scripts are sent once and then called by SHA (redis-py's
-``register_script`` reloads them after a ``SCRIPT FLUSH`` or a failover). Later concerns
-(idempotency, credit) get their own key spaces under the prefix and their own scripts.
+Each entry is one hash, ``<prefix>replay:<key>`` for claims and ``<prefix>idem:<id>`` for
+payment identifiers. Every check-and-set is one Lua script, which Redis runs atomically; scripts
+are sent once and then called by SHA (redis-py's ``register_script`` reloads them after a
+``SCRIPT FLUSH`` or a failover). Later concerns (credit) get their own key spaces under the
+prefix and their own scripts. Stored responses are base64 text, so that a client built with
+``decode_responses=True`` reads them back intact.
 
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to
@@ -19,11 +21,20 @@ authorization as valid, and an injected clock in tests behaves like the real one
 
 from __future__ import annotations
 
+import base64
 import urllib.parse
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from ..errors import ConfigurationError, StoreError
-from .base import ClaimResult, Store
+from .base import (
+    ClaimResult,
+    IdempotencyOutcome,
+    IdempotencyResult,
+    Store,
+    check_idempotency_args,
+    check_idempotency_response,
+    check_idempotency_ttl,
+)
 from .registry import redact_url, register_scheme
 
 if TYPE_CHECKING:
@@ -70,7 +81,53 @@ end
 return 0
 """
 
+# Numbers computed in Lua are stored with %.17g, which reads back as the same double; Lua's own
+# number-to-string conversion keeps only 14 digits and would move expiry boundaries.
+
+# KEYS[1] entry; ARGV fingerprint, ttl_seconds, expires_at (now + ttl, from the caller), now,
+# grace_ms. Answers {outcome} or {'replay', response}, in the order documented in base.py.
+_IDEM_BEGIN = """
+local entry = redis.call('HMGET', KEYS[1], 'fingerprint', 'state', 'response', 'expires_at')
+local now = tonumber(ARGV[4])
+if entry[1] and tonumber(entry[4]) > now then
+    if entry[1] ~= ARGV[1] then return {'conflict'} end
+    if entry[2] == 'done' then return {'replay', entry[3]} end
+    return {'in_progress'}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'state', 'pending', 'ttl', ARGV[2],
+           'expires_at', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[3]) - now) * 1000) + tonumber(ARGV[5]))
+return {'new'}
+"""
+
+# KEYS[1] entry; ARGV fingerprint, response (base64), now, grace_ms.
+_IDEM_COMPLETE = """
+local entry = redis.call('HMGET', KEYS[1], 'fingerprint', 'state', 'expires_at', 'ttl')
+local now = tonumber(ARGV[3])
+if not entry[1] or entry[1] ~= ARGV[1] or tonumber(entry[3]) <= now then return 0 end
+if entry[2] == 'done' then return 1 end
+local expires_at = tonumber(entry[3])
+local renewed = now + tonumber(entry[4])
+if renewed > expires_at then expires_at = renewed end
+redis.call('HSET', KEYS[1], 'state', 'done', 'response', ARGV[2],
+           'expires_at', string.format('%.17g', expires_at))
+redis.call('PEXPIRE', KEYS[1], math.ceil((expires_at - now) * 1000) + tonumber(ARGV[4]))
+return 1
+"""
+
+# KEYS[1] entry; ARGV fingerprint.
+_IDEM_ABANDON = """
+local entry = redis.call('HMGET', KEYS[1], 'fingerprint', 'state')
+if entry[1] == ARGV[1] and entry[2] == 'pending' then
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+return 0
+"""
+
 _CLAIM_RESULTS = {result.value: result for result in ClaimResult}
+_IDEM_OUTCOMES = {outcome.value: outcome for outcome in IdempotencyOutcome}
 
 
 def _import_redis() -> Any:
@@ -100,6 +157,7 @@ class RedisStore(Store):
     aliases: ClassVar[tuple[str, ...]] = ("rediss", "unix")
     blocking: ClassVar[bool] = True
     shared_across_processes: ClassVar[bool] = True
+    supports_idempotency: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -135,6 +193,9 @@ class RedisStore(Store):
         self.key_prefix = key_prefix
         self._claim_script = client.register_script(_CLAIM)
         self._finish_script = client.register_script(_FINISH)
+        self._idem_begin_script = client.register_script(_IDEM_BEGIN)
+        self._idem_complete_script = client.register_script(_IDEM_COMPLETE)
+        self._idem_abandon_script = client.register_script(_IDEM_ABANDON)
 
     @staticmethod
     def _client_from_url(redis: Any, url: str, socket_timeout: float) -> Any:
@@ -215,6 +276,68 @@ class RedisStore(Store):
         except self._redis_errors as exc:
             self._fail(op, exc)
         return int(done) == 1
+
+    # -- idempotency ------------------------------------------------------------------------
+
+    def _idem_key(self, payment_id: str) -> str:
+        return f"{self.key_prefix}idem:{payment_id}"
+
+    def idempotency_begin(
+        self, payment_id: str, fingerprint: str, ttl_seconds: int, now: float
+    ) -> IdempotencyResult:
+        check_idempotency_args(payment_id, fingerprint)
+        check_idempotency_ttl(ttl_seconds)
+        now = float(now)
+        try:
+            answer = self._idem_begin_script(
+                keys=[self._idem_key(payment_id)],
+                args=[
+                    fingerprint,
+                    ttl_seconds,
+                    repr(now + ttl_seconds),
+                    repr(now),
+                    EXPIRY_GRACE_SECONDS * 1000,
+                ],
+            )
+        except self._redis_errors as exc:
+            self._fail("idempotency_begin", exc)
+        outcome = _IDEM_OUTCOMES[_text(answer[0])]
+        if outcome is IdempotencyOutcome.REPLAY:
+            return IdempotencyResult(outcome, base64.b64decode(answer[1]))
+        return IdempotencyResult(outcome)
+
+    def idempotency_complete(
+        self, payment_id: str, fingerprint: str, response: bytes, now: float
+    ) -> bool:
+        check_idempotency_args(payment_id, fingerprint)
+        encoded = base64.b64encode(check_idempotency_response(response))
+        try:
+            done = self._idem_complete_script(
+                keys=[self._idem_key(payment_id)],
+                args=[fingerprint, encoded, repr(float(now)), EXPIRY_GRACE_SECONDS * 1000],
+            )
+        except self._redis_errors as exc:
+            self._fail("idempotency_complete", exc)
+        return int(done) == 1
+
+    def idempotency_abandon(self, payment_id: str, fingerprint: str) -> bool:
+        check_idempotency_args(payment_id, fingerprint)
+        try:
+            done = self._idem_abandon_script(keys=[self._idem_key(payment_id)], args=[fingerprint])
+        except self._redis_errors as exc:
+            self._fail("idempotency_abandon", exc)
+        return int(done) == 1
+
+    def idempotency_state(self, payment_id: str, now: float) -> str | None:
+        try:
+            state, expires_at = self.client.hmget(
+                self._idem_key(payment_id), ["state", "expires_at"]
+            )
+        except self._redis_errors as exc:
+            self._fail("idempotency_state", exc)
+        if state is None or expires_at is None or now >= float(expires_at):
+            return None
+        return _text(state)
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -20,8 +20,10 @@ How it stays correct:
 * After ``fork()`` the child drops the inherited connection without closing it (SQLite forbids
   using a connection across fork) and opens its own on first use, so a store created before a
   pre-forking server spawns its workers is safe.
-* Each concern gets its own table (``x402gate_replay`` now; idempotency and credit tables later)
-  and ``x402gate_meta`` records the schema version.
+* Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``; credit
+  tables later) and ``x402gate_meta`` records the schema version. Adding a table is not a new
+  version: tables are created when missing, and an older x402gate ignores tables it does not
+  know, so old and new workers can share one file during a rolling upgrade.
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 from ..errors import ConfigurationError, StoreError
-from .base import ClaimResult, Store
+from .base import (
+    ClaimResult,
+    IdempotencyOutcome,
+    IdempotencyResult,
+    Store,
+    check_idempotency_args,
+    check_idempotency_response,
+    check_idempotency_ttl,
+)
 from .registry import register_scheme
 
 __all__ = ["SQLiteStore"]
@@ -59,6 +69,16 @@ CREATE TABLE IF NOT EXISTS x402gate_replay (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_replay_expires_at ON x402gate_replay (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_idempotency (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    response BLOB,
+    ttl_seconds INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS x402gate_idempotency_expires_at
+    ON x402gate_idempotency (expires_at);
 """
 
 # Expired rows deleted per purge at most, so that no claim pays for a large backlog at once.
@@ -93,6 +113,7 @@ class SQLiteStore(Store):
     scheme: ClassVar[str] = "sqlite"
     blocking: ClassVar[bool] = True
     shared_across_processes: ClassVar[bool] = True
+    supports_idempotency: ClassVar[bool] = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, timeout: float = 5.0, synchronous: str = "full"
@@ -116,6 +137,7 @@ class SQLiteStore(Store):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
+        self._next_idem_purge = float("-inf")
         _LIVE_STORES.add(self)
 
     @classmethod
@@ -236,6 +258,102 @@ class SQLiteStore(Store):
         ).rowcount
         # A full batch means a backlog: purge again on the next claim, else wait a while.
         self._next_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
+
+    # -- idempotency ------------------------------------------------------------------------
+
+    def idempotency_begin(
+        self, payment_id: str, fingerprint: str, ttl_seconds: int, now: float
+    ) -> IdempotencyResult:
+        check_idempotency_args(payment_id, fingerprint)
+        check_idempotency_ttl(ttl_seconds)
+
+        def run(conn: sqlite3.Connection) -> IdempotencyResult:
+            self._purge_idem(conn, now)
+            row = conn.execute(
+                "SELECT fingerprint, state, response, expires_at FROM x402gate_idempotency"
+                " WHERE id = ?",
+                (payment_id,),
+            ).fetchone()
+            if row is not None and now < row[3]:
+                if row[0] != fingerprint:
+                    return IdempotencyResult(IdempotencyOutcome.CONFLICT)
+                if row[1] == "done":
+                    return IdempotencyResult(IdempotencyOutcome.REPLAY, bytes(row[2]))
+                return IdempotencyResult(IdempotencyOutcome.IN_PROGRESS)
+            conn.execute(
+                "INSERT OR REPLACE INTO x402gate_idempotency"
+                " (id, fingerprint, state, response, ttl_seconds, expires_at)"
+                " VALUES (?, ?, 'pending', NULL, ?, ?)",
+                (payment_id, fingerprint, ttl_seconds, now + ttl_seconds),
+            )
+            return IdempotencyResult(IdempotencyOutcome.NEW)
+
+        return self._write("idempotency_begin", run)
+
+    def idempotency_complete(
+        self, payment_id: str, fingerprint: str, response: bytes, now: float
+    ) -> bool:
+        check_idempotency_args(payment_id, fingerprint)
+        data = check_idempotency_response(response)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT fingerprint, state, expires_at FROM x402gate_idempotency WHERE id = ?",
+                (payment_id,),
+            ).fetchone()
+            if row is None or now >= row[2] or row[0] != fingerprint:
+                return False
+            if row[1] == "pending":
+                conn.execute(
+                    "UPDATE x402gate_idempotency SET state = 'done', response = ?,"
+                    " expires_at = max(expires_at, ? + ttl_seconds) WHERE id = ?",
+                    (data, now, payment_id),
+                )
+            return True
+
+        return self._write("idempotency_complete", run)
+
+    def idempotency_abandon(self, payment_id: str, fingerprint: str) -> bool:
+        check_idempotency_args(payment_id, fingerprint)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM x402gate_idempotency"
+                " WHERE id = ? AND fingerprint = ? AND state = 'pending'",
+                (payment_id, fingerprint),
+            )
+            return cursor.rowcount == 1
+
+        return self._write("idempotency_abandon", run)
+
+    def idempotency_state(self, payment_id: str, now: float) -> str | None:
+        with self._lock:
+            try:
+                row = (
+                    self._connection()
+                    .execute(
+                        "SELECT state, expires_at FROM x402gate_idempotency WHERE id = ?",
+                        (payment_id,),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                self._discard()
+                raise self._error("idempotency_state", exc) from exc
+        if row is None or now >= row[1]:
+            return None
+        state: str = row[0]
+        return state
+
+    def _purge_idem(self, conn: sqlite3.Connection, now: float) -> None:
+        if now < self._next_idem_purge:
+            return
+        deleted = conn.execute(
+            "DELETE FROM x402gate_idempotency WHERE id IN"
+            " (SELECT id FROM x402gate_idempotency WHERE expires_at <= ? LIMIT ?)",
+            (now, _PURGE_LIMIT),
+        ).rowcount
+        self._next_idem_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
 
     # -- plumbing ---------------------------------------------------------------------------
 
