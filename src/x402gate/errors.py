@@ -25,6 +25,7 @@ __all__ = [
     "FacilitatorUnavailable",
     "PaymentError",
     "StoreError",
+    "StoredAnswer",
     "X402GateError",
 ]
 
@@ -83,3 +84,15 @@ class PaymentError(X402GateError):
         if self._body is not None:
             return self._body
         return {"error": self.code, "message": self.message}
+
+
+class StoredAnswer(PaymentError):
+    """The answer already given to this payment, sent again verbatim (x402 ``payment-identifier``).
+
+    A client that retries a paid request with the same payment identifier and the same payment
+    gets the stored status, headers and body, without the handler running or a second charge.
+    """
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], raw_body: bytes) -> None:
+        super().__init__(status_code, "stored_answer", "stored answer", headers=headers)
+        self.raw_body = raw_body

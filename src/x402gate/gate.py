@@ -23,7 +23,10 @@ background loop (:mod:`x402gate._runner`).
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import inspect
+import json
 import logging
 import re
 import secrets
@@ -40,12 +43,14 @@ from .errors import (
     FacilitatorError,
     FacilitatorUnavailable,
     PaymentError,
+    StoredAnswer,
     StoreError,
 )
 from .money import scale_to_asset
 from .pricing import PriceStrategy, as_strategy, resolve_quote
 from .request import RequestInfo
 from .stores import ClaimResult, Store, open_store, replay_key
+from .stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES, IdempotencyOutcome, check_payment_id
 from .stores.registry import DEFAULT_STORE_URL
 
 if TYPE_CHECKING:
@@ -59,10 +64,34 @@ logger = logging.getLogger("x402gate")
 
 T = TypeVar("T")
 Settlement = Literal["after", "before"]
+PaymentIdentifier = Literal["off", "optional", "required"]
 EventListener = Callable[["PaymentEvent"], "Awaitable[None] | None"]
 
 _CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 _SETTLEMENT_POLICIES = ("after", "before")
+_PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
+PAYMENT_IDENTIFIER = "payment-identifier"
+
+
+def payment_identifier_extension(required: bool) -> dict[str, Any]:
+    """The x402 ``payment-identifier`` declaration put on 402 answers."""
+    return {
+        "info": {"required": required},
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "required": {"type": "boolean"},
+                "id": {
+                    "type": "string",
+                    "minLength": 16,
+                    "maxLength": 128,
+                    "pattern": "^[a-zA-Z0-9_-]+$",
+                },
+            },
+            "required": ["required"],
+        },
+    }
 
 
 def _safe_code(code: str | None, default: str) -> str:
@@ -83,6 +112,7 @@ class Route:
     max_timeout_seconds: int | None = None
     verify_with_facilitator: bool | None = None
     extensions: Mapping[str, Any] | None = None
+    payment_identifier: PaymentIdentifier = "optional"
 
 
 @dataclass(slots=True)
@@ -126,6 +156,8 @@ class PaymentSession:
     token: str
     response_headers: dict[str, str] = field(default_factory=dict)
     done: bool = False
+    idempotency: tuple[str, str] | None = None
+    """(payment id, fingerprint) while an answer is to be stored for retries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +194,8 @@ class PaymentGate:
     :param allow_smart_wallets: accept signatures that do not recover to the payer offline
         (EIP-1271 / ERC-6492 smart wallets) and leave them to the facilitator. Off by default:
         such signatures from ordinary wallets are forgeries and are refused in microseconds.
+    :param idempotency_ttl_seconds: how long the answer to a payment that carried an x402
+        ``payment-identifier`` is kept for retries.
     :param clock: time source (tests inject one).
     """
 
@@ -176,6 +210,7 @@ class PaymentGate:
         max_timeout_seconds: int = 300,
         verify_with_facilitator: bool = True,
         allow_smart_wallets: bool = False,
+        idempotency_ttl_seconds: int = 3600,
         clock: Clock | None = None,
     ) -> None:
         self.assets = self._resolve_assets(network, assets)
@@ -189,6 +224,13 @@ class PaymentGate:
         self.max_timeout_seconds = self._check_timeout(max_timeout_seconds)
         self.verify_with_facilitator = bool(verify_with_facilitator)
         self.allow_smart_wallets = bool(allow_smart_wallets)
+        if (
+            isinstance(idempotency_ttl_seconds, bool)
+            or not isinstance(idempotency_ttl_seconds, int)
+            or not 1 <= idempotency_ttl_seconds <= 30 * 86_400
+        ):
+            raise ConfigurationError("idempotency_ttl_seconds must be an integer from 1 to 2592000")
+        self.idempotency_ttl_seconds = idempotency_ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[EventListener] = []
         self._started = False
@@ -244,9 +286,20 @@ class PaymentGate:
         max_timeout_seconds: int | None = None,
         verify_with_facilitator: bool | None = None,
         extensions: Mapping[str, Any] | None = None,
+        payment_identifier: PaymentIdentifier = "optional",
     ) -> Route:
         """A paid route: ``price`` is a price (``0.05``, ``"$0.05"``, ``Decimal``), a strategy
         (``MatchRules``, ``ModelTable``, ...) or a callable of the request (sync or async)."""
+        if payment_identifier not in _PAYMENT_IDENTIFIER_MODES:
+            raise ConfigurationError(
+                "payment_identifier must be one of "
+                f"{', '.join(_PAYMENT_IDENTIFIER_MODES)}, not {payment_identifier!r}"
+            )
+        if payment_identifier != "off" and not self.store.supports_idempotency:
+            raise ConfigurationError(
+                f"{type(self.store).__name__} cannot keep answers for payment identifiers: "
+                "use payment_identifier='off' or another store"
+            )
         if settlement not in _SETTLEMENT_POLICIES:
             raise ConfigurationError(
                 f"settlement must be one of {', '.join(_SETTLEMENT_POLICIES)}, not {settlement!r}"
@@ -275,6 +328,7 @@ class PaymentGate:
             ),
             verify_with_facilitator=verify_with_facilitator,
             extensions=extensions,
+            payment_identifier=payment_identifier,
         )
 
     def on_event(self, listener: EventListener) -> EventListener:
@@ -326,7 +380,7 @@ class PaymentGate:
             if self.store.blocking:
                 return await asyncio.to_thread(fn, *args)
             return fn(*args)
-        except StoreError:
+        except (StoreError, ConfigurationError):
             raise
         except Exception as exc:  # a backend bug must fail closed too
             raise StoreError(f"store operation failed: {type(exc).__name__}") from exc
@@ -376,8 +430,13 @@ class PaymentGate:
         status: int = 402,
         extra_headers: Mapping[str, str] | None = None,
     ) -> PaymentError:
+        extensions = dict(route.extensions or {})
+        if route.payment_identifier != "off":
+            extensions[PAYMENT_IDENTIFIER] = payment_identifier_extension(
+                route.payment_identifier == "required"
+            )
         required = protocol.build_payment_required(
-            accepts, self._resource_info(route, request), code, route.extensions
+            accepts, self._resource_info(route, request), code, extensions
         )
         body = required.model_dump(mode="json", by_alias=True, exclude_none=True)
         body["message"] = message
@@ -408,6 +467,159 @@ class PaymentGate:
         return PaymentError(
             502, "facilitator_error", "payment facilitator failed, try again", headers=headers
         )
+
+    # -- payment identifiers (idempotent retries) --------------------------------------------
+
+    @staticmethod
+    def _payment_id(route: Route, payload: PaymentPayload) -> str | None:
+        if route.payment_identifier == "off":
+            return None
+        ext = (payload.extensions or {}).get(PAYMENT_IDENTIFIER)
+        info = ext.get("info") if isinstance(ext, Mapping) else None
+        value = info.get("id") if isinstance(info, Mapping) else None
+        if value is None:
+            if route.payment_identifier == "required":
+                raise PaymentError(
+                    400, "payment_identifier_required", "this route requires a payment identifier"
+                )
+            return None
+        try:
+            return check_payment_id(value)
+        except ValueError:
+            raise PaymentError(
+                400,
+                "invalid_payment_identifier",
+                "payment identifier must be 16-128 characters of [A-Za-z0-9_-]",
+            ) from None
+
+    @staticmethod
+    def _fingerprint(request: RequestInfo, requirements: PaymentRequirements, auth: Any) -> str:
+        # The same identifier may only ever stand for this payment of this request.
+        material = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string,
+            "body": hashlib.sha256(request.body).hexdigest(),
+            "terms": requirements.model_dump(mode="json", by_alias=True),
+            "payer": auth.payer,
+            "nonce": auth.nonce,
+            "signature": auth.signature.hex(),
+        }
+        encoded = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()
+
+    async def _begin_idempotent(
+        self,
+        route: Route,
+        request: RequestInfo,
+        accepts: Sequence[PaymentRequirements],
+        payment_id: str,
+        fingerprint: str,
+    ) -> None:
+        try:
+            result = await self._store_call(
+                self.store.idempotency_begin,
+                payment_id,
+                fingerprint,
+                self.idempotency_ttl_seconds,
+                self.clock.now(),
+            )
+        except StoreError as exc:
+            logger.error("idempotency store failed: %s", exc)
+            raise self._failure(exc) from None
+        if result.outcome is IdempotencyOutcome.NEW:
+            return
+        if result.outcome is IdempotencyOutcome.REPLAY and result.response is not None:
+            stored = json.loads(result.response)
+            await self._emit(PaymentEvent("replayed", request, route, status=stored["status"]))
+            raise StoredAnswer(
+                int(stored["status"]),
+                dict(stored["headers"]),
+                base64.b64decode(stored["body"]),
+            )
+        headers = {"Cache-Control": "no-store"}
+        if result.outcome is IdempotencyOutcome.IN_PROGRESS:
+            headers["Retry-After"] = "1"
+            raise PaymentError(
+                409,
+                "payment_identifier_in_progress",
+                "a request with this payment identifier is being processed; retry shortly",
+                headers=headers,
+            )
+        await self._emit(
+            PaymentEvent("rejected", request, route, code="payment_identifier_conflict")
+        )
+        raise PaymentError(
+            409,
+            "payment_identifier_conflict",
+            "this payment identifier was already used with another payment or request",
+            headers=headers,
+        )
+
+    async def _abandon(self, idempotency: tuple[str, str] | None) -> None:
+        if idempotency is None:
+            return
+        try:
+            await self._store_call(self.store.idempotency_abandon, *idempotency)
+        except StoreError as exc:
+            # The reservation expires with its TTL: retries wait, nothing is charged twice.
+            logger.error("idempotency abandon failed: %s", exc)
+
+    async def record(
+        self,
+        session: PaymentSession,
+        status_code: int,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+    ) -> None:
+        """Keep the answer of a paid request for retries with the same payment identifier.
+
+        Integrations call it once the whole answer is known; ``body=None`` means it could not
+        be kept (streamed or too large), and retries then learn the payment was processed.
+        """
+        idempotency, session.idempotency = session.idempotency, None
+        if idempotency is None:
+            return
+        if body is None or len(body) > MAX_IDEMPOTENT_RESPONSE_BYTES // 2:
+            answer = {
+                "status": 409,
+                "headers": [["Content-Type", "application/json"], ["Cache-Control", "no-store"]],
+                "body": base64.b64encode(
+                    json.dumps(
+                        {
+                            "error": "payment_already_processed",
+                            "message": "this payment was processed; its answer was not kept",
+                        }
+                    ).encode()
+                ).decode(),
+            }
+        else:
+            kept = [
+                [k, v]
+                for k, v in headers
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            ]
+            answer = {
+                "status": status_code,
+                "headers": kept,
+                "body": base64.b64encode(body).decode(),
+            }
+        data = json.dumps(answer, separators=(",", ":")).encode()
+        try:
+            await self._store_call(
+                self.store.idempotency_complete, *idempotency, data, self.clock.now()
+            )
+        except (StoreError, ConfigurationError) as exc:
+            logger.error("could not keep the answer for a payment identifier: %s", exc)
+
+    def record_sync(
+        self,
+        session: PaymentSession,
+        status_code: int,
+        headers: Iterable[tuple[str, str]],
+        body: bytes | None,
+    ) -> None:
+        run_sync(self.record(session, status_code, headers, body))
 
     # -- the flow ------------------------------------------------------------------------------
 
@@ -459,6 +671,15 @@ class PaymentGate:
         except PaymentError as exc:
             raise await reject(exc.code, exc.message, exc.status_code) from None
 
+        try:
+            payment_id = self._payment_id(route, decoded.payload)
+        except PaymentError as exc:
+            raise await reject(exc.code, exc.message, exc.status_code) from None
+        fingerprint = ""
+        if payment_id is not None:
+            fingerprint = self._fingerprint(request, requirements, auth)
+            await self._begin_idempotent(route, request, accepts, payment_id, fingerprint)
+
         payload = decoded.payload
         if decoded.version == 1:
             payload = payload.model_copy(update={"accepted": requirements})
@@ -478,15 +699,18 @@ class PaymentGate:
         )
         key = replay_key(requirements.network, requirements.asset, auth.payer, auth.nonce)
         token = secrets.token_hex(16)
+        idempotency = (payment_id, fingerprint) if payment_id is not None else None
         try:
             claim = await self._store_call(
                 self.store.claim, key, request.resource, token, auth.valid_before, self.clock.now()
             )
         except StoreError as exc:
             logger.error("replay store claim failed: %s", exc)
+            await self._abandon(idempotency)
             await self._emit(PaymentEvent("error", request, route, payment, code="store"))
             raise self._failure(exc) from None
         if claim is not ClaimResult.CLAIMED:
+            await self._abandon(idempotency)
             if claim is ClaimResult.BOUND_ELSEWHERE:
                 raise await reject(
                     "payment_bound_to_other_resource",
@@ -505,6 +729,7 @@ class PaymentGate:
             version=decoded.version,
             key=key,
             token=token,
+            idempotency=idempotency,
         )
 
         use_facilitator = (
@@ -529,17 +754,24 @@ class PaymentGate:
             await self._settle(session)
         return session
 
-    async def finish(self, session: PaymentSession, status_code: int) -> dict[str, str]:
+    async def finish(
+        self, session: PaymentSession, status_code: int, *, recording: bool = False
+    ) -> dict[str, str]:
         """After the handler answered with ``status_code``: the headers to add to its response.
 
         Policy ``after``: a status below 400 settles now, and the handler's content may be sent
         only if this returns; a failed settlement raises the 402 to send instead. A status of
         400 or more charges nothing and releases the claim.
+
+        ``recording=True`` promises a later :meth:`record` of the whole answer (for retries with
+        a payment identifier); otherwise retries are told the payment was already processed.
         """
         if session.done:
             return session.response_headers
         if session.route.settlement == "before":
             session.done = True
+            if not recording:
+                await self.record(session, status_code, (), None)
             return session.response_headers
         # Done before settling: whatever happens next, _settle alone decides whether the claim
         # is released (definitive refusal) or stays held (outcome unknown) — abort() must not.
@@ -548,6 +780,8 @@ class PaymentGate:
             await self._release(session)
             return {}
         await self._settle(session)
+        if not recording:
+            await self.record(session, status_code, (), None)
         return session.response_headers
 
     async def abort(self, session: PaymentSession) -> None:
@@ -559,6 +793,8 @@ class PaymentGate:
             await self._release(session)
 
     async def _release(self, session: PaymentSession) -> None:
+        idempotency, session.idempotency = session.idempotency, None
+        await self._abandon(idempotency)
         try:
             await self._store_call(self.store.release, session.key, session.token)
         except StoreError as exc:
@@ -627,8 +863,10 @@ class PaymentGate:
     def begin_sync(self, route: Route, request: RequestInfo) -> PaymentSession:
         return run_sync(self.begin(route, request))
 
-    def finish_sync(self, session: PaymentSession, status_code: int) -> dict[str, str]:
-        return run_sync(self.finish(session, status_code))
+    def finish_sync(
+        self, session: PaymentSession, status_code: int, *, recording: bool = False
+    ) -> dict[str, str]:
+        return run_sync(self.finish(session, status_code, recording=recording))
 
     def abort_sync(self, session: PaymentSession) -> None:
         run_sync(self.abort(session))

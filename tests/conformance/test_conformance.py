@@ -225,9 +225,10 @@ async def test_streams_are_served_only_after_settlement(
     served: Any, path: str, test_token: Any, payer: Any, pay_to: str, chain: Any
 ) -> None:
     base_url, _, _ = served
-    async with paying_httpx_client(
-        payer, asset=test_token, base_url=base_url, timeout=30
-    ) as client, client.stream("GET", path) as response:
+    async with (
+        paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client,
+        client.stream("GET", path) as response,
+    ):
         # Headers precede the first byte of the body: the receipt being among them proves the
         # payment was settled before any content left the server.
         receipt = decode_payment_response_header(response.headers["payment-response"])
@@ -264,3 +265,28 @@ async def test_discovery_document_lists_the_paid_routes(
         pay_to,
         test_token.address,
     )
+
+
+async def test_retry_with_the_same_payment_identifier_gets_the_stored_answer(
+    served: Any, test_token: Any, payer: Any, pay_to: str
+) -> None:
+    base_url, calls, _ = served
+    requirements = await _requirements(base_url)
+
+    def with_id(payload: Any) -> dict[str, str]:
+        ext = {
+            "payment-identifier": {"info": {"required": False, "id": "pay_conformance_retry_01"}}
+        }
+        return {"PAYMENT-SIGNATURE": encode_payment(payload.model_copy(update={"extensions": ext}))}
+
+    header = with_id(sign_exact_payment(payer, requirements))
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        first = await client.get("/paid", headers=header)
+        retry = await client.get("/paid", headers=header)
+        other = await client.get("/paid", headers=with_id(sign_exact_payment(payer, requirements)))
+    assert first.status_code == retry.status_code == 200
+    assert retry.json() == first.json() == {"content": "PAID-CONTENT", "payer": payer.address}
+    assert retry.headers["payment-response"] == first.headers["payment-response"]
+    assert other.status_code == 409 and other.json()["error"] == "payment_identifier_conflict"
+    assert calls["paid"] == 1
+    assert test_token.balance_of(pay_to) == PRICE

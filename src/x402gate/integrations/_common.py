@@ -6,7 +6,7 @@ import html
 import json
 from collections.abc import Iterable
 
-from ..errors import PaymentError
+from ..errors import PaymentError, StoredAnswer
 from ..protocol import EXPOSED_HEADERS
 
 __all__ = ["paid_response_headers", "render_error", "wants_html"]
@@ -24,6 +24,10 @@ def render_error(
     exc: PaymentError, accept: str | None = None
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and body for an answer the gate raised."""
+    if isinstance(exc, StoredAnswer):
+        stored = [(k, v) for k, v in exc.headers.items() if k.lower() != "content-length"]
+        stored.append(("Content-Length", str(len(exc.raw_body))))
+        return exc.status_code, stored, exc.raw_body
     headers = dict(exc.headers)
     headers.setdefault("Cache-Control", "no-store")
     headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS

@@ -25,11 +25,13 @@ from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..request import Headers, RequestInfo
 from ..routing import RouteTable
+from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
 from ._common import paid_response_headers, render_error
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "PaymentMiddleware",
+    "finish_recording",
     "public_origin",
     "request_info_from_scope",
     "send_error",
@@ -116,36 +118,58 @@ def settling_send(
 
     Only ``http.response.start`` is held: the gate settles (policy ``after``, status < 400) before
     it goes out, and adds the receipt headers. When settlement fails, the client gets the gate's
-    402 instead and every later message of the app (its content) is dropped.
+    402 instead and every later message of the app (its content) is dropped. When the payment
+    carried a payment identifier, the answer is also kept (up to the store's cap) for retries.
     """
     blocked = False
+    recording = session.idempotency is not None
+    status = 0
+    headers: list[tuple[str, str]] = []
+    chunks: list[bytes] = []
+    size = 0
 
     async def send_paid(message: Message) -> None:
-        nonlocal blocked
+        nonlocal blocked, recording, status, headers, size
         kind = message["type"]
         if kind == "http.response.start":
             try:
-                extra = await gate.finish(session, int(message["status"]))
+                extra = await gate.finish(session, int(message["status"]), recording=recording)
             except PaymentError as exc:
                 blocked = True
                 await send_error(send, exc, accept)
                 return
+            final = [
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ())
+            ]
             # Once money moved (policy "before") the receipt goes out whatever the status.
             if extra or message["status"] < 400:
-                existing = [
-                    (k.decode("latin-1"), v.decode("latin-1"))
-                    for k, v in message.get("headers", ())
-                ]
+                final = paid_response_headers(final, extra)
                 message = dict(message)
                 message["headers"] = [
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in paid_response_headers(existing, extra)
+                    (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in final
                 ]
+            status, headers = int(message["status"]), final
+            recording = recording and session.idempotency is not None
             await send(message)
         elif not blocked:
             await send(message)
+            if recording and kind == "http.response.body":
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size <= MAX_IDEMPOTENT_RESPONSE_BYTES:
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    recording = False
+                    kept = b"".join(chunks) if size <= MAX_IDEMPOTENT_RESPONSE_BYTES else None
+                    await gate.record(session, status, headers, kept)
 
     return send_paid
+
+
+async def finish_recording(gate: PaymentGate, session: PaymentSession) -> None:
+    """After the app returned: an answer that never completed is recorded as not kept."""
+    if session.done and session.idempotency is not None:
+        await gate.record(session, 500, (), None)
 
 
 class _BodyTooLarge(Exception):
@@ -260,3 +284,4 @@ class PaymentMiddleware:
             # An exception, a cancelled request or an app that never answered: charge nothing.
             if not session.done:
                 await self.gate.abort(session)
+            await finish_recording(self.gate, session)

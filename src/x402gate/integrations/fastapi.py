@@ -44,7 +44,13 @@ from ..request import Headers
 from ._common import render_error
 from ._openapi import document_paid_operation
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .asgi import DEFAULT_MAX_BODY, public_origin, request_info_from_scope, settling_send
+from .asgi import (
+    DEFAULT_MAX_BODY,
+    finish_recording,
+    public_origin,
+    request_info_from_scope,
+    settling_send,
+)
 
 __all__ = ["Payment", "RequirePayment", "install", "paid_operations", "require_payment"]
 
@@ -102,6 +108,8 @@ class _SettlementLayer:
             # The endpoint raised (or never answered): charge nothing, free the authorization.
             if slot.begun is not None and not slot.begun[1].done:
                 await slot.begun[0].abort(slot.begun[1])
+            if slot.begun is not None:
+                await finish_recording(*slot.begun)
 
 
 class RequirePayment:

@@ -231,7 +231,9 @@ class _PaidView:
             gate.abort_sync(session)
             raise
         try:
-            extra = gate.finish_sync(session, response.status_code)
+            extra = gate.finish_sync(
+                session, response.status_code, recording=session.idempotency is not None
+            )
         except PaymentError as exc:
             response.close()  # a generator body is closed before it ever ran
             return _error(exc, accept)
@@ -239,6 +241,10 @@ class _PaidView:
             headers = paid_response_headers(response.headers.items(), extra)
             response.headers.clear()
             response.headers.extend(headers)
+        if session.idempotency is not None:
+            # Kept for retries with the same payment identifier; a stream cannot be replayed.
+            body = None if response.is_streamed else response.get_data()
+            gate.record_sync(session, response.status_code, response.headers.items(), body)
         return response
 
 

@@ -27,6 +27,7 @@ from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..request import Headers, RequestInfo
 from ..routing import RouteTable
+from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
 from ._common import paid_response_headers, render_error
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 
@@ -126,6 +127,12 @@ class _Settling:
         self.headers: list[tuple[str, str]] = []
         self.committed = False
         self.blocked: bytes | None = None  # the gate's answer, sent instead of the app's content
+        # Keeping the answer for retries with a payment identifier (x402 payment-identifier).
+        self.recording = False
+        self.code = 0
+        self.final_headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None
@@ -139,6 +146,7 @@ class _Settling:
         # Legacy apps write() before returning: nothing is written before settlement either.
         self.commit()
         if self.blocked is None and data:
+            self.seen(data)
             self._write(data)
 
     def commit(self) -> None:
@@ -149,8 +157,9 @@ class _Settling:
             raise RuntimeError("the WSGI app sent a body without calling start_response")
         self.committed = True
         code = int(self.status.split(None, 1)[0])
+        recording = self.session.idempotency is not None
         try:
-            extra = self.gate.finish_sync(self.session, code)
+            extra = self.gate.finish_sync(self.session, code, recording=recording)
         except PaymentError as exc:
             status, headers, self.blocked = render_error(exc, self.accept)
             self._write = self._start_response(_status_line(status), headers)
@@ -158,7 +167,23 @@ class _Settling:
         headers = (
             paid_response_headers(self.headers, extra) if extra or code < 400 else self.headers
         )
+        self.recording = recording and self.session.idempotency is not None
+        self.code, self.final_headers = code, headers
         self._write = self._start_response(self.status, headers)
+
+    def seen(self, chunk: bytes) -> None:
+        if self.recording:
+            self.size += len(chunk)
+            if self.size <= MAX_IDEMPOTENT_RESPONSE_BYTES:
+                self.chunks.append(chunk)
+
+    def ended(self, complete: bool) -> None:
+        """The server has taken the whole answer (or closed early): keep it for retries."""
+        if self.recording:
+            self.recording = False
+            whole = complete and self.size <= MAX_IDEMPOTENT_RESPONSE_BYTES
+            body = b"".join(self.chunks) if whole else None
+            self.gate.record_sync(self.session, self.code, self.final_headers, body)
 
     def respond(self, result: Iterable[bytes]) -> Iterable[bytes]:
         """The iterable to give the server for the app's ``result``."""
@@ -175,21 +200,31 @@ class _Settling:
         if self.blocked is not None:
             _close(result)
             return [self.blocked]
-        return _Replay(first, iterator, result)
+        return _Replay(first, iterator, result, self)
 
 
 class _Replay:
     """The app's iterable with its already pulled chunks put back in front; closes the app's."""
 
-    def __init__(self, first: list[bytes], rest: Iterator[bytes], result: Iterable[bytes]) -> None:
-        self._first, self._rest, self._result = first, rest, result
+    def __init__(
+        self, first: list[bytes], rest: Iterator[bytes], result: Iterable[bytes], owner: _Settling
+    ) -> None:
+        self._first, self._rest, self._result, self._owner = first, rest, result, owner
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._first
-        yield from self._rest
+        for chunk in self._first:
+            self._owner.seen(chunk)
+            yield chunk
+        for chunk in self._rest:
+            self._owner.seen(chunk)
+            yield chunk
+        self._owner.ended(complete=True)
 
     def close(self) -> None:
-        _close(self._result)
+        try:
+            _close(self._result)
+        finally:
+            self._owner.ended(complete=False)
 
 
 class PaymentMiddleware:

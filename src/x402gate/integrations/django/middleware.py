@@ -192,13 +192,19 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
         return response
     status = response.status_code
     try:
-        extra = yield runtime.gate.finish(session, status)
+        extra = yield runtime.gate.finish(
+            session, status, recording=session.idempotency is not None
+        )
     except PaymentError as exc:
         _discard(response)
         return error_response(exc, request)
     if extra or status < 400:
         for name, value in paid_response_headers(response.items(), extra):
             response[name] = value
+    if session.idempotency is not None:
+        # Kept for retries with the same payment identifier; a stream cannot be replayed.
+        body = None if response.streaming else bytes(response.content)
+        yield runtime.gate.record(session, status, list(response.items()), body)
     return response
 
 
