@@ -21,8 +21,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import django
@@ -96,39 +94,6 @@ urlpatterns = [
 # -- running it --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def local_settings() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """``X402GATE`` on a fresh local chain, and what a buyer needs to pay it."""
-    from eth_account import Account
-
-    from x402gate import LocalFacilitator
-    from x402gate.testing import LocalChain
-
-    with tempfile.TemporaryDirectory() as tmp, LocalChain() as chain:
-        token = chain.deploy_token()
-        buyer = chain.new_account(token=token, token_amount=5_000_000)  # 5 test USDC
-        settler = chain.new_account()  # pays the settlement gas
-        pay_to = Account.create().address
-        x402gate = {
-            "PAY_TO": pay_to,
-            "ASSETS": [token.asset],  # the test token instead of USDC on a public network
-            "FACILITATOR": LocalFacilitator(
-                chain.rpc_url, settler.key.hex(), networks=chain.network
-            ),
-            "STORE_URL": f"sqlite:///{tmp}/replay.db",
-            "ROUTES": ROUTES,
-            "DISCOVERY": True,
-        }
-        asset = token.asset
-        buyer_info = {
-            "buyer_key": buyer.key.hex(),
-            "asset": {"network": asset.network, "address": asset.address, "name": asset.name,
-                      "version": asset.version, "decimals": asset.decimals},
-            "pay_to": pay_to,
-        }
-        yield x402gate, buyer_info
-
-
 def serve(host: str, port: int, info: dict[str, Any]) -> None:
     from django.core.management import call_command
     from django.core.wsgi import get_wsgi_application
@@ -156,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     with contextlib.ExitStack() as stack:
         info: dict[str, Any] = {}
-        if args.local:
-            SETTINGS["X402GATE"], info = stack.enter_context(local_settings())
+        if args.local:  # the same site on a local chain: anvil, a test USDC, a funded buyer
+            from x402gate.testing.local import local_gate
+
+            local = stack.enter_context(local_gate())
+            SETTINGS["X402GATE"] = {"GATE": local.gate, "ROUTES": ROUTES, "DISCOVERY": True}
+            info = local.buyer_info()
         settings.configure(**SETTINGS)
         django.setup()
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C or SIGTERM: a clean stop

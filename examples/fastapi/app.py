@@ -22,8 +22,7 @@ import os
 import signal
 import socket
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -51,8 +50,13 @@ def create_app(gate: PaymentGate) -> FastAPI:
 
     @app.get("/")
     async def index() -> dict[str, list[str]]:
-        return {"paid": ["GET /weather/{city} ($0.01)", "GET /premium/* ($0.05)",
-                         "GET /forecast ($0.02, streamed)"]}
+        return {
+            "paid": [
+                "GET /weather/{city} ($0.01)",
+                "GET /premium/* ($0.05)",
+                "GET /forecast ($0.02, streamed)",
+            ]
+        }
 
     @app.get("/weather/{city}")
     async def weather(city: str, payment: Paid) -> Weather:
@@ -94,39 +98,6 @@ def gate_from_env() -> PaymentGate:
     )
 
 
-@contextlib.contextmanager
-def local_gate() -> Iterator[tuple[PaymentGate, dict[str, Any]]]:
-    """A gate on a fresh local chain, and what a buyer needs to pay it."""
-    from eth_account import Account
-
-    from x402gate import LocalFacilitator
-    from x402gate.testing import LocalChain
-
-    with tempfile.TemporaryDirectory() as tmp, LocalChain() as chain:
-        token = chain.deploy_token()
-        buyer = chain.new_account(token=token, token_amount=5_000_000)  # 5 test USDC
-        settler = chain.new_account()  # pays the settlement gas
-        gate = PaymentGate(
-            pay_to=Account.create().address,
-            assets=token.asset,
-            facilitator=LocalFacilitator(chain.rpc_url, settler.key.hex(), networks=chain.network),
-            store=f"sqlite:///{tmp}/replay.db",
-        )
-        asset = token.asset
-        info = {
-            "buyer_key": buyer.key.hex(),
-            "asset": {
-                "network": asset.network, "address": asset.address, "name": asset.name,
-                "version": asset.version, "decimals": asset.decimals,
-            },
-            "pay_to": gate.pay_to[asset.network],
-        }
-        try:
-            yield gate, info
-        finally:
-            gate.close()
-
-
 def serve(app: FastAPI, host: str, port: int, info: dict[str, Any]) -> None:
     import uvicorn
 
@@ -153,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises it again for this handler.
     signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(KeyboardInterrupt):
-        if args.local:
-            with local_gate() as (gate, info):
-                serve(create_app(gate), args.host, args.port, info)
-        else:
+        if not args.local:
             serve(create_app(gate_from_env()), args.host, args.port, {})
+        else:  # the same app on a local chain: anvil, a test USDC, a funded buyer
+            from x402gate.testing.local import local_gate
+
+            with local_gate() as local:
+                serve(create_app(local.gate), args.host, args.port, local.buyer_info())
     return 0
 
 

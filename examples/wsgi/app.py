@@ -15,13 +15,11 @@ key, so a script (``check.py``) can pay a request.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from x402gate import HTTPFacilitator, PaymentGate
@@ -60,42 +58,6 @@ def gate_from_environment() -> PaymentGate:
     )
 
 
-@contextlib.contextmanager
-def local_gate() -> Iterator[tuple[PaymentGate, dict[str, Any]]]:
-    """A gate on a fresh local chain, and what a buyer needs to pay it."""
-    from eth_account import Account
-
-    from x402gate import LocalFacilitator
-    from x402gate.testing import LocalChain
-
-    with tempfile.TemporaryDirectory() as tmp, LocalChain() as chain:
-        token = chain.deploy_token()
-        buyer = chain.new_account(token=token, token_amount=5_000_000)  # 5 test USDC
-        settler = chain.new_account()  # pays the settlement gas
-        gate = PaymentGate(
-            pay_to=Account.create().address,
-            assets=token.asset,
-            facilitator=LocalFacilitator(chain.rpc_url, settler.key.hex(), networks=chain.network),
-            store=f"sqlite:///{tmp}/replay.db",
-        )
-        asset = token.asset
-        buyer_info = {
-            "buyer_key": buyer.key.hex(),
-            "asset": {
-                "network": asset.network,
-                "address": asset.address,
-                "name": asset.name,
-                "version": asset.version,
-                "decimals": asset.decimals,
-            },
-            "pay_to": gate.pay_to[asset.network],
-        }
-        try:
-            yield gate, buyer_info
-        finally:
-            gate.close()
-
-
 def serve(app: Any, host: str, port: int, info: dict[str, Any]) -> None:
     from waitress.server import create_server
 
@@ -117,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # unwinds through the with-blocks: anvil is stopped too
 
     signal.signal(signal.SIGTERM, stop)
-    if args.local:
-        with local_gate() as (gate, info):
-            serve(build_app(gate), args.host, args.port, info)
-    else:
+    if not args.local:
         serve(build_app(gate_from_environment()), args.host, args.port, {})
+    else:  # the same app on a local chain: anvil, a test USDC, a funded buyer
+        from x402gate.testing.local import local_gate
+
+        with local_gate() as local:
+            serve(build_app(local.gate), args.host, args.port, local.buyer_info())
     return 0
 
 

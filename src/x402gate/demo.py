@@ -12,12 +12,10 @@ import asyncio
 import contextlib
 import json
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = ["run_demo"]
@@ -227,39 +225,20 @@ def _print_table(rows: list[_Row], out: TextIO) -> None:
 
 def run_demo(out: TextIO = sys.stdout, *, as_json: bool = False) -> int:
     """Run the demo; returns the process exit code (0 when every step behaved as expected)."""
-    from eth_account import Account
-
-    from .facilitators import LocalFacilitator
-    from .gate import PaymentGate
-    from .testing.chain import LocalChain
+    from .testing.local import local_gate
 
     started = time.monotonic()
     rows: list[_Row] = []
-    with tempfile.TemporaryDirectory(prefix="x402gate-demo-") as tmp, LocalChain() as chain:
-        token = chain.deploy_token()
-        buyer = chain.new_account(token=token, token_amount=BUYER_FUNDS)
-        seller = Account.create().address
-        facilitator_account = chain.new_account()
-        facilitator = LocalFacilitator(
-            chain.rpc_url, facilitator_account.key.hex(), networks=chain.network
-        )
-        gate = PaymentGate(
-            pay_to=seller,
-            assets=token.asset,
-            facilitator=facilitator,
-            store=f"sqlite:///{Path(tmp) / 'replay.db'}",
-        )
+    with local_gate(buyer_funds=BUYER_FUNDS) as local:
+        chain, token, buyer, seller = local.chain, local.token, local.buyer, local.pay_to
         out.write(
             f"local chain {chain.network} at {chain.rpc_url} (anvil pid {chain.pid}), "
             f"test USDC {token.address}\nbuyer {buyer.address} with {_usd(BUYER_FUNDS)}, "
             f"seller {seller}\n"
         )
-        try:
-            with serve_in_thread(build_demo_app(gate)) as base_url:
-                out.write(f"paywalled app served by uvicorn at {base_url}\n\n")
-                asyncio.run(_buy(base_url, buyer, token.asset, token, seller, rows))
-        finally:
-            gate.close()
+        with serve_in_thread(build_demo_app(local.gate)) as base_url:
+            out.write(f"paywalled app served by uvicorn at {base_url}\n\n")
+            asyncio.run(_buy(base_url, buyer, token.asset, token, seller, rows))
     _print_table(rows, out)
     expected = [r.outcome.split()[0] for r in rows] == ["200", "200", "402"]
     moved = sum(r.seller[1] - r.seller[0] for r in rows)

@@ -4,6 +4,8 @@
   token with USDC's interface, domain and revert strings);
 - :func:`x402_client`, :func:`paying_httpx_client`, :func:`paying_requests_session` build the
   official SDK clients paying with a given key for a given asset;
+- :func:`local_gate` sets all of it up at once: a chain, the token, a funded buyer and a
+  :class:`~x402gate.gate.PaymentGate` settling locally (:class:`LocalSetup`);
 - the pytest plugin (loaded automatically) provides ``local_chain``, ``test_token``, ``chain``,
   ``payer``, ``pay_to`` and ``facilitator_account`` fixtures.
 
@@ -24,13 +26,16 @@ if TYPE_CHECKING:
         x402_client,
         x402_client_sync,
     )
+    from .local import LocalSetup, local_gate
 
 __all__ = [
     "ChainUnavailable",
     "LocalChain",
+    "LocalSetup",
     "TestToken",
     "find_anvil",
     "load_token_artifact",
+    "local_gate",
     "paying_httpx_client",
     "paying_requests_session",
     "spend_controls_for",
@@ -44,6 +49,8 @@ _LAZY = {
     "TestToken": ".chain",
     "find_anvil": ".chain",
     "load_token_artifact": ".chain",
+    "LocalSetup": ".local",
+    "local_gate": ".local",
     "paying_httpx_client": ".clients",
     "paying_requests_session": ".clients",
     "spend_controls_for": ".clients",
