@@ -8,6 +8,7 @@ local chain, say) is described explicitly.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -53,8 +54,11 @@ def is_address(value: object) -> bool:
     return isinstance(value, str) and bool(_ADDRESS_RE.fullmatch(value))
 
 
+@functools.lru_cache(maxsize=4096)
 def checksum_address(value: str) -> str:
-    """EIP-55 checksummed form of an address; ``ConfigurationError`` if it is not one."""
+    """EIP-55 checksummed form of an address; ``ConfigurationError`` if it is not one.
+
+    Cached: payers come back, and EIP-55 costs a keccak per call."""
     if not is_address(value):
         raise ConfigurationError(f"not an EVM address: {value!r}")
     from eth_utils.address import to_checksum_address  # local import: eth_utils is not cheap

@@ -14,13 +14,20 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 __all__ = ["run_demo"]
 
 BUYER_FUNDS = 5_000_000  # 5 USDC
+CHAT_INPUT_TOKENS, CHAT_OUTPUT_TOKENS = 25, 60  # what the demo's chat answer reports
+CHAT_BODY = {
+    "model": "demo-chat",
+    "max_tokens": 200,
+    "stream": True,
+    "messages": [{"role": "user", "content": "What does x402 do?"}],
+}
 
 
 @dataclass
@@ -43,10 +50,11 @@ def build_demo_app(gate: Any) -> Any:
     """The demo's paywalled app: a flat-priced weather report and a summary priced by length."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from .integrations.asgi import PaymentMiddleware
+    from .metering import PerToken, TokenPrice
     from .request import RequestInfo
 
     async def index(request: Request) -> JSONResponse:
@@ -66,11 +74,24 @@ def build_demo_app(gate: Any) -> Any:
         chars = len(str(body.get("text", "")))
         return f"${(chars // 100 + 1) / 1000:.3f}"
 
+    async def chat(request: Request) -> StreamingResponse:
+        # An OpenAI-shaped streamed answer whose last event reports the tokens it used.
+        async def events() -> AsyncIterator[bytes]:
+            for word in ("Paid", " per", " token", "."):
+                delta = {"choices": [{"delta": {"content": word}}]}
+                yield f"data: {json.dumps(delta)}\n\n".encode()
+            usage = {"prompt_tokens": CHAT_INPUT_TOKENS, "completion_tokens": CHAT_OUTPUT_TOKENS}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     app = Starlette(
         routes=[
             Route("/", index),
             Route("/weather", weather),
             Route("/summarize", summarize, methods=["POST"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
         ]
     )
     return PaymentMiddleware(
@@ -79,6 +100,13 @@ def build_demo_app(gate: Any) -> Any:
         routes={
             "GET /weather": gate.route("$0.01", description="Today's weather"),
             "POST /summarize": gate.route(price_by_length, description="Summary, priced by length"),
+            # $3 / $15 per million input / output tokens; a payment tops up at least $0.05 and
+            # what a call does not use stays as the buyer's credit for the next one.
+            "POST /v1/chat/completions": gate.route(
+                PerToken(TokenPrice(input="$3", output="$15")),
+                credit_topup="$0.05",
+                description="Chat, charged per token used",
+            ),
         },
     )
 
@@ -115,6 +143,26 @@ async def _quoted_price(base_url: str, method: str, path: str, body: Any) -> str
         challenge = await raw.request(method, path, json=body)
     required = _decode_b64_json(challenge.headers["payment-required"], "PAYMENT-REQUIRED")
     return _usd(int(required["accepts"][0]["amount"]))
+
+
+def _tx(response: Any) -> str:
+    from .protocol import _decode_b64_json
+
+    receipt = response.headers.get("payment-response")
+    if not receipt:
+        return "-"
+    return str(_decode_b64_json(receipt, "PAYMENT-RESPONSE").get("transaction", "-"))
+
+
+async def _credit(base_url: str, session_token: str) -> int:
+    """The buyer's credit, as the buyer can ask for it."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as raw:
+        answer = await raw.get(
+            "/.well-known/x402/credit", headers={"X402GATE-SESSION": session_token}
+        )
+    return int(answer.json()["available"]) if answer.status_code == 200 else 0
 
 
 async def _buy(
@@ -174,6 +222,44 @@ async def _buy(
                     (before[1], after[1]),
                 )
             )
+
+        # Per-token chat: the payment tops up credit, the call is charged the tokens it used.
+        price = await _quoted_price(base_url, "POST", "/v1/chat/completions", CHAT_BODY)
+        before = balances()
+        paid_chat = await client.post("/v1/chat/completions", json=CHAT_BODY)
+        after = balances()
+        token_header = paid_chat.headers.get("x402gate-session", "")
+        credit = await _credit(base_url, token_header)
+        rows.append(
+            _Row(
+                "POST /v1/chat/completions",
+                price,
+                f"{paid_chat.status_code} paid, used {_usd(before[0] - after[0] - credit)}, "
+                f"credit {_usd(credit)}",
+                _tx(paid_chat),
+                (before[0], after[0]),
+                (before[1], after[1]),
+            )
+        )
+
+    # The same buyer again, with its session token: served from credit, no new transaction.
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as raw:
+        before = balances()
+        again = await raw.post(
+            "/v1/chat/completions", json=CHAT_BODY, headers={"X402GATE-SESSION": token_header}
+        )
+        after = balances()
+        left = await _credit(base_url, token_header)
+        rows.append(
+            _Row(
+                "POST /v1/chat/completions (again)",
+                "credit",
+                f"{again.status_code} from credit, used {_usd(credit - left)}, credit {_usd(left)}",
+                _tx(again),
+                (before[0], after[0]),
+                (before[1], after[1]),
+            )
+        )
 
     # A replay: the exact PAYMENT-SIGNATURE of the first purchase, sent again by hand.
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as raw:
@@ -240,15 +326,16 @@ def run_demo(out: TextIO = sys.stdout, *, as_json: bool = False) -> int:
             out.write(f"paywalled app served by uvicorn at {base_url}\n\n")
             asyncio.run(_buy(base_url, buyer, token.asset, token, seller, rows))
     _print_table(rows, out)
-    expected = [r.outcome.split()[0] for r in rows] == ["200", "200", "402"]
+    expected = [r.outcome.split()[0] for r in rows] == ["200", "200", "200", "200", "402"]
     moved = sum(r.seller[1] - r.seller[0] for r in rows)
     out.write(
         f"\nseller received {_usd(moved)} in {len([r for r in rows if r.tx != '-'])} transactions; "
-        f"the replay was refused and moved nothing. Done in {time.monotonic() - started:.1f} s.\n"
+        "the second chat call was paid from credit and the replay was refused, both moving "
+        f"nothing on chain. Done in {time.monotonic() - started:.1f} s.\n"
     )
     if as_json:
         out.write(json.dumps([r.__dict__ for r in rows]) + "\n")
     if not expected:
-        out.write("demo FAILED: the outcomes above are not the expected 200, 200, 402\n")
+        out.write("demo FAILED: the outcomes above are not the expected 200, 200, 200, 200, 402\n")
         return 1
     return 0

@@ -27,9 +27,11 @@ from .pricing import Flat
 if TYPE_CHECKING:
     from .gate import PaymentGate, Route
 
-__all__ = ["WELL_KNOWN_PATH", "bazaar_extension", "discovery_document"]
+__all__ = ["CREDIT_PATH", "WELL_KNOWN_PATH", "bazaar_extension", "discovery_document"]
 
 WELL_KNOWN_PATH = "/.well-known/x402"
+CREDIT_PATH = "/.well-known/x402/credit"
+"""A payer's credit on metered routes (``GET`` with its ``X402GATE-SESSION`` token)."""
 
 
 def _route_template(key: str) -> tuple[list[str], str]:

@@ -38,6 +38,7 @@ from . import protocol
 from ._runner import run_sync
 from .assets import Asset, checksum_address, normalize_network, usdc
 from .clock import Clock, SystemClock
+from .credit import SESSION_HEADER, SessionTokens, TokenClaims
 from .errors import (
     ConfigurationError,
     FacilitatorError,
@@ -46,11 +47,17 @@ from .errors import (
     StoredAnswer,
     StoreError,
 )
-from .money import scale_to_asset
+from .money import parse_price, scale_to_asset
 from .pricing import PriceStrategy, as_strategy, resolve_quote
 from .request import RequestInfo
+from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX
 from .stores import ClaimResult, Store, open_store, replay_key
-from .stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES, IdempotencyOutcome, check_payment_id
+from .stores.base import (
+    MAX_IDEMPOTENT_RESPONSE_BYTES,
+    IdempotencyOutcome,
+    check_payment_id,
+    credit_account,
+)
 from .stores.registry import DEFAULT_STORE_URL
 
 if TYPE_CHECKING:
@@ -113,6 +120,8 @@ class Route:
     verify_with_facilitator: bool | None = None
     extensions: Mapping[str, Any] | None = None
     payment_identifier: PaymentIdentifier = "optional"
+    credit_topup: int = 0
+    """Metered routes: the least a payment tops up (micro-dollars); the rest stays as credit."""
 
 
 @dataclass(slots=True)
@@ -132,6 +141,8 @@ class Payment:
     resource: str
     valid_before: int
     transaction: str | None = None
+    from_credit: bool = False
+    """True when the request was served from the payer's credit, without a new payment."""
 
     @property
     def network(self) -> str:
@@ -149,7 +160,7 @@ class PaymentSession:
     route: Route
     request: RequestInfo
     payment: Payment
-    payload: PaymentPayload
+    payload: PaymentPayload | None
     requirements: PaymentRequirements
     version: int
     key: str
@@ -158,6 +169,14 @@ class PaymentSession:
     done: bool = False
     idempotency: tuple[str, str] | None = None
     """(payment id, fingerprint) while an answer is to be stored for retries."""
+    quote: int = 0
+    """Metered routes: the most this request may cost, in the asset's atomic units."""
+    reservation: str | None = None
+    """Metered routes: the credit reservation holding the quote until the charge is known."""
+    started: float = 0.0
+    charged: int | None = None
+    meter: Any = None
+    """Metered routes: what the integration reads usage from while the answer goes out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +215,13 @@ class PaymentGate:
         such signatures from ordinary wallets are forgeries and are refused in microseconds.
     :param idempotency_ttl_seconds: how long the answer to a payment that carried an x402
         ``payment-identifier`` is kept for retries.
+    :param secret: key (32 bytes or more) for the session tokens and sign-in challenges of
+        metered routes; give every instance of a service the same one. Random per process when
+        omitted.
+    :param session_tokens: issues the ``X402GATE-SESSION`` tokens returning payers of metered
+        routes use to spend their credit (built from ``secret`` by default).
+    :param credit_ttl_seconds: how long a credit reservation may live before a crashed
+        request's hold is returned to the payer.
     :param clock: time source (tests inject one).
     """
 
@@ -211,6 +237,9 @@ class PaymentGate:
         verify_with_facilitator: bool = True,
         allow_smart_wallets: bool = False,
         idempotency_ttl_seconds: int = 3600,
+        secret: bytes | str | None = None,
+        session_tokens: SessionTokens | None = None,
+        credit_ttl_seconds: int = 3600,
         clock: Clock | None = None,
     ) -> None:
         self.assets = self._resolve_assets(network, assets)
@@ -231,6 +260,18 @@ class PaymentGate:
         ):
             raise ConfigurationError("idempotency_ttl_seconds must be an integer from 1 to 2592000")
         self.idempotency_ttl_seconds = idempotency_ttl_seconds
+        key = secret.encode() if isinstance(secret, str) else secret
+        if key is None:
+            key = secrets.token_bytes(32)  # one process only: share a secret across instances
+        self.session_tokens = session_tokens or SessionTokens(key)
+        self.sign_in = SignInWithX(key if len(key) >= 32 else hashlib.sha256(key).digest())
+        if (
+            isinstance(credit_ttl_seconds, bool)
+            or not isinstance(credit_ttl_seconds, int)
+            or credit_ttl_seconds < 60
+        ):
+            raise ConfigurationError("credit_ttl_seconds must be an integer of at least 60")
+        self.credit_ttl_seconds = credit_ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[EventListener] = []
         self._started = False
@@ -287,6 +328,7 @@ class PaymentGate:
         verify_with_facilitator: bool | None = None,
         extensions: Mapping[str, Any] | None = None,
         payment_identifier: PaymentIdentifier = "optional",
+        credit_topup: Any = None,
     ) -> Route:
         """A paid route: ``price`` is a price (``0.05``, ``"$0.05"``, ``Decimal``), a strategy
         (``MatchRules``, ``ModelTable``, ...) or a callable of the request (sync or async)."""
@@ -304,6 +346,20 @@ class PaymentGate:
             raise ConfigurationError(
                 f"settlement must be one of {', '.join(_SETTLEMENT_POLICIES)}, not {settlement!r}"
             )
+        strategy = as_strategy(price)
+        if strategy.metered:
+            if not self.store.supports_credit:
+                raise ConfigurationError(
+                    f"{type(self.store).__name__} has no credit ledger: metered prices need one"
+                )
+            if settlement == "before":
+                raise ConfigurationError(
+                    "metered routes settle when the answer starts; settlement='before' is not "
+                    "available for them"
+                )
+        elif credit_topup is not None:
+            raise ConfigurationError("credit_topup applies to metered prices only")
+        topup = parse_price(credit_topup) if credit_topup is not None else 0
         route_assets: tuple[Asset, ...] | None = None
         if assets is not None or network is not None:
             route_assets = self._resolve_assets(network, assets)
@@ -315,7 +371,7 @@ class PaymentGate:
         if route_assets is not None and route_pay_to is None:
             self._resolve_pay_to(self.pay_to, route_assets)  # every asset needs a recipient
         return Route(
-            price=as_strategy(price),
+            price=strategy,
             settlement=settlement,
             description=description,
             mime_type=mime_type,
@@ -329,6 +385,7 @@ class PaymentGate:
             verify_with_facilitator=verify_with_facilitator,
             extensions=extensions,
             payment_identifier=payment_identifier,
+            credit_topup=topup,
         )
 
     def on_event(self, listener: EventListener) -> EventListener:
@@ -435,6 +492,10 @@ class PaymentGate:
             extensions[PAYMENT_IDENTIFIER] = payment_identifier_extension(
                 route.payment_identifier == "required"
             )
+        if route.price.metered:
+            # Returning payers sign in to spend the credit left from earlier payments.
+            networks = sorted({a.network for a in (route.assets or self.assets)})
+            extensions[SIWX_KEY] = self.sign_in.declaration(request.url, networks, self.clock.now())
         required = protocol.build_payment_required(
             accepts, self._resource_info(route, request), code, extensions
         )
@@ -623,6 +684,239 @@ class PaymentGate:
 
     # -- the flow ------------------------------------------------------------------------------
 
+    # -- metered routes: credit ---------------------------------------------------------------
+
+    async def _credit_path(
+        self, route: Route, request: RequestInfo, accepts: list[PaymentRequirements]
+    ) -> tuple[PaymentSession | None, list[PaymentRequirements]]:
+        """A session served from a returning payer's credit, or the requirements to pay: the
+        whole quote, or only what the payer's credit lacks."""
+        claims = await self._identify(route, request)
+        if claims is None:
+            return None, accepts
+        adjusted: list[PaymentRequirements] = []
+        for req in accepts:
+            if req.network != claims.network or req.asset.lower() != claims.asset:
+                adjusted.append(req)
+                continue
+            account = credit_account(req.network, req.asset, claims.payer)
+            quote = int(req.amount)
+            reservation = secrets.token_hex(16)
+            now = self.clock.now()
+            try:
+                reserved = await self._store_call(
+                    self.store.credit_reserve,
+                    account,
+                    quote,
+                    reservation,
+                    int(now) + self.credit_ttl_seconds,
+                    now,
+                )
+                balance = (
+                    None
+                    if reserved
+                    else await self._store_call(self.store.credit_balance, account, now)
+                )
+            except StoreError as exc:
+                logger.error("credit ledger failed: %s", exc)
+                raise self._failure(exc) from None
+            if reserved:
+                session = self._credit_session(
+                    route, request, req, claims.payer, quote, reservation
+                )
+                return session, accepts
+            assert balance is not None
+            missing = max(quote - balance.available, 1)
+            adjusted.append(req.model_copy(update={"amount": str(missing)}))
+        return None, adjusted
+
+    async def _identify(self, route: Route, request: RequestInfo) -> TokenClaims | None:
+        """The payer a session token or a sign-in vouches for, if any."""
+        now = self.clock.now()
+        claims = self.session_tokens.check(request.headers.get(SESSION_HEADER), now)
+        if claims is not None:
+            return claims
+        header = request.headers.get(SIWX_HEADER)
+        if header is None:
+            return None
+        assets = route.assets or self.assets
+        proof = self.sign_in.verify(header, request.url, sorted({a.network for a in assets}), now)
+        try:
+            # A signed challenge opens the credit once: its nonce is spent like a payment.
+            key = f"siwx|{proof.nonce}"
+            token = secrets.token_hex(16)
+            used = await self._store_call(
+                self.store.claim, key, request.resource, token, proof.expires_at, now
+            )
+            if used is ClaimResult.CLAIMED:
+                await self._store_call(self.store.mark_used, key, token)
+        except StoreError as exc:
+            raise self._failure(exc) from None
+        if used is not ClaimResult.CLAIMED:
+            raise PaymentError(402, "invalid_siwx_nonce_reused", "this sign-in was already used")
+        asset = next(a for a in assets if a.network == proof.network)
+        return TokenClaims(
+            proof.address.lower(), proof.network, asset.address.lower(), proof.expires_at
+        )
+
+    def _with_topup(self, route: Route, req: PaymentRequirements) -> PaymentRequirements:
+        asset = next(
+            a
+            for a in (route.assets or self.assets)
+            if a.network == req.network and a.address == req.asset
+        )
+        floor = scale_to_asset(route.credit_topup, asset.decimals)
+        return req if int(req.amount) >= floor else req.model_copy(update={"amount": str(floor)})
+
+    def _credit_session(
+        self,
+        route: Route,
+        request: RequestInfo,
+        req: PaymentRequirements,
+        payer: str,
+        quote: int,
+        reservation: str,
+    ) -> PaymentSession:
+        asset = next(
+            a
+            for a in (route.assets or self.assets)
+            if a.network == req.network and a.address == req.asset
+        )
+        payment = Payment(
+            payer=checksum_address(payer),
+            amount=quote,
+            asset=asset,
+            pay_to=req.pay_to,
+            nonce="",
+            resource=request.resource,
+            valid_before=0,
+            from_credit=True,
+        )
+        return PaymentSession(
+            route=route,
+            request=request,
+            payment=payment,
+            payload=None,
+            requirements=req,
+            version=2,
+            key="",
+            token="",
+            quote=quote,
+            reservation=reservation,
+            started=self.clock.now(),
+        )
+
+    async def _fund_reservation(self, session: PaymentSession) -> None:
+        """After a metered payment settled: credit what was paid, then hold the quote."""
+        payment = session.payment
+        account = credit_account(payment.network, payment.asset.address, payment.payer)
+        reservation = secrets.token_hex(16)
+        now = self.clock.now()
+        try:
+            await self._store_call(
+                self.store.credit_topup, account, payment.amount, session.key, now
+            )
+            reserved = await self._store_call(
+                self.store.credit_reserve,
+                account,
+                session.quote,
+                reservation,
+                int(now) + self.credit_ttl_seconds,
+                now,
+            )
+        except StoreError as exc:
+            logger.error("credit ledger failed after settlement: %s", exc)
+            raise self._failure(exc) from None
+        if not reserved:
+            # Paid, but another request of the same payer took the credit meanwhile: nothing is
+            # lost (the payment is credit now); the payer retries with its session token.
+            raise PaymentError(
+                402,
+                "insufficient_credit",
+                "your payment was added to your credit, but it does not cover this request yet",
+                headers=self._credit_headers(session),
+            )
+        session.reservation = reservation
+
+    def _credit_headers(self, session: PaymentSession) -> dict[str, str]:
+        payment = session.payment
+        token = self.session_tokens.issue(
+            payment.payer, payment.network, payment.asset.address, self.clock.now()
+        )
+        return {SESSION_HEADER: token}
+
+    async def complete(self, session: PaymentSession, usage: Any = None) -> int:
+        """A metered request is over: charge what it used (capped at its quote), return the rest
+        to the payer's credit. ``usage`` is what the response reported (tokens), or ``None``;
+        per-second routes measure the time themselves. Returns the charge, in atomic units."""
+        reservation, session.reservation = session.reservation, None
+        if reservation is None:
+            return session.charged or 0
+        from .metering import PerSecond, Usage
+
+        if isinstance(session.route.price, PerSecond):
+            # Per-second routes charge the time from the handler's start to the answer's end.
+            usage = Usage(seconds=max(0.0, self.clock.now() - session.started))
+        # No usage reported costs the quote, as documented.
+        micros = session.route.price.charge(usage, session.request)
+        charge = min(scale_to_asset(micros, session.payment.asset.decimals), session.quote)
+        try:
+            charged = await self._store_call(
+                self.store.credit_commit, reservation, charge, self.clock.now()
+            )
+        except StoreError as exc:
+            # The reservation expires and returns to the payer: the request was not charged.
+            logger.error("credit commit failed: %s", exc)
+            return 0
+        session.charged = charged
+        await self._emit(
+            PaymentEvent("charged", session.request, session.route, session.payment, status=charged)
+        )
+        return charged
+
+    async def _release_credit(self, session: PaymentSession) -> None:
+        reservation, session.reservation = session.reservation, None
+        if reservation is None:
+            return
+        try:
+            await self._store_call(self.store.credit_release, reservation, self.clock.now())
+        except StoreError as exc:
+            logger.error("credit release failed (the hold expires by itself): %s", exc)
+        await self._emit(PaymentEvent("refunded", session.request, session.route, session.payment))
+
+    async def credit_status(self, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """The answer to ``GET /.well-known/x402/credit``: the balance of the payer whose
+        ``X402GATE-SESSION`` token the request carries (401 without a valid one)."""
+        claims = self.session_tokens.check(headers.get(SESSION_HEADER), self.clock.now())
+        if claims is None:
+            return 401, {
+                "error": "session_required",
+                "message": f"send the {SESSION_HEADER} token of a paid metered request",
+            }
+        account = credit_account(claims.network, claims.asset, claims.payer)
+        try:
+            result = await self._store_call(self.store.credit_balance, account, self.clock.now())
+        except StoreError as exc:
+            failure = self._failure(exc)
+            return failure.status_code, failure.body
+        return 200, {
+            "payer": checksum_address(claims.payer),
+            "network": claims.network,
+            "asset": checksum_address(claims.asset),
+            "available": str(result.available),
+            "reserved": str(result.reserved),
+        }
+
+    def credit_status_sync(self, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        return run_sync(self.credit_status(headers))
+
+    async def balance(self, payer: str, asset: Asset | None = None) -> int:
+        """A payer's available credit in atomic units of ``asset`` (default: the gate's first)."""
+        asset = asset or self.assets[0]
+        account = credit_account(asset.network, asset.address, payer)
+        result = await self._store_call(self.store.credit_balance, account, self.clock.now())
+        return int(result.available)
+
     async def begin(self, route: Route, request: RequestInfo) -> PaymentSession:
         """Everything before the handler. Returns the session, or raises the answer to send."""
         try:
@@ -638,6 +932,15 @@ class PaymentGate:
             raise self._failure(exc) from None
 
         accepts = await self.requirements(route, request)
+        full_quotes: dict[tuple[str, str], int] = {}
+        if route.price.metered:
+            full_quotes = {(r.network, r.asset): int(r.amount) for r in accepts}
+            credit, accepts = await self._credit_path(route, request, accepts)
+            if credit is not None:
+                await self._emit(PaymentEvent("verified", request, route, credit.payment))
+                return credit
+            if route.credit_topup:
+                accepts = [self._with_topup(route, r) for r in accepts]
         try:
             decoded = protocol.decode_payment(request.headers)
         except PaymentError as exc:
@@ -730,7 +1033,10 @@ class PaymentGate:
             key=key,
             token=token,
             idempotency=idempotency,
+            started=self.clock.now(),
         )
+        if route.price.metered:
+            session.quote = full_quotes[(requirements.network, requirements.asset)]
 
         use_facilitator = (
             route.verify_with_facilitator
@@ -776,10 +1082,19 @@ class PaymentGate:
         # Done before settling: whatever happens next, _settle alone decides whether the claim
         # is released (definitive refusal) or stays held (outcome unknown) — abort() must not.
         session.done = True
+        if session.payment.from_credit:
+            if status_code >= 400:
+                await self._release_credit(session)
+                return {}
+            session.response_headers = self._credit_headers(session)
+            return session.response_headers
         if status_code >= 400:
             await self._release(session)
             return {}
         await self._settle(session)
+        if session.route.price.metered:
+            await self._fund_reservation(session)
+            session.response_headers.update(self._credit_headers(session))
         if not recording:
             await self.record(session, status_code, (), None)
         return session.response_headers
@@ -787,9 +1102,12 @@ class PaymentGate:
     async def abort(self, session: PaymentSession) -> None:
         """The handler raised: charge nothing and release the claim (if not settled yet)."""
         if session.done:
+            await self._release_credit(session)
             return
         session.done = True
-        if not session.payment.settled:
+        if session.payment.from_credit:
+            await self._release_credit(session)
+        elif not session.payment.settled:
             await self._release(session)
 
     async def _release(self, session: PaymentSession) -> None:
@@ -804,6 +1122,7 @@ class PaymentGate:
 
     async def _settle(self, session: PaymentSession) -> None:
         request, route, payment = session.request, session.route, session.payment
+        assert session.payload is not None  # sessions served from credit never settle
         result: SettleResponse | None = None
         try:
             for _ in range(2):
@@ -867,6 +1186,9 @@ class PaymentGate:
         self, session: PaymentSession, status_code: int, *, recording: bool = False
     ) -> dict[str, str]:
         return run_sync(self.finish(session, status_code, recording=recording))
+
+    def complete_sync(self, session: PaymentSession, usage: Any = None) -> int:
+        return run_sync(self.complete(session, usage))
 
     def abort_sync(self, session: PaymentSession) -> None:
         run_sync(self.abort(session))

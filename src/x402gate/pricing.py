@@ -29,8 +29,9 @@ No rule, model or fallback for a request is the client's problem: :class:`Paymen
 code ``no_price_for_request`` (one code for every strategy, the message says what was missing and
 never echoes the request).
 
-Metered strategies (per token, per second) come later: they set ``metered = True`` and implement
-``charge(usage)``, the actual cost, never above the quote.
+Metered strategies (:class:`~x402gate.metering.PerToken`, :class:`~x402gate.metering.PerSecond`,
+in :mod:`x402gate.metering`) set ``metered = True`` and implement ``charge(usage, request)``: the
+actual cost of the request's measured usage, never above its quote.
 """
 
 from __future__ import annotations
@@ -103,8 +104,12 @@ class PriceStrategy(abc.ABC):
         """
         return {"type": type(self).__name__}
 
-    def charge(self, usage: Any) -> int:
-        """What measured ``usage`` cost (metered strategies only, never above the quote)."""
+    def charge(self, usage: Any, request: RequestInfo | None = None) -> int:
+        """What the measured ``usage`` of ``request`` cost (metered strategies only).
+
+        Never above ``quote(request)``; ``usage=None`` (nothing measured) costs the quote.
+        Strategies whose price depends on the request (``PerToken``) require ``request``.
+        """
         raise NotImplementedError(f"{type(self).__name__} is not a metered price strategy")
 
 

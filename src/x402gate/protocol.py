@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _json
 from .errors import PaymentError
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def _decode_b64_json(value: str, name: str) -> dict[str, Any]:
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise _malformed(f"{name} header is not valid base64") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = _json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise _malformed(f"{name} header is not base64-encoded JSON") from None
     if not isinstance(data, dict):

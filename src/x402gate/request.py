@@ -7,10 +7,11 @@ callables that need more (a Flask ``Request``, a Starlette ``Request``, a Django
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
+
+from . import _json
 
 __all__ = ["Headers", "RequestInfo"]
 
@@ -115,7 +116,7 @@ class RequestInfo:
             value: Any = None
             if self.body:
                 try:
-                    value = json.loads(self.body)
+                    value = _json.loads(self.body)
                 except (ValueError, UnicodeDecodeError):
                     value = None
             self._json = value

@@ -290,3 +290,53 @@ async def test_retry_with_the_same_payment_identifier_gets_the_stored_answer(
     assert other.status_code == 409 and other.json()["error"] == "payment_identifier_conflict"
     assert calls["paid"] == 1
     assert test_token.balance_of(pay_to) == PRICE
+
+
+async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next_call(
+    served: Any, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    facilitator: DrainingFacilitator,
+) -> None:
+    from x402gate.credit import SESSION_HEADER
+
+    from .apps import _llm
+
+    base_url, calls, gate = served
+    body = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+        first = await client.post("/llm", json=body)
+    assert first.status_code == 200, first.text
+    assert first.content == b"".join(_llm.sse_chunks())  # the stream arrives intact
+    paid = test_token.balance_of(pay_to)
+    assert paid == 500_000  # the $0.50 top-up, settled on chain
+    assert await gate.balance(payer.address) == paid - _llm.CHARGE
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+        second = await plain.post("/llm", json=body, headers={SESSION_HEADER: first.headers[SESSION_HEADER]})
+    assert second.status_code == 200 and "payment-response" not in second.headers
+    assert second.content == first.content
+    assert await gate.balance(payer.address) == paid - 2 * _llm.CHARGE
+    assert chain.tx_count(facilitator.inner.address) == 1
+    assert calls["llm"] == 2
+
+
+async def test_a_payer_can_query_its_credit(served: Any, test_token: Any, payer: Any) -> None:
+    from x402gate.credit import SESSION_HEADER
+
+    from .apps import _llm
+
+    base_url, _, _ = served
+    body = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+        first = await client.post("/llm", json=body)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+        anonymous = await plain.get("/.well-known/x402/credit")
+        mine = await plain.get("/.well-known/x402/credit", headers={SESSION_HEADER: first.headers[SESSION_HEADER]})
+        forged = await plain.get("/.well-known/x402/credit", headers={SESSION_HEADER: "v1.e30.AAAA"})
+    assert anonymous.status_code == 401 and forged.status_code == 401
+    assert mine.status_code == 200
+    assert mine.json() == {
+        "payer": payer.address,
+        "network": "eip155:31337",
+        "asset": test_token.address,
+        "available": str(500_000 - _llm.CHARGE),
+        "reserved": "0",
+    }

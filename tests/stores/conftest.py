@@ -51,3 +51,33 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 def store(make_store: StoreFactory) -> Store:
     """A fresh, empty store of each backend."""
     return make_store()
+
+
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+)
+def make_handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """A factory of handles on one and the same empty store of one backend.
+
+    What several threads, worker processes or hosts share: the one ``MemoryStore`` (it cannot
+    be shared otherwise), a new connection to one SQLite file, a new client on one Redis prefix.
+    """
+    backend: str = request.param
+    if backend == "memory":
+        shared = open_store("memory://")
+        yield lambda: shared
+        return
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/shared.db?synchronous=normal"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?key_prefix=shared:"
+    opened: list[Store] = []
+
+    def make() -> Store:
+        store = open_store(url)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from ..errors import PaymentError, StoredAnswer
 from ..protocol import EXPOSED_HEADERS
 
-__all__ = ["paid_response_headers", "render_error", "wants_html"]
+__all__ = [
+    "AsyncMeteredBody",
+    "MeteredBody",
+    "meter_body",
+    "paid_response_headers",
+    "render_error",
+    "wants_html",
+]
 
 
 def wants_html(accept: str | None) -> bool:
@@ -77,3 +85,90 @@ def paid_response_headers(
         )
     )
     return out
+
+
+class MeteredBody:
+    """A sync response body that reads usage as the server pulls it, then commits the charge.
+
+    ``complete(usage)`` runs once: after the last chunk, or at ``close()`` when the server stops
+    early (the usage seen so far is charged; nothing measured costs the quote).
+    """
+
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        content_type: str | None,
+        complete: Callable[[Any], object],
+        on_close: Callable[[], object] | None = None,
+    ) -> None:
+        from ..metering import meter_for
+
+        self._body = body
+        self._meter = meter_for(content_type)
+        self._complete: Callable[[Any], object] | None = complete
+        self._on_close = on_close
+
+    def _finish(self) -> None:
+        complete, self._complete = self._complete, None
+        if complete is not None:
+            self._meter.close()
+            complete(self._meter.usage)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._body:
+            if chunk:
+                self._meter.feed(chunk)
+            yield chunk
+        # Before the server gets the end of the body: the next request sees the new balance.
+        self._finish()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+            if self._on_close is not None:
+                self._on_close()
+        finally:
+            self._finish()
+
+
+class AsyncMeteredBody:
+    """The async twin of :class:`MeteredBody`, for async streaming responses."""
+
+    def __init__(
+        self,
+        body: AsyncIterable[bytes],
+        content_type: str | None,
+        complete: Callable[[Any], Awaitable[object]],
+    ) -> None:
+        from ..metering import meter_for
+
+        self._body = body
+        self._meter = meter_for(content_type)
+        self._complete: Callable[[Any], Awaitable[object]] | None = complete
+
+    async def _finish(self) -> None:
+        complete, self._complete = self._complete, None
+        if complete is not None:
+            self._meter.close()
+            await complete(self._meter.usage)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._body:
+                if chunk:
+                    self._meter.feed(chunk)
+                yield chunk
+        finally:
+            await self._finish()
+
+
+def meter_body(body: bytes, content_type: str | None) -> Any:
+    """The usage a complete response body reports (``None`` when it reports none)."""
+    from ..metering import meter_for
+
+    meter = meter_for(content_type)
+    meter.feed(body)
+    meter.close()
+    return meter.usage

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..discovery import WELL_KNOWN_PATH, discovery_document
+from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..request import Headers, RequestInfo
@@ -150,8 +150,20 @@ def settling_send(
                 ]
             status, headers = int(message["status"]), final
             recording = recording and session.idempotency is not None
+            if session.reservation is not None:
+                session.meter = meter_for_headers(final)
             await send(message)
         elif not blocked:
+            if session.reservation is not None and kind == "http.response.body":
+                # Usage is read as the answer streams out; nothing is buffered. The charge is
+                # committed before the last message, so the next request sees the new balance.
+                chunk = message.get("body", b"")
+                if chunk and session.meter is not None:
+                    session.meter.feed(chunk)
+                if not message.get("more_body", False):
+                    if session.meter is not None:
+                        session.meter.close()  # a last event without its blank line still counts
+                    await gate.complete(session, _usage(session))
             await send(message)
             if recording and kind == "http.response.body":
                 chunk = message.get("body", b"")
@@ -167,9 +179,24 @@ def settling_send(
 
 
 async def finish_recording(gate: PaymentGate, session: PaymentSession) -> None:
-    """After the app returned: an answer that never completed is recorded as not kept."""
+    """After the app returned: charge a metered answer that never completed for what it used,
+    and record an answer that never completed as not kept."""
+    if session.reservation is not None:
+        await gate.complete(session, _usage(session))
     if session.done and session.idempotency is not None:
         await gate.record(session, 500, (), None)
+
+
+def meter_for_headers(headers: list[tuple[str, str]]) -> Any:
+    """A usage meter for an answer with these headers (SSE stream or JSON body)."""
+    from ..metering import meter_for
+
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+    return meter_for(content_type)
+
+
+def _usage(session: PaymentSession) -> Any:
+    return session.meter.usage if session.meter is not None else None
 
 
 class _BodyTooLarge(Exception):
@@ -226,6 +253,11 @@ class PaymentMiddleware:
             # Served before the route table: a catch-all paid route must not put it behind a 402.
             origin = public_origin(scope, trust_proxy_headers=self.trust_proxy_headers)
             await send_json(send, 200, discovery_document(self.gate, self.routes, origin))
+            return
+        if scope["method"] == "GET" and scope["path"] == CREDIT_PATH:
+            headers = Headers.from_asgi(scope.get("headers", ()))
+            code, document = await self.gate.credit_status(headers)
+            await send_json(send, code, document)
             return
         route = self.routes.match(scope["method"], scope["path"])
         if route is None:

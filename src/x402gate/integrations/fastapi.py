@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "x402gate's FastAPI integration needs FastAPI: pip install 'x402gate[fastapi]'"
     ) from exc
 
-from ..discovery import WELL_KNOWN_PATH, discovery_document
+from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
 from ..gate import Payment, PaymentGate, PaymentSession, Route, Settlement
 from ..pricing import as_strategy
@@ -282,3 +282,9 @@ def install(
 
         # A plain Starlette route: app-level payment dependencies must not apply to it.
         app.router.add_route(WELL_KNOWN_PATH, well_known, methods=["GET"], include_in_schema=False)
+
+    async def credit(request: Request) -> Response:
+        code, document = await gate.credit_status(request.headers)
+        return JSONResponse(document, status_code=code, headers={"Cache-Control": "no-store"})
+
+    app.router.add_route(CREDIT_PATH, credit, methods=["GET"], include_in_schema=False)

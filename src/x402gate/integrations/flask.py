@@ -32,14 +32,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
 from ..assets import Asset, checksum_address, normalize_network, usdc
-from ..discovery import WELL_KNOWN_PATH, discovery_document
+from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
-from ..gate import Payment, PaymentGate, PaymentSession, Route, Settlement
+from ..gate import Payment, PaymentGate, PaymentIdentifier, PaymentSession, Route, Settlement
 from ..pricing import as_strategy
-from ..request import RequestInfo
+from ..request import Headers, RequestInfo
 from ..stores import open_store
 from ..stores.registry import DEFAULT_STORE_URL
-from ._common import paid_response_headers, render_error
+from ._common import MeteredBody, meter_body, paid_response_headers, render_error
 from .wsgi import DEFAULT_MAX_BODY, base_url_of, request_info_from_environ
 
 __all__ = ["GateState", "X402Gate", "current_payment", "gate_from_config", "require_payment"]
@@ -175,6 +175,7 @@ class X402Gate:
         )
         if self.discovery:
             app.add_url_rule(WELL_KNOWN_PATH, "x402gate_discovery", _discovery, methods=["GET"])
+        app.add_url_rule(CREDIT_PATH, "x402gate_credit", _credit, methods=["GET"])
 
     @property
     def gate(self) -> PaymentGate:
@@ -241,6 +242,16 @@ class _PaidView:
             headers = paid_response_headers(response.headers.items(), extra)
             response.headers.clear()
             response.headers.extend(headers)
+        if session.reservation is not None:
+            # Metered route: charge what the answer reports it used (tokens) or took (seconds).
+            if response.is_streamed:
+                response.response = MeteredBody(
+                    response.iter_encoded(),  # bytes, whatever the view yielded
+                    response.content_type,
+                    lambda usage: gate.complete_sync(session, usage),
+                )
+            else:
+                gate.complete_sync(session, meter_body(response.get_data(), response.content_type))
         if session.idempotency is not None:
             # Kept for retries with the same payment identifier; a stream cannot be replayed.
             body = None if response.is_streamed else response.get_data()
@@ -284,6 +295,8 @@ def require_payment(
     max_timeout_seconds: int | None = None,
     verify_with_facilitator: bool | None = None,
     extensions: Mapping[str, Any] | None = None,
+    payment_identifier: PaymentIdentifier = "optional",
+    credit_topup: Any = None,
     gate: PaymentGate | None = None,
 ) -> Callable[[Callable[P, Any]], Callable[P, Response]]:
     """Charge ``price`` per call of the decorated view (sync or ``async``).
@@ -303,6 +316,8 @@ def require_payment(
         "max_timeout_seconds": max_timeout_seconds,
         "verify_with_facilitator": verify_with_facilitator,
         "extensions": extensions,
+        "payment_identifier": payment_identifier,
+        "credit_topup": credit_topup,
     }
     paid = _PaidView(price, gate, options)
 
@@ -328,6 +343,14 @@ def _current_payment() -> Payment:
 
 current_payment = cast(Payment, LocalProxy(_current_payment))
 """The payment of the current request (payer, amount, asset, transaction), in a paid view."""
+
+
+def _credit() -> Response:
+    code, document = _state().gate.credit_status_sync(Headers(request.headers.items()))
+    response = jsonify(document)
+    response.status_code = code
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _discovery() -> Response:

@@ -22,13 +22,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from ..discovery import WELL_KNOWN_PATH, discovery_document
+from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..request import Headers, RequestInfo
 from ..routing import RouteTable
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import paid_response_headers, render_error
+from ._common import MeteredBody, paid_response_headers, render_error
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["PaymentMiddleware", "base_url_of", "error_response", "request_info_from_environ"]
@@ -200,7 +200,15 @@ class _Settling:
         if self.blocked is not None:
             _close(result)
             return [self.blocked]
-        return _Replay(first, iterator, result, self)
+        body = _Replay(first, iterator, result, self)
+        if self.session.reservation is not None:
+            # Metered route: usage is read as the server pulls the body, then charged.
+            content_type = next(
+                (v for k, v in self.final_headers if k.lower() == "content-type"), None
+            )
+            session, gate = self.session, self.gate
+            return MeteredBody(body, content_type, lambda usage: gate.complete_sync(session, usage))
+        return body
 
 
 class _Replay:
@@ -225,6 +233,28 @@ class _Replay:
             _close(self._result)
         finally:
             self._owner.ended(complete=False)
+
+
+def credit_answer(
+    gate: PaymentGate, environ: WSGIEnviron, start_response: StartResponse
+) -> list[bytes]:
+    """``GET /.well-known/x402/credit``: the balance of the session token's payer."""
+    headers = Headers(
+        (key[5:].replace("_", "-"), value)
+        for key, value in environ.items()
+        if key.startswith("HTTP_") and isinstance(value, str)
+    )
+    status, document = gate.credit_status_sync(headers)
+    body = json.dumps(document).encode()
+    start_response(
+        _status_line(status),
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
 
 
 class PaymentMiddleware:
@@ -258,6 +288,8 @@ class PaymentMiddleware:
         path = _text(environ.get("PATH_INFO", "") or "/")
         if self.discovery and method == "GET" and path == WELL_KNOWN_PATH:
             return self._discovery(environ, start_response)
+        if method == "GET" and path == CREDIT_PATH:
+            return credit_answer(self.gate, environ, start_response)
         route = self.routes.match(method, path)
         if route is None:
             return self.app(environ, start_response)

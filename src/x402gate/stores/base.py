@@ -1,4 +1,4 @@
-"""The store interface: replay protection for payment authorizations.
+"""The store interface: replay protection for payment authorizations, and the credit ledger.
 
 A *claim* reserves one EIP-3009 authorization — keyed by (network, asset, payer, nonce) — for one
 request. The life of a key:
@@ -58,6 +58,47 @@ payment and the request) and, once the request is answered, the serialized respo
 * Ids are checked against the extension's syntax (:func:`check_payment_id`) and answered
   :class:`ValueError` otherwise; the gate answers 400 before it gets here.
 
+Credit ledger (metered billing with plain ``exact`` payments): the payer pays the quote, the
+handler reports what it actually used, and the change stays with the payer as credit. Amounts are
+integers in the asset's atomic units, never floats, from 0 to :data:`MAX_CREDIT_AMOUNT` (an
+EVM ``uint256``), with no other limit in any backend. One *account* per (network, asset, payer),
+named by :func:`credit_account`, holds
+
+* ``available``: what a new reservation can take;
+* ``reserved``: the sum of the live reservations;
+* ``topped_up`` and ``charged``: lifetime totals, so that every account satisfies, at every
+  moment and in every backend, ``topped_up == available + reserved + charged`` (conservation),
+  with no term ever negative.
+
+The life of a reservation (its id is unique per request, chosen by the caller):
+
+``absent`` --reserve--> ``held`` --commit--> ``committed`` (the charge is taken, the rest returns)
+                        ``held`` --release--> ``released`` (everything returns: the refund story)
+                        ``held`` --``now >= expires_at``--> ``expired`` (everything returns)
+
+* A held reservation is *live* while ``now < expires_at``. From ``expires_at`` on it counts as
+  expired in every answer given at that ``now``, whether or not the store has moved its amount
+  back yet: stores do so lazily, in every operation on its account (top-up, reserve, commit,
+  release, balance) and in :meth:`Store.credit_reconcile`. That is the crash story: a process
+  killed between reserve and commit loses no credit and creates none; the payer gets the
+  reservation back once it expires. So ``expires_at`` must lie beyond the longest a handler may
+  run: a commit that comes too late charges nothing.
+* :meth:`Store.credit_topup` is idempotent per ``ref`` (the settlement transaction hash): a ref
+  already applied is a no-op, so a retried settlement can never credit twice. Refs are kept
+  forever; the same ref with another account or amount is a bug and raises :class:`ValueError`.
+* :meth:`Store.credit_reserve` moves the amount from available to reserved iff available covers
+  it, atomically: concurrent requests of one payer can never overdraw. Repeating it with the id
+  of a live reservation of the same account and amount answers True again without reserving
+  twice; any other known id answers False.
+* :meth:`Store.credit_commit` charges ``min(charge, amount)`` (never more than was reserved)
+  and returns the rest to available. Repeating it answers the first charge again; on any other
+  id (released, expired, unknown) it charges nothing and answers 0.
+* :meth:`Store.credit_release` returns the whole reservation; True also when it was already
+  released, False for committed, expired or unknown ids.
+* Finished reservations are kept at least :data:`CREDIT_RECORD_RETENTION_SECONDS` past their
+  ``expires_at`` (the journal behind the idempotent answers); after that they may be purged and
+  count as unknown. Accounts and top-up refs are never purged.
+
 Every operation is atomic across threads, and across processes / hosts for backends that are
 shared (SQLite file, Redis). Backends wrap every driver error in
 :class:`~x402gate.errors.StoreError`. Methods are synchronous; the gate calls stores whose
@@ -75,12 +116,17 @@ from typing import ClassVar, Self
 from ..errors import ConfigurationError
 
 __all__ = [
+    "CREDIT_RECORD_RETENTION_SECONDS",
+    "MAX_CREDIT_AMOUNT",
     "MAX_IDEMPOTENT_RESPONSE_BYTES",
     "ClaimResult",
+    "CreditBalance",
+    "CreditReservation",
     "IdempotencyOutcome",
     "IdempotencyResult",
     "Store",
     "check_payment_id",
+    "credit_account",
     "replay_key",
 ]
 
@@ -91,6 +137,21 @@ MAX_FINGERPRINT_LENGTH = 512
 """Longest fingerprint accepted (a hex SHA-256 is 64 characters)."""
 
 _PAYMENT_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+MAX_CREDIT_AMOUNT = 2**256 - 1
+"""Largest amount, balance or total the credit ledger holds (an EVM ``uint256``)."""
+
+CREDIT_RECORD_RETENTION_SECONDS = 86_400
+"""How long past its ``expires_at`` a finished reservation is kept at least (one day)."""
+
+MAX_CREDIT_ID_LENGTH = 256
+"""Longest top-up ref or reservation id accepted."""
+
+CREDIT_STATES = ("held", "committed", "released", "expired")
+"""What :attr:`CreditReservation.state` can be."""
+
+_HEX_ADDRESS_RE = re.compile(r"0x[0-9A-Fa-f]+")
+_BAD_ACCOUNT_PART_RE = re.compile(r"[|\s]")
 
 
 class ClaimResult(enum.Enum):
@@ -175,6 +236,104 @@ def check_idempotency_response(response: bytes) -> bytes:
             f"{MAX_IDEMPOTENT_RESPONSE_BYTES}-byte cap"
         )
     return data
+
+
+@dataclass(frozen=True, slots=True)
+class CreditBalance:
+    """One credit account at one moment (atomic units); see :meth:`Store.credit_balance`.
+
+    ``topped_up == available + reserved + charged`` always holds.
+    """
+
+    available: int
+    """What a new reservation can take."""
+
+    reserved: int
+    """The sum of the live reservations."""
+
+    topped_up: int
+    """Everything ever credited by :meth:`Store.credit_topup`."""
+
+    charged: int
+    """Everything ever taken by :meth:`Store.credit_commit`."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreditReservation:
+    """One reservation as the journal keeps it; see :meth:`Store.credit_reservation`."""
+
+    account: str
+    amount: int
+    state: str
+    """``"held"`` (and live), ``"committed"``, ``"released"`` or ``"expired"``."""
+    charged: int
+    """What :meth:`Store.credit_commit` took (0 unless committed)."""
+    expires_at: float
+
+
+def credit_account(network: str, asset: str, payer: str) -> str:
+    """The canonical name of the credit account of ``payer`` for ``asset`` on ``network``.
+
+    Hex (EVM) addresses and the network are lower-cased, so a checksummed and a lower-case
+    spelling share one balance; other address forms are kept as given, since base58 addresses
+    are case-sensitive. Raises :class:`ValueError` for empty parts or parts holding ``|`` or
+    whitespace, which would make two accounts share a name.
+    """
+    parts = []
+    for name, value in (("network", network), ("asset", asset), ("payer", payer)):
+        if not isinstance(value, str) or _BAD_ACCOUNT_PART_RE.search(value) or not value:
+            raise ValueError(
+                f"credit account {name} must be a non-empty string without '|' or whitespace, "
+                f"got {value!r:.80}"
+            )
+        lower = name == "network" or _HEX_ADDRESS_RE.fullmatch(value) is not None
+        parts.append(value.lower() if lower else value)
+    return "|".join(parts)
+
+
+def check_credit_amount(amount: int, what: str = "amount", *, zero: bool = False) -> int:
+    """``amount`` if it is an int in ``[1, MAX_CREDIT_AMOUNT]`` (``[0, ...]`` with ``zero``)."""
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError(f"credit {what} must be an int of atomic units, got {amount!r:.80}")
+    if not (0 if zero else 1) <= amount <= MAX_CREDIT_AMOUNT:
+        raise ValueError(
+            f"credit {what} must be {'non-negative' if zero else 'positive'} and at most "
+            f"2**256 - 1, got {amount}"
+        )
+    return amount
+
+
+def check_credit_id(value: str, what: str) -> str:
+    """``value`` if it is a non-empty string of at most :data:`MAX_CREDIT_ID_LENGTH`."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CREDIT_ID_LENGTH:
+        raise ValueError(
+            f"credit {what} must be a non-empty string of at most {MAX_CREDIT_ID_LENGTH} "
+            f"characters, got {value!r:.80}"
+        )
+    return value
+
+
+def check_credit_account(account: str) -> str:
+    """``account`` if it looks like a :func:`credit_account` name (three ``|``-joined parts)."""
+    check_credit_id(account, "account")
+    parts = account.split("|")
+    if len(parts) != 3 or not all(parts) or re.search(r"\s", account):
+        raise ValueError(
+            f"credit account must be made by credit_account(network, asset, payer), "
+            f"got {account!r:.80}"
+        )
+    return account
+
+
+def check_credit_reserve(
+    account: str, amount: int, reservation_id: str, expires_at: float, now: float
+) -> None:
+    """The argument checks every backend runs before :meth:`Store.credit_reserve`."""
+    check_credit_account(account)
+    check_credit_amount(amount)
+    check_credit_id(reservation_id, "reservation id")
+    if not expires_at > now:
+        raise ValueError(f"credit reservation must expire after now, got {expires_at} <= {now}")
 
 
 def replay_key(network: str, asset: str, payer: str, nonce: str) -> str:
@@ -285,6 +444,71 @@ class Store(ABC):
         return ConfigurationError(
             f"{type(self).__name__} does not support payment-identifier idempotency"
         )
+
+    supports_credit: ClassVar[bool] = False
+    """True when the backend implements the ``credit_*`` ledger operations (all built-in ones do).
+
+    The defaults raise :class:`~x402gate.errors.ConfigurationError`; the gate checks this flag
+    when a route turns metered billing on.
+    """
+
+    def credit_topup(self, account: str, amount: int, ref: str, now: float) -> int:
+        """Credit ``amount`` to ``account`` once per ``ref``; answers the new available balance.
+
+        A ``ref`` already applied (same account and amount) changes nothing and answers the
+        balance; with another account or amount it raises :class:`ValueError`.
+        """
+        raise self._no_credit()
+
+    def credit_reserve(
+        self, account: str, amount: int, reservation_id: str, expires_at: float, now: float
+    ) -> bool:
+        """Move ``amount`` from available to reserved iff available covers it.
+
+        True when reserved (also when this live reservation was already made with the same
+        account and amount); False otherwise, with nothing changed. The reservation lasts
+        until ``expires_at`` (which must be after ``now``) unless committed or released first.
+        """
+        raise self._no_credit()
+
+    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+        """Charge ``min(charge, reserved amount)`` of a live reservation, return the rest.
+
+        Answers what was charged: the first charge again when it was already committed, 0 for
+        a released, expired or unknown reservation (which is charged nothing).
+        """
+        raise self._no_credit()
+
+    def credit_release(self, reservation_id: str, now: float) -> bool:
+        """Return the whole of a live reservation to available (the handler failed).
+
+        True also when it was already released; False for committed, expired or unknown ids.
+        """
+        raise self._no_credit()
+
+    def credit_balance(self, account: str, now: float) -> CreditBalance:
+        """The account at ``now`` (zeros for an account never topped up)."""
+        raise self._no_credit()
+
+    def credit_reservation(self, reservation_id: str, now: float) -> CreditReservation | None:
+        """The journal entry of a reservation as seen at ``now``, or None when unknown/purged.
+
+        A held reservation whose ``expires_at`` has come shows as ``"expired"``. For tests and
+        tools; it changes nothing.
+        """
+        raise self._no_credit()
+
+    def credit_reconcile(self, now: float) -> int:
+        """Return every held reservation expired at ``now`` to its account.
+
+        Answers how many this call moved (others may have been moved lazily before). Operations
+        on an account already do this for that account; call it after a restart, or from time
+        to time, so that balances of payers who never come back are right too.
+        """
+        raise self._no_credit()
+
+    def _no_credit(self) -> ConfigurationError:
+        return ConfigurationError(f"{type(self).__name__} does not support the credit ledger")
 
     def ping(self) -> None:  # noqa: B027 - optional hook, a no-op is the right default
         """Raise :class:`~x402gate.errors.StoreError` when the backend is unreachable."""

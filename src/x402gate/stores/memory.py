@@ -1,23 +1,32 @@
-"""``memory://``: a replay store inside one Python process.
+"""``memory://``: a replay store and credit ledger inside one Python process.
 
 Right for tests and single-process servers. Several worker processes (gunicorn ``-w 4``,
 uvicorn ``--workers``) each get their own empty store, so an authorization could be claimed once
-per worker: use ``sqlite://`` or ``redis://`` there.
+per worker: use ``sqlite://`` or ``redis://`` there. Credit lives as long as the process: a
+restart forgets every balance, so metered billing with real money needs a shared backend.
 """
 
 from __future__ import annotations
 
 import heapq
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from ..errors import ConfigurationError
 from .base import (
+    CREDIT_RECORD_RETENTION_SECONDS,
+    MAX_CREDIT_AMOUNT,
     ClaimResult,
+    CreditBalance,
+    CreditReservation,
     IdempotencyOutcome,
     IdempotencyResult,
     Store,
+    check_credit_account,
+    check_credit_amount,
+    check_credit_id,
+    check_credit_reserve,
     check_idempotency_args,
     check_idempotency_response,
     check_idempotency_ttl,
@@ -49,6 +58,31 @@ class _IdemEntry:
     response: bytes | None = None  # None while pending
 
 
+@dataclass(slots=True)
+class _Account:
+    available: int = 0
+    reserved: int = 0
+    topped_up: int = 0
+    charged: int = 0
+    held: set[str] = field(default_factory=set)  # ids of its held reservations
+
+
+@dataclass(slots=True)
+class _Reservation:
+    account: str
+    amount: int
+    expires_at: float
+    state: str = "held"
+    charged: int = 0
+
+
+@dataclass(slots=True)
+class _TopUp:
+    account: str
+    amount: int
+    at: float
+
+
 @register_scheme
 class MemoryStore(Store):
     """A dict behind a lock. Operations never do I/O, so the async gate calls them inline."""
@@ -57,6 +91,7 @@ class MemoryStore(Store):
     blocking: ClassVar[bool] = False
     shared_across_processes: ClassVar[bool] = False
     supports_idempotency: ClassVar[bool] = True
+    supports_credit: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -67,6 +102,13 @@ class MemoryStore(Store):
         # The same for idempotency entries, under the same lock.
         self._idem: dict[str, _IdemEntry] = {}
         self._idem_expiry: list[tuple[float, str]] = []
+        # The credit ledger, under the same lock. Held reservations are few (requests in
+        # flight), so reconciling scans them; finished ones are forgotten in time order.
+        self._accounts: dict[str, _Account] = {}
+        self._topups: dict[str, _TopUp] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._held: dict[str, _Reservation] = {}
+        self._finished: list[tuple[float, str]] = []  # (purge time, reservation id)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -163,6 +205,139 @@ class MemoryStore(Store):
             if entry is None or now >= entry.expires_at:
                 return None
             return "pending" if entry.response is None else "done"
+
+    # -- credit ledger ----------------------------------------------------------------------
+
+    def credit_topup(self, account: str, amount: int, ref: str, now: float) -> int:
+        check_credit_account(account)
+        check_credit_amount(amount)
+        check_credit_id(ref, "top-up ref")
+        with self._lock:
+            self._purge_credit(now)
+            applied = self._topups.get(ref)
+            if applied is not None and (applied.account, applied.amount) != (account, amount):
+                raise ValueError(
+                    f"credit top-up ref {ref!r:.80} was already applied to another account "
+                    "or amount"
+                )
+            acct = self._accounts.setdefault(account, _Account())
+            self._expire_held(acct, now)
+            if applied is None:
+                if acct.topped_up + amount > MAX_CREDIT_AMOUNT:
+                    raise ValueError(f"credit account {account!r} would exceed 2**256 - 1")
+                self._topups[ref] = _TopUp(account, amount, now)
+                acct.available += amount
+                acct.topped_up += amount
+            return acct.available
+
+    def credit_reserve(
+        self, account: str, amount: int, reservation_id: str, expires_at: float, now: float
+    ) -> bool:
+        check_credit_reserve(account, amount, reservation_id, expires_at, now)
+        with self._lock:
+            self._purge_credit(now)
+            acct = self._accounts.get(account)
+            if acct is not None:
+                self._expire_held(acct, now)
+            known = self._reservations.get(reservation_id)
+            if known is not None:
+                return (
+                    known.state == "held"
+                    and now < known.expires_at
+                    and (known.account, known.amount) == (account, amount)
+                )
+            if acct is None or acct.available < amount:
+                return False
+            reservation = _Reservation(account, amount, expires_at)
+            self._reservations[reservation_id] = self._held[reservation_id] = reservation
+            acct.held.add(reservation_id)
+            acct.available -= amount
+            acct.reserved += amount
+            return True
+
+    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+        check_credit_id(reservation_id, "reservation id")
+        check_credit_amount(charge, "charge", zero=True)
+        with self._lock:
+            self._purge_credit(now)
+            reservation = self._live(reservation_id, now)
+            if reservation is None:
+                known = self._reservations.get(reservation_id)
+                return known.charged if known is not None and known.state == "committed" else 0
+            charged = min(charge, reservation.amount)
+            self._end_reservation(reservation_id, reservation, "committed", charged, now)
+            return charged
+
+    def credit_release(self, reservation_id: str, now: float) -> bool:
+        check_credit_id(reservation_id, "reservation id")
+        with self._lock:
+            self._purge_credit(now)
+            reservation = self._live(reservation_id, now)
+            if reservation is None:
+                known = self._reservations.get(reservation_id)
+                return known is not None and known.state == "released"
+            self._end_reservation(reservation_id, reservation, "released", 0, now)
+            return True
+
+    def credit_balance(self, account: str, now: float) -> CreditBalance:
+        check_credit_account(account)
+        with self._lock:
+            acct = self._accounts.get(account)
+            if acct is None:
+                return CreditBalance(0, 0, 0, 0)
+            self._expire_held(acct, now)
+            return CreditBalance(acct.available, acct.reserved, acct.topped_up, acct.charged)
+
+    def credit_reservation(self, reservation_id: str, now: float) -> CreditReservation | None:
+        with self._lock:
+            known = self._reservations.get(reservation_id)
+            if known is None:
+                return None
+            state = "expired" if known.state == "held" and now >= known.expires_at else known.state
+            return CreditReservation(
+                known.account, known.amount, state, known.charged, known.expires_at
+            )
+
+    def credit_reconcile(self, now: float) -> int:
+        with self._lock:
+            self._purge_credit(now)
+            expired = [(rid, r) for rid, r in self._held.items() if now >= r.expires_at]
+            for rid, reservation in expired:
+                self._end_reservation(rid, reservation, "expired", 0, now)
+            return len(expired)
+
+    def _live(self, reservation_id: str, now: float) -> _Reservation | None:
+        """The reservation if it is held and live, after expiring its account's dead ones."""
+        reservation = self._held.get(reservation_id)
+        if reservation is None:
+            return None
+        self._expire_held(self._accounts[reservation.account], now)
+        return reservation if reservation.state == "held" else None
+
+    def _expire_held(self, acct: _Account, now: float) -> None:
+        for rid in [rid for rid in acct.held if now >= self._held[rid].expires_at]:
+            self._end_reservation(rid, self._held[rid], "expired", 0, now)
+
+    def _end_reservation(
+        self, rid: str, reservation: _Reservation, state: str, charged: int, now: float
+    ) -> None:
+        acct = self._accounts[reservation.account]
+        acct.held.discard(rid)
+        del self._held[rid]
+        acct.reserved -= reservation.amount
+        acct.available += reservation.amount - charged
+        acct.charged += charged
+        reservation.state, reservation.charged = state, charged
+        heapq.heappush(
+            self._finished, (reservation.expires_at + CREDIT_RECORD_RETENTION_SECONDS, rid)
+        )
+
+    def _purge_credit(self, now: float) -> None:
+        for _ in range(_PURGE_BATCH):
+            if not self._finished or self._finished[0][0] > now:
+                return
+            _, rid = heapq.heappop(self._finished)
+            self._reservations.pop(rid, None)
 
     def __len__(self) -> int:
         """Entries currently kept, expired ones not yet purged included."""

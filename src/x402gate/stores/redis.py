@@ -1,4 +1,4 @@
-"""``redis://``: a replay store shared by every host behind a load balancer.
+"""``redis://``: a replay store and credit ledger shared by every host behind a load balancer.
 
 URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
 ``unix:///path/to/redis.sock[?db=N]``, with redis-py's query options (``socket_timeout``, ...)
@@ -11,6 +11,18 @@ are sent once and then called by SHA (redis-py's ``register_script`` reloads the
 ``SCRIPT FLUSH`` or a failover). Later concerns (credit) get their own key spaces under the
 prefix and their own scripts. Stored responses are base64 text, so that a client built with
 ``decode_responses=True`` reads them back intact.
+
+Credit ledger, under ``<prefix>credit:``: a hash per account (``acct:<account>``: available,
+reserved, topped_up, charged), a hash per top-up ref (``topup:<ref>``) and per reservation
+(``res:<id>``), a sorted set of each account's held reservations by ``expires_at``
+(``held:<account>``) and one of all of them (``expiry``) for reconciling. Amounts are decimal
+text and the scripts add and compare them digit by digit: Lua numbers are doubles, exact only up
+to 2**53, and ``HINCRBY`` stops at 2**63, while the ledger holds any ``uint256``. A script
+reaches keys it reads from another key (the reservations of an account), so the ledger needs one
+Redis server (with replicas), not a Redis Cluster. Accounts, refs and held reservations never
+expire; finished reservations expire :data:`~x402gate.stores.base.CREDIT_RECORD_RETENTION_SECONDS`
+after their ``expires_at``. Configure Redis without eviction (``maxmemory-policy noeviction``)
+and with persistence (AOF) when it holds money.
 
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to
@@ -27,10 +39,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from ..errors import ConfigurationError, StoreError
 from .base import (
+    CREDIT_RECORD_RETENTION_SECONDS,
+    MAX_CREDIT_AMOUNT,
     ClaimResult,
+    CreditBalance,
+    CreditReservation,
     IdempotencyOutcome,
     IdempotencyResult,
     Store,
+    check_credit_account,
+    check_credit_amount,
+    check_credit_id,
+    check_credit_reserve,
     check_idempotency_args,
     check_idempotency_response,
     check_idempotency_ttl,
@@ -126,6 +146,205 @@ end
 return 0
 """
 
+# -- credit ledger ---------------------------------------------------------------------------
+# Every credit script starts with this prelude. ARGV[1] is the key prefix of the ledger
+# (``<prefix>credit:``), ARGV[2] the caller's now, ARGV[3] how long (ms) a finished reservation
+# is kept past its expires_at; the script's own arguments follow from ARGV[4].
+_CREDIT_PRELUDE = """
+local P = ARGV[1]
+local NOW_TEXT = ARGV[2]
+local NOW = tonumber(NOW_TEXT)
+local KEEP_MS = tonumber(ARGV[3])
+local EXPIRY = P .. 'expiry'
+
+-- Canonical non-negative decimal strings ('0', '12', never '012'), compared and added digit
+-- by digit: exact for any size.
+local function cmp(a, b)
+    if #a ~= #b then return #a < #b and -1 or 1 end
+    for i = 1, #a do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x < y and -1 or 1 end
+    end
+    return 0
+end
+
+local function add(a, b)
+    local out, carry, i, j = {}, 0, #a, #b
+    while i > 0 or j > 0 or carry > 0 do
+        local d = carry
+        if i > 0 then d = d + string.byte(a, i) - 48; i = i - 1 end
+        if j > 0 then d = d + string.byte(b, j) - 48; j = j - 1 end
+        if d >= 10 then d = d - 10; carry = 1 else carry = 0 end
+        out[#out + 1] = string.char(48 + d)
+    end
+    return string.reverse(table.concat(out))
+end
+
+local function sub(a, b)
+    if cmp(a, b) < 0 then error('x402gate: credit ledger would go negative') end
+    local out, borrow, i, j = {}, 0, #a, #b
+    while i > 0 do
+        local d = string.byte(a, i) - 48 - borrow
+        if j > 0 then d = d - (string.byte(b, j) - 48); j = j - 1 end
+        if d < 0 then d = d + 10; borrow = 1 else borrow = 0 end
+        out[#out + 1] = string.char(48 + d)
+        i = i - 1
+    end
+    local text = string.gsub(string.reverse(table.concat(out)), '^0+', '')
+    if text == '' then return '0' end
+    return text
+end
+
+local function account_key(account) return P .. 'acct:' .. account end
+local function held_key(account) return P .. 'held:' .. account end
+local function res_key(id) return P .. 'res:' .. id end
+
+-- A held reservation ends: the account gets back amount - charged, charged is taken.
+local function finish(id, account, amount, state, charged, expires_at)
+    local acct = account_key(account)
+    local bal = redis.call('HMGET', acct, 'available', 'reserved', 'charged')
+    if not bal[2] or cmp(bal[2], amount) < 0 then
+        error('x402gate: credit account ' .. account .. ' does not hold reservation ' .. id)
+    end
+    redis.call('HSET', acct, 'available', add(bal[1], sub(amount, charged)),
+               'reserved', sub(bal[2], amount), 'charged', add(bal[3], charged))
+    local res = res_key(id)
+    redis.call('HSET', res, 'state', state, 'charged', charged, 'finished_at', NOW_TEXT)
+    local left_ms = math.ceil((tonumber(expires_at) - NOW) * 1000)
+    if left_ms < 0 then left_ms = 0 end
+    redis.call('PEXPIRE', res, left_ms + KEEP_MS)
+    redis.call('ZREM', held_key(account), id)
+    redis.call('ZREM', EXPIRY, id)
+end
+
+-- Every held reservation of the account whose expires_at has come returns to available.
+local function expire_held(account)
+    local ids = redis.call('ZRANGEBYSCORE', held_key(account), '-inf', NOW_TEXT)
+    for _, id in ipairs(ids) do
+        local r = redis.call('HMGET', res_key(id), 'amount', 'expires_at')
+        if r[1] then
+            finish(id, account, r[1], 'expired', '0', r[2])
+        else
+            -- The entry was deleted behind the ledger's back (eviction?): its amount is
+            -- unknown, so it stays reserved, but it must not break every later operation.
+            redis.call('ZREM', held_key(account), id)
+            redis.call('ZREM', EXPIRY, id)
+        end
+    end
+end
+"""
+
+# ARGV[4..] account, amount, ref, max total. {'conflict'}, {'overflow'} or {'ok', available}.
+_CREDIT_TOPUP = (
+    _CREDIT_PRELUDE
+    + """
+local account, amount, ref = ARGV[4], ARGV[5], ARGV[6]
+local topup = P .. 'topup:' .. ref
+local applied = redis.call('HMGET', topup, 'account', 'amount')
+if applied[1] and (applied[1] ~= account or applied[2] ~= amount) then return {'conflict'} end
+expire_held(account)
+local acct = account_key(account)
+local bal = redis.call('HMGET', acct, 'available', 'topped_up')
+local available, topped_up = bal[1] or '0', bal[2] or '0'
+if applied[1] then return {'ok', available} end
+topped_up = add(topped_up, amount)
+if cmp(topped_up, ARGV[7]) > 0 then return {'overflow'} end
+available = add(available, amount)
+redis.call('HSET', acct, 'available', available, 'topped_up', topped_up)
+redis.call('HSETNX', acct, 'reserved', '0')
+redis.call('HSETNX', acct, 'charged', '0')
+redis.call('HSET', topup, 'account', account, 'amount', amount, 'applied_at', NOW_TEXT)
+return {'ok', available}
+"""
+)
+
+# ARGV[4..] account, amount, reservation id, expires_at. 1 reserved, 0 not.
+_CREDIT_RESERVE = (
+    _CREDIT_PRELUDE
+    + """
+local account, amount, id, expires_at = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+expire_held(account)
+local res = res_key(id)
+local known = redis.call('HMGET', res, 'account', 'amount', 'state', 'expires_at')
+if known[3] then
+    if known[3] == 'held' and tonumber(known[4]) > NOW and known[1] == account
+            and known[2] == amount then
+        return 1
+    end
+    return 0
+end
+local acct = account_key(account)
+local bal = redis.call('HMGET', acct, 'available', 'reserved')
+if not bal[1] or cmp(bal[1], amount) < 0 then return 0 end
+redis.call('HSET', acct, 'available', sub(bal[1], amount), 'reserved', add(bal[2], amount))
+redis.call('HSET', res, 'account', account, 'amount', amount, 'state', 'held', 'charged', '0',
+           'expires_at', expires_at, 'created_at', NOW_TEXT)
+redis.call('ZADD', held_key(account), expires_at, id)
+redis.call('ZADD', EXPIRY, expires_at, id)
+return 1
+"""
+)
+
+# ARGV[4..] reservation id, then charge (commit) or nothing (release).
+# Commit answers the charge as text; release answers 1 or 0.
+_CREDIT_FINISH = (
+    _CREDIT_PRELUDE
+    + """
+local id, charge = ARGV[4], ARGV[5]
+local r = redis.call('HMGET', res_key(id), 'account', 'amount', 'state', 'expires_at', 'charged')
+local live = false
+if r[3] == 'held' then
+    expire_held(r[1])
+    live = tonumber(r[4]) > NOW
+end
+if charge then
+    if not live then
+        if r[3] == 'committed' then return r[5] end
+        return '0'
+    end
+    if cmp(charge, r[2]) > 0 then charge = r[2] end
+    finish(id, r[1], r[2], 'committed', charge, r[4])
+    return charge
+end
+if not live then
+    if r[3] == 'released' then return 1 end
+    return 0
+end
+finish(id, r[1], r[2], 'released', '0', r[4])
+return 1
+"""
+)
+
+# ARGV[4] account. {available, reserved, topped_up, charged}, nil for an unknown account.
+_CREDIT_BALANCE = (
+    _CREDIT_PRELUDE
+    + """
+expire_held(ARGV[4])
+return redis.call('HMGET', account_key(ARGV[4]), 'available', 'reserved', 'topped_up', 'charged')
+"""
+)
+
+# ARGV[4] batch size. {moved, looked at}.
+_CREDIT_RECONCILE = (
+    _CREDIT_PRELUDE
+    + """
+local ids = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', NOW_TEXT, 'LIMIT', 0, tonumber(ARGV[4]))
+local moved = 0
+for _, id in ipairs(ids) do
+    local r = redis.call('HMGET', res_key(id), 'account', 'amount', 'expires_at', 'state')
+    if r[4] == 'held' then
+        finish(id, r[1], r[2], 'expired', '0', r[3])
+        moved = moved + 1
+    else
+        redis.call('ZREM', EXPIRY, id)
+    end
+end
+return {moved, #ids}
+"""
+)
+
+_RECONCILE_BATCH = 500
+
 _CLAIM_RESULTS = {result.value: result for result in ClaimResult}
 _IDEM_OUTCOMES = {outcome.value: outcome for outcome in IdempotencyOutcome}
 
@@ -158,6 +377,7 @@ class RedisStore(Store):
     blocking: ClassVar[bool] = True
     shared_across_processes: ClassVar[bool] = True
     supports_idempotency: ClassVar[bool] = True
+    supports_credit: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -196,6 +416,11 @@ class RedisStore(Store):
         self._idem_begin_script = client.register_script(_IDEM_BEGIN)
         self._idem_complete_script = client.register_script(_IDEM_COMPLETE)
         self._idem_abandon_script = client.register_script(_IDEM_ABANDON)
+        self._credit_topup_script = client.register_script(_CREDIT_TOPUP)
+        self._credit_reserve_script = client.register_script(_CREDIT_RESERVE)
+        self._credit_finish_script = client.register_script(_CREDIT_FINISH)
+        self._credit_balance_script = client.register_script(_CREDIT_BALANCE)
+        self._credit_reconcile_script = client.register_script(_CREDIT_RECONCILE)
 
     @staticmethod
     def _client_from_url(redis: Any, url: str, socket_timeout: float) -> Any:
@@ -338,6 +563,124 @@ class RedisStore(Store):
         if state is None or expires_at is None or now >= float(expires_at):
             return None
         return _text(state)
+
+    # -- credit ledger ----------------------------------------------------------------------
+
+    def _credit(self, op: str, script: Any, keys: list[str], now: float, *args: object) -> Any:
+        """Run a credit script with the prelude's arguments; driver errors become StoreError."""
+        prefix = f"{self.key_prefix}credit:"
+        keep_ms = (CREDIT_RECORD_RETENTION_SECONDS + EXPIRY_GRACE_SECONDS) * 1000
+        try:
+            return script(keys=keys, args=[prefix, repr(float(now)), keep_ms, *args])
+        except self._redis_errors as exc:
+            self._fail(op, exc)
+
+    def _credit_key(self, kind: str, name: str) -> str:
+        return f"{self.key_prefix}credit:{kind}:{name}"
+
+    def credit_topup(self, account: str, amount: int, ref: str, now: float) -> int:
+        check_credit_account(account)
+        check_credit_amount(amount)
+        check_credit_id(ref, "top-up ref")
+        answer = self._credit(
+            "credit_topup",
+            self._credit_topup_script,
+            [self._credit_key("acct", account), self._credit_key("topup", ref)],
+            now,
+            account,
+            str(amount),
+            ref,
+            str(MAX_CREDIT_AMOUNT),
+        )
+        outcome = _text(answer[0])
+        if outcome == "conflict":
+            raise ValueError(
+                f"credit top-up ref {ref!r:.80} was already applied to another account or amount"
+            )
+        if outcome == "overflow":
+            raise ValueError(f"credit account {account!r} would exceed 2**256 - 1")
+        return int(answer[1])
+
+    def credit_reserve(
+        self, account: str, amount: int, reservation_id: str, expires_at: float, now: float
+    ) -> bool:
+        check_credit_reserve(account, amount, reservation_id, expires_at, now)
+        answer = self._credit(
+            "credit_reserve",
+            self._credit_reserve_script,
+            [self._credit_key("acct", account), self._credit_key("res", reservation_id)],
+            now,
+            account,
+            str(amount),
+            reservation_id,
+            repr(float(expires_at)),
+        )
+        return int(answer) == 1
+
+    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+        check_credit_id(reservation_id, "reservation id")
+        check_credit_amount(charge, "charge", zero=True)
+        answer = self._credit(
+            "credit_commit",
+            self._credit_finish_script,
+            [self._credit_key("res", reservation_id)],
+            now,
+            reservation_id,
+            str(charge),
+        )
+        return int(answer)
+
+    def credit_release(self, reservation_id: str, now: float) -> bool:
+        check_credit_id(reservation_id, "reservation id")
+        answer = self._credit(
+            "credit_release",
+            self._credit_finish_script,
+            [self._credit_key("res", reservation_id)],
+            now,
+            reservation_id,
+        )
+        return int(answer) == 1
+
+    def credit_balance(self, account: str, now: float) -> CreditBalance:
+        check_credit_account(account)
+        answer = self._credit(
+            "credit_balance",
+            self._credit_balance_script,
+            [self._credit_key("acct", account)],
+            now,
+            account,
+        )
+        return CreditBalance(*(0 if value is None else int(value) for value in answer))
+
+    def credit_reservation(self, reservation_id: str, now: float) -> CreditReservation | None:
+        try:
+            row = self.client.hmget(
+                self._credit_key("res", reservation_id),
+                ["account", "amount", "state", "charged", "expires_at"],
+            )
+        except self._redis_errors as exc:
+            self._fail("credit_reservation", exc)
+        if row[2] is None:
+            return None
+        account, amount, state, charged, expires = (_text(value) for value in row)
+        expires_at = float(expires)
+        if state == "held" and now >= expires_at:
+            state = "expired"
+        return CreditReservation(account, int(amount), state, int(charged), expires_at)
+
+    def credit_reconcile(self, now: float) -> int:
+        moved = 0
+        while True:
+            answer = self._credit(
+                "credit_reconcile",
+                self._credit_reconcile_script,
+                [f"{self.key_prefix}credit:expiry"],
+                now,
+                _RECONCILE_BATCH,
+            )
+            moved += int(answer[0])
+            if int(answer[1]) < _RECONCILE_BATCH:
+                return moved
 
     # -- plumbing ---------------------------------------------------------------------------
 

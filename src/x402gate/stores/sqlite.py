@@ -1,5 +1,7 @@
 """``sqlite:///path.db``: the embedded default, one file shared by every process on the host.
 
+Replay claims, idempotency records and the credit ledger live in one file.
+
 URLs: ``sqlite:///relative/path.db`` (relative to the working directory when the store is
 created), ``sqlite:////absolute/path.db``; query options ``timeout`` (seconds to wait for
 another writer, default 5) and ``synchronous`` (``full``, the default, or ``normal``, which
@@ -20,10 +22,14 @@ How it stays correct:
 * After ``fork()`` the child drops the inherited connection without closing it (SQLite forbids
   using a connection across fork) and opens its own on first use, so a store created before a
   pre-forking server spawns its workers is safe.
-* Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``; credit
-  tables later) and ``x402gate_meta`` records the schema version. Adding a table is not a new
-  version: tables are created when missing, and an older x402gate ignores tables it does not
-  know, so old and new workers can share one file during a rolling upgrade.
+* Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
+  ``x402gate_credit_*``) and ``x402gate_meta`` records the schema version. Adding a table is
+  not a new version: tables are created when missing, and an older x402gate ignores tables it
+  does not know, so old and new workers can share one file during a rolling upgrade.
+* Credit amounts are stored as decimal text and computed with Python integers: SQLite's
+  INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
+  any ``uint256``. Every ledger operation reads and writes in one ``BEGIN IMMEDIATE``
+  transaction, so a process killed at any point leaves either all of it or none of it.
 """
 
 from __future__ import annotations
@@ -40,10 +46,18 @@ from typing import ClassVar, TypeVar
 
 from ..errors import ConfigurationError, StoreError
 from .base import (
+    CREDIT_RECORD_RETENTION_SECONDS,
+    MAX_CREDIT_AMOUNT,
     ClaimResult,
+    CreditBalance,
+    CreditReservation,
     IdempotencyOutcome,
     IdempotencyResult,
     Store,
+    check_credit_account,
+    check_credit_amount,
+    check_credit_id,
+    check_credit_reserve,
     check_idempotency_args,
     check_idempotency_response,
     check_idempotency_ttl,
@@ -79,6 +93,33 @@ CREATE TABLE IF NOT EXISTS x402gate_idempotency (
 );
 CREATE INDEX IF NOT EXISTS x402gate_idempotency_expires_at
     ON x402gate_idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_credit_account (
+    account TEXT PRIMARY KEY,
+    available TEXT NOT NULL,
+    reserved TEXT NOT NULL,
+    topped_up TEXT NOT NULL,
+    charged TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402gate_credit_topup (
+    ref TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    applied_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402gate_credit_reservation (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('held', 'committed', 'released', 'expired')),
+    charged TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS x402gate_credit_held
+    ON x402gate_credit_reservation (account, expires_at) WHERE state = 'held';
+CREATE INDEX IF NOT EXISTS x402gate_credit_expires_at
+    ON x402gate_credit_reservation (expires_at);
 """
 
 # Expired rows deleted per purge at most, so that no claim pays for a large backlog at once.
@@ -102,6 +143,25 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _read_account(conn: sqlite3.Connection, account: str) -> CreditBalance | None:
+    row = conn.execute(
+        "SELECT available, reserved, topped_up, charged FROM x402gate_credit_account"
+        " WHERE account = ?",
+        (account,),
+    ).fetchone()
+    return None if row is None else CreditBalance(*(int(value) for value in row))
+
+
+def _write_account(conn: sqlite3.Connection, account: str, **values: int) -> None:
+    if any(value < 0 for value in values.values()):  # unreachable unless the file was edited
+        raise StoreError(f"credit account {account!r} would go negative: {values}")
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    conn.execute(
+        f"UPDATE x402gate_credit_account SET {assignments} WHERE account = ?",
+        (*(str(value) for value in values.values()), account),
+    )
+
+
 @register_scheme
 class SQLiteStore(Store):
     """Replay store in a SQLite file (WAL), safe across threads and processes of one host.
@@ -114,6 +174,7 @@ class SQLiteStore(Store):
     blocking: ClassVar[bool] = True
     shared_across_processes: ClassVar[bool] = True
     supports_idempotency: ClassVar[bool] = True
+    supports_credit: ClassVar[bool] = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, timeout: float = 5.0, synchronous: str = "full"
@@ -138,6 +199,7 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
         self._next_idem_purge = float("-inf")
+        self._next_credit_purge = float("-inf")
         _LIVE_STORES.add(self)
 
     @classmethod
@@ -354,6 +416,240 @@ class SQLiteStore(Store):
             (now, _PURGE_LIMIT),
         ).rowcount
         self._next_idem_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
+
+    # -- credit ledger ----------------------------------------------------------------------
+
+    def credit_topup(self, account: str, amount: int, ref: str, now: float) -> int:
+        check_credit_account(account)
+        check_credit_amount(amount)
+        check_credit_id(ref, "top-up ref")
+
+        def run(conn: sqlite3.Connection) -> int:
+            self._purge_credit(conn, now)
+            applied = conn.execute(
+                "SELECT account, amount FROM x402gate_credit_topup WHERE ref = ?", (ref,)
+            ).fetchone()
+            if applied is not None and (applied[0], int(applied[1])) != (account, amount):
+                raise ValueError(
+                    f"credit top-up ref {ref!r:.80} was already applied to another account "
+                    "or amount"
+                )
+            self._expire_held(conn, account, now)
+            balance = _read_account(conn, account)
+            if balance is None:
+                balance = CreditBalance(0, 0, 0, 0)
+                conn.execute(
+                    "INSERT INTO x402gate_credit_account"
+                    " (account, available, reserved, topped_up, charged)"
+                    " VALUES (?, '0', '0', '0', '0')",
+                    (account,),
+                )
+            if applied is not None:
+                return balance.available
+            if balance.topped_up + amount > MAX_CREDIT_AMOUNT:
+                raise ValueError(f"credit account {account!r} would exceed 2**256 - 1")
+            conn.execute(
+                "INSERT INTO x402gate_credit_topup (ref, account, amount, applied_at)"
+                " VALUES (?, ?, ?, ?)",
+                (ref, account, str(amount), now),
+            )
+            _write_account(
+                conn,
+                account,
+                available=balance.available + amount,
+                topped_up=balance.topped_up + amount,
+            )
+            return balance.available + amount
+
+        return self._write("credit_topup", run)
+
+    def credit_reserve(
+        self, account: str, amount: int, reservation_id: str, expires_at: float, now: float
+    ) -> bool:
+        check_credit_reserve(account, amount, reservation_id, expires_at, now)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            self._purge_credit(conn, now)
+            self._expire_held(conn, account, now)
+            known = conn.execute(
+                "SELECT account, amount, state, expires_at FROM x402gate_credit_reservation"
+                " WHERE id = ?",
+                (reservation_id,),
+            ).fetchone()
+            if known is not None:
+                return (
+                    known[2] == "held"
+                    and now < known[3]
+                    and (known[0], int(known[1])) == (account, amount)
+                )
+            balance = _read_account(conn, account)
+            if balance is None or balance.available < amount:
+                return False
+            conn.execute(
+                "INSERT INTO x402gate_credit_reservation"
+                " (id, account, amount, state, charged, expires_at, created_at)"
+                " VALUES (?, ?, ?, 'held', '0', ?, ?)",
+                (reservation_id, account, str(amount), expires_at, now),
+            )
+            _write_account(
+                conn,
+                account,
+                available=balance.available - amount,
+                reserved=balance.reserved + amount,
+            )
+            return True
+
+        return self._write("credit_reserve", run)
+
+    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+        check_credit_id(reservation_id, "reservation id")
+        check_credit_amount(charge, "charge", zero=True)
+
+        def run(conn: sqlite3.Connection) -> int:
+            self._purge_credit(conn, now)
+            live = self._live(conn, reservation_id, now)
+            if live is None:
+                row = conn.execute(
+                    "SELECT charged FROM x402gate_credit_reservation"
+                    " WHERE id = ? AND state = 'committed'",
+                    (reservation_id,),
+                ).fetchone()
+                return int(row[0]) if row is not None else 0
+            charged = min(charge, live[1])
+            self._end_reservation(conn, reservation_id, live[0], live[1], "committed", charged, now)
+            return charged
+
+        return self._write("credit_commit", run)
+
+    def credit_release(self, reservation_id: str, now: float) -> bool:
+        check_credit_id(reservation_id, "reservation id")
+
+        def run(conn: sqlite3.Connection) -> bool:
+            self._purge_credit(conn, now)
+            live = self._live(conn, reservation_id, now)
+            if live is None:
+                row = conn.execute(
+                    "SELECT 1 FROM x402gate_credit_reservation WHERE id = ? AND state = 'released'",
+                    (reservation_id,),
+                ).fetchone()
+                return row is not None
+            self._end_reservation(conn, reservation_id, live[0], live[1], "released", 0, now)
+            return True
+
+        return self._write("credit_release", run)
+
+    def credit_balance(self, account: str, now: float) -> CreditBalance:
+        check_credit_account(account)
+
+        def run(conn: sqlite3.Connection) -> CreditBalance:
+            self._expire_held(conn, account, now)
+            return _read_account(conn, account) or CreditBalance(0, 0, 0, 0)
+
+        return self._write("credit_balance", run)
+
+    def credit_reservation(self, reservation_id: str, now: float) -> CreditReservation | None:
+        with self._lock:
+            try:
+                row = (
+                    self._connection()
+                    .execute(
+                        "SELECT account, amount, state, charged, expires_at"
+                        " FROM x402gate_credit_reservation WHERE id = ?",
+                        (reservation_id,),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                self._discard()
+                raise self._error("credit_reservation", exc) from exc
+        if row is None:
+            return None
+        state = "expired" if row[2] == "held" and now >= row[4] else row[2]
+        return CreditReservation(row[0], int(row[1]), state, int(row[3]), row[4])
+
+    def credit_reconcile(self, now: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            self._purge_credit(conn, now)
+            rows = conn.execute(
+                "SELECT id, account, amount FROM x402gate_credit_reservation"
+                " WHERE state = 'held' AND expires_at <= ? LIMIT ?",
+                (now, _PURGE_LIMIT),
+            ).fetchall()
+            for rid, account, amount in rows:
+                self._end_reservation(conn, rid, account, int(amount), "expired", 0, now)
+            return len(rows)
+
+        # Batches of one transaction each, so other writers get their turn during a large one.
+        moved = 0
+        while True:
+            batch = self._write("credit_reconcile", run)
+            moved += batch
+            if batch < _PURGE_LIMIT:
+                return moved
+
+    def _live(
+        self, conn: sqlite3.Connection, reservation_id: str, now: float
+    ) -> tuple[str, int] | None:
+        """(account, amount) if the reservation is held and live, after expiring its account."""
+        row = conn.execute(
+            "SELECT account, amount, expires_at FROM x402gate_credit_reservation"
+            " WHERE id = ? AND state = 'held'",
+            (reservation_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        self._expire_held(conn, row[0], now)
+        return (row[0], int(row[1])) if now < row[2] else None
+
+    def _expire_held(self, conn: sqlite3.Connection, account: str, now: float) -> None:
+        rows = conn.execute(
+            "SELECT id, amount FROM x402gate_credit_reservation"
+            " WHERE account = ? AND state = 'held' AND expires_at <= ?",
+            (account, now),
+        ).fetchall()
+        for rid, amount in rows:
+            self._end_reservation(conn, rid, account, int(amount), "expired", 0, now)
+
+    def _end_reservation(
+        self,
+        conn: sqlite3.Connection,
+        reservation_id: str,
+        account: str,
+        amount: int,
+        state: str,
+        charged: int,
+        now: float,
+    ) -> None:
+        balance = _read_account(conn, account)
+        if balance is None or balance.reserved < amount:
+            # Only a hand-edited file gets here; refusing keeps the ledger from going negative.
+            raise StoreError(
+                f"SQLite store {self.path}: credit account {account!r} does not hold "
+                f"reservation {reservation_id!r}"
+            )
+        conn.execute(
+            "UPDATE x402gate_credit_reservation SET state = ?, charged = ?, finished_at = ?"
+            " WHERE id = ?",
+            (state, str(charged), now, reservation_id),
+        )
+        _write_account(
+            conn,
+            account,
+            available=balance.available + amount - charged,
+            reserved=balance.reserved - amount,
+            charged=balance.charged + charged,
+        )
+
+    def _purge_credit(self, conn: sqlite3.Connection, now: float) -> None:
+        if now < self._next_credit_purge:
+            return
+        deleted = conn.execute(
+            "DELETE FROM x402gate_credit_reservation WHERE id IN"
+            " (SELECT id FROM x402gate_credit_reservation"
+            " WHERE expires_at <= ? AND state != 'held' LIMIT ?)",
+            (now - CREDIT_RECORD_RETENTION_SECONDS, _PURGE_LIMIT),
+        ).rowcount
+        self._next_credit_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
 
     # -- plumbing ---------------------------------------------------------------------------
 

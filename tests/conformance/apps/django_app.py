@@ -25,6 +25,8 @@ from x402gate import PaymentGate
 from x402gate.django import require_payment
 from x402gate.testing.servers import serve_wsgi
 
+from . import _llm
+
 NAME = "django"
 CHUNKS = (b"chunk-0\n", b"chunk-1\n", b"chunk-2\n")
 
@@ -74,6 +76,11 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
         runs["stream-after"] += 1
         return StreamingHttpResponse(_chunks(), content_type="text/plain")
 
+    @require_payment(_llm.strategy(), credit_topup=_llm.TOPUP)
+    def llm(request: HttpRequest) -> HttpResponse:
+        runs["llm"] += 1
+        return StreamingHttpResponse(iter(_llm.sse_chunks()), content_type="text/event-stream")
+
     def free(request: HttpRequest) -> HttpResponse:
         runs["free"] += 1
         return HttpResponse(b"free", content_type="text/plain; charset=utf-8")
@@ -86,6 +93,7 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
         path("stream", stream),
         path("stream-after", stream_after),
         path("free", free),
+        path("llm", llm),
     ]
 
     if _live is not None:

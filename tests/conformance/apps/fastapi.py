@@ -12,6 +12,8 @@ from x402gate import Payment, PaymentGate
 from x402gate.demo import serve_in_thread
 from x402gate.fastapi import install, require_payment
 
+from . import _llm
+
 NAME = "fastapi"
 CHUNKS = (b"chunk-0\n", b"chunk-1\n", b"chunk-2\n")
 
@@ -52,6 +54,18 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
     async def stream_after() -> StreamingResponse:
         runs["stream-after"] += 1
         return StreamingResponse(_chunks(), media_type="text/plain")
+
+    metered = require_payment(_llm.strategy(), credit_topup=_llm.TOPUP)
+
+    @app.post("/llm", dependencies=[Depends(metered)])
+    async def llm() -> StreamingResponse:
+        runs["llm"] += 1
+
+        async def events() -> AsyncIterator[bytes]:
+            for chunk in _llm.sse_chunks():
+                yield chunk
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.get("/free", response_class=PlainTextResponse)
     async def free() -> str:

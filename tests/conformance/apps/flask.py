@@ -11,6 +11,8 @@ from flask import Flask, Response
 
 from x402gate import PaymentGate
 from x402gate.flask import X402Gate, current_payment, require_payment
+
+from . import _llm
 from x402gate.testing.servers import serve_wsgi
 
 NAME = "flask"
@@ -56,6 +58,12 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
     def stream_after() -> Response:
         runs["stream-after"] += 1
         return Response(_chunks(), mimetype="text/plain")
+
+    @app.post("/llm")
+    @require_payment(_llm.strategy(), credit_topup=_llm.TOPUP)
+    def llm() -> Response:
+        runs["llm"] += 1
+        return Response(iter(_llm.sse_chunks()), mimetype="text/event-stream")
 
     @app.get("/free")
     def free() -> Response:

@@ -16,6 +16,8 @@ from x402gate import PaymentGate
 from x402gate.demo import serve_in_thread
 from x402gate.integrations.asgi import PaymentMiddleware
 
+from . import _llm
+
 NAME = "starlette"
 CHUNKS = (b"chunk-0\n", b"chunk-1\n", b"chunk-2\n")
 
@@ -53,6 +55,15 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
         runs["free"] += 1
         return PlainTextResponse("free")
 
+    async def llm(request: Request) -> Response:
+        runs["llm"] += 1
+
+        async def events() -> AsyncIterator[bytes]:
+            for chunk in _llm.sse_chunks():
+                yield chunk
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     app = Starlette(
         routes=[
             Route("/paid", paid),
@@ -61,6 +72,7 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
             Route("/stream", stream),
             Route("/stream-after", stream_after),
             Route("/free", free),
+            Route("/llm", llm, methods=["POST"]),
         ]
     )
     return (
@@ -73,6 +85,7 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
                 "GET /error": "$0.01",
                 "GET /stream": gate.route("$0.01", settlement="before"),
                 "GET /stream-after": gate.route("$0.01", settlement="after"),
+                "POST /llm": gate.route(_llm.strategy(), credit_topup=_llm.TOPUP),
             },
             discovery=True,
         ),

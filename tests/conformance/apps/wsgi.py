@@ -10,6 +10,8 @@ from typing import Any
 
 from x402gate import PaymentGate
 from x402gate.integrations.wsgi import PaymentMiddleware
+
+from . import _llm
 from x402gate.testing.servers import serve_wsgi
 
 NAME = "wsgi"
@@ -45,6 +47,10 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
             runs[name] += 1
             start_response("200 OK", [("Content-Type", "text/plain")])
             return _chunks()
+        if name == "llm":
+            runs[name] += 1
+            start_response("200 OK", [("Content-Type", "text/event-stream")])
+            return iter(_llm.sse_chunks())
         if name == "free":
             runs[name] += 1
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
@@ -61,6 +67,7 @@ def make_app(gate: PaymentGate) -> tuple[Any, collections.Counter[str]]:
             "GET /error": "$0.01",
             "GET /stream": gate.route("$0.01", settlement="before"),
             "GET /stream-after": gate.route("$0.01", settlement="after"),
+            "POST /llm": gate.route(_llm.strategy(), credit_topup=_llm.TOPUP),
         },
         discovery=True,
     )

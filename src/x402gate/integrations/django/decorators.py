@@ -34,7 +34,7 @@ from django.http import HttpRequest
 
 from ...assets import Asset
 from ...errors import ConfigurationError
-from ...gate import Route, Settlement
+from ...gate import PaymentIdentifier, Route, Settlement
 from ...pricing import as_strategy
 from .conf import PaidView
 from .middleware import RequestState, paid_flow, request_state, run_flow_async, run_flow_sync
@@ -73,6 +73,8 @@ def require_payment(
     max_timeout_seconds: int | None = None,
     verify_with_facilitator: bool | None = None,
     extensions: Mapping[str, Any] | None = None,
+    payment_identifier: PaymentIdentifier = "optional",
+    credit_topup: Any = None,
 ) -> Callable[[V], V]:
     """Charge ``price`` for every call of the decorated view (sync or async).
 
@@ -94,6 +96,8 @@ def require_payment(
         "max_timeout_seconds": max_timeout_seconds,
         "verify_with_facilitator": verify_with_facilitator,
         "extensions": extensions,
+        "payment_identifier": payment_identifier,
+        "credit_topup": credit_topup,
     }
     # A bad price fails at import time, not on the first paying customer.
     paid = PaidView(as_strategy(price), {k: v for k, v in options.items() if v is not None})

@@ -27,11 +27,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.http.request import RawPostDataException
 
 from ..._runner import run_sync
-from ...discovery import WELL_KNOWN_PATH, discovery_document
+from ...discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ...errors import PaymentError
 from ...gate import PaymentSession, Route
 from ...request import RequestInfo
-from .._common import paid_response_headers, render_error
+from .._common import AsyncMeteredBody, MeteredBody, meter_body, paid_response_headers, render_error
 from .conf import Runtime, get_runtime
 
 __all__ = [
@@ -182,6 +182,11 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
         and request.method in ("GET", "HEAD")
     ):
         return _discovery_response(request, runtime)
+    if request.path_info == CREDIT_PATH and request.method == "GET":
+        code, document = yield runtime.gate.credit_status(request.headers)
+        answer = JsonResponse(document, status=code)
+        answer["Cache-Control"] = "no-store"
+        return answer
     route = runtime.match(request)
     if route is not None:
         response = yield from paid_flow(request, state, route)
@@ -201,6 +206,24 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
     if extra or status < 400:
         for name, value in paid_response_headers(response.items(), extra):
             response[name] = value
+    if session.reservation is not None:
+        # Metered route: charge what the answer reports it used (tokens) or took (seconds).
+        content_type = response.get("Content-Type")
+        if not response.streaming:
+            usage = meter_body(bytes(response.content), content_type)
+            yield runtime.gate.complete(session, usage)
+        elif getattr(response, "is_async", False):
+            response.streaming_content = AsyncMeteredBody(
+                response.streaming_content,
+                content_type,
+                lambda usage: runtime.gate.complete(session, usage),
+            )
+        else:
+            response.streaming_content = MeteredBody(
+                response.streaming_content,
+                content_type,
+                lambda usage: runtime.gate.complete_sync(session, usage),
+            )
     if session.idempotency is not None:
         # Kept for retries with the same payment identifier; a stream cannot be replayed.
         body = None if response.streaming else bytes(response.content)

@@ -1,0 +1,183 @@
+"""Metered billing overhead: a request served from credit, and a metered stream's first byte.
+
+    .venv/bin/python bench/metered.py [--n 300] [--store sqlite-normal|sqlite|memory]
+
+One uvicorn app on loopback, one local chain. The buyer pays once with the official x402 client
+(a $10 top-up) and gets a session token; then, sequentially and interleaved to share the noise:
+
+* ``GET /free`` (unprotected) vs ``GET /metered`` (per-second price, served from credit with the
+  session token): the added latency of serving from credit (goal: at most 1 ms);
+* ``GET /stream`` (unprotected SSE) vs ``GET /metered-stream`` (per-token SSE from credit): time
+  to the first body byte (goal: not delayed by metering).
+
+Prints medians, p90 and ratios from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+STORES = {
+    "sqlite-normal": "sqlite:///{tmp}/bench.db?synchronous=normal",
+    "sqlite": "sqlite:///{tmp}/bench.db",
+    "memory": "memory://",
+}
+
+
+def build_app(gate: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.metering import PerSecond, PerToken, TokenPrice
+
+    async def small(request: Any) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    async def stream(request: Any) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            yield b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+            await asyncio.sleep(0.005)  # the "model" thinking between tokens
+            usage = {"prompt_tokens": 10, "completion_tokens": 20}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(
+        routes=[
+            Route("/free", small),
+            Route("/metered", small),
+            Route("/stream", stream),
+            Route("/metered-stream", stream),
+        ]
+    )
+    return PaymentMiddleware(
+        app,
+        gate=gate,
+        routes={
+            "GET /metered": gate.route(PerSecond("$0.001", max_seconds=1), credit_topup="$10"),
+            "GET /metered-stream": gate.route(
+                PerToken(TokenPrice(input="$3", output="$15"), max_output_tokens=100),
+                credit_topup="$10",
+            ),
+        },
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(n: int, store: str) -> dict[str, Any]:
+    import tempfile
+
+    import httpx
+
+    from x402gate.demo import serve_in_thread
+    from x402gate.testing.clients import paying_httpx_client
+    from x402gate.testing.local import local_gate
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        local_gate(buyer_funds=50_000_000, store=STORES[store].format(tmp=tmp)) as local,
+    ):
+        app = build_app(local.gate)
+        with serve_in_thread(app) as base:
+            async with paying_httpx_client(local.buyer, asset=local.asset, base_url=base) as c:
+                first = await c.get("/metered")
+                first_stream = await c.get("/metered-stream")
+            assert first.status_code == 200 and first_stream.status_code == 200
+            token = first.headers["x402gate-session"]
+            headers = {"X402GATE-SESSION": token}
+            free: list[float] = []
+            metered: list[float] = []
+            ttfb_plain: list[float] = []
+            ttfb_metered: list[float] = []
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                for _ in range(20):  # warm-up
+                    await client.get("/free")
+                    await client.get("/metered", headers=headers)
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    r = await client.get("/free")
+                    free.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    r = await client.get("/metered", headers=headers)
+                    metered.append(time.perf_counter() - t0)
+                    assert r.status_code == 200 and "payment-response" not in r.headers
+                for _ in range(max(50, n // 4)):
+                    for path, sink in (("/stream", ttfb_plain), ("/metered-stream", ttfb_metered)):
+                        t0 = time.perf_counter()
+                        async with client.stream("GET", path, headers=headers) as response:
+                            first_byte = True
+                            async for _chunk in response.aiter_raw():
+                                if first_byte:
+                                    sink.append(time.perf_counter() - t0)
+                                    first_byte = False
+                        assert response.status_code == 200
+            txs = local.chain.tx_count(local.facilitator.address)
+    return {
+        "free": free,
+        "metered": metered,
+        "ttfb_plain": ttfb_plain,
+        "ttfb_metered": ttfb_metered,
+        "transactions": txs,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--store", choices=sorted(STORES), default="sqlite-normal")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.n, args.store))
+    us = 1e6
+
+    def med(name: str) -> float:
+        return statistics.median(result[name]) * us
+
+    added = med("metered") - med("free")
+    print(f"x402gate metered benchmark, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: {platform.machine()}, nproc {os.cpu_count()}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"python {platform.python_version()}; store {args.store}; n={args.n}"
+    )
+    print("| path | median µs | p90 µs |")
+    print("|---|---|---|")
+    for name, label in (
+        ("free", "GET unprotected"),
+        ("metered", "GET metered, served from credit"),
+        ("ttfb_plain", "SSE first byte, unmetered"),
+        ("ttfb_metered", "SSE first byte, metered (credit)"),
+    ):
+        print(f"| {label} | {med(name):.0f} | {pct(result[name], 0.9) * us:.0f} |")
+    ratio = med("metered") / med("free")
+    ttfb_ratio = med("ttfb_metered") / med("ttfb_plain")
+    print(
+        f"\nserving from credit adds {added:.0f} µs per request (ratio {ratio:.2f}); "
+        f"goal <= 1000 µs: {'met' if added <= 1000 else 'MISSED'}"
+    )
+    print(
+        f"metered stream first byte: ratio {ttfb_ratio:.2f} "
+        f"(+{med('ttfb_metered') - med('ttfb_plain'):.0f} µs)"
+    )
+    print(f"on-chain transactions during the run: {result['transactions']} (the two top-ups)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Credit for returning payers: short-lived signed session tokens.
+
+Metered routes (per token, per second) are paid with plain ``exact`` payments of the quote; what
+the work did not use stays as the payer's credit in the store's ledger. A returning payer proves
+which wallet the credit belongs to with a session token x402gate issued after a payment (the
+``X402GATE-SESSION`` response header), sent back in the same header.
+
+A token is ``v1.<payload>.<mac>``: base64url JSON ``{"p": payer, "n": network, "a": asset,
+"e": expiry}`` and an HMAC-SHA256 over it with the gate's secret. It is a bearer credential for
+the credit of that (payer, network, asset) until it expires: keep the lifetime short (minutes),
+and serve it over HTTPS only. Tokens carry no balance: the ledger is the only source of truth.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+
+from . import _json
+from .errors import ConfigurationError
+
+__all__ = ["SESSION_HEADER", "SessionTokens", "TokenClaims"]
+
+SESSION_HEADER = "X402GATE-SESSION"
+_VERSION = "v1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    """Whose credit a valid token unlocks."""
+
+    payer: str
+    network: str
+    asset: str
+    expires_at: int
+
+
+class SessionTokens:
+    """Issues and checks session tokens.
+
+    :param secret: at least 32 bytes shared by every instance of the service (so a token issued
+        by one is accepted by the others); a random one per process when omitted, which suits a
+        single process only.
+    :param ttl_seconds: token lifetime.
+    """
+
+    def __init__(self, secret: bytes | str | None = None, *, ttl_seconds: int = 900) -> None:
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if not isinstance(secret, bytes) or len(secret) < 32:
+            raise ConfigurationError("session token secret must be at least 32 bytes")
+        if (
+            isinstance(ttl_seconds, bool)
+            or not isinstance(ttl_seconds, int)
+            or not 10 <= ttl_seconds <= 86_400
+        ):
+            raise ConfigurationError(
+                "session token ttl_seconds must be an integer from 10 to 86400"
+            )
+        self._key = hashlib.sha256(b"x402gate-session-v1" + secret).digest()
+        self.ttl_seconds = ttl_seconds
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, f"{_VERSION}.{payload}".encode(), hashlib.sha256).digest())
+
+    def issue(self, payer: str, network: str, asset: str, now: float) -> str:
+        """A token for the credit of ``payer`` in ``asset`` on ``network``."""
+        claims = {
+            "p": payer.lower(),
+            "n": network,
+            "a": asset.lower(),
+            "e": int(now) + self.ttl_seconds,
+        }
+        payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+        return f"{_VERSION}.{payload}.{self._mac(payload)}"
+
+    def check(self, token: str | None, now: float) -> TokenClaims | None:
+        """The claims of a valid, unexpired token; ``None`` for anything else (never raises)."""
+        if not token or len(token) > 1024:
+            return None
+        parts = token.strip().split(".")
+        if len(parts) != 3 or parts[0] != _VERSION:
+            return None
+        _, payload, mac = parts
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        try:
+            data = _json.loads(_unb64(payload))
+            claims = TokenClaims(str(data["p"]), str(data["n"]), str(data["a"]), int(data["e"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return claims if claims.expires_at > now else None
