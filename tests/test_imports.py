@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = [
     "web3",
     "eth_account",
@@ -29,3 +31,28 @@ def test_public_names_resolve_lazily() -> None:
     code = "import x402gate; print(x402gate.PaymentGate.__name__, x402gate.MatchRules.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["PaymentGate", "MatchRules"]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "statement", "extra"),
+    [
+        ("flask", "import x402gate.flask", "flask"),
+        ("fastapi", "import x402gate.fastapi", "fastapi"),
+        ("django", "import x402gate.django", "django"),
+        (
+            "redis",
+            "from x402gate.stores import open_store; open_store('redis://127.0.0.1:1/0')",
+            "redis",
+        ),
+    ],
+)
+def test_a_missing_framework_or_driver_names_the_extra_to_install(
+    blocked: str, statement: str, extra: str
+) -> None:
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        f"try:\n    {statement}\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert f"pip install 'x402gate[{extra}]'" in out.stdout, out.stdout

@@ -42,3 +42,46 @@ def test_forwarded_headers_only_when_the_proxy_is_trusted() -> None:
     assert request_info_from_scope(forwarded, b"").url.startswith("http://internal:8000/")
     trusted = request_info_from_scope(forwarded, b"", trust_proxy_headers=True)
     assert trusted.url == "https://api.example.com/paid?q=1"
+
+
+async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
+    from typing import Any
+
+    from eth_account import Account
+
+    from x402gate import PaymentGate
+    from x402gate.assets import usdc
+    from x402gate.integrations.asgi import PaymentMiddleware
+
+    class NeverCalled:
+        async def verify(self, *a: Any) -> Any:
+            raise AssertionError
+
+        async def settle(self, *a: Any) -> Any:
+            raise AssertionError
+
+        async def supported(self) -> Any:
+            raise AssertionError
+
+    seen: list[tuple[str, Any, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["type"], receive, send))
+
+    gate = PaymentGate(
+        pay_to=Account.create().address,
+        assets=usdc("base"),
+        facilitator=NeverCalled(),
+        store="memory://",
+    )
+    middleware = PaymentMiddleware(app, gate=gate, routes={"/*": "$0.01"})  # everything is paid
+
+    async def receive() -> dict[str, Any]:
+        return {}
+
+    async def send(message: Any) -> None:
+        raise AssertionError("the middleware must not answer non-HTTP scopes")
+
+    for kind in ("websocket", "lifespan"):
+        await middleware({"type": kind, "path": "/chat"}, receive, send)
+    assert seen == [("websocket", receive, send), ("lifespan", receive, send)]
