@@ -56,6 +56,32 @@ class Facilitator(Protocol):
     async def supported(self) -> SupportedResponse: ...
 
 
+def _split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without user info, and a Basic ``Authorization`` value for it, if it had any."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    user = unquote(parts.username or "")
+    secret = unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=netloc)), f"Basic {token}"
+
+
+def _status_of(exc: BaseException) -> str:
+    """The HTTP status in the SDK's error text, without the body that follows it."""
+    import re
+
+    match = re.search(r"\((\d{3})\)", str(exc))
+    return f"HTTP {match.group(1)}" if match else type(exc).__name__
+
+
 def _is_transport_error(exc: BaseException) -> bool:
     import httpx
 
@@ -83,12 +109,18 @@ class HTTPFacilitator:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ConfigurationError("HTTPFacilitator needs at least one URL")
+        self.urls: list[str] = []
+        self._basic: dict[str, str] = {}
         for u in urls:
             if not isinstance(u, str) or not u.startswith(("http://", "https://")):
-                raise ConfigurationError(f"facilitator URL must be http(s): {u!r}")
+                raise ConfigurationError("facilitator URL must be an http(s) URL")
+            clean, basic = _split_credentials(u.rstrip("/"))
+            self.urls.append(clean)
+            if basic is not None:
+                # Credentials never travel in a URL (URLs get logged): a Basic header instead.
+                self._basic[clean] = basic
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigurationError("facilitator timeout must be a positive number of seconds")
-        self.urls = [u.rstrip("/") for u in urls]
         self.timeout = float(timeout)
         self._headers = headers
         # The official async client caches an httpx.AsyncClient bound to the loop that made it;
@@ -100,24 +132,26 @@ class HTTPFacilitator:
     def __repr__(self) -> str:
         return f"HTTPFacilitator({self.urls!r})"
 
-    def _auth_provider(self) -> Any:
+    def _auth_provider(self, url: str) -> Any:
         from x402.http import AuthHeaders
 
         headers = self._headers
-        if headers is None:
+        basic = self._basic.get(url)
+        if headers is None and basic is None:
             return None
-        static = None if callable(headers) else dict(headers)
+        static = {} if headers is None or callable(headers) else dict(headers)
+        if basic is not None:
+            static.setdefault("Authorization", basic)
 
         class _Provider:
             def get_auth_headers(self) -> AuthHeaders:
                 if callable(headers):
                     per = headers()
                     return AuthHeaders(
-                        verify=dict(per.get("verify", {})),
-                        settle=dict(per.get("settle", {})),
-                        supported=dict(per.get("supported", {})),
+                        verify={**static, **per.get("verify", {})},
+                        settle={**static, **per.get("settle", {})},
+                        supported={**static, **per.get("supported", {})},
                     )
-                assert static is not None
                 return AuthHeaders(verify=static, settle=static, supported=static)
 
         return _Provider()
@@ -138,7 +172,7 @@ class HTTPFacilitator:
                     url=url,
                     timeout=self.timeout,
                     http_client=http,
-                    auth_provider=self._auth_provider(),
+                    auth_provider=self._auth_provider(url),
                 )
             )
             entry = per_loop[url] = (client, http)
@@ -159,9 +193,10 @@ class HTTPFacilitator:
             if _is_transport_error(exc):
                 logger.warning("facilitator %s %s unreachable: %s", url, op, type(exc).__name__)
                 raise FacilitatorUnavailable(f"facilitator {op} unreachable") from exc
-            # ValueError with the facilitator's status and body text, or a schema error.
-            logger.warning("facilitator %s %s failed: %s", url, op, exc)
-            raise FacilitatorError(f"facilitator {op} failed") from exc
+            # The SDK's error text carries the facilitator's body, which may echo our auth
+            # headers: only the status is logged, never the body.
+            logger.warning("facilitator %s %s failed: %s", url, op, _status_of(exc))
+            raise FacilitatorError(f"facilitator {op} failed") from None
 
     async def verify(
         self, payload: PaymentPayload, requirements: PaymentRequirements
@@ -312,14 +347,35 @@ class LocalFacilitator:
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> SettleResponse:
         def settle() -> SettleResponse:
+            # In the worker thread, under the settle lock: no other settlement is in flight.
             with self._settle_lock:
-                result: SettleResponse = self._facilitator.settle(payload, requirements)
+                try:
+                    result: SettleResponse = self._facilitator.settle(payload, requirements)
+                except Exception:
+                    self._resync_nonce()
+                    raise
+                if not result.success:
+                    self._resync_nonce()
                 return result
 
         result = await self._run("settle", settle)
         if not result.success and not result.transaction:
             await self._fail_closed_if_chain_down("settle", result.error_reason)
         return result
+
+    def _resync_nonce(self) -> None:
+        """Forget the signer's nonce counter after a settlement that did not confirm.
+
+        The SDK's signer only ever moves its counter forward; when the node drops a transaction
+        (restart, reorg, eviction) every later one would wait forever behind the gap. Taking the
+        node's pending count again fills it; a transaction still pending is part of that count,
+        so no nonce is used twice.
+        """
+        lock = getattr(self._signer, "_nonce_lock", None)
+        if lock is None or not hasattr(self._signer, "_next_nonce"):
+            return  # another SDK version: nothing to re-sync
+        with lock:
+            self._signer._next_nonce = None
 
     async def supported(self) -> SupportedResponse:
         return await self._run("supported", self._facilitator.get_supported)
