@@ -1,4 +1,4 @@
-"""The ``x402gate`` command: ``x402gate demo``, ``x402gate --version``."""
+"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``, ``--version``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.add_argument("--json", action="store_true", help="also print the rows as JSON")
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the gate does")
+    proxy = sub.add_parser(
+        "proxy",
+        help="serve a paid gateway in front of HTTP APIs, from a YAML file (docs/gateway.md)",
+        description="Charge per call for upstream HTTP APIs, as configured in a YAML file.",
+    )
+    proxy.add_argument("config", help="the gateway file (e.g. gateway.yaml)")
+    proxy.add_argument(
+        "--check", action="store_true", help="validate the file (and its ${VARS}), do not serve"
+    )
+    proxy.add_argument("--host", help="listen on this address instead of gateway.host")
+    proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
+    proxy.add_argument(
+        "--no-access-log", action="store_true", help="do not log a line per request"
+    )
+    proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -37,7 +52,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ChainUnavailable as exc:
             print(f"x402gate demo: {exc}", file=sys.stderr)
             return 1
+    if args.command == "proxy":
+        return _proxy(args)
     return 2  # pragma: no cover
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    """``x402gate proxy FILE``: validate the file, then serve it (unless ``--check``)."""
+    from .gateway.config import GatewayConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except GatewayConfigError as exc:
+        print(exc, file=sys.stderr)
+        count = len(exc.problems)
+        plural = "s" if count != 1 else ""
+        print(f"{args.config}: invalid ({count} problem{plural})", file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"{args.config}: valid: {config.summary()}")
+        return 0
+
+    import uvicorn
+
+    from .errors import ConfigurationError
+    from .gateway.app import Gateway, bind_socket, uvicorn_config
+    from .gateway.redaction import RedactingFilter
+
+    # Every handler masks the file's secrets, whichever library logs (uvicorn, httpx, web3).
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    redacting = RedactingFilter(config.redactor)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redacting)
+    try:
+        gateway = Gateway(config)
+    except ConfigurationError as exc:
+        print(f"{args.config}: {config.redactor(str(exc))}", file=sys.stderr)
+        return 1
+    settings = uvicorn_config(
+        gateway,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        log_level="info",
+        access_log=not args.no_access_log,
+    )
+    try:
+        # Bound here, not by uvicorn: the address printed is the real one (also for --port 0),
+        # and it accepts connections from this line on.
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(
+            f"x402gate proxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"x402gate gateway on http://{shown}:{port}: {config.summary()}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server = uvicorn.Server(settings)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

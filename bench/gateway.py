@@ -1,0 +1,342 @@
+"""Gateway overhead: what ``x402gate proxy`` adds over calling the upstream directly.
+
+    .venv/bin/python bench/gateway.py [--n 400] [--stores sqlite,memory]
+
+Three processes on loopback, one local chain:
+
+* the upstream: the fake LLM provider (``x402gate.testing.fake_llm``, Anthropic Messages JSON
+  and SSE) served by uvicorn, the same ``uvicorn.Config`` as every benchmark server;
+* the gateway: the real command, ``x402gate proxy gateway.yaml --port 0 --no-access-log``, with
+  a per-token route in front of it (settling on anvil through ``LocalFacilitator``);
+* this process: an ``httpx.AsyncClient``. The buyer pays once with the official x402 client (a
+  $10 top-up) and gets a session token.
+
+Then, sequentially and interleaved so the machine's noise falls on every column alike:
+
+* ``direct``: ``POST /v1/messages`` (JSON) to the upstream;
+* ``from credit``: the same request through the gateway, served from the buyer's credit with the
+  session token (no payment, no transaction: price, reserve, forward, meter, commit);
+* ``402``: the same request through the gateway without payment (the challenge: it never
+  reaches the upstream);
+* streams: ``"stream": true`` directly and through the gateway (from credit), time to the
+  first body byte.
+
+Prints p50 and p99 of each, the gateway's added latency (p50 and p99 of the paired differences)
+and the ratios to the direct call, from this one run; then the CPU time each process spends per
+call, measured over blocks of one kind (unlike latency, it hardly depends on the machine's other
+load). One gateway per store in ``--stores``: the default SQLite store syncs the credit ledger
+to disk twice per call, ``memory://`` shows the gateway's own cost. Goal: under 2 ms added at
+p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    child_server,
+    cpu_seconds,
+    git_state,
+    header,
+    percentile,
+    print_table,
+    serve_uvicorn,
+)
+
+STORES = {
+    "sqlite": "sqlite:///{tmp}/gateway.db",
+    "sqlite-normal": "sqlite:///{tmp}/gateway.db?synchronous=normal",
+    "memory": "memory://",
+}
+GOAL_US = 2000
+
+CONFIG = """\
+gateway:
+  secret: "{secret}"
+pay_to: "{pay_to}"
+accepts:
+  - network: "{network}"
+    asset: "{token}"
+    name: USD Coin
+    version: "2"
+facilitator:
+  rpc_url: {rpc_url}
+  private_key: ${{FACILITATOR_KEY}}
+store: {store}
+upstreams:
+  llm:
+    url: {upstream}
+    headers:
+      x-api-key: ${{UPSTREAM_KEY}}
+routes:
+  "POST /v1/messages":
+    upstream: llm
+    type: per-token
+    models:
+      "claude-*": {{input: $3, output: $15}}
+    credit_topup: $10
+"""
+
+BODY = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "How far is the moon?"}],
+}
+
+
+def serve_upstream() -> None:
+    """Child process: the fake provider on a free port (prints ``PORT <n>``)."""
+    from x402gate.testing.fake_llm import create_app
+
+    serve_uvicorn(create_app())
+
+
+@contextmanager
+def gateway_process(config: Path, env: dict[str, str], log: Path) -> Iterator[tuple[int, str]]:
+    """``x402gate proxy`` in a child process; yields its PID and URL; stopped by its PID."""
+    command = [
+        sys.executable, "-m", "x402gate.cli", "proxy", str(config), "--port", "0",
+        "--no-access-log",
+    ]  # fmt: skip
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **env},
+        )
+        lines: queue.Queue[str] = queue.Queue()
+
+        def drain() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                sink.write(line)
+                lines.put(line)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            first = lines.get(timeout=120)
+            if not first.startswith("x402gate gateway on "):
+                raise SystemExit(f"the gateway did not start: {first}")
+            yield process.pid, first.split(" on ", 1)[1].split(": ", 1)[0]
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            reader.join(timeout=5)
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+async def measure(
+    upstream: tuple[int, str], gateway: tuple[int, str], session: str, n: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Latencies (seconds) of each kind of request, interleaved; then CPU per request (µs) of
+    the process that served it, from blocks of one kind each (CPU time does not depend on the
+    machine's other load the way latency does)."""
+    import httpx
+
+    stream_body = {**BODY, "stream": True}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("direct", "credit", "challenge", "ttfb_direct", "ttfb_gateway")
+    }
+    paid = {"X402GATE-SESSION": session}
+
+    async def timed(client: httpx.AsyncClient, url: str, status: int, **kw: Any) -> float:
+        start = time.perf_counter()
+        response = await client.post(url, json=BODY, **kw)
+        elapsed = time.perf_counter() - start
+        assert response.status_code == status, (response.status_code, response.text[:200])
+        return elapsed
+
+    async def first_byte(client: httpx.AsyncClient, url: str, **kw: Any) -> float:
+        start = time.perf_counter()
+        async with client.stream("POST", url, json=stream_body, **kw) as response:
+            chunks = response.aiter_raw()
+            await anext(chunks)
+            elapsed = time.perf_counter() - start
+            async for _ in chunks:  # the whole stream, so the connection is reused
+                pass
+        assert response.status_code == 200
+        return elapsed
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        direct, via = f"{upstream[1]}/v1/messages", f"{gateway[1]}/v1/messages"
+        for _ in range(30):  # warm-up: connections, caches, lazy imports
+            await timed(client, direct, 200)
+            await timed(client, via, 200, headers=paid)
+            await timed(client, via, 402)
+            await first_byte(client, direct)
+            await first_byte(client, via, headers=paid)
+        for _ in range(n):
+            results["direct"].append(await timed(client, direct, 200))
+            results["credit"].append(await timed(client, via, 200, headers=paid))
+            results["challenge"].append(await timed(client, via, 402))
+        for _ in range(max(50, n // 2)):
+            results["ttfb_direct"].append(await first_byte(client, direct))
+            results["ttfb_gateway"].append(await first_byte(client, via, headers=paid))
+        cpu: dict[str, float] = {}
+        for name, (pid, url, status, headers) in {
+            "direct": (upstream[0], direct, 200, {}),
+            "credit": (gateway[0], via, 200, paid),
+            "challenge": (gateway[0], via, 402, {}),
+        }.items():
+            before = cpu_seconds(pid)
+            for _ in range(n):
+                await timed(client, url, status, headers=headers)
+            cpu[name] = (cpu_seconds(pid) - before) / n * 1e6
+    return results, cpu
+
+
+async def pay_once(gateway: str, buyer: Any, token: Any) -> str:
+    from x402gate.testing.clients import paying_httpx_client
+
+    async with paying_httpx_client(buyer, asset=token, base_url=gateway, timeout=60) as client:
+        response = await client.post("/v1/messages", json=BODY)
+    if response.status_code != 200:
+        raise SystemExit(f"the first, paid request failed: {response.status_code} {response.text}")
+    return response.headers["x402gate-session"]
+
+
+def report(result: dict[str, list[float]], cpu: dict[str, float], store: str) -> float:
+    """Print one store's tables; returns the added latency from credit at p50 (µs)."""
+    us = 1e6
+    p50 = {k: statistics.median(v) * us for k, v in result.items()}
+    p99 = {k: percentile(v, 0.99) * us for k, v in result.items()}
+
+    def added(name: str, base: str, q: float) -> float:
+        pairs = [(a - b) * us for a, b in zip(result[name], result[base], strict=True)]
+        return statistics.median(pairs) if q == 0.5 else percentile(pairs, q)
+
+    rows = []
+    for name, base, label in (
+        ("direct", "direct", "JSON call, upstream directly"),
+        ("credit", "direct", "JSON call via gateway, served from credit"),
+        ("challenge", "direct", "via gateway, unpaid: the 402 answer"),
+        ("ttfb_direct", "ttfb_direct", "SSE first byte, upstream directly"),
+        ("ttfb_gateway", "ttfb_direct", "SSE first byte via gateway, from credit"),
+    ):
+        same = name == base
+        rows.append(
+            [
+                label,
+                f"{p50[name]:.0f}",
+                f"{p99[name]:.0f}",
+                "-" if same else f"{added(name, base, 0.5):+.0f}",
+                "-" if same else f"{added(name, base, 0.99):+.0f}",
+                "1.00" if same else f"{p50[name] / p50[base]:.2f}",
+            ]
+        )
+    print(f"\n### gateway store: {store}\n")
+    print_table(["request", "p50 µs", "p99 µs", "added p50 µs", "added p99 µs", "p50 ratio"], rows)
+    print()
+    print_table(
+        ["process CPU per request (blocks of one kind)", "µs"],
+        [
+            ["upstream, serving a direct JSON call", f"{cpu['direct']:.0f}"],
+            ["gateway, serving from credit (without the upstream's)", f"{cpu['credit']:.0f}"],
+            ["gateway, answering 402", f"{cpu['challenge']:.0f}"],
+        ],
+    )
+    extra = added("credit", "direct", 0.5)
+    print(
+        f"\nfrom credit: +{extra:.0f} µs at p50 (ratio {p50['credit'] / p50['direct']:.2f}); "
+        f"402: {added('challenge', 'direct', 0.5):+.0f} µs (ratio "
+        f"{p50['challenge'] / p50['direct']:.2f}); stream first byte: "
+        f"{added('ttfb_gateway', 'ttfb_direct', 0.5):+.0f} µs (ratio "
+        f"{p50['ttfb_gateway'] / p50['ttfb_direct']:.2f})"
+    )
+    return extra
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=400, help="requests per column")
+    parser.add_argument(
+        "--stores",
+        default="sqlite,memory",
+        help=f"comma-separated gateway stores, one gateway each, from {sorted(STORES)}",
+    )
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream()
+        return 0
+    stores = [s for s in args.stores.split(",") if s]
+    unknown = set(stores) - set(STORES)
+    if unknown or not stores:
+        parser.error(f"unknown store(s) {sorted(unknown)}: choose from {sorted(STORES)}")
+
+    from x402gate.testing.chain import LocalChain
+
+    print(
+        header(
+            "x402gate gateway benchmark",
+            ["x402gate", "x402", "httpx", "uvicorn", "starlette", "pydantic"],
+            [git_state(), f"stores {', '.join(stores)}; n={args.n}"],
+        )
+    )
+    added: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, LocalChain() as chain:
+        token = chain.deploy_token()
+        upstream_cmd = [sys.executable, __file__, "--serve-upstream"]
+        with child_server(upstream_cmd, Path(tmp) / "upstream.log") as (upstream_pid, port):
+            upstream = f"http://127.0.0.1:{port}"
+            for store in stores:
+                buyer = chain.new_account(eth_wei=0, token=token, token_amount=50_000_000)
+                facilitator = chain.new_account()
+                config = Path(tmp) / f"gateway-{store}.yaml"
+                config.write_text(
+                    CONFIG.format(
+                        secret="b" * 48,
+                        pay_to=chain.new_account(eth_wei=0).address,
+                        network=chain.network,
+                        token=token.asset.address,
+                        rpc_url=chain.rpc_url,
+                        store=STORES[store].format(tmp=f"{tmp}/{store}"),
+                        upstream=upstream,
+                    )
+                )
+                Path(tmp, store).mkdir()
+                env = {"FACILITATOR_KEY": facilitator.key.hex(), "UPSTREAM_KEY": "sk-bench"}
+                log = Path(tmp) / f"gateway-{store}.log"
+                with gateway_process(config, env, log) as (gateway_pid, gateway):
+                    session = asyncio.run(pay_once(gateway, buyer, token))
+                    result, cpu = asyncio.run(
+                        measure((upstream_pid, upstream), (gateway_pid, gateway), session, args.n)
+                    )
+                added[store] = report(result, cpu, store)
+                transactions = chain.tx_count(facilitator.address)
+                print(f"on-chain transactions: {transactions} (the one top-up)")
+    print()
+    for store, extra in added.items():
+        verdict = "met" if extra < GOAL_US else "MISSED"
+        print(
+            f"goal: under {GOAL_US} µs added at p50 from credit; store {store}: "
+            f"+{extra:.0f} µs, {verdict}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

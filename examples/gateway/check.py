@@ -1,0 +1,139 @@
+"""CI check: serve each example gateway file with ``x402gate proxy`` and pay through it.
+
+Run from the repository: ``python examples/gateway/check.py`` (anvil must be findable, see
+``X402GATE_ANVIL``). For every ``*.yaml`` here it validates the file as written, then swaps
+its payment terms for the local chain's (test USDC, a local facilitator) and its upstream URLs
+for the fake LLM provider of ``x402gate.testing.fake_llm``, serves it with the real command in
+a child process, and pays one call of each route with the official x402 client. Exit 0 when
+every call was paid and answered, and the upstream got the injected key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from x402gate.gateway import load_config
+from x402gate.gateway._yaml import read_yaml
+from x402gate.testing.chain import LocalChain
+from x402gate.testing.clients import paying_httpx_client
+from x402gate.testing.fake_llm import FakeLLM, serve_fake_llm
+
+HERE = Path(__file__).resolve().parent
+KEY = "sk-check-0123456789"
+ENV = {
+    "PAY_TO": "0x1111111111111111111111111111111111111111",
+    "ANTHROPIC_API_KEY": KEY,
+    "OPENAI_API_KEY": KEY,
+    "X402GATE_SECRET": "c" * 48,
+}
+CALLS = {
+    "/v1/messages": {"model": "claude-haiku-4-5", "max_tokens": 32, "messages": []},
+    "/v1/messages/count_tokens": {"model": "claude-haiku-4-5", "messages": []},
+    "/v1/chat/completions": {"model": "gpt-4o-mini", "max_tokens": 32, "messages": []},
+}
+
+
+def localize(path: Path, chain: LocalChain, token: Any, key: str, llm: FakeLLM, tmp: str) -> Path:
+    """The example with local payment terms and the fake provider as every upstream."""
+    data, _ = read_yaml(path.read_text())
+    data["pay_to"] = chain.new_account(eth_wei=0).address
+    asset = token.asset
+    data["accepts"] = [
+        {"network": asset.network, "asset": asset.address, "name": asset.name, "version": "2"}
+    ]
+    data["facilitator"] = {"rpc_url": chain.rpc_url, "private_key": key}
+    data["store"] = f"sqlite:///{tmp}/{path.stem}.db"
+    for upstream in data["upstreams"].values():
+        upstream["url"] = llm.url
+    out = Path(tmp) / path.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def serve(config: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "x402gate.cli", "proxy", str(config), "--port", "0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **ENV},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line)
+            if KEY in line:
+                print(f"check failed: the gateway printed the upstream key: {line}")
+
+    threading.Thread(target=drain, daemon=True).start()
+    first = lines.get(timeout=120)
+    if not first.startswith("x402gate gateway on "):
+        stop(process)
+        raise SystemExit(f"check failed: {config.name} did not start: {first}")
+    return process, first.split(" on ", 1)[1].split(": ", 1)[0]
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+async def pay(url: str, buyer: Any, token: Any, routes: list[str], llm: FakeLLM) -> None:
+    async with paying_httpx_client(buyer, asset=token, base_url=url, timeout=60) as client:
+        for key in routes:
+            path = key.split(" ", 1)[1]
+            response = await client.post(path, json=CALLS[path])
+            if response.status_code != 200 or "payment-response" not in response.headers:
+                raise SystemExit(f"check failed: {key}: {response.status_code} {response.text}")
+            if (
+                llm.requests[-1].header("x-api-key") != KEY
+                and llm.requests[-1].header("authorization") != f"Bearer {KEY}"
+            ):
+                raise SystemExit(f"check failed: {key}: the upstream did not get the key")
+            if KEY in response.text or KEY in str(response.headers):
+                raise SystemExit(f"check failed: {key}: the key reached the client")
+            print(f"  {key}: paid, {response.status_code}")
+
+
+def main() -> int:
+    files = sorted(HERE.glob("*.yaml"))
+    for path in files:
+        print(f"{path.name}: {load_config(path, env=ENV).summary()}")
+    with tempfile.TemporaryDirectory() as tmp, LocalChain() as chain, serve_fake_llm() as llm:
+        token = chain.deploy_token()
+        buyer = chain.new_account(eth_wei=0, token=token, token_amount=50_000_000)
+        for path in files:
+            facilitator = chain.new_account()
+            config = localize(path, chain, token, facilitator.key.hex(), llm, tmp)
+            routes = list(read_yaml(config.read_text())[0]["routes"])
+            process, url = serve(config)
+            try:
+                print(f"{path.name} served at {url}")
+                asyncio.run(pay(url, buyer, token, routes, llm))
+            finally:
+                stop(process)
+    print(f"ok: {len(files)} example gateway files served and paid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

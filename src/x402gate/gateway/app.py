@@ -1,0 +1,205 @@
+"""The gateway's ASGI app: a PaymentGate, a route table, and a forwarder behind the middleware.
+
+Nothing here takes payments itself: :func:`build_gateway` turns a :class:`GatewayConfig` into
+the same :class:`~x402gate.gate.PaymentGate`, :class:`~x402gate.routing.RouteTable` and
+:class:`~x402gate.integrations.asgi.PaymentMiddleware` an application would write by hand, with
+a :class:`~x402gate.gateway.forward.Forwarder` as the application. So every guarantee of the
+library (atomic claims, settlement only on success, credit for metered routes, discovery
+without secrets) holds for the gateway as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError, FacilitatorError, StoreError
+from ..integrations._types import Receive, Scope, Send
+from ..integrations.asgi import PaymentMiddleware
+from ..routing import RouteTable
+from .config import GatewayConfig, load_config
+from .forward import Forwarder, Target, Upstream, capture_pattern, send_problem
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from ..facilitators import Facilitator
+    from ..gate import PaymentGate
+    from ..stores import Store
+
+__all__ = ["Gateway", "build_facilitator", "build_gateway", "uvicorn_config"]
+
+logger = logging.getLogger("x402gate.gateway")
+
+
+def build_facilitator(config: GatewayConfig) -> Facilitator:
+    """The facilitator the file describes: a service (``url``) or local settlement."""
+    from ..facilitators import HTTPFacilitator, LocalFacilitator
+
+    spec = config.facilitator
+    if spec.url is not None:
+        headers = {k: v.get_secret_value() for k, v in spec.headers.items()}
+        return HTTPFacilitator(spec.url, headers=headers or None, timeout=spec.timeout)
+    assert spec.rpc_url is not None and spec.private_key is not None  # checked by the config
+    networks = sorted({asset.network for asset in config.assets})
+    return LocalFacilitator(spec.rpc_url, spec.private_key.get_secret_value(), networks=networks)
+
+
+class Gateway:
+    """The gateway as an ASGI app (serve it with uvicorn, or any ASGI server).
+
+    :param config: a validated file (:func:`~x402gate.gateway.load_config`).
+    :param facilitator: use this facilitator instead of the file's.
+    :param store: use this store (URL or :class:`~x402gate.stores.Store`) instead of the file's.
+
+    ``gateway.gate`` is the :class:`~x402gate.gate.PaymentGate` (``gate.on_event`` for hooks).
+    With ``lifespan`` on (the ``x402gate proxy`` default), start-up checks the store and the
+    facilitator and shutdown closes every connection; without it, call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        facilitator: Facilitator | None = None,
+        store: str | Store | None = None,
+    ) -> None:
+        from ..gate import PaymentGate
+
+        self.config = config
+        settings = config.gateway
+        self.gate: PaymentGate = PaymentGate(
+            pay_to=config.pay_to,
+            assets=config.assets,
+            facilitator=facilitator if facilitator is not None else build_facilitator(config),
+            store=store if store is not None else config.store,
+            max_timeout_seconds=settings.max_timeout_seconds,
+            verify_with_facilitator=settings.verify_with_facilitator,
+            secret=settings.secret.get_secret_value() if settings.secret is not None else None,
+        )
+        self.upstreams = {name: Upstream(name, spec) for name, spec in config.upstreams.items()}
+        routes = {
+            plan.key: self.gate.route(
+                plan.strategy,
+                settlement=plan.settlement,
+                description=plan.description,
+                mime_type=plan.mime_type,
+                credit_topup=plan.credit_topup,
+            )
+            for plan in config.routes
+        }
+        self.table = RouteTable(self.gate, routes)
+        targets: dict[int, Target] = {}
+        for (_, route), plan in zip(self.table, config.routes, strict=True):
+            capture = capture_pattern(plan.key) if plan.path is not None else None
+            targets[id(route)] = Target(plan, self.upstreams[plan.upstream], capture)
+        self.forwarder = Forwarder(
+            self.table, targets, on_startup=self.startup, on_shutdown=self.aclose
+        )
+        self.app = PaymentMiddleware(
+            self.forwarder,
+            gate=self.gate,
+            routes=self.table,
+            max_body_bytes=settings.max_body_bytes,
+            trust_proxy_headers=settings.trust_proxy_headers,
+            discovery=settings.discovery,
+        )
+
+    def __repr__(self) -> str:
+        return f"Gateway({self.config.source!r}, {len(self.config.routes)} routes)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _has_dot_segment(scope["path"]):
+            # Refused before payment: httpx would resolve "/v1/../admin" to "/admin" upstream,
+            # a path no route of the file sells.
+            await send_problem(send, 400, "invalid_path", "the path has '.' or '..' segments")
+            return
+        await self.app(scope, receive, send)
+
+    async def startup(self) -> None:
+        """Check the store and that the facilitator supports the accepted networks.
+
+        A facilitator that does not support them is a configuration mistake and stops the
+        start; an unreachable store or facilitator is only logged (the first paid request tries
+        again, and answers 503 meanwhile).
+        """
+        try:
+            await self.gate.startup()
+        except ConfigurationError as exc:
+            raise ConfigurationError(self.config.redactor(str(exc))) from None
+        except (StoreError, FacilitatorError) as exc:
+            logger.warning(
+                "start-up check failed, retrying on the first request: %s",
+                self.config.redactor(str(exc)),
+            )
+
+    async def aclose(self) -> None:
+        """Close the upstream connections of the running loop, the facilitator and the store."""
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+        await self.gate.aclose()
+
+
+def _has_dot_segment(path: str) -> bool:
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+def build_gateway(
+    config: GatewayConfig | str,
+    *,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Gateway:
+    """A :class:`Gateway` from a validated config or a file path (``env`` for ``${VAR}``).
+
+    ``options`` go to :class:`Gateway` (``facilitator=``, ``store=``).
+    """
+    if isinstance(config, str):
+        config = load_config(config, env=env)
+    return Gateway(config, **options)
+
+
+def uvicorn_config(
+    app: Gateway, *, host: str | None = None, port: int | None = None, **options: Any
+) -> uvicorn.Config:
+    """The uvicorn settings the gateway is served with (the CLI, the tests and the benchmark).
+
+    uvicorn's own ``Server`` and ``Date`` headers are off (the upstream's pass through instead
+    of being doubled), and so is its reading of ``X-Forwarded-*``: the file's
+    ``trust_proxy_headers`` decides that.
+    """
+    import uvicorn
+
+    settings = app.config.gateway
+    values: dict[str, Any] = {
+        "host": host if host is not None else settings.host,
+        "port": port if port is not None else settings.port,
+        "lifespan": "on",
+        "proxy_headers": False,
+        "server_header": False,
+        "date_header": False,
+        "log_level": "info",
+        "timeout_graceful_shutdown": 10,
+    }
+    values.update(options)
+    return uvicorn.Config(app, **values)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (``port`` 0: a free one): clients can connect from now on, so a
+    server given it is ready without polling."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets that say TCP, and
+    # with it on, a response written in two parts waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
