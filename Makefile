@@ -33,3 +33,8 @@ check-token: node
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
+
+# Benchmarks (bench/README.md): every figure of docs/performance.md; BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench
+bench: install node
+	X402GATE_ANVIL=$(CURDIR)/node_modules/.bin/anvil $(PY) bench/all.py $(BENCH_ARGS)

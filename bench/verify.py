@@ -23,15 +23,12 @@ the median and 90th percentile over all repeats, and official/x402gate as the ra
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
@@ -45,6 +42,9 @@ from x402.mechanisms.evm.verify import verify_eoa_signature
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo
 
 from x402gate.verify import verify_exact
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import git_state, header
 
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"  # made up: nothing is deployed anywhere
 PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
@@ -202,17 +202,16 @@ def main() -> None:
             samples[name] += time_batch(function, args.n)
     elapsed = time.perf_counter() - started
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
-        f"x402gate verify benchmark, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n"
-        f"machine: {platform.machine()}, nproc {cpus}, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
-        f"python {platform.python_version()} ({platform.python_implementation()}); "
-        f"x402 {version('x402')}, eth-account {version('eth-account')}, "
-        f"coincurve {version('coincurve')}, eth-hash {version('eth-hash')}, "
-        f"pycryptodome {version('pycryptodome')}\n"
-        f"{args.repeats} repeats x {args.n} calls per path after {WARM_UP} warm-up calls "
-        f"({elapsed:.1f} s); µs per verification\n"
+        header(
+            "x402gate verify benchmark",
+            ["x402", "eth-account", "coincurve", "eth-hash", "pycryptodome"],
+            [
+                git_state(),
+                f"{args.repeats} repeats x {args.n} calls per path after {WARM_UP} warm-up calls "
+                f"({elapsed:.1f} s); µs per verification",
+            ],
+        )
     )
     baseline = statistics.median(samples["x402gate verify_exact"]) / 1000
     print(f"| {'path':38} | {'median':>7} | {'p90':>7} | {'official/x402gate':>17} |")
