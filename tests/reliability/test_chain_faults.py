@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -137,6 +138,31 @@ class Node:
     def stop(self) -> None:
         """Graceful stop: anvil dumps its state, mined transactions included."""
         self.chain.stop()
+
+    def settle_pool(self, timeout: float = 10.0) -> None:
+        """Wait until anvil has mined every transaction the facilitator sent.
+
+        ``eth_sendRawTransaction`` answers once the transaction is in the pool; automine puts it
+        in a block a moment later. A stop in between can dump the state with the transfer applied
+        but without the block that holds it, so the hooks below wait for the block first: what
+        they model is "the node mined it, then went away".
+        """
+        address = self.facilitator_account.address
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            latest = int(self.chain.rpc("eth_getTransactionCount", [address, "latest"]), 16)
+            if latest == pending_nonce(self.chain, address):
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"anvil did not mine the facilitator's transaction in {timeout} s")
+
+    def stop_after_mining(self) -> None:
+        self.settle_pool()
+        self.stop()
+
+    def restart_after_mining(self) -> None:
+        self.settle_pool()
+        self.restart()
 
     def kill(self) -> None:
         """SIGKILL: no dump, the chain will restart from the last graceful stop."""
@@ -293,7 +319,7 @@ async def test_chain_stopped_after_accepting_the_settlement_transaction(
     node: Node, gate: PaymentGate
 ) -> None:
     shop = Shop(gate)
-    node.relay.after["eth_sendRawTransaction"] = node.stop
+    node.relay.after["eth_sendRawTransaction"] = node.stop_after_mining
     async with shop.client() as client:
         payload, response = await _pay(client, node)
         assert response.status_code == 503, response.text
@@ -320,7 +346,7 @@ async def test_chain_restarted_during_settlement_keeps_the_payment(
     node: Node, gate: PaymentGate
 ) -> None:
     shop = Shop(gate)
-    node.relay.after["eth_sendRawTransaction"] = node.restart
+    node.relay.after["eth_sendRawTransaction"] = node.restart_after_mining
     async with shop.client() as client:
         payload, response = await _pay(client, node)
     assert response.status_code == 200, response.text
