@@ -7,8 +7,8 @@ profile when ``py-spy`` is on ``PATH`` or ``$PY_SPY`` names it). Loopback only, 
 
 Set-up, identical for both sides except for the payment layer under test:
 
-* one anvil (:class:`x402gate.testing.LocalChain`) on 127.0.0.1 and one deployed test USDC;
-* per side a funded payer, a facilitator key and a payee, so balances can be checked per side;
+* anvil (:class:`x402gate.testing.LocalChain`) on 127.0.0.1 with the project's test USDC;
+* a funded payer, a facilitator key and a payee per server, so balances can be checked;
 * per side one server **process** running uvicorn (1 worker, the same ``uvicorn.Config``, access
   log off) with the same FastAPI app: ``GET /paid`` returns ``{"ok": true}`` for $0.001;
 * **official**: ``x402.http.middleware.fastapi.PaymentMiddlewareASGI`` with an
@@ -16,7 +16,9 @@ Set-up, identical for both sides except for the payment layer under test:
   + ``FacilitatorWeb3Signer``), an ``ExactEvmServerScheme`` whose money parser maps dollars to
   the test token;
 * **x402gate**: ``x402gate.fastapi.install(app, gate)`` + ``Depends(require_payment("$0.001"))``
-  with ``LocalFacilitator`` (the same SDK facilitator scheme and signer) and the default store
+  with ``LocalFacilitator`` (the same SDK facilitator scheme and signer class; x402gate gives
+  the signer its keep-alive JSON-RPC transport, overlapping settlements and fast receipt
+  polling, see :mod:`x402gate._rpc`) and the default store
   (SQLite, WAL, ``synchronous=full``) in a temporary directory. ``verify_with_facilitator`` keeps
   its default (True), so both sides ask the facilitator to verify (simulation included) and then
   settle; both facilitators run with ``simulate_in_settle=True`` and a 30 s confirmation timeout.
@@ -25,10 +27,16 @@ The client (this process) reads each server's 402 challenge, pre-signs every pay
 with :func:`x402gate.testing.payments.sign_exact_payment` (eth-account, independent of both
 sides), and sends them with ``httpx.AsyncClient`` from a fixed number of concurrent workers. A
 request counts as paid when it answers 200 with a ``PAYMENT-RESPONSE`` that reports success.
-Rounds alternate the two sides (ABBA order), each after a warm-up of ``2 x concurrency`` paid
-requests on fresh connections; rps is paid requests over wall time, the table gives the median
-over rounds. At the end every payment is checked on chain: each paid request's authorization is
-used (``authorizationState``) and every refused one is not, and each payer's and payee's balance
+Every batch (one server, one concurrency, one round) gets a fresh anvil and a fresh server
+process: anvil makes receipts available later and later as its chain grows (a few ms after
+``eth_sendRawTransaction`` returns; past ~1,000 transactions web3's first receipt poll, which
+the official side uses, misses more often than not and then sleeps 100 ms), so a shared chain
+would penalise whichever server runs last. Rounds rotate the order of the servers; each batch
+starts with a warm-up of ``2 x concurrency`` paid requests; rps is paid requests over wall time,
+the table gives the median over rounds, and the CPU time per paid request of the server, anvil
+and the client (from ``/proc``), which moves much less than rps when the machine is busy. After each
+batch every payment is checked on chain: each paid request's authorization is used
+(``authorizationState``) and every refused one is not, and the payer's and payee's balances
 moved by exactly ``paid x price``.
 """
 
@@ -163,87 +171,16 @@ WHAT_IF = {
     "settle, which still simulates first)",
     "no_resimulate": "LocalFacilitator with simulate_in_settle=False (verify just simulated, "
     "and the claim keeps the authorization exclusive)",
-    "no_settle_lock": "LocalFacilitator without its settle lock (the SDK signer reserves "
-    "nonces under its own lock)",
-    "big_pool": "32-thread default executor (a settle waiting for the lock no longer holds "
-    "one of the 6 default threads that claims and verifies need)",
-    "lean_provider": "the SDK signer's web3 talks JSON-RPC through a keep-alive http.client "
-    "provider (per thread) instead of web3's requests-based HTTPProvider",
-    "fast_receipt_poll": "the SDK signer polls for the settlement receipt every 10 ms instead "
-    "of web3's default 100 ms",
 }
 """Bench-only experiments on the x402gate side (``--what-if``): monkeypatches in the server
 process that estimate what a proposed change to gate.py / facilitators.py would buy. They are
 not x402gate's behaviour."""
 
 
-class _LeanProvider:
-    """A web3 provider posting JSON-RPC over one keep-alive ``http.client`` connection per thread.
-
-    web3's ``HTTPProvider`` goes through ``requests`` (netrc and proxy lookups, urllib3 pools)
-    on every call: about 1 ms of CPU per RPC here, against 0.2 ms for this.
-    """
-
-    def __new__(cls, rpc_url: str) -> Any:
-        import http.client
-        from urllib.parse import urlsplit
-
-        from web3.providers.base import JSONBaseProvider
-
-        parts = urlsplit(rpc_url)
-
-        class Provider(JSONBaseProvider):
-            def __init__(self) -> None:
-                super().__init__()
-                self._local = threading.local()
-
-            def _connection(self) -> http.client.HTTPConnection:
-                conn = getattr(self._local, "conn", None)
-                if conn is None:
-                    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-                    self._local.conn = conn
-                return conn
-
-            def make_request(self, method: Any, params: Any) -> Any:
-                body = self.encode_rpc_request(method, params)
-                for attempt in range(2):
-                    conn = self._connection()
-                    try:
-                        conn.request(
-                            "POST", parts.path or "/", body, {"Content-Type": "application/json"}
-                        )
-                        return self.decode_rpc_response(conn.getresponse().read())
-                    except (OSError, http.client.HTTPException):
-                        conn.close()
-                        self._local.conn = None
-                        if attempt:
-                            raise
-                raise AssertionError("unreachable")
-
-            def is_connected(self, show_traceback: bool = False) -> bool:
-                return True
-
-        return Provider()
-
-
 def _apply_what_if(facilitator: Any, what_if: set[str]) -> None:
     unknown = what_if - set(WHAT_IF)
     if unknown:
         raise SystemExit(f"unknown --what-if variant(s): {', '.join(sorted(unknown))}")
-    if "lean_provider" in what_if:
-        facilitator._signer._w3.provider = _LeanProvider(facilitator.rpc_url)
-    if "fast_receipt_poll" in what_if:
-        eth = facilitator._signer._w3.eth
-        wait = eth.wait_for_transaction_receipt
-
-        def wait_fast(tx_hash: Any, timeout: float = 120, poll_latency: float = 0.1) -> Any:
-            return wait(tx_hash, timeout=timeout, poll_latency=0.01)
-
-        eth.wait_for_transaction_receipt = wait_fast
-    if "no_settle_lock" in what_if:
-        if not hasattr(facilitator, "_settle_lock"):
-            raise SystemExit("LocalFacilitator has no _settle_lock any more: drop no_settle_lock")
-        facilitator._settle_lock = contextlib.nullcontext()
     if "no_resimulate" in what_if:
         from x402 import x402FacilitatorSync
         from x402.mechanisms.evm.exact import register_exact_evm_facilitator
@@ -322,20 +259,26 @@ def _instrument(app: Any, side: str, phases: _Phases) -> Any:
         phases.wrap_async(gate.facilitator, "settle", "  facilitator.settle (loop view)")
         sdk = gate.facilitator._facilitator
         phases.wrap_sync(sdk, "verify", "    SDK verify (in thread)")
-        phases.wrap_sync(sdk, "settle", "    SDK settle (in thread, under lock)")
+        phases.wrap_sync(sdk, "settle", "    SDK settle (in thread)")
 
+    # Each side's JSON-RPC round trips, by method: web3's HTTPProvider (official) or
+    # x402gate's keep-alive transport.
     from web3.providers.rpc import HTTPProvider
 
-    round_trip = HTTPProvider._make_request
+    from x402gate._rpc import JsonRpcTransport
 
-    def timed_rpc(self: Any, method: str, request_data: bytes) -> Any:
-        start = clock()
-        try:
-            return round_trip(self, method, request_data)
-        finally:
-            phases.add(f"  rpc {method} (HTTP round trip)", clock() - start)
+    def timed(call: Any) -> Any:
+        def timed_call(self: Any, method: Any, arg: Any) -> Any:
+            start = clock()
+            try:
+                return call(self, method, arg)
+            finally:
+                phases.add(f"  rpc {method} (HTTP round trip)", clock() - start)
 
-    HTTPProvider._make_request = timed_rpc  # type: ignore[method-assign]
+        return timed_call
+
+    HTTPProvider._make_request = timed(HTTPProvider._make_request)  # type: ignore[method-assign]
+    JsonRpcTransport.make_request = timed(JsonRpcTransport.make_request)  # type: ignore[method-assign]
 
     async def timing(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -371,10 +314,6 @@ def serve(cfg: dict[str, Any]) -> None:
     server = uvicorn.Server(config)
 
     async def run() -> None:
-        if "big_pool" in (cfg.get("what_if") or ()):
-            from concurrent.futures import ThreadPoolExecutor
-
-            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32))
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():
@@ -679,8 +618,9 @@ def chain_block(names: list[str], args: Any, tmp: Path, phases: bool = False) ->
     """A fresh anvil + test USDC, a funded payer/facilitator/payee and a server per name.
 
     Why fresh: anvil (1.7.1, automine) makes a receipt available a few ms after
-    ``eth_sendRawTransaction`` returns, later and later as the chain grows, and the SDK signer
-    polls receipts every 100 ms: on a long-lived chain, settlements slow down as a run goes on.
+    ``eth_sendRawTransaction`` returns, later and later as the chain grows, and web3's receipt
+    wait (the official side's) polls every 100 ms: on a long-lived chain its settlements slow
+    down as a run goes on.
     On exit the servers stop and every payment sent is checked on chain (``block.check``).
     """
     from eth_account import Account
@@ -866,8 +806,8 @@ def run_block_batches(
 def run_rounds(
     names: list[str], levels: list[int], rounds: int, args: Any, tmp: Path, deadline: float
 ) -> tuple[dict[tuple[str, int], list[Batch]], list[Block], bool]:
-    """``rounds`` rounds of every side at every concurrency; one fresh chain per round and
-    concurrency, the order of the sides rotating (and reversed every other round)."""
+    """``rounds`` rounds of every side at every concurrency, each batch on a fresh chain of its
+    own, the order of the sides rotating (and reversed every other round)."""
     results: dict[tuple[str, int], list[Batch]] = defaultdict(list)
     blocks: list[Block] = []
     for round_number in range(rounds):
@@ -878,10 +818,11 @@ def run_rounds(
             order = names[shift:] + names[:shift]
             if round_number % 2:
                 order = order[::-1]
-            with chain_block(names, args, tmp) as block:
-                for name, batch in run_block_batches(block, order, concurrency, args).items():
+            for name in order:  # each server on a chain of its own: same chain age for all
+                with chain_block([name], args, tmp) as block:
+                    batch = run_block_batches(block, [name], concurrency, args)[name]
                     results[(name, concurrency)].append(batch)
-            blocks.append(block)
+                blocks.append(block)
     return results, blocks, False
 
 
@@ -1003,8 +944,9 @@ def main() -> None:
             ["x402", "fastapi", "starlette", "uvicorn", "httpx", "web3", "coincurve"],
             [
                 git_state(),
-                f"anvil {anvil}, a fresh chain per round and concurrency; 1 uvicorn worker per "
-                f"server (h11, asyncio loop); price {PRICE} = {AMOUNT} atomic; x402gate store "
+                f"anvil {anvil}, a fresh chain and server process for every batch; 1 uvicorn "
+                f"worker per server (h11, asyncio loop); price {PRICE} = {AMOUNT} atomic; "
+                "x402gate store "
                 "SQLite (WAL, full); "
                 + (
                     f"RPC through a loopback proxy adding {args.rpc_delay_ms:g} ms per round trip"
@@ -1035,8 +977,8 @@ def main() -> None:
     if what_if_results:
         print(
             f"\nwhat-if (bench-only monkeypatches of the x402gate server, NOT shipped "
-            f"behaviour), concurrency {levels[0]}, {args.what_if_rounds} rounds, all servers "
-            f"on one fresh chain per round:"
+            f"behaviour), concurrency {levels[0]}, {args.what_if_rounds} rounds, each batch on "
+            f"a fresh chain:"
         )
         for variant in variants:
             described = "; ".join(WHAT_IF[part] for part in variant.split("+"))

@@ -647,27 +647,29 @@ async def test_verify_fails_over_to_the_next_facilitator_but_settle_never_does(
 async def test_blocking_chain_calls_never_run_on_the_event_loop(
     gate: PaymentGate, shop: Shop, test_token: Any, payer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # web3 talks to the chain through blocking requests calls; they must all happen in worker
-    # threads. Record the thread of every HTTP request the chain client sends.
+    # The facilitator talks to the chain through blocking JSON-RPC calls; they must all happen
+    # in worker threads. Record the thread of every call the chain transport posts.
     import threading
 
-    import requests.adapters
+    from x402gate._rpc import JsonRpcTransport
 
     threads: list[int] = []
-    original = requests.adapters.HTTPAdapter.send
+    methods: list[str] = []
+    original = JsonRpcTransport.make_request
 
-    def recording_send(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def recording_send(self: Any, method: Any, params: Any) -> Any:
         threads.append(threading.get_ident())
-        return original(self, *args, **kwargs)
+        methods.append(str(method))
+        return original(self, method, params)
 
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", recording_send)
+    monkeypatch.setattr(JsonRpcTransport, "make_request", recording_send)
     loop_thread = threading.get_ident()
     app = shop.app(gate)
     async with paying_httpx_client(
         payer, asset=test_token, base_url="http://shop.test", transport=httpx.ASGITransport(app=app)
     ) as client:
         assert (await client.get("/paid")).status_code == 200
-    assert len(threads) >= 3  # verify, send, receipt at least
+    assert {"eth_call", "eth_sendRawTransaction", "eth_getTransactionReceipt"} <= set(methods)
     assert loop_thread not in threads
 
 

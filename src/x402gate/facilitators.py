@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -254,15 +253,29 @@ _AMBIGUOUS_REASONS = frozenset(
 )
 
 
+def _close_chain(executor: Any, signer: Any, wait: bool) -> None:
+    executor.shutdown(wait=wait)
+    signer.close()
+
+
 class LocalFacilitator:
     """Verify and settle in-process through web3, with the official exact-EVM scheme.
 
-    :param rpc_url: JSON-RPC endpoint of the chain.
+    :param rpc_url: JSON-RPC endpoint of the chain. It may carry an API key (path, query or user
+        info); only its scheme and host ever appear in logs and ``repr``.
     :param private_key: the key that pays gas for settlement transactions. It is held by the
         SDK's signer only and never logged.
     :param networks: CAIP-2 networks this facilitator settles on (``"eip155:31337"``).
     :param confirmation_timeout: seconds to wait for a receipt before the SDK reports
         ``settlement_pending``.
+    :param max_concurrency: chain calls (verifications and settlements) running at once, in
+        threads of this facilitator's own (a settlement waiting for its receipt never takes a
+        thread the store needs). Broadcasts are serialized; receipt waits overlap.
+
+    The SDK's scheme and signer do the chain work; x402gate gives the signer a keep-alive
+    JSON-RPC transport (web3's default one spends about 1 ms of CPU per call), lets settlements
+    overlap while their broadcasts stay ordered, and polls receipts every few milliseconds at
+    first (see :mod:`x402gate._rpc`).
     """
 
     def __init__(
@@ -272,21 +285,40 @@ class LocalFacilitator:
         *,
         networks: str | Sequence[str],
         confirmation_timeout: float = 30.0,
+        max_concurrency: int = 32,
     ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from x402 import x402FacilitatorSync
-        from x402.mechanisms.evm import FacilitatorWeb3Signer
         from x402.mechanisms.evm.exact import register_exact_evm_facilitator
 
+        from ._rpc import Signer, redact_rpc_url
         from .assets import normalize_network
 
         nets = [networks] if isinstance(networks, str) else list(networks)
         if not nets:
             raise ConfigurationError("LocalFacilitator needs at least one network")
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or (max_concurrency < 1)
+        ):
+            raise ConfigurationError("LocalFacilitator: max_concurrency must be an integer >= 1")
+        if (
+            isinstance(confirmation_timeout, bool)
+            or not isinstance(confirmation_timeout, int | float)
+            or not 0 < confirmation_timeout < 86_400
+        ):
+            raise ConfigurationError(
+                "LocalFacilitator: confirmation_timeout must be a number of seconds, "
+                "above 0 and below a day"
+            )
         self.networks = [normalize_network(n) for n in nets]
         self.rpc_url = rpc_url
+        self._shown_url = redact_rpc_url(rpc_url)
         try:
-            self._signer = FacilitatorWeb3Signer(
-                private_key, rpc_url, confirmation_timeout_seconds=int(confirmation_timeout)
+            self._signer = Signer(
+                private_key, rpc_url, confirmation_timeout=float(confirmation_timeout)
             )
         except Exception as exc:  # bad key format, unusable URL
             raise ConfigurationError("LocalFacilitator: invalid private key or RPC URL") from exc
@@ -294,11 +326,14 @@ class LocalFacilitator:
         register_exact_evm_facilitator(
             self._facilitator, self._signer, networks=self.networks, simulate_in_settle=True
         )
-        # One key sends every settlement: serialize them so nonces never race.
-        self._settle_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrency, thread_name_prefix="x402gate-chain"
+        )
+        # A facilitator dropped without close(): its threads end and its sockets close anyway.
+        self._finalizer = weakref.finalize(self, _close_chain, self._executor, self._signer, False)
 
     def __repr__(self) -> str:
-        return f"LocalFacilitator({self.rpc_url!r}, networks={self.networks!r})"
+        return f"LocalFacilitator({self._shown_url!r}, networks={self.networks!r})"
 
     @property
     def address(self) -> str:
@@ -307,7 +342,13 @@ class LocalFacilitator:
 
     async def _run(self, op: str, fn: Callable[[], T]) -> T:
         try:
-            return await asyncio.to_thread(fn)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except RuntimeError as exc:
+            if not self._finalizer.alive:  # closed: nothing can reach the chain any more
+                logger.warning("local facilitator %s: the facilitator is closed", op)
+                raise FacilitatorUnavailable(f"facilitator closed during {op}") from exc
+            logger.warning("local facilitator %s failed: %s: %s", op, type(exc).__name__, exc)
+            raise FacilitatorError(f"facilitator {op} failed") from exc
         except Exception as exc:
             if _is_transport_error(exc) or "connect" in type(exc).__name__.lower():
                 logger.warning(
@@ -318,14 +359,15 @@ class LocalFacilitator:
             raise FacilitatorError(f"facilitator {op} failed") from exc
 
     async def _chain_reachable(self) -> bool:
-        import httpx
+        def probe() -> bool:
+            try:
+                return bool(self._signer.transport.is_connected())
+            except Exception:
+                return False
 
-        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                response = await client.post(self.rpc_url, json=body)
-            return response.status_code == 200 and "result" in response.json()
-        except (httpx.HTTPError, ValueError):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, probe)
+        except RuntimeError:  # executor shut down
             return False
 
     async def _fail_closed_if_chain_down(self, op: str, reason: str | None) -> None:
@@ -347,35 +389,29 @@ class LocalFacilitator:
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> SettleResponse:
         def settle() -> SettleResponse:
-            # In the worker thread, under the settle lock: no other settlement is in flight.
-            with self._settle_lock:
-                try:
-                    result: SettleResponse = self._facilitator.settle(payload, requirements)
-                except Exception:
-                    self._resync_nonce()
-                    raise
-                if not result.success:
-                    self._resync_nonce()
-                return result
+            try:
+                result: SettleResponse = self._facilitator.settle(payload, requirements)
+            except Exception:
+                self._signer.forget_nonce()
+                raise
+            if not result.success:
+                # Not confirmed (dropped by a restarted node, say): re-read the node's count so
+                # later transactions do not queue behind a nonce that will never be mined.
+                self._signer.forget_nonce()
+            return result
 
         result = await self._run("settle", settle)
         if not result.success and not result.transaction:
             await self._fail_closed_if_chain_down("settle", result.error_reason)
         return result
 
-    def _resync_nonce(self) -> None:
-        """Forget the signer's nonce counter after a settlement that did not confirm.
+    async def aclose(self) -> None:
+        """Stop the chain threads (waiting for calls in flight) and close the RPC connections."""
+        await asyncio.to_thread(self.close)
 
-        The SDK's signer only ever moves its counter forward; when the node drops a transaction
-        (restart, reorg, eviction) every later one would wait forever behind the gap. Taking the
-        node's pending count again fills it; a transaction still pending is part of that count,
-        so no nonce is used twice.
-        """
-        lock = getattr(self._signer, "_nonce_lock", None)
-        if lock is None or not hasattr(self._signer, "_next_nonce"):
-            return  # another SDK version: nothing to re-sync
-        with lock:
-            self._signer._next_nonce = None
+    def close(self) -> None:
+        self._finalizer.detach()
+        _close_chain(self._executor, self._signer, True)
 
     async def supported(self) -> SupportedResponse:
         return await self._run("supported", self._facilitator.get_supported)
