@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-WHAT_IF = "fast_receipt_poll,lean_provider,fast_receipt_poll+lean_provider,no_settle_lock"
+WHAT_IF = "memory_store,no_resimulate"
 
 # name -> (script, full arguments, --quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -33,9 +33,12 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "throughput-rpc-delay": (
         "throughput",
-        ["--rpc-delay-ms", "10", "--concurrency", "8", "--n", "60", "--what-if", WHAT_IF],
+        ["--rpc-delay-ms", "10", "--concurrency", "8", "--n", "60"],
         ["--rpc-delay-ms", "10", "--concurrency", "8", "--n", "16", "--rounds", "1"],
     ),
+    "metered": ("metered", [], ["--n", "50"]),
+    "metered-memory": ("metered", ["--store", "memory"], ["--n", "50", "--store", "memory"]),
+    "gateway": ("gateway", [], ["--n", "50"]),
 }
 
 
