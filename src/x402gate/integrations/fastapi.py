@@ -17,12 +17,18 @@ that :func:`install`'s layer put in the scope. That layer wraps ``send`` with
 :func:`~x402gate.integrations.asgi.settling_send`: ``http.response.start`` is held until the
 payment is settled (policy ``after``, status < 400), and a failed settlement answers the 402 with
 none of the endpoint's content. Without the layer, the dependency refuses to serve.
+
+The layer also answers repeated unpaid ``GET`` requests itself (see :class:`_Shortcuts`): once
+FastAPI has routed a ``GET`` to a payment dependency that nothing else can pre-empt, the next
+``GET`` of the same URL without payment gets the same 402 without routing and dependency
+resolution, which cost more than the 402 itself.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
 try:
@@ -36,11 +42,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "x402gate's FastAPI integration needs FastAPI: pip install 'x402gate[fastapi]'"
     ) from exc
 
+from ..credit import SESSION_HEADER
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
 from ..gate import Payment, PaymentGate, PaymentSession, Route, Settlement
 from ..pricing import as_strategy
+from ..protocol import PAYMENT_SIGNATURE, X_PAYMENT
 from ..request import Headers
+from ..siwx import SIWX_HEADER
 from ._common import render_error
 from ._openapi import document_paid_operation
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +58,7 @@ from .asgi import (
     finish_recording,
     public_origin,
     request_info_from_scope,
+    send_error,
     settling_send,
 )
 
@@ -63,11 +73,80 @@ _route_contexts: Callable[[Sequence[Any]], Iterable[Any]] = getattr(
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Request headers that may make a request payable without a new payment: it takes the full path.
+_PAYING_HEADERS = frozenset(
+    h.lower().encode("latin-1") for h in (PAYMENT_SIGNATURE, X_PAYMENT, SESSION_HEADER, SIWX_HEADER)
+)
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class _Shortcuts:
+    """The unpaid ``GET`` requests the layer may answer with a 402 itself.
+
+    Learned from FastAPI's own routing: when a ``GET`` reached a :class:`RequirePayment` that is
+    the first dependency FastAPI calls for its operation (so no other dependency, e.g. an
+    authentication check, could have answered first), and the operation reads no body, the
+    request's (host, root path, path) is remembered. A later ``GET`` of the same URL with no
+    payment, session or sign-in header and no body would reach the same dependency and get its
+    402, so the layer calls the gate directly. Never learned while a user middleware sits inside
+    the layer (it could answer or rewrite first); forgotten when the app's routes change; skipped
+    while the dependency is overridden (``app.dependency_overrides``). At most ``SIZE`` URLs.
+    """
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.known: OrderedDict[tuple[str, str, str], RequirePayment] = OrderedDict()
+        self.routes = -1  # len(app.routes) when learned
+        self.allowed: bool | None = None  # no user middleware inside the layer
+
+    @staticmethod
+    def key(scope: Scope) -> tuple[str, str, str] | None:
+        host = ""
+        for name, value in scope.get("headers", ()):
+            if name in _PAYING_HEADERS or (name in _BODY_HEADERS and value not in (b"0", b"")):
+                return None
+            if name == b"host":
+                host = value.decode("latin-1")
+        return host, scope.get("root_path", ""), scope.get("path", "")
+
+    def find(self, app: Any, scope: Scope) -> RequirePayment | None:
+        if not self.known or scope.get("method") != "GET":
+            return None
+        if len(app.routes) != self.routes:
+            self.known.clear()
+            return None
+        key = self.key(scope)
+        dependency = self.known.get(key) if key is not None else None
+        if dependency is None or dependency in app.dependency_overrides:
+            return None
+        return dependency
+
+    def learn(self, app: Any, request: Request, dependency: RequirePayment) -> None:
+        if request.scope.get("method") != "GET" or not dependency.pre_empts(request.scope):
+            return
+        if self.allowed is None:
+            classes = [m.cls for m in app.user_middleware]
+            self.allowed = _SettlementLayer in classes and classes[-1] is _SettlementLayer
+        key = self.key(request.scope)
+        if not self.allowed or key is None:
+            return
+        if len(app.routes) != self.routes:
+            self.known.clear()
+            self.routes = len(app.routes)
+        self.known[key] = dependency
+        self.known.move_to_end(key)
+        while len(self.known) > self.SIZE:
+            self.known.popitem(last=False)
+
+
+@dataclass(slots=True)
 class _Settings:
     gate: PaymentGate
     trust_proxy_headers: bool
     max_body_bytes: int
+    app: Any = None
+    shortcuts: _Shortcuts = field(default_factory=_Shortcuts)
 
 
 @dataclass(slots=True)
@@ -89,8 +168,13 @@ class _SettlementLayer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        slot = scope[_SLOT] = _Slot(self.settings)
         accept = Headers.from_asgi(scope.get("headers", ())).get("accept")
+        dependency = self.settings.shortcuts.find(self.settings.app, scope)
+        if dependency is not None and await self._challenge(
+            scope, receive, send, dependency, accept
+        ):
+            return
+        slot = scope[_SLOT] = _Slot(self.settings)
         paid_send: Send | None = None
 
         async def send_wrapper(message: Message) -> None:
@@ -111,6 +195,28 @@ class _SettlementLayer:
             if slot.begun is not None:
                 await finish_recording(*slot.begun)
 
+    async def _challenge(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        dependency: RequirePayment,
+        accept: str | None,
+    ) -> bool:
+        """Answer an unpaid request for a known paid URL as the dependency would; ``False`` if
+        the gate unexpectedly accepted it (then it takes the full path)."""
+        settings = self.settings
+        info = request_info_from_scope(scope, b"", trust_proxy_headers=settings.trust_proxy_headers)
+        info.native = Request(scope, receive)
+        gate = dependency.gate or settings.gate
+        try:
+            session = await gate.begin(dependency.route_for(gate), info)
+        except PaymentError as exc:
+            await send_error(send, exc, accept)
+            return True
+        await gate.abort(session)
+        return False
+
 
 class RequirePayment:
     """The dependency :func:`require_payment` builds; its value is the accepted :class:`Payment`.
@@ -128,6 +234,7 @@ class RequirePayment:
         self.gate = gate
         self.options = options
         self._routes: dict[int, tuple[PaymentGate, Route]] = {}
+        self._first: dict[int, tuple[Any, bool]] = {}  # id(route) -> (route, pre-empts)
         if gate is not None:
             self.route_for(gate)
 
@@ -137,6 +244,29 @@ class RequirePayment:
         if cached is None or cached[0] is not gate:
             cached = self._routes[id(gate)] = (gate, gate.route(self.price, **self.options))
         return cached[1]
+
+    def pre_empts(self, scope: Scope) -> bool:
+        """Whether this dependency is the first one FastAPI calls for the operation that
+        handles ``scope``, and that operation reads no body (so nothing but this dependency
+        decides what an unpaid request gets)."""
+        # FastAPI 0.16x keeps an operation's effective dependencies (its routers' and the app's
+        # included) in a per-request route context; older versions copy them into the route.
+        fastapi_scope = scope.get("fastapi")
+        context = (
+            fastapi_scope.get("effective_route_context")
+            if isinstance(fastapi_scope, dict)
+            else None
+        )
+        route = context if context is not None else scope.get("route")
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:
+            return False
+        known = self._first.get(id(route))
+        if known is None or known[0] is not route:
+            flat = list(_calls(dependant))
+            ok = bool(flat) and flat[0] is self and not _reads_body(dependant)
+            known = self._first[id(route)] = (route, ok)
+        return known[1]
 
     async def __call__(self, request: Request) -> Payment:
         slot = request.scope.get(_SLOT)
@@ -166,6 +296,8 @@ class RequirePayment:
         )
         info.native = request
         gate = self.gate or settings.gate
+        if settings.app is not None:
+            settings.shortcuts.learn(settings.app, request, self)
         session = await gate.begin(self.route_for(gate), info)
         slot.begun = (gate, session)
         request.state.payment = session.payment
@@ -189,6 +321,19 @@ def require_payment(
     return RequirePayment(
         price, gate=gate, settlement=settlement, description=description, **route_options
     )
+
+
+def _calls(dependant: Dependant) -> Iterator[Any]:
+    """The callables FastAPI calls to solve ``dependant``'s dependencies, in its order (each
+    dependency's own dependencies before it)."""
+    for sub in dependant.dependencies:
+        yield from _calls(sub)
+        if sub.call is not None:
+            yield sub.call
+
+
+def _reads_body(dependant: Dependant) -> bool:
+    return bool(dependant.body_params) or any(map(_reads_body, dependant.dependencies))
 
 
 def _find(dependant: Dependant) -> RequirePayment | None:
@@ -242,7 +387,7 @@ def install(
     """
     if getattr(app.state, "x402gate", None) is not None:
         raise ConfigurationError("x402gate is already installed on this app")
-    app.state.x402gate = settings = _Settings(gate, trust_proxy_headers, max_body_bytes)
+    app.state.x402gate = settings = _Settings(gate, trust_proxy_headers, max_body_bytes, app)
     app.add_middleware(_SettlementLayer, settings=settings)
     app.add_exception_handler(PaymentError, _payment_error)
 
