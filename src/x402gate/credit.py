@@ -27,6 +27,7 @@ __all__ = ["SESSION_HEADER", "SessionTokens", "TokenClaims"]
 
 SESSION_HEADER = "X402GATE-SESSION"
 _VERSION = "v1"
+_CACHE_SIZE = 4096
 
 
 def _b64(data: bytes) -> str:
@@ -73,25 +74,36 @@ class SessionTokens:
             )
         self._key = hashlib.sha256(b"x402gate-session-v1" + secret).digest()
         self.ttl_seconds = ttl_seconds
+        # Small caches on the hot path of every request served from credit. A token is only
+        # cached after its MAC checked out, under its exact text, and its expiry is still checked
+        # on every use; issuing is deterministic for the same claims and second.
+        self._checked: dict[str, TokenClaims] = {}
+        self._issued: dict[tuple[str, str, str, int], str] = {}
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, f"{_VERSION}.{payload}".encode(), hashlib.sha256).digest())
 
     def issue(self, payer: str, network: str, asset: str, now: float) -> str:
         """A token for the credit of ``payer`` in ``asset`` on ``network``."""
-        claims = {
-            "p": payer.lower(),
-            "n": network,
-            "a": asset.lower(),
-            "e": int(now) + self.ttl_seconds,
-        }
+        key = (payer.lower(), network, asset.lower(), int(now) + self.ttl_seconds)
+        token = self._issued.get(key)
+        if token is not None:
+            return token
+        claims = {"p": key[0], "n": key[1], "a": key[2], "e": key[3]}
         payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-        return f"{_VERSION}.{payload}.{self._mac(payload)}"
+        token = f"{_VERSION}.{payload}.{self._mac(payload)}"
+        if len(self._issued) >= _CACHE_SIZE:
+            self._issued.clear()
+        self._issued[key] = token
+        return token
 
     def check(self, token: str | None, now: float) -> TokenClaims | None:
         """The claims of a valid, unexpired token; ``None`` for anything else (never raises)."""
         if not token or len(token) > 1024:
             return None
+        cached = self._checked.get(token)
+        if cached is not None:
+            return cached if cached.expires_at > now else None
         parts = token.strip().split(".")
         if len(parts) != 3 or parts[0] != _VERSION:
             return None
@@ -103,4 +115,9 @@ class SessionTokens:
             claims = TokenClaims(str(data["p"]), str(data["n"]), str(data["a"]), int(data["e"]))
         except (ValueError, KeyError, TypeError):
             return None
-        return claims if claims.expires_at > now else None
+        if claims.expires_at <= now:
+            return None
+        if len(self._checked) >= _CACHE_SIZE:
+            self._checked.clear()
+        self._checked[token] = claims
+        return claims

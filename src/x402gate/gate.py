@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import inspect
 import json
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -78,6 +80,8 @@ _CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 _SETTLEMENT_POLICIES = ("after", "before")
 _PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
 PAYMENT_IDENTIFIER = "payment-identifier"
+COMMIT_WAIT_SECONDS = 5.0
+"""How long a payer's next credit request waits for the commit of its previous answer."""
 
 
 def payment_identifier_extension(required: bool) -> dict[str, Any]:
@@ -177,6 +181,11 @@ class PaymentSession:
     charged: int | None = None
     meter: Any = None
     """Metered routes: what the integration reads usage from while the answer goes out."""
+    ended: float | None = None
+    """Metered routes: when the answer ended (set by :meth:`PaymentGate.hold_commit`)."""
+    commit_hold: tuple[str, concurrent.futures.Future[None]] | None = None
+    """Metered routes: (account, future) while the charge is being committed after the answer
+    went out; the payer's next request waits for it (see :meth:`PaymentGate.hold_commit`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +283,11 @@ class PaymentGate:
         self.credit_ttl_seconds = credit_ttl_seconds
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[EventListener] = []
+        # Credit accounts whose charge is being committed after the answer went out: the next
+        # request of that payer waits for the commit before reserving (see hold_commit).
+        self._pending_commits: dict[str, set[concurrent.futures.Future[None]]] = {}
+        self._pending_lock = threading.Lock()
+        self._commits: set[asyncio.Future[int]] = set()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -700,6 +714,8 @@ class PaymentGate:
                 adjusted.append(req)
                 continue
             account = credit_account(req.network, req.asset, claims.payer)
+            if self._pending_commits:
+                await self._await_commits(account)
             quote = int(req.amount)
             reservation = secrets.token_hex(16)
             now = self.clock.now()
@@ -845,29 +861,106 @@ class PaymentGate:
         )
         return {SESSION_HEADER: token}
 
+    def hold_commit(self, session: PaymentSession) -> None:
+        """The answer of a metered request is about to end: call it right before sending the last
+        body message, then :meth:`complete` right after.
+
+        It fixes the end of the measured time (per-second routes are not charged for the send)
+        and, until :meth:`complete` returns, makes the next credit request of the same payer in
+        this process wait for the commit, so that it sees the new balance although the charge is
+        committed after the client got its answer. Waiting only keeps balances fresh: until the
+        commit, the reservation keeps the whole quote out of the payer's available credit, so
+        nothing can be overdrawn meanwhile.
+        """
+        if session.reservation is None or session.commit_hold is not None:
+            return
+        session.ended = self.clock.now()
+        payment = session.payment
+        account = credit_account(payment.network, payment.asset.address, payment.payer)
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._pending_lock:
+            self._pending_commits.setdefault(account, set()).add(future)
+        session.commit_hold = (account, future)
+
+    def _drop_hold(self, session: PaymentSession) -> None:
+        hold, session.commit_hold = session.commit_hold, None
+        if hold is None:
+            return
+        account, future = hold
+        with self._pending_lock:
+            pending = self._pending_commits.get(account)
+            if pending is not None:
+                pending.discard(future)
+                if not pending:
+                    del self._pending_commits[account]
+        if not future.done():
+            future.set_result(None)
+
+    async def _await_commits(self, account: str) -> None:
+        with self._pending_lock:
+            pending = list(self._pending_commits.get(account, ()))
+        if not pending:
+            return
+        # Futures of any loop or thread (sync integrations run on the background loop);
+        # asyncio.wait never cancels them, even when this request is cancelled.
+        _, late = await asyncio.wait(
+            [asyncio.wrap_future(future) for future in pending], timeout=COMMIT_WAIT_SECONDS
+        )
+        if late:
+            # Freshness only: the late commit's reservation still holds its whole quote.
+            logger.warning("a credit commit is late; serving from the balance as it stands")
+
+    async def complete_after_send(self, session: PaymentSession, usage: Any = None) -> int:
+        """:meth:`complete`, run to its end even when the request's task is cancelled.
+
+        Once the last body message is out, servers report the request as over (uvicorn's
+        ``receive`` answers ``http.disconnect``) and frameworks cancel what is still running
+        (Starlette's streaming responses do): the commit must not be cut short by that, and the
+        payer's next request must keep waiting for it (:meth:`hold_commit`).
+        """
+        task = asyncio.ensure_future(self.complete(session, usage))
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
+        return await asyncio.shield(task)
+
     async def complete(self, session: PaymentSession, usage: Any = None) -> int:
         """A metered request is over: charge what it used (capped at its quote), return the rest
         to the payer's credit. ``usage`` is what the response reported (tokens), or ``None``;
-        per-second routes measure the time themselves. Returns the charge, in atomic units."""
+        per-second routes measure the time themselves. Returns the charge, in atomic units.
+
+        Called after the last body message went out (see :meth:`hold_commit`), the commit is off
+        the client's critical path. When it fails, nothing is charged: the reservation stays
+        held until it expires (``credit_ttl_seconds``) and then returns whole to the payer —
+        never a double charge, never credit out of nothing."""
         reservation, session.reservation = session.reservation, None
         if reservation is None:
+            self._drop_hold(session)
             return session.charged or 0
-        from .metering import PerSecond, Usage
-
-        if isinstance(session.route.price, PerSecond):
-            # Per-second routes charge the time from the handler's start to the answer's end.
-            usage = Usage(seconds=max(0.0, self.clock.now() - session.started))
-        # No usage reported costs the quote, as documented.
-        micros = session.route.price.charge(usage, session.request)
-        charge = min(scale_to_asset(micros, session.payment.asset.decimals), session.quote)
         try:
-            charged = await self._store_call(
-                self.store.credit_commit, reservation, charge, self.clock.now()
-            )
-        except StoreError as exc:
-            # The reservation expires and returns to the payer: the request was not charged.
-            logger.error("credit commit failed: %s", exc)
-            return 0
+            from .metering import PerSecond, Usage
+
+            if isinstance(session.route.price, PerSecond):
+                # Per-second routes charge the time from the handler's start to the answer's end.
+                ended = session.ended if session.ended is not None else self.clock.now()
+                usage = Usage(seconds=max(0.0, ended - session.started))
+            # No usage reported costs the quote, as documented.
+            micros = session.route.price.charge(usage, session.request)
+            charge = min(scale_to_asset(micros, session.payment.asset.decimals), session.quote)
+            try:
+                charged = await self._store_call(
+                    self.store.credit_commit, reservation, charge, self.clock.now()
+                )
+            except StoreError as exc:
+                # The reservation expires and returns to the payer: the request was not charged.
+                logger.error(
+                    "credit commit failed for %s (reservation left to expire back to the "
+                    "payer, nothing charged): %s",
+                    session.request.resource,
+                    exc,
+                )
+                return 0
+        finally:
+            self._drop_hold(session)
         session.charged = charged
         await self._emit(
             PaymentEvent("charged", session.request, session.route, session.payment, status=charged)
@@ -877,11 +970,14 @@ class PaymentGate:
     async def _release_credit(self, session: PaymentSession) -> None:
         reservation, session.reservation = session.reservation, None
         if reservation is None:
+            self._drop_hold(session)
             return
         try:
             await self._store_call(self.store.credit_release, reservation, self.clock.now())
         except StoreError as exc:
             logger.error("credit release failed (the hold expires by itself): %s", exc)
+        finally:
+            self._drop_hold(session)
         await self._emit(PaymentEvent("refunded", session.request, session.route, session.payment))
 
     async def credit_status(self, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
@@ -894,6 +990,8 @@ class PaymentGate:
                 "message": f"send the {SESSION_HEADER} token of a paid metered request",
             }
         account = credit_account(claims.network, claims.asset, claims.payer)
+        if self._pending_commits:
+            await self._await_commits(account)  # the balance after the answers already sent
         try:
             result = await self._store_call(self.store.credit_balance, account, self.clock.now())
         except StoreError as exc:
@@ -914,6 +1012,8 @@ class PaymentGate:
         """A payer's available credit in atomic units of ``asset`` (default: the gate's first)."""
         asset = asset or self.assets[0]
         account = credit_account(asset.network, asset.address, payer)
+        if self._pending_commits:
+            await self._await_commits(account)  # the balance after the answers already sent
         result = await self._store_call(self.store.credit_balance, account, self.clock.now())
         return int(result.available)
 
@@ -1199,6 +1299,8 @@ class PaymentGate:
 
     async def aclose(self) -> None:
         """Close the facilitator's connections on this event loop and the store."""
+        if self._commits:  # charges of answers already sent: let them reach the ledger
+            await asyncio.wait(list(self._commits), timeout=COMMIT_WAIT_SECONDS)
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()

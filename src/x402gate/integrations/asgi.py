@@ -120,6 +120,11 @@ def settling_send(
     it goes out, and adds the receipt headers. When settlement fails, the client gets the gate's
     402 instead and every later message of the app (its content) is dropped. When the payment
     carried a payment identifier, the answer is also kept (up to the store's cap) for retries.
+
+    Metered routes: usage is read from each body message after it was sent, and the charge is
+    committed after the last one (:meth:`PaymentGate.hold_commit`,
+    :meth:`PaymentGate.complete_after_send`): the client does not wait for the ledger write, and
+    the payer's next request in this process waits for it before reserving.
     """
     blocked = False
     recording = session.idempotency is not None
@@ -150,21 +155,30 @@ def settling_send(
                 ]
             status, headers = int(message["status"]), final
             recording = recording and session.idempotency is not None
-            if session.reservation is not None:
-                session.meter = meter_for_headers(final)
             await send(message)
         elif not blocked:
             if session.reservation is not None and kind == "http.response.body":
-                # Usage is read as the answer streams out; nothing is buffered. The charge is
-                # committed before the last message, so the next request sees the new balance.
+                # Usage is read as the answer streams out, each chunk after it went out, so
+                # metering delays no byte; nothing is buffered. The charge is committed after
+                # the last message (off the client's critical path); hold_commit makes the
+                # payer's next request wait for that commit, so it sees the new balance.
                 chunk = message.get("body", b"")
-                if chunk and session.meter is not None:
-                    session.meter.feed(chunk)
-                if not message.get("more_body", False):
-                    if session.meter is not None:
-                        session.meter.close()  # a last event without its blank line still counts
-                    await gate.complete(session, _usage(session))
-            await send(message)
+                last = not message.get("more_body", False)
+                if last:
+                    gate.hold_commit(session)
+                try:
+                    await send(message)
+                finally:
+                    if chunk:
+                        if session.meter is None:
+                            session.meter = meter_for_headers(headers)
+                        session.meter.feed(chunk)
+                    if last:
+                        if session.meter is not None:
+                            session.meter.close()  # a last event without its blank line counts
+                        await gate.complete_after_send(session, _usage(session))
+            else:
+                await send(message)
             if recording and kind == "http.response.body":
                 chunk = message.get("body", b"")
                 size += len(chunk)

@@ -4,8 +4,10 @@ Replay claims, idempotency records and the credit ledger live in one file.
 
 URLs: ``sqlite:///relative/path.db`` (relative to the working directory when the store is
 created), ``sqlite:////absolute/path.db``; query options ``timeout`` (seconds to wait for
-another writer, default 5) and ``synchronous`` (``full``, the default, or ``normal``, which
-in WAL mode survives a process crash but may lose the last claims on power loss).
+another writer, default 5), ``synchronous`` (``full``, the default, or ``normal``, which
+in WAL mode survives a process crash but may lose the last claims on power loss) and
+``reserve_synchronous`` (``normal``, the default, or ``full``: how credit *reservations* are
+synced, see below).
 ``sqlite:///:memory:`` is refused: a private in-memory database would protect nothing across
 processes, which is what this backend is for; use ``memory://`` instead.
 
@@ -30,6 +32,19 @@ How it stays correct:
   INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
   any ``uint256``. Every ledger operation reads and writes in one ``BEGIN IMMEDIATE``
   transaction, so a process killed at any point leaves either all of it or none of it.
+* Credit reservations (:meth:`SQLiteStore.credit_reserve`, on the critical path of every
+  request served from credit) are committed with ``synchronous=normal`` even when the store is
+  ``full``; every other write keeps ``synchronous``. In WAL mode a ``normal`` commit is written
+  (other processes see it at once, so it protects against overdraw like any other) but not
+  fsynced: a process crash loses nothing, a power cut may lose the reservations written since
+  the last fsync. A power cut only ever loses a *suffix* of the WAL, and every write other than
+  a reservation fsyncs the WAL (its own frames and all earlier ones), so what can be lost is
+  only a trailing run of reservations: their requests go uncharged (the quote stays in the
+  payer's available credit), exactly as if the charge's commit had failed. Top-ups, commits and
+  releases — what moves money to or from the payer — stay fully durable. A lost reservation can
+  never charge the payer twice nor create credit out of nothing; it only costs the operator the
+  charge of the requests in flight at the power cut. ``reserve_synchronous=full`` fsyncs
+  reservations too (about one fsync more per request served from credit).
 """
 
 from __future__ import annotations
@@ -177,7 +192,12 @@ class SQLiteStore(Store):
     supports_credit: ClassVar[bool] = True
 
     def __init__(
-        self, path: str | os.PathLike[str], *, timeout: float = 5.0, synchronous: str = "full"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        synchronous: str = "full",
+        reserve_synchronous: str = "normal",
     ) -> None:
         path = os.fspath(path)
         if not path or path == ":memory:" or path.startswith("file:"):
@@ -192,9 +212,18 @@ class SQLiteStore(Store):
                 f"SQLite store synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
                 f"got {synchronous!r}"
             )
+        if reserve_synchronous.lower() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"SQLite store reserve_synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
+                f"got {reserve_synchronous!r}"
+            )
         self.path = os.path.abspath(path)
         self.timeout = float(timeout)
         self.synchronous = synchronous.lower()
+        # Never more durable than the store itself: synchronous=normal keeps reservations normal.
+        self.reserve_synchronous = (
+            "normal" if self.synchronous == "normal" else reserve_synchronous.lower()
+        )
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
@@ -204,7 +233,8 @@ class SQLiteStore(Store):
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
-        """``sqlite:///relative.db`` or ``sqlite:////absolute.db``; ``?timeout=&synchronous=``."""
+        """``sqlite:///relative.db`` or ``sqlite:////absolute.db``;
+        ``?timeout=&synchronous=&reserve_synchronous=``."""
         try:
             parts = urllib.parse.urlsplit(url)
             query = urllib.parse.parse_qs(
@@ -219,10 +249,10 @@ class SQLiteStore(Store):
             )
         options: dict[str, str] = {}
         for name, values in query.items():
-            if name not in ("timeout", "synchronous") or len(values) != 1:
+            if name not in ("timeout", "synchronous", "reserve_synchronous") or len(values) != 1:
                 raise ConfigurationError(
                     f"SQLite store URL {url!r}: unknown or repeated option {name!r} "
-                    "(accepted: timeout, synchronous)"
+                    "(accepted: timeout, synchronous, reserve_synchronous)"
                 )
             options[name] = values[0]
         timeout = 5.0
@@ -237,6 +267,7 @@ class SQLiteStore(Store):
             urllib.parse.unquote(parts.path[1:]),
             timeout=timeout,
             synchronous=options.get("synchronous", "full"),
+            reserve_synchronous=options.get("reserve_synchronous", "normal"),
         )
 
     def __repr__(self) -> str:
@@ -499,7 +530,8 @@ class SQLiteStore(Store):
             )
             return True
 
-        return self._write("credit_reserve", run)
+        # Not fsynced (unless reserve_synchronous=full): see the module documentation.
+        return self._write("credit_reserve", run, synchronous=self.reserve_synchronous)
 
     def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
         check_credit_id(reservation_id, "reservation id")
@@ -671,19 +703,31 @@ class SQLiteStore(Store):
                 except sqlite3.Error as exc:
                     raise self._error("close", exc) from exc
 
-    def _write(self, op: str, run: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``run`` in one ``BEGIN IMMEDIATE`` transaction; driver errors become StoreError."""
+    def _write(
+        self, op: str, run: Callable[[sqlite3.Connection], T], synchronous: str | None = None
+    ) -> T:
+        """Run ``run`` in one ``BEGIN IMMEDIATE`` transaction; driver errors become StoreError.
+
+        ``synchronous`` commits this one transaction with another sync level than the store's.
+        """
+        relaxed = synchronous is not None and synchronous != self.synchronous
         with self._lock:
             try:
                 conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
+                if relaxed:
+                    conn.execute(f"PRAGMA synchronous = {synchronous}")
                 try:
-                    result = run(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = run(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                finally:
+                    if relaxed:
+                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
                 return result
             except sqlite3.Error as exc:
                 # The connection may be in any state now (I/O error, failed rollback): start
