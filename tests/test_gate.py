@@ -163,3 +163,53 @@ def test_network_or_assets_must_be_given() -> None:
 def test_unknown_settlement_policy_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="settlement"):
         make_gate().route("$0.01", settlement="later")  # type: ignore[arg-type]
+
+
+async def _challenge_of(gate: PaymentGate, route: Any, req: RequestInfo) -> PaymentError:
+    with pytest.raises(PaymentError) as info:
+        await gate.begin(route, req)
+    return info.value
+
+
+async def test_repeated_402s_of_a_flat_route_are_identical_and_skip_pricing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = make_gate()
+    route = gate.route("$0.01", description="the thing")
+    priced: list[str] = []
+    original = gate.requirements
+
+    async def counting(route: Any, req: RequestInfo) -> Any:
+        priced.append(req.url)
+        return await original(route, req)
+
+    monkeypatch.setattr(gate, "requirements", counting)
+    first, second = [await _challenge_of(gate, route, request()) for _ in range(2)]
+    assert priced == ["https://api.test/paid"]  # the second 402 came from the cache
+    assert (first.status_code, first.code, first.headers, first.body) == (
+        second.status_code,
+        second.code,
+        second.headers,
+        second.body,
+    )
+    second.headers["X-Changed"] = "yes"  # what one answer's caller does is not shared
+    assert "X-Changed" not in (await _challenge_of(gate, route, request())).headers
+    # Each URL has its own terms (the resource URL is in them).
+    other = await _challenge_of(gate, route, request(path="/paid?page=2"))
+    assert other.body["resource"]["url"] == "https://api.test/paid?page=2"
+    # A request carrying a payment is never answered from the cache.
+    bad = await _challenge_of(gate, route, request({"PAYMENT-SIGNATURE": "%%%"}))
+    assert (bad.status_code, bad.code) == (400, "invalid_payment_header")
+    paid = await gate.begin(route, await paid_request(gate, route))
+    assert paid.payment.amount == 10_000
+    await gate.abort(paid)
+
+
+async def test_prices_that_depend_on_the_request_are_never_answered_from_the_cache() -> None:
+    gate = make_gate()
+    prices = iter(["$0.01", "$0.02"])
+    route = gate.route(lambda req: next(prices))
+    amounts = [
+        (await _challenge_of(gate, route, request())).body["accepts"][0]["amount"] for _ in range(2)
+    ]
+    assert amounts == ["10000", "20000"]

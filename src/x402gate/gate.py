@@ -50,7 +50,7 @@ from .errors import (
     StoreError,
 )
 from .money import parse_price, scale_to_asset
-from .pricing import PriceStrategy, as_strategy, resolve_quote
+from .pricing import Flat, PriceStrategy, as_strategy, resolve_quote
 from .request import RequestInfo
 from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX
 from .stores import ClaimResult, Store, open_store, replay_key
@@ -70,6 +70,11 @@ if TYPE_CHECKING:
 __all__ = ["Payment", "PaymentEvent", "PaymentGate", "PaymentSession", "Route", "Settlement"]
 
 logger = logging.getLogger("x402gate")
+
+_UNPAID = "this resource requires payment"
+# Headers that make a request more than a plain "what does it cost?".
+_PAYING_HEADERS = (protocol.PAYMENT_SIGNATURE, protocol.X_PAYMENT, SESSION_HEADER, SIWX_HEADER)
+_CHALLENGE_CACHE_SIZE = 1024
 
 T = TypeVar("T")
 Settlement = Literal["after", "before"]
@@ -286,6 +291,8 @@ class PaymentGate:
         # Credit accounts whose charge is being committed after the answer went out: the next
         # request of that payer waits for the commit before reserving (see hold_commit).
         self._pending_commits: dict[str, set[concurrent.futures.Future[None]]] = {}
+        # (id(route), url) -> (route, headers, body) of the plain 402 of flat-priced routes.
+        self._challenges: dict[tuple[int, str], tuple[Route, dict[str, str], Any]] = {}
         self._pending_lock = threading.Lock()
         self._commits: set[asyncio.Future[int]] = set()
         self._started = False
@@ -513,17 +520,39 @@ class PaymentGate:
         required = protocol.build_payment_required(
             accepts, self._resource_info(route, request), code, extensions
         )
-        body = required.model_dump(mode="json", by_alias=True, exclude_none=True)
-        body["message"] = message
+        document = required.model_dump(mode="json", by_alias=True, exclude_none=True)
         headers = {
-            protocol.PAYMENT_REQUIRED: protocol.b64json(
-                required.model_dump(mode="json", by_alias=True, exclude_none=True)
-            ),
+            protocol.PAYMENT_REQUIRED: protocol.b64json(document),
             "Cache-Control": "no-store",
         }
+        body = {**document, "message": message}
         if extra_headers:
             headers.update(extra_headers)
         return PaymentError(status, code, message, headers=headers, body=body)
+
+    def _plain_challenge(self, route: Route, request: RequestInfo) -> PaymentError | None:
+        """The 402 for a request without any payment on a flat-priced route, from a small cache
+        (its terms depend only on the route and the URL), or ``None`` when that does not apply."""
+        if type(route.price) is not Flat:
+            return None
+        headers = request.headers
+        if any(headers.get(name) is not None for name in _PAYING_HEADERS):
+            return None
+        key = (id(route), request.url)
+        cached = self._challenges.get(key)
+        if cached is None or cached[0] is not route:
+            return None
+        return PaymentError(
+            402, "payment_required", _UNPAID, headers=dict(cached[1]), body=dict(cached[2])
+        )
+
+    def _remember_challenge(self, route: Route, request: RequestInfo, answer: PaymentError) -> None:
+        if type(route.price) is not Flat:
+            return
+        challenges = self._challenges
+        challenges[(id(route), request.url)] = (route, dict(answer.headers), answer.body)
+        while len(challenges) > _CHALLENGE_CACHE_SIZE:
+            challenges.pop(next(iter(challenges)))
 
     @staticmethod
     def _failure(exc: Exception) -> PaymentError:
@@ -1031,6 +1060,10 @@ class PaymentGate:
             await self._emit(PaymentEvent("error", request, route, code="startup"))
             raise self._failure(exc) from None
 
+        cached = self._plain_challenge(route, request)
+        if cached is not None:
+            await self._emit(PaymentEvent("challenged", request, route, status=402))
+            raise cached
         accepts = await self.requirements(route, request)
         full_quotes: dict[tuple[str, str], int] = {}
         if route.price.metered:
@@ -1050,9 +1083,9 @@ class PaymentGate:
             ) from None
         if decoded is None:
             await self._emit(PaymentEvent("challenged", request, route, status=402))
-            raise self._challenge(
-                route, request, accepts, "payment_required", "this resource requires payment"
-            )
+            answer = self._challenge(route, request, accepts, "payment_required", _UNPAID)
+            self._remember_challenge(route, request, answer)
+            raise answer
 
         async def reject(code: str, message: str, status: int = 402) -> PaymentError:
             await self._emit(PaymentEvent("rejected", request, route, code=code, status=status))
