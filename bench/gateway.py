@@ -5,7 +5,10 @@
 Three processes on loopback, one local chain:
 
 * the upstream: the fake LLM provider (``x402gate.testing.fake_llm``, Anthropic Messages JSON
-  and SSE) served by uvicorn, the same ``uvicorn.Config`` as every benchmark server;
+  and SSE) served by uvicorn with the gateway's HTTP parser and event loop
+  (``x402gate.gateway.app.server_stack``: httptools, which the ``gateway`` extra installs, and
+  uvloop when installed, else h11 and asyncio), so the direct calls and the gateway's pay for
+  the same server;
 * the gateway: the real command, ``x402gate proxy gateway.yaml --port 0 --no-access-log``, with
   a per-token route in front of it (settling on anvil through ``LocalFacilitator``);
 * this process: an ``httpx.AsyncClient``. The buyer pays once with the official x402 client (a
@@ -54,7 +57,6 @@ from _common import (
     header,
     percentile,
     print_table,
-    serve_uvicorn,
 )
 
 STORES = {
@@ -99,10 +101,42 @@ BODY = {
 
 
 def serve_upstream() -> None:
-    """Child process: the fake provider on a free port (prints ``PORT <n>``)."""
+    """Child process: the fake provider on a free port (prints ``PORT <n>``), served as every
+    benchmark server is, with the gateway's HTTP parser and event loop: the direct calls pay
+    for the same server the gateway's calls go through twice."""
+    import contextlib
+
+    import uvicorn
+
+    from x402gate.gateway.app import server_stack
     from x402gate.testing.fake_llm import create_app
 
-    serve_uvicorn(create_app())
+    config = uvicorn.Config(
+        create_app(),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        **server_stack(),
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                raise SystemExit("uvicorn did not start")
+            await asyncio.sleep(0.01)
+        print(f"PORT {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+        await task
+
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
+        runner = asyncio.Runner(loop_factory=config.get_loop_factory())
+        with runner:
+            runner.run(run())
 
 
 @contextmanager
@@ -287,13 +321,18 @@ def main() -> int:
     if unknown or not stores:
         parser.error(f"unknown store(s) {sorted(unknown)}: choose from {sorted(STORES)}")
 
+    from x402gate.gateway.app import server_stack
     from x402gate.testing.chain import LocalChain
 
     print(
         header(
             "x402gate gateway benchmark",
-            ["x402gate", "x402", "httpx", "uvicorn", "starlette", "pydantic"],
-            [git_state(), f"stores {', '.join(stores)}; n={args.n}"],
+            ["x402gate", "x402", "httpx", "h11", "uvicorn", "uvloop", "httptools", "pydantic"],
+            [
+                git_state(),
+                f"stores {', '.join(stores)}; n={args.n}; gateway and upstream served with "
+                + ", ".join(f"{k} {v}" for k, v in server_stack().items()),
+            ],
         )
     )
     added: dict[str, float] = {}

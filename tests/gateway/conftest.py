@@ -15,6 +15,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from x402gate.gateway import Gateway, parse_config
+from x402gate.gateway.app import server_stack
 from x402gate.testing.fake_llm import FakeLLM, serve_asgi, serve_fake_llm
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
@@ -24,6 +25,7 @@ SESSION_SECRET = "s" * 48
 
 GATEWAY_SERVER_OPTIONS: dict[str, Any] = {
     # The settings of x402gate.gateway.app.uvicorn_config, minus host and port.
+    **server_stack(),
     "lifespan": "on",
     "proxy_headers": False,
     "server_header": False,

@@ -59,9 +59,16 @@ def test_paths_are_rewritten_and_encoded(
     chosen = list(gw.forwarder.targets.values())[index]
     scope = {"path": path, "raw_path": raw_path}
     assert chosen.raw_path(scope) == expected
+    assert chosen.upstream.target(expected, b"a=1&b=%2F") == b"/base" + expected + b"?a=1&b=%2F"
+    assert chosen.upstream.target(expected, b"") == b"/base" + expected
     url = chosen.upstream.url(expected, b"a=1&b=%2F")
-    assert chosen.upstream.url(expected, b"a=1&b=%2F") is url  # parsed once
-    assert str(url) == f"http://127.0.0.1:9/base{expected.decode()}?a=1&b=%2F"
+    assert url == f"http://127.0.0.1:9/base{expected.decode()}?a=1&b=%2F"
+
+
+def test_targets_hold_only_what_a_request_line_may() -> None:
+    upstream = list(gateway().forwarder.targets.values())[2].upstream
+    assert upstream.target(b"/v1/a b#c\xc3\xa9", b"q=\x7f") == b"/base/v1/a%20b%23c%C3%A9?q=%7F"
+    assert upstream.target(b"/v1/%20ok", b"a=1&b=~") == b"/base/v1/%20ok?a=1&b=~"
 
 
 def test_capture_pattern_reads_parameters_and_rest() -> None:
@@ -204,3 +211,16 @@ async def test_a_disconnect_during_settlement_waits_for_it_to_finish() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert settled == ["settled"]
+
+
+def test_the_server_stack_prefers_httptools_and_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from x402gate.gateway import app
+
+    installed = app._installed
+    assert installed("asyncio") and not installed("x402gate_no_such_module")
+    monkeypatch.setattr(app, "_installed", lambda module: True)
+    assert app.server_stack() == {"http": "httptools", "loop": "uvloop"}
+    monkeypatch.setattr(app, "_installed", lambda module: False)
+    assert app.server_stack() == {"http": "h11", "loop": "asyncio"}
+    config = app.uvicorn_config(gateway(), port=0)
+    assert (config.http, config.loop) == ("h11", "asyncio")

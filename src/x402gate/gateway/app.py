@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..gate import PaymentGate
     from ..stores import Store
 
-__all__ = ["Gateway", "build_facilitator", "build_gateway", "uvicorn_config"]
+__all__ = ["Gateway", "build_facilitator", "build_gateway", "server_stack", "uvicorn_config"]
 
 logger = logging.getLogger("x402gate.gateway")
 
@@ -161,6 +161,29 @@ def build_gateway(
     return Gateway(config, **options)
 
 
+def server_stack() -> dict[str, str]:
+    """uvicorn's HTTP parser and event loop for the gateway: ``httptools`` (the ``gateway``
+    extra installs it) and ``uvloop`` when installed, else ``h11`` and ``asyncio``.
+
+    The same choice as uvicorn's ``auto``, made explicit so that the benchmark serves its
+    upstream alike and the tests serve the gateway as the CLI does. On the 2-core development
+    machine httptools takes ~0.2 ms off a call from credit, and uvloop ~0.1 ms more.
+    """
+    return {
+        "http": "httptools" if _installed("httptools") else "h11",
+        "loop": "uvloop" if _installed("uvloop") else "asyncio",
+    }
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # pragma: no cover - a broken installation
+        return False
+
+
 def uvicorn_config(
     app: Gateway, *, host: str | None = None, port: int | None = None, **options: Any
 ) -> uvicorn.Config:
@@ -168,12 +191,14 @@ def uvicorn_config(
 
     uvicorn's own ``Server`` and ``Date`` headers are off (the upstream's pass through instead
     of being doubled), and so is its reading of ``X-Forwarded-*``: the file's
-    ``trust_proxy_headers`` decides that.
+    ``trust_proxy_headers`` decides that. The HTTP parser and the event loop are
+    :func:`server_stack`'s.
     """
     import uvicorn
 
     settings = app.config.gateway
     values: dict[str, Any] = {
+        **server_stack(),
         "host": host if host is not None else settings.host,
         "port": port if port is not None else settings.port,
         "lifespan": "on",

@@ -3,9 +3,10 @@
 :class:`Forwarder` is the ASGI app the gateway's :class:`~x402gate.integrations.asgi.
 PaymentMiddleware` wraps: by the time it runs, the request is paid (or served from credit). It
 sends the method, path (rewritten if the route says so), query, body and the client's headers to
-the upstream with httpx — minus hop-by-hop and payment headers, plus the upstream's injected
-ones — and passes the upstream's status, headers and body back as they arrive, chunk by chunk,
-so server-sent events stream through (the middleware meters them on the way out).
+the upstream (with the gateway's own HTTP/1.1 client, :mod:`x402gate.gateway._client`) — minus
+hop-by-hop and payment headers, plus the upstream's injected ones — and passes the upstream's
+status, headers and body back as they arrive, chunk by chunk, so server-sent events stream
+through (the middleware meters them on the way out).
 
 Failures charge nothing: an upstream answer of 400 or more goes back as it is (the middleware
 then releases the payment), an upstream that cannot be reached gets a 502 and one that does not
@@ -20,15 +21,17 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
 from ..integrations._types import Message, Receive, Scope, Send
+from ._client import ConnectionPool, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .config import HOP_BY_HOP, RoutePlan, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ __all__ = [
 logger = logging.getLogger("x402gate.gateway")
 
 DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
-    "host",  # httpx writes the upstream's
+    "host",  # the upstream's is written instead
     "content-length",  # recomputed from the body actually sent
     "expect",
     # The payment is the gateway's business: the upstream never sees the client's money.
@@ -77,75 +80,95 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 _DROP_REQUEST = frozenset(h.encode() for h in DROPPED_REQUEST_HEADERS)
-_URL_CACHE_SIZE = 512
 _DROP_RESPONSE = frozenset(h.encode() for h in DROPPED_RESPONSE_HEADERS)
+_NOT_IN_TARGET = re.compile(rb"[^\x21-\x22\x24-\x7e]")  # visible ASCII but "#"
+
+
+def _percent_encode(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match.group()[0]
 
 
 class Upstream:
-    """One upstream: base URL, injected headers, timeout, an httpx connection pool per loop.
+    """One upstream: origin, path prefix, injected headers, timeout, a connection pool per loop.
 
     The injected header values are secrets; they are read here only to build requests.
     """
 
     def __init__(self, name: str, spec: UpstreamSpec) -> None:
         self.name = name
-        base = httpx.URL(spec.url)
-        # Kept as text: parsing one string is three times cheaper than URL.copy_with, and the
-        # request path is already percent-encoded.
+        base = httpx.URL(spec.url)  # validated by the config; only parsed here
         self.origin = f"{base.scheme}://{base.netloc.decode('ascii')}"
-        self.prefix = base.raw_path.rstrip(b"/").decode("ascii")
+        self.tls = base.scheme == "https"
+        self.host = base.raw_host.decode("ascii")
+        self.port = base.port or (443 if self.tls else 80)
+        self.host_header = base.netloc  # what httpx writes: the host, and a port not the default
+        self.prefix = base.raw_path.rstrip(b"/")
         self.injected: tuple[tuple[bytes, bytes], ...] = tuple(
             (k.lower().encode("latin-1"), v.get_secret_value().encode("latin-1"))
             for k, v in spec.headers.items()
         )
         self.injected_names = frozenset(name for name, _ in self.injected)
-        self.timeout = httpx.Timeout(spec.timeout).as_dict()
-        self.limits = httpx.Limits(
-            max_connections=spec.max_connections,
-            max_keepalive_connections=spec.max_connections,
+        self.drop = _DROP_REQUEST | self.injected_names
+        """Client headers never forwarded to this upstream: its injected ones are its own."""
+        self.timeout = spec.timeout
+        self.max_connections = spec.max_connections
+        self._ssl: ssl.SSLContext | None = None
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = (
+            weakref.WeakKeyDictionary()
         )
-        self._urls: dict[tuple[bytes, bytes], httpx.URL] = {}
-        self._transports: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, httpx.AsyncHTTPTransport
-        ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r})"  # not the URL or the headers: logs show reprs
 
-    def transport(self) -> httpx.AsyncHTTPTransport:
-        """The connection pool of the running event loop (httpx pools are bound to one).
+    def pool(self) -> ConnectionPool:
+        """The connection pool of the running event loop (connections belong to one loop).
 
-        The transport, not an ``httpx.AsyncClient``: a client keeps the cookies upstreams set
-        and would send one client's cookies with every other client's requests; it would also
-        follow redirects with our credentials. The transport does neither, and costs less.
+        A pool of connections, not an ``httpx.AsyncClient``: a client keeps the cookies
+        upstreams set and would send one client's cookies with every other client's requests;
+        it would also follow redirects with our credentials. The pool does neither, and costs
+        a third of httpx's transport.
         """
         loop = asyncio.get_running_loop()
-        transport = self._transports.get(loop)
-        if transport is None:
-            # The environment's proxies and .netrc credentials are not ours to add.
-            transport = httpx.AsyncHTTPTransport(limits=self.limits, trust_env=False)
-            self._transports[loop] = transport
-        return transport
+        pool = self._pools.get(loop)
+        if pool is None:
+            if self.tls and self._ssl is None:
+                # httpx's verification (certifi's bundle); the environment's certificate
+                # settings, like its proxies and .netrc credentials, are not ours to add.
+                self._ssl = httpx.create_ssl_context(trust_env=False)
+                self._ssl.set_alpn_protocols(["http/1.1"])
+            pool = ConnectionPool(
+                self.host,
+                self.port,
+                # An injected Host (a virtual host behind the URL's address) replaces the URL's.
+                host_header=None if b"host" in self.injected_names else self.host_header,
+                ssl_context=self._ssl if self.tls else None,
+                timeout=self.timeout,
+                max_connections=self.max_connections,
+            )
+            self._pools[loop] = pool
+        return pool
 
-    def url(self, raw_path: bytes, query: bytes) -> httpx.URL:
-        """The upstream URL for a request path (already percent-encoded) and query."""
-        key = (raw_path, query)
-        url = self._urls.get(key)
-        if url is None:
-            # An API is called on a few paths over and over: parse each once (URLs are
-            # immutable), within a bound, since clients choose the paths and queries.
-            text = self.origin + self.prefix + raw_path.decode("latin-1")
-            url = httpx.URL(f"{text}?{query.decode('latin-1')}" if query else text)
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[key] = url
-        return url
+    def target(self, raw_path: bytes, query: bytes) -> bytes:
+        """The upstream request target for a request path (already percent-encoded) and query.
+
+        Bytes a request target cannot hold (controls, spaces, non-ASCII, which some servers
+        let through) and ``#`` (which would start a fragment) are percent-encoded: the upstream
+        gets the path the route table matched, as a valid request line.
+        """
+        target = self.prefix + raw_path + b"?" + query if query else self.prefix + raw_path
+        if _NOT_IN_TARGET.search(target) is not None:
+            target = _NOT_IN_TARGET.sub(_percent_encode, target)
+        return target
+
+    def url(self, raw_path: bytes, query: bytes) -> str:
+        """The full upstream URL of :meth:`target` (for messages and tests; never logged)."""
+        return self.origin + self.target(raw_path, query).decode("latin-1")
 
     async def aclose(self) -> None:
         """Close the connection pool of the running loop."""
-        transport = self._transports.pop(asyncio.get_running_loop(), None)
-        if transport is not None:
-            await transport.aclose()
+        pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.aclose()
 
 
 _SEGMENT_PARAM = re.compile(r"^(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|:([A-Za-z_][A-Za-z0-9_]*))$")
@@ -182,6 +205,20 @@ class Target:
     upstream: Upstream
     capture: re.Pattern[str] | None
     """Set when the route rewrites its path."""
+    drop: frozenset[bytes] = field(init=False)
+    """Client headers not forwarded (besides those a ``Connection`` header names)."""
+    added: tuple[tuple[bytes, bytes], ...] = field(init=False)
+    """Headers added to every request: the upstream's injected ones (and, on metered routes,
+    ``accept-encoding: identity``: usage is read from the answer as it passes, it must not
+    arrive compressed)."""
+
+    def __post_init__(self) -> None:
+        drop, added = self.upstream.drop, self.upstream.injected
+        if self.plan.metered:
+            drop = drop | {b"accept-encoding"}
+            added = ((b"accept-encoding", b"identity"), *added)
+        object.__setattr__(self, "drop", drop)
+        object.__setattr__(self, "added", added)
 
     def raw_path(self, scope: Scope) -> bytes | None:
         """The upstream path, percent-encoded; ``None`` when the rewrite cannot apply."""
@@ -275,12 +312,16 @@ class Forwarder:
         if raw_path is None:  # pragma: no cover - see Target.raw_path
             await send_problem(send, 404, "not_found", "no route of this gateway matches")
             return
-        request = self._request(scope, target, raw_path, body)
+        upstream = target.upstream
+        headers = _forwarded_headers(scope.get("headers") or (), target)
+        request_target = upstream.target(raw_path, scope.get("query_string", b""))
         task = asyncio.current_task()
         assert task is not None
         watch = _Watch(task, receive)
         try:
-            await self._exchange(target.upstream, request, send, watch)
+            await self._exchange(
+                upstream, scope["method"], request_target, headers, body, send, watch
+            )
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -288,36 +329,26 @@ class Forwarder:
         finally:
             watch.stop()
 
-    def _request(self, scope: Scope, target: Target, raw_path: bytes, body: bytes) -> httpx.Request:
-        upstream = target.upstream
-        raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or ())
-        drop = _DROP_REQUEST | upstream.injected_names | _connection_tokens(raw_headers)
-        headers = [(k, v) for k, v in raw_headers if k.lower() not in drop]
-        if target.plan.metered:
-            # Usage is read from the answer as it passes: it must not arrive compressed.
-            headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
-            headers.append((b"accept-encoding", b"identity"))
-        headers.extend(upstream.injected)
-        url = upstream.url(raw_path, scope.get("query_string", b""))
-        return httpx.Request(
-            scope["method"],
-            url,
-            headers=headers,
-            content=body,
-            extensions={"timeout": upstream.timeout},
-        )
-
     async def _exchange(
-        self, upstream: Upstream, request: httpx.Request, send: Send, watch: _Watch
+        self,
+        upstream: Upstream,
+        method: str,
+        request_target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        send: Send,
+        watch: _Watch,
     ) -> None:
         try:
-            response = await upstream.transport().handle_async_request(request)
-        except httpx.TimeoutException:
+            response = await upstream.pool().request(
+                method.encode("ascii"), request_target, headers, body
+            )
+        except UpstreamTimeout:
             logger.warning("upstream %s did not answer in time", upstream.name)
             watch.stop()
             await send_problem(send, 504, "upstream_timeout", "the upstream did not answer in time")
             return
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             logger.warning("upstream %s unreachable: %s", upstream.name, type(exc).__name__)
             watch.stop()
             await send_problem(
@@ -325,7 +356,7 @@ class Forwarder:
             )
             return
         try:
-            await self._relay(upstream, request.method, response, send, watch)
+            await self._relay(upstream, method, response, send, watch)
         finally:
             await response.aclose()  # also after a disconnect: the connection goes back or away
 
@@ -333,47 +364,52 @@ class Forwarder:
         self,
         upstream: Upstream,
         method: str,
-        response: httpx.Response,
+        response: UpstreamResponse,
         send: Send,
         watch: _Watch,
     ) -> None:
-        if response.status_code == 402:
+        status = response.status_code
+        if status == 402:
             # The client pays the gateway; an upstream asking for money is the operator's
             # problem, and its terms must not reach a client that would try to pay them here.
             logger.warning("upstream %s answered 402 Payment Required", upstream.name)
             watch.stop()
             await send_problem(send, 502, "upstream_error", "the upstream refused the request")
             return
-        raw = response.headers.raw
-        drop = _DROP_RESPONSE | _connection_tokens(raw)
-        headers = [(k.lower(), v) for k, v in raw if k.lower() not in drop]
-        length = response.headers.get("content-length")
-        bodiless = method == "HEAD" or response.status_code in (204, 304)
+        raw = response.headers
+        drop = _DROP_RESPONSE
+        length: bytes | None = None
+        lowered = []
+        for name, value in raw:
+            name = name.lower()
+            if name == b"connection":
+                drop = drop | _connection_tokens(((name, value),))
+            elif name == b"content-length":
+                length = value
+            lowered.append((name, value))
+        headers = [(k, v) for k, v in lowered if k not in drop]
+        bodiless = method == "HEAD" or status in (204, 304)
         expected = int(length) if length and length.isdigit() and not bodiless else None
         # Sending the start is when the middleware settles the payment (and credits a metered
         # one): a disconnect meanwhile must not cut that short, only what follows.
         watch.hold()
         try:
-            await send(
-                {"type": "http.response.start", "status": response.status_code, "headers": headers}
-            )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
         finally:
             watch.release()
         sent = 0
         closed = False
         try:
             async for chunk in response.aiter_raw():
-                if not chunk:
-                    continue
                 sent += len(chunk)
                 # With a known length the last chunk closes the answer: one message less. The
-                # loop still runs to the end, so httpx sees the message end and keeps the
+                # loop still runs to the end, so the client sees the message end and keeps the
                 # connection for the next request (closing early would cost a TCP handshake).
                 closed = expected is not None and sent >= expected
                 if closed:
                     watch.stop()  # the server reports the end of a complete answer as a disconnect
                 await send({"type": "http.response.body", "body": chunk, "more_body": not closed})
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             logger.warning(
                 "upstream %s broke off its answer after %d bytes: %s",
                 upstream.name,
@@ -383,7 +419,7 @@ class Forwarder:
             return  # uvicorn closes the connection: the client sees the answer was cut
         if closed:
             return
-        if expected is not None and sent < expected:
+        if expected is not None and sent < expected:  # pragma: no cover - h11 raises first
             logger.warning("upstream %s sent %d of %d bytes", upstream.name, sent, expected)
             return
         watch.stop()
@@ -457,6 +493,27 @@ class _Watch:
     def stop(self) -> None:
         self.stopped = True
         self._watcher.cancel()
+
+
+def _forwarded_headers(
+    raw_headers: Iterable[tuple[bytes, bytes]], target: Target
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus the dropped ones, plus the target's added ones."""
+    drop = target.drop
+    headers = []
+    named: list[bytes] | None = None
+    for name, value in raw_headers:
+        lowered = name.lower()
+        if lowered == b"connection":
+            named = named or []
+            named.append(value)
+        elif lowered not in drop:
+            headers.append((name, value))
+    if named:  # a Connection header names more hop-by-hop headers: drop those too
+        tokens = _connection_tokens((b"connection", value) for value in named)
+        headers = [(k, v) for k, v in headers if k.lower() not in tokens]
+    headers.extend(target.added)
+    return headers
 
 
 async def _read_body(receive: Receive) -> bytes | None:
