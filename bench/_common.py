@@ -167,8 +167,9 @@ def cpu_seconds(pid: int) -> float:
 def serve_uvicorn(app: object) -> None:
     """In a child process: serve ``app`` on a free loopback port and print ``PORT <n>``.
 
-    The same ``uvicorn.Config`` for every benchmark server: one worker, the default h11/asyncio
-    stack of the venv, access log off.
+    The same ``uvicorn.Config`` for every benchmark server: one worker, uvicorn's default stack
+    for the venv (httptools when installed, as the ``gateway`` extra does, else h11; the asyncio
+    loop unless uvloop is installed), access log off.
     """
     import asyncio
 

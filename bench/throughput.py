@@ -736,7 +736,7 @@ CATEGORIES = [
     ("x402gate gate + adapter (rest)", ("x402gate/",)),
     ("official middleware + x402 HTTP server (rest)", ("x402/http/", "x402/server")),
     ("FastAPI / Starlette", ("fastapi/", "starlette/")),
-    ("uvicorn / h11 (HTTP parsing, writing)", ("uvicorn/", "h11/")),
+    ("uvicorn / h11 / httptools (HTTP parsing, writing)", ("uvicorn/", "h11/", "httptools/")),
     ("asyncio + thread-pool plumbing", ("asyncio/", "concurrent/futures", "threading.py")),
 ]
 
@@ -945,7 +945,7 @@ def main() -> None:
             [
                 git_state(),
                 f"anvil {anvil}, a fresh chain and server process for every batch; 1 uvicorn "
-                f"worker per server (h11, asyncio loop); price {PRICE} = {AMOUNT} atomic; "
+                f"worker per server (uvicorn's default stack); price {PRICE} = {AMOUNT} atomic; "
                 "x402gate store "
                 "SQLite (WAL, full); "
                 + (
