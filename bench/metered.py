@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/metered.py [--n 300] [--store sqlite|sqlite-normal|memory|redis]
 
-One uvicorn app on loopback, one local chain. The buyer pays once with the official x402 client
+One local chain; the app runs in a uvicorn server process of its own (the same set-up as the
+other benchmark servers: ``bench/_common.serve_uvicorn``), so the client in this process never
+competes with the server for one interpreter. The buyer pays once with the official x402 client
 (a $10 top-up) and gets a session token; then, sequentially and interleaved to share the noise:
 
 * ``GET /free`` (unprotected) vs ``GET /metered`` (per-second price, served from credit with the
@@ -23,8 +25,9 @@ request still had to wait for. In the interleaved loop the payer's metered reque
 unprotected request apart; the row "right after the payer's previous one" sends them back to
 back, the worst case for that wait (not part of the goal, shown so the trade-off is visible).
 
-Stores: ``sqlite`` (the default store, ``synchronous=full``; credit reservations are committed
-without fsync, see :mod:`x402gate.stores.sqlite`), ``sqlite-normal`` (``synchronous=normal``),
+Stores: ``sqlite`` (the default store, ``synchronous=full``; the credit ledger's spending writes
+are committed without fsync, see :mod:`x402gate.stores.sqlite`), ``sqlite-normal``
+(``synchronous=normal``),
 ``memory`` and ``redis`` (a throw-away ``redis-server`` on loopback, no persistence, started
 and stopped by its PID through :class:`x402gate.testing.redis_server.RedisServer`).
 
@@ -44,7 +47,10 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STORES = {
     "sqlite-normal": "sqlite:///{tmp}/bench.db?synchronous=normal",
@@ -105,74 +111,110 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def serve(cfg: dict[str, Any]) -> None:
+    """Child process: the gate and the app, served by uvicorn (prints ``PORT <n>``)."""
+    from _common import serve_uvicorn
+
+    from x402gate import LocalFacilitator, PaymentGate
+    from x402gate.assets import Asset
+
+    asset = Asset(**cfg["asset"])
+    gate = PaymentGate(
+        pay_to=cfg["pay_to"],
+        assets=asset,
+        facilitator=LocalFacilitator(
+            cfg["rpc_url"], cfg["facilitator_key"], networks=asset.network
+        ),
+        store=cfg["store_url"],
+    )
+    serve_uvicorn(build_app(gate))
+
+
 async def run(n: int, store: str) -> dict[str, Any]:
     import tempfile
 
     import httpx
+    from _common import child_server
+    from eth_account import Account
 
-    from x402gate.demo import serve_in_thread
+    from x402gate.testing import LocalChain
     from x402gate.testing.clients import paying_httpx_client
-    from x402gate.testing.local import local_gate
     from x402gate.testing.redis_server import RedisServer
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         redis_url = stack.enter_context(RedisServer()).url if store == "redis" else ""
-        local = stack.enter_context(
-            local_gate(buyer_funds=50_000_000, store=STORES[store].format(tmp=tmp, redis=redis_url))
-        )
-        app = build_app(local.gate)
-        with serve_in_thread(app) as base:
-            async with paying_httpx_client(local.buyer, asset=local.asset, base_url=base) as c:
-                first = await c.get("/metered")
-                first_stream = await c.get("/metered-stream")
-            assert first.status_code == 200 and first_stream.status_code == 200
-            token = first.headers["x402gate-session"]
-            headers = {"X402GATE-SESSION": token}
-            free: list[float] = []
-            metered: list[float] = []
-            ttfb_plain: list[float] = []
-            ttfb_metered: list[float] = []
-            ttfb_seconds: list[float] = []
-            back_to_back: list[float] = []
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                for _ in range(20):  # warm-up
-                    await client.get("/free")
-                    await client.get("/metered", headers=headers)
-                for _ in range(n):
+        chain = stack.enter_context(LocalChain())
+        token = chain.deploy_token()
+        buyer = chain.new_account(eth_wei=0, token=token, token_amount=50_000_000)
+        facilitator = chain.new_account()
+        asset = token.asset
+        cfg = {
+            "rpc_url": chain.rpc_url,
+            "facilitator_key": facilitator.key.hex(),
+            "pay_to": Account.create().address,
+            "store_url": STORES[store].format(tmp=tmp, redis=redis_url),
+            "asset": {
+                "network": asset.network,
+                "address": asset.address,
+                "name": asset.name,
+                "version": asset.version,
+                "decimals": asset.decimals,
+            },
+        }
+        command = [sys.executable, __file__, "--serve", json.dumps(cfg)]
+        _, port = stack.enter_context(child_server(command, Path(tmp) / "server.log"))
+        base = f"http://127.0.0.1:{port}"
+        async with paying_httpx_client(buyer, asset=asset, base_url=base) as c:
+            first = await c.get("/metered")
+            first_stream = await c.get("/metered-stream")
+        assert first.status_code == 200 and first_stream.status_code == 200
+        token_value = first.headers["x402gate-session"]
+        headers = {"X402GATE-SESSION": token_value}
+        free: list[float] = []
+        metered: list[float] = []
+        ttfb_plain: list[float] = []
+        ttfb_metered: list[float] = []
+        ttfb_seconds: list[float] = []
+        back_to_back: list[float] = []
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            for _ in range(20):  # warm-up
+                await client.get("/free")
+                await client.get("/metered", headers=headers)
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = await client.get("/free")
+                free.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                r = await client.get("/metered", headers=headers)
+                metered.append(time.perf_counter() - t0)
+                assert r.status_code == 200 and "payment-response" not in r.headers
+            streams = [
+                ("/stream", ttfb_plain),
+                ("/metered-stream", ttfb_metered),
+                ("/seconds-stream", ttfb_seconds),
+            ]
+            for i in range(max(51, 3 * (n // 12))):
+                # Rotated, so each stream follows each of the others equally often (a
+                # request right after a metered one may wait for that one's commit).
+                for path, sink in streams[i % 3 :] + streams[: i % 3]:
                     t0 = time.perf_counter()
-                    r = await client.get("/free")
-                    free.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    r = await client.get("/metered", headers=headers)
-                    metered.append(time.perf_counter() - t0)
-                    assert r.status_code == 200 and "payment-response" not in r.headers
-                streams = [
-                    ("/stream", ttfb_plain),
-                    ("/metered-stream", ttfb_metered),
-                    ("/seconds-stream", ttfb_seconds),
-                ]
-                for i in range(max(51, 3 * (n // 12))):
-                    # Rotated, so each stream follows each of the others equally often (a
-                    # request right after a metered one may wait for that one's commit).
-                    for path, sink in streams[i % 3 :] + streams[: i % 3]:
-                        t0 = time.perf_counter()
-                        async with client.stream("GET", path, headers=headers) as response:
-                            first_byte = True
-                            async for _chunk in response.aiter_raw():
-                                if first_byte:
-                                    sink.append(time.perf_counter() - t0)
-                                    first_byte = False
-                        assert response.status_code == 200
-                for _ in range(max(50, n // 4)):
-                    # The payer's next request right on the heels of the last one: it waits
-                    # for the commit of the previous charge (in this process) before reserving.
-                    await client.get("/metered", headers=headers)
-                    t0 = time.perf_counter()
-                    r = await client.get("/metered", headers=headers)
-                    back_to_back.append(time.perf_counter() - t0)
-                    assert r.status_code == 200
-            txs = local.chain.tx_count(local.facilitator.address)
+                    async with client.stream("GET", path, headers=headers) as response:
+                        first_byte = True
+                        async for _chunk in response.aiter_raw():
+                            if first_byte:
+                                sink.append(time.perf_counter() - t0)
+                                first_byte = False
+                    assert response.status_code == 200
+            for _ in range(max(50, n // 4)):
+                # The payer's next request right on the heels of the last one: it waits
+                # for the commit of the previous charge (in this process) before reserving.
+                await client.get("/metered", headers=headers)
+                t0 = time.perf_counter()
+                r = await client.get("/metered", headers=headers)
+                back_to_back.append(time.perf_counter() - t0)
+                assert r.status_code == 200
+        txs = chain.tx_count(facilitator.address)
     return {
         "free": free,
         "metered": metered,
@@ -188,7 +230,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--store", choices=sorted(STORES), default="sqlite")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve(json.loads(args.serve))
+        return 0
     result = asyncio.run(run(args.n, args.store))
     us = 1e6
 

@@ -307,18 +307,23 @@ async def test_per_second_charges_end_when_the_answer_ends_not_when_the_commit_r
     assert balance.charged == 0  # zero seconds on the test clock: the wait is not billed
 
 
-def test_sqlite_reservations_skip_the_fsync_and_everything_else_keeps_it(tmp_path: Path) -> None:
+def test_sqlite_spending_writes_skip_the_fsync_and_top_ups_keep_it(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "ledger.db")  # synchronous=full by default
-    assert (store.synchronous, store.reserve_synchronous) == ("full", "normal")
-    levels: list[int] = []
+    assert (store.synchronous, store.ledger_synchronous) == ("full", "normal")
+    levels: list[str] = []
     now = time.time()
-    store.credit_topup(ACCOUNT, 1_000, "ref", now)
     conn = store._connection()
     conn.set_trace_callback(lambda sql: levels.append(sql) if "synchronous" in sql else None)  # type: ignore[func-returns-value]
+    store.credit_topup(ACCOUNT, 1_000, "ref", now)
+    assert levels == []  # money in: synced as the store is
+    relaxed = ["PRAGMA synchronous = normal", "PRAGMA synchronous = full"]
     assert store.credit_reserve(ACCOUNT, 100, "r1", int(now) + 60, now)
+    assert levels == relaxed
     assert store.credit_commit("r1", 40, now) == 40
+    assert store.credit_reserve(ACCOUNT, 100, "r2", int(now) + 60, now)
+    assert store.credit_release("r2", now)
     conn.set_trace_callback(None)
-    assert levels == ["PRAGMA synchronous = normal", "PRAGMA synchronous = full"]
+    assert levels == relaxed * 4
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
     # What a reservation wrote is visible to another connection at once (no overdraw across
     # processes), fsync or not.
@@ -336,31 +341,32 @@ def test_sqlite_reservations_skip_the_fsync_and_everything_else_keeps_it(tmp_pat
     ("url", "expected"),
     [
         ("sqlite:///{tmp}/a.db", ("full", "normal")),
-        ("sqlite:///{tmp}/a.db?reserve_synchronous=full", ("full", "full")),
-        ("sqlite:///{tmp}/a.db?synchronous=normal&reserve_synchronous=full", ("normal", "normal")),
+        ("sqlite:///{tmp}/a.db?ledger_synchronous=full", ("full", "full")),
+        ("sqlite:///{tmp}/a.db?synchronous=normal&ledger_synchronous=full", ("normal", "normal")),
     ],
 )
-def test_sqlite_reserve_synchronous_option(
+def test_sqlite_ledger_synchronous_option(
     url: str, expected: tuple[str, str], tmp_path: Path
 ) -> None:
     store = open_store(url.format(tmp=tmp_path))
     assert isinstance(store, SQLiteStore)
-    assert (store.synchronous, store.reserve_synchronous) == expected
+    assert (store.synchronous, store.ledger_synchronous) == expected
     if expected[1] == "full":
         seen: list[str] = []
         now = time.time()
         store.credit_topup(ACCOUNT, 1_000, "ref", now)
         store._connection().set_trace_callback(seen.append)
         assert store.credit_reserve(ACCOUNT, 100, "r1", int(now) + 60, now)
+        assert store.credit_commit("r1", 10, now) == 10
         assert not [sql for sql in seen if "synchronous" in sql]
     store.close()
 
 
-def test_sqlite_reserve_synchronous_refuses_other_values(tmp_path: Path) -> None:
+def test_sqlite_ledger_synchronous_refuses_other_values(tmp_path: Path) -> None:
     from x402gate.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="reserve_synchronous"):
-        open_store(f"sqlite:///{tmp_path}/a.db?reserve_synchronous=off")
+    with pytest.raises(ConfigurationError, match="ledger_synchronous"):
+        open_store(f"sqlite:///{tmp_path}/a.db?ledger_synchronous=off")
 
 
 def test_session_token_caches_change_no_answer() -> None:

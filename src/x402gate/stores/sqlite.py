@@ -6,8 +6,8 @@ URLs: ``sqlite:///relative/path.db`` (relative to the working directory when the
 created), ``sqlite:////absolute/path.db``; query options ``timeout`` (seconds to wait for
 another writer, default 5), ``synchronous`` (``full``, the default, or ``normal``, which
 in WAL mode survives a process crash but may lose the last claims on power loss) and
-``reserve_synchronous`` (``normal``, the default, or ``full``: how credit *reservations* are
-synced, see below).
+``ledger_synchronous`` (``normal``, the default, or ``full``: how the credit ledger's spending
+writes are synced, see below).
 ``sqlite:///:memory:`` is refused: a private in-memory database would protect nothing across
 processes, which is what this backend is for; use ``memory://`` instead.
 
@@ -32,19 +32,19 @@ How it stays correct:
   INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
   any ``uint256``. Every ledger operation reads and writes in one ``BEGIN IMMEDIATE``
   transaction, so a process killed at any point leaves either all of it or none of it.
-* Credit reservations (:meth:`SQLiteStore.credit_reserve`, on the critical path of every
-  request served from credit) are committed with ``synchronous=normal`` even when the store is
-  ``full``; every other write keeps ``synchronous``. In WAL mode a ``normal`` commit is written
-  (other processes see it at once, so it protects against overdraw like any other) but not
-  fsynced: a process crash loses nothing, a power cut may lose the reservations written since
-  the last fsync. A power cut only ever loses a *suffix* of the WAL, and every write other than
-  a reservation fsyncs the WAL (its own frames and all earlier ones), so what can be lost is
-  only a trailing run of reservations: their requests go uncharged (the quote stays in the
-  payer's available credit), exactly as if the charge's commit had failed. Top-ups, commits and
-  releases — what moves money to or from the payer — stay fully durable. A lost reservation can
-  never charge the payer twice nor create credit out of nothing; it only costs the operator the
-  charge of the requests in flight at the power cut. ``reserve_synchronous=full`` fsyncs
-  reservations too (about one fsync more per request served from credit).
+* The credit ledger's spending writes (reserve, commit, release, and the expiry of stale
+  holds) are committed with ``synchronous=normal`` even when the store is ``full``; top-ups
+  (money in) and every replay and idempotency write keep ``synchronous``. In WAL mode a
+  ``normal`` commit is written (other processes see it at once, so reservations still prevent
+  overdraw across processes) but not fsynced: a process crash loses nothing, a power cut may
+  lose what was written since the last fsync. A power cut only ever loses a *suffix* of the WAL,
+  and every fully synced write fsyncs all earlier frames too, so what can be lost is a trailing
+  run of spending writes, and each such loss favours the payer: a lost reservation leaves its
+  request uncharged; a lost commit or release leaves the hold in place until it expires
+  (``credit_ttl_seconds``) and returns whole to the payer. Nothing can charge the payer twice,
+  lose a top-up or create credit out of nothing; the operator may lose the charges of the last
+  requests before the power cut. ``ledger_synchronous=full`` fsyncs those writes too (about two
+  fsyncs more per request served from credit).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class SQLiteStore(Store):
         *,
         timeout: float = 5.0,
         synchronous: str = "full",
-        reserve_synchronous: str = "normal",
+        ledger_synchronous: str = "normal",
     ) -> None:
         path = os.fspath(path)
         if not path or path == ":memory:" or path.startswith("file:"):
@@ -212,17 +212,17 @@ class SQLiteStore(Store):
                 f"SQLite store synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
                 f"got {synchronous!r}"
             )
-        if reserve_synchronous.lower() not in _SYNCHRONOUS:
+        if ledger_synchronous.lower() not in _SYNCHRONOUS:
             raise ConfigurationError(
-                f"SQLite store reserve_synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
-                f"got {reserve_synchronous!r}"
+                f"SQLite store ledger_synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
+                f"got {ledger_synchronous!r}"
             )
         self.path = os.path.abspath(path)
         self.timeout = float(timeout)
         self.synchronous = synchronous.lower()
         # Never more durable than the store itself: synchronous=normal keeps reservations normal.
-        self.reserve_synchronous = (
-            "normal" if self.synchronous == "normal" else reserve_synchronous.lower()
+        self.ledger_synchronous = (
+            "normal" if self.synchronous == "normal" else ledger_synchronous.lower()
         )
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -234,7 +234,7 @@ class SQLiteStore(Store):
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
         """``sqlite:///relative.db`` or ``sqlite:////absolute.db``;
-        ``?timeout=&synchronous=&reserve_synchronous=``."""
+        ``?timeout=&synchronous=&ledger_synchronous=``."""
         try:
             parts = urllib.parse.urlsplit(url)
             query = urllib.parse.parse_qs(
@@ -249,10 +249,10 @@ class SQLiteStore(Store):
             )
         options: dict[str, str] = {}
         for name, values in query.items():
-            if name not in ("timeout", "synchronous", "reserve_synchronous") or len(values) != 1:
+            if name not in ("timeout", "synchronous", "ledger_synchronous") or len(values) != 1:
                 raise ConfigurationError(
                     f"SQLite store URL {url!r}: unknown or repeated option {name!r} "
-                    "(accepted: timeout, synchronous, reserve_synchronous)"
+                    "(accepted: timeout, synchronous, ledger_synchronous)"
                 )
             options[name] = values[0]
         timeout = 5.0
@@ -267,7 +267,7 @@ class SQLiteStore(Store):
             urllib.parse.unquote(parts.path[1:]),
             timeout=timeout,
             synchronous=options.get("synchronous", "full"),
-            reserve_synchronous=options.get("reserve_synchronous", "normal"),
+            ledger_synchronous=options.get("ledger_synchronous", "normal"),
         )
 
     def __repr__(self) -> str:
@@ -530,8 +530,8 @@ class SQLiteStore(Store):
             )
             return True
 
-        # Not fsynced (unless reserve_synchronous=full): see the module documentation.
-        return self._write("credit_reserve", run, synchronous=self.reserve_synchronous)
+        # Not fsynced (unless ledger_synchronous=full): see the module documentation.
+        return self._write("credit_reserve", run, synchronous=self.ledger_synchronous)
 
     def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
         check_credit_id(reservation_id, "reservation id")
@@ -551,7 +551,7 @@ class SQLiteStore(Store):
             self._end_reservation(conn, reservation_id, live[0], live[1], "committed", charged, now)
             return charged
 
-        return self._write("credit_commit", run)
+        return self._write("credit_commit", run, synchronous=self.ledger_synchronous)
 
     def credit_release(self, reservation_id: str, now: float) -> bool:
         check_credit_id(reservation_id, "reservation id")
@@ -568,7 +568,7 @@ class SQLiteStore(Store):
             self._end_reservation(conn, reservation_id, live[0], live[1], "released", 0, now)
             return True
 
-        return self._write("credit_release", run)
+        return self._write("credit_release", run, synchronous=self.ledger_synchronous)
 
     def credit_balance(self, account: str, now: float) -> CreditBalance:
         check_credit_account(account)
@@ -614,7 +614,7 @@ class SQLiteStore(Store):
         # Batches of one transaction each, so other writers get their turn during a large one.
         moved = 0
         while True:
-            batch = self._write("credit_reconcile", run)
+            batch = self._write("credit_reconcile", run, synchronous=self.ledger_synchronous)
             moved += batch
             if batch < _PURGE_LIMIT:
                 return moved
