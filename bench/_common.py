@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "child_server",
@@ -164,26 +165,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_uvicorn(app: object) -> None:
+def serve_uvicorn(app: object, **options: Any) -> None:
     """In a child process: serve ``app`` on a free loopback port and print ``PORT <n>``.
 
     The same ``uvicorn.Config`` for every benchmark server: one worker, uvicorn's default stack
     for the venv (httptools when installed, as the ``gateway`` extra does, else h11; the asyncio
-    loop unless uvloop is installed), access log off.
+    loop unless uvloop is installed), access log off. ``options`` override ``uvicorn.Config``
+    arguments (``http=``, ``loop=``).
     """
     import asyncio
 
     import uvicorn
 
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 5,
+        **options,
+    }
+    config = uvicorn.Config(app, **settings)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
 
     async def run() -> None:
@@ -196,8 +199,12 @@ def serve_uvicorn(app: object) -> None:
         print(f"PORT {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
         await task
 
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
-        asyncio.run(run())
+    # uvicorn re-raises the SIGINT it stopped on
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=config.get_loop_factory()) as runner,
+    ):
+        runner.run(run())
 
 
 def git_state() -> str:

@@ -57,6 +57,7 @@ from _common import (
     header,
     percentile,
     print_table,
+    serve_uvicorn,
 )
 
 STORES = {
@@ -104,39 +105,10 @@ def serve_upstream() -> None:
     """Child process: the fake provider on a free port (prints ``PORT <n>``), served as every
     benchmark server is, with the gateway's HTTP parser and event loop: the direct calls pay
     for the same server the gateway's calls go through twice."""
-    import contextlib
-
-    import uvicorn
-
     from x402gate.gateway.app import server_stack
     from x402gate.testing.fake_llm import create_app
 
-    config = uvicorn.Config(
-        create_app(),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        **server_stack(),
-    )
-    server = uvicorn.Server(config)
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise SystemExit("uvicorn did not start")
-            await asyncio.sleep(0.01)
-        print(f"PORT {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
-        await task
-
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
-        runner = asyncio.Runner(loop_factory=config.get_loop_factory())
-        with runner:
-            runner.run(run())
+    serve_uvicorn(create_app(), **server_stack())
 
 
 @contextmanager

@@ -62,7 +62,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, git_state, header, median, percentile, print_table
+from _common import (
+    cpu_seconds,
+    git_state,
+    header,
+    median,
+    percentile,
+    print_table,
+    serve_uvicorn,
+)
 
 PRICE = "$0.001"
 AMOUNT = 1000  # atomic units of a 6-decimal token
@@ -295,39 +303,13 @@ def _instrument(app: Any, side: str, phases: _Phases) -> Any:
 
 def serve(cfg: dict[str, Any]) -> None:
     """Child process: build the app, serve it on a free loopback port, print ``PORT <n>``."""
-    import uvicorn
-
     side = cfg["side"]
     app = build_official_app(cfg) if side == "official" else build_x402gate_app(cfg)
     phases = _Phases()
     if cfg.get("phases_path"):
         app = _instrument(app, side, phases)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise SystemExit("uvicorn did not start")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"PORT {port}", flush=True)
-        await task
-
     try:
-        asyncio.run(run())
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it stopped on
-        pass
+        serve_uvicorn(app)
     finally:
         if cfg.get("phases_path"):
             Path(cfg["phases_path"]).write_text(json.dumps(phases.data))
