@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
 from x402.http import decode_payment_required_header, decode_payment_response_header
 
-from x402gate import LocalFacilitator, PaymentGate
+from x402gate import PaymentGate
 from x402gate.errors import ConfigurationError
 from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.clients import x402_client
@@ -60,15 +60,12 @@ class Recording(httpx.AsyncBaseTransport):
 
 @pytest.fixture
 def gate(
-    chain: Any, facilitator_account: Any, test_token: Any, pay_to: str, tmp_path: Any
+    local_facilitator: Any, test_token: Any, pay_to: str, tmp_path: Any
 ) -> Iterator[PaymentGate]:
-    facilitator = LocalFacilitator(
-        chain.rpc_url, facilitator_account.key.hex(), networks=chain.network
-    )
     g = PaymentGate(
         pay_to=pay_to,
         assets=test_token.asset,
-        facilitator=facilitator,
+        facilitator=local_facilitator,
         store=f"sqlite:///{tmp_path / 'store.db'}",
     )
     yield g

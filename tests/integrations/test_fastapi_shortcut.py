@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from x402.http import decode_payment_required_header
 
-from x402gate import LocalFacilitator, Payment, PaymentGate
+from x402gate import Payment, PaymentGate
 from x402gate.demo import serve_in_thread
 from x402gate.fastapi import install
 from x402gate.integrations.fastapi import RequirePayment
@@ -39,20 +39,16 @@ class Counting(RequirePayment):
 
 @pytest.fixture
 def gate(
-    chain: Any, facilitator_account: Any, test_token: Any, pay_to: str, tmp_path: Any
+    local_facilitator: Any, test_token: Any, pay_to: str, tmp_path: Any
 ) -> Iterator[PaymentGate]:
-    facilitator = LocalFacilitator(
-        chain.rpc_url, facilitator_account.key.hex(), networks=chain.network
-    )
     g = PaymentGate(
         pay_to=pay_to,
         assets=test_token.asset,
-        facilitator=facilitator,
+        facilitator=local_facilitator,
         store=f"sqlite:///{tmp_path / 'replay.db'}",
     )
     yield g
     g.close()
-    facilitator.close()
 
 
 def comparable(response: httpx.Response) -> tuple[int, dict[str, str], bytes]:

@@ -18,12 +18,15 @@ from .chain import ANVIL_INSTALL_HINT, ChainUnavailable, LocalChain, TestToken, 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
+    from ..facilitators import LocalFacilitator
+
 __all__ = [
     "CHAIN_FIXTURES",
     "PAYER_TOKEN_UNITS",
     "chain",
     "facilitator_account",
     "local_chain",
+    "local_facilitator",
     "pay_to",
     "payer",
     "test_token",
@@ -32,7 +35,9 @@ __all__ = [
 PAYER_TOKEN_UNITS = 100_000_000
 """What the ``payer`` fixture holds: 100 tokens of 6 decimals."""
 
-CHAIN_FIXTURES = frozenset({"local_chain", "test_token", "chain", "payer", "facilitator_account"})
+CHAIN_FIXTURES = frozenset(
+    {"local_chain", "test_token", "chain", "payer", "facilitator_account", "local_facilitator"}
+)
 """Fixtures that need anvil; a test using any of them gets the ``chain`` marker."""
 
 
@@ -103,3 +108,20 @@ def facilitator_account(chain: LocalChain) -> LocalAccount:
     counter never goes back after an ``evm_revert``.
     """
     return chain.new_account(eth_wei=100 * 10**18)
+
+
+@pytest.fixture
+def local_facilitator(
+    chain: LocalChain, facilitator_account: LocalAccount
+) -> Iterator[LocalFacilitator]:
+    """A :class:`~x402gate.facilitators.LocalFacilitator` settling on ``chain`` with
+    ``facilitator_account``; closed after the test (its threads and RPC connections)."""
+    from ..facilitators import LocalFacilitator
+
+    facilitator = LocalFacilitator(
+        chain.rpc_url, facilitator_account.key.hex(), networks=chain.network
+    )
+    try:
+        yield facilitator
+    finally:
+        facilitator.close()

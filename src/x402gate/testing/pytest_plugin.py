@@ -6,7 +6,7 @@ that never asks for the chain starts no anvil and imports no web3.
 
 Chain fixtures (see :mod:`x402gate.testing._chain_fixtures`): ``local_chain`` (session),
 ``test_token`` (session), ``chain`` (per test, snapshot/revert), ``payer``, ``pay_to``,
-``facilitator_account``. Redis fixtures: ``redis_server``, ``redis_url``.
+``facilitator_account``, ``local_facilitator``. Redis fixtures: ``redis_server``, ``redis_url``.
 
 Tests using a chain fixture are marked ``chain`` (and Redis ones ``redis``), so
 ``pytest -m "not chain"`` runs everything that needs no node.
@@ -21,6 +21,7 @@ from ._chain_fixtures import (
     chain,
     facilitator_account,
     local_chain,
+    local_facilitator,
     pay_to,
     payer,
     test_token,
@@ -39,6 +40,7 @@ __all__ = [
     "chain",
     "facilitator_account",
     "local_chain",
+    "local_facilitator",
     "pay_to",
     "payer",
     "pytest_collection_modifyitems",
