@@ -147,15 +147,20 @@ def child_server(
                 raise SystemExit(f"{command[-1][:60]} did not start:\n{log_path.read_text()}")
             yield process.pid, port
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_child(process)
+
+
+def stop_child(process: subprocess.Popen[str]) -> None:
+    """Stop our own child by its PID: SIGINT (uvicorn shuts down gracefully), SIGKILL after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -70,6 +70,7 @@ from _common import (
     percentile,
     print_table,
     serve_uvicorn,
+    stop_child,
 )
 
 PRICE = "$0.001"
@@ -570,19 +571,9 @@ def wait_for_server(side: Side, timeout: float = 90) -> None:
 
 def stop_server(side: Side) -> None:
     """SIGINT to our own child: uvicorn stops gracefully (and writes the phase timings)."""
-    process = side.process
-    if process is None:
-        return
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
-    side.process = None
+    process, side.process = side.process, None
+    if process is not None:
+        stop_child(process)
 
 
 @dataclass
