@@ -72,8 +72,9 @@ __all__ = ["Payment", "PaymentEvent", "PaymentGate", "PaymentSession", "Route", 
 logger = logging.getLogger("x402gate")
 
 _UNPAID = "this resource requires payment"
-# Headers that make a request more than a plain "what does it cost?".
-_PAYING_HEADERS = (protocol.PAYMENT_SIGNATURE, protocol.X_PAYMENT, SESSION_HEADER, SIWX_HEADER)
+PAYING_HEADERS = (protocol.PAYMENT_SIGNATURE, protocol.X_PAYMENT, SESSION_HEADER, SIWX_HEADER)
+"""Request headers that make a request more than a plain "what does it cost?": a payment, a
+session token or a sign-in. Integrations that answer unpaid requests early check the same."""
 _CHALLENGE_CACHE_SIZE = 1024
 
 T = TypeVar("T")
@@ -536,7 +537,7 @@ class PaymentGate:
         if type(route.price) is not Flat:
             return None
         headers = request.headers
-        if any(headers.get(name) is not None for name in _PAYING_HEADERS):
+        if any(headers.get(name) is not None for name in PAYING_HEADERS):
             return None
         key = (id(route), request.url)
         cached = self._challenges.get(key)

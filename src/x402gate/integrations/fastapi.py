@@ -42,14 +42,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "x402gate's FastAPI integration needs FastAPI: pip install 'x402gate[fastapi]'"
     ) from exc
 
-from ..credit import SESSION_HEADER
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
-from ..gate import Payment, PaymentGate, PaymentSession, Route, Settlement
+from ..gate import PAYING_HEADERS, Payment, PaymentGate, PaymentSession, Route, Settlement
 from ..pricing import as_strategy
-from ..protocol import PAYMENT_SIGNATURE, X_PAYMENT
 from ..request import Headers
-from ..siwx import SIWX_HEADER
 from ._common import render_error
 from ._openapi import document_paid_operation
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -74,9 +71,7 @@ _route_contexts: Callable[[Sequence[Any]], Iterable[Any]] = getattr(
 
 
 # Request headers that may make a request payable without a new payment: it takes the full path.
-_PAYING_HEADERS = frozenset(
-    h.lower().encode("latin-1") for h in (PAYMENT_SIGNATURE, X_PAYMENT, SESSION_HEADER, SIWX_HEADER)
-)
+_PAYING_HEADERS = frozenset(h.lower().encode("latin-1") for h in PAYING_HEADERS)
 _BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 
 
