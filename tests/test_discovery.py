@@ -156,8 +156,12 @@ async def test_a_402_carries_the_bazaar_extension_in_header_and_body(
             "description": "Today's weather in a city",
             "mimeType": "application/json",
         }
-    # The body is the header's content plus a human message, nothing else.
-    assert {k: v for k, v in body.items() if k != "message"} == header
+    # The body is the header's content plus a human message, nothing else, except that Base
+    # Sepolia has an x402 v1 name: the body's version and terms are v1's, for v1 clients.
+    assert body["x402Version"] == 1 and [a["network"] for a in body["accepts"]] == ["base-sepolia"]
+    assert body["accepts"][0]["maxAmountRequired"] == header["accepts"][0]["amount"]
+    unchanged = {k: v for k, v in body.items() if k not in ("message", "x402Version", "accepts")}
+    assert unchanged == {k: v for k, v in header.items() if k not in ("x402Version", "accepts")}
     # The gate did ask the (credentialed) facilitator before answering: its secrets stay inside.
     assert facilitator_service.calls["supported"] == 1
     assert_no_secret(response.text, json.dumps(dict(response.headers)))

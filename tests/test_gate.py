@@ -6,6 +6,8 @@ chain and real facilitators is in test_gate_chain.py.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
@@ -54,7 +56,8 @@ class BrokenStore(MemoryStore):
 def make_gate(**kw: Any) -> PaymentGate:
     kw.setdefault("facilitator", StubFacilitator())
     kw.setdefault("store", "memory://")
-    return PaymentGate(pay_to=PAY_TO, assets=ASSET, **kw)
+    kw.setdefault("assets", ASSET)
+    return PaymentGate(pay_to=PAY_TO, **kw)
 
 
 def request(headers: dict[str, str] | None = None, path: str = "/paid") -> RequestInfo:
@@ -210,6 +213,75 @@ async def test_prices_that_depend_on_the_request_are_never_answered_from_the_cac
     prices = iter(["$0.01", "$0.02"])
     route = gate.route(lambda req: next(prices))
     amounts = [
-        (await _challenge_of(gate, route, request())).body["accepts"][0]["amount"] for _ in range(2)
+        (await _challenge_of(gate, route, request())).body["accepts"][0]["maxAmountRequired"]
+        for _ in range(2)
     ]
     assert amounts == ["10000", "20000"]
+
+
+# -- x402 v1 clients: the body they read, the receipt they get ---------------------------------
+
+LOCAL = Asset("eip155:31337", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "USD Coin", "2")
+
+
+def _decoded(value: str) -> Any:
+    return json.loads(base64.b64decode(value))
+
+
+async def test_a_network_without_a_v1_name_keeps_the_v2_body() -> None:
+    gate = make_gate(facilitator=StubFacilitator(networks=(LOCAL.network,)), assets=LOCAL)
+    answer = await _challenge_of(gate, gate.route("$0.01"), request())
+    header = _decoded(answer.headers["PAYMENT-REQUIRED"])
+    assert {k: v for k, v in answer.body.items() if k != "message"} == header
+    assert answer.body["x402Version"] == 2 and answer.body["accepts"][0]["amount"] == "10000"
+
+
+async def test_the_v1_body_lists_only_the_networks_a_v1_client_can_name() -> None:
+    # A v1 client refuses the whole document when one entry names a network it does not know.
+    gate = make_gate(
+        facilitator=StubFacilitator(networks=(LOCAL.network, ASSET.network)),
+        assets=[LOCAL, ASSET],
+    )
+    route = gate.route("$0.01", description="the thing", mime_type="text/plain")
+    answer = await _challenge_of(gate, route, request())
+    header = _decoded(answer.headers["PAYMENT-REQUIRED"])
+    assert [a["network"] for a in header["accepts"]] == ["eip155:31337", "eip155:84532"]
+    assert answer.body["x402Version"] == 1 and answer.body["error"] == "payment_required"
+    assert answer.body["accepts"] == [
+        {
+            "scheme": "exact",
+            "network": "base-sepolia",
+            "maxAmountRequired": "10000",
+            "resource": "https://api.test/paid",
+            "description": "the thing",
+            "mimeType": "text/plain",
+            "payTo": PAY_TO,
+            "maxTimeoutSeconds": 300,
+            "asset": ASSET.address,
+            "extra": {"name": "USDC", "version": "2"},
+        }
+    ]
+    # What v1 readers ignore stays for everyone else.
+    assert answer.body["resource"] == header["resource"]
+    assert answer.body["extensions"] == header["extensions"]
+
+
+async def test_a_v1_payment_gets_a_v1_receipt_naming_the_network_by_its_v1_name() -> None:
+    facilitator = StubFacilitator()
+    gate = make_gate(facilitator=facilitator)
+    route = gate.route("$0.01")
+    (req,) = await gate.requirements(route, request())
+    signed = sign_exact_payment(Account.create(), req, valid_before=int(time.time()) + 200)
+    v1 = {"x402Version": 1, "scheme": "exact", "network": "base-sepolia", "payload": signed.payload}
+    header = base64.b64encode(json.dumps(v1).encode()).decode()
+    session = await gate.begin(route, request({"X-PAYMENT": header}))
+    headers = await gate.finish(session, 200)
+    assert set(headers) == {"X-PAYMENT-RESPONSE"}
+    assert _decoded(headers["X-PAYMENT-RESPONSE"]) == {
+        "success": True,
+        "transaction": "0x" + "ab" * 32,
+        "network": "base-sepolia",
+    }
+    # The facilitator was asked in v2 terms, with the server's own requirement.
+    (settled,) = facilitator.settled
+    assert settled.x402_version == 2 and settled.accepted == req

@@ -146,6 +146,42 @@ def test_v1_payload_for_an_unaccepted_network_is_a_network_mismatch() -> None:
     assert info.value.code == "network_mismatch"
 
 
+def test_every_v1_name_maps_back_to_itself_and_other_networks_have_none() -> None:
+    for name in ("base", "base-sepolia", "avalanche", "polygon-amoy", "skale-base-sepolia"):
+        raw = {"x402Version": 1, "scheme": "exact", "network": name, "payload": {}}
+        decoded = protocol.decode_payment(
+            header(base64.b64encode(json.dumps(raw).encode()).decode(), protocol.X_PAYMENT)
+        )
+        assert decoded is not None
+        assert protocol.v1_network_name(decoded.payload.accepted.network) == name
+    assert protocol.v1_network_name("eip155:31337") is None
+    assert protocol.v1_network_name("eip155:42161") is None  # Arbitrum: v2 only
+
+
+def test_a_failed_v1_receipt_keeps_the_reason_and_only_v1_fields() -> None:
+    from x402.schemas import SettleResponse
+
+    failed = SettleResponse(
+        success=False,
+        error_reason="invalid_exact_evm_insufficient_balance",
+        transaction="",
+        network="eip155:84532",
+        amount="10000",
+        extensions={"x": {}},
+    )
+    decoded = json.loads(base64.b64decode(protocol.encode_settle_response_v1(failed)))
+    assert decoded == {
+        "success": False,
+        "errorReason": "invalid_exact_evm_insufficient_balance",
+        "transaction": "",
+        "network": "base-sepolia",
+    }
+    local = failed.model_copy(update={"network": "eip155:31337"})
+    assert json.loads(base64.b64decode(protocol.encode_settle_response_v1(local)))["network"] == (
+        "eip155:31337"
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "code"),
     [

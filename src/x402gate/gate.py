@@ -518,15 +518,18 @@ class PaymentGate:
             # Returning payers sign in to spend the credit left from earlier payments.
             networks = sorted({a.network for a in (route.assets or self.assets)})
             extensions[SIWX_KEY] = self.sign_in.declaration(request.url, networks, self.clock.now())
-        required = protocol.build_payment_required(
-            accepts, self._resource_info(route, request), code, extensions
-        )
+        resource = self._resource_info(route, request)
+        required = protocol.build_payment_required(accepts, resource, code, extensions)
         document = required.model_dump(mode="json", by_alias=True, exclude_none=True)
         headers = {
             protocol.PAYMENT_REQUIRED: protocol.b64json(document),
             "Cache-Control": "no-store",
         }
-        body = {**document, "message": message}
+        # v2 clients read the header; v1 clients (x402-fetch 1.x, x402-axios 0.x) only read the
+        # body, so where a network has a v1 name the body is the v1 document, else they could
+        # never pay. It keeps the v2 resource and extensions, which v1 readers ignore.
+        v1_document = protocol.build_payment_required_v1(accepts, resource, code)
+        body = {**document, **(v1_document or {}), "message": message}
         if extra_headers:
             headers.update(extra_headers)
         return PaymentError(status, code, message, headers=headers, body=body)
@@ -1271,9 +1274,11 @@ class PaymentGate:
             await self._emit(PaymentEvent("error", request, route, payment, code="settle"))
             raise self._failure(exc) from None
         assert result is not None
-        header_name = (
-            protocol.X_PAYMENT_RESPONSE if session.version == 1 else protocol.PAYMENT_RESPONSE
-        )
+        # A v1 client gets its receipt in the v1 header and shape, networks by v1 name.
+        if session.version == 1:
+            header_name, encode = protocol.X_PAYMENT_RESPONSE, protocol.encode_settle_response_v1
+        else:
+            header_name, encode = protocol.PAYMENT_RESPONSE, protocol.encode_settle_response
         if result.success:
             payment.transaction = result.transaction
             try:
@@ -1281,7 +1286,7 @@ class PaymentGate:
             except StoreError as exc:
                 # Paid on chain; the chain itself now refuses the nonce, so serving is safe.
                 logger.error("replay store mark_used failed after settlement: %s", exc)
-            session.response_headers = {header_name: protocol.encode_settle_response(result)}
+            session.response_headers = {header_name: encode(result)}
             await self._emit(PaymentEvent("settled", request, route, payment))
             return
         code = _safe_code(result.error_reason, "settlement_failed")
@@ -1308,7 +1313,7 @@ class PaymentGate:
             accepts,
             code,
             "the payment could not be settled",
-            extra_headers={header_name: protocol.encode_settle_response(clean)},
+            extra_headers={header_name: encode(clean)},
         )
 
     # -- sync facade ---------------------------------------------------------------------------

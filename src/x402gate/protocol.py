@@ -2,9 +2,13 @@
 
 * v2: ``PAYMENT-REQUIRED`` (402 challenge), ``PAYMENT-SIGNATURE`` (client payment),
   ``PAYMENT-RESPONSE`` (settlement receipt).
-* v1: ``X-PAYMENT`` / ``X-PAYMENT-RESPONSE``, still sent by older clients. A v1 payment is
-  accepted for a network that has a v1 name and is upgraded to a v2 payload internally (the
-  EIP-3009 authorization inside is the same), so the rest of the flow speaks v2 only.
+* v1: ``X-PAYMENT`` / ``X-PAYMENT-RESPONSE``, still sent by older clients (npm ``x402-fetch``
+  1.x, ``x402-axios`` 0.x), which read the 402's JSON *body* and know networks by name
+  (``base-sepolia``), not by CAIP-2 id. Where a route accepts a network that has a v1 name, the
+  402 body is the v1 document (:func:`build_payment_required_v1`) beside the v2 header. A v1
+  payment is upgraded to a v2 payload internally (the EIP-3009 authorization inside is the
+  same), so the flow in between speaks v2 only, and its receipt goes back in the v1 shape
+  (:func:`encode_settle_response_v1`).
 
 Decoding is strict: standard base64 with padding, a JSON object, the model's schema, a bounded
 size. Anything else is a *malformed header* (400 with the reason), unlike a payment for other
@@ -45,10 +49,13 @@ __all__ = [
     "DecodedPayment",
     "b64json",
     "build_payment_required",
+    "build_payment_required_v1",
     "build_requirements",
     "decode_payment",
     "encode_settle_response",
+    "encode_settle_response_v1",
     "match_requirements",
+    "v1_network_name",
 ]
 
 PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
@@ -79,6 +86,16 @@ _V1_NETWORKS = {
     "educhain": "eip155:41923",
     "skale-base-sepolia": "eip155:324705682",
 }
+_V1_NAMES = {caip: name for name, caip in _V1_NETWORKS.items()}
+
+
+def v1_network_name(network: str) -> str | None:
+    """The x402 v1 name of a CAIP-2 network (``eip155:84532`` → ``base-sepolia``), if it has one.
+
+    v1 clients validate network names against a fixed list: a network outside it (a local chain,
+    Arbitrum, ...) cannot be offered to them at all.
+    """
+    return _V1_NAMES.get(network)
 
 
 def _malformed(reason: str) -> PaymentError:
@@ -210,6 +227,42 @@ def build_payment_required(
     )
 
 
+def build_payment_required_v1(
+    accepts: Sequence[PaymentRequirements], resource: ResourceInfo, error: str
+) -> dict[str, Any] | None:
+    """The x402 v1 402 body for the ``accepts`` whose network has a v1 name, or ``None``.
+
+    Only those entries are listed: a v1 client validates every entry and refuses the whole
+    document when one names a network it does not know. ``description`` and ``mimeType`` are
+    required strings in v1, so an undescribed route gets empty ones, as v1 servers send.
+    """
+    from x402.schemas import PaymentRequiredV1, PaymentRequirementsV1
+
+    entries = []
+    for req in accepts:
+        name = v1_network_name(req.network)
+        if name is None:
+            continue
+        entries.append(
+            PaymentRequirementsV1(
+                scheme=req.scheme,
+                network=name,
+                max_amount_required=req.amount,
+                resource=resource.url,
+                description=resource.description or "",
+                mime_type=resource.mime_type or "",
+                pay_to=req.pay_to,
+                max_timeout_seconds=req.max_timeout_seconds,
+                asset=req.asset,
+                extra=req.extra,
+            )
+        )
+    if not entries:
+        return None
+    document = PaymentRequiredV1(error=error, accepts=entries)
+    return document.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def _extra_subset(server: Mapping[str, Any], client: Mapping[str, Any]) -> bool:
     # Clients may add keys to extra, never change or drop the server's.
     for key, value in server.items():
@@ -289,3 +342,17 @@ def _mismatch(field: str, accepts: Sequence[PaymentRequirements], accepted: Any)
 def encode_settle_response(response: SettleResponse) -> str:
     """``PAYMENT-RESPONSE`` value for a settlement result."""
     return b64json(response.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+_V1_SETTLE_FIELDS = ("success", "errorReason", "payer", "transaction", "network")
+
+
+def encode_settle_response_v1(response: SettleResponse) -> str:
+    """``X-PAYMENT-RESPONSE`` value for a settlement result, for a client that paid with v1.
+
+    The v1 receipt has the v1 fields only and names the network the way the client did
+    (``base-sepolia``); a network without a v1 name keeps its CAIP-2 id.
+    """
+    document = response.model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["network"] = v1_network_name(response.network) or response.network
+    return b64json({k: document[k] for k in _V1_SETTLE_FIELDS if k in document})
