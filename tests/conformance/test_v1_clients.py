@@ -32,7 +32,7 @@ from x402gate import Asset, LocalFacilitator, PaymentGate
 from x402gate.testing.chain import LocalChain, TestToken
 from x402gate.testing.clients import paying_httpx_client
 
-from .test_conformance import ADAPTERS, PRICE, _module
+from .test_conformance import ADAPTERS, PRICE, DrainingFacilitator, _module
 
 pytestmark = pytest.mark.chain
 
@@ -157,17 +157,26 @@ def assert_paid_on_chain(
 # -- every adapter -------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def draining(
+    settler: LocalFacilitator, sepolia: LocalChain, sepolia_token: TestToken
+) -> DrainingFacilitator:
+    """The real facilitator; with ``drain`` set, the payer empties its wallet right before
+    settlement (so the settlement really fails on chain)."""
+    return DrainingFacilitator(settler, sepolia, sepolia_token)
+
+
 @pytest.fixture(params=ADAPTERS)
 def served(
     request: pytest.FixtureRequest,
-    settler: LocalFacilitator,
+    draining: DrainingFacilitator,
     asset: Asset,
     seller: str,
     tmp_path: Path,
 ) -> Iterator[tuple[str, Any]]:
     adapter = _module(request.param)
     gate = PaymentGate(
-        pay_to=seller, assets=asset, facilitator=settler, store=f"sqlite:///{tmp_path / 'r.db'}"
+        pay_to=seller, assets=asset, facilitator=draining, store=f"sqlite:///{tmp_path / 'r.db'}"
     )
     app, calls = adapter.make_app(gate)
     with adapter.serve(app) as base_url:
@@ -348,22 +357,53 @@ def test_x402_fetch_and_x402_axios_pay_the_gateway(
     assert sepolia_token.balance_of(seller) == 2 * PRICE
 
 
+def _v1_header(payer: Any, base_url: str) -> dict[str, str]:
+    """A v1 ``X-PAYMENT`` for ``/paid``, signed for the terms of its 402."""
+    from x402gate.testing.payments import sign_exact_payment
+
+    challenge = httpx.get(f"{base_url}/paid", timeout=30)
+    requirements = decode_payment_required_header(challenge.headers["payment-required"]).accepts[0]
+    signed = sign_exact_payment(payer, requirements)
+    v1 = {"x402Version": 1, "scheme": "exact", "network": "base-sepolia", "payload": signed.payload}
+    return {"X-PAYMENT": base64.b64encode(json.dumps(v1).encode()).decode()}
+
+
+def test_a_failed_v1_settlement_gets_a_v1_receipt_and_no_content(
+    served: tuple[str, Any],
+    draining: DrainingFacilitator,
+    sepolia: LocalChain,
+    sepolia_token: TestToken,
+    buyer: Any,
+    seller: str,
+) -> None:
+    base_url, calls = served
+    header = _v1_header(buyer, base_url)
+    sepolia.set_balance(buyer.address, 10**18)  # gas for the buyer's own draining transfer
+    draining.drain = buyer
+    response = httpx.get(f"{base_url}/paid", headers=header, timeout=30)
+    assert response.status_code == 402, response.text
+    assert "PAID-CONTENT" not in response.text
+    body = response.json()
+    assert body["x402Version"] == 1 and body["error"] == "invalid_exact_evm_insufficient_balance"
+    assert body["accepts"][0]["network"] == "base-sepolia"
+    receipt = json.loads(base64.b64decode(response.headers["x-payment-response"]))
+    assert receipt == {
+        "success": False,
+        "errorReason": "invalid_exact_evm_insufficient_balance",
+        "payer": buyer.address,
+        "transaction": "",
+        "network": "base-sepolia",
+    }
+    assert "payment-response" not in response.headers
+    assert sepolia_token.balance_of(seller) == 0
+    assert calls["paid"] == 1  # the handler ran (settlement "after"); its answer never left
+
+
 def test_a_replayed_v1_payment_is_refused_with_a_v1_body_and_moves_nothing(
     served: tuple[str, Any], sepolia_token: TestToken, buyer: Any, seller: str
 ) -> None:
-    from x402gate.testing.payments import sign_exact_payment
-
     base_url, calls = served
-    challenge = httpx.get(f"{base_url}/paid", timeout=30)
-    requirements = decode_payment_required_header(challenge.headers["payment-required"]).accepts[0]
-    signed = sign_exact_payment(buyer, requirements)
-    v1 = {
-        "x402Version": 1,
-        "scheme": "exact",
-        "network": "base-sepolia",
-        "payload": signed.payload,
-    }
-    header = {"X-PAYMENT": base64.b64encode(json.dumps(v1).encode()).decode()}
+    header = _v1_header(buyer, base_url)
     first = httpx.get(f"{base_url}/paid", headers=header, timeout=30)
     again = httpx.get(f"{base_url}/paid", headers=header, timeout=30)
     assert first.status_code == 200, first.text
