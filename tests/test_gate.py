@@ -261,6 +261,11 @@ async def test_the_v1_body_lists_only_the_networks_a_v1_client_can_name() -> Non
             "extra": {"name": "USDC", "version": "2"},
         }
     ]
+    # The official SDK's v1 model reads it (it is what its clients fall back to without header).
+    from x402.schemas import PaymentRequiredV1
+
+    parsed = PaymentRequiredV1.model_validate(answer.body)
+    assert parsed.accepts[0].max_amount_required == "10000"
     # What v1 readers ignore stays for everyone else.
     assert answer.body["resource"] == header["resource"]
     assert answer.body["extensions"] == header["extensions"]

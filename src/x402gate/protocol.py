@@ -230,37 +230,37 @@ def build_payment_required(
 def build_payment_required_v1(
     accepts: Sequence[PaymentRequirements], resource: ResourceInfo, error: str
 ) -> dict[str, Any] | None:
-    """The x402 v1 402 body for the ``accepts`` whose network has a v1 name, or ``None``.
+    """The x402 v1 402 body (``PaymentRequiredV1``, as JSON) for the ``accepts`` whose network
+    has a v1 name, or ``None`` when none has.
 
     Only those entries are listed: a v1 client validates every entry and refuses the whole
     document when one names a network it does not know. ``description`` and ``mimeType`` are
     required strings in v1, so an undescribed route gets empty ones, as v1 servers send.
+    Plain dicts, not the SDK's models: this runs on every 402 of a priced route, and the
+    fields are copied from requirements that were validated when they were built.
     """
-    from x402.schemas import PaymentRequiredV1, PaymentRequirementsV1
-
     entries = []
     for req in accepts:
-        name = v1_network_name(req.network)
+        name = _V1_NAMES.get(req.network)
         if name is None:
             continue
-        entries.append(
-            PaymentRequirementsV1(
-                scheme=req.scheme,
-                network=name,
-                max_amount_required=req.amount,
-                resource=resource.url,
-                description=resource.description or "",
-                mime_type=resource.mime_type or "",
-                pay_to=req.pay_to,
-                max_timeout_seconds=req.max_timeout_seconds,
-                asset=req.asset,
-                extra=req.extra,
-            )
-        )
+        entry: dict[str, Any] = {
+            "scheme": req.scheme,
+            "network": name,
+            "maxAmountRequired": req.amount,
+            "resource": resource.url,
+            "description": resource.description or "",
+            "mimeType": resource.mime_type or "",
+            "payTo": req.pay_to,
+            "maxTimeoutSeconds": req.max_timeout_seconds,
+            "asset": req.asset,
+        }
+        if req.extra:
+            entry["extra"] = dict(req.extra)
+        entries.append(entry)
     if not entries:
         return None
-    document = PaymentRequiredV1(error=error, accepts=entries)
-    return document.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {"x402Version": 1, "error": error, "accepts": entries}
 
 
 def _extra_subset(server: Mapping[str, Any], client: Mapping[str, Any]) -> bool:
