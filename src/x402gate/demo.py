@@ -21,6 +21,8 @@ from typing import Any, TextIO
 __all__ = ["run_demo"]
 
 BUYER_FUNDS = 5_000_000  # 5 USDC
+DEMO_ORIGIN = "https://demo.x402gate.test"
+"""The public origin the demo's gate names; the server itself listens on a free loopback port."""
 CHAT_INPUT_TOKENS, CHAT_OUTPUT_TOKENS = 25, 60  # what the demo's chat answer reports
 CHAT_BODY = {
     "model": "demo-chat",
@@ -315,7 +317,8 @@ def run_demo(out: TextIO = sys.stdout, *, as_json: bool = False) -> int:
 
     started = time.monotonic()
     rows: list[_Row] = []
-    with local_gate(buyer_funds=BUYER_FUNDS) as local:
+    # Sign-ins and session tokens are bound to the name clients use for the service.
+    with local_gate(buyer_funds=BUYER_FUNDS, public_origin=DEMO_ORIGIN) as local:
         chain, token, buyer, seller = local.chain, local.token, local.buyer, local.pay_to
         out.write(
             f"local chain {chain.network} at {chain.rpc_url} (anvil pid {chain.pid}), "

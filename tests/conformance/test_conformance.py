@@ -26,6 +26,8 @@ pytestmark = pytest.mark.chain
 
 ADAPTERS = ["starlette", "fastapi", "flask", "wsgi", "django_app"]
 PRICE = 10_000
+ORIGIN = "https://api.conformance.test"
+"""The public origin of every conformance app: what sign-ins and session tokens are bound to."""
 CHUNKS = b"chunk-0\nchunk-1\nchunk-2\n"
 
 
@@ -87,6 +89,8 @@ def served(
         assets=test_token.asset,
         facilitator=facilitator,
         store=f"sqlite:///{tmp_path / 'replay.db'}",
+        public_origin=ORIGIN,
+        trusted_proxies=["127.0.0.1"],
     )
     app, calls = adapter.make_app(gate)
     with adapter.serve(app) as base_url:

@@ -40,6 +40,7 @@ HEADER = """\
 gateway:
   discovery: true
   secret: ${{SESSION_SECRET}}
+  public_origin: https://gateway.test
 pay_to: "{pay_to}"
 accepts:
   - network: "{network}"

@@ -22,6 +22,7 @@ ENV = {
     "OPENAI_API_KEY": SECRET + "-openai",
     "PAY_TO": "0x1111111111111111111111111111111111111111",
     "X402GATE_SECRET": "x" * 40,
+    "PUBLIC_ORIGIN": "https://api.example.com",
     "FACILITATOR_KEY": KEY,
 }
 

@@ -142,6 +142,8 @@ def _gate_for_checks() -> tuple[PaymentGate | None, list[CheckMessage]]:
             assets=conf.ASSETS,
             facilitator=_NoFacilitator(),
             store="memory://",
+            public_origin=conf.PUBLIC_ORIGIN,
+            trusted_proxies=conf.TRUSTED_PROXIES,
         )
     except ConfigurationError as exc:  # e.g. a PAY_TO mapping without one of the networks
         return None, [_error(1, f"X402GATE: {exc}")]
