@@ -115,10 +115,15 @@ def build_demo_app(gate: Any) -> Any:
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL."""
+    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL.
+
+    uvicorn's own reading of ``X-Forwarded-*`` is off: the gate's ``trusted_proxies`` decide.
+    """
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host=host, port=0, log_level="warning", lifespan="off", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="x402gate-demo-server", daemon=True)
     thread.start()

@@ -198,7 +198,7 @@ def uvicorn_config(
 
     uvicorn's own ``Server`` and ``Date`` headers are off (the upstream's pass through instead
     of being doubled), and so is its reading of ``X-Forwarded-*``: the file's
-    ``trust_proxy_headers`` decides that. The HTTP parser and the event loop are
+    ``trusted_proxies`` decide that. The HTTP parser and the event loop are
     :func:`server_stack`'s.
     """
     import uvicorn
