@@ -308,7 +308,9 @@ async def test_per_second_charges_end_when_the_answer_ends_not_when_the_commit_r
         return run
 
     gate.store.credit_commit = later_commit(gate.store.credit_commit)  # type: ignore[method-assign]
-    token = gate.session_tokens.issue(PAYER, ASSET.network, ASSET.address, clock.now(), origin=ORIGIN)
+    token = gate.session_tokens.issue(
+        PAYER, ASSET.network, ASSET.address, clock.now(), origin=ORIGIN
+    )
     assert (await call(app, "/work", token))[0] == 200
     await gate.balance(PAYER)
     balance = gate.store.credit_balance(ACCOUNT, clock.now())

@@ -39,7 +39,10 @@ PAYER = Account.create().address
 ACCOUNT = credit_account(ASSET.network, ASSET.address, PAYER)
 ORIGIN = "https://api.test"
 SECRET = b"s" * 32
-USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+USAGE = (
+    b'data: {"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":1}}\n\n'
+    b"data: [DONE]\n\n"
+)
 
 
 class NoFacilitator:

@@ -20,7 +20,7 @@ from x402.http import decode_payment_required_header, decode_payment_response_he
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.testing.clients import paying_httpx_client, paying_requests_session
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import encode_payment, sign_exact_payment, sign_in_header
 
 pytestmark = pytest.mark.chain
 
@@ -351,19 +351,7 @@ LLM_BODY = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user",
 
 
 def _sign_in(info: dict[str, Any], wallet: Any, **override: Any) -> str:
-    """The SIGN-IN-WITH-X header a wallet sends for these challenge fields (EIP-191)."""
-    import base64
-    import json
-
-    from eth_account.messages import encode_defunct
-
-    from x402gate.siwx import format_eip4361
-
-    fields = {**info, "chainId": "eip155:31337", "type": "eip191", **override}
-    message = format_eip4361(fields, wallet.address, 31337)
-    signature = wallet.sign_message(encode_defunct(text=message)).signature.hex()
-    payload = {**fields, "address": wallet.address, "signature": "0x" + signature.removeprefix("0x")}
-    return base64.b64encode(json.dumps(payload).encode()).decode()
+    return sign_in_header(wallet, info, "eip155:31337", **override)
 
 
 async def _challenge_info(base_url: str, headers: dict[str, str]) -> tuple[Any, dict[str, Any]]:
@@ -381,7 +369,8 @@ async def test_a_sign_in_relayed_from_another_site_is_refused(
     from x402gate.credit import SESSION_HEADER
 
     base_url, calls, gate = served
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+    victim = paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30)
+    async with victim as client:
         assert (await client.post("/llm", json=LLM_BODY)).status_code == 200
     credit = await gate.balance(payer.address)
     assert credit > 0 and calls["llm"] == 1
@@ -415,7 +404,9 @@ async def test_a_sign_in_relayed_from_another_site_is_refused(
     # about the origin, not about sign-in failing on this adapter.
     _, fresh = await _challenge_info(base_url, {})
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as owner:
-        ok = await owner.post("/llm", json=LLM_BODY, headers={"SIGN-IN-WITH-X": _sign_in(fresh, payer)})
+        ok = await owner.post(
+            "/llm", json=LLM_BODY, headers={"SIGN-IN-WITH-X": _sign_in(fresh, payer)}
+        )
     assert ok.status_code == 200, ok.text
     assert ok.headers[SESSION_HEADER].startswith("v2.")
     assert calls["llm"] == 2
@@ -460,7 +451,9 @@ async def test_malformed_sign_in_session_and_payment_headers_get_a_coded_refusal
             )
             assert (response.status_code, response.json()["error"]) == (402, "payment_required")
         for payment in ("e30=", raw({"x402Version": 2, "payload": []}), "\xff".encode("latin-1")):
-            response = await client.post("/llm", json=LLM_BODY, headers=[("PAYMENT-SIGNATURE", payment)])
+            response = await client.post(
+                "/llm", json=LLM_BODY, headers=[("PAYMENT-SIGNATURE", payment)]
+            )
             assert response.status_code == 400, response.text
             assert response.json()["error"], response.text
     assert calls["llm"] == 0

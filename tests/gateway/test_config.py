@@ -423,7 +423,12 @@ INVALID: list[tuple[str, list[tuple[str, str]] | str, dict[str, str | None], str
     ),
     (
         "metered route without a public origin",
-        [route('upstream: anthropic\ntype: per-token\nmodels:\n  "claude-*": {input: $3, output: $15}')],
+        [
+            route(
+                "upstream: anthropic\ntype: per-token\n"
+                'models:\n  "claude-*": {input: $3, output: $15}'
+            )
+        ],
         {},
         'routes["POST /v1/messages"]',
         "set gateway.public_origin",
