@@ -392,10 +392,17 @@ async def test_a_relayed_sign_in_and_malformed_headers_reach_neither_credit_nor_
         async with httpx.AsyncClient(base_url=url, timeout=30) as owner:
             genuine = await owner.post(
                 "/v1/messages", json=body,
-                headers={"SIGN-IN-WITH-X": sign_in_header(payer, await challenge({}), network)},
+                headers={
+                    "SIGN-IN-WITH-X": sign_in_header(payer, await challenge({}), network),
+                    "X-Forwarded-For": "6.6.6.6",
+                    "X-Forwarded-Host": "evil.example",
+                },
             )
         assert genuine.status_code == 200, genuine.text
         assert len(llm.requests) == upstream_calls + 1
+        # What the client wrote about addresses and hosts is not passed on as fact.
+        assert llm.requests[-1].header("x-forwarded-for") is None
+        assert llm.requests[-1].header("x-forwarded-host") is None
 
 
 async def test_the_client_address_comes_from_the_trusted_proxy_entry_only(
