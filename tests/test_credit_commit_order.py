@@ -36,6 +36,7 @@ from x402gate.stores.sqlite import SQLiteStore
 
 ASSET = Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC", "2")
 PAY_TO = Account.create().address
+ORIGIN = "https://api.test"
 
 
 class StubFacilitator:
@@ -114,6 +115,7 @@ def gate(store_url: str) -> Iterator[PaymentGate]:
         facilitator=StubFacilitator(),
         store=open_store(store_url),
         secret=b"s" * 32,
+        public_origin=ORIGIN,
         clock=Clock(),
     )
     yield g
@@ -197,7 +199,9 @@ async def test_the_next_request_right_after_the_answer_sees_the_committed_balanc
     funds = 2 * quote - 1
     gate.store.credit_topup(ACCOUNT, funds, "ref-1", gate.clock.now())
     gate.store.credit_commit = delayed(gate.store.credit_commit, 0.3)  # type: ignore[method-assign]
-    token = gate.session_tokens.issue(PAYER, ASSET.network, ASSET.address, gate.clock.now())
+    token = gate.session_tokens.issue(
+        PAYER, ASSET.network, ASSET.address, gate.clock.now(), origin=ORIGIN
+    )
 
     follow_ups: list[asyncio.Task[Any]] = []
     answered_at: list[float] = []
@@ -244,7 +248,9 @@ async def test_a_commit_that_fails_after_the_answer_charges_nothing_and_creates_
 
     real_commit = gate.store.credit_commit
     gate.store.credit_commit = broken  # type: ignore[method-assign]
-    token = gate.session_tokens.issue(PAYER, ASSET.network, ASSET.address, gate.clock.now())
+    token = gate.session_tokens.issue(
+        PAYER, ASSET.network, ASSET.address, gate.clock.now(), origin=ORIGIN
+    )
     with caplog.at_level(logging.ERROR, logger="x402gate"):
         status, body = await call(app, "/chat", token)
         await gate.balance(PAYER)  # the (failing) commit is over
@@ -273,7 +279,9 @@ async def test_a_late_commit_never_lets_the_payer_overdraw(gate: PaymentGate) ->
     quote = await quote_of(gate, "/chat")
     gate.store.credit_topup(ACCOUNT, 3 * quote, "ref-1", gate.clock.now())
     gate.store.credit_commit = delayed(gate.store.credit_commit, 0.05)  # type: ignore[method-assign]
-    token = gate.session_tokens.issue(PAYER, ASSET.network, ASSET.address, gate.clock.now())
+    token = gate.session_tokens.issue(
+        PAYER, ASSET.network, ASSET.address, gate.clock.now(), origin=ORIGIN
+    )
     results = await asyncio.gather(*(call(app, "/chat", token) for _ in range(8)))
     assert all(status in (200, 402) for status, _ in results)
     await gate.balance(PAYER)  # waits for the commits of the answers already sent
@@ -300,7 +308,9 @@ async def test_per_second_charges_end_when_the_answer_ends_not_when_the_commit_r
         return run
 
     gate.store.credit_commit = later_commit(gate.store.credit_commit)  # type: ignore[method-assign]
-    token = gate.session_tokens.issue(PAYER, ASSET.network, ASSET.address, clock.now())
+    token = gate.session_tokens.issue(
+        PAYER, ASSET.network, ASSET.address, clock.now(), origin=ORIGIN
+    )
     assert (await call(app, "/work", token))[0] == 200
     await gate.balance(PAYER)
     balance = gate.store.credit_balance(ACCOUNT, clock.now())

@@ -58,6 +58,7 @@ def gate(facilitator: LocalFacilitator, test_token: Any, pay_to: str, tmp_path: 
     g = PaymentGate(
         pay_to=pay_to, assets=test_token.asset, facilitator=facilitator,
         store=f"sqlite:///{tmp_path / 'ledger.db'}", secret=b"k" * 32,
+        public_origin="http://llm.test",
     )
     yield g
     g.close()

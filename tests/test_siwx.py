@@ -97,3 +97,75 @@ def test_malformed_headers_are_refused(siwx: SignInWithX, header: str) -> None:
     with pytest.raises(PaymentError) as info:
         siwx.verify(header, URL, NETWORKS, time.time())
     assert info.value.code.startswith("invalid_siwx")
+
+
+ORIGINS = ["https://api.example.com"]
+
+
+def test_the_signed_origin_must_be_a_configured_one(siwx: SignInWithX) -> None:
+    now = time.time()
+    account = Account.create()
+    # A challenge the server itself issued while its Host header said "evil.example".
+    relayed = siwx.declaration("https://evil.example/v1/chat", NETWORKS, now)
+    with pytest.raises(PaymentError) as info:
+        siwx.verify(answer(relayed, account), URL, NETWORKS, now, origins=ORIGINS)
+    assert info.value.code == "invalid_siwx_domain"
+    genuine = siwx.declaration(URL, NETWORKS, now)
+    proof = siwx.verify(answer(genuine, account), URL, NETWORKS, now, origins=ORIGINS)
+    assert proof.address == account.address
+
+
+def test_a_sign_in_is_for_the_resource_it_was_issued_for(siwx: SignInWithX) -> None:
+    now = time.time()
+    challenge = siwx.declaration(URL, NETWORKS, now)
+    with pytest.raises(PaymentError) as info:
+        siwx.verify(
+            answer(challenge, Account.create()),
+            "https://api.example.com/v1/other",
+            NETWORKS,
+            now,
+            origins=ORIGINS,
+        )
+    assert info.value.code == "invalid_siwx_uri"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "code"),
+    [
+        ({"statement": "Sign in to evil.example."}, "invalid_siwx_nonce"),
+        ({"resources": ["https://api.example.com/admin"]}, "invalid_siwx_nonce"),
+        ({"issuedAt": "2026-01-01T00:00:01Z"}, "invalid_siwx_nonce"),
+        ({"requestId": "abc"}, "invalid_siwx_header"),
+        ({"notBefore": "2026-01-01T00:00:00Z"}, "invalid_siwx_header"),
+        ({"notBefore": 5}, "invalid_siwx_header"),
+        ({"resources": "https://api.example.com/v1/chat"}, "invalid_siwx_header"),
+        ({"resources": [1]}, "invalid_siwx_header"),
+        ({"statement": None}, "invalid_siwx_header"),
+        ({"uri": "http://[::1/v1/chat"}, "invalid_siwx_uri"),
+        ({"domain": ["api.example.com"]}, "invalid_siwx_header"),
+        ({"expirationTime": 10**30}, "invalid_siwx_expired"),
+        ({"chainId": "solana:mainnet"}, "invalid_siwx_chain"),
+        ({"type": "eip1271"}, "invalid_siwx_header"),
+    ],
+)
+def test_every_signed_field_is_checked(
+    siwx: SignInWithX, tamper: dict[str, Any], code: str
+) -> None:
+    now = time.time()
+    challenge = siwx.declaration(URL, NETWORKS, now)
+    networks = [*NETWORKS, "solana:mainnet"]
+    with pytest.raises(PaymentError) as info:
+        # Signed as tampered: only the server's own checks stand between it and the credit.
+        # (a wallet cannot sign EIP-4361 for a non-numeric chain: that one goes unsigned)
+        signed = "chainId" not in tamper
+        header = answer(challenge, Account.create(), **tamper) if signed else _unsigned(
+            challenge, **tamper
+        )
+        siwx.verify(header, URL, networks, now, origins=ORIGINS)
+    assert info.value.code == code
+
+
+def _unsigned(challenge: dict[str, Any], **override: Any) -> str:
+    fields = {**challenge["info"], "chainId": "eip155:8453", "type": "eip191", **override}
+    payload = {**fields, "address": "0x" + "1" * 40, "signature": "0x" + "ab" * 65}
+    return base64.b64encode(json.dumps(payload).encode()).decode()

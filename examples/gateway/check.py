@@ -35,6 +35,7 @@ ENV = {
     "ANTHROPIC_API_KEY": KEY,
     "OPENAI_API_KEY": KEY,
     "X402GATE_SECRET": "c" * 48,
+    "PUBLIC_ORIGIN": "https://api.example.com",
 }
 CALLS = {
     "/v1/messages": {"model": "claude-haiku-4-5", "max_tokens": 32, "messages": []},

@@ -5,10 +5,17 @@ the work did not use stays as the payer's credit in the store's ledger. A return
 which wallet the credit belongs to with a session token x402gate issued after a payment (the
 ``X402GATE-SESSION`` response header), sent back in the same header.
 
-A token is ``v1.<payload>.<mac>``: base64url JSON ``{"p": payer, "n": network, "a": asset,
-"e": expiry}`` and an HMAC-SHA256 over it with the gate's secret. It is a bearer credential for
-the credit of that (payer, network, asset) until it expires: keep the lifetime short (minutes),
-and serve it over HTTPS only. Tokens carry no balance: the ledger is the only source of truth.
+A token is ``v2.<payload>.<mac>``: base64url JSON ``{"p": payer, "n": network, "a": asset,
+"o": origin, "s": session start, "e": expiry}`` and an HMAC-SHA256 over it with the gate's
+secret. It is a bearer credential for the credit of that (payer, network, asset) at that public
+origin until it expires: keep the lifetime short (minutes), and serve it over HTTPS only. A gate
+accepts only tokens naming one of its own configured public origins, so a token issued by one
+service is worthless at another sharing the secret.
+
+Each answer served from credit carries a fresh token, but a renewed token keeps the start of the
+session (the payment or sign-in that opened it): no token outlives ``start + max_lifetime_seconds``,
+however often it is used. After that the payer pays or signs in again; its credit stays.
+Tokens carry no balance: the ledger is the only source of truth.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from .errors import ConfigurationError
 __all__ = ["SESSION_HEADER", "SessionTokens", "TokenClaims"]
 
 SESSION_HEADER = "X402GATE-SESSION"
-_VERSION = "v1"
+_VERSION = "v2"
 _CACHE_SIZE = 4096
 
 
@@ -46,6 +53,10 @@ class TokenClaims:
     network: str
     asset: str
     expires_at: int
+    origin: str = ""
+    """The public origin the token was issued for."""
+    started: int = 0
+    """When the session began (the payment or sign-in); renewals keep it."""
 
 
 class SessionTokens:
@@ -54,10 +65,18 @@ class SessionTokens:
     :param secret: at least 32 bytes shared by every instance of the service (so a token issued
         by one is accepted by the others); a random one per process when omitted, which suits a
         single process only.
-    :param ttl_seconds: token lifetime.
+    :param ttl_seconds: token lifetime; each answer served from credit renews it.
+    :param max_lifetime_seconds: hard limit from the session's start: renewals never go past it
+        (one hour, or ``ttl_seconds`` when longer, by default).
     """
 
-    def __init__(self, secret: bytes | str | None = None, *, ttl_seconds: int = 900) -> None:
+    def __init__(
+        self,
+        secret: bytes | str | None = None,
+        *,
+        ttl_seconds: int = 900,
+        max_lifetime_seconds: int | None = None,
+    ) -> None:
         if secret is None:
             secret = secrets.token_bytes(32)
         if isinstance(secret, str):
@@ -72,24 +91,52 @@ class SessionTokens:
             raise ConfigurationError(
                 "session token ttl_seconds must be an integer from 10 to 86400"
             )
-        self._key = hashlib.sha256(b"x402gate-session-v1" + secret).digest()
+        if max_lifetime_seconds is None:
+            max_lifetime_seconds = max(3600, ttl_seconds)
+        if (
+            isinstance(max_lifetime_seconds, bool)
+            or not isinstance(max_lifetime_seconds, int)
+            or not ttl_seconds <= max_lifetime_seconds <= 7 * 86_400
+        ):
+            raise ConfigurationError(
+                "session token max_lifetime_seconds must be an integer from ttl_seconds to 604800"
+            )
+        self._key = hashlib.sha256(b"x402gate-session-v2" + secret).digest()
         self.ttl_seconds = ttl_seconds
+        self.max_lifetime_seconds = max_lifetime_seconds
         # Small caches on the hot path of every request served from credit. A token is only
         # cached after its MAC checked out, under its exact text, and its expiry is still checked
         # on every use; issuing is deterministic for the same claims and second.
         self._checked: dict[str, TokenClaims] = {}
-        self._issued: dict[tuple[str, str, str, int], str] = {}
+        self._issued: dict[tuple[str, str, str, str, int, int], str] = {}
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, f"{_VERSION}.{payload}".encode(), hashlib.sha256).digest())
 
-    def issue(self, payer: str, network: str, asset: str, now: float) -> str:
-        """A token for the credit of ``payer`` in ``asset`` on ``network``."""
-        key = (payer.lower(), network, asset.lower(), int(now) + self.ttl_seconds)
+    def expiry(self, started: float, now: float) -> int:
+        """When a token issued ``now`` for a session begun at ``started`` expires (``<= now``:
+        the session is over and no token is issued)."""
+        return min(int(now) + self.ttl_seconds, int(started) + self.max_lifetime_seconds)
+
+    def issue(
+        self,
+        payer: str,
+        network: str,
+        asset: str,
+        now: float,
+        *,
+        origin: str = "",
+        started: float | None = None,
+    ) -> str:
+        """A token for the credit of ``payer`` in ``asset`` on ``network`` at ``origin``, for a
+        session begun at ``started`` (``now`` when omitted: a new session)."""
+        start = int(now if started is None else started)
+        expires = self.expiry(start, now)
+        key = (payer.lower(), network, asset.lower(), origin, start, expires)
         token = self._issued.get(key)
         if token is not None:
             return token
-        claims = {"p": key[0], "n": key[1], "a": key[2], "e": key[3]}
+        claims = {"p": key[0], "n": key[1], "a": key[2], "o": origin, "s": start, "e": expires}
         payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
         token = f"{_VERSION}.{payload}.{self._mac(payload)}"
         if len(self._issued) >= _CACHE_SIZE:
@@ -99,7 +146,8 @@ class SessionTokens:
 
     def check(self, token: str | None, now: float) -> TokenClaims | None:
         """The claims of a valid, unexpired token; ``None`` for anything else (never raises)."""
-        if not token or len(token) > 1024:
+        if not isinstance(token, str) or not token or len(token) > 1024 or not token.isascii():
+            # compare_digest refuses non-ASCII text: such a token is simply not one of ours.
             return None
         cached = self._checked.get(token)
         if cached is not None:
@@ -112,7 +160,14 @@ class SessionTokens:
             return None
         try:
             data = _json.loads(_unb64(payload))
-            claims = TokenClaims(str(data["p"]), str(data["n"]), str(data["a"]), int(data["e"]))
+            claims = TokenClaims(
+                str(data["p"]),
+                str(data["n"]),
+                str(data["a"]),
+                int(data["e"]),
+                origin=str(data["o"]),
+                started=int(data["s"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
         if claims.expires_at <= now:

@@ -21,6 +21,8 @@ from typing import Any, TextIO
 __all__ = ["run_demo"]
 
 BUYER_FUNDS = 5_000_000  # 5 USDC
+DEMO_ORIGIN = "https://demo.x402gate.test"
+"""The public origin the demo's gate names; the server itself listens on a free loopback port."""
 CHAT_INPUT_TOKENS, CHAT_OUTPUT_TOKENS = 25, 60  # what the demo's chat answer reports
 CHAT_BODY = {
     "model": "demo-chat",
@@ -113,10 +115,15 @@ def build_demo_app(gate: Any) -> Any:
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL."""
+    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL.
+
+    uvicorn's own reading of ``X-Forwarded-*`` is off: the gate's ``trusted_proxies`` decide.
+    """
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host=host, port=0, log_level="warning", lifespan="off", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="x402gate-demo-server", daemon=True)
     thread.start()
@@ -315,7 +322,8 @@ def run_demo(out: TextIO = sys.stdout, *, as_json: bool = False) -> int:
 
     started = time.monotonic()
     rows: list[_Row] = []
-    with local_gate(buyer_funds=BUYER_FUNDS) as local:
+    # Sign-ins and session tokens are bound to the name clients use for the service.
+    with local_gate(buyer_funds=BUYER_FUNDS, public_origin=DEMO_ORIGIN) as local:
         chain, token, buyer, seller = local.chain, local.token, local.buyer, local.pay_to
         out.write(
             f"local chain {chain.network} at {chain.rpc_url} (anvil pid {chain.pid}), "

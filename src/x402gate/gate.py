@@ -51,8 +51,9 @@ from .errors import (
 )
 from .money import parse_price, scale_to_asset
 from .pricing import Flat, PriceStrategy, as_strategy, resolve_quote
+from .proxies import TrustedProxies
 from .request import RequestInfo
-from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX
+from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX, parse_public_origins, split_url
 from .stores import ClaimResult, Store, open_store, replay_key
 from .stores.base import (
     MAX_IDEMPOTENT_RESPONSE_BYTES,
@@ -192,6 +193,9 @@ class PaymentSession:
     commit_hold: tuple[str, concurrent.futures.Future[None]] | None = None
     """Metered routes: (account, future) while the charge is being committed after the answer
     went out; the payer's next request waits for it (see :meth:`PaymentGate.hold_commit`)."""
+    session_started: float | None = None
+    """Served from credit: when the payer's session (payment or sign-in) began. Renewed session
+    tokens keep it, so no token outlives the session's maximum lifetime."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,14 @@ class PaymentGate:
         routes use to spend their credit (built from ``secret`` by default).
     :param credit_ttl_seconds: how long a credit reservation may live before a crashed
         request's hold is returned to the payer.
+    :param public_origin: the origin clients reach the service at (``"https://api.example.com"``),
+        or a list of them. Payment requirements, sign-in challenges and session tokens name it
+        instead of the request's ``Host``, and sign-ins and tokens are accepted for it only.
+        Required by metered routes (they accept sign-in-with-x and session tokens).
+    :param trusted_proxies: IP addresses or CIDR blocks of the reverse proxies in front of the
+        service. The client address (``RequestInfo.client``) is then the rightmost
+        ``X-Forwarded-For`` entry that is not one of them, and ``X-Forwarded-Host``/``-Proto``
+        are read only from them. Empty by default: the client is the TCP peer.
     :param clock: time source (tests inject one).
     """
 
@@ -255,6 +267,8 @@ class PaymentGate:
         secret: bytes | str | None = None,
         session_tokens: SessionTokens | None = None,
         credit_ttl_seconds: int = 3600,
+        public_origin: str | Sequence[str] | None = None,
+        trusted_proxies: Sequence[str] = (),
         clock: Clock | None = None,
     ) -> None:
         self.assets = self._resolve_assets(network, assets)
@@ -287,6 +301,10 @@ class PaymentGate:
         ):
             raise ConfigurationError("credit_ttl_seconds must be an integer of at least 60")
         self.credit_ttl_seconds = credit_ttl_seconds
+        self.public_origins: tuple[str, ...] = (
+            parse_public_origins(public_origin) if public_origin is not None else ()
+        )
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[EventListener] = []
         # Credit accounts whose charge is being committed after the answer went out: the next
@@ -379,6 +397,13 @@ class PaymentGate:
                     "metered routes settle when the answer starts; settlement='before' is not "
                     "available for them"
                 )
+            if not self.public_origins:
+                # Sign-ins and session tokens are bound to the service's name; taken from the
+                # request's Host, anyone could have a wallet sign for their own site and relay it.
+                raise ConfigurationError(
+                    "metered routes accept sign-in-with-x and session tokens: set the gate's "
+                    "public_origin (e.g. public_origin='https://api.example.com')"
+                )
         elif credit_topup is not None:
             raise ConfigurationError("credit_topup applies to metered prices only")
         topup = parse_price(credit_topup) if credit_topup is not None else 0
@@ -463,6 +488,18 @@ class PaymentGate:
             raise
         except Exception as exc:  # a backend bug must fail closed too
             raise StoreError(f"store operation failed: {type(exc).__name__}") from exc
+
+    def public_url(self, request: RequestInfo) -> str:
+        """The request's URL under the configured public origin: the one whose host the request
+        named when there is one, the first otherwise. Without ``public_origin``, the URL the
+        integration built (from ``Host``, or trusted proxy headers)."""
+        if not self.public_origins:
+            return request.url
+        origin, rest = split_url(request.url)
+        if origin not in self.public_origins:
+            lowered = origin.lower()
+            origin = next((o for o in self.public_origins if o == lowered), self.public_origins[0])
+        return origin + rest
 
     def _resource_info(self, route: Route, request: RequestInfo) -> Any:
         from x402.schemas import ResourceInfo
@@ -773,23 +810,36 @@ class PaymentGate:
                 session = self._credit_session(
                     route, request, req, claims.payer, quote, reservation
                 )
+                session.session_started = claims.started
                 return session, accepts
             assert balance is not None
             missing = max(quote - balance.available, 1)
             adjusted.append(req.model_copy(update={"amount": str(missing)}))
         return None, adjusted
 
+    def _token_claims(self, headers: Mapping[str, str], now: float) -> TokenClaims | None:
+        claims = self.session_tokens.check(headers.get(SESSION_HEADER), now)
+        if claims is None or claims.origin not in self.public_origins:
+            return None  # issued for another service sharing the secret, or malformed
+        return claims
+
     async def _identify(self, route: Route, request: RequestInfo) -> TokenClaims | None:
         """The payer a session token or a sign-in vouches for, if any."""
         now = self.clock.now()
-        claims = self.session_tokens.check(request.headers.get(SESSION_HEADER), now)
+        claims = self._token_claims(request.headers, now)
         if claims is not None:
             return claims
         header = request.headers.get(SIWX_HEADER)
         if header is None:
             return None
         assets = route.assets or self.assets
-        proof = self.sign_in.verify(header, request.url, sorted({a.network for a in assets}), now)
+        proof = self.sign_in.verify(
+            header,
+            request.url,
+            sorted({a.network for a in assets}),
+            now,
+            origins=self.public_origins,
+        )
         try:
             # A signed challenge opens the credit once: its nonce is spent like a payment.
             key = f"siwx|{proof.nonce}"
@@ -805,7 +855,12 @@ class PaymentGate:
             raise PaymentError(402, "invalid_siwx_nonce_reused", "this sign-in was already used")
         asset = next(a for a in assets if a.network == proof.network)
         return TokenClaims(
-            proof.address.lower(), proof.network, asset.address.lower(), proof.expires_at
+            proof.address.lower(),
+            proof.network,
+            asset.address.lower(),
+            proof.expires_at,
+            origin=split_url(request.url)[0],
+            started=int(now),
         )
 
     def _with_topup(self, route: Route, req: PaymentRequirements) -> PaymentRequirements:
@@ -889,8 +944,17 @@ class PaymentGate:
 
     def _credit_headers(self, session: PaymentSession) -> dict[str, str]:
         payment = session.payment
+        now = self.clock.now()
+        started = session.session_started if session.session_started is not None else now
+        if self.session_tokens.expiry(started, now) <= now:
+            return {}  # the session reached its maximum lifetime: pay or sign in again
         token = self.session_tokens.issue(
-            payment.payer, payment.network, payment.asset.address, self.clock.now()
+            payment.payer,
+            payment.network,
+            payment.asset.address,
+            now,
+            origin=split_url(session.request.url)[0],
+            started=started,
         )
         return {SESSION_HEADER: token}
 
@@ -1016,7 +1080,7 @@ class PaymentGate:
     async def credit_status(self, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """The answer to ``GET /.well-known/x402/credit``: the balance of the payer whose
         ``X402GATE-SESSION`` token the request carries (401 without a valid one)."""
-        claims = self.session_tokens.check(headers.get(SESSION_HEADER), self.clock.now())
+        claims = self._token_claims(headers, self.clock.now())
         if claims is None:
             return 401, {
                 "error": "session_required",
@@ -1064,6 +1128,8 @@ class PaymentGate:
             await self._emit(PaymentEvent("error", request, route, code="startup"))
             raise self._failure(exc) from None
 
+        # Everything after this names the configured public origin, never the client's Host.
+        request.url = self.public_url(request)
         cached = self._plain_challenge(route, request)
         if cached is not None:
             await self._emit(PaymentEvent("challenged", request, route, status=402))

@@ -59,13 +59,16 @@ class RequestInfo:
 
     ``path`` is the decoded path without the query; ``url`` the absolute resource URL put into
     payment requirements; ``body`` the raw body bytes (empty when there is none or when the
-    integration could not read it without consuming it).
+    integration could not read it without consuming it); ``client`` the client's IP address
+    (the TCP peer, or behind the gate's ``trusted_proxies`` the rightmost ``X-Forwarded-For``
+    entry that is not one of them), ``None`` when the server does not say.
     """
 
     __slots__ = (
         "_json",
         "_query",
         "body",
+        "client",
         "headers",
         "method",
         "native",
@@ -84,6 +87,7 @@ class RequestInfo:
         body: bytes = b"",
         url: str | None = None,
         native: Any = None,
+        client: str | None = None,
     ) -> None:
         self.method = method.upper()
         self.path = path or "/"
@@ -92,6 +96,7 @@ class RequestInfo:
         self.body = body
         self.url = url if url is not None else self._default_url()
         self.native = native
+        self.client = client
         self._json: Any = _NOT_PARSED
         self._query: dict[str, str] | None = None
 

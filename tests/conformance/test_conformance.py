@@ -20,12 +20,14 @@ from x402.http import decode_payment_required_header, decode_payment_response_he
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.testing.clients import paying_httpx_client, paying_requests_session
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import encode_payment, sign_exact_payment, sign_in_header
 
 pytestmark = pytest.mark.chain
 
 ADAPTERS = ["starlette", "fastapi", "flask", "wsgi", "django_app"]
 PRICE = 10_000
+ORIGIN = "https://api.conformance.test"
+"""The public origin of every conformance app: what sign-ins and session tokens are bound to."""
 CHUNKS = b"chunk-0\nchunk-1\nchunk-2\n"
 
 
@@ -87,6 +89,8 @@ def served(
         assets=test_token.asset,
         facilitator=facilitator,
         store=f"sqlite:///{tmp_path / 'replay.db'}",
+        public_origin=ORIGIN,
+        trusted_proxies=["127.0.0.1"],
     )
     app, calls = adapter.make_app(gate)
     with adapter.serve(app) as base_url:
@@ -256,9 +260,8 @@ async def test_discovery_document_lists_the_paid_routes(
     assert ("GET", "/paid") in items and ("GET", "/stream") in items
     assert not any(path.rstrip("/") == "/free" for _, path in items)
     paid = items[("GET", "/paid")]
-    assert paid["resource"]["url"].startswith(base_url) and paid["resource"]["url"].rstrip(
-        "/"
-    ).endswith("/paid")
+    # Under the configured public origin, whatever Host the crawler used.
+    assert paid["resource"]["url"].rstrip("/") == f"{ORIGIN}/paid"
     (accept,) = paid["accepts"]
     assert (accept["amount"], accept["payTo"], accept["asset"]) == (
         str(PRICE),
@@ -340,3 +343,137 @@ async def test_a_payer_can_query_its_credit(served: Any, test_token: Any, payer:
         "available": str(500_000 - _llm.CHARGE),
         "reserved": "0",
     }
+
+
+# -- sign-in-with-x bound to the public origin; malformed headers; proxies ----------------------
+
+LLM_BODY = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def _sign_in(info: dict[str, Any], wallet: Any, **override: Any) -> str:
+    return sign_in_header(wallet, info, "eip155:31337", **override)
+
+
+async def _challenge_info(base_url: str, headers: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        response = await client.post("/llm", json=LLM_BODY, headers=headers)
+    assert response.status_code == 402, response.text
+    required = decode_payment_required_header(response.headers["payment-required"])
+    assert required.extensions is not None
+    return required, dict(required.extensions["sign-in-with-x"]["info"])
+
+
+async def test_a_sign_in_relayed_from_another_site_is_refused(
+    served: Any, test_token: Any, payer: Any
+) -> None:
+    from x402gate.credit import SESSION_HEADER
+
+    base_url, calls, gate = served
+    victim = paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30)
+    async with victim as client:
+        assert (await client.post("/llm", json=LLM_BODY)).status_code == 200
+    credit = await gate.balance(payer.address)
+    assert credit > 0 and calls["llm"] == 1
+
+    # The attacker asks the real server for a challenge in the name of its own site.
+    spoofed = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+    required, info = await _challenge_info(base_url, spoofed)
+    assert required.resource is not None and required.resource.url == f"{ORIGIN}/llm"
+    assert (info["domain"], info["uri"], info["resources"]) == (
+        "api.conformance.test", f"{ORIGIN}/llm", [f"{ORIGIN}/llm"]
+    )
+    # So the victim's agent, on the attacker's site, signs fields naming that site; and a
+    # signature of the real challenge with a reworded statement is no better.
+    evil = {"domain": "evil.example", "uri": "https://evil.example/llm",
+            "resources": ["https://evil.example/llm"]}
+    attempts = {
+        "invalid_siwx_domain": _sign_in(info, payer, **evil),
+        "invalid_siwx_nonce": _sign_in(info, payer, statement="Sign in to evil.example."),
+    }
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as attacker:
+        for code, header in attempts.items():
+            relayed = await attacker.post(
+                "/llm", json=LLM_BODY, headers={**spoofed, "SIGN-IN-WITH-X": header}
+            )
+            assert (relayed.status_code, relayed.json()["error"]) == (402, code)
+            assert SESSION_HEADER.lower() not in relayed.headers
+    assert await gate.balance(payer.address) == credit  # no credit moved
+    assert calls["llm"] == 1  # the handler never ran
+
+    # The genuine challenge, signed by the payer, does open its credit: the refusals above are
+    # about the origin, not about sign-in failing on this adapter.
+    _, fresh = await _challenge_info(base_url, {})
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as owner:
+        ok = await owner.post(
+            "/llm", json=LLM_BODY, headers={"SIGN-IN-WITH-X": _sign_in(fresh, payer)}
+        )
+    assert ok.status_code == 200, ok.text
+    assert ok.headers[SESSION_HEADER].startswith("v2.")
+    assert calls["llm"] == 2
+
+
+async def test_malformed_sign_in_session_and_payment_headers_get_a_coded_refusal(
+    served: Any, payer: Any
+) -> None:
+    import base64
+    import json
+
+    base_url, calls, _ = served
+    _, info = await _challenge_info(base_url, {})
+
+    def raw(document: Any) -> str:
+        return base64.b64encode(json.dumps(document).encode()).decode()
+
+    signed = json.loads(base64.b64decode(_sign_in(info, payer)))
+    sign_ins = [
+        _sign_in(info, payer, uri="http://[::1/llm"),  # urlsplit raises on this
+        _sign_in(info, payer, notBefore=5),
+        _sign_in(info, payer, resources="https://api.conformance.test/llm"),
+        _sign_in(info, payer, statement=["a"]),
+        _sign_in(info, payer, requestId={"x": 1}),
+        _sign_in(info, payer, expirationTime=17),
+        _sign_in(info, payer, issuedAt="not a time"),
+        raw({**signed, "chainId": 31337}),
+        raw({**signed, "signature": "0x" + "zz" * 65}),
+        raw({**signed, "resources": [1, 2]}),
+        raw([signed]),
+        "not base64 at all!",
+        "",
+    ]
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        for header in sign_ins:
+            response = await client.post("/llm", json=LLM_BODY, headers={"SIGN-IN-WITH-X": header})
+            assert response.status_code == 402, (header, response.text)
+            assert response.json()["error"].startswith("invalid_siwx"), response.text
+        for token in ("v2.\xe9\xe9.\xe9", "v2..", "v2." + "A" * 2000, "v1.e30.AAAA"):
+            response = await client.post(
+                "/llm", json=LLM_BODY, headers=[("X402GATE-SESSION", token.encode("latin-1"))]
+            )
+            assert (response.status_code, response.json()["error"]) == (402, "payment_required")
+        for payment in ("e30=", raw({"x402Version": 2, "payload": []}), "\xff".encode("latin-1")):
+            response = await client.post(
+                "/llm", json=LLM_BODY, headers=[("PAYMENT-SIGNATURE", payment)]
+            )
+            assert response.status_code == 400, response.text
+            assert response.json()["error"], response.text
+    assert calls["llm"] == 0
+
+
+async def test_forwarded_for_only_counts_from_trusted_proxies(served: Any) -> None:
+    from x402gate.proxies import TrustedProxies
+
+    base_url, calls, gate = served
+    seen: list[Any] = []
+    gate.on_event(lambda event: seen.append(event.request.client))
+    forwarded = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7", "X-Forwarded-Host": "evil.example"}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        # The test client connects from 127.0.0.1, a trusted proxy here: the client is the
+        # entry it appended, never what the client wrote on the left.
+        via_proxy = await client.get("/paid", headers=forwarded)
+        gate.trusted_proxies = TrustedProxies()  # now the peer is nobody's proxy
+        direct = await client.get("/paid", headers=forwarded)
+    assert seen == ["203.0.113.7", "127.0.0.1"]
+    for response in (via_proxy, direct):
+        required = decode_payment_required_header(response.headers["payment-required"])
+        assert required.resource is not None and required.resource.url == f"{ORIGIN}/paid"
+    assert calls["paid"] == 0

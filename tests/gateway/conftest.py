@@ -40,6 +40,8 @@ HEADER = """\
 gateway:
   discovery: true
   secret: ${{SESSION_SECRET}}
+  public_origin: https://gateway.test
+  trusted_proxies: ["127.0.0.1"]
 pay_to: "{pay_to}"
 accepts:
   - network: "{network}"

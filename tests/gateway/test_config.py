@@ -22,6 +22,7 @@ ENV = {
     "OPENAI_API_KEY": SECRET + "-openai",
     "PAY_TO": "0x1111111111111111111111111111111111111111",
     "X402GATE_SECRET": "x" * 40,
+    "PUBLIC_ORIGIN": "https://api.example.com",
     "FACILITATOR_KEY": KEY,
 }
 
@@ -419,6 +420,32 @@ INVALID: list[tuple[str, list[tuple[str, str]] | str, dict[str, str | None], str
         {},
         'routes["POST /v1/messages"].path',
         "{id} is not a parameter",
+    ),
+    (
+        "metered route without a public origin",
+        [
+            route(
+                "upstream: anthropic\ntype: per-token\n"
+                'models:\n  "claude-*": {input: $3, output: $15}'
+            )
+        ],
+        {},
+        'routes["POST /v1/messages"]',
+        "set gateway.public_origin",
+    ),
+    (
+        "public origin with a path",
+        [("discovery: true", "discovery: true\n  public_origin: https://api.example.com/v1")],
+        {},
+        "gateway.public_origin",
+        "is not an origin",
+    ),
+    (
+        "trusted proxy that is a host name",
+        [("discovery: true", "discovery: true\n  trusted_proxies: [proxy.internal]")],
+        {},
+        "gateway.trusted_proxies",
+        "not an IP address or CIDR block",
     ),
     (
         "rest of a path without /*",

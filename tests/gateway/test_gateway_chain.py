@@ -334,3 +334,89 @@ async def test_settlement_before_pays_first_so_an_upstream_failure_is_charged(
     assert failed.status_code == 500 and "payment-response" in failed.headers
     assert test_token.balance_of(pay_to) == 2 * 10_000
     assert len(llm.requests) == 2
+
+
+async def test_a_relayed_sign_in_and_malformed_headers_reach_neither_credit_nor_upstream(
+    gateway: GatewayFactory, llm: FakeLLM, payer: Any, test_token: Any
+) -> None:
+    import base64
+
+    from x402gate.testing.payments import sign_in_header
+
+    body = {**ANTHROPIC, "stream": True}
+    with gateway() as (url, _):
+        async with paying(payer, test_token, url) as client:
+            first = await client.post("/v1/messages", json=body)
+        assert first.status_code == 200, first.text
+        token = first.headers[SESSION_HEADER]
+        left = await credit(url, token)
+        upstream_calls = len(llm.requests)
+
+        async def challenge(headers: dict[str, str]) -> dict[str, Any]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as plain:
+                answer = await plain.post("/v1/messages", json=body, headers=headers)
+            assert answer.status_code == 402, answer.text
+            required = decode_payment_required_header(answer.headers["payment-required"])
+            assert required.extensions is not None
+            return dict(required.extensions["sign-in-with-x"]["info"])
+
+        spoofed = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+        info = await challenge(spoofed)
+        assert (info["domain"], info["uri"]) == ("gateway.test", "https://gateway.test/v1/messages")
+        network = "eip155:31337"
+        relayed = sign_in_header(
+            payer, info, network, domain="evil.example", uri="https://evil.example/v1/messages",
+            resources=["https://evil.example/v1/messages"],
+        )
+        bad = [
+            sign_in_header(payer, info, network, uri="http://[::1/v1/messages"),
+            sign_in_header(payer, info, network, notBefore=1),
+            sign_in_header(payer, info, network, resources={"a": 1}),
+            base64.b64encode(b'{"domain": 5}').decode(),
+        ]
+        async with httpx.AsyncClient(base_url=url, timeout=30) as attacker:
+            answer = await attacker.post(
+                "/v1/messages", json=body, headers={**spoofed, "SIGN-IN-WITH-X": relayed}
+            )
+            assert (answer.status_code, answer.json()["error"]) == (402, "invalid_siwx_domain")
+            assert SESSION_HEADER.lower() not in answer.headers
+            for header in bad:
+                answer = await attacker.post(
+                    "/v1/messages", json=body, headers={"SIGN-IN-WITH-X": header}
+                )
+                assert answer.status_code == 402
+                assert answer.json()["error"].startswith("invalid_siwx")
+        assert len(llm.requests) == upstream_calls  # nothing forwarded
+        assert await credit(url, token) == left  # no credit moved
+
+        async with httpx.AsyncClient(base_url=url, timeout=30) as owner:
+            genuine = await owner.post(
+                "/v1/messages", json=body,
+                headers={
+                    "SIGN-IN-WITH-X": sign_in_header(payer, await challenge({}), network),
+                    "X-Forwarded-For": "6.6.6.6",
+                    "X-Forwarded-Host": "evil.example",
+                },
+            )
+        assert genuine.status_code == 200, genuine.text
+        assert len(llm.requests) == upstream_calls + 1
+        # What the client wrote about addresses and hosts is not passed on as fact.
+        assert llm.requests[-1].header("x-forwarded-for") is None
+        assert llm.requests[-1].header("x-forwarded-host") is None
+
+
+async def test_the_client_address_comes_from_the_trusted_proxy_entry_only(
+    gateway: GatewayFactory,
+) -> None:
+    from x402gate.proxies import TrustedProxies
+
+    with gateway() as (url, gw):
+        assert gw.gate.trusted_proxies.trusts("127.0.0.1")  # gateway.trusted_proxies in the file
+        seen: list[Any] = []
+        gw.gate.on_event(lambda event: seen.append(event.request.client))
+        spoofed = {"X-Forwarded-For": "6.6.6.6, 198.51.100.4"}
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await client.post("/v1/messages", json=ANTHROPIC, headers=spoofed)
+            gw.gate.trusted_proxies = TrustedProxies()
+            await client.post("/v1/messages", json=ANTHROPIC, headers=spoofed)
+    assert seen == ["198.51.100.4", "127.0.0.1"]

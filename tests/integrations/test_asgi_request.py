@@ -85,3 +85,46 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
     for kind in ("websocket", "lifespan"):
         await middleware({"type": kind, "path": "/chat"}, receive, send)
     assert seen == [("websocket", receive, send), ("lifespan", receive, send)]
+
+
+def test_forwarding_headers_count_only_from_trusted_proxies() -> None:
+    from x402gate.proxies import TrustedProxies
+
+    headers = [
+        (b"host", b"api.test"),
+        (b"x-forwarded-host", b"evil.example"),
+        (b"x-forwarded-for", b"6.6.6.6, 192.0.2.1"),
+    ]
+    proxies = TrustedProxies(["10.0.0.0/8"])
+    direct = request_info_from_scope(
+        scope(headers=headers, client=("203.0.113.5", 5000)), b"", proxies=proxies
+    )
+    assert (direct.client, direct.url) == ("203.0.113.5", "http://api.test/paid?q=1")
+    proxied = request_info_from_scope(
+        scope(headers=headers, client=("10.1.2.3", 5000)), b"", proxies=proxies
+    )
+    assert (proxied.client, proxied.url) == ("192.0.2.1", "http://evil.example/paid?q=1")
+
+
+def test_trust_proxy_headers_is_deprecated() -> None:
+    import pytest
+
+    from x402gate import PaymentGate
+    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.integrations.wsgi import PaymentMiddleware as WSGIMiddleware
+
+    class Unused:
+        async def verify(self, *args: object) -> None:
+            raise AssertionError("not called")
+
+        settle = supported = verify
+
+    gate = PaymentGate(
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C", network="base",
+        facilitator=Unused(), store="memory://",
+    )
+    with pytest.warns(DeprecationWarning, match="trusted_proxies"):
+        PaymentMiddleware(lambda *a: None, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
+    with pytest.warns(DeprecationWarning, match="trusted_proxies"):
+        WSGIMiddleware(lambda *a: [], gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
+    gate.close()

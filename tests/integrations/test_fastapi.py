@@ -588,7 +588,11 @@ async def test_discovery_lists_the_paid_operations(served: str) -> None:
 async def test_resource_url_follows_proxy_headers_only_when_trusted(
     trust: bool, gate: PaymentGate, events: list[str]
 ) -> None:
-    app, _ = build_app(gate, events, trust_proxy_headers=trust)
+    from x402gate.proxies import TrustedProxies
+
+    # The test client connects from loopback: trusted, it plays the reverse proxy.
+    gate.trusted_proxies = TrustedProxies(["127.0.0.1"] if trust else [])
+    app, _ = build_app(gate, events)
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"}
     with serve_in_thread(app) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as client:

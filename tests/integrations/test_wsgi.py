@@ -372,8 +372,12 @@ def test_body_above_the_limit_is_refused_before_any_payment_work(
 def test_forwarded_headers_set_the_resource_url_only_when_trusted(
     trust: bool, expected: str, gate: PaymentGate, shop: Shop
 ) -> None:
+    from x402gate.proxies import TrustedProxies
+
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com"}
-    with serve_wsgi(paywall(gate, shop, trust_proxy_headers=trust)) as base_url:
+    # The test client connects from loopback: trusted, it plays the reverse proxy.
+    gate.trusted_proxies = TrustedProxies(["127.0.0.1"] if trust else [])
+    with serve_wsgi(paywall(gate, shop)) as base_url:
         response = requests.get(f"{base_url}/paid", headers=forwarded, timeout=30)
     required = decode_payment_required_header(response.headers["payment-required"])
     assert required.resource is not None

@@ -78,6 +78,8 @@ class Gateway:
             max_timeout_seconds=settings.max_timeout_seconds,
             verify_with_facilitator=settings.verify_with_facilitator,
             secret=settings.secret.get_secret_value() if settings.secret is not None else None,
+            public_origin=settings.public_origin,
+            trusted_proxies=settings.trusted_proxies,
         )
         self.upstreams = {name: Upstream(name, spec) for name, spec in config.upstreams.items()}
         routes = {
@@ -103,9 +105,14 @@ class Gateway:
             gate=self.gate,
             routes=self.table,
             max_body_bytes=settings.max_body_bytes,
-            trust_proxy_headers=settings.trust_proxy_headers,
             discovery=settings.discovery,
         )
+        if settings.trust_proxy_headers:
+            logger.warning(
+                "gateway.trust_proxy_headers is deprecated: it believes X-Forwarded-* from any "
+                "peer; list your proxies in gateway.trusted_proxies instead"
+            )
+            self.app.trust_proxy_headers = True
 
     def __repr__(self) -> str:
         return f"Gateway({self.config.source!r}, {len(self.config.routes)} routes)"
@@ -191,7 +198,7 @@ def uvicorn_config(
 
     uvicorn's own ``Server`` and ``Date`` headers are off (the upstream's pass through instead
     of being doubled), and so is its reading of ``X-Forwarded-*``: the file's
-    ``trust_proxy_headers`` decides that. The HTTP parser and the event loop are
+    ``trusted_proxies`` decide that. The HTTP parser and the event loop are
     :func:`server_stack`'s.
     """
     import uvicorn

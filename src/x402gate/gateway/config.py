@@ -47,7 +47,9 @@ from ..assets import Asset, checksum_address, is_address, normalize_network, usd
 from ..errors import ConfigurationError
 from ..money import PriceLike, parse_price
 from ..pricing import MatchRules, ModelTable, PriceStrategy, Rule
+from ..proxies import TrustedProxies
 from ..routing import compile_pattern
+from ..siwx import parse_public_origins
 from ..stores.registry import DEFAULT_STORE_URL, accepted_schemes, redact_url
 from ._yaml import Loc, YAMLProblem, read_yaml
 from .redaction import Redactor
@@ -194,6 +196,9 @@ class GatewaySection(_Model):
     port: int = Field(default=8402, ge=0, le=65535)
     discovery: bool = False
     trust_proxy_headers: bool = False
+    """Deprecated: believe ``X-Forwarded-*`` from any peer. Use ``trusted_proxies``."""
+    public_origin: str | list[str] | None = None
+    trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=1 << 30)
     secret: SecretStr | None = None
     max_timeout_seconds: int = Field(default=300, ge=10, le=86_400)
@@ -687,6 +692,16 @@ class _Compiler:
             )
 
     def _gateway(self) -> None:
+        section = self.file.gateway
+        if section.public_origin is not None:
+            try:
+                parse_public_origins(section.public_origin, "public_origin")
+            except ConfigurationError as exc:
+                self._add(("gateway", "public_origin"), str(exc).removeprefix("public_origin: "))
+        try:
+            TrustedProxies(section.trusted_proxies)
+        except ConfigurationError as exc:
+            self._add(("gateway", "trusted_proxies"), str(exc).removeprefix("trusted_proxies: "))
         secret = self.file.gateway.secret
         if secret is not None and len(secret.get_secret_value().encode()) < 32:
             self._add(
@@ -746,6 +761,14 @@ class _Compiler:
             ok = self._rewrite((*loc, "path"), spec.path, params) and ok
         strategy = self._pricing(loc, spec)
         if strategy is None or not ok:
+            return None
+        if strategy.metered and self.file.gateway.public_origin is None:
+            # Sign-ins and session tokens of metered routes are bound to the public origin.
+            self._add(
+                loc,
+                "a metered route accepts sign-in-with-x and session tokens: set "
+                "gateway.public_origin (e.g. https://api.example.com)",
+            )
             return None
         topup = None
         if spec.credit_topup is not None:

@@ -58,6 +58,13 @@ DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
     "x-payment",
     "x402gate-session",
     "sign-in-with-x",
+    # Written by the client, they would let it choose the address or host an upstream believes
+    # it is serving; the gateway is the upstream's client, and client addresses stay private.
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
 }
 """Client headers never forwarded (besides those a ``Connection`` header names)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
@@ -17,7 +18,20 @@ __all__ = [
     "paid_response_headers",
     "render_error",
     "wants_html",
+    "warn_trust_proxy_headers",
 ]
+
+
+def warn_trust_proxy_headers(value: bool) -> bool:
+    """``trust_proxy_headers`` as given, with a deprecation warning when it is on."""
+    if value:
+        warnings.warn(
+            "trust_proxy_headers is deprecated: it believes X-Forwarded-* from any peer. Give the "
+            "PaymentGate trusted_proxies=[...] (and public_origin=...) instead",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return bool(value)
 
 
 def wants_html(accept: str | None) -> bool:

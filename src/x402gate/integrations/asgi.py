@@ -18,15 +18,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
+from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..routing import RouteTable
+from ..siwx import split_url
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import paid_response_headers, render_error
+from ._common import paid_response_headers, render_error, warn_trust_proxy_headers
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -40,17 +41,33 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BODY = 1 << 20
+_NO_PROXIES = TrustedProxies()
 
 
 def request_info_from_scope(
-    scope: Scope, body: bytes, *, trust_proxy_headers: bool = False
+    scope: Scope,
+    body: bytes,
+    *,
+    trust_proxy_headers: bool = False,
+    proxies: TrustedProxies | None = None,
 ) -> RequestInfo:
-    """The neutral request of an ASGI ``http`` scope."""
+    """The neutral request of an ASGI ``http`` scope.
+
+    ``proxies`` (the gate's ``trusted_proxies``) decide the client address and whether
+    ``X-Forwarded-Proto``/``-Host`` are read; ``trust_proxy_headers`` (deprecated) trusts the
+    peer whatever its address.
+    """
     headers = Headers.from_asgi(scope.get("headers", ()))
     scheme = scope.get("scheme", "http")
     host = headers.get("host")
-    if trust_proxy_headers:
-        # Only behind a proxy the operator vouches for: otherwise any client could choose the
+    peer = scope.get("client")
+    client, forwarded = (proxies or _NO_PROXIES).resolve(
+        peer[0] if peer else None,
+        headers.get("x-forwarded-for"),
+        trust_peer=trust_proxy_headers,
+    )
+    if forwarded:
+        # Only from a proxy the operator vouches for: otherwise any client could choose the
         # URL written into payment requirements.
         scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip() or scheme
         host = headers.get("x-forwarded-host", host or "").split(",")[0].strip() or host
@@ -73,14 +90,23 @@ def request_info_from_scope(
         body=body,
         url=url,
         native=scope,
+        client=client,
     )
 
 
-def public_origin(scope: Scope, *, trust_proxy_headers: bool = False) -> str:
-    """``scheme://host[:port]`` of the request, as clients see it (no path)."""
-    info = request_info_from_scope(scope, b"", trust_proxy_headers=trust_proxy_headers)
-    parts = urlsplit(info.url)
-    return f"{parts.scheme}://{parts.netloc}"
+def public_origin(
+    scope: Scope, *, trust_proxy_headers: bool = False, gate: PaymentGate | None = None
+) -> str:
+    """``scheme://host[:port]`` of the request, as clients see it (no path): one of ``gate``'s
+    configured public origins when it has them."""
+    info = request_info_from_scope(
+        scope,
+        b"",
+        trust_proxy_headers=trust_proxy_headers,
+        proxies=gate.trusted_proxies if gate is not None else None,
+    )
+    url = gate.public_url(info) if gate is not None else info.url
+    return split_url(url)[0]
 
 
 async def send_json(send: Send, status: int, document: Any) -> None:
@@ -237,8 +263,8 @@ class PaymentMiddleware:
     """ASGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
 
     :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
-    :param trust_proxy_headers: build the resource URL from ``X-Forwarded-Proto``/``-Host``;
-        only when every request comes through a proxy you control.
+    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
+        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param discovery: answer ``GET /.well-known/x402`` with a document listing ``routes``.
     """
 
@@ -256,7 +282,7 @@ class PaymentMiddleware:
         self.gate = gate
         self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
         self.max_body_bytes = max_body_bytes
-        self.trust_proxy_headers = trust_proxy_headers
+        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.discovery = discovery
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -265,7 +291,9 @@ class PaymentMiddleware:
             return
         if self.discovery and scope["method"] == "GET" and scope["path"] == WELL_KNOWN_PATH:
             # Served before the route table: a catch-all paid route must not put it behind a 402.
-            origin = public_origin(scope, trust_proxy_headers=self.trust_proxy_headers)
+            origin = public_origin(
+                scope, trust_proxy_headers=self.trust_proxy_headers, gate=self.gate
+            )
             await send_json(send, 200, discovery_document(self.gate, self.routes, origin))
             return
         if scope["method"] == "GET" and scope["path"] == CREDIT_PATH:
@@ -289,7 +317,12 @@ class PaymentMiddleware:
             return
         if disconnected:
             return
-        info = request_info_from_scope(scope, body, trust_proxy_headers=self.trust_proxy_headers)
+        info = request_info_from_scope(
+            scope,
+            body,
+            trust_proxy_headers=self.trust_proxy_headers,
+            proxies=self.gate.trusted_proxies,
+        )
         try:
             session = await self.gate.begin(route, info)
         except PaymentError as exc:

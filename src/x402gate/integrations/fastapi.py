@@ -47,7 +47,7 @@ from ..errors import ConfigurationError, PaymentError
 from ..gate import PAYING_HEADERS, Payment, PaymentGate, PaymentSession, Route, Settlement
 from ..pricing import as_strategy
 from ..request import Headers
-from ._common import render_error
+from ._common import render_error, warn_trust_proxy_headers
 from ._openapi import document_paid_operation
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .asgi import (
@@ -201,9 +201,14 @@ class _SettlementLayer:
         """Answer an unpaid request for a known paid URL as the dependency would; ``False`` if
         the gate unexpectedly accepted it (then it takes the full path)."""
         settings = self.settings
-        info = request_info_from_scope(scope, b"", trust_proxy_headers=settings.trust_proxy_headers)
-        info.native = Request(scope, receive)
         gate = dependency.gate or settings.gate
+        info = request_info_from_scope(
+            scope,
+            b"",
+            trust_proxy_headers=settings.trust_proxy_headers,
+            proxies=gate.trusted_proxies,
+        )
+        info.native = Request(scope, receive)
         try:
             session = await gate.begin(dependency.route_for(gate), info)
         except PaymentError as exc:
@@ -286,11 +291,14 @@ class RequirePayment:
         body = await request.body()  # kept by Starlette: the endpoint can read it again
         if len(body) > settings.max_body_bytes:
             raise too_large
+        gate = self.gate or settings.gate
         info = request_info_from_scope(
-            request.scope, body, trust_proxy_headers=settings.trust_proxy_headers
+            request.scope,
+            body,
+            trust_proxy_headers=settings.trust_proxy_headers,
+            proxies=gate.trusted_proxies,
         )
         info.native = request
-        gate = self.gate or settings.gate
         if settings.app is not None:
             settings.shortcuts.learn(settings.app, request, self)
         session = await gate.begin(self.route_for(gate), info)
@@ -376,12 +384,13 @@ def install(
     each paid operation in the OpenAPI schema (402 response, price, ``x-payment-info``) and,
     with ``discovery=True``, serves ``GET /.well-known/x402``.
 
-    :param trust_proxy_headers: build resource URLs from ``X-Forwarded-Proto``/``-Host``; only
-        when every request comes through a proxy you control.
+    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
+        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
     """
     if getattr(app.state, "x402gate", None) is not None:
         raise ConfigurationError("x402gate is already installed on this app")
+    trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
     app.state.x402gate = settings = _Settings(gate, trust_proxy_headers, max_body_bytes, app)
     app.add_middleware(_SettlementLayer, settings=settings)
     app.add_exception_handler(PaymentError, _payment_error)
@@ -412,7 +421,9 @@ def install(
 
         async def well_known(request: Request) -> Response:
             # Operation paths are relative to the app, which may be served under a prefix.
-            origin = public_origin(request.scope, trust_proxy_headers=trust_proxy_headers)
+            origin = public_origin(
+                request.scope, trust_proxy_headers=trust_proxy_headers, gate=gate
+            )
             origin += request.scope.get("root_path", "")
             document = discovery_document(gate, [], origin)
             for route, paying, paid in paid_routes():

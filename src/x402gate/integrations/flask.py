@@ -39,7 +39,13 @@ from ..pricing import as_strategy
 from ..request import Headers, RequestInfo
 from ..stores import open_store
 from ..stores.registry import DEFAULT_STORE_URL
-from ._common import MeteredBody, meter_body, paid_response_headers, render_error
+from ._common import (
+    MeteredBody,
+    meter_body,
+    paid_response_headers,
+    render_error,
+    warn_trust_proxy_headers,
+)
 from .wsgi import DEFAULT_MAX_BODY, base_url_of, request_info_from_environ
 
 __all__ = ["GateState", "X402Gate", "current_payment", "gate_from_config", "require_payment"]
@@ -146,8 +152,8 @@ class X402Gate:
     :param gate: the gate to use; when omitted, :meth:`init_app` builds one from the app's
         ``X402GATE_*`` config (see :func:`gate_from_config`).
     :param discovery: serve ``GET /.well-known/x402`` listing every ``require_payment`` view.
-    :param trust_proxy_headers: build resource URLs from ``X-Forwarded-Proto``/``-Host``; only
-        when every request comes through a proxy you control (or use werkzeug's ``ProxyFix``).
+    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
+        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param max_body_bytes: largest request body read for pricing on a paid view (413 above).
     """
 
@@ -162,7 +168,7 @@ class X402Gate:
     ) -> None:
         self._gate = gate
         self.discovery = discovery
-        self.trust_proxy_headers = trust_proxy_headers
+        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.max_body_bytes = max_body_bytes
         if app is not None:
             self.init_app(app)
@@ -221,7 +227,7 @@ class _PaidView:
         gate = self.gate or state.gate
         accept = request.headers.get("Accept")
         try:
-            session = gate.begin_sync(self.route_for(gate), _request_info(state))
+            session = gate.begin_sync(self.route_for(gate), _request_info(state, gate))
         except PaymentError as exc:
             return _error(exc, accept)
         setattr(g, _SESSION, session)
@@ -259,7 +265,7 @@ class _PaidView:
         return response
 
 
-def _request_info(state: GateState) -> RequestInfo:
+def _request_info(state: GateState, gate: PaymentGate) -> RequestInfo:
     limit = request.max_content_length
     if limit is None or limit > state.max_body_bytes:
         with contextlib.suppress(AttributeError):  # no per-request limit before Flask 3.1
@@ -274,7 +280,11 @@ def _request_info(state: GateState) -> RequestInfo:
             413, "request_too_large", "request body too large for a paid route"
         ) from None
     return request_info_from_environ(
-        request.environ, body, trust_proxy_headers=state.trust_proxy_headers, native=request
+        request.environ,
+        body,
+        trust_proxy_headers=state.trust_proxy_headers,
+        native=request,
+        proxies=gate.trusted_proxies,
     )
 
 
@@ -365,7 +375,9 @@ def _discovery() -> Response:
         template = _RULE_PARAM.sub(r"{\1}", rule.rule)  # /items/<int:id> -> /items/{id}
         key = f"{methods} {template}"
         by_gate.setdefault(id(gate), (gate, []))[1].append((key, paid.route_for(gate)))
-    base = base_url_of(request.environ, trust_proxy_headers=state.trust_proxy_headers)
+    base = base_url_of(
+        request.environ, trust_proxy_headers=state.trust_proxy_headers, gate=state.gate
+    )
     document = discovery_document(state.gate, [], base)
     for gate, items in by_gate.values():
         document["items"].extend(discovery_document(gate, items, base)["items"])

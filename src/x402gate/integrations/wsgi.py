@@ -25,15 +25,18 @@ from urllib.parse import quote
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
+from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..routing import RouteTable
+from ..siwx import split_url
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import MeteredBody, paid_response_headers, render_error
+from ._common import MeteredBody, paid_response_headers, render_error, warn_trust_proxy_headers
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["PaymentMiddleware", "base_url_of", "error_response", "request_info_from_environ"]
 
 DEFAULT_MAX_BODY = 1 << 20
+_NO_PROXIES = TrustedProxies()
 PAYMENT_ENVIRON_KEY = "x402gate.payment"
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -52,11 +55,34 @@ def _headers(environ: WSGIEnviron) -> Headers:
     return Headers(pairs)
 
 
-def base_url_of(environ: WSGIEnviron, *, trust_proxy_headers: bool = False) -> str:
-    """Public origin plus ``SCRIPT_NAME`` of a request (PEP 3333's URL reconstruction)."""
+def _client(
+    environ: WSGIEnviron, proxies: TrustedProxies | None, trust_proxy_headers: bool
+) -> tuple[str | None, bool]:
+    return (proxies or _NO_PROXIES).resolve(
+        environ.get("REMOTE_ADDR") or None,
+        environ.get("HTTP_X_FORWARDED_FOR"),
+        trust_peer=trust_proxy_headers,
+    )
+
+
+def base_url_of(
+    environ: WSGIEnviron,
+    *,
+    trust_proxy_headers: bool = False,
+    proxies: TrustedProxies | None = None,
+    gate: PaymentGate | None = None,
+) -> str:
+    """Public origin plus ``SCRIPT_NAME`` of a request (PEP 3333's URL reconstruction).
+
+    The origin is one of ``gate``'s configured public origins when it has them;
+    ``X-Forwarded-Proto``/``-Host`` are read only from ``proxies`` (or any peer with the
+    deprecated ``trust_proxy_headers``).
+    """
     scheme = environ.get("wsgi.url_scheme", "http")
     host = environ.get("HTTP_HOST")
-    if trust_proxy_headers:
+    if gate is not None:
+        proxies = gate.trusted_proxies
+    if _client(environ, proxies, trust_proxy_headers)[1]:
         # Only behind a proxy the operator vouches for: otherwise any client could choose the
         # URL written into payment requirements.
         forwarded_proto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[0].strip()
@@ -66,16 +92,29 @@ def base_url_of(environ: WSGIEnviron, *, trust_proxy_headers: bool = False) -> s
         port = str(environ.get("SERVER_PORT", ""))
         default = (scheme == "https" and port == "443") or (scheme == "http" and port == "80")
         host = environ.get("SERVER_NAME", "localhost") + ("" if default or not port else f":{port}")
-    return f"{scheme}://{host}{quote(environ.get('SCRIPT_NAME', '').encode('latin-1'))}"
+    origin = f"{scheme}://{host}"
+    if gate is not None and gate.public_origins:
+        origin = split_url(gate.public_url(RequestInfo("GET", "/", url=origin + "/")))[0]
+    return origin + quote(environ.get("SCRIPT_NAME", "").encode("latin-1"))
 
 
 def request_info_from_environ(
-    environ: WSGIEnviron, body: bytes, *, trust_proxy_headers: bool = False, native: Any = None
+    environ: WSGIEnviron,
+    body: bytes,
+    *,
+    trust_proxy_headers: bool = False,
+    native: Any = None,
+    proxies: TrustedProxies | None = None,
 ) -> RequestInfo:
-    """The neutral request of a WSGI environ (``body`` already read by the caller)."""
+    """The neutral request of a WSGI environ (``body`` already read by the caller).
+
+    ``proxies`` (the gate's ``trusted_proxies``) decide the client address and whether
+    ``X-Forwarded-Proto``/``-Host`` are read.
+    """
     raw_path = environ.get("PATH_INFO", "") or "/"
     query = environ.get("QUERY_STRING", "")
-    url = base_url_of(environ, trust_proxy_headers=trust_proxy_headers)
+    client, _ = _client(environ, proxies, trust_proxy_headers)
+    url = base_url_of(environ, trust_proxy_headers=trust_proxy_headers, proxies=proxies)
     url += quote(raw_path.encode("latin-1")) + (f"?{query}" if query else "")
     return RequestInfo(
         environ.get("REQUEST_METHOD", "GET"),
@@ -85,6 +124,7 @@ def request_info_from_environ(
         body=body,
         url=url,
         native=environ if native is None else native,
+        client=client,
     )
 
 
@@ -261,8 +301,8 @@ class PaymentMiddleware:
     """WSGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
 
     :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
-    :param trust_proxy_headers: build the resource URL from ``X-Forwarded-Proto``/``-Host``;
-        only when every request comes through a proxy you control.
+    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
+        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param discovery: serve ``GET /.well-known/x402`` listing the paid routes.
     """
 
@@ -280,7 +320,7 @@ class PaymentMiddleware:
         self.gate = gate
         self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
         self.max_body_bytes = max_body_bytes
-        self.trust_proxy_headers = trust_proxy_headers
+        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.discovery = discovery
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
@@ -297,7 +337,10 @@ class PaymentMiddleware:
         try:
             body = self._read_body(environ)
             info = request_info_from_environ(
-                environ, body, trust_proxy_headers=self.trust_proxy_headers
+                environ,
+                body,
+                trust_proxy_headers=self.trust_proxy_headers,
+                proxies=self.gate.trusted_proxies,
             )
             session = self.gate.begin_sync(route, info)
         except PaymentError as exc:
@@ -345,7 +388,7 @@ class PaymentMiddleware:
         return b"".join(chunks)
 
     def _discovery(self, environ: WSGIEnviron, start_response: StartResponse) -> list[bytes]:
-        base = base_url_of(environ, trust_proxy_headers=self.trust_proxy_headers)
+        base = base_url_of(environ, trust_proxy_headers=self.trust_proxy_headers, gate=self.gate)
         body = json.dumps(discovery_document(self.gate, self.routes, base)).encode()
         start_response(
             "200 OK",

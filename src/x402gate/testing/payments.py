@@ -5,12 +5,17 @@ the others: expired, not yet valid, for another amount, recipient or token, with
 signature. :func:`sign_exact_payment` builds a v2 ``PaymentPayload`` for given requirements with
 any field overridden, signed with eth-account's EIP-712 implementation (independent of the code
 under test); :func:`encode_payment` turns it into a ``PAYMENT-SIGNATURE`` header value.
+:func:`sign_in_header` answers a sign-in-with-x challenge the way a wallet does, with any field
+overridden (what a wallet shown a relayed or doctored challenge would sign).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..assets import chain_id_of
@@ -19,7 +24,7 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
     from x402.schemas import PaymentPayload, PaymentRequirements
 
-__all__ = ["encode_payment", "sign_exact_payment"]
+__all__ = ["encode_payment", "sign_exact_payment", "sign_in_header"]
 
 
 def sign_exact_payment(
@@ -105,3 +110,20 @@ def encode_payment(payload: PaymentPayload) -> str:
     from ..protocol import b64json
 
     return b64json(payload.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def sign_in_header(
+    account: LocalAccount, info: Mapping[str, Any], network: str, **override: Any
+) -> str:
+    """A ``SIGN-IN-WITH-X`` header: the challenge ``info`` (from a 402's ``sign-in-with-x``
+    extension) with ``override`` applied, signed with EIP-191 by ``account`` on ``network``."""
+    from eth_account.messages import encode_defunct
+
+    from ..siwx import format_eip4361
+
+    fields = {**info, "chainId": network, "type": "eip191", **override}
+    message = format_eip4361(fields, account.address, chain_id_of(network))
+    signature = account.sign_message(encode_defunct(text=message)).signature.hex()
+    signed = "0x" + signature.removeprefix("0x")
+    payload = {**fields, "address": account.address, "signature": signed}
+    return base64.b64encode(json.dumps(payload).encode()).decode()

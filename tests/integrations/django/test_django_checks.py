@@ -142,3 +142,14 @@ def test_without_django_the_import_error_says_what_to_install() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'x402gate[django]'" in result.stdout
+
+
+def test_metered_routes_need_a_public_origin_and_it_must_be_an_origin() -> None:
+    from x402gate.metering import PerToken, TokenPrice
+
+    metered = {**VALID, "ROUTES": {"POST /chat": PerToken(TokenPrice(input="$1", output="$2"))}}
+    assert ids(metered) == ["x402gate.E003"]
+    assert ids({**metered, "PUBLIC_ORIGIN": "https://api.example.com"}) == []
+    assert ids({**VALID, "PUBLIC_ORIGIN": "https://api.example.com/v1"}) == ["x402gate.E005"]
+    assert ids({**VALID, "TRUSTED_PROXIES": ["proxy.internal"]}) == ["x402gate.E005"]
+    assert ids({**VALID, "TRUSTED_PROXIES": ["10.0.0.0/8"]}) == []

@@ -388,6 +388,29 @@ def test_resource_url_trusts_forwarded_host_only_when_django_does(
     assert url(proxied) == "https://api.example.com/paid?q=1"
 
 
+def test_public_origin_and_trusted_proxies_from_the_settings(
+    shop: Shop, gate: PaymentGate, test_token: Any, pay_to: str
+) -> None:
+    from x402gate.django import get_gate
+
+    settings = {
+        "PAY_TO": pay_to, "ASSETS": [test_token.asset], "FACILITATOR": gate.facilitator,
+        "STORE_URL": "memory://", "ROUTES": ROUTES,
+        "PUBLIC_ORIGIN": "https://shop.example", "TRUSTED_PROXIES": ["127.0.0.1"],
+    }
+    forwarded = {"X-Forwarded-Host": "evil.example", "X-Forwarded-For": "6.6.6.6, 192.0.2.8"}
+    seen: list[Any] = []
+    with django_server(shop.urls(), settings, USE_X_FORWARDED_HOST=True) as site:
+        get_gate().on_event(lambda event: seen.append(event.request.client))
+        response = requests.get(f"{site}/paid", headers=forwarded, timeout=30)
+    resource = decode_payment_required_header(response.headers["payment-required"]).resource
+    # Even with Django told to believe X-Forwarded-Host, the payment terms name the configured
+    # origin; the client is the entry the trusted proxy (the loopback peer here) appended.
+    assert resource is not None and resource.url == "https://shop.example/paid"
+    assert seen == ["192.0.2.8"]
+    assert shop.calls == {}
+
+
 def test_discovery_lists_routes_view_names_and_decorated_views(site: str) -> None:
     document = requests.get(f"{site}/.well-known/x402", timeout=30).json()
     listed = {

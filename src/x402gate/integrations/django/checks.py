@@ -28,6 +28,8 @@ from django.utils.module_loading import import_string
 from ...assets import Asset, checksum_address, normalize_network, usdc
 from ...errors import ConfigurationError
 from ...gate import PaymentGate
+from ...proxies import TrustedProxies
+from ...siwx import parse_public_origins
 from ...stores.registry import accepted_schemes, redact_url
 from .conf import GATE_KEYS, KNOWN_KEYS, build_gate, build_routes, conf
 
@@ -114,6 +116,15 @@ def _check_options() -> list[CheckMessage]:
     timeout = conf.MAX_TIMEOUT_SECONDS
     if isinstance(timeout, bool) or not isinstance(timeout, int) or not 10 <= timeout <= 86_400:
         errors.append(_error(5, "X402GATE['MAX_TIMEOUT_SECONDS'] must be an int from 10 to 86400."))
+    if conf.PUBLIC_ORIGIN is not None:
+        try:
+            parse_public_origins(conf.PUBLIC_ORIGIN, "PUBLIC_ORIGIN")
+        except ConfigurationError as exc:
+            errors.append(_error(5, f"X402GATE: {exc}", "e.g. 'https://api.example.com'"))
+    try:
+        TrustedProxies(conf.TRUSTED_PROXIES, setting="TRUSTED_PROXIES")
+    except ConfigurationError as exc:
+        errors.append(_error(5, f"X402GATE: {exc}", "e.g. ['10.0.0.0/8']"))
     for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "DISCOVERY"):
         if not isinstance(getattr(conf, key), bool):
             errors.append(_error(5, f"X402GATE[{key!r}] must be True or False."))
@@ -136,12 +147,19 @@ def _gate_for_checks() -> tuple[PaymentGate | None, list[CheckMessage]]:
     if errors:
         return None, errors
     try:
+        origins = parse_public_origins(conf.PUBLIC_ORIGIN) if conf.PUBLIC_ORIGIN else None
+        proxies = list(TrustedProxies(conf.TRUSTED_PROXIES).networks)
+    except ConfigurationError:  # reported as E005 by the option checks
+        origins, proxies = None, []
+    try:
         gate = PaymentGate(
             pay_to=conf.PAY_TO,
             network=conf.NETWORK,
             assets=conf.ASSETS,
             facilitator=_NoFacilitator(),
             store="memory://",
+            public_origin=origins,
+            trusted_proxies=[str(network) for network in proxies],
         )
     except ConfigurationError as exc:  # e.g. a PAY_TO mapping without one of the networks
         return None, [_error(1, f"X402GATE: {exc}")]

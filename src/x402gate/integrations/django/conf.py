@@ -60,9 +60,19 @@ __all__ = [
 
 GATE_KEYS = frozenset(
     {
-        "PAY_TO", "NETWORK", "ASSETS", "FACILITATOR", "FACILITATOR_URL", "FACILITATOR_HEADERS",
-        "FACILITATOR_TIMEOUT", "STORE_URL", "MAX_TIMEOUT_SECONDS", "VERIFY_WITH_FACILITATOR",
+        "PAY_TO",
+        "NETWORK",
+        "ASSETS",
+        "FACILITATOR",
+        "FACILITATOR_URL",
+        "FACILITATOR_HEADERS",
+        "FACILITATOR_TIMEOUT",
+        "STORE_URL",
+        "MAX_TIMEOUT_SECONDS",
+        "VERIFY_WITH_FACILITATOR",
         "ALLOW_SMART_WALLETS",
+        "PUBLIC_ORIGIN",
+        "TRUSTED_PROXIES",
     }
 )
 """Keys that describe the gate; they cannot be combined with ``GATE``."""
@@ -135,6 +145,16 @@ class Settings:
         return self._get("ALLOW_SMART_WALLETS", False)
 
     @property
+    def PUBLIC_ORIGIN(self) -> Any:
+        """The origin (or list) clients reach the site at; metered routes need it."""
+        return self._get("PUBLIC_ORIGIN")
+
+    @property
+    def TRUSTED_PROXIES(self) -> Any:
+        """IP addresses / CIDR blocks of the reverse proxies in front of the site."""
+        return self._get("TRUSTED_PROXIES", ())
+
+    @property
     def ROUTES(self) -> Any:
         return self._get("ROUTES", {})
 
@@ -184,6 +204,8 @@ def build_gate() -> tuple[PaymentGate, bool]:
         max_timeout_seconds=conf.MAX_TIMEOUT_SECONDS,
         verify_with_facilitator=conf.VERIFY_WITH_FACILITATOR,
         allow_smart_wallets=conf.ALLOW_SMART_WALLETS,
+        public_origin=conf.PUBLIC_ORIGIN,
+        trusted_proxies=conf.TRUSTED_PROXIES,
     )
     return gate, True
 
@@ -210,9 +232,7 @@ def _route(gate: PaymentGate, key: str, spec: Any) -> Route:
     return gate.route(spec)
 
 
-def build_routes(
-    gate: PaymentGate, routes: Any
-) -> tuple[RouteTable | None, tuple[ViewRoute, ...]]:
+def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tuple[ViewRoute, ...]]:
     """Split ``ROUTES`` into a path table and URL-name entries; ``ConfigurationError`` if bad."""
     if not isinstance(routes, Mapping):
         raise ConfigurationError("ROUTES must map 'METHOD /path' or 'view:name' keys to prices")

@@ -30,7 +30,9 @@ from ..._runner import run_sync
 from ...discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ...errors import PaymentError
 from ...gate import PaymentSession, Route
+from ...proxies import TrustedProxies
 from ...request import RequestInfo
+from ...siwx import split_url
 from .._common import AsyncMeteredBody, MeteredBody, meter_body, paid_response_headers, render_error
 from .conf import Runtime, get_runtime
 
@@ -116,10 +118,12 @@ def _http_request(request: Any) -> HttpRequest:
     return inner if isinstance(inner, HttpRequest) else request
 
 
-def request_info(request: HttpRequest) -> RequestInfo:
+def request_info(request: HttpRequest, proxies: TrustedProxies | None = None) -> RequestInfo:
     """The neutral request for pricing. The resource URL comes from ``build_absolute_uri``, so
     Django's own proxy settings (``USE_X_FORWARDED_HOST``, ``SECURE_PROXY_SSL_HEADER``) and
-    ``ALLOWED_HOSTS`` decide which host and scheme are trusted."""
+    ``ALLOWED_HOSTS`` decide which host and scheme are trusted (the gate's ``public_origin``
+    replaces them where it is set). ``proxies`` (the gate's ``trusted_proxies``) decide the
+    client address."""
     body = b""
     # Uploads are not pulled into memory for pricing: prices never see multipart bodies.
     if not request.META.get("CONTENT_TYPE", "").startswith("multipart/"):
@@ -135,6 +139,9 @@ def request_info(request: HttpRequest) -> RequestInfo:
         body=body,
         url=request.build_absolute_uri(),
         native=request,
+        client=(proxies or TrustedProxies()).client_address(
+            request.META.get("REMOTE_ADDR") or None, request.META.get("HTTP_X_FORWARDED_FOR")
+        ),
     )
 
 
@@ -166,7 +173,8 @@ def paid_flow(request: Any, state: RequestState, route: Route) -> Flow:
         return (yield from _guarded_call(state))
     http = _http_request(request)
     try:
-        state.session = yield state.runtime.gate.begin(route, request_info(http))
+        gate = state.runtime.gate
+        state.session = yield gate.begin(route, request_info(http, gate.trusted_proxies))
     except PaymentError as exc:
         return error_response(exc, http)
     http.payment = state.session.payment
@@ -249,7 +257,9 @@ def _discovery_response(request: HttpRequest, runtime: Runtime) -> HttpResponse:
     from .discovery import discoverable_routes
 
     script_name = request.path[: len(request.path) - len(request.path_info)]
-    base = request.build_absolute_uri("/").rstrip("/") + script_name
+    # The configured public origin, when there is one: not what the request's Host says.
+    origin = runtime.gate.public_url(RequestInfo("GET", "/", url=request.build_absolute_uri("/")))
+    base = split_url(origin)[0] + script_name
     routes = discoverable_routes(runtime, getattr(request, "urlconf", None))
     return JsonResponse(discovery_document(runtime.gate, routes, base))
 
