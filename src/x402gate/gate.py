@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import protocol
+from ._holds import HoldKeeper
 from ._runner import run_sync
 from .assets import Asset, checksum_address, normalize_network, usdc
 from .clock import Clock, SystemClock
@@ -67,7 +68,15 @@ if TYPE_CHECKING:
 
     from .facilitators import Facilitator
 
-__all__ = ["Payment", "PaymentEvent", "PaymentGate", "PaymentSession", "Route", "Settlement"]
+__all__ = [
+    "HOLD_MARGIN_SECONDS",
+    "Payment",
+    "PaymentEvent",
+    "PaymentGate",
+    "PaymentSession",
+    "Route",
+    "Settlement",
+]
 
 logger = logging.getLogger("x402gate")
 
@@ -88,6 +97,9 @@ _PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
 PAYMENT_IDENTIFIER = "payment-identifier"
 COMMIT_WAIT_SECONDS = 5.0
 """How long a payer's next credit request waits for the commit of its previous answer."""
+
+HOLD_MARGIN_SECONDS = 30
+"""How much longer than a per-second route's ``max_seconds`` ``credit_ttl_seconds`` must be."""
 
 
 def payment_identifier_extension(required: bool) -> dict[str, Any]:
@@ -192,6 +204,11 @@ class PaymentSession:
     commit_hold: tuple[str, concurrent.futures.Future[None]] | None = None
     """Metered routes: (account, future) while the charge is being committed after the answer
     went out; the payer's next request waits for it (see :meth:`PaymentGate.hold_commit`)."""
+    deadline: float | None = None
+    """Per-second routes: when the paid maximum runs out (``started + max_seconds``); the
+    integrations end the answer there (see :meth:`PaymentGate.answer_overdue`)."""
+    cut: bool = False
+    """Set by an integration that ended the answer at :attr:`deadline`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +252,11 @@ class PaymentGate:
         omitted.
     :param session_tokens: issues the ``X402GATE-SESSION`` tokens returning payers of metered
         routes use to spend their credit (built from ``secret`` by default).
-    :param credit_ttl_seconds: how long a credit reservation may live before a crashed
-        request's hold is returned to the payer.
+    :param credit_ttl_seconds: how long a credit reservation lives without renewal: the hold
+        of a crashed request returns to the payer after it. Holds of running requests are
+        renewed (every second, when less than half of it is left), so an answer may run longer;
+        a per-second route's ``max_seconds`` must still fit in it with
+        :data:`HOLD_MARGIN_SECONDS` to spare.
     :param clock: time source (tests inject one).
     """
 
@@ -288,6 +308,8 @@ class PaymentGate:
             raise ConfigurationError("credit_ttl_seconds must be an integer of at least 60")
         self.credit_ttl_seconds = credit_ttl_seconds
         self.clock: Clock = clock or SystemClock()
+        # Renews the holds of requests still running, so an answer never outlives its hold.
+        self.holds = HoldKeeper(self.store, self.clock, credit_ttl_seconds)
         self._listeners: list[EventListener] = []
         # Credit accounts whose charge is being committed after the answer went out: the next
         # request of that payer waits for the commit before reserving (see hold_commit).
@@ -379,6 +401,7 @@ class PaymentGate:
                     "metered routes settle when the answer starts; settlement='before' is not "
                     "available for them"
                 )
+            self._check_longest_answer(strategy)
         elif credit_topup is not None:
             raise ConfigurationError("credit_topup applies to metered prices only")
         topup = parse_price(credit_topup) if credit_topup is not None else 0
@@ -409,6 +432,44 @@ class PaymentGate:
             payment_identifier=payment_identifier,
             credit_topup=topup,
         )
+
+    def _check_longest_answer(self, strategy: Any) -> None:
+        from .metering import PerSecond
+
+        if not isinstance(strategy, PerSecond):
+            return
+        # The hold is renewed while the answer runs; this keeps even a process that cannot
+        # renew (a stalled thread, a store hiccup) from losing it before the paid maximum.
+        if strategy.max_seconds + HOLD_MARGIN_SECONDS > self.credit_ttl_seconds:
+            raise ConfigurationError(
+                f"credit_ttl_seconds ({self.credit_ttl_seconds}) must exceed PerSecond "
+                f"max_seconds ({float(strategy.max_seconds):g}) by at least "
+                f"{HOLD_MARGIN_SECONDS} seconds: a credit hold must outlive the longest answer"
+            )
+
+    @staticmethod
+    def _deadline(route: Route, started: float) -> float | None:
+        from .metering import PerSecond
+
+        price = route.price
+        if isinstance(price, PerSecond):
+            return started + float(price.max_seconds)
+        return None
+
+    def answer_overdue(self, session: PaymentSession) -> bool:
+        """True once a per-second answer has run its paid maximum (``max_seconds``).
+
+        Integrations check it before each body chunk and end the answer there: what comes
+        after was not paid for. :attr:`PaymentSession.deadline` is ``None`` on other routes.
+        """
+        return session.deadline is not None and self.clock.now() >= session.deadline
+
+    def overdue_check(self, session: PaymentSession) -> Callable[[], bool] | None:
+        """:meth:`answer_overdue` of ``session`` as a function for body wrappers; ``None`` when
+        the route has no paid maximum (nothing to check per chunk)."""
+        if session.deadline is None:
+            return None
+        return lambda: self.answer_overdue(session)
 
     def on_event(self, listener: EventListener) -> EventListener:
         """Call ``listener(event)`` (sync or async) on each event; usable as a decorator."""
@@ -767,6 +828,7 @@ class PaymentGate:
                 logger.error("credit ledger failed: %s", exc)
                 raise self._failure(exc) from None
             if reserved:
+                self.holds.add(reservation, int(now) + self.credit_ttl_seconds)
                 session = self._credit_session(
                     route, request, req, claims.payer, quote, reservation
                 )
@@ -838,6 +900,7 @@ class PaymentGate:
             valid_before=0,
             from_credit=True,
         )
+        started = self.clock.now()
         return PaymentSession(
             route=route,
             request=request,
@@ -849,7 +912,8 @@ class PaymentGate:
             token="",
             quote=quote,
             reservation=reservation,
-            started=self.clock.now(),
+            started=started,
+            deadline=self._deadline(route, started),
         )
 
     async def _fund_reservation(self, session: PaymentSession) -> None:
@@ -882,6 +946,7 @@ class PaymentGate:
                 "your payment was added to your credit, but it does not cover this request yet",
                 headers=self._credit_headers(session),
             )
+        self.holds.add(reservation, int(now) + self.credit_ttl_seconds)
         session.reservation = reservation
 
     def _credit_headers(self, session: PaymentSession) -> dict[str, str]:
@@ -966,6 +1031,7 @@ class PaymentGate:
         if reservation is None:
             self._drop_hold(session)
             return session.charged or 0
+        self.holds.discard(reservation)
         try:
             from .metering import PerSecond, Usage
 
@@ -1002,6 +1068,7 @@ class PaymentGate:
         if reservation is None:
             self._drop_hold(session)
             return
+        self.holds.discard(reservation)
         try:
             await self._store_call(self.store.credit_release, reservation, self.clock.now())
         except StoreError as exc:
@@ -1169,6 +1236,7 @@ class PaymentGate:
             idempotency=idempotency,
             started=self.clock.now(),
         )
+        session.deadline = self._deadline(route, session.started)
         if route.price.metered:
             session.quote = full_quotes[(requirements.network, requirements.asset)]
 
@@ -1329,6 +1397,7 @@ class PaymentGate:
 
     def close(self) -> None:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
+        self.holds.close()
         self.store.close()
 
     async def aclose(self) -> None:
@@ -1338,4 +1407,5 @@ class PaymentGate:
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()
+        self.holds.close()
         self.store.close()

@@ -16,6 +16,7 @@ answers ``GET /.well-known/x402`` with the paid routes (see :mod:`x402gate.disco
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,16 +31,20 @@ from ._common import paid_response_headers, render_error
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "AnswerCut",
     "PaymentMiddleware",
     "finish_recording",
     "public_origin",
     "request_info_from_scope",
+    "run_paid_app",
     "send_error",
     "send_json",
     "settling_send",
 ]
 
 DEFAULT_MAX_BODY = 1 << 20
+
+logger = logging.getLogger("x402gate")
 
 
 def request_info_from_scope(
@@ -136,6 +141,8 @@ def settling_send(
     async def send_paid(message: Message) -> None:
         nonlocal blocked, recording, status, headers, size
         kind = message["type"]
+        if session.cut:
+            raise AnswerCut  # the answer is over: stop the app from making more
         if kind == "http.response.start":
             try:
                 extra = await gate.finish(session, int(message["status"]), recording=recording)
@@ -157,6 +164,15 @@ def settling_send(
             recording = recording and session.idempotency is not None
             await send(message)
         elif not blocked:
+            if (
+                session.deadline is not None
+                and kind == "http.response.body"
+                and session.reservation is not None
+                and gate.answer_overdue(session)
+            ):
+                # A per-second answer ran its paid maximum: it ends here, without this chunk.
+                session.cut = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             if session.reservation is not None and kind == "http.response.body":
                 # Usage is read as the answer streams out, each chunk after it went out, so
                 # metering delays no byte; nothing is buffered. The charge is committed after
@@ -188,8 +204,31 @@ def settling_send(
                     recording = False
                     kept = b"".join(chunks) if size <= MAX_IDEMPOTENT_RESPONSE_BYTES else None
                     await gate.record(session, status, headers, kept)
+            if session.cut:
+                raise AnswerCut
 
     return send_paid
+
+
+class AnswerCut(Exception):
+    """Raised into an app from ``send`` once its answer was ended at the paid maximum of a
+    per-second route (:meth:`PaymentGate.answer_overdue`), so that it stops working for
+    nobody. The middleware that wrapped ``send`` swallows it (see :func:`run_paid_app`)."""
+
+
+async def run_paid_app(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, session: PaymentSession
+) -> None:
+    """Run ``app`` with a :func:`settling_send` ``send``: an answer ended at its paid maximum
+    stops the app, which is the expected end of that request, not an error."""
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        # The app's reaction to AnswerCut (possibly wrapped in an exception group, or turned
+        # into its own error) comes after a complete answer: nothing more to tell anyone.
+        if not session.cut:
+            raise
+        logger.debug("the answer reached its paid maximum and was ended there")
 
 
 async def finish_recording(gate: PaymentGate, session: PaymentSession) -> None:
@@ -325,7 +364,7 @@ class PaymentMiddleware:
 
         send_paid = settling_send(send, self.gate, session, accept)
         try:
-            await self.app(scope, replay, send_paid)
+            await run_paid_app(self.app, scope, replay, send_paid, session)
         finally:
             # An exception, a cancelled request or an app that never answered: charge nothing.
             if not session.done:
