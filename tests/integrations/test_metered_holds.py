@@ -136,6 +136,18 @@ async def tick_async(controls: Controls) -> AsyncIterator[bytes]:
         controls.stopped.set()
 
 
+async def quiet_async(controls: Controls) -> AsyncIterator[bytes]:
+    """One chunk, then silence for 30 s (far longer than the test lets it run), then more."""
+    try:
+        controls.ticks += 1
+        yield b"tick\n"
+        await asyncio.sleep(30)
+        controls.ticks += 1
+        yield b"too late\n"
+    finally:
+        controls.stopped.set()
+
+
 def chat_price() -> PerToken:
     return PerToken(PRICES, max_output_tokens=100)
 
@@ -162,8 +174,15 @@ def serve_asgi_app(gate: PaymentGate, controls: Controls) -> Iterator[str]:
     async def tick(request: Any) -> StreamingResponse:
         return StreamingResponse(tick_async(controls), media_type="text/plain")
 
-    app = Starlette(routes=[Route("/chat", chat), Route("/tick", tick)])
-    routes = {"GET /chat": gate.route(chat_price()), "GET /tick": gate.route(tick_price())}
+    async def quiet(request: Any) -> StreamingResponse:
+        return StreamingResponse(quiet_async(controls), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/chat", chat), Route("/tick", tick), Route("/quiet", quiet)])
+    routes = {
+        "GET /chat": gate.route(chat_price()),
+        "GET /tick": gate.route(tick_price()),
+        "GET /quiet": gate.route(tick_price()),
+    }
     with serve_asgi(PaymentMiddleware(app, gate=gate, routes=routes)) as url:
         yield url
 
@@ -187,6 +206,10 @@ def serve_fastapi_app(gate: PaymentGate, controls: Controls) -> Iterator[str]:
     @app.get("/tick", dependencies=[Depends(require_payment(tick_price(), gate=gate))])
     async def tick() -> StreamingResponse:
         return StreamingResponse(tick_async(controls), media_type="text/plain")
+
+    @app.get("/quiet", dependencies=[Depends(require_payment(tick_price(), gate=gate))])
+    async def quiet() -> StreamingResponse:
+        return StreamingResponse(quiet_async(controls), media_type="text/plain")
 
     with serve_asgi(app) as url:
         yield url
@@ -376,6 +399,30 @@ def test_a_per_second_answer_is_ended_at_max_seconds_and_charged_the_cap(
     assert controls.ticks == ticks  # nothing runs for nobody
     # Charged exactly the paid maximum, never more.
     assert settled_balance(gate) == (5 * TICK_QUOTE - TICK_QUOTE, 0, TICK_QUOTE)
+
+
+@pytest.mark.parametrize("integration", ["asgi", "fastapi"])
+def test_a_silent_per_second_answer_is_ended_at_max_seconds_too(
+    integration: str, gate: PaymentGate
+) -> None:
+    # The app sends one chunk and then nothing for 30 s: the answer still ends at its paid
+    # maximum, not at the app's next chunk.
+    controls = Controls()
+    headers = fund(gate, 5 * TICK_QUOTE)
+    with (
+        SERVERS[integration](gate, controls) as url,
+        httpx.Client(base_url=url, timeout=WAIT) as client,
+        client.stream("GET", "/quiet", headers=headers) as stream,
+    ):
+        chunks = stream.iter_raw()
+        assert next(chunks) == b"tick\n"
+        gate.clock.advance(TICK_MAX_SECONDS)  # type: ignore[attr-defined]
+        started = time.monotonic()
+        assert b"".join(chunks) == b""
+        assert time.monotonic() - started < WAIT
+    wait_for(controls.stopped.is_set, "the handler to be stopped")
+    assert controls.ticks == 1
+    assert settled_balance(gate) == (4 * TICK_QUOTE, 0, TICK_QUOTE)
 
 
 # -- configuration ----------------------------------------------------------------------------

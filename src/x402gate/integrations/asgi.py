@@ -15,6 +15,8 @@ answers ``GET /.well-known/x402`` with the paid routes (see :mod:`x402gate.disco
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -137,9 +139,36 @@ def settling_send(
     headers: list[tuple[str, str]] = []
     chunks: list[bytes] = []
     size = 0
+    # Per-second routes: the app's sends and the deadline's end of the answer take turns.
+    turn = asyncio.Lock() if session.deadline is not None else None
+    watchdog: asyncio.Task[None] | None = None
+
+    async def end_at_deadline() -> None:
+        # An app that sends nothing for a while is ended at its paid maximum too, not only at
+        # its next chunk. Sleeps of at most a second follow the gate's clock.
+        assert turn is not None and session.deadline is not None
+        while session.reservation is not None and not session.cut:
+            remaining = session.deadline - gate.clock.now()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 1.0))
+                continue
+            async with turn:
+                if session.reservation is not None and not session.cut:
+                    with contextlib.suppress(AnswerCut):
+                        await deliver(
+                            {"type": "http.response.body", "body": b"", "more_body": False}
+                        )
+            return
 
     async def send_paid(message: Message) -> None:
-        nonlocal blocked, recording, status, headers, size
+        if turn is None:
+            await deliver(message)
+            return
+        async with turn:
+            await deliver(message)
+
+    async def deliver(message: Message) -> None:
+        nonlocal blocked, recording, status, headers, size, watchdog
         kind = message["type"]
         if session.cut:
             raise AnswerCut  # the answer is over: stop the app from making more
@@ -163,6 +192,8 @@ def settling_send(
             status, headers = int(message["status"]), final
             recording = recording and session.idempotency is not None
             await send(message)
+            if turn is not None and session.reservation is not None:
+                watchdog = asyncio.ensure_future(end_at_deadline())
         elif not blocked:
             if (
                 session.deadline is not None
@@ -190,6 +221,8 @@ def settling_send(
                             session.meter = meter_for_headers(headers)
                         session.meter.feed(chunk)
                     if last:
+                        if watchdog is not None and watchdog is not asyncio.current_task():
+                            watchdog.cancel()
                         if session.meter is not None:
                             session.meter.close()  # a last event without its blank line counts
                         await gate.complete_after_send(session, _usage(session))
