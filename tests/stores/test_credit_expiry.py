@@ -8,13 +8,15 @@ never taken twice.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+from pathlib import Path
 
 import pytest
 
-from x402gate.stores import CreditBalance, CreditReservation, Store
+from x402gate.stores import CreditBalance, CreditReservation, Store, open_store
 
-from ._credit import ACCOUNT, NOW, conserved
+from ._credit import ACCOUNT, NOW, conserved, late_race
 from .conftest import StoreFactory
 
 EXP = NOW + 60
@@ -120,3 +122,46 @@ def test_late_commits_racing_new_reservations_never_overdraw(
     assert balance.reserved == 10 * sum(reserved)
     assert sum(charged) + 10 * sum(reserved) <= rounds * 10  # each unit spent at most once
     assert conserved(store, ACCOUNT, after)
+
+
+def test_processes_committing_late_and_reserving_on_one_sqlite_file_spend_once(
+    tmp_path: Path,
+) -> None:
+    # Two processes commit expired reservations late while two others reserve the money the
+    # expiry returned, on one SQLite file: every unit is spent once, by one of them.
+    url = f"sqlite:///{tmp_path}/late.db"
+    rounds = 40
+    with open_store(url) as store:
+        store.credit_topup(ACCOUNT, rounds * 10, "tx", NOW)
+        for r in range(rounds):
+            assert store.credit_reserve(ACCOUNT, 10, f"old{r}", EXP, NOW)
+        ctx = multiprocessing.get_context("spawn")
+        barrier = ctx.Barrier(4)
+        results = ctx.Queue()
+        jobs = [
+            ("commit", [f"old{r}" for r in range(0, rounds, 2)]),
+            ("commit", [f"old{r}" for r in range(1, rounds, 2)]),
+            ("reserve", [f"a{r}" for r in range(rounds)]),
+            ("reserve", [f"b{r}" for r in range(rounds)]),
+        ]
+        procs = [
+            ctx.Process(target=late_race, args=(url, mode, ids, barrier, results))
+            for mode, ids in jobs
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            answers = [results.get(timeout=60) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(30)
+        assert [proc.exitcode for proc in procs] == [0] * len(procs)
+        assert all(mode != "error" for mode, _ in answers), answers
+        charged = sum(sum(got) for mode, got in answers if mode == "commit")
+        reserved = 10 * sum(sum(got) for mode, got in answers if mode == "reserve")
+        assert all(c in (0, 10) for mode, got in answers if mode == "commit" for c in got)
+        balance = store.credit_balance(ACCOUNT, NOW + 62)
+        assert (balance.charged, balance.reserved) == (charged, reserved)
+        assert charged + reserved == rounds * 10  # all of it spent, none of it twice
+        assert balance.available == 0
+        assert conserved(store, ACCOUNT, NOW + 62)
