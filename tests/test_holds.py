@@ -9,6 +9,7 @@ thread.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,52 @@ def test_the_thread_runs_only_while_there_are_holds(store: Store) -> None:
     assert not keeper._thread or not keeper._thread.is_alive()
     keeper.add("r3", reserve(store, "r3", clock))  # closed: no thread any more
     assert keeper._thread is None or not keeper._thread.is_alive()
+
+
+def _renew_in_child(url: str, results: Any) -> None:
+    store = open_store(url)
+    try:
+        clock = Clock()
+        keeper = KEEPER[0]
+        keeper._store, keeper._clock = store, clock
+        keeper.add("child", reserve(store, "child", clock))
+        clock.t += 40
+        deadline = time.monotonic() + 5
+        while expiry(store, "child", clock)[1] != int(clock.t) + TTL:
+            if time.monotonic() > deadline:
+                results.put("not renewed")
+                return
+            time.sleep(0.005)
+        results.put(("renewed", "parent" in keeper))
+    finally:
+        store.close()
+
+
+KEEPER: list[HoldKeeper] = []
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (POSIX)"
+)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_worker_renews_its_own_holds(store: Store, tmp_path: Path) -> None:
+    # A keeper made (and running) before a fork: the child has no keeper thread and maybe a
+    # lock held by it; it must start its own for its own holds, and leave the parent's alone.
+    clock = Clock()
+    keeper = HoldKeeper(store, clock, TTL, poll_seconds=0.01)
+    store.credit_topup(ACCOUNT, 100, "tx", clock.t)
+    keeper.add("parent", reserve(store, "parent", clock))
+    KEEPER[:] = [keeper]
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(
+        target=_renew_in_child, args=(f"sqlite:///{tmp_path / 'ledger.db'}", results)
+    )
+    child.start()
+    try:
+        assert results.get(timeout=30) == ("renewed", False)
+    finally:
+        child.join(30)
+        keeper.close()
+        KEEPER.clear()
+    assert child.exitcode == 0

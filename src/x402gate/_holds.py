@@ -12,7 +12,9 @@ its holds expire as before: the crash story is unchanged.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, StoreError
@@ -24,6 +26,15 @@ if TYPE_CHECKING:
 __all__ = ["HoldKeeper"]
 
 logger = logging.getLogger("x402gate")
+
+_KEEPERS: weakref.WeakSet[HoldKeeper] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker (gunicorn --preload, multiprocessing) has none of its parent's threads
+    # and may inherit a lock taken by one of them: start over with its own.
+    for keeper in list(_KEEPERS):
+        keeper._forget_parent()
 
 
 class HoldKeeper:
@@ -49,6 +60,16 @@ class HoldKeeper:
         self._thread: threading.Thread | None = None
         self.passes = 0
         """Renewal passes done so far (tests wait on it instead of sleeping)."""
+        _KEEPERS.add(self)
+
+    def _forget_parent(self) -> None:
+        self._lock = threading.Lock()
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+        self._thread = None
+        self._holds = {}  # the parent's requests are the parent's to renew
 
     def add(self, reservation_id: str, expires_at: float) -> None:
         """Keep ``reservation_id`` (expiring at ``expires_at``) alive from now on."""
@@ -115,3 +136,6 @@ class HoldKeeper:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
