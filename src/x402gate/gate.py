@@ -1024,9 +1024,12 @@ class PaymentGate:
         per-second routes measure the time themselves. Returns the charge, in atomic units.
 
         Called after the last body message went out (see :meth:`hold_commit`), the commit is off
-        the client's critical path. When it fails, nothing is charged: the reservation stays
-        held until it expires (``credit_ttl_seconds``) and then returns whole to the payer —
-        never a double charge, never credit out of nothing."""
+        the client's critical path. Until then the reservation is renewed (:attr:`holds`), however
+        long the answer ran; a commit that still comes after its expiry charges what the payer
+        has available (see ``Store.credit_commit``). When the commit fails, nothing is charged:
+        the reservation is no longer renewed, stays held until it expires
+        (``credit_ttl_seconds``) and then returns whole to the payer — never a double charge,
+        never credit out of nothing."""
         reservation, session.reservation = session.reservation, None
         if reservation is None:
             self._drop_hold(session)
