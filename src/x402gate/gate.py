@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import protocol
+from ._holds import HoldKeeper
 from ._runner import run_sync
 from .assets import Asset, checksum_address, normalize_network, usdc
 from .clock import Clock, SystemClock
@@ -68,7 +69,15 @@ if TYPE_CHECKING:
 
     from .facilitators import Facilitator
 
-__all__ = ["Payment", "PaymentEvent", "PaymentGate", "PaymentSession", "Route", "Settlement"]
+__all__ = [
+    "HOLD_MARGIN_SECONDS",
+    "Payment",
+    "PaymentEvent",
+    "PaymentGate",
+    "PaymentSession",
+    "Route",
+    "Settlement",
+]
 
 logger = logging.getLogger("x402gate")
 
@@ -89,6 +98,9 @@ _PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
 PAYMENT_IDENTIFIER = "payment-identifier"
 COMMIT_WAIT_SECONDS = 5.0
 """How long a payer's next credit request waits for the commit of its previous answer."""
+
+HOLD_MARGIN_SECONDS = 30
+"""How much longer than a per-second route's ``max_seconds`` ``credit_ttl_seconds`` must be."""
 
 
 def payment_identifier_extension(required: bool) -> dict[str, Any]:
@@ -196,6 +208,11 @@ class PaymentSession:
     session_started: float | None = None
     """Served from credit: when the payer's session (payment or sign-in) began. Renewed session
     tokens keep it, so no token outlives the session's maximum lifetime."""
+    deadline: float | None = None
+    """Per-second routes: when the paid maximum runs out (``started + max_seconds``); the
+    integrations end the answer there (see :meth:`PaymentGate.answer_overdue`)."""
+    cut: bool = False
+    """Set by an integration that ended the answer at :attr:`deadline`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +256,11 @@ class PaymentGate:
         omitted.
     :param session_tokens: issues the ``X402GATE-SESSION`` tokens returning payers of metered
         routes use to spend their credit (built from ``secret`` by default).
-    :param credit_ttl_seconds: how long a credit reservation may live before a crashed
-        request's hold is returned to the payer.
+    :param credit_ttl_seconds: how long a credit reservation lives without renewal: the hold
+        of a crashed request returns to the payer after it. Holds of running requests are
+        renewed (every second, when less than half of it is left), so an answer may run longer;
+        a per-second route's ``max_seconds`` must still fit in it with
+        :data:`HOLD_MARGIN_SECONDS` to spare.
     :param public_origin: the origin clients reach the service at (``"https://api.example.com"``),
         or a list of them. Payment requirements, sign-in challenges and session tokens name it
         instead of the request's ``Host``, and sign-ins and tokens are accepted for it only.
@@ -306,6 +326,8 @@ class PaymentGate:
         )
         self.trusted_proxies = TrustedProxies(trusted_proxies)
         self.clock: Clock = clock or SystemClock()
+        # Renews the holds of requests still running, so an answer never outlives its hold.
+        self.holds = HoldKeeper(self.store, self.clock, credit_ttl_seconds)
         self._listeners: list[EventListener] = []
         # Credit accounts whose charge is being committed after the answer went out: the next
         # request of that payer waits for the commit before reserving (see hold_commit).
@@ -404,6 +426,7 @@ class PaymentGate:
                     "metered routes accept sign-in-with-x and session tokens: set the gate's "
                     "public_origin (e.g. public_origin='https://api.example.com')"
                 )
+            self._check_longest_answer(strategy)
         elif credit_topup is not None:
             raise ConfigurationError("credit_topup applies to metered prices only")
         topup = parse_price(credit_topup) if credit_topup is not None else 0
@@ -434,6 +457,44 @@ class PaymentGate:
             payment_identifier=payment_identifier,
             credit_topup=topup,
         )
+
+    def _check_longest_answer(self, strategy: Any) -> None:
+        from .metering import PerSecond
+
+        if not isinstance(strategy, PerSecond):
+            return
+        # The hold is renewed while the answer runs; this keeps even a process that cannot
+        # renew (a stalled thread, a store hiccup) from losing it before the paid maximum.
+        if strategy.max_seconds + HOLD_MARGIN_SECONDS > self.credit_ttl_seconds:
+            raise ConfigurationError(
+                f"credit_ttl_seconds ({self.credit_ttl_seconds}) must exceed PerSecond "
+                f"max_seconds ({float(strategy.max_seconds):g}) by at least "
+                f"{HOLD_MARGIN_SECONDS} seconds: a credit hold must outlive the longest answer"
+            )
+
+    @staticmethod
+    def _deadline(route: Route, started: float) -> float | None:
+        from .metering import PerSecond
+
+        price = route.price
+        if isinstance(price, PerSecond):
+            return started + float(price.max_seconds)
+        return None
+
+    def answer_overdue(self, session: PaymentSession) -> bool:
+        """True once a per-second answer has run its paid maximum (``max_seconds``).
+
+        Integrations check it before each body chunk and end the answer there: what comes
+        after was not paid for. :attr:`PaymentSession.deadline` is ``None`` on other routes.
+        """
+        return session.deadline is not None and self.clock.now() >= session.deadline
+
+    def overdue_check(self, session: PaymentSession) -> Callable[[], bool] | None:
+        """:meth:`answer_overdue` of ``session`` as a function for body wrappers; ``None`` when
+        the route has no paid maximum (nothing to check per chunk)."""
+        if session.deadline is None:
+            return None
+        return lambda: self.answer_overdue(session)
 
     def on_event(self, listener: EventListener) -> EventListener:
         """Call ``listener(event)`` (sync or async) on each event; usable as a decorator."""
@@ -807,6 +868,7 @@ class PaymentGate:
                 logger.error("credit ledger failed: %s", exc)
                 raise self._failure(exc) from None
             if reserved:
+                self.holds.add(reservation, int(now) + self.credit_ttl_seconds)
                 session = self._credit_session(
                     route, request, req, claims.payer, quote, reservation
                 )
@@ -896,6 +958,7 @@ class PaymentGate:
             valid_before=0,
             from_credit=True,
         )
+        started = self.clock.now()
         return PaymentSession(
             route=route,
             request=request,
@@ -907,7 +970,8 @@ class PaymentGate:
             token="",
             quote=quote,
             reservation=reservation,
-            started=self.clock.now(),
+            started=started,
+            deadline=self._deadline(route, started),
         )
 
     async def _fund_reservation(self, session: PaymentSession) -> None:
@@ -940,6 +1004,7 @@ class PaymentGate:
                 "your payment was added to your credit, but it does not cover this request yet",
                 headers=self._credit_headers(session),
             )
+        self.holds.add(reservation, int(now) + self.credit_ttl_seconds)
         session.reservation = reservation
 
     def _credit_headers(self, session: PaymentSession) -> dict[str, str]:
@@ -1026,13 +1091,17 @@ class PaymentGate:
         per-second routes measure the time themselves. Returns the charge, in atomic units.
 
         Called after the last body message went out (see :meth:`hold_commit`), the commit is off
-        the client's critical path. When it fails, nothing is charged: the reservation stays
-        held until it expires (``credit_ttl_seconds``) and then returns whole to the payer —
-        never a double charge, never credit out of nothing."""
+        the client's critical path. Until then the reservation is renewed (:attr:`holds`), however
+        long the answer ran; a commit that still comes after its expiry charges what the payer
+        has available (see ``Store.credit_commit``). When the commit fails, nothing is charged:
+        the reservation is no longer renewed, stays held until it expires
+        (``credit_ttl_seconds``) and then returns whole to the payer — never a double charge,
+        never credit out of nothing."""
         reservation, session.reservation = session.reservation, None
         if reservation is None:
             self._drop_hold(session)
             return session.charged or 0
+        self.holds.discard(reservation)
         try:
             from .metering import PerSecond, Usage
 
@@ -1069,6 +1138,7 @@ class PaymentGate:
         if reservation is None:
             self._drop_hold(session)
             return
+        self.holds.discard(reservation)
         try:
             await self._store_call(self.store.credit_release, reservation, self.clock.now())
         except StoreError as exc:
@@ -1238,6 +1308,7 @@ class PaymentGate:
             idempotency=idempotency,
             started=self.clock.now(),
         )
+        session.deadline = self._deadline(route, session.started)
         if route.price.metered:
             session.quote = full_quotes[(requirements.network, requirements.asset)]
 
@@ -1400,6 +1471,7 @@ class PaymentGate:
 
     def close(self) -> None:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
+        self.holds.close()
         self.store.close()
 
     async def aclose(self) -> None:
@@ -1409,4 +1481,5 @@ class PaymentGate:
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()
+        self.holds.close()
         self.store.close()

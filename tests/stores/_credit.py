@@ -44,6 +44,26 @@ def reserve_race(
             store.close()
 
 
+def late_race(url: str, mode: str, ids: list[str], barrier: Any, results: Any) -> None:
+    """Once the barrier opens, at ``NOW + 61``: commit each expired reservation of ``ids`` late
+    (``mode == "commit"``, charge 10) or reserve 10 under each id (``"reserve"``). Reports the
+    answers, or the error."""
+    store = open_store(url)
+    try:
+        barrier.wait(60)
+        late = NOW + 61
+        if mode == "commit":
+            results.put((mode, [store.credit_commit(rid, 10, late) for rid in ids]))
+        else:
+            answers = [store.credit_reserve(ACCOUNT, 10, rid, late + 600, late) for rid in ids]
+            results.put((mode, answers))
+    except BaseException as exc:
+        barrier.abort()
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        store.close()
+
+
 def crash_worker() -> None:
     """``python -c 'from stores._credit import crash_worker; crash_worker()' URL MODE NAME``.
 

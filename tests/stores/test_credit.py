@@ -221,18 +221,18 @@ def test_a_reservation_expires_exactly_at_expires_at(store: Store) -> None:
     assert balance(store, now=EXP - 0.001) == (0, 100)
     # From expires_at on, everything answers as if it were released already.
     assert balance(store, now=EXP) == (100, 0)
-    assert store.credit_commit("r1", 50, EXP) == 0
     assert store.credit_release("r1", EXP) is False
+    assert store.credit_extend("r1", EXP + 60, EXP) is False  # too late to keep it alive
     assert store.credit_reservation("r1", EXP) == CreditReservation(ACCOUNT, 100, "expired", 0, EXP)
     assert store.credit_balance(ACCOUNT, EXP) == CreditBalance(100, 0, 100, 0)
 
 
-@pytest.mark.parametrize("late", ["commit", "release", "reserve", "topup"])
+@pytest.mark.parametrize("late", ["extend", "release", "reserve", "topup"])
 def test_any_operation_after_expiry_sees_the_credit_back(store: Store, late: str) -> None:
     store.credit_topup(ACCOUNT, 100, "tx", NOW)
     store.credit_reserve(ACCOUNT, 100, "r1", EXP, NOW)
-    if late == "commit":
-        assert store.credit_commit("r1", 100, EXP + 1) == 0
+    if late == "extend":
+        assert store.credit_extend("r1", EXP + 600, EXP + 1) is False
     elif late == "release":
         assert store.credit_release("r1", EXP + 1) is False
     elif late == "reserve":
@@ -240,7 +240,7 @@ def test_any_operation_after_expiry_sees_the_credit_back(store: Store, late: str
         store.credit_release("r2", EXP + 1)
     else:
         assert store.credit_topup(ACCOUNT, 5, "tx2", EXP + 1) == 105
-        store.credit_commit("r1", 1, EXP + 1)
+        store.credit_release("r1", EXP + 1)
     assert store.credit_reconcile(EXP + 2) == 0  # the operation already moved it
     assert conserved(store, ACCOUNT, EXP + 2)
     assert store.credit_balance(ACCOUNT, EXP + 2).charged == 0

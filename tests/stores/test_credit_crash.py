@@ -118,8 +118,8 @@ def test_a_request_killed_before_commit_gets_its_reservation_back(
         assert restarted.credit_reservation("request-1", AFTER_EXPIRY) == CreditReservation(
             ACCOUNT, 700, "expired", 0, AFTER_EXPIRY
         )
-        # The dead request can no longer charge; the settlement, retried, credits nothing.
-        assert restarted.credit_commit("request-1", 700, AFTER_EXPIRY) == 0
+        # Returned once and for all; the settlement, retried, credits nothing.
+        assert restarted.credit_release("request-1", AFTER_EXPIRY) is False
         assert restarted.credit_topup(ACCOUNT, 1000, "0xsettlement", AFTER_EXPIRY) == 1000
         assert restarted.credit_reconcile(AFTER_EXPIRY) == 0
 

@@ -1,8 +1,8 @@
 """Random credit ledger sequences on every backend must match a plain dict model of base.py.
 
 As test_model.py does for claims, in the manner of fakeredis-py's hypothesis tests: hypothesis
-drives top-ups, reserves, commits, releases, balances, reconciles and clock ticks into a real
-store (a real SQLite file, a real redis-server, through several handles) and into
+drives top-ups, reserves, extensions, commits, releases, balances, reconciles and clock ticks
+into a real store (a real SQLite file, a real redis-server, through several handles) and into
 :class:`Model`, and every answer must agree. A *concurrent* step fires a few operations from
 several threads at once; their answers must be those of some order of running them one by one
 on the model, which then continues from that order's state. Small id and ref alphabets make
@@ -59,6 +59,7 @@ def writes(payers: st.SearchStrategy[str], rids: st.SearchStrategy[str]) -> st.S
         st.tuples(st.just("reserve"), payers, AMOUNTS, rids, TTLS),
         st.tuples(st.just("commit"), rids, CHARGES),
         st.tuples(st.just("release"), rids),
+        st.tuples(st.just("extend"), rids, TTLS),
     )
 
 
@@ -150,10 +151,25 @@ class Model:
         r = self._live(rid, now)
         if r is None:
             known = self.reservations.get(rid)
+            if known is not None and known.state == "expired":
+                # Late: charged from what is available now, never from other holds.
+                acct = self.accounts[known.account]
+                late = min(charge, known.amount, acct.available)
+                acct.available -= late
+                acct.charged += late
+                known.state, known.charged = "committed", late
+                return late
             return known.charged if known is not None and known.state == "committed" else 0
         charged = min(charge, r.amount)
         self._end(r, "committed", charged)
         return charged
+
+    def credit_extend(self, rid: str, expires_at: float, now: float) -> bool:
+        r = self._live(rid, now)
+        if r is None:
+            return False
+        r.expires_at = max(r.expires_at, expires_at)
+        return True
 
     def credit_release(self, rid: str, now: float) -> bool:
         r = self._live(rid, now)
@@ -229,6 +245,9 @@ class CreditMachine(RuleBasedStateMachine):
             if kind == "commit":
                 rid, charge = args
                 return target.credit_commit(self.name(rid), charge, self.now)
+            if kind == "extend":
+                rid, ttl = args
+                return target.credit_extend(self.name(rid), self.now + ttl, self.now)
             (rid,) = args
             return target.credit_release(self.name(rid), self.now)
         except ValueError as exc:

@@ -105,7 +105,9 @@ class MeteredBody:
     """A sync response body that reads usage as the server pulls it, then commits the charge.
 
     ``complete(usage)`` runs once: after the last chunk, or at ``close()`` when the server stops
-    early (the usage seen so far is charged; nothing measured costs the quote).
+    early (the usage seen so far is charged; nothing measured costs the quote). ``overdue()``,
+    when given, is asked before each chunk: once it answers True (a per-second route ran its
+    paid maximum) the body ends there and the app's iterable is closed.
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class MeteredBody:
         content_type: str | None,
         complete: Callable[[Any], object],
         on_close: Callable[[], object] | None = None,
+        overdue: Callable[[], bool] | None = None,
     ) -> None:
         from ..metering import meter_for
 
@@ -121,6 +124,7 @@ class MeteredBody:
         self._meter = meter_for(content_type)
         self._complete: Callable[[Any], object] | None = complete
         self._on_close = on_close
+        self._overdue = overdue
 
     def _finish(self) -> None:
         complete, self._complete = self._complete, None
@@ -129,7 +133,14 @@ class MeteredBody:
             complete(self._meter.usage)
 
     def __iter__(self) -> Iterator[bytes]:
+        overdue = self._overdue
         for chunk in self._body:
+            if overdue is not None and overdue():
+                # What the app makes after its paid maximum was not paid for: stop it now.
+                close = getattr(self._body, "close", None)
+                if close is not None:
+                    close()
+                break
             if chunk:
                 self._meter.feed(chunk)
             yield chunk
@@ -155,12 +166,14 @@ class AsyncMeteredBody:
         body: AsyncIterable[bytes],
         content_type: str | None,
         complete: Callable[[Any], Awaitable[object]],
+        overdue: Callable[[], bool] | None = None,
     ) -> None:
         from ..metering import meter_for
 
         self._body = body
         self._meter = meter_for(content_type)
         self._complete: Callable[[Any], Awaitable[object]] | None = complete
+        self._overdue = overdue
 
     async def _finish(self) -> None:
         complete, self._complete = self._complete, None
@@ -169,8 +182,15 @@ class AsyncMeteredBody:
             await complete(self._meter.usage)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        overdue = self._overdue
         try:
             async for chunk in self._body:
+                if overdue is not None and overdue():
+                    # What the app makes after its paid maximum was not paid for: stop it now.
+                    close = getattr(self._body, "aclose", None)
+                    if close is not None:
+                        await close()
+                    break
                 if chunk:
                     self._meter.feed(chunk)
                 yield chunk

@@ -15,7 +15,10 @@ answers ``GET /.well-known/x402`` with the paid routes (see :mod:`x402gate.disco
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,10 +34,12 @@ from ._common import paid_response_headers, render_error, warn_trust_proxy_heade
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "AnswerCut",
     "PaymentMiddleware",
     "finish_recording",
     "public_origin",
     "request_info_from_scope",
+    "run_paid_app",
     "send_error",
     "send_json",
     "settling_send",
@@ -42,6 +47,8 @@ __all__ = [
 
 DEFAULT_MAX_BODY = 1 << 20
 _NO_PROXIES = TrustedProxies()
+
+logger = logging.getLogger("x402gate")
 
 
 def request_info_from_scope(
@@ -158,10 +165,39 @@ def settling_send(
     headers: list[tuple[str, str]] = []
     chunks: list[bytes] = []
     size = 0
+    # Per-second routes: the app's sends and the deadline's end of the answer take turns.
+    turn = asyncio.Lock() if session.deadline is not None else None
+    watchdog: asyncio.Task[None] | None = None
+
+    async def end_at_deadline() -> None:
+        # An app that sends nothing for a while is ended at its paid maximum too, not only at
+        # its next chunk. Sleeps of at most a second follow the gate's clock.
+        assert turn is not None and session.deadline is not None
+        while session.reservation is not None and not session.cut:
+            remaining = session.deadline - gate.clock.now()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 1.0))
+                continue
+            async with turn:
+                if session.reservation is not None and not session.cut:
+                    with contextlib.suppress(AnswerCut):
+                        await deliver(
+                            {"type": "http.response.body", "body": b"", "more_body": False}
+                        )
+            return
 
     async def send_paid(message: Message) -> None:
-        nonlocal blocked, recording, status, headers, size
+        if turn is None:
+            await deliver(message)
+            return
+        async with turn:
+            await deliver(message)
+
+    async def deliver(message: Message) -> None:
+        nonlocal blocked, recording, status, headers, size, watchdog
         kind = message["type"]
+        if session.cut:
+            raise AnswerCut  # the answer is over: stop the app from making more
         if kind == "http.response.start":
             try:
                 extra = await gate.finish(session, int(message["status"]), recording=recording)
@@ -182,7 +218,18 @@ def settling_send(
             status, headers = int(message["status"]), final
             recording = recording and session.idempotency is not None
             await send(message)
+            if turn is not None and session.reservation is not None:
+                watchdog = asyncio.ensure_future(end_at_deadline())
         elif not blocked:
+            if (
+                session.deadline is not None
+                and kind == "http.response.body"
+                and session.reservation is not None
+                and gate.answer_overdue(session)
+            ):
+                # A per-second answer ran its paid maximum: it ends here, without this chunk.
+                session.cut = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             if session.reservation is not None and kind == "http.response.body":
                 # Usage is read as the answer streams out, each chunk after it went out, so
                 # metering delays no byte; nothing is buffered. The charge is committed after
@@ -200,6 +247,8 @@ def settling_send(
                             session.meter = meter_for_headers(headers)
                         session.meter.feed(chunk)
                     if last:
+                        if watchdog is not None and watchdog is not asyncio.current_task():
+                            watchdog.cancel()
                         if session.meter is not None:
                             session.meter.close()  # a last event without its blank line counts
                         await gate.complete_after_send(session, _usage(session))
@@ -214,8 +263,31 @@ def settling_send(
                     recording = False
                     kept = b"".join(chunks) if size <= MAX_IDEMPOTENT_RESPONSE_BYTES else None
                     await gate.record(session, status, headers, kept)
+            if session.cut:
+                raise AnswerCut
 
     return send_paid
+
+
+class AnswerCut(Exception):
+    """Raised into an app from ``send`` once its answer was ended at the paid maximum of a
+    per-second route (:meth:`PaymentGate.answer_overdue`), so that it stops working for
+    nobody. The middleware that wrapped ``send`` swallows it (see :func:`run_paid_app`)."""
+
+
+async def run_paid_app(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, session: PaymentSession
+) -> None:
+    """Run ``app`` with a :func:`settling_send` ``send``: an answer ended at its paid maximum
+    stops the app, which is the expected end of that request, not an error."""
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        # The app's reaction to AnswerCut (possibly wrapped in an exception group, or turned
+        # into its own error) comes after a complete answer: nothing more to tell anyone.
+        if not session.cut:
+            raise
+        logger.debug("the answer reached its paid maximum and was ended there")
 
 
 async def finish_recording(gate: PaymentGate, session: PaymentSession) -> None:
@@ -358,7 +430,7 @@ class PaymentMiddleware:
 
         send_paid = settling_send(send, self.gate, session, accept)
         try:
-            await self.app(scope, replay, send_paid)
+            await run_paid_app(self.app, scope, replay, send_paid, session)
         finally:
             # An exception, a cancelled request or an app that never answered: charge nothing.
             if not session.done:

@@ -183,6 +183,10 @@ class _SettlementLayer:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # An answer ended at its paid maximum stops the endpoint (AnswerCut): expected.
+            if slot.begun is None or not slot.begun[1].cut:
+                raise
         finally:
             # The endpoint raised (or never answered): charge nothing, free the authorization.
             if slot.begun is not None and not slot.begun[1].done:

@@ -255,6 +255,7 @@ class _PaidView:
                     response.iter_encoded(),  # bytes, whatever the view yielded
                     response.content_type,
                     lambda usage: gate.complete_sync(session, usage),
+                    overdue=gate.overdue_check(session),
                 )
             else:
                 gate.complete_sync(session, meter_body(response.get_data(), response.content_type))

@@ -247,7 +247,12 @@ class _Settling:
                 (v for k, v in self.final_headers if k.lower() == "content-type"), None
             )
             session, gate = self.session, self.gate
-            return MeteredBody(body, content_type, lambda usage: gate.complete_sync(session, usage))
+            return MeteredBody(
+                body,
+                content_type,
+                lambda usage: gate.complete_sync(session, usage),
+                overdue=gate.overdue_check(session),
+            )
         return body
 
 

@@ -81,8 +81,8 @@ The life of a reservation (its id is unique per request, chosen by the caller):
   back yet: stores do so lazily, in every operation on its account (top-up, reserve, commit,
   release, balance) and in :meth:`Store.credit_reconcile`. That is the crash story: a process
   killed between reserve and commit loses no credit and creates none; the payer gets the
-  reservation back once it expires. So ``expires_at`` must lie beyond the longest a handler may
-  run: a commit that comes too late charges nothing.
+  reservation back once it expires. A request that is still running keeps its reservation
+  alive with :meth:`Store.credit_extend` (the gate renews it while the answer runs).
 * :meth:`Store.credit_topup` is idempotent per ``ref`` (the settlement transaction hash): a ref
   already applied is a no-op, so a retried settlement can never credit twice. Refs are kept
   forever; the same ref with another account or amount is a bug and raises :class:`ValueError`.
@@ -91,8 +91,14 @@ The life of a reservation (its id is unique per request, chosen by the caller):
   of a live reservation of the same account and amount answers True again without reserving
   twice; any other known id answers False.
 * :meth:`Store.credit_commit` charges ``min(charge, amount)`` (never more than was reserved)
-  and returns the rest to available. Repeating it answers the first charge again; on any other
-  id (released, expired, unknown) it charges nothing and answers 0.
+  and returns the rest to available. Repeating it answers the first charge again. A commit of a
+  reservation that *expired* (its answer outlived it) still charges, but only from what is
+  available at that moment: ``min(charge, amount, available)``, and the reservation becomes
+  committed with that charge. Money the expiry returned that another request has reserved since
+  is never taken twice. On a released or unknown id it charges nothing and answers 0.
+* :meth:`Store.credit_extend` moves the ``expires_at`` of a live held reservation later (never
+  earlier); on a committed, released, expired or unknown id it changes nothing and answers
+  False.
 * :meth:`Store.credit_release` returns the whole reservation; True also when it was already
   released, False for committed, expired or unknown ids.
 * Finished reservations are kept at least :data:`CREDIT_RECORD_RETENTION_SECONDS` past their
@@ -475,7 +481,17 @@ class Store(ABC):
         """Charge ``min(charge, reserved amount)`` of a live reservation, return the rest.
 
         Answers what was charged: the first charge again when it was already committed, 0 for
-        a released, expired or unknown reservation (which is charged nothing).
+        a released or unknown reservation (which is charged nothing). An expired reservation
+        is charged ``min(charge, amount, available)`` from the account's available credit.
+        """
+        raise self._no_credit()
+
+    def credit_extend(self, reservation_id: str, expires_at: float, now: float) -> bool:
+        """Keep a live held reservation until at least ``expires_at`` (its request still runs).
+
+        True when the reservation is held and live at ``now`` (it now expires at the later of
+        its ``expires_at`` and this one); False for committed, released, expired or unknown
+        ids, with nothing changed.
         """
         raise self._no_credit()
 

@@ -263,10 +263,31 @@ class MemoryStore(Store):
             reservation = self._live(reservation_id, now)
             if reservation is None:
                 known = self._reservations.get(reservation_id)
-                return known.charged if known is not None and known.state == "committed" else 0
+                if known is None:
+                    return 0
+                if known.state == "expired":
+                    # The answer outlived its hold: the charge is still owed, but only what
+                    # is available now can pay it (the rest may be held by other requests).
+                    acct = self._accounts[known.account]
+                    late = min(charge, known.amount, acct.available)
+                    acct.available -= late
+                    acct.charged += late
+                    known.state, known.charged = "committed", late
+                    return late
+                return known.charged if known.state == "committed" else 0
             charged = min(charge, reservation.amount)
             self._end_reservation(reservation_id, reservation, "committed", charged, now)
             return charged
+
+    def credit_extend(self, reservation_id: str, expires_at: float, now: float) -> bool:
+        check_credit_id(reservation_id, "reservation id")
+        with self._lock:
+            reservation = self._live(reservation_id, now)
+            if reservation is None:
+                return False
+            if expires_at > reservation.expires_at:
+                reservation.expires_at = expires_at
+            return True
 
     def credit_release(self, reservation_id: str, now: float) -> bool:
         check_credit_id(reservation_id, "reservation id")

@@ -300,6 +300,22 @@ end
 if charge then
     if not live then
         if r[3] == 'committed' then return r[5] end
+        if r[3] == 'held' or r[3] == 'expired' then
+            -- The answer outlived its hold (now expired): the charge is still owed, but only
+            -- what is available now can pay it (the rest may be held by other requests).
+            local acct = account_key(r[1])
+            local bal = redis.call('HMGET', acct, 'available', 'charged')
+            local late = charge
+            if cmp(late, r[2]) > 0 then late = r[2] end
+            if not bal[1] then late = '0'
+            elseif cmp(late, bal[1]) > 0 then late = bal[1] end
+            if bal[1] then
+                redis.call('HSET', acct, 'available', sub(bal[1], late),
+                           'charged', add(bal[2] or '0', late))
+            end
+            redis.call('HSET', res_key(id), 'state', 'committed', 'charged', late)
+            return late
+        end
         return '0'
     end
     if cmp(charge, r[2]) > 0 then charge = r[2] end
@@ -311,6 +327,25 @@ if not live then
     return 0
 end
 finish(id, r[1], r[2], 'released', '0', r[4])
+return 1
+"""
+)
+
+# ARGV[4..] reservation id, expires_at. 1 when the live held reservation now lasts at least
+# until expires_at, 0 otherwise (nothing changed).
+_CREDIT_EXTEND = (
+    _CREDIT_PRELUDE
+    + """
+local id, expires_at = ARGV[4], ARGV[5]
+local r = redis.call('HMGET', res_key(id), 'account', 'state', 'expires_at')
+if r[2] ~= 'held' then return 0 end
+expire_held(r[1])
+if tonumber(r[3]) <= NOW then return 0 end
+if tonumber(expires_at) > tonumber(r[3]) then
+    redis.call('HSET', res_key(id), 'expires_at', expires_at)
+    redis.call('ZADD', held_key(r[1]), expires_at, id)
+    redis.call('ZADD', EXPIRY, expires_at, id)
+end
 return 1
 """
 )
@@ -420,6 +455,7 @@ class RedisStore(Store):
         self._credit_reserve_script = client.register_script(_CREDIT_RESERVE)
         self._credit_finish_script = client.register_script(_CREDIT_FINISH)
         self._credit_balance_script = client.register_script(_CREDIT_BALANCE)
+        self._credit_extend_script = client.register_script(_CREDIT_EXTEND)
         self._credit_reconcile_script = client.register_script(_CREDIT_RECONCILE)
 
     @staticmethod
@@ -638,6 +674,18 @@ class RedisStore(Store):
             [self._credit_key("res", reservation_id)],
             now,
             reservation_id,
+        )
+        return int(answer) == 1
+
+    def credit_extend(self, reservation_id: str, expires_at: float, now: float) -> bool:
+        check_credit_id(reservation_id, "reservation id")
+        answer = self._credit(
+            "credit_extend",
+            self._credit_extend_script,
+            [self._credit_key("res", reservation_id)],
+            now,
+            reservation_id,
+            repr(float(expires_at)),
         )
         return int(answer) == 1
 

@@ -542,16 +542,56 @@ class SQLiteStore(Store):
             live = self._live(conn, reservation_id, now)
             if live is None:
                 row = conn.execute(
-                    "SELECT charged FROM x402gate_credit_reservation"
-                    " WHERE id = ? AND state = 'committed'",
+                    "SELECT account, amount, state, charged FROM x402gate_credit_reservation"
+                    " WHERE id = ?",
                     (reservation_id,),
                 ).fetchone()
-                return int(row[0]) if row is not None else 0
+                if row is None:
+                    return 0
+                if row[2] == "expired":
+                    return self._commit_late(conn, reservation_id, row[0], int(row[1]), charge)
+                return int(row[3]) if row[2] == "committed" else 0
             charged = min(charge, live[1])
             self._end_reservation(conn, reservation_id, live[0], live[1], "committed", charged, now)
             return charged
 
         return self._write("credit_commit", run, synchronous=self.ledger_synchronous)
+
+    def _commit_late(
+        self, conn: sqlite3.Connection, reservation_id: str, account: str, amount: int, charge: int
+    ) -> int:
+        # The answer outlived its hold: the charge is still owed, but only what is available
+        # now can pay it (the rest may be held by other requests).
+        balance = _read_account(conn, account)
+        late = min(charge, amount, balance.available if balance is not None else 0)
+        conn.execute(
+            "UPDATE x402gate_credit_reservation SET state = 'committed', charged = ? WHERE id = ?",
+            (str(late), reservation_id),
+        )
+        if balance is not None:
+            _write_account(
+                conn,
+                account,
+                available=balance.available - late,
+                reserved=balance.reserved,
+                charged=balance.charged + late,
+            )
+        return late
+
+    def credit_extend(self, reservation_id: str, expires_at: float, now: float) -> bool:
+        check_credit_id(reservation_id, "reservation id")
+
+        def run(conn: sqlite3.Connection) -> bool:
+            if self._live(conn, reservation_id, now) is None:
+                return False
+            conn.execute(
+                "UPDATE x402gate_credit_reservation SET expires_at = max(expires_at, ?)"
+                " WHERE id = ?",
+                (expires_at, reservation_id),
+            )
+            return True
+
+        return self._write("credit_extend", run, synchronous=self.ledger_synchronous)
 
     def credit_release(self, reservation_id: str, now: float) -> bool:
         check_credit_id(reservation_id, "reservation id")

@@ -225,12 +225,14 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
                 response.streaming_content,
                 content_type,
                 lambda usage: runtime.gate.complete(session, usage),
+                overdue=runtime.gate.overdue_check(session),
             )
         else:
             response.streaming_content = MeteredBody(
                 response.streaming_content,
                 content_type,
                 lambda usage: runtime.gate.complete_sync(session, usage),
+                overdue=runtime.gate.overdue_check(session),
             )
     if session.idempotency is not None:
         # Kept for retries with the same payment identifier; a stream cannot be replayed.

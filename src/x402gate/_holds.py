@@ -1,0 +1,141 @@
+"""Keeping the credit reservations of running requests alive.
+
+A reservation expires after ``credit_ttl_seconds`` so that the hold of a request whose process
+died goes back to the payer. A request that is still running must not lose its hold that way:
+the money would fund the payer's next request while the answer still streams, and the late
+commit could then only charge what is left (see :meth:`~x402gate.stores.base.Store.credit_commit`).
+:class:`HoldKeeper` renews, from one daemon thread per gate, every hold of this process whose
+remaining life fell under half the TTL. When the process dies the renewals stop with it, and
+its holds expire as before: the crash story is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+from .errors import ConfigurationError, StoreError
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .stores.base import Store
+
+__all__ = ["HoldKeeper"]
+
+logger = logging.getLogger("x402gate")
+
+_KEEPERS: weakref.WeakSet[HoldKeeper] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker (gunicorn --preload, multiprocessing) has none of its parent's threads
+    # and may inherit a lock taken by one of them: start over with its own.
+    for keeper in list(_KEEPERS):
+        keeper._forget_parent()
+
+
+class HoldKeeper:
+    """Renews the live credit reservations of this process until they are committed or released.
+
+    :param store: the ledger (its :meth:`~x402gate.stores.base.Store.credit_extend`).
+    :param clock: the gate's clock: expiries are in its time.
+    :param ttl_seconds: the lifetime a renewal gives (the gate's ``credit_ttl_seconds``).
+    :param poll_seconds: how often (real time) the thread looks for holds to renew; one second
+        by default, far below any TTL the gate accepts.
+    """
+
+    def __init__(
+        self, store: Store, clock: Clock, ttl_seconds: int, *, poll_seconds: float = 1.0
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._ttl = ttl_seconds
+        self._poll = poll_seconds
+        self._holds: dict[str, float] = {}  # reservation id -> the expiry last given to it
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+        """Renewal passes done so far (tests wait on it instead of sleeping)."""
+        _KEEPERS.add(self)
+
+    def _forget_parent(self) -> None:
+        self._lock = threading.Lock()
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+        self._thread = None
+        self._holds = {}  # the parent's requests are the parent's to renew
+
+    def add(self, reservation_id: str, expires_at: float) -> None:
+        """Keep ``reservation_id`` (expiring at ``expires_at``) alive from now on."""
+        with self._lock:
+            self._holds[reservation_id] = expires_at
+            if self._thread is None and not self._stop.is_set():
+                # Started on demand and ended when no hold is left: an idle gate has no thread.
+                self._thread = threading.Thread(
+                    target=self._run, name="x402gate-credit-holds", daemon=True
+                )
+                self._thread.start()
+
+    def discard(self, reservation_id: str) -> None:
+        """The request is over (committing or releasing): stop renewing its hold."""
+        with self._lock:
+            self._holds.pop(reservation_id, None)
+
+    def __contains__(self, reservation_id: object) -> bool:
+        with self._lock:
+            return reservation_id in self._holds
+
+    def renew(self) -> int:
+        """One pass: extend every hold with less than half the TTL left; answers how many."""
+        now = self._clock.now()
+        with self._lock:
+            due = [rid for rid, expiry in self._holds.items() if expiry - now <= self._ttl / 2]
+        renewed = 0
+        for rid in due:
+            expires_at = int(now) + self._ttl
+            try:
+                kept = self._store.credit_extend(rid, expires_at, now)
+            except (StoreError, ConfigurationError) as exc:
+                # Tried again on the next pass; if the hold expires meanwhile, the late commit
+                # still charges what the payer has left.
+                logger.warning("could not renew a credit hold (will retry): %s", exc)
+                continue
+            with self._lock:
+                if rid not in self._holds:
+                    continue  # finished meanwhile
+                if kept:
+                    self._holds[rid] = expires_at
+                    renewed += 1
+                else:
+                    # Already expired (the process stalled longer than the TTL): nothing to
+                    # keep; the commit charges late from what is available.
+                    del self._holds[rid]
+                    logger.warning("a credit hold expired while its request was still running")
+        with self._lock:
+            self.passes += 1
+        return renewed
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            self.renew()
+            with self._lock:
+                if not self._holds:
+                    self._thread = None
+                    return
+
+    def close(self) -> None:
+        """Stop renewing (the gate is closing); holds left expire by themselves."""
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
