@@ -91,7 +91,9 @@ def test_a_gateway_stream_longer_than_the_ttl_keeps_its_hold_and_is_charged(
             return b.available, b.reserved, b.charged
 
         def headers() -> dict[str, str]:
-            token = gate.session_tokens.issue(PAYER, asset.network, asset.address, clock.now())
+            token = gate.session_tokens.issue(
+                PAYER, asset.network, asset.address, clock.now(), origin=gate.public_origins[0]
+            )
             return {SESSION_HEADER: token, "content-type": "application/json"}
 
         with (

@@ -278,6 +278,7 @@ def gate(tmp_path: Any) -> Iterator[PaymentGate]:
         secret=b"s" * 32,
         credit_ttl_seconds=TTL,
         clock=Clock(),
+        public_origin="http://testserver",
     )
     # The gate's own keeper, polling more often so that the test's clock jumps are seen fast.
     g.holds.close()
@@ -289,7 +290,9 @@ def gate(tmp_path: Any) -> Iterator[PaymentGate]:
 def fund(gate: PaymentGate, amount: int) -> dict[str, str]:
     """Credit ``amount`` to the payer; the headers that spend it."""
     gate.store.credit_topup(ACCOUNT, amount, f"ref-{amount}", gate.clock.now())
-    token = gate.session_tokens.issue(PAYER, ASSET.network, ASSET.address, gate.clock.now())
+    token = gate.session_tokens.issue(
+        PAYER, ASSET.network, ASSET.address, gate.clock.now(), origin=gate.public_origins[0]
+    )
     return {SESSION_HEADER: token}
 
 
@@ -439,7 +442,11 @@ def test_a_ttl_shorter_than_the_longest_answer_is_refused_at_route_construction(
         gate.route(PerSecond("$0.01", max_seconds=3600))
     assert gate.route(PerSecond("$0.01", max_seconds=TTL - HOLD_MARGIN_SECONDS)).price.metered
     default = PaymentGate(
-        pay_to=PAY_TO, assets=ASSET, facilitator=StubFacilitator(), store="memory://"
+        pay_to=PAY_TO,
+        assets=ASSET,
+        facilitator=StubFacilitator(),
+        store="memory://",
+        public_origin="http://testserver",
     )
     with pytest.raises(ConfigurationError, match=r"credit_ttl_seconds \(3600\)"):
         default.route(PerSecond("$1", per=60, max_seconds=3600))
