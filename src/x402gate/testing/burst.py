@@ -68,7 +68,12 @@ async def requirements_of(
         response = await client.request(method, path, **request)
     if response.status_code != 402:
         raise AssertionError(f"expected a 402, got {response.status_code}: {response.text}")
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    from x402.schemas import PaymentRequirements
+
+    accepted = decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    if not isinstance(accepted, PaymentRequirements):
+        raise AssertionError("expected x402 v2 payment requirements")
+    return accepted
 
 
 async def send_burst(
