@@ -114,7 +114,7 @@ def _check_options() -> list[CheckMessage]:
     timeout = conf.MAX_TIMEOUT_SECONDS
     if isinstance(timeout, bool) or not isinstance(timeout, int) or not 10 <= timeout <= 86_400:
         errors.append(_error(5, "X402GATE['MAX_TIMEOUT_SECONDS'] must be an int from 10 to 86400."))
-    for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "DISCOVERY"):
+    for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "LIMIT_IN_FLIGHT", "DISCOVERY"):
         if not isinstance(getattr(conf, key), bool):
             errors.append(_error(5, f"X402GATE[{key!r}] must be True or False."))
     return errors

@@ -62,7 +62,7 @@ GATE_KEYS = frozenset(
     {
         "PAY_TO", "NETWORK", "ASSETS", "FACILITATOR", "FACILITATOR_URL", "FACILITATOR_HEADERS",
         "FACILITATOR_TIMEOUT", "STORE_URL", "MAX_TIMEOUT_SECONDS", "VERIFY_WITH_FACILITATOR",
-        "ALLOW_SMART_WALLETS",
+        "ALLOW_SMART_WALLETS", "LIMIT_IN_FLIGHT", "RPC_URL",
     }
 )
 """Keys that describe the gate; they cannot be combined with ``GATE``."""
@@ -135,6 +135,15 @@ class Settings:
         return self._get("ALLOW_SMART_WALLETS", False)
 
     @property
+    def LIMIT_IN_FLIGHT(self) -> Any:
+        return self._get("LIMIT_IN_FLIGHT", True)
+
+    @property
+    def RPC_URL(self) -> Any:
+        """The chain node payers' balances are read from (a URL or network → URL)."""
+        return self._get("RPC_URL")
+
+    @property
     def ROUTES(self) -> Any:
         return self._get("ROUTES", {})
 
@@ -184,6 +193,8 @@ def build_gate() -> tuple[PaymentGate, bool]:
         max_timeout_seconds=conf.MAX_TIMEOUT_SECONDS,
         verify_with_facilitator=conf.VERIFY_WITH_FACILITATOR,
         allow_smart_wallets=conf.ALLOW_SMART_WALLETS,
+        limit_in_flight=conf.LIMIT_IN_FLIGHT,
+        rpc_url=conf.RPC_URL,
     )
     return gate, True
 
