@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -94,6 +95,7 @@ class ChainBalances:
         self.cache_seconds = float(cache_seconds)
         self.timeout = float(timeout)
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, BalanceReading]] = OrderedDict()
+        self._tls: ssl.SSLContext | None = None
         self._reading: dict[tuple[int, str, str, str], asyncio.Task[BalanceReading]] = {}
 
     def __repr__(self) -> str:
@@ -139,12 +141,10 @@ class ChainBalances:
     async def _read(
         self, url: str, asset: Asset, owner: str, key: tuple[str, str, str]
     ) -> BalanceReading:
-        import httpx
-
         started = time.monotonic()
         # A client per reading: nothing outlives the call (no socket left to a loop that ends),
         # and both calls share its one connection.
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        async with self._client() as client:
             block = _quantity(await self._call(client, url, "eth_blockNumber", []), "block number")
             data = _BALANCE_OF + owner.lower().removeprefix("0x").rjust(64, "0")
             raw = await self._call(
@@ -163,9 +163,7 @@ class ChainBalances:
         url = self.rpc_urls.get(network)
         if url is None:
             return None
-        import httpx
-
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        async with self._client() as client:
             receipt = await self._call(client, url, "eth_getTransactionReceipt", [transaction])
         if not isinstance(receipt, Mapping) or receipt.get("blockNumber") is None:
             return None
@@ -174,6 +172,14 @@ class ChainBalances:
     def forget(self, asset: Asset, owner: str) -> None:
         """Drop the cached reading of ``owner`` (its balance just changed)."""
         self._cache.pop((asset.network, asset.address.lower(), owner.lower()), None)
+
+    def _client(self) -> Any:
+        import httpx
+
+        if self._tls is None:
+            # Loading the CA store takes tens of milliseconds: once, not per client.
+            self._tls = ssl.create_default_context()
+        return httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, verify=self._tls)
 
     @staticmethod
     async def _call(client: Any, url: str, method: str, params: list[Any]) -> Any:
