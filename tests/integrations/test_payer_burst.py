@@ -249,3 +249,63 @@ async def test_with_an_rpc_url_a_facilitator_service_setup_reads_the_balance_on_
         run_sync(gate.aclose())
     assert_bounded(result, counted, test_token, pay_to)
     assert counted.runs == K
+
+
+async def test_a_balance_that_cannot_be_read_serves_nothing_and_burns_nothing(
+    chain: Any, test_token: Any, local_facilitator: Any, payer: Any, pay_to: str, tmp_path: Any
+) -> None:
+    import httpx
+
+    from x402gate.testing.fake_llm import refusing_url
+    from x402gate.testing.payments import encode_payment, sign_exact_payment
+
+    counted = Counted()
+    with refusing_url() as dead:
+        gate = make_gate(local_facilitator, test_token, pay_to, tmp_path, rpc_url=dead)
+        with asgi_site(gate, counted) as url:
+            payload = sign_exact_payment(payer, await requirements_of(url, "/paid"))
+            header = {"PAYMENT-SIGNATURE": encode_payment(payload)}
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                refused = await client.get("/paid", headers=header)
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "facilitator_unavailable"
+    assert "PAID" not in refused.text and counted.runs == 0
+    assert test_token.balance_of(pay_to) == 0
+    # The authorization was released, not burned: once the node answers, it pays as usual.
+    healthy = make_gate(local_facilitator, test_token, pay_to, tmp_path)
+    with asgi_site(healthy, counted) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            paid = await client.get("/paid", headers=header)
+    assert paid.status_code == 200 and counted.runs == 1
+    assert test_token.balance_of(pay_to) == PRICE
+
+
+async def test_a_node_answering_nonsense_serves_nothing(
+    chain: Any, test_token: Any, local_facilitator: Any, payer: Any, pay_to: str, tmp_path: Any
+) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from x402gate.testing.payments import encode_payment, sign_exact_payment
+
+    async def rpc(request: Request) -> JSONResponse:
+        body = await request.json()
+        if body["method"] == "eth_blockNumber":
+            return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "result": "0x10"})
+        return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "result": "0x" + "f" * 80})
+
+    counted = Counted()
+    with serve_asgi(Starlette(routes=[Route("/", rpc, methods=["POST"])])) as node:
+        gate = make_gate(local_facilitator, test_token, pay_to, tmp_path, rpc_url=node + "/")
+        with asgi_site(gate, counted) as url:
+            payload = sign_exact_payment(payer, await requirements_of(url, "/paid"))
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                response = await client.get(
+                    "/paid", headers={"PAYMENT-SIGNATURE": encode_payment(payload)}
+                )
+    assert response.status_code == 502
+    assert response.json()["error"] == "facilitator_error"
+    assert counted.runs == 0 and test_token.balance_of(pay_to) == 0
