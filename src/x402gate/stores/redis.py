@@ -24,6 +24,11 @@ expire; finished reservations expire :data:`~x402gate.stores.base.CREDIT_RECORD_
 after their ``expires_at``. Configure Redis without eviction (``maxmemory-policy noeviction``)
 and with persistence (AOF) when it holds money.
 
+Payments in flight, under ``<prefix>credit:inflight:<account>``: one hash per payer account, a
+field per payment (``amount|until_block|expires_at``), checked and added by one script with the
+ledger's exact decimal arithmetic, so admissions of one payer from every host are serialized.
+The hash's Redis TTL follows its longest-lived entry (plus the grace below).
+
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to
 the caller's clock (``expires_at - now``) plus :data:`EXPIRY_GRACE_SECONDS`, so clock skew between

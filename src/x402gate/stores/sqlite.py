@@ -25,9 +25,10 @@ How it stays correct:
   using a connection across fork) and opens its own on first use, so a store created before a
   pre-forking server spawns its workers is safe.
 * Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
-  ``x402gate_credit_*``) and ``x402gate_meta`` records the schema version. Adding a table is
-  not a new version: tables are created when missing, and an older x402gate ignores tables it
-  does not know, so old and new workers can share one file during a rolling upgrade.
+  ``x402gate_credit_*``, ``x402gate_in_flight``) and ``x402gate_meta`` records the schema
+  version. Adding a table is not a new version: tables are created when missing, and an older
+  x402gate ignores tables it does not know, so old and new workers can share one file during a
+  rolling upgrade.
 * Credit amounts are stored as decimal text and computed with Python integers: SQLite's
   INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
   any ``uint256``. Every ledger operation reads and writes in one ``BEGIN IMMEDIATE``
