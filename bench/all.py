@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--rpc-delay-ms", "10", "--concurrency", "8", "--n", "60"],
         ["--rpc-delay-ms", "10", "--concurrency", "8", "--n", "16", "--rounds", "1"],
     ),
+    "burst": ("burst", [], ["--funded", "1", "--reads", "50"]),
     "metered": ("metered", [], ["--n", "50"]),
     "metered-memory": ("metered", ["--store", "memory"], ["--n", "50", "--store", "memory"]),
     "gateway": ("gateway", [], ["--n", "50"]),

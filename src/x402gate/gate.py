@@ -40,6 +40,7 @@ from . import protocol
 from ._holds import HoldKeeper
 from ._runner import run_sync
 from .assets import Asset, checksum_address, normalize_network, usdc
+from .balances import ChainBalances
 from .clock import Clock, SystemClock
 from .credit import SESSION_HEADER, SessionTokens, TokenClaims
 from .errors import (
@@ -98,6 +99,12 @@ _PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
 PAYMENT_IDENTIFIER = "payment-identifier"
 COMMIT_WAIT_SECONDS = 5.0
 """How long a payer's next credit request waits for the commit of its previous answer."""
+SETTLED_IN_FLIGHT_SECONDS = 120
+"""How long a settled payment keeps counting against balance readings of earlier blocks (cached
+or from a lagging node); past it every reading in use is newer than the settlement."""
+IN_FLIGHT_GRACE_SECONDS = 60
+"""How long past its ``validBefore`` an unsettled payment's hold lasts (clock skew): a process
+that died mid-request never locks its payer's balance longer than this."""
 
 HOLD_MARGIN_SECONDS = 30
 """How much longer than a per-second route's ``max_seconds`` ``credit_ttl_seconds`` must be."""
@@ -213,6 +220,10 @@ class PaymentSession:
     integrations end the answer there (see :meth:`PaymentGate.answer_overdue`)."""
     cut: bool = False
     """Set by an integration that ended the answer at :attr:`deadline`."""
+    in_flight: tuple[str, str] | None = None
+    """(account, entry id) of the payment's hold on the payer's balance until it settles."""
+    on_chain: bool = False
+    """True when the payer's balance was read on chain (else the facilitator vouched for it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +280,17 @@ class PaymentGate:
         service. The client address (``RequestInfo.client``) is then the rightmost
         ``X-Forwarded-For`` entry that is not one of them, and ``X-Forwarded-Host``/``-Proto``
         are read only from them. Empty by default: the client is the TCP peer.
+    :param limit_in_flight: bound the payments of one payer that are verified but not settled
+        yet (so the handlers they run) by the payer's balance: a wallet that can pay ``K`` times
+        never gets more than ``K`` handler runs, however many authorizations it signs at once.
+        On by default; the bound lives in the store, so it holds across threads, processes and
+        instances.
+    :param rpc_url: JSON-RPC URL of the chain (or a mapping network → URL) to read payers'
+        balances from. Defaults to the :class:`~x402gate.facilitators.LocalFacilitator`'s node.
+        On networks without one the facilitator's verify vouches for the balance of one payment
+        only, so each payer has one payment in flight at a time there.
+    :param balance_cache_seconds: how long a balance reading is reused for the same payer
+        (0 to 60). A cached reading never admits beyond the balance.
     :param clock: time source (tests inject one).
     """
 
@@ -289,6 +311,9 @@ class PaymentGate:
         credit_ttl_seconds: int = 3600,
         public_origin: str | Sequence[str] | None = None,
         trusted_proxies: Sequence[str] = (),
+        limit_in_flight: bool = True,
+        rpc_url: str | Mapping[str, str] | None = None,
+        balance_cache_seconds: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
         self.assets = self._resolve_assets(network, assets)
@@ -325,6 +350,17 @@ class PaymentGate:
             parse_public_origins(public_origin) if public_origin is not None else ()
         )
         self.trusted_proxies = TrustedProxies(trusted_proxies)
+        if not isinstance(limit_in_flight, bool):
+            raise ConfigurationError("limit_in_flight must be true or false")
+        self.limit_in_flight = limit_in_flight
+        if limit_in_flight and not self.store.supports_in_flight:
+            raise ConfigurationError(
+                f"{type(self.store).__name__} cannot bound payments in flight: "
+                "use limit_in_flight=False or another store"
+            )
+        self.balances = ChainBalances(
+            self._resolve_rpc_urls(rpc_url, facilitator), cache_seconds=balance_cache_seconds
+        )
         self.clock: Clock = clock or SystemClock()
         # Renews the holds of requests still running, so an answer never outlives its hold.
         self.holds = HoldKeeper(self.store, self.clock, credit_ttl_seconds)
@@ -369,6 +405,22 @@ class PaymentGate:
             if int(mapping[asset.network], 16) == 0:
                 raise ConfigurationError("pay_to must not be the zero address")
         return mapping
+
+    def _resolve_rpc_urls(
+        self, rpc_url: str | Mapping[str, str] | None, facilitator: Any
+    ) -> dict[str, str]:
+        if rpc_url is None:
+            # A local facilitator settles through its own node: read balances there too.
+            url = getattr(facilitator, "rpc_url", None)
+            networks = getattr(facilitator, "networks", None)
+            if isinstance(url, str) and isinstance(networks, list | tuple):
+                return {normalize_network(n): url for n in networks if isinstance(n, str)}
+            return {}
+        if isinstance(rpc_url, str):
+            return {a.network: rpc_url for a in self.assets}
+        if isinstance(rpc_url, Mapping):
+            return {normalize_network(k): v for k, v in rpc_url.items()}
+        raise ConfigurationError("rpc_url must be a URL or a mapping network → URL")
 
     @staticmethod
     def _check_timeout(value: int) -> int:
@@ -1311,13 +1363,18 @@ class PaymentGate:
         session.deadline = self._deadline(route, session.started)
         if route.price.metered:
             session.quote = full_quotes[(requirements.network, requirements.asset)]
+        if self.limit_in_flight:
+            await self._admit(session, accepts)
 
         use_facilitator = (
             route.verify_with_facilitator
             if route.verify_with_facilitator is not None
             else self.verify_with_facilitator
         )
-        if use_facilitator or not auth.recovered:
+        # Without a balance read on chain, the facilitator's verify is what vouches that the
+        # payer can pay this one payment: it runs even when verification is turned off.
+        vouch = self.limit_in_flight and not session.on_chain
+        if use_facilitator or vouch or not auth.recovered:
             try:
                 verdict = await self.facilitator.verify(payload, requirements)
             except FacilitatorError as exc:
@@ -1332,6 +1389,8 @@ class PaymentGate:
 
         if route.settlement == "before":
             await self._settle(session)
+        # Per-second routes measure from here: the payment checks are not the handler's time.
+        session.started = self.clock.now()
         return session
 
     async def finish(
@@ -1392,6 +1451,7 @@ class PaymentGate:
         except StoreError as exc:
             # The claim stays held until the authorization expires: nothing can double-spend it.
             logger.error("replay store release failed: %s", exc)
+        await self._release_in_flight(session)
         await self._emit(PaymentEvent("released", session.request, session.route, session.payment))
 
     async def _settle(self, session: PaymentSession) -> None:
@@ -1408,6 +1468,7 @@ class PaymentGate:
         except FacilitatorError as exc:
             # Outcome unknown: keep the claim held so the authorization cannot be spent twice.
             logger.error("settlement failed for %s: %s", request.resource, exc)
+            await self._unknown_outcome_in_flight(session)
             await self._emit(PaymentEvent("error", request, route, payment, code="settle"))
             raise self._failure(exc) from None
         assert result is not None
@@ -1423,6 +1484,7 @@ class PaymentGate:
             except StoreError as exc:
                 # Paid on chain; the chain itself now refuses the nonce, so serving is safe.
                 logger.error("replay store mark_used failed after settlement: %s", exc)
+            await self._settle_in_flight(session)
             session.response_headers = {header_name: encode(result)}
             await self._emit(PaymentEvent("settled", request, route, payment))
             return
@@ -1431,6 +1493,7 @@ class PaymentGate:
             logger.error(
                 "settlement still pending for %s (tx %s)", request.resource, result.transaction
             )
+            await self._unknown_outcome_in_flight(session)
             await self._emit(PaymentEvent("error", request, route, payment, code=code, status=503))
             raise PaymentError(
                 503,
@@ -1452,6 +1515,104 @@ class PaymentGate:
             "the payment could not be settled",
             extra_headers={header_name: encode(clean)},
         )
+
+    # -- payments in flight per payer -----------------------------------------------------------
+
+    async def _admit(self, session: PaymentSession, accepts: Sequence[PaymentRequirements]) -> None:
+        """Hold this payment's amount on the payer's balance, or refuse it (releasing the claim)
+        when the balance does not cover it plus the payer's other payments in flight."""
+        payment, request, route = session.payment, session.request, session.route
+        account = credit_account(payment.network, payment.asset.address, payment.payer)
+        entry = secrets.token_hex(16)
+        try:
+            reading = await self.balances.read(payment.asset, payment.payer)
+            if reading is None:
+                # No node to read from: the facilitator's verify vouches for this one payment
+                # only, so the payer may have nothing else in flight.
+                balance, block = payment.amount, 0
+            else:
+                balance, block = reading.balance, reading.block
+            admitted = balance >= payment.amount and await self._store_call(
+                self.store.in_flight_admit,
+                account,
+                entry,
+                payment.amount,
+                balance,
+                block,
+                payment.valid_before + IN_FLIGHT_GRACE_SECONDS,
+                self.clock.now(),
+            )
+        except (StoreError, FacilitatorError) as exc:
+            logger.error("payments in flight could not be checked: %s", exc)
+            await self._release(session)
+            await self._emit(PaymentEvent("error", request, route, payment, code="in_flight"))
+            raise self._failure(exc) from None
+        if admitted:
+            session.in_flight = (account, entry)
+            session.on_chain = reading is not None
+            return
+        await self._release(session)
+        headers = {"Cache-Control": "no-store"}
+        if balance < payment.amount:
+            code, message = "insufficient_funds", "the payer's balance does not cover this payment"
+        else:
+            # Retryable: the hold ends when the payer's earlier payments settle or fail.
+            code, message = (
+                "payments_in_flight",
+                "the payer's balance is held by its payments in flight; retry shortly",
+            )
+            headers["Retry-After"] = "1"
+        await self._emit(PaymentEvent("rejected", request, route, payment, code=code, status=402))
+        raise self._challenge(route, request, accepts, code, message, extra_headers=headers)
+
+    async def _release_in_flight(self, session: PaymentSession) -> None:
+        held, session.in_flight = session.in_flight, None
+        if held is None:
+            return
+        try:
+            await self._store_call(self.store.in_flight_release, *held)
+        except StoreError as exc:
+            # Fails safe: the hold only makes the payer wait until it expires.
+            logger.error("payment in flight could not be released: %s", exc)
+
+    async def _settle_in_flight(self, session: PaymentSession) -> None:
+        held, session.in_flight = session.in_flight, None
+        if held is None:
+            return
+        payment = session.payment
+        if not session.on_chain:
+            # The facilitator vouched for the balance after its own settlement: nothing to keep.
+            await self._store_call_quietly(self.store.in_flight_release, *held)
+            return
+        self.balances.forget(payment.asset, payment.payer)
+        block: int | None = None
+        if payment.transaction:
+            try:
+                block = await self.balances.settlement_block(payment.network, payment.transaction)
+            except FacilitatorError as exc:
+                logger.warning("settlement block unknown, the hold stays until it lapses: %s", exc)
+        from .stores.base import IN_FLIGHT_UNSETTLED
+
+        # Readings of earlier blocks still show the money: the payment counts against them.
+        until = IN_FLIGHT_UNSETTLED if block is None else block
+        now = self.clock.now()
+        await self._store_call_quietly(
+            self.store.in_flight_settle, *held, until, now + SETTLED_IN_FLIGHT_SECONDS, now
+        )
+
+    async def _unknown_outcome_in_flight(self, session: PaymentSession) -> None:
+        # Read on chain, the payment keeps its hold until its authorization lapses: the money
+        # may still move, and a balance reading cannot see a transaction not yet mined. Vouched
+        # for by the facilitator, the next payment's verify is the judge of the balance.
+        if not session.on_chain:
+            await self._release_in_flight(session)
+
+    async def _store_call_quietly(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await self._store_call(fn, *args)
+        except StoreError as exc:
+            # Only ever leaves a hold in place until it expires: the payer waits, nobody gains.
+            logger.error("payment in flight could not be updated: %s", exc)
 
     # -- sync facade ---------------------------------------------------------------------------
 

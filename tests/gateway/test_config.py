@@ -454,6 +454,27 @@ INVALID: list[tuple[str, list[tuple[str, str]] | str, dict[str, str | None], str
         'routes["POST /v1/messages"].path',
         "ending in /*",
     ),
+    (
+        "balance node not an http URL",
+        [("  discovery: true", "  discovery: true\n  balance_rpc_url: ftp://node.example/KEY")],
+        {},
+        "gateway.balance_rpc_url",
+        "http:// or https://",
+    ),
+    (
+        "balance cache too long",
+        [("  discovery: true", "  discovery: true\n  balance_cache_seconds: 61")],
+        {},
+        "gateway.balance_cache_seconds",
+        "60",
+    ),
+    (
+        "in-flight bound not a boolean",
+        [("  discovery: true", "  discovery: true\n  limit_in_flight: sometimes")],
+        {},
+        "gateway.limit_in_flight",
+        "expected true or false",
+    ),
 ]
 
 

@@ -483,6 +483,7 @@ def test_gate_is_built_from_app_config() -> None:
     assert [a.network for a in gate.assets] == ["eip155:84532"]
     assert gate.pay_to == {"eip155:84532": PAY_TO}
     assert gate.max_timeout_seconds == 120
+    assert gate.limit_in_flight is True
     assert isinstance(gate.facilitator, HTTPFacilitator)
     assert gate.facilitator.urls == ["https://x402.org/facilitator"]
 
@@ -502,6 +503,8 @@ def test_gate_is_built_from_app_config() -> None:
         ({"X402GATE_STORE_URL": "mongodb://db"}, "X402GATE_STORE_URL"),
         ({"X402GATE_MAX_TIMEOUT_SECONDS": "5m"}, "X402GATE_MAX_TIMEOUT_SECONDS"),
         ({"X402GATE_MAX_TIMEOUT_SECONDS": 5}, "X402GATE_MAX_TIMEOUT_SECONDS"),
+        ({"X402GATE_LIMIT_IN_FLIGHT": "no"}, "X402GATE_LIMIT_IN_FLIGHT"),
+        ({"X402GATE_RPC_URL": "ws://node"}, "X402GATE_RPC_URL"),
     ],
 )
 def test_missing_or_invalid_settings_name_the_key(overrides: dict[str, Any], key: str) -> None:

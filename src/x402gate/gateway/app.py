@@ -77,6 +77,13 @@ class Gateway:
             store=store if store is not None else config.store,
             max_timeout_seconds=settings.max_timeout_seconds,
             verify_with_facilitator=settings.verify_with_facilitator,
+            limit_in_flight=settings.limit_in_flight,
+            rpc_url=(
+                settings.balance_rpc_url.get_secret_value()
+                if settings.balance_rpc_url is not None
+                else None
+            ),
+            balance_cache_seconds=settings.balance_cache_seconds,
             secret=settings.secret.get_secret_value() if settings.secret is not None else None,
             public_origin=settings.public_origin,
             trusted_proxies=settings.trusted_proxies,

@@ -203,6 +203,9 @@ class GatewaySection(_Model):
     secret: SecretStr | None = None
     max_timeout_seconds: int = Field(default=300, ge=10, le=86_400)
     verify_with_facilitator: bool = True
+    limit_in_flight: bool = True
+    balance_rpc_url: SecretStr | None = None
+    balance_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
 
 class AcceptSpec(_Model):
@@ -519,6 +522,9 @@ def _declared_secrets(parsed: GatewayFile) -> Iterator[str]:
         yield key.removeprefix("0x")
     if parsed.gateway.secret is not None:
         yield parsed.gateway.secret.get_secret_value()
+    if parsed.gateway.balance_rpc_url is not None:
+        # Hosted nodes put the API key in the path: the whole URL is a secret.
+        yield parsed.gateway.balance_rpc_url.get_secret_value()
     yield from _url_password(parsed.store)
     for url in parsed.facilitator.url or ():
         yield from _url_password(url)
@@ -707,6 +713,9 @@ class _Compiler:
             self._add(
                 ("gateway", "secret"), "must be at least 32 bytes (e.g. openssl rand -hex 32)"
             )
+        rpc = self.file.gateway.balance_rpc_url
+        if rpc is not None:
+            self._http_url(("gateway", "balance_rpc_url"), rpc.get_secret_value())
 
     def _http_url(self, loc: Loc, url: str) -> bool:
         import httpx

@@ -72,7 +72,10 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
     ``X402GATE_PAY_TO`` (address, or mapping network → address), ``X402GATE_FACILITATOR_URL``
     (one URL or a list) and ``X402GATE_NETWORK`` (or ``X402GATE_ASSETS``, a list of
     :class:`~x402gate.assets.Asset`) are required; ``X402GATE_STORE_URL`` defaults to
-    ``sqlite:///x402gate.db`` and ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300. A missing or invalid
+    ``sqlite:///x402gate.db`` and ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300.
+    ``X402GATE_RPC_URL`` names the chain node payers' balances are read from (see
+    ``rpc_url`` of :class:`~x402gate.gate.PaymentGate`) and ``X402GATE_LIMIT_IN_FLIGHT``
+    (default true) bounds each payer's payments in flight by that balance. A missing or invalid
     setting raises :class:`~x402gate.errors.ConfigurationError` naming it.
     """
     from ..facilitators import HTTPFacilitator
@@ -100,13 +103,23 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
         store = open_store(config.get("X402GATE_STORE_URL") or DEFAULT_STORE_URL)
     try:
         with _setting("X402GATE_MAX_TIMEOUT_SECONDS"):
-            # Everything else is checked by now: the gate can only refuse the timeout.
+            timeout = PaymentGate._check_timeout(
+                _integer(config.get("X402GATE_MAX_TIMEOUT_SECONDS", 300))
+            )
+        with _setting("X402GATE_LIMIT_IN_FLIGHT"):
+            limit = config.get("X402GATE_LIMIT_IN_FLIGHT", True)
+            if not isinstance(limit, bool):
+                raise ConfigurationError("must be True or False")
+        with _setting("X402GATE_RPC_URL"):
+            # Everything else is checked by now: the gate can only refuse these.
             return PaymentGate(
                 pay_to=pay_to,
                 assets=assets,
                 facilitator=facilitator,
                 store=store,
-                max_timeout_seconds=_integer(config.get("X402GATE_MAX_TIMEOUT_SECONDS", 300)),
+                max_timeout_seconds=timeout,
+                limit_in_flight=limit,
+                rpc_url=config.get("X402GATE_RPC_URL") or None,
             )
     except ConfigurationError:
         store.close()

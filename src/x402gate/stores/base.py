@@ -105,6 +105,28 @@ The life of a reservation (its id is unique per request, chosen by the caller):
   ``expires_at`` (the journal behind the idempotent answers); after that they may be purged and
   count as unknown. Accounts and top-up refs are never purged.
 
+Payments in flight (the bound on handler runs per payer): every verified authorization whose
+settlement is not known yet holds an *entry* in its payer's account (named by
+:func:`credit_account`), with its amount. The gate admits a new payment only when the payer's
+balance, read on chain at some block, covers it plus every entry that reading does not reflect
+yet, so a burst of authorizations from one wallet can never make the handler run more often than
+the wallet can pay for. An entry records ``until_block``:
+
+* :data:`IN_FLIGHT_UNSETTLED` while its settlement is not known: it counts against every
+  reading;
+* the block of its settlement transaction once settled: it counts against readings taken at an
+  earlier block only (a reading at that block or later already shows the money gone).
+
+* :meth:`Store.in_flight_admit` adds the entry iff ``amount`` plus the sum of the live entries
+  with ``until_block > block`` is at most ``balance``, atomically: of concurrent admissions of
+  one account, never more are admitted than the balance covers. Repeating it for a live entry
+  with the same id and amount answers True without adding it twice.
+* :meth:`Store.in_flight_settle` records the settlement block of a live entry and how long it
+  stays (past that, every reading is newer than the settlement).
+* :meth:`Store.in_flight_release` deletes an entry (its payment was refused or not charged).
+* Entries are live while ``now < expires_at``: a process killed with entries held does not lock
+  its payers out longer than their authorizations could still be settled.
+
 Every operation is atomic across threads, and across processes / hosts for backends that are
 shared (SQLite file, Redis). Backends wrap every driver error in
 :class:`~x402gate.errors.StoreError`. Methods are synchronous; the gate calls stores whose
@@ -123,6 +145,7 @@ from ..errors import ConfigurationError
 
 __all__ = [
     "CREDIT_RECORD_RETENTION_SECONDS",
+    "IN_FLIGHT_UNSETTLED",
     "MAX_CREDIT_AMOUNT",
     "MAX_IDEMPOTENT_RESPONSE_BYTES",
     "ClaimResult",
@@ -152,6 +175,9 @@ CREDIT_RECORD_RETENTION_SECONDS = 86_400
 
 MAX_CREDIT_ID_LENGTH = 256
 """Longest top-up ref or reservation id accepted."""
+
+IN_FLIGHT_UNSETTLED = 2**63 - 1
+"""``until_block`` of an entry whose settlement is not known: it counts against every reading."""
 
 CREDIT_STATES = ("held", "committed", "released", "expired")
 """What :attr:`CreditReservation.state` can be."""
@@ -342,6 +368,30 @@ def check_credit_reserve(
         raise ValueError(f"credit reservation must expire after now, got {expires_at} <= {now}")
 
 
+def check_in_flight_admit(
+    account: str, entry_id: str, amount: int, balance: int, block: int, expires_at: float
+) -> None:
+    """The argument checks every backend runs before :meth:`Store.in_flight_admit`."""
+    check_credit_account(account)
+    check_credit_id(entry_id, "in-flight entry id")
+    check_credit_amount(amount)
+    check_credit_amount(balance, "balance", zero=True)
+    check_block(block)
+    if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+        raise TypeError(f"expires_at must be a number of seconds, got {expires_at!r:.80}")
+
+
+def check_block(block: int) -> int:
+    """``block`` if it is an int in ``[0, IN_FLIGHT_UNSETTLED]``."""
+    if (
+        isinstance(block, bool)
+        or not isinstance(block, int)
+        or not 0 <= block <= IN_FLIGHT_UNSETTLED
+    ):
+        raise ValueError(f"block must be an int from 0 to 2**63 - 1, got {block!r:.80}")
+    return block
+
+
 def replay_key(network: str, asset: str, payer: str, nonce: str) -> str:
     """The canonical key of one authorization (addresses and nonce lower-cased)."""
     return f"{network}|{asset.lower()}|{payer.lower()}|{nonce.lower()}"
@@ -525,6 +575,52 @@ class Store(ABC):
 
     def _no_credit(self) -> ConfigurationError:
         return ConfigurationError(f"{type(self).__name__} does not support the credit ledger")
+
+    supports_in_flight: ClassVar[bool] = False
+    """True when the backend implements the ``in_flight_*`` operations (all built-in ones do).
+
+    The defaults raise :class:`~x402gate.errors.ConfigurationError`; the gate checks this flag
+    when it bounds payments in flight (``limit_in_flight``, on by default).
+    """
+
+    def in_flight_admit(
+        self,
+        account: str,
+        entry_id: str,
+        amount: int,
+        balance: int,
+        block: int,
+        expires_at: float,
+        now: float,
+    ) -> bool:
+        """Add an unsettled entry of ``amount`` iff ``balance`` (read at ``block``) covers it
+        plus every live entry of ``account`` with ``until_block > block``.
+
+        True when added (also when this live entry already exists with the same amount);
+        False otherwise, with nothing changed. Expired entries may be dropped on the way.
+        """
+        raise self._no_in_flight()
+
+    def in_flight_settle(
+        self, account: str, entry_id: str, block: int, expires_at: float, now: float
+    ) -> bool:
+        """The entry's payment settled in ``block`` (:data:`IN_FLIGHT_UNSETTLED` when the block
+        is not known): from now on it counts against readings before that block only, until
+        ``expires_at``. False when there is no live entry ``entry_id`` in ``account``."""
+        raise self._no_in_flight()
+
+    def in_flight_release(self, account: str, entry_id: str) -> bool:
+        """Delete the entry (its payment was refused or charged nothing); True if it existed."""
+        raise self._no_in_flight()
+
+    def in_flight_total(self, account: str, block: int, now: float) -> int:
+        """The sum of the live entries of ``account`` a reading at ``block`` does not reflect."""
+        raise self._no_in_flight()
+
+    def _no_in_flight(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"{type(self).__name__} cannot bound payments in flight (limit_in_flight)"
+        )
 
     def ping(self) -> None:  # noqa: B027 - optional hook, a no-op is the right default
         """Raise :class:`~x402gate.errors.StoreError` when the backend is unreachable."""

@@ -16,6 +16,7 @@ from typing import ClassVar, Protocol, TypeVar
 from ..errors import ConfigurationError
 from .base import (
     CREDIT_RECORD_RETENTION_SECONDS,
+    IN_FLIGHT_UNSETTLED,
     MAX_CREDIT_AMOUNT,
     ClaimResult,
     CreditBalance,
@@ -23,6 +24,7 @@ from .base import (
     IdempotencyOutcome,
     IdempotencyResult,
     Store,
+    check_block,
     check_credit_account,
     check_credit_amount,
     check_credit_id,
@@ -30,6 +32,7 @@ from .base import (
     check_idempotency_args,
     check_idempotency_response,
     check_idempotency_ttl,
+    check_in_flight_admit,
 )
 from .registry import register_scheme
 
@@ -77,6 +80,13 @@ class _Reservation:
 
 
 @dataclass(slots=True)
+class _InFlight:
+    amount: int
+    until_block: int
+    expires_at: float
+
+
+@dataclass(slots=True)
 class _TopUp:
     account: str
     amount: int
@@ -92,6 +102,7 @@ class MemoryStore(Store):
     shared_across_processes: ClassVar[bool] = False
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
+    supports_in_flight: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -109,6 +120,9 @@ class MemoryStore(Store):
         self._reservations: dict[str, _Reservation] = {}
         self._held: dict[str, _Reservation] = {}
         self._finished: list[tuple[float, str]] = []  # (purge time, reservation id)
+        # Payments in flight per account, and (expires_at, account) to forget idle accounts.
+        self._in_flight: dict[str, dict[str, _InFlight]] = {}
+        self._in_flight_expiry: list[tuple[float, str]] = []
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -359,6 +373,77 @@ class MemoryStore(Store):
                 return
             _, rid = heapq.heappop(self._finished)
             self._reservations.pop(rid, None)
+
+    # -- payments in flight -------------------------------------------------------------------
+
+    def in_flight_admit(
+        self,
+        account: str,
+        entry_id: str,
+        amount: int,
+        balance: int,
+        block: int,
+        expires_at: float,
+        now: float,
+    ) -> bool:
+        check_in_flight_admit(account, entry_id, amount, balance, block, expires_at)
+        with self._lock:
+            entries = self._live_in_flight(account, now)
+            known = entries.get(entry_id)
+            if known is not None:
+                return known.amount == amount
+            held = sum(e.amount for e in entries.values() if e.until_block > block)
+            if held + amount > balance:
+                return False
+            entries[entry_id] = _InFlight(amount, IN_FLIGHT_UNSETTLED, expires_at)
+            self._in_flight[account] = entries
+            heapq.heappush(self._in_flight_expiry, (expires_at, account))
+            return True
+
+    def in_flight_settle(
+        self, account: str, entry_id: str, block: int, expires_at: float, now: float
+    ) -> bool:
+        check_block(block)
+        with self._lock:
+            entry = self._live_in_flight(account, now).get(entry_id)
+            if entry is None:
+                return False
+            entry.until_block, entry.expires_at = block, expires_at
+            heapq.heappush(self._in_flight_expiry, (expires_at, account))
+            return True
+
+    def in_flight_release(self, account: str, entry_id: str) -> bool:
+        with self._lock:
+            entries = self._in_flight.get(account)
+            if entries is None or entries.pop(entry_id, None) is None:
+                return False
+            if not entries:
+                del self._in_flight[account]
+            return True
+
+    def in_flight_total(self, account: str, block: int, now: float) -> int:
+        with self._lock:
+            entries = self._live_in_flight(account, now)
+            return sum(e.amount for e in entries.values() if e.until_block > block)
+
+    def _live_in_flight(self, account: str, now: float) -> dict[str, _InFlight]:
+        """The account's live entries (a fresh dict when it has none), dead ones dropped."""
+        for _ in range(_PURGE_BATCH):
+            if not self._in_flight_expiry or self._in_flight_expiry[0][0] > now:
+                break
+            _, idle = heapq.heappop(self._in_flight_expiry)
+            self._drop_expired_in_flight(idle, now)
+        self._drop_expired_in_flight(account, now)
+        return self._in_flight.get(account, {})
+
+    def _drop_expired_in_flight(self, account: str, now: float) -> None:
+        entries = self._in_flight.get(account)
+        if entries is None:
+            return
+        for entry_id in [k for k, e in entries.items() if now >= e.expires_at]:
+            del entries[entry_id]
+        if not entries:
+            del self._in_flight[account]
 
     def __len__(self) -> int:
         """Entries currently kept, expired ones not yet purged included."""

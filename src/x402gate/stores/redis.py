@@ -24,6 +24,11 @@ expire; finished reservations expire :data:`~x402gate.stores.base.CREDIT_RECORD_
 after their ``expires_at``. Configure Redis without eviction (``maxmemory-policy noeviction``)
 and with persistence (AOF) when it holds money.
 
+Payments in flight, under ``<prefix>credit:inflight:<account>``: one hash per payer account, a
+field per payment (``amount|until_block|expires_at``), checked and added by one script with the
+ledger's exact decimal arithmetic, so admissions of one payer from every host are serialized.
+The hash's Redis TTL follows its longest-lived entry (plus the grace below).
+
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to
 the caller's clock (``expires_at - now``) plus :data:`EXPIRY_GRACE_SECONDS`, so clock skew between
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from ..errors import ConfigurationError, StoreError
 from .base import (
     CREDIT_RECORD_RETENTION_SECONDS,
+    IN_FLIGHT_UNSETTLED,
     MAX_CREDIT_AMOUNT,
     ClaimResult,
     CreditBalance,
@@ -47,6 +53,7 @@ from .base import (
     IdempotencyOutcome,
     IdempotencyResult,
     Store,
+    check_block,
     check_credit_account,
     check_credit_amount,
     check_credit_id,
@@ -54,6 +61,7 @@ from .base import (
     check_idempotency_args,
     check_idempotency_response,
     check_idempotency_ttl,
+    check_in_flight_admit,
 )
 from .registry import redact_url, register_scheme
 
@@ -380,6 +388,65 @@ return {moved, #ids}
 
 _RECONCILE_BATCH = 500
 
+# -- payments in flight ----------------------------------------------------------------------
+# One hash per account, KEYS[1] = ``<prefix>credit:inflight:<account>``: field entry id, value
+# ``amount|until_block|expires_at``. The scripts share the ledger's prelude for its exact
+# decimal arithmetic; block numbers stay far below 2**53 and compare as Lua numbers.
+_IN_FLIGHT_PRELUDE = """
+local function parse(value)
+    return string.match(value, '^(%d+)|(%d+)|(.+)$')
+end
+local function keep(key, expires_at, grace_ms)
+    local want = math.ceil((expires_at - NOW) * 1000) + grace_ms
+    if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], want) end
+end
+"""
+
+# ARGV[4..] id, amount, balance, block, expires_at, unsettled marker, grace_ms. 1 admitted.
+_IN_FLIGHT_ADMIT = (
+    _CREDIT_PRELUDE
+    + _IN_FLIGHT_PRELUDE
+    + """
+local id, amount, balance = ARGV[4], ARGV[5], ARGV[6]
+local block, expires_at = tonumber(ARGV[7]), ARGV[8]
+local all = redis.call('HGETALL', KEYS[1])
+local held = '0'
+for i = 1, #all, 2 do
+    local a, u, e = parse(all[i + 1])
+    if tonumber(e) <= NOW then
+        redis.call('HDEL', KEYS[1], all[i])
+    elseif all[i] == id then
+        if a == amount then return 1 end
+        return 0
+    elseif tonumber(u) > block then
+        held = add(held, a)
+    end
+end
+if cmp(add(held, amount), balance) > 0 then return 0 end
+redis.call('HSET', KEYS[1], id, amount .. '|' .. ARGV[9] .. '|' .. expires_at)
+keep(KEYS[1], tonumber(expires_at), tonumber(ARGV[10]))
+return 1
+"""
+)
+
+# ARGV[4..] id, block, expires_at, grace_ms. 1 settled, 0 no live entry.
+_IN_FLIGHT_SETTLE = (
+    _CREDIT_PRELUDE
+    + _IN_FLIGHT_PRELUDE
+    + """
+local value = redis.call('HGET', KEYS[1], ARGV[4])
+if not value then return 0 end
+local a, u, e = parse(value)
+if tonumber(e) <= NOW then
+    redis.call('HDEL', KEYS[1], ARGV[4])
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[4], a .. '|' .. ARGV[5] .. '|' .. ARGV[6])
+keep(KEYS[1], tonumber(ARGV[6]), tonumber(ARGV[7]))
+return 1
+"""
+)
+
 _CLAIM_RESULTS = {result.value: result for result in ClaimResult}
 _IDEM_OUTCOMES = {outcome.value: outcome for outcome in IdempotencyOutcome}
 
@@ -413,6 +480,7 @@ class RedisStore(Store):
     shared_across_processes: ClassVar[bool] = True
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
+    supports_in_flight: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -457,6 +525,8 @@ class RedisStore(Store):
         self._credit_balance_script = client.register_script(_CREDIT_BALANCE)
         self._credit_extend_script = client.register_script(_CREDIT_EXTEND)
         self._credit_reconcile_script = client.register_script(_CREDIT_RECONCILE)
+        self._in_flight_admit_script = client.register_script(_IN_FLIGHT_ADMIT)
+        self._in_flight_settle_script = client.register_script(_IN_FLIGHT_SETTLE)
 
     @staticmethod
     def _client_from_url(redis: Any, url: str, socket_timeout: float) -> Any:
@@ -729,6 +799,70 @@ class RedisStore(Store):
             moved += int(answer[0])
             if int(answer[1]) < _RECONCILE_BATCH:
                 return moved
+
+    # -- payments in flight -------------------------------------------------------------------
+
+    def in_flight_admit(
+        self,
+        account: str,
+        entry_id: str,
+        amount: int,
+        balance: int,
+        block: int,
+        expires_at: float,
+        now: float,
+    ) -> bool:
+        check_in_flight_admit(account, entry_id, amount, balance, block, expires_at)
+        if "|" in entry_id:
+            raise ValueError("in-flight entry id must not contain '|'")
+        answer = self._credit(
+            "in_flight_admit",
+            self._in_flight_admit_script,
+            [self._credit_key("inflight", account)],
+            now,
+            entry_id,
+            str(amount),
+            str(balance),
+            str(block),
+            repr(float(expires_at)),
+            str(IN_FLIGHT_UNSETTLED),
+            EXPIRY_GRACE_SECONDS * 1000,
+        )
+        return int(answer) == 1
+
+    def in_flight_settle(
+        self, account: str, entry_id: str, block: int, expires_at: float, now: float
+    ) -> bool:
+        check_block(block)
+        answer = self._credit(
+            "in_flight_settle",
+            self._in_flight_settle_script,
+            [self._credit_key("inflight", account)],
+            now,
+            entry_id,
+            str(block),
+            repr(float(expires_at)),
+            EXPIRY_GRACE_SECONDS * 1000,
+        )
+        return int(answer) == 1
+
+    def in_flight_release(self, account: str, entry_id: str) -> bool:
+        try:
+            return int(self.client.hdel(self._credit_key("inflight", account), entry_id)) == 1
+        except self._redis_errors as exc:
+            self._fail("in_flight_release", exc)
+
+    def in_flight_total(self, account: str, block: int, now: float) -> int:
+        try:
+            entries = self.client.hgetall(self._credit_key("inflight", account))
+        except self._redis_errors as exc:
+            self._fail("in_flight_total", exc)
+        total = 0
+        for value in entries.values():
+            amount, until, expires_at = _text(value).split("|")
+            if int(until) > block and float(expires_at) > now:
+                total += int(amount)
+        return total
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -25,9 +25,10 @@ How it stays correct:
   using a connection across fork) and opens its own on first use, so a store created before a
   pre-forking server spawns its workers is safe.
 * Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
-  ``x402gate_credit_*``) and ``x402gate_meta`` records the schema version. Adding a table is
-  not a new version: tables are created when missing, and an older x402gate ignores tables it
-  does not know, so old and new workers can share one file during a rolling upgrade.
+  ``x402gate_credit_*``, ``x402gate_in_flight``) and ``x402gate_meta`` records the schema
+  version. Adding a table is not a new version: tables are created when missing, and an older
+  x402gate ignores tables it does not know, so old and new workers can share one file during a
+  rolling upgrade.
 * Credit amounts are stored as decimal text and computed with Python integers: SQLite's
   INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
   any ``uint256``. Every ledger operation reads and writes in one ``BEGIN IMMEDIATE``
@@ -62,6 +63,7 @@ from typing import ClassVar, TypeVar
 from ..errors import ConfigurationError, StoreError
 from .base import (
     CREDIT_RECORD_RETENTION_SECONDS,
+    IN_FLIGHT_UNSETTLED,
     MAX_CREDIT_AMOUNT,
     ClaimResult,
     CreditBalance,
@@ -69,6 +71,7 @@ from .base import (
     IdempotencyOutcome,
     IdempotencyResult,
     Store,
+    check_block,
     check_credit_account,
     check_credit_amount,
     check_credit_id,
@@ -76,6 +79,7 @@ from .base import (
     check_idempotency_args,
     check_idempotency_response,
     check_idempotency_ttl,
+    check_in_flight_admit,
 )
 from .registry import register_scheme
 
@@ -135,6 +139,15 @@ CREATE INDEX IF NOT EXISTS x402gate_credit_held
     ON x402gate_credit_reservation (account, expires_at) WHERE state = 'held';
 CREATE INDEX IF NOT EXISTS x402gate_credit_expires_at
     ON x402gate_credit_reservation (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_in_flight (
+    account TEXT NOT NULL,
+    id TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    until_block INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (account, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_in_flight_expires_at ON x402gate_in_flight (expires_at);
 """
 
 # Expired rows deleted per purge at most, so that no claim pays for a large backlog at once.
@@ -190,6 +203,7 @@ class SQLiteStore(Store):
     shared_across_processes: ClassVar[bool] = True
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
+    supports_in_flight: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -229,6 +243,7 @@ class SQLiteStore(Store):
         self._next_purge = float("-inf")
         self._next_idem_purge = float("-inf")
         self._next_credit_purge = float("-inf")
+        self._next_in_flight_purge = float("-inf")
         _LIVE_STORES.add(self)
 
     @classmethod
@@ -724,6 +739,98 @@ class SQLiteStore(Store):
         self._next_credit_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    # -- payments in flight -------------------------------------------------------------------
+    # Amounts are decimal text summed with Python integers (as in the credit ledger); the sum
+    # and the insert run in one BEGIN IMMEDIATE transaction, so admissions of one payer from
+    # every process on the file are serialized.
+
+    def in_flight_admit(
+        self,
+        account: str,
+        entry_id: str,
+        amount: int,
+        balance: int,
+        block: int,
+        expires_at: float,
+        now: float,
+    ) -> bool:
+        check_in_flight_admit(account, entry_id, amount, balance, block, expires_at)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            self._purge_in_flight(conn, account, now)
+            rows = conn.execute(
+                "SELECT id, amount, until_block FROM x402gate_in_flight WHERE account = ?",
+                (account,),
+            ).fetchall()
+            for row_id, row_amount, _ in rows:
+                if row_id == entry_id:
+                    return int(row_amount) == amount
+            held = sum(int(row_amount) for _, row_amount, until in rows if until > block)
+            if held + amount > balance:
+                return False
+            conn.execute(
+                "INSERT INTO x402gate_in_flight (account, id, amount, until_block, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account, entry_id, str(amount), IN_FLIGHT_UNSETTLED, float(expires_at)),
+            )
+            return True
+
+        return self._write("in_flight_admit", run, self.ledger_synchronous)
+
+    def in_flight_settle(
+        self, account: str, entry_id: str, block: int, expires_at: float, now: float
+    ) -> bool:
+        check_block(block)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE x402gate_in_flight SET until_block = ?, expires_at = ?"
+                " WHERE account = ? AND id = ? AND expires_at > ?",
+                (block, float(expires_at), account, entry_id, now),
+            )
+            return cursor.rowcount == 1
+
+        return self._write("in_flight_settle", run, self.ledger_synchronous)
+
+    def in_flight_release(self, account: str, entry_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM x402gate_in_flight WHERE account = ? AND id = ?", (account, entry_id)
+            )
+            return cursor.rowcount == 1
+
+        return self._write("in_flight_release", run, self.ledger_synchronous)
+
+    def in_flight_total(self, account: str, block: int, now: float) -> int:
+        with self._lock:
+            try:
+                rows = (
+                    self._connection()
+                    .execute(
+                        "SELECT amount FROM x402gate_in_flight"
+                        " WHERE account = ? AND until_block > ? AND expires_at > ?",
+                        (account, block, now),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                self._discard()
+                raise self._error("in_flight_total", exc) from exc
+        return sum(int(row[0]) for row in rows)
+
+    def _purge_in_flight(self, conn: sqlite3.Connection, account: str, now: float) -> None:
+        conn.execute(
+            "DELETE FROM x402gate_in_flight WHERE account = ? AND expires_at <= ?", (account, now)
+        )
+        if now < self._next_in_flight_purge:
+            return
+        deleted = conn.execute(
+            "DELETE FROM x402gate_in_flight WHERE (account, id) IN"
+            " (SELECT account, id FROM x402gate_in_flight WHERE expires_at <= ? LIMIT ?)",
+            (now, _PURGE_LIMIT),
+        ).rowcount
+        self._next_in_flight_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
 
     def ping(self) -> None:
         """Open the file and create the tables if needed; :class:`StoreError` if impossible."""

@@ -86,7 +86,7 @@ def test_e004_facilitator(change: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "x402gate",
     [None, ["PAY_TO"], {**VALID, "PAYTO": PAY_TO}, {**VALID, "MAX_TIMEOUT_SECONDS": 5},
-     {**VALID, "DISCOVERY": "yes"}],
+     {**VALID, "DISCOVERY": "yes"}, {**VALID, "LIMIT_IN_FLIGHT": "yes"}],
 )
 def test_e005_setting_shape_and_options(x402gate: Any) -> None:
     assert "x402gate.E005" in ids(x402gate)

@@ -125,7 +125,7 @@ def _check_options() -> list[CheckMessage]:
         TrustedProxies(conf.TRUSTED_PROXIES, setting="TRUSTED_PROXIES")
     except ConfigurationError as exc:
         errors.append(_error(5, f"X402GATE: {exc}", "e.g. ['10.0.0.0/8']"))
-    for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "DISCOVERY"):
+    for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "LIMIT_IN_FLIGHT", "DISCOVERY"):
         if not isinstance(getattr(conf, key), bool):
             errors.append(_error(5, f"X402GATE[{key!r}] must be True or False."))
     return errors

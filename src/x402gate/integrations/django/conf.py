@@ -73,6 +73,8 @@ GATE_KEYS = frozenset(
         "ALLOW_SMART_WALLETS",
         "PUBLIC_ORIGIN",
         "TRUSTED_PROXIES",
+        "LIMIT_IN_FLIGHT",
+        "RPC_URL",
     }
 )
 """Keys that describe the gate; they cannot be combined with ``GATE``."""
@@ -155,6 +157,15 @@ class Settings:
         return self._get("TRUSTED_PROXIES", ())
 
     @property
+    def LIMIT_IN_FLIGHT(self) -> Any:
+        return self._get("LIMIT_IN_FLIGHT", True)
+
+    @property
+    def RPC_URL(self) -> Any:
+        """The chain node payers' balances are read from (a URL or network → URL)."""
+        return self._get("RPC_URL")
+
+    @property
     def ROUTES(self) -> Any:
         return self._get("ROUTES", {})
 
@@ -206,6 +217,8 @@ def build_gate() -> tuple[PaymentGate, bool]:
         allow_smart_wallets=conf.ALLOW_SMART_WALLETS,
         public_origin=conf.PUBLIC_ORIGIN,
         trusted_proxies=conf.TRUSTED_PROXIES,
+        limit_in_flight=conf.LIMIT_IN_FLIGHT,
+        rpc_url=conf.RPC_URL,
     )
     return gate, True
 
