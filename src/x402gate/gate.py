@@ -29,6 +29,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -67,7 +68,16 @@ if TYPE_CHECKING:
 
     from .facilitators import Facilitator
 
-__all__ = ["Payment", "PaymentEvent", "PaymentGate", "PaymentSession", "Route", "Settlement"]
+__all__ = [
+    "STARTUP_CHECKS_ENV",
+    "Payment",
+    "PaymentEvent",
+    "PaymentGate",
+    "PaymentSession",
+    "Route",
+    "Settlement",
+    "StartupChecks",
+]
 
 logger = logging.getLogger("x402gate")
 
@@ -81,6 +91,11 @@ T = TypeVar("T")
 Settlement = Literal["after", "before"]
 PaymentIdentifier = Literal["off", "optional", "required"]
 EventListener = Callable[["PaymentEvent"], "Awaitable[None] | None"]
+StartupChecks = Literal["fail", "warn", "off"]
+STARTUP_CHECKS_ENV = "X402GATE_STARTUP_CHECKS"
+"""Environment variable that overrides every gate's ``startup_checks`` (``fail``, ``warn``,
+``off``): how an operator starts a service anyway while a dependency is down."""
+_STARTUP_MODES = ("fail", "warn", "off")
 
 _CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 _SETTLEMENT_POLICIES = ("after", "before")
@@ -238,6 +253,12 @@ class PaymentGate:
     :param credit_ttl_seconds: how long a credit reservation may live before a crashed
         request's hold is returned to the payer.
     :param clock: time source (tests inject one).
+    :param startup_checks: what the integrations do when the app starts and a start-up truth
+        does not hold (store cannot be opened, facilitator unreachable or without the exact
+        scheme on an accepted network): ``"fail"`` (the default) stops the start with one
+        :class:`ConfigurationError`; ``"warn"`` logs it and starts anyway (payments answer 503
+        until it holds); ``"off"`` skips the check. The environment variable
+        ``X402GATE_STARTUP_CHECKS`` overrides it.
     """
 
     def __init__(
@@ -256,7 +277,14 @@ class PaymentGate:
         session_tokens: SessionTokens | None = None,
         credit_ttl_seconds: int = 3600,
         clock: Clock | None = None,
+        startup_checks: StartupChecks = "fail",
     ) -> None:
+        if startup_checks not in _STARTUP_MODES:
+            raise ConfigurationError(
+                f"startup_checks must be one of {', '.join(_STARTUP_MODES)}, "
+                f"not {startup_checks!r}"
+            )
+        self.startup_checks: StartupChecks = startup_checks
         self.assets = self._resolve_assets(network, assets)
         self.pay_to = self._resolve_pay_to(pay_to, self.assets)
         if facilitator is None or not all(
@@ -442,6 +470,58 @@ class PaymentGate:
                     f"the facilitator does not support the exact scheme on {', '.join(missing)}"
                 )
             self._started = True
+
+    def startup_mode(self) -> StartupChecks:
+        """``startup_checks`` in force: the environment variable wins over the argument."""
+        value = os.environ.get(STARTUP_CHECKS_ENV, "").strip().lower()
+        if not value:
+            return self.startup_checks
+        if value not in _STARTUP_MODES:
+            raise ConfigurationError(
+                f"{STARTUP_CHECKS_ENV} must be one of {', '.join(_STARTUP_MODES)}, not {value!r}"
+            )
+        return value  # type: ignore[return-value]  # checked just above
+
+    async def check_startup(self) -> None:
+        """The start-up checks, as integrations run them when the app starts.
+
+        Runs :meth:`startup` (store opened, facilitator reached, the exact scheme supported on
+        every accepted network). With ``startup_checks="fail"`` a failure raises one
+        :class:`ConfigurationError` saying what failed and how to start anyway; with
+        ``"warn"`` it is logged and the first paid request tries again; ``"off"`` does nothing.
+        """
+        mode = self.startup_mode()
+        if mode == "off":
+            return
+        try:
+            await self.startup()
+        except ConfigurationError as exc:
+            problem = str(exc)
+        except StoreError as exc:
+            problem = f"the store cannot be opened: {exc}"
+        except FacilitatorUnavailable as exc:
+            problem = f"the facilitator {self.facilitator!r} cannot be reached: {exc}"
+        except FacilitatorError as exc:
+            problem = f"the facilitator {self.facilitator!r} did not answer properly: {exc}"
+        else:
+            return
+        if mode == "warn":
+            logger.warning(
+                "x402gate start-up check failed, starting anyway (%s=warn): %s; paid requests "
+                "answer 503 until this is fixed",
+                STARTUP_CHECKS_ENV,
+                problem,
+            )
+            return
+        raise ConfigurationError(
+            f"x402gate start-up check failed: {problem}. Fix it, or start anyway with "
+            f"startup_checks='warn' (or the environment variable {STARTUP_CHECKS_ENV}=warn); "
+            "paid requests then answer 503 until it is fixed"
+        )
+
+    def check_startup_sync(self) -> None:
+        """:meth:`check_startup` from synchronous code (WSGI, Flask, Django)."""
+        run_sync(self.check_startup())
 
     # -- helpers -----------------------------------------------------------------------------
 

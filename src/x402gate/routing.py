@@ -6,12 +6,18 @@ one path segment, ``*`` inside a segment any characters but ``/``. Matching is c
 the path, first entry wins. Values are a :class:`~x402gate.gate.Route`, a price (``0.05``,
 ``"$0.05"``, a strategy, a callable), or a dict of :meth:`~x402gate.gate.PaymentGate.route`
 keyword arguments.
+
+A key that can never apply is a :class:`~x402gate.errors.ConfigurationError` when the table is
+built (a key that an earlier key always matches first) or when the app starts (a key that matches
+no route of the framework app behind it, see :func:`check_routes_exist`): a typo in a key would
+otherwise leave the real route unpaid.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +26,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .gate import PaymentGate, Route
 
-__all__ = ["RouteTable", "compile_pattern"]
+__all__ = ["AppRoute", "RouteTable", "check_routes_exist", "compile_pattern"]
 
 _METHOD_RE = re.compile(r"^[A-Z]+(?:,[A-Z]+)*$")
 _PARAM_RE = re.compile(r"^(?:\{[A-Za-z_][A-Za-z0-9_]*\}|:[A-Za-z_][A-Za-z0-9_]*)$")
@@ -46,12 +52,35 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + "".join(parts) + "/?$")
 
 
+def _sample_paths(pattern: str, param: str, glob: str) -> list[str]:
+    """Concrete paths ``pattern`` matches: parameters become ``param``, ``*`` inside a segment
+    ``glob``; a trailing ``/*`` gives the prefix itself and two segments below it."""
+    segments = pattern.strip("/").split("/") if pattern != "/" else []
+    tail = bool(segments) and segments[-1] == "*"
+    if tail:
+        segments = segments[:-1]
+    parts = [param if _PARAM_RE.match(s) else s.replace("*", glob) for s in segments]
+    base = "/" + "/".join(parts)
+    if not tail:
+        return [base]
+    return [base, base.rstrip("/") + f"/{glob}/{glob}"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     key: str
     methods: frozenset[str] | None
     regex: re.Pattern[str]
     route: Route
+    path: str
+
+    def covers(self, other: _Entry) -> bool:
+        """Whether every request ``other`` matches is matched by this entry."""
+        if self.methods is not None and (other.methods is None or other.methods - self.methods):
+            return False
+        # Braces never occur in a literal segment of a key, so a sample made of them is matched
+        # only by a parameter or a glob of this entry, never by a literal that merely equals it.
+        return all(self.regex.match(p) for p in _sample_paths(other.path, "{p}", "{g}"))
 
 
 class RouteTable:
@@ -88,7 +117,15 @@ class RouteTable:
                     raise ConfigurationError(f"route {key!r}: {exc}") from None
             else:
                 route = gate.route(spec)
-            entries.append(_Entry(key, methods, compile_pattern(path), route))
+            entry = _Entry(key, methods, compile_pattern(path), route, path)
+            for earlier in entries:
+                if earlier.covers(entry):
+                    raise ConfigurationError(
+                        f"route {key!r} is never used: {earlier.key!r}, before it, matches "
+                        "every request it would (the first matching key wins; put the more "
+                        "specific key first)"
+                    )
+            entries.append(entry)
         self._entries = tuple(entries)
 
     def match(self, method: str, path: str) -> Route | None:
@@ -103,3 +140,62 @@ class RouteTable:
 
     def __iter__(self) -> Any:
         return iter((e.key, e.route) for e in self._entries)
+
+
+_TEMPLATE_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}|<(?:[^<>:]+:)?([^<>]+)>")
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoute:
+    """One route of the framework app behind a route table, as :func:`check_routes_exist` sees
+    it.
+
+    :param template: its path, parameters written ``{name}``, ``{name:int}`` or ``<int:name>``.
+    :param methods: the methods it answers (``None``: any).
+    :param matches: the framework's own matcher, ``matches(method, path)``, when there is one
+        (it also knows mounts and regular expressions).
+    """
+
+    template: str
+    methods: frozenset[str] | None = None
+    matches: Callable[[str, str], bool] | None = None
+
+    def serves(self, entry: _Entry) -> bool:
+        if (
+            entry.methods is not None
+            and self.methods is not None
+            and not (entry.methods - {"HEAD"}) & self.methods
+        ):
+            return False
+        # The key's pattern covers the route's template (parameters stand for themselves) ...
+        template = _TEMPLATE_PARAM_RE.sub(lambda m: "{" + (m[1] or m[2]) + "}", self.template)
+        if entry.regex.match(template if template.startswith("/") else "/" + template):
+            return True
+        if self.matches is None:
+            return False
+        # ... or the framework routes a concrete path of the key here.
+        methods = sorted(entry.methods - {"HEAD"}) if entry.methods else ["GET"]
+        for path in _sample_paths(entry.path, "1", "x"):
+            for variant in {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}:
+                if any(self.matches(method, variant) for method in methods):
+                    return True
+        return False
+
+
+def check_routes_exist(table: RouteTable, app_routes: Iterable[AppRoute], where: str) -> None:
+    """Raise :class:`ConfigurationError` naming every key of ``table`` that matches none of
+    ``app_routes`` (the routes of ``where``, e.g. "the Starlette app"), with the closest route
+    as a suggestion. A misspelt key would otherwise leave the real route free."""
+    known = list(app_routes)
+    problems = []
+    for entry in table._entries:
+        if any(route.serves(entry) for route in known):
+            continue
+        templates = sorted({r.template for r in known})
+        close = difflib.get_close_matches(entry.path, templates, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(f"route {entry.key!r} matches no route of {where}{hint}")
+    if problems:
+        raise ConfigurationError(
+            "; ".join(problems) + ": a key that matches nothing leaves the route it meant free"
+        )
