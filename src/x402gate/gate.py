@@ -281,8 +281,7 @@ class PaymentGate:
     ) -> None:
         if startup_checks not in _STARTUP_MODES:
             raise ConfigurationError(
-                f"startup_checks must be one of {', '.join(_STARTUP_MODES)}, "
-                f"not {startup_checks!r}"
+                f"startup_checks must be one of {', '.join(_STARTUP_MODES)}, not {startup_checks!r}"
             )
         self.startup_checks: StartupChecks = startup_checks
         self.assets = self._resolve_assets(network, assets)
@@ -471,26 +470,28 @@ class PaymentGate:
                 )
             self._started = True
 
-    def startup_mode(self) -> StartupChecks:
-        """``startup_checks`` in force: the environment variable wins over the argument."""
+    def startup_mode(self, configured: StartupChecks | None = None) -> StartupChecks:
+        """``startup_checks`` in force: the environment variable wins over ``configured`` (an
+        integration's own setting), which wins over the gate's argument."""
         value = os.environ.get(STARTUP_CHECKS_ENV, "").strip().lower()
         if not value:
-            return self.startup_checks
+            return configured or self.startup_checks
         if value not in _STARTUP_MODES:
             raise ConfigurationError(
                 f"{STARTUP_CHECKS_ENV} must be one of {', '.join(_STARTUP_MODES)}, not {value!r}"
             )
         return value  # type: ignore[return-value]  # checked just above
 
-    async def check_startup(self) -> None:
+    async def check_startup(self, mode: StartupChecks | None = None) -> None:
         """The start-up checks, as integrations run them when the app starts.
 
         Runs :meth:`startup` (store opened, facilitator reached, the exact scheme supported on
         every accepted network). With ``startup_checks="fail"`` a failure raises one
         :class:`ConfigurationError` saying what failed and how to start anyway; with
         ``"warn"`` it is logged and the first paid request tries again; ``"off"`` does nothing.
+        ``mode`` is an integration's own setting for it (see :meth:`startup_mode`).
         """
-        mode = self.startup_mode()
+        mode = self.startup_mode(mode)
         if mode == "off":
             return
         try:
@@ -519,9 +520,9 @@ class PaymentGate:
             "paid requests then answer 503 until it is fixed"
         )
 
-    def check_startup_sync(self) -> None:
+    def check_startup_sync(self, mode: StartupChecks | None = None) -> None:
         """:meth:`check_startup` from synchronous code (WSGI, Flask, Django)."""
-        run_sync(self.check_startup())
+        run_sync(self.check_startup(mode))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -160,26 +160,30 @@ class AppRoute:
     methods: frozenset[str] | None = None
     matches: Callable[[str, str], bool] | None = None
 
-    def serves(self, entry: _Entry) -> bool:
-        if (
-            entry.methods is not None
-            and self.methods is not None
-            and not (entry.methods - {"HEAD"}) & self.methods
-        ):
+    def covers(self, entry: _Entry) -> bool:
+        """Whether the key's pattern covers this route's template (parameters standing for
+        themselves): ``"/items/{id}"`` covers ``"/items/<int:pk>"``."""
+        if not self.template or not self._methods_meet(entry):
             return False
-        # The key's pattern covers the route's template (parameters stand for themselves) ...
         template = _TEMPLATE_PARAM_RE.sub(lambda m: "{" + (m[1] or m[2]) + "}", self.template)
-        if entry.regex.match(template if template.startswith("/") else "/" + template):
-            return True
-        if self.matches is None:
-            return False
-        # ... or the framework routes a concrete path of the key here.
-        methods = sorted(entry.methods - {"HEAD"}) if entry.methods else ["GET"]
-        for path in _sample_paths(entry.path, "1", "x"):
-            for variant in {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}:
-                if any(self.matches(method, variant) for method in methods):
-                    return True
-        return False
+        return bool(entry.regex.match(template if template.startswith("/") else "/" + template))
+
+    def _methods_meet(self, entry: _Entry) -> bool:
+        return (
+            entry.methods is None
+            or self.methods is None
+            or bool((entry.methods - {"HEAD"}) & self.methods)
+        )
+
+
+def _routed(entry: _Entry, matcher: Callable[[str, str], bool]) -> bool:
+    """Whether the framework routes a concrete path of the key somewhere."""
+    methods = sorted(entry.methods - {"HEAD"}) if entry.methods else ["GET"]
+    for path in _sample_paths(entry.path, "1", "x"):
+        for variant in (path, path.rstrip("/") or "/", path.rstrip("/") + "/"):
+            if any(matcher(method, variant) for method in methods):
+                return True
+    return False
 
 
 def check_routes_exist(table: RouteTable, app_routes: Iterable[AppRoute], where: str) -> None:
@@ -187,13 +191,19 @@ def check_routes_exist(table: RouteTable, app_routes: Iterable[AppRoute], where:
     ``app_routes`` (the routes of ``where``, e.g. "the Starlette app"), with the closest route
     as a suggestion. A misspelt key would otherwise leave the real route free."""
     known = list(app_routes)
+    matchers: dict[int, Callable[[str, str], bool]] = {}
+    for route in known:
+        if route.matches is not None:
+            matchers.setdefault(id(route.matches), route.matches)  # one call per matcher
+    templates = sorted({r.template for r in known if r.template})
     problems = []
     for entry in table._entries:
-        if any(route.serves(entry) for route in known):
+        if any(route.covers(entry) for route in known):
             continue
-        templates = sorted({r.template for r in known})
+        if any(_routed(entry, matcher) for matcher in matchers.values()):
+            continue
         close = difflib.get_close_matches(entry.path, templates, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         problems.append(f"route {entry.key!r} matches no route of {where}{hint}")
     if problems:
         raise ConfigurationError(

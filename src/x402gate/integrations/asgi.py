@@ -4,7 +4,12 @@
 
     app = PaymentMiddleware(app, gate=gate, routes={"GET /weather": 0.01, "POST /v1/chat": rules})
 
-Only ``http`` scopes on a paid route are touched; websocket and lifespan scopes pass through.
+Only ``http`` scopes on a paid route are touched; websocket scopes pass through. At the
+``lifespan`` start-up, before the app's own, the middleware checks that every key of ``routes``
+matches a route of the app (when the app lists its routes: Starlette, FastAPI, Quart) and runs the
+gate's start-up checks (:meth:`PaymentGate.check_startup`); a failure is reported as
+``lifespan.startup.failed`` with one message, and the server does not start. Servers that run no
+lifespan leave the gate's checks to the first paid request.
 The request body is read once (for prices that look at it) and replayed to the app. With policy
 ``after``, only ``http.response.start`` is held: the payment is settled when the app starts its
 answer with a status below 400 and before any body byte is sent; when settlement fails the client
@@ -16,22 +21,24 @@ answers ``GET /.well-known/x402`` with the paid routes (see :mod:`x402gate.disco
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
-from ..errors import PaymentError
+from ..errors import ConfigurationError, PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..request import Headers, RequestInfo
-from ..routing import RouteTable
+from ..routing import RouteTable, check_routes_exist
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import paid_response_headers, render_error
+from ._common import framework_routes, paid_response_headers, render_error
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "PaymentMiddleware",
     "finish_recording",
+    "lifespan_with_checks",
     "public_origin",
     "request_info_from_scope",
     "send_error",
@@ -40,6 +47,36 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BODY = 1 << 20
+
+logger = logging.getLogger("x402gate")
+
+
+async def lifespan_with_checks(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, check: Callable[[], Awaitable[None]]
+) -> None:
+    """Run a ``lifespan`` scope through ``app``, with ``check()`` before the app's own start-up.
+
+    When ``check`` raises :class:`ConfigurationError`, the server gets
+    ``lifespan.startup.failed`` with its message and the app's start-up never runs, so the
+    server stops before it accepts a request."""
+    message = await receive()
+    if message.get("type") == "lifespan.startup":
+        try:
+            await check()
+        except ConfigurationError as exc:
+            logger.error("%s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+    first: Message | None = message
+
+    async def replay() -> Message:
+        nonlocal first
+        if first is not None:
+            taken, first = first, None
+            return taken
+        return await receive()
+
+    await app(scope, replay, send)
 
 
 def request_info_from_scope(
@@ -240,6 +277,8 @@ class PaymentMiddleware:
     :param trust_proxy_headers: build the resource URL from ``X-Forwarded-Proto``/``-Host``;
         only when every request comes through a proxy you control.
     :param discovery: answer ``GET /.well-known/x402`` with a document listing ``routes``.
+    :param check_at_startup: at the lifespan start-up, check ``routes`` against the app's own
+        routes and run the gate's start-up checks (see the module docstring).
     """
 
     def __init__(
@@ -251,6 +290,7 @@ class PaymentMiddleware:
         max_body_bytes: int = DEFAULT_MAX_BODY,
         trust_proxy_headers: bool = False,
         discovery: bool = False,
+        check_at_startup: bool = True,
     ) -> None:
         self.app = app
         self.gate = gate
@@ -258,8 +298,20 @@ class PaymentMiddleware:
         self.max_body_bytes = max_body_bytes
         self.trust_proxy_headers = trust_proxy_headers
         self.discovery = discovery
+        self.check_at_startup = check_at_startup
+
+    async def check_startup(self) -> None:
+        """Every key of ``routes`` matches a route of the app (when it lists them), and the
+        gate's start-up checks pass; :class:`ConfigurationError` otherwise."""
+        found = framework_routes(self.app)
+        if found is not None:
+            check_routes_exist(self.routes, *found)
+        await self.gate.check_startup()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.check_at_startup:
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

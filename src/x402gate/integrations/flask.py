@@ -34,7 +34,15 @@ from werkzeug.local import LocalProxy
 from ..assets import Asset, checksum_address, normalize_network, usdc
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
-from ..gate import Payment, PaymentGate, PaymentIdentifier, PaymentSession, Route, Settlement
+from ..gate import (
+    Payment,
+    PaymentGate,
+    PaymentIdentifier,
+    PaymentSession,
+    Route,
+    Settlement,
+    StartupChecks,
+)
 from ..pricing import as_strategy
 from ..request import Headers, RequestInfo
 from ..stores import open_store
@@ -66,8 +74,10 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
     ``X402GATE_PAY_TO`` (address, or mapping network → address), ``X402GATE_FACILITATOR_URL``
     (one URL or a list) and ``X402GATE_NETWORK`` (or ``X402GATE_ASSETS``, a list of
     :class:`~x402gate.assets.Asset`) are required; ``X402GATE_STORE_URL`` defaults to
-    ``sqlite:///x402gate.db`` and ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300. A missing or invalid
-    setting raises :class:`~x402gate.errors.ConfigurationError` naming it.
+    ``sqlite:///x402gate.db``, ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300 and
+    ``X402GATE_STARTUP_CHECKS`` to ``"fail"`` (``"warn"`` or ``"off"`` start the app even when
+    a start-up check fails). A missing or invalid setting raises
+    :class:`~x402gate.errors.ConfigurationError` naming it.
     """
     from ..facilitators import HTTPFacilitator
 
@@ -93,6 +103,12 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
     with _setting("X402GATE_STORE_URL"):
         store = open_store(config.get("X402GATE_STORE_URL") or DEFAULT_STORE_URL)
     try:
+        with _setting("X402GATE_STARTUP_CHECKS"):
+            checks: Any = config.get("X402GATE_STARTUP_CHECKS") or "fail"
+            if checks not in get_args(StartupChecks):
+                raise ConfigurationError(
+                    f"must be one of {', '.join(get_args(StartupChecks))}, not {checks!r}"
+                )
         with _setting("X402GATE_MAX_TIMEOUT_SECONDS"):
             # Everything else is checked by now: the gate can only refuse the timeout.
             return PaymentGate(
@@ -101,6 +117,7 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
                 facilitator=facilitator,
                 store=store,
                 max_timeout_seconds=_integer(config.get("X402GATE_MAX_TIMEOUT_SECONDS", 300)),
+                startup_checks=checks,
             )
     except ConfigurationError:
         store.close()
@@ -168,8 +185,16 @@ class X402Gate:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Attach to ``app``: build or take the gate, and register the discovery route."""
+        """Attach to ``app``: build or take the gate, run its start-up checks
+        (:meth:`~x402gate.gate.PaymentGate.check_startup`: a failing one raises
+        :class:`~x402gate.errors.ConfigurationError`), and register the discovery route."""
         gate = self._gate if self._gate is not None else gate_from_config(app.config)
+        try:
+            gate.check_startup_sync()
+        except ConfigurationError:
+            if self._gate is None:
+                gate.close()  # built here: nobody else will close its store
+            raise
         app.extensions[EXTENSION_KEY] = GateState(
             gate, self.trust_proxy_headers, self.max_body_bytes
         )

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import requests
 from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.test.utils import override_settings
 from django.urls import path
@@ -122,11 +123,26 @@ def test_w001_memory_store_outside_debug(monkeypatch: pytest.MonkeyPatch) -> Non
     assert ids({"GATE": gate}, DEBUG=False) == ["x402gate.W001"]
 
 
-def test_invalid_settings_fail_closed_at_request_time() -> None:
+def test_invalid_settings_stop_the_start() -> None:
     def free(request: HttpRequest) -> HttpResponse:
         return HttpResponse("content")
 
-    with django_server([path("free", free)], {**VALID, "PAY_TO": None}) as site:
+    with (
+        pytest.raises(ImproperlyConfigured, match="PAY_TO is required"),
+        django_server([path("free", free)], {**VALID, "PAY_TO": None}),
+    ):
+        pass
+
+
+def test_settings_broken_after_the_start_fail_closed_at_request_time() -> None:
+    def free(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("content")
+
+    valid = {**VALID, "ROUTES": {}, "STARTUP_CHECKS": "off"}  # no network for x402.org here
+    with (
+        django_server([path("free", free)], valid) as site,
+        override_settings(X402GATE={**valid, "PAY_TO": None}),
+    ):
         response = requests.get(f"{site}/free", timeout=30)
     assert response.status_code == 500
     assert "content" not in response.text
