@@ -470,6 +470,20 @@ class PaymentGate:
                 )
             self._started = True
 
+    async def startup_problem(self) -> str | None:
+        """Run :meth:`startup`; what failed, in one sentence, or ``None`` when all is well."""
+        try:
+            await self.startup()
+        except ConfigurationError as exc:
+            return str(exc)
+        except StoreError as exc:
+            return f"the store cannot be opened: {exc}"
+        except FacilitatorUnavailable as exc:
+            return f"the facilitator {self.facilitator!r} cannot be reached: {exc}"
+        except FacilitatorError as exc:
+            return f"the facilitator {self.facilitator!r} did not answer properly: {exc}"
+        return None
+
     def startup_mode(self, configured: StartupChecks | None = None) -> StartupChecks:
         """``startup_checks`` in force: the environment variable wins over ``configured`` (an
         integration's own setting), which wins over the gate's argument."""
@@ -494,17 +508,8 @@ class PaymentGate:
         mode = self.startup_mode(mode)
         if mode == "off":
             return
-        try:
-            await self.startup()
-        except ConfigurationError as exc:
-            problem = str(exc)
-        except StoreError as exc:
-            problem = f"the store cannot be opened: {exc}"
-        except FacilitatorUnavailable as exc:
-            problem = f"the facilitator {self.facilitator!r} cannot be reached: {exc}"
-        except FacilitatorError as exc:
-            problem = f"the facilitator {self.facilitator!r} did not answer properly: {exc}"
-        else:
+        problem = await self.startup_problem()
+        if problem is None:
             return
         if mode == "warn":
             logger.warning(

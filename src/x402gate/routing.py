@@ -26,7 +26,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .gate import PaymentGate, Route
 
-__all__ = ["AppRoute", "RouteTable", "check_routes_exist", "compile_pattern"]
+__all__ = ["AppRoute", "RouteTable", "check_routes_exist", "compile_pattern", "shadowed_keys"]
 
 _METHOD_RE = re.compile(r"^[A-Z]+(?:,[A-Z]+)*$")
 _PARAM_RE = re.compile(r"^(?:\{[A-Za-z_][A-Za-z0-9_]*\}|:[A-Za-z_][A-Za-z0-9_]*)$")
@@ -71,7 +71,7 @@ class _Entry:
     key: str
     methods: frozenset[str] | None
     regex: re.Pattern[str]
-    route: Route
+    route: Route | None  # None while only the key is checked (check_key_order)
     path: str
 
     def covers(self, other: _Entry) -> bool:
@@ -81,6 +81,46 @@ class _Entry:
         # Braces never occur in a literal segment of a key, so a sample made of them is matched
         # only by a parameter or a glob of this entry, never by a literal that merely equals it.
         return all(self.regex.match(p) for p in _sample_paths(other.path, "{p}", "{g}"))
+
+
+def _parse_key(key: Any) -> tuple[frozenset[str] | None, str]:
+    """The methods (``None``: any) and the path pattern of a route key."""
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigurationError(f"route key must be a string like 'GET /path': {key!r}")
+    head, _, rest = key.strip().partition(" ")
+    if not rest:
+        return None, head
+    methods_text, path = head.upper(), rest.strip()
+    if not _METHOD_RE.match(methods_text):
+        raise ConfigurationError(f"bad HTTP method in route {key!r}")
+    named = frozenset(methods_text.split(","))
+    # Servers answer HEAD by running the GET handler: it must be paid for too.
+    return (named | {"HEAD"} if "GET" in named else named), path
+
+
+def _shadowing(entry: _Entry, earlier: Iterable[_Entry]) -> str | None:
+    for before in earlier:
+        if before.covers(entry):
+            return (
+                f"route {entry.key!r} is never used: {before.key!r}, before it, matches every "
+                "request it would (the first matching key wins: put the more specific key first)"
+            )
+    return None
+
+
+def shadowed_keys(keys: Iterable[str]) -> dict[str, str]:
+    """The keys that can never match because an earlier key matches every request they would,
+    each with the reason (what :class:`RouteTable` refuses, without building routes)."""
+    entries: list[_Entry] = []
+    found = {}
+    for key in keys:
+        methods, path = _parse_key(key)
+        entry = _Entry(key, methods, compile_pattern(path), None, path)
+        problem = _shadowing(entry, entries)
+        if problem is not None:
+            found[key] = problem
+        entries.append(entry)
+    return found
 
 
 class RouteTable:
@@ -96,18 +136,7 @@ class RouteTable:
         self.gate = gate
         entries: list[_Entry] = []
         for key, spec in routes.items():
-            if not isinstance(key, str) or not key.strip():
-                raise ConfigurationError(f"route key must be a string like 'GET /path': {key!r}")
-            head, _, rest = key.strip().partition(" ")
-            if rest:
-                methods_text, path = head.upper(), rest.strip()
-                if not _METHOD_RE.match(methods_text):
-                    raise ConfigurationError(f"bad HTTP method in route {key!r}")
-                named = frozenset(methods_text.split(","))
-                # Servers answer HEAD by running the GET handler: it must be paid for too.
-                methods: frozenset[str] | None = named | {"HEAD"} if "GET" in named else named
-            else:
-                methods, path = None, head
+            methods, path = _parse_key(key)
             if isinstance(spec, Route):
                 route = spec
             elif isinstance(spec, Mapping):
@@ -118,13 +147,9 @@ class RouteTable:
             else:
                 route = gate.route(spec)
             entry = _Entry(key, methods, compile_pattern(path), route, path)
-            for earlier in entries:
-                if earlier.covers(entry):
-                    raise ConfigurationError(
-                        f"route {key!r} is never used: {earlier.key!r}, before it, matches "
-                        "every request it would (the first matching key wins; put the more "
-                        "specific key first)"
-                    )
+            problem = _shadowing(entry, entries)
+            if problem is not None:
+                raise ConfigurationError(problem)
             entries.append(entry)
         self._entries = tuple(entries)
 
@@ -143,6 +168,12 @@ class RouteTable:
 
 
 _TEMPLATE_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}|<(?:[^<>:]+:)?([^<>]+)>")
+
+
+def _key_template(template: str) -> str:
+    """A framework's route template in key syntax: parameters as ``{name}``, a leading ``/``."""
+    text = _TEMPLATE_PARAM_RE.sub(lambda m: "{" + (m[1] or m[2]) + "}", template)
+    return text if text.startswith("/") else "/" + text
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +196,7 @@ class AppRoute:
         themselves): ``"/items/{id}"`` covers ``"/items/<int:pk>"``."""
         if not self.template or not self._methods_meet(entry):
             return False
-        template = _TEMPLATE_PARAM_RE.sub(lambda m: "{" + (m[1] or m[2]) + "}", self.template)
-        return bool(entry.regex.match(template if template.startswith("/") else "/" + template))
+        return bool(entry.regex.match(_key_template(self.template)))
 
     def _methods_meet(self, entry: _Entry) -> bool:
         return (
@@ -195,7 +225,8 @@ def check_routes_exist(table: RouteTable, app_routes: Iterable[AppRoute], where:
     for route in known:
         if route.matches is not None:
             matchers.setdefault(id(route.matches), route.matches)  # one call per matcher
-    templates = sorted({r.template for r in known if r.template})
+    # Suggestions are written as keys are: "/items/<int:pk>" is offered as "/items/{pk}".
+    templates = sorted({_key_template(r.template) for r in known if r.template})
     problems = []
     for entry in table._entries:
         if any(route.covers(entry) for route in known):
