@@ -452,3 +452,21 @@ def test_local_facilitator_on_its_chain_starts(
     )
     WSGIPaymentMiddleware(lambda e, s: [], gate=gate, routes={"/paid": "$0.01"})
     assert gate._started
+
+
+def test_without_a_lifespan_a_key_typo_still_serves_nothing(
+    facilitator: FacilitatorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from x402gate.testing.fake_llm import serve_asgi
+
+    shop = Weather()
+    gate = make_gate(facilitator.url, tmp_path)
+    app = PaymentMiddleware(shop.app(), gate=gate, routes={"GET /wether": "$0.01"})
+    with serve_asgi(app) as url:  # lifespan="off": the check comes with the first request
+        paid = requests.get(f"{url}/weather", timeout=10)
+        other = requests.get(f"{url}/items/3", timeout=10)
+    assert paid.status_code == other.status_code == 503
+    assert paid.json()["error"] == "payment_unavailable"
+    assert shop.runs == 0
+    (message,) = startup_errors(caplog)
+    assert "route 'GET /wether' matches no route of the Starlette app" in message

@@ -299,13 +299,23 @@ class PaymentMiddleware:
         self.trust_proxy_headers = trust_proxy_headers
         self.discovery = discovery
         self.check_at_startup = check_at_startup
+        self._route_problem: str | None = None if check_at_startup else ""  # "": no problem
+
+    def _check_routes(self) -> None:
+        if self._route_problem is None:
+            found = framework_routes(self.app)
+            try:
+                if found is not None:
+                    check_routes_exist(self.routes, *found)
+            except ConfigurationError as exc:
+                self._route_problem = str(exc)
+                raise
+            self._route_problem = ""
 
     async def check_startup(self) -> None:
         """Every key of ``routes`` matches a route of the app (when it lists them), and the
         gate's start-up checks pass; :class:`ConfigurationError` otherwise."""
-        found = framework_routes(self.app)
-        if found is not None:
-            check_routes_exist(self.routes, *found)
+        self._check_routes()
         await self.gate.check_startup()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -314,6 +324,8 @@ class PaymentMiddleware:
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self._route_problem != "" and not await self._routes_hold(scope, send):
             return
         if self.discovery and scope["method"] == "GET" and scope["path"] == WELL_KNOWN_PATH:
             # Served before the route table: a catch-all paid route must not put it behind a 402.
@@ -348,6 +360,22 @@ class PaymentMiddleware:
             await send_error(send, exc, accept)
             return
         await self._serve(scope, receive, send, session, body, accept)
+
+    async def _routes_hold(self, scope: Scope, send: Send) -> bool:
+        # A server that ran no lifespan (daphne, uvicorn --lifespan off) gets the route check
+        # at its first request instead: with a key that matches nothing, nothing is served.
+        try:
+            self._check_routes()
+        except ConfigurationError as exc:
+            logger.error("%s", exc)  # once: later requests find the problem recorded
+        if not self._route_problem:
+            return True
+        accept = Headers.from_asgi(scope.get("headers", ())).get("accept")
+        error = PaymentError(
+            503, "payment_unavailable", "payments are not available on this server"
+        )
+        await send_error(send, error, accept)
+        return False
 
     async def _serve(
         self,
