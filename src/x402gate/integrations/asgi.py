@@ -9,7 +9,8 @@ Only ``http`` scopes on a paid route are touched; websocket scopes pass through.
 matches a route of the app (when the app lists its routes: Starlette, FastAPI, Quart) and runs the
 gate's start-up checks (:meth:`PaymentGate.check_startup`); a failure is reported as
 ``lifespan.startup.failed`` with one message, and the server does not start. Servers that run no
-lifespan leave the gate's checks to the first paid request.
+lifespan check the route keys at the first request (while one matches nothing, every request
+answers 503 and the app does not run) and leave the gate's checks to the first paid request.
 The request body is read once (for prices that look at it) and replayed to the app. With policy
 ``after``, only ``http.response.start`` is held: the payment is settled when the app starts its
 answer with a status below 400 and before any body byte is sent; when settlement fails the client
