@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -190,13 +190,18 @@ class AppRoute:
     template: str
     methods: frozenset[str] | None = None
     matches: Callable[[str, str], bool] | None = None
+    as_key: str = field(init=False, default="")
+    """``template`` in key syntax (see :func:`_key_template`), computed once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "as_key", _key_template(self.template) if self.template else "")
 
     def covers(self, entry: _Entry) -> bool:
         """Whether the key's pattern covers this route's template (parameters standing for
         themselves): ``"/items/{id}"`` covers ``"/items/<int:pk>"``."""
-        if not self.template or not self._methods_meet(entry):
+        if not self.as_key or not self._methods_meet(entry):
             return False
-        return bool(entry.regex.match(_key_template(self.template)))
+        return bool(entry.regex.match(self.as_key))
 
     def _methods_meet(self, entry: _Entry) -> bool:
         return (
@@ -210,7 +215,7 @@ def _routed(entry: _Entry, matcher: Callable[[str, str], bool]) -> bool:
     """Whether the framework routes a concrete path of the key somewhere."""
     methods = sorted(entry.methods - {"HEAD"}) if entry.methods else ["GET"]
     for path in _sample_paths(entry.path, "1", "x"):
-        for variant in (path, path.rstrip("/") or "/", path.rstrip("/") + "/"):
+        for variant in {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}:
             if any(matcher(method, variant) for method in methods):
                 return True
     return False
@@ -226,7 +231,7 @@ def check_routes_exist(table: RouteTable, app_routes: Iterable[AppRoute], where:
         if route.matches is not None:
             matchers.setdefault(id(route.matches), route.matches)  # one call per matcher
     # Suggestions are written as keys are: "/items/<int:pk>" is offered as "/items/{pk}".
-    templates = sorted({_key_template(r.template) for r in known if r.template})
+    templates = sorted({r.as_key for r in known if r.as_key})
     problems = []
     for entry in table._entries:
         if any(route.covers(entry) for route in known):

@@ -29,7 +29,7 @@ from eth_account import Account
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Host, Mount, Route, Router
 from x402.schemas import SupportedKind, SupportedResponse
 
 from x402gate import ConfigurationError, LocalFacilitator, PaymentGate
@@ -161,11 +161,13 @@ class Weather:
             return JSONResponse({"id": request.path_params["item_id"]})
 
         static = Starlette(routes=[Route("/{name}", item)])
+        api = Router(routes=[Route("/v2/items/{item_id:int}", item)])
         return Starlette(
             routes=[
                 Route("/weather", self.weather),
                 Route("/items/{item_id:int}", item, methods=["GET", "POST"]),
                 Mount("/files", app=static),
+                Host("api.example.com", app=api),
             ]
         )
 
@@ -198,6 +200,7 @@ def test_starlette_keys_that_match_start_and_charge(
         "POST /items/{id}": "$0.02",  # a parameter, however the app names it
         "/items/7": "$0.03",  # a concrete path the app routes
         "GET /files/*": "$0.04",  # under a mount
+        "GET /v2/items/3": "$0.05",  # under a host
     }
     app = PaymentMiddleware(shop.app(), gate=gate, routes=routes)
     with serve_with_lifespan(app) as served:

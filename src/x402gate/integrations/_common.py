@@ -196,7 +196,7 @@ def framework_routes(app: Any) -> AppRoutes | None:
         if url_map is not None and callable(getattr(url_map, "iter_rules", None)):
             return _werkzeug_routes(url_map), f"the {type(owner or current).__name__} app"
         routes = getattr(current, "routes", None)
-        if isinstance(routes, list | tuple) and all(hasattr(r, "path") for r in routes):
+        if isinstance(routes, list | tuple) and all(hasattr(r, "matches") for r in routes):
             return _starlette_routes(routes), "the Starlette app"
         current = getattr(current, "app", None)
     return None
@@ -227,25 +227,39 @@ def _starlette_routes(routes: Iterable[Any]) -> list[AppRoute]:
     for route in routes:
         if type(route).__name__ == "WebSocketRoute":
             continue  # never an HTTP request
+        if type(route).__name__ == "Host":
+            # Matched on the Host header, which a route key does not name: its routes count.
+            found.extend(_starlette_routes(getattr(route, "routes", ())))
+            continue
         matches = getattr(route, "matches", None)
         methods = getattr(route, "methods", None)
+        regex = getattr(route, "path_regex", None)
+        if type(route).__name__ in ("Route", "APIRoute", "Mount") and regex is not None:
+            # What their matches() does for the path, without building a scope per probe.
+            def matcher(method: str, path: str, regex: Any = regex, methods: Any = methods) -> bool:
+                return bool(regex.match(path)) and (not methods or method in methods)
 
-        def matcher(method: str, path: str, matches: Any = matches) -> bool:
-            scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
-            try:
-                match, _ = matches(scope)
-            except Exception:  # a route class that needs more of a scope: not provable here
-                return False
-            return getattr(match, "name", None) == "FULL"
+            matches = matcher
+        else:
 
-        template = str(route.path)
+            def fallback(method: str, path: str, matches: Any = matches) -> bool:
+                scope: dict[str, Any] = {"type": "http", "method": method, "path": path}
+                scope.update(root_path="", headers=[])
+                try:
+                    match, _ = matches(scope)
+                except Exception:  # a route class that needs more of a scope: not provable
+                    return False
+                return getattr(match, "name", None) == "FULL"
+
+            matches = fallback if callable(matches) else None
+        template = str(getattr(route, "path", ""))
         if type(route).__name__ == "Mount" or (hasattr(route, "routes") and not methods):
             template = template.rstrip("/") + "/{path}"
         found.append(
             AppRoute(
                 template,
                 frozenset(m.upper() for m in methods) if methods else None,
-                matcher if callable(matches) else None,
+                matches,
             )
         )
     return found
