@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from typing import Any
 
 import pytest
@@ -36,7 +37,20 @@ class Unused:
     settle = supported = verify
 
 
+def _view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    return HttpResponse("content")
+
+
+# The URLconf VALID's ROUTES name (E009 checks keys against it), whatever another test left.
+URLCONF = types.ModuleType("checks_urls")
+URLCONF.urlpatterns = [  # type: ignore[attr-defined]
+    path("weather/", _view), path("reports/<int:pk>", _view, name="reports-detail"),
+    path("ok", _view),
+]
+
+
 def ids(x402gate: Any = VALID, **overrides: Any) -> list[str]:
+    overrides.setdefault("ROOT_URLCONF", URLCONF)
     with override_settings(X402GATE=x402gate, **overrides):
         return sorted(m.id for m in run_checks() if m.id and m.id.startswith("x402gate."))
 
