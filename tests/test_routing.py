@@ -9,7 +9,7 @@ import pytest
 from x402gate import PaymentGate
 from x402gate.assets import usdc
 from x402gate.errors import ConfigurationError
-from x402gate.routing import RouteTable, compile_pattern
+from x402gate.routing import RouteTable, compile_pattern, shadowed_keys
 
 
 class NoFacilitator:
@@ -99,3 +99,40 @@ def test_a_get_route_also_charges_head(gate: PaymentGate) -> None:
     table = RouteTable(gate, {"GET /report": "$0.01", "POST /submit": "$0.02"})
     assert table.match("HEAD", "/report") is not None
     assert table.match("HEAD", "/submit") is None
+
+
+@pytest.mark.parametrize(
+    ("routes", "never_used", "by"),
+    [
+        ({"GET /v1/*": 0.01, "GET /v1/reports": 0.05}, "GET /v1/reports", "GET /v1/*"),
+        ({"/items/{id}": 0.01, "GET /items/{item}": 0.05}, "GET /items/{item}", "/items/{id}"),
+        ({"GET /a/": 0.01, "GET /a": 0.05}, "GET /a", "GET /a/"),
+        ({"/files/*": 0.01, "/files/*.json": 0.05}, "/files/*.json", "/files/*"),
+        ({"GET,POST /x": 0.01, "POST /x": 0.05}, "POST /x", "GET,POST /x"),
+    ],
+)
+def test_a_key_an_earlier_key_always_matches_first_is_refused(
+    gate: PaymentGate, routes: dict[str, Any], never_used: str, by: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        RouteTable(gate, routes)
+    assert f"route {never_used!r} is never used: {by!r}, before it" in str(raised.value)
+    assert shadowed_keys(routes) == {never_used: str(raised.value)}
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [
+        {"GET /v1/reports": 0.05, "GET /v1/*": 0.01},  # specific first: both apply
+        {"GET /x": 0.01, "POST /x": 0.05},  # other methods
+        {"GET /x": 0.01, "/x": 0.05},  # DELETE /x still reaches the second
+        {"/items/export": 0.01, "/items/{id}": 0.05},  # a literal does not cover a parameter
+        {"/files/{name}": 0.01, "/files/*": 0.05},  # /files/a/b reaches the second
+        {"/files/*.json": 0.01, "/files/{name}": 0.05},
+    ],
+)
+def test_keys_that_each_match_something_are_kept(
+    gate: PaymentGate, routes: dict[str, Any]
+) -> None:
+    assert len(list(RouteTable(gate, routes))) == len(routes)
+    assert shadowed_keys(routes) == {}

@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .__about__ import __version__
+
+if TYPE_CHECKING:
+    from .gateway.config import GatewayConfig
 
 __all__ = ["main"]
 
@@ -32,13 +36,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.add_argument(
         "--check", action="store_true", help="validate the file (and its ${VARS}), do not serve"
     )
+    proxy.add_argument(
+        "--online",
+        action="store_true",
+        help="with --check: also open the store and ask the facilitator (or the chain) whether "
+        "it supports the accepted networks, as the start-up does",
+    )
     proxy.add_argument("--host", help="listen on this address instead of gateway.host")
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
-    proxy.add_argument(
-        "--no-access-log", action="store_true", help="do not log a line per request"
-    )
+    proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
     args = parser.parse_args(argv)
+    if args.command == "proxy" and args.online and not args.check:
+        parser.error("--online goes with --check (serving runs the same checks at start-up)")
     if args.command is None:
         parser.print_help()
         return 2
@@ -69,9 +79,11 @@ def _proxy(args: argparse.Namespace) -> int:
         plural = "s" if count != 1 else ""
         print(f"{args.config}: invalid ({count} problem{plural})", file=sys.stderr)
         return 1
-    if args.check:
+    if args.check and not args.online:
         print(f"{args.config}: valid: {config.summary()}")
         return 0
+    if args.check:
+        return _check_online(args.config, config)
 
     import uvicorn
 
@@ -123,6 +135,32 @@ def _proxy(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0 if server.started else 1
+
+
+def _check_online(path: str, config: GatewayConfig) -> int:
+    """``--check --online``: the start-up checks of ``proxy``, without serving."""
+    import asyncio
+
+    from .errors import ConfigurationError
+    from .gateway.app import Gateway
+
+    async def check(gateway: Gateway) -> str | None:
+        try:
+            # Whatever gateway.startup_checks says: the operator asked for the checks.
+            return await gateway.gate.startup_problem()
+        finally:
+            await gateway.aclose()
+
+    try:
+        gateway = Gateway(config)
+        problem = asyncio.run(check(gateway))
+    except ConfigurationError as exc:
+        problem = str(exc)
+    if problem is not None:
+        print(f"{path}: start-up check failed: {config.redactor(problem)}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid, store and facilitator ready: {config.summary()}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -414,4 +414,26 @@ class LocalFacilitator:
         _close_chain(self._executor, self._signer, True)
 
     async def supported(self) -> SupportedResponse:
+        """The networks settled here, once the RPC URL was reached and serves their chain.
+
+        :class:`FacilitatorUnavailable` when the chain cannot be reached, and
+        :class:`ConfigurationError` when the RPC URL serves another chain than the configured
+        networks (every settlement would fail there)."""
+        chain_id = await self._run("supported", self._chain_id)
+        if chain_id is None:
+            raise FacilitatorError("the RPC URL answered eth_chainId without a chain id")
+        wrong = [n for n in self.networks if n != f"eip155:{chain_id}"]
+        if wrong:
+            raise ConfigurationError(
+                f"LocalFacilitator: the RPC URL {self._shown_url} serves chain eip155:{chain_id}, "
+                f"not {', '.join(wrong)}"
+            )
         return await self._run("supported", self._facilitator.get_supported)
+
+    def _chain_id(self) -> int | None:
+        answer = self._signer.transport.make_request("eth_chainId", [])
+        result = answer.get("result") if isinstance(answer, dict) else None
+        try:
+            return int(result, 16) if isinstance(result, str) else None
+        except ValueError:
+            return None

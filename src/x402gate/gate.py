@@ -29,6 +29,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import re
 import secrets
 import threading
@@ -72,12 +73,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOLD_MARGIN_SECONDS",
+    "STARTUP_CHECKS_ENV",
     "Payment",
     "PaymentEvent",
     "PaymentGate",
     "PaymentSession",
     "Route",
     "Settlement",
+    "StartupChecks",
 ]
 
 logger = logging.getLogger("x402gate")
@@ -92,6 +95,11 @@ T = TypeVar("T")
 Settlement = Literal["after", "before"]
 PaymentIdentifier = Literal["off", "optional", "required"]
 EventListener = Callable[["PaymentEvent"], "Awaitable[None] | None"]
+StartupChecks = Literal["fail", "warn", "off"]
+STARTUP_CHECKS_ENV = "X402GATE_STARTUP_CHECKS"
+"""Environment variable that overrides every gate's ``startup_checks`` (``fail``, ``warn``,
+``off``): how an operator starts a service anyway while a dependency is down."""
+_STARTUP_MODES = ("fail", "warn", "off")
 
 _CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 _SETTLEMENT_POLICIES = ("after", "before")
@@ -292,6 +300,12 @@ class PaymentGate:
     :param balance_cache_seconds: how long a balance reading is reused for the same payer
         (0 to 60). A cached reading never admits beyond the balance.
     :param clock: time source (tests inject one).
+    :param startup_checks: what the integrations do when the app starts and a start-up truth
+        does not hold (store cannot be opened, facilitator unreachable or without the exact
+        scheme on an accepted network): ``"fail"`` (the default) stops the start with one
+        :class:`ConfigurationError`; ``"warn"`` logs it and starts anyway (payments answer 503
+        until it holds); ``"off"`` skips the check. The environment variable
+        ``X402GATE_STARTUP_CHECKS`` overrides it.
     """
 
     def __init__(
@@ -315,7 +329,13 @@ class PaymentGate:
         rpc_url: str | Mapping[str, str] | None = None,
         balance_cache_seconds: float = 1.0,
         clock: Clock | None = None,
+        startup_checks: StartupChecks = "fail",
     ) -> None:
+        if startup_checks not in _STARTUP_MODES:
+            raise ConfigurationError(
+                f"startup_checks must be one of {', '.join(_STARTUP_MODES)}, not {startup_checks!r}"
+            )
+        self.startup_checks: StartupChecks = startup_checks
         self.assets = self._resolve_assets(network, assets)
         self.pay_to = self._resolve_pay_to(pay_to, self.assets)
         if facilitator is None or not all(
@@ -580,6 +600,65 @@ class PaymentGate:
                     f"the facilitator does not support the exact scheme on {', '.join(missing)}"
                 )
             self._started = True
+
+    async def startup_problem(self) -> str | None:
+        """Run :meth:`startup`; what failed, in one sentence, or ``None`` when all is well."""
+        try:
+            await self.startup()
+        except ConfigurationError as exc:
+            return str(exc)
+        except StoreError as exc:
+            return f"the store cannot be opened: {exc}"
+        except FacilitatorUnavailable as exc:
+            return f"the facilitator {self.facilitator!r} cannot be reached: {exc}"
+        except FacilitatorError as exc:
+            return f"the facilitator {self.facilitator!r} did not answer properly: {exc}"
+        return None
+
+    def startup_mode(self, configured: StartupChecks | None = None) -> StartupChecks:
+        """``startup_checks`` in force: the environment variable wins over ``configured`` (an
+        integration's own setting), which wins over the gate's argument."""
+        value = os.environ.get(STARTUP_CHECKS_ENV, "").strip().lower()
+        if not value:
+            return configured or self.startup_checks
+        if value not in _STARTUP_MODES:
+            raise ConfigurationError(
+                f"{STARTUP_CHECKS_ENV} must be one of {', '.join(_STARTUP_MODES)}, not {value!r}"
+            )
+        return value  # type: ignore[return-value]  # checked just above
+
+    async def check_startup(self, mode: StartupChecks | None = None) -> None:
+        """The start-up checks, as integrations run them when the app starts.
+
+        Runs :meth:`startup` (store opened, facilitator reached, the exact scheme supported on
+        every accepted network). With ``startup_checks="fail"`` a failure raises one
+        :class:`ConfigurationError` saying what failed and how to start anyway; with
+        ``"warn"`` it is logged and the first paid request tries again; ``"off"`` does nothing.
+        ``mode`` is an integration's own setting for it (see :meth:`startup_mode`).
+        """
+        mode = self.startup_mode(mode)
+        if mode == "off":
+            return
+        problem = await self.startup_problem()
+        if problem is None:
+            return
+        if mode == "warn":
+            logger.warning(
+                "x402gate start-up check failed, starting anyway (%s=warn): %s; paid requests "
+                "answer 503 until this is fixed",
+                STARTUP_CHECKS_ENV,
+                problem,
+            )
+            return
+        raise ConfigurationError(
+            f"x402gate start-up check failed: {problem}. Fix it, or start anyway with "
+            f"startup_checks='warn' (or the environment variable {STARTUP_CHECKS_ENV}=warn); "
+            "paid requests then answer 503 until it is fixed"
+        )
+
+    def check_startup_sync(self, mode: StartupChecks | None = None) -> None:
+        """:meth:`check_startup` from synchronous code (WSGI, Flask, Django)."""
+        run_sync(self.check_startup(mode))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -6,13 +6,19 @@ one path segment, ``*`` inside a segment any characters but ``/``. Matching is c
 the path, first entry wins. Values are a :class:`~x402gate.gate.Route`, a price (``0.05``,
 ``"$0.05"``, a strategy, a callable), or a dict of :meth:`~x402gate.gate.PaymentGate.route`
 keyword arguments.
+
+A key that can never apply is a :class:`~x402gate.errors.ConfigurationError` when the table is
+built (a key that an earlier key always matches first) or when the app starts (a key that matches
+no route of the framework app behind it, see :func:`check_routes_exist`): a typo in a key would
+otherwise leave the real route unpaid.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -20,7 +26,7 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from .gate import PaymentGate, Route
 
-__all__ = ["RouteTable", "compile_pattern"]
+__all__ = ["AppRoute", "RouteTable", "check_routes_exist", "compile_pattern", "shadowed_keys"]
 
 _METHOD_RE = re.compile(r"^[A-Z]+(?:,[A-Z]+)*$")
 _PARAM_RE = re.compile(r"^(?:\{[A-Za-z_][A-Za-z0-9_]*\}|:[A-Za-z_][A-Za-z0-9_]*)$")
@@ -46,12 +52,75 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + "".join(parts) + "/?$")
 
 
+def _sample_paths(pattern: str, param: str, glob: str) -> list[str]:
+    """Concrete paths ``pattern`` matches: parameters become ``param``, ``*`` inside a segment
+    ``glob``; a trailing ``/*`` gives the prefix itself and two segments below it."""
+    segments = pattern.strip("/").split("/") if pattern != "/" else []
+    tail = bool(segments) and segments[-1] == "*"
+    if tail:
+        segments = segments[:-1]
+    parts = [param if _PARAM_RE.match(s) else s.replace("*", glob) for s in segments]
+    base = "/" + "/".join(parts)
+    if not tail:
+        return [base]
+    return [base, base.rstrip("/") + f"/{glob}/{glob}"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     key: str
     methods: frozenset[str] | None
     regex: re.Pattern[str]
-    route: Route
+    route: Route | None  # None while only the key is checked (check_key_order)
+    path: str
+
+    def covers(self, other: _Entry) -> bool:
+        """Whether every request ``other`` matches is matched by this entry."""
+        if self.methods is not None and (other.methods is None or other.methods - self.methods):
+            return False
+        # Braces never occur in a literal segment of a key, so a sample made of them is matched
+        # only by a parameter or a glob of this entry, never by a literal that merely equals it.
+        return all(self.regex.match(p) for p in _sample_paths(other.path, "{p}", "{g}"))
+
+
+def _parse_key(key: Any) -> tuple[frozenset[str] | None, str]:
+    """The methods (``None``: any) and the path pattern of a route key."""
+    if not isinstance(key, str) or not key.strip():
+        raise ConfigurationError(f"route key must be a string like 'GET /path': {key!r}")
+    head, _, rest = key.strip().partition(" ")
+    if not rest:
+        return None, head
+    methods_text, path = head.upper(), rest.strip()
+    if not _METHOD_RE.match(methods_text):
+        raise ConfigurationError(f"bad HTTP method in route {key!r}")
+    named = frozenset(methods_text.split(","))
+    # Servers answer HEAD by running the GET handler: it must be paid for too.
+    return (named | {"HEAD"} if "GET" in named else named), path
+
+
+def _shadowing(entry: _Entry, earlier: Iterable[_Entry]) -> str | None:
+    for before in earlier:
+        if before.covers(entry):
+            return (
+                f"route {entry.key!r} is never used: {before.key!r}, before it, matches every "
+                "request it would (the first matching key wins: put the more specific key first)"
+            )
+    return None
+
+
+def shadowed_keys(keys: Iterable[str]) -> dict[str, str]:
+    """The keys that can never match because an earlier key matches every request they would,
+    each with the reason (what :class:`RouteTable` refuses, without building routes)."""
+    entries: list[_Entry] = []
+    found = {}
+    for key in keys:
+        methods, path = _parse_key(key)
+        entry = _Entry(key, methods, compile_pattern(path), None, path)
+        problem = _shadowing(entry, entries)
+        if problem is not None:
+            found[key] = problem
+        entries.append(entry)
+    return found
 
 
 class RouteTable:
@@ -67,18 +136,7 @@ class RouteTable:
         self.gate = gate
         entries: list[_Entry] = []
         for key, spec in routes.items():
-            if not isinstance(key, str) or not key.strip():
-                raise ConfigurationError(f"route key must be a string like 'GET /path': {key!r}")
-            head, _, rest = key.strip().partition(" ")
-            if rest:
-                methods_text, path = head.upper(), rest.strip()
-                if not _METHOD_RE.match(methods_text):
-                    raise ConfigurationError(f"bad HTTP method in route {key!r}")
-                named = frozenset(methods_text.split(","))
-                # Servers answer HEAD by running the GET handler: it must be paid for too.
-                methods: frozenset[str] | None = named | {"HEAD"} if "GET" in named else named
-            else:
-                methods, path = None, head
+            methods, path = _parse_key(key)
             if isinstance(spec, Route):
                 route = spec
             elif isinstance(spec, Mapping):
@@ -88,7 +146,11 @@ class RouteTable:
                     raise ConfigurationError(f"route {key!r}: {exc}") from None
             else:
                 route = gate.route(spec)
-            entries.append(_Entry(key, methods, compile_pattern(path), route))
+            entry = _Entry(key, methods, compile_pattern(path), route, path)
+            problem = _shadowing(entry, entries)
+            if problem is not None:
+                raise ConfigurationError(problem)
+            entries.append(entry)
         self._entries = tuple(entries)
 
     def match(self, method: str, path: str) -> Route | None:
@@ -103,3 +165,83 @@ class RouteTable:
 
     def __iter__(self) -> Any:
         return iter((e.key, e.route) for e in self._entries)
+
+
+_TEMPLATE_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}|<(?:[^<>:]+:)?([^<>]+)>")
+
+
+def _key_template(template: str) -> str:
+    """A framework's route template in key syntax: parameters as ``{name}``, a leading ``/``."""
+    text = _TEMPLATE_PARAM_RE.sub(lambda m: "{" + (m[1] or m[2]) + "}", template)
+    return text if text.startswith("/") else "/" + text
+
+
+@dataclass(frozen=True, slots=True)
+class AppRoute:
+    """One route of the framework app behind a route table, as :func:`check_routes_exist` sees
+    it.
+
+    :param template: its path, parameters written ``{name}``, ``{name:int}`` or ``<int:name>``.
+    :param methods: the methods it answers (``None``: any).
+    :param matches: the framework's own matcher, ``matches(method, path)``, when there is one
+        (it also knows mounts and regular expressions).
+    """
+
+    template: str
+    methods: frozenset[str] | None = None
+    matches: Callable[[str, str], bool] | None = None
+    as_key: str = field(init=False, default="")
+    """``template`` in key syntax (see :func:`_key_template`), computed once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "as_key", _key_template(self.template) if self.template else "")
+
+    def covers(self, entry: _Entry) -> bool:
+        """Whether the key's pattern covers this route's template (parameters standing for
+        themselves): ``"/items/{id}"`` covers ``"/items/<int:pk>"``."""
+        if not self.as_key or not self._methods_meet(entry):
+            return False
+        return bool(entry.regex.match(self.as_key))
+
+    def _methods_meet(self, entry: _Entry) -> bool:
+        return (
+            entry.methods is None
+            or self.methods is None
+            or bool((entry.methods - {"HEAD"}) & self.methods)
+        )
+
+
+def _routed(entry: _Entry, matcher: Callable[[str, str], bool]) -> bool:
+    """Whether the framework routes a concrete path of the key somewhere."""
+    methods = sorted(entry.methods - {"HEAD"}) if entry.methods else ["GET"]
+    for path in _sample_paths(entry.path, "1", "x"):
+        for variant in {path, path.rstrip("/") or "/", path.rstrip("/") + "/"}:
+            if any(matcher(method, variant) for method in methods):
+                return True
+    return False
+
+
+def check_routes_exist(table: RouteTable, app_routes: Iterable[AppRoute], where: str) -> None:
+    """Raise :class:`ConfigurationError` naming every key of ``table`` that matches none of
+    ``app_routes`` (the routes of ``where``, e.g. "the Starlette app"), with the closest route
+    as a suggestion. A misspelt key would otherwise leave the real route free."""
+    known = list(app_routes)
+    matchers: dict[int, Callable[[str, str], bool]] = {}
+    for route in known:
+        if route.matches is not None:
+            matchers.setdefault(id(route.matches), route.matches)  # one call per matcher
+    # Suggestions are written as keys are: "/items/<int:pk>" is offered as "/items/{pk}".
+    templates = sorted({r.as_key for r in known if r.as_key})
+    problems = []
+    for entry in table._entries:
+        if any(route.covers(entry) for route in known):
+            continue
+        if any(_routed(entry, matcher) for matcher in matchers.values()):
+            continue
+        close = difflib.get_close_matches(entry.path, templates, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"route {entry.key!r} matches no route of {where}{hint}")
+    if problems:
+        raise ConfigurationError(
+            "; ".join(problems) + ": a key that matches nothing leaves the route it meant free"
+        )

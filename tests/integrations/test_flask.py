@@ -468,6 +468,8 @@ def config(**overrides: Any) -> dict[str, Any]:
         "X402GATE_NETWORK": "base-sepolia",
         "X402GATE_FACILITATOR_URL": "https://x402.org/facilitator",
         "X402GATE_STORE_URL": "memory://",
+        # The tests have no network: x402.org is never reached, so the app starts without it.
+        "X402GATE_STARTUP_CHECKS": "off",
     }
     settings.update(overrides)
     return {k: v for k, v in settings.items() if v is not None}

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, FacilitatorError, StoreError
+from ..errors import ConfigurationError
 from ..integrations._types import Receive, Scope, Send
 from ..integrations.asgi import PaymentMiddleware
 from ..routing import RouteTable
@@ -113,6 +113,8 @@ class Gateway:
             routes=self.table,
             max_body_bytes=settings.max_body_bytes,
             discovery=settings.discovery,
+            # The forwarder's lifespan runs startup() below, with the file's secrets masked.
+            check_at_startup=False,
         )
         if settings.trust_proxy_headers:
             logger.warning(
@@ -133,21 +135,22 @@ class Gateway:
         await self.app(scope, receive, send)
 
     async def startup(self) -> None:
-        """Check the store and that the facilitator supports the accepted networks.
+        """The start-up checks: the store opens, the facilitator answers and supports the
+        exact scheme on every accepted network (a local facilitator: its RPC URL serves their
+        chain).
 
-        A facilitator that does not support them is a configuration mistake and stops the
-        start; an unreachable store or facilitator is only logged (the first paid request tries
-        again, and answers 503 meanwhile).
+        With ``gateway.startup_checks: fail`` (the default) a failure raises one
+        :class:`ConfigurationError` and the gateway does not start; ``warn`` logs it and starts
+        anyway (paid calls answer 503 until it holds); ``off`` skips the checks. The
+        environment variable ``X402GATE_STARTUP_CHECKS`` overrides the file.
         """
         try:
-            await self.gate.startup()
+            await self.gate.check_startup(self.config.gateway.startup_checks)
         except ConfigurationError as exc:
-            raise ConfigurationError(self.config.redactor(str(exc))) from None
-        except (StoreError, FacilitatorError) as exc:
-            logger.warning(
-                "start-up check failed, retrying on the first request: %s",
-                self.config.redactor(str(exc)),
+            message = str(exc).replace(
+                "startup_checks='warn'", "gateway.startup_checks: warn in the file"
             )
+            raise ConfigurationError(self.config.redactor(message)) from None
 
     async def aclose(self) -> None:
         """Close the upstream connections of the running loop, the facilitator and the store."""

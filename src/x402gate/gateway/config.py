@@ -48,7 +48,7 @@ from ..errors import ConfigurationError
 from ..money import PriceLike, parse_price
 from ..pricing import MatchRules, ModelTable, PriceStrategy, Rule
 from ..proxies import TrustedProxies
-from ..routing import compile_pattern
+from ..routing import compile_pattern, shadowed_keys
 from ..siwx import parse_public_origins
 from ..stores.registry import DEFAULT_STORE_URL, accepted_schemes, redact_url
 from ._yaml import Loc, YAMLProblem, read_yaml
@@ -206,6 +206,7 @@ class GatewaySection(_Model):
     limit_in_flight: bool = True
     balance_rpc_url: SecretStr | None = None
     balance_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    startup_checks: Literal["fail", "warn", "off"] = "fail"
 
 
 class AcceptSpec(_Model):
@@ -564,6 +565,11 @@ class _Compiler:
             for key, spec in self.file.routes.items()
             if (plan := self._route(key, spec)) is not None
         )
+        if len(routes) == len(self.file.routes):
+            # A key that an earlier one always matches first is never used: its price, upstream
+            # and rewrite would silently never apply.
+            for key, problem in shadowed_keys(plan.key for plan in routes).items():
+                self._add(("routes", key), problem)
         return assets, pay_to, routes
 
     def _add(self, loc: Loc, message: str) -> None:
@@ -764,7 +770,12 @@ class _Compiler:
         ok = params is not None
         if spec.upstream not in self.file.upstreams:
             known = ", ".join(sorted(self.file.upstreams))
-            self._add((*loc, "upstream"), f"no upstream named {spec.upstream!r} (defined: {known})")
+            close = difflib.get_close_matches(spec.upstream, list(self.file.upstreams), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            self._add(
+                (*loc, "upstream"),
+                f"no upstream named {spec.upstream!r} ({hint}defined: {known})",
+            )
             ok = False
         if spec.path is not None and params is not None:
             ok = self._rewrite((*loc, "path"), spec.path, params) and ok

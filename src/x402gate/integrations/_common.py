@@ -10,10 +10,13 @@ from typing import Any
 
 from ..errors import PaymentError, StoredAnswer
 from ..protocol import EXPOSED_HEADERS
+from ..routing import AppRoute
 
 __all__ = [
+    "AppRoutes",
     "AsyncMeteredBody",
     "MeteredBody",
+    "framework_routes",
     "meter_body",
     "paid_response_headers",
     "render_error",
@@ -206,3 +209,91 @@ def meter_body(body: bytes, content_type: str | None) -> Any:
     meter.feed(body)
     meter.close()
     return meter.usage
+
+
+AppRoutes = tuple[list[AppRoute], str]
+"""The routes of a framework app, and how to name the app in a message."""
+
+_WRAPPER_DEPTH = 16  # middleware layers walked through to find the app that lists its routes
+
+
+def framework_routes(app: Any) -> AppRoutes | None:
+    """The routes of the framework app ``app`` is or wraps, when it lists them: Starlette and
+    FastAPI (``app.routes``), Flask and Quart (``app.url_map``). ``None`` for anything else
+    (a raw ASGI/WSGI callable), whose routes cannot be known."""
+    current = app
+    for _ in range(_WRAPPER_DEPTH):
+        if current is None:
+            return None
+        owner = getattr(current, "__self__", None)  # app.wsgi_app / app.asgi_app, bound
+        url_map = getattr(current, "url_map", None) or getattr(owner, "url_map", None)
+        if url_map is not None and callable(getattr(url_map, "iter_rules", None)):
+            return _werkzeug_routes(url_map), f"the {type(owner or current).__name__} app"
+        routes = getattr(current, "routes", None)
+        if isinstance(routes, list | tuple) and all(hasattr(r, "matches") for r in routes):
+            return _starlette_routes(routes), "the Starlette app"
+        current = getattr(current, "app", None)
+    return None
+
+
+def _werkzeug_routes(url_map: Any) -> list[AppRoute]:
+    adapter = url_map.bind("localhost")
+
+    def matcher(method: str, path: str) -> bool:
+        try:
+            adapter.match(path, method=method)
+        except Exception:  # NotFound, MethodNotAllowed, a redirect: not this path as written
+            return False
+        return True
+
+    return [
+        AppRoute(
+            rule.rule,
+            frozenset(rule.methods) if rule.methods else None,
+            matcher,
+        )
+        for rule in url_map.iter_rules()
+    ]
+
+
+def _starlette_routes(routes: Iterable[Any]) -> list[AppRoute]:
+    found = []
+    for route in routes:
+        if type(route).__name__ == "WebSocketRoute":
+            continue  # never an HTTP request
+        if type(route).__name__ == "Host":
+            # Matched on the Host header, which a route key does not name: its routes count.
+            found.extend(_starlette_routes(getattr(route, "routes", ())))
+            continue
+        matches = getattr(route, "matches", None)
+        methods = getattr(route, "methods", None)
+        regex = getattr(route, "path_regex", None)
+        if type(route).__name__ in ("Route", "APIRoute", "Mount") and regex is not None:
+            # What their matches() does for the path, without building a scope per probe.
+            def matcher(method: str, path: str, regex: Any = regex, methods: Any = methods) -> bool:
+                return bool(regex.match(path)) and (not methods or method in methods)
+
+            matches = matcher
+        else:
+
+            def fallback(method: str, path: str, matches: Any = matches) -> bool:
+                scope: dict[str, Any] = {"type": "http", "method": method, "path": path}
+                scope.update(root_path="", headers=[])
+                try:
+                    match, _ = matches(scope)
+                except Exception:  # a route class that needs more of a scope: not provable
+                    return False
+                return getattr(match, "name", None) == "FULL"
+
+            matches = fallback if callable(matches) else None
+        template = str(getattr(route, "path", ""))
+        if type(route).__name__ == "Mount" or (hasattr(route, "routes") and not methods):
+            template = template.rstrip("/") + "/{path}"
+        found.append(
+            AppRoute(
+                template,
+                frozenset(m.upper() for m in methods) if methods else None,
+                matches,
+            )
+        )
+    return found

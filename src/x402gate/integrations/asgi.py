@@ -4,7 +4,13 @@
 
     app = PaymentMiddleware(app, gate=gate, routes={"GET /weather": 0.01, "POST /v1/chat": rules})
 
-Only ``http`` scopes on a paid route are touched; websocket and lifespan scopes pass through.
+Only ``http`` scopes on a paid route are touched; websocket scopes pass through. At the
+``lifespan`` start-up, before the app's own, the middleware checks that every key of ``routes``
+matches a route of the app (when the app lists its routes: Starlette, FastAPI, Quart) and runs the
+gate's start-up checks (:meth:`PaymentGate.check_startup`); a failure is reported as
+``lifespan.startup.failed`` with one message, and the server does not start. Servers that run no
+lifespan check the route keys at the first request (while one matches nothing, every request
+answers 503 and the app does not run) and leave the gate's checks to the first paid request.
 The request body is read once (for prices that look at it) and replayed to the app. With policy
 ``after``, only ``http.response.start`` is held: the payment is settled when the app starts its
 answer with a status below 400 and before any body byte is sent; when settlement fails the client
@@ -19,24 +25,25 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
-from ..errors import PaymentError
+from ..errors import ConfigurationError, PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
-from ..routing import RouteTable
+from ..routing import RouteTable, check_routes_exist
 from ..siwx import split_url
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import paid_response_headers, render_error, warn_trust_proxy_headers
+from ._common import framework_routes, paid_response_headers, render_error, warn_trust_proxy_headers
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "AnswerCut",
     "PaymentMiddleware",
     "finish_recording",
+    "lifespan_with_checks",
     "public_origin",
     "request_info_from_scope",
     "run_paid_app",
@@ -49,6 +56,36 @@ DEFAULT_MAX_BODY = 1 << 20
 _NO_PROXIES = TrustedProxies()
 
 logger = logging.getLogger("x402gate")
+
+logger = logging.getLogger("x402gate")
+
+
+async def lifespan_with_checks(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, check: Callable[[], Awaitable[None]]
+) -> None:
+    """Run a ``lifespan`` scope through ``app``, with ``check()`` before the app's own start-up.
+
+    When ``check`` raises :class:`ConfigurationError`, the server gets
+    ``lifespan.startup.failed`` with its message and the app's start-up never runs, so the
+    server stops before it accepts a request."""
+    message = await receive()
+    if message.get("type") == "lifespan.startup":
+        try:
+            await check()
+        except ConfigurationError as exc:
+            logger.error("%s", exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+    first: Message | None = message
+
+    async def replay() -> Message:
+        nonlocal first
+        if first is not None:
+            taken, first = first, None
+            return taken
+        return await receive()
+
+    await app(scope, replay, send)
 
 
 def request_info_from_scope(
@@ -338,6 +375,8 @@ class PaymentMiddleware:
     :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
         its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param discovery: answer ``GET /.well-known/x402`` with a document listing ``routes``.
+    :param check_at_startup: at the lifespan start-up, check ``routes`` against the app's own
+        routes and run the gate's start-up checks (see the module docstring).
     """
 
     def __init__(
@@ -349,6 +388,7 @@ class PaymentMiddleware:
         max_body_bytes: int = DEFAULT_MAX_BODY,
         trust_proxy_headers: bool = False,
         discovery: bool = False,
+        check_at_startup: bool = True,
     ) -> None:
         self.app = app
         self.gate = gate
@@ -356,10 +396,34 @@ class PaymentMiddleware:
         self.max_body_bytes = max_body_bytes
         self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.discovery = discovery
+        self.check_at_startup = check_at_startup
+        self._route_problem: str | None = None if check_at_startup else ""  # "": no problem
+
+    def _check_routes(self) -> None:
+        if self._route_problem is None:
+            found = framework_routes(self.app)
+            try:
+                if found is not None:
+                    check_routes_exist(self.routes, *found)
+            except ConfigurationError as exc:
+                self._route_problem = str(exc)
+                raise
+            self._route_problem = ""
+
+    async def check_startup(self) -> None:
+        """Every key of ``routes`` matches a route of the app (when it lists them), and the
+        gate's start-up checks pass; :class:`ConfigurationError` otherwise."""
+        self._check_routes()
+        await self.gate.check_startup()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.check_at_startup:
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self._route_problem != "" and not await self._routes_hold(scope, send):
             return
         if self.discovery and scope["method"] == "GET" and scope["path"] == WELL_KNOWN_PATH:
             # Served before the route table: a catch-all paid route must not put it behind a 402.
@@ -401,6 +465,22 @@ class PaymentMiddleware:
             await send_error(send, exc, accept)
             return
         await self._serve(scope, receive, send, session, body, accept)
+
+    async def _routes_hold(self, scope: Scope, send: Send) -> bool:
+        # A server that ran no lifespan (daphne, uvicorn --lifespan off) gets the route check
+        # at its first request instead: with a key that matches nothing, nothing is served.
+        try:
+            self._check_routes()
+        except ConfigurationError as exc:
+            logger.error("%s", exc)  # once: later requests find the problem recorded
+        if not self._route_problem:
+            return True
+        accept = Headers.from_asgi(scope.get("headers", ())).get("accept")
+        error = PaymentError(
+            503, "payment_unavailable", "payments are not available on this server"
+        )
+        await send_error(send, error, accept)
+        return False
 
     async def _serve(
         self,

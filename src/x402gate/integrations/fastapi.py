@@ -53,6 +53,7 @@ from ._types import ASGIApp, Message, Receive, Scope, Send
 from .asgi import (
     DEFAULT_MAX_BODY,
     finish_recording,
+    lifespan_with_checks,
     public_origin,
     request_info_from_scope,
     send_error,
@@ -159,7 +160,20 @@ class _SettlementLayer:
         self.app = app
         self.settings = settings
 
+    async def check_startup(self) -> None:
+        """The start-up checks of the app's gate and of every gate a paid operation names."""
+        gates = {id(self.settings.gate): self.settings.gate}
+        if self.settings.app is not None:
+            for _, dependency in paid_operations(self.settings.app.routes):
+                if dependency.gate is not None:
+                    gates.setdefault(id(dependency.gate), dependency.gate)
+        for gate in gates.values():
+            await gate.check_startup()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -386,7 +400,9 @@ def install(
 
     Adds the settlement layer, renders payment answers (402, 400, 413, 502, 503), documents
     each paid operation in the OpenAPI schema (402 response, price, ``x-payment-info``) and,
-    with ``discovery=True``, serves ``GET /.well-known/x402``.
+    with ``discovery=True``, serves ``GET /.well-known/x402``. When the server starts the app
+    (ASGI lifespan), the gate's start-up checks run first
+    (:meth:`~x402gate.gate.PaymentGate.check_startup`): a failing one stops the start.
 
     :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
         its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.

@@ -34,7 +34,15 @@ from werkzeug.local import LocalProxy
 from ..assets import Asset, checksum_address, normalize_network, usdc
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
-from ..gate import Payment, PaymentGate, PaymentIdentifier, PaymentSession, Route, Settlement
+from ..gate import (
+    Payment,
+    PaymentGate,
+    PaymentIdentifier,
+    PaymentSession,
+    Route,
+    Settlement,
+    StartupChecks,
+)
 from ..pricing import as_strategy
 from ..request import Headers, RequestInfo
 from ..stores import open_store
@@ -72,11 +80,13 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
     ``X402GATE_PAY_TO`` (address, or mapping network → address), ``X402GATE_FACILITATOR_URL``
     (one URL or a list) and ``X402GATE_NETWORK`` (or ``X402GATE_ASSETS``, a list of
     :class:`~x402gate.assets.Asset`) are required; ``X402GATE_STORE_URL`` defaults to
-    ``sqlite:///x402gate.db`` and ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300.
-    ``X402GATE_RPC_URL`` names the chain node payers' balances are read from (see
-    ``rpc_url`` of :class:`~x402gate.gate.PaymentGate`) and ``X402GATE_LIMIT_IN_FLIGHT``
-    (default true) bounds each payer's payments in flight by that balance. A missing or invalid
-    setting raises :class:`~x402gate.errors.ConfigurationError` naming it.
+    ``sqlite:///x402gate.db``, ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300 and
+    ``X402GATE_STARTUP_CHECKS`` to ``"fail"`` (``"warn"`` or ``"off"`` start the app even when
+    a start-up check fails). ``X402GATE_RPC_URL`` names the chain node payers' balances are read
+    from (see ``rpc_url`` of :class:`~x402gate.gate.PaymentGate`) and
+    ``X402GATE_LIMIT_IN_FLIGHT`` (default true) bounds each payer's payments in flight by that
+    balance. A missing or invalid setting raises :class:`~x402gate.errors.ConfigurationError`
+    naming it.
     """
     from ..facilitators import HTTPFacilitator
 
@@ -102,6 +112,12 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
     with _setting("X402GATE_STORE_URL"):
         store = open_store(config.get("X402GATE_STORE_URL") or DEFAULT_STORE_URL)
     try:
+        with _setting("X402GATE_STARTUP_CHECKS"):
+            checks: Any = config.get("X402GATE_STARTUP_CHECKS") or "fail"
+            if checks not in get_args(StartupChecks):
+                raise ConfigurationError(
+                    f"must be one of {', '.join(get_args(StartupChecks))}, not {checks!r}"
+                )
         with _setting("X402GATE_MAX_TIMEOUT_SECONDS"):
             timeout = PaymentGate._check_timeout(
                 _integer(config.get("X402GATE_MAX_TIMEOUT_SECONDS", 300))
@@ -120,6 +136,7 @@ def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
                 max_timeout_seconds=timeout,
                 limit_in_flight=limit,
                 rpc_url=config.get("X402GATE_RPC_URL") or None,
+                startup_checks=checks,
             )
     except ConfigurationError:
         store.close()
@@ -187,8 +204,16 @@ class X402Gate:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Attach to ``app``: build or take the gate, and register the discovery route."""
+        """Attach to ``app``: build or take the gate, run its start-up checks
+        (:meth:`~x402gate.gate.PaymentGate.check_startup`: a failing one raises
+        :class:`~x402gate.errors.ConfigurationError`), and register the discovery route."""
         gate = self._gate if self._gate is not None else gate_from_config(app.config)
+        try:
+            gate.check_startup_sync()
+        except ConfigurationError:
+            if self._gate is None:
+                gate.close()  # built here: nobody else will close its store
+            raise
         app.extensions[EXTENSION_KEY] = GateState(
             gate, self.trust_proxy_headers, self.max_body_bytes
         )

@@ -27,10 +27,10 @@ from ..errors import PaymentError
 from ..gate import PaymentGate, PaymentSession
 from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
-from ..routing import RouteTable
+from ..routing import RouteTable, check_routes_exist
 from ..siwx import split_url
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import MeteredBody, paid_response_headers, render_error, warn_trust_proxy_headers
+from ._common import MeteredBody, framework_routes, paid_response_headers, render_error, warn_trust_proxy_headers
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["PaymentMiddleware", "base_url_of", "error_response", "request_info_from_environ"]
@@ -309,6 +309,11 @@ class PaymentMiddleware:
     :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
         its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param discovery: serve ``GET /.well-known/x402`` listing the paid routes.
+    :param check_at_startup: when the middleware is built, check that every key of ``routes``
+        matches a route of the app (when it lists them: Flask's ``url_map``, so wrap the app
+        after its routes are registered) and run the gate's start-up checks
+        (:meth:`~x402gate.gate.PaymentGate.check_startup`); a failure raises
+        :class:`~x402gate.errors.ConfigurationError`.
     """
 
     def __init__(
@@ -320,6 +325,7 @@ class PaymentMiddleware:
         max_body_bytes: int = DEFAULT_MAX_BODY,
         trust_proxy_headers: bool = False,
         discovery: bool = False,
+        check_at_startup: bool = True,
     ) -> None:
         self.app = app
         self.gate = gate
@@ -327,6 +333,12 @@ class PaymentMiddleware:
         self.max_body_bytes = max_body_bytes
         self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.discovery = discovery
+        if check_at_startup:
+            # WSGI has no start-up event: the middleware is built when the app is.
+            found = framework_routes(app)
+            if found is not None:
+                check_routes_exist(self.routes, *found)
+            gate.check_startup_sync()
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()

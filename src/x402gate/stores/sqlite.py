@@ -834,6 +834,16 @@ class SQLiteStore(Store):
 
     def ping(self) -> None:
         """Open the file and create the tables if needed; :class:`StoreError` if impossible."""
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            # SQLite only says "unable to open database file": name what is wrong.
+            what = "is not a directory" if os.path.exists(directory) else "does not exist"
+            raise StoreError(f"SQLite store {self.path}: the directory {directory} {what}")
+        if not os.path.exists(self.path) and not os.access(directory, os.W_OK):
+            raise StoreError(
+                f"SQLite store {self.path}: the directory {directory} is not writable, so the "
+                "database file cannot be created"
+            )
         with self._lock:
             try:
                 self._connection().execute("SELECT 1").fetchone()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from typing import Any
 
 import pytest
 import requests
 from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 from django.test.utils import override_settings
 from django.urls import path
@@ -35,7 +37,20 @@ class Unused:
     settle = supported = verify
 
 
+def _view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    return HttpResponse("content")
+
+
+# The URLconf VALID's ROUTES name (E009 checks keys against it), whatever another test left.
+URLCONF = types.ModuleType("checks_urls")
+URLCONF.urlpatterns = [  # type: ignore[attr-defined]
+    path("weather/", _view), path("reports/<int:pk>", _view, name="reports-detail"),
+    path("ok", _view),
+]
+
+
 def ids(x402gate: Any = VALID, **overrides: Any) -> list[str]:
+    overrides.setdefault("ROOT_URLCONF", URLCONF)
     with override_settings(X402GATE=x402gate, **overrides):
         return sorted(m.id for m in run_checks() if m.id and m.id.startswith("x402gate."))
 
@@ -122,11 +137,26 @@ def test_w001_memory_store_outside_debug(monkeypatch: pytest.MonkeyPatch) -> Non
     assert ids({"GATE": gate}, DEBUG=False) == ["x402gate.W001"]
 
 
-def test_invalid_settings_fail_closed_at_request_time() -> None:
+def test_invalid_settings_stop_the_start() -> None:
     def free(request: HttpRequest) -> HttpResponse:
         return HttpResponse("content")
 
-    with django_server([path("free", free)], {**VALID, "PAY_TO": None}) as site:
+    with (
+        pytest.raises(ImproperlyConfigured, match="PAY_TO is required"),
+        django_server([path("free", free)], {**VALID, "PAY_TO": None}),
+    ):
+        pass
+
+
+def test_settings_broken_after_the_start_fail_closed_at_request_time() -> None:
+    def free(request: HttpRequest) -> HttpResponse:
+        return HttpResponse("content")
+
+    valid = {**VALID, "ROUTES": {}, "STARTUP_CHECKS": "off"}  # no network for x402.org here
+    with (
+        django_server([path("free", free)], valid) as site,
+        override_settings(X402GATE={**valid, "PAY_TO": None}),
+    ):
         response = requests.get(f"{site}/free", timeout=30)
     assert response.status_code == 500
     assert "content" not in response.text

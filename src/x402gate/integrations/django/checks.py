@@ -10,7 +10,13 @@ Run when ``"x402gate.django"`` is in ``INSTALLED_APPS``. Ids:
 * ``x402gate.E006`` a ``STORE_URL`` with an unknown scheme;
 * ``x402gate.E007`` ``GATE`` is not a ``PaymentGate`` (or its path does not import), or is
   combined with keys that describe a gate;
-* ``x402gate.E008`` ``PaymentMiddleware`` is not in ``MIDDLEWARE``;
+* ``x402gate.E008`` ``PaymentMiddleware`` is not in ``MIDDLEWARE`` (the message names the
+  ``@require_payment`` views it leaves unserved);
+* ``x402gate.E009`` a ``ROUTES`` key that matches nothing in the URLconf (a path no URL pattern
+  resolves, a ``view:`` name no pattern has), with the closest one;
+* ``x402gate.E010`` a caching middleware (``UpdateCacheMiddleware``, ``CacheMiddleware``) below
+  ``PaymentMiddleware``: it would store paid answers before they are marked private, and serve
+  them to anyone;
 * ``x402gate.W001`` the ``memory://`` store in production: it is per process, so behind several
   worker processes one payment could be accepted once per process.
 """
@@ -32,6 +38,13 @@ from ...proxies import TrustedProxies
 from ...siwx import parse_public_origins
 from ...stores.registry import accepted_schemes, redact_url
 from .conf import GATE_KEYS, KNOWN_KEYS, build_gate, build_routes, conf
+
+# Middleware that stores answers: below PaymentMiddleware it sees a paid answer before the
+# middleware marks it private, stores it, and the cache then serves it to anyone.
+_CACHE_MIDDLEWARE = (
+    "django.middleware.cache.UpdateCacheMiddleware",
+    "django.middleware.cache.CacheMiddleware",
+)
 
 __all__ = ["check_settings"]
 
@@ -128,6 +141,8 @@ def _check_options() -> list[CheckMessage]:
     for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "LIMIT_IN_FLIGHT", "DISCOVERY"):
         if not isinstance(getattr(conf, key), bool):
             errors.append(_error(5, f"X402GATE[{key!r}] must be True or False."))
+    if conf.STARTUP_CHECKS not in ("fail", "warn", "off"):
+        errors.append(_error(5, "X402GATE['STARTUP_CHECKS'] must be 'fail', 'warn' or 'off'."))
     return errors
 
 
@@ -179,21 +194,60 @@ def _check_routes(gate: PaymentGate) -> list[CheckMessage]:
     return errors
 
 
+def _check_route_keys(gate: PaymentGate) -> list[CheckMessage]:
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []  # no URLconf to match against (Django reports that itself when it matters)
+    from .discovery import check_route_keys
+
+    try:
+        table, views = build_routes(gate, conf.ROUTES)
+        check_route_keys(table, views)
+    except ConfigurationError as exc:
+        return [_error(9, f"X402GATE['ROUTES']: {exc}", "Fix the key; see docs/django.md.")]
+    return []
+
+
+def _decorated_views() -> list[str]:
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    from .discovery import decorated_views
+
+    try:
+        return decorated_views()
+    except Exception:  # an URLconf that does not import: Django's own checks report it
+        return []
+
+
 def _check_middleware() -> list[CheckMessage]:
     from .middleware import PaymentMiddleware
 
-    for path in getattr(settings, "MIDDLEWARE", None) or ():
+    paths = list(getattr(settings, "MIDDLEWARE", None) or ())
+    for index, path in enumerate(paths):
         try:
             cls = import_string(path)
         except ImportError:
             continue  # Django reports unimportable middleware itself
         if isinstance(cls, type) and issubclass(cls, PaymentMiddleware):
+            inner = [p for p in paths[index + 1 :] if p in _CACHE_MIDDLEWARE]
+            if inner:
+                return [
+                    _error(
+                        10,
+                        f"{inner[0]} is below x402gate.django.PaymentMiddleware in MIDDLEWARE: "
+                        "it stores paid answers before they are marked private and serves them "
+                        "to clients that did not pay.",
+                        "Put UpdateCacheMiddleware (or CacheMiddleware) above PaymentMiddleware, "
+                        "as Django documents it: first in MIDDLEWARE.",
+                    )
+                ]
             return []
+    views = _decorated_views()
+    unserved = f" (@require_payment views: {', '.join(views[:5])})" if views else ""
     return [
         _error(
             8,
             "x402gate.django.PaymentMiddleware is not in MIDDLEWARE: ROUTES are served free "
-            "and @require_payment views answer 500.",
+            f"and @require_payment views answer 500{unserved}.",
             "Add 'x402gate.django.PaymentMiddleware' to MIDDLEWARE.",
         )
     ]
@@ -242,7 +296,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         errors += gate_errors
     errors += _check_options()
     if gate is not None:
-        errors += _check_routes(gate)
+        route_errors = _check_routes(gate)
+        errors += route_errors or _check_route_keys(gate)
     errors += _check_middleware()
     errors += _check_memory_store(gate)
     return errors

@@ -19,6 +19,7 @@ Keys (see ``docs/django.md``)::
         "ALLOW_SMART_WALLETS": False,
         "ROUTES": {"GET /weather/": "$0.01", "view:reports-detail": {"price": "$0.05"}},
         "DISCOVERY": False,                # serve GET /.well-known/x402
+        "STARTUP_CHECKS": "fail",          # or "warn" / "off": start even if a check fails
     }
 
 or ``{"GATE": a PaymentGate or "dotted.path.to.gate", "ROUTES": ..., "DISCOVERY": ...}``.
@@ -30,7 +31,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -41,7 +42,7 @@ from django.utils.module_loading import import_string
 
 from ..._runner import run_sync
 from ...errors import ConfigurationError
-from ...gate import PaymentGate, Route
+from ...gate import PaymentGate, Route, StartupChecks
 from ...routing import RouteTable
 from ...stores.registry import DEFAULT_STORE_URL
 
@@ -53,6 +54,7 @@ __all__ = [
     "Settings",
     "build_gate",
     "build_routes",
+    "check_at_startup",
     "conf",
     "get_runtime",
     "reset",
@@ -79,8 +81,9 @@ GATE_KEYS = frozenset(
 )
 """Keys that describe the gate; they cannot be combined with ``GATE``."""
 
-KNOWN_KEYS = GATE_KEYS | {"GATE", "ROUTES", "DISCOVERY"}
+KNOWN_KEYS = GATE_KEYS | {"GATE", "ROUTES", "DISCOVERY", "STARTUP_CHECKS"}
 
+_STARTUP_MODES = get_args(StartupChecks)
 _VIEW_KEY_RE = re.compile(r"^(?:(?P<methods>[A-Za-z]+(?:,[A-Za-z]+)*)\s+)?view:(?P<name>\S+)$")
 
 
@@ -172,6 +175,11 @@ class Settings:
     @property
     def DISCOVERY(self) -> Any:
         return self._get("DISCOVERY", False)
+
+    @property
+    def STARTUP_CHECKS(self) -> Any:
+        """What a failing start-up check does: ``"fail"`` (stop), ``"warn"``, ``"off"``."""
+        return self._get("STARTUP_CHECKS", "fail")
 
 
 conf = Settings()
@@ -330,6 +338,27 @@ def get_runtime() -> Runtime:
                 raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
             _runtime = Runtime(gate, owned, table, views, bool(conf.DISCOVERY))
         return _runtime
+
+
+def check_at_startup() -> None:
+    """What :class:`~x402gate.integrations.django.middleware.PaymentMiddleware` checks when
+    Django loads it (the WSGI/ASGI handler is built): the settings build a gate, every
+    ``ROUTES`` key matches the URLconf, and the gate's start-up checks pass under
+    ``STARTUP_CHECKS``. Raises :class:`ImproperlyConfigured` with one message otherwise."""
+    from .discovery import check_route_keys
+
+    runtime = get_runtime()
+    mode = conf.STARTUP_CHECKS
+    try:
+        if mode not in _STARTUP_MODES:
+            raise ConfigurationError(
+                f"STARTUP_CHECKS must be one of {', '.join(_STARTUP_MODES)}, not {mode!r}"
+            )
+        if getattr(settings, "ROOT_URLCONF", None):
+            check_route_keys(runtime.table, runtime.views)
+        runtime.gate.check_startup_sync(mode)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
 
 
 def reset() -> None:

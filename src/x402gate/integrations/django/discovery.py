@@ -1,4 +1,5 @@
-"""The paid routes of a Django project, for ``/.well-known/x402`` (``X402GATE["DISCOVERY"]``).
+"""The paid routes of a Django project, for ``/.well-known/x402`` (``X402GATE["DISCOVERY"]``),
+and the ``ROUTES`` keys that match none of them (:func:`check_route_keys`).
 
 Listed: the path keys of ``ROUTES``; every URL pattern whose name has a ``view:`` entry; and
 every URL pattern whose view carries ``@require_payment`` (function views, class-based and DRF
@@ -9,17 +10,20 @@ all the same but not listed. Path parameters are written ``{name}``.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from django.urls import URLResolver, get_resolver
+from django.urls import Resolver404, URLResolver, get_resolver, resolve
 
+from ...errors import ConfigurationError
 from ...gate import Route
-from .conf import PaidView, Runtime
+from ...routing import AppRoute, RouteTable, check_routes_exist
+from .conf import PaidView, Runtime, ViewRoute
 from .decorators import PAID_VIEW_ATTR
 
-__all__ = ["discoverable_routes"]
+__all__ = ["check_route_keys", "decorated_views", "discoverable_routes"]
 
 _CONVERTER_RE = re.compile(r"<(?:[^>:]+:)?([^>]+)>")  # path("<int:pk>/") → {pk}
 _GROUP_RE = re.compile(r"\(\?P<(\w+)>[^()]*\)")  # re_path(r"(?P<pk>[^/.]+)/") → {pk}
@@ -36,14 +40,21 @@ def _template(pattern: Any) -> str:
 def _walk(
     patterns: Sequence[Any], prefix: str, namespaces: tuple[str, ...]
 ) -> Iterator[tuple[str, Any, str | None]]:
+    for template, callback, name, _ in _walk_all(patterns, prefix, namespaces):
+        yield template, callback, name
+
+
+def _walk_all(
+    patterns: Sequence[Any], prefix: str, namespaces: tuple[str, ...]
+) -> Iterator[tuple[str, Any, str | None, tuple[str, ...]]]:
     for entry in patterns:
         template = prefix + _template(entry.pattern)
         if isinstance(entry, URLResolver):
             ns = (*namespaces, entry.namespace) if entry.namespace else namespaces
-            yield from _walk(entry.url_patterns, template, ns)
+            yield from _walk_all(entry.url_patterns, template, ns)
         else:
             name = ":".join((*namespaces, entry.name)) if entry.name else None
-            yield "/" + template, entry.callback, name
+            yield "/" + template, entry.callback, name, namespaces
 
 
 def _decorated(callback: Any) -> list[tuple[str, PaidView]]:
@@ -79,3 +90,53 @@ def discoverable_routes(runtime: Runtime, urlconf: Any = None) -> list[tuple[str
         for method, paid in _decorated(callback):
             routes.append((f"{method} {template}", runtime.route_for(paid)))
     return routes
+
+
+def _view_path(callback: Any) -> str:
+    # What Django's ResolverMatch calls an unnamed pattern's view: its dotted path.
+    func = getattr(callback, "view_class", None) or getattr(callback, "cls", None) or callback
+    if not hasattr(func, "__name__"):
+        func = type(func)
+    return f"{func.__module__}.{func.__name__}"
+
+
+def check_route_keys(
+    table: RouteTable | None, views: Sequence[ViewRoute], urlconf: Any = None
+) -> None:
+    """Raise :class:`ConfigurationError` naming every ``ROUTES`` key that matches nothing in the
+    URLconf: a path key no URL pattern resolves, a ``view:`` name no pattern has. A misspelt key
+    would leave the view it meant unpaid."""
+    walked = list(_walk_all(get_resolver(urlconf).url_patterns, "", ()))
+    problems = []
+    names = {name for _, _, name, _ in walked if name}
+    names |= {":".join((*ns, _view_path(callback))) for _, callback, _, ns in walked}
+    for view in views:
+        if view.name not in names:
+            close = difflib.get_close_matches(view.name, sorted(names), n=1, cutoff=0.6)
+            hint = f" (did you mean 'view:{close[0]}'?)" if close else ""
+            problems.append(f"route {view.key!r} names no URL pattern of the URLconf{hint}")
+    if table is not None:
+
+        def resolves(method: str, path: str) -> bool:
+            try:
+                resolve(path, urlconf)
+            except Resolver404:
+                return False
+            return True
+
+        known = [AppRoute(template) for template, _, _, _ in walked]
+        try:
+            check_routes_exist(table, [*known, AppRoute("", None, resolves)], "the URLconf")
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+
+
+def decorated_views(urlconf: Any = None) -> list[str]:
+    """The URL patterns (as ``/template``) whose view carries ``@require_payment``."""
+    return [
+        template
+        for template, callback, _ in _walk(get_resolver(urlconf).url_patterns, "", ())
+        if _decorated(callback)
+    ]

@@ -34,7 +34,7 @@ from ...proxies import TrustedProxies
 from ...request import RequestInfo
 from ...siwx import split_url
 from .._common import AsyncMeteredBody, MeteredBody, meter_body, paid_response_headers, render_error
-from .conf import Runtime, get_runtime
+from .conf import Runtime, check_at_startup, get_runtime
 
 __all__ = [
     "CALL",
@@ -285,12 +285,17 @@ class PaymentMiddleware:
     Sets ``request.payment`` (an :class:`x402gate.Payment`, or ``None`` on free requests).
     Place it after ``SecurityMiddleware``, ``CommonMiddleware`` and the CORS middleware, so
     redirects and CORS preflights are answered first, and free.
+
+    Django builds it when the WSGI/ASGI handler is made, before the first request: that is
+    when :func:`~x402gate.integrations.django.conf.check_at_startup` runs, and a failure stops
+    the start with :class:`~django.core.exceptions.ImproperlyConfigured`.
     """
 
     sync_capable = True
     async_capable = True
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        check_at_startup()
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
