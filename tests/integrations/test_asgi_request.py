@@ -122,7 +122,7 @@ def test_trust_proxy_headers_is_deprecated() -> None:
 
     gate = PaymentGate(
         pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C", network="base",
-        facilitator=Unused(), store="memory://",
+        facilitator=Unused(), store="memory://", startup_checks="off",
     )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         PaymentMiddleware(lambda *a: None, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)

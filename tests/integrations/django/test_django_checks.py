@@ -177,7 +177,7 @@ def test_without_django_the_import_error_says_what_to_install() -> None:
 def test_metered_routes_need_a_public_origin_and_it_must_be_an_origin() -> None:
     from x402gate.metering import PerToken, TokenPrice
 
-    metered = {**VALID, "ROUTES": {"POST /chat": PerToken(TokenPrice(input="$1", output="$2"))}}
+    metered = {**VALID, "ROUTES": {"POST /ok": PerToken(TokenPrice(input="$1", output="$2"))}}
     assert ids(metered) == ["x402gate.E003"]
     assert ids({**metered, "PUBLIC_ORIGIN": "https://api.example.com"}) == []
     assert ids({**VALID, "PUBLIC_ORIGIN": "https://api.example.com/v1"}) == ["x402gate.E005"]
