@@ -51,6 +51,7 @@ from .errors import (
 )
 from .money import parse_price, scale_to_asset
 from .pricing import Flat, PriceStrategy, as_strategy, resolve_quote
+from .reconcile import ChainReadError, ChainReconciler
 from .request import RequestInfo
 from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX
 from .stores import ClaimResult, Store, open_store, replay_key
@@ -192,6 +193,9 @@ class PaymentSession:
     commit_hold: tuple[str, concurrent.futures.Future[None]] | None = None
     """Metered routes: (account, future) while the charge is being committed after the answer
     went out; the payer's next request waits for it (see :meth:`PaymentGate.hold_commit`)."""
+    recovered: bool = False
+    """A retry of a payment already settled on chain whose first request was never answered:
+    it is served without settling again (see :meth:`PaymentGate.begin`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,7 @@ class PaymentEvent:
     ``kind`` is one of ``challenged`` (402 without payment), ``rejected`` (bad or refused
     payment), ``verified`` (claimed and verified, handler about to run), ``settled``,
     ``settle_failed``, ``released`` (handler failed: nothing charged, claim released),
+    ``recovered`` (a retry of a payment found settled on chain, its first answer lost),
     ``error`` (store or facilitator failure).
     """
 
@@ -237,6 +242,12 @@ class PaymentGate:
         routes use to spend their credit (built from ``secret`` by default).
     :param credit_ttl_seconds: how long a credit reservation may live before a crashed
         request's hold is returned to the payer.
+    :param reconcile: serve the retry of a payment whose settlement reached the chain while its
+        answer was lost (facilitator connection dropped, process killed): a
+        :class:`~x402gate.reconcile.ChainReconciler`, or the JSON-RPC URL (or mapping network
+        → URL) to read the token contracts with. By default the RPC URL of a
+        :class:`~x402gate.facilitators.LocalFacilitator` is used; ``False`` turns it off (such a
+        retry is then refused as a replay).
     :param clock: time source (tests inject one).
     """
 
@@ -255,6 +266,7 @@ class PaymentGate:
         secret: bytes | str | None = None,
         session_tokens: SessionTokens | None = None,
         credit_ttl_seconds: int = 3600,
+        reconcile: ChainReconciler | str | Mapping[str, str] | bool | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.assets = self._resolve_assets(network, assets)
@@ -287,6 +299,7 @@ class PaymentGate:
         ):
             raise ConfigurationError("credit_ttl_seconds must be an integer of at least 60")
         self.credit_ttl_seconds = credit_ttl_seconds
+        self.reconciler = self._resolve_reconciler(reconcile, facilitator, self.store)
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[EventListener] = []
         # Credit accounts whose charge is being committed after the answer went out: the next
@@ -329,6 +342,41 @@ class PaymentGate:
             if int(mapping[asset.network], 16) == 0:
                 raise ConfigurationError("pay_to must not be the zero address")
         return mapping
+
+    @staticmethod
+    def _resolve_reconciler(
+        reconcile: ChainReconciler | str | Mapping[str, str] | bool | None,
+        facilitator: Any,
+        store: Store,
+    ) -> ChainReconciler | None:
+        if reconcile is False:
+            return None
+        if reconcile is None or reconcile is True:
+            from .facilitators import LocalFacilitator
+
+            if isinstance(facilitator, LocalFacilitator):
+                if reconcile is None and not getattr(store, "supports_recovery", False):
+                    return None  # a store of its own without it: off unless asked for
+                # The chain the facilitator settles on is the chain to reconcile from.
+                reconcile = {n: facilitator.rpc_url for n in facilitator.networks}
+            elif reconcile is None:
+                return None
+            else:
+                raise ConfigurationError(
+                    "reconcile=True needs a LocalFacilitator; give the chain's RPC URL instead"
+                )
+        if not getattr(store, "supports_recovery", False):
+            raise ConfigurationError(
+                f"reconcile: {type(store).__name__} cannot recover claims; use another store "
+                "or reconcile=False"
+            )
+        if isinstance(reconcile, ChainReconciler):
+            return reconcile
+        if isinstance(reconcile, str | Mapping):
+            return ChainReconciler(reconcile)
+        raise ConfigurationError(
+            "reconcile must be a ChainReconciler, an RPC URL, a mapping network → URL, or False"
+        )
 
     @staticmethod
     def _check_timeout(value: int) -> int:
@@ -1146,6 +1194,15 @@ class PaymentGate:
             await self._abandon(idempotency)
             await self._emit(PaymentEvent("error", request, route, payment, code="store"))
             raise self._failure(exc) from None
+        transaction: str | None = None
+        if claim is ClaimResult.IN_FLIGHT:
+            try:
+                transaction = await self._recover(request, route, payment, requirements, key, token)
+            except PaymentError:
+                await self._abandon(idempotency)
+                raise
+            if transaction is not None:
+                claim = ClaimResult.CLAIMED
         if claim is not ClaimResult.CLAIMED:
             await self._abandon(idempotency)
             if claim is ClaimResult.BOUND_ELSEWHERE:
@@ -1171,6 +1228,14 @@ class PaymentGate:
         )
         if route.price.metered:
             session.quote = full_quotes[(requirements.network, requirements.asset)]
+        if transaction is not None:
+            # Paid on chain already, by this very authorization: nothing to verify or settle.
+            session.recovered = True
+            payment.transaction = transaction
+            await self._emit(PaymentEvent("recovered", request, route, payment))
+            if route.settlement == "before":
+                await self._complete_recovery(session)
+            return session
 
         use_facilitator = (
             route.verify_with_facilitator
@@ -1208,6 +1273,20 @@ class PaymentGate:
         """
         if session.done:
             return session.response_headers
+        if session.recovered and session.route.settlement == "after":
+            session.done = True
+            if status_code >= 400:
+                # The claim stays with this retry's token, unanswered: a later retry of the same
+                # payment is recovered again, so the buyer still gets one answer for it.
+                await self._abandon_recovered(session)
+                return {}
+            await self._complete_recovery(session)
+            if session.route.price.metered:
+                await self._fund_reservation(session)
+                session.response_headers.update(self._credit_headers(session))
+            if not recording:
+                await self.record(session, status_code, (), None)
+            return session.response_headers
         if session.route.settlement == "before":
             session.done = True
             if not recording:
@@ -1241,6 +1320,8 @@ class PaymentGate:
         session.done = True
         if session.payment.from_credit:
             await self._release_credit(session)
+        elif session.recovered:
+            await self._abandon_recovered(session)
         elif not session.payment.settled:
             await self._release(session)
 
@@ -1267,7 +1348,10 @@ class PaymentGate:
                     break
         except FacilitatorError as exc:
             # Outcome unknown: keep the claim held so the authorization cannot be spent twice.
+            # A retry of the same payment is served once the transfer shows on chain (_recover),
+            # so a payment identifier must not hold it back with a stored "already processed".
             logger.error("settlement failed for %s: %s", request.resource, exc)
+            await self._drop_idempotency(session)
             await self._emit(PaymentEvent("error", request, route, payment, code="settle"))
             raise self._failure(exc) from None
         assert result is not None
@@ -1276,16 +1360,13 @@ class PaymentGate:
         )
         if result.success:
             payment.transaction = result.transaction
-            try:
-                await self._store_call(self.store.mark_used, session.key, session.token)
-            except StoreError as exc:
-                # Paid on chain; the chain itself now refuses the nonce, so serving is safe.
-                logger.error("replay store mark_used failed after settlement: %s", exc)
+            await self._mark_served(session)
             session.response_headers = {header_name: protocol.encode_settle_response(result)}
             await self._emit(PaymentEvent("settled", request, route, payment))
             return
         code = _safe_code(result.error_reason, "settlement_failed")
         if code == "settlement_pending":
+            await self._drop_idempotency(session)
             logger.error(
                 "settlement still pending for %s (tx %s)", request.resource, result.transaction
             )
@@ -1310,6 +1391,135 @@ class PaymentGate:
             "the payment could not be settled",
             extra_headers={header_name: protocol.encode_settle_response(clean)},
         )
+
+    # -- paid but unanswered: recovery from the chain -----------------------------------------
+
+    async def _recover(
+        self,
+        request: RequestInfo,
+        route: Route,
+        payment: Payment,
+        requirements: PaymentRequirements,
+        key: str,
+        token: str,
+    ) -> str | None:
+        """The settlement transaction of an authorization held by a request that never answered,
+        once this request (its retry) has taken the claim over; ``None`` to refuse it as today.
+
+        The claim is held by another token. Either that request is still running, or its
+        settlement reached the chain and its answer was lost (facilitator connection dropped,
+        process killed). Only the chain can tell: if this authorization's transfer to us is
+        there, the claim is handed to this request (compare and set: one retry wins), and the
+        lost request, should it still be alive, finds its token gone and answers nothing.
+        """
+        reconciler = self.reconciler
+        if reconciler is None or not reconciler.covers(payment.network):
+            return None
+        try:
+            holder = await self._store_call(
+                self.store.recovery_check,
+                key,
+                request.resource,
+                self.clock.now(),
+                reconciler.min_interval_seconds,
+            )
+        except StoreError as exc:
+            logger.error("replay store recovery check failed: %s", exc)
+            raise self._failure(exc) from None
+        if holder is None:  # not held for this resource, or looked up on chain moments ago
+            return None
+        try:
+            found = await reconciler.find_transfer(
+                network=payment.network,
+                asset=requirements.asset,
+                payer=payment.payer,
+                nonce=payment.nonce,
+                pay_to=requirements.pay_to,
+                value=payment.amount,
+            )
+        except ChainReadError as exc:
+            logger.error("reading the chain to reconcile a claimed payment failed: %s", exc)
+            await self._emit(PaymentEvent("error", request, route, payment, code="reconcile"))
+            raise PaymentError(
+                503,
+                "chain_unavailable",
+                "the outcome of this payment cannot be checked now; retry it later",
+                headers={
+                    "Cache-Control": "no-store",
+                    "Retry-After": str(max(1, int(reconciler.min_interval_seconds + 0.999))),
+                },
+            ) from None
+        if found is None:
+            return None
+        try:
+            won = await self._store_call(self.store.take_over, key, holder, token)
+        except StoreError as exc:
+            logger.error("replay store take-over failed: %s", exc)
+            raise self._failure(exc) from None
+        if not won:  # another retry (or the original request) got there first
+            return None
+        logger.warning(
+            "serving a retry of a payment settled on chain whose answer was lost (tx %s)",
+            found.transaction,
+        )
+        return found.transaction
+
+    async def _complete_recovery(self, session: PaymentSession) -> None:
+        """A recovered payment is answered now: mark it used and give its receipt."""
+        from x402.schemas import SettleResponse
+
+        await self._mark_served(session)
+        receipt = SettleResponse(
+            success=True,
+            transaction=session.payment.transaction or "",
+            network=session.payment.network,
+            payer=session.payment.payer,
+        )
+        header_name = (
+            protocol.X_PAYMENT_RESPONSE if session.version == 1 else protocol.PAYMENT_RESPONSE
+        )
+        session.response_headers = {header_name: protocol.encode_settle_response(receipt)}
+        await self._emit(PaymentEvent("settled", session.request, session.route, session.payment))
+
+    async def _mark_served(self, session: PaymentSession) -> None:
+        """Settled: mark the claim used before any content goes out.
+
+        With reconciliation on, a claim that is no longer this request's (a retry took it over
+        after reading the transfer on chain) is answered by that retry: this request must send
+        nothing, or the payment would be answered twice.
+        """
+        try:
+            kept = await self._store_call(self.store.mark_used, session.key, session.token)
+        except StoreError as exc:
+            logger.error("replay store mark_used failed after settlement: %s", exc)
+            if self.reconciler is None:
+                return  # paid on chain; the chain itself now refuses the nonce
+            # Unrecorded, a retry of this payment is served from the chain: answer nothing here.
+            await self._drop_idempotency(session)
+            raise self._failure(exc) from None
+        if not kept and self.reconciler is not None:
+            await self._drop_idempotency(session)
+            await self._emit(
+                PaymentEvent(
+                    "error", session.request, session.route, session.payment, code="taken_over"
+                )
+            )
+            raise PaymentError(
+                409,
+                "payment_already_processed",
+                "this payment was settled and is answered to a retry of it",
+                headers={"Cache-Control": "no-store"},
+            )
+
+    async def _abandon_recovered(self, session: PaymentSession) -> None:
+        """A recovered retry failed: nothing more is charged, and the claim stays held (by this
+        request's token) for the next retry to recover."""
+        await self._drop_idempotency(session)
+        await self._release_credit(session)
+
+    async def _drop_idempotency(self, session: PaymentSession) -> None:
+        idempotency, session.idempotency = session.idempotency, None
+        await self._abandon(idempotency)
 
     # -- sync facade ---------------------------------------------------------------------------
 

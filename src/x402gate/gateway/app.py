@@ -78,6 +78,8 @@ class Gateway:
             max_timeout_seconds=settings.max_timeout_seconds,
             verify_with_facilitator=settings.verify_with_facilitator,
             secret=settings.secret.get_secret_value() if settings.secret is not None else None,
+            # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
+            reconcile=config.facilitator.chain_rpc_url,
         )
         self.upstreams = {name: Upstream(name, spec) for name, spec in config.upstreams.items()}
         routes = {
