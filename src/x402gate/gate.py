@@ -87,6 +87,9 @@ _CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 _SETTLEMENT_POLICIES = ("after", "before")
 _PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
 PAYMENT_IDENTIFIER = "payment-identifier"
+GAVE_UP = "gave-up:"
+"""Prefix of the token a request hands its claim to when it stops waiting for its settlement's
+answer: a retry that finds the transfer on chain may then take the claim over at once."""
 COMMIT_WAIT_SECONDS = 5.0
 """How long a payer's next credit request waits for the commit of its previous answer."""
 
@@ -1352,6 +1355,7 @@ class PaymentGate:
             # so a payment identifier must not hold it back with a stored "already processed".
             logger.error("settlement failed for %s: %s", request.resource, exc)
             await self._drop_idempotency(session)
+            await self._give_up(session)
             await self._emit(PaymentEvent("error", request, route, payment, code="settle"))
             raise self._failure(exc) from None
         assert result is not None
@@ -1367,6 +1371,7 @@ class PaymentGate:
         code = _safe_code(result.error_reason, "settlement_failed")
         if code == "settlement_pending":
             await self._drop_idempotency(session)
+            await self._give_up(session)
             logger.error(
                 "settlement still pending for %s (tx %s)", request.resource, result.transaction
             )
@@ -1409,8 +1414,11 @@ class PaymentGate:
         The claim is held by another token. Either that request is still running, or its
         settlement reached the chain and its answer was lost (facilitator connection dropped,
         process killed). Only the chain can tell: if this authorization's transfer to us is
-        there, the claim is handed to this request (compare and set: one retry wins), and the
-        lost request, should it still be alive, finds its token gone and answers nothing.
+        there, the claim is handed to this request (compare and set: one retry wins). A request
+        that stopped waiting for its settlement said so (its token starts with
+        :data:`GAVE_UP`); any other holder is left the reconciler's ``owner_grace_seconds``
+        from the block's time to answer itself, and should it answer later still, it finds its
+        token gone and sends nothing (:meth:`_mark_served`).
         """
         reconciler = self.reconciler
         if reconciler is None or not reconciler.covers(payment.network):
@@ -1450,6 +1458,12 @@ class PaymentGate:
                 },
             ) from None
         if found is None:
+            return None
+        if (
+            not holder.startswith(GAVE_UP)
+            and self.clock.now() < found.mined_at + reconciler.owner_grace_seconds
+        ):
+            # Its request may still be alive and about to answer: leave it its answer.
             return None
         try:
             won = await self._store_call(self.store.take_over, key, holder, token)
@@ -1516,6 +1530,20 @@ class PaymentGate:
         request's token) for the next retry to recover."""
         await self._drop_idempotency(session)
         await self._release_credit(session)
+        await self._give_up(session)
+
+    async def _give_up(self, session: PaymentSession) -> None:
+        """This request answers nothing for its claim: say so, so that a retry of the payment
+        can be served as soon as its transfer shows on chain (see :meth:`_recover`)."""
+        if self.reconciler is None or session.token.startswith(GAVE_UP):
+            return
+        try:
+            await self._store_call(
+                self.store.take_over, session.key, session.token, GAVE_UP + session.token
+            )
+        except StoreError as exc:
+            # The retry then waits for the owner's grace time instead.
+            logger.error("replay store hand-over failed: %s", exc)
 
     async def _drop_idempotency(self, session: PaymentSession) -> None:
         idempotency, session.idempotency = session.idempotency, None

@@ -17,7 +17,10 @@ merchant? It reads the EIP-3009 token directly, over JSON-RPC:
 
 The gate asks only for claims it holds, at most once per authorization per
 ``min_interval_seconds`` (the store keeps the time of the last read), so that a client cannot
-make it read the chain for free.
+make it read the chain for free. A claim whose request gave up (its settlement answer was lost)
+is recovered at once; one whose request may still be alive (it was killed, or is about to
+answer) only once the transfer has been on chain for ``owner_grace_seconds``, time enough for a
+live request to have recorded its answer.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class OnChainTransfer:
 
     transaction: str
     block: int
+    mined_at: int
+    """The block's timestamp (seconds)."""
 
 
 def _word(value: str) -> str:
@@ -90,6 +95,11 @@ class ChainReconciler:
     :param timeout: seconds per RPC call.
     :param min_interval_seconds: a claimed authorization is looked up on chain at most once per
         this many seconds, whatever the number of retries (the store keeps the time).
+    :param owner_grace_seconds: how long after its transfer was mined a claim whose request
+        did not give up (the process was killed, say) is left to that request before a retry
+        takes it over. Longer than the facilitator's timeout (or the confirmation timeout of a
+        :class:`~x402gate.facilitators.LocalFacilitator`), so that a live request always
+        answers first.
     """
 
     def __init__(
@@ -99,6 +109,7 @@ class ChainReconciler:
         lookback_blocks: int = 50_000,
         timeout: float = 10.0,
         min_interval_seconds: float = 2.0,
+        owner_grace_seconds: float = 60.0,
     ) -> None:
         if isinstance(rpc_urls, str):
             self._default: str | None = self._check_url(rpc_urls)
@@ -114,12 +125,17 @@ class ChainReconciler:
             or lookback_blocks < 1
         ):
             raise ConfigurationError("reconcile: lookback_blocks must be an integer >= 1")
-        for name, value in (("timeout", timeout), ("min_interval_seconds", min_interval_seconds)):
+        for name, value in (
+            ("timeout", timeout),
+            ("min_interval_seconds", min_interval_seconds),
+            ("owner_grace_seconds", owner_grace_seconds),
+        ):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"reconcile: {name} must be a positive number of seconds")
         self.lookback_blocks = lookback_blocks
         self.timeout = float(timeout)
         self.min_interval_seconds = float(min_interval_seconds)
+        self.owner_grace_seconds = float(owner_grace_seconds)
 
     @staticmethod
     def _check_url(url: Any) -> str:
@@ -201,21 +217,29 @@ class ChainReconciler:
             if not isinstance(tx_hash, str) or _NONCE_RE.fullmatch(tx_hash) is None:
                 raise ChainReadError("eth_getLogs: malformed log")
             receipt = await rpc.call("eth_getTransactionReceipt", [tx_hash])
-        if not isinstance(receipt, dict):
-            raise ChainReadError("eth_getTransactionReceipt: malformed answer")
-        if _int(receipt.get("status")) != 1:
-            return None
-        wanted = [TRANSFER_TOPIC, _topic(payer), _topic(pay_to)]
-        for log in receipt.get("logs") or ():
-            if not isinstance(log, dict) or str(log.get("address", "")).lower() != asset.lower():
-                continue
-            topics = [str(t).lower() for t in log.get("topics") or ()]
-            if topics != wanted:
-                continue
-            data = log.get("data")
-            if isinstance(data, str) and _HEX_RE.fullmatch(data) and int(data, 16) == value:
-                return OnChainTransfer(tx_hash, _int(receipt.get("blockNumber")))
-        return None
+            if not isinstance(receipt, dict):
+                raise ChainReadError("eth_getTransactionReceipt: malformed answer")
+            if _int(receipt.get("status")) != 1 or not _pays(receipt, asset, payer, pay_to, value):
+                return None
+            number = _int(receipt.get("blockNumber"))
+            block = await rpc.call("eth_getBlockByNumber", [hex(number), False])
+        if not isinstance(block, dict):
+            raise ChainReadError("eth_getBlockByNumber: malformed answer")
+        return OnChainTransfer(tx_hash, number, _int(block.get("timestamp")))
+
+
+def _pays(receipt: dict[str, Any], asset: str, payer: str, pay_to: str, value: int) -> bool:
+    """Whether the receipt holds the token's ``Transfer(payer, pay_to, value)``."""
+    wanted = [TRANSFER_TOPIC, _topic(payer), _topic(pay_to)]
+    for log in receipt.get("logs") or ():
+        if not isinstance(log, dict) or str(log.get("address", "")).lower() != asset.lower():
+            continue
+        if [str(t).lower() for t in log.get("topics") or ()] != wanted:
+            continue
+        data = log.get("data")
+        if isinstance(data, str) and _HEX_RE.fullmatch(data) and int(data, 16) == value:
+            return True
+    return False
 
 
 def _int(value: Any) -> int:
