@@ -11,19 +11,23 @@ the handler run once for it, no second transfer; the retry after that is a repla
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_response_header
+from x402.http import decode_payment_required_header, decode_payment_response_header
 
-from x402gate import LocalFacilitator, PaymentGate
+from x402gate import ChainReconciler, LocalFacilitator, PaymentGate
 from x402gate._runner import run_sync
 from x402gate.credit import SESSION_HEADER
 from x402gate.facilitators import HTTPFacilitator
 from x402gate.testing.clients import paying_httpx_client, payment_recorder
 from x402gate.testing.facilitator_server import FacilitatorServer
+from x402gate.testing.payments import encode_payment, sign_exact_payment
 
 from .test_conformance import ADAPTERS, PRICE, _module
 
@@ -34,6 +38,37 @@ LOST = {
     "settle_then_drop": (503, "facilitator_unavailable"),
     "settle_then_500": (502, "facilitator_error"),
 }
+
+
+ASGI_ADAPTERS = ("starlette", "fastapi")
+CLOSE_PATH = "/__close-facilitator"
+
+
+def closing(app: Any, gate: PaymentGate) -> Any:
+    """``app``, plus ``GET /__close-facilitator``: the facilitator's connections live on the
+    server's event loop, so they are closed there, by a request, before the server stops."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == CLOSE_PATH:
+            await gate.facilitator.aclose()  # type: ignore[attr-defined]
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def serve_closing(adapter: Any, app: Any, gate: PaymentGate) -> Iterator[str]:
+    """Serve ``app`` with ``adapter``; on the way out, close the gate's facilitator and store on
+    the loop that used them (the server's for ASGI apps, the background loop for WSGI ones)."""
+    asgi = adapter.NAME in ASGI_ADAPTERS
+    with adapter.serve(closing(app, gate) if asgi else app) as base_url:
+        yield base_url
+        if asgi:
+            assert httpx.get(base_url + CLOSE_PATH, timeout=30).status_code == 204
+    run_sync(gate.aclose())
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -66,11 +101,8 @@ def served(
         reconcile=chain.rpc_url,
     )
     app, calls = adapter.make_app(gate)
-    with adapter.serve(app) as base_url:
+    with serve_closing(adapter, app, gate) as base_url:
         yield base_url, calls, gate
-    # Sync adapters run the gate on the background loop: close its facilitator connections
-    # there (aclose closes those of the loop it runs on), and the store.
-    run_sync(gate.aclose())
 
 
 async def _pay_and_lose_the_answer(
@@ -181,3 +213,171 @@ async def test_a_metered_top_up_settled_but_unanswered_is_credited_once(
     assert calls["llm"] == 2
     assert service.calls["settle"] == 1
     assert chain.tx_count(facilitator_account.address) == 1
+
+
+# -- what is not served, and what a retry costs ---------------------------------------------------
+
+
+@pytest.fixture
+def starlette_app() -> Any:
+    return _module("starlette")
+
+
+def _gate(service: FacilitatorServer, test_token: Any, pay_to: str, reconciler: Any) -> PaymentGate:
+    return PaymentGate(
+        pay_to=pay_to,
+        assets=test_token.asset,
+        facilitator=HTTPFacilitator(service.url, timeout=10),
+        store="memory://",
+        reconcile=reconciler,
+    )
+
+
+async def _requirements(base_url: str) -> Any:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+        challenge = await plain.get("/paid")
+    assert challenge.status_code == 402
+    return decode_payment_required_header(challenge.headers["payment-required"]).accepts[0]
+
+
+@pytest.mark.parametrize("other", ["recipient", "amount"])
+async def test_a_nonce_spent_on_chain_by_another_authorization_is_not_served(
+    other: str,
+    starlette_app: Any,
+    service: FacilitatorServer,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+) -> None:
+    """The payer signs the same nonce twice: to this server, and to someone else (or for less),
+    and spends the second on chain while this server's settlement failed without an answer."""
+    gate = _gate(service, test_token, pay_to, chain.rpc_url)
+    app, calls = starlette_app.make_app(gate)
+    with serve_closing(starlette_app, app, gate) as base_url:
+        requirements = await _requirements(base_url)
+        ours = sign_exact_payment(payer, requirements)
+        header = {"PAYMENT-SIGNATURE": encode_payment(ours)}
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+            with service.fault("settle", "drop"):
+                first = await plain.get("/paid", headers=header)
+            assert first.status_code == 503
+            nonce = ours.payload["authorization"]["nonce"]
+            elsewhere = sign_exact_payment(
+                payer,
+                requirements,
+                nonce=nonce,
+                to=chain.new_account().address if other == "recipient" else None,
+                value=1 if other == "amount" else None,
+            )
+            auth = elsewhere.payload["authorization"]
+            spend = test_token.contract.get_function_by_signature(
+                "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+            )
+            await asyncio.to_thread(
+                chain.transact,
+                chain.new_account(),
+                spend(
+                    auth["from"],
+                    auth["to"],
+                    int(auth["value"]),
+                    int(auth["validAfter"]),
+                    int(auth["validBefore"]),
+                    bytes.fromhex(auth["nonce"][2:]),
+                    bytes.fromhex(elsewhere.payload["signature"][2:]),
+                ),
+            )
+            assert test_token.authorization_state(payer.address, nonce)  # spent, not to us
+
+            retry = await plain.get("/paid", headers=header)
+        assert retry.status_code == 402
+        assert retry.json()["error"] == REPLAY
+        assert "PAID-CONTENT" not in retry.text
+    assert calls["paid"] == 1  # the first attempt only; its answer was withheld
+    expected = 1 if other == "amount" else 0
+    assert test_token.balance_of(pay_to) == expected  # nothing of this payment reached us
+
+
+@pytest.mark.parametrize("grace", [60.0, 0.001])
+async def test_a_live_request_answers_first_unless_its_grace_ran_out(
+    grace: float,
+    starlette_app: Any,
+    service: FacilitatorServer,
+    chain: Any,
+    facilitator_account: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+) -> None:
+    """The settlement is on chain, its answer slow: a retry meanwhile is a replay while the
+    first request may still answer; once the grace ran out, the retry is served and the first
+    request, answering late, sends nothing. Either way the payment is answered once."""
+    reconciler = ChainReconciler(chain.rpc_url, min_interval_seconds=0.2, owner_grace_seconds=grace)
+    gate = _gate(service, test_token, pay_to, reconciler)
+    app, calls = starlette_app.make_app(gate)
+    with serve_closing(starlette_app, app, gate) as base_url:
+        payload = sign_exact_payment(payer, await _requirements(base_url))
+        header = {"PAYMENT-SIGNATURE": encode_payment(payload)}
+        nonce = payload.payload["authorization"]["nonce"]
+        service.slow_seconds = 3.0
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+            with service.fault("settle", "settle_then_slow"):
+                original = asyncio.create_task(plain.get("/paid", headers=header))
+                deadline = time.monotonic() + 20
+                while not test_token.authorization_state(payer.address, nonce):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(1.1)  # a block time later than the transfer's
+                retry = await plain.get("/paid", headers=header)
+                first = await original
+    answers = [first, retry]
+    served = [a for a in answers if a.status_code == 200]
+    assert len(served) == 1 and "PAID-CONTENT" in served[0].text
+    if grace > 1:
+        assert first.status_code == 200
+        assert retry.status_code == 402 and retry.json()["error"] == REPLAY
+        assert calls["paid"] == 1
+    else:
+        assert retry.status_code == 200
+        assert first.status_code == 409
+        assert first.json()["error"] == "payment_already_processed"
+        assert "PAID-CONTENT" not in first.text
+        assert calls["paid"] == 2  # the late request's handler ran, its answer withheld
+    assert chain.tx_count(facilitator_account.address) == 1
+    assert test_token.balance_of(pay_to) == PRICE
+
+
+async def test_retries_of_a_claim_cost_one_chain_read_per_interval(
+    starlette_app: Any,
+    service: FacilitatorServer,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+) -> None:
+    """A payment whose settlement never reached the chain, retried in a tight loop: the chain
+    is read once per interval, not once per retry."""
+
+    class Counting(ChainReconciler):
+        reads = 0
+
+        async def find_transfer(self, **kwargs: Any) -> Any:
+            Counting.reads += 1
+            return await super().find_transfer(**kwargs)
+
+    reconciler = Counting(chain.rpc_url, min_interval_seconds=60)
+    gate = _gate(service, test_token, pay_to, reconciler)
+    app, calls = starlette_app.make_app(gate)
+    with serve_closing(starlette_app, app, gate) as base_url:
+        payload = sign_exact_payment(payer, await _requirements(base_url))
+        header = {"PAYMENT-SIGNATURE": encode_payment(payload)}
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+            with service.fault("settle", "drop"):
+                first = await plain.get("/paid", headers=header)
+            assert first.status_code == 503
+            retries = [await plain.get("/paid", headers=header) for _ in range(50)]
+    assert {r.status_code for r in retries} == {402}
+    assert {r.json()["error"] for r in retries} == {REPLAY}
+    assert Counting.reads == 1
+    assert calls["paid"] == 1
+    assert test_token.balance_of(pay_to) == 0

@@ -13,6 +13,7 @@ against a real HTTP peer. ``faults`` makes an endpoint misbehave::
     server.faults["settle"] = "pending"    # settlement_pending, without settling
     server.faults["settle"] = "settle_then_drop"  # settles on chain, then drops the connection
     server.faults["settle"] = "settle_then_500"   # settles on chain, then answers 500
+    server.faults["settle"] = "settle_then_slow"  # settles on chain, answers after slow_seconds
 
 Every call is counted in ``calls`` so tests can assert what reached the facilitator.
 """
@@ -40,6 +41,7 @@ _FAULTS = (
     "pending",
     "settle_then_drop",
     "settle_then_500",
+    "settle_then_slow",
 )
 
 
@@ -79,6 +81,11 @@ class FacilitatorServer:
             # The money moves, the answer is lost: the outcome is unknown to the caller.
             asyncio.run(self._answer(op, method, body, None))
             return None if fault == "settle_then_drop" else (500, b'{"error":"oops"}')
+        if op == "settle" and fault == "settle_then_slow":
+            # The money moves at once; the answer comes late (a slow receipt poll, say).
+            answer = asyncio.run(self._answer(op, method, body, None))
+            self._stopping.wait(self.slow_seconds)
+            return answer
         return asyncio.run(self._answer(op, method, body, fault))
 
     async def _answer(
