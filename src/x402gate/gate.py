@@ -1417,8 +1417,8 @@ class PaymentGate:
         there, the claim is handed to this request (compare and set: one retry wins). A request
         that stopped waiting for its settlement said so (its token starts with
         :data:`GAVE_UP`); any other holder is left the reconciler's ``owner_grace_seconds``
-        from the block's time to answer itself, and should it answer later still, it finds its
-        token gone and sends nothing (:meth:`_mark_served`).
+        after the transfer's block (in the chain's clock) to answer itself, and should it
+        answer later still, it finds its token gone and sends nothing (:meth:`_mark_served`).
         """
         reconciler = self.reconciler
         if reconciler is None or not reconciler.covers(payment.network):
@@ -1459,10 +1459,7 @@ class PaymentGate:
             ) from None
         if found is None:
             return None
-        if (
-            not holder.startswith(GAVE_UP)
-            and self.clock.now() < found.mined_at + reconciler.owner_grace_seconds
-        ):
+        if not holder.startswith(GAVE_UP) and found.age < reconciler.owner_grace_seconds:
             # Its request may still be alive and about to answer: leave it its answer.
             return None
         try:

@@ -20,7 +20,8 @@ The gate asks only for claims it holds, at most once per authorization per
 make it read the chain for free. A claim whose request gave up (its settlement answer was lost)
 is recovered at once; one whose request may still be alive (it was killed, or is about to
 answer) only once the transfer has been on chain for ``owner_grace_seconds``, time enough for a
-live request to have recorded its answer.
+live request to have recorded its answer. That age is read in the chain's own clock (the latest
+block's timestamp against the transfer's), so that a host clock out of step cannot shorten it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class OnChainTransfer:
     block: int
     mined_at: int
     """The block's timestamp (seconds)."""
+    age: int
+    """Seconds from the transfer's block to the latest block, in the chain's clock."""
 
 
 def _word(value: str) -> str:
@@ -97,9 +100,9 @@ class ChainReconciler:
         this many seconds, whatever the number of retries (the store keeps the time).
     :param owner_grace_seconds: how long after its transfer was mined a claim whose request
         did not give up (the process was killed, say) is left to that request before a retry
-        takes it over. Longer than the facilitator's timeout (or the confirmation timeout of a
-        :class:`~x402gate.facilitators.LocalFacilitator`), so that a live request always
-        answers first.
+        takes it over, counted in the chain's clock. Longer than the facilitator's timeout (or
+        the confirmation timeout of a :class:`~x402gate.facilitators.LocalFacilitator`), so
+        that a live request always answers first.
     """
 
     def __init__(
@@ -195,7 +198,10 @@ class ChainReconciler:
                 raise ChainReadError("authorizationState: malformed answer")
             if int(state[:66], 16) == 0:
                 return None
-            latest = _int(await rpc.call("eth_blockNumber", []))
+            head = await rpc.call("eth_getBlockByNumber", ["latest", False])
+            if not isinstance(head, dict):
+                raise ChainReadError("eth_getBlockByNumber: malformed answer")
+            latest, now = _int(head.get("number")), _int(head.get("timestamp"))
             logs = await rpc.call(
                 "eth_getLogs",
                 [
@@ -225,7 +231,8 @@ class ChainReconciler:
             block = await rpc.call("eth_getBlockByNumber", [hex(number), False])
         if not isinstance(block, dict):
             raise ChainReadError("eth_getBlockByNumber: malformed answer")
-        return OnChainTransfer(tx_hash, number, _int(block.get("timestamp")))
+        mined_at = _int(block.get("timestamp"))
+        return OnChainTransfer(tx_hash, number, mined_at, max(0, now - mined_at))
 
 
 def _pays(receipt: dict[str, Any], asset: str, payer: str, pay_to: str, value: int) -> bool:

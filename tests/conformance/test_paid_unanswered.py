@@ -327,7 +327,9 @@ async def test_a_live_request_answers_first_unless_its_grace_ran_out(
                 while not test_token.authorization_state(payer.address, nonce):
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.02)
-                await asyncio.sleep(1.1)  # a block time later than the transfer's
+                # The chain moves on: a later block, a second after the transfer's.
+                await asyncio.to_thread(chain.rpc, "evm_increaseTime", [1])
+                await asyncio.to_thread(chain.rpc, "evm_mine")
                 retry = await plain.get("/paid", headers=header)
                 first = await original
     answers = [first, retry]

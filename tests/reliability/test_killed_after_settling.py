@@ -91,8 +91,13 @@ def test_a_process_killed_after_settling_serves_the_retry_once_after_restart(
         UvicornProcess(env) as restarted,
         httpx.Client(base_url=restarted.url, timeout=60) as client,
     ):
-        # The killed request's claim is left to it for the grace time after its block.
-        time.sleep(max(0.0, chain.timestamp() + GRACE + 1 - time.time()))
+        # The killed request's claim is left to it for the grace time after its block, in the
+        # chain's clock: let the chain move on that long.
+        early = client.request(method, path, json=body, headers=payment_headers(payload))
+        assert early.status_code == 402 and early.json()["error"] == REPLAY
+        chain.rpc("evm_increaseTime", [GRACE + 1])
+        chain.rpc("evm_mine")
+        time.sleep(2.1)  # one chain read per claim per 2 s: the early retry had this one
         retry = client.request(method, path, json=body, headers=payment_headers(payload))
         assert retry.status_code == 200, retry.text
         assert retry.json()["secret"] == PAID_CONTENT
