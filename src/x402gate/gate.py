@@ -903,6 +903,18 @@ class PaymentGate:
             started=self.clock.now(),
         )
 
+    async def _credit_payment(self, session: PaymentSession) -> None:
+        """Credit what a metered payment paid on chain, once per authorization; a failure is
+        logged (the next retry of the payment credits it)."""
+        payment = session.payment
+        account = credit_account(payment.network, payment.asset.address, payment.payer)
+        try:
+            await self._store_call(
+                self.store.credit_topup, account, payment.amount, session.key, self.clock.now()
+            )
+        except StoreError as exc:
+            logger.error("credit ledger failed after a recovered payment: %s", exc)
+
     async def _fund_reservation(self, session: PaymentSession) -> None:
         """After a metered payment settled: credit what was paid, then hold the quote."""
         payment = session.payment
@@ -1445,6 +1457,8 @@ class PaymentGate:
                 pay_to=requirements.pay_to,
                 value=payment.amount,
             )
+        except ValueError:
+            return None  # not an EVM authorization the reconciler can look up
         except ChainReadError as exc:
             logger.error("reading the chain to reconcile a claimed payment failed: %s", exc)
             await self._emit(PaymentEvent("error", request, route, payment, code="reconcile"))
@@ -1524,9 +1538,12 @@ class PaymentGate:
 
     async def _abandon_recovered(self, session: PaymentSession) -> None:
         """A recovered retry failed: nothing more is charged, and the claim stays held (by this
-        request's token) for the next retry to recover."""
+        request's token) for the next retry to recover. A metered payment is credit meanwhile
+        (once: the top-up is keyed by the claim, and the next retry's top-up is a no-op)."""
         await self._drop_idempotency(session)
         await self._release_credit(session)
+        if session.route.price.metered and not session.payment.from_credit:
+            await self._credit_payment(session)
         await self._give_up(session)
 
     async def _give_up(self, session: PaymentSession) -> None:

@@ -173,6 +173,37 @@ async def test_the_retry_of_a_payment_settled_but_unanswered_is_served_once(
     assert test_token.balance_of(pay_to) == start_balance + PRICE
 
 
+async def test_a_settlement_before_the_handler_that_lost_its_answer_serves_the_retry_once(
+    served: tuple[str, Any, PaymentGate],
+    service: FacilitatorServer,
+    chain: Any,
+    facilitator_account: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+) -> None:
+    base_url, calls, _ = served
+    first, payment = await _pay_and_lose_the_answer(
+        base_url, payer, test_token, service, "settle_then_drop", "GET", "/stream"
+    )
+    assert first.status_code == 503, first.text
+    assert calls["stream"] == 0  # policy "before": the handler waits for the settlement
+    assert test_token.balance_of(pay_to) == PRICE
+
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+        retry = await plain.get("/stream", headers={"PAYMENT-SIGNATURE": payment})
+        assert retry.status_code == 200, retry.text
+        assert retry.content == b"chunk-0\nchunk-1\nchunk-2\n"
+        assert decode_payment_response_header(retry.headers["payment-response"]).success
+        again = await plain.get("/stream", headers={"PAYMENT-SIGNATURE": payment})
+        assert again.status_code == 402
+        assert again.json()["error"] == REPLAY
+    assert calls["stream"] == 1
+    assert service.calls["settle"] == 1
+    assert chain.tx_count(facilitator_account.address) == 1
+    assert test_token.balance_of(pay_to) == PRICE
+
+
 async def test_a_metered_top_up_settled_but_unanswered_is_credited_once(
     served: tuple[str, Any, PaymentGate],
     service: FacilitatorServer,
@@ -383,3 +414,56 @@ async def test_retries_of_a_claim_cost_one_chain_read_per_interval(
     assert Counting.reads == 1
     assert calls["paid"] == 1
     assert test_token.balance_of(pay_to) == 0
+
+
+async def test_a_recovered_retry_whose_handler_fails_leaves_the_payment_to_the_next_retry(
+    starlette_app: Any,
+    service: FacilitatorServer,
+    chain: Any,
+    facilitator_account: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from x402gate.integrations.asgi import PaymentMiddleware
+
+    state = {"fail": False, "runs": 0}
+
+    async def flaky(request: Request) -> JSONResponse:
+        state["runs"] += 1
+        if state["fail"]:
+            return JSONResponse({"error": "down"}, status_code=500)
+        return JSONResponse({"content": "PAID-CONTENT"})
+
+    reconciler = ChainReconciler(chain.rpc_url, min_interval_seconds=0.2)
+    gate = _gate(service, test_token, pay_to, reconciler)
+    app = PaymentMiddleware(
+        Starlette(routes=[Route("/paid", flaky)]), gate=gate, routes={"GET /paid": "$0.01"}
+    )
+    with serve_closing(starlette_app, app, gate) as base_url:
+        first, payment = await _pay_and_lose_the_answer(
+            base_url, payer, test_token, service, "settle_then_500"
+        )
+        assert first.status_code == 502
+        header = {"PAYMENT-SIGNATURE": payment}
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+            state["fail"] = True
+            failed = await plain.get("/paid", headers=header)
+            assert failed.status_code == 500  # the handler's own answer, nothing more charged
+            assert "payment-response" not in failed.headers
+            state["fail"] = False
+            await asyncio.sleep(0.3)  # one chain read per claim per interval
+            served = await plain.get("/paid", headers=header)
+            assert served.status_code == 200, served.text
+            assert served.json() == {"content": "PAID-CONTENT"}
+            again = await plain.get("/paid", headers=header)
+            assert again.status_code == 402 and again.json()["error"] == REPLAY
+    assert state["runs"] == 3  # the lost answer, the failed retry, the retry served
+    assert service.calls["settle"] == 1
+    assert chain.tx_count(facilitator_account.address) == 1
+    assert test_token.balance_of(pay_to) == PRICE
