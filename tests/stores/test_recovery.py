@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from x402gate.stores import ClaimResult, Store
 
@@ -92,3 +93,23 @@ def test_of_concurrent_retries_exactly_one_takes_the_claim_over(
     assert len(winners) == 1
     assert first.mark_used(KEY, f"retry-{winners[0]}")
     assert not first.mark_used(KEY, "lost")
+
+
+def test_a_sqlite_file_written_before_recovery_existed_gains_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    from x402gate.stores import open_store
+
+    path = tmp_path / "old.db"
+    store = open_store(f"sqlite:///{path}")
+    assert store.claim(KEY, RESOURCE, "lost", EXP, NOW) is ClaimResult.CLAIMED
+    store.close()
+    with sqlite3.connect(path) as conn:  # as an x402gate of before recovery left it
+        conn.execute("DROP TABLE x402gate_recovery")
+    reopened = open_store(f"sqlite:///{path}")
+    try:
+        assert reopened.recovery_check(KEY, RESOURCE, NOW, 2.0) == "lost"
+        assert reopened.take_over(KEY, "lost", "retry")
+        assert reopened.mark_used(KEY, "retry")
+    finally:
+        reopened.close()
