@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,9 @@ class ChainReconciler:
         ):
             if not isinstance(text, str) or pattern.fullmatch(text) is None:
                 raise ValueError(f"find_transfer: malformed {what}")
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, verify=_tls_context()
+        ) as client:
             rpc = _Rpc(client, url)
             state = await rpc.call(
                 "eth_call",
@@ -247,6 +250,18 @@ def _pays(receipt: dict[str, Any], asset: str, payer: str, pay_to: str, value: i
         if isinstance(data, str) and _HEX_RE.fullmatch(data) and int(data, 16) == value:
             return True
     return False
+
+
+_TLS: list[ssl.SSLContext] = []
+
+
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every look-up: building one loads the CA bundle, tens of ms."""
+    if not _TLS:
+        import certifi  # httpx's own CA bundle: the same trust as every other client here
+
+        _TLS.append(ssl.create_default_context(cafile=certifi.where()))
+    return _TLS[0]
 
 
 def _int(value: Any) -> int:
