@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
     from .gate import Payment, PaymentEvent, PaymentGate, Route
     from .pricing import Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .reconcile import ChainReconciler
     from .request import RequestInfo
 
 __all__ = [
     "Asset",
+    "ChainReconciler",
     "ConfigurationError",
     "Dynamic",
     "Facilitator",
@@ -55,6 +57,7 @@ __all__ = [
 _LAZY = {
     "Asset": "assets",
     "usdc": "assets",
+    "ChainReconciler": "reconcile",
     "Facilitator": "facilitators",
     "HTTPFacilitator": "facilitators",
     "LocalFacilitator": "facilitators",

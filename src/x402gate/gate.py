@@ -55,6 +55,7 @@ from .errors import (
 from .money import parse_price, scale_to_asset
 from .pricing import Flat, PriceStrategy, as_strategy, resolve_quote
 from .proxies import TrustedProxies
+from .reconcile import ChainReadError, ChainReconciler
 from .request import RequestInfo
 from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX, parse_public_origins, split_url
 from .stores import ClaimResult, Store, open_store, replay_key
@@ -105,6 +106,9 @@ _CODE_RE = re.compile(r"^[A-Za-z0-9_]{1,80}$")
 _SETTLEMENT_POLICIES = ("after", "before")
 _PAYMENT_IDENTIFIER_MODES = ("off", "optional", "required")
 PAYMENT_IDENTIFIER = "payment-identifier"
+GAVE_UP = "gave-up:"
+"""Prefix of the token a request hands its claim to when it stops waiting for its settlement's
+answer: a retry that finds the transfer on chain may then take the claim over at once."""
 COMMIT_WAIT_SECONDS = 5.0
 """How long a payer's next credit request waits for the commit of its previous answer."""
 SETTLED_IN_FLIGHT_SECONDS = 120
@@ -232,6 +236,9 @@ class PaymentSession:
     """(account, entry id) of the payment's hold on the payer's balance until it settles."""
     on_chain: bool = False
     """True when the payer's balance was read on chain (else the facilitator vouched for it)."""
+    recovered: bool = False
+    """A retry of a payment already settled on chain whose first request was never answered:
+    it is served without settling again (see :meth:`PaymentGate.begin`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +248,7 @@ class PaymentEvent:
     ``kind`` is one of ``challenged`` (402 without payment), ``rejected`` (bad or refused
     payment), ``verified`` (claimed and verified, handler about to run), ``settled``,
     ``settle_failed``, ``released`` (handler failed: nothing charged, claim released),
+    ``recovered`` (a retry of a payment found settled on chain, its first answer lost),
     ``error`` (store or facilitator failure).
     """
 
@@ -299,6 +307,12 @@ class PaymentGate:
         only, so each payer has one payment in flight at a time there.
     :param balance_cache_seconds: how long a balance reading is reused for the same payer
         (0 to 60). A cached reading never admits beyond the balance.
+    :param reconcile: serve the retry of a payment whose settlement reached the chain while its
+        answer was lost (facilitator connection dropped, process killed): a
+        :class:`~x402gate.reconcile.ChainReconciler`, or the JSON-RPC URL (or mapping network
+        → URL) to read the token contracts with. By default the RPC URL of a
+        :class:`~x402gate.facilitators.LocalFacilitator` is used; ``False`` turns it off (such a
+        retry is then refused as a replay).
     :param clock: time source (tests inject one).
     :param startup_checks: what the integrations do when the app starts and a start-up truth
         does not hold (store cannot be opened, facilitator unreachable or without the exact
@@ -328,6 +342,7 @@ class PaymentGate:
         limit_in_flight: bool = True,
         rpc_url: str | Mapping[str, str] | None = None,
         balance_cache_seconds: float = 1.0,
+        reconcile: ChainReconciler | str | Mapping[str, str] | bool | None = None,
         clock: Clock | None = None,
         startup_checks: StartupChecks = "fail",
     ) -> None:
@@ -381,6 +396,7 @@ class PaymentGate:
         self.balances = ChainBalances(
             self._resolve_rpc_urls(rpc_url, facilitator), cache_seconds=balance_cache_seconds
         )
+        self.reconciler = self._resolve_reconciler(reconcile, facilitator, self.store)
         self.clock: Clock = clock or SystemClock()
         # Renews the holds of requests still running, so an answer never outlives its hold.
         self.holds = HoldKeeper(self.store, self.clock, credit_ttl_seconds)
@@ -441,6 +457,41 @@ class PaymentGate:
         if isinstance(rpc_url, Mapping):
             return {normalize_network(k): v for k, v in rpc_url.items()}
         raise ConfigurationError("rpc_url must be a URL or a mapping network → URL")
+
+    @staticmethod
+    def _resolve_reconciler(
+        reconcile: ChainReconciler | str | Mapping[str, str] | bool | None,
+        facilitator: Any,
+        store: Store,
+    ) -> ChainReconciler | None:
+        if reconcile is False:
+            return None
+        if reconcile is None or reconcile is True:
+            from .facilitators import LocalFacilitator
+
+            if isinstance(facilitator, LocalFacilitator):
+                if reconcile is None and not getattr(store, "supports_recovery", False):
+                    return None  # a store of its own without it: off unless asked for
+                # The chain the facilitator settles on is the chain to reconcile from.
+                reconcile = {n: facilitator.rpc_url for n in facilitator.networks}
+            elif reconcile is None:
+                return None
+            else:
+                raise ConfigurationError(
+                    "reconcile=True needs a LocalFacilitator; give the chain's RPC URL instead"
+                )
+        if not getattr(store, "supports_recovery", False):
+            raise ConfigurationError(
+                f"reconcile: {type(store).__name__} cannot recover claims; use another store "
+                "or reconcile=False"
+            )
+        if isinstance(reconcile, ChainReconciler):
+            return reconcile
+        if isinstance(reconcile, str | Mapping):
+            return ChainReconciler(reconcile)
+        raise ConfigurationError(
+            "reconcile must be a ChainReconciler, an RPC URL, a mapping network → URL, or False"
+        )
 
     @staticmethod
     def _check_timeout(value: int) -> int:
@@ -1105,6 +1156,18 @@ class PaymentGate:
             deadline=self._deadline(route, started),
         )
 
+    async def _credit_payment(self, session: PaymentSession) -> None:
+        """Credit what a metered payment paid on chain, once per authorization; a failure is
+        logged (the next retry of the payment credits it)."""
+        payment = session.payment
+        account = credit_account(payment.network, payment.asset.address, payment.payer)
+        try:
+            await self._store_call(
+                self.store.credit_topup, account, payment.amount, session.key, self.clock.now()
+            )
+        except StoreError as exc:
+            logger.error("credit ledger failed after a recovered payment: %s", exc)
+
     async def _fund_reservation(self, session: PaymentSession) -> None:
         """After a metered payment settled: credit what was paid, then hold the quote."""
         payment = session.payment
@@ -1416,6 +1479,15 @@ class PaymentGate:
             await self._abandon(idempotency)
             await self._emit(PaymentEvent("error", request, route, payment, code="store"))
             raise self._failure(exc) from None
+        transaction: str | None = None
+        if claim is ClaimResult.IN_FLIGHT:
+            try:
+                transaction = await self._recover(request, route, payment, requirements, key, token)
+            except PaymentError:
+                await self._abandon(idempotency)
+                raise
+            if transaction is not None:
+                claim = ClaimResult.CLAIMED
         if claim is not ClaimResult.CLAIMED:
             await self._abandon(idempotency)
             if claim is ClaimResult.BOUND_ELSEWHERE:
@@ -1442,6 +1514,14 @@ class PaymentGate:
         session.deadline = self._deadline(route, session.started)
         if route.price.metered:
             session.quote = full_quotes[(requirements.network, requirements.asset)]
+        if transaction is not None:
+            # Paid on chain already, by this very authorization: nothing to verify or settle.
+            session.recovered = True
+            payment.transaction = transaction
+            await self._emit(PaymentEvent("recovered", request, route, payment))
+            if route.settlement == "before":
+                await self._complete_recovery(session)
+            return session
         if self.limit_in_flight:
             await self._admit(session, accepts)
 
@@ -1486,6 +1566,20 @@ class PaymentGate:
         """
         if session.done:
             return session.response_headers
+        if session.recovered and session.route.settlement == "after":
+            session.done = True
+            if status_code >= 400:
+                # The claim stays with this retry's token, unanswered: a later retry of the same
+                # payment is recovered again, so the buyer still gets one answer for it.
+                await self._abandon_recovered(session)
+                return {}
+            await self._complete_recovery(session)
+            if session.route.price.metered:
+                await self._fund_reservation(session)
+                session.response_headers.update(self._credit_headers(session))
+            if not recording:
+                await self.record(session, status_code, (), None)
+            return session.response_headers
         if session.route.settlement == "before":
             session.done = True
             if not recording:
@@ -1519,6 +1613,8 @@ class PaymentGate:
         session.done = True
         if session.payment.from_credit:
             await self._release_credit(session)
+        elif session.recovered:
+            await self._abandon_recovered(session)
         elif not session.payment.settled:
             await self._release(session)
 
@@ -1546,8 +1642,12 @@ class PaymentGate:
                     break
         except FacilitatorError as exc:
             # Outcome unknown: keep the claim held so the authorization cannot be spent twice.
+            # A retry of the same payment is served once the transfer shows on chain (_recover),
+            # so a payment identifier must not hold it back with a stored "already processed".
             logger.error("settlement failed for %s: %s", request.resource, exc)
             await self._unknown_outcome_in_flight(session)
+            await self._drop_idempotency(session)
+            await self._give_up(session)
             await self._emit(PaymentEvent("error", request, route, payment, code="settle"))
             raise self._failure(exc) from None
         assert result is not None
@@ -1558,17 +1658,15 @@ class PaymentGate:
             header_name, encode = protocol.PAYMENT_RESPONSE, protocol.encode_settle_response
         if result.success:
             payment.transaction = result.transaction
-            try:
-                await self._store_call(self.store.mark_used, session.key, session.token)
-            except StoreError as exc:
-                # Paid on chain; the chain itself now refuses the nonce, so serving is safe.
-                logger.error("replay store mark_used failed after settlement: %s", exc)
             await self._settle_in_flight(session)
+            await self._mark_served(session)
             session.response_headers = {header_name: encode(result)}
             await self._emit(PaymentEvent("settled", request, route, payment))
             return
         code = _safe_code(result.error_reason, "settlement_failed")
         if code == "settlement_pending":
+            await self._drop_idempotency(session)
+            await self._give_up(session)
             logger.error(
                 "settlement still pending for %s (tx %s)", request.resource, result.transaction
             )
@@ -1692,6 +1790,163 @@ class PaymentGate:
         except StoreError as exc:
             # Only ever leaves a hold in place until it expires: the payer waits, nobody gains.
             logger.error("payment in flight could not be updated: %s", exc)
+    # -- paid but unanswered: recovery from the chain -----------------------------------------
+
+    async def _recover(
+        self,
+        request: RequestInfo,
+        route: Route,
+        payment: Payment,
+        requirements: PaymentRequirements,
+        key: str,
+        token: str,
+    ) -> str | None:
+        """The settlement transaction of an authorization held by a request that never answered,
+        once this request (its retry) has taken the claim over; ``None`` to refuse it as today.
+
+        The claim is held by another token. Either that request is still running, or its
+        settlement reached the chain and its answer was lost (facilitator connection dropped,
+        process killed). Only the chain can tell: if this authorization's transfer to us is
+        there, the claim is handed to this request (compare and set: one retry wins). A request
+        that stopped waiting for its settlement said so (its token starts with
+        :data:`GAVE_UP`); any other holder is left the reconciler's ``owner_grace_seconds``
+        after the transfer's block (in the chain's clock) to answer itself, and should it
+        answer later still, it finds its token gone and sends nothing (:meth:`_mark_served`).
+        """
+        reconciler = self.reconciler
+        if reconciler is None or not reconciler.covers(payment.network):
+            return None
+        try:
+            holder = await self._store_call(
+                self.store.recovery_check,
+                key,
+                request.resource,
+                self.clock.now(),
+                reconciler.min_interval_seconds,
+            )
+        except StoreError as exc:
+            logger.error("replay store recovery check failed: %s", exc)
+            raise self._failure(exc) from None
+        if holder is None:  # not held for this resource, or looked up on chain moments ago
+            return None
+        try:
+            found = await reconciler.find_transfer(
+                network=payment.network,
+                asset=requirements.asset,
+                payer=payment.payer,
+                nonce=payment.nonce,
+                pay_to=requirements.pay_to,
+                value=payment.amount,
+            )
+        except ValueError:
+            return None  # not an EVM authorization the reconciler can look up
+        except ChainReadError as exc:
+            logger.error("reading the chain to reconcile a claimed payment failed: %s", exc)
+            await self._emit(PaymentEvent("error", request, route, payment, code="reconcile"))
+            raise PaymentError(
+                503,
+                "chain_unavailable",
+                "the outcome of this payment cannot be checked now; retry it later",
+                headers={
+                    "Cache-Control": "no-store",
+                    "Retry-After": str(max(1, int(reconciler.min_interval_seconds + 0.999))),
+                },
+            ) from None
+        if found is None:
+            return None
+        if not holder.startswith(GAVE_UP) and found.age < reconciler.owner_grace_seconds:
+            # Its request may still be alive and about to answer: leave it its answer.
+            return None
+        try:
+            won = await self._store_call(self.store.take_over, key, holder, token)
+        except StoreError as exc:
+            logger.error("replay store take-over failed: %s", exc)
+            raise self._failure(exc) from None
+        if not won:  # another retry (or the original request) got there first
+            return None
+        logger.warning(
+            "serving a retry of a payment settled on chain whose answer was lost (tx %s)",
+            found.transaction,
+        )
+        return found.transaction
+
+    async def _complete_recovery(self, session: PaymentSession) -> None:
+        """A recovered payment is answered now: mark it used and give its receipt."""
+        from x402.schemas import SettleResponse
+
+        await self._mark_served(session)
+        receipt = SettleResponse(
+            success=True,
+            transaction=session.payment.transaction or "",
+            network=session.payment.network,
+            payer=session.payment.payer,
+        )
+        if session.version == 1:
+            header_name, encoded = (
+                protocol.X_PAYMENT_RESPONSE,
+                protocol.encode_settle_response_v1(receipt),
+            )
+        else:
+            header_name, encoded = protocol.PAYMENT_RESPONSE, protocol.encode_settle_response(receipt)
+        session.response_headers = {header_name: encoded}
+        await self._emit(PaymentEvent("settled", session.request, session.route, session.payment))
+
+    async def _mark_served(self, session: PaymentSession) -> None:
+        """Settled: mark the claim used before any content goes out.
+
+        With reconciliation on, a claim that is no longer this request's (a retry took it over
+        after reading the transfer on chain) is answered by that retry: this request must send
+        nothing, or the payment would be answered twice.
+        """
+        try:
+            kept = await self._store_call(self.store.mark_used, session.key, session.token)
+        except StoreError as exc:
+            logger.error("replay store mark_used failed after settlement: %s", exc)
+            if self.reconciler is None:
+                return  # paid on chain; the chain itself now refuses the nonce
+            # Unrecorded, a retry of this payment is served from the chain: answer nothing here.
+            await self._drop_idempotency(session)
+            raise self._failure(exc) from None
+        if not kept and self.reconciler is not None:
+            await self._drop_idempotency(session)
+            await self._emit(
+                PaymentEvent(
+                    "error", session.request, session.route, session.payment, code="taken_over"
+                )
+            )
+            raise PaymentError(
+                409,
+                "payment_already_processed",
+                "this payment was settled and is answered to a retry of it",
+                headers={"Cache-Control": "no-store"},
+            )
+
+    async def _abandon_recovered(self, session: PaymentSession) -> None:
+        """A recovered retry failed: nothing more is charged, and the claim stays held (by this
+        request's token) for the next retry to recover. A metered payment is credit meanwhile
+        (once: the top-up is keyed by the claim, and the next retry's top-up is a no-op)."""
+        await self._drop_idempotency(session)
+        await self._release_credit(session)
+        if session.route.price.metered and not session.payment.from_credit:
+            await self._credit_payment(session)
+        await self._give_up(session)
+
+    async def _give_up(self, session: PaymentSession) -> None:
+        """This request answers nothing for its claim: say so, so that a retry of the payment
+        can be served as soon as its transfer shows on chain (see :meth:`_recover`)."""
+        if self.reconciler is None or session.token.startswith(GAVE_UP):
+            return
+        try:
+            await self._store_call(
+                self.store.take_over, session.key, session.token, GAVE_UP + session.token
+            )
+        except StoreError as exc:
+            # The retry then waits for the owner's grace time instead.
+            logger.error("replay store hand-over failed: %s", exc)
+
+    async def _drop_idempotency(self, session: PaymentSession) -> None:
+        idempotency, session.idempotency = session.idempotency, None
+        await self._abandon(idempotency)
 
     # -- sync facade ---------------------------------------------------------------------------
 

@@ -209,6 +209,31 @@ INVALID: list[tuple[str, list[tuple[str, str]] | str, dict[str, str | None], str
         "64 hexadecimal digits",
     ),
     (
+        "chain RPC URL for reconciling not http",
+        [
+            (
+                "facilitator: https://x402.org/facilitator",
+                "facilitator:\n  url: https://x402.org/facilitator\n  chain_rpc_url: ws://node",
+            )
+        ],
+        {},
+        "facilitator.chain_rpc_url",
+        "http:// or https://",
+    ),
+    (
+        "chain RPC URL for reconciling with local settlement",
+        [
+            (
+                "facilitator: https://x402.org/facilitator",
+                "facilitator:\n  rpc_url: http://127.0.0.1:8545\n"
+                "  private_key: ${FACILITATOR_KEY}\n  chain_rpc_url: http://127.0.0.1:8545",
+            )
+        ],
+        {"FACILITATOR_KEY": "11" * 32},
+        "facilitator.chain_rpc_url",
+        "only for a facilitator service",
+    ),
+    (
         "unknown store",
         [("sqlite:///x402gate.db", "postgres://app:hunter22@db/x402")],
         {},

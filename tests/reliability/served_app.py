@@ -11,9 +11,14 @@ settling on the test chain:
 ``X402GATE_TEST_PAY_TO``       recipient of payments
 ``X402GATE_TEST_STORE``        replay store URL (``sqlite:///...`` or ``redis://...``)
 ``X402GATE_TEST_RUNS``         file that gets one line (the worker's pid) per paid handler run
+``X402GATE_TEST_DIE_SETTLED``  when set: the worker SIGKILLs itself right after a settlement
+                               succeeded, before anything is recorded or answered
+``X402GATE_TEST_OWNER_GRACE``  seconds a claim whose request vanished is left to it before a
+                               retry found paid on chain takes it over (default 60)
 =============================  ==========================================================
 
-Routes: ``GET /paid`` costs $0.01; ``GET /free`` and ``GET /health`` are free. Every answer carries
+Routes: ``GET /paid`` costs $0.01; ``POST /metered`` is priced per token (12 in, 40 out: $0.092)
+with a $0.50 credit top-up; ``GET /free`` and ``GET /health`` are free. Every answer carries
 ``x-served-by: <pid>`` so a test can see which worker process answered it.
 """
 
@@ -31,6 +36,32 @@ ENV_TOKEN = "X402GATE_TEST_TOKEN"
 ENV_PAY_TO = "X402GATE_TEST_PAY_TO"
 ENV_STORE = "X402GATE_TEST_STORE"
 ENV_RUNS = "X402GATE_TEST_RUNS"
+ENV_DIE_SETTLED = "X402GATE_TEST_DIE_SETTLED"
+ENV_OWNER_GRACE = "X402GATE_TEST_OWNER_GRACE"
+USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
+METERED_CHARGE = 12 * 1_000 + 40 * 2_000
+METERED_TOPUP = 500_000
+
+
+class _DyingAfterSettlement:
+    """The real facilitator; the process dies (SIGKILL) the moment a settlement succeeded."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def supported(self) -> Any:
+        return await self.inner.supported()
+
+    async def verify(self, payload: Any, requirements: Any) -> Any:
+        return await self.inner.verify(payload, requirements)
+
+    async def settle(self, payload: Any, requirements: Any) -> Any:
+        import signal
+
+        result = await self.inner.settle(payload, requirements)
+        if result.success:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
 
 
 def _with_worker_pid(app: Any) -> Any:
@@ -59,34 +90,61 @@ def create_app() -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate import Asset, LocalFacilitator, PaymentGate
+    from x402gate import Asset, ChainReconciler, LocalFacilitator, PaymentGate
     from x402gate.integrations.asgi import PaymentMiddleware
 
     env = os.environ
     asset = Asset(
         network="eip155:31337", address=env[ENV_TOKEN], name="USD Coin", version="2", decimals=6
     )
+    facilitator: Any = LocalFacilitator(
+        env[ENV_RPC_URL], env[ENV_FACILITATOR_KEY], networks=asset.network
+    )
+    if env.get(ENV_DIE_SETTLED):
+        facilitator = _DyingAfterSettlement(facilitator)
     gate = PaymentGate(
         pay_to=env[ENV_PAY_TO],
         assets=asset,
-        facilitator=LocalFacilitator(
-            env[ENV_RPC_URL], env[ENV_FACILITATOR_KEY], networks=asset.network
-        ),
+        facilitator=facilitator,
         store=env[ENV_STORE],
+        reconcile=ChainReconciler(
+            env[ENV_RPC_URL], owner_grace_seconds=float(env.get(ENV_OWNER_GRACE, "60"))
+        ),
     )
     runs_file = env[ENV_RUNS]
 
-    async def paid(request: Request) -> JSONResponse:
+    def count_run() -> None:
         # O_APPEND writes of one short line are atomic across processes.
         fd = os.open(runs_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, f"{os.getpid()}\n".encode())
         finally:
             os.close(fd)
+
+    async def paid(request: Request) -> JSONResponse:
+        count_run()
         return JSONResponse({"secret": PAID_CONTENT, "payer": request.state.payment.payer})
+
+    async def metered(request: Request) -> JSONResponse:
+        count_run()
+        return JSONResponse({"secret": PAID_CONTENT, "usage": USAGE})
 
     async def free(request: Request) -> JSONResponse:
         return JSONResponse({"free": True})
 
-    app = Starlette(routes=[Route("/paid", paid), Route("/free", free), Route("/health", free)])
-    return _with_worker_pid(PaymentMiddleware(app, gate=gate, routes={"GET /paid": PRICE}))
+    from x402gate.metering import PerToken, TokenPrice
+
+    app = Starlette(
+        routes=[
+            Route("/paid", paid),
+            Route("/metered", metered, methods=["POST"]),
+            Route("/free", free),
+            Route("/health", free),
+        ]
+    )
+    per_token = PerToken(TokenPrice(input="$1", output="$2", per=1_000))
+    routes = {
+        "GET /paid": PRICE,
+        "POST /metered": gate.route(per_token, credit_topup="$0.50"),
+    }
+    return _with_worker_pid(PaymentMiddleware(app, gate=gate, routes=routes))

@@ -387,3 +387,69 @@ async def test_after_the_chain_dropped_a_settlement_later_payments_settle(
     assert CONTENT not in response.text
     assert recovered.status_code == 200, recovered.text
     assert _on_chain(node, fresh)
+
+
+@pytest.fixture
+async def reconciling_gate(
+    node: Node, facilitator: Hooked, tmp_path: Path
+) -> AsyncIterator[PaymentGate]:
+    g = PaymentGate(
+        pay_to=node.pay_to,
+        assets=node.token.asset,
+        facilitator=facilitator,
+        store=f"sqlite:///{tmp_path / 'replay.db'}",
+        reconcile=node.relay.url,
+    )
+    yield g
+    await g.aclose()
+
+
+async def test_a_settlement_mined_while_the_node_went_down_serves_its_retry_once(
+    node: Node, reconciling_gate: PaymentGate
+) -> None:
+    gate = reconciling_gate
+    shop = Shop(gate)
+    node.relay.after["eth_sendRawTransaction"] = node.stop_after_mining
+    async with shop.client() as client:
+        payload, response = await _pay(client, node)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "settlement_pending"
+        assert CONTENT not in response.text
+        assert _store_state(gate, node, payload) == "held"
+        node.restart()
+        assert _on_chain(node, payload)
+
+        # The gate reads the chain: the transfer is there, so the retry is served without a
+        # second settlement, and the one after it is a replay.
+        again = await client.get("/paid", headers=payment_headers(payload))
+        assert again.status_code == 200, again.text
+        assert CONTENT in again.text
+        receipt = decode_payment_response_header(again.headers["payment-response"])
+        assert receipt.success and receipt.transaction.startswith("0x")
+        assert _store_state(gate, node, payload) == "used"
+        replay = await client.get("/paid", headers=payment_headers(payload))
+        assert replay.status_code == 402
+        assert replay.json()["error"] == "invalid_exact_evm_nonce_already_used"
+    assert shop.runs == 2  # the withheld first answer, and the retry served
+    _assert_consistent(gate, node, payload)
+    assert pending_nonce(node.chain, node.facilitator_account.address) == 1
+
+
+async def test_a_settlement_that_never_reached_the_chain_stays_blocked_when_reconciling(
+    node: Node, facilitator: Hooked, reconciling_gate: PaymentGate
+) -> None:
+    gate = reconciling_gate
+    shop = Shop(gate)
+    facilitator.before_settle = node.stop
+    async with shop.client() as client:
+        payload, response = await _pay(client, node)
+        assert response.status_code == 503, response.text
+        node.restart()
+        assert not _on_chain(node, payload)
+        again = await client.get("/paid", headers=payment_headers(payload))
+        assert again.status_code == 402
+        assert again.json()["error"] == "invalid_exact_evm_nonce_already_used"
+        assert CONTENT not in again.text
+        assert _store_state(gate, node, payload) == "held"
+    assert shop.runs == 1
+    _assert_consistent(gate, node, payload)

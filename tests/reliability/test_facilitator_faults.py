@@ -13,7 +13,9 @@ matrix once more with what an operator cares about on top:
   gate gave up) and *answer lost after a real settlement* (settle, then drop the connection or
   answer 500), where money moves but the outcome is unknown to the gate;
 * recovery once the fault clears: a payment refused before the handler can be used again; one
-  whose settlement outcome is unknown stays blocked (it may be on chain) and a fresh one pays.
+  whose settlement outcome is unknown stays blocked (it may be on chain) and a fresh one pays;
+  with the gate reading the chain (``reconcile``), the retry of a payment that did reach the
+  chain is served once, without a second transfer, and its next retry is a replay.
 
 ``pending`` exists only at settle: a verify answer has no pending state.
 """
@@ -53,17 +55,9 @@ CONTENT = "the paid content"
 TIMEOUT = 1.0  # the gate's facilitator timeout, seconds
 
 
-class FaultyFacilitatorServer(FacilitatorServer):
-    """The stock test facilitator plus faults where the settlement *did* happen:
-    ``settle_then_drop`` and ``settle_then_500`` settle on chain, then lose the answer."""
-
-    def handle(self, op: str, method: str, body: bytes) -> tuple[int, bytes] | None:
-        fault = self.faults.get(op)
-        if op == "settle" and fault in ("settle_then_drop", "settle_then_500"):
-            self.calls[op] += 1
-            asyncio.run(self._answer(op, method, body, None))
-            return None if fault == "settle_then_drop" else (500, b'{"error":"oops"}')
-        return super().handle(op, method, body)
+# The stock test facilitator has the faults where the settlement *did* happen as well:
+# ``settle_then_drop`` and ``settle_then_500`` settle on chain, then lose the answer.
+FaultyFacilitatorServer = FacilitatorServer
 
 
 # (op, fault, slow seconds, expected status, expected code, settlement outcome)
@@ -123,11 +117,18 @@ def auth_secret() -> str:
     return f"SECRET-{secrets.token_hex(16)}"
 
 
-@pytest.fixture
+@pytest.fixture(params=["blind", "reconciling"])
 async def gate(
-    service: FaultyFacilitatorServer, auth_secret: str, test_token: Any, pay_to: str, tmp_path: Any
+    request: pytest.FixtureRequest,
+    service: FaultyFacilitatorServer,
+    auth_secret: str,
+    chain: Any,
+    test_token: Any,
+    pay_to: str,
+    tmp_path: Any,
 ) -> AsyncIterator[PaymentGate]:
     g = PaymentGate(
+        reconcile=chain.rpc_url if request.param == "reconciling" else False,
         pay_to=pay_to,
         assets=test_token.asset,
         facilitator=HTTPFacilitator(
@@ -222,7 +223,17 @@ async def test_facilitator_fault_serves_nothing_unpaid_leaks_nothing_and_recover
         # The fault clears.
         again = await client.get("/paid", headers=payment_headers(payload))
         answers.append(again)
-        if op == "verify" and outcome == "none":
+        recovered = gate.reconciler is not None and outcome in ("later", "lost")
+        if recovered:
+            # Paid on chain, never answered: the retry is served, once, from the chain.
+            assert again.status_code == 200 and CONTENT in again.text, again.text
+            receipt = decode_payment_response_header(again.headers["payment-response"])
+            assert receipt.success and receipt.transaction.startswith("0x")
+            replay = await client.get("/paid", headers=payment_headers(payload))
+            answers.append(replay)
+            assert replay.status_code == 402
+            assert replay.json()["error"] == "invalid_exact_evm_nonce_already_used"
+        elif op == "verify" and outcome == "none":
             # Refused before the handler ran: the claim was released, the payment is good.
             assert again.status_code == 200 and CONTENT in again.text
         else:
@@ -238,7 +249,7 @@ async def test_facilitator_fault_serves_nothing_unpaid_leaks_nothing_and_recover
 
     # On chain: one successful transfer per settled payment, no reverted or stuck transaction.
     served = sum(CONTENT in r.text for r in answers)
-    settlements = served + (1 if outcome in ("later", "lost") else 0)
+    settlements = served + (1 if outcome in ("later", "lost") and not recovered else 0)
     assert test_token.balance_of(pay_to) == PRICE * settlements
     mined = transactions(chain, first_block)
     assert [tx["status"] for tx in mined] == [1] * settlements

@@ -30,6 +30,7 @@ class Entry:
     resource: str
     token: str
     expires_at: float
+    checked_at: float | None = None
 
 
 class Model:
@@ -70,6 +71,24 @@ class Model:
         entry = self.live(key, now)
         return entry.state if entry is not None else None
 
+    def recovery_check(
+        self, key: str, resource: str, now: float, min_interval: float
+    ) -> str | None:
+        entry = self.live(key, now)
+        if entry is None or entry.state != "held" or entry.resource != resource:
+            return None
+        if entry.checked_at is not None and now < entry.checked_at + min_interval:
+            return None
+        entry.checked_at = now
+        return entry.token
+
+    def take_over_answers(self, key: str, holder: str, token: str, now: float) -> set[bool]:
+        """What take_over may answer: either, once the entry may have been purged."""
+        entry = self.entries.get(key)
+        if entry is None or entry.state != "held" or entry.token not in (holder, token):
+            return {False}
+        return {True} if now < entry.expires_at else {True, False}
+
 
 class StoreMachine(RuleBasedStateMachine):
     store: Store
@@ -106,6 +125,20 @@ class StoreMachine(RuleBasedStateMachine):
         assert done in allowed
         if done:
             self.model.entries[key].state = new_state
+
+    @rule(key=KEYS, resource=RESOURCES, interval=st.sampled_from([0.5, 1.0, 2.0]))
+    def recovery_check(self, key: str, resource: str, interval: float) -> None:
+        expected = self.model.recovery_check(key, resource, self.now, interval)
+        got = self.store.recovery_check(self.namespace + key, resource, self.now, interval)
+        assert got == expected
+
+    @rule(key=KEYS, holder=TOKENS, token=TOKENS)
+    def take_over(self, key: str, holder: str, token: str) -> None:
+        allowed = self.model.take_over_answers(key, holder, token, self.now)
+        done = self.store.take_over(self.namespace + key, holder, token)
+        assert done in allowed
+        if done:
+            self.model.entries[key].token = token
 
     @rule(key=KEYS)
     def state(self, key: str) -> None:

@@ -87,6 +87,8 @@ class Gateway:
             secret=settings.secret.get_secret_value() if settings.secret is not None else None,
             public_origin=settings.public_origin,
             trusted_proxies=settings.trusted_proxies,
+            # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
+            reconcile=config.facilitator.chain_rpc_url,
         )
         self.upstreams = {name: Upstream(name, spec) for name, spec in config.upstreams.items()}
         routes = {

@@ -228,6 +228,9 @@ class FacilitatorSpec(_Model):
     timeout: float = Field(default=20.0, gt=0, le=600)
     rpc_url: str | None = None
     private_key: SecretStr | None = None
+    chain_rpc_url: str | None = None
+    """With ``url``: a JSON-RPC URL of the chain, to serve the retry of a payment whose
+    settlement reached the chain while the facilitator's answer was lost."""
 
 
 class UpstreamSpec(_Model):
@@ -531,6 +534,8 @@ def _declared_secrets(parsed: GatewayFile) -> Iterator[str]:
         yield from _url_password(url)
     if parsed.facilitator.rpc_url:
         yield from _url_password(parsed.facilitator.rpc_url)
+    if parsed.facilitator.chain_rpc_url:
+        yield from _url_password(parsed.facilitator.chain_rpc_url)
 
 
 def _url_password(url: str) -> Iterator[str]:
@@ -680,12 +685,19 @@ class _Compiler:
                 self._add((*loc, "url"), "at least one URL is needed")
             for index, url in enumerate(spec.url):
                 self._http_url((*loc, "url", index), url)
+            if spec.chain_rpc_url is not None:
+                self._http_url((*loc, "chain_rpc_url"), spec.chain_rpc_url)
             if spec.private_key is not None:
                 self._add((*loc, "private_key"), "only for local settlement (with rpc_url)")
             self._headers((*loc, "headers"), spec.headers)
             return
         assert spec.rpc_url is not None
         self._http_url((*loc, "rpc_url"), spec.rpc_url)
+        if spec.chain_rpc_url is not None:
+            self._add(
+                (*loc, "chain_rpc_url"),
+                "only for a facilitator service (with url): local settlement reads rpc_url",
+            )
         if spec.headers:
             self._add((*loc, "headers"), "only for a facilitator service (with url)")
         if spec.private_key is None:

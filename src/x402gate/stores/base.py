@@ -31,6 +31,21 @@ Precise rules, identical in every backend (``tests/stores`` checks them against 
 * Time is expected to move forward; a backend may forget expired entries relative to the latest
   ``now`` it has seen.
 
+Recovering a paid but unanswered claim: a held key may be held by a request that is gone (its
+settlement reached the chain but the answer was lost, or its process died). The gate reads the
+chain for such a key and, when the transfer is there, serves the buyer's retry in its place:
+
+``held`` (by a lost token) --take_over--> ``held`` (by the retry's token) --mark_used--> ``used``
+
+* :meth:`Store.recovery_check` rations the chain reads: for a live ``held`` key bound to this
+  resource, not checked in the last ``min_interval`` seconds, it stamps ``now`` and answers the
+  holder's token; in every other case ``None``. Of concurrent retries in one interval exactly
+  one gets the token.
+* :meth:`Store.take_over` hands a held key from ``holder`` to ``token`` (compare and set): of
+  concurrent retries at most one wins, and the lost request's later ``mark_used`` or
+  ``release`` with its old token answers False, so one authorization is answered once.
+  True also when ``token`` already holds it; False in every other case.
+
 Idempotent retries (x402 ``payment-identifier`` extension): the client names its payment with an
 id, and a retry carrying the same id and the same payment gets the first answer again instead of
 paying twice. The store keeps, per id, the *fingerprint* the caller computed (a hash of the
@@ -454,6 +469,29 @@ class Store(ABC):
 
         For tests and tools; the gate itself only needs :meth:`claim`.
         """
+
+    supports_recovery: ClassVar[bool] = False
+    """True when the backend implements :meth:`recovery_check` and :meth:`take_over` (all
+    built-in ones do); without them the gate never serves a retry of a claimed authorization."""
+
+    def recovery_check(
+        self, key: str, resource: str, now: float, min_interval: float
+    ) -> str | None:
+        """The token holding ``key`` for ``resource``, at most once per ``min_interval`` seconds.
+
+        For a live ``held`` key bound to ``resource`` whose last check is ``min_interval`` or
+        more seconds before ``now`` (or that was never checked): records ``now`` as its last
+        check and answers the holder's token. ``None`` in every other case.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot recover claims")
+
+    def take_over(self, key: str, holder: str, token: str) -> bool:
+        """Held by ``holder`` → held by ``token``; True also when ``token`` already holds it.
+
+        False in every other case (absent, released, used, held by a third token). Takes no
+        clock: on an expired entry the answer is unspecified.
+        """
+        raise ConfigurationError(f"{type(self).__name__} cannot recover claims")
 
     supports_idempotency: ClassVar[bool] = False
     """True when the backend implements the ``idempotency_*`` operations (all built-in ones do).

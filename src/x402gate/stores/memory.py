@@ -51,6 +51,7 @@ class _Entry:
     resource: str
     token: str
     expires_at: float
+    checked_at: float | None = None  # last chain look-up for a recovery (recovery_check)
 
 
 @dataclass(slots=True)
@@ -103,6 +104,7 @@ class MemoryStore(Store):
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
     supports_in_flight: ClassVar[bool] = True
+    supports_recovery: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -158,6 +160,30 @@ class MemoryStore(Store):
 
     def mark_used(self, key: str, token: str) -> bool:
         return self._finish(key, token, USED)
+
+    def recovery_check(
+        self, key: str, resource: str, now: float, min_interval: float
+    ) -> str | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if (
+                entry is None
+                or now >= entry.expires_at
+                or entry.state != HELD
+                or entry.resource != resource
+                or (entry.checked_at is not None and now < entry.checked_at + min_interval)
+            ):
+                return None
+            entry.checked_at = now
+            return entry.token
+
+    def take_over(self, key: str, holder: str, token: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.state != HELD or entry.token not in (holder, token):
+                return False
+            entry.token = token
+            return True
 
     def state(self, key: str, now: float) -> str | None:
         with self._lock:

@@ -86,6 +86,9 @@ if entry[1] and tonumber(entry[3]) > now then
     if entry[2] ~= ARGV[1] then return 'bound_elsewhere' end
     if entry[1] == 'held' and entry[4] ~= ARGV[2] then return 'in_flight' end
     if tonumber(entry[3]) > tonumber(expires_at) then expires_at = entry[3] end
+else
+    -- A new entry: nothing of an expired one carries over (its last recovery check).
+    redis.call('HDEL', KEYS[1], 'checked_at')
 end
 local ttl_ms = math.ceil((tonumber(expires_at) - now) * 1000) + tonumber(ARGV[5])
 if ttl_ms <= 0 then
@@ -104,6 +107,27 @@ _FINISH = """
 local entry = redis.call('HMGET', KEYS[1], 'state', 'token')
 if entry[2] == ARGV[1] and (entry[1] == 'held' or entry[1] == ARGV[2]) then
     redis.call('HSET', KEYS[1], 'state', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS[1] entry; ARGV resource, now, min_interval. Answers the holder's token or false.
+_RECOVERY_CHECK = """
+local entry = redis.call('HMGET', KEYS[1], 'state', 'resource', 'expires_at', 'token',
+                         'checked_at')
+local now = tonumber(ARGV[2])
+if entry[1] ~= 'held' or entry[2] ~= ARGV[1] or tonumber(entry[3]) <= now then return false end
+if entry[5] and now < tonumber(entry[5]) + tonumber(ARGV[3]) then return false end
+redis.call('HSET', KEYS[1], 'checked_at', ARGV[2])
+return entry[4]
+"""
+
+# KEYS[1] entry; ARGV holder, token. The TTL is left as it is.
+_TAKE_OVER = """
+local entry = redis.call('HMGET', KEYS[1], 'state', 'token')
+if entry[1] == 'held' and (entry[2] == ARGV[1] or entry[2] == ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'token', ARGV[2])
     return 1
 end
 return 0
@@ -481,6 +505,7 @@ class RedisStore(Store):
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
     supports_in_flight: ClassVar[bool] = True
+    supports_recovery: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -516,6 +541,8 @@ class RedisStore(Store):
         self.key_prefix = key_prefix
         self._claim_script = client.register_script(_CLAIM)
         self._finish_script = client.register_script(_FINISH)
+        self._recovery_check_script = client.register_script(_RECOVERY_CHECK)
+        self._take_over_script = client.register_script(_TAKE_OVER)
         self._idem_begin_script = client.register_script(_IDEM_BEGIN)
         self._idem_complete_script = client.register_script(_IDEM_COMPLETE)
         self._idem_abandon_script = client.register_script(_IDEM_ABANDON)
@@ -591,6 +618,25 @@ class RedisStore(Store):
 
     def mark_used(self, key: str, token: str) -> bool:
         return self._finish("mark_used", key, token, "used")
+
+    def recovery_check(
+        self, key: str, resource: str, now: float, min_interval: float
+    ) -> str | None:
+        try:
+            answer = self._recovery_check_script(
+                keys=[self._key(key)],
+                args=[resource, repr(float(now)), repr(float(min_interval))],
+            )
+        except self._redis_errors as exc:
+            self._fail("recovery_check", exc)
+        return None if answer is None else _text(answer)
+
+    def take_over(self, key: str, holder: str, token: str) -> bool:
+        try:
+            done = self._take_over_script(keys=[self._key(key)], args=[holder, token])
+        except self._redis_errors as exc:
+            self._fail("take_over", exc)
+        return int(done) == 1
 
     def state(self, key: str, now: float) -> str | None:
         try:

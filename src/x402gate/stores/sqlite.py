@@ -102,6 +102,12 @@ CREATE TABLE IF NOT EXISTS x402gate_replay (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_replay_expires_at ON x402gate_replay (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_recovery (
+    key TEXT PRIMARY KEY,
+    checked_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_recovery_expires_at ON x402gate_recovery (expires_at);
 CREATE TABLE IF NOT EXISTS x402gate_idempotency (
     id TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -204,6 +210,7 @@ class SQLiteStore(Store):
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
     supports_in_flight: ClassVar[bool] = True
+    supports_recovery: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -312,6 +319,8 @@ class SQLiteStore(Store):
                     (token, expires_at, key),
                 )
                 return ClaimResult.CLAIMED
+            # A new entry: nothing of an expired one carries over (its last recovery check).
+            conn.execute("DELETE FROM x402gate_recovery WHERE key = ?", (key,))
             conn.execute(
                 "INSERT OR REPLACE INTO x402gate_replay (key, resource, token, state, expires_at)"
                 " VALUES (?, ?, ?, 'held', ?)",
@@ -326,6 +335,40 @@ class SQLiteStore(Store):
 
     def mark_used(self, key: str, token: str) -> bool:
         return self._finish("mark_used", key, token, "used")
+
+    def recovery_check(
+        self, key: str, resource: str, now: float, min_interval: float
+    ) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT r.token, r.expires_at, c.checked_at FROM x402gate_replay AS r"
+                " LEFT JOIN x402gate_recovery AS c ON c.key = r.key"
+                " WHERE r.key = ? AND r.state = 'held' AND r.resource = ?",
+                (key, resource),
+            ).fetchone()
+            if row is None or now >= row[1] or (row[2] is not None and now < row[2] + min_interval):
+                return None
+            # A table of its own, so that files written before recovery existed keep working.
+            conn.execute(
+                "INSERT OR REPLACE INTO x402gate_recovery (key, checked_at, expires_at)"
+                " VALUES (?, ?, ?)",
+                (key, now, row[1]),
+            )
+            token: str = row[0]
+            return token
+
+        return self._write("recovery_check", run)
+
+    def take_over(self, key: str, holder: str, token: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE x402gate_replay SET token = ?3"
+                " WHERE key = ?1 AND state = 'held' AND token IN (?2, ?3)",
+                (key, holder, token),
+            )
+            return cursor.rowcount == 1
+
+        return self._write("take_over", run)
 
     def state(self, key: str, now: float) -> str | None:
         # One SELECT is a consistent snapshot on its own; taking the write lock would only
@@ -364,6 +407,11 @@ class SQLiteStore(Store):
             " (SELECT key FROM x402gate_replay WHERE expires_at <= ? LIMIT ?)",
             (now, _PURGE_LIMIT),
         ).rowcount
+        conn.execute(
+            "DELETE FROM x402gate_recovery WHERE key IN"
+            " (SELECT key FROM x402gate_recovery WHERE expires_at <= ? LIMIT ?)",
+            (now, _PURGE_LIMIT),
+        )
         # A full batch means a backlog: purge again on the next claim, else wait a while.
         self._next_purge = now if deleted >= _PURGE_LIMIT else now + _PURGE_INTERVAL
 

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_AMOUNT_PER_PAYMENT",
     "paying_httpx_client",
     "paying_requests_session",
+    "payment_recorder",
     "spend_controls_for",
     "x402_client",
     "x402_client_sync",
@@ -176,3 +177,28 @@ def paying_requests_session(
     client = x402_client_sync(account, asset=asset, max_amount_per_payment=max_amount_per_payment)
     session: requests.Session = x402_requests(client)
     return session
+
+
+def payment_recorder() -> tuple[httpx.AsyncBaseTransport, list[str]]:
+    """A network transport for :func:`paying_httpx_client` (``transport=``) that remembers every
+    payment header the client sends, and the list it appends them to: a test can then retry the
+    very same payment, as a client does whose answer was lost."""
+    import httpx
+
+    sent: list[str] = []
+
+    class Recording(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            for name in ("payment-signature", "x-payment"):
+                value = request.headers.get(name)
+                if value is not None:
+                    sent.append(value)
+            return await self.inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    return Recording(), sent

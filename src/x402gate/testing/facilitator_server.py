@@ -11,6 +11,9 @@ against a real HTTP peer. ``faults`` makes an endpoint misbehave::
     server.faults["settle"] = "malformed"  # 200 with a body that is not a valid answer
     server.faults["settle"] = "slow"       # answers correctly after ``slow_seconds``
     server.faults["settle"] = "pending"    # settlement_pending, without settling
+    server.faults["settle"] = "settle_then_drop"  # settles on chain, then drops the connection
+    server.faults["settle"] = "settle_then_500"   # settles on chain, then answers 500
+    server.faults["settle"] = "settle_then_slow"  # settles on chain, answers after slow_seconds
 
 Every call is counted in ``calls`` so tests can assert what reached the facilitator.
 """
@@ -29,7 +32,17 @@ from typing import Any
 
 __all__ = ["FacilitatorServer"]
 
-_FAULTS = ("500", "timeout", "drop", "malformed", "slow", "pending")
+_FAULTS = (
+    "500",
+    "timeout",
+    "drop",
+    "malformed",
+    "slow",
+    "pending",
+    "settle_then_drop",
+    "settle_then_500",
+    "settle_then_slow",
+)
 
 
 class FacilitatorServer:
@@ -64,6 +77,15 @@ class FacilitatorServer:
             return 200, b'{"isValid": "perhaps", "success": '
         if fault == "slow":
             self._stopping.wait(self.slow_seconds)
+        if op == "settle" and fault in ("settle_then_drop", "settle_then_500"):
+            # The money moves, the answer is lost: the outcome is unknown to the caller.
+            asyncio.run(self._answer(op, method, body, None))
+            return None if fault == "settle_then_drop" else (500, b'{"error":"oops"}')
+        if op == "settle" and fault == "settle_then_slow":
+            # The money moves at once; the answer comes late (a slow receipt poll, say).
+            answer = asyncio.run(self._answer(op, method, body, None))
+            self._stopping.wait(self.slow_seconds)
+            return answer
         return asyncio.run(self._answer(op, method, body, fault))
 
     async def _answer(

@@ -1,0 +1,125 @@
+"""A server process killed (SIGKILL) the moment its settlement succeeded, before it recorded or
+answered anything: the buyer paid and got a dropped connection.
+
+:mod:`served_app` runs in a uvicorn process of its own with an SQLite store; with
+``X402GATE_TEST_DIE_SETTLED`` it kills itself right after the facilitator's successful answer.
+The server is started again on the same store, and the buyer retries the same payment: it is
+served once (the paid route's content, or a metered route's answer with the top-up credited
+once), without a second transfer, and the retry after that is a replay.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from x402.http import decode_payment_required_header, decode_payment_response_header
+
+from x402gate.credit import SESSION_HEADER
+from x402gate.testing.payments import sign_exact_payment
+
+from ._support import UvicornProcess, app_env, handler_runs, payment_headers
+from .served_app import (
+    ENV_DIE_SETTLED,
+    ENV_OWNER_GRACE,
+    METERED_CHARGE,
+    METERED_TOPUP,
+    PAID_CONTENT,
+)
+
+pytestmark = [pytest.mark.chain, pytest.mark.slow]
+
+PRICE = 10_000
+GRACE = 2  # seconds the killed request's claim is left to it (the default is 60)
+REPLAY = "invalid_exact_evm_nonce_already_used"
+BODY = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def _wait_dead(server: UvicornProcess, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while server.alive():
+        assert time.monotonic() < deadline, "the server did not die"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/paid"), ("POST", "/metered")])
+def test_a_process_killed_after_settling_serves_the_retry_once_after_restart(
+    method: str,
+    path: str,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "handler-runs"
+    env = app_env(
+        rpc_url=chain.rpc_url,
+        facilitator_key=facilitator_account.key.hex(),
+        token=test_token.address,
+        pay_to=pay_to,
+        store=f"sqlite:///{tmp_path / 'replay.db'}",
+        runs=runs,
+    )
+    env[ENV_OWNER_GRACE] = str(GRACE)
+    body = BODY if method == "POST" else None
+    sent_before = chain.tx_count(facilitator_account.address)
+    received_before = test_token.balance_of(pay_to)
+
+    with UvicornProcess({**env, ENV_DIE_SETTLED: "1"}) as dying:
+        with httpx.Client(base_url=dying.url, timeout=60) as client:
+            challenge = client.request(method, path, json=body)
+            assert challenge.status_code == 402
+            accepts = decode_payment_required_header(challenge.headers["payment-required"])
+            payload = sign_exact_payment(payer, accepts.accepts[0])
+            with pytest.raises(httpx.TransportError):
+                client.request(method, path, json=body, headers=payment_headers(payload))
+        _wait_dead(dying)
+    nonce = payload.payload["authorization"]["nonce"]
+    assert test_token.authorization_state(payer.address, nonce)  # paid...
+    paid = test_token.balance_of(pay_to) - received_before
+    assert paid == (METERED_TOPUP if path == "/metered" else PRICE)
+    # ...and unanswered: the handler ran (settlement happens as its answer starts), its answer
+    # died with the process.
+    assert len(handler_runs(runs)) == 1
+
+    with (
+        UvicornProcess(env) as restarted,
+        httpx.Client(base_url=restarted.url, timeout=60) as client,
+    ):
+        # The killed request's claim is left to it for the grace time after its block, in the
+        # chain's clock: let the chain move on that long.
+        early = client.request(method, path, json=body, headers=payment_headers(payload))
+        assert early.status_code == 402 and early.json()["error"] == REPLAY
+        chain.rpc("evm_increaseTime", [GRACE + 1])
+        chain.rpc("evm_mine")
+        time.sleep(2.1)  # one chain read per claim per 2 s: the early retry had this one
+        retry = client.request(method, path, json=body, headers=payment_headers(payload))
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["secret"] == PAID_CONTENT
+        receipt = decode_payment_response_header(retry.headers["payment-response"])
+        assert receipt.success and receipt.payer == payer.address
+        if path == "/metered":
+            credit = client.get(
+                "/.well-known/x402/credit", headers={SESSION_HEADER: retry.headers[SESSION_HEADER]}
+            )
+            # The top-up was credited once, and this answer charged once.
+            assert credit.status_code == 200, credit.text
+            assert credit.json()["available"] == str(METERED_TOPUP - METERED_CHARGE)
+        again = client.request(method, path, json=body, headers=payment_headers(payload))
+        assert again.status_code == 402
+        assert again.json()["error"] == REPLAY
+        assert PAID_CONTENT not in again.text
+        if path == "/metered":
+            credit = client.get(
+                "/.well-known/x402/credit", headers={SESSION_HEADER: retry.headers[SESSION_HEADER]}
+            )
+            assert credit.json()["available"] == str(METERED_TOPUP - METERED_CHARGE)
+
+    assert len(handler_runs(runs)) == 2  # the lost answer, and the retry served
+    assert chain.tx_count(facilitator_account.address) == sent_before + 1  # one transfer
+    assert test_token.balance_of(pay_to) - received_before == paid
