@@ -32,8 +32,10 @@ def web3_recursion_limit() -> Iterator[None]:
 
 
 def test_loads_refuses_deep_nesting_quickly() -> None:
-    with pytest.raises(ValueError, match="nested deeper"):
+    with pytest.raises(ValueError, match=r"nested deeper|more than"):
         _json.loads(NESTED)
+    with pytest.raises(ValueError, match="nested deeper"):
+        _json.loads(b"[" * 100_000)
     with pytest.raises(ValueError, match="nested deeper"):
         _json.loads(b'{"a":' * 300 + b"1" + b"}" * 300)
 
@@ -90,7 +92,10 @@ async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
             return SupportedResponse(kinds=[kind], extensions=[], signers={})
 
     gate = PaymentGate(
-        pay_to=Account.create().address, assets=usdc("base"), facilitator=Unused(), store="memory://"
+        pay_to=Account.create().address,
+        assets=usdc("base"),
+        facilitator=Unused(),
+        store="memory://",
     )
     rules = MatchRules([{"match": {"body.model": "big-*"}, "price": "$0.05"}], fallback="$0.01")
     app = PaymentMiddleware(Starlette(), gate=gate, routes={"POST /chat": rules})
