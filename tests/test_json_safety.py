@@ -47,8 +47,11 @@ def test_loads_accepts_normal_and_tricky_json() -> None:
     assert len(_json.loads(wide)) == 10_000
 
 
-def test_request_body_nested_deeply_is_not_json() -> None:
-    assert RequestInfo("POST", "/x", body=NESTED).json() is None
+def test_request_body_nested_deeply_is_refused_for_pricing() -> None:
+    for body in (NESTED, b"[" * 1000):
+        with pytest.raises(PaymentError) as info:
+            RequestInfo("POST", "/x", body=body).json()
+        assert (info.value.status_code, info.value.code) == (400, "invalid_body")
 
 
 def test_payment_header_nested_deeply_is_a_400() -> None:
@@ -102,4 +105,6 @@ async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.post("/chat", content=NESTED[: 1 << 20 - 1])
-    assert response.status_code == 402  # priced by the fallback: the body is simply not JSON
+    # Refused, not priced by the fallback: a handler reading it would not see "not JSON".
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_body"

@@ -939,11 +939,12 @@ def test_estimate_of_other_bodies() -> None:
     for _ in range(200):
         nested = [nested]
     assert estimate_input_tokens(post(nested)) == 1  # only the string counts
-    # Nested deeper than x402gate parses (see x402gate._json): every byte of the body counts.
+    # Nested deeper than x402gate parses (see x402gate._json): refused, not priced by its size.
     for _ in range(300):
         nested = [nested]
-    deep = post(nested)
-    assert estimate_input_tokens(deep) == len(deep.body)
+    with pytest.raises(PaymentError) as info:
+        estimate_input_tokens(post(nested))
+    assert (info.value.status_code, info.value.code) == (400, "invalid_body")
     assert estimate_input_tokens(post({"s": "\ud800"})) == 4  # lone surrogate from JSON escapes
     with pytest.raises(ConfigurationError):
         estimate_input_tokens(post({}), bytes_per_token=0)

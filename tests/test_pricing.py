@@ -278,8 +278,13 @@ def test_rule_fields_query_header_method_path() -> None:
     assert not Rule(price=1, when={"query.missing": "*"}).matches(req)
     assert Rule(price=1, method="GET", path="/v1/*").matches(req)
     assert not Rule(price=1, path="/v2/*").matches(req)
-    first_wins = RequestInfo("GET", "/", query_string="tier=a&tier=b")
-    assert Rule(price=1, when={"query.tier": "a"}).matches(first_wins)
+    repeated = RequestInfo("GET", "/", query_string="tier=a&tier=b", headers=[("X-T", "a")] * 2)
+    for field in ("query.tier", "header.x-t"):
+        with pytest.raises(PaymentError) as info:
+            Rule(price=1, when={field: "a"}).matches(repeated)
+        assert (info.value.status_code, info.value.code) == (400, "ambiguous_request")
+    # Repeated fields that no rule reads do not matter.
+    assert Rule(price=1, when={"method": "GET"}).matches(repeated)
 
 
 def test_rule_forms_are_equivalent() -> None:

@@ -15,10 +15,18 @@ Built-in strategies:
 Field paths, used by :class:`MatchRules` and :class:`ModelTable`:
 
 * ``method`` and ``path``;
-* ``query.<name>``: a query parameter (first value when repeated), name case-sensitive;
+* ``query.<name>``: a query parameter, name case-sensitive;
 * ``header.<name>``: a header, name case-insensitive;
 * ``body.<dotted.path>``: a field of the JSON body; list items by index (``body.messages.0.role``).
   Keys that contain dots cannot be addressed.
+
+What is priced must be what the handler reads, so a request read ambiguously is refused, never
+priced: a query parameter or header given more than once is answered 400 ``ambiguous_request``
+(frameworks disagree on which value counts); a body read for a ``body.`` field is answered 400
+``invalid_body`` when it is JSON that must not be read (another encoding than UTF-8, a key
+repeated in an object, too deep or too large, see :meth:`RequestInfo.json
+<x402gate.request.RequestInfo.json>`) and 415 ``unsupported_body`` when it is compressed or a
+form, unless the price is wrapped in :class:`DecodedBody`.
 
 A field that is absent (or a body that is not JSON) never matches, not even the pattern ``"*"``:
 rules then fall through to the next rule or the fallback instead of pricing requests that lack
@@ -234,10 +242,9 @@ class _Field:
         if self.kind == "path":
             return request.path
         if self.kind == "query":
-            return request.query.get(self.name)
+            return request.query_value(self.name)
         if self.kind == "header":
-            value: str | None = request.headers.get(self.name)
-            return value
+            return request.header_value(self.name)
         node = request.json()  # parsed once per request and cached by RequestInfo
         for part in self.parts:
             if isinstance(node, dict):
