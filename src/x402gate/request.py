@@ -16,6 +16,7 @@ from .errors import PaymentError
 
 __all__ = [
     "AMBIGUOUS_CODE",
+    "FORM_TYPES",
     "INVALID_BODY_CODE",
     "UNSUPPORTED_BODY_CODE",
     "Headers",
@@ -38,6 +39,7 @@ compressed body (``Content-Encoding``) or a form (``multipart/form-data``,
 :class:`~x402gate.pricing.DecodedBody`."""
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+"""Media types of form bodies: handlers read fields from them that JSON pricing cannot see."""
 
 _NOT_PARSED: Any = object()
 
@@ -120,6 +122,7 @@ class RequestInfo:
 
     __slots__ = (
         "_json",
+        "_plain",
         "_query",
         "_repeated_query",
         "body",
@@ -150,6 +153,7 @@ class RequestInfo:
         self.url = url if url is not None else self._default_url()
         self.native = native
         self._json: Any = _NOT_PARSED
+        self._plain = False  # the body was decoded for pricing (see pricing.DecodedBody)
         self._query: dict[str, str] | None = None
         self._repeated_query: frozenset[str] = frozenset()
 
@@ -192,6 +196,8 @@ class RequestInfo:
 
     def unsupported_body(self) -> str | None:
         """Why the body cannot be read for pricing as the handler would read it, or ``None``."""
+        if self._plain:
+            return None
         encoding = self.headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             return "a compressed body (Content-Encoding)"
@@ -235,6 +241,25 @@ class RequestInfo:
             ) from None
         except ValueError:
             return None  # not JSON: no field of it can match
+
+    def decoded(self, body: bytes, fields: Mapping[str, str] | None = None) -> RequestInfo:
+        """A copy of this request whose body is ``body``, already decoded for pricing; with
+        ``fields`` (a form's), those are what :meth:`json` gives. Used by
+        :class:`~x402gate.pricing.DecodedBody`; ``native`` is the framework's original request.
+        """
+        copy = RequestInfo(
+            self.method,
+            self.path,
+            query_string=self.query_string,
+            headers=self.headers,
+            body=body,
+            url=self.url,
+            native=self.native,
+        )
+        copy._plain = True
+        if fields is not None:
+            copy._json = dict(fields)
+        return copy
 
     @property
     def resource(self) -> str:
