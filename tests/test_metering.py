@@ -374,12 +374,12 @@ def test_oversized_event_is_dropped_and_memory_stays_bounded() -> None:
     meter.feed(big_event)
     for _ in range(1_000):
         meter.feed(b"x" * 1_000)  # one megabyte in a single line
-        assert len(meter._line) <= 1_000
+        assert len(meter._pending) <= 1_000
     meter.feed(b'"}\n\n')
     assert meter.usage is None  # the oversized event was ignored whole
     many_lines = b"".join(b"data: " + b"y" * 100 + b"\n" for _ in range(100)) + b"\n"
     meter.feed(many_lines)  # ten kilobytes in many data lines
-    assert meter._size == 0 and meter._data == []
+    assert len(meter._pending) <= 1_000 and meter.usage is None
     meter.feed(sse(OPENAI_USAGE_CHUNK))
     meter.close()
     assert meter.usage == OPENAI_USAGE

@@ -26,7 +26,7 @@ from itertools import accumulate, repeat
 from operator import add, sub
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_ITEMS", "UnsafeJSON", "foreign_encoding", "loads"]
+__all__ = ["MAX_DEPTH", "MAX_ITEMS", "UnsafeJSON", "foreign_encoding", "loads", "loads_prefix"]
 
 MAX_DEPTH = 256
 """Deeper than any real API payload; far below what overflows a thread's C stack."""
@@ -184,3 +184,21 @@ def loads(
         if isinstance(exc, UnsafeJSON):
             raise
         raise UnsafeJSON("JSON number too large") from None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def loads_prefix(text: str, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> Any:
+    """The first JSON value of ``text`` (what follows it is ignored), checked as :func:`loads`
+    checks a whole document (the check covers all of ``text``: keep it short)."""
+    _check_structure(text.encode("utf-8", "surrogatepass"), max_depth, max_items)
+    try:
+        value, _ = _DECODER.raw_decode(text)
+    except RecursionError:
+        raise UnsafeJSON(f"JSON nested deeper than {max_depth} levels") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError:
+        raise UnsafeJSON("JSON number too large") from None
+    return value
