@@ -591,7 +591,7 @@ class DecodedBody(PriceStrategy):
 
         Raises the 4xx :class:`PaymentError` the class documents.
         """
-        if not request.body or request.unsupported_body() is None:
+        if request.unsupported_body() is None:
             return request
         body = request.body
         coding = request.headers.get("content-encoding", "").strip().lower()

@@ -224,8 +224,8 @@ class RequestInfo:
         return self._json
 
     def _parse_json(self) -> Any:
-        if not self.body:
-            return None
+        # Before looking at the body: an adapter may leave an upload unread (Django does), and
+        # an empty body must not make a form priceable as "no fields".
         reason = self.unsupported_body()
         if reason is not None:
             raise PaymentError(
@@ -233,6 +233,8 @@ class RequestInfo:
                 UNSUPPORTED_BODY_CODE,
                 f"{reason} cannot be priced on this endpoint: send it as plain JSON",
             )
+        if not self.body:
+            return None
         try:
             return _json.loads(self.body, unique_keys=True)
         except _json.UnsafeJSON as exc:
