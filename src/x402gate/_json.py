@@ -31,9 +31,11 @@ __all__ = ["MAX_DEPTH", "MAX_ITEMS", "UnsafeJSON", "foreign_encoding", "loads", 
 MAX_DEPTH = 256
 """Deeper than any real API payload; far below what overflows a thread's C stack."""
 
-MAX_ITEMS = 500_000
-"""Values (commas and opening brackets) in one document: decoding that many small values costs
-about half a second of CPU, and no API request or usage report holds nearly as many."""
+MAX_ITEMS = 200_000
+"""Values (commas and opening brackets) in one document. Decoding holds the interpreter: that
+many small values cost about 0.2 s of CPU, during which an async server answers nobody else.
+Ten megabytes of text, images or documents are a few values; 200,000 is a chat of tens of
+thousands of messages."""
 
 
 class UnsafeJSON(ValueError):

@@ -241,9 +241,9 @@ class NoUsageMeter:
 # The end of a line, then an empty line: the end of an event (a CR before an LF is a CRLF).
 _BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _BOM = b"\xef\xbb\xbf"
-_USAGE = b'"usage"'
-# A usage object: no event without one is worth decoding ("usage": null is common).
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# A usage object, in an event's text (its data lines may break anywhere between the key and the
+# brace): no event without one is worth decoding, and "usage": null is common.
+_USAGE_OBJECT = re.compile(rb'"usage"(?:\s|data:)*:(?:\s|data:)*\{')
 _SSE_SLICE = 1 << 16
 
 
@@ -346,7 +346,7 @@ class SSEUsageMeter:
         if self._dropping:
             events[0] = b""  # the end of an event too large to read
             self._dropping = False
-        if _USAGE in text:
+        if _USAGE_OBJECT.search(text) is not None:
             for event in events:
                 self._dispatch(event)
         self._pending[:] = tail
@@ -372,7 +372,7 @@ class SSEUsageMeter:
         return Usage(total, self._output, model=self._model)
 
     def _dispatch(self, event: bytes) -> None:
-        if _USAGE not in event:
+        if _USAGE_OBJECT.search(event) is None:
             return
         values = []
         for line in event.splitlines():  # CRLF, LF or CR, as server-sent events end lines
@@ -381,8 +381,6 @@ class SSEUsageMeter:
                 continue  # comments, event, id, retry: the JSON payload says what it is
             values.append(value[1:] if colon and value.startswith(b" ") else value)
         payload = b"\n".join(values)
-        if _USAGE_OBJECT.search(payload) is None:
-            return
         try:
             parsed = _json.loads(payload)
         except ValueError:

@@ -29,7 +29,7 @@ AMBIGUOUS_CODE = "ambiguous_request"
 
 INVALID_BODY_CODE = "invalid_body"
 """``PaymentError.code`` (400) when pricing reads a JSON body that must not be read: another
-encoding than UTF-8, nesting deeper than 256 levels, more than 500,000 values, a number of more
+encoding than UTF-8, nesting deeper than 256 levels, more than 200,000 values, a number of more
 than 4300 digits, a key repeated in an object."""
 
 UNSUPPORTED_BODY_CODE = "unsupported_body"
