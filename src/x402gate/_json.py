@@ -143,6 +143,11 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# Built once: json.loads with a hook builds a decoder per call.
+_PLAIN_DECODER = json.JSONDecoder()
+_UNIQUE_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object)
+
+
 def loads(
     data: bytes | str,
     *,
@@ -172,9 +177,7 @@ def loads(
             raise UnsafeJSON("JSON must be UTF-8 without encoded surrogates") from None
     _check_structure(raw, max_depth, max_items)
     try:
-        if unique_keys:
-            return json.loads(text, object_pairs_hook=_unique_object)
-        return json.loads(text)
+        return (_UNIQUE_DECODER if unique_keys else _PLAIN_DECODER).decode(text)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -188,15 +191,12 @@ def loads(
         raise UnsafeJSON("JSON number too large") from None
 
 
-_DECODER = json.JSONDecoder()
-
-
 def loads_prefix(text: str, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> Any:
     """The first JSON value of ``text`` (what follows it is ignored), checked as :func:`loads`
     checks a whole document (the check covers all of ``text``: keep it short)."""
     _check_structure(text.encode("utf-8", "surrogatepass"), max_depth, max_items)
     try:
-        value, _ = _DECODER.raw_decode(text)
+        value, _ = _PLAIN_DECODER.raw_decode(text)
     except RecursionError:
         raise UnsafeJSON(f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError:

@@ -198,12 +198,14 @@ class RequestInfo:
         """Why the body cannot be read for pricing as the handler would read it, or ``None``."""
         if self._plain:
             return None
-        encoding = self.headers.get("content-encoding", "").strip().lower()
-        if encoding not in ("", "identity"):
+        encoding = self.headers.get("content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
             return "a compressed body (Content-Encoding)"
-        media = self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media in FORM_TYPES:
-            return f"a {media} body"
+        media = self.headers.get("content-type")
+        if media is not None:
+            media = media.split(";", 1)[0].strip().lower()
+            if media in FORM_TYPES:
+                return f"a {media} body"
         return None
 
     def json(self) -> Any:
