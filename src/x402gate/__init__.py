@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from .assets import Asset, usdc
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
     from .gate import Payment, PaymentEvent, PaymentGate, Route
-    from .pricing import Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
     from .request import RequestInfo
 
 __all__ = [
     "Asset",
     "ConfigurationError",
+    "DecodedBody",
     "Dynamic",
     "Facilitator",
     "FacilitatorError",
@@ -62,6 +63,7 @@ _LAZY = {
     "PaymentEvent": "gate",
     "PaymentGate": "gate",
     "Route": "gate",
+    "DecodedBody": "pricing",
     "Dynamic": "pricing",
     "Flat": "pricing",
     "MatchRules": "pricing",
