@@ -5,11 +5,13 @@ interpreter's recursion limit. web3 (through py_ecc) raises that limit to 100,00
 an x402gate process a body of a few hundred kilobytes of ``[`` overflows the C stack and kills the
 server. Every decoder of client, upstream or header input goes through :func:`loads`, which
 
-* reads bytes as strict UTF-8 only: a byte order mark, UTF-16 or UTF-32 (which ``json.loads``
-  would detect and decode, and a framework handing the body to it would too) and invalid UTF-8
-  are refused, so what is checked here is exactly what is decoded;
-* refuses nesting deeper than :data:`MAX_DEPTH` before the decoder sees the text, in a few
-  linear passes of C string operations (no Python loop per byte: 10 MiB cost milliseconds);
+* reads bytes as strict UTF-8 only: a byte order mark, UTF-16, UTF-32 and encoded surrogates
+  (which ``json.loads`` would detect and decode, and a framework handing the body to it would
+  too) are refused; other invalid UTF-8 is not JSON to any reader. What is checked here is
+  exactly what is decoded;
+* refuses nesting deeper than :data:`MAX_DEPTH` and more than :data:`MAX_ITEMS` values before
+  the decoder sees the text, in a few linear passes of C string operations (no Python loop per
+  byte: ten megabytes cost tens of milliseconds);
 * turns what the decoder itself refuses for size (an integer of more digits than
   ``sys.get_int_max_str_digits()``) or depth into :class:`UnsafeJSON`;
 * on request, refuses an object that repeats a key (``unique_keys=True``), whose meaning depends
@@ -49,7 +51,7 @@ _NOT_STRUCTURE = bytes(c for c in range(256) if c not in _STRUCTURE)
 _SQUARE = bytes.maketrans(b"{}", b"[]")
 # Pieces scanned at once: bounds the memory of splitting a body at its quotes.
 _SLICE = 1 << 16
-# Rounds of removing innermost "[]" pairs before measuring the depth (see _too_deep).
+# Rounds of removing innermost "[]" pairs before measuring the depth (see _check_structure).
 _ROUNDS = 8
 
 
@@ -72,7 +74,7 @@ def foreign_encoding(raw: bytes) -> str | None:
 
 
 def _outside_strings(marks: bytes) -> bytes:
-    """``marks`` (quotes and brackets only) without the brackets that sit inside strings."""
+    """``marks`` (quotes, commas and brackets only) without what sits inside strings."""
     # Two adjacent quotes are an empty string or the end of one string and the start of the
     # next: dropping them changes no bracket's side. What is left are strings holding brackets.
     marks = marks.replace(b'""', b"")
