@@ -238,8 +238,9 @@ class NoUsageMeter:
         return None
 
 
-# The end of a line, then an empty line: the end of an event (a CR before an LF is a CRLF).
-_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+# Line ends are made LF first (C string replacements); then the end of a line and one or more
+# empty lines end an event. More empty lines would end empty events, which carry nothing.
+_BLANK_LINE = re.compile(rb"\n\n+")
 _BOM = b"\xef\xbb\xbf"
 # A usage object, in an event's text (its data lines may break anywhere between the key and the
 # brace): no event without one is worth decoding, and "usage": null is common.
@@ -288,6 +289,7 @@ class SSEUsageMeter:
 
     __slots__ = (
         "_closed",
+        "_cr",
         "_dropping",
         "_max",
         "_model",
@@ -306,6 +308,7 @@ class SSEUsageMeter:
         self._pending = bytearray()  # the current event's text, since the last blank line
         self._dropping = False  # the current event is too large and is being skipped
         self._started = False  # a first byte was seen (a BOM may lead the stream)
+        self._cr = False  # the bytes so far ended with a CR, not yet normalized
         self._closed = False
         self._parts: dict[str, int] = {}
         self._output: int | None = None
@@ -324,21 +327,30 @@ class SSEUsageMeter:
             if data.startswith(_BOM):
                 data = data[len(_BOM) :]
         # Slices bound the lists that splitting makes; each byte is scanned a bounded number of
-        # times by C code, and Python work is done per event that mentions "usage" only.
+        # times by C code, and Python work is done per event that carries a usage object only.
         for start in range(0, len(data), _SSE_SLICE):
             self._feed_slice(data[start : start + _SSE_SLICE])
 
     def _feed_slice(self, data: bytes) -> None:
-        # A blank line may start in the last bytes already held: look from there.
-        seam = bytes(self._pending[-3:])
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if data.endswith(b"\r"):
+            # Maybe the first half of a CRLF: it is a line end either way, but which one
+            # is known with the next byte.
+            data = data[:-1]
+            self._cr = True
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # A blank line may start in the last byte already held: look from there.
+        seam = bytes(self._pending[-1:])
         if _BLANK_LINE.search(seam + data) is None:
             if self._dropping:
-                self._pending[:] = (seam + data)[-3:]
+                self._pending[:] = data[-1:] or seam
             else:
                 self._pending += data
                 if len(self._pending) > self._max:
                     self._dropping = True
-                    del self._pending[:-3]
+                    del self._pending[:-1]
             return
         text = bytes(self._pending) + data
         events = _BLANK_LINE.split(text)
@@ -352,7 +364,7 @@ class SSEUsageMeter:
         self._pending[:] = tail
         if len(tail) > self._max:
             self._dropping = True
-            del self._pending[:-3]
+            del self._pending[:-1]
 
     def close(self) -> None:
         """End of stream: read a last event that lacks its closing blank line, then stop."""
@@ -375,7 +387,7 @@ class SSEUsageMeter:
         if _USAGE_OBJECT.search(event) is None:
             return
         values = []
-        for line in event.splitlines():  # CRLF, LF or CR, as server-sent events end lines
+        for line in event.split(b"\n"):  # line ends are all LF by now
             name, colon, value = line.partition(b":")
             if name != b"data":
                 continue  # comments, event, id, retry: the JSON payload says what it is
