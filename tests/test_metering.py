@@ -374,12 +374,12 @@ def test_oversized_event_is_dropped_and_memory_stays_bounded() -> None:
     meter.feed(big_event)
     for _ in range(1_000):
         meter.feed(b"x" * 1_000)  # one megabyte in a single line
-        assert len(meter._line) <= 1_000
+        assert len(meter._pending) <= 1_000
     meter.feed(b'"}\n\n')
     assert meter.usage is None  # the oversized event was ignored whole
     many_lines = b"".join(b"data: " + b"y" * 100 + b"\n" for _ in range(100)) + b"\n"
     meter.feed(many_lines)  # ten kilobytes in many data lines
-    assert meter._size == 0 and meter._data == []
+    assert len(meter._pending) <= 1_000 and meter.usage is None
     meter.feed(sse(OPENAI_USAGE_CHUNK))
     meter.close()
     assert meter.usage == OPENAI_USAGE
@@ -939,11 +939,12 @@ def test_estimate_of_other_bodies() -> None:
     for _ in range(200):
         nested = [nested]
     assert estimate_input_tokens(post(nested)) == 1  # only the string counts
-    # Nested deeper than x402gate parses (see x402gate._json): every byte of the body counts.
+    # Nested deeper than x402gate parses (see x402gate._json): refused, not priced by its size.
     for _ in range(300):
         nested = [nested]
-    deep = post(nested)
-    assert estimate_input_tokens(deep) == len(deep.body)
+    with pytest.raises(PaymentError) as info:
+        estimate_input_tokens(post(nested))
+    assert (info.value.status_code, info.value.code) == (400, "invalid_body")
     assert estimate_input_tokens(post({"s": "\ud800"})) == 4  # lone surrogate from JSON escapes
     with pytest.raises(ConfigurationError):
         estimate_input_tokens(post({}), bytes_per_token=0)

@@ -20,6 +20,7 @@ from x402gate.errors import ConfigurationError, PaymentError
 from x402gate.money import parse_price
 from x402gate.pricing import (
     NO_PRICE_CODE,
+    DecodedBody,
     Dynamic,
     Flat,
     MatchRules,
@@ -278,8 +279,13 @@ def test_rule_fields_query_header_method_path() -> None:
     assert not Rule(price=1, when={"query.missing": "*"}).matches(req)
     assert Rule(price=1, method="GET", path="/v1/*").matches(req)
     assert not Rule(price=1, path="/v2/*").matches(req)
-    first_wins = RequestInfo("GET", "/", query_string="tier=a&tier=b")
-    assert Rule(price=1, when={"query.tier": "a"}).matches(first_wins)
+    repeated = RequestInfo("GET", "/", query_string="tier=a&tier=b", headers=[("X-T", "a")] * 2)
+    for field in ("query.tier", "header.x-t"):
+        with pytest.raises(PaymentError) as info:
+            Rule(price=1, when={field: "a"}).matches(repeated)
+        assert (info.value.status_code, info.value.code) == (400, "ambiguous_request")
+    # Repeated fields that no rule reads do not matter.
+    assert Rule(price=1, when={"method": "GET"}).matches(repeated)
 
 
 def test_rule_forms_are_equivalent() -> None:
@@ -715,3 +721,85 @@ def test_quotes_are_deterministic_and_valid(req: RequestInfo) -> None:
             continue
         assert first == resolve_quote_sync(strategy, req) > 0
         assert first == parse_price(Decimal(first).scaleb(-6))
+
+
+# --- DecodedBody ---------------------------------------------------------------------------
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def _refusal(strategy: PriceStrategy, req: RequestInfo) -> tuple[int, str]:
+    with pytest.raises(PaymentError) as info:
+        strategy.quote(req)
+    return info.value.status_code, info.value.code
+
+
+def test_decoded_body_prices_what_compressed_bodies_and_forms_hold() -> None:
+    import gzip
+    import zlib
+
+    table = ModelTable({"mini": "$0.01", "opus": "$0.20"})
+    opus = b'{"model": "opus"}'
+    zipped = RequestInfo(
+        "POST", "/", headers={"Content-Encoding": "gzip"}, body=gzip.compress(opus)
+    )
+    form = RequestInfo("POST", "/", headers=FORM, body=b"model=opus&n=1")
+    # Without DecodedBody: refused, not priced as "no model".
+    assert _refusal(table, zipped) == (415, "unsupported_body")
+    assert _refusal(table, form) == (415, "unsupported_body")
+    decoded = DecodedBody(table, forms=True, max_bytes=1_000)
+    assert decoded.quote(zipped) == 200_000
+    assert decoded.quote(form) == 200_000
+    deflated = RequestInfo(
+        "POST", "/", headers={"Content-Encoding": "Deflate"}, body=zlib.compress(opus)
+    )
+    assert decoded.quote(deflated) == 200_000
+    plain = RequestInfo("POST", "/", body=b'{"model": "mini"}')
+    assert decoded.quote(plain) == 10_000
+    assert decoded.describe() == table.describe()
+
+    def zipped_as(body: bytes, encoding: str = "gzip") -> RequestInfo:
+        return RequestInfo("POST", "/", headers={"Content-Encoding": encoding}, body=body)
+
+    bomb = gzip.compress(b'{"model": "mini", "pad": "' + b"0" * (50 << 20) + b'"}')
+    assert _refusal(decoded, zipped_as(bomb)) == (413, "request_too_large")
+    two_members = gzip.compress(b'{"model": "mini"}') + gzip.compress(opus)
+    assert _refusal(decoded, zipped_as(two_members)) == (400, "invalid_body")
+    assert _refusal(decoded, zipped_as(gzip.compress(opus)[:-5])) == (400, "invalid_body")
+    assert _refusal(decoded, zipped_as(b"not gzip")) == (400, "invalid_body")
+    assert _refusal(decoded, zipped_as(gzip.compress(opus), "br")) == (415, "unsupported_body")
+    assert _refusal(decoded, zipped_as(gzip.compress(opus), "gzip, gzip")) == (
+        415,
+        "unsupported_body",
+    )
+    repeated = RequestInfo("POST", "/", headers=FORM, body=b"model=mini&model=opus")
+    assert _refusal(decoded, repeated) == (400, "ambiguous_request")
+    many = RequestInfo("POST", "/", headers=FORM, body=b"&".join([b"a=1"] * 2_000))
+    assert _refusal(decoded, many) == (400, "invalid_body")
+    multipart = RequestInfo(
+        "POST", "/", headers={"Content-Type": "multipart/form-data; boundary=x"}, body=b"--x--"
+    )
+    assert _refusal(decoded, multipart) == (415, "unsupported_body")
+    no_forms = DecodedBody(table)
+    assert _refusal(no_forms, form) == (415, "unsupported_body")
+
+
+def test_decoded_body_keeps_a_metered_price_metered() -> None:
+    from x402gate.metering import PerToken, TokenPrice, Usage
+
+    metered = DecodedBody(PerToken(TokenPrice(input="$1", output="$1", per=1)))
+    assert metered.metered and not DecodedBody("$0.01").metered
+    import gzip
+
+    req = RequestInfo(
+        "POST", "/", headers={"Content-Encoding": "gzip"}, body=gzip.compress(b'{"max_tokens": 2}')
+    )
+    quote = metered.quote(req)
+    assert isinstance(quote, int) and quote > 2_000_000  # the decoded text, not the gzip bytes
+    assert metered.charge(Usage(input_tokens=1, output_tokens=1), req) == 2_000_000
+
+
+def test_decoded_body_configuration_errors() -> None:
+    for kwargs in ({"encodings": ("br",)}, {"max_bytes": 0}, {"max_bytes": True}):
+        with pytest.raises(ConfigurationError):
+            DecodedBody("$0.01", **kwargs)  # type: ignore[arg-type]

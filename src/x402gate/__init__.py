@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .assets import Asset, usdc
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
     from .gate import Payment, PaymentEvent, PaymentGate, Route
-    from .pricing import Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
     from .reconcile import ChainReconciler
     from .request import RequestInfo
 
@@ -31,6 +31,7 @@ __all__ = [
     "Asset",
     "ChainReconciler",
     "ConfigurationError",
+    "DecodedBody",
     "Dynamic",
     "Facilitator",
     "FacilitatorError",
@@ -65,6 +66,7 @@ _LAZY = {
     "PaymentEvent": "gate",
     "PaymentGate": "gate",
     "Route": "gate",
+    "DecodedBody": "pricing",
     "Dynamic": "pricing",
     "Flat": "pricing",
     "MatchRules": "pricing",

@@ -238,8 +238,14 @@ class NoUsageMeter:
         return None
 
 
-_EOL = re.compile(rb"\r\n|\r|\n")
+# Line ends are made LF first (C string replacements); then the end of a line and one or more
+# empty lines end an event. More empty lines would end empty events, which carry nothing.
+_BLANK_LINE = re.compile(rb"\n\n+")
 _BOM = b"\xef\xbb\xbf"
+# A usage object, in an event's text (its data lines may break anywhere between the key and the
+# brace): no event without one is worth decoding, and "usage": null is common.
+_USAGE_OBJECT = re.compile(rb'"usage"(?:\s|data:)*:(?:\s|data:)*\{')
+_SSE_SLICE = 1 << 16
 
 
 class SSEUsageMeter:
@@ -265,9 +271,10 @@ class SSEUsageMeter:
       placeholder and is ignored: a stream cut before any ``message_delta`` has an unknown
       output, charged at its worst case.
 
-    Memory is bounded: only the current incomplete line and event are held, and an event
-    larger than ``max_event_bytes`` (1 MiB by default) is dropped whole (usage events are a few
-    hundred bytes). ``close()`` also reads a last event that lacks its closing blank line.
+    Memory and time are bounded: only the current event is held, and an event larger than
+    ``max_event_bytes`` (1 MiB by default) is dropped whole (usage events are a few hundred
+    bytes); events are found by C string operations, and only those that mention ``"usage"``
+    cost Python work. ``close()`` also reads a last event that lacks its closing blank line.
 
     >>> meter = SSEUsageMeter()
     >>> for chunk in (b'event: message_start\\r\\ndata: {"type": "message_start", "message": ',
@@ -282,17 +289,14 @@ class SSEUsageMeter:
 
     __slots__ = (
         "_closed",
-        "_data",
+        "_cr",
         "_dropping",
-        "_first_line",
-        "_line",
-        "_line_dropped",
         "_max",
         "_model",
         "_output",
         "_parts",
-        "_size",
-        "_skip_lf",
+        "_pending",
+        "_started",
     )
 
     def __init__(self, *, max_event_bytes: int = 1 << 20) -> None:
@@ -301,13 +305,10 @@ class SSEUsageMeter:
                 f"max_event_bytes must be a positive int, not {max_event_bytes!r}"
             )
         self._max = max_event_bytes
-        self._line = bytearray()  # the incomplete line at the end of the bytes fed so far
-        self._line_dropped = False  # that line grew past the limit and is being skipped
-        self._skip_lf = False  # the last chunk ended with CR: a leading LF is its CRLF's end
-        self._first_line = True
-        self._data: list[bytes] = []  # data lines of the current event
-        self._size = 0
-        self._dropping = False  # the current event is too large and will be ignored
+        self._pending = bytearray()  # the current event's text, since the last blank line
+        self._dropping = False  # the current event is too large and is being skipped
+        self._started = False  # a first byte was seen (a BOM may lead the stream)
+        self._cr = False  # the bytes so far ended with a CR, not yet normalized
         self._closed = False
         self._parts: dict[str, int] = {}
         self._output: int | None = None
@@ -320,29 +321,58 @@ class SSEUsageMeter:
         """
         if self._closed:
             raise ValueError("this meter is closed")
-        if not chunk:
-            return
         data = bytes(chunk)
-        start = 0
-        if self._skip_lf:
-            self._skip_lf = False
-            if data[:1] == b"\n":
-                start = 1
-        for match in _EOL.finditer(data, start):
-            self._end_line(data, start, match.start())
-            start = match.end()
-            if match.end() == len(data) and match.group() == b"\r":
-                self._skip_lf = True
-        if start < len(data):
-            self._grow_line(data, start)
+        if data and not self._started:
+            self._started = True
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+        # Slices bound the lists that splitting makes; each byte is scanned a bounded number of
+        # times by C code, and Python work is done per event that carries a usage object only.
+        for start in range(0, len(data), _SSE_SLICE):
+            self._feed_slice(data[start : start + _SSE_SLICE])
+
+    def _feed_slice(self, data: bytes) -> None:
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if data.endswith(b"\r"):
+            # Maybe the first half of a CRLF: it is a line end either way, but which one
+            # is known with the next byte.
+            data = data[:-1]
+            self._cr = True
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # A blank line may start in the last byte already held: look from there.
+        seam = bytes(self._pending[-1:])
+        if _BLANK_LINE.search(seam + data) is None:
+            if self._dropping:
+                self._pending[:] = data[-1:] or seam
+            else:
+                self._pending += data
+                if len(self._pending) > self._max:
+                    self._dropping = True
+                    del self._pending[:-1]
+            return
+        text = bytes(self._pending) + data
+        events = _BLANK_LINE.split(text)
+        tail = events.pop()  # the event still under way
+        if self._dropping:
+            events[0] = b""  # the end of an event too large to read
+            self._dropping = False
+        if _USAGE_OBJECT.search(text) is not None:
+            for event in events:
+                self._dispatch(event)
+        self._pending[:] = tail
+        if len(tail) > self._max:
+            self._dropping = True
+            del self._pending[:-1]
 
     def close(self) -> None:
-        """End of stream: read a last unterminated line and event (lenient), then stop."""
+        """End of stream: read a last event that lacks its closing blank line, then stop."""
         if self._closed:
             return
-        if self._line or self._line_dropped:
-            self._end_line(b"", 0, 0)
-        self._dispatch()
+        if not self._dropping:
+            self._dispatch(bytes(self._pending))
+        self._pending.clear()
         self._closed = True
 
     @property
@@ -353,63 +383,22 @@ class SSEUsageMeter:
             return None
         return Usage(total, self._output, model=self._model)
 
-    # Lines and events.
-
-    def _grow_line(self, data: bytes, start: int) -> None:
-        if self._line_dropped:
+    def _dispatch(self, event: bytes) -> None:
+        if _USAGE_OBJECT.search(event) is None:
             return
-        if len(self._line) + len(data) - start > self._max:
-            self._line.clear()
-            self._line_dropped = True
-        else:
-            self._line += memoryview(data)[start:]
-
-    def _end_line(self, data: bytes, start: int, end: int) -> None:
-        if self._line_dropped:
-            self._line_dropped = False
-            self._dropping = True  # a line of this event was lost: the event is unusable
-            return
-        if self._line:
-            self._line += memoryview(data)[start:end]
-            line = bytes(self._line)
-            self._line.clear()
-        else:
-            line = data[start:end]
-        if self._first_line:
-            self._first_line = False
-            if line.startswith(_BOM):
-                line = line[len(_BOM) :]
-        if not line:
-            self._dispatch()
-            return
-        if line.startswith(b":"):
-            return  # comment (keep-alive pings)
-        name, colon, value = line.partition(b":")
-        if name != b"data":
-            return  # event, id, retry: the JSON payload says what the event is
-        if colon and value.startswith(b" "):
-            value = value[1:]
-        self._size += len(value) + 1
-        if self._size > self._max:
-            self._dropping = True
-            self._data.clear()
-        elif not self._dropping:
-            self._data.append(value)
-
-    def _dispatch(self) -> None:
-        lines, dropping = self._data, self._dropping
-        self._data, self._size, self._dropping = [], 0, False
-        if dropping or not lines:
-            return
-        payload = b"\n".join(lines)
-        if b'"usage"' not in payload:
-            return
+        values = []
+        for line in event.split(b"\n"):  # line ends are all LF by now
+            name, colon, value = line.partition(b":")
+            if name != b"data":
+                continue  # comments, event, id, retry: the JSON payload says what it is
+            values.append(value[1:] if colon and value.startswith(b" ") else value)
+        payload = b"\n".join(values)
         try:
-            event = _json.loads(payload)
-        except (ValueError, RecursionError):
+            parsed = _json.loads(payload)
+        except ValueError:
             return
-        if isinstance(event, dict):
-            self._observe(event)
+        if isinstance(parsed, dict):
+            self._observe(parsed)
 
     def _observe(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -447,6 +436,8 @@ class SSEUsageMeter:
 
 
 _USAGE_KEY = re.compile(rb'[{,]\s*"usage"\s*:\s*')
+_TAIL_TRIES = 16
+_USAGE_WINDOW = 16 << 10
 
 
 class JSONUsageMeter:
@@ -512,12 +503,16 @@ class JSONUsageMeter:
 
     def _tail_usage(self) -> Usage | None:
         tail = bytes(self._tail)
-        decoder = json.JSONDecoder()
-        for match in reversed(list(_USAGE_KEY.finditer(tail))):
-            text = tail[match.end() :].decode("utf-8", "replace")
+        # The last few candidates, each read within a window: a usage object is a few hundred
+        # bytes, and the tail is the upstream's to fill with decoys.
+        candidates = list(_USAGE_KEY.finditer(tail))[-_TAIL_TRIES:]
+        for match in reversed(candidates):
+            window = tail[match.end() : match.end() + _USAGE_WINDOW]
+            if not window.startswith(b"{"):
+                continue
             try:
-                value, _ = decoder.raw_decode(text)
-            except (ValueError, RecursionError):
+                value = _json.loads_prefix(window.decode("utf-8", "replace"))
+            except ValueError:
                 continue
             found = usage_from_json({"usage": value})
             if found is not None:

@@ -12,24 +12,82 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from . import _json
+from .errors import PaymentError
 
-__all__ = ["Headers", "RequestInfo"]
+__all__ = [
+    "AMBIGUOUS_CODE",
+    "FORM_TYPES",
+    "INVALID_BODY_CODE",
+    "UNSUPPORTED_BODY_CODE",
+    "Headers",
+    "RequestInfo",
+    "ambiguous",
+]
+
+AMBIGUOUS_CODE = "ambiguous_request"
+"""``PaymentError.code`` (400) when pricing reads a field the request gives more than once."""
+
+INVALID_BODY_CODE = "invalid_body"
+"""``PaymentError.code`` (400) when pricing reads a JSON body that must not be read: another
+encoding than UTF-8, nesting deeper than 256 levels, more than 200,000 values, a number of more
+than 4300 digits, a key repeated in an object."""
+
+UNSUPPORTED_BODY_CODE = "unsupported_body"
+"""``PaymentError.code`` (415) when pricing reads a body it cannot read as the handler would: a
+compressed body (``Content-Encoding``) or a form (``multipart/form-data``,
+``application/x-www-form-urlencoded``), unless the route's price is wrapped in
+:class:`~x402gate.pricing.DecodedBody`."""
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+"""Media types of form bodies: handlers read fields from them that JSON pricing cannot see."""
 
 _NOT_PARSED: Any = object()
 
 
-class Headers(Mapping[str, str]):
-    """Case-insensitive, read-only header mapping; repeated headers are joined with ``", "``."""
+class _Refused:
+    """The cached outcome of a body that pricing must refuse."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("error",)
+
+    def __init__(self, error: PaymentError) -> None:
+        self.error = error
+
+
+def ambiguous(what: str) -> PaymentError:
+    """The 400 for a priced field given more than once (``what`` names it, never its values)."""
+    return PaymentError(
+        400,
+        AMBIGUOUS_CODE,
+        f"{what} is given more than once: the price cannot depend on which one counts",
+    )
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only header mapping; repeated headers are joined with ``", "``.
+
+    Frameworks disagree on a repeated header (Starlette gives the first, others join them), so
+    :meth:`repeated` tells whether a name came more than once: pricing refuses to read it.
+    """
+
+    __slots__ = ("_items", "_repeated")
 
     def __init__(self, raw: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
         items: dict[str, str] = {}
+        repeated: set[str] = set()
         pairs = raw.items() if isinstance(raw, Mapping) else raw
         for name, value in pairs:
             key = name.lower()
-            items[key] = f"{items[key]}, {value}" if key in items else value
+            if key in items:
+                items[key] = f"{items[key]}, {value}"
+                repeated.add(key)
+            else:
+                items[key] = value
         self._items = items
+        self._repeated = frozenset(repeated)
+
+    def repeated(self, key: str) -> bool:
+        """True when the header ``key`` came more than once (its value is then a join)."""
+        return key.lower() in self._repeated
 
     @classmethod
     def from_asgi(cls, raw: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -66,7 +124,9 @@ class RequestInfo:
 
     __slots__ = (
         "_json",
+        "_plain",
         "_query",
+        "_repeated_query",
         "body",
         "client",
         "headers",
@@ -98,7 +158,9 @@ class RequestInfo:
         self.native = native
         self.client = client
         self._json: Any = _NOT_PARSED
+        self._plain = False  # the body was decoded for pricing (see pricing.DecodedBody)
         self._query: dict[str, str] | None = None
+        self._repeated_query: frozenset[str] = frozenset()
 
     def _default_url(self) -> str:
         host = self.headers.get("host") or "localhost"
@@ -107,25 +169,106 @@ class RequestInfo:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query parameters; for a repeated name the first value wins."""
+        """Query parameters; for a repeated name the first value wins (see :meth:`query_value`)."""
         if self._query is None:
             parsed: dict[str, str] = {}
+            repeated: set[str] = set()
             for name, value in parse_qsl(self.query_string, keep_blank_values=True):
-                parsed.setdefault(name, value)
+                if name in parsed:
+                    repeated.add(name)
+                else:
+                    parsed[name] = value
             self._query = parsed
+            self._repeated_query = frozenset(repeated)
         return self._query
 
+    def query_value(self, name: str) -> str | None:
+        """The query parameter ``name`` for pricing: ``None`` when absent, and a 400
+        ``ambiguous_request`` when it is repeated (frameworks disagree on which value counts:
+        Flask takes the first, Starlette, FastAPI and Django the last)."""
+        value = self.query.get(name)
+        if value is not None and name in self._repeated_query:
+            raise ambiguous(f"query parameter {name!r}")
+        return value
+
+    def header_value(self, name: str) -> str | None:
+        """The header ``name`` for pricing: ``None`` when absent, and a 400
+        ``ambiguous_request`` when it came more than once."""
+        value: str | None = self.headers.get(name)
+        if value is not None and self.headers.repeated(name):
+            raise ambiguous(f"header {name.lower()!r}")
+        return value
+
+    def unsupported_body(self) -> str | None:
+        """Why the body cannot be read for pricing as the handler would read it, or ``None``."""
+        if self._plain:
+            return None
+        encoding = self.headers.get("content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            return "a compressed body (Content-Encoding)"
+        media = self.headers.get("content-type")
+        if media is not None:
+            media = media.split(";", 1)[0].strip().lower()
+            if media in FORM_TYPES:
+                return f"a {media} body"
+        return None
+
     def json(self) -> Any:
-        """The body parsed as JSON, or ``None`` when it is empty or not JSON."""
+        """The body parsed as JSON for pricing, or ``None`` when it is empty or not JSON.
+
+        A body that must not be read is refused, never read as "not JSON": 415
+        ``unsupported_body`` for a compressed body or a form (see :meth:`unsupported_body`), 400
+        ``invalid_body`` for JSON in another encoding than UTF-8, too deep, too large, with a
+        number too long or a key repeated in an object (see :mod:`x402gate._json`).
+        """
         if self._json is _NOT_PARSED:
-            value: Any = None
-            if self.body:
-                try:
-                    value = _json.loads(self.body)
-                except (ValueError, UnicodeDecodeError):
-                    value = None
-            self._json = value
+            try:
+                self._json = self._parse_json()
+            except PaymentError as exc:
+                self._json = _Refused(exc)  # every rule reading the body gets the same answer
+        if isinstance(self._json, _Refused):
+            raise self._json.error
         return self._json
+
+    def _parse_json(self) -> Any:
+        # Before looking at the body: an adapter may leave an upload unread (Django does), and
+        # an empty body must not make a form priceable as "no fields".
+        reason = self.unsupported_body()
+        if reason is not None:
+            raise PaymentError(
+                415,
+                UNSUPPORTED_BODY_CODE,
+                f"{reason} cannot be priced on this endpoint: send it as plain JSON",
+            )
+        if not self.body:
+            return None
+        try:
+            return _json.loads(self.body, unique_keys=True)
+        except _json.UnsafeJSON as exc:
+            raise PaymentError(
+                400, INVALID_BODY_CODE, f"the body cannot be priced: {exc}"
+            ) from None
+        except ValueError:
+            return None  # not JSON: no field of it can match
+
+    def decoded(self, body: bytes, fields: Mapping[str, str] | None = None) -> RequestInfo:
+        """A copy of this request whose body is ``body``, already decoded for pricing; with
+        ``fields`` (a form's), those are what :meth:`json` gives. Used by
+        :class:`~x402gate.pricing.DecodedBody`; ``native`` is the framework's original request.
+        """
+        copy = RequestInfo(
+            self.method,
+            self.path,
+            query_string=self.query_string,
+            headers=self.headers,
+            body=body,
+            url=self.url,
+            native=self.native,
+        )
+        copy._plain = True
+        if fields is not None:
+            copy._json = dict(fields)
+        return copy
 
     @property
     def resource(self) -> str:

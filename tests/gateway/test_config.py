@@ -622,3 +622,20 @@ def test_variables_are_substituted_and_their_values_kept_secret() -> None:
 def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
     with pytest.raises(GatewayConfigError, match=r"nope\.yaml: no such file"):
         load_config(tmp_path / "nope.yaml", env=ENV)
+
+
+def test_decode_body_wraps_the_price_and_is_checked() -> None:
+    from x402gate.pricing import DecodedBody
+
+    text = BASE.replace(
+        *route("upstream: anthropic\nprice: $0.01\ndecode_body: {encodings: [gzip], forms: true}")
+    )
+    strategy = parse_config(text, source="gateway.yaml", env=ENV).routes[0].strategy
+    assert isinstance(strategy, DecodedBody)
+    assert (strategy.encodings, strategy.forms, strategy.max_bytes) == ({"gzip"}, True, 1 << 20)
+    assert isinstance(strategy.price, Flat)
+    for bad in ("{encodings: [br]}", "{max_bytes: 0}", "{forms: yes}", "{zip: true}"):
+        text = BASE.replace(*route(f"upstream: anthropic\nprice: $0.01\ndecode_body: {bad}"))
+        with pytest.raises(GatewayConfigError) as caught:
+            parse_config(text, source="gateway.yaml", env=ENV)
+        assert "decode_body" in str(caught.value), bad

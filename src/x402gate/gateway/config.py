@@ -46,7 +46,7 @@ from pydantic import (
 from ..assets import Asset, checksum_address, is_address, normalize_network, usdc
 from ..errors import ConfigurationError
 from ..money import PriceLike, parse_price
-from ..pricing import MatchRules, ModelTable, PriceStrategy, Rule
+from ..pricing import DecodedBody, MatchRules, ModelTable, PriceStrategy, Rule
 from ..proxies import TrustedProxies
 from ..routing import compile_pattern, shadowed_keys
 from ..siwx import parse_public_origins
@@ -57,6 +57,7 @@ from .redaction import Redactor
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "AcceptSpec",
+    "DecodeBodySpec",
     "FacilitatorSpec",
     "GatewayConfig",
     "GatewayConfigError",
@@ -242,6 +243,22 @@ class UpstreamSpec(_Model):
     max_connections: int = Field(default=100, ge=1, le=10_000)
 
 
+Encoding = Literal["gzip", "deflate"]
+
+
+def _every_encoding() -> list[Encoding]:
+    return ["gzip", "deflate"]
+
+
+class DecodeBodySpec(_Model):
+    """A route's ``decode_body:``: compressed bodies and forms priced by what they hold (see
+    :class:`~x402gate.pricing.DecodedBody`); without it they are answered 415."""
+
+    encodings: list[Encoding] = Field(default_factory=_every_encoding)
+    forms: bool = False
+    max_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
+
+
 class RuleSpec(_Model):
     """One item of a route's ``match:`` list: conditions (``when``, or ``where``) and a price."""
 
@@ -273,6 +290,7 @@ class RouteSpec(_Model):
     max_output_tokens: int | None = Field(default=None, ge=0)
     max_price: Any = None
     bytes_per_token: int = Field(default=1, ge=1, le=16)
+    decode_body: DecodeBodySpec | None = None
 
 
 class GatewayFile(_Model):
@@ -794,6 +812,11 @@ class _Compiler:
         strategy = self._pricing(loc, spec)
         if strategy is None or not ok:
             return None
+        if spec.decode_body is not None:
+            decode = spec.decode_body
+            strategy = DecodedBody(
+                strategy, encodings=decode.encodings, forms=decode.forms, max_bytes=decode.max_bytes
+            )
         if strategy.metered and self.file.gateway.public_origin is None:
             # Sign-ins and session tokens of metered routes are bound to the public origin.
             self._add(
