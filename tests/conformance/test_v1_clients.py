@@ -32,7 +32,7 @@ from x402gate import Asset, LocalFacilitator, PaymentGate
 from x402gate.testing.chain import LocalChain, TestToken
 from x402gate.testing.clients import paying_httpx_client
 
-from .test_conformance import ADAPTERS, PRICE, DrainingFacilitator, _module
+from .test_conformance import ADAPTERS, ORIGIN, PRICE, DrainingFacilitator, _module
 
 pytestmark = pytest.mark.chain
 
@@ -176,7 +176,11 @@ def served(
 ) -> Iterator[tuple[str, Any]]:
     adapter = _module(request.param)
     gate = PaymentGate(
-        pay_to=seller, assets=asset, facilitator=draining, store=f"sqlite:///{tmp_path / 'r.db'}"
+        pay_to=seller,
+        assets=asset,
+        facilitator=draining,
+        store=f"sqlite:///{tmp_path / 'r.db'}",
+        public_origin=ORIGIN,  # the conformance apps have a metered route too
     )
     app, calls = adapter.make_app(gate)
     with adapter.serve(app) as base_url:
@@ -197,7 +201,7 @@ def test_the_402_body_is_the_v1_document_and_the_header_stays_v2(
         "scheme": "exact",
         "network": "base-sepolia",
         "maxAmountRequired": str(PRICE),
-        "resource": f"{base_url}/paid",
+        "resource": f"{ORIGIN}/paid",  # the configured origin, never the Host header
         "description": terms["description"],
         "mimeType": terms["mimeType"],
         "payTo": seller,
