@@ -1790,6 +1790,7 @@ class PaymentGate:
         except StoreError as exc:
             # Only ever leaves a hold in place until it expires: the payer waits, nobody gains.
             logger.error("payment in flight could not be updated: %s", exc)
+
     # -- paid but unanswered: recovery from the chain -----------------------------------------
 
     async def _recover(
@@ -1887,7 +1888,10 @@ class PaymentGate:
                 protocol.encode_settle_response_v1(receipt),
             )
         else:
-            header_name, encoded = protocol.PAYMENT_RESPONSE, protocol.encode_settle_response(receipt)
+            header_name, encoded = (
+                protocol.PAYMENT_RESPONSE,
+                protocol.encode_settle_response(receipt),
+            )
         session.response_headers = {header_name: encoded}
         await self._emit(PaymentEvent("settled", session.request, session.route, session.payment))
 

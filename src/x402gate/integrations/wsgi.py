@@ -30,7 +30,13 @@ from ..request import Headers, RequestInfo
 from ..routing import RouteTable, check_routes_exist
 from ..siwx import split_url
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import MeteredBody, framework_routes, paid_response_headers, render_error, warn_trust_proxy_headers
+from ._common import (
+    MeteredBody,
+    framework_routes,
+    paid_response_headers,
+    render_error,
+    warn_trust_proxy_headers,
+)
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["PaymentMiddleware", "base_url_of", "error_response", "request_info_from_environ"]
