@@ -15,7 +15,9 @@ The first byte of an input picks the target:
 1. a JSON body fed to :class:`JSONUsageMeter` in fuzzed chunks (small ``max_body_bytes`` and
    ``tail_bytes`` too, so the tail search runs);
 2. a raw HTTP/1.1 answer a loopback upstream sends to a real :class:`~x402gate.gateway.Gateway`
-   (called in-process, its upstream over real TCP) for a per-token route paid from credit.
+   (called in-process, its upstream over real TCP) for a per-token route paid from credit;
+3. the client's side of the same exchange: a fuzzed path (under a route that rewrites it, or
+   not), query string, headers and body, the upstream answering a valid JSON answer.
 
 The oracles:
 
@@ -27,7 +29,10 @@ The oracles:
   0 to the request's quote;
 * through the gateway: no exception, one answer, status below 500 unless it is the upstream's
   own status or the gateway's 502/504 for a broken upstream (never a 500 of its own); nothing
-  logged at ERROR; the payer's credit moves by exactly the integer charge, at most the quote.
+  logged at ERROR; the payer's credit moves by exactly the integer charge, at most the quote;
+* what reaches the upstream: only paths under its prefix and the routes' paths, without ``.``
+  or ``..`` segments, never a payment, sign-in or session header, and ``accept-encoding:
+  identity`` alone (usage is read from the answer as it passes).
 
 Run it like the other harnesses (``X402GATE_FUZZ_SECONDS``, or ``-max_total_time=``/``-runs=``)::
 
@@ -43,6 +48,7 @@ import logging
 import re
 import sys
 from typing import Any
+from urllib.parse import unquote
 
 import atheris
 
@@ -86,6 +92,7 @@ CHAT_BODY = json.dumps(
 ).encode()
 CHAT_REQUEST = RequestInfo("POST", "/v1/chat/completions", body=CHAT_BODY)
 CHAT_QUOTE = PRICING.quote(CHAT_REQUEST)
+MAX_QUOTE = 500_000  # the gateway routes' max_price, $0.50, in the token's 6-decimal units
 
 
 class Reader:
@@ -103,9 +110,12 @@ class Reader:
         self.pos += 1
         return low + self.data[self.pos - 1] % (high - low + 1)
 
+    def take(self, count: int) -> bytes:
+        self.pos += count
+        return self.data[self.pos - count : self.pos]
+
     def rest(self) -> bytes:
-        self.pos, start = len(self.data), self.pos
-        return self.data[start:]
+        return self.take(len(self.data) - self.pos)
 
 
 def _chunks(reader: Reader, body: bytes) -> list[bytes]:
@@ -181,7 +191,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.answer = b""
-        self.requests = 0
+        self.received: list[tuple[bytes, list[bytes]]] = []  # (request target, header lines)
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -195,7 +205,9 @@ class Upstream:
             length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
             if length:
                 await reader.readexactly(int(length.group(1)))
-            self.requests += 1
+            lines = head[: -len(b"\r\n\r\n")].split(b"\r\n")
+            target = lines[0].split(b" ")[1] if lines[0].count(b" ") == 2 else lines[0]
+            self.received.append((target, lines[1:]))
             writer.write(self.answer)
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -229,9 +241,16 @@ facilitator:
   url: http://127.0.0.1:9/facilitator
 upstreams:
   llm:
-    url: http://127.0.0.1:{PORT}
+    url: http://127.0.0.1:{PORT}/base
     timeout: 2
 routes:
+  "POST /api/*":
+    upstream: llm
+    path: /v1/{{*}}
+    type: per-token
+    models:
+      "gpt-*": {{input: $1, output: $2, per: 1000}}
+    max_price: $0.50
   "POST /v1/chat/completions":
     upstream: llm
     type: per-token
@@ -256,7 +275,17 @@ async def _on_event(event: Any) -> None:
 GATE.on_event(_on_event)
 
 
-async def call_gateway() -> list[dict[str, Any]]:
+class Request:
+    """What the client sends to the gateway (by default: the chat route, paid from credit)."""
+
+    def __init__(self) -> None:
+        self.raw_path = b"/v1/chat/completions"
+        self.query = b""
+        self.headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+        self.body = CHAT_BODY
+
+
+async def call_gateway(request: Request) -> list[dict[str, Any]]:
     token = GATE.session_tokens.issue(PAYER, NETWORK, TOKEN, GATE.clock.now())
     scope = {
         "type": "http",
@@ -264,19 +293,20 @@ async def call_gateway() -> list[dict[str, Any]]:
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
+        # As uvicorn gives it: the path percent-decoded from the raw path.
+        "path": unquote(request.raw_path.decode("ascii")),
+        "raw_path": request.raw_path,
+        "query_string": request.query,
         "root_path": "",
         "headers": [
             (b"host", b"gateway.test"),
-            (b"content-type", b"application/json"),
             (SESSION_HEADER.lower().encode(), token.encode()),
+            *request.headers,
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
-    incoming = [{"type": "http.request", "body": CHAT_BODY, "more_body": False}]
+    incoming = [{"type": "http.request", "body": request.body, "more_body": False}]
     done = asyncio.Event()
     sent: list[dict[str, Any]] = []
 
@@ -302,13 +332,15 @@ async def call_gateway() -> list[dict[str, Any]]:
 _STATUS = re.compile(rb"HTTP/\d\.\d (\d{3})(?:[ \r\n]|$)")
 
 
-def check_gateway(reader: Reader) -> None:
-    answer = reader.rest()
+def exchange(request: Request, answer: bytes) -> tuple[int, bytes]:
+    """One request through the gateway to an upstream answering ``answer``; the checks common
+    to every gateway input. Returns the status and the body the client got."""
     UPSTREAM.answer = answer
+    UPSTREAM.received.clear()
     before = GATE.store.credit_balance(ACCOUNT, NOW).available
     CHARGES.clear()
     ERRORS.records.clear()
-    sent = LOOP.run_until_complete(call_gateway())
+    sent = LOOP.run_until_complete(call_gateway(request))
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert len(starts) == 1, sent
     status = starts[0]["status"]
@@ -320,15 +352,73 @@ def check_gateway(reader: Reader) -> None:
         assert relayed or broken, (status, body[:300])
     assert ERRORS.records == [], [r.getMessage() for r in ERRORS.records]
     after = GATE.store.credit_balance(ACCOUNT, NOW).available
-    assert all(type(c) is int and 0 <= c <= CHAT_QUOTE for c in CHARGES), CHARGES
+    assert all(type(c) is int and 0 <= c <= MAX_QUOTE for c in CHARGES), CHARGES
     assert before - after == sum(CHARGES), (before, after, CHARGES)
+    for target, lines in UPSTREAM.received:
+        # Only the paths the routes sell, under the upstream's prefix, reach the upstream.
+        path = target.split(b"?", 1)[0]
+        assert path == b"/base/v1/chat/completions" or path.startswith(b"/base/v1/"), target
+        segments = unquote(path.decode("latin-1")).split("/")
+        assert "." not in segments and ".." not in segments, target
+        # The client's payment credentials never reach the upstream; the body comes unencoded.
+        names = [line.split(b":", 1)[0].strip().lower() for line in lines]
+        assert not set(names) & PAYMENT_HEADERS, lines
+        encodings = [line for line in lines if line.lower().startswith(b"accept-encoding:")]
+        assert encodings == [b"accept-encoding: identity"], lines
+    return status, body
+
+
+def check_gateway(reader: Reader) -> None:
+    exchange(Request(), reader.rest())
+
+
+CLIENT_HEADERS = [
+    b"connection",
+    b"accept-encoding",
+    b"content-type",
+    b"content-length",
+    b"transfer-encoding",
+    b"te",
+    b"upgrade",
+    b"keep-alive",
+    b"expect",
+    b"host",
+    b"payment-signature",
+    b"x-payment",
+    b"sign-in-with-x",
+    b"x402gate-session",
+    b"cookie",
+    b"x-forwarded-for",
+    b"accept",
+]
+VISIBLE = bytes(range(0x21, 0x7F)).translate(None, b"?#")
+PAYMENT_HEADERS = {b"payment-signature", b"x-payment", b"sign-in-with-x", b"x402gate-session"}
+
+
+def check_client(reader: Reader) -> None:
+    request = Request()
+    raw = reader.take(reader.int_in(0, 80))
+    kept = bytes(b for b in raw if b in VISIBLE)
+    if reader.int_in(0, 1):
+        request.raw_path = b"/api/" + kept
+    else:
+        request.raw_path = b"/v1/chat/completions" + kept[:2]
+    request.query = bytes(b for b in reader.take(reader.int_in(0, 40)) if b in VISIBLE + b"?")
+    for _ in range(reader.int_in(0, 4)):
+        name = CLIENT_HEADERS[reader.int_in(0, len(CLIENT_HEADERS) - 1)]
+        value = reader.take(reader.int_in(0, 24)).translate(None, b"\r\n\0")
+        request.headers.append((name, value))
+    request.body = reader.rest()
+    exchange(request, UPSTREAM_OK)
 
 
 def check_one(data: bytes) -> None:
     """The properties, for one input; raises on a violation."""
     reader = Reader(data)
-    kind = reader.int_in(0, 2)
-    if kind == 2:
+    kind = reader.int_in(0, 3)
+    if kind == 3:
+        check_client(reader)
+    elif kind == 2:
         check_gateway(reader)
     else:
         check_meter(kind, reader)
@@ -344,6 +434,13 @@ def _http(status: bytes, headers: list[bytes], body: bytes, chunked: bool = Fals
     else:
         headers = [*headers, b"content-length: %d" % len(body)]
     return b"HTTP/1.1 " + status + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+
+
+UPSTREAM_OK = _http(
+    b"200 OK",
+    [b"content-type: application/json"],
+    b'{"model": "gpt-4o", "usage": {"prompt_tokens": 9, "completion_tokens": 3}}',
+)
 
 
 def seeds() -> list[bytes]:
@@ -390,6 +487,9 @@ def seeds() -> list[bytes]:
         b"\x02" + _http(b"429 Too Many Requests", [json_type], b'{"error": "slow down"}'),
         b"\x02" + _http(b"503 Service Unavailable", [], b""),
         b"\x02" + _http(b"204 No Content", [], b""),
+        b"\x03\x00\x00\x00\x00" + CHAT_BODY,
+        b"\x03\x10chat/completions\x01\x0bstream=true\x01\x01\x08identity" + CHAT_BODY,
+        b"\x03\x0c%2e%2e/admin\x01\x00\x02\x00\x05x-foo\x01\x04gzip" + CHAT_BODY,
     ]
 
 
