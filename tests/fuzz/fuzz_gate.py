@@ -2,8 +2,11 @@
 
 Every input becomes one HTTP request that goes through the real pure ASGI middleware
 (:class:`~x402gate.integrations.asgi.PaymentMiddleware`) called in-process with raw
-``scope``/``receive``/``send``, in front of a trivial app, on a gate with a memory store. The
-first bytes pick what the input controls (:class:`atheris.FuzzedDataProvider`):
+``scope``/``receive``/``send``, or through the WSGI middleware
+(:class:`~x402gate.integrations.wsgi.PaymentMiddleware`) with a PEP 3333 environ, in front of
+a trivial app, on a gate with a memory store. The first byte picks the adapter (``byte // 6``
+odd: WSGI) and what the input controls (``byte % 6``); the following bytes are read front to
+back by :class:`Reader`:
 
 0. a raw ``PAYMENT-SIGNATURE`` / ``X-PAYMENT`` header value;
 1. the JSON text of a payment (base64-encoded by the harness; seeds: a valid v2 payment and its
@@ -25,8 +28,9 @@ The oracles, for every input:
 * the app call raises nothing (on a server an escaping exception is a 500);
 * exactly one ``http.response.start``, with a status below 500, and a complete body;
 * nothing is logged at ERROR;
-* the paid content is served only in mode 5 (the facilitator refuses every payment: the
-  payer holds no funds), and only to the funded payer's token;
+* the paid content is served only to a session token of the funded payer (the facilitator
+  refuses every payment: the payer of the payments holds no funds);
+* a body :mod:`x402gate._json` accepts is nested no deeper than its ``MAX_DEPTH`` (mode 4);
 * credit moves only by integer charges, none above the route's ``max_price``, and the ledger
   moves by exactly what was charged.
 
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import sys
@@ -60,6 +65,7 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     from x402gate import PaymentGate, _json
     from x402gate.assets import Asset
     from x402gate.credit import SESSION_HEADER
+    from x402gate.integrations import wsgi
     from x402gate.integrations.asgi import PaymentMiddleware
     from x402gate.metering import PerToken, TokenPrice
     from x402gate.pricing import MatchRules, ModelTable
@@ -128,6 +134,13 @@ class Shop:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": CONTENT + chunks[-1]})
 
+    def wsgi(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.runs += 1
+        environ["wsgi.input"].read()
+        content_type, chunks = self.answer
+        start_response("200 OK", [("Content-Type", content_type.decode())])
+        return [*chunks[:-1], CONTENT + chunks[-1]]
+
 
 class _Errors(logging.Handler):
     def __init__(self) -> None:
@@ -188,6 +201,7 @@ APP = PaymentMiddleware(
         "POST /chat": TOKENS,
     },
 )
+WSGI_APP = wsgi.PaymentMiddleware(SHOP.wsgi, gate=GATE, routes=APP.routes)
 ROUTES = ["/flat", "/rules", "/models", "/chat"]
 PAYMENT_HEADERS = [b"payment-signature", b"x-payment", b"PAYMENT-SIGNATURE", b"X-Payment"]
 EXTRA_HEADERS = [
@@ -196,6 +210,7 @@ EXTRA_HEADERS = [
     b"accept",
     b"host",
     b"content-encoding",
+    b"content-length",
     b"x-forwarded-host",
     SESSION_HEADER.lower().encode(),
     SIWX_HEADER.lower().encode(),
@@ -240,6 +255,60 @@ async def call(
     if GATE._commits:  # charges committed after the answer: wait for them before checking
         await asyncio.gather(*list(GATE._commits))
     return sent
+
+
+def call_wsgi(
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes = b"",
+    query: bytes = b"",
+) -> list[dict[str, Any]]:
+    """The same request through the WSGI middleware, as a WSGI server hands it over (PEP 3333:
+    ``HTTP_*`` keys, repeated headers joined, latin-1 strings); its answer as ASGI messages."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query.decode("latin-1"),
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": HOST,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in headers:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        key = key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+        text = value.decode("latin-1")
+        seen = key in environ and key not in ("HTTP_HOST", "CONTENT_LENGTH")
+        environ[key] = f"{environ[key]},{text}" if seen else text
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, response_headers: Any, exc_info: Any = None) -> Any:
+        started.append((status, response_headers))
+        return lambda data: None
+
+    result = WSGI_APP(environ, start_response)
+    try:
+        answer = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, response_headers = started[-1]
+    encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]
+    return [
+        {"type": "http.response.start", "status": int(status.split(" ", 1)[0]), "headers": encoded},
+        {"type": "http.response.body", "body": answer, "more_body": False},
+    ]
 
 
 def _run(coro: Any) -> Any:
@@ -429,7 +498,10 @@ def check_one(data: bytes) -> None:
     balance = GATE.store.credit_balance(FUNDED_ACCOUNT, NOW).available
     CHARGES.clear()
     ERRORS.records.clear()
-    sent = _run(call(method, path, headers, body, query))
+    if data and (data[0] // 6) % 2:  # the same request through the WSGI middleware
+        sent = call_wsgi(method, path, headers, body, query)
+    else:
+        sent = _run(call(method, path, headers, body, query))
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert len(starts) == 1, sent
     status = starts[0]["status"]
@@ -465,7 +537,7 @@ def seeds() -> list[bytes]:
         b"data: [DONE]\n\n"
     )
     usage = b'{"model": "gpt-4o", "usage": {"prompt_tokens": 9, "completion_tokens": 3}}'
-    return [
+    asgi = [
         b"\x00\x00\x00" + _b64(v2),
         b"\x00\x01\x01" + _b64(v1),
         b"\x01\x00" + v2,
@@ -485,6 +557,7 @@ def seeds() -> list[bytes]:
         b"\x05\x01\x02\x10\x40" + sse,
         b"\x05\x00\x00" + usage,
     ]
+    return asgi + [bytes([seed[0] + 6]) + seed[1:] for seed in asgi]  # and through WSGI
 
 
 DICTIONARY = [
