@@ -15,7 +15,8 @@ back by :class:`Reader`:
    route's challenge (the nonce is the gate's own, so the fuzzer reaches past the HMAC), or the
    raw text;
 3. an ``X402GATE-SESSION`` header: raw text, a token the gate issues for fuzzed claims, or a
-   token whose payload the fuzzer writes and the harness MACs with the gate's key;
+   token whose payload the fuzzer writes and the harness MACs with the gate's key, on the
+   metered route or on ``GET /.well-known/x402/credit``;
 4. the body, query string and repeated headers of requests to routes priced by
    :class:`~x402gate.pricing.MatchRules`, :class:`~x402gate.pricing.ModelTable` and
    :class:`~x402gate.metering.PerToken`;
@@ -65,6 +66,7 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     from x402gate import PaymentGate, _json
     from x402gate.assets import Asset
     from x402gate.credit import SESSION_HEADER
+    from x402gate.discovery import CREDIT_PATH
     from x402gate.integrations import wsgi
     from x402gate.integrations.asgi import PaymentMiddleware
     from x402gate.metering import PerToken, TokenPrice
@@ -430,7 +432,8 @@ def request_of(data: bytes) -> tuple[int, str, str, list[tuple[bytes, bytes]], b
         headers = [(SIWX_HEADER.lower().encode(), value.translate(None, b"\r\n\0"))]
         return mode, "POST", "/chat", headers, CHAT_BODY, b""
     if mode == 3:
-        kind = fdp.int_in(0, 2)
+        choice = fdp.int_in(0, 5)  # 3 and above: the credit balance endpoint instead
+        kind = choice % 3
         if kind == 0:
             value = fdp.rest()
         elif kind == 1:
@@ -445,6 +448,8 @@ def request_of(data: bytes) -> tuple[int, str, str, list[tuple[bytes, bytes]], b
             payload = base64.urlsafe_b64encode(claims).rstrip(b"=").decode()
             value = f"v1.{payload}.{GATE.session_tokens._mac(payload)}".encode()
         headers = [(SESSION_HEADER.lower().encode(), value.translate(None, b"\r\n\0"))]
+        if choice >= 3:
+            return mode, "GET", CREDIT_PATH, headers, b"", b""
         return mode, "POST", "/chat", headers, CHAT_BODY, b""
     if mode == 4:
         path = ROUTES[fdp.int_in(0, len(ROUTES) - 1)]
@@ -548,6 +553,7 @@ def seeds() -> list[bytes]:
         + json.dumps({"resources": ["http://shop.test/chat"], "requestId": "1"}).encode(),
         b"\x02\x00" + json.dumps({"statement": None, "expirationTime": None}).encode(),
         b"\x03\x00" + FUNDED_TOKEN.encode(),
+        b"\x03\x03" + FUNDED_TOKEN.encode(),
         b"\x03\x02"
         + json.dumps({"p": FUNDED.address.lower(), "n": NETWORK, "a": "0x", "e": 2**40}).encode(),
         b"\x04\x01\x08tier=pro\x01\x00\x05batch" + b'{"model": "claude-3-5-haiku", "stream": true}',
