@@ -557,6 +557,9 @@ def seeds() -> list[bytes]:
         b"\x03\x02"
         + json.dumps({"p": FUNDED.address.lower(), "n": NETWORK, "a": "0x", "e": 2**40}).encode(),
         b"\x04\x01\x08tier=pro\x01\x00\x05batch" + b'{"model": "claude-3-5-haiku", "stream": true}',
+        # Repeated query fields, headers and JSON keys.
+        b"\x04\x01\x12tier=free&tier=pro\x02\x00\x05batch\x00\x04free"
+        + b'{"model": "claude-3-5-haiku", "model": "claude-3-opus-x", "stream": true}',
         b"\x04\x02\x00\x00" + b'{"model": "gpt-4o-mini", "messages": [{"role": "system"}]}',
         b"\x04\x03\x00\x00" + CHAT_BODY,
         b"\x04\x02\x00\x00" + '{"model": "gpt-4o", "messages": [["\u2200"]]}'.encode("utf-16-le"),
