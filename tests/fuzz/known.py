@@ -28,6 +28,10 @@ FINDINGS: dict[str, dict[str, Signature]] = {
         # A token signed with the gate's key whose expiry is 1e999 (only the key's holder can make
         # one): SessionTokens.check, documented to never raise, raises OverflowError.
         "session-claims-overflow": ("OverflowError", "credit.py", "check"),
+        # The same class: a token signed with the gate's key for claims no payment produces
+        # (an empty network): GET /.well-known/x402/credit answers 500 (the claims are not
+        # validated after the MAC; the metered route skips them as another network).
+        "session-claims-unchecked": ("ValueError", "base.py", "credit_account"),
         # A UTF-16 body whose brackets the guard's byte scanner takes for the inside of a
         # string (a 0x22 byte in a character opens one): any nesting gets past MAX_DEPTH; with
         # 1 MiB, deep enough to overflow the C stack, or a RecursionError (500) where the
