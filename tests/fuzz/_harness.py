@@ -14,7 +14,8 @@ A harness module defines ``check_one(data)`` (raises on a violated property), ``
   ``X402GATE_FUZZ_ARTIFACTS``.
 
 Known findings: ``KNOWN`` maps a finding's id to its signature (exception type, x402gate file,
-function of the innermost x402gate frame). The harness stays strict: a known finding fails it
+function of the innermost x402gate frame; or ``*``, file and function of any x402gate frame,
+for a root cause that fails in several places). The harness stays strict: a known finding fails it
 like any other. Only with ``X402GATE_FUZZ_TOLERATE_KNOWN=1`` (set by the CI test while the fix
 is not merged) is an input whose failure has a known signature counted and passed over, so the
 run goes on looking for new ones; every other failure still stops it.
@@ -32,27 +33,46 @@ from pathlib import Path
 
 import atheris
 
-__all__ = ["CORPORA", "Signature", "run", "signature_of"]
+__all__ = ["CORPORA", "Signature", "known_as", "run", "signature_of"]
 
 CORPORA = Path(__file__).with_name("corpus")
 """Kept inputs per harness: seeds worth keeping and the reproducers of findings."""
 
 Signature = tuple[str, str, str]
-"""(exception type, x402gate source file, function) of a failure."""
+"""(exception type or ``*``, x402gate source file, function) of a failure."""
+
+
+def _frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """The traceback's frames inside x402gate (not its tests), outermost first."""
+    return [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f"{os.sep}x402gate{os.sep}" in f.filename and f"{os.sep}tests{os.sep}" not in f.filename
+    ]
 
 
 def signature_of(exc: BaseException) -> Signature:
-    """Where a failure comes from: its type and the innermost frame inside ``src/x402gate``."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    inside = [
-        f
-        for f in frames
-        if f"{os.sep}x402gate{os.sep}" in f.filename and f"{os.sep}tests{os.sep}" not in f.filename
-    ]
-    frame = inside[-1] if inside else (frames[-1] if frames else None)
-    if frame is None:
+    """Where a failure comes from: its type and the innermost frame inside ``src/x402gate``
+    (the innermost frame at all when none is, e.g. a harness oracle's assertion)."""
+    inside = _frames(exc)
+    frames = inside or traceback.extract_tb(exc.__traceback__)
+    if not frames:
         return (type(exc).__name__, "", "")
-    return (type(exc).__name__, Path(frame.filename).name, frame.name)
+    return (type(exc).__name__, Path(frames[-1].filename).name, frames[-1].name)
+
+
+def known_as(exc: BaseException, known: Mapping[str, Signature]) -> str | None:
+    """The id of the known finding ``exc`` is, if any: its type matches (``*`` is any type) and
+    the named function is the innermost frame, or for ``*`` any frame, of the failure."""
+    innermost = signature_of(exc)
+    for name, (kind, file, function) in known.items():
+        if kind == "*":
+            outer = {(Path(f.filename).name, f.name) for f in _frames(exc)}
+            if (file, function) in outer:
+                return name
+        elif (kind, file, function) == innermost:
+            return name
+    return None
 
 
 def _escape(token: str) -> str:
@@ -66,14 +86,13 @@ def _escape(token: str) -> str:
 def _tolerating(
     check: Callable[[bytes], object], known: Mapping[str, Signature]
 ) -> Callable[[bytes], None]:
-    by_signature = {sig: name for name, sig in known.items()}
     seen: set[str] = set()
 
     def tolerant(data: bytes) -> None:
         try:
             check(data)
         except Exception as exc:
-            name = by_signature.get(signature_of(exc))
+            name = known_as(exc, known)
             if name is None:
                 raise
             if name not in seen:  # libFuzzer exits without running atexit: say it now
@@ -83,16 +102,20 @@ def _tolerating(
     return tolerant
 
 
-def _replay(name: str, check: Callable[[bytes], object], inputs: list[Path]) -> None:
-    """Run each input once, strictly, and print its outcome: ``replay <file>: ok`` or
-    ``replay <file>: failed <type> <file> <function>``. Exits 1 when any failed."""
+def _replay(
+    name: str, check: Callable[[bytes], object], inputs: list[Path], known: Mapping[str, Signature]
+) -> None:
+    """Run each input once, strictly, and print its outcome: ``replay <file>: ok``,
+    ``replay <file>: known <id>`` or ``replay <file>: failed <type> <file> <function>``.
+    Exits 1 when any failed."""
     failed = False
     for path in inputs:
         try:
             check(path.read_bytes())
         except Exception as exc:
             failed = True
-            outcome = "failed " + " ".join(signature_of(exc))
+            finding = known_as(exc, known)
+            outcome = f"known {finding}" if finding else "failed " + " ".join(signature_of(exc))
             traceback.print_exc()
         else:
             outcome = "ok"
@@ -127,7 +150,7 @@ def run(
     work = Path(tempfile.mkdtemp(prefix=f"x402gate-fuzz-{name}-"))
     positional = [a for a in args[1:] if not a.startswith("-")]
     if positional and all(Path(a).is_file() for a in positional):
-        _replay(name, check, [Path(a) for a in positional])
+        _replay(name, check, [Path(a) for a in positional], known or {})
     corpus = positional
     if not corpus:
         args.append(str(work / "corpus"))

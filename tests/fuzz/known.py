@@ -1,7 +1,7 @@
 """Findings of the fuzz harnesses whose fix is not merged yet.
 
 ``FINDINGS[harness][id]`` is the signature of the failure (exception type, x402gate source file,
-function of the innermost x402gate frame; see ``_harness.signature_of``), and
+function of the innermost x402gate frame; or ``*`` and any frame: see ``_harness.known_as``), and
 ``corpus/<harness>/known-<id>`` its smallest reproducer. The harnesses stay strict: a known
 finding fails them like any other. ``test_fuzz.py`` runs them with
 ``X402GATE_FUZZ_TOLERATE_KNOWN=1`` so CI keeps fuzzing past these, and replays every reproducer:
@@ -29,9 +29,10 @@ FINDINGS: dict[str, dict[str, Signature]] = {
         # one): SessionTokens.check, documented to never raise, raises OverflowError.
         "session-claims-overflow": ("OverflowError", "credit.py", "check"),
         # The same class: a token signed with the gate's key for claims no payment produces
-        # (an empty network): GET /.well-known/x402/credit answers 500 (the claims are not
-        # validated after the MAC; the metered route skips them as another network).
-        "session-claims-unchecked": ("ValueError", "base.py", "credit_account"),
+        # (an empty network, a payer that is no address): GET /.well-known/x402/credit answers
+        # 500 (the claims are not validated after the MAC; the metered route skips them as
+        # another network). ValueError or ConfigurationError, from credit_status.
+        "session-claims-unchecked": ("*", "gate.py", "credit_status"),
         # A UTF-16 body whose brackets the guard's byte scanner takes for the inside of a
         # string (a 0x22 byte in a character opens one): any nesting gets past MAX_DEPTH; with
         # 1 MiB, deep enough to overflow the C stack, or a RecursionError (500) where the
