@@ -487,6 +487,11 @@ def seeds() -> list[bytes]:
         b"\x02" + _http(b"429 Too Many Requests", [json_type], b'{"error": "slow down"}'),
         b"\x02" + _http(b"503 Service Unavailable", [], b""),
         b"\x02" + _http(b"204 No Content", [], b""),
+        b"\x02HTTP/1.1 100 Continue\r\n\r\n" + _http(b"200 OK", [json_type], openai_json),
+        b"\x02HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
+        b"\x02HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked"
+        b"\r\n\r\n5\r\ndata:\r\n0\r\nx-trailer: 1\r\n\r\n",
+        b"\x02HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + anthropic_json,
         b"\x03\x00\x00\x00\x00" + CHAT_BODY,
         b"\x03\x10chat/completions\x01\x0bstream=true\x01\x01\x08identity" + CHAT_BODY,
         b"\x03\x0c%2e%2e/admin\x01\x00\x02\x00\x05x-foo\x01\x04gzip" + CHAT_BODY,
