@@ -328,8 +328,9 @@ async def call_gateway(request: Request) -> list[dict[str, Any]]:
     return sent
 
 
-# The status line as h11 reads it (any HTTP/x.y; a reason phrase or none).
-_STATUS = re.compile(rb"HTTP/\d\.\d (\d{3})(?:[ \r\n]|$)")
+# Status lines as h11 reads them (any HTTP/x.y; a reason phrase or none), informational
+# answers (1xx) before the final one included.
+_STATUS = re.compile(rb"(?:^|\n)HTTP/\d\.\d (\d{3})(?:[ \r\n]|$)")
 
 
 def exchange(request: Request, answer: bytes) -> tuple[int, bytes]:
@@ -346,8 +347,7 @@ def exchange(request: Request, answer: bytes) -> tuple[int, bytes]:
     status = starts[0]["status"]
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     if status >= 500:
-        theirs = _STATUS.match(answer.lstrip(b"\r\n"))
-        relayed = theirs is not None and int(theirs.group(1)) == status
+        relayed = status in {int(code) for code in _STATUS.findall(answer)}
         broken = status in (502, 504) and b'"upstream_' in body
         assert relayed or broken, (status, body[:300])
     assert ERRORS.records == [], [r.getMessage() for r in ERRORS.records]
