@@ -90,13 +90,20 @@ def test_known_findings_still_reproduce(harness: str, tmp_path: Path) -> None:
     """Each known finding's reproducer still fails, with its signature. Once a fix is merged
     this fails: remove the finding from known.py (and ``known-`` from its reproducer's name)."""
     findings = known.FINDINGS[harness]
-    reproducers = [HERE / "corpus" / harness / f"known-{name}" for name in findings]
-    missing = [path.name for path in reproducers if not path.is_file()]
-    assert missing == []
+    # known-<id>, and more reproducers of the same finding as known-<id>-<what>.
+    reproducers = {
+        path: name
+        for name in findings
+        for path in sorted((HERE / "corpus" / harness).glob(f"known-{name}*"))
+        if path.name == f"known-{name}" or path.name.startswith(f"known-{name}-")
+    }
+    missing = sorted(set(findings) - set(reproducers.values()))
+    assert missing == [], f"no reproducer for {missing}"
     code, output = _run(harness, [str(path) for path in reproducers], tmp_path)
-    outcomes = dict(re.findall(r"replay known-(\S+): (.*)", output))
-    expected = {name: f"known {name}" for name in findings}
-    fixed = sorted(name for name in findings if outcomes.get(name) == "ok")
+    outcomes = dict(re.findall(r"replay (known-\S+): (.*)", output))
+    fixed = sorted({name for path, name in reproducers.items() if outcomes.get(path.name) == "ok"})
     assert fixed == [], f"fixed now, remove from tests/fuzz/known.py: {fixed}"
-    assert outcomes == expected, output[-4000:]
+    assert outcomes == {path.name: f"known {name}" for path, name in reproducers.items()}, output[
+        -4000:
+    ]
     assert code == 1
