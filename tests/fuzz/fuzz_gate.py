@@ -35,6 +35,10 @@ The oracles, for every input:
 * credit moves only by integer charges, none above the route's ``max_price``, and the ledger
   moves by exactly what was charged.
 
+A failure on a token the gate's key signed for claims no payment produces (mode 3) is raised
+as :class:`UnproducibleClaims`: only the key's holder can make such a token, so those failures
+are one finding of their own (``known.py``).
+
 Run it (``-max_total_time`` seconds, or ``-runs`` inputs; ``X402GATE_FUZZ_SECONDS``, 60 s by
 default; any further positional argument is a corpus directory kept between runs)::
 
