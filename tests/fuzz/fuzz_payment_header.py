@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import atheris
@@ -47,6 +44,9 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
 
     from x402gate import protocol, verify
     from x402gate.errors import PaymentError
+
+import known
+from _harness import run
 
 NOW = 1_900_000_000
 KEY = "0x" + "42" * 32  # a key for this harness only
@@ -179,36 +179,17 @@ DICTIONARY = [
 
 
 def main(argv: list[str]) -> None:
-    args = list(argv)
-    if not any(a.startswith(("-max_total_time=", "-runs=")) for a in args[1:]):
-        args.append(f"-max_total_time={int(os.environ.get('X402GATE_FUZZ_SECONDS', '60'))}")
-    artifacts = Path(os.environ.get("X402GATE_FUZZ_ARTIFACTS") or tempfile.mkdtemp("-fuzz"))
-    work = Path(tempfile.mkdtemp(prefix="x402gate-fuzz-"))
-    dictionary = work / "x402.dict"
-    dictionary.write_text("".join(f"{json.dumps(token)}\n" for token in DICTIONARY))
-    corpus = [a for a in args[1:] if not a.startswith("-")]
-    if not corpus:
-        corpus_dir = work / "corpus"
-        corpus_dir.mkdir()
-        args.append(str(corpus_dir))
-        corpus = [str(corpus_dir)]
-    Path(corpus[0]).mkdir(parents=True, exist_ok=True)
-    for index, seed in enumerate(seeds()):
-        (Path(corpus[0]) / f"seed-{index}").write_bytes(seed)
     # The seeds are valid payments: if they did not pass, the forgery oracle would be dead.
     stages = {check_one(seed) for seed in seeds()}
     assert stages == {"accepted"}, stages
-    args += [
-        f"-dict={dictionary}",
-        f"-artifact_prefix={artifacts}/",
-        "-max_len=4096",
-        "-timeout=10",
-        "-rss_limit_mb=2048",
-        "-print_final_stats=1",
-    ]
-    print(f"x402gate fuzz: corpus {corpus[0]}, crash artifacts in {artifacts}", flush=True)
-    atheris.Setup(args, check_one)
-    atheris.Fuzz()
+    run(
+        "payment_header",
+        check_one,
+        argv,
+        seeds=seeds(),
+        dictionary=DICTIONARY,
+        known=known.FINDINGS["payment_header"],
+    )
 
 
 if __name__ == "__main__":
