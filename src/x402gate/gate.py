@@ -239,6 +239,9 @@ class PaymentSession:
     recovered: bool = False
     """A retry of a payment already settled on chain whose first request was never answered:
     it is served without settling again (see :meth:`PaymentGate.begin`)."""
+    answering: bool = False
+    """Settled, its answer on the way: the claim is *sending* until :meth:`PaymentGate.delivered`
+    (with reconciliation on; see :meth:`PaymentGate._mark_served`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1480,7 +1483,8 @@ class PaymentGate:
             await self._emit(PaymentEvent("error", request, route, payment, code="store"))
             raise self._failure(exc) from None
         transaction: str | None = None
-        if claim is ClaimResult.IN_FLIGHT:
+        if claim is ClaimResult.IN_FLIGHT or claim is ClaimResult.USED:
+            # USED may be a claim whose answer never went out (sending): _recover tells.
             try:
                 transaction = await self._recover(request, route, payment, requirements, key, token)
             except PaymentError:
@@ -1607,6 +1611,8 @@ class PaymentGate:
 
     async def abort(self, session: PaymentSession) -> None:
         """The handler raised: charge nothing and release the claim (if not settled yet)."""
+        # A settled answer that never went out whole: a retry of the payment is served.
+        await self.delivered(session, complete=False)
         if session.done:
             await self._release_credit(session)
             return
@@ -1790,6 +1796,7 @@ class PaymentGate:
         except StoreError as exc:
             # Only ever leaves a hold in place until it expires: the payer waits, nobody gains.
             logger.error("payment in flight could not be updated: %s", exc)
+
     # -- paid but unanswered: recovery from the chain -----------------------------------------
 
     async def _recover(
@@ -1823,6 +1830,8 @@ class PaymentGate:
                 request.resource,
                 self.clock.now(),
                 reconciler.min_interval_seconds,
+                # A claim whose answer was on the way: its request renews it while alive.
+                reconciler.owner_grace_seconds,
             )
         except StoreError as exc:
             logger.error("replay store recovery check failed: %s", exc)
@@ -1887,7 +1896,10 @@ class PaymentGate:
                 protocol.encode_settle_response_v1(receipt),
             )
         else:
-            header_name, encoded = protocol.PAYMENT_RESPONSE, protocol.encode_settle_response(receipt)
+            header_name, encoded = (
+                protocol.PAYMENT_RESPONSE,
+                protocol.encode_settle_response(receipt),
+            )
         session.response_headers = {header_name: encoded}
         await self._emit(PaymentEvent("settled", session.request, session.route, session.payment))
 
@@ -1899,7 +1911,19 @@ class PaymentGate:
         nothing, or the payment would be answered twice.
         """
         try:
-            kept = await self._store_call(self.store.mark_used, session.key, session.token)
+            if self.reconciler is None:
+                kept = await self._store_call(self.store.mark_used, session.key, session.token)
+            else:
+                # "Sending" until the whole answer was handed to the server (delivered()): if
+                # this request is lost before that, a retry of the payment is served instead.
+                kept = await self._store_call(
+                    self.store.mark_used, session.key, session.token, self.clock.now()
+                )
+                if kept:
+                    session.answering = True
+                    self.holds.add_answer(
+                        session.key, session.token, self.reconciler.owner_grace_seconds
+                    )
         except StoreError as exc:
             logger.error("replay store mark_used failed after settlement: %s", exc)
             if self.reconciler is None:
@@ -1920,6 +1944,33 @@ class PaymentGate:
                 "this payment was settled and is answered to a retry of it",
                 headers={"Cache-Control": "no-store"},
             )
+
+    async def delivered(self, session: PaymentSession, complete: bool = True) -> None:
+        """The paid answer was handed to the server: whole (``complete``), or not (the app
+        failed, the connection dropped, the answer was cut short).
+
+        Integrations call it once per paid request after the last body chunk went out (it is a
+        no-op for requests with nothing to record). A complete answer marks the claim used for
+        good, so that a retry of the payment is a replay; an incomplete one hands the claim
+        over, so that a retry is served (the buyer paid and did not get the answer).
+        """
+        if not session.answering:
+            return
+        session.answering = False
+        self.holds.discard_answer(session.key, session.token)
+        if not complete:
+            await self._give_up(session)
+            return
+        try:
+            await self._store_call(self.store.mark_used, session.key, session.token)
+        except StoreError as exc:
+            # The claim stays "sending": a retry is served once more after the grace time.
+            logger.error("replay store could not record a delivered answer: %s", exc)
+
+    def delivered_sync(self, session: PaymentSession, complete: bool = True) -> None:
+        """:meth:`delivered` for synchronous integrations."""
+        if session.answering:
+            run_sync(self.delivered(session, complete))
 
     async def _abandon_recovered(self, session: PaymentSession) -> None:
         """A recovered retry failed: nothing more is charged, and the claim stays held (by this

@@ -30,7 +30,13 @@ from ..request import Headers, RequestInfo
 from ..routing import RouteTable, check_routes_exist
 from ..siwx import split_url
 from ..stores.base import MAX_IDEMPOTENT_RESPONSE_BYTES
-from ._common import MeteredBody, framework_routes, paid_response_headers, render_error, warn_trust_proxy_headers
+from ._common import (
+    MeteredBody,
+    framework_routes,
+    paid_response_headers,
+    render_error,
+    warn_trust_proxy_headers,
+)
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["PaymentMiddleware", "base_url_of", "error_response", "request_info_from_environ"]
@@ -219,6 +225,8 @@ class _Settling:
 
     def ended(self, complete: bool) -> None:
         """The server has taken the whole answer (or closed early): keep it for retries."""
+        # A per-second answer ended at its paid maximum is whole: it is all that was paid for.
+        self.gate.delivered_sync(self.session, complete or self.gate.answer_overdue(self.session))
         if self.recording:
             self.recording = False
             whole = complete and self.size <= MAX_IDEMPOTENT_RESPONSE_BYTES
