@@ -29,7 +29,7 @@ from x402gate.testing.clients import paying_httpx_client, payment_recorder
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.payments import encode_payment, sign_exact_payment
 
-from .test_conformance import ADAPTERS, PRICE, _module
+from .test_conformance import ADAPTERS, ORIGIN, PRICE, _module
 
 pytestmark = pytest.mark.chain
 
@@ -99,6 +99,7 @@ def served(
         facilitator=HTTPFacilitator(service.url, timeout=10),
         store=f"sqlite:///{tmp_path / 'replay.db'}",
         reconcile=chain.rpc_url,
+        public_origin=ORIGIN,
     )
     app, calls = adapter.make_app(gate)
     with serve_closing(adapter, app, gate) as base_url:
@@ -261,6 +262,7 @@ def _gate(service: FacilitatorServer, test_token: Any, pay_to: str, reconciler: 
         facilitator=HTTPFacilitator(service.url, timeout=10),
         store="memory://",
         reconcile=reconciler,
+        public_origin=ORIGIN,
     )
 
 

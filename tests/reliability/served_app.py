@@ -110,6 +110,8 @@ def create_app() -> Any:
         reconcile=ChainReconciler(
             env[ENV_RPC_URL], owner_grace_seconds=float(env.get(ENV_OWNER_GRACE, "60"))
         ),
+        # The metered route accepts sign-ins and session tokens, bound to this origin.
+        public_origin="http://served-app.test",
     )
     runs_file = env[ENV_RUNS]
 
