@@ -13,6 +13,8 @@ settling on the test chain:
 ``X402GATE_TEST_RUNS``         file that gets one line (the worker's pid) per paid handler run
 ``X402GATE_TEST_DIE_SETTLED``  when set: the worker SIGKILLs itself right after a settlement
                                succeeded, before anything is recorded or answered
+``X402GATE_TEST_DIE_ANSWERING`` when set: the worker SIGKILLs itself when a paid answer's
+                               headers went out, before its body (the claim is marked used)
 ``X402GATE_TEST_OWNER_GRACE``  seconds a claim whose request vanished is left to it before a
                                retry found paid on chain takes it over (default 60)
 =============================  ==========================================================
@@ -38,6 +40,7 @@ ENV_STORE = "X402GATE_TEST_STORE"
 ENV_RUNS = "X402GATE_TEST_RUNS"
 ENV_DIE_SETTLED = "X402GATE_TEST_DIE_SETTLED"
 ENV_OWNER_GRACE = "X402GATE_TEST_OWNER_GRACE"
+ENV_DIE_ANSWERING = "X402GATE_TEST_DIE_ANSWERING"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
 METERED_CHARGE = 12 * 1_000 + 40 * 2_000
 METERED_TOPUP = 500_000
@@ -66,16 +69,24 @@ class _DyingAfterSettlement:
 
 def _with_worker_pid(app: Any) -> Any:
     pid = str(os.getpid()).encode()
+    die_answering = bool(os.environ.get(ENV_DIE_ANSWERING))
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        paid = False
 
         async def send_with_pid(message: Any) -> None:
+            nonlocal paid
             if message["type"] == "http.response.start":
+                paid = any(k.lower() == b"payment-response" for k, _ in message.get("headers", ()))
                 message = dict(message)
                 message["headers"] = [*message.get("headers", ()), (b"x-served-by", pid)]
+            elif paid and die_answering:
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)  # settled and marked used; no body sent
             await send(message)
 
         await app(scope, receive, send_with_pid)
