@@ -411,6 +411,7 @@ class PaymentGate:
         self._challenges: dict[tuple[int, str], tuple[Route, dict[str, str], Any]] = {}
         self._pending_lock = threading.Lock()
         self._commits: set[asyncio.Future[int]] = set()
+        self._deliveries: set[asyncio.Future[None]] = set()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -1954,10 +1955,27 @@ class PaymentGate:
         good, so that a retry of the payment is a replay; an incomplete one hands the claim
         over, so that a retry is served (the buyer paid and did not get the answer).
         """
+        task = self.start_delivered(session, complete)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def start_delivered(
+        self, session: PaymentSession, complete: bool = True
+    ) -> asyncio.Future[None] | None:
+        """:meth:`delivered` started as a task of its own (``None`` when there is nothing to
+        record), for code about to be cancelled: the record runs to its end all the same."""
         if not session.answering:
-            return
+            return None
         session.answering = False
         self.holds.discard_answer(session.key, session.token)
+        # Servers report a request whose last body message went out as over, and frameworks
+        # then cancel what still runs (Starlette's streaming responses do): a task of its own.
+        task = asyncio.ensure_future(self._record_delivery(session, complete))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
+
+    async def _record_delivery(self, session: PaymentSession, complete: bool) -> None:
         if not complete:
             await self._give_up(session)
             return
@@ -2022,8 +2040,9 @@ class PaymentGate:
 
     async def aclose(self) -> None:
         """Close the facilitator's connections on this event loop and the store."""
-        if self._commits:  # charges of answers already sent: let them reach the ledger
-            await asyncio.wait(list(self._commits), timeout=COMMIT_WAIT_SECONDS)
+        pending = [*self._commits, *self._deliveries]
+        if pending:  # charges and deliveries of answers already sent: let them reach the store
+            await asyncio.wait(pending, timeout=COMMIT_WAIT_SECONDS)
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()

@@ -278,6 +278,10 @@ def settling_send(
                     gate.hold_commit(session)
                 try:
                     await send(message)
+                    if last:
+                        # Started before the commit below, which the request's cancellation
+                        # (the answer is over) may interrupt.
+                        gate.start_delivered(session)
                 finally:
                     if chunk:
                         if session.meter is None:
