@@ -2040,7 +2040,7 @@ class PaymentGate:
 
     async def aclose(self) -> None:
         """Close the facilitator's connections on this event loop and the store."""
-        pending = [*self._commits, *self._deliveries]
+        pending: list[asyncio.Future[Any]] = [*self._commits, *self._deliveries]
         if pending:  # charges and deliveries of answers already sent: let them reach the store
             await asyncio.wait(pending, timeout=COMMIT_WAIT_SECONDS)
         closer = getattr(self.facilitator, "aclose", None)
