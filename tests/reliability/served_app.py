@@ -19,7 +19,8 @@ settling on the test chain:
                                retry found paid on chain takes it over (default 60)
 =============================  ==========================================================
 
-Routes: ``GET /paid`` costs $0.01; ``POST /metered`` is priced per token (12 in, 40 out: $0.092)
+Routes: ``GET /paid`` costs $0.01, and so does ``GET /slow`` (an answer streamed in
+:data:`SLOW_CHUNKS` chunks, one per :data:`SLOW_INTERVAL` seconds); ``POST /metered`` is priced per token (12 in, 40 out: $0.092)
 with a $0.50 credit top-up; ``GET /free`` and ``GET /health`` are free. Every answer carries
 ``x-served-by: <pid>`` so a test can see which worker process answered it.
 """
@@ -44,6 +45,8 @@ ENV_DIE_ANSWERING = "X402GATE_TEST_DIE_ANSWERING"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
 METERED_CHARGE = 12 * 1_000 + 40 * 2_000
 METERED_TOPUP = 500_000
+SLOW_CHUNKS = 12
+SLOW_INTERVAL = 0.5
 
 
 class _DyingAfterSettlement:
@@ -98,7 +101,7 @@ def create_app() -> Any:
     """Build the app from the environment (uvicorn calls this once per worker process)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from x402gate import Asset, ChainReconciler, LocalFacilitator, PaymentGate
@@ -142,6 +145,19 @@ def create_app() -> Any:
         count_run()
         return JSONResponse({"secret": PAID_CONTENT, "usage": USAGE})
 
+    async def slow(request: Request) -> StreamingResponse:
+        count_run()
+
+        async def chunks() -> Any:
+            import asyncio
+
+            for n in range(SLOW_CHUNKS):
+                if n:
+                    await asyncio.sleep(SLOW_INTERVAL)
+                yield f"{PAID_CONTENT} {n}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
     async def free(request: Request) -> JSONResponse:
         return JSONResponse({"free": True})
 
@@ -150,6 +166,7 @@ def create_app() -> Any:
     app = Starlette(
         routes=[
             Route("/paid", paid),
+            Route("/slow", slow),
             Route("/metered", metered, methods=["POST"]),
             Route("/free", free),
             Route("/health", free),
@@ -158,6 +175,7 @@ def create_app() -> Any:
     per_token = PerToken(TokenPrice(input="$1", output="$2", per=1_000))
     routes = {
         "GET /paid": PRICE,
+        "GET /slow": PRICE,
         "POST /metered": gate.route(per_token, credit_topup="$0.50"),
     }
     return _with_worker_pid(PaymentMiddleware(app, gate=gate, routes=routes))
