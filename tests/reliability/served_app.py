@@ -20,9 +20,10 @@ settling on the test chain:
 =============================  ==========================================================
 
 Routes: ``GET /paid`` costs $0.01, and so does ``GET /slow`` (an answer streamed in
-:data:`SLOW_CHUNKS` chunks, one per :data:`SLOW_INTERVAL` seconds); ``POST /metered`` is priced per token (12 in, 40 out: $0.092)
-with a $0.50 credit top-up; ``GET /free`` and ``GET /health`` are free. Every answer carries
-``x-served-by: <pid>`` so a test can see which worker process answered it.
+:data:`SLOW_CHUNKS` chunks, one per :data:`SLOW_INTERVAL` seconds); ``POST /metered`` is
+priced per token (12 in, 40 out: $0.092) with a $0.50 credit top-up; ``GET /free`` and
+``GET /health`` are free. Every answer carries ``x-served-by: <pid>`` so a test can see which
+worker process answered it.
 """
 
 from __future__ import annotations
