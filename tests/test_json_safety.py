@@ -15,6 +15,7 @@ import base64
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -85,6 +86,7 @@ def test_usage_meters_survive_hostile_upstream_bodies() -> None:
 async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
     from eth_account import Account
     from starlette.applications import Starlette
+    from starlette.routing import Route as StarletteRoute
 
     from x402gate import MatchRules, PaymentGate
     from x402gate.assets import usdc
@@ -110,7 +112,11 @@ async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
         store="memory://",
     )
     rules = MatchRules([{"match": {"body.model": "big-*"}, "price": "$0.05"}], fallback="$0.01")
-    app = PaymentMiddleware(Starlette(), gate=gate, routes={"POST /chat": rules})
+    async def chat(request: Any) -> Any:
+        raise AssertionError("an unreadable body must not reach the handler")
+
+    inner = Starlette(routes=[StarletteRoute("/chat", chat, methods=["POST"])])
+    app = PaymentMiddleware(inner, gate=gate, routes={"POST /chat": rules})
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.post("/chat", content=NESTED[: 1 << 20 - 1])

@@ -79,7 +79,7 @@ def shop(gate: PaymentGate, runs: list[str], *, fail_first: bool = False) -> Pay
             return JSONResponse({"error": "busy"}, status_code=503)
         return JSONResponse({"report": f"run {len(runs)}"}, headers={"X-Report": "yes"})
 
-    app = Starlette(routes=[StarletteRoute("/report", report)])
+    app = Starlette(routes=[StarletteRoute("/report", report), StarletteRoute("/strict", report)])
     return PaymentMiddleware(
         app,
         gate=gate,
