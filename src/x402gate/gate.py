@@ -1568,6 +1568,7 @@ class PaymentGate:
 
         ``recording=True`` promises a later :meth:`record` of the whole answer (for retries with
         a payment identifier); otherwise retries are told the payment was already processed.
+        Once the answer was handed to the server, integrations call :meth:`delivered`.
         """
         if session.done:
             return session.response_headers
@@ -1820,6 +1821,8 @@ class PaymentGate:
         :data:`GAVE_UP`); any other holder is left the reconciler's ``owner_grace_seconds``
         after the transfer's block (in the chain's clock) to answer itself, and should it
         answer later still, it finds its token gone and sends nothing (:meth:`_mark_served`).
+        A claim marked *sending* (settled, its answer on the way) is offered by the store only
+        once its request stopped renewing it for ``owner_grace_seconds``: its process is gone.
         """
         reconciler = self.reconciler
         if reconciler is None or not reconciler.covers(payment.network):
@@ -1906,6 +1909,10 @@ class PaymentGate:
 
     async def _mark_served(self, session: PaymentSession) -> None:
         """Settled: mark the claim used before any content goes out.
+
+        With reconciliation on it is marked *sending* (its sign of life renewed by
+        :attr:`holds` while the answer runs) until :meth:`delivered`: a request lost before its
+        answer went out whole leaves a claim that a retry can recover (see :meth:`_recover`).
 
         With reconciliation on, a claim that is no longer this request's (a retry took it over
         after reading the transfer on chain) is answered by that retry: this request must send

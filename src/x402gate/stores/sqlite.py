@@ -46,6 +46,11 @@ How it stays correct:
   lose a top-up or create credit out of nothing; the operator may lose the charges of the last
   requests before the power cut. ``ledger_synchronous=full`` fsyncs those writes too (about two
   fsyncs more per request served from credit).
+* A claim whose answer is on the way (*sending*, see :meth:`~x402gate.stores.base.Store.mark_used`)
+  is a ``used`` row plus a row of ``x402gate_answering`` (its last sign of life), so that files
+  and workers of before it read such a claim as used: a replay, the safe reading. Marking the
+  answer delivered deletes that row, with ``synchronous`` like every replay write; it is one
+  transaction after the answer went out, off the client's critical path.
 """
 
 from __future__ import annotations
@@ -356,9 +361,9 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM x402gate_answering WHERE key = ?", (key,))
                 return True
 
-            # Losing this write to a power cut (see ledger_synchronous) leaves an answered claim
-            # looking unanswered; the authorization itself can never be spent again.
-            return self._write("mark_used", answered, synchronous=self.ledger_synchronous)
+            # Synced like every replay write: it comes after the answer went out (off the
+            # client's critical path), and a power cut must not make an answer look undelivered.
+            return self._write("mark_used", answered)
 
         def sending(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
