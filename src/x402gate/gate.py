@@ -907,7 +907,12 @@ class PaymentGate:
         accepts: Sequence[PaymentRequirements],
         payment_id: str,
         fingerprint: str,
-    ) -> None:
+    ) -> PaymentError | None:
+        """Reserve the payment identifier, or raise the answer for it (stored, conflict, busy).
+
+        With reconciliation on, the "in progress" answer is returned instead of raised: that
+        request may be gone (process killed) with its payment settled, and the claim decides.
+        """
         try:
             result = await self._store_call(
                 self.store.idempotency_begin,
@@ -920,7 +925,7 @@ class PaymentGate:
             logger.error("idempotency store failed: %s", exc)
             raise self._failure(exc) from None
         if result.outcome is IdempotencyOutcome.NEW:
-            return
+            return None
         if result.outcome is IdempotencyOutcome.REPLAY and result.response is not None:
             stored = json.loads(result.response)
             await self._emit(PaymentEvent("replayed", request, route, status=stored["status"]))
@@ -932,12 +937,15 @@ class PaymentGate:
         headers = {"Cache-Control": "no-store"}
         if result.outcome is IdempotencyOutcome.IN_PROGRESS:
             headers["Retry-After"] = "1"
-            raise PaymentError(
+            busy = PaymentError(
                 409,
                 "payment_identifier_in_progress",
                 "a request with this payment identifier is being processed; retry shortly",
                 headers=headers,
             )
+            if self.reconciler is None:
+                raise busy
+            return busy
         await self._emit(
             PaymentEvent("rejected", request, route, code="payment_identifier_conflict")
         )
@@ -1450,9 +1458,10 @@ class PaymentGate:
         except PaymentError as exc:
             raise await reject(exc.code, exc.message, exc.status_code) from None
         fingerprint = ""
+        busy: PaymentError | None = None
         if payment_id is not None:
             fingerprint = self._fingerprint(request, requirements, auth)
-            await self._begin_idempotent(route, request, accepts, payment_id, fingerprint)
+            busy = await self._begin_idempotent(route, request, accepts, payment_id, fingerprint)
 
         payload = decoded.payload
         if decoded.version == 1:
@@ -1473,7 +1482,8 @@ class PaymentGate:
         )
         key = replay_key(requirements.network, requirements.asset, auth.payer, auth.nonce)
         token = secrets.token_hex(16)
-        idempotency = (payment_id, fingerprint) if payment_id is not None else None
+        # A busy identifier is another request's: this one must not abandon its record.
+        idempotency = (payment_id, fingerprint) if payment_id and busy is None else None
         try:
             claim = await self._store_call(
                 self.store.claim, key, request.resource, token, auth.valid_before, self.clock.now()
@@ -1493,6 +1503,15 @@ class PaymentGate:
                 raise
             if transaction is not None:
                 claim = ClaimResult.CLAIMED
+        if busy is not None:
+            if transaction is None:
+                if claim is ClaimResult.CLAIMED:  # freed meanwhile: its owner is still at work
+                    await self._store_call_quietly(self.store.release, key, token)
+                raise busy
+            # The request that reserved the identifier is gone (its claim was recovered): its
+            # pending record is this request's to complete (any request with the same identifier
+            # and fingerprint is the same logical request).
+            idempotency = (payment_id, fingerprint) if payment_id is not None else None
         if claim is not ClaimResult.CLAIMED:
             await self._abandon(idempotency)
             if claim is ClaimResult.BOUND_ELSEWHERE:
@@ -1984,6 +2003,9 @@ class PaymentGate:
 
     async def _record_delivery(self, session: PaymentSession, complete: bool) -> None:
         if not complete:
+            # Nothing whole was answered: a retry with the same payment identifier is served
+            # (not told "processed, answer not kept").
+            await self._drop_idempotency(session)
             await self._give_up(session)
             return
         try:
@@ -2012,6 +2034,9 @@ class PaymentGate:
         can be served as soon as its transfer shows on chain (see :meth:`_recover`)."""
         if self.reconciler is None or session.token.startswith(GAVE_UP):
             return
+        if session.answering:  # no answer of this request's is on the way any more
+            session.answering = False
+            self.holds.discard_answer(session.key, session.token)
         try:
             await self._store_call(
                 self.store.take_over, session.key, session.token, GAVE_UP + session.token

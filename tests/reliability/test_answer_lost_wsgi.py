@@ -4,12 +4,14 @@ The payment is settled and its claim marked used as the answer starts; then the 
 off (the app's body fails after its first chunk, the way a server that cannot write ends it:
 the iterable is closed before its end). No complete paid answer was handed to the server, so
 the claim is handed over at once and the buyer's retry of the same payment is served, without
-a second transfer; the retry after that is a replay.
+a second transfer; the retry after that is a replay. With a payment identifier the same holds:
+the broken answer is not kept as "processed", and the retry with the same identifier is served.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,7 +51,17 @@ def _app(runs: collections.Counter[str]) -> Any:
     return app
 
 
+def _with_payment_id(payload: Any, declared: Any, payment_id: str) -> Any:
+    from x402.extensions import payment_identifier
+
+    extensions = json.loads(json.dumps(declared or {}))
+    payment_identifier.append_payment_identifier_to_extensions(extensions, payment_id)
+    return payload.model_copy(update={"extensions": extensions})
+
+
+@pytest.mark.parametrize("payment_id", [None, "pay_broken_answer_0123456789"])
 def test_an_answer_broken_off_after_settling_serves_the_retry_once(
+    payment_id: str | None,
     chain: Any,
     test_token: Any,
     payer: Any,
@@ -75,6 +87,8 @@ def test_an_answer_broken_off_after_settling_serves_the_retry_once(
             assert challenge.status_code == 402
             accepts = decode_payment_required_header(challenge.headers["payment-required"])
             payload = sign_exact_payment(payer, accepts.accepts[0])
+            if payment_id is not None:
+                payload = _with_payment_id(payload, accepts.extensions, payment_id)
             with pytest.raises(httpx.TransportError):
                 client.get("/report", headers=payment_headers(payload))
             assert runs["report"] == 1
@@ -94,9 +108,14 @@ def test_an_answer_broken_off_after_settling_serves_the_retry_once(
             assert runs["report"] == 2
 
             again = client.get("/report", headers=payment_headers(payload))
-            assert again.status_code == 402
-            assert again.json()["error"] == REPLAY
-            assert b"part-" not in again.content
+            if payment_id is None:
+                assert again.status_code == 402
+                assert again.json()["error"] == REPLAY
+                assert b"part-" not in again.content
+            else:
+                # The answer kept for the identifier is the one delivered, replayed as it was.
+                assert again.status_code == 200
+                assert again.content == b"".join(CHUNKS)
             assert gate.store.state(key, time.time()) == "used"
     finally:
         run_sync(gate.aclose())

@@ -10,6 +10,7 @@ once), without a second transfer, and the retry after that is a replay.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -126,10 +127,18 @@ def test_a_process_killed_after_settling_serves_the_retry_once_after_restart(
     assert test_token.balance_of(pay_to) - received_before == paid
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/paid"), ("POST", "/metered")])
+@pytest.mark.parametrize(
+    ("method", "path", "payment_id"),
+    [
+        ("GET", "/paid", None),
+        ("POST", "/metered", None),
+        ("GET", "/paid", "pay_killed_answering_0123456789"),
+    ],
+)
 def test_a_process_killed_after_marking_used_before_the_body_serves_the_retry_once(
     method: str,
     path: str,
+    payment_id: str | None,
     chain: Any,
     test_token: Any,
     payer: Any,
@@ -162,6 +171,9 @@ def test_a_process_killed_after_marking_used_before_the_body_serves_the_retry_on
             assert challenge.status_code == 402
             accepts = decode_payment_required_header(challenge.headers["payment-required"])
             payload = sign_exact_payment(payer, accepts.accepts[0])
+            if payment_id is not None:
+                # The killed request reserved the identifier: its record stays pending.
+                payload = _with_payment_id(payload, accepts.extensions, payment_id)
             with pytest.raises(httpx.TransportError):
                 client.request(method, path, json=body, headers=payment_headers(payload))
         _wait_dead(dying)
@@ -183,7 +195,11 @@ def test_a_process_killed_after_marking_used_before_the_body_serves_the_retry_on
         httpx.Client(base_url=restarted.url, timeout=60) as client,
     ):
         early = client.request(method, path, json=body, headers=payment_headers(payload))
-        assert early.status_code == 402 and early.json()["error"] == REPLAY
+        if payment_id is None:
+            assert early.status_code == 402 and early.json()["error"] == REPLAY
+        else:
+            assert early.status_code == 409
+            assert early.json()["error"] == "payment_identifier_in_progress"
         assert PAID_CONTENT not in early.text
         chain.rpc("evm_increaseTime", [GRACE + 1])
         chain.rpc("evm_mine")
@@ -206,9 +222,13 @@ def test_a_process_killed_after_marking_used_before_the_body_serves_the_retry_on
             assert int(balance["available"]) + dead_hold == METERED_TOPUP - METERED_CHARGE
         time.sleep(2.1)  # past the look-up interval: only the recorded answer refuses it now
         again = client.request(method, path, json=body, headers=payment_headers(payload))
-        assert again.status_code == 402
-        assert again.json()["error"] == REPLAY
-        assert PAID_CONTENT not in again.text
+        if payment_id is None:
+            assert again.status_code == 402
+            assert again.json()["error"] == REPLAY
+            assert PAID_CONTENT not in again.text
+        else:  # the answer kept for the identifier, replayed without running the handler
+            assert again.status_code == 200
+            assert again.json() == retry.json()
         if path == "/metered":
             credit = client.get(
                 "/.well-known/x402/credit", headers={SESSION_HEADER: retry.headers[SESSION_HEADER]}
@@ -223,3 +243,11 @@ def test_a_process_killed_after_marking_used_before_the_body_serves_the_retry_on
     assert len(handler_runs(runs)) == 2  # the lost answer, and the retry served
     assert chain.tx_count(facilitator_account.address) == sent_before + 1  # one transfer
     assert test_token.balance_of(pay_to) - received_before == paid
+
+
+def _with_payment_id(payload: Any, declared: Any, payment_id: str) -> Any:
+    from x402.extensions import payment_identifier
+
+    extensions = json.loads(json.dumps(declared or {}))
+    payment_identifier.append_payment_identifier_to_extensions(extensions, payment_id)
+    return payload.model_copy(update={"extensions": extensions})
