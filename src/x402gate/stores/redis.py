@@ -5,8 +5,9 @@ URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
 and ``key_prefix`` (default ``x402gate:``). An existing synchronous ``redis.Redis`` client may be
 passed instead; the store then never closes it.
 
-Each entry is one hash, ``<prefix>replay:<key>`` for claims and ``<prefix>idem:<id>`` for
-payment identifiers. Every check-and-set is one Lua script, which Redis runs atomically; scripts
+Each entry is one hash, ``<prefix>replay:<key>`` for claims (a claim whose answer is on the way
+has the state ``sending`` and its last sign of life in ``alive_at``) and ``<prefix>idem:<id>``
+for payment identifiers. Every check-and-set is one Lua script, which Redis runs atomically; scripts
 are sent once and then called by SHA (redis-py's ``register_script`` reloads them after a
 ``SCRIPT FLUSH`` or a failover). Later concerns (credit) get their own key spaces under the
 prefix and their own scripts. Stored responses are base64 text, so that a client built with
