@@ -7,6 +7,11 @@ commit could then only charge what is left (see :meth:`~x402gate.stores.base.Sto
 :class:`HoldKeeper` renews, from one daemon thread per gate, every hold of this process whose
 remaining life fell under half the TTL. When the process dies the renewals stop with it, and
 its holds expire as before: the crash story is unchanged.
+
+The same thread renews the sign of life of paid answers on the way (a claim *sending*, see
+:meth:`~x402gate.stores.base.Store.mark_used`): a retry of the payment is served in their place
+only once they stopped renewing for the reconciler's grace time, so a long answer that is
+still running is never answered a second time.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class HoldKeeper:
         self._ttl = ttl_seconds
         self._poll = poll_seconds
         self._holds: dict[str, float] = {}  # reservation id -> the expiry last given to it
+        # (claim key, token) -> (last sign of life given, grace): answers on the way.
+        self._answers: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,17 +77,34 @@ class HoldKeeper:
             self._stop.set()
         self._thread = None
         self._holds = {}  # the parent's requests are the parent's to renew
+        self._answers = {}
 
     def add(self, reservation_id: str, expires_at: float) -> None:
         """Keep ``reservation_id`` (expiring at ``expires_at``) alive from now on."""
         with self._lock:
             self._holds[reservation_id] = expires_at
-            if self._thread is None and not self._stop.is_set():
-                # Started on demand and ended when no hold is left: an idle gate has no thread.
-                self._thread = threading.Thread(
-                    target=self._run, name="x402gate-credit-holds", daemon=True
-                )
-                self._thread.start()
+            self._start()
+
+    def add_answer(self, key: str, token: str, grace: float) -> None:
+        """Renew the sign of life of the claim ``key`` (held by ``token``) while its answer is
+        on the way: every quarter of ``grace``, so that a stall of most of it still renews."""
+        with self._lock:
+            self._answers[(key, token)] = (self._clock.now(), grace)
+            self._start()
+
+    def discard_answer(self, key: str, token: str) -> None:
+        """The answer was handed over (or lost): stop renewing its sign of life."""
+        with self._lock:
+            self._answers.pop((key, token), None)
+
+    def _start(self) -> None:
+        # Called with the lock held. Started on demand and ended when nothing is left to renew:
+        # an idle gate has no thread.
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(
+                target=self._run, name="x402gate-credit-holds", daemon=True
+            )
+            self._thread.start()
 
     def discard(self, reservation_id: str) -> None:
         """The request is over (committing or releasing): stop renewing its hold."""
@@ -118,6 +142,30 @@ class HoldKeeper:
                     del self._holds[rid]
                     logger.warning("a credit hold expired while its request was still running")
         with self._lock:
+            answers = [
+                (key, token)
+                for (key, token), (alive_at, grace) in self._answers.items()
+                if now - alive_at >= grace / 4
+            ]
+        for key, token in answers:
+            try:
+                alive = self._store.mark_used(key, token, now)
+            except (StoreError, ConfigurationError) as exc:
+                logger.warning("could not renew an answer on the way (will retry): %s", exc)
+                continue
+            with self._lock:
+                entry = self._answers.get((key, token))
+                if entry is None:
+                    continue
+                if alive:
+                    self._answers[(key, token)] = (now, entry[1])
+                    renewed += 1
+                else:
+                    # Taken over by a retry (this request stalled past the grace): the retry
+                    # answers the payment now; nothing more to keep alive here.
+                    del self._answers[(key, token)]
+                    logger.warning("an answer on the way was taken over by a retry")
+        with self._lock:
             self.passes += 1
         return renewed
 
@@ -125,7 +173,7 @@ class HoldKeeper:
         while not self._stop.wait(self._poll):
             self.renew()
             with self._lock:
-                if not self._holds:
+                if not self._holds and not self._answers:
                     self._thread = None
                     return
 

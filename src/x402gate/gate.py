@@ -239,6 +239,9 @@ class PaymentSession:
     recovered: bool = False
     """A retry of a payment already settled on chain whose first request was never answered:
     it is served without settling again (see :meth:`PaymentGate.begin`)."""
+    answering: bool = False
+    """Settled, its answer on the way: the claim is *sending* until :meth:`PaymentGate.delivered`
+    (with reconciliation on; see :meth:`PaymentGate._mark_served`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +411,7 @@ class PaymentGate:
         self._challenges: dict[tuple[int, str], tuple[Route, dict[str, str], Any]] = {}
         self._pending_lock = threading.Lock()
         self._commits: set[asyncio.Future[int]] = set()
+        self._deliveries: set[asyncio.Future[None]] = set()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -903,7 +907,12 @@ class PaymentGate:
         accepts: Sequence[PaymentRequirements],
         payment_id: str,
         fingerprint: str,
-    ) -> None:
+    ) -> PaymentError | None:
+        """Reserve the payment identifier, or raise the answer for it (stored, conflict, busy).
+
+        With reconciliation on, the "in progress" answer is returned instead of raised: that
+        request may be gone (process killed) with its payment settled, and the claim decides.
+        """
         try:
             result = await self._store_call(
                 self.store.idempotency_begin,
@@ -916,7 +925,7 @@ class PaymentGate:
             logger.error("idempotency store failed: %s", exc)
             raise self._failure(exc) from None
         if result.outcome is IdempotencyOutcome.NEW:
-            return
+            return None
         if result.outcome is IdempotencyOutcome.REPLAY and result.response is not None:
             stored = json.loads(result.response)
             await self._emit(PaymentEvent("replayed", request, route, status=stored["status"]))
@@ -928,12 +937,15 @@ class PaymentGate:
         headers = {"Cache-Control": "no-store"}
         if result.outcome is IdempotencyOutcome.IN_PROGRESS:
             headers["Retry-After"] = "1"
-            raise PaymentError(
+            busy = PaymentError(
                 409,
                 "payment_identifier_in_progress",
                 "a request with this payment identifier is being processed; retry shortly",
                 headers=headers,
             )
+            if self.reconciler is None:
+                raise busy
+            return busy
         await self._emit(
             PaymentEvent("rejected", request, route, code="payment_identifier_conflict")
         )
@@ -1446,9 +1458,10 @@ class PaymentGate:
         except PaymentError as exc:
             raise await reject(exc.code, exc.message, exc.status_code) from None
         fingerprint = ""
+        busy: PaymentError | None = None
         if payment_id is not None:
             fingerprint = self._fingerprint(request, requirements, auth)
-            await self._begin_idempotent(route, request, accepts, payment_id, fingerprint)
+            busy = await self._begin_idempotent(route, request, accepts, payment_id, fingerprint)
 
         payload = decoded.payload
         if decoded.version == 1:
@@ -1469,7 +1482,8 @@ class PaymentGate:
         )
         key = replay_key(requirements.network, requirements.asset, auth.payer, auth.nonce)
         token = secrets.token_hex(16)
-        idempotency = (payment_id, fingerprint) if payment_id is not None else None
+        # A busy identifier is another request's: this one must not abandon its record.
+        idempotency = (payment_id, fingerprint) if payment_id and busy is None else None
         try:
             claim = await self._store_call(
                 self.store.claim, key, request.resource, token, auth.valid_before, self.clock.now()
@@ -1480,7 +1494,8 @@ class PaymentGate:
             await self._emit(PaymentEvent("error", request, route, payment, code="store"))
             raise self._failure(exc) from None
         transaction: str | None = None
-        if claim is ClaimResult.IN_FLIGHT:
+        if claim is ClaimResult.IN_FLIGHT or claim is ClaimResult.USED:
+            # USED may be a claim whose answer never went out (sending): _recover tells.
             try:
                 transaction = await self._recover(request, route, payment, requirements, key, token)
             except PaymentError:
@@ -1488,6 +1503,15 @@ class PaymentGate:
                 raise
             if transaction is not None:
                 claim = ClaimResult.CLAIMED
+        if busy is not None:
+            if transaction is None:
+                if claim is ClaimResult.CLAIMED:  # freed meanwhile: its owner is still at work
+                    await self._store_call_quietly(self.store.release, key, token)
+                raise busy
+            # The request that reserved the identifier is gone (its claim was recovered): its
+            # pending record is this request's to complete (any request with the same identifier
+            # and fingerprint is the same logical request).
+            idempotency = (payment_id, fingerprint) if payment_id is not None else None
         if claim is not ClaimResult.CLAIMED:
             await self._abandon(idempotency)
             if claim is ClaimResult.BOUND_ELSEWHERE:
@@ -1563,6 +1587,7 @@ class PaymentGate:
 
         ``recording=True`` promises a later :meth:`record` of the whole answer (for retries with
         a payment identifier); otherwise retries are told the payment was already processed.
+        Once the answer was handed to the server, integrations call :meth:`delivered`.
         """
         if session.done:
             return session.response_headers
@@ -1607,6 +1632,8 @@ class PaymentGate:
 
     async def abort(self, session: PaymentSession) -> None:
         """The handler raised: charge nothing and release the claim (if not settled yet)."""
+        # A settled answer that never went out whole: a retry of the payment is served.
+        await self.delivered(session, complete=False)
         if session.done:
             await self._release_credit(session)
             return
@@ -1813,6 +1840,8 @@ class PaymentGate:
         :data:`GAVE_UP`); any other holder is left the reconciler's ``owner_grace_seconds``
         after the transfer's block (in the chain's clock) to answer itself, and should it
         answer later still, it finds its token gone and sends nothing (:meth:`_mark_served`).
+        A claim marked *sending* (settled, its answer on the way) is offered by the store only
+        once its request stopped renewing it for ``owner_grace_seconds``: its process is gone.
         """
         reconciler = self.reconciler
         if reconciler is None or not reconciler.covers(payment.network):
@@ -1824,6 +1853,8 @@ class PaymentGate:
                 request.resource,
                 self.clock.now(),
                 reconciler.min_interval_seconds,
+                # A claim whose answer was on the way: its request renews it while alive.
+                reconciler.owner_grace_seconds,
             )
         except StoreError as exc:
             logger.error("replay store recovery check failed: %s", exc)
@@ -1898,12 +1929,28 @@ class PaymentGate:
     async def _mark_served(self, session: PaymentSession) -> None:
         """Settled: mark the claim used before any content goes out.
 
+        With reconciliation on it is marked *sending* (its sign of life renewed by
+        :attr:`holds` while the answer runs) until :meth:`delivered`: a request lost before its
+        answer went out whole leaves a claim that a retry can recover (see :meth:`_recover`).
+
         With reconciliation on, a claim that is no longer this request's (a retry took it over
         after reading the transfer on chain) is answered by that retry: this request must send
         nothing, or the payment would be answered twice.
         """
         try:
-            kept = await self._store_call(self.store.mark_used, session.key, session.token)
+            if self.reconciler is None:
+                kept = await self._store_call(self.store.mark_used, session.key, session.token)
+            else:
+                # "Sending" until the whole answer was handed to the server (delivered()): if
+                # this request is lost before that, a retry of the payment is served instead.
+                kept = await self._store_call(
+                    self.store.mark_used, session.key, session.token, self.clock.now()
+                )
+                if kept:
+                    session.answering = True
+                    self.holds.add_answer(
+                        session.key, session.token, self.reconciler.owner_grace_seconds
+                    )
         except StoreError as exc:
             logger.error("replay store mark_used failed after settlement: %s", exc)
             if self.reconciler is None:
@@ -1925,6 +1972,53 @@ class PaymentGate:
                 headers={"Cache-Control": "no-store"},
             )
 
+    async def delivered(self, session: PaymentSession, complete: bool = True) -> None:
+        """The paid answer was handed to the server: whole (``complete``), or not (the app
+        failed, the connection dropped, the answer was cut short).
+
+        Integrations call it once per paid request after the last body chunk went out (it is a
+        no-op for requests with nothing to record). A complete answer marks the claim used for
+        good, so that a retry of the payment is a replay; an incomplete one hands the claim
+        over, so that a retry is served (the buyer paid and did not get the answer).
+        """
+        task = self.start_delivered(session, complete)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def start_delivered(
+        self, session: PaymentSession, complete: bool = True
+    ) -> asyncio.Future[None] | None:
+        """:meth:`delivered` started as a task of its own (``None`` when there is nothing to
+        record), for code about to be cancelled: the record runs to its end all the same."""
+        if not session.answering:
+            return None
+        session.answering = False
+        self.holds.discard_answer(session.key, session.token)
+        # Servers report a request whose last body message went out as over, and frameworks
+        # then cancel what still runs (Starlette's streaming responses do): a task of its own.
+        task = asyncio.ensure_future(self._record_delivery(session, complete))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
+
+    async def _record_delivery(self, session: PaymentSession, complete: bool) -> None:
+        if not complete:
+            # Nothing whole was answered: a retry with the same payment identifier is served
+            # (not told "processed, answer not kept").
+            await self._drop_idempotency(session)
+            await self._give_up(session)
+            return
+        try:
+            await self._store_call(self.store.mark_used, session.key, session.token)
+        except StoreError as exc:
+            # The claim stays "sending": a retry is served once more after the grace time.
+            logger.error("replay store could not record a delivered answer: %s", exc)
+
+    def delivered_sync(self, session: PaymentSession, complete: bool = True) -> None:
+        """:meth:`delivered` for synchronous integrations."""
+        if session.answering:
+            run_sync(self.delivered(session, complete))
+
     async def _abandon_recovered(self, session: PaymentSession) -> None:
         """A recovered retry failed: nothing more is charged, and the claim stays held (by this
         request's token) for the next retry to recover. A metered payment is credit meanwhile
@@ -1940,6 +2034,9 @@ class PaymentGate:
         can be served as soon as its transfer shows on chain (see :meth:`_recover`)."""
         if self.reconciler is None or session.token.startswith(GAVE_UP):
             return
+        if session.answering:  # no answer of this request's is on the way any more
+            session.answering = False
+            self.holds.discard_answer(session.key, session.token)
         try:
             await self._store_call(
                 self.store.take_over, session.key, session.token, GAVE_UP + session.token
@@ -1975,8 +2072,9 @@ class PaymentGate:
 
     async def aclose(self) -> None:
         """Close the facilitator's connections on this event loop and the store."""
-        if self._commits:  # charges of answers already sent: let them reach the ledger
-            await asyncio.wait(list(self._commits), timeout=COMMIT_WAIT_SECONDS)
+        pending: list[asyncio.Future[Any]] = [*self._commits, *self._deliveries]
+        if pending:  # charges and deliveries of answers already sent: let them reach the store
+            await asyncio.wait(pending, timeout=COMMIT_WAIT_SECONDS)
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()

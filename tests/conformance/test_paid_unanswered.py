@@ -469,3 +469,63 @@ async def test_a_recovered_retry_whose_handler_fails_leaves_the_payment_to_the_n
     assert service.calls["settle"] == 1
     assert chain.tx_count(facilitator_account.address) == 1
     assert test_token.balance_of(pay_to) == PRICE
+
+
+# -- the answer's delivery is recorded by every adapter -------------------------------------------
+
+
+def _claim_state(gate: PaymentGate, test_token: Any, payment: str) -> str | None:
+    from x402.http import decode_payment_signature_header
+
+    from x402gate.stores import replay_key
+
+    authorization = decode_payment_signature_header(payment).payload["authorization"]
+    key = replay_key(
+        test_token.asset.network, test_token.address, authorization["from"], authorization["nonce"]
+    )
+    return gate.store.state(key, time.time())
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/paid"), ("GET", "/stream"), ("POST", "/llm")]
+)
+async def test_every_adapter_records_a_delivered_answer_so_its_retry_is_a_replay(
+    method: str,
+    path: str,
+    served: tuple[str, Any, PaymentGate],
+    service: FacilitatorServer,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+) -> None:
+    """A paid answer handed to the server whole marks its claim answered ("used", no longer
+    "sending"): a retry of the payment, however late, is then a replay and is never served
+    a second time from the chain."""
+    base_url, calls, gate = served
+    body = (
+        {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+        if method == "POST"
+        else None
+    )
+    recorder, payments = payment_recorder()
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30, transport=recorder
+    ) as client:
+        first = await client.request(method, path, json=body)
+    assert first.status_code == 200, first.text
+    assert len(payments) == 1
+    deadline = time.monotonic() + 10
+    # Recorded after the last byte went to the server: the client may see it a moment earlier.
+    while _claim_state(gate, test_token, payments[0]) != "used":
+        assert time.monotonic() < deadline, _claim_state(gate, test_token, payments[0])
+        await asyncio.sleep(0.02)
+    chain.rpc("evm_increaseTime", [3600])  # far past any grace: only the record refuses it
+    chain.rpc("evm_mine")
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
+        retry = await plain.request(
+            method, path, json=body, headers={"PAYMENT-SIGNATURE": payments[0]}
+        )
+    assert retry.status_code == 402, retry.text
+    assert retry.json()["error"] == REPLAY
+    assert calls[path.strip("/")] == 1
+    assert service.calls["settle"] == 1

@@ -145,3 +145,52 @@ async def test_the_gateway_credits_a_metered_top_up_settled_but_unanswered_once(
         assert await credit(url, retry.headers[SESSION_HEADER]) == left
     assert service.calls["settle"] == 1
     assert chain.tx_count(facilitator_account.address) == 1
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/flat/x"), ("POST", "/v1/chat/completions")])
+async def test_the_gateway_records_a_forwarded_answer_as_delivered(
+    method: str,
+    path: str,
+    served: tuple[str, Gateway],
+    llm: FakeLLM,
+    chain: Any,
+    payer: Any,
+    test_token: Any,
+) -> None:
+    """Once the upstream's answer was relayed whole, the claim is answered ("used", no longer
+    "sending"): a retry of the payment, however late, is a replay and is not forwarded again."""
+    import asyncio
+    import time
+
+    from x402.http import decode_payment_signature_header
+
+    from x402gate.stores import replay_key
+
+    url, gateway = served
+    recorder, payments = payment_recorder()
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=url, timeout=30, transport=recorder
+    ) as client:
+        first = await client.request(method, path, json=OPENAI if method == "POST" else None)
+    assert first.status_code == 200, first.text
+    authorization = decode_payment_signature_header(payments[0]).payload["authorization"]
+    key = replay_key(
+        test_token.asset.network, test_token.address, payer.address, authorization["nonce"]
+    )
+    deadline = time.monotonic() + 10
+    while gateway.gate.store.state(key, time.time()) != "used":
+        assert time.monotonic() < deadline, gateway.gate.store.state(key, time.time())
+        await asyncio.sleep(0.02)
+    chain.rpc("evm_increaseTime", [3600])  # far past any grace: only the record refuses it
+    chain.rpc("evm_mine")
+    forwarded = len(llm.requests)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as plain:
+        again = await plain.request(
+            method,
+            path,
+            json=OPENAI if method == "POST" else None,
+            headers={"PAYMENT-SIGNATURE": payments[0]},
+        )
+    assert again.status_code == 402, again.text
+    assert again.json()["error"] == REPLAY
+    assert len(llm.requests) == forwarded

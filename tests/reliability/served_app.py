@@ -13,13 +13,17 @@ settling on the test chain:
 ``X402GATE_TEST_RUNS``         file that gets one line (the worker's pid) per paid handler run
 ``X402GATE_TEST_DIE_SETTLED``  when set: the worker SIGKILLs itself right after a settlement
                                succeeded, before anything is recorded or answered
+``X402GATE_TEST_DIE_ANSWERING`` when set: the worker SIGKILLs itself when a paid answer's
+                               headers went out, before its body (the claim is marked used)
 ``X402GATE_TEST_OWNER_GRACE``  seconds a claim whose request vanished is left to it before a
                                retry found paid on chain takes it over (default 60)
 =============================  ==========================================================
 
-Routes: ``GET /paid`` costs $0.01; ``POST /metered`` is priced per token (12 in, 40 out: $0.092)
-with a $0.50 credit top-up; ``GET /free`` and ``GET /health`` are free. Every answer carries
-``x-served-by: <pid>`` so a test can see which worker process answered it.
+Routes: ``GET /paid`` costs $0.01, and so does ``GET /slow`` (an answer streamed in
+:data:`SLOW_CHUNKS` chunks, one per :data:`SLOW_INTERVAL` seconds); ``POST /metered`` is
+priced per token (12 in, 40 out: $0.092) with a $0.50 credit top-up; ``GET /free`` and
+``GET /health`` are free. Every answer carries ``x-served-by: <pid>`` so a test can see which
+worker process answered it.
 """
 
 from __future__ import annotations
@@ -38,9 +42,12 @@ ENV_STORE = "X402GATE_TEST_STORE"
 ENV_RUNS = "X402GATE_TEST_RUNS"
 ENV_DIE_SETTLED = "X402GATE_TEST_DIE_SETTLED"
 ENV_OWNER_GRACE = "X402GATE_TEST_OWNER_GRACE"
+ENV_DIE_ANSWERING = "X402GATE_TEST_DIE_ANSWERING"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
 METERED_CHARGE = 12 * 1_000 + 40 * 2_000
 METERED_TOPUP = 500_000
+SLOW_CHUNKS = 12
+SLOW_INTERVAL = 0.5
 
 
 class _DyingAfterSettlement:
@@ -66,16 +73,24 @@ class _DyingAfterSettlement:
 
 def _with_worker_pid(app: Any) -> Any:
     pid = str(os.getpid()).encode()
+    die_answering = bool(os.environ.get(ENV_DIE_ANSWERING))
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        paid = False
 
         async def send_with_pid(message: Any) -> None:
+            nonlocal paid
             if message["type"] == "http.response.start":
+                paid = any(k.lower() == b"payment-response" for k, _ in message.get("headers", ()))
                 message = dict(message)
                 message["headers"] = [*message.get("headers", ()), (b"x-served-by", pid)]
+            elif paid and die_answering:
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)  # settled and marked used; no body sent
             await send(message)
 
         await app(scope, receive, send_with_pid)
@@ -87,7 +102,7 @@ def create_app() -> Any:
     """Build the app from the environment (uvicorn calls this once per worker process)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from x402gate import Asset, ChainReconciler, LocalFacilitator, PaymentGate
@@ -131,6 +146,19 @@ def create_app() -> Any:
         count_run()
         return JSONResponse({"secret": PAID_CONTENT, "usage": USAGE})
 
+    async def slow(request: Request) -> StreamingResponse:
+        count_run()
+
+        async def chunks() -> Any:
+            import asyncio
+
+            for n in range(SLOW_CHUNKS):
+                if n:
+                    await asyncio.sleep(SLOW_INTERVAL)
+                yield f"{PAID_CONTENT} {n}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
     async def free(request: Request) -> JSONResponse:
         return JSONResponse({"free": True})
 
@@ -139,6 +167,7 @@ def create_app() -> Any:
     app = Starlette(
         routes=[
             Route("/paid", paid),
+            Route("/slow", slow),
             Route("/metered", metered, methods=["POST"]),
             Route("/free", free),
             Route("/health", free),
@@ -147,6 +176,7 @@ def create_app() -> Any:
     per_token = PerToken(TokenPrice(input="$1", output="$2", per=1_000))
     routes = {
         "GET /paid": PRICE,
+        "GET /slow": PRICE,
         "POST /metered": gate.route(per_token, credit_topup="$0.50"),
     }
     return _with_worker_pid(PaymentMiddleware(app, gate=gate, routes=routes))

@@ -31,6 +31,7 @@ class Entry:
     token: str
     expires_at: float
     checked_at: float | None = None
+    alive_at: float = 0.0
 
 
 class Model:
@@ -50,7 +51,7 @@ class Model:
         if entry is None:
             self.entries[key] = Entry("held", resource, token, expires_at)
             return ClaimResult.CLAIMED
-        if entry.state == "used":
+        if entry.state in ("used", "sending"):
             return ClaimResult.USED
         if entry.resource != resource:
             return ClaimResult.BOUND_ELSEWHERE
@@ -63,7 +64,15 @@ class Model:
     def finish_answers(self, key: str, token: str, new_state: str, now: float) -> set[bool]:
         """What release / mark_used may answer: either, once the entry may have been purged."""
         entry = self.entries.get(key)
-        if entry is None or entry.token != token or entry.state not in ("held", new_state):
+        sources = ("held", "sending", "used") if new_state == "used" else ("held", new_state)
+        if entry is None or entry.token != token or entry.state not in sources:
+            return {False}
+        return {True} if now < entry.expires_at else {True, False}
+
+    def mark_sending_answers(self, key: str, token: str, now: float) -> set[bool]:
+        """What mark_used(key, token, now) may answer: either, once the entry may be purged."""
+        entry = self.entries.get(key)
+        if entry is None or entry.token != token or entry.state == "released":
             return {False}
         return {True} if now < entry.expires_at else {True, False}
 
@@ -72,10 +81,13 @@ class Model:
         return entry.state if entry is not None else None
 
     def recovery_check(
-        self, key: str, resource: str, now: float, min_interval: float
+        self, key: str, resource: str, now: float, min_interval: float, grace: float | None
     ) -> str | None:
         entry = self.live(key, now)
-        if entry is None or entry.state != "held" or entry.resource != resource:
+        if entry is None or entry.resource != resource:
+            return None
+        stale = entry.state == "sending" and grace is not None and now >= entry.alive_at + grace
+        if entry.state != "held" and not stale:
             return None
         if entry.checked_at is not None and now < entry.checked_at + min_interval:
             return None
@@ -85,7 +97,11 @@ class Model:
     def take_over_answers(self, key: str, holder: str, token: str, now: float) -> set[bool]:
         """What take_over may answer: either, once the entry may have been purged."""
         entry = self.entries.get(key)
-        if entry is None or entry.state != "held" or entry.token not in (holder, token):
+        if entry is None:
+            return {False}
+        held = entry.state == "held" and entry.token in (holder, token)
+        sending = entry.state == "sending" and entry.token == holder
+        if not held and not sending:
             return {False}
         return {True} if now < entry.expires_at else {True, False}
 
@@ -126,10 +142,25 @@ class StoreMachine(RuleBasedStateMachine):
         if done:
             self.model.entries[key].state = new_state
 
-    @rule(key=KEYS, resource=RESOURCES, interval=st.sampled_from([0.5, 1.0, 2.0]))
-    def recovery_check(self, key: str, resource: str, interval: float) -> None:
-        expected = self.model.recovery_check(key, resource, self.now, interval)
-        got = self.store.recovery_check(self.namespace + key, resource, self.now, interval)
+    @rule(key=KEYS, token=TOKENS)
+    def mark_sending(self, key: str, token: str) -> None:
+        allowed = self.model.mark_sending_answers(key, token, self.now)
+        done = self.store.mark_used(self.namespace + key, token, self.now)
+        assert done in allowed
+        entry = self.model.entries.get(key)
+        if done and entry is not None and entry.state != "used":
+            entry.state = "sending"
+            entry.alive_at = max(entry.alive_at, self.now)
+
+    @rule(
+        key=KEYS,
+        resource=RESOURCES,
+        interval=st.sampled_from([0.5, 1.0, 2.0]),
+        grace=st.sampled_from([None, 0.5, 2.0]),
+    )
+    def recovery_check(self, key: str, resource: str, interval: float, grace: float | None) -> None:
+        expected = self.model.recovery_check(key, resource, self.now, interval, grace)
+        got = self.store.recovery_check(self.namespace + key, resource, self.now, interval, grace)
         assert got == expected
 
     @rule(key=KEYS, holder=TOKENS, token=TOKENS)
@@ -139,6 +170,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert done in allowed
         if done:
             self.model.entries[key].token = token
+            self.model.entries[key].state = "held"
 
     @rule(key=KEYS)
     def state(self, key: str) -> None:

@@ -113,3 +113,66 @@ def test_a_sqlite_file_written_before_recovery_existed_gains_it(tmp_path: Path) 
         assert reopened.mark_used(KEY, "retry")
     finally:
         reopened.close()
+
+
+def test_a_claim_whose_answer_is_on_the_way_is_recovered_only_once_stale(store: Store) -> None:
+    assert store.claim(KEY, RESOURCE, "lost", EXP, NOW) is ClaimResult.CLAIMED
+    assert store.mark_used(KEY, "lost", NOW)  # settled, answer on the way
+    assert store.state(KEY, NOW) == "sending"
+    # Every other request sees a used authorization.
+    assert store.claim(KEY, RESOURCE, "retry", EXP, NOW) is ClaimResult.USED
+    assert not store.release(KEY, "lost")
+    # Without a grace, or while the request renews its sign of life, nobody takes it over.
+    assert store.recovery_check(KEY, RESOURCE, NOW + 100, 2.0) is None
+    assert store.mark_used(KEY, "lost", NOW + 5)  # renewed
+    assert store.mark_used(KEY, "lost", NOW + 1)  # never moves back
+    assert store.recovery_check(KEY, RESOURCE, NOW + 9.9, 2.0, 5.0) is None
+    assert store.recovery_check(KEY, RESOURCE, NOW + 10, 2.0, 5.0) == "lost"
+    assert not store.take_over(KEY, "someone-else", "retry")
+    assert store.take_over(KEY, "lost", "retry")
+    assert store.state(KEY, NOW + 10) == "held"
+    # The lost request can neither renew nor finish its answer any more.
+    assert not store.mark_used(KEY, "lost", NOW + 11)
+    assert not store.mark_used(KEY, "lost")
+    assert store.mark_used(KEY, "retry", NOW + 11)
+    assert store.mark_used(KEY, "retry")  # answered
+    assert store.state(KEY, NOW + 11) == "used"
+    assert store.mark_used(KEY, "retry", NOW + 12)  # a late renewal changes nothing
+    assert store.state(KEY, NOW + 12) == "used"
+    assert store.recovery_check(KEY, RESOURCE, NOW + 1000, 2.0, 5.0) is None
+    assert not store.take_over(KEY, "retry", "third")
+
+
+def test_an_answered_claim_is_never_recovered(store: Store) -> None:
+    store.claim(KEY, RESOURCE, "a", EXP, NOW)
+    assert store.mark_used(KEY, "a", NOW)
+    assert store.mark_used(KEY, "a")
+    assert store.state(KEY, NOW) == "used"
+    assert store.recovery_check(KEY, RESOURCE, NOW + 500, 2.0, 1.0) is None
+    assert not store.take_over(KEY, "a", "retry")
+    assert store.claim(KEY, RESOURCE, "retry", EXP, NOW + 500) is ClaimResult.USED
+
+
+def test_of_concurrent_retries_one_takes_a_stale_sending_claim_over(
+    make_handle: StoreFactory,
+) -> None:
+    first = make_handle()
+    first.claim(KEY, RESOURCE, "lost", EXP, NOW)
+    assert first.mark_used(KEY, "lost", NOW)
+    workers = 8
+    handles = [make_handle() for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+
+    def retry(n: int) -> tuple[str | None, bool]:
+        barrier.wait(30)
+        seen = handles[n].recovery_check(KEY, RESOURCE, NOW + 60, 5.0, 30.0)
+        barrier.wait(30)
+        return seen, handles[n].take_over(KEY, "lost", f"retry-{n}")
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(retry, range(workers)))
+    assert [seen for seen, _ in results if seen is not None] == ["lost"]
+    winners = [n for n, (_, won) in enumerate(results) if won]
+    assert len(winners) == 1
+    assert not first.mark_used(KEY, "lost")
+    assert first.mark_used(KEY, f"retry-{winners[0]}")

@@ -278,6 +278,10 @@ def settling_send(
                     gate.hold_commit(session)
                 try:
                     await send(message)
+                    if last:
+                        # Started before the commit below, which the request's cancellation
+                        # (the answer is over) may interrupt.
+                        gate.start_delivered(session)
                 finally:
                     if chunk:
                         if session.meter is None:
@@ -291,6 +295,9 @@ def settling_send(
                         await gate.complete_after_send(session, _usage(session))
             else:
                 await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                # The whole answer is with the server: a retry of the payment is a replay now.
+                await gate.delivered(session)
             if recording and kind == "http.response.body":
                 chunk = message.get("body", b"")
                 size += len(chunk)
@@ -330,6 +337,8 @@ async def run_paid_app(
 async def finish_recording(gate: PaymentGate, session: PaymentSession) -> None:
     """After the app returned: charge a metered answer that never completed for what it used,
     and record an answer that never completed as not kept."""
+    # A settled answer that never went out whole: a retry of the payment is served instead.
+    await gate.delivered(session, complete=False)
     if session.reservation is not None:
         await gate.complete(session, _usage(session))
     if session.done and session.idempotency is not None:

@@ -301,6 +301,8 @@ class _PaidView:
             # Kept for retries with the same payment identifier; a stream cannot be replayed.
             body = None if response.is_streamed else response.get_data()
             gate.record_sync(session, response.status_code, response.headers.items(), body)
+        # The server closes the answer once it has written it: a retry is a replay from then on.
+        response.call_on_close(lambda: gate.delivered_sync(session))
         return response
 
 

@@ -225,6 +225,8 @@ class _Settling:
 
     def ended(self, complete: bool) -> None:
         """The server has taken the whole answer (or closed early): keep it for retries."""
+        # A per-second answer ended at its paid maximum is whole: it is all that was paid for.
+        self.gate.delivered_sync(self.session, complete or self.gate.answer_overdue(self.session))
         if self.recording:
             self.recording = False
             whole = complete and self.size <= MAX_IDEMPOTENT_RESPONSE_BYTES

@@ -37,6 +37,16 @@ chain for such a key and, when the transfer is there, serves the buyer's retry i
 
 ``held`` (by a lost token) --take_over--> ``held`` (by the retry's token) --mark_used--> ``used``
 
+A request can also be lost after its claim was marked used, while its answer was still on the
+way (the process killed, the connection dropped). The gate therefore marks a claim used in two
+steps when it reconciles: ``mark_used(key, token, now)`` makes it *sending* (settled, the answer
+on the way; :meth:`Store.claim` answers ``USED`` for it as for a used key), and the request
+renews that stamp while its answer runs; ``mark_used(key, token)`` once the whole answer was
+handed to the server makes it ``used``. A sending key whose request stopped renewing for
+``answer_grace`` seconds is recovered like a held one:
+
+``sending`` (stale) --take_over--> ``held`` (by the retry's token) --mark_used--> ``used``
+
 * :meth:`Store.recovery_check` rations the chain reads: for a live ``held`` key bound to this
   resource, not checked in the last ``min_interval`` seconds, it stamps ``now`` and answers the
   holder's token; in every other case ``None``. Of concurrent retries in one interval exactly
@@ -456,8 +466,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def mark_used(self, key: str, token: str) -> bool:
-        """Held by ``token`` → used (settled).
+    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        """Held (or sending) by ``token`` → used (settled, and answered).
+
+        With ``now``: held by ``token`` → *sending* (settled, its answer on the way), alive at
+        ``now``; repeated on a sending key it moves that stamp later (never earlier), which is
+        how a running answer shows it is alive. A key already used stays used.
 
         True also when ``token`` already marked it used; False in every other case (absent,
         held by another token, released: a released key must be claimed again first).
@@ -465,7 +479,7 @@ class Store(ABC):
 
     @abstractmethod
     def state(self, key: str, now: float) -> str | None:
-        """``"held"``, ``"released"``, ``"used"`` or ``None`` (absent or expired).
+        """``"held"``, ``"released"``, ``"sending"``, ``"used"`` or ``None`` (absent or expired).
 
         For tests and tools; the gate itself only needs :meth:`claim`.
         """
@@ -475,18 +489,26 @@ class Store(ABC):
     built-in ones do); without them the gate never serves a retry of a claimed authorization."""
 
     def recovery_check(
-        self, key: str, resource: str, now: float, min_interval: float
+        self,
+        key: str,
+        resource: str,
+        now: float,
+        min_interval: float,
+        answer_grace: float | None = None,
     ) -> str | None:
         """The token holding ``key`` for ``resource``, at most once per ``min_interval`` seconds.
 
         For a live ``held`` key bound to ``resource`` whose last check is ``min_interval`` or
         more seconds before ``now`` (or that was never checked): records ``now`` as its last
-        check and answers the holder's token. ``None`` in every other case.
+        check and answers the holder's token. The same for a live ``sending`` key whose last
+        sign of life is ``answer_grace`` or more seconds before ``now`` (never when
+        ``answer_grace`` is ``None``). ``None`` in every other case.
         """
         raise ConfigurationError(f"{type(self).__name__} cannot recover claims")
 
     def take_over(self, key: str, holder: str, token: str) -> bool:
-        """Held by ``holder`` → held by ``token``; True also when ``token`` already holds it.
+        """Held or sending by ``holder`` → held by ``token``; True also when ``token`` already
+        holds it.
 
         False in every other case (absent, released, used, held by a third token). Takes no
         clock: on an expired entry the answer is unspecified.

@@ -38,7 +38,7 @@ from .registry import register_scheme
 
 __all__ = ["MemoryStore"]
 
-HELD, RELEASED, USED = "held", "released", "used"
+HELD, RELEASED, SENDING, USED = "held", "released", "sending", "used"
 
 # Expired entries forgotten per claim at most: keeps every call O(log n) however many
 # entries expire at once, while still forgetting them faster than new claims arrive.
@@ -52,6 +52,7 @@ class _Entry:
     token: str
     expires_at: float
     checked_at: float | None = None  # last chain look-up for a recovery (recovery_check)
+    alive_at: float = 0.0  # while sending: the last sign of life of the request answering
 
 
 @dataclass(slots=True)
@@ -140,7 +141,7 @@ class MemoryStore(Store):
             self._purge(now)
             entry = self._entries.get(key)
             if entry is not None and now < entry.expires_at:
-                if entry.state == USED:
+                if entry.state in (USED, SENDING):
                     return ClaimResult.USED
                 if entry.resource != resource:
                     return ClaimResult.BOUND_ELSEWHERE
@@ -158,20 +159,39 @@ class MemoryStore(Store):
     def release(self, key: str, token: str) -> bool:
         return self._finish(key, token, RELEASED)
 
-    def mark_used(self, key: str, token: str) -> bool:
-        return self._finish(key, token, USED)
+    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.token != token or entry.state == RELEASED:
+                return False
+            if now is None:
+                entry.state = USED
+            elif entry.state != USED:  # an answered claim stays answered
+                entry.state = SENDING
+                entry.alive_at = max(entry.alive_at, now)
+            return True
 
     def recovery_check(
-        self, key: str, resource: str, now: float, min_interval: float
+        self,
+        key: str,
+        resource: str,
+        now: float,
+        min_interval: float,
+        answer_grace: float | None = None,
     ) -> str | None:
         with self._lock:
             entry = self._entries.get(key)
             if (
                 entry is None
                 or now >= entry.expires_at
-                or entry.state != HELD
                 or entry.resource != resource
                 or (entry.checked_at is not None and now < entry.checked_at + min_interval)
+            ):
+                return None
+            if entry.state != HELD and not (
+                entry.state == SENDING
+                and answer_grace is not None
+                and now >= entry.alive_at + answer_grace
             ):
                 return None
             entry.checked_at = now
@@ -180,10 +200,15 @@ class MemoryStore(Store):
     def take_over(self, key: str, holder: str, token: str) -> bool:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry.state != HELD or entry.token not in (holder, token):
+            if entry is None:
                 return False
-            entry.token = token
-            return True
+            if entry.state == HELD and entry.token in (holder, token):
+                entry.token = token
+                return True
+            if entry.state == SENDING and entry.token == holder:
+                entry.state, entry.token = HELD, token
+                return True
+            return False
 
     def state(self, key: str, now: float) -> str | None:
         with self._lock:

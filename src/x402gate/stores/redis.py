@@ -5,8 +5,9 @@ URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS),
 and ``key_prefix`` (default ``x402gate:``). An existing synchronous ``redis.Redis`` client may be
 passed instead; the store then never closes it.
 
-Each entry is one hash, ``<prefix>replay:<key>`` for claims and ``<prefix>idem:<id>`` for
-payment identifiers. Every check-and-set is one Lua script, which Redis runs atomically; scripts
+Each entry is one hash, ``<prefix>replay:<key>`` for claims (a claim whose answer is on the way
+has the state ``sending`` and its last sign of life in ``alive_at``) and ``<prefix>idem:<id>``
+for payment identifiers. Every check-and-set is one Lua script, which Redis runs atomically; scripts
 are sent once and then called by SHA (redis-py's ``register_script`` reloads them after a
 ``SCRIPT FLUSH`` or a failover). Later concerns (credit) get their own key spaces under the
 prefix and their own scripts. Stored responses are base64 text, so that a client built with
@@ -82,13 +83,13 @@ local entry = redis.call('HMGET', KEYS[1], 'state', 'resource', 'expires_at', 't
 local now = tonumber(ARGV[4])
 local expires_at = ARGV[3]
 if entry[1] and tonumber(entry[3]) > now then
-    if entry[1] == 'used' then return 'used' end
+    if entry[1] == 'used' or entry[1] == 'sending' then return 'used' end
     if entry[2] ~= ARGV[1] then return 'bound_elsewhere' end
     if entry[1] == 'held' and entry[4] ~= ARGV[2] then return 'in_flight' end
     if tonumber(entry[3]) > tonumber(expires_at) then expires_at = entry[3] end
 else
     -- A new entry: nothing of an expired one carries over (its last recovery check).
-    redis.call('HDEL', KEYS[1], 'checked_at')
+    redis.call('HDEL', KEYS[1], 'checked_at', 'alive_at')
 end
 local ttl_ms = math.ceil((tonumber(expires_at) - now) * 1000) + tonumber(ARGV[5])
 if ttl_ms <= 0 then
@@ -112,12 +113,35 @@ end
 return 0
 """
 
-# KEYS[1] entry; ARGV resource, now, min_interval. Answers the holder's token or false.
+# KEYS[1] entry; ARGV token, now ('' marks the answer complete). The TTL is left as it is.
+_MARK_USED = """
+local entry = redis.call('HMGET', KEYS[1], 'state', 'token', 'alive_at')
+if entry[2] ~= ARGV[1] or not (entry[1] == 'held' or entry[1] == 'sending'
+                               or entry[1] == 'used') then
+    return 0
+end
+if ARGV[2] == '' then
+    redis.call('HSET', KEYS[1], 'state', 'used')
+elseif entry[1] ~= 'used' then
+    local alive_at = ARGV[2]
+    if entry[3] and tonumber(entry[3]) > tonumber(alive_at) then alive_at = entry[3] end
+    redis.call('HSET', KEYS[1], 'state', 'sending', 'alive_at', alive_at)
+end
+return 1
+"""
+
+# KEYS[1] entry; ARGV resource, now, min_interval, answer_grace ('' for none). Answers the
+# holder's token or false.
 _RECOVERY_CHECK = """
 local entry = redis.call('HMGET', KEYS[1], 'state', 'resource', 'expires_at', 'token',
-                         'checked_at')
+                         'checked_at', 'alive_at')
 local now = tonumber(ARGV[2])
-if entry[1] ~= 'held' or entry[2] ~= ARGV[1] or tonumber(entry[3]) <= now then return false end
+if entry[2] ~= ARGV[1] or not entry[3] or tonumber(entry[3]) <= now then return false end
+if entry[1] == 'sending' then
+    if ARGV[4] == '' or now < tonumber(entry[6] or '0') + tonumber(ARGV[4]) then return false end
+elseif entry[1] ~= 'held' then
+    return false
+end
 if entry[5] and now < tonumber(entry[5]) + tonumber(ARGV[3]) then return false end
 redis.call('HSET', KEYS[1], 'checked_at', ARGV[2])
 return entry[4]
@@ -126,8 +150,9 @@ return entry[4]
 # KEYS[1] entry; ARGV holder, token. The TTL is left as it is.
 _TAKE_OVER = """
 local entry = redis.call('HMGET', KEYS[1], 'state', 'token')
-if entry[1] == 'held' and (entry[2] == ARGV[1] or entry[2] == ARGV[2]) then
-    redis.call('HSET', KEYS[1], 'token', ARGV[2])
+if (entry[1] == 'held' and (entry[2] == ARGV[1] or entry[2] == ARGV[2]))
+   or (entry[1] == 'sending' and entry[2] == ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'token', ARGV[2], 'state', 'held')
     return 1
 end
 return 0
@@ -542,6 +567,7 @@ class RedisStore(Store):
         self._claim_script = client.register_script(_CLAIM)
         self._finish_script = client.register_script(_FINISH)
         self._recovery_check_script = client.register_script(_RECOVERY_CHECK)
+        self._mark_used_script = client.register_script(_MARK_USED)
         self._take_over_script = client.register_script(_TAKE_OVER)
         self._idem_begin_script = client.register_script(_IDEM_BEGIN)
         self._idem_complete_script = client.register_script(_IDEM_COMPLETE)
@@ -616,16 +642,28 @@ class RedisStore(Store):
     def release(self, key: str, token: str) -> bool:
         return self._finish("release", key, token, "released")
 
-    def mark_used(self, key: str, token: str) -> bool:
-        return self._finish("mark_used", key, token, "used")
+    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        try:
+            done = self._mark_used_script(
+                keys=[self._key(key)], args=[token, "" if now is None else repr(float(now))]
+            )
+        except self._redis_errors as exc:
+            self._fail("mark_used", exc)
+        return int(done) == 1
 
     def recovery_check(
-        self, key: str, resource: str, now: float, min_interval: float
+        self,
+        key: str,
+        resource: str,
+        now: float,
+        min_interval: float,
+        answer_grace: float | None = None,
     ) -> str | None:
+        grace = "" if answer_grace is None else repr(float(answer_grace))
         try:
             answer = self._recovery_check_script(
                 keys=[self._key(key)],
-                args=[resource, repr(float(now)), repr(float(min_interval))],
+                args=[resource, repr(float(now)), repr(float(min_interval)), grace],
             )
         except self._redis_errors as exc:
             self._fail("recovery_check", exc)

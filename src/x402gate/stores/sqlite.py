@@ -46,6 +46,11 @@ How it stays correct:
   lose a top-up or create credit out of nothing; the operator may lose the charges of the last
   requests before the power cut. ``ledger_synchronous=full`` fsyncs those writes too (about two
   fsyncs more per request served from credit).
+* A claim whose answer is on the way (*sending*, see :meth:`~x402gate.stores.base.Store.mark_used`)
+  is a ``used`` row plus a row of ``x402gate_answering`` (its last sign of life), so that files
+  and workers of before it read such a claim as used: a replay, the safe reading. Marking the
+  answer delivered deletes that row, with ``synchronous`` like every replay write; it is one
+  transaction after the answer went out, off the client's critical path.
 """
 
 from __future__ import annotations
@@ -108,6 +113,12 @@ CREATE TABLE IF NOT EXISTS x402gate_recovery (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_recovery_expires_at ON x402gate_recovery (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_answering (
+    key TEXT PRIMARY KEY,
+    alive_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_answering_expires_at ON x402gate_answering (expires_at);
 CREATE TABLE IF NOT EXISTS x402gate_idempotency (
     id TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
@@ -321,6 +332,7 @@ class SQLiteStore(Store):
                 return ClaimResult.CLAIMED
             # A new entry: nothing of an expired one carries over (its last recovery check).
             conn.execute("DELETE FROM x402gate_recovery WHERE key = ?", (key,))
+            conn.execute("DELETE FROM x402gate_answering WHERE key = ?", (key,))
             conn.execute(
                 "INSERT OR REPLACE INTO x402gate_replay (key, resource, token, state, expires_at)"
                 " VALUES (?, ?, ?, 'held', ?)",
@@ -333,21 +345,71 @@ class SQLiteStore(Store):
     def release(self, key: str, token: str) -> bool:
         return self._finish("release", key, token, "released")
 
-    def mark_used(self, key: str, token: str) -> bool:
-        return self._finish("mark_used", key, token, "used")
+    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        # "sending" is a used row with a row in x402gate_answering: files and workers of before
+        # it see a used claim (a replay), which is the safe reading.
+        if now is None:
+
+            def answered(conn: sqlite3.Connection) -> bool:
+                cursor = conn.execute(
+                    "UPDATE x402gate_replay SET state = 'used'"
+                    " WHERE key = ? AND token = ? AND state IN ('held', 'used')",
+                    (key, token),
+                )
+                if cursor.rowcount != 1:
+                    return False
+                conn.execute("DELETE FROM x402gate_answering WHERE key = ?", (key,))
+                return True
+
+            # Synced like every replay write: it comes after the answer went out (off the
+            # client's critical path), and a power cut must not make an answer look undelivered.
+            return self._write("mark_used", answered)
+
+        def sending(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT r.state, r.expires_at, a.key FROM x402gate_replay AS r"
+                " LEFT JOIN x402gate_answering AS a ON a.key = r.key"
+                " WHERE r.key = ? AND r.token = ?",
+                (key, token),
+            ).fetchone()
+            if row is None or row[0] == "released":
+                return False
+            if row[0] == "used" and row[2] is None:
+                return True  # answered already: it stays answered
+            conn.execute("UPDATE x402gate_replay SET state = 'used' WHERE key = ?", (key,))
+            conn.execute(
+                "INSERT INTO x402gate_answering (key, alive_at, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET alive_at = max(alive_at, excluded.alive_at),"
+                " expires_at = excluded.expires_at",
+                (key, now, row[1]),
+            )
+            return True
+
+        return self._write("mark_used", sending)
 
     def recovery_check(
-        self, key: str, resource: str, now: float, min_interval: float
+        self,
+        key: str,
+        resource: str,
+        now: float,
+        min_interval: float,
+        answer_grace: float | None = None,
     ) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
-                "SELECT r.token, r.expires_at, c.checked_at FROM x402gate_replay AS r"
+                "SELECT r.token, r.expires_at, c.checked_at, r.state, a.alive_at"
+                " FROM x402gate_replay AS r"
                 " LEFT JOIN x402gate_recovery AS c ON c.key = r.key"
-                " WHERE r.key = ? AND r.state = 'held' AND r.resource = ?",
+                " LEFT JOIN x402gate_answering AS a ON a.key = r.key"
+                " WHERE r.key = ? AND r.state IN ('held', 'used') AND r.resource = ?",
                 (key, resource),
             ).fetchone()
             if row is None or now >= row[1] or (row[2] is not None and now < row[2] + min_interval):
                 return None
+            if row[3] == "used" and (
+                row[4] is None or answer_grace is None or now < row[4] + answer_grace
+            ):
+                return None  # answered, or its request may still be sending the answer
             # A table of its own, so that files written before recovery existed keep working.
             conn.execute(
                 "INSERT OR REPLACE INTO x402gate_recovery (key, checked_at, expires_at)"
@@ -362,11 +424,16 @@ class SQLiteStore(Store):
     def take_over(self, key: str, holder: str, token: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "UPDATE x402gate_replay SET token = ?3"
-                " WHERE key = ?1 AND state = 'held' AND token IN (?2, ?3)",
+                "UPDATE x402gate_replay SET token = ?3, state = 'held'"
+                " WHERE key = ?1 AND ((state = 'held' AND token IN (?2, ?3))"
+                " OR (state = 'used' AND token = ?2"
+                " AND key IN (SELECT key FROM x402gate_answering WHERE key = ?1)))",
                 (key, holder, token),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            conn.execute("DELETE FROM x402gate_answering WHERE key = ?", (key,))
+            return True
 
         return self._write("take_over", run)
 
@@ -377,7 +444,11 @@ class SQLiteStore(Store):
             try:
                 row = (
                     self._connection()
-                    .execute("SELECT state, expires_at FROM x402gate_replay WHERE key = ?", (key,))
+                    .execute(
+                        "SELECT r.state, r.expires_at, a.key FROM x402gate_replay AS r"
+                        " LEFT JOIN x402gate_answering AS a ON a.key = r.key WHERE r.key = ?",
+                        (key,),
+                    )
                     .fetchone()
                 )
             except sqlite3.Error as exc:
@@ -385,7 +456,7 @@ class SQLiteStore(Store):
                 raise self._error("state", exc) from exc
         if row is None or now >= row[1]:
             return None
-        state: str = row[0]
+        state: str = "sending" if row[0] == "used" and row[2] is not None else row[0]
         return state
 
     def _finish(self, op: str, key: str, token: str, new_state: str) -> bool:
@@ -410,6 +481,11 @@ class SQLiteStore(Store):
         conn.execute(
             "DELETE FROM x402gate_recovery WHERE key IN"
             " (SELECT key FROM x402gate_recovery WHERE expires_at <= ? LIMIT ?)",
+            (now, _PURGE_LIMIT),
+        )
+        conn.execute(
+            "DELETE FROM x402gate_answering WHERE key IN"
+            " (SELECT key FROM x402gate_answering WHERE expires_at <= ? LIMIT ?)",
             (now, _PURGE_LIMIT),
         )
         # A full batch means a backlog: purge again on the next claim, else wait a while.
@@ -498,7 +574,7 @@ class SQLiteStore(Store):
                 raise self._error("idempotency_state", exc) from exc
         if row is None or now >= row[1]:
             return None
-        state: str = row[0]
+        state: str = "sending" if row[0] == "used" and row[2] is not None else row[0]
         return state
 
     def _purge_idem(self, conn: sqlite3.Connection, now: float) -> None:

@@ -238,6 +238,8 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
         # Kept for retries with the same payment identifier; a stream cannot be replayed.
         body = None if response.streaming else bytes(response.content)
         yield runtime.gate.record(session, status, list(response.items()), body)
+    # Handed back to Django whole: a retry of the payment is a replay from now on.
+    yield runtime.gate.delivered(session)
     return response
 
 
