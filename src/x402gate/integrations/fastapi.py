@@ -161,12 +161,20 @@ class _SettlementLayer:
         self.settings = settings
 
     async def check_startup(self) -> None:
-        """The start-up checks of the app's gate and of every gate a paid operation names."""
+        """The route of every paid operation, built on the gate it charges through (a route
+        option that gate refuses stops the start, naming the operation), then the start-up
+        checks of the app's gate and of every gate a paid operation names."""
         gates = {id(self.settings.gate): self.settings.gate}
         if self.settings.app is not None:
-            for _, dependency in paid_operations(self.settings.app.routes):
-                if dependency.gate is not None:
-                    gates.setdefault(id(dependency.gate), dependency.gate)
+            for route, dependency in paid_operations(self.settings.app.routes):
+                paying = dependency.gate or self.settings.gate
+                try:
+                    dependency.route_for(paying)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(
+                        f"require_payment() on {_key(route)} ({_endpoint_name(route)}): {exc}"
+                    ) from exc
+                gates.setdefault(id(paying), paying)
         for gate in gates.values():
             await gate.check_startup()
 
@@ -374,6 +382,12 @@ def paid_operations(routes: Sequence[Any]) -> Iterator[tuple[Any, RequirePayment
             dependency = _find(route.dependant)
             if dependency is not None:
                 yield route, dependency
+
+
+def _endpoint_name(route: Any) -> str:
+    original = getattr(route, "original_route", route)
+    endpoint = getattr(original, "endpoint", None)
+    return str(getattr(endpoint, "__qualname__", None) or getattr(original, "name", "?"))
 
 
 def _key(route: Any) -> str:

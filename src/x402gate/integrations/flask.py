@@ -214,9 +214,18 @@ class X402Gate:
             if self._gate is None:
                 gate.close()  # built here: nobody else will close its store
             raise
+        try:
+            for endpoint, view in app.view_functions.items():
+                rules = [r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint]
+                _check_view(endpoint, ", ".join(rules), view, gate)
+        except ConfigurationError:
+            if self._gate is None:
+                gate.close()
+            raise
         app.extensions[EXTENSION_KEY] = GateState(
             gate, self.trust_proxy_headers, self.max_body_bytes
         )
+        _check_views_added(app, gate)
         if self.discovery:
             app.add_url_rule(WELL_KNOWN_PATH, "x402gate_discovery", _discovery, methods=["GET"])
         app.add_url_rule(CREDIT_PATH, "x402gate_credit", _credit, methods=["GET"])
@@ -225,6 +234,37 @@ class X402Gate:
     def gate(self) -> PaymentGate:
         """The gate of the current app (or the one given to the constructor)."""
         return self._gate if self._gate is not None else _state().gate
+
+
+def _check_view(endpoint: str, rule: str, view: Any, gate: PaymentGate) -> None:
+    """Build the route of a ``require_payment`` view now: a route option the gate refuses
+    (a metered price without ``public_origin``, a ``PerSecond`` longer than the credit TTL...)
+    stops the start naming the view, instead of failing its first paying request."""
+    paid = getattr(view, _MARK, None)
+    if not isinstance(paid, _PaidView):
+        return
+    try:
+        paid.route_for(paid.gate or gate)
+    except ConfigurationError as exc:
+        where = f" ({rule})" if rule else ""
+        raise ConfigurationError(f"@require_payment view {endpoint!r}{where}: {exc}") from exc
+
+
+def _check_views_added(app: Flask, gate: PaymentGate) -> None:
+    # Views are usually registered after X402Gate(app) (decorators run at import): each one
+    # registered from now on (blueprints included, they register through the app) is checked
+    # as it is added, still before the app serves anything.
+    add_url_rule = app.add_url_rule
+
+    @functools.wraps(add_url_rule)
+    def checked(
+        rule: str, endpoint: str | None = None, view_func: Any = None, *args: Any, **kwargs: Any
+    ) -> None:
+        if view_func is not None:
+            _check_view(endpoint or view_func.__name__, rule, view_func, gate)
+        add_url_rule(rule, endpoint, view_func, *args, **kwargs)
+
+    app.add_url_rule = checked  # type: ignore[method-assign]
 
 
 def _state() -> GateState:

@@ -23,6 +23,7 @@ from django.urls import include, path
 
 from x402gate.django import require_payment
 from x402gate.gate import STARTUP_CHECKS_ENV
+from x402gate.metering import PerSecond
 from x402gate.testing.facilitator_server import FacilitatorServer
 
 from .conftest import django_server
@@ -224,3 +225,84 @@ def test_a_store_that_cannot_be_created_stops_the_start(settings_for: Any, tmp_p
     with pytest.raises(ImproperlyConfigured) as raised, django_server(Site().urls(), settings):
         pass
     assert f"the directory {missing.parent} does not exist" in str(raised.value)
+
+
+# -- @require_payment views whose route the gate refuses ---------------------------------------
+
+ORIGIN = "https://api.example.com"
+NO_ORIGIN = "metered routes accept sign-in-with-x and session tokens: set the gate's public_origin"
+TOO_LONG = "must exceed PerSecond max_seconds (3600) by at least 30 seconds"
+REFUSED = [
+    pytest.param(PerSecond("$0.001", max_seconds=2), {}, NO_ORIGIN, id="metered-no-origin"),
+    pytest.param(
+        PerSecond("$0.001", max_seconds=3600),
+        {"PUBLIC_ORIGIN": ORIGIN},
+        TOO_LONG,
+        id="per-second-longer-than-ttl",
+    ),
+]
+
+
+def metered_urls(price: Any, runs: list[str]) -> list[Any]:
+    """A free view and a decorated view, ``stream``, priced ``price``."""
+
+    @require_payment(price)
+    def stream(request: HttpRequest) -> HttpResponse:
+        runs.append("stream")
+        return HttpResponse("PAID-CONTENT")
+
+    def free(request: HttpRequest) -> HttpResponse:
+        runs.append("free")
+        return HttpResponse("FREE-CONTENT")
+
+    return [path("stream/", stream, name="stream"), path("free/", free, name="free")]
+
+
+@pytest.mark.parametrize(("price", "extra", "why"), REFUSED)
+def test_a_decorated_view_the_gate_refuses_stops_the_start(
+    settings_for: Any, facilitator: FacilitatorServer, price: Any, extra: Any, why: str
+) -> None:
+    runs: list[str] = []
+    with (
+        pytest.raises(ImproperlyConfigured) as raised,
+        django_server(metered_urls(price, runs), settings_for({}, **extra)),
+    ):
+        pass
+    message = str(raised.value)
+    assert "@require_payment view 'stream' (GET /stream/)" in message
+    assert why in message
+    assert runs == []
+    assert facilitator.calls["supported"] == 0  # the views are checked first
+
+
+@pytest.mark.parametrize(("price", "extra", "why"), REFUSED)
+def test_check_e011_names_the_decorated_view_the_gate_refuses(
+    settings_for: Any, price: Any, extra: Any, why: str
+) -> None:
+    conf = urlconf(metered_urls(price, []))
+    with override_settings(ROOT_URLCONF=conf, X402GATE=settings_for({}, **extra)):
+        messages = [m for m in run_checks() if m.id and m.id.startswith("x402gate.")]
+    assert [m.id for m in messages] == ["x402gate.E011"]
+    assert "@require_payment view 'stream' (GET /stream/)" in messages[0].msg
+    assert why in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "price", ["$0.01", PerSecond("$0.001", max_seconds=2)], ids=["exact", "metered"]
+)
+def test_a_decorated_view_the_gate_accepts_starts_and_charges(
+    settings_for: Any, facilitator: FacilitatorServer, price: Any
+) -> None:
+    runs: list[str] = []
+    settings = settings_for({}, PUBLIC_ORIGIN=ORIGIN)
+    with override_settings(ROOT_URLCONF=urlconf(metered_urls(price, [])), X402GATE=settings):
+        ids = [m.id for m in run_checks() if m.id and m.id.startswith("x402gate.")]
+    with django_server(metered_urls(price, runs), settings) as url:
+        paid = requests.get(f"{url}/stream/", timeout=30)
+        free = requests.get(f"{url}/free/", timeout=30)
+    assert paid.status_code == 402 and "payment-required" in paid.headers
+    assert "PAID-CONTENT" not in paid.text
+    assert free.status_code == 200 and free.text == "FREE-CONTENT"
+    assert runs == ["free"]
+    assert facilitator.calls["supported"] == 1
+    assert ids == []

@@ -17,6 +17,8 @@ Run when ``"x402gate.django"`` is in ``INSTALLED_APPS``. Ids:
 * ``x402gate.E010`` a caching middleware (``UpdateCacheMiddleware``, ``CacheMiddleware``) below
   ``PaymentMiddleware``: it would store paid answers before they are marked private, and serve
   them to anyone;
+* ``x402gate.E011`` a ``@require_payment`` view whose price or options the gate refuses (a
+  metered price without ``PUBLIC_ORIGIN``, a ``PerSecond`` longer than the credit TTL, ...);
 * ``x402gate.W001`` the ``memory://`` store in production: it is per process, so behind several
   worker processes one payment could be accepted once per process.
 """
@@ -207,6 +209,19 @@ def _check_route_keys(gate: PaymentGate) -> list[CheckMessage]:
     return []
 
 
+def _check_decorated_views(gate: PaymentGate) -> list[CheckMessage]:
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    from .discovery import check_decorated_views
+
+    try:
+        problems = check_decorated_views(lambda paid: gate.route(paid.price, **paid.options))
+    except Exception:  # an URLconf that does not import: Django's own checks report it
+        return []
+    hint = "Fix the view's options or the gate's settings; see docs/django.md."
+    return [_error(11, problem, hint) for problem in problems]
+
+
 def _decorated_views() -> list[str]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []
@@ -298,6 +313,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     if gate is not None:
         route_errors = _check_routes(gate)
         errors += route_errors or _check_route_keys(gate)
+        errors += _check_decorated_views(gate)
     errors += _check_middleware()
     errors += _check_memory_store(gate)
     return errors

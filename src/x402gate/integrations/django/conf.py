@@ -344,8 +344,9 @@ def check_at_startup() -> None:
     """What :class:`~x402gate.integrations.django.middleware.PaymentMiddleware` checks when
     Django loads it (the WSGI/ASGI handler is built): the settings build a gate, every
     ``ROUTES`` key matches the URLconf, and the gate's start-up checks pass under
-    ``STARTUP_CHECKS``. Raises :class:`ImproperlyConfigured` with one message otherwise."""
-    from .discovery import check_route_keys
+    ``STARTUP_CHECKS``; every ``@require_payment`` view of the URLconf has a route the gate
+    accepts. Raises :class:`ImproperlyConfigured` with one message otherwise."""
+    from .discovery import check_decorated_views, check_route_keys
 
     runtime = get_runtime()
     mode = conf.STARTUP_CHECKS
@@ -356,6 +357,9 @@ def check_at_startup() -> None:
             )
         if getattr(settings, "ROOT_URLCONF", None):
             check_route_keys(runtime.table, runtime.views)
+            problems = check_decorated_views(runtime.route_for)
+            if problems:
+                raise ConfigurationError("; ".join(problems))
         runtime.gate.check_startup_sync(mode)
     except ConfigurationError as exc:
         raise ImproperlyConfigured(f"X402GATE: {exc}") from exc

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.urls import Resolver404, URLResolver, get_resolver, resolve
@@ -23,7 +23,7 @@ from ...routing import AppRoute, RouteTable, check_routes_exist
 from .conf import PaidView, Runtime, ViewRoute
 from .decorators import PAID_VIEW_ATTR
 
-__all__ = ["check_route_keys", "decorated_views", "discoverable_routes"]
+__all__ = ["check_decorated_views", "check_route_keys", "decorated_views", "discoverable_routes"]
 
 _CONVERTER_RE = re.compile(r"<(?:[^>:]+:)?([^>]+)>")  # path("<int:pk>/") → {pk}
 _GROUP_RE = re.compile(r"\(\?P<(\w+)>[^()]*\)")  # re_path(r"(?P<pk>[^/.]+)/") → {pk}
@@ -140,3 +140,25 @@ def decorated_views(urlconf: Any = None) -> list[str]:
         for template, callback, _ in _walk(get_resolver(urlconf).url_patterns, "", ())
         if _decorated(callback)
     ]
+
+
+def check_decorated_views(route_for: Callable[[PaidView], Route], urlconf: Any = None) -> list[str]:
+    """Build the route of every ``@require_payment`` view of the URLconf with ``route_for``
+    (``Runtime.route_for``, which keeps it). One problem per view whose options the gate
+    refuses (a metered price without ``PUBLIC_ORIGIN``, a ``PerSecond`` longer than the credit
+    TTL...), naming the view."""
+    problems = []
+    seen: set[PaidView] = set()  # a decorated dispatch() prices every method: said once
+    for template, callback, name, namespaces in _walk_all(
+        get_resolver(urlconf).url_patterns, "", ()
+    ):
+        for method, paid in _decorated(callback):
+            if paid in seen:
+                continue
+            seen.add(paid)
+            try:
+                route_for(paid)
+            except ConfigurationError as exc:
+                view = name or ":".join((*namespaces, _view_path(callback)))
+                problems.append(f"@require_payment view {view!r} ({method} {template}): {exc}")
+    return problems
