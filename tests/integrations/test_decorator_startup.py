@@ -200,3 +200,23 @@ def test_fastapi_dependency_that_is_valid_starts_and_charges(
     assert "PAID-CONTENT" not in response.text
     assert runs == []
     assert facilitator.calls["supported"] == 1
+
+
+def test_fastapi_without_a_lifespan_a_refused_route_serves_nothing(
+    facilitator: FacilitatorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from x402gate.testing.fake_llm import serve_asgi
+
+    runs: list[str] = []
+    app = fastapi_app(
+        PerSecond("$0.001", max_seconds=2), make_gate(facilitator.url, tmp_path), runs
+    )
+    with serve_asgi(app) as url:  # lifespan off: the route is first built at a request
+        answers = [requests.get(f"{url}/v1/stream", timeout=30) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "payment_unavailable"
+        assert "PAID-CONTENT" not in answer.text
+    assert runs == []
+    (message,) = startup_errors(caplog)  # logged once, not with every request
+    assert "require_payment() on /v1/stream" in message and NO_ORIGIN in message

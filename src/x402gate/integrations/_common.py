@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import html
 import json
+import logging
+import threading
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
-from ..errors import PaymentError, StoredAnswer
+from ..errors import ConfigurationError, PaymentError, StoredAnswer
 from ..protocol import EXPOSED_HEADERS
 from ..routing import AppRoute
 
@@ -20,9 +22,31 @@ __all__ = [
     "meter_body",
     "paid_response_headers",
     "render_error",
+    "route_refused",
     "wants_html",
     "warn_trust_proxy_headers",
 ]
+
+
+logger = logging.getLogger("x402gate")
+_refusals: set[str] = set()  # the refusals logged already; bounded below
+_refusals_lock = threading.Lock()
+
+
+def route_refused(where: str, exc: ConfigurationError) -> PaymentError:
+    """The answer of a paid request whose route the gate refuses to build (a decorator-declared
+    route the start-up check could not see, e.g. a server that ran no ASGI lifespan).
+
+    A server misconfiguration: the handler never runs, the client gets ``503
+    payment_unavailable``, and the problem is logged once (not with every request)."""
+    message = f"{where}: {exc}"
+    with _refusals_lock:
+        first = message not in _refusals
+        if first and len(_refusals) < 1024:  # each is a route of the app: few; kept bounded
+            _refusals.add(message)
+    if first:
+        logger.error("%s", message)
+    return PaymentError(503, "payment_unavailable", "payments are not available on this server")
 
 
 def warn_trust_proxy_headers(value: bool) -> bool:

@@ -47,7 +47,7 @@ from ..errors import ConfigurationError, PaymentError
 from ..gate import PAYING_HEADERS, Payment, PaymentGate, PaymentSession, Route, Settlement
 from ..pricing import as_strategy
 from ..request import Headers
-from ._common import render_error, warn_trust_proxy_headers
+from ._common import render_error, route_refused, warn_trust_proxy_headers
 from ._openapi import document_paid_operation
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .asgi import (
@@ -308,6 +308,13 @@ class RequirePayment:
                 "carries one payment: reuse one instance (Depends caches it per request)"
             )
         settings = slot.settings
+        gate = self.gate or settings.gate
+        try:
+            route = self.route_for(gate)
+        except ConfigurationError as exc:  # only when the server ran no lifespan start-up
+            operation = request.scope.get("route")
+            where = getattr(operation, "path_format", None) or _endpoint_name(operation)
+            raise route_refused(f"require_payment() on {where}", exc) from exc
         length = request.headers.get("content-length", "")
         too_large = PaymentError(
             413, "request_too_large", "request body too large for a paid route"
@@ -317,7 +324,6 @@ class RequirePayment:
         body = await request.body()  # kept by Starlette: the endpoint can read it again
         if len(body) > settings.max_body_bytes:
             raise too_large
-        gate = self.gate or settings.gate
         info = request_info_from_scope(
             request.scope,
             body,
@@ -327,7 +333,7 @@ class RequirePayment:
         info.native = request
         if settings.app is not None:
             settings.shortcuts.learn(settings.app, request, self)
-        session = await gate.begin(self.route_for(gate), info)
+        session = await gate.begin(route, info)
         slot.begun = (gate, session)
         request.state.payment = session.payment
         return session.payment

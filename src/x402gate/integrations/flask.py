@@ -52,6 +52,7 @@ from ._common import (
     meter_body,
     paid_response_headers,
     render_error,
+    route_refused,
     warn_trust_proxy_headers,
 )
 from .wsgi import DEFAULT_MAX_BODY, base_url_of, request_info_from_environ
@@ -305,7 +306,11 @@ class _PaidView:
         gate = self.gate or state.gate
         accept = request.headers.get("Accept")
         try:
-            session = gate.begin_sync(self.route_for(gate), _request_info(state, gate))
+            route = self.route_for(gate)
+        except ConfigurationError as exc:  # only when init_app could not see the view
+            return _error(route_refused(f"@require_payment view {request.endpoint!r}", exc), accept)
+        try:
+            session = gate.begin_sync(route, _request_info(state, gate))
         except PaymentError as exc:
             return _error(exc, accept)
         setattr(g, _SESSION, session)

@@ -306,3 +306,29 @@ def test_a_decorated_view_the_gate_accepts_starts_and_charges(
     assert runs == ["free"]
     assert facilitator.calls["supported"] == 1
     assert ids == []
+
+
+def test_a_refused_view_the_start_cannot_see_serves_nothing(
+    settings_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rest_framework.decorators import api_view
+
+    runs: list[str] = []
+
+    # Decorated below @api_view, the price is not visible on the URL pattern's view.
+    @api_view(["GET"])
+    @require_payment(PerSecond("$0.001", max_seconds=2))
+    def hidden(request: Any) -> HttpResponse:
+        runs.append("hidden")
+        return HttpResponse("PAID-CONTENT")
+
+    with django_server([path("hidden/", hidden)], settings_for({})) as url:
+        answers = [requests.get(f"{url}/hidden/", timeout=30) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "payment_unavailable"
+        assert "PAID-CONTENT" not in answer.text
+    assert runs == []
+    logged = [r.getMessage() for r in caplog.records if r.name == "x402gate"]
+    assert len([m for m in logged if "@require_payment view" in m]) == 1  # once
+    assert any("hidden" in m and NO_ORIGIN in m for m in logged)

@@ -30,14 +30,22 @@ from typing import Any, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from ...assets import Asset
 from ...errors import ConfigurationError
 from ...gate import PaymentIdentifier, Route, Settlement
 from ...pricing import as_strategy
+from .._common import route_refused
 from .conf import PaidView
-from .middleware import RequestState, paid_flow, request_state, run_flow_async, run_flow_sync
+from .middleware import (
+    RequestState,
+    error_response,
+    paid_flow,
+    request_state,
+    run_flow_async,
+    run_flow_sync,
+)
 
 __all__ = ["PAID_VIEW_ATTR", "require_payment"]
 
@@ -102,11 +110,14 @@ def require_payment(
     # A bad price fails at import time, not on the first paying customer.
     paid = PaidView(as_strategy(price), {k: v for k, v in options.items() if v is not None})
 
-    def route_of(state: RequestState) -> Route:
+    def route_of(request: Any, state: RequestState, view: Any) -> Route | HttpResponse:
         try:
             return state.runtime.route_for(paid)
         except ConfigurationError as exc:
-            raise ImproperlyConfigured(f"@require_payment: {exc}") from exc
+            # Only for a view the start-up check could not see (a DRF view decorated below
+            # @api_view): nothing is served, the problem is logged once.
+            refused = route_refused(f"@require_payment view {view.__qualname__!r}", exc)
+            return error_response(refused, request)
 
     def decorate(view: V) -> V:
         if isinstance(view, type):
@@ -120,7 +131,10 @@ def require_payment(
             @functools.wraps(view)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 request, state = _request_of(args)
-                flow = paid_flow(request, state, route_of(state))
+                route = route_of(request, state, view)
+                if isinstance(route, HttpResponse):
+                    return route
+                flow = paid_flow(request, state, route)
                 # Under WSGI an async view runs on a loop of its own: the gate must not.
                 call = functools.partial(view, *args, **kwargs)
                 return await run_flow_async(flow, call, offload=not state.async_mode)
@@ -130,7 +144,10 @@ def require_payment(
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 request, state = _request_of(args)
-                flow = paid_flow(request, state, route_of(state))
+                route = route_of(request, state, view)
+                if isinstance(route, HttpResponse):
+                    return route
+                flow = paid_flow(request, state, route)
                 return run_flow_sync(flow, functools.partial(view, *args, **kwargs))
 
         setattr(wrapper, PAID_VIEW_ATTR, paid)
