@@ -8,7 +8,9 @@ from __future__ import annotations
 try:
     import django  # noqa: F401
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised without Django installed
-    raise ImportError("x402gate.django needs Django: pip install 'x402gate[django]'") from exc
+    raise ImportError(
+        "x402gate.django needs Django: pip install 'x402gate[django]'"
+    ) from exc
 
 from ...gate import PaymentGate
 from .conf import conf, get_runtime, reset
