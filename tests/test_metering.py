@@ -385,6 +385,23 @@ def test_oversized_event_is_dropped_and_memory_stays_bounded() -> None:
     assert meter.usage == OPENAI_USAGE
 
 
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+@pytest.mark.parametrize("ending", ["\n\ndata: [DONE]\n\n", "\n", ""])
+@pytest.mark.parametrize("over", [0, 1])
+def test_event_size_limit_is_the_same_in_any_chunking(eol: str, ending: str, over: int) -> None:
+    # An event of exactly max_event_bytes is read, one byte more is dropped: whether it comes
+    # whole (split from the chunk at once) or byte by byte (held until its blank line).
+    event = sse(OPENAI_USAGE_CHUNK).rstrip(b"\n")
+    stream = (event + ending.encode()).replace(b"\n", eol.encode())
+    expected = None if over else OPENAI_USAGE
+    for chunks in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+        meter = SSEUsageMeter(max_event_bytes=len(event) - over)
+        for chunk in chunks:
+            meter.feed(chunk)
+        meter.close()
+        assert meter.usage == expected, (len(chunks), meter.usage)
+
+
 def test_feed_after_close_is_an_error_and_close_is_idempotent() -> None:
     meter = SSEUsageMeter()
     meter.feed(OPENAI_STREAM)

@@ -40,8 +40,7 @@ ACCOUNT = credit_account(ASSET.network, ASSET.address, PAYER)
 ORIGIN = "https://api.test"
 SECRET = b"s" * 32
 USAGE = (
-    b'data: {"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":1}}\n\n'
-    b"data: [DONE]\n\n"
+    b'data: {"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
 )
 
 
@@ -130,7 +129,10 @@ def test_a_metered_route_without_a_public_origin_is_a_configuration_error() -> N
 def test_bad_public_origins_name_the_setting(value: Any, setting: str) -> None:
     with pytest.raises(ConfigurationError, match=setting):
         PaymentGate(
-            pay_to=PAY_TO, assets=ASSET, facilitator=NoFacilitator(), store="memory://",
+            pay_to=PAY_TO,
+            assets=ASSET,
+            facilitator=NoFacilitator(),
+            store="memory://",
             public_origin=value,
         )
 
@@ -139,14 +141,20 @@ def test_bad_public_origins_name_the_setting(value: Any, setting: str) -> None:
 def test_bad_trusted_proxies_name_the_setting(value: Any) -> None:
     with pytest.raises(ConfigurationError, match="trusted_proxies"):
         PaymentGate(
-            pay_to=PAY_TO, assets=ASSET, facilitator=NoFacilitator(), store="memory://",
+            pay_to=PAY_TO,
+            assets=ASSET,
+            facilitator=NoFacilitator(),
+            store="memory://",
             trusted_proxies=value,
         )
 
 
 def test_public_origins_are_normalised() -> None:
     gate = PaymentGate(
-        pay_to=PAY_TO, assets=ASSET, facilitator=NoFacilitator(), store="memory://",
+        pay_to=PAY_TO,
+        assets=ASSET,
+        facilitator=NoFacilitator(),
+        store="memory://",
         public_origin=["HTTPS://API.Example.com:443/", "http://api.example.com:8080"],
     )
     assert gate.public_origins == ("https://api.example.com", "http://api.example.com:8080")
@@ -195,10 +203,20 @@ def test_a_token_for_another_origin_or_of_the_old_format_opens_nothing(server: A
         PAYER, ASSET.network, ASSET.address, clock.now(), origin="https://other-service.test"
     )
     other.close()
-    payload = base64.urlsafe_b64encode(
-        json.dumps({"p": PAYER.lower(), "n": ASSET.network, "a": ASSET.address.lower(),
-                    "e": int(clock.now()) + 600}).encode()
-    ).decode().rstrip("=")
+    payload = (
+        base64.urlsafe_b64encode(
+            json.dumps(
+                {
+                    "p": PAYER.lower(),
+                    "n": ASSET.network,
+                    "a": ASSET.address.lower(),
+                    "e": int(clock.now()) + 600,
+                }
+            ).encode()
+        )
+        .decode()
+        .rstrip("=")
+    )
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for token in (foreign, f"v1.{payload}.AAAA"):
             answer = client.get("/chat", headers={SESSION_HEADER: token})
@@ -217,18 +235,60 @@ def test_session_token_lifetime_settings_are_checked() -> None:
 
 # -- no header shape gets a 500 ---------------------------------------------------------------
 
-_SIWX_KEYS = ["domain", "address", "uri", "version", "chainId", "nonce", "issuedAt", "signature",
-              "expirationTime", "notBefore", "statement", "resources", "requestId", "type"]
-_PAYMENT_KEYS = ["x402Version", "payload", "accepted", "resource", "extensions", "scheme",
-                 "network", "signature", "authorization", "from", "to", "value", "validAfter",
-                 "validBefore", "nonce"]
+_SIWX_KEYS = [
+    "domain",
+    "address",
+    "uri",
+    "version",
+    "chainId",
+    "nonce",
+    "issuedAt",
+    "signature",
+    "expirationTime",
+    "notBefore",
+    "statement",
+    "resources",
+    "requestId",
+    "type",
+]
+_PAYMENT_KEYS = [
+    "x402Version",
+    "payload",
+    "accepted",
+    "resource",
+    "extensions",
+    "scheme",
+    "network",
+    "signature",
+    "authorization",
+    "from",
+    "to",
+    "value",
+    "validAfter",
+    "validBefore",
+    "nonce",
+]
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
-    | st.sampled_from(["http://[::1", "https://api.test/chat", "eip155:84532", "1",
-                       "2026-01-01T00:00:00Z", "0x" + "1" * 40, "0x" + "ab" * 65]),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(_SIWX_KEYS + _PAYMENT_KEYS), inner, max_size=6),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+    | st.sampled_from(
+        [
+            "http://[::1",
+            "https://api.test/chat",
+            "eip155:84532",
+            "1",
+            "2026-01-01T00:00:00Z",
+            "0x" + "1" * 40,
+            "0x" + "ab" * 65,
+        ]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(_SIWX_KEYS + _PAYMENT_KEYS), inner, max_size=6)
+    ),
     max_leaves=12,
 )
 
@@ -265,4 +325,126 @@ def test_no_header_shape_gets_a_server_error(server: Any, header: tuple[str, str
         response = client.get("/chat", headers=[(name, value.strip().encode("latin-1"))])
     assert response.status_code in (400, 402), (header, response.text)
     assert isinstance(response.json().get("error"), str) and response.json()["error"]
+    assert runs["chat"] == before
+
+
+# -- claims are checked after the MAC -----------------------------------------------------------
+
+_GOOD_CLAIMS = {"p": PAYER.lower(), "n": ASSET.network, "a": ASSET.address.lower(), "o": ORIGIN}
+
+
+def _claims_text(**changes: Any) -> str:
+    """The JSON of a token's claims, valid unless ``changes`` say otherwise (a value of ``...``
+    drops the key; a ``str`` for ``e`` or ``s`` is put in as raw JSON, e.g. ``1e999``)."""
+    now = int(time.time())
+    claims: dict[str, Any] = {**_GOOD_CLAIMS, "s": now, "e": now + 600}
+    raw: dict[str, str] = {}
+    for key, value in changes.items():
+        if value is ...:
+            claims.pop(key)
+        elif key in ("e", "s") and isinstance(value, str):
+            raw[key] = value
+            claims[key] = f"@{key}@"
+        else:
+            claims[key] = value
+    text = json.dumps(claims)
+    for key, value in raw.items():
+        text = text.replace(f'"@{key}@"', value)
+    return text
+
+
+def _signed(tokens: SessionTokens, text: str) -> str:
+    """A token carrying ``text`` as its claims under ``tokens``' own key: what only the key's
+    holder, or code issuing tokens for claims of its own, can make."""
+    payload = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return f"v2.{payload}.{tokens._mac(payload)}"
+
+
+_MALFORMED_CLAIMS = {
+    "payer-empty": _claims_text(p=""),
+    "payer-not-an-address": _claims_text(p="0x"),
+    "payer-not-hex": _claims_text(p="0x" + "g" * 40),
+    "payer-too-long": _claims_text(p="0x" + "a" * 300),
+    "payer-a-number": _claims_text(p=1),
+    "payer-missing": _claims_text(p=...),
+    "network-empty": _claims_text(n=""),
+    "network-not-caip2": _claims_text(n="n"),
+    "network-chain-zero": _claims_text(n="eip155:0"),
+    "network-unbounded": _claims_text(n="eip155:" + "9" * 40),
+    "network-with-a-bar": _claims_text(n="eip155:1|x"),
+    "network-a-number": _claims_text(n=84532),
+    "asset-not-an-address": _claims_text(a="0x"),
+    "asset-too-long-for-the-store": _claims_text(a="0x" + "a" * 300),
+    "origin-a-number": _claims_text(o=5),
+    "origin-unbounded": _claims_text(o="https://" + "a" * 400),
+    "origin-with-spaces": _claims_text(o="https://api.test x"),
+    "origin-missing": _claims_text(o=...),
+    "expiry-infinite": _claims_text(e="1e999"),
+    "expiry-a-float": _claims_text(e=str(int(time.time()) + 600.5)),
+    "expiry-a-string": _claims_text(e=json.dumps(str(int(time.time()) + 600))),
+    "expiry-true": _claims_text(e="true"),
+    "expiry-beyond-year-9999": _claims_text(e=str(10**30)),
+    "expiry-huge-integer": _claims_text(e="9" * 4000),
+    "start-negative": _claims_text(s="-5"),
+    "start-after-expiry": _claims_text(s=str(int(time.time()) + 700)),
+    "start-missing": _claims_text(s=...),
+    "not-an-object": "[1, 2]",
+    "a-string": '"v2"',
+    "not-json": "{",
+    "deep": "[" * 100_000,
+}
+
+
+@pytest.mark.parametrize("text", _MALFORMED_CLAIMS.values(), ids=_MALFORMED_CLAIMS.keys())
+def test_a_token_signed_for_malformed_claims_is_no_token(text: str) -> None:
+    tokens = SessionTokens(SECRET)
+    now = time.time()
+    good = tokens.check(_signed(tokens, _claims_text()), now)  # the same way, well-formed
+    assert good is not None and good.payer == PAYER.lower() and good.origin == ORIGIN
+    assert tokens.check(_signed(tokens, text), now) is None  # and never raises
+
+
+def test_claims_as_issued_are_accepted() -> None:
+    tokens = SessionTokens(SECRET)
+    now = time.time()
+    for origin in (ORIGIN, ""):
+        token = tokens.issue(PAYER, ASSET.network, ASSET.address, now, origin=origin)
+        claims = tokens.check(token, now)
+        assert claims is not None
+        assert (claims.payer, claims.network, claims.asset, claims.origin) == (
+            PAYER.lower(),
+            ASSET.network,
+            ASSET.address.lower(),
+            origin,
+        )
+    # Claims no payment gives are issued (the caller's business) but never accepted.
+    assert tokens.check(tokens.issue("", "", "", now, origin=ORIGIN), now) is None
+
+
+_SERVED_CLAIMS = [
+    "payer-not-an-address",
+    "network-empty",
+    "asset-too-long-for-the-store",
+    "expiry-infinite",
+    "expiry-a-float",
+    "origin-unbounded",
+]
+
+
+@pytest.mark.parametrize("name", _SERVED_CLAIMS)
+def test_tokens_for_malformed_claims_open_nothing_and_get_no_server_error(
+    server: Any, name: str
+) -> None:
+    base_url, gate, clock, runs = server
+    before = runs["chat"]
+    gate.store.credit_topup(ACCOUNT, 1_000_000, f"malformed-{name}", clock.now())
+    available = gate.store.credit_balance(ACCOUNT, clock.now()).available
+    token = _signed(gate.session_tokens, _MALFORMED_CLAIMS[name])
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        answer = client.get("/chat", headers={SESSION_HEADER: token})
+        status = client.get("/.well-known/x402/credit", headers={SESSION_HEADER: token})
+    assert (answer.status_code, answer.json()["error"]) == (402, "payment_required")
+    assert SESSION_HEADER.lower() not in answer.headers
+    assert (status.status_code, status.json()["error"]) == (401, "session_required")
+    assert gate.store.credit_balance(ACCOUNT, clock.now()).available == available
     assert runs["chat"] == before

@@ -24,8 +24,10 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from . import _json
 from .errors import ConfigurationError
@@ -35,6 +37,14 @@ __all__ = ["SESSION_HEADER", "SessionTokens", "TokenClaims"]
 SESSION_HEADER = "X402GATE-SESSION"
 _VERSION = "v2"
 _CACHE_SIZE = 4096
+# What issue() writes for the payer and asset of a payment: lower-case EVM addresses.
+_ADDRESS = re.compile(r"0x[0-9a-f]{40}")
+# A CAIP-2 EVM network as payments name it (see assets.normalize_network).
+_NETWORK = re.compile(r"eip155:[1-9][0-9]{0,18}")
+# An origin as configured (scheme://host[:port], a DNS name at most 253 characters), or "".
+_ORIGIN = re.compile(r"[!-~]{0,300}")
+# Times are Unix seconds up to the end of year 9999, as far as datetime reaches.
+_MAX_TIME = 253_402_300_799
 
 
 def _b64(data: bytes) -> str:
@@ -57,6 +67,42 @@ class TokenClaims:
     """The public origin the token was issued for."""
     started: int = 0
     """When the session began (the payment or sign-in); renewals keep it."""
+
+
+def _time(value: Any) -> int | None:
+    if type(value) is not int or not 0 <= value <= _MAX_TIME:
+        return None
+    return value
+
+
+def _claims_of(data: Any) -> TokenClaims | None:
+    """The claims of a decoded token payload when they are what :meth:`SessionTokens.issue`
+    writes for a payment or sign-in; ``None`` otherwise.
+
+    The MAC only says the gate's key signed the payload: whoever holds the key (or code that
+    issues tokens for claims of its own) can sign anything, and every reader of the claims
+    (credit accounts, checksums, the ledger) expects a payment's values. Checked here, once,
+    so that no later step meets a payer that is no address, an unbounded network or a float.
+    """
+    if not isinstance(data, dict):
+        return None
+    payer, network, asset, origin = (data.get(k) for k in ("p", "n", "a", "o"))
+    expires, started = _time(data.get("e")), _time(data.get("s"))
+    if (
+        not isinstance(payer, str)
+        or _ADDRESS.fullmatch(payer) is None
+        or not isinstance(asset, str)
+        or _ADDRESS.fullmatch(asset) is None
+        or not isinstance(network, str)
+        or _NETWORK.fullmatch(network) is None
+        or not isinstance(origin, str)
+        or _ORIGIN.fullmatch(origin) is None
+        or expires is None
+        or started is None
+        or started > expires
+    ):
+        return None
+    return TokenClaims(payer, network, asset, expires, origin=origin, started=started)
 
 
 class SessionTokens:
@@ -145,7 +191,12 @@ class SessionTokens:
         return token
 
     def check(self, token: str | None, now: float) -> TokenClaims | None:
-        """The claims of a valid, unexpired token; ``None`` for anything else (never raises)."""
+        """The claims of a valid, unexpired token; ``None`` for anything else (never raises).
+
+        Valid means the gate's MAC and claims as :meth:`issue` writes them for a payment: the
+        payer and asset lower-case EVM addresses, an ``eip155`` network, an origin of at most
+        300 printable characters, integer start and expiry (start first) in range.
+        """
         if not isinstance(token, str) or not token or len(token) > 1024 or not token.isascii():
             # compare_digest refuses non-ASCII text: such a token is simply not one of ours.
             return None
@@ -160,15 +211,10 @@ class SessionTokens:
             return None
         try:
             data = _json.loads(_unb64(payload))
-            claims = TokenClaims(
-                str(data["p"]),
-                str(data["n"]),
-                str(data["a"]),
-                int(data["e"]),
-                origin=str(data["o"]),
-                started=int(data["s"]),
-            )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, RecursionError):
+            return None
+        claims = _claims_of(data)
+        if claims is None:
             return None
         if claims.expires_at <= now:
             return None

@@ -343,12 +343,14 @@ class SSEUsageMeter:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         # A blank line may start in the last byte already held: look from there.
         seam = bytes(self._pending[-1:])
+        # What is held is the event under way and at most the first LF of the blank line that
+        # ends it: only beyond max_event_bytes + 1 is the event surely too large to read.
         if _BLANK_LINE.search(seam + data) is None:
             if self._dropping:
                 self._pending[:] = data[-1:] or seam
             else:
                 self._pending += data
-                if len(self._pending) > self._max:
+                if len(self._pending) > self._max + 1:
                     self._dropping = True
                     del self._pending[:-1]
             return
@@ -360,9 +362,11 @@ class SSEUsageMeter:
             self._dropping = False
         if _USAGE_OBJECT.search(text) is not None:
             for event in events:
-                self._dispatch(event)
+                # The same limit whether the event came in one chunk or many.
+                if len(event) <= self._max:
+                    self._dispatch(event)
         self._pending[:] = tail
-        if len(tail) > self._max:
+        if len(tail) > self._max + 1:
             self._dropping = True
             del self._pending[:-1]
 
@@ -370,8 +374,9 @@ class SSEUsageMeter:
         """End of stream: read a last event that lacks its closing blank line, then stop."""
         if self._closed:
             return
-        if not self._dropping:
-            self._dispatch(bytes(self._pending))
+        last = bytes(self._pending).removesuffix(b"\n")  # no blank line ended it
+        if not self._dropping and len(last) <= self._max:
+            self._dispatch(last)
         self._pending.clear()
         self._closed = True
 

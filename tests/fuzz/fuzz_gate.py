@@ -12,11 +12,13 @@ back by :class:`Reader`:
 1. the JSON text of a payment (base64-encoded by the harness; seeds: a valid v2 payment and its
    v1 form, so the fuzzer starts from payments that reach signature checks);
 2. a ``SIGN-IN-WITH-X`` header: a JSON object merged over a correctly signed answer to the
-   route's challenge (the nonce is the gate's own, so the fuzzer reaches past the HMAC), or the
-   raw text;
-3. an ``X402GATE-SESSION`` header: raw text, a token the gate issues for fuzzed claims, or a
-   token whose payload the fuzzer writes and the harness MACs with the gate's key, on the
-   metered route or on ``GET /.well-known/x402/credit``;
+   route's challenge for the gate's public origin (the nonce is the gate's own, so the fuzzer
+   reaches past the HMAC; signed by the payer without credit, or by the funded payer, whose
+   sign-in is served from its credit), or the raw text;
+3. an ``X402GATE-SESSION`` header: raw text, a token the gate issues for fuzzed claims (for the
+   gate's origin, or a fuzzed origin and session start), or a ``v2`` token whose payload the
+   fuzzer writes and the harness MACs with the gate's key, on the metered route or on
+   ``GET /.well-known/x402/credit``;
 4. the body, query string and repeated headers of requests to routes priced by
    :class:`~x402gate.pricing.MatchRules`, :class:`~x402gate.pricing.ModelTable` and
    :class:`~x402gate.metering.PerToken`;
@@ -29,15 +31,17 @@ The oracles, for every input:
 * the app call raises nothing (on a server an escaping exception is a 500);
 * exactly one ``http.response.start``, with a status below 500, and a complete body;
 * nothing is logged at ERROR;
-* the paid content is served only to a session token of the funded payer (the facilitator
-  refuses every payment: the payer of the payments holds no funds);
+* the paid content is served only to a session token of the funded payer for the gate's origin
+  or to the funded payer's own sign-in (the facilitator refuses every payment: the payer of the
+  payments holds no funds); a session token in an answer is for that payer at that origin;
 * a body :mod:`x402gate._json` accepts is nested no deeper than its ``MAX_DEPTH`` (mode 4);
 * credit moves only by integer charges, none above the route's ``max_price``, and the ledger
-  moves by exactly what was charged.
+  moves by exactly what was charged;
+* ``SessionTokens.check`` raises nothing, and the claims of a token it accepts are a
+  payment's (addresses, an ``eip155`` network, integer times), even for payloads signed with
+  the gate's own key (mode 3).
 
-A failure on a token the gate's key signed for claims no payment produces (mode 3) is raised
-as :class:`UnproducibleClaims`: only the key's holder can make such a token, so those failures
-are one finding of their own (``known.py``).
+Each input starts with no payment or sign-in nonce claimed (the seeds' are single-use).
 
 Run it (``-max_total_time`` seconds, or ``-runs`` inputs; ``X402GATE_FUZZ_SECONDS``, 60 s by
 default; any further positional argument is a corpus directory kept between runs)::
@@ -97,6 +101,7 @@ SECRET = b"fuzz-harness-secret-" + b"k" * 16  # this harness only
 BROKE = Account.from_key("0x" + "42" * 32)  # signs payments; holds nothing
 FUNDED = Account.from_key("0x" + "43" * 32)  # has credit in the ledger
 HOST = "shop.test"
+ORIGIN = f"http://{HOST}"  # the gate's public origin: sign-ins and session tokens name it
 CONTENT = b"the paid content"
 FUNDS = 10**15
 MAX_PRICE_UNITS = 500_000  # the metered route's max_price, $0.50, in 6-decimal units
@@ -161,12 +166,17 @@ class _Errors(logging.Handler):
 LOOP = asyncio.new_event_loop()
 ERRORS = _Errors()
 logging.getLogger().addHandler(ERRORS)
+# Start-up checks run at the first paid request (the facilitator answers supported()). Payments
+# in flight are bounded as by default: with no node to read balances from, each payment is
+# admitted through the store's in-flight ledger and vouched for by the facilitator's verify,
+# which refuses it. No chain to reconcile from: reconciliation stays off.
 GATE = PaymentGate(
     pay_to=PAY_TO,
     assets=ASSET,
     facilitator=RefusingFacilitator(),
     store="memory://",
     secret=SECRET,
+    public_origin=ORIGIN,
     clock=FixedClock(),
 )
 CHARGES: list[int] = []
@@ -359,7 +369,16 @@ def _signed_siwx(account: Any) -> dict[str, Any]:
 
 
 SIWX_ANSWER = _signed_siwx(BROKE)
-FUNDED_TOKEN = GATE.session_tokens.issue(FUNDED.address, NETWORK, ASSET.address, NOW)
+SIWX_FUNDED = _signed_siwx(FUNDED)  # signs in to the funded payer's credit
+FUNDED_TOKEN = GATE.session_tokens.issue(FUNDED.address, NETWORK, ASSET.address, NOW, origin=ORIGIN)
+FUNDED_CLAIMS = {
+    "p": FUNDED.address.lower(),
+    "n": NETWORK,
+    "a": ASSET.address.lower(),
+    "o": ORIGIN,
+    "s": int(NOW),
+    "e": int(NOW) + 900,
+}
 FUNDED_ACCOUNT = credit_account(NETWORK, ASSET.address, FUNDED.address)
 GATE.store.credit_topup(FUNDED_ACCOUNT, FUNDS, "fuzz-funding", NOW)
 
@@ -427,33 +446,41 @@ def request_of(data: bytes) -> tuple[int, str, str, list[tuple[bytes, bytes]], b
         name = PAYMENT_HEADERS[fdp.int_in(0, 1)]
         return mode, "GET", "/flat", [(name, _b64(fdp.rest()))], b"", b""
     if mode == 2:
-        raw = fdp.flag()
+        choice = fdp.int_in(0, 3)  # odd: the raw text; 2: over the funded payer's answer
+        raw = choice % 2 == 1
         text = fdp.rest().decode("utf-8", "replace")
         override = None if raw else _json_object(text)
         if override is None:
             value = text.encode("utf-8") if raw else _b64(text.encode("utf-8"))
         else:
-            value = _b64(json.dumps({**SIWX_ANSWER, **override}).encode())
+            signed = SIWX_FUNDED if choice == 2 else SIWX_ANSWER
+            value = _b64(json.dumps({**signed, **override}).encode())
         headers = [(SIWX_HEADER.lower().encode(), value.translate(None, b"\r\n\0"))]
         return mode, "POST", "/chat", headers, CHAT_BODY, b""
     if mode == 3:
-        choice = fdp.int_in(0, 5)  # 3 and above: the credit balance endpoint instead
+        # choice % 3: the kind of token; choice % 6 >= 3: the credit balance endpoint instead.
+        choice = fdp.int_in(0, 11)
         kind = choice % 3
         if kind == 0:
             value = fdp.rest()
         elif kind == 1:
+            origin, started = ORIGIN, NOW
+            if choice >= 6:  # another origin, a session begun earlier (past an hour: over)
+                origin = _text(fdp.take(fdp.int_in(0, 40)))
+                started = NOW - 60 * fdp.int_in(0, 255)
             payer = _text(fdp.take(fdp.int_in(0, 60)))
             network = _text(fdp.take(fdp.int_in(0, 20)))
             asset = _text(fdp.rest())
-            value = GATE.session_tokens.issue(payer, network, asset, NOW).encode(
-                "latin-1", "replace"
+            token = GATE.session_tokens.issue(
+                payer, network, asset, NOW, origin=origin, started=started
             )
+            value = token.encode("latin-1", "replace")
         else:
             claims = fdp.rest()
             payload = base64.urlsafe_b64encode(claims).rstrip(b"=").decode()
-            value = f"v1.{payload}.{GATE.session_tokens._mac(payload)}".encode()
+            value = f"v2.{payload}.{GATE.session_tokens._mac(payload)}".encode()
         headers = [(SESSION_HEADER.lower().encode(), value.translate(None, b"\r\n\0"))]
-        if choice >= 3:
+        if choice % 6 >= 3:
             return mode, "GET", CREDIT_PATH, headers, b"", b""
         return mode, "POST", "/chat", headers, CHAT_BODY, b""
     if mode == 4:
@@ -499,48 +526,54 @@ def check_json_guard(body: bytes) -> None:
     assert _depth(value) <= _json.MAX_DEPTH, f"nesting {_depth(value)} got past the JSON guard"
 
 
-class UnproducibleClaims(Exception):
-    """A failure on a session token the gate's key signed for claims no payment produces."""
-
-
 _ADDRESS = re.compile(r"0x[0-9a-f]{40}")
+_NETWORK = re.compile(r"eip155:[1-9][0-9]{0,18}")
 
 
-def _unproducible_claims(headers: list[tuple[bytes, bytes]]) -> bool:
-    """True for a token with the gate's MAC whose claims the gate never issues: the payer of a
-    verified payment (an address), one of its networks and assets, an integer expiry. Only the
-    holder of the key can make one, so failures on them are a finding of their own."""
-    token = dict(headers).get(SESSION_HEADER.lower().encode(), b"").decode("latin-1")
-    parts = token.strip().split(".")
-    if len(parts) != 3 or not parts[2].isascii():
-        return False
-    if parts[2] != GATE.session_tokens._mac(parts[1]):
-        return False
+def _signed_by_funded(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the sign-in header carries the funded payer's signed answer."""
+    value = dict(headers).get(SIWX_HEADER.lower().encode(), b"")
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-        payer, network, asset, expiry = (claims[k] for k in ("p", "n", "a", "e"))
-    except (ValueError, TypeError, KeyError, RecursionError):
-        return True
-    producible = (
-        isinstance(payer, str)
-        and _ADDRESS.fullmatch(payer) is not None
-        and network == NETWORK
-        and asset == ASSET.address.lower()
-        and type(expiry) is int
+        answer = json.loads(base64.b64decode(value.strip(), validate=True))
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(answer, dict)
+        and answer.get("address") == SIWX_FUNDED["address"]
+        and answer.get("signature") == SIWX_FUNDED["signature"]
     )
-    return not producible
+
+
+def check_token_claims(headers: list[tuple[bytes, bytes]]) -> None:
+    """``SessionTokens.check`` never raises, and what it accepts has the claims a payment or
+    sign-in gives: even under the gate's own MAC (mode 3 signs fuzzed payloads with it), a
+    payer that is no address, a malformed network or a time that is no integer is no token."""
+    token = dict(headers).get(SESSION_HEADER.lower().encode(), b"").decode("latin-1")
+    claims = GATE.session_tokens.check(token, NOW)
+    if claims is None:
+        return
+    assert _ADDRESS.fullmatch(claims.payer) and _ADDRESS.fullmatch(claims.asset), claims
+    assert _NETWORK.fullmatch(claims.network), claims
+    assert type(claims.expires_at) is int and type(claims.started) is int, claims
+    assert 0 <= claims.started <= claims.expires_at and claims.expires_at > NOW, claims
+    assert isinstance(claims.origin, str) and len(claims.origin) <= 300, claims
+
+
+def forget_claims() -> None:
+    """Every input starts from a store where no payment authorization or sign-in nonce is
+    claimed: the seeds' signed payments and sign-in answer (single-use) then reach past their
+    claims each time, not only on their first run, and an input's outcome does not depend on
+    the inputs before it."""
+    GATE.store._entries.clear()
 
 
 def check_one(data: bytes) -> None:
     """The properties, for one input; raises on a violation."""
     mode, method, path, headers, body, query = request_of(data)
-    if mode != 3 or not _unproducible_claims(headers):
-        check_request(data, mode, method, path, headers, body, query)
-        return
-    try:
-        check_request(data, mode, method, path, headers, body, query)
-    except Exception as exc:
-        raise UnproducibleClaims(f"{type(exc).__name__}: {exc}"[:500]) from exc
+    forget_claims()
+    if mode == 3:
+        check_token_claims(headers)
+    check_request(data, mode, method, path, headers, body, query)
 
 
 def check_request(
@@ -572,14 +605,27 @@ def check_request(
     assert ERRORS.records == [], [r.getMessage() for r in ERRORS.records]
     served = SHOP.runs - runs
     if served:
-        # Only a token the gate's key signed for the funded payer's credit opens the handler.
-        token = dict(headers).get(SESSION_HEADER.lower().encode(), b"").decode("latin-1")
-        claims = GATE.session_tokens.check(token, NOW)
-        assert claims is not None and mode in (3, 5), (mode, headers)
-        assert (claims.payer, claims.asset) == (FUNDED.address.lower(), ASSET.address.lower())
+        # Only the funded payer's credit opens the handler: a token the gate's key signed for
+        # it at the gate's origin, or the funded payer's own signed answer to the challenge.
         assert path == "/chat" and status == 200
+        if mode == 2:
+            assert _signed_by_funded(headers), headers
+        else:
+            token = dict(headers).get(SESSION_HEADER.lower().encode(), b"").decode("latin-1")
+            claims = GATE.session_tokens.check(token, NOW)
+            assert claims is not None and mode in (3, 5), (mode, headers)
+            assert claims.origin == ORIGIN, claims
+            funded = (FUNDED.address.lower(), ASSET.address.lower())
+            assert (claims.payer, claims.asset) == funded, claims
     else:
         assert CONTENT not in b"".join(m.get("body", b"") for m in bodies)
+    # A session token handed out is for the funded payer's credit at the gate's origin (no
+    # payment here succeeds, so no other payer has any).
+    for name, value in starts[0]["headers"]:
+        if name.lower() == SESSION_HEADER.lower().encode():
+            issued = GATE.session_tokens.check(value.decode("latin-1"), NOW)
+            assert issued is not None and issued.origin == ORIGIN, value
+            assert issued.payer == FUNDED.address.lower() and served, (issued, served)
     after = GATE.store.credit_balance(FUNDED_ACCOUNT, NOW).available
     assert all(isinstance(c, int) and 0 <= c <= MAX_PRICE_UNITS for c in CHARGES), CHARGES
     assert balance - after == sum(CHARGES), (balance, after, CHARGES)
@@ -605,13 +651,28 @@ def seeds() -> list[bytes]:
         b"\x01\x01" + v1,
         b"\x02\x00" + json.dumps({"notBefore": _CHALLENGE["issuedAt"]}).encode(),
         b"\x02\x00" + json.dumps(SIWX_ANSWER).encode(),
+        b"\x02\x02{}",  # the funded payer signs in: served from its credit
+        b"\x02\x00" + json.dumps({"resources": [f"{ORIGIN}/chat", f"{ORIGIN}/flat"]}).encode(),
         b"\x02\x00"
-        + json.dumps({"resources": ["http://shop.test/chat"], "requestId": "1"}).encode(),
+        + json.dumps({"domain": "other.test", "uri": "http://other.test/chat"}).encode(),
         b"\x02\x00" + json.dumps({"statement": None, "expirationTime": None}).encode(),
         b"\x03\x00" + FUNDED_TOKEN.encode(),
         b"\x03\x03" + FUNDED_TOKEN.encode(),
-        b"\x03\x02"
-        + json.dumps({"p": FUNDED.address.lower(), "n": NETWORK, "a": "0x", "e": 2**40}).encode(),
+        b"\x03\x02" + json.dumps({**FUNDED_CLAIMS, "a": "0x"}).encode(),
+        b"\x03\x02" + json.dumps(FUNDED_CLAIMS).encode(),
+        b"\x03\x05" + json.dumps({**FUNDED_CLAIMS, "o": "http://other.test"}).encode(),
+        # Issued for the funded payer's claims, through SessionTokens.issue; then for another
+        # origin, in a session begun 10 minutes earlier.
+        b"\x03\x01\x2a"
+        + FUNDED.address.encode()
+        + b"\x0c"
+        + NETWORK.encode()
+        + ASSET.address.encode(),
+        b"\x03\x07\x11http://other.test\x0a\x2a"
+        + FUNDED.address.encode()
+        + b"\x0c"
+        + NETWORK.encode()
+        + ASSET.address.encode(),
         b"\x04\x01\x08tier=pro\x01\x00\x05batch" + b'{"model": "claude-3-5-haiku", "stream": true}',
         # Repeated query fields, headers and JSON keys.
         b"\x04\x01\x12tier=free&tier=pro\x02\x00\x05batch\x00\x04free"

@@ -78,6 +78,8 @@ NETWORK = "eip155:31337"
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 PAYER = "0x5975c152fe58cdcb7e25586a3c9b994a16dbb616"
 SECRET = "fuzz-harness-gateway-secret-" + "g" * 20  # this harness only
+HOST = "gateway.test"
+ORIGIN = f"http://{HOST}"  # the gateway's public origin: its session tokens name it
 FUNDS = 10**15
 
 PRICING = PerToken(
@@ -231,6 +233,7 @@ PORT = LOOP.run_until_complete(UPSTREAM.start())
 CONFIG = f"""\
 gateway:
   secret: "{SECRET}"
+  public_origin: "{ORIGIN}"
 pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 accepts:
   - network: "{NETWORK}"
@@ -286,7 +289,7 @@ class Request:
 
 
 async def call_gateway(request: Request) -> list[dict[str, Any]]:
-    token = GATE.session_tokens.issue(PAYER, NETWORK, TOKEN, GATE.clock.now())
+    token = GATE.session_tokens.issue(PAYER, NETWORK, TOKEN, GATE.clock.now(), origin=ORIGIN)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -299,7 +302,7 @@ async def call_gateway(request: Request) -> list[dict[str, Any]]:
         "query_string": request.query,
         "root_path": "",
         "headers": [
-            (b"host", b"gateway.test"),
+            (b"host", HOST.encode()),
             (SESSION_HEADER.lower().encode(), token.encode()),
             *request.headers,
         ],
