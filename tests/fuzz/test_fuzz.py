@@ -13,10 +13,10 @@ oracle. The test also reads libFuzzer's final statistics: a run that executed fe
 ``MIN_RUNS`` inputs fails (a fuzz test that ran nothing proves nothing).
 
 Known findings (``known.py``) are passed over during the timed runs, so CI keeps looking for new
-ones until their fixes are merged; each one's reproducer is replayed strictly by
-``test_known_findings_still_reproduce``, which fails as soon as the fix is in, so that the entry
-is removed and the run becomes fully strict again. Skipped where atheris is not installed (it
-ships wheels for CPython 3.11-3.13 on Linux x86-64 only).
+ones until their fixes are merged. ``test_kept_reproducers_replay_as_expected`` replays every
+input kept in ``corpus/``: fixed findings must pass (regression seeds), open ones must still fail
+with their signature, and fail the test as soon as their fix is in. Skipped where atheris is not
+installed (it ships wheels for CPython 3.11-3.13 on Linux x86-64 only).
 """
 
 from __future__ import annotations
@@ -84,26 +84,34 @@ def test_fuzzing_finds_no_crash(harness: str, tmp_path: Path) -> None:
     assert runs >= MIN_RUNS, tail  # it really ran, not just started
 
 
+def _kept(harness: str) -> list[Path]:
+    folder = HERE / "corpus" / harness
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("harness", [h for h in HARNESSES if known.FINDINGS[h]])
-def test_known_findings_still_reproduce(harness: str, tmp_path: Path) -> None:
-    """Each known finding's reproducer still fails, with its signature. Once a fix is merged
-    this fails: remove the finding from known.py (and ``known-`` from its reproducer's name)."""
+@pytest.mark.parametrize("harness", [h for h in HARNESSES if _kept(h)])
+def test_kept_reproducers_replay_as_expected(harness: str, tmp_path: Path) -> None:
+    """Every input kept in ``corpus/<harness>/`` is replayed strictly. A finding whose fix is
+    merged stays there as a regression seed and must pass; a ``known-<id>`` reproducer of a
+    finding still open (``known.py``) must still fail with its signature: once its fix is in,
+    this fails until the entry is removed and the file renamed without ``known-``."""
     findings = known.FINDINGS[harness]
-    # known-<id>, and more reproducers of the same finding as known-<id>-<what>.
-    reproducers = {
-        path: name
-        for name in findings
-        for path in sorted((HERE / "corpus" / harness).glob(f"known-{name}*"))
-        if path.name == f"known-{name}" or path.name.startswith(f"known-{name}-")
-    }
-    missing = sorted(set(findings) - set(reproducers.values()))
+    kept = _kept(harness)
+    expected: dict[str, str] = {}
+    for path in kept:
+        name = path.name
+        if name.startswith("known-"):
+            ids = [i for i in findings if name == f"known-{i}" or name.startswith(f"known-{i}-")]
+            assert ids, f"{name}: no finding of that name in tests/fuzz/known.py"
+            expected[name] = f"known {ids[0]}"
+        else:
+            expected[name] = "ok"
+    missing = sorted(i for i in findings if f"known {i}" not in expected.values())
     assert missing == [], f"no reproducer for {missing}"
-    code, output = _run(harness, [str(path) for path in reproducers], tmp_path)
-    outcomes = dict(re.findall(r"replay (known-\S+): (.*)", output))
-    fixed = sorted({name for path, name in reproducers.items() if outcomes.get(path.name) == "ok"})
+    code, output = _run(harness, [str(path) for path in kept], tmp_path)
+    outcomes = dict(re.findall(r"replay (\S+): (.*)", output))
+    fixed = sorted(n for n, want in expected.items() if want != "ok" and outcomes.get(n) == "ok")
     assert fixed == [], f"fixed now, remove from tests/fuzz/known.py: {fixed}"
-    assert outcomes == {path.name: f"known {name}" for path, name in reproducers.items()}, output[
-        -4000:
-    ]
-    assert code == 1
+    assert outcomes == expected, output[-4000:]
+    assert code == (1 if findings else 0), output[-4000:]
