@@ -193,7 +193,10 @@ def test_check_e008_names_the_priced_views_left_without_middleware(settings_for:
 
 
 def test_check_e005_startup_checks_value(settings_for: Any) -> None:
-    with override_settings(X402GATE=settings_for({}, STARTUP_CHECKS="sometimes")):
+    # Its own empty URLconf: the checks walk the URLconf's views, whatever another test left.
+    with override_settings(
+        ROOT_URLCONF=urlconf([]), X402GATE=settings_for({}, STARTUP_CHECKS="sometimes")
+    ):
         ids = [m.id for m in run_checks() if m.id and m.id.startswith("x402gate.")]
     assert ids == ["x402gate.E005"]
 
