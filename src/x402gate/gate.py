@@ -1484,34 +1484,45 @@ class PaymentGate:
         token = secrets.token_hex(16)
         # A busy identifier is another request's: this one must not abandon its record.
         idempotency = (payment_id, fingerprint) if payment_id and busy is None else None
-        try:
-            claim = await self._store_call(
-                self.store.claim, key, request.resource, token, auth.valid_before, self.clock.now()
-            )
-        except StoreError as exc:
-            logger.error("replay store claim failed: %s", exc)
-            await self._abandon(idempotency)
-            await self._emit(PaymentEvent("error", request, route, payment, code="store"))
-            raise self._failure(exc) from None
         transaction: str | None = None
-        if claim is ClaimResult.IN_FLIGHT or claim is ClaimResult.USED:
-            # USED may be a claim whose answer never went out (sending): _recover tells.
-            try:
-                transaction = await self._recover(request, route, payment, requirements, key, token)
-            except PaymentError:
-                await self._abandon(idempotency)
-                raise
-            if transaction is not None:
-                claim = ClaimResult.CLAIMED
         if busy is not None:
+            # Another request holds the identifier. It may be gone (process killed) with its
+            # payment settled: only a recovery from the chain may answer here. Claiming the nonce
+            # would race that request's own claim and refuse it.
+            transaction = await self._recover(request, route, payment, requirements, key, token)
             if transaction is None:
-                if claim is ClaimResult.CLAIMED:  # freed meanwhile: its owner is still at work
-                    await self._store_call_quietly(self.store.release, key, token)
                 raise busy
             # The request that reserved the identifier is gone (its claim was recovered): its
             # pending record is this request's to complete (any request with the same identifier
             # and fingerprint is the same logical request).
             idempotency = (payment_id, fingerprint) if payment_id is not None else None
+            claim = ClaimResult.CLAIMED
+        else:
+            try:
+                claim = await self._store_call(
+                    self.store.claim,
+                    key,
+                    request.resource,
+                    token,
+                    auth.valid_before,
+                    self.clock.now(),
+                )
+            except StoreError as exc:
+                logger.error("replay store claim failed: %s", exc)
+                await self._abandon(idempotency)
+                await self._emit(PaymentEvent("error", request, route, payment, code="store"))
+                raise self._failure(exc) from None
+            if claim is ClaimResult.IN_FLIGHT or claim is ClaimResult.USED:
+                # USED may be a claim whose answer never went out (sending): _recover tells.
+                try:
+                    transaction = await self._recover(
+                        request, route, payment, requirements, key, token
+                    )
+                except PaymentError:
+                    await self._abandon(idempotency)
+                    raise
+                if transaction is not None:
+                    claim = ClaimResult.CLAIMED
         if claim is not ClaimResult.CLAIMED:
             await self._abandon(idempotency)
             if claim is ClaimResult.BOUND_ELSEWHERE:
