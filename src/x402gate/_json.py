@@ -23,7 +23,10 @@ server. Every decoder of client, upstream or header input goes through :func:`lo
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+from collections.abc import Iterator
 from itertools import accumulate, repeat
 from operator import add, sub
 from typing import Any
@@ -150,6 +153,30 @@ _PLAIN_DECODER = json.JSONDecoder()
 _UNIQUE_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object)
 
 
+_COLLECT_BELOW = 64 * 1024
+"""Documents smaller than this (bytes) are decoded with the collector as it is."""
+
+
+@contextlib.contextmanager
+def _no_collection(size: int) -> Iterator[None]:
+    """Defer the cyclic garbage collector while a large document is decoded.
+
+    Decoding allocates one container per array and object. In a long-running server with a large
+    heap, those allocations trigger full collections that walk the whole heap: a 10 MiB document
+    of 175,000 arrays cost 0.1 s of CPU alone and over 1 s inside a big process. The decoder
+    makes no reference cycles, so nothing is lost by collecting after it. A collector that was
+    already off (the application's choice) stays off.
+    """
+    if size < _COLLECT_BELOW or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def loads(
     data: bytes | str,
     *,
@@ -179,7 +206,8 @@ def loads(
             raise UnsafeJSON("JSON must be UTF-8 without encoded surrogates") from None
     _check_structure(raw, max_depth, max_items)
     try:
-        return (_UNIQUE_DECODER if unique_keys else _PLAIN_DECODER).decode(text)
+        with _no_collection(len(raw)):
+            return (_UNIQUE_DECODER if unique_keys else _PLAIN_DECODER).decode(text)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -198,7 +226,8 @@ def loads_prefix(text: str, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_
     checks a whole document (the check covers all of ``text``: keep it short)."""
     _check_structure(text.encode("utf-8", "surrogatepass"), max_depth, max_items)
     try:
-        value, _ = _PLAIN_DECODER.raw_decode(text)
+        with _no_collection(len(text)):
+            value, _ = _PLAIN_DECODER.raw_decode(text)
     except RecursionError:
         raise UnsafeJSON(f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError:
