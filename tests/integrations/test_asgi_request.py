@@ -125,7 +125,9 @@ def test_trust_proxy_headers_is_deprecated() -> None:
         facilitator=Unused(), store="memory://", startup_checks="off",
     )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
-        PaymentMiddleware(lambda *a: None, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
+        PaymentMiddleware(
+            lambda *a: None, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True
+        )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         WSGIMiddleware(lambda *a: [], gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
     gate.close()
