@@ -36,9 +36,9 @@ from x402gate.request import RequestInfo
 
 
 def test_docstring_examples() -> None:
-    result = doctest.testmod(metering)
-    assert result.attempted > 20
-    assert result.failed == 0
+    results = [doctest.testmod(module) for module in (metering, metering.usage, metering.prices)]
+    assert sum(result.attempted for result in results) > 20
+    assert sum(result.failed for result in results) == 0
 
 
 def post(body: Any, *, path: str = "/v1/chat/completions", query: str = "") -> RequestInfo:
