@@ -29,7 +29,8 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigurationError, PaymentError
 from ..money import MAX_AMOUNT, PriceLike, ceil_div, format_usd, parse_price
-from ..pricing import NO_PRICE_CODE, PriceStrategy, _Field
+from ..pricing.fields import RequestField
+from ..pricing.strategy import NO_PRICE_CODE, PriceStrategy
 from ..request import RequestInfo
 from .usage import SecondsLike, Usage, _exact_seconds, _is_count, _measured_seconds
 
@@ -297,7 +298,7 @@ class PerToken(PriceStrategy):
             raise ConfigurationError(f"fallback: {exc}") from None
         if not self._exact and self.fallback is None:
             raise ConfigurationError("PerToken needs at least one model or a fallback")
-        self.field = _Field(model_field)
+        self.field = RequestField(model_field)
         self.max_input_tokens = _route_limit("max_input_tokens", max_input_tokens, 0)
         self.max_output_tokens = _route_limit("max_output_tokens", max_output_tokens, 0)
         self.max_price = None if max_price is None else parse_price(max_price)
