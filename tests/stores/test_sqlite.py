@@ -61,7 +61,7 @@ def test_the_file_is_a_wal_database_with_versioned_tables(tmp_path: Path) -> Non
 def test_expired_rows_are_purged_in_bounded_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "_PURGE_LIMIT", 10)
+    monkeypatch.setattr(SQLiteStore, "_PURGE_LIMIT", 10)
     path = tmp_path / "claims.db"
     with SQLiteStore(path) as store:
         for i in range(35):

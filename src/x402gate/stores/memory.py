@@ -14,16 +14,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
 from ..errors import ConfigurationError
-from .base import (
-    CREDIT_RECORD_RETENTION_SECONDS,
-    IN_FLIGHT_UNSETTLED,
-    MAX_CREDIT_AMOUNT,
-    ClaimResult,
-    CreditBalance,
-    CreditReservation,
-    IdempotencyOutcome,
-    IdempotencyResult,
-    Store,
+from .base import Store
+from .checks import (
     check_block,
     check_credit_account,
     check_credit_amount,
@@ -34,7 +26,16 @@ from .base import (
     check_idempotency_ttl,
     check_in_flight_admit,
 )
-from .registry import register_scheme
+from .records import (
+    CREDIT_RECORD_RETENTION_SECONDS,
+    IN_FLIGHT_UNSETTLED,
+    MAX_CREDIT_AMOUNT,
+    ClaimResult,
+    CreditBalance,
+    CreditReservation,
+    IdempotencyOutcome,
+    IdempotencyResult,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -95,7 +96,6 @@ class _TopUp:
     at: float
 
 
-@register_scheme
 class MemoryStore(Store):
     """A dict behind a lock. Operations never do I/O, so the async gate calls them inline."""
 

@@ -1,8 +1,9 @@
 """Choosing a store backend from a URL.
 
-Each backend class registers its URL scheme with :func:`register_scheme` when its module is
-imported. The built-in backends live in modules that are imported only when their scheme is
-asked for, so ``import x402gate`` never loads ``sqlite3`` or ``redis``.
+The built-in backends are named here by module and class, and imported only when their scheme
+is first asked for, so ``import x402gate`` never loads ``sqlite3`` or ``redis`` and the backends
+never import this module. Other backends register their URL scheme with :func:`register_scheme`;
+a scheme registered that way, built-in or not, is the one :func:`open_store` uses.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-import urllib.parse
 from typing import TypeVar
 
 from ..errors import ConfigurationError
 from .base import Store
+from .urls import redact_url
 
 __all__ = ["DEFAULT_STORE_URL", "accepted_schemes", "open_store", "redact_url", "register_scheme"]
 
@@ -25,14 +26,14 @@ S = TypeVar("S", bound=Store)
 
 _SCHEMES: dict[str, type[Store]] = {}
 
-# Built-in schemes and the module whose import registers them. Kept as names, not classes,
-# so that choosing ``memory://`` does not import the SQLite or Redis code.
-_BUILTIN_MODULES: dict[str, str] = {
-    "memory": "x402gate.stores.memory",
-    "sqlite": "x402gate.stores.sqlite",
-    "redis": "x402gate.stores.redis",
-    "rediss": "x402gate.stores.redis",
-    "unix": "x402gate.stores.redis",
+# Built-in schemes and the module and class that serve them. Kept as names, not classes, so
+# that choosing ``memory://`` does not import the SQLite or Redis code.
+_BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
+    "memory": ("x402gate.stores.memory", "MemoryStore"),
+    "sqlite": ("x402gate.stores.sqlite", "SQLiteStore"),
+    "redis": ("x402gate.stores.redis", "RedisStore"),
+    "rediss": ("x402gate.stores.redis", "RedisStore"),
+    "unix": ("x402gate.stores.redis", "RedisStore"),
 }
 
 # RFC 3986 scheme syntax.
@@ -56,41 +57,17 @@ def register_scheme(cls: type[S]) -> type[S]:
 
 def accepted_schemes() -> list[str]:
     """Every scheme :func:`open_store` understands, sorted."""
-    return sorted(set(_SCHEMES) | set(_BUILTIN_MODULES))
+    return sorted(set(_SCHEMES) | set(_BUILTIN_BACKENDS))
 
 
-def redact_url(url: str) -> str:
-    """``url`` with passwords (user info or ``password=`` option) replaced by ``***``.
-
-    Safe for messages and logs. A URL too malformed to tell where a password would be is
-    shown by its scheme only.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - validates the port, raising ValueError like the drivers would
-    except ValueError:
-        return _opaque(url)
-    if "@" in url and "@" not in parts.netloc:
-        return _opaque(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    redacted = url
-    if parts.password is not None:
-        # Splice rather than urlunsplit, which would rewrite "unix:///p" as "unix:/p".
-        start = url.index("//") + 2
-        user = parts.netloc.rpartition("@")[0].partition(":")[0]
-        hostport = parts.netloc.rpartition("@")[2]
-        redacted = f"{url[:start]}{user}:***@{hostport}{url[start + len(parts.netloc) :]}"
-    if any(name == "password" for name, _ in query):
-        base, _, rest = redacted.partition("?")
-        _, hash_sign, fragment = rest.partition("#")
-        safe = [(name, "***" if name == "password" else value) for name, value in query]
-        redacted = f"{base}?{urllib.parse.urlencode(safe, safe='*/:')}{hash_sign}{fragment}"
-    return redacted
-
-
-def _opaque(url: str) -> str:
-    scheme, sep, _ = url.partition("://")
-    return f"{scheme}://..." if sep else "<URL not shown: it may contain a password>"
+def _register_builtin(scheme: str) -> None:
+    """Import the built-in backend for ``scheme`` and register it (with its aliases)."""
+    module, name = _BUILTIN_BACKENDS[scheme]
+    backend = getattr(importlib.import_module(module), name)
+    for alias in (backend.scheme, *backend.aliases):
+        # An application's own backend for one of these schemes stays in place.
+        if alias.lower() not in _SCHEMES:
+            _SCHEMES[alias.lower()] = backend
 
 
 def _backend_for(url: str) -> type[Store]:
@@ -101,8 +78,8 @@ def _backend_for(url: str) -> type[Store]:
             f"one of {', '.join(s + '://' for s in accepted_schemes())}"
         )
     scheme = match.group(1).lower()
-    if scheme not in _SCHEMES and scheme in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[scheme])
+    if scheme not in _SCHEMES and scheme in _BUILTIN_BACKENDS:
+        _register_builtin(scheme)
     try:
         return _SCHEMES[scheme]
     except KeyError:

@@ -1,0 +1,125 @@
+"""The tables of the SQLite store and their version, created on a connection's first use.
+
+Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
+``x402gate_credit_*``, ``x402gate_in_flight``) and ``x402gate_meta`` records the schema version.
+Adding a table is not a new version: tables are created when missing, and an older x402gate
+ignores tables it does not know, so old and new workers can share one file during a rolling
+upgrade. A file written by a newer version is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ...errors import StoreError
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "create_tables"]
+
+SCHEMA_VERSION = 1
+"""The version this x402gate writes into ``x402gate_meta``; a newer file is refused."""
+
+# Statements separated by ";"; each is idempotent (IF NOT EXISTS).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS x402gate_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402gate_replay (
+    key TEXT PRIMARY KEY,
+    resource TEXT NOT NULL,
+    token TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('held', 'released', 'used')),
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_replay_expires_at ON x402gate_replay (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_recovery (
+    key TEXT PRIMARY KEY,
+    checked_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_recovery_expires_at ON x402gate_recovery (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_answering (
+    key TEXT PRIMARY KEY,
+    alive_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_answering_expires_at ON x402gate_answering (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_idempotency (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
+    response BLOB,
+    ttl_seconds INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS x402gate_idempotency_expires_at
+    ON x402gate_idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_credit_account (
+    account TEXT PRIMARY KEY,
+    available TEXT NOT NULL,
+    reserved TEXT NOT NULL,
+    topped_up TEXT NOT NULL,
+    charged TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402gate_credit_topup (
+    ref TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    applied_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402gate_credit_reservation (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('held', 'committed', 'released', 'expired')),
+    charged TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS x402gate_credit_held
+    ON x402gate_credit_reservation (account, expires_at) WHERE state = 'held';
+CREATE INDEX IF NOT EXISTS x402gate_credit_expires_at
+    ON x402gate_credit_reservation (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_in_flight (
+    account TEXT NOT NULL,
+    id TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    until_block INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (account, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_in_flight_expires_at ON x402gate_in_flight (expires_at);
+"""
+
+
+
+def create_tables(conn: sqlite3.Connection, path: str) -> None:
+    """Create the missing tables and check the file's version, in one write transaction.
+
+    ``path`` names the file in errors. Raises :class:`~x402gate.errors.StoreError` for a file
+    written by a newer x402gate, and lets driver errors through for the caller to wrap.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        row = conn.execute(
+            "SELECT value FROM x402gate_meta WHERE name = 'schema_version'"
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO x402gate_meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"SQLite store {path}: schema version {row[0]} was written by a newer "
+                f"x402gate (this one knows version {SCHEMA_VERSION})"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
