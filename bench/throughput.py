@@ -704,7 +704,7 @@ def find_py_spy() -> str | None:
 CATEGORIES = [
     ("SDK facilitator settle (web3, signing, RPC)", ("_settle_core",)),
     ("SDK facilitator verify (web3, RPC, ecrecover)", ("_verify_core", "ExactEvmScheme._verify")),
-    ("x402gate store (SQLite)", ("stores/sqlite.py", "stores/memory.py", "stores/redis.py")),
+    ("x402gate store (SQLite)", ("stores/sqlite/", "stores/memory.py", "stores/redis/")),
     ("x402gate local verify (EIP-712, ecrecover)", ("x402gate/verify.py",)),
     ("x402gate gate + adapter (rest)", ("x402gate/",)),
     ("official middleware + x402 HTTP server (rest)", ("x402/http/", "x402/server")),
