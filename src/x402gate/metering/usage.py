@@ -505,7 +505,7 @@ def meter_for(content_type: str | None) -> UsageMeter:
     return NoUsageMeter()
 
 
-# --- durations ----------------------------------------------------------------------------
+# --- durations -------------------------------------------------------------------------------
 
 
 def _exact_seconds(value: object, what: str) -> Fraction:

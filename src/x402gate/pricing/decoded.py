@@ -156,4 +156,3 @@ class DecodedBody(PriceStrategy):
 class _MeteredDecodedBody(DecodedBody):
     __slots__ = ()
     metered: ClassVar[bool] = True
-

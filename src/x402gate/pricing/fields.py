@@ -121,4 +121,3 @@ class Condition:
     def matches(self, request: RequestInfo) -> bool:
         value = self.field.read(request)
         return value is not None and any(glob.match(value) for glob in self.globs)
-

@@ -226,8 +226,7 @@ class ModelTable(PriceStrategy):
         return f"ModelTable({models!r}, fallback={_usd_or_none(self.fallback)!r})"
 
 
-
-# --- helpers -------------------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def _price_range(amounts: list[int], fallback: int | None) -> dict[str, str]:
@@ -249,4 +248,3 @@ def _parse_fallback(fallback: PriceLike | None) -> int | None:
 
 def _usd_or_none(amount: int | None) -> str | None:
     return None if amount is None else format_usd(amount)
-

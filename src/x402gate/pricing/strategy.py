@@ -162,7 +162,6 @@ class _Parsed(Awaitable[int]):
             close()
 
 
-
 def _name_of(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 

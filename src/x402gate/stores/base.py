@@ -158,7 +158,6 @@ shared (SQLite file, Redis). Backends wrap every driver error in
 :attr:`Store.blocking` is true from a worker thread so the event loop never waits on I/O.
 """
 
-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -95,7 +95,6 @@ class SQLiteConnection(Store):
         self._next_in_flight_purge = float("-inf")
         _LIVE_STORES.add(self)
 
-
     def ping(self) -> None:
         """Open the file and create the tables if needed; :class:`StoreError` if impossible."""
         directory = os.path.dirname(self.path)

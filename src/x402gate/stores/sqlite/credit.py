@@ -49,7 +49,6 @@ def _write_account(conn: sqlite3.Connection, account: str, **values: int) -> Non
     )
 
 
-
 class SQLiteCredit(SQLiteConnection):
     """Top-ups, reservations and their commit, release, extension and expiry."""
 

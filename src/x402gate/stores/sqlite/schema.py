@@ -93,7 +93,6 @@ CREATE INDEX IF NOT EXISTS x402gate_in_flight_expires_at ON x402gate_in_flight (
 """
 
 
-
 def create_tables(conn: sqlite3.Connection, path: str) -> None:
     """Create the missing tables and check the file's version, in one write transaction.
 
