@@ -36,6 +36,21 @@ def test_two_stores_on_one_url_share_claims(redis_url: str) -> None:
         assert a.state("k", NOW) == "used"
 
 
+def test_every_lua_script_is_a_package_file_in_use() -> None:
+    from importlib import resources
+
+    from x402gate.stores.redis import scripts
+
+    files = resources.files("x402gate.stores.redis").joinpath("lua")
+    names = {entry.name.removesuffix(".lua") for entry in files.iterdir()}
+    assert names and all(scripts.script(name).strip() for name in names)
+    store = RedisStore(client=redis.Redis())  # registering scripts needs no connection
+    registered = [value.script for value in vars(store).values() if hasattr(value, "sha")]
+    preludes = {*scripts.CREDIT, *scripts.IN_FLIGHT}
+    for name in names - preludes:  # each script is registered, after the preludes it needs
+        assert any(source.endswith(scripts.script(name)) for source in registered), name
+
+
 def test_keys_live_under_the_prefix(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     with open_store(redis_url) as default, open_store(redis_url + "?key_prefix=app2:") as other:

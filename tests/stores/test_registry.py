@@ -167,6 +167,30 @@ def test_registered_scheme_is_used_and_may_replace_a_builtin(
     assert "custom" in registry.accepted_schemes()
 
 
+def test_a_registered_scheme_stays_when_the_builtin_module_is_imported_later() -> None:
+    code = (
+        "from x402gate.stores import open_store, register_scheme\n"
+        "from x402gate.stores.memory import MemoryStore\n"
+        "@register_scheme\n"
+        "class Custom(MemoryStore):\n"
+        "    scheme = 'sqlite'\n"
+        "    @classmethod\n"
+        "    def from_url(cls, url): return cls()\n"
+        "import x402gate.stores.sqlite\n"
+        "print(type(open_store('sqlite:///never-created.db')).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Custom"]
+
+
+def test_builtin_backends_are_found_again_after_the_registry_is_emptied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "_SCHEMES", {})  # their modules are imported already
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert registry.accepted_schemes() == ["memory", "redis", "rediss", "sqlite", "unix"]
+
+
 def test_register_scheme_refuses_a_class_without_a_valid_scheme() -> None:
     class Nameless(MemoryStore):
         scheme: ClassVar[str] = ""
