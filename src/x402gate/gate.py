@@ -60,7 +60,7 @@ from .request import RequestInfo
 from .siwx import SIWX_HEADER, SIWX_KEY, SignInWithX, parse_public_origins, split_url
 from .stores import ClaimResult, Store, open_store, replay_key
 from .stores.base import (
-    MAX_IDEMPOTENT_RESPONSE_BYTES,
+    MAX_KEPT_BODY_BYTES,
     IdempotencyOutcome,
     check_payment_id,
     credit_account,
@@ -980,7 +980,7 @@ class PaymentGate:
         idempotency, session.idempotency = session.idempotency, None
         if idempotency is None:
             return
-        if body is None or len(body) > MAX_IDEMPOTENT_RESPONSE_BYTES // 2:
+        if body is None or len(body) > MAX_KEPT_BODY_BYTES:
             answer = {
                 "status": 409,
                 "headers": [["Content-Type", "application/json"], ["Cache-Control", "no-store"]],

@@ -1,9 +1,15 @@
-"""ASGI and WSGI type aliases, in one place."""
+"""Moved to :mod:`x402gate._web.types`; kept so that older internal imports still resolve."""
 
-from __future__ import annotations
-
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, TypeAlias
+from .._web.types import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    StartResponse,
+    WSGIApp,
+    WSGIEnviron,
+)
 
 __all__ = [
     "ASGIApp",
@@ -15,13 +21,3 @@ __all__ = [
     "WSGIApp",
     "WSGIEnviron",
 ]
-
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-WSGIEnviron: TypeAlias = dict[str, Any]
-StartResponse: TypeAlias = Callable[..., Callable[[bytes], object]]
-WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]

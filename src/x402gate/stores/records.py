@@ -18,6 +18,7 @@ __all__ = [
     "MAX_CREDIT_ID_LENGTH",
     "MAX_FINGERPRINT_LENGTH",
     "MAX_IDEMPOTENT_RESPONSE_BYTES",
+    "MAX_KEPT_BODY_BYTES",
     "ClaimResult",
     "CreditBalance",
     "CreditReservation",
@@ -27,6 +28,11 @@ __all__ = [
 
 MAX_IDEMPOTENT_RESPONSE_BYTES = 1024 * 1024
 """Largest response :meth:`Store.idempotency_complete` stores (1 MiB)."""
+
+MAX_KEPT_BODY_BYTES = MAX_IDEMPOTENT_RESPONSE_BYTES // 2
+"""Largest answer body kept for retries with a payment identifier: the stored response carries
+it in base64 (4/3 of its size) with the status and headers, and must fit
+:data:`MAX_IDEMPOTENT_RESPONSE_BYTES`. Adapters stop buffering above it."""
 
 MAX_FINGERPRINT_LENGTH = 512
 """Longest fingerprint accepted (a hex SHA-256 is 64 characters)."""
