@@ -182,7 +182,7 @@ WHAT_IF = {
     "and the claim keeps the authorization exclusive)",
 }
 """Bench-only experiments on the x402gate side (``--what-if``): monkeypatches in the server
-process that estimate what a proposed change to gate.py / facilitators.py would buy. They are
+process that estimate what a proposed change to gate/ or facilitators.py would buy. They are
 not x402gate's behaviour."""
 
 

@@ -184,7 +184,7 @@ CHARGES: list[int] = []
 
 async def _on_event(event: Any) -> None:
     if event.kind == "charged":
-        CHARGES.append(event.status)
+        CHARGES.append(event.amount)
 
 
 GATE.on_event(_on_event)
