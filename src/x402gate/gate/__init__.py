@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .admission import IN_FLIGHT_GRACE_SECONDS, SETTLED_IN_FLIGHT_SECONDS
 from .challenge import PAYING_HEADERS
+from .charges import COMMIT_WAIT_SECONDS
 from .config import HOLD_MARGIN_SECONDS
-from .credit import COMMIT_WAIT_SECONDS
 from .engine import PaymentGate
 from .events import EventKind, EventListener, PaymentEvent
 from .idempotency import PAYMENT_IDENTIFIER, payment_identifier_extension

@@ -18,7 +18,8 @@ module             what it does
 ``challenge``      payment requirements, the 402 and its cache
 ``steps``          the per-request steps: ``begin``, ``finish``, ``abort``
 ``idempotency``    payment-identifier retries: reserve, record, replay
-``credit``         metered routes: credit, session tokens, holds, the charge after the answer
+``credit``         metered routes: credit, session tokens, reservations
+``charges``        metered routes: the charge after the answer, commit waits, deadlines
 ``admission``      payments in flight held on the payer's balance
 ``settlement``     settle, mark served, recover a settled payment whose answer was lost
 ``events``         :class:`PaymentEvent` and its kinds
@@ -56,6 +57,7 @@ from ..stores.registry import DEFAULT_STORE_URL
 from . import (
     admission,
     challenge,
+    charges,
     config,
     credit,
     idempotency,
@@ -63,7 +65,7 @@ from . import (
     steps,
 )
 from . import startup as start_up
-from .credit import COMMIT_WAIT_SECONDS
+from .charges import COMMIT_WAIT_SECONDS
 from .events import EventListener, PaymentEvent, emit
 from .failures import failure
 from .model import PaymentSession, Route
@@ -219,13 +221,13 @@ class PaymentGate:
     finish = steps.finish
     abort = steps.abort
     record = idempotency.record
-    hold_commit = credit.hold_commit
-    complete = credit.complete
-    complete_after_send = credit.complete_after_send
+    hold_commit = charges.hold_commit
+    complete = charges.complete
+    complete_after_send = charges.complete_after_send
     credit_status = credit.credit_status
     balance = credit.balance
-    answer_overdue = credit.answer_overdue
-    overdue_check = credit.overdue_check
+    answer_overdue = charges.answer_overdue
+    overdue_check = charges.overdue_check
     delivered = settlement.delivered
     start_delivered = settlement.start_delivered
 
@@ -255,10 +257,10 @@ class PaymentGate:
     _credit_payment = credit.credit_payment
     _fund_reservation = credit.fund_reservation
     _credit_headers = credit.credit_headers
-    _drop_hold = credit.drop_hold
-    _await_commits = credit.await_commits
-    _release_credit = credit.release_credit
-    _deadline = staticmethod(credit.deadline)
+    _drop_hold = charges.drop_hold
+    _await_commits = charges.await_commits
+    _release_credit = charges.release_credit
+    _deadline = staticmethod(charges.deadline)
     _admit = admission.admit
     _release_in_flight = admission.release_in_flight
     _settle_in_flight = admission.settle_in_flight
