@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PAYING_HEADERS",
     "UNPAID",
+    "cached_challenge",
     "challenge",
     "plain_challenge",
     "remember_challenge",
@@ -133,6 +134,19 @@ def plain_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> Pa
     return PaymentError(
         402, "payment_required", UNPAID, headers=dict(cached[1]), body=dict(cached[2])
     )
+
+
+def cached_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> PaymentError | None:
+    """The 402 to send without any await, or ``None`` (then run :meth:`PaymentGate.begin`).
+
+    It applies once the gate started, while no event listener waits for the ``challenged``
+    event (listeners may be coroutines), to a request that :func:`plain_challenge` answers.
+    Like ``begin``, it first puts the request's URL under the configured public origin.
+    """
+    if not gate._started or gate._listeners:
+        return None
+    request.url = gate.public_url(request)
+    return plain_challenge(gate, route, request)
 
 
 def remember_challenge(

@@ -217,6 +217,7 @@ class PaymentGate:
     startup_mode = start_up.startup_mode
     check_startup = start_up.check_startup
     requirements = challenge.requirements
+    cached_challenge = challenge.cached_challenge
     begin = steps.begin
     finish = steps.finish
     abort = steps.abort
