@@ -234,10 +234,7 @@ class PaymentGate:
 
     # -- the steps' parts --------------------------------------------------------------------
 
-    _check_timeout = staticmethod(config.check_timeout)
-    _resolve_assets = staticmethod(config.resolve_assets)
-    _resolve_pay_to = staticmethod(config.resolve_pay_to)
-    _resolve_reconciler = staticmethod(config.resolve_reconciler)
+    _check_timeout = staticmethod(config.check_timeout)  # still read by the Flask settings
 
     _challenge = challenge.challenge
     _plain_challenge = challenge.plain_challenge
