@@ -23,7 +23,14 @@ module             what it does
 ``admission``      payments in flight held on the payer's balance
 ``settlement``     settle, mark served, recover a settled payment whose answer was lost
 ``events``         :class:`PaymentEvent` and its kinds
+``model``          :class:`Route`, :class:`Payment`, :class:`PaymentSession`
+``failures``       the 503/502 of a failed dependency, error codes safe to show
 =================  ===========================================================================
+
+Each step is a function of the gate (``def settle(gate, session)``), bound as a method rather
+than held by a collaborator object: a paid request makes the same calls as when it was one
+class, and the state (store, clock, holds, listeners) stays in one place that tests and
+operators may replace.
 
 Fail closed: a store, facilitator or chain error never lets content through; it becomes a
 503/502 with a sanitized message, and the detail goes to the ``x402gate`` logger.
