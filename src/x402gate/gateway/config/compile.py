@@ -16,7 +16,7 @@ from ...errors import ConfigurationError
 from ...money import PriceLike
 from ...pricing import DecodedBody, PriceStrategy
 from ...proxies import TrustedProxies
-from ...routing import compile_pattern, shadowed_keys
+from ...routing import RoutePattern, shadowed_keys
 from ...siwx import parse_public_origins
 from ...stores.registry import accepted_schemes, redact_url
 from .._yaml import Loc
@@ -29,7 +29,6 @@ __all__ = ["Compiler", "RoutePlan"]
 NOT_INJECTABLE = HOP_BY_HOP | {"content-length"}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _METHODS = re.compile(r"^[A-Z]+(?:,[A-Z]+)*$")
-_PARAM = re.compile(r"^(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|:([A-Za-z_][A-Za-z0-9_]*))$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _PRIVATE_KEY = re.compile(r"^(?:0x)?[0-9a-fA-F]{64}$")
 
@@ -279,8 +278,8 @@ class Compiler(PriceCompiler):
 
     def _route(self, key: str, spec: RouteSpec) -> RoutePlan | None:
         loc: Loc = ("routes", key)
-        params = self._route_key(loc, key)
-        ok = params is not None
+        pattern = self._route_key(loc, key)
+        ok = pattern is not None
         if spec.upstream not in self.file.upstreams:
             known = ", ".join(sorted(self.file.upstreams))
             close = difflib.get_close_matches(spec.upstream, list(self.file.upstreams), n=1)
@@ -290,8 +289,8 @@ class Compiler(PriceCompiler):
                 f"no upstream named {spec.upstream!r} ({hint}defined: {known})",
             )
             ok = False
-        if spec.path is not None and params is not None:
-            ok = self._rewrite((*loc, "path"), spec.path, params) and ok
+        if spec.path is not None and pattern is not None:
+            ok = self._rewrite((*loc, "path"), spec.path, pattern) and ok
         strategy = self._pricing(loc, spec)
         if strategy is None or not ok:
             return None
@@ -324,26 +323,19 @@ class Compiler(PriceCompiler):
             credit_topup=topup,
         )
 
-    def _route_key(self, loc: Loc, key: str) -> tuple[set[str], bool] | None:
+    def _route_key(self, loc: Loc, key: str) -> RoutePattern | None:
         head, _, rest = key.strip().partition(" ")
-        if rest:
-            methods, path = head.upper(), rest.strip()
-            if not _METHODS.match(methods) or head != methods:
-                self._add(loc, "a route key is 'METHOD /path' with the method in capitals")
-                return None
-        else:
-            path = head
+        if rest and (not _METHODS.match(head.upper()) or head != head.upper()):
+            self._add(loc, "a route key is 'METHOD /path' with the method in capitals")
+            return None
         try:
-            compile_pattern(path)
+            return RoutePattern.parse(key)
         except ConfigurationError as exc:
             self._add(loc, str(exc))
             return None
-        segments = path.strip("/").split("/")
-        names = {m.group(1) or m.group(2) for s in segments if (m := _PARAM.match(s))}
-        return names, segments[-1] == "*"
 
-    def _rewrite(self, loc: Loc, template: str, params: tuple[set[str], bool]) -> bool:
-        names, star = params
+    def _rewrite(self, loc: Loc, template: str, pattern: RoutePattern) -> bool:
+        names, star = set(pattern.params), pattern.rest
         if not template.startswith("/"):
             self._add(loc, "a path rewrite starts with '/'")
             return False
