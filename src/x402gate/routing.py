@@ -37,6 +37,7 @@ __all__ = [
     "check_routes_exist",
     "compile_pattern",
     "shadowed_keys",
+    "split_route_key",
 ]
 
 _METHOD_RE = re.compile(r"^[A-Z]+(?:,[A-Z]+)*$")
@@ -177,17 +178,28 @@ class _Entry:
         return all(self.regex.match(p) for p in _sample_paths(other.path, "{p}", "{g}"))
 
 
-def _parse_key(key: Any) -> tuple[frozenset[str] | None, str]:
-    """The methods (``None``: any) and the path pattern of a route key."""
+def split_route_key(key: Any) -> tuple[frozenset[str] | None, str]:
+    """The methods as written (``None``: any) and the target of ``"[METHODS ]TARGET"``.
+
+    The target is a path pattern for route tables; the Django ``ROUTES`` setting also takes
+    ``view:name`` targets. Methods are case-insensitive and returned in upper case.
+    """
     if not isinstance(key, str) or not key.strip():
         raise ConfigurationError(f"route key must be a string like 'GET /path': {key!r}")
     head, _, rest = key.strip().partition(" ")
     if not rest:
         return None, head
-    methods_text, path = head.upper(), rest.strip()
+    methods_text, target = head.upper(), rest.strip()
     if not _METHOD_RE.match(methods_text):
         raise ConfigurationError(f"bad HTTP method in route {key!r}")
-    named = frozenset(methods_text.split(","))
+    return frozenset(methods_text.split(",")), target
+
+
+def _parse_key(key: Any) -> tuple[frozenset[str] | None, str]:
+    """The methods (``None``: any) and the path pattern of a route key."""
+    named, path = split_route_key(key)
+    if named is None:
+        return None, path
     # Servers answer HEAD by running the GET handler: it must be paid for too.
     return (named | {"HEAD"} if "GET" in named else named), path
 

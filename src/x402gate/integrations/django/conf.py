@@ -27,7 +27,6 @@ or ``{"GATE": a PaymentGate or "dotted.path.to.gate", "ROUTES": ..., "DISCOVERY"
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from ..._runner import run_sync
 from ...errors import ConfigurationError
 from ...gate import PaymentGate, Route, StartupChecks
 from ...options import check_route_options
-from ...routing import RouteTable
+from ...routing import RouteTable, split_route_key
 from ...settings import (
     GATE_FIELDS,
     SETTING_NAMES,
@@ -73,7 +72,7 @@ GATE_KEYS = frozenset(name.upper() for name in GATE_FIELDS)
 KNOWN_KEYS = frozenset(name.upper() for name in SETTING_NAMES)
 
 _STARTUP_MODES = get_args(StartupChecks)
-_VIEW_KEY_RE = re.compile(r"^(?:(?P<methods>[A-Za-z]+(?:,[A-Za-z]+)*)\s+)?view:(?P<name>\S+)$")
+_VIEW = "view:"
 
 
 class Settings:
@@ -213,13 +212,14 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
     paths: dict[str, Any] = {}
     views: list[ViewRoute] = []
     for key, spec in routes.items():
-        match = _VIEW_KEY_RE.match(key.strip()) if isinstance(key, str) else None
-        if match is None:
+        # The same key syntax as path keys, with a view: target (one parser for both).
+        methods, target = split_route_key(key)
+        name = target.removeprefix(_VIEW)
+        if name == target or not name or any(c.isspace() for c in name):
             paths[key] = spec
             continue
         route = _route(gate, key, spec)
-        methods = frozenset(match["methods"].upper().split(",")) if match["methods"] else None
-        views.append(ViewRoute(key, methods, match["name"], route))
+        views.append(ViewRoute(key, methods, name, route))
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 
 
