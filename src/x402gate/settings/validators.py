@@ -25,6 +25,7 @@ __all__ = [
     "STARTUP_MODES",
     "Conflict",
     "Missing",
+    "check_address",
     "check_assets",
     "check_facilitator",
     "check_facilitator_urls",
@@ -167,16 +168,17 @@ def check_pay_to(value: Any, assets: Sequence[Asset] = ()) -> str | dict[str, st
     if isinstance(value, Mapping):
         mapping: dict[str, str] = {}
         for network, address in value.items():
-            mapping[normalize_network(network)] = _address(address)
+            mapping[normalize_network(network)] = check_address(address)
         for asset in assets:
             if asset.network not in mapping:
                 raise ConfigurationError(f"has no address for network {asset.network}")
         return dict(value)
-    _address(value)
+    check_address(value)
     return str(value)
 
 
-def _address(value: Any) -> str:
+def check_address(value: Any) -> str:
+    """An address that can receive payments, EIP-55 checksummed: 20 bytes in hex, not zero."""
     if not isinstance(value, str):
         raise ConfigurationError(f"must be an address (0x and 40 hex digits), not {value!r}")
     address = checksum_address(value)
@@ -220,7 +222,10 @@ def check_store_url(value: Any) -> Any:
         return value
     if value.partition("://")[0].lower() not in accepted_schemes():
         schemes = ", ".join(f"{s}://" for s in accepted_schemes())
-        raise ConfigurationError(f"{redact_url(value)!r} has an unknown scheme (use {schemes})")
+        raise ConfigurationError(
+            f"unknown store URL {redact_url(value)!r}: use one of {schemes} "
+            "(e.g. sqlite:///path.db, redis://host:port/db)"
+        )
     return value
 
 

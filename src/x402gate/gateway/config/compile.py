@@ -11,14 +11,17 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from ...assets import Asset, checksum_address, is_address, normalize_network, usdc
+from ...assets import Asset, is_address, normalize_network, usdc
 from ...errors import ConfigurationError
 from ...money import PriceLike
 from ...pricing import DecodedBody, PriceStrategy
-from ...proxies import TrustedProxies
 from ...routing import RoutePattern, shadowed_keys
-from ...siwx import parse_public_origins
-from ...stores.registry import accepted_schemes, redact_url
+from ...settings.validators import (
+    check_address,
+    check_public_origin,
+    check_store_url,
+    check_trusted_proxies,
+)
 from .._yaml import Loc
 from .errors import Problems, describe
 from .prices import PriceCompiler
@@ -161,14 +164,10 @@ class Compiler(PriceCompiler):
 
     def _address(self, loc: Loc, value: str) -> str | None:
         try:
-            address = checksum_address(value.strip())
+            return check_address(value.strip())
         except ConfigurationError as exc:
             self._add(loc, str(exc))
             return None
-        if int(address, 16) == 0:
-            self._add(loc, "the zero address cannot receive payments")
-            return None
-        return address
 
     def _facilitator(self) -> None:
         spec = self.file.facilitator
@@ -206,26 +205,22 @@ class Compiler(PriceCompiler):
             self._add((*loc, "private_key"), "expected 64 hexadecimal digits (32 bytes)")
 
     def _store(self) -> None:
-        url = self.file.store
-        scheme, sep, _ = url.partition("://")
-        if not sep or scheme.lower() not in accepted_schemes():
-            self._add(
-                ("store",),
-                f"unknown store URL {redact_url(url)!r}: use sqlite:///path.db, "
-                "redis://host:port/db or memory://",
-            )
+        try:
+            check_store_url(self.file.store)
+        except ConfigurationError as exc:
+            self._add(("store",), str(exc))
 
     def _gateway(self) -> None:
         section = self.file.gateway
         if section.public_origin is not None:
             try:
-                parse_public_origins(section.public_origin, "public_origin")
+                check_public_origin(section.public_origin)
             except ConfigurationError as exc:
-                self._add(("gateway", "public_origin"), str(exc).removeprefix("public_origin: "))
+                self._add(("gateway", "public_origin"), str(exc))
         try:
-            TrustedProxies(section.trusted_proxies)
+            check_trusted_proxies(section.trusted_proxies)
         except ConfigurationError as exc:
-            self._add(("gateway", "trusted_proxies"), str(exc).removeprefix("trusted_proxies: "))
+            self._add(("gateway", "trusted_proxies"), str(exc))
         secret = self.file.gateway.secret
         if secret is not None and len(secret.get_secret_value().encode()) < 32:
             self._add(

@@ -75,8 +75,15 @@ class Problems:
         self.lines = lines
         self.redactor = redactor
         self.items: list[Problem] = []
+        self.spelled: dict[Loc, Loc] = {}
+        """Fields the file wrote under another accepted name (``store_url`` for ``store``):
+        problems are reported under the name the file uses."""
 
     def add(self, loc: Loc, message: str) -> None:
+        for canonical, written in self.spelled.items():
+            if loc[: len(canonical)] == canonical:
+                loc = (*written, *loc[len(canonical) :])
+                break
         line = None
         for size in range(len(loc), -1, -1):  # the closest value the file has a line for
             line = self.lines.get(loc[:size])
@@ -122,15 +129,19 @@ def describe(value: Any) -> str:
 def pydantic_message(error: Mapping[str, Any], secret: bool) -> str:
     kind = str(error.get("type", ""))
     loc = tuple(error.get("loc", ()))
+    from .schema import ALIASES, KNOWN_NAMES
+
+    alias = ALIASES.get(tuple(str(part) for part in loc))
     if kind == "extra_forbidden":
         name = str(loc[-1]) if loc else ""
-        from .schema import KNOWN_NAMES
-
+        same = [key[-1] for key, other in ALIASES.items() if other == name and key[:-1] == loc[:-1]]
+        if same:
+            return f"the same setting as {same[0]}: write one of them"
         close = difflib.get_close_matches(name, KNOWN_NAMES, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown field{hint}"
     if kind == "missing":
-        return "required, and missing"
+        return "required, and missing" + (f" (or write {alias})" if alias else "")
     if kind in _TYPE_MESSAGES:
         message = _TYPE_MESSAGES[kind]
         if not secret and "input" in error:

@@ -6,17 +6,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from ...assets import Asset
 from ...stores.registry import redact_url
-from .._yaml import YAMLProblem, read_yaml
+from .._yaml import Loc, YAMLProblem, read_yaml
 from ..redaction import Redactor
 from .compile import Compiler, RoutePlan
 from .environment import declared_secrets, interpolate
 from .errors import GatewayConfigError, Problem, Problems, describe, is_secret_loc, pydantic_message
-from .schema import FacilitatorSpec, GatewayFile, GatewaySection, UpstreamSpec
+from .schema import ALIASES, FacilitatorSpec, GatewayFile, GatewaySection, UpstreamSpec
 
 __all__ = ["GatewayConfig", "load_config", "parse_config"]
 
@@ -98,6 +99,7 @@ def parse_config(
     data = interpolate(data, environment, problems, secrets)
     problems.redactor = Redactor(secrets)
     problems.raise_if_any()
+    problems.spelled = _spelled(data)
 
     try:
         parsed = GatewayFile.model_validate(data)
@@ -114,3 +116,16 @@ def parse_config(
     problems.raise_if_any()
     assets, pay_to, routes = compiled
     return GatewayConfig(source, parsed, assets, pay_to, routes, Redactor(secrets))
+
+
+def _spelled(data: Mapping[str, Any]) -> dict[Loc, Loc]:
+    """The fields ``data`` writes under their alias only (see :data:`.schema.ALIASES`)."""
+    spelled: dict[Loc, Loc] = {}
+    for loc, alias in ALIASES.items():
+        *parents, name = loc
+        section: Any = data
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, Mapping) else None
+        if isinstance(section, Mapping) and alias in section and name not in section:
+            spelled[loc] = (*parents, alias)
+    return spelled

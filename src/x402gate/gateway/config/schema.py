@@ -11,8 +11,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from ...stores.registry import DEFAULT_STORE_URL
+from .._yaml import Loc
 
 __all__ = [
+    "ALIASES",
     "DEFAULT_MAX_BODY_BYTES",
     "HOP_BY_HOP",
     "KNOWN_NAMES",
@@ -56,7 +58,7 @@ def _network_shorthand(value: Any) -> Any:
 
 
 def _url_shorthand(value: Any) -> Any:
-    return {"url": value} if isinstance(value, str) else value
+    return {"url": value} if isinstance(value, str | list) else value
 
 
 def _one_or_many(value: Any) -> Any:
@@ -78,7 +80,9 @@ class GatewaySection(_Model):
     max_timeout_seconds: int = Field(default=300, ge=10, le=86_400)
     verify_with_facilitator: bool = True
     limit_in_flight: bool = True
-    balance_rpc_url: SecretStr | None = None
+    balance_rpc_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("balance_rpc_url", "rpc_url")
+    )
     balance_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     startup_checks: Literal["fail", "warn", "off"] = "fail"
 
@@ -171,13 +175,32 @@ class GatewayFile(_Model):
 
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     pay_to: Any
+    # Each top-level name may also be written as the gate's settings name it (Flask's
+    # X402GATE_STORE_URL, Django's "STORE_URL", here store_url): one vocabulary everywhere.
     accepts: Annotated[
-        list[Annotated[AcceptSpec, BeforeValidator(_network_shorthand)]], Field(min_length=1)
+        list[Annotated[AcceptSpec, BeforeValidator(_network_shorthand)]],
+        BeforeValidator(_one_or_many),
+        Field(min_length=1, validation_alias=AliasChoices("accepts", "network")),
     ]
-    facilitator: Annotated[FacilitatorSpec, BeforeValidator(_url_shorthand)]
-    store: str = DEFAULT_STORE_URL
+    facilitator: Annotated[
+        FacilitatorSpec,
+        BeforeValidator(_url_shorthand),
+        Field(validation_alias=AliasChoices("facilitator", "facilitator_url")),
+    ]
+    store: str = Field(
+        default=DEFAULT_STORE_URL, validation_alias=AliasChoices("store", "store_url")
+    )
     upstreams: Annotated[dict[str, UpstreamSpec], Field(min_length=1)]
     routes: Annotated[dict[str, RouteSpec], Field(min_length=1)]
+
+
+ALIASES: dict[Loc, str] = {
+    ("accepts",): "network",
+    ("facilitator",): "facilitator_url",
+    ("store",): "store_url",
+    ("gateway", "balance_rpc_url"): "rpc_url",
+}
+"""Fields that may also be written under the name of the gate setting they are."""
 
 
 def known_names() -> list[str]:
@@ -192,7 +215,7 @@ def known_names() -> list[str]:
         RouteSpec,
     ):
         names.update(model.model_fields)
-    names.add("where")
+    names.update(("where", *ALIASES.values()))
     return sorted(names)
 
 
