@@ -23,6 +23,10 @@ Keys (see ``docs/django.md``)::
     }
 
 or ``{"GATE": a PaymentGate or "dotted.path.to.gate", "ROUTES": ..., "DISCOVERY": ...}``.
+
+The keys are those of :class:`x402gate.settings.GateSettings` in upper case (Flask writes them
+``X402GATE_PAY_TO``, the gateway file ``pay_to``); the gate and the system checks read them
+through :func:`x402gate.settings.read_django_setting`, so both report the same problems.
 """
 
 from __future__ import annotations
