@@ -14,6 +14,7 @@ from x402gate.settings import (
     GateSettings,
     SettingsError,
     build_gate,
+    build_route_table,
     read_django_setting,
     read_flask_config,
     read_settings,
@@ -171,5 +172,8 @@ def test_build_gate_builds_what_the_settings_describe() -> None:
         assert gate.pay_to == {"eip155:84532": PAY_TO}
         again, owned_again = build_gate(GateSettings(gate=gate))
         assert again is gate and not owned_again
+        table = build_route_table(settings, gate)
+        assert table is not None and table.match("GET", "/a") is not None
+        assert build_route_table(read_settings(VALID, YAML), gate) is None
     finally:
         gate.close()

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from .building import build_gate, gate_from_flask_config
+from .building import build_gate, build_route_table, gate_from_flask_config
 from .model import GATE_FIELDS, SETTING_NAMES, GateSettings
 from .reading import (
     DJANGO,
@@ -33,6 +33,7 @@ __all__ = [
     "SettingsError",
     "Spelling",
     "build_gate",
+    "build_route_table",
     "gate_from_flask_config",
     "read_django_setting",
     "read_flask_config",

@@ -10,8 +10,9 @@ from .reading import read_flask_config
 
 if TYPE_CHECKING:
     from ..gate import PaymentGate
+    from ..routing import RouteTable
 
-__all__ = ["build_gate", "gate_from_flask_config"]
+__all__ = ["build_gate", "build_route_table", "gate_from_flask_config"]
 
 
 def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
@@ -61,3 +62,10 @@ def gate_from_flask_config(config: Mapping[str, Any]) -> PaymentGate:
     """
     gate, _ = build_gate(read_flask_config(config))
     return gate
+
+
+def build_route_table(settings: GateSettings, gate: PaymentGate) -> RouteTable | None:
+    """The ``routes`` setting as a route table on ``gate`` (``None`` when there are none)."""
+    from ..routing import RouteTable
+
+    return RouteTable(gate, settings.routes) if settings.routes else None
