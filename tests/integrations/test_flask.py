@@ -557,3 +557,23 @@ def test_the_example_serves_and_takes_a_payment(local_chain: Any) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("paid /weather: 200")
+
+
+def test_an_unknown_settings_key_fails_at_start_up_with_a_suggestion() -> None:
+    app = Flask(__name__)
+    app.config.update(config(X402GATE_PAYTO=PAY_TO, X402GATE_PAY_TO=None))
+    with pytest.raises(ConfigurationError) as caught:
+        X402Gate(app)
+    message = str(caught.value)
+    assert "X402GATE_PAYTO is not a setting (did you mean 'X402GATE_PAY_TO'?)" in message
+    assert "X402GATE_PAY_TO is required" in message  # every problem at once
+    assert "x402gate" not in app.extensions
+
+
+def test_a_misspelt_route_option_in_settings_fails_at_start_up_with_a_suggestion() -> None:
+    app = Flask(__name__)
+    routes = {"GET /report": {"price": "$0.01", "setlement": "before"}}
+    app.config.update(config(X402GATE_ROUTES=routes))
+    expected = r"X402GATE_ROUTES.*'setlement' \(did you mean 'settlement'\?\)"
+    with pytest.raises(ConfigurationError, match=expected):
+        X402Gate(app)
