@@ -195,12 +195,12 @@ async def test_a_facilitator_catalogues_what_the_official_client_copied_from_the
 ) -> None:
     pytest.importorskip("jsonschema", reason=NEEDS_JSONSCHEMA)
     from x402.extensions.bazaar import extract_discovery_info
-    from x402.http import decode_payment_required_header
 
     from x402gate.testing.clients import x402_client
+    from x402gate.testing.payments import decode_payment_required
 
     response = await client.get("/weather", params={"city": "Lisbon"})
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     payload = await x402_client(Account.create(), asset=ASSET).create_payment_payload(required)
 
     found = extract_discovery_info(payload, payload.accepted)

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements
 
 from x402gate import LocalFacilitator, PaymentGate
@@ -29,7 +29,7 @@ from x402gate.facilitators import HTTPFacilitator
 from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 
@@ -134,7 +134,7 @@ async def challenge(app: Any, path: str = "/paid") -> PaymentRequirements:
     async with asgi_client(app) as client:
         response = await client.get(path)
     assert response.status_code == 402
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return required.accepts[0]
 
 
@@ -148,7 +148,7 @@ async def test_unpaid_request_gets_a_402_the_official_client_can_pay(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.x402_version == 2
     assert required.resource is not None and required.resource.url == "http://shop.test/paid"
     (req,) = required.accepts
@@ -697,7 +697,7 @@ async def test_a_route_can_accept_several_assets_and_networks(
     )
     async with asgi_client(app) as client:
         response = await client.get("/x")
-    accepts = decode_payment_required_header(response.headers["payment-required"]).accepts
+    accepts = decode_payment_required(response.headers["payment-required"]).accepts
     assert [(a.network, a.asset, a.amount, a.extra["name"]) for a in accepts] == [
         ("eip155:31337", test_token.address, "20000", "USD Coin"),
         ("eip155:31337", second.address, "20000", "USDC"),

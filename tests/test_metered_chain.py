@@ -14,13 +14,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route as StarletteRoute
-from x402.http import decode_payment_required_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.credit import SESSION_HEADER
 from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 from x402gate.testing.clients import paying_httpx_client
+from x402gate.testing.payments import decode_payment_required
 
 pytestmark = pytest.mark.chain
 
@@ -103,7 +103,7 @@ async def quote_of(app: Any, path: str, body: Any = None, method: str = "POST") 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llm.test") as c:
         response = await c.request(method, path, json=body)
     assert response.status_code == 402
-    return int(decode_payment_required_header(response.headers["payment-required"]).accepts[0].amount)
+    return int(decode_payment_required(response.headers["payment-required"]).accepts[0].amount)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ async def test_credit_short_of_the_quote_asks_only_for_what_is_missing(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llm.test") as plain:
         response = await plain.post("/v1/openai-stream", json=bigger, headers={SESSION_HEADER: token})
     assert response.status_code == 402
-    asked = decode_payment_required_header(response.headers["payment-required"]).accepts[0].amount
+    asked = decode_payment_required(response.headers["payment-required"]).accepts[0].amount
     assert int(asked) == max(big_quote - credit, TOPUP)
     assert quote == TOPUP
 

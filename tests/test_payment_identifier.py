@@ -18,13 +18,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import PaymentGate
 from x402gate.errors import ConfigurationError
 from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.clients import x402_client
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 payment_identifier = pytest.importorskip("x402.extensions.payment_identifier")
@@ -108,7 +108,7 @@ def asgi(app: Any) -> httpx.AsyncClient:
 async def test_402_declares_the_extension(gate: PaymentGate) -> None:
     async with asgi(shop(gate, [])) as client:
         response = await client.get("/report")
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.extensions is not None
     assert required.extensions["payment-identifier"]["info"] == {"required": False}
 
@@ -158,7 +158,7 @@ async def test_the_same_identifier_with_another_payment_is_a_409(
 
 async def _signed_with_id(app: Any, payer: Any, payment_id: str | None) -> dict[str, str]:
     async with asgi(app) as client:
-        required = decode_payment_required_header(
+        required = decode_payment_required(
             (await client.get("/report")).headers["payment-required"]
         )
     payload = sign_exact_payment(payer, required.accepts[0])

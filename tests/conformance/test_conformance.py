@@ -16,11 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.testing.clients import paying_httpx_client, paying_requests_session
-from x402gate.testing.payments import encode_payment, sign_exact_payment, sign_in_header
+from x402gate.testing.payments import (
+    decode_payment_required,
+    encode_payment,
+    sign_exact_payment,
+    sign_in_header,
+)
 
 pytestmark = pytest.mark.chain
 
@@ -102,7 +107,7 @@ async def _requirements(base_url: str, path: str = "/paid") -> Any:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get(path)
     assert response.status_code == 402
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 async def test_unpaid_request_gets_the_402_challenge(
@@ -115,7 +120,7 @@ async def test_unpaid_request_gets_the_402_challenge(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     (req,) = required.accepts
     assert (req.amount, req.asset, req.pay_to, req.network) == (
         str(PRICE),
@@ -358,7 +363,7 @@ async def _challenge_info(base_url: str, headers: dict[str, str]) -> tuple[Any, 
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.post("/llm", json=LLM_BODY, headers=headers)
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.extensions is not None
     return required, dict(required.extensions["sign-in-with-x"]["info"])
 
@@ -474,6 +479,6 @@ async def test_forwarded_for_only_counts_from_trusted_proxies(served: Any) -> No
         direct = await client.get("/paid", headers=forwarded)
     assert seen == ["203.0.113.7", "127.0.0.1"]
     for response in (via_proxy, direct):
-        required = decode_payment_required_header(response.headers["payment-required"])
+        required = decode_payment_required(response.headers["payment-required"])
         assert required.resource is not None and required.resource.url == f"{ORIGIN}/paid"
     assert calls["paid"] == 0

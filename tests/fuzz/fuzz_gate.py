@@ -70,7 +70,6 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     import x402.schemas
     from eth_account import Account
     from eth_account.messages import encode_defunct
-    from x402.http import decode_payment_required_header
 
     from x402gate import PaymentGate, _json
     from x402gate.assets import Asset
@@ -83,7 +82,11 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     from x402gate.siwx import SIWX_HEADER, format_eip4361
     from x402gate.stores.base import credit_account
     from x402gate.stores.memory import MemoryStore  # noqa: F401  (instrumented)
-    from x402gate.testing.payments import encode_payment, sign_exact_payment
+    from x402gate.testing.payments import (
+        decode_payment_required,
+        encode_payment,
+        sign_exact_payment,
+    )
 
 import known
 from _harness import run
@@ -338,7 +341,7 @@ def _run(coro: Any) -> Any:
 def _requirements(path: str, method: str = "GET", body: bytes = b"") -> Any:
     sent = _run(call(method, path, [], body))
     headers = dict(sent[0]["headers"])
-    return decode_payment_required_header(headers[b"payment-required"].decode())
+    return decode_payment_required(headers[b"payment-required"].decode())
 
 
 FLAT = _requirements("/flat").accepts[0]

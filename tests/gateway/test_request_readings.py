@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
+
+from x402gate.testing.payments import decode_payment_required
 
 from .conftest import ROUTES, GatewayFactory
 
@@ -53,7 +54,7 @@ ROOM = TEN_MIB - 64  # what fits in the gateway's 10 MiB limit next to a short p
 
 def _price(response: httpx.Response) -> int:
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return int(required.accepts[0].amount)
 
 

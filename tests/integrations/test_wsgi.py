@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements, SettleResponse
 
 from x402gate import LocalFacilitator, PaymentGate
@@ -30,7 +30,7 @@ from x402gate.integrations.wsgi import PaymentMiddleware
 from x402gate.request import RequestInfo
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 from x402gate.testing.servers import serve_wsgi
 
 pytestmark = pytest.mark.chain
@@ -183,7 +183,7 @@ def shop(test_token: Any, pay_to: str) -> Shop:
 
 def requirements_of(response: requests.Response) -> PaymentRequirements:
     assert response.status_code == 402, response.text
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def signed_header(payer: Any, base_url: str, path: str) -> dict[str, str]:
@@ -204,7 +204,7 @@ def test_unpaid_request_gets_a_402_with_terms_and_free_routes_pass(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None and required.resource.url == f"{base_url}/paid"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
@@ -379,7 +379,7 @@ def test_forwarded_headers_set_the_resource_url_only_when_trusted(
     gate.trusted_proxies = TrustedProxies(["127.0.0.1"] if trust else [])
     with serve_wsgi(paywall(gate, shop)) as base_url:
         response = requests.get(f"{base_url}/paid", headers=forwarded, timeout=30)
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == expected.format(base_url=base_url)
 
@@ -461,7 +461,7 @@ def test_the_apps_iterable_is_closed_and_nothing_charged_when_it_fails(
     app = PaymentMiddleware(broken, gate=gate, routes={"GET /broken": "$0.01"})
     status, headers, _, _ = call(app, "/broken")
     assert status == "402 Payment Required"
-    terms = decode_payment_required_header(headers["payment-required"]).accepts[0]
+    terms = decode_payment_required(headers["payment-required"]).accepts[0]
     payload = sign_exact_payment(payer, terms)
     with pytest.raises(RuntimeError, match="before start_response"):
         call(app, "/broken", {"PAYMENT-SIGNATURE": encode_payment(payload)})
@@ -495,6 +495,6 @@ def test_a_utf8_path_is_matched_decoded_and_written_percent_encoded(gate: Paymen
     raw_path = "/files/café".encode().decode("latin-1")
     status, headers, _, _ = call(paywalled, raw_path)
     assert status == "402 Payment Required"
-    required = decode_payment_required_header(headers["payment-required"])
+    required = decode_payment_required(headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == "http://shop.test/files/caf%C3%A9"

@@ -20,14 +20,14 @@ from django.test.utils import override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.django import require_payment
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 from .conftest import django_server
 
@@ -148,7 +148,7 @@ def site(shop: Shop, gate: PaymentGate) -> Iterator[str]:
 
 def requirements_of(response: requests.Response) -> PaymentRequirements:
     assert response.status_code == 402, response.text
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def signed_header(payer: Any, url: str) -> dict[str, str]:
@@ -170,7 +170,7 @@ def test_unpaid_request_gets_a_402_with_terms_and_free_views_pass(
     response = requests.get(f"{site}/paid", timeout=30)
     page = requests.get(f"{site}/paid", headers={"Accept": "text/html"}, timeout=30)
     free = requests.get(f"{site}/free", timeout=30)
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None and required.resource.url == f"{site}/paid"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
@@ -380,7 +380,7 @@ def test_resource_url_trusts_forwarded_host_only_when_django_does(
         proxied = requests.get(f"{site}/paid?q=1", headers=forwarded, timeout=30)
 
     def url(response: requests.Response) -> str:
-        resource = decode_payment_required_header(response.headers["payment-required"]).resource
+        resource = decode_payment_required(response.headers["payment-required"]).resource
         assert resource is not None
         return resource.url
 
@@ -403,7 +403,7 @@ def test_public_origin_and_trusted_proxies_from_the_settings(
     with django_server(shop.urls(), settings, USE_X_FORWARDED_HOST=True) as site:
         get_gate().on_event(lambda event: seen.append(event.request.client))
         response = requests.get(f"{site}/paid", headers=forwarded, timeout=30)
-    resource = decode_payment_required_header(response.headers["payment-required"]).resource
+    resource = decode_payment_required(response.headers["payment-required"]).resource
     # Even with Django told to believe X-Forwarded-Host, the payment terms name the configured
     # origin; the client is the entry the trusted proxy (the loopback peer here) appended.
     assert resource is not None and resource.url == "https://shop.example/paid"
