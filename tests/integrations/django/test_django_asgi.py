@@ -45,13 +45,13 @@ class AsyncShop:
     def urls(self) -> list[Any]:
         def paid(request: HttpRequest) -> HttpResponse:  # a sync view, under ASGI
             self.calls["paid"] += 1
-            return JsonResponse({"content": "PAID-CONTENT", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "PAID-CONTENT", "payer": request.payment.payer})
 
         @require_payment("$0.02")
         async def fast(request: HttpRequest) -> HttpResponse:
             self.calls["fast"] += 1
             self.threads["fast"] = threading.current_thread().name
-            return JsonResponse({"content": "FAST", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "FAST", "payer": request.payment.payer})
 
         @require_payment("$0.01")
         async def boom(request: HttpRequest) -> HttpResponse:

@@ -50,7 +50,7 @@ class Shop:
 
     def _hit(self, name: str, request: HttpRequest) -> None:
         self.calls[name] += 1
-        self.payments.append(request.payment)  # type: ignore[attr-defined]
+        self.payments.append(request.payment)
 
     def _chunks(self, name: str) -> Iterator[bytes]:
         self.balance_at_content[name] = self.token.balance_of(self.pay_to)
@@ -59,7 +59,7 @@ class Shop:
     def urls(self) -> list[Any]:
         def paid(request: HttpRequest) -> HttpResponse:
             self._hit("paid", request)
-            payment = request.payment  # type: ignore[attr-defined]
+            payment = request.payment
             self.tx_at_view["paid"] = payment.transaction
             return JsonResponse(
                 {"content": "PAID-CONTENT", "payer": payment.payer, "amount": payment.amount}
@@ -76,23 +76,23 @@ class Shop:
         @require_payment("$0.01", settlement="before")
         def stream(request: HttpRequest) -> HttpResponse:
             self._hit("stream", request)
-            self.tx_at_view["stream"] = request.payment.transaction  # type: ignore[attr-defined]
+            self.tx_at_view["stream"] = request.payment.transaction
             return StreamingHttpResponse(self._chunks("stream"), content_type="text/plain")
 
         def stream_after(request: HttpRequest) -> HttpResponse:
             self._hit("stream-after", request)
-            self.tx_at_view["stream-after"] = request.payment.transaction  # type: ignore[attr-defined]
+            self.tx_at_view["stream-after"] = request.payment.transaction
             return StreamingHttpResponse(self._chunks("stream-after"), content_type="text/plain")
 
         @require_payment("$0.01")
         def cheap(request: HttpRequest) -> HttpResponse:
             self._hit("cheap", request)
-            return JsonResponse({"content": "CHEAP", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "CHEAP", "payer": request.payment.payer})
 
         @require_payment("$0.02", description="An async view")
         async def dear(request: HttpRequest) -> HttpResponse:
             self._hit("dear", request)
-            return JsonResponse({"content": "DEAR", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "DEAR", "payer": request.payment.payer})
 
         @method_decorator(require_payment("$0.03"), name="get")
         class Forecast(View):
@@ -109,7 +109,7 @@ class Shop:
 
         def free(request: HttpRequest) -> HttpResponse:
             self.calls["free"] += 1
-            paid = request.payment is not None  # type: ignore[attr-defined]
+            paid = request.payment is not None
             return HttpResponse("paid?" if paid else "free", content_type="text/plain")
 
         return [
