@@ -31,7 +31,7 @@ PROMPT = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "
 
 
 def openai_sse(prompt_tokens: int, completion_tokens: int) -> list[bytes]:
-    chunks = [
+    chunks: list[dict[str, object]] = [
         {"choices": [{"delta": {"content": word}}]} for word in ("Hello", " there", "!")
     ]
     chunks.append({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})

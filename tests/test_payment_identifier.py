@@ -40,17 +40,24 @@ class FixedPaymentId:
     def __init__(self, payment_id: str) -> None:
         self.payment_id = payment_id
 
-    def enrich_payment_payload(self, payload: Any, required: Any) -> Any:
-        extensions = json.loads(json.dumps(payload.extensions or required.extensions or {}))
+    # No lifecycle or transport hooks: the identifier is added to the payload only.
+    hooks = None
+    transport_hooks = None
+
+    def enrich_payment_payload(self, payment_payload: Any, payment_required: Any) -> Any:
+        extensions = json.loads(
+            json.dumps(payment_payload.extensions or payment_required.extensions or {})
+        )
         payment_identifier.append_payment_identifier_to_extensions(extensions, self.payment_id)
-        return payload.model_copy(update={"extensions": extensions})
+        return payment_payload.model_copy(update={"extensions": extensions})
 
 
 class Recording(httpx.AsyncBaseTransport):
     """Below the x402 transport: remembers the payment headers the client really sent."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner, self.sent = inner, []  # type: list[str]
+        self.inner = inner
+        self.sent: list[str] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if "payment-signature" in request.headers:

@@ -23,7 +23,7 @@ NONCE = "0x" + "44" * 32
 
 
 def test_event_topics_are_the_keccak_of_their_signatures() -> None:
-    from eth_utils import keccak
+    from eth_utils.crypto import keccak
 
     used = keccak(text="AuthorizationUsed(address,bytes32)")
     transfer = keccak(text="Transfer(address,address,uint256)")

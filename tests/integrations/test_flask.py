@@ -14,7 +14,7 @@ import inspect
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -166,7 +166,9 @@ def facilitator(chain: Any, facilitator_account: Any) -> LocalFacilitator:
 
 
 @pytest.fixture
-def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
+def make_gate(
+    test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[Callable[[Any], PaymentGate]]:
     gates: list[PaymentGate] = []
 
     def make(facilitator: Any) -> PaymentGate:
@@ -183,7 +185,7 @@ def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gate(make_gate: Any, facilitator: LocalFacilitator) -> PaymentGate:
+def gate(make_gate: Callable[[Any], PaymentGate], facilitator: LocalFacilitator) -> PaymentGate:
     return make_gate(facilitator)
 
 
@@ -363,7 +365,7 @@ def test_async_view_is_paid_like_a_sync_one(
 def test_price_reads_the_body_and_the_view_reads_it_too(
     gate: PaymentGate, shop: Shop, test_token: Any, payer: Any, pay_to: str
 ) -> None:
-    body = {"n": 3, "text": "é" * 50}
+    body: dict[str, Any] = {"n": 3, "text": "é" * 50}
     with serve_wsgi(shop.app(gate, max_body_bytes=1000)) as base_url:
         challenge = requests.post(f"{base_url}/echo", json=body, timeout=30)
         paid = paying_requests_session(payer, asset=test_token).post(f"{base_url}/echo", json=body)

@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,9 @@ class Shop:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         name = environ["PATH_INFO"].strip("/")
         self.calls[name] += 1
-        payment = environ.get("x402gate.payment")
         if name == "paid":
-            body = json.dumps({"content": "PAID-CONTENT", "payer": payment.payer}).encode()
+            payer = environ["x402gate.payment"].payer
+            body = json.dumps({"content": "PAID-CONTENT", "payer": payer}).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             tracked = Tracked([body])
             self.bodies.append(tracked)
@@ -155,7 +155,9 @@ def facilitator(chain: Any, facilitator_account: Any) -> LocalFacilitator:
 
 
 @pytest.fixture
-def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
+def make_gate(
+    test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[Callable[[Any], PaymentGate]]:
     gates: list[PaymentGate] = []
 
     def make(facilitator: Any) -> PaymentGate:
@@ -172,7 +174,7 @@ def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gate(make_gate: Any, facilitator: LocalFacilitator) -> PaymentGate:
+def gate(make_gate: Callable[[Any], PaymentGate], facilitator: LocalFacilitator) -> PaymentGate:
     return make_gate(facilitator)
 
 
@@ -345,7 +347,7 @@ def test_facilitator_error_at_settlement_is_a_502_without_content(
 def test_price_reads_the_body_and_the_app_still_receives_it(
     gate: PaymentGate, shop: Shop, test_token: Any, payer: Any, pay_to: str
 ) -> None:
-    body = {"n": 3, "text": "é" * 50}
+    body: dict[str, Any] = {"n": 3, "text": "é" * 50}
     with serve_wsgi(paywall(gate, shop)) as base_url:
         challenge = requests.post(f"{base_url}/echo", json=body, timeout=30)
         paid = paying_requests_session(payer, asset=test_token).post(f"{base_url}/echo", json=body)
