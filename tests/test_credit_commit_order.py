@@ -243,7 +243,7 @@ async def test_a_commit_that_fails_after_the_answer_charges_nothing_and_creates_
     funds = 10 * quote
     gate.store.credit_topup(ACCOUNT, funds, "ref-1", gate.clock.now())
 
-    def broken(*args: Any) -> int:
+    def broken(reservation_id: str, charge: int, now: float) -> int:
         raise StoreError("ledger down")
 
     real_commit = gate.store.credit_commit

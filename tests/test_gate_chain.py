@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -191,7 +191,9 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-BAD_PAYMENTS = {
+BuildHeader = Callable[[Any, PaymentRequirements], dict[str, str]]
+
+BAD_PAYMENTS: dict[str, tuple[BuildHeader, int, str]] = {
     # name: (how to build the header from (payer, requirements), expected status, expected code)
     "amount_in_terms": (
         lambda p, r: _header(
@@ -315,7 +317,7 @@ BAD_PAYMENTS = {
 
 
 def _swap_from(payload: dict[str, Any], new_from: str) -> dict[str, Any]:
-    out = json.loads(json.dumps(payload))
+    out: dict[str, Any] = json.loads(json.dumps(payload))
     out["authorization"]["from"] = new_from
     return out
 

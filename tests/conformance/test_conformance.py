@@ -452,12 +452,12 @@ async def test_malformed_sign_in_session_and_payment_headers_get_a_coded_refusal
             assert response.json()["error"].startswith("invalid_siwx"), response.text
         for token in ("v2.\xe9\xe9.\xe9", "v2..", "v2." + "A" * 2000, "v1.e30.AAAA"):
             response = await client.post(
-                "/llm", json=LLM_BODY, headers=[("X402GATE-SESSION", token.encode("latin-1"))]
+                "/llm", json=LLM_BODY, headers=[(b"X402GATE-SESSION", token.encode("latin-1"))]
             )
             assert (response.status_code, response.json()["error"]) == (402, "payment_required")
-        for payment in ("e30=", raw({"x402Version": 2, "payload": []}), "\xff".encode("latin-1")):
+        for payment in ("e30=", raw({"x402Version": 2, "payload": []}), "\xff"):
             response = await client.post(
-                "/llm", json=LLM_BODY, headers=[("PAYMENT-SIGNATURE", payment)]
+                "/llm", json=LLM_BODY, headers=[(b"PAYMENT-SIGNATURE", payment.encode("latin-1"))]
             )
             assert response.status_code == 400, response.text
             assert response.json()["error"], response.text

@@ -61,7 +61,7 @@ def _price(response: httpx.Response) -> int:
 async def test_readings_an_upstream_would_differ_on_are_refused_and_not_forwarded(
     gateway: GatewayFactory, llm: Any
 ) -> None:
-    attacks = [
+    attacks: list[tuple[dict[str, Any], int, str]] = [
         ({"params": [("tier", "mini"), ("tier", "opus")]}, 400, "ambiguous_request"),
         ({"headers": [("x-tier", "mini"), ("x-tier", "opus")]}, 400, "ambiguous_request"),
         (

@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from web3 import Web3
 from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
@@ -95,7 +96,7 @@ class RpcRelay:
 
     def forward(self, body: bytes) -> bytes | None:
         target = urlsplit(self.target)
-        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        connection = http.client.HTTPConnection(target.netloc, timeout=10)
         try:
             connection.request("POST", "/", body, {"Content-Type": "application/json"})
             return connection.getresponse().read()
@@ -131,7 +132,7 @@ class Node:
     def token(self) -> TestToken:
         # A contract object bound to the current node (its port changes on every restart).
         contract = self.chain.w3.eth.contract(
-            address=self.token_address, abi=load_token_artifact()["abi"]
+            address=Web3.to_checksum_address(self.token_address), abi=load_token_artifact()["abi"]
         )
         return TestToken(self.chain, contract, name="USD Coin", symbol="USDC", version="2")
 
