@@ -322,7 +322,8 @@ def test_no_header_shape_gets_a_server_error(server: Any, header: tuple[str, str
     before = runs["chat"]
     name, value = header
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        response = client.get("/chat", headers=[(name.encode("latin-1"), value.strip().encode("latin-1"))])
+        raw = [(name.encode("latin-1"), value.strip().encode("latin-1"))]
+        response = client.get("/chat", headers=raw)
     assert response.status_code in (400, 402), (header, response.text)
     assert isinstance(response.json().get("error"), str) and response.json()["error"]
     assert runs["chat"] == before

@@ -301,7 +301,11 @@ async def test_retry_with_the_same_payment_identifier_gets_the_stored_answer(
 
 
 async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next_call(
-    served: Any, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    served: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    chain: Any,
     facilitator: DrainingFacilitator,
 ) -> None:
     from x402gate.credit import SESSION_HEADER
@@ -310,7 +314,9 @@ async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next
 
     base_url, calls, gate = served
     body = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30
+    ) as client:
         first = await client.post("/llm", json=body)
     assert first.status_code == 200, first.text
     assert first.content == b"".join(_llm.sse_chunks())  # the stream arrives intact
@@ -318,7 +324,9 @@ async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next
     assert paid == 500_000  # the $0.50 top-up, settled on chain
     assert await gate.balance(payer.address) == paid - _llm.CHARGE
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
-        second = await plain.post("/llm", json=body, headers={SESSION_HEADER: first.headers[SESSION_HEADER]})
+        second = await plain.post(
+            "/llm", json=body, headers={SESSION_HEADER: first.headers[SESSION_HEADER]}
+        )
     assert second.status_code == 200 and "payment-response" not in second.headers
     assert second.content == first.content
     assert await gate.balance(payer.address) == paid - 2 * _llm.CHARGE
@@ -333,12 +341,18 @@ async def test_a_payer_can_query_its_credit(served: Any, test_token: Any, payer:
 
     base_url, _, _ = served
     body = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30
+    ) as client:
         first = await client.post("/llm", json=body)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
         anonymous = await plain.get("/.well-known/x402/credit")
-        mine = await plain.get("/.well-known/x402/credit", headers={SESSION_HEADER: first.headers[SESSION_HEADER]})
-        forged = await plain.get("/.well-known/x402/credit", headers={SESSION_HEADER: "v1.e30.AAAA"})
+        mine = await plain.get(
+            "/.well-known/x402/credit", headers={SESSION_HEADER: first.headers[SESSION_HEADER]}
+        )
+        forged = await plain.get(
+            "/.well-known/x402/credit", headers={SESSION_HEADER: "v1.e30.AAAA"}
+        )
     assert anonymous.status_code == 401 and forged.status_code == 401
     assert mine.status_code == 200
     assert mine.json() == {
@@ -385,12 +399,17 @@ async def test_a_sign_in_relayed_from_another_site_is_refused(
     required, info = await _challenge_info(base_url, spoofed)
     assert required.resource is not None and required.resource.url == f"{ORIGIN}/llm"
     assert (info["domain"], info["uri"], info["resources"]) == (
-        "api.conformance.test", f"{ORIGIN}/llm", [f"{ORIGIN}/llm"]
+        "api.conformance.test",
+        f"{ORIGIN}/llm",
+        [f"{ORIGIN}/llm"],
     )
     # So the victim's agent, on the attacker's site, signs fields naming that site; and a
     # signature of the real challenge with a reworded statement is no better.
-    evil = {"domain": "evil.example", "uri": "https://evil.example/llm",
-            "resources": ["https://evil.example/llm"]}
+    evil = {
+        "domain": "evil.example",
+        "uri": "https://evil.example/llm",
+        "resources": ["https://evil.example/llm"],
+    }
     attempts = {
         "invalid_siwx_domain": _sign_in(info, payer, **evil),
         "invalid_siwx_nonce": _sign_in(info, payer, statement="Sign in to evil.example."),
