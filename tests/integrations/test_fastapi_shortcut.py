@@ -14,13 +14,13 @@ pytest.importorskip("fastapi")
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from x402.http import decode_payment_required_header
 
 from x402gate import Payment, PaymentGate
 from x402gate.demo import serve_in_thread
 from x402gate.fastapi import install
 from x402gate.integrations.fastapi import RequirePayment
 from x402gate.testing.clients import paying_httpx_client
+from x402gate.testing.payments import decode_payment_required
 
 pytestmark = pytest.mark.chain
 
@@ -80,7 +80,7 @@ async def test_repeated_unpaid_gets_get_the_same_402_without_reaching_fastapi(
             # Another URL of the same operation is learned on its own, with its own resource.
             other = await client.get("/items/b")
             assert paid.calls == 2
-            required = decode_payment_required_header(other.headers["payment-required"])
+            required = decode_payment_required(other.headers["payment-required"])
             assert required.resource is not None and required.resource.url.endswith("/items/b")
             # An invalid payment header takes the full path: the dependency's 400, not a 402.
             bad = await client.get("/items/a", headers={"PAYMENT-SIGNATURE": "not-base64!"})
