@@ -50,7 +50,7 @@ def closing(app: Any, gate: PaymentGate) -> Any:
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == CLOSE_PATH:
-            await gate.facilitator.aclose()  # type: ignore[attr-defined]
+            await gate.facilitator.aclose()
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
