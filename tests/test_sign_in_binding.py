@@ -310,7 +310,11 @@ _headers = st.one_of(
     ),
     st.tuples(
         st.sampled_from(["SIGN-IN-WITH-X", SESSION_HEADER, "PAYMENT-SIGNATURE"]),
-        st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=200),
+        # DEL (127) is no header character: uvicorn refuses it before the app sees it.
+        st.text(
+            st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"),
+            max_size=200,
+        ),
     ),
 )
 
