@@ -112,7 +112,7 @@ def test_trust_proxy_headers_is_deprecated() -> None:
 
     from x402gate import PaymentGate
     from x402gate.integrations.asgi import PaymentMiddleware
-    from x402gate.integrations.wsgi import PaymentMiddleware as WSGIMiddleware
+    from x402gate.wsgi import PaymentMiddleware as WSGIMiddleware
 
     class Unused:
         async def verify(self, *args: object) -> None:

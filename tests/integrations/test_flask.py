@@ -451,7 +451,7 @@ def test_bad_decorator_arguments_fail_at_import_time() -> None:
 
 def test_import_without_flask_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "flask", None)  # what an absent package looks like
-    for name in ("x402gate.flask", "x402gate.integrations.flask"):
+    for name in ("x402gate.flask",):
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match=r"pip install 'x402gate\[flask\]'"):
         importlib.import_module("x402gate.flask")

@@ -26,7 +26,7 @@ from x402.schemas import PaymentRequirements, SettleResponse
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate._runner import run_sync
 from x402gate.facilitators import HTTPFacilitator
-from x402gate.integrations.wsgi import PaymentMiddleware
+from x402gate.wsgi import PaymentMiddleware
 from x402gate.request import RequestInfo
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer

@@ -114,7 +114,7 @@ def _flask(gate: PaymentGate, runs: collections.Counter[str]) -> Any:
 def _wsgi(gate: PaymentGate, runs: collections.Counter[str]) -> Any:
     from urllib.parse import parse_qs
 
-    from x402gate.integrations.wsgi import PaymentMiddleware
+    from x402gate.wsgi import PaymentMiddleware
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         runs["chat"] += 1

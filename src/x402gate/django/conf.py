@@ -40,11 +40,11 @@ from django.http import HttpRequest
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
-from ..._runner import run_sync
-from ...errors import ConfigurationError
-from ...gate import PaymentGate, Route, StartupChecks
-from ...routing import RouteTable
-from ...stores.registry import DEFAULT_STORE_URL
+from .._runner import run_sync
+from ..errors import ConfigurationError
+from ..gate import PaymentGate, Route, StartupChecks
+from ..routing import RouteTable
+from ..stores.registry import DEFAULT_STORE_URL
 
 __all__ = [
     "GATE_KEYS",
@@ -203,7 +203,7 @@ def build_gate() -> tuple[PaymentGate, bool]:
     if conf.FACILITATOR is not None:
         facilitator = _load(conf.FACILITATOR)
     elif conf.FACILITATOR_URL:
-        from ...facilitators import HTTPFacilitator
+        from ..facilitators import HTTPFacilitator
 
         facilitator = HTTPFacilitator(
             conf.FACILITATOR_URL,
@@ -341,7 +341,7 @@ def get_runtime() -> Runtime:
 
 
 def check_at_startup() -> None:
-    """What :class:`~x402gate.integrations.django.middleware.PaymentMiddleware` checks when
+    """What :class:`~x402gate.django.middleware.PaymentMiddleware` checks when
     Django loads it (the WSGI/ASGI handler is built): the settings build a gate, every
     ``ROUTES`` key matches the URLconf, and the gate's start-up checks pass under
     ``STARTUP_CHECKS``; every ``@require_payment`` view of the URLconf has a route the gate

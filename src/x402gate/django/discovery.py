@@ -17,9 +17,9 @@ from typing import Any
 
 from django.urls import Resolver404, URLResolver, get_resolver, resolve
 
-from ...errors import ConfigurationError
-from ...gate import Route
-from ...routing import AppRoute, RouteTable, check_routes_exist
+from ..errors import ConfigurationError
+from ..gate import Route
+from ..routing import AppRoute, RouteTable, check_routes_exist
 from .conf import PaidView, Runtime, ViewRoute
 from .decorators import PAID_VIEW_ATTR
 

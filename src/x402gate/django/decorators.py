@@ -17,7 +17,7 @@
     class Forecast(View): ...
 
 The payment is started right before the view runs and settled by
-:class:`~x402gate.integrations.django.middleware.PaymentMiddleware` once the response is complete,
+:class:`~x402gate.django.middleware.PaymentMiddleware` once the response is complete,
 so the middleware must be installed: without it a decorated view answers 500 and never runs for
 free.
 """
@@ -32,11 +32,11 @@ from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ...assets import Asset
-from ...errors import ConfigurationError
-from ...gate import PaymentIdentifier, Route, Settlement
-from ...pricing import as_strategy
-from .._common import route_refused
+from .._web.common import route_refused
+from ..assets import Asset
+from ..errors import ConfigurationError
+from ..gate import PaymentIdentifier, Route, Settlement
+from ..pricing import as_strategy
 from .conf import PaidView
 from .middleware import (
     RequestState,
@@ -50,7 +50,7 @@ from .middleware import (
 __all__ = ["PAID_VIEW_ATTR", "require_payment"]
 
 PAID_VIEW_ATTR = "x402gate_paid"
-"""Attribute holding the :class:`~x402gate.integrations.django.conf.PaidView` of a view."""
+"""Attribute holding the :class:`~x402gate.django.conf.PaidView` of a view."""
 
 V = TypeVar("V", bound=Callable[..., Any])
 

@@ -26,14 +26,20 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.request import RawPostDataException
 
-from ..._runner import run_sync
-from ...discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
-from ...errors import PaymentError
-from ...gate import PaymentSession, Route
-from ...proxies import TrustedProxies
-from ...request import RequestInfo
-from ...siwx import split_url
-from .._common import AsyncMeteredBody, MeteredBody, meter_body, paid_response_headers, render_error
+from .._runner import run_sync
+from .._web.common import (
+    AsyncMeteredBody,
+    MeteredBody,
+    meter_body,
+    paid_response_headers,
+    render_error,
+)
+from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
+from ..errors import PaymentError
+from ..gate import PaymentSession, Route
+from ..proxies import TrustedProxies
+from ..request import RequestInfo
+from ..siwx import split_url
 from .conf import Runtime, check_at_startup, get_runtime
 
 __all__ = [
@@ -289,7 +295,7 @@ class PaymentMiddleware:
     redirects and CORS preflights are answered first, and free.
 
     Django builds it when the WSGI/ASGI handler is made, before the first request: that is
-    when :func:`~x402gate.integrations.django.conf.check_at_startup` runs, and a failure stops
+    when :func:`~x402gate.django.conf.check_at_startup` runs, and a failure stops
     the start with :class:`~django.core.exceptions.ImproperlyConfigured`.
     """
 

@@ -33,12 +33,12 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from ...assets import Asset, checksum_address, normalize_network, usdc
-from ...errors import ConfigurationError
-from ...gate import PaymentGate
-from ...proxies import TrustedProxies
-from ...siwx import parse_public_origins
-from ...stores.registry import accepted_schemes, redact_url
+from ..assets import Asset, checksum_address, normalize_network, usdc
+from ..errors import ConfigurationError
+from ..gate import PaymentGate
+from ..proxies import TrustedProxies
+from ..siwx import parse_public_origins
+from ..stores.registry import accepted_schemes, redact_url
 from .conf import GATE_KEYS, KNOWN_KEYS, build_gate, build_routes, conf
 
 # Middleware that stores answers: below PaymentMiddleware it sees a paid answer before the
@@ -105,7 +105,7 @@ def _check_facilitator() -> list[CheckMessage]:
             return []
         if not conf.FACILITATOR_URL:
             raise ConfigurationError("FACILITATOR_URL (or FACILITATOR) is required")
-        from ...facilitators import HTTPFacilitator
+        from ..facilitators import HTTPFacilitator
 
         HTTPFacilitator(conf.FACILITATOR_URL, timeout=conf.FACILITATOR_TIMEOUT)
     except (ConfigurationError, ImportError) as exc:
