@@ -26,7 +26,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, cast, get_args
+from typing import Any, ParamSpec, Unpack, cast, get_args
 from weakref import WeakKeyDictionary
 
 try:
@@ -36,37 +36,25 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
-from ._web.common import (
-    MeteredBody,
-    meter_body,
-    paid_response_headers,
-    render_error,
-    route_refused,
-    warn_trust_proxy_headers,
-)
+from ._web.body import FlowBody, closing, whole_body
+from ._web.common import route_refused, warn_trust_proxy_headers
+from ._web.decorators import paid_terms
+from ._web.wsgi import DEFAULT_MAX_BODY, base_url_of, request_info_from_environ
 from .assets import Asset, checksum_address, normalize_network, usdc
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
-from .gate import (
-    Payment,
-    PaymentGate,
-    PaymentIdentifier,
-    PaymentSession,
-    Route,
-    Settlement,
-    StartupChecks,
-)
-from .pricing import as_strategy
+from .flow import Answer, PaymentFlow
+from .gate import Payment, PaymentGate, Route, StartupChecks
+from .options import RouteOptions
 from .request import Headers, RequestInfo
 from .stores import open_store
 from .stores.registry import DEFAULT_STORE_URL
-from .wsgi import DEFAULT_MAX_BODY, base_url_of, request_info_from_environ
 
 __all__ = ["GateState", "X402Gate", "current_payment", "gate_from_config", "require_payment"]
 
 P = ParamSpec("P")
 EXTENSION_KEY = "x402gate"
-_SESSION = "_x402gate_session"
+_FLOW = "_x402gate_flow"
 _MARK = "__x402gate__"
 _RULE_PARAM = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 
@@ -283,13 +271,9 @@ def _state() -> GateState:
 class _PaidView:
     """The payment terms of one decorated view; its Route is built once per gate."""
 
-    def __init__(self, price: Any, gate: PaymentGate | None, options: dict[str, Any]) -> None:
-        self.price = as_strategy(price)  # a bad price fails at import time, not per request
-        if options["settlement"] not in get_args(Settlement):
-            raise ConfigurationError(
-                f"settlement must be 'after' or 'before', not {options['settlement']!r}"
-            )
-        self.gate, self.options = gate, options
+    def __init__(self, price: Any, gate: PaymentGate | None, options: RouteOptions) -> None:
+        self.price, self.options = paid_terms(price, options)
+        self.gate = gate
         self._routes: WeakKeyDictionary[PaymentGate, Route] = WeakKeyDictionary()
         if gate is not None:
             self.route_for(gate)
@@ -301,7 +285,7 @@ class _PaidView:
         return route
 
     def serve(self, view: Callable[..., Any], args: Any, kwargs: Any) -> Response:
-        if g.get(_SESSION) is not None:
+        if g.get(_FLOW) is not None:
             # A paid view inside a paid view (decorated twice, or calling another): the
             # outermost one charges, once per request.
             return current_app.make_response(view(*args, **kwargs))
@@ -315,44 +299,43 @@ class _PaidView:
         except ConfigurationError as exc:  # only when init_app could not see the view
             return _error(route_refused(f"@require_payment view {request.endpoint!r}", exc), accept)
         try:
-            session = gate.begin_sync(route, _request_info(state, gate))
+            flow = PaymentFlow(gate, route, _request_info(state, gate))
         except PaymentError as exc:
             return _error(exc, accept)
-        setattr(g, _SESSION, session)
-        g.payment = session.payment
+        answer = flow.begin_sync()
+        if answer is not None:
+            return _answer(answer)
+        setattr(g, _FLOW, flow)
+        g.payment = flow.payment
         try:
             response = current_app.make_response(view(*args, **kwargs))
+            start = flow.response_start_sync(response.status_code, response.headers.items())
         except BaseException:
-            gate.abort_sync(session)
+            flow.close_sync()  # the view failed: nothing is charged
             raise
-        try:
-            extra = gate.finish_sync(
-                session, response.status_code, recording=session.idempotency is not None
-            )
-        except PaymentError as exc:
+        if isinstance(start, Answer):
             response.close()  # a generator body is closed before it ever ran
-            return _error(exc, accept)
-        if extra or response.status_code < 400:
-            headers = paid_response_headers(response.headers.items(), extra)
-            response.headers.clear()
-            response.headers.extend(headers)
-        if session.reservation is not None:
-            # Metered route: charge what the answer reports it used (tokens) or took (seconds).
-            if response.is_streamed:
-                response.response = MeteredBody(
-                    response.iter_encoded(),  # bytes, whatever the view yielded
-                    response.content_type,
-                    lambda usage: gate.complete_sync(session, usage),
-                    overdue=gate.overdue_check(session),
-                )
-            else:
-                gate.complete_sync(session, meter_body(response.get_data(), response.content_type))
-        if session.idempotency is not None:
-            # Kept for retries with the same payment identifier; a stream cannot be replayed.
-            body = None if response.is_streamed else response.get_data()
-            gate.record_sync(session, response.status_code, response.headers.items(), body)
-        # The server closes the answer once it has written it: a retry is a replay from then on.
-        response.call_on_close(lambda: gate.delivered_sync(session))
+            flow.close_sync()
+            return _answer(start)
+        response.headers.clear()
+        response.headers.extend(start)
+        if response.is_streamed:
+            # The flow follows the server as it pulls the body, and ends when it closes it.
+            response.response = FlowBody(closing(response.iter_encoded(), response.response), flow)
+            return response
+        data = response.get_data()
+        sent = whole_body(flow, data)
+        if sent is not data:
+            response.set_data(sent)
+
+        def delivered() -> None:
+            # The server closes the answer once it has written it: a retry is a replay now.
+            try:
+                flow.sent_sync(sent, True)
+            finally:
+                flow.close_sync()
+
+        response.call_on_close(delivered)
         return response
 
 
@@ -380,46 +363,24 @@ def _request_info(state: GateState, gate: PaymentGate) -> RequestInfo:
 
 
 def _error(exc: PaymentError, accept: str | None) -> Response:
-    status, headers, body = render_error(exc, accept)
-    return Response(body, status=status, headers=headers)
+    return _answer(Answer.from_error(exc, accept))
+
+
+def _answer(answer: Answer) -> Response:
+    return Response(answer.body, status=answer.status, headers=answer.headers)
 
 
 def require_payment(
-    price: Any,
-    *,
-    settlement: Settlement = "after",
-    description: str | None = None,
-    mime_type: str | None = None,
-    assets: Asset | Sequence[Asset] | None = None,
-    network: str | None = None,
-    pay_to: str | Mapping[str, str] | None = None,
-    max_timeout_seconds: int | None = None,
-    verify_with_facilitator: bool | None = None,
-    extensions: Mapping[str, Any] | None = None,
-    payment_identifier: PaymentIdentifier = "optional",
-    credit_topup: Any = None,
-    gate: PaymentGate | None = None,
+    price: Any, /, *, gate: PaymentGate | None = None, **options: Unpack[RouteOptions]
 ) -> Callable[[Callable[P, Any]], Callable[P, Response]]:
     """Charge ``price`` per call of the decorated view (sync or ``async``).
 
-    The options are those of :meth:`~x402gate.gate.PaymentGate.route`. The app's gate (from
+    The options are those of :meth:`~x402gate.gate.PaymentGate.route`; a misspelt one raises
+    :class:`~x402gate.errors.ConfigurationError` here, naming it. The app's gate (from
     :class:`X402Gate`) is used unless ``gate`` is given. In the view, the payment is
     :data:`current_payment` (also ``g.payment``). ``settlement="before"`` settles before the
     view runs: use it for streamed responses and irreversible side effects.
     """
-    options: dict[str, Any] = {
-        "settlement": settlement,
-        "description": description,
-        "mime_type": mime_type,
-        "assets": assets,
-        "network": network,
-        "pay_to": pay_to,
-        "max_timeout_seconds": max_timeout_seconds,
-        "verify_with_facilitator": verify_with_facilitator,
-        "extensions": extensions,
-        "payment_identifier": payment_identifier,
-        "credit_topup": credit_topup,
-    }
     paid = _PaidView(price, gate, options)
 
     def decorator(view: Callable[P, Any]) -> Callable[P, Response]:
@@ -436,10 +397,11 @@ def require_payment(
 
 
 def _current_payment() -> Payment:
-    session = g.get(_SESSION)
-    if not isinstance(session, PaymentSession):
+    flow = g.get(_FLOW)
+    payment = flow.payment if isinstance(flow, PaymentFlow) else None
+    if payment is None:
         raise RuntimeError("no x402 payment in this request: the view is not @require_payment")
-    return session.payment
+    return payment
 
 
 current_payment = cast(Payment, LocalProxy(_current_payment))

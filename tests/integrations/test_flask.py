@@ -557,3 +557,8 @@ def test_the_example_serves_and_takes_a_payment(local_chain: Any) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("paid /weather: 200")
+
+
+def test_misspelt_route_option_fails_at_decoration_time() -> None:
+    with pytest.raises(ConfigurationError, match=r"'setlement' \(did you mean 'settlement'\?\)"):
+        require_payment("$0.01", setlement="before")  # type: ignore[call-arg]

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 
 from ..flow import PaymentFlow
 
-__all__ = ["AsyncFlowBody", "FlowBody", "close_iterable", "whole_body"]
+__all__ = ["AsyncFlowBody", "FlowBody", "close_iterable", "closing", "whole_body"]
 
 
 def close_iterable(iterable: object) -> None:
@@ -23,6 +23,23 @@ def close_iterable(iterable: object) -> None:
     close = getattr(iterable, "close", None)
     if close is not None:
         close()
+
+
+class _Closing:
+    def __init__(self, iterator: Iterator[bytes], owner: object) -> None:
+        self._iterator, self._owner = iterator, owner
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iterator
+
+    def close(self) -> None:
+        close_iterable(self._owner)
+
+
+def closing(chunks: Iterable[bytes], owner: object) -> Iterable[bytes]:
+    """``chunks`` (an iterator over ``owner``, e.g. encoding it), whose ``close`` closes
+    ``owner``: what the app returned is the one a server must close (PEP 3333)."""
+    return _Closing(iter(chunks), owner)
 
 
 class FlowBody:

@@ -18,7 +18,7 @@ from ..flow import Answer, PaymentFlow
 from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..siwx import split_url
-from .body import FlowBody, close_iterable
+from .body import FlowBody, close_iterable, closing
 from .types import StartResponse, WSGIEnviron
 
 if TYPE_CHECKING:
@@ -247,17 +247,4 @@ class WSGIFlowResponse:
             finally:
                 self.flow.close_sync()
             return [self._answer.body]
-        return FlowBody(_Closing(iterator, result), self.flow, first)
-
-
-class _Closing:
-    """The app's iterator, whose ``close`` is the app's iterable's (PEP 3333 closes that one)."""
-
-    def __init__(self, iterator: Iterator[bytes], result: Iterable[bytes]) -> None:
-        self._iterator, self._result = iterator, result
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._iterator
-
-    def close(self) -> None:
-        close_iterable(self._result)
+        return FlowBody(closing(iterator, result), self.flow, first)
