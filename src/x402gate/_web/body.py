@@ -10,6 +10,7 @@ does the same for an answer whose body is one known ``bytes``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 
@@ -90,11 +91,22 @@ class AsyncFlowBody:
     """The async twin of :class:`FlowBody`, for async streaming answers (Django under ASGI).
 
     The flow is closed when the iteration ends, however it ends (the server stops iterating an
-    async body by closing or dropping its iterator)."""
+    async body by closing or dropping its iterator). ``offload`` runs the flow's steps through
+    their sync twins in a thread: for a body iterated on a loop that is not the gate's (Django
+    runs an async body under WSGI on a loop of its own)."""
 
-    def __init__(self, chunks: AsyncIterable[bytes], flow: PaymentFlow) -> None:
+    def __init__(
+        self, chunks: AsyncIterable[bytes], flow: PaymentFlow, *, offload: bool = False
+    ) -> None:
         self._chunks = chunks
         self._flow = flow
+        self._offload = offload
+
+    async def _sent(self, chunk: bytes, last: bool) -> None:
+        if self._offload:
+            await asyncio.to_thread(self._flow.sent_sync, chunk, last)
+        else:
+            await self._flow.sent(chunk, last)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         flow = self._flow
@@ -106,16 +118,19 @@ class AsyncFlowBody:
                 out, last = step
                 if out:
                     yield out
-                await flow.sent(out, last)
+                await self._sent(out, last)
                 if last:
                     close = getattr(self._chunks, "aclose", None)
                     if close is not None:
                         await close()
                     return
             if flow.body(b"", True) is not None:
-                await flow.sent(b"", True)
+                await self._sent(b"", True)
         finally:
-            await flow.close()
+            if self._offload:
+                await asyncio.to_thread(flow.close_sync)
+            else:
+                await flow.close()
 
 
 def whole_body(flow: PaymentFlow, body: bytes) -> bytes:

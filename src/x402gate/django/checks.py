@@ -40,6 +40,8 @@ from ..proxies import TrustedProxies
 from ..siwx import parse_public_origins
 from ..stores.registry import accepted_schemes, redact_url
 from .conf import GATE_KEYS, KNOWN_KEYS, build_gate, build_routes, conf
+from .discovery import check_decorated_views, check_route_keys, decorated_views
+from .middleware import PaymentMiddleware
 
 # Middleware that stores answers: below PaymentMiddleware it sees a paid answer before the
 # middleware marks it private, stores it, and the cache then serves it to anyone.
@@ -199,7 +201,6 @@ def _check_routes(gate: PaymentGate) -> list[CheckMessage]:
 def _check_route_keys(gate: PaymentGate) -> list[CheckMessage]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []  # no URLconf to match against (Django reports that itself when it matters)
-    from .discovery import check_route_keys
 
     try:
         table, views = build_routes(gate, conf.ROUTES)
@@ -212,7 +213,6 @@ def _check_route_keys(gate: PaymentGate) -> list[CheckMessage]:
 def _check_decorated_views(gate: PaymentGate) -> list[CheckMessage]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []
-    from .discovery import check_decorated_views
 
     try:
         problems = check_decorated_views(lambda paid: gate.route(paid.price, **paid.options))
@@ -225,7 +225,6 @@ def _check_decorated_views(gate: PaymentGate) -> list[CheckMessage]:
 def _decorated_views() -> list[str]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []
-    from .discovery import decorated_views
 
     try:
         return decorated_views()
@@ -234,7 +233,6 @@ def _decorated_views() -> list[str]:
 
 
 def _check_middleware() -> list[CheckMessage]:
-    from .middleware import PaymentMiddleware
 
     paths = list(getattr(settings, "MIDDLEWARE", None) or ())
     for index, path in enumerate(paths):

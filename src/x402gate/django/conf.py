@@ -49,12 +49,12 @@ from ..stores.registry import DEFAULT_STORE_URL
 __all__ = [
     "GATE_KEYS",
     "KNOWN_KEYS",
+    "PAID_VIEW_ATTR",
     "PaidView",
     "Runtime",
     "Settings",
     "build_gate",
     "build_routes",
-    "check_at_startup",
     "conf",
     "get_runtime",
     "reset",
@@ -270,6 +270,10 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 
 
+PAID_VIEW_ATTR = "x402gate_paid"
+"""Attribute holding the :class:`PaidView` of a ``@require_payment`` view."""
+
+
 @dataclass(eq=False)
 class PaidView:
     """What ``@require_payment`` attaches to a view: the price and the route options."""
@@ -338,31 +342,6 @@ def get_runtime() -> Runtime:
                 raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
             _runtime = Runtime(gate, owned, table, views, bool(conf.DISCOVERY))
         return _runtime
-
-
-def check_at_startup() -> None:
-    """What :class:`~x402gate.django.middleware.PaymentMiddleware` checks when
-    Django loads it (the WSGI/ASGI handler is built): the settings build a gate, every
-    ``ROUTES`` key matches the URLconf, and the gate's start-up checks pass under
-    ``STARTUP_CHECKS``; every ``@require_payment`` view of the URLconf has a route the gate
-    accepts. Raises :class:`ImproperlyConfigured` with one message otherwise."""
-    from .discovery import check_decorated_views, check_route_keys
-
-    runtime = get_runtime()
-    mode = conf.STARTUP_CHECKS
-    try:
-        if mode not in _STARTUP_MODES:
-            raise ConfigurationError(
-                f"STARTUP_CHECKS must be one of {', '.join(_STARTUP_MODES)}, not {mode!r}"
-            )
-        if getattr(settings, "ROOT_URLCONF", None):
-            check_route_keys(runtime.table, runtime.views)
-            problems = check_decorated_views(runtime.route_for)
-            if problems:
-                raise ConfigurationError("; ".join(problems))
-        runtime.gate.check_startup_sync(mode)
-    except ConfigurationError as exc:
-        raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
 
 
 def reset() -> None:
