@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .options import check_route_options
 
 if TYPE_CHECKING:
     from .gate import PaymentGate, Route
@@ -140,6 +141,7 @@ class RouteTable:
             if isinstance(spec, Route):
                 route = spec
             elif isinstance(spec, Mapping):
+                check_route_options(spec, f"route {key!r}", also=("price",))
                 try:
                     route = gate.route(**spec)
                 except TypeError as exc:

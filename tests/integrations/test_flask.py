@@ -151,7 +151,9 @@ class RefusingSettlement:
     async def settle(self, payload: Any, requirements: PaymentRequirements) -> SettleResponse:
         self.settle_calls += 1
         return SettleResponse(
-            success=False, error_reason="insufficient_funds", transaction="",
+            success=False,
+            error_reason="insufficient_funds",
+            transaction="",
             network=requirements.network,
         )
 
@@ -167,7 +169,9 @@ def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
 
     def make(facilitator: Any) -> PaymentGate:
         gate = PaymentGate(
-            pay_to=pay_to, assets=test_token.asset, facilitator=facilitator,
+            pay_to=pay_to,
+            assets=test_token.asset,
+            facilitator=facilitator,
             store=f"sqlite:///{tmp_path / f'replay-{len(gates)}.db'}",
         )
         gates.append(gate)
@@ -245,7 +249,12 @@ def test_official_client_pays_and_the_view_sees_the_payment(
 
 @pytest.mark.chain
 def test_replayed_payment_is_refused(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(shop.app(gate)) as base_url:
@@ -263,8 +272,15 @@ def test_replayed_payment_is_refused(
 @pytest.mark.chain
 @pytest.mark.parametrize(("path", "status"), [("/boom", 500), ("/error", 503)])
 def test_failing_view_charges_nothing_and_releases_the_payment(
-    path: str, status: int, gate: PaymentGate, shop: Shop, chain: Any, test_token: Any,
-    payer: Any, pay_to: str, facilitator: LocalFacilitator,
+    path: str,
+    status: int,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(shop.app(gate)) as base_url:
         header = signed_header(payer, base_url + path)
@@ -296,8 +312,13 @@ def test_streamed_body_is_generated_only_after_settlement(
 @pytest.mark.chain
 @pytest.mark.parametrize("path", ["/paid", "/stream-after"])
 def test_failed_settlement_answers_402_without_a_byte_of_content(
-    path: str, make_gate: Any, facilitator: LocalFacilitator, shop: Shop, test_token: Any,
-    payer: Any, pay_to: str,
+    path: str,
+    make_gate: Any,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     refusing = RefusingSettlement(facilitator)
     with serve_wsgi(shop.app(make_gate(refusing))) as base_url:
@@ -313,7 +334,11 @@ def test_failed_settlement_answers_402_without_a_byte_of_content(
 
 @pytest.mark.chain
 def test_facilitator_error_at_settlement_is_a_502_without_content(
-    make_gate: Any, facilitator: LocalFacilitator, shop: Shop, test_token: Any, payer: Any,
+    make_gate: Any,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
     pay_to: str,
 ) -> None:
     with FacilitatorServer(facilitator) as service:
@@ -330,7 +355,12 @@ def test_facilitator_error_at_settlement_is_a_502_without_content(
 
 @pytest.mark.chain
 def test_a_view_decorated_twice_is_charged_once_at_the_outer_price(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(shop.app(gate)) as base_url:
@@ -382,9 +412,16 @@ def test_discovery_lists_every_paid_view_with_its_rule(
         (i["input"]["method"], i["input"]["routeTemplate"]): i for i in response.json()["items"]
     }
     assert set(items) == {
-        ("GET", "/paid"), ("GET", "/boom"), ("GET", "/error"), ("GET", "/stream"),
-        ("GET", "/stream-after"), ("GET", "/twice"), ("GET", "/async"), ("POST", "/echo"),
-        ("GET", "/items/{item_id}"), ("POST", "/items/{item_id}"),
+        ("GET", "/paid"),
+        ("GET", "/boom"),
+        ("GET", "/error"),
+        ("GET", "/stream"),
+        ("GET", "/stream-after"),
+        ("GET", "/twice"),
+        ("GET", "/async"),
+        ("POST", "/echo"),
+        ("GET", "/items/{item_id}"),
+        ("POST", "/items/{item_id}"),
     }
     item = items[("GET", "/items/{item_id}")]
     assert item["resource"] == {"url": f"{base_url}/items/{{item_id}}", "description": "One item"}
@@ -519,7 +556,11 @@ def test_missing_or_invalid_settings_name_the_key(overrides: dict[str, Any], key
 
 @pytest.mark.chain
 def test_a_gate_built_from_config_takes_real_payments(
-    facilitator: LocalFacilitator, shop: Shop, test_token: Any, payer: Any, pay_to: str,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     tmp_path: Any,
 ) -> None:
     with FacilitatorServer(facilitator) as service:
@@ -535,9 +576,7 @@ def test_a_gate_built_from_config_takes_real_payments(
         X402Gate(app)
         try:
             with serve_wsgi(app) as base_url:
-                response = paying_requests_session(payer, asset=test_token).get(
-                    f"{base_url}/paid"
-                )
+                response = paying_requests_session(payer, asset=test_token).get(f"{base_url}/paid")
         finally:
             run_sync(app.extensions["x402gate"].gate.aclose())
     assert response.status_code == 200, response.text
@@ -562,3 +601,23 @@ def test_the_example_serves_and_takes_a_payment(local_chain: Any) -> None:
 def test_misspelt_route_option_fails_at_decoration_time() -> None:
     with pytest.raises(ConfigurationError, match=r"'setlement' \(did you mean 'settlement'\?\)"):
         require_payment("$0.01", setlement="before")  # type: ignore[call-arg]
+
+
+def test_an_unknown_settings_key_fails_at_start_up_with_a_suggestion() -> None:
+    app = Flask(__name__)
+    app.config.update(config(X402GATE_PAYTO=PAY_TO, X402GATE_PAY_TO=None))
+    with pytest.raises(ConfigurationError) as caught:
+        X402Gate(app)
+    message = str(caught.value)
+    assert "X402GATE_PAYTO is not a setting (did you mean 'X402GATE_PAY_TO'?)" in message
+    assert "X402GATE_PAY_TO is required" in message  # every problem at once
+    assert "x402gate" not in app.extensions
+
+
+def test_a_misspelt_route_option_in_settings_fails_at_start_up_with_a_suggestion() -> None:
+    app = Flask(__name__)
+    routes = {"GET /report": {"price": "$0.01", "setlement": "before"}}
+    app.config.update(config(X402GATE_ROUTES=routes))
+    expected = r"X402GATE_ROUTES.*'setlement' \(did you mean 'settlement'\?\)"
+    with pytest.raises(ConfigurationError, match=expected):
+        X402Gate(app)
