@@ -498,3 +498,16 @@ def test_a_utf8_path_is_matched_decoded_and_written_percent_encoded(gate: Paymen
     required = decode_payment_required_header(headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == "http://shop.test/files/caf%C3%A9"
+
+
+def test_a_misspelt_route_option_stops_the_middleware_at_construction(gate: PaymentGate) -> None:
+    from x402gate.errors import ConfigurationError
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"x"]
+
+    routes = {"GET /paid": {"price": "$0.01", "setlement": "before"}}
+    expected = r"route 'GET /paid'.*'setlement' \(did you mean 'settlement'\?\)"
+    with pytest.raises(ConfigurationError, match=expected):
+        PaymentMiddleware(app, gate=gate, routes=routes, check_at_startup=False)

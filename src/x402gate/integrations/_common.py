@@ -2,10 +2,7 @@
 
 from .._web.common import (
     AppRoutes,
-    AsyncMeteredBody,
-    MeteredBody,
     framework_routes,
-    meter_body,
     paid_response_headers,
     render_error,
     route_refused,
@@ -15,10 +12,7 @@ from .._web.common import (
 
 __all__ = [
     "AppRoutes",
-    "AsyncMeteredBody",
-    "MeteredBody",
     "framework_routes",
-    "meter_body",
     "paid_response_headers",
     "render_error",
     "route_refused",
