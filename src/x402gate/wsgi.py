@@ -20,10 +20,11 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from ._web.body import close_iterable
 from ._web.common import framework_routes, render_error, warn_trust_proxy_headers
+from ._web.middleware import MiddlewareOptions, middleware_options
 from ._web.types import StartResponse, WSGIApp, WSGIEnviron
 from ._web.wsgi import (
     DEFAULT_MAX_BODY,
@@ -74,7 +75,8 @@ def _json(start_response: StartResponse, code: int, document: Any, **headers: st
 class PaymentMiddleware:
     """WSGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
 
-    :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
+    :param max_body_bytes: largest request body read for pricing on a paid route (413 above;
+        default 1 MiB).
     :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
         its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
     :param discovery: serve ``GET /.well-known/x402`` listing the paid routes.
@@ -91,17 +93,14 @@ class PaymentMiddleware:
         *,
         gate: PaymentGate,
         routes: Mapping[str, Any] | RouteTable,
-        max_body_bytes: int = DEFAULT_MAX_BODY,
-        trust_proxy_headers: bool = False,
-        discovery: bool = False,
         check_at_startup: bool = True,
+        **options: Unpack[MiddlewareOptions],
     ) -> None:
-        self.app = app
-        self.gate = gate
+        settings = middleware_options(options, "PaymentMiddleware")
+        self.app, self.gate, self.discovery = app, gate, settings.discovery
         self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
-        self.max_body_bytes = max_body_bytes
-        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
-        self.discovery = discovery
+        self.max_body_bytes = settings.max_body_bytes
+        self.trust_proxy_headers = warn_trust_proxy_headers(settings.trust_proxy_headers)
         if check_at_startup:
             # WSGI has no start-up event: the middleware is built when the app is.
             found = framework_routes(app)

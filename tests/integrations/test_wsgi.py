@@ -511,3 +511,15 @@ def test_a_misspelt_route_option_stops_the_middleware_at_construction(gate: Paym
     expected = r"route 'GET /paid'.*'setlement' \(did you mean 'settlement'\?\)"
     with pytest.raises(ConfigurationError, match=expected):
         PaymentMiddleware(app, gate=gate, routes=routes, check_at_startup=False)
+
+
+def test_a_misspelt_middleware_option_is_named_with_a_suggestion(gate: PaymentGate) -> None:
+    from x402gate.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"'discovry' \(did you mean 'discovery'\?\)"):
+        PaymentMiddleware(
+            lambda environ, start_response: [],
+            gate=gate,
+            routes={"GET /paid": "$0.01"},
+            discovry=True,  # type: ignore[call-arg]
+        )

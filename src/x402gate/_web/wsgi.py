@@ -19,6 +19,7 @@ from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..siwx import split_url
 from .body import FlowBody, close_iterable, closing
+from .middleware import DEFAULT_MAX_BODY
 from .types import StartResponse, WSGIEnviron
 
 if TYPE_CHECKING:
@@ -35,9 +36,6 @@ __all__ = [
     "request_info_from_environ",
     "status_line",
 ]
-
-DEFAULT_MAX_BODY = 1 << 20
-"""Largest request body read for pricing on a paid route, by default (413 above)."""
 
 _NO_PROXIES = TrustedProxies()
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from flask import Flask, Response, current_app, jsonify, request
 
 from .._web.common import warn_trust_proxy_headers
-from .._web.wsgi import DEFAULT_MAX_BODY, base_url_of
+from .._web.middleware import MiddlewareOptions, middleware_options
+from .._web.wsgi import base_url_of
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError
 from ..gate import PaymentGate, Route
@@ -38,7 +39,8 @@ class X402Gate:
     :param discovery: serve ``GET /.well-known/x402`` listing every ``require_payment`` view.
     :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
         its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
-    :param max_body_bytes: largest request body read for pricing on a paid view (413 above).
+    :param max_body_bytes: largest request body read for pricing on a paid view (413 above;
+        default 1 MiB).
     """
 
     def __init__(
@@ -46,14 +48,12 @@ class X402Gate:
         app: Flask | None = None,
         *,
         gate: PaymentGate | None = None,
-        discovery: bool = False,
-        trust_proxy_headers: bool = False,
-        max_body_bytes: int = DEFAULT_MAX_BODY,
+        **options: Unpack[MiddlewareOptions],
     ) -> None:
-        self._gate = gate
-        self.discovery = discovery
-        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
-        self.max_body_bytes = max_body_bytes
+        settings = middleware_options(options, "X402Gate")
+        self._gate, self.discovery = gate, settings.discovery
+        self.trust_proxy_headers = warn_trust_proxy_headers(settings.trust_proxy_headers)
+        self.max_body_bytes = settings.max_body_bytes
         if app is not None:
             self.init_app(app)
 
