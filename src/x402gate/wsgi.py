@@ -28,6 +28,7 @@ from ._web.middleware import MiddlewareOptions, middleware_options
 from ._web.types import StartResponse, WSGIApp, WSGIEnviron
 from ._web.wsgi import (
     DEFAULT_MAX_BODY,
+    PAYMENT_ENVIRON_KEY,
     WSGIFlowResponse,
     answer_response,
     base_url_of,
@@ -50,8 +51,6 @@ __all__ = [
     "error_response",
     "request_info_from_environ",
 ]
-
-PAYMENT_ENVIRON_KEY = "x402gate.payment"
 
 
 def error_response(

@@ -621,3 +621,23 @@ def test_a_misspelt_route_option_in_settings_fails_at_start_up_with_a_suggestion
     expected = r"X402GATE_ROUTES.*'setlement' \(did you mean 'settlement'\?\)"
     with pytest.raises(ConfigurationError, match=expected):
         X402Gate(app)
+
+
+def test_routes_in_settings_are_charged_in_front_of_the_app(gate: PaymentGate) -> None:
+    app = Flask(__name__)
+    app.config.update(X402GATE_GATE=gate, X402GATE_ROUTES={"GET /report": "$0.01"})
+    X402Gate(app)
+
+    @app.get("/report")
+    def report() -> str:
+        raise AssertionError("an unpaid request must not reach the view")
+
+    @app.get("/free")
+    def free() -> str:
+        return "free"
+
+    client = app.test_client()
+    unpaid = client.get("/report")
+    assert unpaid.status_code == 402
+    assert "PAYMENT-REQUIRED" in unpaid.headers
+    assert client.get("/free").data == b"free"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "PAYMENT_ENVIRON_KEY",
     "WSGIFlowResponse",
     "answer_response",
     "base_url_of",
@@ -36,6 +37,9 @@ __all__ = [
     "request_info_from_environ",
     "status_line",
 ]
+
+PAYMENT_ENVIRON_KEY = "x402gate.payment"
+"""Where the WSGI middleware puts the accepted payment in the environ."""
 
 _NO_PROXIES = TrustedProxies()
 

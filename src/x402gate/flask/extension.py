@@ -17,7 +17,8 @@ from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError
 from ..gate import PaymentGate, Route
 from ..request import Headers
-from ..settings import gate_from_flask_config
+from ..settings import build_gate, gate_from_flask_config, read_flask_config
+from ..wsgi import PaymentMiddleware
 from .views import EXTENSION_KEY, MARK, GateState, PaidView, gate_state
 
 __all__ = ["X402Gate", "gate_from_config"]
@@ -61,26 +62,39 @@ class X402Gate:
         """Attach to ``app``: build or take the gate, run its start-up checks
         (:meth:`~x402gate.gate.PaymentGate.check_startup`: a failing one raises
         :class:`~x402gate.errors.ConfigurationError`), and register the discovery route."""
-        gate = self._gate if self._gate is not None else gate_from_config(app.config)
+        routes: Mapping[str, Any] = {}
+        discovery = self.discovery
+        if self._gate is not None:
+            gate = self._gate
+        else:
+            settings = read_flask_config(app.config)
+            gate, _ = build_gate(settings)
+            routes, discovery = settings.routes, discovery or settings.discovery
         try:
             gate.check_startup_sync()
-        except ConfigurationError:
-            if self._gate is None:
-                gate.close()  # built here: nobody else will close its store
-            raise
-        try:
             for endpoint, view in app.view_functions.items():
                 rules = [r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint]
                 _check_view(endpoint, ", ".join(rules), view, gate)
+            if routes:
+                # X402GATE_ROUTES: charged by path in front of the app, as WSGI middleware.
+                paywall = PaymentMiddleware(
+                    app.wsgi_app,
+                    gate=gate,
+                    routes=routes,
+                    check_at_startup=False,  # the views are mostly registered later
+                    max_body_bytes=self.max_body_bytes,
+                )
+                paywall.trust_proxy_headers = self.trust_proxy_headers
+                app.wsgi_app = paywall  # type: ignore[method-assign]
         except ConfigurationError:
             if self._gate is None:
-                gate.close()
+                gate.close()  # built here: nobody else will close its store
             raise
         app.extensions[EXTENSION_KEY] = GateState(
             gate, self.trust_proxy_headers, self.max_body_bytes
         )
         _check_views_added(app, gate)
-        if self.discovery:
+        if discovery:
             app.add_url_rule(WELL_KNOWN_PATH, "x402gate_discovery", _discovery, methods=["GET"])
         app.add_url_rule(CREDIT_PATH, "x402gate_credit", _credit, methods=["GET"])
 

@@ -21,7 +21,7 @@ from werkzeug.local import LocalProxy
 from .._web.body import FlowBody, closing, whole_body
 from .._web.common import route_refused
 from .._web.decorators import paid_terms
-from .._web.wsgi import DEFAULT_MAX_BODY, request_info_from_environ
+from .._web.wsgi import DEFAULT_MAX_BODY, PAYMENT_ENVIRON_KEY, request_info_from_environ
 from ..errors import ConfigurationError, PaymentError
 from ..flow import Answer, PaymentFlow
 from ..gate import Payment, PaymentGate, Route
@@ -80,9 +80,9 @@ class PaidView:
         return route
 
     def serve(self, view: Callable[..., Any], args: Any, kwargs: Any) -> Response:
-        if g.get(_FLOW) is not None:
-            # A paid view inside a paid view (decorated twice, or calling another): the
-            # outermost one charges, once per request.
+        if g.get(_FLOW) is not None or request.environ.get(PAYMENT_ENVIRON_KEY) is not None:
+            # A paid view inside a paid view (decorated twice, or calling another), or one
+            # that X402GATE_ROUTES charges already: the outermost one charges, once.
             return current_app.make_response(view(*args, **kwargs))
         found = current_app.extensions.get(EXTENSION_KEY)
         # An explicit gate needs no extension; otherwise a missing one fails closed (500).
@@ -194,6 +194,8 @@ def require_payment(
 def _current_payment() -> Payment:
     flow = g.get(_FLOW)
     payment = flow.payment if isinstance(flow, PaymentFlow) else None
+    if payment is None and request:  # charged by X402GATE_ROUTES, in front of the app
+        payment = request.environ.get(PAYMENT_ENVIRON_KEY)
     if payment is None:
         raise RuntimeError("no x402 payment in this request: the view is not @require_payment")
     return payment
