@@ -118,8 +118,8 @@ def flask_site(gate: PaymentGate, counted: Counted) -> Iterator[str]:
 
 @contextmanager
 def wsgi_site(gate: PaymentGate, counted: Counted) -> Iterator[str]:
-    from x402gate.wsgi import PaymentMiddleware
     from x402gate.testing.servers import serve_wsgi
+    from x402gate.wsgi import PaymentMiddleware
 
     def paid(environ: Any, start_response: Any) -> list[bytes]:
         counted.hit()

@@ -26,12 +26,12 @@ from x402.schemas import PaymentRequirements, SettleResponse
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate._runner import run_sync
 from x402gate.facilitators import HTTPFacilitator
-from x402gate.wsgi import PaymentMiddleware
 from x402gate.request import RequestInfo
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.payments import encode_payment, sign_exact_payment
 from x402gate.testing.servers import serve_wsgi
+from x402gate.wsgi import PaymentMiddleware
 
 pytestmark = pytest.mark.chain
 

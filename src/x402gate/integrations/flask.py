@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from ._moved import moved
+
+if TYPE_CHECKING:
+    from ..flask import *  # noqa: F403  # what type checkers see: the new module's names
 
 sys.modules[__name__] = moved(__name__, "x402gate.flask")

@@ -5,8 +5,12 @@ release). ``MIDDLEWARE`` and ``INSTALLED_APPS`` entries naming the old path stil
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from .._moved import moved
+
+if TYPE_CHECKING:
+    from ...django import *  # noqa: F403  # what type checkers see: the new module's names
 
 _SUBMODULES = ("apps", "checks", "conf", "decorators", "discovery", "middleware")
 
