@@ -29,7 +29,7 @@ from x402gate import ConfigurationError, PaymentGate
 from x402gate.assets import Asset
 from x402gate.credit import SESSION_HEADER, SessionTokens
 from x402gate.demo import serve_in_thread
-from x402gate.integrations.asgi import PaymentMiddleware
+from x402gate.asgi import PaymentMiddleware
 from x402gate.metering import PerToken, TokenPrice
 from x402gate.stores.base import credit_account
 

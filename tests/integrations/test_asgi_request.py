@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from x402gate.integrations.asgi import request_info_from_scope
+from x402gate.asgi import request_info_from_scope
 
 
 def scope(**kw: object) -> dict[str, object]:
@@ -51,7 +51,7 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
 
     from x402gate import PaymentGate
     from x402gate.assets import usdc
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     class NeverCalled:
         async def verify(self, *a: Any) -> Any:
@@ -111,7 +111,7 @@ def test_trust_proxy_headers_is_deprecated() -> None:
     import pytest
 
     from x402gate import PaymentGate
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.integrations.wsgi import PaymentMiddleware as WSGIMiddleware
 
     class Unused:

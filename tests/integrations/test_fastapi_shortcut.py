@@ -19,7 +19,7 @@ from x402.http import decode_payment_required_header
 from x402gate import Payment, PaymentGate
 from x402gate.demo import serve_in_thread
 from x402gate.fastapi import install
-from x402gate.integrations.fastapi import RequirePayment
+from x402gate.fastapi import RequirePayment
 from x402gate.testing.clients import paying_httpx_client
 
 pytestmark = pytest.mark.chain

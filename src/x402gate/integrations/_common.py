@@ -1,5 +1,8 @@
-"""Moved to :mod:`x402gate._web.common`; kept so that older internal imports still resolve."""
+"""Deprecated: moved to the internal :mod:`x402gate._web.common` (kept for one release)."""
 
+from __future__ import annotations
+
+from .._web.moved import warn_moved
 from .._web.common import (
     AppRoutes,
     AsyncMeteredBody,
@@ -25,3 +28,5 @@ __all__ = [
     "wants_html",
     "warn_trust_proxy_headers",
 ]
+
+warn_moved(__name__, "x402gate._web.common")
