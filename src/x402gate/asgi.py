@@ -147,7 +147,10 @@ class PaymentMiddleware:
         if body is None:
             return  # the client left
         info = request_info_from_scope(
-            scope, body, trust_proxy_headers=self.trust_proxy_headers, proxies=self.gate.trusted_proxies
+            scope,
+            body,
+            trust_proxy_headers=self.trust_proxy_headers,
+            proxies=self.gate.trusted_proxies,
         )
         flow = PaymentFlow(self.gate, route, info)
         answer = flow.challenge() or await flow.begin()

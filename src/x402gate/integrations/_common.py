@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .._web.moved import warn_moved
 from .._web.common import (
     AppRoutes,
     AsyncMeteredBody,
@@ -15,6 +14,7 @@ from .._web.common import (
     wants_html,
     warn_trust_proxy_headers,
 )
+from .._web.moved import warn_moved
 
 __all__ = [
     "AppRoutes",
