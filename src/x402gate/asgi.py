@@ -50,6 +50,7 @@ from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
 from .flow import Answer, PaymentFlow
 from .gate import PaymentGate
+from .options import check_route_options
 from .request import Headers
 from .routing import RouteTable, check_routes_exist
 
@@ -86,6 +87,10 @@ class PaymentMiddleware:
         discovery: bool = False,
         check_at_startup: bool = True,
     ) -> None:
+        if not isinstance(routes, RouteTable):
+            for key, spec in routes.items() if isinstance(routes, Mapping) else ():
+                if isinstance(spec, Mapping):  # {"price": ..., **options}: names checked here
+                    check_route_options(spec, f"route {key!r}", also=("price",))
         self.app = app
         self.gate = gate
         self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)

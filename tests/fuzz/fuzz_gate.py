@@ -73,11 +73,11 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     from x402.http import decode_payment_required_header
 
     from x402gate import PaymentGate, _json
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import Asset
     from x402gate.credit import SESSION_HEADER
     from x402gate.discovery import CREDIT_PATH
     from x402gate.integrations import wsgi
-    from x402gate.asgi import PaymentMiddleware
     from x402gate.metering import PerToken, TokenPrice
     from x402gate.pricing import MatchRules, ModelTable
     from x402gate.siwx import SIWX_HEADER, format_eip4361

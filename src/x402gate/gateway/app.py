@@ -15,9 +15,9 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
 from .._web.types import Receive, Scope, Send
 from ..asgi import PaymentMiddleware
+from ..errors import ConfigurationError
 from ..routing import RouteTable
 from .config import GatewayConfig, load_config
 from .forward import Forwarder, Target, Upstream, capture_pattern, send_problem
