@@ -40,14 +40,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from ._web import operations
 from ._web.asgi import (
     DEFAULT_MAX_BODY,
-    flow_send,
+    FlowSlot,
     lifespan_with_checks,
     request_info_from_scope,
-    run_app,
+    run_with_slot,
     too_large,
 )
 from ._web.common import route_refused, warn_trust_proxy_headers
-from ._web.types import ASGIApp, Message, Receive, Scope, Send
+from ._web.types import ASGIApp, Receive, Scope, Send
 from .errors import ConfigurationError
 from .flow import PaymentFlow
 from .gate import Payment, PaymentGate, Route, Settlement
@@ -70,14 +70,6 @@ class _Settings:
     trust_proxy_headers: bool
     max_body_bytes: int
     app: Any = None
-
-
-@dataclass(slots=True)
-class _Slot:
-    """One request's link from the dependency (which begins) to the layer (which settles)."""
-
-    settings: _Settings
-    flow: PaymentFlow | None = None
 
 
 class _SettlementLayer:
@@ -105,19 +97,8 @@ class _SettlementLayer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        slot = scope[_SLOT] = _Slot(self.settings)
-        paid: Send | None = None
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal paid
-            if slot.flow is None:  # a free route, or an answer from the dependency
-                await send(message)
-                return
-            if paid is None:
-                paid = flow_send(send, slot.flow)
-            await paid(message)
-
-        await run_app(self.app, scope, receive, send_wrapper, lambda: slot.flow)
+        scope[_SLOT] = slot = FlowSlot(self.settings)
+        await run_with_slot(self.app, scope, receive, send, slot)
 
 
 class RequirePayment:
@@ -149,7 +130,7 @@ class RequirePayment:
 
     async def __call__(self, request: Request) -> Payment:
         slot = request.scope.get(_SLOT)
-        if not isinstance(slot, _Slot):
+        if not isinstance(slot, FlowSlot):
             # Fail closed: without the layer nothing would hold the response until settled.
             raise ConfigurationError(
                 "require_payment() needs x402gate's settlement layer on this app: "
@@ -160,7 +141,7 @@ class RequirePayment:
                 "two different require_payment() dependencies on one route, but a request "
                 "carries one payment: reuse one instance (Depends caches it per request)"
             )
-        settings = slot.settings
+        settings: _Settings = slot.settings
         gate = self.gate or settings.gate
         try:
             route = self.route_for(gate)

@@ -29,12 +29,14 @@ __all__ = [
     "DEFAULT_MAX_BODY",
     "AnswerCut",
     "BodyTooLarge",
+    "FlowSlot",
     "flow_send",
     "lifespan_with_checks",
     "public_origin",
     "read_body",
     "request_info_from_scope",
     "run_app",
+    "run_with_slot",
     "send_answer",
     "send_json",
     "too_large",
@@ -291,3 +293,33 @@ async def run_app(
         begun = flow()
         if begun is not None:
             await begun.close()
+
+
+class FlowSlot:
+    """A request's link from the code inside an app that begins its payment flow (a FastAPI
+    dependency) to the layer outside that hands the app's answer to that flow."""
+
+    __slots__ = ("flow", "settings")
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.flow: PaymentFlow | None = None
+
+
+async def run_with_slot(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, slot: FlowSlot
+) -> None:
+    """Run ``app``: until a flow is in ``slot`` its messages go out as they are (a free route,
+    or an answer made inside the app); after, they go through that flow (:func:`flow_send`)."""
+    paid: Send | None = None
+
+    async def send_wrapper(message: Message) -> None:
+        nonlocal paid
+        if slot.flow is None:
+            await send(message)
+            return
+        if paid is None:
+            paid = flow_send(send, slot.flow)
+        await paid(message)
+
+    await run_app(app, scope, receive, send_wrapper, lambda: slot.flow)
