@@ -44,13 +44,12 @@ from ._web.asgi import (
     send_json,
     too_large,
 )
-from ._web.common import framework_routes, warn_trust_proxy_headers
+from ._web.common import framework_routes, route_table, warn_trust_proxy_headers
 from ._web.types import ASGIApp, Message, Receive, Scope, Send
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
 from .flow import Answer, PaymentFlow
 from .gate import PaymentGate
-from .options import check_route_options
 from .request import Headers
 from .routing import RouteTable, check_routes_exist
 
@@ -87,13 +86,9 @@ class PaymentMiddleware:
         discovery: bool = False,
         check_at_startup: bool = True,
     ) -> None:
-        if not isinstance(routes, RouteTable):
-            for key, spec in routes.items() if isinstance(routes, Mapping) else ():
-                if isinstance(spec, Mapping):  # {"price": ..., **options}: names checked here
-                    check_route_options(spec, f"route {key!r}", also=("price",))
         self.app = app
         self.gate = gate
-        self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
+        self.routes = route_table(gate, routes)
         self.max_body_bytes = max_body_bytes
         self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.discovery = discovery
