@@ -17,8 +17,8 @@ from starlette.routing import Route as StarletteRoute
 from x402.http import decode_payment_required_header
 
 from x402gate import LocalFacilitator, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.credit import SESSION_HEADER
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 from x402gate.testing.clients import paying_httpx_client
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Unpack
 
 from ._web.body import close_iterable
-from ._web.common import framework_routes, render_error, warn_trust_proxy_headers
+from ._web.common import framework_routes, render_error, route_table, warn_trust_proxy_headers
 from ._web.middleware import MiddlewareOptions, middleware_options
 from ._web.types import StartResponse, WSGIApp, WSGIEnviron
 from ._web.wsgi import (
@@ -97,7 +97,7 @@ class PaymentMiddleware:
     ) -> None:
         settings = middleware_options(options, "PaymentMiddleware")
         self.app, self.gate, self.discovery = app, gate, settings.discovery
-        self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
+        self.routes = route_table(gate, routes)
         self.max_body_bytes = settings.max_body_bytes
         self.trust_proxy_headers = warn_trust_proxy_headers(settings.trust_proxy_headers)
         if check_at_startup:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from x402gate.integrations.asgi import request_info_from_scope
+from x402gate.asgi import request_info_from_scope
 
 
 def scope(**kw: object) -> dict[str, object]:
@@ -50,8 +50,8 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
     from eth_account import Account
 
     from x402gate import PaymentGate
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import usdc
-    from x402gate.integrations.asgi import PaymentMiddleware
 
     class NeverCalled:
         async def verify(self, *a: Any) -> Any:
@@ -111,7 +111,7 @@ def test_trust_proxy_headers_is_deprecated() -> None:
     import pytest
 
     from x402gate import PaymentGate
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.wsgi import PaymentMiddleware as WSGIMiddleware
 
     class Unused:
@@ -130,4 +130,34 @@ def test_trust_proxy_headers_is_deprecated() -> None:
         )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         WSGIMiddleware(lambda *a: [], gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
+    gate.close()
+
+
+def test_a_misspelt_route_option_fails_when_the_middleware_is_built() -> None:
+    import pytest
+
+    from x402gate import PaymentGate
+    from x402gate.asgi import PaymentMiddleware
+    from x402gate.errors import ConfigurationError
+
+    class Unused:
+        async def verify(self, *args: object) -> None:
+            raise AssertionError("not called")
+
+        settle = supported = verify
+
+    gate = PaymentGate(
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        network="base",
+        facilitator=Unused(),
+        store="memory://",
+        startup_checks="off",
+    )
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("not called")
+
+    routes = {"GET /paid": {"price": "$0.01", "setlement": "before"}}
+    with pytest.raises(ConfigurationError, match=r"'setlement'.*did you mean 'settlement'"):
+        PaymentMiddleware(app, gate=gate, routes=routes)
     gate.close()

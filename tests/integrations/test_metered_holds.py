@@ -165,7 +165,7 @@ def serve_asgi_app(gate: PaymentGate, controls: Controls) -> Iterator[str]:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.testing.fake_llm import serve_asgi
 
     async def chat(request: Any) -> StreamingResponse:

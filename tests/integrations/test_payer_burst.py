@@ -80,7 +80,7 @@ def asgi_site(gate: PaymentGate, counted: Counted) -> Iterator[str]:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     async def paid(request: Request) -> JSONResponse:
         counted.hit()

@@ -33,9 +33,9 @@ from starlette.routing import Host, Mount, Route, Router
 from x402.schemas import SupportedKind, SupportedResponse
 
 from x402gate import ConfigurationError, LocalFacilitator, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.facilitators import HTTPFacilitator
 from x402gate.gate import STARTUP_CHECKS_ENV
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.servers import serve_wsgi
 from x402gate.wsgi import PaymentMiddleware as WSGIPaymentMiddleware

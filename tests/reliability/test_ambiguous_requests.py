@@ -64,7 +64,7 @@ def _starlette(gate: PaymentGate, runs: collections.Counter[str]) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     async def chat(request: Request) -> JSONResponse:
         runs["chat"] += 1

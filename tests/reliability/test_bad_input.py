@@ -36,7 +36,7 @@ from starlette.routing import Route
 from x402.http import decode_payment_required_header
 
 from x402gate import LocalFacilitator, PaymentGate
-from x402gate.integrations.asgi import PaymentMiddleware
+from x402gate.asgi import PaymentMiddleware
 from x402gate.testing.payments import encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from x402.http import decode_payment_required_header, decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
-from x402gate.integrations.asgi import PaymentMiddleware
+from x402gate.asgi import PaymentMiddleware
 from x402gate.stores import replay_key
 from x402gate.testing.chain import LocalChain, TestToken, load_token_artifact
 from x402gate.testing.payments import sign_exact_payment

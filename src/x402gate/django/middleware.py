@@ -89,6 +89,8 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
         sent = whole_body(flow, body)
         if sent is not body:
             response.content = sent
+            if response.has_header("Content-Length"):
+                response["Content-Length"] = str(len(sent))
         # Handed back to Django whole: a retry of the payment is a replay from now on.
         yield Step(flow.sent, flow.sent_sync, (sent, True))
         return response

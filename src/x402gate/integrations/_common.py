@@ -1,4 +1,6 @@
-"""Moved to :mod:`x402gate._web.common`; kept so that older internal imports still resolve."""
+"""Deprecated: moved to the internal :mod:`x402gate._web.common` (kept for one release)."""
+
+from __future__ import annotations
 
 from .._web.common import (
     AppRoutes,
@@ -9,6 +11,7 @@ from .._web.common import (
     wants_html,
     warn_trust_proxy_headers,
 )
+from .._web.moved import warn_moved
 
 __all__ = [
     "AppRoutes",
@@ -19,3 +22,5 @@ __all__ = [
     "wants_html",
     "warn_trust_proxy_headers",
 ]
+
+warn_moved(__name__, "x402gate._web.common")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from ._moved import moved
+from .._web.moved import warn_moved
+from ._moved import alias
 
 if TYPE_CHECKING:
     from ..wsgi import *  # noqa: F403  # what type checkers see: the new module's names
 
-sys.modules[__name__] = moved(__name__, "x402gate.wsgi")
+warn_moved(__name__, "x402gate.wsgi")
+sys.modules[__name__] = alias(__name__, "x402gate.wsgi")

@@ -7,11 +7,13 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from .._moved import moved
+from ..._web.moved import warn_moved
+from .._moved import alias
 
 if TYPE_CHECKING:
     from ...django import *  # noqa: F403  # what type checkers see: the new module's names
 
-_SUBMODULES = ("apps", "checks", "conf", "decorators", "discovery", "middleware")
+_SUBMODULES = ("apps", "checks", "conf", "decorators", "discovery", "middleware", "runner")
 
-sys.modules[__name__] = moved(__name__, "x402gate.django", _SUBMODULES)
+warn_moved(__name__, "x402gate.django")
+sys.modules[__name__] = alias(__name__, "x402gate.django", _SUBMODULES)
