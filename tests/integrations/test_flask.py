@@ -623,10 +623,15 @@ def test_a_misspelt_route_option_in_settings_fails_at_start_up_with_a_suggestion
         X402Gate(app)
 
 
-def test_routes_in_settings_are_charged_in_front_of_the_app(gate: PaymentGate) -> None:
+@pytest.mark.parametrize("given", [False, True], ids=["gate-in-config", "gate-given"])
+def test_routes_in_settings_are_charged_in_front_of_the_app(gate: PaymentGate, given: bool) -> None:
     app = Flask(__name__)
-    app.config.update(X402GATE_GATE=gate, X402GATE_ROUTES={"GET /report": "$0.01"})
-    X402Gate(app)
+    app.config.update(X402GATE_ROUTES={"GET /report": "$0.01"})
+    if given:
+        X402Gate(app, gate=gate)
+    else:
+        app.config.update(X402GATE_GATE=gate)
+        X402Gate(app)
 
     @app.get("/report")
     def report() -> str:

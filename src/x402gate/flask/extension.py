@@ -66,6 +66,9 @@ class X402Gate:
         discovery = self.discovery
         if self._gate is not None:
             gate = self._gate
+            # The gate is given, not its settings: paid routes written there still count.
+            routes = app.config.get("X402GATE_ROUTES") or {}
+            discovery = discovery or app.config.get("X402GATE_DISCOVERY") is True
         else:
             settings = read_flask_config(app.config)
             gate, _ = build_gate(settings)
