@@ -41,7 +41,7 @@ def build_app(gate: Any, runs: list[int], lock: threading.Lock) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     async def paid(request: Request) -> JSONResponse:
         with lock:

@@ -9,7 +9,7 @@ Each server is the same FastAPI app (``GET /resource`` and ``GET /free``, both r
 * ``unprotected``: the app alone: the baseline;
 * ``x402gate FastAPI``: ``install(app, gate)`` and ``Depends(require_payment("$0.001"))`` on
   ``/resource``; a request without payment gets the 402 challenge;
-* ``x402gate ASGI``: the app wrapped in ``x402gate.integrations.asgi.PaymentMiddleware`` with
+* ``x402gate ASGI``: the app wrapped in ``x402gate.asgi.PaymentMiddleware`` with
   ``/resource`` paid;
 * ``official``: ``x402.http.middleware.fastapi.PaymentMiddlewareASGI`` with ``/resource`` paid.
 
@@ -110,7 +110,7 @@ def build_app(cfg: dict[str, Any]) -> Any:
             dependencies=[Depends(require_payment(PRICE))],
         )
         return app
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     app.add_api_route("/resource", free, methods=["GET"])
     return PaymentMiddleware(app, gate=gate, routes={"GET /resource": gate.route(PRICE)})

@@ -65,7 +65,7 @@ def build_app(gate: Any) -> Any:
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.metering import PerSecond, PerToken, TokenPrice
 
     async def small(request: Any) -> JSONResponse:

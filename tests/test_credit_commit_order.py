@@ -25,10 +25,10 @@ from starlette.routing import Route
 from x402.schemas import SupportedKind, SupportedResponse
 
 from x402gate import PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.assets import Asset
 from x402gate.credit import SESSION_HEADER
 from x402gate.errors import StoreError
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 from x402gate.stores import open_store
 from x402gate.stores.base import credit_account

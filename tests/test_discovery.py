@@ -21,8 +21,8 @@ from eth_account import Account
 from x402.schemas import SupportedKind, SupportedResponse
 
 from x402gate import HTTPFacilitator, MatchRules, PaymentGate, RequestInfo, Rule, usdc
+from x402gate.asgi import PaymentMiddleware
 from x402gate.discovery import WELL_KNOWN_PATH, bazaar_extension, discovery_document
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.routing import RouteTable
 from x402gate.testing.facilitator_server import FacilitatorServer
 

@@ -24,9 +24,9 @@ from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements
 
 from x402gate import LocalFacilitator, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.demo import serve_in_thread
 from x402gate.facilitators import HTTPFacilitator
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment

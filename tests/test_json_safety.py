@@ -97,8 +97,8 @@ async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
     )
 
     from x402gate import MatchRules, PaymentGate
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import usdc
-    from x402gate.integrations.asgi import PaymentMiddleware
 
     class Unused:
         async def verify(

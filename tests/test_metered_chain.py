@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from x402gate import LocalFacilitator, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.credit import SESSION_HEADER
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.payments import decode_payment_required

@@ -21,8 +21,8 @@ from starlette.routing import Route as StarletteRoute
 from x402.http import decode_payment_response_header
 
 from x402gate import PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.errors import ConfigurationError
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.clients import x402_client
 from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 

@@ -183,8 +183,8 @@ async def test_a_chain_that_cannot_be_read_is_a_503_and_serves_nothing(
     from starlette.routing import Route
 
     from x402gate import LocalFacilitator
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.demo import serve_in_thread
-    from x402gate.integrations.asgi import PaymentMiddleware
     from x402gate.testing.facilitator_server import FacilitatorServer
     from x402gate.testing.payments import (
         decode_payment_required,

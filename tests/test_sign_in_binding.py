@@ -26,10 +26,10 @@ from starlette.routing import Route
 from x402.schemas import SupportedKind, SupportedResponse
 
 from x402gate import ConfigurationError, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.assets import Asset
 from x402gate.credit import SESSION_HEADER, SessionTokens
 from x402gate.demo import serve_in_thread
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.metering import PerToken, TokenPrice
 from x402gate.stores.base import credit_account
 

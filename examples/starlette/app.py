@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from x402gate import HTTPFacilitator, MatchRules, PaymentGate, Rule
-from x402gate.integrations.asgi import PaymentMiddleware
+from x402gate.asgi import PaymentMiddleware
 
 
 async def index(request: Request) -> Response:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from x402gate import HTTPFacilitator, PaymentGate
-from x402gate.integrations.wsgi import PaymentMiddleware
+from x402gate.wsgi import PaymentMiddleware
 
 
 def weather(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -55,7 +55,7 @@ def build_demo_app(gate: Any) -> Any:
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    from .integrations.asgi import PaymentMiddleware
+    from .asgi import PaymentMiddleware
     from .metering import PerToken, TokenPrice
     from .request import RequestInfo
 

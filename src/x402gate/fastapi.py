@@ -1,17 +1,221 @@
-"""The FastAPI integration: ``from x402gate.fastapi import install, require_payment``.
+"""FastAPI: a paid route is a dependency; settlement is a pure ASGI layer installed once per app.
 
-See :mod:`x402gate.integrations.fastapi`. Importing it without FastAPI installed raises an
-``ImportError`` that says ``pip install 'x402gate[fastapi]'``.
+::
+
+    from x402gate.fastapi import install, require_payment
+
+    app = FastAPI()
+    install(app, gate)
+
+    @app.get("/weather")
+    async def weather(payment: Annotated[Payment, Depends(require_payment("$0.01"))]) -> dict:
+        return {"forecast": "sunny", "paid_by": payment.payer}
+
+FastAPI offers no point between the endpoint's return and the first byte sent where a dependency
+could act on the status. So :class:`RequirePayment` begins the request's
+:class:`~x402gate.flow.PaymentFlow` (price, verify, claim; settles too with policy ``before``)
+and leaves it in a per-request slot that :func:`install`'s layer put in the scope; the layer
+hands the endpoint's answer to the flow (``http.response.start`` is held until the payment is
+settled, and a failed settlement answers the 402 with none of the endpoint's content). Without
+the layer, the dependency refuses to serve.
+
+An unpaid request on a flat-priced route gets the gate's cached 402 from the dependency before
+its body is read: FastAPI's own routing and dependency order decide who answers (an
+authentication dependency declared first keeps its say), and no FastAPI internals are read.
+Importing this module without FastAPI raises an ``ImportError`` saying what to install.
 """
 
 from __future__ import annotations
 
-from .integrations.fastapi import (
-    Payment,
-    RequirePayment,
-    install,
-    paid_operations,
-    require_payment,
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, get_args
+
+try:
+    from fastapi import FastAPI, Request
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "x402gate's FastAPI integration needs FastAPI: pip install 'x402gate[fastapi]'"
+    ) from exc
+
+from ._web import operations
+from ._web.asgi import (
+    DEFAULT_MAX_BODY,
+    FlowSlot,
+    lifespan_with_checks,
+    request_info_from_scope,
+    run_with_slot,
+    too_large,
 )
+from ._web.common import route_refused, warn_trust_proxy_headers
+from ._web.types import ASGIApp, Receive, Scope, Send
+from .errors import ConfigurationError
+from .flow import PaymentFlow
+from .gate import Payment, PaymentGate, Route, Settlement
+from .options import check_route_options
+from .pricing import as_strategy
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import RouteOptions
 
 __all__ = ["Payment", "RequirePayment", "install", "paid_operations", "require_payment"]
+
+_SLOT = "x402gate.fastapi"
+
+
+@dataclass(slots=True)
+class _Settings:
+    gate: PaymentGate
+    trust_proxy_headers: bool
+    max_body_bytes: int
+    app: Any = None
+
+
+class _SettlementLayer:
+    """Pure ASGI: the endpoint's answer goes through the payment flow its dependency began."""
+
+    def __init__(self, app: ASGIApp, settings: _Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def check_startup(self) -> None:
+        """The route of every paid operation, built on the gate it charges through (a route
+        option that gate refuses stops the start, naming the operation), then the start-up
+        checks of the app's gate and of every gate a paid operation names."""
+        settings = self.settings
+        gates = [settings.gate]
+        if settings.app is not None:
+            gates = operations.check_operations(settings.app, settings.gate, RequirePayment)
+        for gate in gates:
+            await gate.check_startup()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[_SLOT] = slot = FlowSlot(self.settings)
+        await run_with_slot(self.app, scope, receive, send, slot)
+
+
+class RequirePayment:
+    """The dependency :func:`require_payment` builds; its value is the accepted :class:`Payment`.
+
+    With policy ``after`` the endpoint runs before settlement, so ``payment.transaction`` is
+    ``None`` there; with ``before`` it is the settlement transaction.
+    """
+
+    def __init__(self, price: Any, *, gate: PaymentGate | None = None, **options: Any) -> None:
+        check_route_options(options, "require_payment()")
+        if options.get("settlement", "after") not in get_args(Settlement):
+            raise ConfigurationError(
+                f"settlement must be 'after' or 'before', not {options['settlement']!r}"
+            )
+        self.price = as_strategy(price)  # now, so a bad price fails at import, not at a client
+        self.gate = gate
+        self.options = options
+        self._routes: dict[int, tuple[PaymentGate, Route]] = {}
+        if gate is not None:
+            self.route_for(gate)
+
+    def route_for(self, gate: PaymentGate) -> Route:
+        """This dependency's :class:`~x402gate.gate.Route` on ``gate`` (built once per gate)."""
+        cached = self._routes.get(id(gate))
+        if cached is None or cached[0] is not gate:
+            cached = self._routes[id(gate)] = (gate, gate.route(self.price, **self.options))
+        return cached[1]
+
+    async def __call__(self, request: Request) -> Payment:
+        slot = request.scope.get(_SLOT)
+        if not isinstance(slot, FlowSlot):
+            # Fail closed: without the layer nothing would hold the response until settled.
+            raise ConfigurationError(
+                "require_payment() needs x402gate's settlement layer on this app: "
+                "call x402gate.fastapi.install(app, gate) where the app is created"
+            )
+        if slot.flow is not None:
+            raise ConfigurationError(
+                "two different require_payment() dependencies on one route, but a request "
+                "carries one payment: reuse one instance (Depends caches it per request)"
+            )
+        settings: _Settings = slot.settings
+        gate = self.gate or settings.gate
+        try:
+            route = self.route_for(gate)
+        except ConfigurationError as exc:  # only when the server ran no lifespan start-up
+            operation = request.scope.get("route")
+            where = getattr(operation, "path_format", None) or operations.endpoint_name(operation)
+            raise route_refused(f"require_payment() on {where}", exc) from exc
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            raise too_large()
+        info = request_info_from_scope(
+            request.scope,
+            b"",
+            trust_proxy_headers=settings.trust_proxy_headers,
+            proxies=gate.trusted_proxies,
+        )
+        info.native = request
+        flow = PaymentFlow(gate, route, info)
+        answer = flow.challenge()  # unpaid: the cached 402, before the body is read
+        if answer is None:
+            info.body = await request.body()  # kept by Starlette: the endpoint reads it again
+            if len(info.body) > settings.max_body_bytes:
+                raise too_large()
+            answer = await flow.begin()
+        if answer is not None:
+            assert answer.error is not None  # the flow's answers render a PaymentError
+            raise answer.error  # rendered inside the app: its CORS middleware decorates it
+        slot.flow = flow
+        request.state.payment = flow.payment
+        return flow.payment  # type: ignore[return-value]  # begin() accepted a payment
+
+
+def require_payment(
+    price: Any, /, *, gate: PaymentGate | None = None, **options: Unpack[RouteOptions]
+) -> RequirePayment:
+    """A dependency that charges ``price`` per call: ``Depends(require_payment("$0.01"))``.
+
+    Use it on an endpoint (parameter or ``dependencies=[...]``), an ``APIRouter`` or the whole
+    app. ``gate`` defaults to the one given to :func:`install`; the route options
+    (``settlement``, ``description``, ``mime_type``, ``assets``, ...) are those of
+    :meth:`~x402gate.gate.PaymentGate.route`. A misspelt option raises
+    :class:`~x402gate.errors.ConfigurationError` here, naming it.
+    """
+    return RequirePayment(price, gate=gate, **options)
+
+
+def paid_operations(routes: Any) -> Any:
+    """The paid operations of ``routes`` (``app.routes``), with their :class:`RequirePayment`."""
+    return operations.paid_operations(routes, RequirePayment)
+
+
+def install(
+    app: FastAPI,
+    gate: PaymentGate,
+    *,
+    discovery: bool = False,
+    trust_proxy_headers: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+) -> None:
+    """Make ``app`` able to charge: call it once, where the app is created.
+
+    Adds the settlement layer, renders payment answers (402, 400, 413, 502, 503), documents
+    each paid operation in the OpenAPI schema (402 response, price, ``x-payment-info``) and,
+    with ``discovery=True``, serves ``GET /.well-known/x402``. When the server starts the app
+    (ASGI lifespan), the gate's start-up checks run first
+    (:meth:`~x402gate.gate.PaymentGate.check_startup`): a failing one stops the start.
+
+    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
+        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
+    :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
+    """
+    if getattr(app.state, "x402gate", None) is not None:
+        raise ConfigurationError("x402gate is already installed on this app")
+    trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
+    app.state.x402gate = settings = _Settings(gate, trust_proxy_headers, max_body_bytes, app)
+    app.add_middleware(_SettlementLayer, settings=settings)
+    operations.add_routes_and_documents(app, gate, RequirePayment, trust_proxy_headers, discovery)

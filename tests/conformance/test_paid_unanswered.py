@@ -432,7 +432,7 @@ async def test_a_recovered_retry_whose_handler_fails_leaves_the_payment_to_the_n
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     state = {"fail": False, "runs": 0}
 

@@ -1,9 +1,9 @@
 """Coverage-guided fuzzing of the gate's whole request path, with atheris (libFuzzer).
 
 Every input becomes one HTTP request that goes through the real pure ASGI middleware
-(:class:`~x402gate.integrations.asgi.PaymentMiddleware`) called in-process with raw
+(:class:`~x402gate.asgi.PaymentMiddleware`) called in-process with raw
 ``scope``/``receive``/``send``, or through the WSGI middleware
-(:class:`~x402gate.integrations.wsgi.PaymentMiddleware`) with a PEP 3333 environ, in front of
+(:class:`~x402gate.wsgi.PaymentMiddleware`) with a PEP 3333 environ, in front of
 a trivial app, on a gate with a memory store. The first byte picks the adapter (``byte // 6``
 odd: WSGI) and what the input controls (``byte % 6``); the following bytes are read front to
 back by :class:`Reader`:
@@ -71,13 +71,12 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     from eth_account import Account
     from eth_account.messages import encode_defunct
 
-    from x402gate import PaymentGate, _json
+    from x402gate import PaymentGate, _json, wsgi
     from x402gate._web.types import Message
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import Asset
     from x402gate.credit import SESSION_HEADER
     from x402gate.discovery import CREDIT_PATH
-    from x402gate.integrations import wsgi
-    from x402gate.integrations.asgi import PaymentMiddleware
     from x402gate.metering import PerToken, TokenPrice
     from x402gate.pricing import MatchRules, ModelTable
     from x402gate.siwx import SIWX_HEADER, format_eip4361

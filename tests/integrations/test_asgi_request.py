@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
-from x402gate.integrations.asgi import request_info_from_scope
+from x402.schemas import (
+    PaymentPayload,
+    PaymentRequirements,
+    SettleResponse,
+    SupportedResponse,
+    VerifyResponse,
+)
+
+from x402gate.asgi import request_info_from_scope
+
+
+class Unused:
+    """A facilitator the test must never reach."""
+
+    async def verify(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> VerifyResponse:
+        raise AssertionError("not called")
+
+    async def settle(
+        self, payload: PaymentPayload, requirements: PaymentRequirements
+    ) -> SettleResponse:
+        raise AssertionError("not called")
+
+    async def supported(self) -> SupportedResponse:
+        raise AssertionError("not called")
 
 
 def scope(**kw: object) -> dict[str, object]:
@@ -50,8 +75,8 @@ async def test_websocket_and_lifespan_scopes_pass_through_untouched() -> None:
     from eth_account import Account
 
     from x402gate import PaymentGate
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import usdc
-    from x402gate.integrations.asgi import PaymentMiddleware
 
     class NeverCalled:
         async def verify(self, *a: Any) -> Any:
@@ -109,44 +134,48 @@ def test_forwarding_headers_count_only_from_trusted_proxies() -> None:
 
 def test_trust_proxy_headers_is_deprecated() -> None:
     import pytest
-    from x402.schemas import (
-        PaymentPayload,
-        PaymentRequirements,
-        SettleResponse,
-        SupportedResponse,
-        VerifyResponse,
-    )
 
     from x402gate import PaymentGate
     from x402gate._web.types import Receive, Scope, Send
-    from x402gate.integrations.asgi import PaymentMiddleware
-    from x402gate.integrations.wsgi import PaymentMiddleware as WSGIMiddleware
-
-    class Unused:
-        async def verify(
-            self, payload: PaymentPayload, requirements: PaymentRequirements
-        ) -> VerifyResponse:
-            raise AssertionError("not called")
-
-        async def settle(
-            self, payload: PaymentPayload, requirements: PaymentRequirements
-        ) -> SettleResponse:
-            raise AssertionError("not called")
-
-        async def supported(self) -> SupportedResponse:
-            raise AssertionError("not called")
+    from x402gate.asgi import PaymentMiddleware
+    from x402gate.wsgi import PaymentMiddleware as WSGIMiddleware
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise AssertionError("not called")
 
     gate = PaymentGate(
-        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C", network="base",
-        facilitator=Unused(), store="memory://", startup_checks="off",
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        network="base",
+        facilitator=Unused(),
+        store="memory://",
+        startup_checks="off",
     )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
-        PaymentMiddleware(
-            app, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True
-        )
+        PaymentMiddleware(app, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         WSGIMiddleware(lambda *a: [], gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
+    gate.close()
+
+
+def test_a_misspelt_route_option_fails_when_the_middleware_is_built() -> None:
+    import pytest
+
+    from x402gate import PaymentGate
+    from x402gate.asgi import PaymentMiddleware
+    from x402gate.errors import ConfigurationError
+
+    gate = PaymentGate(
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        network="base",
+        facilitator=Unused(),
+        store="memory://",
+        startup_checks="off",
+    )
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("not called")
+
+    routes = {"GET /paid": {"price": "$0.01", "setlement": "before"}}
+    with pytest.raises(ConfigurationError, match=r"'setlement'.*did you mean 'settlement'"):
+        PaymentMiddleware(app, gate=gate, routes=routes)
     gate.close()

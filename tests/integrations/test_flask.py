@@ -155,7 +155,9 @@ class RefusingSettlement:
     async def settle(self, payload: Any, requirements: PaymentRequirements) -> SettleResponse:
         self.settle_calls += 1
         return SettleResponse(
-            success=False, error_reason="insufficient_funds", transaction="",
+            success=False,
+            error_reason="insufficient_funds",
+            transaction="",
             network=requirements.network,
         )
 
@@ -173,7 +175,9 @@ def make_gate(
 
     def make(facilitator: Any) -> PaymentGate:
         gate = PaymentGate(
-            pay_to=pay_to, assets=test_token.asset, facilitator=facilitator,
+            pay_to=pay_to,
+            assets=test_token.asset,
+            facilitator=facilitator,
             store=f"sqlite:///{tmp_path / f'replay-{len(gates)}.db'}",
         )
         gates.append(gate)
@@ -251,7 +255,12 @@ def test_official_client_pays_and_the_view_sees_the_payment(
 
 @pytest.mark.chain
 def test_replayed_payment_is_refused(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(shop.app(gate)) as base_url:
@@ -269,8 +278,15 @@ def test_replayed_payment_is_refused(
 @pytest.mark.chain
 @pytest.mark.parametrize(("path", "status"), [("/boom", 500), ("/error", 503)])
 def test_failing_view_charges_nothing_and_releases_the_payment(
-    path: str, status: int, gate: PaymentGate, shop: Shop, chain: Any, test_token: Any,
-    payer: Any, pay_to: str, facilitator: LocalFacilitator,
+    path: str,
+    status: int,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(shop.app(gate)) as base_url:
         header = signed_header(payer, base_url + path)
@@ -302,8 +318,13 @@ def test_streamed_body_is_generated_only_after_settlement(
 @pytest.mark.chain
 @pytest.mark.parametrize("path", ["/paid", "/stream-after"])
 def test_failed_settlement_answers_402_without_a_byte_of_content(
-    path: str, make_gate: Any, facilitator: LocalFacilitator, shop: Shop, test_token: Any,
-    payer: Any, pay_to: str,
+    path: str,
+    make_gate: Any,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     refusing = RefusingSettlement(facilitator)
     with serve_wsgi(shop.app(make_gate(refusing))) as base_url:
@@ -319,7 +340,11 @@ def test_failed_settlement_answers_402_without_a_byte_of_content(
 
 @pytest.mark.chain
 def test_facilitator_error_at_settlement_is_a_502_without_content(
-    make_gate: Any, facilitator: LocalFacilitator, shop: Shop, test_token: Any, payer: Any,
+    make_gate: Any,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
     pay_to: str,
 ) -> None:
     with FacilitatorServer(facilitator) as service:
@@ -336,7 +361,12 @@ def test_facilitator_error_at_settlement_is_a_502_without_content(
 
 @pytest.mark.chain
 def test_a_view_decorated_twice_is_charged_once_at_the_outer_price(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(shop.app(gate)) as base_url:
@@ -388,9 +418,16 @@ def test_discovery_lists_every_paid_view_with_its_rule(
         (i["input"]["method"], i["input"]["routeTemplate"]): i for i in response.json()["items"]
     }
     assert set(items) == {
-        ("GET", "/paid"), ("GET", "/boom"), ("GET", "/error"), ("GET", "/stream"),
-        ("GET", "/stream-after"), ("GET", "/twice"), ("GET", "/async"), ("POST", "/echo"),
-        ("GET", "/items/{item_id}"), ("POST", "/items/{item_id}"),
+        ("GET", "/paid"),
+        ("GET", "/boom"),
+        ("GET", "/error"),
+        ("GET", "/stream"),
+        ("GET", "/stream-after"),
+        ("GET", "/twice"),
+        ("GET", "/async"),
+        ("POST", "/echo"),
+        ("GET", "/items/{item_id}"),
+        ("POST", "/items/{item_id}"),
     }
     item = items[("GET", "/items/{item_id}")]
     assert item["resource"] == {"url": f"{base_url}/items/{{item_id}}", "description": "One item"}
@@ -457,7 +494,7 @@ def test_bad_decorator_arguments_fail_at_import_time() -> None:
 
 def test_import_without_flask_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "flask", None)  # what an absent package looks like
-    for name in ("x402gate.flask", "x402gate.integrations.flask"):
+    for name in ("x402gate.flask",):
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ImportError, match=r"pip install 'x402gate\[flask\]'"):
         importlib.import_module("x402gate.flask")
@@ -525,7 +562,11 @@ def test_missing_or_invalid_settings_name_the_key(overrides: dict[str, Any], key
 
 @pytest.mark.chain
 def test_a_gate_built_from_config_takes_real_payments(
-    facilitator: LocalFacilitator, shop: Shop, test_token: Any, payer: Any, pay_to: str,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     tmp_path: Any,
 ) -> None:
     with FacilitatorServer(facilitator) as service:
@@ -541,9 +582,7 @@ def test_a_gate_built_from_config_takes_real_payments(
         X402Gate(app)
         try:
             with serve_wsgi(app) as base_url:
-                response = paying_requests_session(payer, asset=test_token).get(
-                    f"{base_url}/paid"
-                )
+                response = paying_requests_session(payer, asset=test_token).get(f"{base_url}/paid")
         finally:
             run_sync(app.extensions["x402gate"].gate.aclose())
     assert response.status_code == 200, response.text
@@ -565,6 +604,11 @@ def test_the_example_serves_and_takes_a_payment(local_chain: Any) -> None:
     assert result.stdout.startswith("paid /weather: 200")
 
 
+def test_misspelt_route_option_fails_at_decoration_time() -> None:
+    with pytest.raises(ConfigurationError, match=r"'setlement' \(did you mean 'settlement'\?\)"):
+        require_payment("$0.01", setlement="before")  # type: ignore[call-arg]
+
+
 def test_an_unknown_settings_key_fails_at_start_up_with_a_suggestion() -> None:
     app = Flask(__name__)
     app.config.update(config(X402GATE_PAYTO=PAY_TO, X402GATE_PAY_TO=None))
@@ -583,3 +627,28 @@ def test_a_misspelt_route_option_in_settings_fails_at_start_up_with_a_suggestion
     expected = r"X402GATE_ROUTES.*'setlement' \(did you mean 'settlement'\?\)"
     with pytest.raises(ConfigurationError, match=expected):
         X402Gate(app)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["gate-in-config", "gate-given"])
+def test_routes_in_settings_are_charged_in_front_of_the_app(gate: PaymentGate, given: bool) -> None:
+    app = Flask(__name__)
+    app.config.update(X402GATE_ROUTES={"GET /report": "$0.01"})
+    if given:
+        X402Gate(app, gate=gate)
+    else:
+        app.config.update(X402GATE_GATE=gate)
+        X402Gate(app)
+
+    @app.get("/report")
+    def report() -> str:
+        raise AssertionError("an unpaid request must not reach the view")
+
+    @app.get("/free")
+    def free() -> str:
+        return "free"
+
+    client = app.test_client()
+    unpaid = client.get("/report")
+    assert unpaid.status_code == 402
+    assert "PAYMENT-REQUIRED" in unpaid.headers
+    assert client.get("/free").data == b"free"

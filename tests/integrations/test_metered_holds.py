@@ -165,7 +165,7 @@ def serve_asgi_app(gate: PaymentGate, controls: Controls) -> Iterator[str]:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
     from x402gate.testing.fake_llm import serve_asgi
 
     async def chat(request: Any) -> StreamingResponse:
@@ -217,8 +217,8 @@ def serve_fastapi_app(gate: PaymentGate, controls: Controls) -> Iterator[str]:
 
 @contextlib.contextmanager
 def serve_wsgi_app(gate: PaymentGate, controls: Controls) -> Iterator[str]:
-    from x402gate.integrations.wsgi import PaymentMiddleware
     from x402gate.testing.servers import serve_wsgi
+    from x402gate.wsgi import PaymentMiddleware
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         if environ["PATH_INFO"] == "/chat":

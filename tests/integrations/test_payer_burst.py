@@ -80,7 +80,7 @@ def asgi_site(gate: PaymentGate, counted: Counted) -> Iterator[str]:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     async def paid(request: Request) -> JSONResponse:
         counted.hit()
@@ -118,8 +118,8 @@ def flask_site(gate: PaymentGate, counted: Counted) -> Iterator[str]:
 
 @contextmanager
 def wsgi_site(gate: PaymentGate, counted: Counted) -> Iterator[str]:
-    from x402gate.integrations.wsgi import PaymentMiddleware
     from x402gate.testing.servers import serve_wsgi
+    from x402gate.wsgi import PaymentMiddleware
 
     def paid(environ: Any, start_response: Any) -> list[bytes]:
         counted.hit()

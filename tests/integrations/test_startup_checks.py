@@ -33,12 +33,12 @@ from starlette.routing import Host, Mount, Route, Router
 from x402.schemas import SupportedKind, SupportedResponse
 
 from x402gate import ConfigurationError, LocalFacilitator, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.facilitators import HTTPFacilitator
 from x402gate.gate import STARTUP_CHECKS_ENV
-from x402gate.integrations.asgi import PaymentMiddleware
-from x402gate.integrations.wsgi import PaymentMiddleware as WSGIPaymentMiddleware
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.servers import serve_wsgi
+from x402gate.wsgi import PaymentMiddleware as WSGIPaymentMiddleware
 
 NETWORK = "eip155:84532"  # base-sepolia
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"

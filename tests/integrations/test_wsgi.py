@@ -26,12 +26,12 @@ from x402.schemas import PaymentRequirements, SettleResponse
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate._runner import run_sync
 from x402gate.facilitators import HTTPFacilitator
-from x402gate.integrations.wsgi import PaymentMiddleware
 from x402gate.request import RequestInfo
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 from x402gate.testing.servers import serve_wsgi
+from x402gate.wsgi import PaymentMiddleware
 
 pytestmark = pytest.mark.chain
 
@@ -500,3 +500,28 @@ def test_a_utf8_path_is_matched_decoded_and_written_percent_encoded(gate: Paymen
     required = decode_payment_required(headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == "http://shop.test/files/caf%C3%A9"
+
+
+def test_a_misspelt_route_option_stops_the_middleware_at_construction(gate: PaymentGate) -> None:
+    from x402gate.errors import ConfigurationError
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"x"]
+
+    routes = {"GET /paid": {"price": "$0.01", "setlement": "before"}}
+    expected = r"route 'GET /paid'.*'setlement' \(did you mean 'settlement'\?\)"
+    with pytest.raises(ConfigurationError, match=expected):
+        PaymentMiddleware(app, gate=gate, routes=routes, check_at_startup=False)
+
+
+def test_a_misspelt_middleware_option_is_named_with_a_suggestion(gate: PaymentGate) -> None:
+    from x402gate.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"'discovry' \(did you mean 'discovery'\?\)"):
+        PaymentMiddleware(
+            lambda environ, start_response: [],
+            gate=gate,
+            routes={"GET /paid": "$0.01"},
+            discovry=True,  # type: ignore[call-arg]
+        )

@@ -106,7 +106,7 @@ def create_app() -> Any:
     from starlette.routing import Route
 
     from x402gate import Asset, ChainReconciler, LocalFacilitator, PaymentGate
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     env = os.environ
     asset = Asset(

@@ -63,7 +63,7 @@ def _starlette(gate: PaymentGate, runs: collections.Counter[str]) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from x402gate.integrations.asgi import PaymentMiddleware
+    from x402gate.asgi import PaymentMiddleware
 
     async def chat(request: Request) -> JSONResponse:
         runs["chat"] += 1
@@ -113,7 +113,7 @@ def _flask(gate: PaymentGate, runs: collections.Counter[str]) -> Any:
 def _wsgi(gate: PaymentGate, runs: collections.Counter[str]) -> Any:
     from urllib.parse import parse_qs
 
-    from x402gate.integrations.wsgi import PaymentMiddleware
+    from x402gate.wsgi import PaymentMiddleware
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         runs["chat"] += 1

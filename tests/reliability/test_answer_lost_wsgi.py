@@ -23,10 +23,10 @@ from x402.http import decode_payment_response_header
 
 from x402gate import PaymentGate
 from x402gate._runner import run_sync
-from x402gate.integrations.wsgi import PaymentMiddleware
 from x402gate.stores import replay_key
 from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 from x402gate.testing.servers import serve_wsgi
+from x402gate.wsgi import PaymentMiddleware
 
 from ._support import payment_headers
 

@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from x402gate import LocalFacilitator, PaymentGate
-from x402gate.integrations.asgi import PaymentMiddleware
+from x402gate.asgi import PaymentMiddleware
 from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain

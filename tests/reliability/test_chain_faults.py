@@ -36,7 +36,7 @@ from web3 import Web3
 from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
-from x402gate.integrations.asgi import PaymentMiddleware
+from x402gate.asgi import PaymentMiddleware
 from x402gate.stores import replay_key
 from x402gate.testing.chain import LocalChain, TestToken, load_token_artifact
 from x402gate.testing.payments import decode_payment_required, sign_exact_payment

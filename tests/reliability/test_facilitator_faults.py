@@ -41,8 +41,8 @@ from starlette.routing import Route
 from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.facilitators import HTTPFacilitator
-from x402gate.integrations.asgi import PaymentMiddleware
 from x402gate.testing.facilitator_server import FacilitatorServer
 from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 

@@ -1,5 +1,5 @@
-"""What every web adapter shares: rendering gate answers, decorating paid responses, metered
-bodies, and reading the routes of a framework app."""
+"""What every web adapter shares: rendering gate answers, decorating paid responses, and
+reading the routes of a framework app."""
 
 from __future__ import annotations
 
@@ -8,22 +8,24 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, PaymentError, StoredAnswer
+from ..options import check_route_options
 from ..protocol import EXPOSED_HEADERS
-from ..routing import AppRoute
+from ..routing import AppRoute, RouteTable
+
+if TYPE_CHECKING:
+    from ..gate import PaymentGate
 
 __all__ = [
     "AppRoutes",
-    "AsyncMeteredBody",
-    "MeteredBody",
     "framework_routes",
-    "meter_body",
     "paid_response_headers",
     "render_error",
     "route_refused",
+    "route_table",
     "wants_html",
     "warn_trust_proxy_headers",
 ]
@@ -129,113 +131,6 @@ def paid_response_headers(
     return out
 
 
-class MeteredBody:
-    """A sync response body that reads usage as the server pulls it, then commits the charge.
-
-    ``complete(usage)`` runs once: after the last chunk, or at ``close()`` when the server stops
-    early (the usage seen so far is charged; nothing measured costs the quote). ``overdue()``,
-    when given, is asked before each chunk: once it answers True (a per-second route ran its
-    paid maximum) the body ends there and the app's iterable is closed.
-    """
-
-    def __init__(
-        self,
-        body: Iterable[bytes],
-        content_type: str | None,
-        complete: Callable[[Any], object],
-        on_close: Callable[[], object] | None = None,
-        overdue: Callable[[], bool] | None = None,
-    ) -> None:
-        from ..metering import meter_for
-
-        self._body = body
-        self._meter = meter_for(content_type)
-        self._complete: Callable[[Any], object] | None = complete
-        self._on_close = on_close
-        self._overdue = overdue
-
-    def _finish(self) -> None:
-        complete, self._complete = self._complete, None
-        if complete is not None:
-            self._meter.close()
-            complete(self._meter.usage)
-
-    def __iter__(self) -> Iterator[bytes]:
-        overdue = self._overdue
-        for chunk in self._body:
-            if overdue is not None and overdue():
-                # What the app makes after its paid maximum was not paid for: stop it now.
-                close = getattr(self._body, "close", None)
-                if close is not None:
-                    close()
-                break
-            if chunk:
-                self._meter.feed(chunk)
-            yield chunk
-        # Before the server gets the end of the body: the next request sees the new balance.
-        self._finish()
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-            if self._on_close is not None:
-                self._on_close()
-        finally:
-            self._finish()
-
-
-class AsyncMeteredBody:
-    """The async twin of :class:`MeteredBody`, for async streaming responses."""
-
-    def __init__(
-        self,
-        body: AsyncIterable[bytes],
-        content_type: str | None,
-        complete: Callable[[Any], Awaitable[object]],
-        overdue: Callable[[], bool] | None = None,
-    ) -> None:
-        from ..metering import meter_for
-
-        self._body = body
-        self._meter = meter_for(content_type)
-        self._complete: Callable[[Any], Awaitable[object]] | None = complete
-        self._overdue = overdue
-
-    async def _finish(self) -> None:
-        complete, self._complete = self._complete, None
-        if complete is not None:
-            self._meter.close()
-            await complete(self._meter.usage)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        overdue = self._overdue
-        try:
-            async for chunk in self._body:
-                if overdue is not None and overdue():
-                    # What the app makes after its paid maximum was not paid for: stop it now.
-                    close = getattr(self._body, "aclose", None)
-                    if close is not None:
-                        await close()
-                    break
-                if chunk:
-                    self._meter.feed(chunk)
-                yield chunk
-        finally:
-            await self._finish()
-
-
-def meter_body(body: bytes, content_type: str | None) -> Any:
-    """The usage a complete response body reports (``None`` when it reports none)."""
-    from ..metering import meter_for
-
-    meter = meter_for(content_type)
-    meter.feed(body)
-    meter.close()
-    return meter.usage
-
-
 AppRoutes = tuple[list[AppRoute], str]
 """The routes of a framework app, and how to name the app in a message."""
 
@@ -322,3 +217,15 @@ def _starlette_routes(routes: Iterable[Any]) -> list[AppRoute]:
             )
         )
     return found
+
+
+def route_table(gate: PaymentGate, routes: Mapping[str, Any] | RouteTable) -> RouteTable:
+    """The route table of a middleware, from ``routes`` as given: a route whose options are a
+    mapping (``{"price": ..., "settlement": ...}``) has their names checked first, so a misspelt
+    one stops the start naming it."""
+    if isinstance(routes, RouteTable):
+        return routes
+    for key, spec in routes.items() if isinstance(routes, Mapping) else ():
+        if isinstance(spec, Mapping):
+            check_route_options(spec, f"route {key!r}", also=("price",))
+    return RouteTable(gate, routes)

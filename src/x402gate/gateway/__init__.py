@@ -2,7 +2,7 @@
 
 ``x402gate proxy gateway.yaml`` serves :func:`build_gateway`'s ASGI app with uvicorn: every
 route of the file is paid with x402 (through the same :class:`~x402gate.gate.PaymentGate` and
-:class:`~x402gate.integrations.asgi.PaymentMiddleware` as any other x402gate app) and forwarded
+:class:`~x402gate.asgi.PaymentMiddleware` as any other x402gate app) and forwarded
 to its upstream with the upstream's credentials added. See ``docs/gateway.md``.
 """
 

@@ -2,7 +2,7 @@
 
 Nothing here takes payments itself: :func:`build_gateway` turns a :class:`GatewayConfig` into
 the same :class:`~x402gate.gate.PaymentGate`, :class:`~x402gate.routing.RouteTable` and
-:class:`~x402gate.integrations.asgi.PaymentMiddleware` an application would write by hand, with
+:class:`~x402gate.asgi.PaymentMiddleware` an application would write by hand, with
 a :class:`~x402gate.gateway.forward.Forwarder` as the application. So every guarantee of the
 library (atomic claims, settlement only on success, credit for metered routes, discovery
 without secrets) holds for the gateway as it is.
@@ -15,9 +15,9 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._web.types import Receive, Scope, Send
+from ..asgi import PaymentMiddleware
 from ..errors import ConfigurationError
-from ..integrations._types import Receive, Scope, Send
-from ..integrations.asgi import PaymentMiddleware
 from ..routing import RouteTable
 from .config import GatewayConfig, load_config
 from .forward import Forwarder, Target, Upstream, capture_pattern, send_problem

@@ -1,6 +1,6 @@
 """Forwarding a paid request to its upstream and its answer back, byte for byte.
 
-:class:`Forwarder` is the ASGI app the gateway's :class:`~x402gate.integrations.asgi.
+:class:`Forwarder` is the ASGI app the gateway's :class:`~x402gate.asgi.
 PaymentMiddleware` wraps: by the time it runs, the request is paid (or served from credit). It
 sends the method, path (rewritten if the route says so), query, body and the client's headers to
 the upstream (with the gateway's own HTTP/1.1 client, :mod:`x402gate.gateway._client`) — minus
@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..integrations._types import Message, Receive, Scope, Send
+from .._web.types import Message, Receive, Scope, Send
 from ..routing import REST_GROUP, ROUTE_MATCH_KEY, RouteMatch, RoutePattern
 from ._client import ConnectionPool, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .config import HOP_BY_HOP, RoutePlan, UpstreamSpec

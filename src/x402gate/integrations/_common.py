@@ -1,27 +1,26 @@
-"""Moved to :mod:`x402gate._web.common`; kept so that older internal imports still resolve."""
+"""Deprecated: moved to the internal :mod:`x402gate._web.common` (kept for one release)."""
+
+from __future__ import annotations
 
 from .._web.common import (
     AppRoutes,
-    AsyncMeteredBody,
-    MeteredBody,
     framework_routes,
-    meter_body,
     paid_response_headers,
     render_error,
     route_refused,
     wants_html,
     warn_trust_proxy_headers,
 )
+from .._web.moved import warn_moved
 
 __all__ = [
     "AppRoutes",
-    "AsyncMeteredBody",
-    "MeteredBody",
     "framework_routes",
-    "meter_body",
     "paid_response_headers",
     "render_error",
     "route_refused",
     "wants_html",
     "warn_trust_proxy_headers",
 ]
+
+warn_moved(__name__, "x402gate._web.common")

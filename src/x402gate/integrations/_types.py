@@ -1,5 +1,8 @@
-"""Moved to :mod:`x402gate._web.types`; kept so that older internal imports still resolve."""
+"""Deprecated: moved to the internal :mod:`x402gate._web.types` (kept for one release)."""
 
+from __future__ import annotations
+
+from .._web.moved import warn_moved
 from .._web.types import (
     ASGIApp,
     Message,
@@ -21,3 +24,5 @@ __all__ = [
     "WSGIApp",
     "WSGIEnviron",
 ]
+
+warn_moved(__name__, "x402gate._web.types")

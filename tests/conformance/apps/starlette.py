@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from x402gate import PaymentGate
+from x402gate.asgi import PaymentMiddleware
 from x402gate.demo import serve_in_thread
-from x402gate.integrations.asgi import PaymentMiddleware
 
 from . import _llm
 

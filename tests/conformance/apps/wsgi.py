@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from x402gate import PaymentGate
-from x402gate.integrations.wsgi import PaymentMiddleware
 from x402gate.testing.servers import serve_wsgi
+from x402gate.wsgi import PaymentMiddleware
 
 from . import _llm
 

@@ -124,7 +124,7 @@ def test_e007_gate() -> None:
 
 def test_e008_middleware_missing() -> None:
     assert ids(MIDDLEWARE=[]) == ["x402gate.E008"]
-    assert ids(MIDDLEWARE=["x402gate.integrations.django.middleware.PaymentMiddleware"]) == []
+    assert ids(MIDDLEWARE=["x402gate.django.middleware.PaymentMiddleware"]) == []
 
 
 def test_w001_memory_store_outside_debug(monkeypatch: pytest.MonkeyPatch) -> None:

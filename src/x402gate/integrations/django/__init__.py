@@ -1,30 +1,19 @@
-"""Django integration: ``PaymentMiddleware``, ``@require_payment``, settings and system checks.
-
-Users import it as :mod:`x402gate.django`; see ``docs/django.md``.
-"""
+"""Deprecated: the Django adapter is :mod:`x402gate.django` (this old path goes in the next
+release). ``MIDDLEWARE`` and ``INSTALLED_APPS`` entries naming the old path still load, with a
+:class:`DeprecationWarning`; they name the same classes as the new one."""
 
 from __future__ import annotations
 
-try:
-    import django  # noqa: F401
-except ModuleNotFoundError as exc:  # pragma: no cover - exercised without Django installed
-    raise ImportError(
-        "x402gate.django needs Django: pip install 'x402gate[django]'"
-    ) from exc
+import sys
+from typing import TYPE_CHECKING
 
-from ...gate import PaymentGate
-from .conf import conf, get_runtime, reset
-from .decorators import require_payment
-from .middleware import PaymentMiddleware
+from ..._web.moved import warn_moved
+from .._moved import alias
 
-__all__ = ["PaymentMiddleware", "conf", "get_gate", "require_payment", "reset"]
+if TYPE_CHECKING:
+    from ...django import *  # noqa: F403  # what type checkers see: the new module's names
 
+_SUBMODULES = ("apps", "checks", "conf", "decorators", "discovery", "middleware", "runner")
 
-def get_gate() -> PaymentGate:
-    """The :class:`~x402gate.PaymentGate` in force (built from the settings on first use).
-
-    Use it to add event listeners: ``get_gate().on_event(listener)``. A gate built from the
-    settings is rebuilt when they change; to keep listeners, build the gate yourself and pass
-    it as ``X402GATE["GATE"]``.
-    """
-    return get_runtime().gate
+warn_moved(__name__, "x402gate.django")
+sys.modules[__name__] = alias(__name__, "x402gate.django", _SUBMODULES)

@@ -1,5 +1,6 @@
 """The paid routes of a Django project, for ``/.well-known/x402`` (``X402GATE["DISCOVERY"]``),
-and the ``ROUTES`` keys that match none of them (:func:`check_route_keys`).
+the ``ROUTES`` keys that match none of them (:func:`check_route_keys`), and the start-up check
+of the middleware (:func:`check_at_startup`).
 
 Listed: the path keys of ``ROUTES``; every URL pattern whose name has a ``view:`` entry; and
 every URL pattern whose view carries ``@require_payment`` (function views, class-based and DRF
@@ -13,21 +14,29 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, get_args
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import Resolver404, URLResolver, get_resolver, resolve
 
-from ...errors import ConfigurationError
-from ...gate import Route
-from ...routing import AppRoute, RouteTable, check_routes_exist
-from .conf import PaidView, Runtime, ViewRoute
-from .decorators import PAID_VIEW_ATTR
+from ..errors import ConfigurationError
+from ..gate import Route, StartupChecks
+from ..routing import AppRoute, RouteTable, check_routes_exist
+from .conf import PAID_VIEW_ATTR, PaidView, Runtime, ViewRoute, conf, get_runtime
 
-__all__ = ["check_decorated_views", "check_route_keys", "decorated_views", "discoverable_routes"]
+__all__ = [
+    "check_at_startup",
+    "check_decorated_views",
+    "check_route_keys",
+    "decorated_views",
+    "discoverable_routes",
+]
 
 _CONVERTER_RE = re.compile(r"<(?:[^>:]+:)?([^>]+)>")  # path("<int:pk>/") → {pk}
 _GROUP_RE = re.compile(r"\(\?P<(\w+)>[^()]*\)")  # re_path(r"(?P<pk>[^/.]+)/") → {pk}
 _METHODS = ("get", "post", "put", "patch", "delete")
+_STARTUP_MODES = get_args(StartupChecks)
 
 
 def _template(pattern: Any) -> str:
@@ -162,3 +171,26 @@ def check_decorated_views(route_for: Callable[[PaidView], Route], urlconf: Any =
                 view = name or ":".join((*namespaces, _view_path(callback)))
                 problems.append(f"@require_payment view {view!r} ({method} {template}): {exc}")
     return problems
+
+
+def check_at_startup() -> None:
+    """What :class:`~x402gate.django.middleware.PaymentMiddleware` checks when
+    Django loads it (the WSGI/ASGI handler is built): the settings build a gate, every
+    ``ROUTES`` key matches the URLconf, and the gate's start-up checks pass under
+    ``STARTUP_CHECKS``; every ``@require_payment`` view of the URLconf has a route the gate
+    accepts. Raises :class:`ImproperlyConfigured` with one message otherwise."""
+    runtime = get_runtime()
+    mode = conf.STARTUP_CHECKS
+    try:
+        if mode not in _STARTUP_MODES:
+            raise ConfigurationError(
+                f"STARTUP_CHECKS must be one of {', '.join(_STARTUP_MODES)}, not {mode!r}"
+            )
+        if getattr(settings, "ROOT_URLCONF", None):
+            check_route_keys(runtime.table, runtime.views)
+            problems = check_decorated_views(runtime.route_for)
+            if problems:
+                raise ConfigurationError("; ".join(problems))
+        runtime.gate.check_startup_sync(mode)
+    except ConfigurationError as exc:
+        raise ImproperlyConfigured(f"X402GATE: {exc}") from exc

@@ -17,7 +17,7 @@
     class Forecast(View): ...
 
 The payment is started right before the view runs and settled by
-:class:`~x402gate.integrations.django.middleware.PaymentMiddleware` once the response is complete,
+:class:`~x402gate.django.middleware.PaymentMiddleware` once the response is complete,
 so the middleware must be installed: without it a decorated view answers 500 and never runs for
 free.
 """
@@ -25,22 +25,23 @@ free.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, Unpack, cast
 
 from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ...assets import Asset
-from ...errors import ConfigurationError
-from ...gate import PaymentIdentifier, Route, Settlement
-from ...pricing import as_strategy
-from .._common import route_refused
-from .conf import PaidView
-from .middleware import (
+from .._web.common import route_refused
+from .._web.decorators import paid_terms
+from ..errors import ConfigurationError
+from ..flow import Answer
+from ..gate import Route
+from ..options import RouteOptions
+from .conf import PAID_VIEW_ATTR, PaidView
+from .runner import (
     RequestState,
-    error_response,
+    answer_response,
     paid_flow,
     request_state,
     run_flow_async,
@@ -48,9 +49,6 @@ from .middleware import (
 )
 
 __all__ = ["PAID_VIEW_ATTR", "require_payment"]
-
-PAID_VIEW_ATTR = "x402gate_paid"
-"""Attribute holding the :class:`~x402gate.integrations.django.conf.PaidView` of a view."""
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -69,46 +67,20 @@ def _request_of(args: Sequence[Any]) -> tuple[Any, RequestState]:
     )
 
 
-def require_payment(
-    price: Any,
-    *,
-    settlement: Settlement = "after",
-    description: str | None = None,
-    mime_type: str | None = None,
-    network: str | None = None,
-    assets: Asset | Sequence[Asset] | None = None,
-    pay_to: str | Mapping[str, str] | None = None,
-    max_timeout_seconds: int | None = None,
-    verify_with_facilitator: bool | None = None,
-    extensions: Mapping[str, Any] | None = None,
-    payment_identifier: PaymentIdentifier = "optional",
-    credit_topup: Any = None,
-) -> Callable[[V], V]:
+def require_payment(price: Any, /, **options: Unpack[RouteOptions]) -> Callable[[V], V]:
     """Charge ``price`` for every call of the decorated view (sync or async).
 
     ``price`` and the options are those of :meth:`x402gate.PaymentGate.route`: ``"$0.01"``,
     ``Decimal``, a strategy (``MatchRules``, ``ModelTable``), or a function of the
-    :class:`~x402gate.RequestInfo`. ``settlement="before"`` settles before the view runs (for
-    irreversible side effects); the default ``"after"`` settles only if the view answered with
-    a status below 400. The view finds the payment in ``request.payment``.
+    :class:`~x402gate.RequestInfo`; a misspelt option raises
+    :class:`~x402gate.errors.ConfigurationError` here, naming it. ``settlement="before"``
+    settles before the view runs (for irreversible side effects); the default ``"after"``
+    settles only if the view answered with a status below 400. The view finds the payment in
+    ``request.payment``.
     """
-    if settlement not in ("after", "before"):
-        raise ConfigurationError(f"settlement must be 'after' or 'before', not {settlement!r}")
-    options = {
-        "settlement": settlement,
-        "description": description,
-        "mime_type": mime_type,
-        "network": network,
-        "assets": assets,
-        "pay_to": pay_to,
-        "max_timeout_seconds": max_timeout_seconds,
-        "verify_with_facilitator": verify_with_facilitator,
-        "extensions": extensions,
-        "payment_identifier": payment_identifier,
-        "credit_topup": credit_topup,
-    }
-    # A bad price fails at import time, not on the first paying customer.
-    paid = PaidView(as_strategy(price), {k: v for k, v in options.items() if v is not None})
+    # A bad price or option fails at import time, not on the first paying customer.
+    strategy, checked = paid_terms(price, options)
+    paid = PaidView(strategy, {k: v for k, v in checked.items() if v is not None})
 
     def route_of(request: Any, state: RequestState, view: Any) -> Route | HttpResponse:
         try:
@@ -117,7 +89,7 @@ def require_payment(
             # Only for a view the start-up check could not see (a DRF view decorated below
             # @api_view): nothing is served, the problem is logged once.
             refused = route_refused(f"@require_payment view {view.__qualname__!r}", exc)
-            return error_response(refused, request)
+            return answer_response(Answer.from_error(refused, request.headers.get("accept")))
 
     def decorate(view: V) -> V:
         if isinstance(view, type):

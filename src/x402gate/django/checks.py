@@ -33,11 +33,13 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from ...errors import ConfigurationError
-from ...gate import PaymentGate
-from ...settings import GateSettings, SettingsError, read_django_setting
-from ...stores.registry import accepted_schemes
+from ..errors import ConfigurationError
+from ..gate import PaymentGate
+from ..settings import GateSettings, SettingsError, read_django_setting
+from ..stores.registry import accepted_schemes
 from .conf import build_routes, conf
+from .discovery import check_decorated_views, check_route_keys, decorated_views
+from .middleware import PaymentMiddleware
 
 # Middleware that stores answers: below PaymentMiddleware it sees a paid answer before the
 # middleware marks it private, stores it, and the cache then serves it to anyone.
@@ -135,7 +137,6 @@ def _check_routes(gate: PaymentGate) -> list[CheckMessage]:
 def _check_route_keys(gate: PaymentGate) -> list[CheckMessage]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []  # no URLconf to match against (Django reports that itself when it matters)
-    from .discovery import check_route_keys
 
     try:
         table, views = build_routes(gate, conf.ROUTES)
@@ -148,7 +149,6 @@ def _check_route_keys(gate: PaymentGate) -> list[CheckMessage]:
 def _check_decorated_views(gate: PaymentGate) -> list[CheckMessage]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []
-    from .discovery import check_decorated_views
 
     try:
         problems = check_decorated_views(lambda paid: gate.route(paid.price, **paid.options))
@@ -161,7 +161,6 @@ def _check_decorated_views(gate: PaymentGate) -> list[CheckMessage]:
 def _decorated_views() -> list[str]:
     if not getattr(settings, "ROOT_URLCONF", None):
         return []
-    from .discovery import decorated_views
 
     try:
         return decorated_views()
@@ -170,7 +169,6 @@ def _decorated_views() -> list[str]:
 
 
 def _check_middleware() -> list[CheckMessage]:
-    from .middleware import PaymentMiddleware
 
     paths = list(getattr(settings, "MIDDLEWARE", None) or ())
     for index, path in enumerate(paths):

@@ -42,29 +42,29 @@ from django.core.signals import setting_changed
 from django.http import HttpRequest
 from django.urls import Resolver404, resolve
 
-from ..._runner import run_sync
-from ...errors import ConfigurationError
-from ...gate import PaymentGate, Route, StartupChecks
-from ...options import check_route_options
-from ...routing import RouteTable, split_route_key
-from ...settings import (
+from .._runner import run_sync
+from ..errors import ConfigurationError
+from ..gate import PaymentGate, Route, StartupChecks
+from ..options import check_route_options
+from ..routing import RouteTable, split_route_key
+from ..settings import (
     GATE_FIELDS,
     SETTING_NAMES,
     SettingsError,
     read_django_setting,
 )
-from ...settings import build_gate as build_gate_from
-from ...stores.registry import DEFAULT_STORE_URL
+from ..settings import build_gate as build_gate_from
+from ..stores.registry import DEFAULT_STORE_URL
 
 __all__ = [
     "GATE_KEYS",
     "KNOWN_KEYS",
+    "PAID_VIEW_ATTR",
     "PaidView",
     "Runtime",
     "Settings",
     "build_gate",
     "build_routes",
-    "check_at_startup",
     "conf",
     "get_runtime",
     "reset",
@@ -227,6 +227,10 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 
 
+PAID_VIEW_ATTR = "x402gate_paid"
+"""Attribute holding the :class:`PaidView` of a ``@require_payment`` view."""
+
+
 @dataclass(eq=False)
 class PaidView:
     """What ``@require_payment`` attaches to a view: the price and the route options."""
@@ -300,31 +304,6 @@ def get_runtime() -> Runtime:
 def _described(exc: Exception) -> str:
     # A SettingsError already says where it comes from ("settings.X402GATE: ...").
     return str(exc) if isinstance(exc, SettingsError) else f"X402GATE: {exc}"
-
-
-def check_at_startup() -> None:
-    """What :class:`~x402gate.integrations.django.middleware.PaymentMiddleware` checks when
-    Django loads it (the WSGI/ASGI handler is built): the settings build a gate, every
-    ``ROUTES`` key matches the URLconf, and the gate's start-up checks pass under
-    ``STARTUP_CHECKS``; every ``@require_payment`` view of the URLconf has a route the gate
-    accepts. Raises :class:`ImproperlyConfigured` with one message otherwise."""
-    from .discovery import check_decorated_views, check_route_keys
-
-    runtime = get_runtime()
-    mode = conf.STARTUP_CHECKS
-    try:
-        if mode not in _STARTUP_MODES:
-            raise ConfigurationError(
-                f"STARTUP_CHECKS must be one of {', '.join(_STARTUP_MODES)}, not {mode!r}"
-            )
-        if getattr(settings, "ROOT_URLCONF", None):
-            check_route_keys(runtime.table, runtime.views)
-            problems = check_decorated_views(runtime.route_for)
-            if problems:
-                raise ConfigurationError("; ".join(problems))
-        runtime.gate.check_startup_sync(mode)
-    except ConfigurationError as exc:
-        raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
 
 
 def reset() -> None:

@@ -1,0 +1,168 @@
+"""The paid operations of a FastAPI app: found among its routes, checked at start-up, documented
+in its OpenAPI schema and listed in its discovery document; the routes and error handler the
+FastAPI adapter adds to an app.
+
+Nothing here runs per request. Operations of included routers are listed through FastAPI's
+``iter_route_contexts`` (what its own OpenAPI generator reads) when the installed FastAPI has it;
+older versions copy every operation, with its routers' dependencies, into ``app.routes``.
+
+Internal: nothing here is public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import fastapi.routing
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.responses import JSONResponse, Response
+
+from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
+from ..errors import ConfigurationError, PaymentError
+from .asgi import public_origin
+from .common import render_error
+from .openapi import document_paid_operation
+
+if TYPE_CHECKING:
+    from fastapi.dependencies.models import Dependant
+
+    from ..gate import PaymentGate, Route
+
+__all__ = [
+    "add_routes_and_documents",
+    "check_operations",
+    "discovery_items",
+    "document_operations",
+    "endpoint_name",
+    "operation_key",
+    "paid_operations",
+]
+
+_route_contexts: Callable[[Sequence[Any]], Iterable[Any]] = getattr(
+    fastapi.routing, "iter_route_contexts", lambda routes: routes
+)
+
+
+def _find(dependant: Dependant, kind: type[Any]) -> Any:
+    if isinstance(dependant.call, kind):
+        return dependant.call
+    return next(filter(None, (_find(d, kind) for d in dependant.dependencies)), None)
+
+
+def paid_operations(routes: Sequence[Any], kind: type[Any]) -> Iterator[tuple[Any, Any]]:
+    """The operations of ``routes`` (``app.routes``) that depend on an instance of ``kind``,
+    with that dependency. Each operation has the dependencies of its routers and app, its
+    ``path_format`` and ``methods``."""
+    for route in _route_contexts(routes):
+        if isinstance(getattr(route, "original_route", route), APIRoute) and route.dependant:
+            dependency = _find(route.dependant, kind)
+            if dependency is not None:
+                yield route, dependency
+
+
+def endpoint_name(route: Any) -> str:
+    """The qualified name of an operation's endpoint, for messages."""
+    original = getattr(route, "original_route", route)
+    endpoint = getattr(original, "endpoint", None)
+    return str(getattr(endpoint, "__qualname__", None) or getattr(original, "name", "?"))
+
+
+def operation_key(route: Any) -> str:
+    """``"METHOD /template"`` of an operation, as route tables and discovery name it."""
+    methods = sorted((route.methods or set()) - {"HEAD"}) or ["GET"]
+    return f"{','.join(methods)} {route.path_format}"
+
+
+def _paid(
+    app: FastAPI, gate: PaymentGate, kind: type[Any]
+) -> Iterator[tuple[Any, PaymentGate, Route]]:
+    for route, dependency in paid_operations(app.routes, kind):
+        paying = dependency.gate or gate  # an operation may be paid through a gate of its own
+        yield route, paying, dependency.route_for(paying)
+
+
+def check_operations(app: FastAPI, gate: PaymentGate, kind: type[Any]) -> list[PaymentGate]:
+    """Build the route of every paid operation on the gate it charges through (a route option
+    that gate refuses raises :class:`ConfigurationError` naming the operation); the gates."""
+    gates = {id(gate): gate}
+    for route, dependency in paid_operations(app.routes, kind):
+        paying = dependency.gate or gate
+        try:
+            dependency.route_for(paying)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"require_payment() on {operation_key(route)} ({endpoint_name(route)}): {exc}"
+            ) from exc
+        gates.setdefault(id(paying), paying)
+    return list(gates.values())
+
+
+def document_operations(
+    schema: dict[str, Any], app: FastAPI, gate: PaymentGate, kind: type[Any]
+) -> None:
+    """Add the payment terms of every paid operation to the app's OpenAPI ``schema``."""
+    for route, paying, paid in _paid(app, gate, kind):
+        operations = schema.get("paths", {}).get(route.path_format, {})
+        for method in route.methods or ():
+            operation = operations.get(method.lower())
+            if operation is not None:  # None: left out of the schema
+                document_paid_operation(operation, paying, operation_key(route), paid)
+
+
+def discovery_items(
+    app: FastAPI, gate: PaymentGate, kind: type[Any], origin: str
+) -> dict[str, Any]:
+    """The discovery document of the app's paid operations, under ``origin``."""
+    document = discovery_document(gate, [], origin)
+    for route, paying, paid in _paid(app, gate, kind):
+        entry = discovery_document(paying, [(operation_key(route), paid)], origin)
+        document["items"] += entry["items"]
+    return document
+
+
+async def _payment_error(request: Request, exc: Exception) -> Response:
+    # Rendered inside the app, so CORS and other user middleware decorate the 402 too.
+    assert isinstance(exc, PaymentError)
+    status, headers, body = render_error(exc, request.headers.get("accept"))
+    return Response(body, status_code=status, headers=dict(headers))
+
+
+def add_routes_and_documents(
+    app: FastAPI, gate: PaymentGate, kind: type[Any], trust_proxy_headers: bool, discovery: bool
+) -> None:
+    """Render payment answers, document the paid operations (dependencies of type ``kind``) in
+    the OpenAPI schema, serve ``GET /.well-known/x402`` (with ``discovery``) and the credit
+    balance."""
+    app.add_exception_handler(PaymentError, _payment_error)
+    generate = app.openapi
+    documented: list[Any] = [None]
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        if schema is not documented[0]:  # FastAPI caches the schema until routes change
+            document_operations(schema, app, gate, kind)
+            documented[0] = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    if discovery:
+
+        async def well_known(request: Request) -> Response:
+            # Operation paths are relative to the app, which may be served under a prefix.
+            origin = public_origin(
+                request.scope, trust_proxy_headers=trust_proxy_headers, gate=gate
+            )
+            origin += request.scope.get("root_path", "")
+            return JSONResponse(discovery_items(app, gate, kind, origin))
+
+        # A plain Starlette route: app-level payment dependencies must not apply to it.
+        app.router.add_route(WELL_KNOWN_PATH, well_known, methods=["GET"], include_in_schema=False)
+
+    async def credit(request: Request) -> Response:
+        code, document = await gate.credit_status(request.headers)
+        return JSONResponse(document, status_code=code, headers={"Cache-Control": "no-store"})
+
+    app.router.add_route(CREDIT_PATH, credit, methods=["GET"], include_in_schema=False)

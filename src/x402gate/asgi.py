@@ -1,0 +1,190 @@
+"""Pure ASGI middleware: paywall any ASGI app (Starlette, FastAPI, Litestar, Quart, raw ASGI).
+
+::
+
+    from x402gate.asgi import PaymentMiddleware
+
+    app = PaymentMiddleware(app, gate=gate, routes={"GET /weather": 0.01, "POST /v1/chat": rules})
+
+Only ``http`` scopes on a paid route are touched; websocket scopes pass through. At the
+``lifespan`` start-up, before the app's own, the middleware checks that every key of ``routes``
+matches a route of the app (when the app lists its routes: Starlette, FastAPI, Quart) and runs the
+gate's start-up checks (:meth:`PaymentGate.check_startup`); a failure is reported as
+``lifespan.startup.failed`` with one message, and the server does not start. Servers that run no
+lifespan check the route keys at the first request (while one matches nothing, every request
+answers 503 and the app does not run) and leave the gate's checks to the first paid request.
+The request body is read once (for prices that look at it) and replayed to the app. With policy
+``after``, only ``http.response.start`` is held: the payment is settled when the app starts its
+answer with a status below 400 and before any body byte is sent; when settlement fails the client
+gets the 402 and none of the app's content. The accepted payment is in ``scope["state"]["payment"]``
+(``request.state.payment`` in Starlette and FastAPI). With ``discovery=True`` the middleware also
+answers ``GET /.well-known/x402`` with the paid routes (see :mod:`x402gate.discovery`).
+
+Each paid request is one :class:`~x402gate.flow.PaymentFlow`; this module only translates ASGI
+messages to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ._web.asgi import (
+    DEFAULT_MAX_BODY,
+    AnswerCut,
+    BodyTooLarge,
+    flow_send,
+    lifespan_with_checks,
+    public_origin,
+    read_body,
+    request_info_from_scope,
+    run_app,
+    send_answer,
+    send_json,
+    too_large,
+)
+from ._web.common import framework_routes, route_table, warn_trust_proxy_headers
+from ._web.types import ASGIApp, Message, Receive, Scope, Send
+from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
+from .errors import ConfigurationError, PaymentError
+from .flow import Answer, PaymentFlow
+from .gate import PaymentGate
+from .request import Headers
+from .routing import RouteTable, check_routes_exist
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "AnswerCut",
+    "PaymentMiddleware",
+    "public_origin",
+    "request_info_from_scope",
+]
+
+logger = logging.getLogger("x402gate")
+
+
+class PaymentMiddleware:
+    """ASGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
+
+    :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
+    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
+        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
+    :param discovery: answer ``GET /.well-known/x402`` with a document listing ``routes``.
+    :param check_at_startup: at the lifespan start-up, check ``routes`` against the app's own
+        routes and run the gate's start-up checks (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        gate: PaymentGate,
+        routes: Mapping[str, Any] | RouteTable,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        trust_proxy_headers: bool = False,
+        discovery: bool = False,
+        check_at_startup: bool = True,
+    ) -> None:
+        self.app = app
+        self.gate = gate
+        self.routes = route_table(gate, routes)
+        self.max_body_bytes = max_body_bytes
+        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
+        self.discovery = discovery
+        self.check_at_startup = check_at_startup
+        self._route_problem: str | None = None if check_at_startup else ""  # "": no problem
+
+    def _check_routes(self) -> None:
+        if self._route_problem is None:
+            found = framework_routes(self.app)
+            try:
+                if found is not None:
+                    check_routes_exist(self.routes, *found)
+            except ConfigurationError as exc:
+                self._route_problem = str(exc)
+                raise
+            self._route_problem = ""
+
+    async def check_startup(self) -> None:
+        """Every key of ``routes`` matches a route of the app (when it lists them), and the
+        gate's start-up checks pass; :class:`ConfigurationError` otherwise."""
+        self._check_routes()
+        await self.gate.check_startup()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.check_at_startup:
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._route_problem != "" and not await self._routes_hold(scope, send):
+            return
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path == WELL_KNOWN_PATH and self.discovery:
+            # Served before the route table: a catch-all paid route must not put it behind a 402.
+            origin = public_origin(
+                scope, trust_proxy_headers=self.trust_proxy_headers, gate=self.gate
+            )
+            await send_json(send, 200, discovery_document(self.gate, self.routes, origin))
+            return
+        if method == "GET" and path == CREDIT_PATH:
+            headers = Headers.from_asgi(scope.get("headers", ()))
+            code, document = await self.gate.credit_status(headers)
+            await send_json(send, code, document)
+            return
+        route = self.routes.match(method, path)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            accept = Headers.from_asgi(scope.get("headers", ())).get("accept")
+            await send_answer(send, Answer.from_error(too_large(), accept))
+            return
+        if body is None:
+            return  # the client left
+        info = request_info_from_scope(
+            scope,
+            body,
+            trust_proxy_headers=self.trust_proxy_headers,
+            proxies=self.gate.trusted_proxies,
+        )
+        flow = PaymentFlow(self.gate, route, info)
+        answer = flow.challenge() or await flow.begin()
+        if answer is not None:
+            await send_answer(send, answer)
+            return
+        scope = dict(scope)
+        scope["state"] = {**(scope.get("state") or {}), "payment": flow.payment}
+        scope["x402gate.payment"] = flow.payment
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # After the body only the real disconnect is left to report (streaming responses
+            # listen for it): hand over to the server's own receive.
+            return await receive()
+
+        await run_app(self.app, scope, replay, flow_send(send, flow), lambda: flow)
+
+    async def _routes_hold(self, scope: Scope, send: Send) -> bool:
+        # A server that ran no lifespan (daphne, uvicorn --lifespan off) gets the route check
+        # at its first request instead: with a key that matches nothing, nothing is served.
+        try:
+            self._check_routes()
+        except ConfigurationError as exc:
+            logger.error("%s", exc)  # once: later requests find the problem recorded
+        if not self._route_problem:
+            return True
+        accept = Headers.from_asgi(scope.get("headers", ())).get("accept")
+        error = PaymentError(
+            503, "payment_unavailable", "payments are not available on this server"
+        )
+        await send_answer(send, Answer.from_error(error, accept))
+        return False
