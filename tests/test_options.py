@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+from typing import Any
 
 import pytest
 
 from x402gate.errors import ConfigurationError
-from x402gate.gate import PaymentGate
+from x402gate.facilitators import HTTPFacilitator
+from x402gate.gate import PaymentGate, Route
 from x402gate.options import (
     ROUTE_OPTION_NAMES,
     RouteOptions,
@@ -17,11 +19,56 @@ from x402gate.options import (
 )
 
 
-def test_option_names_are_the_keyword_parameters_of_gate_route() -> None:
-    parameters = inspect.signature(PaymentGate.route).parameters
-    keywords = [p.name for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    assert sorted(ROUTE_OPTION_NAMES) == sorted(keywords)
+def make_gate() -> PaymentGate:
+    # Never reached: routes are built without a request.
+    facilitator = HTTPFacilitator("http://127.0.0.1:9")
+    return PaymentGate(
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        network="base",
+        facilitator=facilitator,
+        store="memory://",
+        startup_checks="off",
+    )
+
+
+def test_option_names_are_the_fields_a_route_keeps() -> None:
+    kept = {f.name for f in dataclasses.fields(Route)}
+    # ``network`` is resolved into the route's ``assets``.
+    assert set(ROUTE_OPTION_NAMES) == (kept - {"price"}) | {"network"}
     assert set(RouteOptions.__annotations__) == set(ROUTE_OPTION_NAMES)
+
+
+def test_gate_route_refuses_a_misspelt_option_by_name_with_a_suggestion() -> None:
+    gate = make_gate()
+    options: dict[str, Any] = {"setlement": "before", "description": "kept"}
+    with pytest.raises(ConfigurationError) as refused:
+        gate.route("$0.01", **options)
+    assert "PaymentGate.route" in str(refused.value)
+    assert "'setlement'" in str(refused.value)
+    assert "did you mean 'settlement'?" in str(refused.value)
+    gate.close()
+
+
+def test_gate_route_keeps_every_option_it_is_given() -> None:
+    gate = make_gate()
+    route = gate.route(
+        "$0.01",
+        settlement="before",
+        description="a report",
+        mime_type="text/csv",
+        max_timeout_seconds=60,
+        verify_with_facilitator=False,
+        extensions={"bazaar": {}},
+        payment_identifier="off",
+    )
+    assert (route.settlement, route.description, route.mime_type) == (
+        "before",
+        "a report",
+        "text/csv",
+    )
+    assert (route.max_timeout_seconds, route.verify_with_facilitator) == (60, False)
+    assert (route.extensions, route.payment_identifier) == ({"bazaar": {}}, "off")
+    gate.close()
 
 
 @pytest.mark.parametrize(

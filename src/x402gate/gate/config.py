@@ -9,15 +9,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from ..assets import Asset, checksum_address, normalize_network, usdc
 from ..errors import ConfigurationError
 from ..money import parse_price
+from ..options import RouteOptions, check_route_options
 from ..pricing import as_strategy
 from ..reconcile import ChainReconciler
 from ..stores import Store
-from .model import PaymentIdentifier, Route, Settlement
+from .model import Route
 
 if TYPE_CHECKING:
     from .engine import PaymentGate
@@ -135,24 +136,25 @@ def check_timeout(value: int) -> int:
     return value
 
 
-def route(
-    gate: PaymentGate,
-    price: Any,
-    *,
-    settlement: Settlement = "after",
-    description: str | None = None,
-    mime_type: str | None = None,
-    assets: Asset | Sequence[Asset] | None = None,
-    network: str | None = None,
-    pay_to: str | Mapping[str, str] | None = None,
-    max_timeout_seconds: int | None = None,
-    verify_with_facilitator: bool | None = None,
-    extensions: Mapping[str, Any] | None = None,
-    payment_identifier: PaymentIdentifier = "optional",
-    credit_topup: Any = None,
-) -> Route:
+def route(gate: PaymentGate, price: Any, **options: Unpack[RouteOptions]) -> Route:
     """A paid route: ``price`` is a price (``0.05``, ``"$0.05"``, ``Decimal``), a strategy
-    (``MatchRules``, ``ModelTable``, ...) or a callable of the request (sync or async)."""
+    (``MatchRules``, ``ModelTable``, ...) or a callable of the request (sync or async).
+
+    ``options`` are :class:`~x402gate.options.RouteOptions`; a misspelt one is refused by name,
+    with a suggestion, before anything else is checked.
+    """
+    check_route_options(options, "PaymentGate.route")
+    settlement = options.get("settlement", "after")
+    description = options.get("description")
+    mime_type = options.get("mime_type")
+    assets = options.get("assets")
+    network = options.get("network")
+    pay_to = options.get("pay_to")
+    max_timeout_seconds = options.get("max_timeout_seconds")
+    verify_with_facilitator = options.get("verify_with_facilitator")
+    extensions = options.get("extensions")
+    payment_identifier = options.get("payment_identifier", "optional")
+    credit_topup = options.get("credit_topup")
     if payment_identifier not in PAYMENT_IDENTIFIER_MODES:
         raise ConfigurationError(
             "payment_identifier must be one of "

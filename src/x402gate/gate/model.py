@@ -10,9 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..assets import Asset
+from ..options import PaymentIdentifierMode, SettlementPolicy
 from ..pricing import PriceStrategy
 from ..request import RequestInfo
 
@@ -21,9 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Payment", "PaymentIdentifier", "PaymentSession", "Route", "Settlement"]
 
-Settlement = Literal["after", "before"]
+Settlement = SettlementPolicy
 """When a payment settles: ``after`` the handler succeeded (the default) or ``before`` it runs."""
-PaymentIdentifier = Literal["off", "optional", "required"]
+PaymentIdentifier = PaymentIdentifierMode
 """Whether a route accepts (or requires) the x402 ``payment-identifier`` extension."""
 
 
