@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 try:
     from fastapi import FastAPI, Request
+    from starlette.middleware.exceptions import ExceptionMiddleware
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "x402gate's FastAPI integration needs FastAPI: pip install 'x402gate[fastapi]'"
@@ -44,12 +45,13 @@ from ._web.asgi import (
     lifespan_with_checks,
     request_info_from_scope,
     run_with_slot,
+    send_answer,
     too_large,
 )
 from ._web.common import route_refused, warn_trust_proxy_headers
 from ._web.types import ASGIApp, Receive, Scope, Send
 from .errors import ConfigurationError
-from .flow import PaymentFlow
+from .flow import Answer, PaymentFlow
 from .gate import Payment, PaymentGate, Route, Settlement
 from .options import check_route_options
 from .pricing import as_strategy
@@ -78,6 +80,9 @@ class _SettlementLayer:
     def __init__(self, app: ASGIApp, settings: _Settings) -> None:
         self.app = app
         self.settings = settings
+        # Innermost of the app's own middleware: no middleware of the app runs after this layer
+        # (one added before install() would), so it may answer an unpaid request itself.
+        self.direct = isinstance(app, ExceptionMiddleware)
 
     async def check_startup(self) -> None:
         """The route of every paid operation, built on the gate it charges through (a route
@@ -97,6 +102,15 @@ class _SettlementLayer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.direct and self.settings.app is not None:
+            # Unpaid, on a route whose payment dependency FastAPI would call first: the gate's
+            # cached 402 without routing and dependency resolution, which cost more than it.
+            dependency = operations.first_dependency(self.settings.app, scope)
+            if isinstance(dependency, RequirePayment):
+                answer = dependency.challenge(scope, self.settings)
+                if answer is not None:
+                    await send_answer(send, answer)
+                    return
         scope[_SLOT] = slot = FlowSlot(self.settings)
         await run_with_slot(self.app, scope, receive, send, slot)
 
@@ -128,6 +142,19 @@ class RequirePayment:
             cached = self._routes[id(gate)] = (gate, gate.route(self.price, **self.options))
         return cached[1]
 
+    def _flow(self, scope: Scope, settings: _Settings) -> PaymentFlow:
+        gate = self.gate or settings.gate
+        trust, proxies = settings.trust_proxy_headers, gate.trusted_proxies
+        info = request_info_from_scope(scope, b"", trust_proxy_headers=trust, proxies=proxies)
+        return PaymentFlow(gate, self.route_for(gate), info)
+
+    def challenge(self, scope: Scope, settings: _Settings) -> Answer | None:
+        """The gate's cached 402 for an unpaid request of ``scope``, or ``None``."""
+        try:
+            return self._flow(scope, settings).challenge()
+        except ConfigurationError:
+            return None  # the full path answers it (see route_refused)
+
     async def __call__(self, request: Request) -> Payment:
         slot = request.scope.get(_SLOT)
         if not isinstance(slot, FlowSlot):
@@ -142,24 +169,17 @@ class RequirePayment:
                 "carries one payment: reuse one instance (Depends caches it per request)"
             )
         settings: _Settings = slot.settings
-        gate = self.gate or settings.gate
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            raise too_large()
         try:
-            route = self.route_for(gate)
+            flow = self._flow(request.scope, settings)
         except ConfigurationError as exc:  # only when the server ran no lifespan start-up
             operation = request.scope.get("route")
             where = getattr(operation, "path_format", None) or operations.endpoint_name(operation)
             raise route_refused(f"require_payment() on {where}", exc) from exc
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.max_body_bytes:
-            raise too_large()
-        info = request_info_from_scope(
-            request.scope,
-            b"",
-            trust_proxy_headers=settings.trust_proxy_headers,
-            proxies=gate.trusted_proxies,
-        )
+        info = flow.request
         info.native = request
-        flow = PaymentFlow(gate, route, info)
         answer = flow.challenge()  # unpaid: the cached 402, before the body is read
         if answer is None:
             info.body = await request.body()  # kept by Starlette: the endpoint reads it again

@@ -18,12 +18,14 @@ import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
+from ..flow import Answer
 from .asgi import public_origin
-from .common import render_error
 from .openapi import document_paid_operation
+from .types import Scope
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -36,6 +38,7 @@ __all__ = [
     "discovery_items",
     "document_operations",
     "endpoint_name",
+    "first_dependency",
     "operation_key",
     "paid_operations",
 ]
@@ -60,6 +63,47 @@ def paid_operations(routes: Sequence[Any], kind: type[Any]) -> Iterator[tuple[An
             dependency = _find(route.dependant, kind)
             if dependency is not None:
                 yield route, dependency
+
+
+def _calls(dependant: Dependant) -> Iterator[Any]:
+    """The callables FastAPI calls to solve ``dependant``, in its order (each dependency's own
+    dependencies before it)."""
+    for sub in dependant.dependencies:
+        yield from _calls(sub)
+        if sub.call is not None:
+            yield sub.call
+
+
+def _reads_body(dependant: Dependant) -> bool:
+    return bool(dependant.body_params) or any(map(_reads_body, dependant.dependencies))
+
+
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def first_dependency(app: FastAPI, scope: Scope) -> Any:
+    """The dependency FastAPI would call first for ``scope`` when nothing but it can decide the
+    answer of a request without body: the operation is a plain ``APIRoute`` of ``app.routes``
+    (the first that fully matches, as the router picks it), its first dependency is not
+    overridden, and it reads no body. ``None`` otherwise (then FastAPI handles the request).
+
+    Only public API: ``Route.matches``, ``APIRoute.dependant``, ``app.dependency_overrides``."""
+    for name, value in scope.get("headers", ()):
+        if name in _BODY_HEADERS and value not in (b"0", b""):
+            return None
+    for route in app.routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            break
+    else:
+        return None
+    # A subclass may act before its dependencies (its own route handler): not provable.
+    if type(route) is not APIRoute or _reads_body(route.dependant):
+        return None
+    first = next(_calls(route.dependant), None)
+    if first is None or first in app.dependency_overrides:
+        return None
+    return first
 
 
 def endpoint_name(route: Any) -> str:
@@ -125,8 +169,8 @@ def discovery_items(
 async def _payment_error(request: Request, exc: Exception) -> Response:
     # Rendered inside the app, so CORS and other user middleware decorate the 402 too.
     assert isinstance(exc, PaymentError)
-    status, headers, body = render_error(exc, request.headers.get("accept"))
-    return Response(body, status_code=status, headers=dict(headers))
+    answer = Answer.from_error(exc, request.headers.get("accept"))
+    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
 
 def add_routes_and_documents(
