@@ -33,6 +33,7 @@ metered nor kept for retries, never touch it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -80,14 +81,16 @@ class Answer:
                 key = (terms, error.message, wants_html(accept))
                 kept = _rendered.get(key)
                 if kept is not None:
-                    return kept
+                    # Its own headers list (servers may add to it) and this error (an
+                    # exception object raised again and again would keep every traceback).
+                    return cls(kept.status, list(kept.headers), kept.body, error)
         status, headers, body = render_error(error, accept)
-        answer = cls(status, headers, body, error)
         if key is not None:
             if len(_rendered) >= _RENDERED_SIZE:
-                _rendered.pop(next(iter(_rendered)))
-            _rendered[key] = answer
-        return answer
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # threads
+                    del _rendered[next(iter(_rendered))]
+            _rendered[key] = cls(status, list(headers), body)
+        return cls(status, headers, body, error)
 
 
 _RENDERED_SIZE = 256
