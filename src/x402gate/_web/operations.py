@@ -12,20 +12,22 @@ Internal: nothing here is public API.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
 from ..flow import Answer
-from .asgi import public_origin
+from .asgi import FlowSlot, lifespan_with_checks, public_origin, run_with_slot, send_answer
 from .openapi import document_paid_operation
-from .types import Scope
+from .types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from ..gate import PaymentGate, Route
 
 __all__ = [
+    "SLOT",
+    "Settings",
+    "SettlementLayer",
     "add_routes_and_documents",
     "check_operations",
     "discovery_items",
@@ -210,3 +215,60 @@ def add_routes_and_documents(
         return JSONResponse(document, status_code=code, headers={"Cache-Control": "no-store"})
 
     app.router.add_route(CREDIT_PATH, credit, methods=["GET"], include_in_schema=False)
+
+
+SLOT = "x402gate.fastapi"
+"""The scope key of the per-request :class:`~x402gate._web.asgi.FlowSlot`."""
+
+
+@dataclass(slots=True)
+class Settings:
+    """What :func:`x402gate.fastapi.install` was given; ``kind`` is the payment dependency's
+    class."""
+
+    gate: PaymentGate
+    trust_proxy_headers: bool
+    max_body_bytes: int
+    app: Any
+    kind: type[Any]
+
+
+class SettlementLayer:
+    """Pure ASGI: the endpoint's answer goes through the payment flow its dependency began."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        # Innermost of the app's own middleware: no middleware of the app runs after this layer
+        # (one added before install() would), so it may answer an unpaid request itself.
+        self.direct = isinstance(app, ExceptionMiddleware)
+
+    async def check_startup(self) -> None:
+        """The route of every paid operation, built on the gate it charges through (a route
+        option that gate refuses stops the start, naming the operation), then the start-up
+        checks of the app's gate and of every gate a paid operation names."""
+        settings = self.settings
+        gates = [settings.gate]
+        if settings.app is not None:
+            gates = check_operations(settings.app, settings.gate, settings.kind)
+        for gate in gates:
+            await gate.check_startup()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.direct and self.settings.app is not None:
+            # Unpaid, on a route whose payment dependency FastAPI would call first: the gate's
+            # cached 402 without routing and dependency resolution, which cost more than it.
+            dependency = first_dependency(self.settings.app, scope)
+            if isinstance(dependency, self.settings.kind):
+                answer = dependency.challenge(scope, self.settings)
+                if answer is not None:
+                    await send_answer(send, answer)
+                    return
+        scope[SLOT] = slot = FlowSlot(self.settings)
+        await run_with_slot(self.app, scope, receive, send, slot)
