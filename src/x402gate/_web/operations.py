@@ -96,8 +96,9 @@ def first_dependency(app: FastAPI, scope: Scope) -> Any:
     for name, value in scope.get("headers", ()):
         if name in _BODY_HEADERS and value not in (b"0", b""):
             return None
+    probe = dict(scope)  # some routes note things in the scope while they match
     for route in app.routes:
-        match, _ = route.matches(scope)
+        match, _ = route.matches(probe)
         if match is Match.FULL:
             break
     else:
