@@ -104,12 +104,22 @@ def first_dependency(app: FastAPI, scope: Scope) -> Any:
     else:
         return None
     # A subclass may act before its dependencies (its own route handler): not provable.
-    if type(route) is not APIRoute or _reads_body(route.dependant):
+    if type(route) is not APIRoute:
         return None
-    first = next(_calls(route.dependant), None)
+    known = _first_calls.get(id(route))
+    if known is None or known[0] is not route:
+        first = None if _reads_body(route.dependant) else next(_calls(route.dependant), None)
+        if len(_first_calls) >= 4096:  # routes of the apps in this process: few
+            _first_calls.clear()
+        known = _first_calls[id(route)] = (route, first)
+    first = known[1]
     if first is None or first in app.dependency_overrides:
         return None
     return first
+
+
+_first_calls: dict[int, tuple[Any, Any]] = {}
+"""By route: the route, and its first dependency when it reads no body (else ``None``)."""
 
 
 def endpoint_name(route: Any) -> str:
