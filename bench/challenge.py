@@ -120,6 +120,7 @@ def _official(app: Any, cfg: dict[str, Any], endpoint: Any) -> Any:
     from decimal import Decimal
 
     from x402 import x402Facilitator, x402ResourceServer
+    from x402.http import PaymentOption, RouteConfig
     from x402.http.middleware.fastapi import PaymentMiddlewareASGI
     from x402.mechanisms.evm import FacilitatorWeb3Signer
     from x402.mechanisms.evm.exact import ExactEvmServerScheme, register_exact_evm_facilitator
@@ -135,25 +136,23 @@ def _official(app: Any, cfg: dict[str, Any], endpoint: Any) -> Any:
         networks=asset.network,
         simulate_in_settle=True,
     )
-    scheme = ExactEvmServerScheme()
+    scheme = ExactEvmServerScheme()  # type: ignore[no-untyped-call]  # untyped in the SDK
 
-    def dollars_to_token(amount: str, network: str) -> AssetAmount | None:
-        atomic = Decimal(amount) * 10**asset.decimals
+    def dollars_to_token(amount: str | int | float, network: str) -> AssetAmount | None:
+        atomic = Decimal(str(amount)) * 10**asset.decimals
         return AssetAmount(amount=str(int(atomic)), asset=asset.address, extra=asset.extra)
 
     scheme.register_money_parser(dollars_to_token)
     server = x402ResourceServer(facilitator)
-    server.register(asset.network, scheme)
+    # The SDK types its own scheme's payment_flows as a plain dict, not its protocol's mapping.
+    server.register(asset.network, scheme)  # type: ignore[arg-type]
     app.add_api_route("/resource", endpoint, methods=["GET"])
     routes = {
-        "GET /resource": {
-            "accepts": {
-                "scheme": "exact",
-                "payTo": cfg["pay_to"],
-                "price": PRICE,
-                "network": asset.network,
-            }
-        }
+        "GET /resource": RouteConfig(
+            accepts=PaymentOption(
+                scheme="exact", pay_to=cfg["pay_to"], price=PRICE, network=asset.network
+            )
+        )
     }
     app.add_middleware(PaymentMiddlewareASGI, routes=routes, server=server)
     return app
@@ -460,7 +459,7 @@ def main() -> None:
     rows = []
     for kind, path, status in TARGETS:
         rates = [rate for rate, _ in samples[(kind, path)]]
-        cpu = [per for _, per in samples[(kind, path)]]
+        cpu_per_request = [per for _, per in samples[(kind, path)]]
         rows.append(
             [
                 kind,
@@ -468,7 +467,7 @@ def main() -> None:
                 status,
                 f"{median(rates):.0f}",
                 f"{min(rates):.0f}-{max(rates):.0f}",
-                f"{1e6 * median(cpu):.0f}",
+                f"{1e6 * median(cpu_per_request):.0f}",
                 f"{100 * median(rates) / baseline:.0f} %",
             ]
         )

@@ -239,7 +239,7 @@ def main() -> int:
     us = 1e6
 
     def med(name: str) -> float:
-        return statistics.median(result[name]) * us
+        return float(statistics.median(result[name])) * us
 
     added = med("metered") - med("free")
     print(f"x402gate metered benchmark, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")

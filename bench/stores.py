@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def main() -> None:
                 "sqlite (synchronous=full, default)": f"sqlite:///{tmp}/full.db",
                 "sqlite (synchronous=normal)": f"sqlite:///{tmp}/normal.db?synchronous=normal",
             }
-            if server is not None:
+            if server is not None and redis_binary is not None:
                 server.start()
                 urls["redis (loopback TCP)"] = server.url
                 redis_version = subprocess.run(
@@ -135,8 +136,8 @@ def main() -> None:
                     for name, store in stores.items():
                         prefix = f"{repeat:02x}"
                         for ops in (
-                            timed(lambda s=store, p=prefix: replay_ops(s, args.n, p)),
-                            timed(lambda s=store, p=prefix: idempotency_ops(s, args.n, p)),
+                            timed(partial(replay_ops, store, args.n, prefix)),
+                            timed(partial(idempotency_ops, store, args.n, prefix)),
                         ):
                             for op, values in ops.items():
                                 samples.setdefault((name, op), []).extend(values)

@@ -95,6 +95,7 @@ def build_official_app(cfg: dict[str, Any]) -> Any:
 
     from fastapi import FastAPI
     from x402 import x402Facilitator, x402ResourceServer
+    from x402.http import PaymentOption, RouteConfig
     from x402.http.middleware.fastapi import PaymentMiddlewareASGI
     from x402.mechanisms.evm import FacilitatorWeb3Signer
     from x402.mechanisms.evm.exact import ExactEvmServerScheme, register_exact_evm_facilitator
@@ -108,17 +109,18 @@ def build_official_app(cfg: dict[str, Any]) -> Any:
     register_exact_evm_facilitator(
         facilitator, signer, networks=asset.network, simulate_in_settle=True
     )
-    scheme = ExactEvmServerScheme()
+    scheme = ExactEvmServerScheme()  # type: ignore[no-untyped-call]  # untyped in the SDK
 
-    def dollars_to_token(amount: str, network: str) -> AssetAmount | None:
+    def dollars_to_token(amount: str | int | float, network: str) -> AssetAmount | None:
         if network != asset.network:
             return None
-        atomic = Decimal(amount) * 10**asset.decimals
+        atomic = Decimal(str(amount)) * 10**asset.decimals
         return AssetAmount(amount=str(int(atomic)), asset=asset.address, extra=asset.extra)
 
     scheme.register_money_parser(dollars_to_token)
     server = x402ResourceServer(facilitator)
-    server.register(asset.network, scheme)
+    # The SDK types its own scheme's payment_flows as a plain dict, not its protocol's mapping.
+    server.register(asset.network, scheme)  # type: ignore[arg-type]
 
     app = FastAPI()
 
@@ -127,14 +129,11 @@ def build_official_app(cfg: dict[str, Any]) -> Any:
         return {"ok": True}
 
     routes = {
-        f"GET {PATH}": {
-            "accepts": {
-                "scheme": "exact",
-                "payTo": cfg["pay_to"],
-                "price": PRICE,
-                "network": asset.network,
-            }
-        }
+        f"GET {PATH}": RouteConfig(
+            accepts=PaymentOption(
+                scheme="exact", pay_to=cfg["pay_to"], price=PRICE, network=asset.network
+            )
+        )
     }
     app.add_middleware(PaymentMiddlewareASGI, routes=routes, server=server)
     app.state.bench_facilitator = facilitator
@@ -182,7 +181,7 @@ WHAT_IF = {
     "and the claim keeps the authorization exclusive)",
 }
 """Bench-only experiments on the x402gate side (``--what-if``): monkeypatches in the server
-process that estimate what a proposed change to gate.py / facilitators.py would buy. They are
+process that estimate what a proposed change to gate/ or facilitators.py would buy. They are
 not x402gate's behaviour."""
 
 

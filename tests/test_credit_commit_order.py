@@ -243,7 +243,7 @@ async def test_a_commit_that_fails_after_the_answer_charges_nothing_and_creates_
     funds = 10 * quote
     gate.store.credit_topup(ACCOUNT, funds, "ref-1", gate.clock.now())
 
-    def broken(*args: Any) -> int:
+    def broken(reservation_id: str, charge: int, now: float) -> int:
         raise StoreError("ledger down")
 
     real_commit = gate.store.credit_commit
@@ -323,7 +323,7 @@ def test_sqlite_spending_writes_skip_the_fsync_and_top_ups_keep_it(tmp_path: Pat
     levels: list[str] = []
     now = time.time()
     conn = store._connection()
-    conn.set_trace_callback(lambda sql: levels.append(sql) if "synchronous" in sql else None)  # type: ignore[func-returns-value]
+    conn.set_trace_callback(lambda sql: levels.append(sql) if "synchronous" in sql else None)
     store.credit_topup(ACCOUNT, 1_000, "ref", now)
     assert levels == []  # money in: synced as the store is
     relaxed = ["PRAGMA synchronous = normal", "PRAGMA synchronous = full"]

@@ -176,10 +176,11 @@ async def test_the_extension_is_valid_for_the_official_bazaar_validators(
         validate_discovery_extension_spec,
     )
 
-    for method, path, kwargs in (
+    requests: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/weather", {}),
         ("POST", "/v1/chat", {"json": {"model": "small-1", "prompt": "Hello"}}),
-    ):
+    ]
+    for method, path, kwargs in requests:
         response = await client.request(method, path, **kwargs)
         assert response.status_code == 402
         bazaar = decode_header(response.headers["payment-required"])["extensions"]["bazaar"]
@@ -194,20 +195,23 @@ async def test_a_facilitator_catalogues_what_the_official_client_copied_from_the
     client: httpx.AsyncClient,
 ) -> None:
     pytest.importorskip("jsonschema", reason=NEEDS_JSONSCHEMA)
-    from x402.extensions.bazaar import extract_discovery_info
-    from x402.http import decode_payment_required_header
+    from x402.extensions.bazaar import QueryInput, extract_discovery_info
+    from x402.schemas import PaymentPayload
 
     from x402gate.testing.clients import x402_client
+    from x402gate.testing.payments import decode_payment_required
 
     response = await client.get("/weather", params={"city": "Lisbon"})
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     payload = await x402_client(Account.create(), asset=ASSET).create_payment_payload(required)
+    assert isinstance(payload, PaymentPayload)  # a v2 challenge gets a v2 payload
 
     found = extract_discovery_info(payload, payload.accepted)
 
     assert found is not None
     assert (found.resource_url, found.method) == (f"{BASE_URL}/weather", "GET")
     assert (found.description, found.mime_type) == ("Today's weather in a city", "application/json")
+    assert isinstance(found.discovery_info.input, QueryInput)
     assert found.discovery_info.input.query_params == {"city": "Lisbon"}
 
 

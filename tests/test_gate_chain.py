@@ -10,7 +10,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements
 
 from x402gate import LocalFacilitator, PaymentGate
@@ -29,7 +29,7 @@ from x402gate.demo import serve_in_thread
 from x402gate.facilitators import HTTPFacilitator
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 
@@ -134,7 +134,7 @@ async def challenge(app: Any, path: str = "/paid") -> PaymentRequirements:
     async with asgi_client(app) as client:
         response = await client.get(path)
     assert response.status_code == 402
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return required.accepts[0]
 
 
@@ -148,7 +148,7 @@ async def test_unpaid_request_gets_a_402_the_official_client_can_pay(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.x402_version == 2
     assert required.resource is not None and required.resource.url == "http://shop.test/paid"
     (req,) = required.accepts
@@ -191,7 +191,9 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-BAD_PAYMENTS = {
+BuildHeader = Callable[[Any, PaymentRequirements], dict[str, str]]
+
+BAD_PAYMENTS: dict[str, tuple[BuildHeader, int, str]] = {
     # name: (how to build the header from (payer, requirements), expected status, expected code)
     "amount_in_terms": (
         lambda p, r: _header(
@@ -315,7 +317,7 @@ BAD_PAYMENTS = {
 
 
 def _swap_from(payload: dict[str, Any], new_from: str) -> dict[str, Any]:
-    out = json.loads(json.dumps(payload))
+    out: dict[str, Any] = json.loads(json.dumps(payload))
     out["authorization"]["from"] = new_from
     return out
 
@@ -697,7 +699,7 @@ async def test_a_route_can_accept_several_assets_and_networks(
     )
     async with asgi_client(app) as client:
         response = await client.get("/x")
-    accepts = decode_payment_required_header(response.headers["payment-required"]).accepts
+    accepts = decode_payment_required(response.headers["payment-required"]).accepts
     assert [(a.network, a.asset, a.amount, a.extra["name"]) for a in accepts] == [
         ("eip155:31337", test_token.address, "20000", "USD Coin"),
         ("eip155:31337", second.address, "20000", "USDC"),

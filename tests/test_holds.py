@@ -83,7 +83,7 @@ def test_a_failing_store_is_retried_and_an_expired_hold_is_dropped(
     keeper.add("r1", reserve(store, "r1", clock))
     real = store.credit_extend
 
-    def down(*args: Any) -> bool:
+    def down(reservation_id: str, expires_at: float, now: float) -> bool:
         raise StoreError("SQLite store ledger.db: credit_extend failed: disk I/O error")
 
     store.credit_extend = down  # type: ignore[method-assign]

@@ -33,6 +33,21 @@ def test_public_names_resolve_lazily() -> None:
     assert out.stdout.split() == ["PaymentGate", "MatchRules"]
 
 
+def test_metered_prices_stores_schemes_and_event_kinds_are_top_level_names() -> None:
+    names = ["PerToken", "PerSecond", "TokenPrice", "open_store", "EventKind", "ExactScheme"]
+    code = (
+        "import x402gate, x402gate.metering, x402gate.stores, x402gate.gate, x402gate.schemes\n"
+        f"for name in {names!r}:\n"
+        "    home = {'open_store': x402gate.stores, 'EventKind': x402gate.gate,\n"
+        "            'ExactScheme': x402gate.schemes}.get(name, x402gate.metering)\n"
+        "    assert getattr(x402gate, name) is getattr(home, name), name\n"
+        "    assert name in x402gate.__all__, name\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
 @pytest.mark.parametrize(
     ("blocked", "statement", "extra"),
     [

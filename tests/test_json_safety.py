@@ -87,21 +87,31 @@ async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
     from eth_account import Account
     from starlette.applications import Starlette
     from starlette.routing import Route as StarletteRoute
+    from x402.schemas import (
+        PaymentPayload,
+        PaymentRequirements,
+        SettleResponse,
+        SupportedKind,
+        SupportedResponse,
+        VerifyResponse,
+    )
 
     from x402gate import MatchRules, PaymentGate
     from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import usdc
 
     class Unused:
-        async def verify(self, *a: object) -> object:
+        async def verify(
+            self, payload: PaymentPayload, requirements: PaymentRequirements
+        ) -> VerifyResponse:
             raise AssertionError
 
-        async def settle(self, *a: object) -> object:
+        async def settle(
+            self, payload: PaymentPayload, requirements: PaymentRequirements
+        ) -> SettleResponse:
             raise AssertionError
 
-        async def supported(self) -> object:
-            from x402.schemas import SupportedKind, SupportedResponse
-
+        async def supported(self) -> SupportedResponse:
             kind = SupportedKind(x402_version=2, scheme="exact", network="eip155:8453")
             return SupportedResponse(kinds=[kind], extensions=[], signers={})
 

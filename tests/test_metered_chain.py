@@ -14,13 +14,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route as StarletteRoute
-from x402.http import decode_payment_required_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.asgi import PaymentMiddleware
 from x402gate.credit import SESSION_HEADER
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 from x402gate.testing.clients import paying_httpx_client
+from x402gate.testing.payments import decode_payment_required
 
 pytestmark = pytest.mark.chain
 
@@ -31,17 +31,31 @@ PROMPT = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "
 
 
 def openai_sse(prompt_tokens: int, completion_tokens: int) -> list[bytes]:
-    chunks = [
+    chunks: list[dict[str, object]] = [
         {"choices": [{"delta": {"content": word}}]} for word in ("Hello", " there", "!")
     ]
-    chunks.append({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}})
+    chunks.append(
+        {
+            "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+        }
+    )
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
 def anthropic_sse(input_tokens: int, output_tokens: int) -> list[bytes]:
     events = [
-        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
-        ("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"usage": {"input_tokens": input_tokens, "output_tokens": 1}},
+            },
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}},
+        ),
         ("message_delta", {"type": "message_delta", "usage": {"output_tokens": output_tokens}}),
         ("message_stop", {"type": "message_stop"}),
     ]
@@ -54,17 +68,24 @@ def facilitator(chain: Any, facilitator_account: Any) -> LocalFacilitator:
 
 
 @pytest.fixture
-def gate(facilitator: LocalFacilitator, test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[PaymentGate]:
+def gate(
+    facilitator: LocalFacilitator, test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[PaymentGate]:
     g = PaymentGate(
-        pay_to=pay_to, assets=test_token.asset, facilitator=facilitator,
-        store=f"sqlite:///{tmp_path / 'ledger.db'}", secret=b"k" * 32,
+        pay_to=pay_to,
+        assets=test_token.asset,
+        facilitator=facilitator,
+        store=f"sqlite:///{tmp_path / 'ledger.db'}",
+        secret=b"k" * 32,
         public_origin="http://llm.test",
     )
     yield g
     g.close()
 
 
-def llm_app(gate: PaymentGate, streams: dict[str, list[bytes]], bodies: dict[str, Any]) -> PaymentMiddleware:
+def llm_app(
+    gate: PaymentGate, streams: dict[str, list[bytes]], bodies: dict[str, Any]
+) -> PaymentMiddleware:
     async def chat(request: Request) -> Any:
         kind = request.path_params["kind"]
         if kind == "broken":
@@ -83,27 +104,35 @@ def llm_app(gate: PaymentGate, streams: dict[str, list[bytes]], bodies: dict[str
         await asyncio.sleep(0.3)
         return JSONResponse({"done": True})
 
-    app = Starlette(routes=[StarletteRoute("/v1/{kind}", chat, methods=["POST"]), StarletteRoute("/work", work)])
+    app = Starlette(
+        routes=[StarletteRoute("/v1/{kind}", chat, methods=["POST"]), StarletteRoute("/work", work)]
+    )
     return PaymentMiddleware(
         app,
         gate=gate,
         routes={
             # A payment tops up at least $0.50: what the call does not use is credit for the next.
-            "POST /v1/*": gate.route(PerToken({"gpt-*": PRICES, "claude-*": PRICES}), credit_topup="$0.50"),
+            "POST /v1/*": gate.route(
+                PerToken({"gpt-*": PRICES, "claude-*": PRICES}), credit_topup="$0.50"
+            ),
             "GET /work": gate.route(PerSecond("$0.001", max_seconds=2)),
         },
     )
 
 
 def client_for(payer: Any, token: Any, app: Any) -> httpx.AsyncClient:
-    return paying_httpx_client(payer, asset=token, base_url="http://llm.test", transport=httpx.ASGITransport(app=app))
+    return paying_httpx_client(
+        payer, asset=token, base_url="http://llm.test", transport=httpx.ASGITransport(app=app)
+    )
 
 
 async def quote_of(app: Any, path: str, body: Any = None, method: str = "POST") -> int:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llm.test") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
+    ) as c:
         response = await c.request(method, path, json=body)
     assert response.status_code == 402
-    return int(decode_payment_required_header(response.headers["payment-required"]).accepts[0].amount)
+    return int(decode_payment_required(response.headers["payment-required"]).accepts[0].amount)
 
 
 @pytest.mark.parametrize(
@@ -116,8 +145,14 @@ async def quote_of(app: Any, path: str, body: Any = None, method: str = "POST") 
     ],
 )
 async def test_per_token_charges_the_tokens_used_and_keeps_the_change_as_credit(
-    kind: str, expected_charge: int, gate: PaymentGate, chain: Any, test_token: Any,
-    payer: Any, pay_to: str, facilitator: LocalFacilitator,
+    kind: str,
+    expected_charge: int,
+    gate: PaymentGate,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     streams = {"openai-stream": openai_sse(12, 40), "anthropic-stream": anthropic_sse(12, 40)}
     bodies = {
@@ -144,7 +179,9 @@ async def test_per_token_charges_the_tokens_used_and_keeps_the_change_as_credit(
 
     # A second request with the session token is served from credit: no payment, no transaction.
     token = first.headers[SESSION_HEADER]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llm.test") as plain:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
+    ) as plain:
         second = await plain.post(f"/v1/{kind}", json=body, headers={SESSION_HEADER: token})
     assert second.status_code == 200
     assert "payment-response" not in second.headers
@@ -165,10 +202,14 @@ async def test_credit_short_of_the_quote_asks_only_for_what_is_missing(
     bigger = {**PROMPT, "max_tokens": 500}
     big_quote = await quote_of(app, "/v1/openai-stream", bigger)
     assert big_quote > credit
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llm.test") as plain:
-        response = await plain.post("/v1/openai-stream", json=bigger, headers={SESSION_HEADER: token})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
+    ) as plain:
+        response = await plain.post(
+            "/v1/openai-stream", json=bigger, headers={SESSION_HEADER: token}
+        )
     assert response.status_code == 402
-    asked = decode_payment_required_header(response.headers["payment-required"]).accepts[0].amount
+    asked = decode_payment_required(response.headers["payment-required"]).accepts[0].amount
     assert int(asked) == max(big_quote - credit, TOPUP)
     assert quote == TOPUP
 
@@ -181,7 +222,8 @@ async def test_a_failed_handler_returns_the_whole_reservation_to_credit(
         first = await client.post("/v1/openai-stream", json=PROMPT)
     credit = await gate.balance(payer.address)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://llm.test"
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="http://llm.test",
     ) as plain:
         token = first.headers[SESSION_HEADER]
         failed = await plain.post("/v1/broken", json=PROMPT, headers={SESSION_HEADER: token})
@@ -205,7 +247,11 @@ async def test_per_second_charges_the_measured_time(
 
 
 async def test_the_official_client_signs_in_with_x_and_spends_its_credit(
-    gate: PaymentGate, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     # The official SIWX client needs x402[extensions], which pins web3 7: CI runs this test in
@@ -228,7 +274,9 @@ async def test_the_official_client_signs_in_with_x_and_spends_its_credit(
 
     app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
     client = x402_client(payer, asset=test_token)
-    client.register_extension(create_siwx_client_extension(CreateSIWxClientExtensionOptions(signers=[payer])))
+    client.register_extension(
+        create_siwx_client_extension(CreateSIWxClientExtensionOptions(signers=[payer]))
+    )
     transport = x402_httpx_transport(client, httpx.ASGITransport(app=app))
     async with httpx.AsyncClient(transport=transport, base_url="http://llm.test") as http:
         first = await http.post("/v1/openai-stream", json=PROMPT)  # no credit yet: it pays

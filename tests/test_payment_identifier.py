@@ -18,13 +18,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route as StarletteRoute
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import PaymentGate
 from x402gate.asgi import PaymentMiddleware
 from x402gate.errors import ConfigurationError
 from x402gate.testing.clients import x402_client
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 payment_identifier = pytest.importorskip("x402.extensions.payment_identifier")
@@ -40,17 +40,24 @@ class FixedPaymentId:
     def __init__(self, payment_id: str) -> None:
         self.payment_id = payment_id
 
-    def enrich_payment_payload(self, payload: Any, required: Any) -> Any:
-        extensions = json.loads(json.dumps(payload.extensions or required.extensions or {}))
+    # No lifecycle or transport hooks: the identifier is added to the payload only.
+    hooks = None
+    transport_hooks = None
+
+    def enrich_payment_payload(self, payment_payload: Any, payment_required: Any) -> Any:
+        extensions = json.loads(
+            json.dumps(payment_payload.extensions or payment_required.extensions or {})
+        )
         payment_identifier.append_payment_identifier_to_extensions(extensions, self.payment_id)
-        return payload.model_copy(update={"extensions": extensions})
+        return payment_payload.model_copy(update={"extensions": extensions})
 
 
 class Recording(httpx.AsyncBaseTransport):
     """Below the x402 transport: remembers the payment headers the client really sent."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self.inner, self.sent = inner, []  # type: list[str]
+        self.inner = inner
+        self.sent: list[str] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if "payment-signature" in request.headers:
@@ -108,7 +115,7 @@ def asgi(app: Any) -> httpx.AsyncClient:
 async def test_402_declares_the_extension(gate: PaymentGate) -> None:
     async with asgi(shop(gate, [])) as client:
         response = await client.get("/report")
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.extensions is not None
     assert required.extensions["payment-identifier"]["info"] == {"required": False}
 
@@ -158,7 +165,7 @@ async def test_the_same_identifier_with_another_payment_is_a_409(
 
 async def _signed_with_id(app: Any, payer: Any, payment_id: str | None) -> dict[str, str]:
     async with asgi(app) as client:
-        required = decode_payment_required_header(
+        required = decode_payment_required(
             (await client.get("/report")).headers["payment-required"]
         )
     payload = sign_exact_payment(payer, required.accepts[0])

@@ -802,4 +802,4 @@ def test_decoded_body_keeps_a_metered_price_metered() -> None:
 def test_decoded_body_configuration_errors() -> None:
     for kwargs in ({"encodings": ("br",)}, {"max_bytes": 0}, {"max_bytes": True}):
         with pytest.raises(ConfigurationError):
-            DecodedBody("$0.01", **kwargs)  # type: ignore[arg-type]
+            DecodedBody("$0.01", **kwargs)

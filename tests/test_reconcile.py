@@ -23,7 +23,7 @@ NONCE = "0x" + "44" * 32
 
 
 def test_event_topics_are_the_keccak_of_their_signatures() -> None:
-    from eth_utils import keccak
+    from eth_utils.crypto import keccak
 
     used = keccak(text="AuthorizationUsed(address,bytes32)")
     transfer = keccak(text="Transfer(address,address,uint256)")
@@ -181,13 +181,16 @@ async def test_a_chain_that_cannot_be_read_is_a_503_and_serves_nothing(
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
-    from x402.http import decode_payment_required_header
 
     from x402gate import LocalFacilitator
     from x402gate.asgi import PaymentMiddleware
     from x402gate.demo import serve_in_thread
     from x402gate.testing.facilitator_server import FacilitatorServer
-    from x402gate.testing.payments import encode_payment, sign_exact_payment
+    from x402gate.testing.payments import (
+        decode_payment_required,
+        encode_payment,
+        sign_exact_payment,
+    )
 
     runs = 0
 
@@ -214,7 +217,7 @@ async def test_a_chain_that_cannot_be_read_is_a_503_and_serves_nothing(
         with serve_in_thread(app) as base_url:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 challenge = await client.get("/paid")
-                required = decode_payment_required_header(challenge.headers["payment-required"])
+                required = decode_payment_required(challenge.headers["payment-required"])
                 payment = {
                     "PAYMENT-SIGNATURE": encode_payment(
                         sign_exact_payment(payer, required.accepts[0])

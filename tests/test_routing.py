@@ -9,7 +9,7 @@ import pytest
 from x402gate import PaymentGate
 from x402gate.assets import usdc
 from x402gate.errors import ConfigurationError
-from x402gate.routing import RouteTable, compile_pattern, shadowed_keys
+from x402gate.routing import RoutePattern, RouteTable, compile_pattern, shadowed_keys
 
 
 class NoFacilitator:
@@ -136,3 +136,34 @@ def test_keys_that_each_match_something_are_kept(
 ) -> None:
     assert len(list(RouteTable(gate, routes))) == len(routes)
     assert shadowed_keys(routes) == {}
+
+
+def test_a_route_pattern_is_parsed_once_with_its_methods_and_parameters() -> None:
+    pattern = RoutePattern.parse("GET /users/{user}/files/:name")
+    assert pattern.methods == frozenset({"GET", "HEAD"})
+    assert pattern.params == ("user", "name")
+    assert not pattern.rest
+    assert pattern.match("get", "/users/7/files/a.txt") == {"user": "7", "name": "a.txt"}
+    assert pattern.match("POST", "/users/7/files/a.txt") is None
+    assert pattern.match("GET", "/users/7") is None
+    tail = RoutePattern.parse("/files/*")
+    assert tail.methods is None and tail.rest
+    assert tail.match("PUT", "/files/a/b") == {"*": "a/b"}
+    assert tail.match("PUT", "/files") == {"*": ""}
+
+
+def test_a_table_finds_the_route_and_its_parameters_in_one_match(gate: PaymentGate) -> None:
+    table = RouteTable(gate, {"GET /items/{id}": "$0.01", "/files/*": "$0.02"})
+    found = table.find("GET", "/items/42")
+    assert found is not None
+    assert found.params == {"id": "42"}
+    assert found.route is table.match("GET", "/items/42")
+    assert found.pattern.key == "GET /items/{id}"
+    rest = table.find("DELETE", "/files/x/y")
+    assert rest is not None and rest.params == {"*": "x/y"}
+    assert table.find("POST", "/items/42") is None
+
+
+def test_a_misspelt_route_option_is_named_with_a_suggestion(gate: PaymentGate) -> None:
+    with pytest.raises(ConfigurationError, match=r"'descripton' \(did you mean 'description'\?\)"):
+        RouteTable(gate, {"GET /a": {"price": "$0.01", "descripton": "x"}})

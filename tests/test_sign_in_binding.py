@@ -310,7 +310,11 @@ _headers = st.one_of(
     ),
     st.tuples(
         st.sampled_from(["SIGN-IN-WITH-X", SESSION_HEADER, "PAYMENT-SIGNATURE"]),
-        st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=200),
+        # DEL (127) is no header character: uvicorn refuses it before the app sees it.
+        st.text(
+            st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"),
+            max_size=200,
+        ),
     ),
 )
 
@@ -322,7 +326,8 @@ def test_no_header_shape_gets_a_server_error(server: Any, header: tuple[str, str
     before = runs["chat"]
     name, value = header
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        response = client.get("/chat", headers=[(name, value.strip().encode("latin-1"))])
+        raw = [(name.encode("latin-1"), value.strip().encode("latin-1"))]
+        response = client.get("/chat", headers=raw)
     assert response.status_code in (400, 402), (header, response.text)
     assert isinstance(response.json().get("error"), str) and response.json()["error"]
     assert runs["chat"] == before

@@ -23,7 +23,11 @@ def answer(challenge: dict[str, Any], account: Any, **override: Any) -> str:
     fields = {**challenge["info"], "chainId": "eip155:8453", "type": "eip191", **override}
     message = format_eip4361(fields, account.address, int(fields["chainId"].split(":")[1]))
     signed = account.sign_message(encode_defunct(text=message))
-    payload = {**fields, "address": account.address, "signature": "0x" + signed.signature.hex().removeprefix("0x")}
+    payload = {
+        **fields,
+        "address": account.address,
+        "signature": "0x" + signed.signature.hex().removeprefix("0x"),
+    }
     return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
@@ -44,9 +48,14 @@ def test_a_signed_challenge_names_the_wallet(siwx: SignInWithX) -> None:
 
 def test_message_layout_follows_eip4361() -> None:
     fields = {
-        "domain": "example.com", "uri": "https://example.com/a", "version": "1", "nonce": "abcdef12",
-        "issuedAt": "2026-01-01T00:00:00Z", "expirationTime": "2026-01-01T00:05:00Z",
-        "statement": "Sign in.", "resources": ["https://example.com/a"],
+        "domain": "example.com",
+        "uri": "https://example.com/a",
+        "version": "1",
+        "nonce": "abcdef12",
+        "issuedAt": "2026-01-01T00:00:00Z",
+        "expirationTime": "2026-01-01T00:05:00Z",
+        "statement": "Sign in.",
+        "resources": ["https://example.com/a"],
     }
     assert format_eip4361(fields, "0xAbC", 8453) == (
         "example.com wants you to sign in with your Ethereum account:\n0xAbC\n\nSign in.\n\n"
@@ -66,7 +75,9 @@ def test_message_layout_follows_eip4361() -> None:
         ({"chainId": "eip155:1"}, "invalid_siwx_chain"),
     ],
 )
-def test_tampered_sign_ins_are_refused(siwx: SignInWithX, tamper: dict[str, str], code: str) -> None:
+def test_tampered_sign_ins_are_refused(
+    siwx: SignInWithX, tamper: dict[str, str], code: str
+) -> None:
     now = time.time()
     challenge = siwx.declaration(URL, NETWORKS, now)
     with pytest.raises(PaymentError) as info:
@@ -92,7 +103,10 @@ def test_an_expired_challenge_is_refused(siwx: SignInWithX) -> None:
     assert info.value.code == "invalid_siwx_expired"
 
 
-@pytest.mark.parametrize("header", ["", "!!!", base64.b64encode(b"[]").decode(), base64.b64encode(b'{"domain": 1}').decode()])
+@pytest.mark.parametrize(
+    "header",
+    ["", "!!!", base64.b64encode(b"[]").decode(), base64.b64encode(b'{"domain": 1}').decode()],
+)
 def test_malformed_headers_are_refused(siwx: SignInWithX, header: str) -> None:
     with pytest.raises(PaymentError) as info:
         siwx.verify(header, URL, NETWORKS, time.time())
@@ -158,8 +172,10 @@ def test_every_signed_field_is_checked(
         # Signed as tampered: only the server's own checks stand between it and the credit.
         # (a wallet cannot sign EIP-4361 for a non-numeric chain: that one goes unsigned)
         signed = "chainId" not in tamper
-        header = answer(challenge, Account.create(), **tamper) if signed else _unsigned(
-            challenge, **tamper
+        header = (
+            answer(challenge, Account.create(), **tamper)
+            if signed
+            else _unsigned(challenge, **tamper)
         )
         siwx.verify(header, URL, networks, now, origins=ORIGINS)
     assert info.value.code == code

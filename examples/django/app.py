@@ -71,14 +71,14 @@ def index(request: HttpRequest) -> HttpResponse:
 
 def weather(request: HttpRequest) -> HttpResponse:
     """Paid through ROUTES: the view itself knows nothing about x402, but sees the payment."""
-    payment = request.payment  # type: ignore[attr-defined]
+    payment = request.payment
     return JsonResponse({"city": "Lisbon", "forecast": "sunny", "paid_by": payment.payer})
 
 
 @require_payment("$0.02", description="A three-day forecast")
 def forecast(request: HttpRequest, city: str) -> HttpResponse:
     """Priced by its decorator."""
-    payment = request.payment  # type: ignore[attr-defined]
+    payment = request.payment
     days = ["sunny", "cloudy", "rain"]
     return JsonResponse({"city": city, "days": days, "paid_by": payment.payer})
 

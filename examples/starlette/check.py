@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # examples/_check.py, shared by every example
+sys.path.insert(0, str(HERE.parents[1]))  # the repository: examples/_check.py is shared
 
-from _check import check_example  # noqa: E402
+from examples._check import check_example  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(check_example(HERE / "app.py", "/weather/lisbon"))

@@ -22,10 +22,13 @@ from .errors import (
 if TYPE_CHECKING:
     from .assets import Asset, usdc
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
-    from .gate import Payment, PaymentEvent, PaymentGate, Route
+    from .gate import EventKind, Payment, PaymentEvent, PaymentGate, Route
+    from .metering import PerSecond, PerToken, TokenPrice
     from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
     from .reconcile import ChainReconciler
     from .request import RequestInfo
+    from .schemes import ExactScheme, PaymentScheme
+    from .stores import open_store
 
 __all__ = [
     "Asset",
@@ -33,6 +36,8 @@ __all__ = [
     "ConfigurationError",
     "DecodedBody",
     "Dynamic",
+    "EventKind",
+    "ExactScheme",
     "Facilitator",
     "FacilitatorError",
     "FacilitatorUnavailable",
@@ -45,13 +50,18 @@ __all__ = [
     "PaymentError",
     "PaymentEvent",
     "PaymentGate",
+    "PaymentScheme",
+    "PerSecond",
+    "PerToken",
     "PriceStrategy",
     "RequestInfo",
     "Route",
     "Rule",
     "StoreError",
+    "TokenPrice",
     "X402GateError",
     "__version__",
+    "open_store",
     "usdc",
 ]
 
@@ -62,6 +72,7 @@ _LAZY = {
     "Facilitator": "facilitators",
     "HTTPFacilitator": "facilitators",
     "LocalFacilitator": "facilitators",
+    "EventKind": "gate",
     "Payment": "gate",
     "PaymentEvent": "gate",
     "PaymentGate": "gate",
@@ -74,6 +85,12 @@ _LAZY = {
     "PriceStrategy": "pricing",
     "Rule": "pricing",
     "RequestInfo": "request",
+    "PerSecond": "metering",
+    "PerToken": "metering",
+    "TokenPrice": "metering",
+    "ExactScheme": "schemes",
+    "PaymentScheme": "schemes",
+    "open_store": "stores",
 }
 
 

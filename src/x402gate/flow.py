@@ -152,13 +152,7 @@ class PaymentFlow:
         built before, to a request carrying no payment, session token or sign-in, and while no
         event listener waits for the ``challenged`` event (listeners may be coroutines).
         """
-        gate = self.gate
-        # Friend access: the gate's start flag, listeners and challenge cache are its own state.
-        if not gate._started or gate._listeners:
-            return None
-        request = self.request
-        request.url = gate.public_url(request)  # what begin() does first, kept in step
-        cached = gate._plain_challenge(self.route, request)
+        cached = self.gate.cached_challenge(self.route, self.request)
         if cached is None:
             return None
         return Answer.from_error(cached, self.accept)

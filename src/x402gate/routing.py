@@ -22,34 +22,116 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .options import check_route_options
 
 if TYPE_CHECKING:
     from .gate import PaymentGate, Route
 
-__all__ = ["AppRoute", "RouteTable", "check_routes_exist", "compile_pattern", "shadowed_keys"]
+__all__ = [
+    "REST_GROUP",
+    "ROUTE_MATCH_KEY",
+    "AppRoute",
+    "RouteMatch",
+    "RoutePattern",
+    "RouteTable",
+    "check_routes_exist",
+    "compile_pattern",
+    "shadowed_keys",
+    "split_route_key",
+]
 
 _METHOD_RE = re.compile(r"^[A-Z]+(?:,[A-Z]+)*$")
 _PARAM_RE = re.compile(r"^(?:\{[A-Za-z_][A-Za-z0-9_]*\}|:[A-Za-z_][A-Za-z0-9_]*)$")
 
 
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Regex for a path pattern (see the module docstring)."""
+REST_GROUP = "x402gate_rest"
+"""Name of the regex group that takes what a trailing ``/*`` matched."""
+
+
+def _compile_path(pattern: str) -> tuple[re.Pattern[str], tuple[str, ...], bool]:
+    """The regex of a path pattern (parameters as named groups), its parameter names and
+    whether it ends in ``/*``."""
     if not pattern.startswith("/"):
         raise ConfigurationError(f"route path must start with '/': {pattern!r}")
     segments = pattern.strip("/").split("/") if pattern != "/" else []
     parts: list[str] = []
+    params: list[str] = []
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
         if segment == "*" and last:
-            return re.compile("^" + "".join(parts) + r"(?:/.*)?$")
+            tail = rf"(?:/(?P<{REST_GROUP}>.*))?$"
+            return re.compile("^" + "".join(parts) + tail), tuple(params), True
         if _PARAM_RE.match(segment):
-            parts.append(r"/[^/]+")
+            name = segment.strip("{}:")
+            # A name used twice matches twice but is read once: the first occurrence.
+            parts.append(r"/[^/]+" if name in params else rf"/(?P<{name}>[^/]+)")
+            params.append(name)
         elif "{" in segment or "}" in segment:
             raise ConfigurationError(f"bad path parameter in route {pattern!r}")
         else:
             parts.append("/" + r"[^/]*".join(re.escape(p) for p in segment.split("*")))
     # A trailing slash is optional either way: "/weather" and "/weather/" are one resource.
-    return re.compile("^" + "".join(parts) + "/?$")
+    return re.compile("^" + "".join(parts) + "/?$"), tuple(dict.fromkeys(params)), False
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Regex for a path pattern (see the module docstring); parameters are named groups."""
+    return _compile_path(pattern)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePattern:
+    """A route key parsed once: its methods, its path regex and its parameter names.
+
+    Every reader of route keys (route tables, the Django ``ROUTES`` setting, the gateway's
+    configuration and forwarder) goes through :meth:`parse`, so a key means the same everywhere.
+    """
+
+    key: str
+    methods: frozenset[str] | None
+    """Methods it applies to (``GET`` brings ``HEAD``); ``None``: any method."""
+    path: str
+    regex: re.Pattern[str]
+    params: tuple[str, ...]
+    """Names of its ``{name}`` / ``:name`` parameters, in order."""
+    rest: bool
+    """Whether it ends in ``/*`` (the prefix and everything below it)."""
+
+    @classmethod
+    def parse(cls, key: Any) -> RoutePattern:
+        """The pattern of ``"[METHODS ]PATH"``; :class:`ConfigurationError` if it is not one."""
+        methods, path = _parse_key(key)
+        regex, params, rest = _compile_path(path)
+        return cls(key, methods, path, regex, params, rest)
+
+    def allows(self, method: str) -> bool:
+        """Whether requests with ``method`` (upper case) can match."""
+        return self.methods is None or method in self.methods
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path parameters of a matching request (``"*"``: what ``/*`` took), or ``None``."""
+        if not self.allows(method.upper()):
+            return None
+        found = self.regex.match(path)
+        if found is None:
+            return None
+        params = {name: found.group(name) for name in self.params}
+        if self.rest:
+            params["*"] = found.group(REST_GROUP) or ""
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A request matched once: the route, the key that matched and the path parameters."""
+
+    route: Route
+    pattern: RoutePattern
+    params: Mapping[str, str]
+
+
+ROUTE_MATCH_KEY = "x402gate.route_match"
+"""ASGI scope key of the :class:`RouteMatch` of a request, for the apps behind the middleware."""
 
 
 def _sample_paths(pattern: str, param: str, glob: str) -> list[str]:
@@ -68,11 +150,24 @@ def _sample_paths(pattern: str, param: str, glob: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    key: str
-    methods: frozenset[str] | None
-    regex: re.Pattern[str]
+    pattern: RoutePattern
     route: Route | None  # None while only the key is checked (check_key_order)
-    path: str
+
+    @property
+    def key(self) -> str:
+        return self.pattern.key
+
+    @property
+    def methods(self) -> frozenset[str] | None:
+        return self.pattern.methods
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return self.pattern.regex
+
+    @property
+    def path(self) -> str:
+        return self.pattern.path
 
     def covers(self, other: _Entry) -> bool:
         """Whether every request ``other`` matches is matched by this entry."""
@@ -83,17 +178,28 @@ class _Entry:
         return all(self.regex.match(p) for p in _sample_paths(other.path, "{p}", "{g}"))
 
 
-def _parse_key(key: Any) -> tuple[frozenset[str] | None, str]:
-    """The methods (``None``: any) and the path pattern of a route key."""
+def split_route_key(key: Any) -> tuple[frozenset[str] | None, str]:
+    """The methods as written (``None``: any) and the target of ``"[METHODS ]TARGET"``.
+
+    The target is a path pattern for route tables; the Django ``ROUTES`` setting also takes
+    ``view:name`` targets. Methods are case-insensitive and returned in upper case.
+    """
     if not isinstance(key, str) or not key.strip():
         raise ConfigurationError(f"route key must be a string like 'GET /path': {key!r}")
     head, _, rest = key.strip().partition(" ")
     if not rest:
         return None, head
-    methods_text, path = head.upper(), rest.strip()
+    methods_text, target = head.upper(), rest.strip()
     if not _METHOD_RE.match(methods_text):
         raise ConfigurationError(f"bad HTTP method in route {key!r}")
-    named = frozenset(methods_text.split(","))
+    return frozenset(methods_text.split(",")), target
+
+
+def _parse_key(key: Any) -> tuple[frozenset[str] | None, str]:
+    """The methods (``None``: any) and the path pattern of a route key."""
+    named, path = split_route_key(key)
+    if named is None:
+        return None, path
     # Servers answer HEAD by running the GET handler: it must be paid for too.
     return (named | {"HEAD"} if "GET" in named else named), path
 
@@ -114,8 +220,7 @@ def shadowed_keys(keys: Iterable[str]) -> dict[str, str]:
     entries: list[_Entry] = []
     found = {}
     for key in keys:
-        methods, path = _parse_key(key)
-        entry = _Entry(key, methods, compile_pattern(path), None, path)
+        entry = _Entry(RoutePattern.parse(key), None)
         problem = _shadowing(entry, entries)
         if problem is not None:
             found[key] = problem
@@ -136,22 +241,35 @@ class RouteTable:
         self.gate = gate
         entries: list[_Entry] = []
         for key, spec in routes.items():
-            methods, path = _parse_key(key)
+            pattern = RoutePattern.parse(key)
             if isinstance(spec, Route):
                 route = spec
             elif isinstance(spec, Mapping):
+                check_route_options(spec, f"route {key!r}", also=("price",))
                 try:
                     route = gate.route(**spec)
                 except TypeError as exc:
                     raise ConfigurationError(f"route {key!r}: {exc}") from None
             else:
                 route = gate.route(spec)
-            entry = _Entry(key, methods, compile_pattern(path), route, path)
+            entry = _Entry(pattern, route)
             problem = _shadowing(entry, entries)
             if problem is not None:
                 raise ConfigurationError(problem)
             entries.append(entry)
         self._entries = tuple(entries)
+
+    def find(self, method: str, path: str) -> RouteMatch | None:
+        """The first entry matching this request, with its path parameters; ``None``: free."""
+        method = method.upper()
+        for entry in self._entries:
+            if not entry.pattern.allows(method):
+                continue
+            params = entry.pattern.match(method, path)
+            if params is not None:
+                assert entry.route is not None
+                return RouteMatch(entry.route, entry.pattern, params)
+        return None
 
     def match(self, method: str, path: str) -> Route | None:
         """The route for this request, or ``None`` when it is free."""

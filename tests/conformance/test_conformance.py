@@ -16,11 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.testing.clients import paying_httpx_client, paying_requests_session
-from x402gate.testing.payments import encode_payment, sign_exact_payment, sign_in_header
+from x402gate.testing.payments import (
+    decode_payment_required,
+    encode_payment,
+    sign_exact_payment,
+    sign_in_header,
+)
 
 pytestmark = pytest.mark.chain
 
@@ -102,7 +107,7 @@ async def _requirements(base_url: str, path: str = "/paid") -> Any:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.get(path)
     assert response.status_code == 402
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 async def test_unpaid_request_gets_the_402_challenge(
@@ -115,7 +120,7 @@ async def test_unpaid_request_gets_the_402_challenge(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     (req,) = required.accepts
     assert (req.amount, req.asset, req.pay_to, req.network) == (
         str(PRICE),
@@ -296,7 +301,11 @@ async def test_retry_with_the_same_payment_identifier_gets_the_stored_answer(
 
 
 async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next_call(
-    served: Any, test_token: Any, payer: Any, pay_to: str, chain: Any,
+    served: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    chain: Any,
     facilitator: DrainingFacilitator,
 ) -> None:
     from x402gate.credit import SESSION_HEADER
@@ -305,7 +314,9 @@ async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next
 
     base_url, calls, gate = served
     body = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30
+    ) as client:
         first = await client.post("/llm", json=body)
     assert first.status_code == 200, first.text
     assert first.content == b"".join(_llm.sse_chunks())  # the stream arrives intact
@@ -313,7 +324,9 @@ async def test_metered_stream_charges_the_tokens_used_and_credit_serves_the_next
     assert paid == 500_000  # the $0.50 top-up, settled on chain
     assert await gate.balance(payer.address) == paid - _llm.CHARGE
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
-        second = await plain.post("/llm", json=body, headers={SESSION_HEADER: first.headers[SESSION_HEADER]})
+        second = await plain.post(
+            "/llm", json=body, headers={SESSION_HEADER: first.headers[SESSION_HEADER]}
+        )
     assert second.status_code == 200 and "payment-response" not in second.headers
     assert second.content == first.content
     assert await gate.balance(payer.address) == paid - 2 * _llm.CHARGE
@@ -328,12 +341,18 @@ async def test_a_payer_can_query_its_credit(served: Any, test_token: Any, payer:
 
     base_url, _, _ = served
     body = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
-    async with paying_httpx_client(payer, asset=test_token, base_url=base_url, timeout=30) as client:
+    async with paying_httpx_client(
+        payer, asset=test_token, base_url=base_url, timeout=30
+    ) as client:
         first = await client.post("/llm", json=body)
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
         anonymous = await plain.get("/.well-known/x402/credit")
-        mine = await plain.get("/.well-known/x402/credit", headers={SESSION_HEADER: first.headers[SESSION_HEADER]})
-        forged = await plain.get("/.well-known/x402/credit", headers={SESSION_HEADER: "v1.e30.AAAA"})
+        mine = await plain.get(
+            "/.well-known/x402/credit", headers={SESSION_HEADER: first.headers[SESSION_HEADER]}
+        )
+        forged = await plain.get(
+            "/.well-known/x402/credit", headers={SESSION_HEADER: "v1.e30.AAAA"}
+        )
     assert anonymous.status_code == 401 and forged.status_code == 401
     assert mine.status_code == 200
     assert mine.json() == {
@@ -358,7 +377,7 @@ async def _challenge_info(base_url: str, headers: dict[str, str]) -> tuple[Any, 
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.post("/llm", json=LLM_BODY, headers=headers)
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.extensions is not None
     return required, dict(required.extensions["sign-in-with-x"]["info"])
 
@@ -380,12 +399,17 @@ async def test_a_sign_in_relayed_from_another_site_is_refused(
     required, info = await _challenge_info(base_url, spoofed)
     assert required.resource is not None and required.resource.url == f"{ORIGIN}/llm"
     assert (info["domain"], info["uri"], info["resources"]) == (
-        "api.conformance.test", f"{ORIGIN}/llm", [f"{ORIGIN}/llm"]
+        "api.conformance.test",
+        f"{ORIGIN}/llm",
+        [f"{ORIGIN}/llm"],
     )
     # So the victim's agent, on the attacker's site, signs fields naming that site; and a
     # signature of the real challenge with a reworded statement is no better.
-    evil = {"domain": "evil.example", "uri": "https://evil.example/llm",
-            "resources": ["https://evil.example/llm"]}
+    evil = {
+        "domain": "evil.example",
+        "uri": "https://evil.example/llm",
+        "resources": ["https://evil.example/llm"],
+    }
     attempts = {
         "invalid_siwx_domain": _sign_in(info, payer, **evil),
         "invalid_siwx_nonce": _sign_in(info, payer, statement="Sign in to evil.example."),
@@ -447,12 +471,12 @@ async def test_malformed_sign_in_session_and_payment_headers_get_a_coded_refusal
             assert response.json()["error"].startswith("invalid_siwx"), response.text
         for token in ("v2.\xe9\xe9.\xe9", "v2..", "v2." + "A" * 2000, "v1.e30.AAAA"):
             response = await client.post(
-                "/llm", json=LLM_BODY, headers=[("X402GATE-SESSION", token.encode("latin-1"))]
+                "/llm", json=LLM_BODY, headers=[(b"X402GATE-SESSION", token.encode("latin-1"))]
             )
             assert (response.status_code, response.json()["error"]) == (402, "payment_required")
-        for payment in ("e30=", raw({"x402Version": 2, "payload": []}), "\xff".encode("latin-1")):
+        for payment in ("e30=", raw({"x402Version": 2, "payload": []}), "\xff"):
             response = await client.post(
-                "/llm", json=LLM_BODY, headers=[("PAYMENT-SIGNATURE", payment)]
+                "/llm", json=LLM_BODY, headers=[(b"PAYMENT-SIGNATURE", payment.encode("latin-1"))]
             )
             assert response.status_code == 400, response.text
             assert response.json()["error"], response.text
@@ -474,6 +498,6 @@ async def test_forwarded_for_only_counts_from_trusted_proxies(served: Any) -> No
         direct = await client.get("/paid", headers=forwarded)
     assert seen == ["203.0.113.7", "127.0.0.1"]
     for response in (via_proxy, direct):
-        required = decode_payment_required_header(response.headers["payment-required"])
+        required = decode_payment_required(response.headers["payment-required"])
         assert required.resource is not None and required.resource.url == f"{ORIGIN}/paid"
     assert calls["paid"] == 0

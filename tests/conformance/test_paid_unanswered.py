@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import ChainReconciler, LocalFacilitator, PaymentGate
 from x402gate._runner import run_sync
@@ -27,7 +27,7 @@ from x402gate.credit import SESSION_HEADER
 from x402gate.facilitators import HTTPFacilitator
 from x402gate.testing.clients import paying_httpx_client, payment_recorder
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 from .test_conformance import ADAPTERS, ORIGIN, PRICE, _module
 
@@ -50,7 +50,7 @@ def closing(app: Any, gate: PaymentGate) -> Any:
 
     async def wrapped(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == CLOSE_PATH:
-            await gate.facilitator.aclose()  # type: ignore[attr-defined]
+            await gate.facilitator.aclose()
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -270,7 +270,7 @@ async def _requirements(base_url: str) -> Any:
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as plain:
         challenge = await plain.get("/paid")
     assert challenge.status_code == 402
-    return decode_payment_required_header(challenge.headers["payment-required"]).accepts[0]
+    return decode_payment_required(challenge.headers["payment-required"]).accepts[0]
 
 
 @pytest.mark.parametrize("other", ["recipient", "amount"])

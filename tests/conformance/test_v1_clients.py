@@ -26,11 +26,12 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import Asset, LocalFacilitator, PaymentGate
 from x402gate.testing.chain import LocalChain, TestToken
 from x402gate.testing.clients import paying_httpx_client
+from x402gate.testing.payments import decode_payment_required
 
 from .test_conformance import ADAPTERS, ORIGIN, PRICE, DrainingFacilitator, _module
 
@@ -210,7 +211,7 @@ def test_the_402_body_is_the_v1_document_and_the_header_stays_v2(
         "extra": {"name": "USDC", "version": "2"},
     }
     assert isinstance(terms["description"], str) and isinstance(terms["mimeType"], str)
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.x402_version == 2
     (v2,) = required.accepts
     assert (v2.network, v2.amount, v2.pay_to, v2.asset) == (
@@ -366,7 +367,7 @@ def _v1_header(payer: Any, base_url: str) -> dict[str, str]:
     from x402gate.testing.payments import sign_exact_payment
 
     challenge = httpx.get(f"{base_url}/paid", timeout=30)
-    requirements = decode_payment_required_header(challenge.headers["payment-required"]).accepts[0]
+    requirements = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
     signed = sign_exact_payment(payer, requirements)
     v1 = {"x402Version": 1, "scheme": "exact", "network": "base-sepolia", "payload": signed.payload}
     return {"X-PAYMENT": base64.b64encode(json.dumps(v1).encode()).decode()}

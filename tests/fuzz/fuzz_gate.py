@@ -70,9 +70,9 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     import x402.schemas
     from eth_account import Account
     from eth_account.messages import encode_defunct
-    from x402.http import decode_payment_required_header
 
     from x402gate import PaymentGate, _json
+    from x402gate._web.types import Message
     from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import Asset
     from x402gate.credit import SESSION_HEADER
@@ -82,8 +82,12 @@ with atheris.instrument_imports(include=["x402gate", "x402"]):
     from x402gate.pricing import MatchRules, ModelTable
     from x402gate.siwx import SIWX_HEADER, format_eip4361
     from x402gate.stores.base import credit_account
-    from x402gate.stores.memory import MemoryStore  # noqa: F401  (instrumented)
-    from x402gate.testing.payments import encode_payment, sign_exact_payment
+    from x402gate.stores.memory import MemoryStore
+    from x402gate.testing.payments import (
+        decode_payment_required,
+        encode_payment,
+        sign_exact_payment,
+    )
 
 import known
 from _harness import run
@@ -184,7 +188,7 @@ CHARGES: list[int] = []
 
 async def _on_event(event: Any) -> None:
     if event.kind == "charged":
-        CHARGES.append(event.status)
+        CHARGES.append(event.amount)
 
 
 GATE.on_event(_on_event)
@@ -240,7 +244,7 @@ async def call(
     headers: list[tuple[bytes, bytes]],
     body: bytes = b"",
     query: bytes = b"",
-) -> list[dict[str, Any]]:
+) -> list[Message]:
     """One request through the middleware; every message it sent."""
     scope = {
         "type": "http",
@@ -257,15 +261,15 @@ async def call(
         "server": ("127.0.0.1", 8000),
     }
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         if incoming:
             return incoming.pop(0)
         await asyncio.sleep(0)
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     await APP(scope, receive, send)
@@ -280,7 +284,7 @@ def call_wsgi(
     headers: list[tuple[bytes, bytes]],
     body: bytes = b"",
     query: bytes = b"",
-) -> list[dict[str, Any]]:
+) -> list[Message]:
     """The same request through the WSGI middleware, as a WSGI server hands it over (PEP 3333:
     ``HTTP_*`` keys, repeated headers joined, latin-1 strings); its answer as ASGI messages."""
     environ: dict[str, Any] = {
@@ -338,7 +342,7 @@ def _run(coro: Any) -> Any:
 def _requirements(path: str, method: str = "GET", body: bytes = b"") -> Any:
     sent = _run(call(method, path, [], body))
     headers = dict(sent[0]["headers"])
-    return decode_payment_required_header(headers[b"payment-required"].decode())
+    return decode_payment_required(headers[b"payment-required"].decode())
 
 
 FLAT = _requirements("/flat").accepts[0]
@@ -564,7 +568,9 @@ def forget_claims() -> None:
     claimed: the seeds' signed payments and sign-in answer (single-use) then reach past their
     claims each time, not only on their first run, and an input's outcome does not depend on
     the inputs before it."""
-    GATE.store._entries.clear()
+    store = GATE.store
+    assert isinstance(store, MemoryStore)
+    store._entries.clear()
 
 
 def check_one(data: bytes) -> None:

@@ -56,6 +56,7 @@ with atheris.instrument_imports(include=["x402gate", "h11"]):
     import h11  # noqa: F401  (instrumented: the gateway's HTTP/1.1 parser)
     import x402.schemas
 
+    from x402gate._web.types import Message
     from x402gate.credit import SESSION_HEADER
     from x402gate.gateway import Gateway, parse_config
     from x402gate.metering import (
@@ -272,7 +273,7 @@ CHARGES: list[int] = []
 
 async def _on_event(event: Any) -> None:
     if event.kind == "charged":
-        CHARGES.append(event.status)
+        CHARGES.append(event.amount)
 
 
 GATE.on_event(_on_event)
@@ -288,7 +289,7 @@ class Request:
         self.body = CHAT_BODY
 
 
-async def call_gateway(request: Request) -> list[dict[str, Any]]:
+async def call_gateway(request: Request) -> list[Message]:
     token = GATE.session_tokens.issue(PAYER, NETWORK, TOKEN, GATE.clock.now(), origin=ORIGIN)
     scope = {
         "type": "http",
@@ -311,7 +312,7 @@ async def call_gateway(request: Request) -> list[dict[str, Any]]:
     }
     incoming = [{"type": "http.request", "body": request.body, "more_body": False}]
     done = asyncio.Event()
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
     async def receive() -> dict[str, Any]:
         if incoming:
@@ -319,7 +320,7 @@ async def call_gateway(request: Request) -> list[dict[str, Any]]:
         await done.wait()  # the client stays until the answer is complete
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()

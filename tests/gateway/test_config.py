@@ -632,7 +632,8 @@ def test_decode_body_wraps_the_price_and_is_checked() -> None:
     )
     strategy = parse_config(text, source="gateway.yaml", env=ENV).routes[0].strategy
     assert isinstance(strategy, DecodedBody)
-    assert (strategy.encodings, strategy.forms, strategy.max_bytes) == ({"gzip"}, True, 1 << 20)
+    assert strategy.encodings == frozenset({"gzip"})
+    assert (strategy.forms, strategy.max_bytes) == (True, 1 << 20)
     assert isinstance(strategy.price, Flat)
     for bad in ("{encodings: [br]}", "{max_bytes: 0}", "{forms: yes}", "{zip: true}"):
         text = BASE.replace(*route(f"upstream: anthropic\nprice: $0.01\ndecode_body: {bad}"))

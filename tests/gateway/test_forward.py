@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("yaml")
 
+from x402gate._web.types import Message
 from x402gate.gateway import Gateway, parse_config
 from x402gate.gateway.forward import Upstream, capture_pattern
 from x402gate.gateway.redaction import RedactingFilter, Redactor
@@ -163,7 +164,7 @@ async def test_cookies_an_upstream_sets_are_never_sent_for_other_clients(llm: An
     }
     answers = []
     for _ in range(2):
-        sent: list[dict[str, Any]] = []
+        sent: list[Message] = []
         messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
 
         async def receive(messages: list[dict[str, Any]] = messages) -> dict[str, Any]:
@@ -172,7 +173,7 @@ async def test_cookies_an_upstream_sets_are_never_sent_for_other_clients(llm: An
             await asyncio.Event().wait()  # as a server does until the client goes away
             raise AssertionError("unreachable")
 
-        async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
+        async def send(message: Message, sent: list[Message] = sent) -> None:
             sent.append(message)
 
         await forwarder(scope, receive, send)

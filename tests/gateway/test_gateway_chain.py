@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
 
 from x402gate.credit import SESSION_HEADER
 from x402gate.metering import Usage
@@ -21,6 +20,7 @@ from x402gate.testing.fake_llm import (
     openai_completion,
     refusing_url,
 )
+from x402gate.testing.payments import decode_payment_required
 
 from .conftest import IN_PRICE, OUT_PRICE, UPSTREAM_KEY, GatewayFactory
 
@@ -47,7 +47,7 @@ async def quote(url: str, path: str, body: Any = None, method: str = "POST") -> 
     async with httpx.AsyncClient(base_url=url, timeout=30) as plain:
         response = await plain.request(method, path, json=body)
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return int(required.accepts[0].amount)
 
 
@@ -280,7 +280,9 @@ async def test_a_stream_the_upstream_breaks_off_is_cut_and_charged_what_it_repor
     # message_start reported the input; the output never came: charged at its worst case.
     inputs = anthropic_message(json.loads(raw), raw)["usage"]["input_tokens"]
     assert left == TOPUP - route.price.charge(Usage(input_tokens=inputs), request)
-    assert 0 < TOPUP - left <= route.price.quote(request)
+    quote = route.price.quote(request)
+    assert isinstance(quote, int)  # a token price quotes synchronously
+    assert 0 < TOPUP - left <= quote
 
 
 async def test_a_client_that_leaves_closes_the_upstream_stream(
@@ -356,7 +358,7 @@ async def test_a_relayed_sign_in_and_malformed_headers_reach_neither_credit_nor_
             async with httpx.AsyncClient(base_url=url, timeout=30) as plain:
                 answer = await plain.post("/v1/messages", json=body, headers=headers)
             assert answer.status_code == 402, answer.text
-            required = decode_payment_required_header(answer.headers["payment-required"])
+            required = decode_payment_required(answer.headers["payment-required"])
             assert required.extensions is not None
             return dict(required.extensions["sign-in-with-x"]["info"])
 

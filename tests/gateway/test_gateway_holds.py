@@ -84,6 +84,7 @@ def test_a_gateway_stream_longer_than_the_ttl_keeps_its_hold_and_is_charged(
             body=BODY,
         )
         quote = route.price.quote(info)
+        assert isinstance(quote, int)  # a token price quotes synchronously
         gate.store.credit_topup(account, quote, "ref-1", clock.now())
 
         def balance() -> tuple[int, int, int]:

@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
+
+from x402gate.testing.payments import decode_payment_required
 
 from .conftest import ROUTES, GatewayFactory
 
@@ -53,14 +54,14 @@ ROOM = TEN_MIB - 64  # what fits in the gateway's 10 MiB limit next to a short p
 
 def _price(response: httpx.Response) -> int:
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return int(required.accepts[0].amount)
 
 
 async def test_readings_an_upstream_would_differ_on_are_refused_and_not_forwarded(
     gateway: GatewayFactory, llm: Any
 ) -> None:
-    attacks = [
+    attacks: list[tuple[dict[str, Any], int, str]] = [
         ({"params": [("tier", "mini"), ("tier", "opus")]}, 400, "ambiguous_request"),
         ({"headers": [("x-tier", "mini"), ("x-tier", "opus")]}, 400, "ambiguous_request"),
         (

@@ -109,16 +109,35 @@ def test_forwarding_headers_count_only_from_trusted_proxies() -> None:
 
 def test_trust_proxy_headers_is_deprecated() -> None:
     import pytest
+    from x402.schemas import (
+        PaymentPayload,
+        PaymentRequirements,
+        SettleResponse,
+        SupportedResponse,
+        VerifyResponse,
+    )
 
     from x402gate import PaymentGate
+    from x402gate._web.types import Receive, Scope, Send
     from x402gate.asgi import PaymentMiddleware
     from x402gate.integrations.wsgi import PaymentMiddleware as WSGIMiddleware
 
     class Unused:
-        async def verify(self, *args: object) -> None:
+        async def verify(
+            self, payload: PaymentPayload, requirements: PaymentRequirements
+        ) -> VerifyResponse:
             raise AssertionError("not called")
 
-        settle = supported = verify
+        async def settle(
+            self, payload: PaymentPayload, requirements: PaymentRequirements
+        ) -> SettleResponse:
+            raise AssertionError("not called")
+
+        async def supported(self) -> SupportedResponse:
+            raise AssertionError("not called")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("not called")
 
     gate = PaymentGate(
         pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C", network="base",
@@ -126,7 +145,7 @@ def test_trust_proxy_headers_is_deprecated() -> None:
     )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         PaymentMiddleware(
-            lambda *a: None, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True
+            app, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True
         )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         WSGIMiddleware(lambda *a: [], gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)

@@ -67,7 +67,9 @@ def facilitator() -> Iterator[FacilitatorServer]:
 
 def flask_app(price: Any, gate: Any, runs: list[str], *, views_first: bool) -> Any:
     """A Flask app with a paid ``/stream`` view and the extension set up before or after it."""
-    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask")
+    import flask
+
     from x402gate.flask import X402Gate, require_payment
 
     app = flask.Flask(__name__)
@@ -125,7 +127,9 @@ def test_flask_decorated_view_that_is_valid_starts_and_charges(
 def test_flask_blueprint_view_is_checked_when_registered(
     facilitator: FacilitatorServer, tmp_path: Path
 ) -> None:
-    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask")
+    import flask
+
     from x402gate.flask import X402Gate, require_payment
 
     app = flask.Flask(__name__)
@@ -145,7 +149,9 @@ def test_flask_blueprint_view_is_checked_when_registered(
 
 
 def fastapi_app(price: Any, gate: Any, runs: list[str]) -> Any:
-    fastapi = pytest.importorskip("fastapi")
+    pytest.importorskip("fastapi")
+    import fastapi
+
     from x402gate.fastapi import install, require_payment
 
     api = fastapi.FastAPI()

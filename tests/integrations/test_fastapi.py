@@ -23,7 +23,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
 from x402gate import ConfigurationError, LocalFacilitator, Payment, PaymentGate
@@ -33,7 +33,7 @@ from x402gate.fastapi import install, require_payment
 from x402gate.request import RequestInfo
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 
@@ -215,7 +215,7 @@ async def challenge(base_url: str, path: str = "/paid") -> PaymentRequirements:
     async with httpx.AsyncClient(base_url=base_url) as client:
         response = await client.get(path)
     assert response.status_code == 402, response.text
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def header(payer: Any, requirements: PaymentRequirements) -> dict[str, str]:
@@ -234,7 +234,7 @@ async def test_unpaid_request_gets_a_402_the_official_client_understands(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None and required.resource.url == f"{served}/paid"
     assert required.resource.description == "The paid thing"
     (terms,) = required.accepts
@@ -597,7 +597,7 @@ async def test_resource_url_follows_proxy_headers_only_when_trusted(
     with serve_in_thread(app) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as client:
             response = await client.get("/paid", headers=forwarded)
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None
     # (uvicorn itself applies X-Forwarded-Proto from loopback peers; the host is x402gate's call)
     host = urlsplit(required.resource.url).netloc

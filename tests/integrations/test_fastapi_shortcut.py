@@ -17,13 +17,13 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
-from x402.http import decode_payment_required_header
 
 from x402gate import Payment, PaymentGate
 from x402gate.demo import serve_in_thread
 from x402gate.errors import ConfigurationError
 from x402gate.fastapi import RequirePayment, install, require_payment
 from x402gate.testing.clients import paying_httpx_client
+from x402gate.testing.payments import decode_payment_required
 
 pytestmark = pytest.mark.chain
 
@@ -98,9 +98,8 @@ async def test_repeated_unpaid_gets_get_the_same_402_without_reaching_fastapi(
             # Another URL of the same operation is learned on its own, with its own resource.
             other = await client.get("/items/b")
             assert (paid.calls, len(quotes)) == (2, 2)
-            required = decode_payment_required_header(other.headers["payment-required"])
-            resource = getattr(required, "resource", None)
-            assert resource is not None and resource.url.endswith("/items/b")
+            required = decode_payment_required(other.headers["payment-required"])
+            assert required.resource is not None and required.resource.url.endswith("/items/b")
             # An invalid payment header takes the full path: the dependency's 400, not a 402.
             bad = await client.get("/items/a", headers={"PAYMENT-SIGNATURE": "not-base64!"})
             assert (bad.status_code, paid.calls) == (400, 3)
@@ -246,9 +245,8 @@ async def test_included_routers_mounted_apps_and_middleware_get_the_cached_402(
                 assert {a.status_code for a in answers} == {402}
                 assert all(comparable(a) == comparable(answers[0]) for a in answers)
                 assert answers[0].headers["access-control-allow-origin"] == "https://app.example"
-                required = decode_payment_required_header(answers[0].headers["payment-required"])
-                resource = getattr(required, "resource", None)
-                assert resource is not None and resource.url.endswith(path)
+                required = decode_payment_required(answers[0].headers["payment-required"])
+                assert required.resource is not None and required.resource.url.endswith(path)
     assert [q.rsplit("/", 2)[-1] for q in quotes] == ["thing", "report"]  # once per URL
     assert seen == ["/api/v1/thing"] * 4 + ["/sub/report"] * 4
 

@@ -14,7 +14,7 @@ import inspect
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ flask = pytest.importorskip("flask")
 
 import requests  # noqa: E402
 from flask import Blueprint, Flask, Response, g, request, stream_with_context  # noqa: E402
-from x402.http import decode_payment_required_header, decode_payment_response_header  # noqa: E402
+from x402.http import decode_payment_response_header  # noqa: E402
 from x402.schemas import PaymentRequirements, SettleResponse  # noqa: E402
 
 from x402gate import ConfigurationError, LocalFacilitator, PaymentGate  # noqa: E402
@@ -35,7 +35,11 @@ from x402gate.flask import X402Gate, current_payment, gate_from_config, require_
 from x402gate.request import RequestInfo  # noqa: E402
 from x402gate.testing.clients import paying_requests_session  # noqa: E402
 from x402gate.testing.facilitator_server import FacilitatorServer  # noqa: E402
-from x402gate.testing.payments import encode_payment, sign_exact_payment  # noqa: E402
+from x402gate.testing.payments import (  # noqa: E402
+    decode_payment_required,
+    encode_payment,
+    sign_exact_payment,
+)
 from x402gate.testing.servers import serve_wsgi  # noqa: E402
 
 PRICE = 10_000  # $0.01 in USDC atomic units
@@ -162,7 +166,9 @@ def facilitator(chain: Any, facilitator_account: Any) -> LocalFacilitator:
 
 
 @pytest.fixture
-def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
+def make_gate(
+    test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[Callable[[Any], PaymentGate]]:
     gates: list[PaymentGate] = []
 
     def make(facilitator: Any) -> PaymentGate:
@@ -179,7 +185,7 @@ def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gate(make_gate: Any, facilitator: LocalFacilitator) -> PaymentGate:
+def gate(make_gate: Callable[[Any], PaymentGate], facilitator: LocalFacilitator) -> PaymentGate:
     return make_gate(facilitator)
 
 
@@ -190,7 +196,7 @@ def shop(test_token: Any, pay_to: str) -> Shop:
 
 def requirements_of(response: requests.Response) -> PaymentRequirements:
     assert response.status_code == 402, response.text
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def signed_header(payer: Any, url: str) -> dict[str, str]:
@@ -211,7 +217,7 @@ def test_unpaid_request_gets_a_402_with_terms(
         free = requests.get(f"{base_url}/free", timeout=30)
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == f"{base_url}/paid"
     assert required.resource.description == "Paid content"
@@ -359,7 +365,7 @@ def test_async_view_is_paid_like_a_sync_one(
 def test_price_reads_the_body_and_the_view_reads_it_too(
     gate: PaymentGate, shop: Shop, test_token: Any, payer: Any, pay_to: str
 ) -> None:
-    body = {"n": 3, "text": "é" * 50}
+    body: dict[str, Any] = {"n": 3, "text": "é" * 50}
     with serve_wsgi(shop.app(gate, max_body_bytes=1000)) as base_url:
         challenge = requests.post(f"{base_url}/echo", json=body, timeout=30)
         paid = paying_requests_session(payer, asset=test_token).post(f"{base_url}/echo", json=body)
@@ -557,3 +563,23 @@ def test_the_example_serves_and_takes_a_payment(local_chain: Any) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("paid /weather: 200")
+
+
+def test_an_unknown_settings_key_fails_at_start_up_with_a_suggestion() -> None:
+    app = Flask(__name__)
+    app.config.update(config(X402GATE_PAYTO=PAY_TO, X402GATE_PAY_TO=None))
+    with pytest.raises(ConfigurationError) as caught:
+        X402Gate(app)
+    message = str(caught.value)
+    assert "X402GATE_PAYTO is not a setting (did you mean 'X402GATE_PAY_TO'?)" in message
+    assert "X402GATE_PAY_TO is required" in message  # every problem at once
+    assert "x402gate" not in app.extensions
+
+
+def test_a_misspelt_route_option_in_settings_fails_at_start_up_with_a_suggestion() -> None:
+    app = Flask(__name__)
+    routes = {"GET /report": {"price": "$0.01", "setlement": "before"}}
+    app.config.update(config(X402GATE_ROUTES=routes))
+    expected = r"X402GATE_ROUTES.*'setlement' \(did you mean 'settlement'\?\)"
+    with pytest.raises(ConfigurationError, match=expected):
+        X402Gate(app)

@@ -233,7 +233,8 @@ def test_starlette_methods_and_depth_count(
 def test_fastapi_app_behind_the_middleware_is_checked_too(
     facilitator: FacilitatorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fastapi = pytest.importorskip("fastapi")
+    pytest.importorskip("fastapi")
+    import fastapi
     api = fastapi.FastAPI()
     runs = []
 
@@ -259,7 +260,8 @@ def test_fastapi_app_behind_the_middleware_is_checked_too(
 def test_flask_route_key_typo_is_an_error_when_the_middleware_is_built(
     facilitator: FacilitatorServer, tmp_path: Path
 ) -> None:
-    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask")
+    import flask
     app = flask.Flask(__name__)
 
     @app.get("/reports/<int:report_id>")
@@ -315,7 +317,9 @@ def test_facilitator_without_the_network_stops_the_start(tmp_path: Path) -> None
 def test_store_that_cannot_be_created_stops_the_start(
     facilitator: FacilitatorServer, tmp_path: Path
 ) -> None:
-    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask")
+    import flask
+
     from x402gate.flask import X402Gate
 
     missing = tmp_path / "no-such-dir" / "replay.db"
@@ -329,7 +333,9 @@ def test_store_that_cannot_be_created_stops_the_start(
 
 
 def test_flask_config_can_start_anyway(dead_url: str, tmp_path: Path) -> None:
-    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask")
+    import flask
+
     from x402gate.flask import X402Gate, require_payment
 
     settings = {
@@ -370,7 +376,9 @@ def test_flask_config_can_start_anyway(dead_url: str, tmp_path: Path) -> None:
 def test_fastapi_install_checks_at_the_lifespan_start(
     dead_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fastapi = pytest.importorskip("fastapi")
+    pytest.importorskip("fastapi")
+    import fastapi
+
     from x402gate.fastapi import install
 
     api = fastapi.FastAPI()

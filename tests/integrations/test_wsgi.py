@@ -13,14 +13,14 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements, SettleResponse
 
 from x402gate import LocalFacilitator, PaymentGate
@@ -30,7 +30,7 @@ from x402gate.integrations.wsgi import PaymentMiddleware
 from x402gate.request import RequestInfo
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 from x402gate.testing.servers import serve_wsgi
 
 pytestmark = pytest.mark.chain
@@ -64,9 +64,9 @@ class Shop:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         name = environ["PATH_INFO"].strip("/")
         self.calls[name] += 1
-        payment = environ.get("x402gate.payment")
         if name == "paid":
-            body = json.dumps({"content": "PAID-CONTENT", "payer": payment.payer}).encode()
+            payer = environ["x402gate.payment"].payer
+            body = json.dumps({"content": "PAID-CONTENT", "payer": payer}).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             tracked = Tracked([body])
             self.bodies.append(tracked)
@@ -155,7 +155,9 @@ def facilitator(chain: Any, facilitator_account: Any) -> LocalFacilitator:
 
 
 @pytest.fixture
-def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
+def make_gate(
+    test_token: Any, pay_to: str, tmp_path: Any
+) -> Iterator[Callable[[Any], PaymentGate]]:
     gates: list[PaymentGate] = []
 
     def make(facilitator: Any) -> PaymentGate:
@@ -172,7 +174,7 @@ def make_gate(test_token: Any, pay_to: str, tmp_path: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gate(make_gate: Any, facilitator: LocalFacilitator) -> PaymentGate:
+def gate(make_gate: Callable[[Any], PaymentGate], facilitator: LocalFacilitator) -> PaymentGate:
     return make_gate(facilitator)
 
 
@@ -183,7 +185,7 @@ def shop(test_token: Any, pay_to: str) -> Shop:
 
 def requirements_of(response: requests.Response) -> PaymentRequirements:
     assert response.status_code == 402, response.text
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def signed_header(payer: Any, base_url: str, path: str) -> dict[str, str]:
@@ -204,7 +206,7 @@ def test_unpaid_request_gets_a_402_with_terms_and_free_routes_pass(
     assert response.status_code == 402
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None and required.resource.url == f"{base_url}/paid"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
@@ -345,7 +347,7 @@ def test_facilitator_error_at_settlement_is_a_502_without_content(
 def test_price_reads_the_body_and_the_app_still_receives_it(
     gate: PaymentGate, shop: Shop, test_token: Any, payer: Any, pay_to: str
 ) -> None:
-    body = {"n": 3, "text": "é" * 50}
+    body: dict[str, Any] = {"n": 3, "text": "é" * 50}
     with serve_wsgi(paywall(gate, shop)) as base_url:
         challenge = requests.post(f"{base_url}/echo", json=body, timeout=30)
         paid = paying_requests_session(payer, asset=test_token).post(f"{base_url}/echo", json=body)
@@ -379,7 +381,7 @@ def test_forwarded_headers_set_the_resource_url_only_when_trusted(
     gate.trusted_proxies = TrustedProxies(["127.0.0.1"] if trust else [])
     with serve_wsgi(paywall(gate, shop)) as base_url:
         response = requests.get(f"{base_url}/paid", headers=forwarded, timeout=30)
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == expected.format(base_url=base_url)
 
@@ -461,7 +463,7 @@ def test_the_apps_iterable_is_closed_and_nothing_charged_when_it_fails(
     app = PaymentMiddleware(broken, gate=gate, routes={"GET /broken": "$0.01"})
     status, headers, _, _ = call(app, "/broken")
     assert status == "402 Payment Required"
-    terms = decode_payment_required_header(headers["payment-required"]).accepts[0]
+    terms = decode_payment_required(headers["payment-required"]).accepts[0]
     payload = sign_exact_payment(payer, terms)
     with pytest.raises(RuntimeError, match="before start_response"):
         call(app, "/broken", {"PAYMENT-SIGNATURE": encode_payment(payload)})
@@ -495,6 +497,6 @@ def test_a_utf8_path_is_matched_decoded_and_written_percent_encoded(gate: Paymen
     raw_path = "/files/café".encode().decode("latin-1")
     status, headers, _, _ = call(paywalled, raw_path)
     assert status == "402 Payment Required"
-    required = decode_payment_required_header(headers["payment-required"])
+    required = decode_payment_required(headers["payment-required"])
     assert required.resource is not None
     assert required.resource.url == "http://shop.test/files/caf%C3%A9"

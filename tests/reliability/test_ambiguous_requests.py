@@ -21,10 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
 
 from x402gate import MatchRules, PaymentGate
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 try:  # FastAPI resolves the handler's annotations in this module's namespace
     from fastapi import Request as FastAPIRequest
@@ -213,7 +212,7 @@ def served(
 
 def _price(response: httpx.Response) -> int:
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return int(required.accepts[0].amount)
 
 
@@ -297,7 +296,7 @@ async def test_a_payment_for_the_cheap_reading_buys_nothing_else(
     _, url, runs = served
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         challenge = await client.post("/chat", params={"tier": "mini"})
-        requirements = decode_payment_required_header(challenge.headers["payment-required"])
+        requirements = decode_payment_required(challenge.headers["payment-required"])
         payment = encode_payment(sign_exact_payment(payer, requirements.accepts[0]))
         attack = await client.post(
             "/chat",

@@ -16,10 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
 
 from x402gate.stores import open_store, replay_key
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 
 from ._support import UvicornProcess, app_env, handler_runs, payment_headers
 from .served_app import ENV_OWNER_GRACE, PAID_CONTENT, SLOW_CHUNKS, SLOW_INTERVAL
@@ -60,7 +59,7 @@ def test_a_retry_during_a_long_answer_is_a_replay_not_a_second_answer(
     ):
         challenge = client.get("/slow")
         assert challenge.status_code == 402
-        accepts = decode_payment_required_header(challenge.headers["payment-required"])
+        accepts = decode_payment_required(challenge.headers["payment-required"])
         payload = sign_exact_payment(payer, accepts.accepts[0])
         nonce = payload.payload["authorization"]["nonce"]
         key = replay_key("eip155:31337", test_token.address, payer.address, nonce)

@@ -19,13 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import PaymentGate
 from x402gate._runner import run_sync
 from x402gate.integrations.wsgi import PaymentMiddleware
 from x402gate.stores import replay_key
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 from x402gate.testing.servers import serve_wsgi
 
 from ._support import payment_headers
@@ -85,7 +85,7 @@ def test_an_answer_broken_off_after_settling_serves_the_retry_once(
         with serve_wsgi(app) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
             challenge = client.get("/report")
             assert challenge.status_code == 402
-            accepts = decode_payment_required_header(challenge.headers["payment-required"])
+            accepts = decode_payment_required(challenge.headers["payment-required"])
             payload = sign_exact_payment(payer, accepts.accepts[0])
             if payment_id is not None:
                 payload = _with_payment_id(payload, accepts.extensions, payment_id)

@@ -33,11 +33,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
-from x402.http import decode_payment_required_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.asgi import PaymentMiddleware
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 pytestmark = pytest.mark.chain
 
@@ -93,7 +92,7 @@ def _asgi_client(app: Any) -> httpx.AsyncClient:
 async def _requirements(app: Any) -> Any:
     async with _asgi_client(app) as client:
         response = await client.get("/paid")
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def _b64(data: bytes) -> str:
@@ -445,7 +444,7 @@ def _check_answer(shop: Shop, request: dict[str, Any], sent: list[dict[str, Any]
     assert shop.paid_runs == 0
     if status == 402:
         headers = dict(starts[0]["headers"])
-        required = decode_payment_required_header(headers[b"payment-required"].decode())
+        required = decode_payment_required(headers[b"payment-required"].decode())
         assert required.accepts and required.accepts[0].amount == str(PRICE)
 
 

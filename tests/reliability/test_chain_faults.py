@@ -32,13 +32,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from web3 import Web3
+from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.asgi import PaymentMiddleware
 from x402gate.stores import replay_key
 from x402gate.testing.chain import LocalChain, TestToken, load_token_artifact
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 
 from ._support import payment_headers, pending_nonce, transactions
 
@@ -95,7 +96,7 @@ class RpcRelay:
 
     def forward(self, body: bytes) -> bytes | None:
         target = urlsplit(self.target)
-        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        connection = http.client.HTTPConnection(target.netloc, timeout=10)
         try:
             connection.request("POST", "/", body, {"Content-Type": "application/json"})
             return connection.getresponse().read()
@@ -131,7 +132,7 @@ class Node:
     def token(self) -> TestToken:
         # A contract object bound to the current node (its port changes on every restart).
         contract = self.chain.w3.eth.contract(
-            address=self.token_address, abi=load_token_artifact()["abi"]
+            address=Web3.to_checksum_address(self.token_address), abi=load_token_artifact()["abi"]
         )
         return TestToken(self.chain, contract, name="USD Coin", symbol="USDC", version="2")
 
@@ -258,7 +259,7 @@ class Shop:
 
 async def _pay(client: httpx.AsyncClient, node: Node) -> tuple[Any, httpx.Response]:
     challenge = await client.get("/paid")
-    requirements = decode_payment_required_header(challenge.headers["payment-required"])
+    requirements = decode_payment_required(challenge.headers["payment-required"])
     payload = sign_exact_payment(node.payer, requirements.accepts[0])
     return payload, await client.get("/paid", headers=payment_headers(payload))
 

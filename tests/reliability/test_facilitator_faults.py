@@ -38,13 +38,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.asgi import PaymentMiddleware
 from x402gate.facilitators import HTTPFacilitator
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 
 from ._support import payment_headers, pending_nonce, transactions
 
@@ -148,7 +148,7 @@ def _client(app: Any) -> httpx.AsyncClient:
 async def _fresh_payment(client: httpx.AsyncClient, payer: Any) -> Any:
     challenge = await client.get("/paid")
     assert challenge.status_code == 402
-    required = decode_payment_required_header(challenge.headers["payment-required"])
+    required = decode_payment_required(challenge.headers["payment-required"])
     return sign_exact_payment(payer, required.accepts[0])
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate.credit import SESSION_HEADER
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 
 from ._support import UvicornProcess, app_env, handler_runs, payment_headers
 from .served_app import (
@@ -76,7 +76,7 @@ def test_a_process_killed_after_settling_serves_the_retry_once_after_restart(
         with httpx.Client(base_url=dying.url, timeout=60) as client:
             challenge = client.request(method, path, json=body)
             assert challenge.status_code == 402
-            accepts = decode_payment_required_header(challenge.headers["payment-required"])
+            accepts = decode_payment_required(challenge.headers["payment-required"])
             payload = sign_exact_payment(payer, accepts.accepts[0])
             with pytest.raises(httpx.TransportError):
                 client.request(method, path, json=body, headers=payment_headers(payload))
@@ -169,7 +169,7 @@ def test_a_process_killed_after_marking_used_before_the_body_serves_the_retry_on
         with httpx.Client(base_url=dying.url, timeout=60) as client:
             challenge = client.request(method, path, json=body)
             assert challenge.status_code == 402
-            accepts = decode_payment_required_header(challenge.headers["payment-required"])
+            accepts = decode_payment_required(challenge.headers["payment-required"])
             payload = sign_exact_payment(payer, accepts.accepts[0])
             if payment_id is not None:
                 # The killed request reserved the identifier: its record stays pending.

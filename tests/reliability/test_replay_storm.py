@@ -23,9 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
 
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 
 from ._support import (
     UvicornProcess,
@@ -83,7 +82,7 @@ async def test_two_hundred_concurrent_submissions_of_one_payment_are_served_and_
         async with httpx.AsyncClient(timeout=60) as probe:
             challenge = await probe.get(f"{urls[0]}/paid")
         assert challenge.status_code == 402
-        requirements = decode_payment_required_header(
+        requirements = decode_payment_required(
             challenge.headers["payment-required"]
         ).accepts[0]
         payload = sign_exact_payment(payer, requirements)

@@ -23,9 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from x402.http import decode_payment_required_header
 
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 
 from ._support import UvicornProcess, app_env, handler_runs, payment_headers, rss_kib
 from .served_app import PAID_CONTENT
@@ -130,7 +129,7 @@ async def test_sustained_mixed_load_has_no_errors_and_flat_memory(
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
             challenge = await client.get("/paid")
-            requirements = decode_payment_required_header(
+            requirements = decode_payment_required(
                 challenge.headers["payment-required"]
             ).accepts[0]
             load = Load(client, payer, requirements)

@@ -219,7 +219,7 @@ def test_a_backend_without_from_url_says_so(monkeypatch: pytest.MonkeyPatch) -> 
         def release(self, key: str, token: str) -> bool:
             raise NotImplementedError
 
-        def mark_used(self, key: str, token: str) -> bool:
+        def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
             raise NotImplementedError
 
         def state(self, key: str, now: float) -> str | None:

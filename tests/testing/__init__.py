@@ -114,13 +114,16 @@ def sign_authorization(
     """Sign ``TransferWithAuthorization`` (or ``ReceiveWithAuthorization``) per EIP-3009."""
     from eth_account.messages import encode_typed_data
 
+    sender = from_ or account.address
+    before = int(time.time()) + 3600 if valid_before is None else valid_before
+    nonce = nonce or random_nonce()
     message = {
-        "from": from_ or account.address,
+        "from": sender,
         "to": to,
         "value": value,
         "validAfter": valid_after,
-        "validBefore": int(time.time()) + 3600 if valid_before is None else valid_before,
-        "nonce": nonce or random_nonce(),
+        "validBefore": before,
+        "nonce": nonce,
     }
     typed = {
         "types": {"EIP712Domain": _DOMAIN_FIELDS, primary_type: _AUTHORIZATION_FIELDS},
@@ -130,12 +133,12 @@ def sign_authorization(
     }
     signed = account.sign_message(encode_typed_data(full_message=typed))
     return SignedAuthorization(
-        from_=message["from"],
+        from_=sender,
         to=to,
         value=value,
-        valid_after=message["validAfter"],
-        valid_before=message["validBefore"],
-        nonce=message["nonce"],
+        valid_after=valid_after,
+        valid_before=before,
+        nonce=nonce,
         v=signed.v,
         r=signed.r.to_bytes(32, "big"),
         s=signed.s.to_bytes(32, "big"),

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
     from x402 import PaymentRequirements, x402FacilitatorSync
 
+    from x402gate._web.types import Receive, Scope, Send
     from x402gate.testing import TestToken
 
 pytest_plugins = ["pytester"]
@@ -264,7 +265,7 @@ async def test_paying_httpx_client_pays_through_an_asgi_app(
     pay_to: str,
     paid_endpoint: Callable[[str | None], tuple[int, dict[str, str], bytes]],
 ) -> None:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         headers = {key.decode().lower(): value.decode() for key, value in scope["headers"]}
         status, extra, body = paid_endpoint(headers.get("payment-signature"))
         raw = [(key.lower().encode(), value.encode()) for key, value in extra.items()]

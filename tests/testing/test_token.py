@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from eth_typing import HexStr
 
 from x402gate.testing import load_token_artifact, x402_client_sync
 
@@ -52,8 +53,11 @@ def sdk_payment(
     payer: LocalAccount, token: TestToken, pay_to: str, amount: int = PRICE, **kwargs: Any
 ) -> tuple[PaymentPayload, PaymentRequirements]:
     """A payment signed by the official client for a requirement built with the SDK's models."""
+    from x402 import PaymentPayload
+
     offer, requirement = payment_required(token, pay_to, amount, **kwargs)
     payload = x402_client_sync(payer, asset=token).create_payment_payload(offer)
+    assert isinstance(payload, PaymentPayload)  # a v2 offer gets a v2 payload
     return payload, requirement
 
 
@@ -183,7 +187,7 @@ def test_official_client_payment_verifies_and_settles(
     assert test_token.authorization_state(payer.address, nonce)
     assert chain.tx_count(facilitator_account.address) == sent_before + 1
 
-    receipt = chain.w3.eth.get_transaction_receipt(settled.transaction)
+    receipt = chain.w3.eth.get_transaction_receipt(HexStr(settled.transaction))
     assert receipt["status"] == 1
     assert receipt["from"] == facilitator_account.address
     assert test_token.events(receipt, "AuthorizationUsed") == [
@@ -480,7 +484,7 @@ def test_contract_wallet_signs_with_eip1271(
 ) -> None:
     from eth_account import Account
     from eth_account.messages import encode_typed_data
-    from eth_utils import keccak
+    from eth_utils.crypto import keccak
 
     wallet = Account.create().address
     authorization = sign_authorization(

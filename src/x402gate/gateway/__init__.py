@@ -8,6 +8,8 @@ to its upstream with the upstream's credentials added. See ``docs/gateway.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import GatewayConfig, GatewayConfigError, Problem, load_config, parse_config
 
 __all__ = [
@@ -19,6 +21,9 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+if TYPE_CHECKING:  # imported on first use, below
+    from .app import Gateway, build_gateway
 
 
 def __getattr__(name: str) -> object:

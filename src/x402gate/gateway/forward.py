@@ -31,11 +31,11 @@ from urllib.parse import quote
 import httpx
 
 from .._web.types import Message, Receive, Scope, Send
+from ..routing import REST_GROUP, ROUTE_MATCH_KEY, RouteMatch, RoutePattern
 from ._client import ConnectionPool, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .config import HOP_BY_HOP, RoutePlan, UpstreamSpec
 
 if TYPE_CHECKING:
-    from ..gate import Route
     from ..routing import RouteTable
 
 __all__ = [
@@ -178,30 +178,13 @@ class Upstream:
             await pool.aclose()
 
 
-_SEGMENT_PARAM = re.compile(r"^(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|:([A-Za-z_][A-Za-z0-9_]*))$")
-_REST = "x402gate_rest"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*|\*)\}")
 
 
 def capture_pattern(key: str) -> re.Pattern[str]:
-    """The path pattern of a route key with named groups for its parameters (and ``{*}``).
-
-    It mirrors :func:`x402gate.routing.compile_pattern`, which decides *whether* a route
-    matches; this one only reads *what* matched, for path rewrites.
-    """
-    head, _, rest = key.strip().partition(" ")
-    pattern = rest.strip() if rest else head
-    segments = pattern.strip("/").split("/") if pattern != "/" else []
-    parts: list[str] = []
-    for index, segment in enumerate(segments):
-        if segment == "*" and index == len(segments) - 1:
-            return re.compile("^" + "".join(parts) + rf"(?:/(?P<{_REST}>.*))?$")
-        match = _SEGMENT_PARAM.match(segment)
-        if match:
-            parts.append(rf"/(?P<{match.group(1) or match.group(2)}>[^/]+)")
-        else:
-            parts.append("/" + r"[^/]*".join(re.escape(p) for p in segment.split("*")))
-    return re.compile("^" + "".join(parts) + "/?$")
+    """The path regex of a route key, its parameters as named groups (see
+    :class:`~x402gate.routing.RoutePattern`, which parses every route key)."""
+    return RoutePattern.parse(key).regex
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,23 +210,28 @@ class Target:
         object.__setattr__(self, "drop", drop)
         object.__setattr__(self, "added", added)
 
-    def raw_path(self, scope: Scope) -> bytes | None:
-        """The upstream path, percent-encoded; ``None`` when the rewrite cannot apply."""
+    def raw_path(self, scope: Scope, params: Mapping[str, str] | None = None) -> bytes | None:
+        """The upstream path, percent-encoded; ``None`` when the rewrite cannot apply.
+
+        ``params`` are the path parameters the route table found (``"*"``: the rest of a
+        ``/*`` key); without them the path is matched again."""
         if self.plan.path is None:
             raw = scope.get("raw_path")
             if raw:
                 return bytes(raw).split(b"?", 1)[0]
             return quote(scope["path"], safe="/:@!$&'()*+,;=-._~").encode("ascii")
-        assert self.capture is not None
-        match = self.capture.match(scope["path"])
-        if match is None:  # pragma: no cover - the route table matched this path
-            return None
-        values = match.groupdict()
+        values = params
+        if values is None:
+            assert self.capture is not None
+            match = self.capture.match(scope["path"])
+            if match is None:  # pragma: no cover - the route table matched this path
+                return None
+            values = {**match.groupdict(), "*": match.groupdict().get(REST_GROUP) or ""}
 
         def fill(placeholder: re.Match[str]) -> str:
             name = placeholder.group(1)
             if name == "*":
-                return quote(values.get(_REST) or "", safe="/")
+                return quote(values.get("*") or "", safe="/")
             return quote(values.get(name) or "", safe="")
 
         path = _PLACEHOLDER.sub(fill, self.plan.path)
@@ -302,8 +290,11 @@ class Forwarder:
                 await receive()  # websocket.connect
                 await send({"type": "websocket.close", "code": 1008})
             return
-        route: Route | None = self.table.match(scope["method"], scope["path"])
-        target = self.targets.get(id(route)) if route is not None else None
+        # The payment middleware leaves its match in the scope: the request is matched once.
+        found = scope.get(ROUTE_MATCH_KEY)
+        if not isinstance(found, RouteMatch):
+            found = self.table.find(scope["method"], scope["path"])
+        target = self.targets.get(id(found.route)) if found is not None else None
         if target is None:
             await send_problem(send, 404, "not_found", "no route of this gateway matches")
             return
@@ -315,7 +306,8 @@ class Forwarder:
         body = await _read_body(receive)
         if body is None:
             return  # the client left
-        raw_path = target.raw_path(scope)
+        assert found is not None
+        raw_path = target.raw_path(scope, found.params)
         if raw_path is None:  # pragma: no cover - see Target.raw_path
             await send_problem(send, 404, "not_found", "no route of this gateway matches")
             return

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, cast, get_args
 from weakref import WeakKeyDictionary
@@ -31,7 +31,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
-from ..assets import Asset, checksum_address, normalize_network, usdc
+from ..assets import Asset
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
 from ..gate import (
@@ -41,12 +41,10 @@ from ..gate import (
     PaymentSession,
     Route,
     Settlement,
-    StartupChecks,
 )
 from ..pricing import as_strategy
 from ..request import Headers, RequestInfo
-from ..stores import open_store
-from ..stores.registry import DEFAULT_STORE_URL
+from ..settings import gate_from_flask_config
 from ._common import (
     MeteredBody,
     meter_body,
@@ -66,106 +64,10 @@ _MARK = "__x402gate__"
 _RULE_PARAM = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 
 
-@contextlib.contextmanager
-def _setting(key: str) -> Iterator[None]:
-    # Whatever fails while reading a setting is reported under the setting's own name.
-    try:
-        yield
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{key}: {exc}") from exc
-
-
 def gate_from_config(config: Mapping[str, Any]) -> PaymentGate:
-    """A :class:`~x402gate.gate.PaymentGate` from ``X402GATE_*`` settings (``app.config``).
-
-    ``X402GATE_PAY_TO`` (address, or mapping network → address), ``X402GATE_FACILITATOR_URL``
-    (one URL or a list) and ``X402GATE_NETWORK`` (or ``X402GATE_ASSETS``, a list of
-    :class:`~x402gate.assets.Asset`) are required; ``X402GATE_STORE_URL`` defaults to
-    ``sqlite:///x402gate.db``, ``X402GATE_MAX_TIMEOUT_SECONDS`` to 300 and
-    ``X402GATE_STARTUP_CHECKS`` to ``"fail"`` (``"warn"`` or ``"off"`` start the app even when
-    a start-up check fails). ``X402GATE_RPC_URL`` names the chain node payers' balances are read
-    from (see ``rpc_url`` of :class:`~x402gate.gate.PaymentGate`) and
-    ``X402GATE_LIMIT_IN_FLIGHT`` (default true) bounds each payer's payments in flight by that
-    balance. A missing or invalid setting raises :class:`~x402gate.errors.ConfigurationError`
-    naming it.
-    """
-    from ..facilitators import HTTPFacilitator
-
-    def required(key: str) -> Any:
-        value = config.get(key)
-        if value is None or value == "":
-            raise ConfigurationError(f"{key} is not set (see the x402gate Flask docs)")
-        return value
-
-    with _setting("X402GATE_FACILITATOR_URL"):
-        facilitator = HTTPFacilitator(required("X402GATE_FACILITATOR_URL"))
-    if config.get("X402GATE_ASSETS"):
-        with _setting("X402GATE_ASSETS"):
-            raw = config["X402GATE_ASSETS"]
-            assets = (raw,) if isinstance(raw, Asset) else tuple(raw)
-            if not all(isinstance(a, Asset) for a in assets):
-                raise ConfigurationError("must be a list of x402gate.Asset")
-    else:
-        with _setting("X402GATE_NETWORK"):
-            assets = (usdc(required("X402GATE_NETWORK")),)
-    with _setting("X402GATE_PAY_TO"):
-        pay_to = _checked_pay_to(required("X402GATE_PAY_TO"), assets)
-    with _setting("X402GATE_STORE_URL"):
-        store = open_store(config.get("X402GATE_STORE_URL") or DEFAULT_STORE_URL)
-    try:
-        with _setting("X402GATE_STARTUP_CHECKS"):
-            checks: Any = config.get("X402GATE_STARTUP_CHECKS") or "fail"
-            if checks not in get_args(StartupChecks):
-                raise ConfigurationError(
-                    f"must be one of {', '.join(get_args(StartupChecks))}, not {checks!r}"
-                )
-        with _setting("X402GATE_MAX_TIMEOUT_SECONDS"):
-            timeout = PaymentGate._check_timeout(
-                _integer(config.get("X402GATE_MAX_TIMEOUT_SECONDS", 300))
-            )
-        with _setting("X402GATE_LIMIT_IN_FLIGHT"):
-            limit = config.get("X402GATE_LIMIT_IN_FLIGHT", True)
-            if not isinstance(limit, bool):
-                raise ConfigurationError("must be True or False")
-        with _setting("X402GATE_RPC_URL"):
-            # Everything else is checked by now: the gate can only refuse these.
-            return PaymentGate(
-                pay_to=pay_to,
-                assets=assets,
-                facilitator=facilitator,
-                store=store,
-                max_timeout_seconds=timeout,
-                limit_in_flight=limit,
-                rpc_url=config.get("X402GATE_RPC_URL") or None,
-                startup_checks=checks,
-            )
-    except ConfigurationError:
-        store.close()
-        raise
-
-
-def _integer(value: Any) -> int:
-    # Settings often come from the environment as strings: "300" is fine, "5m" is not.
-    try:
-        if isinstance(value, bool | float):
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"must be a whole number of seconds, not {value!r}") from None
-
-
-def _checked_pay_to(value: Any, assets: Sequence[Asset]) -> str | dict[str, str]:
-    mapping = (
-        {normalize_network(k): v for k, v in value.items()}
-        if isinstance(value, Mapping)
-        else {a.network: value for a in assets}
-    )
-    for asset in assets:
-        if asset.network not in mapping:
-            raise ConfigurationError(f"no address for network {asset.network}")
-        if int(checksum_address(mapping[asset.network]), 16) == 0:
-            raise ConfigurationError("must not be the zero address")
-    return dict(value) if isinstance(value, Mapping) else str(value)
+    """A :class:`~x402gate.gate.PaymentGate` from the ``X402GATE_*`` keys of ``app.config``
+    (see :func:`x402gate.settings.gate_from_flask_config`)."""
+    return gate_from_flask_config(config)
 
 
 @dataclass(frozen=True, slots=True)

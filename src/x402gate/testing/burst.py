@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .payments import encode_payment, sign_exact_payment
+from .payments import decode_payment_required, encode_payment, sign_exact_payment
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -62,18 +62,12 @@ async def requirements_of(
 ) -> PaymentRequirements:
     """The first payment requirements of the 402 the server answers an unpaid request with."""
     import httpx
-    from x402.http import decode_payment_required_header
 
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         response = await client.request(method, path, **request)
     if response.status_code != 402:
         raise AssertionError(f"expected a 402, got {response.status_code}: {response.text}")
-    from x402.schemas import PaymentRequirements
-
-    accepted = decode_payment_required_header(response.headers["payment-required"]).accepts[0]
-    if not isinstance(accepted, PaymentRequirements):
-        raise AssertionError("expected x402 v2 payment requirements")
-    return accepted
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 async def send_burst(

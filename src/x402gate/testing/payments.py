@@ -4,7 +4,8 @@ The official client always signs a well-formed, current authorization. Tests of 
 the others: expired, not yet valid, for another amount, recipient or token, with a broken
 signature. :func:`sign_exact_payment` builds a v2 ``PaymentPayload`` for given requirements with
 any field overridden, signed with eth-account's EIP-712 implementation (independent of the code
-under test); :func:`encode_payment` turns it into a ``PAYMENT-SIGNATURE`` header value.
+under test); :func:`encode_payment` turns it into a ``PAYMENT-SIGNATURE`` header value, and
+:func:`decode_payment_required` reads a 402's ``PAYMENT-REQUIRED`` header back as v2 terms.
 :func:`sign_in_header` answers a sign-in-with-x challenge the way a wallet does, with any field
 overridden (what a wallet shown a relayed or doctored challenge would sign).
 """
@@ -22,9 +23,9 @@ from ..assets import chain_id_of
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
-    from x402.schemas import PaymentPayload, PaymentRequirements
+    from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
-__all__ = ["encode_payment", "sign_exact_payment", "sign_in_header"]
+__all__ = ["decode_payment_required", "encode_payment", "sign_exact_payment", "sign_in_header"]
 
 
 def sign_exact_payment(
@@ -110,6 +111,21 @@ def encode_payment(payload: PaymentPayload) -> str:
     from ..protocol import b64json
 
     return b64json(payload.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def decode_payment_required(header_value: str) -> PaymentRequired:
+    """The v2 terms of a ``PAYMENT-REQUIRED`` header value.
+
+    The SDK's decoder also accepts a v1 body; a v1 challenge in that header is a server bug,
+    reported here as a failed assertion rather than a missing attribute further on.
+    """
+    from x402.http import decode_payment_required_header
+    from x402.schemas import PaymentRequired
+
+    required = decode_payment_required_header(header_value)
+    if not isinstance(required, PaymentRequired):
+        raise AssertionError(f"expected x402 v2 payment terms, got {type(required).__name__}")
+    return required
 
 
 def sign_in_header(

@@ -18,6 +18,8 @@ def strategy() -> PerToken:
 
 
 def sse_chunks() -> list[bytes]:
-    events = [{"choices": [{"delta": {"content": w}}]} for w in ("Hello", " there")]
+    events: list[dict[str, object]] = [
+        {"choices": [{"delta": {"content": w}}]} for w in ("Hello", " there")
+    ]
     events.append({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 40}})
     return [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]

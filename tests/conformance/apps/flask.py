@@ -11,9 +11,9 @@ from flask import Flask, Response
 
 from x402gate import PaymentGate
 from x402gate.flask import X402Gate, current_payment, require_payment
+from x402gate.testing.servers import serve_wsgi
 
 from . import _llm
-from x402gate.testing.servers import serve_wsgi
 
 NAME = "flask"
 CHUNKS = (b"chunk-0\n", b"chunk-1\n", b"chunk-2\n")

@@ -10,9 +10,9 @@ from typing import Any
 
 from x402gate import PaymentGate
 from x402gate.integrations.wsgi import PaymentMiddleware
+from x402gate.testing.servers import serve_wsgi
 
 from . import _llm
-from x402gate.testing.servers import serve_wsgi
 
 NAME = "wsgi"
 CHUNKS = (b"chunk-0\n", b"chunk-1\n", b"chunk-2\n")

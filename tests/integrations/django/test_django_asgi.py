@@ -15,12 +15,12 @@ import httpx
 import pytest
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.django import require_payment
 from x402gate.testing.clients import paying_httpx_client
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 from .conftest import django_server
 
@@ -45,13 +45,13 @@ class AsyncShop:
     def urls(self) -> list[Any]:
         def paid(request: HttpRequest) -> HttpResponse:  # a sync view, under ASGI
             self.calls["paid"] += 1
-            return JsonResponse({"content": "PAID-CONTENT", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "PAID-CONTENT", "payer": request.payment.payer})
 
         @require_payment("$0.02")
         async def fast(request: HttpRequest) -> HttpResponse:
             self.calls["fast"] += 1
             self.threads["fast"] = threading.current_thread().name
-            return JsonResponse({"content": "FAST", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "FAST", "payer": request.payment.payer})
 
         @require_payment("$0.01")
         async def boom(request: HttpRequest) -> HttpResponse:
@@ -96,7 +96,7 @@ async def test_sync_and_async_views_are_paid_under_asgi(
     async with httpx.AsyncClient(base_url=site, timeout=30) as raw:
         challenge = await raw.get(url_path)
     assert challenge.status_code == 402
-    required = decode_payment_required_header(challenge.headers["payment-required"])
+    required = decode_payment_required(challenge.headers["payment-required"])
     assert required.accepts[0].amount == str(price)
     async with paying_httpx_client(payer, asset=test_token, base_url=site, timeout=30) as client:
         response = await client.get(url_path)
@@ -124,7 +124,7 @@ async def test_an_async_view_that_raises_is_not_charged(
 ) -> None:
     async with httpx.AsyncClient(base_url=site, timeout=30) as raw:
         challenge = await raw.get("/boom")
-        terms = decode_payment_required_header(challenge.headers["payment-required"]).accepts[0]
+        terms = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
         header = {"PAYMENT-SIGNATURE": encode_payment(sign_exact_payment(payer, terms))}
         failed = await raw.get("/boom", headers=header)
         retried = await raw.get("/boom", headers=header)  # released: the same payment may retry

@@ -20,11 +20,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 
 from x402gate import PaymentGate
 from x402gate.django import require_payment
 from x402gate.testing.clients import paying_requests_session
+from x402gate.testing.payments import decode_payment_required
 
 from .conftest import django_server
 
@@ -113,7 +114,7 @@ def site(gate: PaymentGate) -> Iterator[str]:
 
 def amount(response: requests.Response) -> int:
     assert response.status_code == 402, response.text
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     return int(required.accepts[0].amount)
 
 

@@ -20,14 +20,14 @@ from django.test.utils import override_settings
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
-from x402.http import decode_payment_required_header, decode_payment_response_header
+from x402.http import decode_payment_response_header
 from x402.schemas import PaymentRequirements
 
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.django import require_payment
 from x402gate.testing.clients import paying_requests_session
 from x402gate.testing.facilitator_server import FacilitatorServer
-from x402gate.testing.payments import encode_payment, sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 from .conftest import django_server
 
@@ -50,7 +50,7 @@ class Shop:
 
     def _hit(self, name: str, request: HttpRequest) -> None:
         self.calls[name] += 1
-        self.payments.append(request.payment)  # type: ignore[attr-defined]
+        self.payments.append(request.payment)
 
     def _chunks(self, name: str) -> Iterator[bytes]:
         self.balance_at_content[name] = self.token.balance_of(self.pay_to)
@@ -59,7 +59,7 @@ class Shop:
     def urls(self) -> list[Any]:
         def paid(request: HttpRequest) -> HttpResponse:
             self._hit("paid", request)
-            payment = request.payment  # type: ignore[attr-defined]
+            payment = request.payment
             self.tx_at_view["paid"] = payment.transaction
             return JsonResponse(
                 {"content": "PAID-CONTENT", "payer": payment.payer, "amount": payment.amount}
@@ -76,23 +76,23 @@ class Shop:
         @require_payment("$0.01", settlement="before")
         def stream(request: HttpRequest) -> HttpResponse:
             self._hit("stream", request)
-            self.tx_at_view["stream"] = request.payment.transaction  # type: ignore[attr-defined]
+            self.tx_at_view["stream"] = request.payment.transaction
             return StreamingHttpResponse(self._chunks("stream"), content_type="text/plain")
 
         def stream_after(request: HttpRequest) -> HttpResponse:
             self._hit("stream-after", request)
-            self.tx_at_view["stream-after"] = request.payment.transaction  # type: ignore[attr-defined]
+            self.tx_at_view["stream-after"] = request.payment.transaction
             return StreamingHttpResponse(self._chunks("stream-after"), content_type="text/plain")
 
         @require_payment("$0.01")
         def cheap(request: HttpRequest) -> HttpResponse:
             self._hit("cheap", request)
-            return JsonResponse({"content": "CHEAP", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "CHEAP", "payer": request.payment.payer})
 
         @require_payment("$0.02", description="An async view")
         async def dear(request: HttpRequest) -> HttpResponse:
             self._hit("dear", request)
-            return JsonResponse({"content": "DEAR", "payer": request.payment.payer})  # type: ignore[attr-defined]
+            return JsonResponse({"content": "DEAR", "payer": request.payment.payer})
 
         @method_decorator(require_payment("$0.03"), name="get")
         class Forecast(View):
@@ -109,7 +109,7 @@ class Shop:
 
         def free(request: HttpRequest) -> HttpResponse:
             self.calls["free"] += 1
-            paid = request.payment is not None  # type: ignore[attr-defined]
+            paid = request.payment is not None
             return HttpResponse("paid?" if paid else "free", content_type="text/plain")
 
         return [
@@ -148,7 +148,7 @@ def site(shop: Shop, gate: PaymentGate) -> Iterator[str]:
 
 def requirements_of(response: requests.Response) -> PaymentRequirements:
     assert response.status_code == 402, response.text
-    return decode_payment_required_header(response.headers["payment-required"]).accepts[0]
+    return decode_payment_required(response.headers["payment-required"]).accepts[0]
 
 
 def signed_header(payer: Any, url: str) -> dict[str, str]:
@@ -170,7 +170,7 @@ def test_unpaid_request_gets_a_402_with_terms_and_free_views_pass(
     response = requests.get(f"{site}/paid", timeout=30)
     page = requests.get(f"{site}/paid", headers={"Accept": "text/html"}, timeout=30)
     free = requests.get(f"{site}/free", timeout=30)
-    required = decode_payment_required_header(response.headers["payment-required"])
+    required = decode_payment_required(response.headers["payment-required"])
     assert required.resource is not None and required.resource.url == f"{site}/paid"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
@@ -380,7 +380,7 @@ def test_resource_url_trusts_forwarded_host_only_when_django_does(
         proxied = requests.get(f"{site}/paid?q=1", headers=forwarded, timeout=30)
 
     def url(response: requests.Response) -> str:
-        resource = decode_payment_required_header(response.headers["payment-required"]).resource
+        resource = decode_payment_required(response.headers["payment-required"]).resource
         assert resource is not None
         return resource.url
 
@@ -403,7 +403,7 @@ def test_public_origin_and_trusted_proxies_from_the_settings(
     with django_server(shop.urls(), settings, USE_X_FORWARDED_HOST=True) as site:
         get_gate().on_event(lambda event: seen.append(event.request.client))
         response = requests.get(f"{site}/paid", headers=forwarded, timeout=30)
-    resource = decode_payment_required_header(response.headers["payment-required"]).resource
+    resource = decode_payment_required(response.headers["payment-required"]).resource
     # Even with Django told to believe X-Forwarded-Host, the payment terms name the configured
     # origin; the client is the entry the trusted proxy (the loopback peer here) appended.
     assert resource is not None and resource.url == "https://shop.example/paid"

@@ -33,13 +33,11 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from ...assets import Asset, checksum_address, normalize_network, usdc
 from ...errors import ConfigurationError
 from ...gate import PaymentGate
-from ...proxies import TrustedProxies
-from ...siwx import parse_public_origins
-from ...stores.registry import accepted_schemes, redact_url
-from .conf import GATE_KEYS, KNOWN_KEYS, build_gate, build_routes, conf
+from ...settings import GateSettings, SettingsError, read_django_setting
+from ...stores.registry import accepted_schemes
+from .conf import build_routes, conf
 
 # Middleware that stores answers: below PaymentMiddleware it sees a paid answer before the
 # middleware marks it private, stores it, and the cache then serves it to anyone.
@@ -66,119 +64,57 @@ class _NoFacilitator:
     settle = supported = verify
 
 
-def _check_pay_to(pay_to: Any) -> list[CheckMessage]:
-    if pay_to is None:
-        return [_error(1, "X402GATE['PAY_TO'] is required: the address that receives payments.")]
-    addresses = list(pay_to.values()) if isinstance(pay_to, Mapping) else [pay_to]
+# Each setting's check id; an unknown key and any other setting is E005.
+_IDS = {
+    "pay_to": 1,
+    "network": 2,
+    "assets": 2,
+    "routes": 3,
+    "facilitator": 4,
+    "facilitator_url": 4,
+    "facilitator_headers": 4,
+    "facilitator_timeout": 4,
+    "store_url": 6,
+    "gate": 7,
+}
+_HINTS = {
+    "store_url": f"Use one of {', '.join(s + '://' for s in accepted_schemes())}.",
+    "public_origin": "e.g. 'https://api.example.com'",
+    "trusted_proxies": "e.g. ['10.0.0.0/8']",
+}
+
+
+def _read_settings() -> tuple[GateSettings | None, list[CheckMessage]]:
+    """The settings, read by the same reader (and validators) the gate is built with."""
     try:
-        if isinstance(pay_to, Mapping):
-            for network in pay_to:
-                normalize_network(network)
-        for address in addresses:
-            if int(checksum_address(address), 16) == 0:
-                raise ConfigurationError("PAY_TO must not be the zero address")
-    except ConfigurationError as exc:
-        return [_error(1, f"X402GATE['PAY_TO'] is invalid: {exc}")]
-    return []
-
-
-def _check_assets() -> list[CheckMessage]:
-    try:
-        if conf.ASSETS is not None:
-            assets = conf.ASSETS if isinstance(conf.ASSETS, list | tuple) else [conf.ASSETS]
-            if not assets or not all(isinstance(a, Asset) for a in assets):
-                raise ConfigurationError("ASSETS must be one or more x402gate.Asset")
-        elif conf.NETWORK is None:
-            raise ConfigurationError("NETWORK (or ASSETS) is required, e.g. 'base'")
-        else:
-            usdc(conf.NETWORK)
-    except ConfigurationError as exc:
-        return [_error(2, f"X402GATE: {exc}")]
-    return []
-
-
-def _check_facilitator() -> list[CheckMessage]:
-    try:
-        if conf.FACILITATOR is not None:
-            if isinstance(conf.FACILITATOR, str):
-                import_string(conf.FACILITATOR)
-            return []
-        if not conf.FACILITATOR_URL:
-            raise ConfigurationError("FACILITATOR_URL (or FACILITATOR) is required")
-        from ...facilitators import HTTPFacilitator
-
-        HTTPFacilitator(conf.FACILITATOR_URL, timeout=conf.FACILITATOR_TIMEOUT)
-    except (ConfigurationError, ImportError) as exc:
-        return [_error(4, f"X402GATE: {exc}")]
-    return []
-
-
-def _check_store() -> list[CheckMessage]:
-    url = conf.STORE_URL
-    if isinstance(url, str) and url.partition("://")[0].lower() not in accepted_schemes():
-        return [
+        return read_django_setting(conf.raw), []
+    except SettingsError as exc:
+        errors = [
             _error(
-                6,
-                f"X402GATE['STORE_URL'] {redact_url(url)!r} has an unknown scheme.",
-                f"Use one of {', '.join(s + '://' for s in accepted_schemes())}.",
+                _IDS.get(problem.name or "", 5),
+                f"X402GATE: {problem}",
+                _HINTS.get(problem.name or "", _DOCS),
             )
+            for problem in exc.problems
         ]
-    return []
-
-
-def _check_options() -> list[CheckMessage]:
-    errors = []
-    timeout = conf.MAX_TIMEOUT_SECONDS
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 10 <= timeout <= 86_400:
-        errors.append(_error(5, "X402GATE['MAX_TIMEOUT_SECONDS'] must be an int from 10 to 86400."))
-    if conf.PUBLIC_ORIGIN is not None:
-        try:
-            parse_public_origins(conf.PUBLIC_ORIGIN, "PUBLIC_ORIGIN")
-        except ConfigurationError as exc:
-            errors.append(_error(5, f"X402GATE: {exc}", "e.g. 'https://api.example.com'"))
-    try:
-        TrustedProxies(conf.TRUSTED_PROXIES, setting="TRUSTED_PROXIES")
-    except ConfigurationError as exc:
-        errors.append(_error(5, f"X402GATE: {exc}", "e.g. ['10.0.0.0/8']"))
-    for key in ("VERIFY_WITH_FACILITATOR", "ALLOW_SMART_WALLETS", "LIMIT_IN_FLIGHT", "DISCOVERY"):
-        if not isinstance(getattr(conf, key), bool):
-            errors.append(_error(5, f"X402GATE[{key!r}] must be True or False."))
-    if conf.STARTUP_CHECKS not in ("fail", "warn", "off"):
-        errors.append(_error(5, "X402GATE['STARTUP_CHECKS'] must be 'fail', 'warn' or 'off'."))
-    return errors
-
-
-def _gate_for_checks() -> tuple[PaymentGate | None, list[CheckMessage]]:
-    if conf.GATE is not None:
-        try:
-            gate, _ = build_gate()
-        except (ConfigurationError, ImportError) as exc:
-            return None, [_error(7, f"X402GATE['GATE']: {exc}")]
-        return gate, []
-    errors = [
-        *_check_pay_to(conf.PAY_TO),
-        *_check_assets(),
-        *_check_facilitator(),
-        *_check_store(),
-    ]
-    if errors:
         return None, errors
-    try:
-        origins = parse_public_origins(conf.PUBLIC_ORIGIN) if conf.PUBLIC_ORIGIN else None
-        proxies = list(TrustedProxies(conf.TRUSTED_PROXIES).networks)
-    except ConfigurationError:  # reported as E005 by the option checks
-        origins, proxies = None, []
+
+
+def _gate_for_checks(checked: GateSettings) -> tuple[PaymentGate | None, list[CheckMessage]]:
+    if checked.gate is not None:
+        gate: PaymentGate = checked.gate
+        return gate, []
+    assert checked.pay_to is not None  # required without GATE
     try:
         gate = PaymentGate(
-            pay_to=conf.PAY_TO,
-            network=conf.NETWORK,
-            assets=conf.ASSETS,
+            pay_to=checked.pay_to,
+            assets=checked.assets,
             facilitator=_NoFacilitator(),
             store="memory://",
-            public_origin=origins,
-            trusted_proxies=[str(network) for network in proxies],
+            public_origin=checked.public_origin,
+            trusted_proxies=checked.trusted_proxies,
         )
-    except ConfigurationError as exc:  # e.g. a PAY_TO mapping without one of the networks
+    except ConfigurationError as exc:  # what the settings reader does not know of
         return None, [_error(1, f"X402GATE: {exc}")]
     return gate, []
 
@@ -290,32 +226,17 @@ def _check_memory_store(gate: PaymentGate | None) -> list[CheckMessage]:
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every ``x402gate.*`` check of ``settings.X402GATE``."""
-    raw = conf.raw
-    if not isinstance(raw, Mapping):
-        found = "missing" if raw is None else f"a {type(raw).__name__}"
-        errors = [_error(5, f"settings.X402GATE must be a dict; it is {found}.")]
-        return errors + _check_middleware()
-    known = f"Known keys: {', '.join(sorted(KNOWN_KEYS))}."
-    errors = [
-        _error(5, f"X402GATE has an unknown key {key!r}.", known)
-        for key in raw
-        if key not in KNOWN_KEYS
-    ]
-    conflicting = ", ".join(sorted(GATE_KEYS & set(raw)))
-    gate: PaymentGate | None
-    if conf.GATE is not None and conflicting:
-        errors.append(_error(7, f"X402GATE['GATE'] cannot be combined with {conflicting}."))
-        gate = None
-    else:
-        gate, gate_errors = _gate_for_checks()
-        errors += gate_errors
-    errors += _check_options()
+    checked, errors = _read_settings()
+    gate = None
+    if checked is not None:
+        gate, errors = _gate_for_checks(checked)
     if gate is not None:
         route_errors = _check_routes(gate)
         errors += route_errors or _check_route_keys(gate)
         errors += _check_decorated_views(gate)
     errors += _check_middleware()
-    errors += _check_memory_store(gate)
+    if isinstance(conf.raw, Mapping):
+        errors += _check_memory_store(gate)
     return errors
 
 

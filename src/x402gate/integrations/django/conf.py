@@ -23,11 +23,14 @@ Keys (see ``docs/django.md``)::
     }
 
 or ``{"GATE": a PaymentGate or "dotted.path.to.gate", "ROUTES": ..., "DISCOVERY": ...}``.
+
+The keys are those of :class:`x402gate.settings.GateSettings` in upper case (Flask writes them
+``X402GATE_PAY_TO``, the gateway file ``pay_to``); the gate and the system checks read them
+through :func:`x402gate.settings.read_django_setting`, so both report the same problems.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,12 +41,19 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.http import HttpRequest
 from django.urls import Resolver404, resolve
-from django.utils.module_loading import import_string
 
 from ..._runner import run_sync
 from ...errors import ConfigurationError
 from ...gate import PaymentGate, Route, StartupChecks
-from ...routing import RouteTable
+from ...options import check_route_options
+from ...routing import RouteTable, split_route_key
+from ...settings import (
+    GATE_FIELDS,
+    SETTING_NAMES,
+    SettingsError,
+    read_django_setting,
+)
+from ...settings import build_gate as build_gate_from
 from ...stores.registry import DEFAULT_STORE_URL
 
 __all__ = [
@@ -60,31 +70,13 @@ __all__ = [
     "reset",
 ]
 
-GATE_KEYS = frozenset(
-    {
-        "PAY_TO",
-        "NETWORK",
-        "ASSETS",
-        "FACILITATOR",
-        "FACILITATOR_URL",
-        "FACILITATOR_HEADERS",
-        "FACILITATOR_TIMEOUT",
-        "STORE_URL",
-        "MAX_TIMEOUT_SECONDS",
-        "VERIFY_WITH_FACILITATOR",
-        "ALLOW_SMART_WALLETS",
-        "PUBLIC_ORIGIN",
-        "TRUSTED_PROXIES",
-        "LIMIT_IN_FLIGHT",
-        "RPC_URL",
-    }
-)
+GATE_KEYS = frozenset(name.upper() for name in GATE_FIELDS)
 """Keys that describe the gate; they cannot be combined with ``GATE``."""
 
-KNOWN_KEYS = GATE_KEYS | {"GATE", "ROUTES", "DISCOVERY", "STARTUP_CHECKS"}
+KNOWN_KEYS = frozenset(name.upper() for name in SETTING_NAMES)
 
 _STARTUP_MODES = get_args(StartupChecks)
-_VIEW_KEY_RE = re.compile(r"^(?:(?P<methods>[A-Za-z]+(?:,[A-Za-z]+)*)\s+)?view:(?P<name>\S+)$")
+_VIEW = "view:"
 
 
 class Settings:
@@ -185,50 +177,13 @@ class Settings:
 conf = Settings()
 
 
-def _load(value: Any) -> Any:
-    # Dotted paths let settings name objects that must not be built at settings import time.
-    return import_string(value) if isinstance(value, str) else value
-
-
 def build_gate() -> tuple[PaymentGate, bool]:
-    """The gate the settings describe, and whether this module owns (and so closes) it."""
-    if conf.GATE is not None:
-        extra = sorted(GATE_KEYS & set(conf.raw))
-        if extra:
-            raise ConfigurationError(f"GATE cannot be combined with {', '.join(extra)}")
-        gate = _load(conf.GATE)
-        if not isinstance(gate, PaymentGate):
-            raise ConfigurationError(f"GATE must be a PaymentGate, not {type(gate).__name__}")
-        return gate, False
-    if conf.FACILITATOR is not None:
-        facilitator = _load(conf.FACILITATOR)
-    elif conf.FACILITATOR_URL:
-        from ...facilitators import HTTPFacilitator
+    """The gate the settings describe, and whether this module owns (and so closes) it.
 
-        facilitator = HTTPFacilitator(
-            conf.FACILITATOR_URL,
-            headers=_load(conf.FACILITATOR_HEADERS) if conf.FACILITATOR_HEADERS else None,
-            timeout=conf.FACILITATOR_TIMEOUT,
-        )
-    else:
-        raise ConfigurationError("FACILITATOR_URL (or FACILITATOR) is required")
-    if conf.PAY_TO is None:
-        raise ConfigurationError("PAY_TO is required")
-    gate = PaymentGate(
-        pay_to=conf.PAY_TO,
-        network=conf.NETWORK,
-        assets=conf.ASSETS,
-        facilitator=facilitator,
-        store=conf.STORE_URL,
-        max_timeout_seconds=conf.MAX_TIMEOUT_SECONDS,
-        verify_with_facilitator=conf.VERIFY_WITH_FACILITATOR,
-        allow_smart_wallets=conf.ALLOW_SMART_WALLETS,
-        public_origin=conf.PUBLIC_ORIGIN,
-        trusted_proxies=conf.TRUSTED_PROXIES,
-        limit_in_flight=conf.LIMIT_IN_FLIGHT,
-        rpc_url=conf.RPC_URL,
-    )
-    return gate, True
+    ``settings.X402GATE`` is read by :func:`x402gate.settings.read_django_setting`: a
+    :class:`~x402gate.settings.SettingsError` names every wrong key at once.
+    """
+    return build_gate_from(read_django_setting(conf.raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +201,7 @@ def _route(gate: PaymentGate, key: str, spec: Any) -> Route:
     if isinstance(spec, Route):
         return spec
     if isinstance(spec, Mapping):
+        check_route_options(spec, f"route {key!r}", also=("price",))
         try:
             return gate.route(**spec)
         except TypeError as exc:
@@ -260,13 +216,14 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
     paths: dict[str, Any] = {}
     views: list[ViewRoute] = []
     for key, spec in routes.items():
-        match = _VIEW_KEY_RE.match(key.strip()) if isinstance(key, str) else None
-        if match is None:
+        # The same key syntax as path keys, with a view: target (one parser for both).
+        methods, target = split_route_key(key)
+        name = target.removeprefix(_VIEW)
+        if name == target or not name or any(c.isspace() for c in name):
             paths[key] = spec
             continue
         route = _route(gate, key, spec)
-        methods = frozenset(match["methods"].upper().split(",")) if match["methods"] else None
-        views.append(ViewRoute(key, methods, match["name"], route))
+        views.append(ViewRoute(key, methods, name, route))
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 
 
@@ -335,9 +292,14 @@ def get_runtime() -> Runtime:
                 if gate is not None and owned:
                     gate.close()
                 # Every request fails until the settings are fixed: nothing is served free.
-                raise ImproperlyConfigured(f"X402GATE: {exc}") from exc
+                raise ImproperlyConfigured(_described(exc)) from exc
             _runtime = Runtime(gate, owned, table, views, bool(conf.DISCOVERY))
         return _runtime
+
+
+def _described(exc: Exception) -> str:
+    # A SettingsError already says where it comes from ("settings.X402GATE: ...").
+    return str(exc) if isinstance(exc, SettingsError) else f"X402GATE: {exc}"
 
 
 def check_at_startup() -> None:

@@ -1,0 +1,41 @@
+"""A gate's settings: one model that Flask config, Django settings and the gateway file share.
+
+::
+
+    settings = read_flask_config(app.config)     # SettingsError names every wrong key
+    gate, owned = build_gate(settings)
+"""
+
+from __future__ import annotations
+
+from .building import build_gate, build_route_table, gate_from_flask_config
+from .model import GATE_FIELDS, SETTING_NAMES, GateSettings
+from .reading import (
+    DJANGO,
+    FLASK,
+    YAML,
+    SettingProblem,
+    SettingsError,
+    Spelling,
+    read_django_setting,
+    read_flask_config,
+    read_settings,
+)
+
+__all__ = [
+    "DJANGO",
+    "FLASK",
+    "GATE_FIELDS",
+    "SETTING_NAMES",
+    "YAML",
+    "GateSettings",
+    "SettingProblem",
+    "SettingsError",
+    "Spelling",
+    "build_gate",
+    "build_route_table",
+    "gate_from_flask_config",
+    "read_django_setting",
+    "read_flask_config",
+    "read_settings",
+]
