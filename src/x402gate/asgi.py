@@ -51,7 +51,7 @@ from .errors import ConfigurationError, PaymentError
 from .flow import Answer, PaymentFlow
 from .gate import PaymentGate
 from .request import Headers
-from .routing import RouteTable, check_routes_exist
+from .routing import ROUTE_MATCH_KEY, RouteTable, check_routes_exist
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -134,8 +134,8 @@ class PaymentMiddleware:
             code, document = await self.gate.credit_status(headers)
             await send_json(send, code, document)
             return
-        route = self.routes.match(method, path)
-        if route is None:
+        found = self.routes.find(method, path)
+        if found is None:
             await self.app(scope, receive, send)
             return
         try:
@@ -152,7 +152,7 @@ class PaymentMiddleware:
             trust_proxy_headers=self.trust_proxy_headers,
             proxies=self.gate.trusted_proxies,
         )
-        flow = PaymentFlow(self.gate, route, info)
+        flow = PaymentFlow(self.gate, found.route, info)
         answer = flow.challenge() or await flow.begin()
         if answer is not None:
             await send_answer(send, answer)
@@ -160,6 +160,7 @@ class PaymentMiddleware:
         scope = dict(scope)
         scope["state"] = {**(scope.get("state") or {}), "payment": flow.payment}
         scope["x402gate.payment"] = flow.payment
+        scope[ROUTE_MATCH_KEY] = found  # matched once: the app behind reads it (the gateway)
         replayed = False
 
         async def replay() -> Message:
