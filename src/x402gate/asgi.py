@@ -44,7 +44,7 @@ from ._web.asgi import (
     send_json,
     too_large,
 )
-from ._web.common import framework_routes, route_table, warn_trust_proxy_headers
+from ._web.common import framework_routes, warn_trust_proxy_headers
 from ._web.types import ASGIApp, Message, Receive, Scope, Send
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
@@ -88,7 +88,7 @@ class PaymentMiddleware:
     ) -> None:
         self.app = app
         self.gate = gate
-        self.routes = route_table(gate, routes)
+        self.routes = routes if isinstance(routes, RouteTable) else RouteTable(gate, routes)
         self.max_body_bytes = max_body_bytes
         self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
         self.discovery = discovery
