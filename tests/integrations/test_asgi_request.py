@@ -140,13 +140,14 @@ def test_trust_proxy_headers_is_deprecated() -> None:
         raise AssertionError("not called")
 
     gate = PaymentGate(
-        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C", network="base",
-        facilitator=Unused(), store="memory://", startup_checks="off",
+        pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        network="base",
+        facilitator=Unused(),
+        store="memory://",
+        startup_checks="off",
     )
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
-        PaymentMiddleware(
-            app, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True
-        )
+        PaymentMiddleware(app, gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
     with pytest.warns(DeprecationWarning, match="trusted_proxies"):
         WSGIMiddleware(lambda *a: [], gate=gate, routes={"GET /paid": 1}, trust_proxy_headers=True)
     gate.close()
