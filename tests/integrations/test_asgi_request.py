@@ -155,16 +155,32 @@ def test_trust_proxy_headers_is_deprecated() -> None:
 
 def test_a_misspelt_route_option_fails_when_the_middleware_is_built() -> None:
     import pytest
+    from x402.schemas import (
+        PaymentPayload,
+        PaymentRequirements,
+        SettleResponse,
+        SupportedResponse,
+        VerifyResponse,
+    )
 
     from x402gate import PaymentGate
+    from x402gate._web.types import Receive, Scope, Send
     from x402gate.asgi import PaymentMiddleware
     from x402gate.errors import ConfigurationError
 
     class Unused:
-        async def verify(self, *args: object) -> None:
+        async def verify(
+            self, payload: PaymentPayload, requirements: PaymentRequirements
+        ) -> VerifyResponse:
             raise AssertionError("not called")
 
-        settle = supported = verify
+        async def settle(
+            self, payload: PaymentPayload, requirements: PaymentRequirements
+        ) -> SettleResponse:
+            raise AssertionError("not called")
+
+        async def supported(self) -> SupportedResponse:
+            raise AssertionError("not called")
 
     gate = PaymentGate(
         pay_to="0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
@@ -174,7 +190,7 @@ def test_a_misspelt_route_option_fails_when_the_middleware_is_built() -> None:
         startup_checks="off",
     )
 
-    async def app(scope: object, receive: object, send: object) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise AssertionError("not called")
 
     routes = {"GET /paid": {"price": "$0.01", "setlement": "before"}}
