@@ -27,11 +27,8 @@ messages to it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from ._web.asgi import (
-    DEFAULT_MAX_BODY,
     AnswerCut,
     BodyTooLarge,
     flow_send,
@@ -44,14 +41,14 @@ from ._web.asgi import (
     send_json,
     too_large,
 )
-from ._web.common import framework_routes, route_table, warn_trust_proxy_headers
+from ._web.common import framework_routes
+from ._web.middleware import DEFAULT_MAX_BODY, RouteTableMiddleware
 from ._web.types import ASGIApp, Message, Receive, Scope, Send
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
 from .flow import Answer, PaymentFlow
-from .gate import PaymentGate
 from .request import Headers
-from .routing import RouteTable, check_routes_exist
+from .routing import ROUTE_MATCH_KEY, check_routes_exist
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -64,36 +61,15 @@ __all__ = [
 logger = logging.getLogger("x402gate")
 
 
-class PaymentMiddleware:
+class PaymentMiddleware(RouteTableMiddleware[ASGIApp]):
     """ASGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
 
-    :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
-    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
-        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
-    :param discovery: answer ``GET /.well-known/x402`` with a document listing ``routes``.
-    :param check_at_startup: at the lifespan start-up, check ``routes`` against the app's own
-        routes and run the gate's start-up checks (see the module docstring).
+    Its options are those of :class:`~x402gate._web.middleware.RouteTableMiddleware`
+    (``gate``, ``routes``, ``max_body_bytes``, ``trust_proxy_headers``, ``discovery``,
+    ``check_at_startup``: at the lifespan start-up, see the module docstring).
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        gate: PaymentGate,
-        routes: Mapping[str, Any] | RouteTable,
-        max_body_bytes: int = DEFAULT_MAX_BODY,
-        trust_proxy_headers: bool = False,
-        discovery: bool = False,
-        check_at_startup: bool = True,
-    ) -> None:
-        self.app = app
-        self.gate = gate
-        self.routes = route_table(gate, routes)
-        self.max_body_bytes = max_body_bytes
-        self.trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
-        self.discovery = discovery
-        self.check_at_startup = check_at_startup
-        self._route_problem: str | None = None if check_at_startup else ""  # "": no problem
+    _route_problem: str | None = None  # "": the route keys were checked and hold
 
     def _check_routes(self) -> None:
         if self._route_problem is None:
@@ -119,7 +95,8 @@ class PaymentMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._route_problem != "" and not await self._routes_hold(scope, send):
+        problem = self.check_at_startup and self._route_problem != ""
+        if problem and not await self._routes_hold(scope, send):
             return
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == WELL_KNOWN_PATH and self.discovery:
@@ -134,8 +111,8 @@ class PaymentMiddleware:
             code, document = await self.gate.credit_status(headers)
             await send_json(send, code, document)
             return
-        route = self.routes.match(method, path)
-        if route is None:
+        found = self.routes.find(method, path)
+        if found is None:
             await self.app(scope, receive, send)
             return
         try:
@@ -152,7 +129,7 @@ class PaymentMiddleware:
             trust_proxy_headers=self.trust_proxy_headers,
             proxies=self.gate.trusted_proxies,
         )
-        flow = PaymentFlow(self.gate, route, info)
+        flow = PaymentFlow(self.gate, found.route, info)
         answer = flow.challenge() or await flow.begin()
         if answer is not None:
             await send_answer(send, answer)
@@ -160,6 +137,7 @@ class PaymentMiddleware:
         scope = dict(scope)
         scope["state"] = {**(scope.get("state") or {}), "payment": flow.payment}
         scope["x402gate.payment"] = flow.payment
+        scope[ROUTE_MATCH_KEY] = found  # matched once: the app behind reads it (the gateway)
         replayed = False
 
         async def replay() -> Message:

@@ -11,23 +11,16 @@
     async def weather(payment: Annotated[Payment, Depends(require_payment("$0.01"))]) -> dict:
         return {"forecast": "sunny", "paid_by": payment.payer}
 
-FastAPI offers no point between the endpoint's return and the first byte sent where a dependency
-could act on the status. So :class:`RequirePayment` begins the request's
-:class:`~x402gate.flow.PaymentFlow` (price, verify, claim; settles too with policy ``before``)
-and leaves it in a per-request slot that :func:`install`'s layer put in the scope; the layer
-hands the endpoint's answer to the flow (``http.response.start`` is held until the payment is
-settled, and a failed settlement answers the 402 with none of the endpoint's content). Without
-the layer, the dependency refuses to serve.
-
-An unpaid request on a flat-priced route gets the gate's cached 402 from the dependency before
-its body is read: FastAPI's own routing and dependency order decide who answers (an
-authentication dependency declared first keeps its say), and no FastAPI internals are read.
-Importing this module without FastAPI raises an ``ImportError`` saying what to install.
+:class:`RequirePayment` begins the request's :class:`~x402gate.flow.PaymentFlow` (FastAPI has no
+hook between an endpoint's return and its first byte) and leaves it in a per-request slot;
+:func:`install`'s pure ASGI layer hands the endpoint's answer to that flow, holding
+``http.response.start`` until the payment is settled. Unpaid requests get the gate's cached 402
+from the layer when public routing API (``Route.matches``) proves the payment dependency decides
+first, else from the dependency before the body is read (see ``docs/fastapi.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
 try:
@@ -38,18 +31,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ._web import operations
-from ._web.asgi import (
-    DEFAULT_MAX_BODY,
-    FlowSlot,
-    lifespan_with_checks,
-    request_info_from_scope,
-    run_with_slot,
-    too_large,
-)
+from ._web.asgi import DEFAULT_MAX_BODY, FlowSlot, request_info_from_scope, too_large
 from ._web.common import route_refused, warn_trust_proxy_headers
-from ._web.types import ASGIApp, Receive, Scope, Send
+from ._web.operations import SLOT, Settings, SettlementLayer
+from ._web.types import Scope
 from .errors import ConfigurationError
-from .flow import PaymentFlow
+from .flow import Answer, PaymentFlow
 from .gate import Payment, PaymentGate, Route, Settlement
 from .options import check_route_options
 from .pricing import as_strategy
@@ -60,45 +47,6 @@ if TYPE_CHECKING:
     from .options import RouteOptions
 
 __all__ = ["Payment", "RequirePayment", "install", "paid_operations", "require_payment"]
-
-_SLOT = "x402gate.fastapi"
-
-
-@dataclass(slots=True)
-class _Settings:
-    gate: PaymentGate
-    trust_proxy_headers: bool
-    max_body_bytes: int
-    app: Any = None
-
-
-class _SettlementLayer:
-    """Pure ASGI: the endpoint's answer goes through the payment flow its dependency began."""
-
-    def __init__(self, app: ASGIApp, settings: _Settings) -> None:
-        self.app = app
-        self.settings = settings
-
-    async def check_startup(self) -> None:
-        """The route of every paid operation, built on the gate it charges through (a route
-        option that gate refuses stops the start, naming the operation), then the start-up
-        checks of the app's gate and of every gate a paid operation names."""
-        settings = self.settings
-        gates = [settings.gate]
-        if settings.app is not None:
-            gates = operations.check_operations(settings.app, settings.gate, RequirePayment)
-        for gate in gates:
-            await gate.check_startup()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
-            return
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        scope[_SLOT] = slot = FlowSlot(self.settings)
-        await run_with_slot(self.app, scope, receive, send, slot)
 
 
 class RequirePayment:
@@ -128,8 +76,21 @@ class RequirePayment:
             cached = self._routes[id(gate)] = (gate, gate.route(self.price, **self.options))
         return cached[1]
 
+    def _flow(self, scope: Scope, settings: Settings) -> PaymentFlow:
+        gate = self.gate or settings.gate
+        trust, proxies = settings.trust_proxy_headers, gate.trusted_proxies
+        info = request_info_from_scope(scope, b"", trust_proxy_headers=trust, proxies=proxies)
+        return PaymentFlow(gate, self.route_for(gate), info)
+
+    def challenge(self, scope: Scope, settings: Settings) -> Answer | None:
+        """The gate's cached 402 for an unpaid request of ``scope``, or ``None``."""
+        try:
+            return self._flow(scope, settings).challenge()
+        except ConfigurationError:
+            return None  # the full path answers it (see route_refused)
+
     async def __call__(self, request: Request) -> Payment:
-        slot = request.scope.get(_SLOT)
+        slot = request.scope.get(SLOT)
         if not isinstance(slot, FlowSlot):
             # Fail closed: without the layer nothing would hold the response until settled.
             raise ConfigurationError(
@@ -141,25 +102,18 @@ class RequirePayment:
                 "two different require_payment() dependencies on one route, but a request "
                 "carries one payment: reuse one instance (Depends caches it per request)"
             )
-        settings: _Settings = slot.settings
-        gate = self.gate or settings.gate
+        settings: Settings = slot.settings
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            raise too_large()
         try:
-            route = self.route_for(gate)
+            flow = self._flow(request.scope, settings)
         except ConfigurationError as exc:  # only when the server ran no lifespan start-up
             operation = request.scope.get("route")
             where = getattr(operation, "path_format", None) or operations.endpoint_name(operation)
             raise route_refused(f"require_payment() on {where}", exc) from exc
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > settings.max_body_bytes:
-            raise too_large()
-        info = request_info_from_scope(
-            request.scope,
-            b"",
-            trust_proxy_headers=settings.trust_proxy_headers,
-            proxies=gate.trusted_proxies,
-        )
+        info = flow.request
         info.native = request
-        flow = PaymentFlow(gate, route, info)
         answer = flow.challenge()  # unpaid: the cached 402, before the body is read
         if answer is None:
             info.body = await request.body()  # kept by Starlette: the endpoint reads it again
@@ -216,6 +170,8 @@ def install(
     if getattr(app.state, "x402gate", None) is not None:
         raise ConfigurationError("x402gate is already installed on this app")
     trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
-    app.state.x402gate = settings = _Settings(gate, trust_proxy_headers, max_body_bytes, app)
-    app.add_middleware(_SettlementLayer, settings=settings)
+    app.state.x402gate = settings = Settings(
+        gate, trust_proxy_headers, max_body_bytes, app, RequirePayment
+    )
+    app.add_middleware(SettlementLayer, settings=settings)
     operations.add_routes_and_documents(app, gate, RequirePayment, trust_proxy_headers, discovery)

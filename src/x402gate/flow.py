@@ -33,13 +33,15 @@ metered nor kept for retries, never touch it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._runner import run_sync
-from ._web.common import paid_response_headers, render_error
-from .errors import PaymentError
+from ._web.common import paid_response_headers, render_error, wants_html
+from .errors import PaymentError, StoredAnswer
+from .protocol import PAYMENT_REQUIRED
 from .stores.base import MAX_KEPT_BODY_BYTES
 
 if TYPE_CHECKING:
@@ -68,9 +70,32 @@ class Answer:
 
     @classmethod
     def from_error(cls, error: PaymentError, accept: str | None = None) -> Answer:
-        """The answer for ``error``: JSON, or an HTML page for a browser (``accept``)."""
+        """The answer for ``error``: JSON, or an HTML page for a browser (``accept``).
+
+        The 402 of an unpaid request is the same for every client of a URL (its terms are in
+        its ``PAYMENT-REQUIRED`` header): it is rendered once and kept (a few hundred URLs)."""
+        key = None
+        if error.code == "payment_required" and not isinstance(error, StoredAnswer):
+            terms = error.headers.get(PAYMENT_REQUIRED)
+            if terms is not None:
+                key = (terms, error.message, wants_html(accept))
+                kept = _rendered.get(key)
+                if kept is not None:
+                    # Its own headers list (servers may add to it) and this error (an
+                    # exception object raised again and again would keep every traceback).
+                    return cls(kept.status, list(kept.headers), kept.body, error)
         status, headers, body = render_error(error, accept)
+        if key is not None:
+            if len(_rendered) >= _RENDERED_SIZE:
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):  # threads
+                    del _rendered[next(iter(_rendered))]
+            _rendered[key] = cls(status, list(headers), body)
         return cls(status, headers, body, error)
+
+
+_RENDERED_SIZE = 256
+_rendered: dict[tuple[str, str, bool], Answer] = {}
+"""Rendered 402 challenges, by terms, message and HTML-or-JSON; oldest out first."""
 
 
 class PaymentFlow:

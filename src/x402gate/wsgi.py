@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Unpack
 
 from ._web.body import close_iterable
-from ._web.common import framework_routes, render_error, route_table, warn_trust_proxy_headers
-from ._web.middleware import MiddlewareOptions, middleware_options
+from ._web.common import framework_routes, render_error
+from ._web.middleware import MiddlewareOptions, RouteTableMiddleware
 from ._web.types import StartResponse, WSGIApp, WSGIEnviron
 from ._web.wsgi import (
     DEFAULT_MAX_BODY,
@@ -71,19 +71,16 @@ def _json(start_response: StartResponse, code: int, document: Any, **headers: st
     return [body]
 
 
-class PaymentMiddleware:
+class PaymentMiddleware(RouteTableMiddleware[WSGIApp]):
     """WSGI middleware that charges for the routes in ``routes`` (see :mod:`x402gate.routing`).
 
-    :param max_body_bytes: largest request body read for pricing on a paid route (413 above;
-        default 1 MiB).
-    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
-        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
-    :param discovery: serve ``GET /.well-known/x402`` listing the paid routes.
-    :param check_at_startup: when the middleware is built, check that every key of ``routes``
-        matches a route of the app (when it lists them: Flask's ``url_map``, so wrap the app
-        after its routes are registered) and run the gate's start-up checks
-        (:meth:`~x402gate.gate.PaymentGate.check_startup`); a failure raises
-        :class:`~x402gate.errors.ConfigurationError`.
+    Its options are those of :class:`~x402gate._web.middleware.RouteTableMiddleware`
+    (``gate``, ``routes``, ``max_body_bytes``, ``trust_proxy_headers``, ``discovery``,
+    ``check_at_startup``). WSGI has no start-up event, so ``check_at_startup`` runs when the
+    middleware is built: every key of ``routes`` must match a route of the app (when it lists
+    them: Flask's ``url_map``, so wrap the app after its routes are registered) and the gate's
+    start-up checks (:meth:`~x402gate.gate.PaymentGate.check_startup`) must pass; a failure
+    raises :class:`~x402gate.errors.ConfigurationError`.
     """
 
     def __init__(
@@ -95,13 +92,10 @@ class PaymentMiddleware:
         check_at_startup: bool = True,
         **options: Unpack[MiddlewareOptions],
     ) -> None:
-        settings = middleware_options(options, "PaymentMiddleware")
-        self.app, self.gate, self.discovery = app, gate, settings.discovery
-        self.routes = route_table(gate, routes)
-        self.max_body_bytes = settings.max_body_bytes
-        self.trust_proxy_headers = warn_trust_proxy_headers(settings.trust_proxy_headers)
+        super().__init__(
+            app, gate=gate, routes=routes, check_at_startup=check_at_startup, **options
+        )
         if check_at_startup:
-            # WSGI has no start-up event: the middleware is built when the app is.
             found = framework_routes(app)
             if found is not None:
                 check_routes_exist(self.routes, *found)

@@ -161,6 +161,7 @@ def test_a_misspelt_route_option_fails_when_the_middleware_is_built() -> None:
     import pytest
 
     from x402gate import PaymentGate
+    from x402gate._web.types import Receive, Scope, Send
     from x402gate.asgi import PaymentMiddleware
     from x402gate.errors import ConfigurationError
 
@@ -172,7 +173,7 @@ def test_a_misspelt_route_option_fails_when_the_middleware_is_built() -> None:
         startup_checks="off",
     )
 
-    async def app(scope: object, receive: object, send: object) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         raise AssertionError("not called")
 
     routes = {"GET /paid": {"price": "$0.01", "setlement": "before"}}

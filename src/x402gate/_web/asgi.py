@@ -19,6 +19,7 @@ from ..flow import Answer
 from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..siwx import split_url
+from .middleware import DEFAULT_MAX_BODY
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -41,9 +42,6 @@ __all__ = [
     "send_json",
     "too_large",
 ]
-
-DEFAULT_MAX_BODY = 1 << 20
-"""The largest request body read for pricing on a paid route, unless configured (413 above)."""
 
 _NO_PROXIES = TrustedProxies()
 logger = logging.getLogger("x402gate")

@@ -8,16 +8,14 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import (
+    Iterable,
+)
+from typing import Any
 
 from ..errors import ConfigurationError, PaymentError, StoredAnswer
-from ..options import check_route_options
 from ..protocol import EXPOSED_HEADERS
-from ..routing import AppRoute, RouteTable
-
-if TYPE_CHECKING:
-    from ..gate import PaymentGate
+from ..routing import AppRoute
 
 __all__ = [
     "AppRoutes",
@@ -25,7 +23,6 @@ __all__ = [
     "paid_response_headers",
     "render_error",
     "route_refused",
-    "route_table",
     "wants_html",
     "warn_trust_proxy_headers",
 ]
@@ -217,15 +214,3 @@ def _starlette_routes(routes: Iterable[Any]) -> list[AppRoute]:
             )
         )
     return found
-
-
-def route_table(gate: PaymentGate, routes: Mapping[str, Any] | RouteTable) -> RouteTable:
-    """The route table of a middleware, from ``routes`` as given: a route whose options are a
-    mapping (``{"price": ..., "settlement": ...}``) has their names checked first, so a misspelt
-    one stops the start naming it."""
-    if isinstance(routes, RouteTable):
-        return routes
-    for key, spec in routes.items() if isinstance(routes, Mapping) else ():
-        if isinstance(spec, Mapping):
-            check_route_options(spec, f"route {key!r}", also=("price",))
-    return RouteTable(gate, routes)

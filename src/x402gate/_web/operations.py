@@ -12,18 +12,22 @@ Internal: nothing here is public API.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
-from .asgi import public_origin
-from .common import render_error
+from ..flow import Answer
+from .asgi import FlowSlot, lifespan_with_checks, public_origin, run_with_slot, send_answer
 from .openapi import document_paid_operation
+from .types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from fastapi.dependencies.models import Dependant
@@ -31,11 +35,15 @@ if TYPE_CHECKING:
     from ..gate import PaymentGate, Route
 
 __all__ = [
+    "SLOT",
+    "Settings",
+    "SettlementLayer",
     "add_routes_and_documents",
     "check_operations",
     "discovery_items",
     "document_operations",
     "endpoint_name",
+    "first_dependency",
     "operation_key",
     "paid_operations",
 ]
@@ -60,6 +68,58 @@ def paid_operations(routes: Sequence[Any], kind: type[Any]) -> Iterator[tuple[An
             dependency = _find(route.dependant, kind)
             if dependency is not None:
                 yield route, dependency
+
+
+def _calls(dependant: Dependant) -> Iterator[Any]:
+    """The callables FastAPI calls to solve ``dependant``, in its order (each dependency's own
+    dependencies before it)."""
+    for sub in dependant.dependencies:
+        yield from _calls(sub)
+        if sub.call is not None:
+            yield sub.call
+
+
+def _reads_body(dependant: Dependant) -> bool:
+    return bool(dependant.body_params) or any(map(_reads_body, dependant.dependencies))
+
+
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def first_dependency(app: FastAPI, scope: Scope) -> Any:
+    """The dependency FastAPI would call first for ``scope`` when nothing but it can decide the
+    answer of a request without body: the operation is a plain ``APIRoute`` of ``app.routes``
+    (the first that fully matches, as the router picks it), its first dependency is not
+    overridden, and it reads no body. ``None`` otherwise (then FastAPI handles the request).
+
+    Only public API: ``Route.matches``, ``APIRoute.dependant``, ``app.dependency_overrides``."""
+    for name, value in scope.get("headers", ()):
+        if name in _BODY_HEADERS and value not in (b"0", b""):
+            return None
+    probe = dict(scope)  # some routes note things in the scope while they match
+    for route in app.routes:
+        match, _ = route.matches(probe)
+        if match is Match.FULL:
+            break
+    else:
+        return None
+    # A subclass may act before its dependencies (its own route handler): not provable.
+    if type(route) is not APIRoute:
+        return None
+    known = _first_calls.get(id(route))
+    if known is None or known[0] is not route:
+        first = None if _reads_body(route.dependant) else next(_calls(route.dependant), None)
+        if len(_first_calls) >= 4096:  # routes of the apps in this process: few
+            _first_calls.clear()
+        known = _first_calls[id(route)] = (route, first)
+    first = known[1]
+    if first is None or first in app.dependency_overrides:
+        return None
+    return first
+
+
+_first_calls: dict[int, tuple[Any, Any]] = {}
+"""By route: the route, and its first dependency when it reads no body (else ``None``)."""
 
 
 def endpoint_name(route: Any) -> str:
@@ -125,8 +185,8 @@ def discovery_items(
 async def _payment_error(request: Request, exc: Exception) -> Response:
     # Rendered inside the app, so CORS and other user middleware decorate the 402 too.
     assert isinstance(exc, PaymentError)
-    status, headers, body = render_error(exc, request.headers.get("accept"))
-    return Response(body, status_code=status, headers=dict(headers))
+    answer = Answer.from_error(exc, request.headers.get("accept"))
+    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
 
 
 def add_routes_and_documents(
@@ -166,3 +226,60 @@ def add_routes_and_documents(
         return JSONResponse(document, status_code=code, headers={"Cache-Control": "no-store"})
 
     app.router.add_route(CREDIT_PATH, credit, methods=["GET"], include_in_schema=False)
+
+
+SLOT = "x402gate.fastapi"
+"""The scope key of the per-request :class:`~x402gate._web.asgi.FlowSlot`."""
+
+
+@dataclass(slots=True)
+class Settings:
+    """What :func:`x402gate.fastapi.install` was given; ``kind`` is the payment dependency's
+    class."""
+
+    gate: PaymentGate
+    trust_proxy_headers: bool
+    max_body_bytes: int
+    app: Any
+    kind: type[Any]
+
+
+class SettlementLayer:
+    """Pure ASGI: the endpoint's answer goes through the payment flow its dependency began."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        # Innermost of the app's own middleware: no middleware of the app runs after this layer
+        # (one added before install() would), so it may answer an unpaid request itself.
+        self.direct = isinstance(app, ExceptionMiddleware)
+
+    async def check_startup(self) -> None:
+        """The route of every paid operation, built on the gate it charges through (a route
+        option that gate refuses stops the start, naming the operation), then the start-up
+        checks of the app's gate and of every gate a paid operation names."""
+        settings = self.settings
+        gates = [settings.gate]
+        if settings.app is not None:
+            gates = check_operations(settings.app, settings.gate, settings.kind)
+        for gate in gates:
+            await gate.check_startup()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan_with_checks(self.app, scope, receive, send, self.check_startup)
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.direct and self.settings.app is not None:
+            # Unpaid, on a route whose payment dependency FastAPI would call first: the gate's
+            # cached 402 without routing and dependency resolution, which cost more than it.
+            dependency = first_dependency(self.settings.app, scope)
+            if isinstance(dependency, self.settings.kind):
+                answer = dependency.challenge(scope, self.settings)
+                if answer is not None:
+                    await send_answer(send, answer)
+                    return
+        scope[SLOT] = slot = FlowSlot(self.settings)
+        await run_with_slot(self.app, scope, receive, send, slot)
