@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any, Unpack
+from collections.abc import Iterable
+from typing import Any
 
 from ._web.body import close_iterable
 from ._web.common import framework_routes, render_error
-from ._web.middleware import MiddlewareOptions, RouteTableMiddleware
+from ._web.middleware import RouteTableMiddleware
 from ._web.types import StartResponse, WSGIApp, WSGIEnviron
 from ._web.wsgi import (
     DEFAULT_MAX_BODY,
@@ -41,8 +41,7 @@ from ._web.wsgi import (
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import PaymentError
 from .flow import Answer, PaymentFlow
-from .gate import PaymentGate
-from .routing import RouteTable, check_routes_exist
+from .routing import check_routes_exist
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -83,23 +82,11 @@ class PaymentMiddleware(RouteTableMiddleware[WSGIApp]):
     raises :class:`~x402gate.errors.ConfigurationError`.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        gate: PaymentGate,
-        routes: Mapping[str, Any] | RouteTable,
-        check_at_startup: bool = True,
-        **options: Unpack[MiddlewareOptions],
-    ) -> None:
-        super().__init__(
-            app, gate=gate, routes=routes, check_at_startup=check_at_startup, **options
-        )
-        if check_at_startup:
-            found = framework_routes(app)
-            if found is not None:
-                check_routes_exist(self.routes, *found)
-            gate.check_startup_sync()
+    def check_when_built(self) -> None:
+        found = framework_routes(self.app)
+        if found is not None:
+            check_routes_exist(self.routes, *found)
+        self.gate.check_startup_sync()
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()

@@ -93,3 +93,9 @@ class RouteTableMiddleware(Generic[AppT]):
         self.trust_proxy_headers = warn_trust_proxy_headers(settings.trust_proxy_headers)
         self.discovery = settings.discovery
         self.check_at_startup = check_at_startup
+        if check_at_startup:
+            self.check_when_built()
+
+    def check_when_built(self) -> None:
+        """Run the start-up checks now, if the server interface has no start-up event of its
+        own (WSGI). ASGI middlewares leave this empty and check at the lifespan start-up."""

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from .._web.common import (
-    AppRoutes,
-    framework_routes,
-    paid_response_headers,
-    render_error,
-    route_refused,
-    wants_html,
-    warn_trust_proxy_headers,
-)
-from .._web.moved import warn_moved
+import sys
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "AppRoutes",
-    "framework_routes",
-    "paid_response_headers",
-    "render_error",
-    "route_refused",
-    "wants_html",
-    "warn_trust_proxy_headers",
-]
+from .._web.moved import warn_moved
+from ._moved import alias
+
+if TYPE_CHECKING:
+    from .._web.common import *  # noqa: F403  # what type checkers see: the new module's names
 
 warn_moved(__name__, "x402gate._web.common")
+sys.modules[__name__] = alias(__name__, "x402gate._web.common")

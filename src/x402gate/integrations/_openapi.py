@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from .._web.moved import warn_moved
-from .._web.openapi import document_paid_operation
+import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["document_paid_operation"]
+from .._web.moved import warn_moved
+from ._moved import alias
+
+if TYPE_CHECKING:
+    from .._web.openapi import *  # noqa: F403  # what type checkers see: the new module's names
 
 warn_moved(__name__, "x402gate._web.openapi")
+sys.modules[__name__] = alias(__name__, "x402gate._web.openapi")

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from .._web.moved import warn_moved
-from .._web.types import (
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    StartResponse,
-    WSGIApp,
-    WSGIEnviron,
-)
+import sys
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ASGIApp",
-    "Message",
-    "Receive",
-    "Scope",
-    "Send",
-    "StartResponse",
-    "WSGIApp",
-    "WSGIEnviron",
-]
+from .._web.moved import warn_moved
+from ._moved import alias
+
+if TYPE_CHECKING:
+    from .._web.types import *  # noqa: F403  # what type checkers see: the new module's names
 
 warn_moved(__name__, "x402gate._web.types")
+sys.modules[__name__] = alias(__name__, "x402gate._web.types")
