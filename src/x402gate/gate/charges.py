@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
@@ -34,7 +33,6 @@ __all__ = [
     "deadline",
     "drop_hold",
     "hold_commit",
-    "overdue_check",
     "release_credit",
 ]
 
@@ -194,11 +192,3 @@ def answer_overdue(gate: PaymentGate, session: PaymentSession) -> bool:
     after was not paid for. :attr:`PaymentSession.deadline` is ``None`` on other routes.
     """
     return session.deadline is not None and gate.clock.now() >= session.deadline
-
-
-def overdue_check(gate: PaymentGate, session: PaymentSession) -> Callable[[], bool] | None:
-    """:meth:`answer_overdue` of ``session`` as a function for body wrappers; ``None`` when
-    the route has no paid maximum (nothing to check per chunk)."""
-    if session.deadline is None:
-        return None
-    return lambda: gate.answer_overdue(session)

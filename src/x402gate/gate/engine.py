@@ -35,8 +35,9 @@ operators may replace.
 Fail closed: a store, facilitator or chain error never lets content through; it becomes a
 503/502 with a sanitized message, and the detail goes to the ``x402gate`` logger.
 
-Sync integrations call :meth:`PaymentGate.begin_sync` & co., which run the same coroutines on a
-background loop (:mod:`x402gate._runner`).
+Adapters do not call the per-request steps themselves: :class:`x402gate.flow.PaymentFlow`
+sequences them (sync adapters through its ``*_sync`` twins, which use the background loop of
+:mod:`x402gate._runner` only where a step has asynchronous work).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ from . import startup as start_up
 from .charges import COMMIT_WAIT_SECONDS
 from .events import EventListener, PaymentEvent, emit
 from .failures import failure
-from .model import PaymentSession, Route
+from .model import Route
 from .startup import StartupChecks
 
 if TYPE_CHECKING:
@@ -235,13 +236,11 @@ class PaymentGate:
     credit_status = credit.credit_status
     balance = credit.balance
     answer_overdue = charges.answer_overdue
-    overdue_check = charges.overdue_check
     delivered = settlement.delivered
     start_delivered = settlement.start_delivered
 
     # -- the steps' parts --------------------------------------------------------------------
 
-    _check_timeout = staticmethod(config.check_timeout)  # still read by the Flask settings
 
     _challenge = challenge.challenge
     _plain_challenge = challenge.plain_challenge
@@ -311,34 +310,6 @@ class PaymentGate:
         return origin + rest
 
     # -- sync facade (WSGI, Flask, Django) ---------------------------------------------------
-
-    def begin_sync(self, route: Route, request: RequestInfo) -> PaymentSession:
-        return run_sync(self.begin(route, request))
-
-    def finish_sync(
-        self, session: PaymentSession, status_code: int, *, recording: bool = False
-    ) -> dict[str, str]:
-        return run_sync(self.finish(session, status_code, recording=recording))
-
-    def complete_sync(self, session: PaymentSession, usage: Any = None) -> int:
-        return run_sync(self.complete(session, usage))
-
-    def abort_sync(self, session: PaymentSession) -> None:
-        run_sync(self.abort(session))
-
-    def record_sync(
-        self,
-        session: PaymentSession,
-        status_code: int,
-        headers: Any,
-        body: bytes | None,
-    ) -> None:
-        run_sync(self.record(session, status_code, headers, body))
-
-    def delivered_sync(self, session: PaymentSession, complete: bool = True) -> None:
-        """:meth:`delivered` for synchronous integrations."""
-        if session.answering:
-            run_sync(self.delivered(session, complete))
 
     def credit_status_sync(self, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         return run_sync(self.credit_status(headers))
