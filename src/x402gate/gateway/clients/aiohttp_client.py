@@ -120,7 +120,9 @@ class AiohttpClient(UpstreamClient):
     ) -> AiohttpResponse:
         if self._session.closed:
             raise UpstreamUnavailable("the connection pool is closed")
-        sent = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+        # Names in lower case: aiohttp merges names differing only in case into the last one;
+        # the same name repeated is kept (HTTP names are case-insensitive, servers lower them).
+        sent = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
         if self._host is not None:
             sent.insert(0, ("Host", self._host))
         try:

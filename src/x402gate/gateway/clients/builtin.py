@@ -145,7 +145,11 @@ class _Connection(asyncio.Protocol):
 
     def reusable(self) -> bool:
         conn = self.h11
-        if self.closed or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+        # An answer delimited by the end of the connection leaves h11 DONE too, before
+        # connection_lost: the end of input seen is what says the connection is gone.
+        if self.closed or self._eof:
+            return False
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         if self._chunks or conn.trailing_data[0]:
             return False  # bytes after the answer: nothing an HTTP/1.1 server may send
