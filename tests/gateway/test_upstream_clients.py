@@ -12,14 +12,17 @@ from typing import Any
 
 import pytest
 
+from x402gate.errors import ConfigurationError
 from x402gate.gateway.clients import (
     CLIENTS,
+    DEFAULT_CLIENT,
     UpstreamClient,
     UpstreamError,
     UpstreamOptions,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
+    client_class,
     open_client,
 )
 
@@ -158,8 +161,22 @@ async def fetch(
 
 
 def test_unknown_client_names_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown upstream client"):
+    with pytest.raises(ConfigurationError, match="unknown upstream client 'curl'"):
         open_client("curl", UpstreamOptions("127.0.0.1", 1, host_header=None))
+
+
+def test_a_client_whose_library_is_missing_fails_when_the_gateway_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(CLIENTS, "gone", "x402gate_no_such_module:Client")
+    with pytest.raises(ConfigurationError, match="pip install"):
+        client_class("gone")
+
+
+def test_the_default_is_a_maintained_library() -> None:
+    from x402gate.gateway.config import GatewaySection
+
+    assert DEFAULT_CLIENT == GatewaySection().upstream_client == "aiohttp"
 
 
 async def test_the_request_goes_out_as_given_with_its_body(name: str) -> None:

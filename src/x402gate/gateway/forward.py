@@ -38,7 +38,7 @@ from .clients import (
     UpstreamOptions,
     UpstreamResponse,
     UpstreamTimeout,
-    open_client,
+    client_class,
 )
 from .config import HOP_BY_HOP, RoutePlan, UpstreamSpec
 
@@ -115,6 +115,7 @@ class Upstream:
     def __init__(self, name: str, spec: UpstreamSpec, *, client: str = DEFAULT_CLIENT) -> None:
         self.name = name
         self.client_name = client
+        self._client_class = client_class(client)  # a missing library fails the start
         base = httpx.URL(spec.url)  # validated by the config; only parsed here
         self.origin = f"{base.scheme}://{base.netloc.decode('ascii')}"
         self.tls = base.scheme == "https"
@@ -162,7 +163,7 @@ class Upstream:
                 timeout=self.timeout,
                 max_connections=self.max_connections,
             )
-            pool = open_client(self.client_name, options)
+            pool = self._client_class.from_options(options)
             self._pools[loop] = pool
         return pool
 

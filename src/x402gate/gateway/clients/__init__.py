@@ -1,7 +1,8 @@
 """The gateway's HTTP clients for its upstreams, behind one interface (:mod:`.base`).
 
-``gateway.upstream_client`` in a gateway file picks one: ``aiohttp``, ``httpx`` or ``builtin``
-(the project's own HTTP/1.1 client over h11). Only the chosen one's library is imported.
+``gateway.upstream_client`` in a gateway file picks one: ``aiohttp`` (the default), ``httpx`` or
+``builtin`` (the project's own HTTP/1.1 client over h11). Only the chosen one's library is
+imported.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .base import (
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
+    client_class,
     open_client,
 )
 
@@ -31,5 +33,6 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "client_class",
     "open_client",
 ]

@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ...errors import ConfigurationError
+
 __all__ = [
     "CLIENTS",
     "DEFAULT_CLIENT",
@@ -41,6 +43,7 @@ __all__ = [
     "UpstreamResponse",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "client_class",
     "open_client",
 ]
 
@@ -53,8 +56,9 @@ CLIENTS: dict[str, str] = {
 }
 """Client name → ``module:class``; the module (and its library) is imported on first use."""
 
-DEFAULT_CLIENT: ClientName = "builtin"
-"""The client of a gateway file that names none (``gateway.upstream_client``)."""
+DEFAULT_CLIENT: ClientName = "aiohttp"
+"""The client of a gateway file that names none (``gateway.upstream_client``): a maintained
+library, measured within the gateway's latency goal (``bench/upstream_clients.py``)."""
 
 KEEPALIVE_EXPIRY = 4.0
 """Seconds an idle connection is kept: less than the 5 s after which uvicorn and Node close
@@ -152,16 +156,29 @@ class UpstreamClient(abc.ABC):
         """Close the idle connections; those in use close when their answer is closed."""
 
 
-def open_client(name: str, options: UpstreamOptions) -> UpstreamClient:
-    """The client called ``name`` (one of :data:`CLIENTS`) for ``options``.
+def client_class(name: str) -> type[UpstreamClient]:
+    """The class of the client called ``name`` (one of :data:`CLIENTS`), its library imported.
 
-    :raises ValueError: for an unknown name.
-    :raises ImportError: when the library behind it is not installed.
+    :raises ConfigurationError: for an unknown name, or a library that is not installed (a
+        gateway finds out when it is built, not at its first request).
     """
     try:
         path = CLIENTS[name]
     except KeyError:
-        raise ValueError(f"unknown upstream client {name!r}: one of {sorted(CLIENTS)}") from None
+        raise ConfigurationError(
+            f"unknown upstream client {name!r}: one of {', '.join(sorted(CLIENTS))}"
+        ) from None
     module_name, _, attribute = path.partition(":")
-    cls: type[UpstreamClient] = getattr(importlib.import_module(module_name), attribute)
-    return cls.from_options(options)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the {name} upstream client needs {exc.name or name}: pip install 'x402gate[gateway]'"
+        ) from None
+    cls: type[UpstreamClient] = getattr(module, attribute)
+    return cls
+
+
+def open_client(name: str, options: UpstreamOptions) -> UpstreamClient:
+    """The client called ``name`` (see :func:`client_class`) for ``options``."""
+    return client_class(name).from_options(options)
