@@ -46,6 +46,16 @@ def _translate(exc: BaseException, *, started: bool) -> UpstreamError:
     return UpstreamUnavailable("the upstream closed the connection")
 
 
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """The bytes aiohttp received and did not hand out (its reader's buffer), taken out."""
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    data = b"".join(bytes(part) for part in buffer)
+    buffer.clear()
+    return data
+
+
 class AiohttpResponse(UpstreamResponse):
     """An answer read by aiohttp."""
 
@@ -60,12 +70,22 @@ class AiohttpResponse(UpstreamResponse):
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         if self._complete:
             return
+        content = self._response.content
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _translate(exc, started=True) from None
-        self._complete = True
+            error = _translate(exc, started=True)
+        else:
+            self._complete = True
+            return
+        # aiohttp raises a broken answer's error before handing out the bytes that came with
+        # it: they are the upstream's (a stream's last events, the usage it reported) and go
+        # to the client and the meter first, as with the other clients.
+        left = _unread(content)
+        if left:
+            yield left
+        raise error
 
     async def aclose(self) -> None:
         if self._complete:
