@@ -26,6 +26,8 @@ from x402gate.gateway.clients import (
     open_client,
 )
 
+from .test_client import certificate, tls_server  # noqa: F401  (a fixture and a TLS server)
+
 NAMES = sorted(CLIENTS)
 SECRET = "sk-secret-0123456789"
 
@@ -482,3 +484,35 @@ async def test_the_forwarder_relays_through_the_configured_client(name: str) -> 
     seen = server.head()
     assert seen[b"x-api-key"] == SECRET.encode() and seen[b"x-in"] == b"1"
     assert b"te" not in seen and b"x-payment" not in seen
+
+
+async def test_https_upstreams_are_verified(
+    name: str,
+    certificate: tuple[str, str],  # noqa: F811  (the fixture imported above)
+) -> None:
+    import ssl
+
+    async with tls_server(certificate) as state:
+        trusting = ssl.create_default_context(cafile=certificate[0])
+        trusting.set_alpn_protocols(["http/1.1"])  # as the gateway's own context
+        options = UpstreamOptions(
+            "127.0.0.1", state.port, host_header=b"127.0.0.1", ssl_context=trusting, timeout=5
+        )
+        upstream = open_client(name, options)
+        try:
+            assert (await fetch(upstream))[::2] == (200, b"hello")
+            assert (await fetch(upstream))[::2] == (200, b"hello")
+        finally:
+            await upstream.aclose()
+        assert state.connections == 1
+        # A context that does not trust the certificate (certifi's authorities) refuses it.
+        strict = ssl.create_default_context()
+        options = UpstreamOptions(
+            "127.0.0.1", state.port, host_header=b"127.0.0.1", ssl_context=strict, timeout=5
+        )
+        upstream = open_client(name, options)
+        try:
+            with pytest.raises(UpstreamUnavailable):
+                await fetch(upstream)
+        finally:
+            await upstream.aclose()
