@@ -223,6 +223,23 @@ async def test_connections_are_kept_alive_and_reused(name: str) -> None:
     assert server.connections == 1
 
 
+async def test_concurrent_requests_open_connections_up_to_the_limit(name: str) -> None:
+    def slow(state: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader, state)
+                await asyncio.sleep(0.05)
+                writer.write(ok(b"x"))
+                await writer.drain()
+
+        return handler
+
+    async with serve(slow) as server, client(name, server.port, max_connections=2) as upstream:
+        answers = await asyncio.gather(*(fetch(upstream) for _ in range(6)))
+    assert [body for _, _, body in answers] == [b"x"] * 6
+    assert server.connections == 2
+
+
 async def test_a_head_answer_has_no_body_and_keeps_the_connection(name: str) -> None:
     head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
 
