@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from x402gate.gateway._client import (
+from x402gate.gateway.clients import UpstreamClient
+from x402gate.gateway.clients.builtin import (
     ConnectionPool,
     UpstreamError,
     UpstreamProtocolError,
@@ -116,7 +117,7 @@ async def upstream(
             await pool.aclose()
 
 
-async def fetch(pool: ConnectionPool, body: bytes = b"") -> tuple[int, bytes]:
+async def fetch(pool: UpstreamClient, body: bytes = b"") -> tuple[int, bytes]:
     response = await pool.request(b"POST", b"/v1/x?a=1", [(b"x-api-key", b"sk-secret")], body)
     try:
         return response.status_code, b"".join([chunk async for chunk in response.aiter_raw()])

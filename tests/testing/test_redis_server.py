@@ -33,11 +33,11 @@ def test_start_answers_stop_is_idempotent() -> None:
         _ = server.url
     with server:
         assert server.start() is server  # already running: nothing new is started
-        assert server.command("PING") == b"+PONG"
+        assert server.command("PING") is True
         assert server.url == f"redis://127.0.0.1:{server.port}/0"
         server.command("SET", "k", "v")
         server.flushall()
-        assert server.command("DBSIZE") == b":0"
+        assert server.command("DBSIZE") == 0
         port = server.port
     assert server.pid is None
     assert refuses_connections(port)
@@ -49,10 +49,10 @@ def test_start_answers_stop_is_idempotent() -> None:
 def test_password_is_required_and_carried_by_the_url() -> None:
     with RedisServer(password="s3cret") as server:
         assert server.url == f"redis://:s3cret@127.0.0.1:{server.port}/0"
-        assert server.command("PING") == b"+PONG"  # authenticates first
+        assert server.command("PING") is True  # authenticates first
         anonymous = RedisServer()
         anonymous.port = server.port
-        with pytest.raises(RedisServerError, match="NOAUTH"):
+        with pytest.raises(RedisServerError, match=r"(?i)authenticat"):  # NOAUTH, or HELLO (RESP3)
             anonymous.command("PING")
 
 
@@ -79,7 +79,7 @@ def test_a_port_taken_meanwhile_is_retried(busy_port: int, monkeypatch: pytest.M
     with RedisServer() as server:
         assert offered[0] == busy_port
         assert server.port == offered[1] != busy_port
-        assert server.command("PING") == b"+PONG"
+        assert server.command("PING") is True
 
 
 @needs_binary

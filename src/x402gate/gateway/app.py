@@ -90,7 +90,10 @@ class Gateway:
             # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
             reconcile=config.facilitator.chain_rpc_url,
         )
-        self.upstreams = {name: Upstream(name, spec) for name, spec in config.upstreams.items()}
+        self.upstreams = {
+            name: Upstream(name, spec, client=settings.upstream_client)
+            for name, spec in config.upstreams.items()
+        }
         routes = {
             plan.key: self.gate.route(
                 plan.strategy,

@@ -3,7 +3,7 @@
 :class:`Forwarder` is the ASGI app the gateway's :class:`~x402gate.asgi.
 PaymentMiddleware` wraps: by the time it runs, the request is paid (or served from credit). It
 sends the method, path (rewritten if the route says so), query, body and the client's headers to
-the upstream (with the gateway's own HTTP/1.1 client, :mod:`x402gate.gateway._client`) — minus
+the upstream (through an :class:`~x402gate.gateway.clients.UpstreamClient`) — minus
 hop-by-hop and payment headers, plus the upstream's injected ones — and passes the upstream's
 status, headers and body back as they arrive, chunk by chunk, so server-sent events stream
 through (the middleware meters them on the way out).
@@ -32,7 +32,15 @@ import httpx
 
 from .._web.types import Message, Receive, Scope, Send
 from ..routing import REST_GROUP, ROUTE_MATCH_KEY, RouteMatch, RoutePattern
-from ._client import ConnectionPool, UpstreamError, UpstreamResponse, UpstreamTimeout
+from .clients import (
+    DEFAULT_CLIENT,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamOptions,
+    UpstreamResponse,
+    UpstreamTimeout,
+    client_class,
+)
 from .config import HOP_BY_HOP, RoutePlan, UpstreamSpec
 
 if TYPE_CHECKING:
@@ -96,13 +104,18 @@ def _percent_encode(match: re.Match[bytes]) -> bytes:
 
 
 class Upstream:
-    """One upstream: origin, path prefix, injected headers, timeout, a connection pool per loop.
+    """One upstream: origin, path prefix, injected headers, timeout, a client per event loop.
 
     The injected header values are secrets; they are read here only to build requests.
+
+    :param client: which :class:`~x402gate.gateway.clients.UpstreamClient` forwards
+        (``gateway.upstream_client``: ``aiohttp``, ``httpx`` or ``builtin``).
     """
 
-    def __init__(self, name: str, spec: UpstreamSpec) -> None:
+    def __init__(self, name: str, spec: UpstreamSpec, *, client: str = DEFAULT_CLIENT) -> None:
         self.name = name
+        self.client_name = client
+        self._client_class = client_class(client)  # a missing library fails the start
         base = httpx.URL(spec.url)  # validated by the config; only parsed here
         self.origin = f"{base.scheme}://{base.netloc.decode('ascii')}"
         self.tls = base.scheme == "https"
@@ -120,20 +133,18 @@ class Upstream:
         self.timeout = spec.timeout
         self.max_connections = spec.max_connections
         self._ssl: ssl.SSLContext | None = None
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = (
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UpstreamClient] = (
             weakref.WeakKeyDictionary()
         )
 
     def __repr__(self) -> str:
         return f"Upstream({self.name!r})"  # not the URL or the headers: logs show reprs
 
-    def pool(self) -> ConnectionPool:
-        """The connection pool of the running event loop (connections belong to one loop).
+    def pool(self) -> UpstreamClient:
+        """The upstream client of the running event loop (connections belong to one loop).
 
-        A pool of connections, not an ``httpx.AsyncClient``: a client keeps the cookies
-        upstreams set and would send one client's cookies with every other client's requests;
-        it would also follow redirects with our credentials. The pool does neither, and costs
-        a third of httpx's transport.
+        Every client keeps no cookies (one client's would go out with every other client's
+        requests) and follows no redirects (they would carry our credentials elsewhere).
         """
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
@@ -143,7 +154,7 @@ class Upstream:
                 # settings, like its proxies and .netrc credentials, are not ours to add.
                 self._ssl = httpx.create_ssl_context(trust_env=False)
                 self._ssl.set_alpn_protocols(["http/1.1"])
-            pool = ConnectionPool(
+            options = UpstreamOptions(
                 self.host,
                 self.port,
                 # An injected Host (a virtual host behind the URL's address) replaces the URL's.
@@ -152,6 +163,7 @@ class Upstream:
                 timeout=self.timeout,
                 max_connections=self.max_connections,
             )
+            pool = self._client_class.from_options(options)
             self._pools[loop] = pool
         return pool
 

@@ -6,8 +6,8 @@
         store = open_store(server.url)
 
 The server keeps nothing on disk (``--save "" --appendonly no``), lives in its own temporary
-directory, and is stopped by its own process id. Talking to it needs no Redis client library:
-readiness and :meth:`RedisServer.command` speak the protocol over a plain socket.
+directory, and is stopped by its own process id. Readiness and :meth:`RedisServer.command` go
+through redis-py (the ``redis`` extra), imported only when a server is asked something.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
 
@@ -45,14 +45,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _encode(args: Sequence[str]) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for arg in args:
-        data = arg.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 class RedisServer:
@@ -172,25 +164,36 @@ class RedisServer:
 
     def _answers_ping(self) -> bool:
         try:
-            return self.command("PING", timeout=0.25) == b"+PONG"
+            return self.command("PING", timeout=0.25) is True
         except (OSError, RedisServerError):
             return False
 
-    def command(self, *args: str, timeout: float = 5.0) -> bytes:
-        """Send one command (after ``AUTH`` if needed) and return the first reply line.
+    def command(self, *args: str, timeout: float = 5.0) -> Any:
+        """Send one command (authenticated with the server's password, if any) on a fresh
+        connection and return redis-py's reply (``PING`` → ``True``, ``DBSIZE`` → an ``int``).
 
-        Enough for ``PING``, ``FLUSHALL``, ``CONFIG SET``; replies are not parsed further.
+        :raises RedisServerError: when the server refuses the command or cannot be reached.
         """
-        commands: list[Sequence[str]] = [("AUTH", self.password)] if self.password else []
-        commands.append(args)
-        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-            sock.sendall(b"".join(_encode(c) for c in commands))
-            reader = sock.makefile("rb")
-            lines = [reader.readline().rstrip(b"\r\n") for _ in commands]
-        for line in lines:
-            if not line or line.startswith(b"-"):
-                raise RedisServerError(f"redis answered {line.decode(errors='replace')!r}")
-        return lines[-1]
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:  # pragma: no cover - the test group and the redis extra have it
+            raise RedisServerError("redis-py is needed: pip install 'x402gate[redis]'") from None
+        client = redis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # one attempt: readiness polling does its own retries
+        )
+        try:
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            raise RedisServerError(f"redis answered {str(exc)!r}") from None
+        finally:
+            client.close()
 
     def flushall(self) -> None:
         """Delete every key in every database."""

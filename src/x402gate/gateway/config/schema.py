@@ -85,6 +85,8 @@ class GatewaySection(_Model):
     )
     balance_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     startup_checks: Literal["fail", "warn", "off"] = "fail"
+    upstream_client: Literal["aiohttp", "httpx", "builtin"] = "aiohttp"
+    """The HTTP client that forwards to upstreams (:mod:`x402gate.gateway.clients`)."""
 
 
 class AcceptSpec(_Model):
