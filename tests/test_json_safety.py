@@ -122,6 +122,7 @@ async def test_a_paid_route_reading_the_body_answers_a_hostile_body() -> None:
         store="memory://",
     )
     rules = MatchRules([{"match": {"body.model": "big-*"}, "price": "$0.05"}], fallback="$0.01")
+
     async def chat(request: Any) -> Any:
         raise AssertionError("an unreadable body must not reach the handler")
 

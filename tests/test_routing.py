@@ -131,9 +131,7 @@ def test_a_key_an_earlier_key_always_matches_first_is_refused(
         {"/files/*.json": 0.01, "/files/{name}": 0.05},
     ],
 )
-def test_keys_that_each_match_something_are_kept(
-    gate: PaymentGate, routes: dict[str, Any]
-) -> None:
+def test_keys_that_each_match_something_are_kept(gate: PaymentGate, routes: dict[str, Any]) -> None:
     assert len(list(RouteTable(gate, routes))) == len(routes)
     assert shadowed_keys(routes) == {}
 

@@ -367,7 +367,11 @@ async def test_a_relayed_sign_in_and_malformed_headers_reach_neither_credit_nor_
         assert (info["domain"], info["uri"]) == ("gateway.test", "https://gateway.test/v1/messages")
         network = "eip155:31337"
         relayed = sign_in_header(
-            payer, info, network, domain="evil.example", uri="https://evil.example/v1/messages",
+            payer,
+            info,
+            network,
+            domain="evil.example",
+            uri="https://evil.example/v1/messages",
             resources=["https://evil.example/v1/messages"],
         )
         bad = [
@@ -393,7 +397,8 @@ async def test_a_relayed_sign_in_and_malformed_headers_reach_neither_credit_nor_
 
         async with httpx.AsyncClient(base_url=url, timeout=30) as owner:
             genuine = await owner.post(
-                "/v1/messages", json=body,
+                "/v1/messages",
+                json=body,
                 headers={
                     "SIGN-IN-WITH-X": sign_in_header(payer, await challenge({}), network),
                     "X-Forwarded-For": "6.6.6.6",

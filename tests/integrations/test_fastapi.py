@@ -59,7 +59,9 @@ class Recording:
         self.events.append("settle")
         if self.refuse_with:
             return SettleResponse(
-                success=False, error_reason=self.refuse_with, transaction="",
+                success=False,
+                error_reason=self.refuse_with,
+                transaction="",
                 network=requirements.network,
             )
         return await self.inner.settle(payload, requirements)
@@ -76,7 +78,9 @@ class Text(BaseModel):
 
 def payment_fields(payment: Payment) -> dict[str, Any]:
     return {
-        "payer": payment.payer, "amount": payment.amount, "network": payment.network,
+        "payer": payment.payer,
+        "amount": payment.amount,
+        "network": payment.network,
         "transaction": payment.transaction,
     }
 
@@ -186,7 +190,9 @@ def recording(facilitator: LocalFacilitator, events: list[str]) -> Recording:
 
 def make_gate(facilitator: Any, token: Any, pay_to: str, tmp_path: Any) -> PaymentGate:
     return PaymentGate(
-        pay_to=pay_to, assets=token.asset, facilitator=facilitator,
+        pay_to=pay_to,
+        assets=token.asset,
+        facilitator=facilitator,
         store=f"sqlite:///{tmp_path / 'replay.db'}",
     )
 
@@ -239,7 +245,10 @@ async def test_unpaid_request_gets_a_402_the_official_client_understands(
     assert required.resource.description == "The paid thing"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
-        "exact", str(PRICE), test_token.address, pay_to
+        "exact",
+        str(PRICE),
+        test_token.address,
+        pay_to,
     )
     assert response.json()["error"] == "payment_required"
     assert (free.status_code, free.text) == (200, "free")
@@ -248,8 +257,13 @@ async def test_unpaid_request_gets_a_402_the_official_client_understands(
 
 @pytest.mark.parametrize("path", ["/paid", "/sync"])
 async def test_paid_request_gets_the_content_the_payment_and_a_receipt(
-    path: str, served: str, shop: tuple[FastAPI, Counter[str]], chain: Any, test_token: Any,
-    payer: Any, pay_to: str,
+    path: str,
+    served: str,
+    shop: tuple[FastAPI, Counter[str]],
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     before = test_token.balance_of(payer.address)
     async with paying_httpx_client(payer, asset=test_token, base_url=served) as client:
@@ -316,8 +330,13 @@ async def test_app_dependency_charges_every_operation_but_not_docs_or_discovery(
 
 
 async def test_replayed_payment_is_refused_without_a_second_transaction(
-    served: str, shop: tuple[FastAPI, Counter[str]], chain: Any, test_token: Any, payer: Any,
-    pay_to: str, facilitator: LocalFacilitator,
+    served: str,
+    shop: tuple[FastAPI, Counter[str]],
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     headers = header(payer, await challenge(served))
     async with httpx.AsyncClient(base_url=served) as client:
@@ -337,8 +356,16 @@ async def test_replayed_payment_is_refused_without_a_second_transaction(
 
 @pytest.mark.parametrize(("path", "status"), [("/boom", 500), ("/error", 503), ("/missing", 404)])
 async def test_failing_endpoint_charges_nothing(
-    path: str, status: int, served: str, shop: tuple[FastAPI, Counter[str]], chain: Any,
-    test_token: Any, payer: Any, pay_to: str, facilitator: LocalFacilitator, events: list[str],
+    path: str,
+    status: int,
+    served: str,
+    shop: tuple[FastAPI, Counter[str]],
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
+    events: list[str],
 ) -> None:
     requirements = await challenge(served, path)
     payload = sign_exact_payment(payer, requirements)
@@ -374,8 +401,13 @@ async def test_after_an_endpoint_exception_the_same_payment_can_retry(
 
 @pytest.mark.parametrize("path", ["/paid", "/stream-after"])
 async def test_refused_settlement_gives_the_402_and_none_of_the_content(
-    path: str, served: str, shop: tuple[FastAPI, Counter[str]], recording: Recording,
-    test_token: Any, payer: Any, pay_to: str,
+    path: str,
+    served: str,
+    shop: tuple[FastAPI, Counter[str]],
+    recording: Recording,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     headers = header(payer, await challenge(served, path))
     recording.refuse_with = "insufficient_funds"
@@ -390,8 +422,12 @@ async def test_refused_settlement_gives_the_402_and_none_of_the_content(
 
 
 async def test_facilitator_failure_at_settlement_is_a_502_with_none_of_the_content(
-    facilitator: LocalFacilitator, events: list[str], test_token: Any, payer: Any,
-    pay_to: str, tmp_path: Any,
+    facilitator: LocalFacilitator,
+    events: list[str],
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    tmp_path: Any,
 ) -> None:
     with FacilitatorServer(facilitator) as service:
         gate = make_gate(HTTPFacilitator(service.url, timeout=2.0), test_token, pay_to, tmp_path)
@@ -454,7 +490,12 @@ def unprotected_app(gate: PaymentGate, runs: Counter[str], *, explicit_gate: boo
 
 @pytest.mark.parametrize("explicit_gate", [True, False])
 async def test_without_the_settlement_layer_nothing_is_served_or_charged(
-    explicit_gate: bool, gate: PaymentGate, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    explicit_gate: bool,
+    gate: PaymentGate,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     runs: Counter[str] = Counter()
@@ -476,7 +517,11 @@ async def test_without_the_settlement_layer_nothing_is_served_or_charged(
 
 
 async def test_two_different_paid_dependencies_on_one_route_are_refused(
-    gate: PaymentGate, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     app = FastAPI(dependencies=[Depends(require_payment("$0.01"))])

@@ -235,6 +235,7 @@ def test_fastapi_app_behind_the_middleware_is_checked_too(
 ) -> None:
     pytest.importorskip("fastapi")
     import fastapi
+
     api = fastapi.FastAPI()
     runs = []
 
@@ -262,6 +263,7 @@ def test_flask_route_key_typo_is_an_error_when_the_middleware_is_built(
 ) -> None:
     pytest.importorskip("flask")
     import flask
+
     app = flask.Flask(__name__)
 
     @app.get("/reports/<int:report_id>")

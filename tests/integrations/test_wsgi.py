@@ -144,7 +144,9 @@ class RefusingSettlement:
     async def settle(self, payload: Any, requirements: PaymentRequirements) -> SettleResponse:
         self.settle_calls += 1
         return SettleResponse(
-            success=False, error_reason="insufficient_funds", transaction="",
+            success=False,
+            error_reason="insufficient_funds",
+            transaction="",
             network=requirements.network,
         )
 
@@ -162,7 +164,9 @@ def make_gate(
 
     def make(facilitator: Any) -> PaymentGate:
         gate = PaymentGate(
-            pay_to=pay_to, assets=test_token.asset, facilitator=facilitator,
+            pay_to=pay_to,
+            assets=test_token.asset,
+            facilitator=facilitator,
             store=f"sqlite:///{tmp_path / f'replay-{len(gates)}.db'}",
         )
         gates.append(gate)
@@ -210,7 +214,10 @@ def test_unpaid_request_gets_a_402_with_terms_and_free_routes_pass(
     assert required.resource is not None and required.resource.url == f"{base_url}/paid"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
-        "exact", str(PRICE), test_token.address, pay_to,
+        "exact",
+        str(PRICE),
+        test_token.address,
+        pay_to,
     )
     assert response.json()["error"] == "payment_required"
     assert page.status_code == 402 and page.headers["content-type"].startswith("text/html")
@@ -239,7 +246,12 @@ def test_official_client_pays_and_gets_the_content_and_a_receipt(
 
 
 def test_replayed_payment_is_refused_and_nothing_moves_twice(
-    gate: PaymentGate, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(paywall(gate, shop)) as base_url:
@@ -257,8 +269,15 @@ def test_replayed_payment_is_refused_and_nothing_moves_twice(
 
 @pytest.mark.parametrize(("path", "status"), [("/boom", 500), ("/error", 503)])
 def test_failing_app_charges_nothing_and_the_payment_can_be_used_again(
-    path: str, status: int, gate: PaymentGate, shop: Shop, chain: Any, test_token: Any,
-    payer: Any, pay_to: str, facilitator: LocalFacilitator,
+    path: str,
+    status: int,
+    gate: PaymentGate,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     with serve_wsgi(paywall(gate, shop)) as base_url:
         header = signed_header(payer, base_url, path)
@@ -305,8 +324,14 @@ def test_lazy_start_response_is_settled_before_anything_is_sent(
 
 @pytest.mark.parametrize("path", ["/paid", "/stream-after", "/lazy", "/write"])
 def test_failed_settlement_answers_402_and_not_a_byte_of_content(
-    path: str, make_gate: Any, facilitator: LocalFacilitator, shop: Shop, chain: Any,
-    test_token: Any, payer: Any, pay_to: str,
+    path: str,
+    make_gate: Any,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     refusing = RefusingSettlement(facilitator)
     with serve_wsgi(paywall(make_gate(refusing), shop)) as base_url:
@@ -325,7 +350,11 @@ def test_failed_settlement_answers_402_and_not_a_byte_of_content(
 
 
 def test_facilitator_error_at_settlement_is_a_502_without_content(
-    make_gate: Any, facilitator: LocalFacilitator, shop: Shop, test_token: Any, payer: Any,
+    make_gate: Any,
+    facilitator: LocalFacilitator,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
     pay_to: str,
 ) -> None:
     with FacilitatorServer(facilitator) as service:
@@ -397,8 +426,9 @@ def test_discovery_lists_the_paid_routes_only_when_enabled(
     with serve_wsgi(paywall(gate, shop)) as base_url_off:
         off = requests.get(f"{base_url_off}/.well-known/x402", timeout=30)
     assert document.status_code == 200
-    items = {(i["input"]["method"], i["input"]["routeTemplate"]): i
-             for i in document.json()["items"]}
+    items = {
+        (i["input"]["method"], i["input"]["routeTemplate"]): i for i in document.json()["items"]
+    }
     paths = ("/paid", "/boom", "/error", "/stream", "/stream-after", "/lazy", "/write")
     assert set(items) == {("GET", p) for p in paths} | {("POST", "/echo")}
     paid = items[("GET", "/paid")]
@@ -417,8 +447,12 @@ def call(
 ) -> tuple[str, dict[str, str], bytes, Any]:
     """Call a WSGI app as a server does: iterate, then close. Status, headers, body, iterable."""
     environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "shop.test",
-        "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": "shop.test",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
     }
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
@@ -448,7 +482,11 @@ def test_routes_that_are_not_paid_get_the_apps_own_iterable(gate: PaymentGate) -
 
 
 def test_the_apps_iterable_is_closed_and_nothing_charged_when_it_fails(
-    gate: PaymentGate, chain: Any, payer: Any, test_token: Any, pay_to: str,
+    gate: PaymentGate,
+    chain: Any,
+    payer: Any,
+    test_token: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     closed: list[bool] = []

@@ -82,9 +82,7 @@ async def test_two_hundred_concurrent_submissions_of_one_payment_are_served_and_
         async with httpx.AsyncClient(timeout=60) as probe:
             challenge = await probe.get(f"{urls[0]}/paid")
         assert challenge.status_code == 402
-        requirements = decode_payment_required(
-            challenge.headers["payment-required"]
-        ).accepts[0]
+        requirements = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
         payload = sign_exact_payment(payer, requirements)
         headers = payment_headers(payload)
         first_block = chain.block_number() + 1

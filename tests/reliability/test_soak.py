@@ -129,9 +129,7 @@ async def test_sustained_mixed_load_has_no_errors_and_flat_memory(
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
             challenge = await client.get("/paid")
-            requirements = decode_payment_required(
-                challenge.headers["payment-required"]
-            ).accepts[0]
+            requirements = decode_payment_required(challenge.headers["payment-required"]).accepts[0]
             load = Load(client, payer, requirements)
             started = time.monotonic()
             rss: list[tuple[float, int]] = [(0.0, rss_kib(server.pid))]

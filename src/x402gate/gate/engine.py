@@ -241,7 +241,6 @@ class PaymentGate:
 
     # -- the steps' parts --------------------------------------------------------------------
 
-
     _challenge = challenge.challenge
     _plain_challenge = challenge.plain_challenge
     _remember_challenge = challenge.remember_challenge

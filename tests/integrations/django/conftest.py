@@ -80,7 +80,9 @@ def gate(
     facilitator: LocalFacilitator, test_token: Any, pay_to: str, tmp_path: Any
 ) -> Iterator[PaymentGate]:
     g = PaymentGate(
-        pay_to=pay_to, assets=test_token.asset, facilitator=facilitator,
+        pay_to=pay_to,
+        assets=test_token.asset,
+        facilitator=facilitator,
         store=f"sqlite:///{tmp_path / 'replay.db'}",
     )
     yield g

@@ -90,8 +90,14 @@ def site(shop: AsyncShop, gate: PaymentGate) -> Iterator[str]:
 
 @pytest.mark.parametrize(("url_path", "price"), [("/paid", 10_000), ("/fast", 20_000)])
 async def test_sync_and_async_views_are_paid_under_asgi(
-    url_path: str, price: int, site: str, shop: AsyncShop, chain: Any, test_token: Any,
-    payer: Any, pay_to: str,
+    url_path: str,
+    price: int,
+    site: str,
+    shop: AsyncShop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     async with httpx.AsyncClient(base_url=site, timeout=30) as raw:
         challenge = await raw.get(url_path)
@@ -119,8 +125,13 @@ async def test_an_async_view_runs_on_the_server_loop(
 
 
 async def test_an_async_view_that_raises_is_not_charged(
-    site: str, shop: AsyncShop, test_token: Any, payer: Any, pay_to: str,
-    facilitator: LocalFacilitator, chain: Any,
+    site: str,
+    shop: AsyncShop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
+    chain: Any,
 ) -> None:
     async with httpx.AsyncClient(base_url=site, timeout=30) as raw:
         challenge = await raw.get("/boom")

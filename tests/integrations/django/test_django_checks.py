@@ -44,7 +44,8 @@ def _view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
 # The URLconf VALID's ROUTES name (E009 checks keys against it), whatever another test left.
 URLCONF = types.ModuleType("checks_urls")
 URLCONF.urlpatterns = [  # type: ignore[attr-defined]
-    path("weather/", _view), path("reports/<int:pk>", _view, name="reports-detail"),
+    path("weather/", _view),
+    path("reports/<int:pk>", _view, name="reports-detail"),
     path("ok", _view),
 ]
 
@@ -62,15 +63,22 @@ def test_a_valid_configuration_passes() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"PAY_TO": None}, {"PAY_TO": "0x1234"}, {"PAY_TO": "0x" + "0" * 40},
-     {"PAY_TO": {"base-sepolia": "not an address"}}, {"PAY_TO": {"base": PAY_TO}}],
+    [
+        {"PAY_TO": None},
+        {"PAY_TO": "0x1234"},
+        {"PAY_TO": "0x" + "0" * 40},
+        {"PAY_TO": {"base-sepolia": "not an address"}},
+        {"PAY_TO": {"base": PAY_TO}},
+    ],
 )
 def test_e001_pay_to(change: dict[str, Any]) -> None:
     assert ids({**VALID, **change}) == ["x402gate.E001"]
 
 
-@pytest.mark.parametrize("change", [{"NETWORK": None}, {"NETWORK": "solana"},
-                                    {"NETWORK": "eip155:999999"}, {"ASSETS": ["USDC"]}])
+@pytest.mark.parametrize(
+    "change",
+    [{"NETWORK": None}, {"NETWORK": "solana"}, {"NETWORK": "eip155:999999"}, {"ASSETS": ["USDC"]}],
+)
 def test_e002_network(change: dict[str, Any]) -> None:
     settings = {**VALID, **change}
     if "ASSETS" in change:
@@ -80,9 +88,13 @@ def test_e002_network(change: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "routes",
-    [{"GET /weather/": "$-1"}, {"GET /weather/": "cheap"}, {"GET weather": "$0.01"},
-     {"view:reports": {"price": "$0.01", "colour": "red"}},
-     {"view:reports": {"settlement": "later", "price": 1}}],
+    [
+        {"GET /weather/": "$-1"},
+        {"GET /weather/": "cheap"},
+        {"GET weather": "$0.01"},
+        {"view:reports": {"price": "$0.01", "colour": "red"}},
+        {"view:reports": {"settlement": "later", "price": 1}},
+    ],
 )
 def test_e003_routes(routes: dict[str, Any]) -> None:
     assert ids({**VALID, "ROUTES": {"GET /ok": "$0.01", **routes}}) == ["x402gate.E003"]
@@ -90,9 +102,12 @@ def test_e003_routes(routes: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"FACILITATOR_URL": None}, {"FACILITATOR_URL": "ftp://f.example"},
-     {"FACILITATOR_URL": "https://f.example", "FACILITATOR_TIMEOUT": 0},
-     {"FACILITATOR": "no.such.module.facilitator"}],
+    [
+        {"FACILITATOR_URL": None},
+        {"FACILITATOR_URL": "ftp://f.example"},
+        {"FACILITATOR_URL": "https://f.example", "FACILITATOR_TIMEOUT": 0},
+        {"FACILITATOR": "no.such.module.facilitator"},
+    ],
 )
 def test_e004_facilitator(change: dict[str, Any]) -> None:
     assert ids({**VALID, **change}) == ["x402gate.E004"]
@@ -100,8 +115,14 @@ def test_e004_facilitator(change: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "x402gate",
-    [None, ["PAY_TO"], {**VALID, "PAYTO": PAY_TO}, {**VALID, "MAX_TIMEOUT_SECONDS": 5},
-     {**VALID, "DISCOVERY": "yes"}, {**VALID, "LIMIT_IN_FLIGHT": "yes"}],
+    [
+        None,
+        ["PAY_TO"],
+        {**VALID, "PAYTO": PAY_TO},
+        {**VALID, "MAX_TIMEOUT_SECONDS": 5},
+        {**VALID, "DISCOVERY": "yes"},
+        {**VALID, "LIMIT_IN_FLIGHT": "yes"},
+    ],
 )
 def test_e005_setting_shape_and_options(x402gate: Any) -> None:
     assert "x402gate.E005" in ids(x402gate)

@@ -120,13 +120,23 @@ def amount(response: requests.Response) -> int:
 
 @pytest.mark.parametrize(
     ("url_path", "price", "name", "content"),
-    [("/weather", 10_000, "weather", "sunny"), ("/outside", 20_000, "outside", "OUTSIDE"),
-     ("/report", 30_000, "report", "REPORT"), ("/items/9/", 40_000, "items-detail", "ITEM-9"),
-     ("/items/9/history/", 50_000, "items-history", "HISTORY-9")],
+    [
+        ("/weather", 10_000, "weather", "sunny"),
+        ("/outside", 20_000, "outside", "OUTSIDE"),
+        ("/report", 30_000, "report", "REPORT"),
+        ("/items/9/", 40_000, "items-detail", "ITEM-9"),
+        ("/items/9/history/", 50_000, "items-history", "HISTORY-9"),
+    ],
 )
 def test_drf_views_are_priced_and_paid_with_the_official_client(
-    url_path: str, price: int, name: str, content: str, site: str, test_token: Any,
-    payer: Any, pay_to: str,
+    url_path: str,
+    price: int,
+    name: str,
+    content: str,
+    site: str,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     assert amount(requests.get(site + url_path, timeout=30)) == price
     assert calls == {}

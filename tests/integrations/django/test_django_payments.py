@@ -174,7 +174,10 @@ def test_unpaid_request_gets_a_402_with_terms_and_free_views_pass(
     assert required.resource is not None and required.resource.url == f"{site}/paid"
     (terms,) = required.accepts
     assert (terms.scheme, terms.amount, terms.asset, terms.pay_to) == (
-        "exact", str(PRICE), test_token.address, pay_to,
+        "exact",
+        str(PRICE),
+        test_token.address,
+        pay_to,
     )
     assert response.headers["cache-control"] == "no-store"
     assert "PAYMENT-REQUIRED" in response.headers["access-control-expose-headers"]
@@ -208,12 +211,22 @@ def test_paid_request_is_served_with_a_receipt_and_moves_exactly_the_price(
 
 @pytest.mark.parametrize(
     ("url_path", "price", "content"),
-    [("/cheap", 10_000, "CHEAP"), ("/dear", 20_000, "DEAR"), ("/forecast", 30_000, "FORECAST"),
-     ("/reports/7", 40_000, "REPORT-7")],
+    [
+        ("/cheap", 10_000, "CHEAP"),
+        ("/dear", 20_000, "DEAR"),
+        ("/forecast", 30_000, "FORECAST"),
+        ("/reports/7", 40_000, "REPORT-7"),
+    ],
 )
 def test_each_view_has_its_own_price_decorator_or_view_name(
-    url_path: str, price: int, content: str, site: str, shop: Shop, test_token: Any,
-    payer: Any, pay_to: str,
+    url_path: str,
+    price: int,
+    content: str,
+    site: str,
+    shop: Shop,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
 ) -> None:
     assert requirements_of(requests.get(site + url_path, timeout=30)).amount == str(price)
     response = paid_get(payer, test_token, site + url_path)
@@ -232,7 +245,12 @@ def test_a_class_view_charges_only_its_decorated_method(site: str, shop: Shop) -
 
 
 def test_replay_of_a_settled_payment_is_refused_without_a_transaction(
-    site: str, shop: Shop, chain: Any, test_token: Any, payer: Any, pay_to: str,
+    site: str,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
     facilitator: LocalFacilitator,
 ) -> None:
     header = signed_header(payer, f"{site}/paid")
@@ -252,8 +270,15 @@ def test_replay_of_a_settled_payment_is_refused_without_a_transaction(
 
 @pytest.mark.parametrize(("url_path", "status"), [("/boom", 500), ("/error", 503)])
 def test_a_failing_view_is_not_charged(
-    url_path: str, status: int, site: str, shop: Shop, chain: Any, test_token: Any,
-    payer: Any, pay_to: str, facilitator: LocalFacilitator,
+    url_path: str,
+    status: int,
+    site: str,
+    shop: Shop,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator: LocalFacilitator,
 ) -> None:
     header = signed_header(payer, site + url_path)
     response = requests.get(site + url_path, headers=header, timeout=30)
@@ -292,11 +317,20 @@ def test_failed_settlement_answers_402_and_none_of_the_content(
     assert test_token.balance_of(pay_to) == 0
 
 
-@pytest.mark.parametrize(("fault", "status", "code"), [("500", 502, "facilitator_error"),
-                                                       ("pending", 503, "settlement_pending")])
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [("500", 502, "facilitator_error"), ("pending", 503, "settlement_pending")],
+)
 def test_settlement_fault_through_an_http_facilitator_serves_no_content(
-    fault: str, status: int, code: str, shop: Shop, facilitator: LocalFacilitator,
-    test_token: Any, payer: Any, pay_to: str, tmp_path: Any,
+    fault: str,
+    status: int,
+    code: str,
+    shop: Shop,
+    facilitator: LocalFacilitator,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    tmp_path: Any,
 ) -> None:
     # The gate is built from the settings here: FACILITATOR_URL, ASSETS, STORE_URL.
     with FacilitatorServer(facilitator) as service:
@@ -374,7 +408,9 @@ def test_resource_url_trusts_forwarded_host_only_when_django_does(
     with django_server(shop.urls(), {"GATE": gate, "ROUTES": ROUTES}) as site:
         plain = requests.get(f"{site}/paid", headers=forwarded, timeout=30)
     with django_server(
-        shop.urls(), {"GATE": gate, "ROUTES": ROUTES}, USE_X_FORWARDED_HOST=True,
+        shop.urls(),
+        {"GATE": gate, "ROUTES": ROUTES},
+        USE_X_FORWARDED_HOST=True,
         SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"),
     ) as site:
         proxied = requests.get(f"{site}/paid?q=1", headers=forwarded, timeout=30)
@@ -394,9 +430,13 @@ def test_public_origin_and_trusted_proxies_from_the_settings(
     from x402gate.django import get_gate
 
     settings = {
-        "PAY_TO": pay_to, "ASSETS": [test_token.asset], "FACILITATOR": gate.facilitator,
-        "STORE_URL": "memory://", "ROUTES": ROUTES,
-        "PUBLIC_ORIGIN": "https://shop.example", "TRUSTED_PROXIES": ["127.0.0.1"],
+        "PAY_TO": pay_to,
+        "ASSETS": [test_token.asset],
+        "FACILITATOR": gate.facilitator,
+        "STORE_URL": "memory://",
+        "ROUTES": ROUTES,
+        "PUBLIC_ORIGIN": "https://shop.example",
+        "TRUSTED_PROXIES": ["127.0.0.1"],
     }
     forwarded = {"X-Forwarded-Host": "evil.example", "X-Forwarded-For": "6.6.6.6, 192.0.2.8"}
     seen: list[Any] = []
