@@ -21,7 +21,7 @@ first, else from the dependency before the body is read (see ``docs/fastapi.md``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, Unpack, get_args
 
 try:
     from fastapi import FastAPI, Request
@@ -31,8 +31,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from ._web import operations
-from ._web.asgi import DEFAULT_MAX_BODY, FlowSlot, request_info_from_scope, too_large
+from ._web.asgi import FlowSlot, request_info_from_scope, too_large
 from ._web.common import route_refused, warn_trust_proxy_headers
+from ._web.middleware import MiddlewareOptions, middleware_options
 from ._web.operations import SLOT, Settings, SettlementLayer
 from ._web.types import Scope
 from .errors import ConfigurationError
@@ -147,14 +148,7 @@ def paid_operations(routes: Any) -> Any:
     return operations.paid_operations(routes, RequirePayment)
 
 
-def install(
-    app: FastAPI,
-    gate: PaymentGate,
-    *,
-    discovery: bool = False,
-    trust_proxy_headers: bool = False,
-    max_body_bytes: int = DEFAULT_MAX_BODY,
-) -> None:
+def install(app: FastAPI, gate: PaymentGate, **options: Unpack[MiddlewareOptions]) -> None:
     """Make ``app`` able to charge: call it once, where the app is created.
 
     Adds the settlement layer, renders payment answers (402, 400, 413, 502, 503), documents
@@ -163,13 +157,16 @@ def install(
     (ASGI lifespan), the gate's start-up checks run first
     (:meth:`~x402gate.gate.PaymentGate.check_startup`): a failing one stops the start.
 
-    :param trust_proxy_headers: deprecated: trust the peer's ``X-Forwarded-*`` headers whatever
-        its address. Give the gate ``trusted_proxies`` (and ``public_origin``) instead.
-    :param max_body_bytes: largest request body read for pricing on a paid route (413 above).
+    ``options`` are those of every paywall middleware: ``max_body_bytes`` (largest request
+    body read for pricing on a paid route, 413 above), ``discovery``, and the deprecated
+    ``trust_proxy_headers`` (give the gate ``trusted_proxies`` and ``public_origin`` instead).
+    A misspelt one is named with a suggestion.
     """
+    checked = middleware_options(options, "install")
+    discovery, max_body_bytes = checked.discovery, checked.max_body_bytes
     if getattr(app.state, "x402gate", None) is not None:
         raise ConfigurationError("x402gate is already installed on this app")
-    trust_proxy_headers = warn_trust_proxy_headers(trust_proxy_headers)
+    trust_proxy_headers = warn_trust_proxy_headers(checked.trust_proxy_headers)
     app.state.x402gate = settings = Settings(
         gate, trust_proxy_headers, max_body_bytes, app, RequirePayment
     )

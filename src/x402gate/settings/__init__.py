@@ -13,6 +13,7 @@ from .model import GATE_FIELDS, SETTING_NAMES, GateSettings
 from .reading import (
     DJANGO,
     FLASK,
+    MAPPING,
     YAML,
     SettingProblem,
     SettingsError,
@@ -26,6 +27,7 @@ __all__ = [
     "DJANGO",
     "FLASK",
     "GATE_FIELDS",
+    "MAPPING",
     "SETTING_NAMES",
     "YAML",
     "GateSettings",

@@ -22,6 +22,7 @@ from .validators import Conflict, Missing
 __all__ = [
     "DJANGO",
     "FLASK",
+    "MAPPING",
     "YAML",
     "SettingProblem",
     "SettingsError",
@@ -59,6 +60,7 @@ class Spelling:
 FLASK = Spelling("Flask config", prefix="X402GATE_")
 DJANGO = Spelling("settings.X402GATE")
 YAML = Spelling("the gateway file", upper=False)
+MAPPING = Spelling("PaymentGate.from_settings", upper=False)
 
 
 @dataclass(frozen=True, slots=True)
