@@ -5,8 +5,10 @@ Two families of parsers read bytes an upstream (an LLM provider, any proxied API
 * the usage meters (:class:`~x402gate.metering.SSEUsageMeter`,
   :class:`~x402gate.metering.JSONUsageMeter`, :func:`~x402gate.metering.usage_from_json`,
   :func:`~x402gate.metering.meter_for`), which decide what a metered call is charged;
-* the gateway's HTTP/1.1 client and relay (``x402gate proxy``), which read the upstream's
-  status line, headers and framing and pass the answer on.
+* the gateway's upstream client and relay (``x402gate proxy``), which read the upstream's
+  status line, headers and framing and pass the answer on. The client is the gateway's default
+  (aiohttp, whose parser is compiled code, so only the relay is instrumented);
+  ``X402GATE_FUZZ_UPSTREAM_CLIENT=builtin`` fuzzes the own h11 client, instrumented too.
 
 The first byte of an input picks the target:
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 from typing import Any
@@ -228,11 +231,13 @@ class _Errors(logging.Handler):
         self.records.append(record)
 
 
+CLIENT = os.environ.get("X402GATE_FUZZ_UPSTREAM_CLIENT", "aiohttp")
 LOOP = asyncio.new_event_loop()
 UPSTREAM = Upstream()
 PORT = LOOP.run_until_complete(UPSTREAM.start())
 CONFIG = f"""\
 gateway:
+  upstream_client: {CLIENT}
   secret: "{SECRET}"
   public_origin: "{ORIGIN}"
 pay_to: "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
