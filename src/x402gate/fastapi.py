@@ -130,7 +130,7 @@ class RequirePayment:
 
 
 def require_payment(
-    price: Any, /, *, gate: PaymentGate | None = None, **options: Unpack[RouteOptions]
+    price: Any, *, gate: PaymentGate | None = None, **options: Unpack[RouteOptions]
 ) -> RequirePayment:
     """A dependency that charges ``price`` per call: ``Depends(require_payment("$0.01"))``.
 

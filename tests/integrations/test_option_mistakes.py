@@ -83,3 +83,15 @@ def test_fastapi_dependency_names_a_misspelt_route_option(gate: PaymentGate) -> 
     options: dict[str, Any] = {"mime": "text/csv"}
     with pytest.raises(ConfigurationError, match=r"'mime'.*did you mean 'mime_type'"):
         require_payment("$0.01", gate=gate, **options)
+
+
+def test_fastapi_and_flask_decorators_take_the_price_first_or_by_name(gate: PaymentGate) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("flask")
+    from x402gate.fastapi import require_payment as fastapi_require_payment
+    from x402gate.flask import require_payment as flask_require_payment
+
+    by_name = fastapi_require_payment(price="$0.01", gate=gate, settlement="before")
+    first = fastapi_require_payment("$0.01", gate=gate, settlement="before")
+    assert by_name.route_for(gate).settlement == first.route_for(gate).settlement == "before"
+    assert callable(flask_require_payment(price="$0.01", description="A report"))

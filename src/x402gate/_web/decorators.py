@@ -1,6 +1,6 @@
 """What every ``require_payment`` decorator does when it is applied, whatever the framework.
 
-The decorators share one signature, ``require_payment(price, /, **options)`` with the options of
+The decorators share one signature, ``require_payment(price, **options)`` with the options of
 :class:`~x402gate.options.RouteOptions`; :func:`paid_terms` checks them at decoration time, so
 a misspelt option or a bad price stops the import, not the first paying request.
 """

@@ -67,7 +67,7 @@ def _request_of(args: Sequence[Any]) -> tuple[Any, RequestState]:
     )
 
 
-def require_payment(price: Any, /, **options: Unpack[RouteOptions]) -> Callable[[V], V]:
+def require_payment(price: Any, **options: Unpack[RouteOptions]) -> Callable[[V], V]:
     """Charge ``price`` for every call of the decorated view (sync or async).
 
     ``price`` and the options are those of :meth:`x402gate.PaymentGate.route`: ``"$0.01"``,

@@ -166,7 +166,7 @@ def _answer(answer: Answer) -> Response:
 
 
 def require_payment(
-    price: Any, /, *, gate: PaymentGate | None = None, **options: Unpack[RouteOptions]
+    price: Any, *, gate: PaymentGate | None = None, **options: Unpack[RouteOptions]
 ) -> Callable[[Callable[P, Any]], Callable[P, Response]]:
     """Charge ``price`` per call of the decorated view (sync or ``async``).
 

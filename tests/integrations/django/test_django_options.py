@@ -16,8 +16,7 @@ def test_a_misspelt_route_option_fails_at_decoration_time() -> None:
         require_payment("$0.01", setlement="before")  # type: ignore[call-arg]
 
 
-def test_the_price_is_positional_only_and_options_are_keywords() -> None:
-    with pytest.raises(TypeError):
-        require_payment(price="$0.01")  # type: ignore[call-arg]
+def test_the_price_comes_first_or_by_name_and_options_are_keywords() -> None:
+    assert callable(require_payment(price="$0.01"))
     decorate = require_payment("$0.01", settlement="before", description="A report")
     assert callable(decorate)
