@@ -11,7 +11,7 @@ import pytest
 from x402gate import PaymentGate
 from x402gate._web.types import Receive, Scope, Send
 from x402gate.errors import ConfigurationError
-from x402gate.settings import SettingsError
+from x402gate.settings import SettingsError, gate_from_settings
 
 PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 SETTINGS: dict[str, Any] = {
@@ -25,7 +25,7 @@ SETTINGS: dict[str, Any] = {
 
 @pytest.fixture
 def gate() -> Iterator[PaymentGate]:
-    gate = PaymentGate.from_settings(SETTINGS)
+    gate = gate_from_settings(SETTINGS)
     yield gate
     gate.close()
 
@@ -36,7 +36,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 def test_gate_settings_name_every_unknown_key_with_a_suggestion() -> None:
     with pytest.raises(SettingsError) as refused:
-        PaymentGate.from_settings({**SETTINGS, "netwrok": "base", "store": "memory://"})
+        gate_from_settings({**SETTINGS, "netwrok": "base", "store": "memory://"})
     text = str(refused.value)
     assert "netwrok is not a setting (did you mean 'network'?)" in text
     assert "store is not a setting (did you mean 'store_url'?)" in text
@@ -45,7 +45,7 @@ def test_gate_settings_name_every_unknown_key_with_a_suggestion() -> None:
 
 def test_gate_settings_refuse_what_belongs_to_a_middleware() -> None:
     with pytest.raises(SettingsError, match="routes is not a gate setting"):
-        PaymentGate.from_settings({**SETTINGS, "routes": {"GET /paid": "$0.01"}})
+        gate_from_settings({**SETTINGS, "routes": {"GET /paid": "$0.01"}})
 
 
 def test_asgi_middleware_names_a_misspelt_option(gate: PaymentGate) -> None:

@@ -296,35 +296,6 @@ class PaymentGate:
         except Exception as exc:  # a backend bug must fail closed too
             raise StoreError(f"store operation failed: {type(exc).__name__}") from exc
 
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> PaymentGate:
-        """A gate from a mapping of settings: the keys of Django's ``X402GATE`` setting and of
-        the gateway file, in lower case (``{"pay_to": "0x...", "network": "base",
-        "facilitator_url": "https://...", "store_url": "sqlite:///x402gate.db"}``), for apps
-        that keep their configuration in a file or the environment.
-
-        Every unknown key (with a "did you mean"), missing and invalid value is named in one
-        :class:`~x402gate.settings.SettingsError`. ``routes`` and ``discovery`` belong to a
-        middleware or extension, not to the gate, and are refused here.
-        """
-        from ..settings import MAPPING, SettingProblem, SettingsError, build_gate, read_settings
-
-        elsewhere = ("gate", "routes", "discovery")
-        misplaced = tuple(
-            SettingProblem(key, "is not a gate setting: give it to a middleware or extension")
-            for key in elsewhere
-            if key in settings
-        )
-        rest = {key: value for key, value in settings.items() if key not in elsewhere}
-        try:
-            read = read_settings(rest, MAPPING)
-        except SettingsError as exc:
-            raise SettingsError(MAPPING.source, misplaced + exc.problems) from None
-        if misplaced:
-            raise SettingsError(MAPPING.source, misplaced)
-        gate, _ = build_gate(read)
-        return gate
-
     def public_url(self, request: RequestInfo) -> str:
         """The request's URL under the configured public origin: the one whose host the request
         named when there is one, the first otherwise. Without ``public_origin``, the URL the

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from .building import build_gate, build_route_table, gate_from_flask_config
+from .building import build_gate, build_route_table, gate_from_flask_config, gate_from_settings
 from .model import GATE_FIELDS, SETTING_NAMES, GateSettings
 from .reading import (
     DJANGO,
@@ -37,6 +37,7 @@ __all__ = [
     "build_gate",
     "build_route_table",
     "gate_from_flask_config",
+    "gate_from_settings",
     "read_django_setting",
     "read_flask_config",
     "read_settings",

@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .model import GateSettings
-from .reading import read_flask_config
+from .reading import MAPPING, SettingProblem, SettingsError, read_flask_config, read_settings
 
 if TYPE_CHECKING:
     from ..gate import PaymentGate
     from ..routing import RouteTable
 
-__all__ = ["build_gate", "build_route_table", "gate_from_flask_config"]
+__all__ = ["build_gate", "build_route_table", "gate_from_flask_config", "gate_from_settings"]
 
 
 def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
@@ -69,3 +69,30 @@ def build_route_table(settings: GateSettings, gate: PaymentGate) -> RouteTable |
     from ..routing import RouteTable
 
     return RouteTable(gate, settings.routes) if settings.routes else None
+
+
+def gate_from_settings(settings: Mapping[str, Any]) -> PaymentGate:
+    """A gate from a mapping of settings: the keys of Django's ``X402GATE`` setting and of the
+    gateway file, in lower case (``{"pay_to": "0x...", "network": "base", "facilitator_url":
+    "https://...", "store_url": "sqlite:///x402gate.db"}``), for apps that keep their
+    configuration in a file or the environment (ASGI, FastAPI, WSGI).
+
+    Every unknown key (with a "did you mean"), missing and invalid value is named in one
+    :class:`~x402gate.settings.SettingsError`. ``routes`` and ``discovery`` belong to a
+    middleware or extension, not to the gate, and are refused here.
+    """
+    elsewhere = ("gate", "routes", "discovery")
+    misplaced = tuple(
+        SettingProblem(key, "is not a gate setting: give it to a middleware or extension")
+        for key in elsewhere
+        if key in settings
+    )
+    rest = {key: value for key, value in settings.items() if key not in elsewhere}
+    try:
+        read = read_settings(rest, MAPPING)
+    except SettingsError as exc:
+        raise SettingsError(MAPPING.source, misplaced + exc.problems) from None
+    if misplaced:
+        raise SettingsError(MAPPING.source, misplaced)
+    gate, _ = build_gate(read)
+    return gate

@@ -60,7 +60,7 @@ class Spelling:
 FLASK = Spelling("Flask config", prefix="X402GATE_")
 DJANGO = Spelling("settings.X402GATE")
 YAML = Spelling("the gateway file", upper=False)
-MAPPING = Spelling("PaymentGate.from_settings", upper=False)
+MAPPING = Spelling("gate_from_settings", upper=False)
 
 
 @dataclass(frozen=True, slots=True)
