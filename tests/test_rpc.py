@@ -80,9 +80,13 @@ class _Handler(BaseHTTPRequestHandler):
         node = self.node
         body = self.rfile.read(int(self.headers["Content-Length"]))
         request = json.loads(body)
-        method = request["method"]
+        # A JSON-RPC batch counts each of its calls; it never carries a broadcast.
+        batch = request if isinstance(request, list) else [request]
+        method = batch[0]["method"]
         with node.lock:
-            node.calls[method] += 1
+            for call in batch:
+                node.calls[call["method"]] += 1
+            node.batches += isinstance(request, list)
             node.targets.append(self.path)
             node.authorizations.append(self.headers.get("Authorization"))
             fail = method == SEND and node.fail_sends > 0
@@ -101,8 +105,11 @@ class _Handler(BaseHTTPRequestHandler):
         if node.upstream is not None:
             answer = node.forward(body)
         else:
-            result = TX_HASH if method == SEND else "0x10"
-            answer = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode()
+            answers = [
+                {"jsonrpc": "2.0", "id": c["id"], "result": TX_HASH if c["method"] == SEND else "0x10"}
+                for c in batch
+            ]
+            answer = json.dumps(answers if isinstance(request, list) else answers[0]).encode()
         if fail:  # fail_mode "after": the node took the transaction, the client hears 502
             self._answer(502, b"bad gateway")
             return
@@ -121,6 +128,7 @@ class RpcNode:
         self.connections = 0
         self.open = 0
         self.calls: Counter[str] = Counter()
+        self.batches = 0
         self.targets: list[str] = []
         self.authorizations: list[str | None] = []
         self.status = 200

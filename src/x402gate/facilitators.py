@@ -292,6 +292,7 @@ class LocalFacilitator:
         from x402 import x402FacilitatorSync
         from x402.mechanisms.evm.exact import register_exact_evm_facilitator
 
+        from ._direct import DirectExact
         from ._rpc import Signer, redact_rpc_url
         from .assets import normalize_network
 
@@ -322,6 +323,7 @@ class LocalFacilitator:
             )
         except Exception as exc:  # bad key format, unusable URL
             raise ConfigurationError("LocalFacilitator: invalid private key or RPC URL") from exc
+        self._direct = DirectExact(self._signer, self.networks)
         self._facilitator = x402FacilitatorSync()
         register_exact_evm_facilitator(
             self._facilitator, self._signer, networks=self.networks, simulate_in_settle=True
@@ -380,7 +382,7 @@ class LocalFacilitator:
     async def verify(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> VerifyResponse:
-        result = await self._run("verify", lambda: self._facilitator.verify(payload, requirements))
+        result = await self._run("verify", lambda: self._verify(payload, requirements))
         if not result.is_valid:
             await self._fail_closed_if_chain_down("verify", result.invalid_reason)
         return result
@@ -390,7 +392,7 @@ class LocalFacilitator:
     ) -> SettleResponse:
         def settle() -> SettleResponse:
             try:
-                result: SettleResponse = self._facilitator.settle(payload, requirements)
+                result: SettleResponse = self._settle(payload, requirements)
             except Exception:
                 self._signer.forget_nonce()
                 raise
@@ -403,6 +405,53 @@ class LocalFacilitator:
         result = await self._run("settle", settle)
         if not result.success and not result.transaction:
             await self._fail_closed_if_chain_down("settle", result.error_reason)
+        return result
+
+    def _verify(self, payload: PaymentPayload, requirements: PaymentRequirements) -> VerifyResponse:
+        direct = self._direct
+        transfer = direct.transfer(payload, requirements)
+        if transfer is not None and direct.asset_has_code(transfer) and direct.simulate(transfer):
+            from x402.schemas import VerifyResponse
+
+            return VerifyResponse(is_valid=True, payer=transfer.payer)
+        # Refused, or not a plain EOA payment: the SDK's scheme decides and says why.
+        result: VerifyResponse = self._facilitator.verify(payload, requirements)
+        return result
+
+    def _settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
+        from x402.schemas import SettleResponse
+
+        direct = self._direct
+        transfer = direct.transfer(payload, requirements)
+        if transfer is not None:
+            sent = direct.pending(transfer)
+            if sent is not None:
+                return direct.confirm(transfer, sent)
+            if direct.asset_has_code(transfer):
+                # The transfer simulated right before it is sent: spent meanwhile (by the payer
+                # or through another facilitator), or no longer possible for any other reason,
+                # it goes to the SDK below, which simulates too and refuses it, sending nothing.
+                gas_price = direct.simulate_with_gas_price(transfer)
+                if gas_price is not None:
+                    try:
+                        tx_hash = direct.send(transfer, gas_price)
+                    except Exception as exc:
+                        from x402.mechanisms.evm.exact.eip3009_utils import (
+                            parse_eip3009_transfer_error,
+                        )
+
+                        reason = parse_eip3009_transfer_error(exc)
+                        logger.warning("local facilitator: broadcast refused (%s)", reason)
+                        return SettleResponse(
+                            success=False,
+                            error_reason=reason,
+                            error_message=str(exc)[:200],
+                            network=transfer.network,
+                            payer=transfer.payer,
+                            transaction="",
+                        )
+                    return direct.confirm(transfer, tx_hash)
+        result: SettleResponse = self._facilitator.settle(payload, requirements)
         return result
 
     async def aclose(self) -> None:
