@@ -106,7 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
             answer = node.forward(body)
         else:
             answers = [
-                {"jsonrpc": "2.0", "id": c["id"], "result": TX_HASH if c["method"] == SEND else "0x10"}
+                {
+                    "jsonrpc": "2.0",
+                    "id": c["id"],
+                    "result": TX_HASH if c["method"] == SEND else "0x10",
+                }
                 for c in batch
             ]
             answer = json.dumps(answers if isinstance(request, list) else answers[0]).encode()
