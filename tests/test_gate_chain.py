@@ -651,11 +651,10 @@ async def test_blocking_chain_calls_never_run_on_the_event_loop(
 ) -> None:
     # The facilitator talks to the chain through blocking JSON-RPC calls; they must all happen
     # in worker threads. Record the thread of every call the chain transport posts.
+    import json
     import threading
 
     from x402gate._rpc import JsonRpcTransport
-
-    import json
 
     threads: list[int] = []
     methods: list[str] = []
