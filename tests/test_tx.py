@@ -56,7 +56,7 @@ class _Node(JSONBaseProvider):
 
 
 def _checksum(raw: bytes) -> str:
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     return str(to_checksum_address(raw))
 

@@ -191,7 +191,9 @@ class DirectExact:
         expected ``Transfer`` event in its logs."""
         from x402.schemas import SettleResponse
 
-        def answer(success: bool, reason: str | None = None, message: str | None = None) -> Any:
+        def answer(
+            success: bool, reason: str | None = None, message: str | None = None
+        ) -> SettleResponse:
             return SettleResponse(
                 success=success,
                 error_reason=reason,
