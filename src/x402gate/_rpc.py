@@ -1,18 +1,23 @@
-"""The chain side of :class:`~x402gate.facilitators.LocalFacilitator`: a lean JSON-RPC transport
-and the official SDK's web3 signer with settlements that overlap.
+"""The chain side of :class:`~x402gate.facilitators.LocalFacilitator`: a lean JSON-RPC transport,
+one receipt poll loop for all pending settlements, and the official SDK's web3 signer with
+settlements that overlap.
 
-Imported lazily (web3 is heavy). Two things differ from the SDK's ``FacilitatorWeb3Signer`` as it
+Imported lazily (web3 is heavy). What differs from the SDK's ``FacilitatorWeb3Signer`` as it
 comes:
 
 * **Transport.** web3's ``HTTPProvider`` goes through ``requests`` on every call (session and
   proxy lookups, urllib3 pools): about 1 ms of CPU per RPC, and a settlement makes a dozen.
   :class:`JsonRpcTransport` posts over one keep-alive ``http.client`` connection per thread,
-  and remembers the chain id, which web3 asks for before every call it validates.
+  remembers the chain id, which web3 asks for before every call it validates, and offers
+  :meth:`~JsonRpcTransport.request` and :meth:`~JsonRpcTransport.batch` without web3 for the
+  direct settlement path (:mod:`x402gate._direct`).
 * **Concurrency.** Sending a settlement (reserve a nonce, sign, broadcast) is serialized; waiting
   for its receipt is not. When a broadcast fails, the nonce counter is re-read from the node
   before anyone else sends, so a failure never leaves a gap that would hold back later
-  transactions. Receipts are polled quickly at first (a local node mines at once; a real chain
-  needs seconds), then less often.
+  transactions.
+* **Receipts.** One :class:`ReceiptPoller` thread asks for the receipts of every pending
+  transaction in one JSON-RPC batch per poll, quickly at first (a local node mines at once; a
+  real chain needs seconds), then less often.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@
   the official ``HTTPFacilitatorClient``. ``verify`` may fail over across several URLs; ``settle``
   goes to one URL only, because settling the same authorization twice through two services is
   exactly what must never happen blindly.
-* :class:`LocalFacilitator` settles in-process through web3 with the official exact-EVM
-  facilitator scheme, against an RPC URL and a funded key. Simulation before settle is on, so a
-  replayed or invalid authorization is refused before any transaction is broadcast.
+* :class:`LocalFacilitator` settles in-process against an RPC URL and a funded key: EOA payments
+  directly, everything else with the official exact-EVM facilitator scheme. The transfer is
+  simulated right before every broadcast, so a replayed, spent or invalid authorization is
+  refused before any transaction is sent.
 
 Both are async. Blocking work (web3, the SDK's sync ``get_supported``) runs in worker threads so
 the event loop never waits on the network. Errors become :class:`~x402gate.errors.FacilitatorError`
@@ -272,10 +273,14 @@ class LocalFacilitator:
         threads of this facilitator's own (a settlement waiting for its receipt never takes a
         thread the store needs). Broadcasts are serialized; receipt waits overlap.
 
-    The SDK's scheme and signer do the chain work; x402gate gives the signer a keep-alive
-    JSON-RPC transport (web3's default one spends about 1 ms of CPU per call), lets settlements
-    overlap while their broadcasts stay ordered, and polls receipts every few milliseconds at
-    first (see :mod:`x402gate._rpc`).
+    A payment by an EOA (a 65-byte signature that recovers to the payer) is verified and
+    settled by x402gate directly, doing what the SDK's scheme does in a fraction of its CPU: the
+    transfer simulated at verification and again right before its broadcast, the transaction
+    built from a calldata template and signed without web3, the nonce from a local counter, the
+    receipt from one poll loop shared by all pending settlements (see :mod:`x402gate._direct`).
+    Every other payment, and every refusal, goes through the SDK's scheme and signer, over a
+    keep-alive JSON-RPC transport (see :mod:`x402gate._rpc`). Settlements overlap while their
+    broadcasts stay ordered.
     """
 
     def __init__(
