@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,6 +46,7 @@ _NO_UPPER_BOUND: Final = 1 << 256
 _TRANSFER_TOPIC: Final = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 # How long a token found to have code is trusted to keep it (the SDK caches as long).
 _ASSET_CODE_SECONDS: Final = 3600.0
+_BLOCKS_KEPT: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class DirectExact:
         self._pending = InMemoryPendingSettlementStore()
         self._assets: dict[str, float] = {}
         self._assets_lock = threading.Lock()
+        self._blocks: OrderedDict[str, int] = OrderedDict()
 
     def transfer(
         self, payload: PaymentPayload, requirements: PaymentRequirements
@@ -212,7 +215,16 @@ class DirectExact:
             return answer(False, "transaction_failed")
         if not self._transferred(transfer, receipt.logs or []):
             return answer(False, "invalid_exact_evm_transfer_event_mismatch")
+        with self._assets_lock:
+            self._blocks[tx_hash] = receipt.block_number
+            if len(self._blocks) > _BLOCKS_KEPT:
+                self._blocks.popitem(last=False)
         return answer(True)
+
+    def block_of(self, tx_hash: str) -> int | None:
+        """The block of a transaction this path saw confirmed (the last few thousand)."""
+        with self._assets_lock:
+            return self._blocks.get(tx_hash.lower())
 
     @staticmethod
     def _transferred(transfer: Transfer, logs: list[Any]) -> bool:

@@ -459,6 +459,11 @@ class LocalFacilitator:
         result: SettleResponse = self._facilitator.settle(payload, requirements)
         return result
 
+    def settlement_block(self, transaction: str) -> int | None:
+        """The block a transaction this facilitator settled recently was mined in, as its
+        receipt said (``None`` when it is not one of the last few thousand)."""
+        return self._direct.block_of(transaction)
+
     async def aclose(self) -> None:
         """Stop the chain threads (waiting for calls in flight) and close the RPC connections."""
         await asyncio.to_thread(self.close)

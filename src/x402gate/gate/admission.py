@@ -118,16 +118,27 @@ async def settle_in_flight(gate: PaymentGate, session: PaymentSession) -> None:
     gate.balances.forget(payment.asset, payment.payer)
     block: int | None = None
     if payment.transaction:
-        try:
-            block = await gate.balances.settlement_block(payment.network, payment.transaction)
-        except FacilitatorError as exc:
-            logger.warning("settlement block unknown, the hold stays until it lapses: %s", exc)
+        # The facilitator that just saw the receipt knows its block: no round trip for it.
+        block = _block_known_to(gate.facilitator, payment.transaction)
+        if block is None:
+            try:
+                block = await gate.balances.settlement_block(payment.network, payment.transaction)
+            except FacilitatorError as exc:
+                logger.warning("settlement block unknown, the hold stays until it lapses: %s", exc)
     # Readings of earlier blocks still show the money: the payment counts against them.
     until = IN_FLIGHT_UNSETTLED if block is None else block
     now = gate.clock.now()
     await gate._store_call_quietly(
         gate.store.in_flight_settle, *held, until, now + SETTLED_IN_FLIGHT_SECONDS, now
     )
+
+
+def _block_known_to(facilitator: Any, transaction: str) -> int | None:
+    from ..facilitators import LocalFacilitator
+
+    if isinstance(facilitator, LocalFacilitator):
+        return facilitator.settlement_block(transaction)
+    return None
 
 
 async def unknown_outcome_in_flight(gate: PaymentGate, session: PaymentSession) -> None:
