@@ -87,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
             for call in batch:
                 node.calls[call["method"]] += 1
             node.batches += isinstance(request, list)
+            node.posts += 1
             node.targets.append(self.path)
             node.authorizations.append(self.headers.get("Authorization"))
             fail = method == SEND and node.fail_sends > 0
@@ -133,6 +134,7 @@ class RpcNode:
         self.open = 0
         self.calls: Counter[str] = Counter()
         self.batches = 0
+        self.posts = 0
         self.targets: list[str] = []
         self.authorizations: list[str | None] = []
         self.status = 200
@@ -787,3 +789,84 @@ def test_the_chain_id_is_asked_once_per_transport(node: Any) -> None:
     finally:
         transport.close()
     assert node.calls["eth_chainId"] == 1
+
+
+@pytest.mark.chain
+async def test_a_paid_request_costs_four_round_trips_to_the_node(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """Verify: one simulation. Settle: the simulation again batched with the gas price, the
+    broadcast, the receipt. The token's code, the chain id and the nonce are read once."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=10
+    )
+    requirements = requirements_for(test_token, pay_to)
+    try:
+        first = sign_exact_payment(payer, requirements)
+        assert (await facilitator.verify(first, requirements)).is_valid
+        assert (await facilitator.settle(first, requirements)).success
+        with relay.lock:
+            relay.calls.clear()
+            relay.posts = 0
+        payments = 5
+        for _ in range(payments):
+            payment = sign_exact_payment(payer, requirements)
+            assert (await facilitator.verify(payment, requirements)).is_valid
+            settled = await facilitator.settle(payment, requirements)
+            assert settled.success, settled.error_reason
+    finally:
+        await facilitator.aclose()
+    calls = dict(relay.calls)
+    assert calls.pop("eth_call") == 2 * payments
+    assert calls.pop("eth_gasPrice") == payments
+    assert calls.pop(SEND) == payments
+    receipts = calls.pop("eth_getTransactionReceipt")
+    assert payments <= receipts <= 2 * payments  # mined at once by anvil; at most one miss
+    assert calls == {}  # no eth_getCode, eth_chainId, eth_getTransactionCount any more
+    assert relay.posts <= 4 * payments + (receipts - payments)
+
+
+@pytest.mark.chain
+async def test_one_receipt_loop_serves_a_burst(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """Twelve settlements waiting together are polled by one thread, in batches: while the
+    chain mines nothing, each poll asks for every pending receipt in one post."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=30
+    )
+    requirements = requirements_for(test_token, pay_to)
+    payments = [sign_exact_payment(payer, requirements) for _ in range(12)]
+    try:
+        chain.rpc("evm_setAutomine", [False])
+        try:
+            settling = asyncio.gather(*(facilitator.settle(p, requirements) for p in payments))
+            pending = await wait_until_async(
+                lambda: relay.calls[SEND] == 12 and relay.batches > 0, timeout=20
+            )
+            await asyncio.sleep(0.3)
+            pollers = [t for t in threading.enumerate() if t.name == "x402gate-receipts"]
+            with relay.lock:
+                receipt_calls, batches = relay.calls["eth_getTransactionReceipt"], relay.batches
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", [True])
+        results = await asyncio.wait_for(settling, 60)
+    finally:
+        await facilitator.aclose()
+    assert pending
+    assert len(pollers) == 1
+    assert all(r.success for r in results), [r.error_reason for r in results]
+    receipt_posts = batches - 12  # the other batches: each settlement's simulation + gas price
+    assert receipt_calls >= 12 and receipt_posts >= 1
+    assert receipt_calls / receipt_posts >= 6  # polls ask for many receipts at once
