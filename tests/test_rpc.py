@@ -870,3 +870,35 @@ async def test_one_receipt_loop_serves_a_burst(
     receipt_posts = batches - 12  # the other batches: each settlement's simulation + gas price
     assert receipt_calls >= 12 and receipt_posts >= 1
     assert receipt_calls / receipt_posts >= 6  # polls ask for many receipts at once
+
+
+@pytest.mark.chain
+async def test_a_nonce_used_by_another_sender_of_the_key_is_skipped_without_a_gap(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """The key also sends from elsewhere (another process): the local counter is behind, the
+    node answers "nonce too low", and the transaction is signed again once with the node's
+    count. Nothing is left pending and nothing is sent twice."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=5
+    )
+    requirements = requirements_for(test_token, pay_to)
+    try:
+        first = await facilitator.settle(sign_exact_payment(payer, requirements), requirements)
+        assert first.success, first.error_reason
+        chain.transact(facilitator_account, to=Account.create().address, value=1)
+        second = await facilitator.settle(sign_exact_payment(payer, requirements), requirements)
+    finally:
+        await facilitator.aclose()
+    assert second.success, second.error_reason
+    assert relay.calls[SEND] == 3  # the refused one, then its second signature
+    assert test_token.balance_of(pay_to) == 2 * PRICE
+    assert chain.tx_count(facilitator.address) == chain.w3.eth.get_transaction_count(
+        facilitator.address,  # type: ignore[arg-type]
+        "latest",
+    )
