@@ -115,7 +115,10 @@ async def settle_in_flight(gate: PaymentGate, session: PaymentSession) -> None:
         # The facilitator vouched for the balance after its own settlement: nothing to keep.
         await gate._store_call_quietly(gate.store.in_flight_release, *held)
         return
-    gate.balances.forget(payment.asset, payment.payer)
+    # The payer's cached balance reading is kept: it is of an earlier block than this
+    # settlement, so the hold below keeps counting against it until it is replaced (at most
+    # balance_cache_seconds later). Dropping it would make the payer's next request read the
+    # chain again (two round trips) for the same answer.
     block: int | None = None
     if payment.transaction:
         # The facilitator that just saw the receipt knows its block: no round trip for it.
