@@ -45,7 +45,7 @@ _NO_UPPER_BOUND: Final = 1 << 256
 # keccak256("Transfer(address,address,uint256)")
 _TRANSFER_TOPIC: Final = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 # How long a token found to have code is trusted to keep it (the SDK caches as long).
-_ASSET_CODE_SECONDS: Final = 3600.0
+_ASSET_CODE_SECONDS: Final = 900.0
 _BLOCKS_KEPT: Final = 4096
 
 
