@@ -267,11 +267,11 @@ def _instrument(app: Any, side: str, phases: _Phases) -> Any:
         phases.wrap_async(facilitator, "verify", "  facilitator.verify (loop view)")
         phases.wrap_async(facilitator, "settle", "  facilitator.settle (loop view)")
         phases.wrap_sync(facilitator, "_verify", "    verify (in a chain thread)")
-        phases.wrap_sync(facilitator, "_settle", "    settle (in a chain thread)")
+        phases.wrap_sync(facilitator, "_settle", "    settle up to the broadcast (chain thread)")
         direct = facilitator._direct
         phases.wrap_sync(direct, "transfer", "      checks + calldata (direct path)")
         phases.wrap_sync(direct, "send", "      nonce + sign + broadcast (direct path)")
-        phases.wrap_sync(direct, "confirm", "      receipt wait + check (direct path)")
+        phases.wrap_async(direct, "confirmed", "    receipt wait + check (on the loop)")
         sdk = facilitator._facilitator
         phases.wrap_sync(sdk, "verify", "      SDK verify (fallback; 0 when all went direct)")
         phases.wrap_sync(sdk, "settle", "      SDK settle (fallback; 0 when all went direct)")

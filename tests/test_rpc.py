@@ -535,28 +535,6 @@ async def test_unreachable_chain_is_unavailable_without_leaking_the_url(
 # --------------------------------------------------------------------------- on the local chain
 
 
-class ReceiptWaits:
-    """Counts :meth:`Signer.wait_for_transaction_receipt` calls in progress, and the peak."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-        original = Signer.wait_for_transaction_receipt
-
-        def counted(signer: Signer, tx_hash: str) -> Any:
-            with self.lock:
-                self.now += 1
-                self.peak = max(self.peak, self.now)
-            try:
-                return original(signer, tx_hash)
-            finally:
-                with self.lock:
-                    self.now -= 1
-
-        monkeypatch.setattr(Signer, "wait_for_transaction_receipt", counted)
-
-
 def requirements_for(token: TestToken, pay_to: str) -> PaymentRequirements:
     return build_requirements(token.asset, PRICE, pay_to, 300)
 
@@ -576,17 +554,17 @@ async def test_concurrent_settlements_overlap_and_all_land(
     payer: Any,
     pay_to: str,
     facilitator_account: Any,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """16 payments settled at once are all waiting for their receipts at the same moment: with
     automine off, nothing is mined until every one of them was broadcast, so settlements that
-    ran one after another could never all get there."""
-    waits = ReceiptWaits(monkeypatch)
+    ran one after another could never all get there. The facilitator has 4 chain threads: a
+    receipt wait holds none of them."""
     facilitator = LocalFacilitator(
         chain.rpc_url,
         facilitator_account.key.hex(),
         networks=chain.network,
         confirmation_timeout=30,
+        max_concurrency=4,
     )
     requirements = requirements_for(test_token, pay_to)
     payments = [sign_exact_payment(payer, requirements) for _ in range(16)]
@@ -596,7 +574,8 @@ async def test_concurrent_settlements_overlap_and_all_land(
         chain.rpc("evm_setAutomine", [False])
         try:
             settling = asyncio.gather(*(facilitator.settle(p, requirements) for p in payments))
-            all_waiting = await wait_until_async(lambda: waits.now == 16, timeout=20)
+            receipts = facilitator._signer.receipts
+            all_waiting = await wait_until_async(lambda: receipts.pending == 16, timeout=20)
             pending = chain.tx_count(facilitator.address) - first_nonce
             chain.rpc("evm_mine")
         finally:
@@ -605,7 +584,8 @@ async def test_concurrent_settlements_overlap_and_all_land(
     finally:
         await facilitator.aclose()
 
-    assert all_waiting, f"at most {waits.peak} settlements waited for a receipt at once"
+    assert all_waiting, f"{receipts.pending} settlements waited for a receipt at once"
+    # No thread of the facilitator is held by a receipt wait: the poll loop calls back.
     assert pending == 16
     assert [r.success for r in results] == [True] * 16, [r.error_reason for r in results]
     hashes = {r.transaction for r in results}
@@ -902,3 +882,39 @@ async def test_a_nonce_used_by_another_sender_of_the_key_is_skipped_without_a_ga
         facilitator.address,  # type: ignore[arg-type]
         "latest",
     )
+
+
+@pytest.mark.chain
+async def test_a_settlement_cancelled_while_awaiting_its_receipt_is_not_sent_again(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """The request waiting for the receipt goes away (cancelled); a retry of the same payment
+    waits for the transaction already sent instead of broadcasting another one."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=10
+    )
+    requirements = requirements_for(test_token, pay_to)
+    payment = sign_exact_payment(payer, requirements)
+    try:
+        chain.rpc("evm_setAutomine", [False])
+        try:
+            first = asyncio.ensure_future(facilitator.settle(payment, requirements))
+            receipts = facilitator._signer.receipts
+            assert await wait_until_async(lambda: receipts.pending == 1, timeout=10)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", [True])
+        again = await asyncio.wait_for(facilitator.settle(payment, requirements), 20)
+    finally:
+        await facilitator.aclose()
+    assert again.success, again.error_reason
+    assert relay.calls[SEND] == 1
+    assert test_token.balance_of(pay_to) == PRICE

@@ -25,6 +25,8 @@ explains it exactly as before; a simulation that reverts before settling sends n
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +41,7 @@ from .verify import verify_exact
 if TYPE_CHECKING:
     from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
 
-__all__ = ["DirectExact", "Transfer"]
+__all__ = ["DirectExact", "Sent", "Transfer"]
 
 _NO_UPPER_BOUND: Final = 1 << 256
 # keccak256("Transfer(address,address,uint256)")
@@ -67,6 +69,43 @@ class Transfer:
 
     def call(self, sender: str) -> dict[str, str]:
         return {"from": sender, "to": self.token_hex, "data": "0x" + self.calldata.hex()}
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A broadcast settlement transaction, waiting for its receipt."""
+
+    transfer: Transfer
+    tx_hash: str
+
+
+def _answer(
+    sent: Sent, success: bool, reason: str | None = None, message: str | None = None
+) -> SettleResponse:
+    from x402.schemas import SettleResponse
+
+    return SettleResponse(
+        success=success,
+        error_reason=reason,
+        error_message=message,
+        transaction=sent.tx_hash,
+        network=sent.transfer.network,
+        payer=sent.transfer.payer,
+    )
+
+
+def _resolve(
+    future: asyncio.Future[dict[str, Any]],
+    receipt: dict[str, Any] | None,
+    error: BaseException | None,
+) -> None:
+    if future.done():  # the settlement was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert receipt is not None
+        future.set_result(receipt)
 
 
 class DirectExact:
@@ -177,49 +216,56 @@ class DirectExact:
             raise gas_price
         return int(gas_price, 16)
 
-    def pending(self, transfer: Transfer) -> str | None:
+    def pending(self, transfer: Transfer) -> Sent | None:
         """The transaction of an earlier settlement of this payment whose receipt never came
         (``settlement_pending``): a retry waits for it rather than sending anything."""
         tx_hash = self._pending.get(transfer.key)
-        if tx_hash is not None:
-            self._pending.delete(transfer.key)
-        return tx_hash
+        if tx_hash is None:
+            return None
+        self._pending.delete(transfer.key)
+        return Sent(transfer, tx_hash)
 
-    def send(self, transfer: Transfer, gas_price: int) -> str:
-        return self._signer.send_call(transfer.token, transfer.calldata, gas_price)
+    def send(self, transfer: Transfer, gas_price: int) -> Sent:
+        return Sent(transfer, self._signer.send_call(transfer.token, transfer.calldata, gas_price))
 
-    def confirm(self, transfer: Transfer, tx_hash: str) -> SettleResponse:
-        """Wait for the receipt and judge it: ``settlement_pending`` (remembered for a retry)
-        when it does not come, ``transaction_failed`` when reverted, a success only with the
-        expected ``Transfer`` event in its logs."""
-        from x402.schemas import SettleResponse
+    async def confirmed(self, sent: Sent) -> SettleResponse:
+        """Wait for the receipt, on the event loop (the shared poll loop calls back), and judge
+        it: ``settlement_pending`` (remembered for a retry) when it does not come,
+        ``transaction_failed`` when reverted, a success only with the expected ``Transfer``
+        event in its logs."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
 
-        def answer(
-            success: bool, reason: str | None = None, message: str | None = None
-        ) -> SettleResponse:
-            return SettleResponse(
-                success=success,
-                error_reason=reason,
-                error_message=message,
-                transaction=tx_hash,
-                network=transfer.network,
-                payer=transfer.payer,
-            )
+        def done(receipt: dict[str, Any] | None, error: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future, receipt, error)
 
+        self._signer.receipts.watch(sent.tx_hash, self._signer.confirmation_timeout, done)
         try:
-            receipt = self._signer.wait_for_transaction_receipt(tx_hash)
+            receipt = await future
+        except asyncio.CancelledError:
+            # The transaction is out: a retry of this payment must wait for it, not send again.
+            self._pending.set(sent.transfer.key, sent.tx_hash)
+            raise
         except Exception as exc:
-            self._pending.set(transfer.key, tx_hash)
-            return answer(False, "settlement_pending", str(exc)[:200])
-        if receipt.status != 1:
-            return answer(False, "transaction_failed")
-        if not self._transferred(transfer, receipt.logs or []):
-            return answer(False, "invalid_exact_evm_transfer_event_mismatch")
-        with self._assets_lock:
-            self._blocks[tx_hash] = receipt.block_number
-            if len(self._blocks) > _BLOCKS_KEPT:
-                self._blocks.popitem(last=False)
-        return answer(True)
+            self._pending.set(sent.transfer.key, sent.tx_hash)
+            return _answer(sent, False, "settlement_pending", str(exc)[:200])
+        return self.judge(sent, receipt)
+
+    def judge(self, sent: Sent, receipt: dict[str, Any]) -> SettleResponse:
+        """The settlement's outcome from its receipt (JSON-RPC form)."""
+        if receipt.get("status") != "0x1":
+            return _answer(sent, False, "transaction_failed")
+        logs = receipt.get("logs")
+        if not isinstance(logs, list) or not self._transferred(sent.transfer, logs):
+            return _answer(sent, False, "invalid_exact_evm_transfer_event_mismatch")
+        block = receipt.get("blockNumber")
+        if isinstance(block, str):
+            with self._assets_lock:
+                self._blocks[sent.tx_hash] = int(block, 16)
+                if len(self._blocks) > _BLOCKS_KEPT:
+                    self._blocks.popitem(last=False)
+        return _answer(sent, True)
 
     def block_of(self, tx_hash: str) -> int | None:
         """The block of a transaction this path saw confirmed (the last few thousand)."""

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import time
 from base64 import b64encode
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -46,6 +47,8 @@ __all__ = [
     "Signer",
     "redact_rpc_url",
 ]
+
+logger = logging.getLogger("x402gate.facilitator")
 
 # Methods that change the chain: never sent twice by the transport on its own.
 _SENDING = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
@@ -281,14 +284,16 @@ class JsonRpcTransport(JSONBaseProvider):
             entry.conn.close()
 
 
+ReceiptCallback = Callable[[dict[str, Any] | None, BaseException | None], None]
+"""Called once, from the poll thread, with the receipt or the error that ended the wait."""
+
+
 class _Waiter:
-    __slots__ = ("deadline", "done", "error", "receipt")
+    __slots__ = ("callbacks", "deadline")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.done = threading.Event()
-        self.receipt: dict[str, Any] | None = None
-        self.error: BaseException | None = None
+        self.callbacks: list[ReceiptCallback] = []
 
 
 class ReceiptPoller:
@@ -297,8 +302,9 @@ class ReceiptPoller:
     A thread of its own asks the node for the receipts of all pending transactions in one
     JSON-RPC batch per poll: every 2 ms while a transaction was sent in the last 50 ms (a local
     node mines at once), then less and less often, up to every 250 ms (a real chain needs
-    seconds). A burst of settlements costs one round trip per poll, not one per transaction.
-    The thread starts with the first wait and ends when nothing has waited for a while.
+    seconds). A burst of settlements costs one round trip per poll, not one per transaction, and
+    no thread waits per settlement (:meth:`watch` calls back). The thread starts with the first
+    transaction and ends when nothing has waited for a while.
     """
 
     FIRST_POLLS_SECONDS = 0.05
@@ -315,42 +321,62 @@ class ReceiptPoller:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def wait(self, tx_hash: str, timeout: float) -> dict[str, Any]:
-        """Block until the receipt of ``tx_hash`` (``0x`` + 64 lowercase hex) is mined.
+    @property
+    def pending(self) -> int:
+        """Transactions waiting for their receipt now."""
+        with self._lock:
+            return len(self._pending)
 
-        Raises ``TimeExhausted`` after ``timeout`` seconds, or the error of the poll (the node
-        unreachable, say): the transaction's outcome is unknown then."""
+    def watch(self, tx_hash: str, timeout: float, callback: ReceiptCallback) -> None:
+        """Call ``callback(receipt, None)`` once the receipt of ``tx_hash`` (``0x`` + 64
+        lowercase hex) is mined, or ``callback(None, error)``: ``TimeExhausted`` after
+        ``timeout`` seconds, or the poll's error (the node unreachable, say), when the
+        transaction's outcome is unknown. The callback runs in the poll thread: keep it short."""
         now = time.monotonic()
         with self._lock:
-            if self._closed:
-                raise ConnectionError("the RPC transport is closed")
-            waiter = self._pending.get(tx_hash)
-            if waiter is None:
-                waiter = self._pending[tx_hash] = _Waiter(now + timeout)
-            else:
-                waiter.deadline = max(waiter.deadline, now + timeout)
-            self._newest = now
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="x402gate-receipts", daemon=True
-                )
-                self._thread.start()
-            self._lock.notify()
-        waiter.done.wait()
-        if waiter.receipt is not None:
-            return waiter.receipt
-        assert waiter.error is not None
-        raise waiter.error
+            if not self._closed:
+                waiter = self._pending.get(tx_hash)
+                if waiter is None:
+                    waiter = self._pending[tx_hash] = _Waiter(now + timeout)
+                else:
+                    waiter.deadline = max(waiter.deadline, now + timeout)
+                waiter.callbacks.append(callback)
+                self._newest = now
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="x402gate-receipts", daemon=True
+                    )
+                    self._thread.start()
+                self._lock.notify()
+                return
+        callback(None, ConnectionError("the RPC transport is closed"))
+
+    def wait(self, tx_hash: str, timeout: float) -> dict[str, Any]:
+        """:meth:`watch`, blocking this thread until the end; raises the error."""
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def finished(receipt: dict[str, Any] | None, error: BaseException | None) -> None:
+            outcome[:] = [receipt, error]
+            done.set()
+
+        self.watch(tx_hash, timeout, finished)
+        done.wait()
+        receipt, error = outcome
+        if error is not None:
+            raise error
+        assert receipt is not None
+        return dict(receipt)
 
     def close(self) -> None:
-        """Fail every wait in progress and stop the thread."""
+        """End every wait in progress with an error and stop the thread."""
         with self._lock:
             self._closed = True
             self._lock.notify()
             waiting, self._pending = self._pending, {}
+        closed = ConnectionError("the RPC transport is closed")
         for waiter in waiting.values():
-            waiter.error = ConnectionError("the RPC transport is closed")
-            waiter.done.set()
+            _call_back(waiter, None, closed)
 
     def _run(self) -> None:
         delay = self.FAST_POLL_SECONDS
@@ -372,26 +398,31 @@ class ReceiptPoller:
                     [("eth_getTransactionReceipt", [h]) for h in hashes]
                 )
                 failure: BaseException | None = None
-            except BaseException as exc:  # every waiter of this poll learns it
+            except Exception as exc:  # every waiter of this poll learns it
                 answers, failure = [], exc
             now = time.monotonic()
+            ended: list[tuple[_Waiter, dict[str, Any] | None, BaseException | None]] = []
             with self._lock:
                 for i, tx_hash in enumerate(hashes):
                     waiter = self._pending.get(tx_hash)
                     if waiter is None:
                         continue
                     answer = answers[i] if failure is None else None
-                    if failure is not None or isinstance(answer, RpcError):
-                        waiter.error = failure if failure is not None else answer
+                    if failure is not None:
+                        ended.append((waiter, None, failure))
+                    elif isinstance(answer, RpcError):
+                        ended.append((waiter, None, answer))
                     elif isinstance(answer, dict):
-                        waiter.receipt = answer
+                        ended.append((waiter, answer, None))
                     elif now >= waiter.deadline:
-                        waiter.error = TimeExhausted(f"no receipt for {tx_hash} in time")
+                        ended.append((waiter, None, TimeExhausted(f"no receipt for {tx_hash}")))
                     else:
                         continue
                     del self._pending[tx_hash]
-                    waiter.done.set()
-                if not self._pending:
+            for waiter, receipt, error in ended:
+                _call_back(waiter, receipt, error)
+            with self._lock:
+                if not self._pending or self._closed:
                     continue
                 if now - self._newest < self.FIRST_POLLS_SECONDS:
                     delay = self.FAST_POLL_SECONDS
@@ -399,9 +430,19 @@ class ReceiptPoller:
                     delay = min(delay * 2, self.SLOW_POLL_SECONDS)
                 soonest = min(w.deadline for w in self._pending.values())
                 newest = self._newest
-                self._lock.wait(max(0.0, min(delay, soonest - now)))
+                self._lock.wait(max(0.0, min(delay, soonest - time.monotonic())))
                 if self._newest != newest:
                     delay = self.FAST_POLL_SECONDS
+
+
+def _call_back(
+    waiter: _Waiter, receipt: dict[str, Any] | None, error: BaseException | None
+) -> None:
+    for callback in waiter.callbacks:
+        try:
+            callback(receipt, error)
+        except Exception:  # one waiter's failure must not stop the loop for the others
+            logger.exception("receipt callback failed")
 
 
 class Signer(FacilitatorWeb3Signer):
@@ -420,6 +461,11 @@ class Signer(FacilitatorWeb3Signer):
         self._key = TransactionKey(bytes(self._account.key))
         self.receipts = ReceiptPoller(self.transport)
         self._chain: int | None = None
+
+    @property
+    def confirmation_timeout(self) -> float:
+        """Seconds a settlement waits for its receipt before it is reported pending."""
+        return self._timeout
 
     @property
     def chain_id(self) -> int:

@@ -395,19 +395,28 @@ class LocalFacilitator:
     async def settle(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> SettleResponse:
-        def settle() -> SettleResponse:
+        from ._direct import Sent
+
+        def settle() -> Any:
             try:
-                result: SettleResponse = self._settle(payload, requirements)
+                outcome = self._settle(payload, requirements)
             except Exception:
                 self._signer.forget_nonce()
                 raise
-            if not result.success:
+            if not isinstance(outcome, Sent) and not outcome.success:
                 # Not confirmed (dropped by a restarted node, say): re-read the node's count so
                 # later transactions do not queue behind a nonce that will never be mined.
                 self._signer.forget_nonce()
-            return result
+            return outcome
 
-        result = await self._run("settle", settle)
+        outcome = await self._run("settle", settle)
+        if isinstance(outcome, Sent):
+            # No thread waits for a receipt: the shared poll loop calls back.
+            result: SettleResponse = await self._direct.confirmed(outcome)
+            if not result.success:
+                self._signer.forget_nonce()
+        else:
+            result = outcome
         if not result.success and not result.transaction:
             await self._fail_closed_if_chain_down("settle", result.error_reason)
         return result
@@ -423,7 +432,9 @@ class LocalFacilitator:
         result: VerifyResponse = self._facilitator.verify(payload, requirements)
         return result
 
-    def _settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> SettleResponse:
+    def _settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+        """The chain thread's part of a settlement: the SDK's whole answer, or the direct
+        path's transaction sent (its receipt is awaited on the event loop), or its refusal."""
         from x402.schemas import SettleResponse
 
         direct = self._direct
@@ -431,7 +442,7 @@ class LocalFacilitator:
         if transfer is not None:
             sent = direct.pending(transfer)
             if sent is not None:
-                return direct.confirm(transfer, sent)
+                return sent
             if direct.asset_has_code(transfer):
                 # The transfer simulated right before it is sent: spent meanwhile (by the payer
                 # or through another facilitator), or no longer possible for any other reason,
@@ -439,7 +450,7 @@ class LocalFacilitator:
                 gas_price = direct.simulate_with_gas_price(transfer)
                 if gas_price is not None:
                     try:
-                        tx_hash = direct.send(transfer, gas_price)
+                        return direct.send(transfer, gas_price)
                     except Exception as exc:
                         from x402.mechanisms.evm.exact.eip3009_utils import (
                             parse_eip3009_transfer_error,
@@ -455,9 +466,7 @@ class LocalFacilitator:
                             payer=transfer.payer,
                             transaction="",
                         )
-                    return direct.confirm(transfer, tx_hash)
-        result: SettleResponse = self._facilitator.settle(payload, requirements)
-        return result
+        return self._facilitator.settle(payload, requirements)
 
     def settlement_block(self, transaction: str) -> int | None:
         """The block a transaction this facilitator settled recently was mined in, as its
