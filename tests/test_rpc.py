@@ -574,8 +574,8 @@ async def test_concurrent_settlements_overlap_and_all_land(
         chain.rpc("evm_setAutomine", [False])
         try:
             settling = asyncio.gather(*(facilitator.settle(p, requirements) for p in payments))
-            receipts = facilitator._signer.receipts
-            all_waiting = await wait_until_async(lambda: receipts.pending == 16, timeout=20)
+            poller = facilitator._signer.receipts
+            all_waiting = await wait_until_async(lambda: poller.pending == 16, timeout=20)
             pending = chain.tx_count(facilitator.address) - first_nonce
             chain.rpc("evm_mine")
         finally:
@@ -584,7 +584,7 @@ async def test_concurrent_settlements_overlap_and_all_land(
     finally:
         await facilitator.aclose()
 
-    assert all_waiting, f"{receipts.pending} settlements waited for a receipt at once"
+    assert all_waiting, f"{poller.pending} settlements waited for a receipt at once"
     # No thread of the facilitator is held by a receipt wait: the poll loop calls back.
     assert pending == 16
     assert [r.success for r in results] == [True] * 16, [r.error_reason for r in results]
