@@ -218,3 +218,40 @@ def test_malformed_fields_are_refused(bad: dict[str, Any]) -> None:
     fields.update(bad)
     with pytest.raises(ValueError):
         transfer_with_authorization_calldata(**fields)
+
+
+def test_a_remembered_check_still_checks_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct path remembers a payment's offline check between verify and settle, but not
+    its time window: an authorization that expired meanwhile leaves the direct path (and the
+    SDK's scheme refuses it)."""
+    import time
+
+    from x402gate._direct import DirectExact
+    from x402gate._rpc import Signer
+    from x402gate.assets import Asset
+    from x402gate.protocol import build_requirements
+    from x402gate.testing.payments import sign_exact_payment
+
+    asset = Asset(
+        network="eip155:31337",
+        address="0x5FbDB2315678afecb367f032d93F642f64180aa3",
+        decimals=6,
+        name="USD Coin",
+        version="2",
+    )
+    requirements = build_requirements(asset, 1000, Account.create().address, 60)
+    payment = sign_exact_payment(Account.create(), requirements)
+    signer = Signer("0x" + KEY.hex(), "http://127.0.0.1:9", confirmation_timeout=1)
+    try:
+        direct = DirectExact(signer, ["eip155:31337"])
+        first = direct.transfer(payment, requirements)
+        assert first is not None
+        assert direct.transfer(payment, requirements) is first  # remembered
+        valid_before = int(payment.payload["authorization"]["validBefore"])
+        monkeypatch.setattr(time, "time", lambda: valid_before - 5.0)
+        assert direct.transfer(payment, requirements) is None
+        other = requirements.model_copy(update={"amount": "999"})
+        monkeypatch.undo()
+        assert direct.transfer(payment, other) is None  # other terms: checked anew, refused
+    finally:
+        signer.close()

@@ -49,6 +49,9 @@ _TRANSFER_TOPIC: Final = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f5
 # How long a token found to have code is trusted to keep it (the SDK caches as long).
 _ASSET_CODE_SECONDS: Final = 900.0
 _BLOCKS_KEPT: Final = 4096
+_CHECKED_KEPT: Final = 4096
+_AUTH_FIELDS: Final = ("from", "to", "value", "validAfter", "validBefore", "nonce")
+_VALID_BEFORE_MARGIN: Final = 6  # seconds, as the SDK's scheme and x402gate.verify require
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,7 @@ class DirectExact:
         self._assets: dict[str, float] = {}
         self._assets_lock = threading.Lock()
         self._blocks: OrderedDict[str, int] = OrderedDict()
+        self._checked: OrderedDict[tuple[str, ...], tuple[Transfer, int, int]] = OrderedDict()
 
     def transfer(
         self, payload: PaymentPayload, requirements: PaymentRequirements
@@ -145,12 +149,33 @@ class DirectExact:
         signature = body.get("signature")
         if not isinstance(auth, dict) or not isinstance(signature, str):
             return None
+        # Everything the offline checks depend on but the clock: the signed fields, and the
+        # requirement's fields that make the EIP-712 domain and the expected terms. A payment's
+        # settlement finds the result of its verification here (public-key recovery and the
+        # digest are half of this path's CPU); the times are checked again each time.
+        extra = requirements.extra or {}
+        memo_key = (
+            signature,
+            *(repr(auth.get(name)) for name in _AUTH_FIELDS),
+            network,
+            requirements.asset,
+            requirements.pay_to,
+            requirements.amount,
+            repr(extra.get("name")),
+            repr(extra.get("version")),
+        )
+        now = time.time()
+        with self._assets_lock:
+            known = self._checked.get(memo_key)
+        if known is not None:
+            transfer, valid_after, valid_before = known
+            if valid_before < now + _VALID_BEFORE_MARGIN or valid_after > now:
+                return None  # the SDK's scheme says which of the two
+            return transfer
         try:
             # The SDK's checks (times at the same 6 s margin, amount, recipient, signature);
             # no upper bound on validBefore, which the SDK does not have either.
-            checked = verify_exact(
-                body, requirements, now=time.time(), max_clock_skew=_NO_UPPER_BOUND
-            )
+            checked = verify_exact(body, requirements, now=now, max_clock_skew=_NO_UPPER_BOUND)
         except PaymentError:
             return None
         if not checked.recovered:
@@ -168,7 +193,7 @@ class DirectExact:
             nonce,
             checked.signature,
         )
-        return Transfer(
+        transfer = Transfer(
             network=network,
             token=token,
             token_hex="0x" + token.hex(),
@@ -179,6 +204,11 @@ class DirectExact:
             key=signature,
             calldata=calldata,
         )
+        with self._assets_lock:
+            self._checked[memo_key] = (transfer, checked.valid_after, checked.valid_before)
+            if len(self._checked) > _CHECKED_KEPT:
+                self._checked.popitem(last=False)
+        return transfer
 
     def asset_has_code(self, transfer: Transfer) -> bool:
         """The token is a contract (an ``eth_call`` to an address without code "succeeds")."""
