@@ -86,8 +86,15 @@ def spenders(chain: Any, test_token: Any, payer: Any, facilitator_account: Any) 
         chain.transact(payer, _transfer_call(test_token, payload))
 
     def by_another_facilitator(payload: PaymentPayload) -> None:
-        other = chain.new_account()
-        chain.transact(other, _transfer_call(test_token, payload))
+        # Another x402gate facilitator, with a key of its own, settles the same payment.
+        other = LocalFacilitator(
+            chain.rpc_url, chain.new_account().key.hex(), networks=chain.network
+        )
+        try:
+            settled = asyncio.run(other.settle(payload, payload.accepted))
+        finally:
+            other.close()
+        assert settled.success, settled.error_reason
 
     def money_moved_away(payload: PaymentPayload) -> None:
         # The authorization stays unused, but the payer's balance no longer covers it.
@@ -192,7 +199,7 @@ async def test_settle_refuses_a_payment_spent_since_verify_without_sending(
     requirements = build_requirements(test_token.asset, PRICE, pay_to, 300)
     payload = sign_exact_payment(payer, requirements)
     assert (await facilitator.verify(payload, requirements)).is_valid
-    spenders(chain, test_token, payer, facilitator_account)[how](payload)
+    await asyncio.to_thread(spenders(chain, test_token, payer, facilitator_account)[how], payload)
     sent_before = chain.tx_count(facilitator.address)
 
     verdict = await facilitator.verify(payload, requirements)
