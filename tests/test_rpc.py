@@ -918,3 +918,41 @@ async def test_a_settlement_cancelled_while_awaiting_its_receipt_is_not_sent_aga
     assert again.success, again.error_reason
     assert relay.calls[SEND] == 1
     assert test_token.balance_of(pay_to) == PRICE
+
+
+@pytest.mark.chain
+async def test_a_pending_settlement_is_reconciled_even_after_its_authorization_expired(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receipt does not come in time (``settlement_pending``); by the retry the
+    authorization has expired. The retry still waits for the transaction already sent (looked
+    up before any check, as the SDK's scheme does) instead of refusing a payment that lands."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=0.5
+    )
+    requirements = requirements_for(test_token, pay_to)
+    payment = sign_exact_payment(payer, requirements)
+    try:
+        chain.rpc("evm_setAutomine", [False])
+        try:
+            first = await asyncio.wait_for(facilitator.settle(payment, requirements), 20)
+            valid_before = int(payment.payload["authorization"]["validBefore"])
+            monkeypatch.setattr(time, "time", lambda: float(valid_before + 1))
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", [True])
+        again = await asyncio.wait_for(facilitator.settle(payment, requirements), 20)
+    finally:
+        monkeypatch.undo()
+        await facilitator.aclose()
+    assert not first.success and first.error_reason == "settlement_pending"
+    assert again.success, again.error_reason
+    assert again.transaction == first.transaction
+    assert relay.calls[SEND] == 1
+    assert test_token.balance_of(pay_to) == PRICE

@@ -50,6 +50,7 @@ _TRANSFER_TOPIC: Final = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f5
 _ASSET_CODE_SECONDS: Final = 900.0
 _BLOCKS_KEPT: Final = 4096
 _CHECKED_KEPT: Final = 4096
+_PENDING_SECONDS: Final = 300.0
 _AUTH_FIELDS: Final = ("from", "to", "value", "validAfter", "validBefore", "nonce")
 _VALID_BEFORE_MARGIN: Final = 6  # seconds, as the SDK's scheme and x402gate.verify require
 
@@ -116,12 +117,12 @@ class DirectExact:
     signer (and so its nonce counter and broadcast lock)."""
 
     def __init__(self, signer: Signer, networks: list[str]) -> None:
-        from x402.pending_settlement_store import InMemoryPendingSettlementStore
-
         self._signer = signer
         self._networks = frozenset(networks)
         self._sender = signer.address
-        self._pending = InMemoryPendingSettlementStore()
+        # Settlements sent whose receipt never came, by signature (as long as the SDK keeps
+        # them): a retry of the payment waits for the same transaction.
+        self._pending: OrderedDict[str, tuple[float, Sent]] = OrderedDict()
         self._assets: dict[str, float] = {}
         self._assets_lock = threading.Lock()
         self._blocks: OrderedDict[str, int] = OrderedDict()
@@ -246,14 +247,29 @@ class DirectExact:
             raise gas_price
         return int(gas_price, 16)
 
-    def pending(self, transfer: Transfer) -> Sent | None:
+    def pending(self, payload: PaymentPayload) -> Sent | None:
         """The transaction of an earlier settlement of this payment whose receipt never came
-        (``settlement_pending``): a retry waits for it rather than sending anything."""
-        tx_hash = self._pending.get(transfer.key)
-        if tx_hash is None:
+        (``settlement_pending``): a retry waits for it rather than sending anything.
+
+        Looked up by the payload's signature before any check, as the SDK's scheme does: the
+        authorization may have expired while its transaction was being mined."""
+        body = payload.payload
+        signature = body.get("signature") if isinstance(body, dict) else None
+        if not isinstance(signature, str):
             return None
-        self._pending.delete(transfer.key)
-        return Sent(transfer, tx_hash)
+        now = time.monotonic()
+        with self._assets_lock:
+            entry = self._pending.pop(signature, None)
+        if entry is None or entry[0] < now:
+            return None
+        return entry[1]
+
+    def _remember(self, sent: Sent) -> None:
+        with self._assets_lock:
+            self._pending[sent.transfer.key] = (time.monotonic() + _PENDING_SECONDS, sent)
+            self._pending.move_to_end(sent.transfer.key)
+            while len(self._pending) > _CHECKED_KEPT:
+                self._pending.popitem(last=False)
 
     def send(self, transfer: Transfer, gas_price: int) -> Sent:
         return Sent(transfer, self._signer.send_call(transfer.token, transfer.calldata, gas_price))
@@ -275,10 +291,10 @@ class DirectExact:
             receipt = await future
         except asyncio.CancelledError:
             # The transaction is out: a retry of this payment must wait for it, not send again.
-            self._pending.set(sent.transfer.key, sent.tx_hash)
+            self._remember(sent)
             raise
         except Exception as exc:
-            self._pending.set(sent.transfer.key, sent.tx_hash)
+            self._remember(sent)
             return _answer(sent, False, "settlement_pending", str(exc)[:200])
         return self.judge(sent, receipt)
 

@@ -438,34 +438,33 @@ class LocalFacilitator:
         from x402.schemas import SettleResponse
 
         direct = self._direct
+        sent = direct.pending(payload)
+        if sent is not None:
+            return sent
         transfer = direct.transfer(payload, requirements)
-        if transfer is not None:
-            sent = direct.pending(transfer)
-            if sent is not None:
-                return sent
-            if direct.asset_has_code(transfer):
-                # The transfer simulated right before it is sent: spent meanwhile (by the payer
-                # or through another facilitator), or no longer possible for any other reason,
-                # it goes to the SDK below, which simulates too and refuses it, sending nothing.
-                gas_price = direct.simulate_with_gas_price(transfer)
-                if gas_price is not None:
-                    try:
-                        return direct.send(transfer, gas_price)
-                    except Exception as exc:
-                        from x402.mechanisms.evm.exact.eip3009_utils import (
-                            parse_eip3009_transfer_error,
-                        )
+        if transfer is not None and direct.asset_has_code(transfer):
+            # The transfer simulated right before it is sent: spent meanwhile (by the payer
+            # or through another facilitator), or no longer possible for any other reason,
+            # it goes to the SDK below, which simulates too and refuses it, sending nothing.
+            gas_price = direct.simulate_with_gas_price(transfer)
+            if gas_price is not None:
+                try:
+                    return direct.send(transfer, gas_price)
+                except Exception as exc:
+                    from x402.mechanisms.evm.exact.eip3009_utils import (
+                        parse_eip3009_transfer_error,
+                    )
 
-                        reason = parse_eip3009_transfer_error(exc)
-                        logger.warning("local facilitator: broadcast refused (%s)", reason)
-                        return SettleResponse(
-                            success=False,
-                            error_reason=reason,
-                            error_message=str(exc)[:200],
-                            network=transfer.network,
-                            payer=transfer.payer,
-                            transaction="",
-                        )
+                    reason = parse_eip3009_transfer_error(exc)
+                    logger.warning("local facilitator: broadcast refused (%s)", reason)
+                    return SettleResponse(
+                        success=False,
+                        error_reason=reason,
+                        error_message=str(exc)[:200],
+                        network=transfer.network,
+                        payer=transfer.payer,
+                        transaction="",
+                    )
         return self._facilitator.settle(payload, requirements)
 
     def settlement_block(self, transaction: str) -> int | None:
