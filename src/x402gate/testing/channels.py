@@ -81,6 +81,10 @@ _CLAIM_ENTRY_FIELDS = [
     {"name": "maxClaimableAmount", "type": "uint128"},
     {"name": "totalClaimed", "type": "uint128"},
 ]
+_CLAIM_BATCH_TYPES = {
+    "ClaimBatch": [{"name": "claims", "type": "ClaimEntry[]"}],
+    "ClaimEntry": _CLAIM_ENTRY_FIELDS,
+}
 _RECEIVE_FIELDS = [
     {"name": "from", "type": "address"},
     {"name": "to", "type": "address"},
@@ -258,6 +262,31 @@ class ChannelContracts:
         """The channel id computed here (EIP-712 hash of the config), without an RPC."""
         return self._digest({"ChannelConfig": _CHANNEL_CONFIG_FIELDS}, config.as_message())
 
+    def voucher_digest(self, channel_id: bytes | str, max_claimable_amount: int) -> bytes:
+        """The EIP-712 digest a payer authorizer signs for a voucher."""
+        message = {"channelId": _to_bytes32(channel_id), "maxClaimableAmount": max_claimable_amount}
+        return self._digest({"Voucher": _VOUCHER_FIELDS}, message)
+
+    def refund_digest(self, channel_id: bytes | str, nonce: int, amount: int) -> bytes:
+        """The EIP-712 digest a receiver authorizer signs for ``refundWithSignature``."""
+        message = {"channelId": _to_bytes32(channel_id), "nonce": nonce, "amount": amount}
+        return self._digest({"Refund": _REFUND_FIELDS}, message)
+
+    def claim_batch_digest(self, claims: Sequence[VoucherClaim]) -> bytes:
+        """The EIP-712 digest a receiver authorizer signs for ``claimWithSignature``."""
+        return self._digest(_CLAIM_BATCH_TYPES, self._claim_batch_message(claims))
+
+    def _claim_batch_message(self, claims: Sequence[VoucherClaim]) -> dict[str, Any]:
+        entries = [
+            {
+                "channelId": self.channel_id(claim.config),
+                "maxClaimableAmount": claim.max_claimable_amount,
+                "totalClaimed": claim.total_claimed,
+            }
+            for claim in claims
+        ]
+        return {"claims": entries}
+
     def _sign(
         self,
         account: LocalAccount,
@@ -288,19 +317,7 @@ class ChannelContracts:
 
     def sign_claim_batch(self, account: LocalAccount, claims: Sequence[VoucherClaim]) -> bytes:
         """A receiver authorizer's signature of ``ClaimBatch(ClaimEntry[] claims)``."""
-        entries = [
-            {
-                "channelId": self.channel_id(claim.config),
-                "maxClaimableAmount": claim.max_claimable_amount,
-                "totalClaimed": claim.total_claimed,
-            }
-            for claim in claims
-        ]
-        types = {
-            "ClaimBatch": [{"name": "claims", "type": "ClaimEntry[]"}],
-            "ClaimEntry": _CLAIM_ENTRY_FIELDS,
-        }
-        return self._sign(account, types, {"claims": entries})
+        return self._sign(account, _CLAIM_BATCH_TYPES, self._claim_batch_message(claims))
 
     def voucher_claim(
         self,
