@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Build the contracts of x402gate's local chain (x402gate.testing): the EIP-3009 test token and
-// the batch-settlement escrow with its EIP-3009 deposit collector.
+// Build the contracts of x402gate's local chain (x402gate.testing): the EIP-3009 test token, the
+// batch-settlement escrow with its EIP-3009 deposit collector, and a Multicall3-compatible batcher.
 //
 //   npm ci                                   # once: installs the pinned solc (solcjs, no download)
 //   node scripts/build-token.mjs             # compile every contract in CONTRACTS, write artifacts
@@ -33,6 +33,7 @@ const CONTRACTS = [
     name: "ERC3009DepositCollector",
     runtime: true,
   },
+  { source: "contracts/Multicall.sol", name: "Multicall", runtime: true },
 ];
 const EVM_VERSION = "cancun";
 const OPTIMIZER_RUNS = 200;

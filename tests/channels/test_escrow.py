@@ -17,6 +17,7 @@ from x402gate.testing.channels import (
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
     MAX_WITHDRAW_DELAY,
     MIN_WITHDRAW_DELAY,
+    MULTICALL3_ADDRESS,
     ChannelConfig,
     ChannelState,
     PendingWithdrawal,
@@ -83,6 +84,7 @@ def test_code_at_canonical_addresses(
     for name, address in (
         ("BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
         ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
+        ("Multicall", MULTICALL3_ADDRESS),
     ):
         code = chain.rpc("eth_getCode", [address, "latest"])
         assert code == load_artifact(name)["deployedBytecode"]

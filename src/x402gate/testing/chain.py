@@ -506,16 +506,18 @@ class LocalChain:
             deploy_gas=int(receipt["gasUsed"]),
         )
 
-    def place_channel_contracts(self) -> ChannelContracts:
+    def place_channel_contracts(self, *, multicall: bool = True) -> ChannelContracts:
         """Place x402's batch-settlement escrow and EIP-3009 deposit collector at their
-        canonical addresses (``anvil_setCode``), so the official clients open channels here.
+        canonical addresses (``anvil_setCode``), so the official clients open channels here;
+        with ``multicall``, a Multicall3-compatible contract too (the official facilitator
+        reads through it).
 
         See :mod:`x402gate.testing.channels`. Like any state, an ``evm_revert`` to an earlier
         snapshot removes them.
         """
         from .channels import place_channel_contracts
 
-        return place_channel_contracts(self)
+        return place_channel_contracts(self, multicall=multicall)
 
 
 class TestToken:

@@ -37,6 +37,7 @@ __all__ = [
     "ERC3009_DEPOSIT_COLLECTOR_ADDRESS",
     "MAX_WITHDRAW_DELAY",
     "MIN_WITHDRAW_DELAY",
+    "MULTICALL3_ADDRESS",
     "ChannelConfig",
     "ChannelContracts",
     "ChannelState",
@@ -51,6 +52,8 @@ BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
 """Where the official clients expect the batch-settlement escrow (the same on every chain)."""
 ERC3009_DEPOSIT_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004"
 """Where the official clients send EIP-3009 deposit authorizations (``to`` of the signature)."""
+MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
+"""Where x402 facilitators expect Multicall3 (``tryAggregate``), which a bare anvil lacks."""
 MIN_WITHDRAW_DELAY = 900
 """Shortest withdraw delay a channel may have: 15 minutes."""
 MAX_WITHDRAW_DELAY = 2_592_000
@@ -445,20 +448,25 @@ class ChannelContracts:
         return [dict(log["args"]) for log in decoded]
 
 
-def place_channel_contracts(chain: LocalChain) -> ChannelContracts:
+def place_channel_contracts(chain: LocalChain, *, multicall: bool = True) -> ChannelContracts:
     """Put the escrow and the EIP-3009 collector's runtime code at their canonical addresses.
 
     Neither contract has constructor state: the escrow computes its EIP-712 domain from its own
     address at call time and the collector names the canonical escrow as a constant, so
-    ``anvil_setCode`` of the runtime code is a complete deployment. An ``evm_revert`` to a
-    snapshot taken before this call removes the code again.
+    ``anvil_setCode`` of the runtime code is a complete deployment. With ``multicall`` (the
+    default) ``contracts/Multicall.sol`` also goes to Multicall3's address: the official
+    facilitator reads channel state and simulates deposits through ``tryAggregate``. An
+    ``evm_revert`` to a snapshot taken before this call removes the code again.
     """
     w3 = chain.w3
-    contracts: dict[str, Contract] = {}
-    for name, address in (
+    placements = [
         ("BatchSettlement", BATCH_SETTLEMENT_ADDRESS),
         ("ERC3009DepositCollector", ERC3009_DEPOSIT_COLLECTOR_ADDRESS),
-    ):
+    ]
+    if multicall:
+        placements.append(("Multicall", MULTICALL3_ADDRESS))
+    contracts: dict[str, Contract] = {}
+    for name, address in placements:
         artifact = load_artifact(name)
         chain.rpc("anvil_setCode", [address, artifact["deployedBytecode"]])
         contracts[name] = w3.eth.contract(
