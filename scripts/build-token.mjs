@@ -117,6 +117,7 @@ function main(argv) {
         process.stderr.write(`build-token: cannot read ${shown}: ${error.message}\n`);
       }
       if (committed !== text) {
+        process.stderr.write(`build-token: ${shown} is stale\n`);
         stale.push(shown);
       } else {
         process.stdout.write(`build-token: ${shown} is up to date (${solc.version()})\n`);
@@ -133,7 +134,7 @@ function main(argv) {
     );
   }
   if (stale.length > 0) {
-    fail(`stale: ${stale.join(", ")}: run 'node scripts/build-token.mjs' and commit the result`);
+    fail(`${stale.length} stale artifact(s): run 'node scripts/build-token.mjs' and commit them`);
   }
 }
 
