@@ -125,6 +125,42 @@ def test_channel_id_and_digests_match_the_contract(
     assert channel_contracts.channel_id(other) != channel_id
 
 
+def test_artifacts_carry_runtime_code_from_the_pinned_compiler() -> None:
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    pinned = json.loads((repo / "package.json").read_text())["devDependencies"]["solc"]
+    for name in ("BatchSettlement", "ERC3009DepositCollector", "Multicall"):
+        artifact = load_artifact(name)
+        assert list(artifact) == ["compiler", "evmVersion", "abi", "bytecode", "deployedBytecode"]
+        assert artifact["compiler"].startswith(f"solc {pinned}+commit.")
+        assert artifact["evmVersion"] == "cancun"
+        # No immutables: the runtime code is a suffix of the creation code, unchanged.
+        assert artifact["deployedBytecode"].removeprefix("0x") in artifact["bytecode"]
+    names = {item.get("name") for item in load_artifact("BatchSettlement")["abi"]}
+    assert {
+        "deposit",
+        "claim",
+        "claimWithSignature",
+        "settle",
+        "refund",
+        "refundWithSignature",
+        "initiateWithdraw",
+        "finalizeWithdraw",
+        "multicall",
+        "channels",
+        "pendingWithdrawals",
+        "receivers",
+        "refundNonce",
+        "getChannelId",
+        "getVoucherDigest",
+        "getRefundDigest",
+        "getClaimBatchDigest",
+        "Settled",
+    } <= names
+
+
 # ------------------------------------------------------------------------------ deposit
 
 
@@ -399,6 +435,51 @@ def test_claim_with_signature_needs_one_authorizer(
     assert custom_error(call, first.relayer.address) == "AuthorizerMismatch"
 
 
+def test_vouchers_come_from_the_payer_authorizer_only(
+    chain: LocalChain, channel_contracts: ChannelContracts, test_token: TestToken
+) -> None:
+    """With a payer authorizer, the payer's own signature is not a voucher (ECDSA against the
+    committed key only); without one, the payer signs."""
+    from dataclasses import replace
+
+    parties = make_parties(chain, test_token, separate_payer_authorizer=True)
+    channel_contracts.open_channel(parties.payer, test_token, parties.config, DEPOSIT)
+    claim = channel_contracts.settlement.functions.claim
+    by_payer = channel_contracts.voucher_claim(parties.payer, parties.config, 1_000)
+    assert custom_error(claim([by_payer.as_tuple()]), parties.receiver.address) == (
+        "InvalidVoucherSignature"
+    )
+    by_authorizer = channel_contracts.voucher_claim(parties.payer_authorizer, parties.config, 1_000)
+    chain.transact(parties.receiver, claim([by_authorizer.as_tuple()]))
+
+    zero = "0x" + "00" * 20
+    open_config = replace(parties.config, payer_authorizer=zero, salt=b"\x01" * 32)
+    channel_contracts.open_channel(parties.payer, test_token, open_config, DEPOSIT)
+    by_other = channel_contracts.voucher_claim(parties.payer_authorizer, open_config, 1_000)
+    assert custom_error(claim([by_other.as_tuple()]), parties.receiver.address) == (
+        "InvalidVoucherSignature"
+    )
+    by_payer = channel_contracts.voucher_claim(parties.payer, open_config, 1_000)
+    chain.transact(parties.receiver, claim([by_payer.as_tuple()]))
+    assert channel_contracts.channel(channel_contracts.channel_id(open_config)).total_claimed == (
+        1_000
+    )
+
+
+def test_malleable_voucher_signature_is_refused(
+    channel_contracts: ChannelContracts, parties: Parties, opened: bytes
+) -> None:
+    """The high-s twin of a valid signature (EIP-2) does not count."""
+    from dataclasses import replace
+
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    row = channel_contracts.voucher_claim(parties.payer_authorizer, parties.config, 1_000)
+    r, s, v = row.signature[:32], int.from_bytes(row.signature[32:64], "big"), row.signature[64]
+    twin = r + (n - s).to_bytes(32, "big") + bytes([55 - v])  # 27 <-> 28
+    call = channel_contracts.settlement.functions.claim([replace(row, signature=twin).as_tuple()])
+    assert custom_error(call, parties.receiver.address) == "InvalidVoucherSignature"
+
+
 # ------------------------------------------------------------------------------ settle
 
 
@@ -515,6 +596,23 @@ def test_refund_with_signature(
     # The same signature cannot be replayed: the nonce moved.
     call = functions.refundWithSignature(config, 4_000, 0, signature)
     assert custom_error(call, relayer) == "RefundNonceMismatch"
+
+
+def test_a_drained_channel_is_created_again_on_top_up(
+    chain: LocalChain,
+    channel_contracts: ChannelContracts,
+    test_token: TestToken,
+    parties: Parties,
+    opened: bytes,
+) -> None:
+    functions = channel_contracts.settlement.functions
+    receipt = chain.transact(parties.receiver, functions.refund(parties.config.as_tuple(), DEPOSIT))
+    [closed] = channel_contracts.events(receipt, "ChannelClosed")
+    assert closed["channelId"] == opened
+    assert channel_contracts.channel(opened) == ChannelState(0, 0)
+    receipt = channel_contracts.open_channel(parties.payer, test_token, parties.config, 10)
+    assert len(channel_contracts.events(receipt, "ChannelCreated")) == 1
+    assert channel_contracts.channel(opened) == ChannelState(10, 0)
 
 
 def test_a_direct_refund_voids_a_signed_one(

@@ -233,6 +233,7 @@ def test_official_client_and_facilitator_run_a_channel(
     from x402 import PaymentPayload
     from x402.mechanisms.evm.batch_settlement import (
         ClaimPayload,
+        EnrichedRefundPayload,
         SettlePayload,
         VoucherClaim,
     )
@@ -308,7 +309,35 @@ def test_official_client_and_facilitator_run_a_channel(
     assert swept.success, (swept.error_reason, swept.error_message)
     assert test_token.balance_of(parties.receiver.address) == 3 * PRICE
 
-    # 4. A voucher above the channel balance is refused by the facilitator.
+    # 4. A cooperative refund of the rest after one more voucher: claim and refund in one
+    #    multicall, both signed by the facilitator's authorizer key.
+    final = sign_voucher(
+        signer_of(parties.payer), "0x" + channel_id.hex(), 4 * PRICE, chain.network
+    )
+    rest = deposited - 4 * PRICE
+    refund = EnrichedRefundPayload(
+        channel_config=SdkChannelConfig.from_dict(config_dict),
+        voucher=final,
+        amount=str(rest),
+        refund_nonce="0",
+        claims=[
+            VoucherClaim(
+                channel=SdkChannelConfig.from_dict(config_dict),
+                max_claimable_amount=final.max_claimable_amount,
+                signature=final.signature,
+                total_claimed=final.max_claimable_amount,
+            )
+        ],
+    )
+    before = test_token.balance_of(parties.payer.address)
+    refund_payload = PaymentPayload(x402_version=2, accepted=requirements, payload=refund.to_dict())
+    refunded = facilitator.settle(refund_payload, requirements)
+    assert refunded.success, (refunded.error_reason, refunded.error_message)
+    assert test_token.balance_of(parties.payer.address) == before + rest
+    assert channel_contracts.channel(channel_id) == ChannelState(4 * PRICE, 4 * PRICE)
+    assert channel_contracts.refund_nonce(channel_id) == 1
+
+    # 5. A voucher above the channel balance is refused by the facilitator.
     greedy = sign_voucher(
         signer_of(parties.payer), "0x" + channel_id.hex(), deposited + PRICE, chain.network
     )
@@ -320,6 +349,19 @@ def test_official_client_and_facilitator_run_a_channel(
     verified = facilitator.verify(greedy_payload, requirements)
     assert not verified.is_valid
     assert verified.invalid_reason == "invalid_batch_settlement_evm_cumulative_exceeds_balance"
+
+    # 6. So is one signed by another key than the payer authorizer.
+    forged = sign_voucher(
+        signer_of(parties.relayer), "0x" + channel_id.hex(), 5 * PRICE, chain.network
+    )
+    forged_payload = PaymentPayload(
+        x402_version=2,
+        accepted=requirements,
+        payload={"type": "voucher", "channelConfig": config_dict, **_voucher_dict(forged)},
+    )
+    verified = facilitator.verify(forged_payload, requirements)
+    assert not verified.is_valid
+    assert verified.invalid_reason == "invalid_batch_settlement_evm_voucher_signature"
 
 
 def _voucher_dict(voucher: Any) -> dict[str, Any]:
