@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Build the contracts of x402gate's local chain (x402gate.testing): the EIP-3009 test token, the
-// batch-settlement escrow with its EIP-3009 deposit collector, and a Multicall3-compatible batcher.
+// batch-settlement escrow with its EIP-3009 deposit collector, a Multicall3-compatible batcher
+// and a minimal EIP-1271 smart wallet.
 //
 //   npm ci                                   # once: installs the pinned solc (solcjs, no download)
 //   node scripts/build-token.mjs             # compile every contract in CONTRACTS, write artifacts
@@ -34,6 +35,7 @@ const CONTRACTS = [
     runtime: true,
   },
   { source: "contracts/Multicall.sol", name: "Multicall", runtime: true },
+  { source: "contracts/TestWallet.sol", name: "TestWallet", runtime: false },
 ];
 const EVM_VERSION = "cancun";
 const OPTIMIZER_RUNS = 200;

@@ -22,6 +22,7 @@ from x402gate.testing.channels import (
     ChannelState,
     PendingWithdrawal,
     ReceiverAccount,
+    deploy_test_wallet,
     load_artifact,
 )
 
@@ -132,6 +133,7 @@ def test_artifacts_carry_runtime_code_from_the_pinned_compiler() -> None:
     repo = Path(__file__).resolve().parents[2]
     pinned = json.loads((repo / "package.json").read_text())["devDependencies"]["solc"]
     for name in ("BatchSettlement", "ERC3009DepositCollector", "Multicall"):
+        # Placed with anvil_setCode, so they carry their runtime code.
         artifact = load_artifact(name)
         assert list(artifact) == ["compiler", "evmVersion", "abi", "bytecode", "deployedBytecode"]
         assert artifact["compiler"].startswith(f"solc {pinned}+commit.")
@@ -464,6 +466,41 @@ def test_vouchers_come_from_the_payer_authorizer_only(
     assert channel_contracts.channel(channel_contracts.channel_id(open_config)).total_claimed == (
         1_000
     )
+
+
+def test_a_smart_wallet_payer_signs_by_eip1271(
+    chain: LocalChain, channel_contracts: ChannelContracts, test_token: TestToken
+) -> None:
+    """Without a payer authorizer, a contract payer's vouchers are checked with EIP-1271; the
+    wallet deposits with EIP-3009 the same way and withdraws through its own calls."""
+    owner = chain.new_account()
+    wallet = deploy_test_wallet(chain, owner.address)
+    test_token.mint(wallet.address, DEPOSIT)
+    receiver, authorizer, stranger = chain.new_account(), chain.new_account(), chain.new_account()
+    config = ChannelConfig.new(
+        wallet.address,
+        receiver.address,
+        authorizer.address,
+        test_token.address,
+        payer_authorizer="0x" + "00" * 20,
+    )
+    channel_contracts.open_channel(owner, test_token, config, DEPOSIT)
+    channel_id = channel_contracts.channel_id(config)
+    assert channel_contracts.channel(channel_id) == ChannelState(DEPOSIT, 0)
+
+    claim = channel_contracts.settlement.functions.claim
+    forged = channel_contracts.voucher_claim(stranger, config, 1_000)
+    assert custom_error(claim([forged.as_tuple()]), receiver.address) == "InvalidVoucherSignature"
+    voucher = channel_contracts.voucher_claim(owner, config, 1_000)
+    chain.transact(receiver, claim([voucher.as_tuple()]))
+    assert channel_contracts.channel(channel_id) == ChannelState(DEPOSIT, 1_000)
+
+    # The owner is not the payer: only the wallet itself may start a withdrawal.
+    initiate = channel_contracts.settlement.functions.initiateWithdraw(config.as_tuple(), 500)
+    assert custom_error(initiate, owner.address) == "NotPayerSide"
+    calldata = initiate._encode_transaction_data()
+    chain.transact(owner, wallet.functions.execute(channel_contracts.settlement.address, calldata))
+    assert channel_contracts.pending_withdrawal(channel_id).amount == 500
 
 
 def test_malleable_voucher_signature_is_refused(

@@ -44,6 +44,7 @@ __all__ = [
     "PendingWithdrawal",
     "ReceiverAccount",
     "VoucherClaim",
+    "deploy_test_wallet",
     "load_artifact",
     "place_channel_contracts",
 ]
@@ -344,7 +345,7 @@ class ChannelContracts:
 
     def deposit_collector_data(
         self,
-        payer: LocalAccount,
+        signer: LocalAccount,
         token: TestToken,
         config: ChannelConfig,
         amount: int,
@@ -355,7 +356,10 @@ class ChannelContracts:
     ) -> bytes:
         """``collectorData`` for :meth:`deposit`: the payer's EIP-3009 ``ReceiveWithAuthorization``
         to the collector, its nonce bound to the channel (``keccak256(abi.encode(channelId,
-        salt))``), encoded as ``(validAfter, validBefore, salt, signature)``."""
+        salt))``), encoded as ``(validAfter, validBefore, salt, signature)``.
+
+        The authorization is from ``config.payer``, signed by ``signer``: the payer itself, or
+        the owner of a contract payer (EIP-1271, see :func:`deploy_test_wallet`)."""
         from eth_abi.abi import encode
         from eth_hash.auto import keccak
 
@@ -370,7 +374,7 @@ class ChannelContracts:
             "verifyingContract": token.address,
         }
         message = {
-            "from": payer.address,
+            "from": config.payer,
             "to": self.collector.address,
             "value": amount,
             "validAfter": valid_after,
@@ -378,7 +382,7 @@ class ChannelContracts:
             "nonce": nonce,
         }
         signature = self._sign(
-            payer, {"ReceiveWithAuthorization": _RECEIVE_FIELDS}, message, token_domain
+            signer, {"ReceiveWithAuthorization": _RECEIVE_FIELDS}, message, token_domain
         )
         return bytes(
             encode(
@@ -404,16 +408,17 @@ class ChannelContracts:
 
     def open_channel(
         self,
-        payer: LocalAccount,
+        signer: LocalAccount,
         token: TestToken,
         config: ChannelConfig,
         amount: int,
         *,
         sender: LocalAccount | None = None,
     ) -> TxReceipt:
-        """Deposit ``amount`` from ``payer`` (gasless for it) with an EIP-3009 authorization;
-        ``sender`` pays the gas, a fresh funded account by default."""
-        data = self.deposit_collector_data(payer, token, config, amount)
+        """Deposit ``amount`` from ``config.payer`` (gasless for it) with an EIP-3009
+        authorization signed by ``signer`` (the payer, or a contract payer's owner); ``sender``
+        pays the gas, a fresh funded account by default."""
+        data = self.deposit_collector_data(signer, token, config, amount)
         return self.deposit(sender or self.chain.new_account(), config, amount, data)
 
     # ------------------------------------------------------------------ views
@@ -475,3 +480,21 @@ def place_channel_contracts(chain: LocalChain, *, multicall: bool = True) -> Cha
     return ChannelContracts(
         chain, contracts["BatchSettlement"], contracts["ERC3009DepositCollector"]
     )
+
+
+def deploy_test_wallet(chain: LocalChain, owner: str) -> Contract:
+    """Deploy ``contracts/TestWallet.sol``: a smart-contract account controlled by ``owner``.
+
+    It accepts the owner's ECDSA signatures through EIP-1271 ``isValidSignature`` and runs calls
+    as itself with ``execute(target, data)`` (sent by the owner): a payer or authorizer that is a
+    contract, for the signature paths the protocol reserves for smart wallets.
+    """
+    from eth_abi.abi import encode
+
+    artifact = load_artifact("TestWallet")
+    data = artifact["bytecode"] + encode(["address"], [owner]).hex()
+    receipt = chain.transact(chain.deployer, to=None, data=data, gas=1_000_000)
+    address = receipt["contractAddress"]
+    if address is None:
+        raise RuntimeError("wallet deployment produced no contract address")
+    return chain.w3.eth.contract(address=address, abi=artifact["abi"])
