@@ -119,7 +119,9 @@ contract BatchSettlement {
 
     // ---------------------------------------------------------------- events
 
+    /// @notice A deposit found no unclaimed escrow: a new channel, or a drained one refunded.
     event ChannelCreated(bytes32 indexed channelId, ChannelConfig config);
+    /// @notice A refund or a withdrawal left no unclaimed escrow in the channel.
     event ChannelClosed(bytes32 indexed channelId, ChannelConfig config);
     event Deposited(
         bytes32 indexed channelId, address indexed sender, uint128 amount, uint128 balance
