@@ -103,6 +103,7 @@ BATCH_SETTLEMENT_ERROR_CODES: Final = frozenset(
         MISSING_CHANNEL,
         # Refusals of the gate itself, shared with every scheme.
         "invalid_payload",
+        "invalid_payment_requirements",
         "payment_invalid",
         "settlement_failed",
     }

@@ -198,7 +198,7 @@ def route_terms(requirements: PaymentRequirements) -> RouteTerms:
     name, version = extra.get("name"), extra.get("version")
     if not isinstance(name, str) or not name or not isinstance(version, str) or not version:
         raise PaymentError(402, codes.MISSING_EIP712_DOMAIN, "extra needs the token's name/version")
-    server = _Fields("invalid_payment_requirements")
+    server = _Fields("invalid_payment_requirements", 402)
     authorizer = server.address(extra, "receiverAuthorizer", "extra")
     if authorizer == bytes(20):
         raise PaymentError(
@@ -259,13 +259,14 @@ def _voucher(fields: _Fields, raw: Mapping[str, Any]) -> Voucher:
 class _Fields:
     """Typed field readers that refuse with one error code (that of the payload's kind)."""
 
-    __slots__ = ("code",)
+    __slots__ = ("code", "status")
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, status: int = 400) -> None:
         self.code = code
+        self.status = status
 
     def fail(self, reason: str) -> NoReturn:
-        raise PaymentError(400, self.code, reason)
+        raise PaymentError(self.status, self.code, reason)
 
     def obj(self, raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
         value = raw.get(key)
