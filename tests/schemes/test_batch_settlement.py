@@ -190,7 +190,8 @@ def test_requirements_carry_the_channel_terms() -> None:
     from x402.mechanisms.evm.batch_settlement import PaymentRequirementsExtra
 
     reqs = requirements()
-    assert isinstance(make_scheme(), PaymentScheme)
+    scheme: PaymentScheme = make_scheme()  # mypy holds the class to the interface
+    assert isinstance(scheme, PaymentScheme)
     assert (reqs.scheme, reqs.amount, reqs.pay_to, reqs.asset) == (
         "batch-settlement",
         str(PRICE),

@@ -287,6 +287,8 @@ def check_channel(authorization: ChannelAuthorization, channel: ChannelView) -> 
     channel's balance (plus the deposit it comes with). Refusals:
     ``..._cumulative_below_claimed``, ``..._cumulative_amount_mismatch`` (answer with a
     corrective 402, :func:`corrective_requirements`), ``..._cumulative_exceeds_balance``.
+    A channel's first deposit is checked against a view of zeros (nothing deposited, claimed or
+    charged yet). A refund's amount is left to the facilitator and the escrow.
     """
     if channel.channel_id.lower() != authorization.channel_id:
         raise PaymentError(402, codes.CHANNEL_ID_MISMATCH, "the state is another channel's")
