@@ -126,6 +126,10 @@ def serve(cfg: dict[str, Any]) -> None:
             cfg["rpc_url"], cfg["facilitator_key"], networks=asset.network
         ),
         store=cfg["store_url"],
+        # Metered routes bind sign-ins and session tokens to the service's public name; the
+        # server's loopback port is only known once it listens, and clients need not call it
+        # by that name.
+        public_origin="http://metered.bench",
     )
     serve_uvicorn(build_app(gate))
 

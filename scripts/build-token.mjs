@@ -1,14 +1,17 @@
 #!/usr/bin/env node
-// Build the test EIP-3009 token used by x402gate's local chain (x402gate.testing).
+// Build the contracts of x402gate's local chain (x402gate.testing): the EIP-3009 test token, the
+// batch-settlement escrow with its EIP-3009 deposit collector, a Multicall3-compatible batcher
+// and a minimal EIP-1271 smart wallet.
 //
 //   npm ci                                   # once: installs the pinned solc (solcjs, no download)
-//   node scripts/build-token.mjs             # compile contracts/TestUSDC.sol and write the artifact
-//   node scripts/build-token.mjs --check     # rebuild in memory; exit 1 if the committed one differs
+//   node scripts/build-token.mjs             # compile every contract in CONTRACTS, write artifacts
+//   node scripts/build-token.mjs --check     # rebuild in memory; exit 1 if a committed one differs
 //
-// Output: src/x402gate/testing/artifacts/TestUSDC.json = {compiler, evmVersion, abi, bytecode}.
+// Output: src/x402gate/testing/artifacts/<Name>.json = {compiler, evmVersion, abi, bytecode}, plus
+// deployedBytecode for contracts that the test kit places with anvil_setCode (runtime code only).
 // The build is deterministic: same solc version + same settings + same source bytes give the same
 // file (the bytecode embeds a metadata hash of the source, so even a comment change shows up).
-// CI runs --check so the committed artifact can never drift from the source.
+// CI runs --check so no committed artifact can ever drift from its source.
 //
 // Settings are pinned here, never taken from solc's defaults, because defaults move between
 // releases (0.8.37 defaults to evmVersion "osaka"). "cancun" deploys on anvil's default hardfork
@@ -20,9 +23,20 @@ import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const SOURCE = "contracts/TestUSDC.sol"; // the key is part of the metadata hash: keep it relative
-const CONTRACT = "TestUSDC";
-const ARTIFACT = join(ROOT, "src/x402gate/testing/artifacts/TestUSDC.json");
+const ARTIFACTS = "src/x402gate/testing/artifacts";
+// One self-contained source file per contract. The source key is part of the metadata hash: keep
+// it relative. `runtime` adds the deployed (runtime) bytecode to the artifact.
+const CONTRACTS = [
+  { source: "contracts/TestUSDC.sol", name: "TestUSDC", runtime: false },
+  { source: "contracts/BatchSettlement.sol", name: "BatchSettlement", runtime: true },
+  {
+    source: "contracts/ERC3009DepositCollector.sol",
+    name: "ERC3009DepositCollector",
+    runtime: true,
+  },
+  { source: "contracts/Multicall.sol", name: "Multicall", runtime: true },
+  { source: "contracts/TestWallet.sol", name: "TestWallet", runtime: false },
+];
 const EVM_VERSION = "cancun";
 const OPTIMIZER_RUNS = 200;
 
@@ -41,15 +55,15 @@ function loadSolc() {
   }
 }
 
-function compile(solc) {
+function compile(solc, { source, name }) {
   const input = {
     language: "Solidity",
-    sources: { [SOURCE]: { content: readFileSync(join(ROOT, SOURCE), "utf8") } },
+    sources: { [source]: { content: readFileSync(join(ROOT, source), "utf8") } },
     settings: {
       optimizer: { enabled: true, runs: OPTIMIZER_RUNS },
       evmVersion: EVM_VERSION,
       outputSelection: {
-        [SOURCE]: { [CONTRACT]: ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] },
+        [source]: { [name]: ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] },
       },
     },
   };
@@ -60,16 +74,16 @@ function compile(solc) {
   }
   const errors = messages.filter((message) => message.severity === "error");
   if (errors.length > 0) {
-    fail(`${errors.length} compiler error(s)`);
+    fail(`${source}: ${errors.length} compiler error(s)`);
   }
-  const contract = output.contracts?.[SOURCE]?.[CONTRACT];
+  const contract = output.contracts?.[source]?.[name];
   if (!contract || !contract.evm?.bytecode?.object) {
-    fail(`no bytecode for ${CONTRACT} in the compiler output`);
+    fail(`no bytecode for ${name} in the compiler output`);
   }
   return contract;
 }
 
-function render(solc, contract) {
+function render(solc, contract, { runtime }) {
   // Fixed key order and formatting: the file is compared byte for byte by --check.
   const artifact = {
     compiler: `solc ${solc.version()}`,
@@ -77,6 +91,9 @@ function render(solc, contract) {
     abi: contract.abi,
     bytecode: `0x${contract.evm.bytecode.object}`,
   };
+  if (runtime) {
+    artifact.deployedBytecode = `0x${contract.evm.deployedBytecode.object}`;
+  }
   return `${JSON.stringify(artifact, null, 2)}\n`;
 }
 
@@ -86,31 +103,41 @@ function main(argv) {
     fail(`unknown argument(s): ${unknown.join(" ")} (usage: build-token.mjs [--check])`);
   }
   const solc = loadSolc();
-  const contract = compile(solc);
-  const text = render(solc, contract);
-  const shown = relative(process.cwd(), ARTIFACT) || ARTIFACT;
+  const check = argv.includes("--check");
+  const stale = [];
+  for (const spec of CONTRACTS) {
+    const contract = compile(solc, spec);
+    const text = render(solc, contract, spec);
+    const path = join(ROOT, ARTIFACTS, `${spec.name}.json`);
+    const shown = relative(process.cwd(), path) || path;
 
-  if (argv.includes("--check")) {
-    let committed;
-    try {
-      committed = readFileSync(ARTIFACT, "utf8");
-    } catch (error) {
-      fail(`cannot read ${shown}: ${error.message}`);
+    if (check) {
+      let committed = null;
+      try {
+        committed = readFileSync(path, "utf8");
+      } catch (error) {
+        process.stderr.write(`build-token: cannot read ${shown}: ${error.message}\n`);
+      }
+      if (committed !== text) {
+        process.stderr.write(`build-token: ${shown} is stale\n`);
+        stale.push(shown);
+      } else {
+        process.stdout.write(`build-token: ${shown} is up to date (${solc.version()})\n`);
+      }
+      continue;
     }
-    if (committed !== text) {
-      fail(`${shown} is stale: run 'node scripts/build-token.mjs' and commit the result`);
-    }
-    process.stdout.write(`build-token: ${shown} is up to date (${solc.version()})\n`);
-    return;
+
+    mkdirSync(dirname(path), { recursive: true });
+    writeFileSync(path, text);
+    const runtimeBytes = contract.evm.deployedBytecode.object.length / 2;
+    process.stdout.write(
+      `build-token: wrote ${shown} (${solc.version()}, evm ${EVM_VERSION}, ` +
+        `runtime ${runtimeBytes} bytes)\n`,
+    );
   }
-
-  mkdirSync(dirname(ARTIFACT), { recursive: true });
-  writeFileSync(ARTIFACT, text);
-  const runtimeBytes = contract.evm.deployedBytecode.object.length / 2;
-  process.stdout.write(
-    `build-token: wrote ${shown} (${solc.version()}, evm ${EVM_VERSION}, ` +
-      `runtime ${runtimeBytes} bytes)\n`,
-  );
+  if (stale.length > 0) {
+    fail(`${stale.length} stale artifact(s): run 'node scripts/build-token.mjs' and commit them`);
+  }
 }
 
 main(process.argv.slice(2));

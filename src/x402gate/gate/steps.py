@@ -250,12 +250,7 @@ async def finish(
             await gate._abandon_recovered(session)
             return {}
         await gate._complete_recovery(session)
-        if session.route.price.metered:
-            await gate._fund_reservation(session)
-            session.response_headers.update(gate._credit_headers(session))
-        if not recording:
-            await gate.record(session, status_code, (), None)
-        return session.response_headers
+        return await _collected(gate, session, status_code, recording)
     if session.route.settlement == "before":
         session.done = True
         if not recording:
@@ -274,6 +269,14 @@ async def finish(
         await gate._release(session)
         return {}
     await gate._settle(session)
+    return await _collected(gate, session, status_code, recording)
+
+
+async def _collected(
+    gate: PaymentGate, session: PaymentSession, status_code: int, recording: bool
+) -> dict[str, str]:
+    """The steps after the payment of an answer was collected: a metered route's credit is
+    funded (and its headers added), and the answer recorded unless the adapter records it."""
     if session.route.price.metered:
         await gate._fund_reservation(session)
         session.response_headers.update(gate._credit_headers(session))

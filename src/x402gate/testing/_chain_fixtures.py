@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
     from ..facilitators import LocalFacilitator
+    from .channels import ChannelContracts
 
 __all__ = [
     "CHAIN_FIXTURES",
     "PAYER_TOKEN_UNITS",
     "chain",
+    "channel_contracts",
     "facilitator_account",
     "local_chain",
     "local_facilitator",
@@ -36,7 +38,15 @@ PAYER_TOKEN_UNITS = 100_000_000
 """What the ``payer`` fixture holds: 100 tokens of 6 decimals."""
 
 CHAIN_FIXTURES = frozenset(
-    {"local_chain", "test_token", "chain", "payer", "facilitator_account", "local_facilitator"}
+    {
+        "local_chain",
+        "test_token",
+        "chain",
+        "channel_contracts",
+        "payer",
+        "facilitator_account",
+        "local_facilitator",
+    }
 )
 """Fixtures that need anvil; a test using any of them gets the ``chain`` marker."""
 
@@ -80,6 +90,14 @@ def chain(local_chain: LocalChain, test_token: TestToken) -> Iterator[LocalChain
     snapshot_id = local_chain.snapshot()
     yield local_chain
     local_chain.revert(snapshot_id)
+
+
+@pytest.fixture
+def channel_contracts(chain: LocalChain) -> ChannelContracts:
+    """x402's batch-settlement escrow and EIP-3009 deposit collector at their canonical
+    addresses on ``chain``; placed inside the test's snapshot, so every test starts with
+    empty channels (two ``anvil_setCode`` calls, about 2 ms)."""
+    return chain.place_channel_contracts()
 
 
 @pytest.fixture

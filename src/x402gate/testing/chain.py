@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from web3.contract.contract import ContractFunction
     from web3.types import TxReceipt
 
+    from .channels import ChannelContracts
+
 __all__ = [
     "ANVIL_INSTALL_HINT",
     "ChainUnavailable",
@@ -503,6 +505,19 @@ class LocalChain:
             version=version,
             deploy_gas=int(receipt["gasUsed"]),
         )
+
+    def place_channel_contracts(self, *, multicall: bool = True) -> ChannelContracts:
+        """Place x402's batch-settlement escrow and EIP-3009 deposit collector at their
+        canonical addresses (``anvil_setCode``), so the official clients open channels here;
+        with ``multicall``, a Multicall3-compatible contract too (the official facilitator
+        reads through it).
+
+        See :mod:`x402gate.testing.channels`. Like any state, an ``evm_revert`` to an earlier
+        snapshot removes them.
+        """
+        from .channels import place_channel_contracts
+
+        return place_channel_contracts(self, multicall=multicall)
 
 
 class TestToken:

@@ -5,8 +5,9 @@ it with ``-p no:x402gate``. Nothing heavy is imported until a fixture is used: a
 that never asks for the chain starts no anvil and imports no web3.
 
 Chain fixtures (see :mod:`x402gate.testing._chain_fixtures`): ``local_chain`` (session),
-``test_token`` (session), ``chain`` (per test, snapshot/revert), ``payer``, ``pay_to``,
-``facilitator_account``, ``local_facilitator``. Redis fixtures: ``redis_server``, ``redis_url``.
+``test_token`` (session), ``chain`` (per test, snapshot/revert), ``channel_contracts``,
+``payer``, ``pay_to``, ``facilitator_account``, ``local_facilitator``. Redis fixtures:
+``redis_server``, ``redis_url``.
 
 Tests using a chain fixture are marked ``chain`` (and Redis ones ``redis``), so
 ``pytest -m "not chain"`` runs everything that needs no node.
@@ -19,6 +20,7 @@ import pytest
 from ._chain_fixtures import (
     CHAIN_FIXTURES,
     chain,
+    channel_contracts,
     facilitator_account,
     local_chain,
     local_facilitator,
@@ -38,6 +40,7 @@ else:
 
 __all__ = [
     "chain",
+    "channel_contracts",
     "facilitator_account",
     "local_chain",
     "local_facilitator",
