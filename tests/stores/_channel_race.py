@@ -1,0 +1,45 @@
+"""A burst of begin-steps on one channel, run by threads or spawned processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from x402gate.stores import Store, open_store
+from x402gate.stores.channels import ChannelBeginOutcome
+
+CHANNEL = "0x" + "ab" * 32
+CONFIG = '{"payer":"0x01","receiver":"0x02","salt":"0x00"}'
+NOW = 1_700_000_000.0
+SIGNATURE = "0x" + "11" * 65
+BALANCE = 10**9
+PRICE = 1_000
+
+
+def race_step(
+    target: str | Store, worker: int, base: int, barrier: Any, results: Any
+) -> None:
+    """Begin the step on ``base``; if won, commit the full price. Report (worker, outcome)."""
+    store = open_store(target) if isinstance(target, str) else target
+    try:
+        barrier.wait(60)
+        token = f"w{worker}"
+        answer = store.channel_begin(
+            CHANNEL,
+            token,
+            base=base,
+            max_claimable=base + PRICE,
+            signature=SIGNATURE,
+            expires_at=NOW + 60,
+            now=NOW,
+        )
+        if answer.outcome is ChannelBeginOutcome.STARTED:
+            committed = store.channel_commit(CHANNEL, token, PRICE, NOW + 1)
+            results.put((worker, "committed" if committed is not None else "lost"))
+        else:
+            results.put((worker, answer.outcome.value))
+    except BaseException as exc:
+        barrier.abort()
+        results.put((worker, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if isinstance(target, str):
+            store.close()
