@@ -15,9 +15,7 @@ BALANCE = 10**9
 PRICE = 1_000
 
 
-def race_step(
-    target: str | Store, worker: int, base: int, barrier: Any, results: Any
-) -> None:
+def race_step(target: str | Store, worker: int, base: int, barrier: Any, results: Any) -> None:
     """Begin the step on ``base``; if won, commit the full price. Report (worker, outcome)."""
     store = open_store(target) if isinstance(target, str) else target
     try:

@@ -56,7 +56,9 @@ def test_a_new_channel_starts_at_what_the_chain_says_was_claimed(store: Store) -
     assert (state.max_claimable, state.signature, state.step) == (0, "0x", None)
     assert store.channel_get(CHANNEL.upper().replace("0X", "0x")) == state
     # A refresh takes the chain's balance and withdrawal, never goes back on claims.
-    again = sync(store, balance=BALANCE - 7, total_claimed=100, withdraw_requested_at=42, now=NOW + 5)
+    again = sync(
+        store, balance=BALANCE - 7, total_claimed=100, withdraw_requested_at=42, now=NOW + 5
+    )
     assert (again.balance, again.total_claimed, again.withdraw_requested_at) == (
         BALANCE - 7,
         500,
@@ -237,9 +239,7 @@ def test_threads_race_for_one_step(make_handle: StoreFactory) -> None:
         barrier = threading.Barrier(n)
         results: queue.Queue[tuple[int, str]] = queue.Queue()
         threads = [
-            threading.Thread(
-                target=race_step, args=(stores[i], i, step * PRICE, barrier, results)
-            )
+            threading.Thread(target=race_step, args=(stores[i], i, step * PRICE, barrier, results))
             for i in range(n)
         ]
         for t in threads:

@@ -213,9 +213,7 @@ def check_channel_begin(
     check_channel_amount(base, "voucher base")
     check_channel_amount(max_claimable, "voucher max claimable", zero=False)
     if max_claimable <= base:
-        raise ValueError(
-            f"voucher max claimable {max_claimable} must be above its base {base}"
-        )
+        raise ValueError(f"voucher max claimable {max_claimable} must be above its base {base}")
     signature = check_voucher_signature(signature)
     if not expires_at > now:
         raise ValueError(f"channel step must expire after now, got {expires_at} <= {now}")
