@@ -64,18 +64,18 @@ __all__ = [
     "check_channel_limit",
     "check_channel_sync",
     "check_voucher_signature",
+    "mark_claimed",
     "step_begin",
     "step_commit",
     "step_release",
     "sync_channel",
-    "mark_claimed",
 ]
 
 MAX_CHANNEL_CONFIG_BYTES = 4096
 """Largest channel config (canonical JSON text of the ``ChannelConfig``) a store keeps."""
 
 MAX_VOUCHER_SIGNATURE_LENGTH = 4096
-"""Longest voucher signature kept, in hex characters (ERC-1271 wallets sign longer than 65 bytes)."""
+"""Longest voucher signature kept, in hex characters (ERC-1271 wallets may sign long ones)."""
 
 MAX_CHANNEL_LIST = 1000
 """Most channels one :meth:`~x402gate.stores.base.Store.channel_claimable` call answers."""

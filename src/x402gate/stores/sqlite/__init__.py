@@ -26,7 +26,8 @@ How it stays correct:
   using a connection across fork) and opens its own on first use, so a store created before a
   pre-forking server spawns its workers is safe.
 * Each concern gets its own table and its own module (:mod:`.replay`, :mod:`.idempotency`,
-  :mod:`.credit`, :mod:`.in_flight`, :mod:`.channels`), over the shared connection (:mod:`.connection`);
+  :mod:`.credit`, :mod:`.in_flight`, :mod:`.channels`), over the shared connection
+  (:mod:`.connection`);
   :mod:`.schema` creates the tables and checks the file's version.
 * Credit amounts are stored as decimal text and computed with Python integers: SQLite's
   INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
