@@ -137,6 +137,23 @@ def test_an_expired_step_is_taken_over_and_its_charge_forfeited(store: Store) ->
     assert state is not None and state.charged == 5
 
 
+def test_a_running_step_extends_its_expiry(store: Store) -> None:
+    sync(store)
+    assert begin(store, "long", 0, expires_at=NOW + 10).outcome is STARTED
+    assert store.channel_extend(CHANNEL, "long", NOW + 100)
+    assert store.channel_extend(CHANNEL, "long", NOW + 50)  # never earlier
+    assert (
+        begin(store, "r2", 0, now=NOW + 99, expires_at=NOW + 200).outcome
+        is ChannelBeginOutcome.BUSY
+    )
+    assert not store.channel_extend(CHANNEL, "r2", NOW + 500)
+    state = store.channel_get(CHANNEL)
+    assert state is not None and state.step is not None and state.step.expires_at == NOW + 100
+    assert store.channel_commit(CHANNEL, "long", 3, NOW + 99) is not None
+    assert not store.channel_extend(CHANNEL, "long", NOW + 500)
+    assert not store.channel_extend(OTHER, "long", NOW + 500)
+
+
 def test_an_expired_step_nobody_took_can_still_be_committed_by_its_owner(store: Store) -> None:
     sync(store)
     assert begin(store, "slow", 0, expires_at=NOW + 10).outcome is STARTED

@@ -515,6 +515,11 @@ class Store(ABC):
         """
         raise self._no_channels()
 
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        """Move the expiry of ``token``'s step to ``expires_at`` if later (a long answer is
+        still running); False when ``token`` does not hold the step."""
+        raise self._no_channels()
+
     def channel_release(self, channel_id: str, token: str) -> bool:
         """End ``token``'s step charging nothing; False when ``token`` does not hold it."""
         raise self._no_channels()

@@ -29,6 +29,9 @@ base are the same *step* and only one of them may be served. The store makes tha
   base)``: never above what the voucher signed. It keeps the voucher as the last accepted one
   and ends the step. Committing a step that is not held by this token (committed already,
   released, taken over, unknown) answers ``None`` and charges nothing.
+* :meth:`~x402gate.stores.base.Store.channel_extend` moves the expiry of ``token``'s step later
+  (never earlier): the gate renews it while a long answer (a stream) runs, so that its step is
+  not taken over and its charge forfeited while it is still being served.
 * :meth:`~x402gate.stores.base.Store.channel_sync` creates a channel or refreshes its mirror of
   the chain; ``total_claimed`` and ``refund_nonce`` never go back, and the config a channel was
   created with never changes (a different one raises :class:`ValueError`).
@@ -67,6 +70,7 @@ __all__ = [
     "mark_claimed",
     "step_begin",
     "step_commit",
+    "step_extend",
     "step_release",
     "sync_channel",
 ]
@@ -327,6 +331,14 @@ def step_commit(
         last_request_at=float(now),
         step=None,
     )
+
+
+def step_extend(current: ChannelState | None, token: str, expires_at: float) -> ChannelState | None:
+    """The state after ``token`` moves its step's expiry later, or None when it does not hold it."""
+    if current is None or current.step is None or current.step.token != token:
+        return None
+    later = max(current.step.expires_at, float(expires_at))
+    return replace(current, step=replace(current.step, expires_at=later))
 
 
 def step_release(current: ChannelState | None, token: str) -> ChannelState | None:

@@ -26,6 +26,7 @@ from .channels import (
     mark_claimed,
     step_begin,
     step_commit,
+    step_extend,
     step_release,
     sync_channel,
 )
@@ -585,6 +586,15 @@ class MemoryStore(Store):
             if state is not None:
                 self._channels[channel_id] = state
             return state
+
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        with self._lock:
+            state = step_extend(self._channels.get(channel_id), token, expires_at)
+            if state is None:
+                return False
+            self._channels[channel_id] = state
+            return True
 
     def channel_release(self, channel_id: str, token: str) -> bool:
         channel_id = check_channel_id(channel_id)

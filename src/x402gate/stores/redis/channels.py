@@ -71,7 +71,7 @@ class RedisChannels(RedisConnection):
         super()._register_scripts(client)
         self._channel_scripts = {
             name: client.register_script(script(f"channel_{name}", CHANNEL))
-            for name in ("sync", "begin", "commit", "release", "mark_claimed")
+            for name in ("sync", "begin", "commit", "extend", "release", "mark_claimed")
         }
 
     def _channel_key(self, channel_id: str) -> str:
@@ -158,6 +158,11 @@ class RedisChannels(RedisConnection):
         check_channel_amount(charge, "charge")
         _, fields = self._channel("commit", channel_id, now, channel_id, token, str(charge))
         return _state(fields)
+
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        answer = self._channel("extend", channel_id, 0.0, token, repr(float(expires_at)))
+        return int(answer) == 1
 
     def channel_release(self, channel_id: str, token: str) -> bool:
         channel_id = check_channel_id(channel_id)

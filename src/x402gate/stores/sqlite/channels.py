@@ -31,6 +31,7 @@ from ..channels import (
     mark_claimed,
     step_begin,
     step_commit,
+    step_extend,
     step_release,
     sync_channel,
 )
@@ -194,6 +195,16 @@ class SQLiteChannels(SQLiteConnection):
             lambda current: step_commit(current, token, charge, now),
             self.ledger_synchronous,
         )
+
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        state = self._channel_update(
+            "channel_extend",
+            channel_id,
+            lambda current: step_extend(current, token, expires_at),
+            self.ledger_synchronous,
+        )
+        return state is not None
 
     def channel_release(self, channel_id: str, token: str) -> bool:
         channel_id = check_channel_id(channel_id)
