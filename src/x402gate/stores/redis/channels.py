@@ -69,10 +69,9 @@ class RedisChannels(RedisConnection):
 
     def _register_scripts(self, client: redis_module.Redis) -> None:
         super()._register_scripts(client)
-        self._channel_scripts = {
-            name: client.register_script(script(f"channel_{name}", CHANNEL))
-            for name in ("sync", "begin", "commit", "extend", "release", "mark_claimed")
-        }
+        for name in ("sync", "begin", "commit", "extend", "release", "mark_claimed"):
+            registered = client.register_script(script(f"channel_{name}", CHANNEL))
+            setattr(self, f"_channel_{name}_script", registered)
 
     def _channel_key(self, channel_id: str) -> str:
         return f"{self.key_prefix}channel:{channel_id}"
@@ -80,7 +79,7 @@ class RedisChannels(RedisConnection):
     def _channel(self, name: str, channel_id: str, now: float, *args: str) -> Any:
         keys = [self._channel_key(channel_id), f"{self.key_prefix}channel:unclaimed"]
         try:
-            return self._channel_scripts[name](
+            return getattr(self, f"_channel_{name}_script")(
                 keys=keys, args=[f"{self.key_prefix}channel:", repr(float(now)), 0, *args]
             )
         except self._redis_errors as exc:
