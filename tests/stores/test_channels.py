@@ -18,7 +18,17 @@ from x402gate.stores.channels import (
     ChannelState,
 )
 
-from ._channel_race import BALANCE, CHANNEL, CONFIG, NOW, PRICE, SIGNATURE, race_step
+from ._channel_race import (
+    BALANCE,
+    CHANNEL,
+    CONFIG,
+    NOW,
+    PRICE,
+    SIGNATURE,
+    begin_and_die,
+    chase_steps,
+    race_step,
+)
 from .conftest import StoreFactory
 
 OTHER = "0x" + "cd" * 32
@@ -295,3 +305,93 @@ def test_two_redis_clients_race_for_one_step(redis_url: str) -> None:
     sync(store)
     _check_one_winner(_race_processes(url, 2, 0), store, 1)
     store.close()
+
+
+# -- consecutive steps: many clients of one channel, no step served twice ----------------------
+
+
+def _check_consecutive(outcomes: list[Any], store: Store, workers: int, steps: int) -> None:
+    bases = []
+    for outcome in outcomes:
+        assert isinstance(outcome, list), outcome
+        bases.extend(outcome)
+    # Every step was served exactly once, on the amount charged before it.
+    assert sorted(bases) == [i * PRICE for i in range(workers * steps)]
+    state = store.channel_get(CHANNEL)
+    assert state is not None and state.charged == workers * steps * PRICE and state.step is None
+
+
+def test_threads_chase_consecutive_steps(make_handle: StoreFactory) -> None:
+    n, steps = 8, 5
+    stores = [make_handle() for _ in range(n)]
+    sync(stores[0])
+    barrier = threading.Barrier(n)
+    results: queue.Queue[tuple[int, Any]] = queue.Queue()
+    threads = [
+        threading.Thread(target=chase_steps, args=(stores[i], i, steps, barrier, results))
+        for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    _check_consecutive(_collect(results, n), stores[0], n, steps)
+
+
+def _chase_processes(url: str, n: int, steps: int) -> list[Any]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=chase_steps, args=(url, i, steps, barrier, results)) for i in range(n)
+    ]
+    for p in procs:
+        p.start()
+    outcomes = _collect(results, n)
+    for p in procs:
+        p.join(120)
+    return outcomes
+
+
+def test_processes_chase_consecutive_steps_on_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/chase.db"
+    with open_store(url) as store:
+        sync(store)
+        _check_consecutive(_chase_processes(url, 4, 5), store, 4, 5)
+
+
+@pytest.mark.redis
+def test_two_redis_clients_chase_consecutive_steps(redis_url: str) -> None:
+    url = f"{redis_url}?key_prefix=chchase:"
+    with open_store(url) as store:
+        sync(store)
+        _check_consecutive(_chase_processes(url, 2, 10), store, 2, 10)
+
+
+# -- a server killed between its answer and its commit: the charge is forfeited, once ----------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_step_whose_process_was_killed_is_forfeited(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/killed.db"
+    else:
+        url = f"{request.getfixturevalue('redis_url')}?key_prefix=chkill:"
+    with open_store(url) as store:
+        sync(store)
+        proc = multiprocessing.get_context("spawn").Process(target=begin_and_die, args=(url,))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == -9
+        state = store.channel_get(CHANNEL)
+        assert state is not None and state.step is not None and state.step.token == "doomed"
+        # Until the step expires the channel is busy; then the next request takes it over.
+        assert begin(store, "next", 0, now=NOW + 29).outcome is ChannelBeginOutcome.BUSY
+        taken = begin(store, "next", 0, now=NOW + 30, expires_at=NOW + 90)
+        assert taken.outcome is STARTED
+        assert taken.state is not None and taken.state.charged == 0  # nothing was taken
+        assert store.channel_commit(CHANNEL, "doomed", PRICE, NOW + 31) is None
+        after = store.channel_commit(CHANNEL, "next", PRICE, NOW + 31)
+        assert after is not None and after.charged == PRICE
