@@ -14,9 +14,15 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from x402gate.stores import Store
 from x402gate.stores.channels import ChannelBeginOutcome as Out
@@ -122,6 +128,12 @@ class ChannelMachine(RuleBasedStateMachine):
     def cid(self, c: int) -> str:
         return self.ids[c]
 
+    @initialize(balance=st.sampled_from([10, 3 * BIG]))
+    def open_first_channel(self, balance: int) -> None:
+        # Most examples start with a funded channel, so that steps are taken and committed
+        # often; the second channel comes (or not) from the sync rule.
+        self.sync(0, balance, 0)
+
     @rule(c=CHANNELS, balance=BALANCES, claimed=st.sampled_from([0, 0, 1, 4, BIG]))
     def sync(self, c: int, balance: int, claimed: int) -> None:
         self.model.sync(c, balance, claimed)
@@ -161,6 +173,7 @@ class ChannelMachine(RuleBasedStateMachine):
             expires_at=self.now + ttl,
             now=self.now,
         )
+        event(f"begin: {expected.value}")
         assert got.outcome is expected
         if expected is not Out.UNKNOWN:
             assert got.state is not None and got.state.charged == self.model.chans[c].charged
@@ -169,10 +182,17 @@ class ChannelMachine(RuleBasedStateMachine):
     def commit(self, c: int, token: str, charge: int) -> None:
         expected = self.model.commit(c, token, charge)
         got = self.store.channel_commit(self.cid(c), token, charge, self.now)
+        event("commit: " + ("none" if expected is None else "charged"))
         assert (None if got is None else got.charged) == expected
         if got is not None:
             assert got.max_claimable == self.model.chans[c].max_claimable
             assert got.signature == SIG and got.step is None
+
+    @rule(c=CHANNELS, charge=CHARGES)
+    def commit_holder(self, c: int, charge: int) -> None:
+        """Commit as the request holding the step (whether or not it expired)."""
+        ch = self.model.chans.get(c)
+        self.commit(c, ch.step[0] if ch is not None and ch.step is not None else "t1", charge)
 
     @rule(c=CHANNELS, token=TOKENS, ttl=TTLS)
     def extend(self, c: int, token: str, ttl: float) -> None:
