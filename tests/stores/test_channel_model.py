@@ -62,6 +62,8 @@ class Model:
         ch.balance = balance
         ch.total_claimed = max(ch.total_claimed, claimed)
         ch.charged = max(ch.charged, ch.total_claimed)
+        if ch.step is not None and ch.step[1] != ch.charged:
+            ch.step = None
 
     def begin(self, c: int, token: str, base: int, ceiling: int, exp: float, now: float) -> Out:
         ch = self.chans.get(c)

@@ -203,6 +203,16 @@ def test_claims_bookkeeping_and_listing(store: Store) -> None:
     assert (state.charged, state.total_claimed) == (15, 15)
 
 
+def test_a_chain_ahead_of_the_store_ends_the_step_signed_below_it(store: Store) -> None:
+    sync(store)
+    assert begin(store, "r1", 0).outcome is STARTED
+    state = sync(store, total_claimed=40)  # the store had lost charges the chain has claimed
+    assert (state.charged, state.step) == (40, None)
+    assert store.channel_commit(CHANNEL, "r1", 5, NOW) is None
+    assert begin(store, "r2", 40).outcome is STARTED
+    assert sync(store, total_claimed=40).step is not None  # not passed: the step stays
+
+
 def test_money_is_any_uint256(store: Store) -> None:
     big = 2**256 - 1
     sync(store, balance=big)

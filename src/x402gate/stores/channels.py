@@ -34,7 +34,9 @@ base are the same *step* and only one of them may be served. The store makes tha
   not taken over and its charge forfeited while it is still being served.
 * :meth:`~x402gate.stores.base.Store.channel_sync` creates a channel or refreshes its mirror of
   the chain; ``total_claimed`` and ``refund_nonce`` never go back, and the config a channel was
-  created with never changes (a different one raises :class:`ValueError`).
+  created with never changes (a different one raises :class:`ValueError`). A chain showing more
+  claimed than was charged raises ``charged`` to it (the store had lost state) and ends a step
+  signed on the older amount, which is then forfeited.
 * :meth:`~x402gate.stores.base.Store.channel_mark_claimed` records that the vouchers were
   claimed on chain up to an amount (never beyond ``charged``, never backwards);
   :meth:`~x402gate.stores.base.Store.channel_claimable` lists channels with ``charged >
@@ -258,12 +260,17 @@ def sync_channel(
     if current.config != config:
         raise ValueError(f"channel {channel_id} is known with another config")
     claimed = max(current.total_claimed, total_claimed)
+    # Claimed on chain is charged: a store that lost its state learns it back from the chain.
+    charged = max(current.charged, claimed)
+    step = current.step
+    if step is not None and step.base < charged:
+        step = None  # signed on an amount the chain has passed: forfeited, like a lost state
     return replace(
         current,
         balance=balance,
         total_claimed=claimed,
-        # Claimed on chain is charged: a store that lost its state learns it back from the chain.
-        charged=max(current.charged, claimed),
+        charged=charged,
+        step=step,
         withdraw_requested_at=withdraw_requested_at,
         refund_nonce=max(current.refund_nonce, refund_nonce),
         synced_at=max(current.synced_at, now),

@@ -12,10 +12,15 @@ if not cur[1] then
 end
 if cur[1] ~= config then return {'config', {}} end
 claimed = max(cur[2], claimed)
+local charged = max(cur[3], claimed)
 local synced = cur[5]
 if NOW > tonumber(synced) then synced = NOW_TEXT end
+local step_base = redis.call('HGET', CH, 'step_base')
+if step_base and cmp(step_base, charged) < 0 then
+    clear_step()  -- signed on an amount the chain has passed: forfeited, like a lost state
+end
 redis.call('HSET', CH, 'balance', balance, 'total_claimed', claimed,
-           'charged', max(cur[3], claimed), 'withdraw_requested_at', withdraw,
+           'charged', charged, 'withdraw_requested_at', withdraw,
            'refund_nonce', max(cur[4], nonce), 'synced_at', synced)
 reindex(id)
 return answer('ok')
