@@ -6,12 +6,12 @@ import multiprocessing
 import queue
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from x402gate.errors import ConfigurationError
-from x402gate.stores import Store, open_store
+from x402gate.stores import ClaimResult, Store, open_store
 from x402gate.stores.channels import (
     MAX_VOUCHER_SIGNATURE_LENGTH,
     ChannelBeginOutcome,
@@ -242,15 +242,38 @@ def test_client_values_are_checked_and_bounded(store: Store) -> None:
         store.channel_claimable(limit=0)
 
 
-def test_a_third_party_store_refuses_channels() -> None:
-    from x402gate.stores.base import Store as Base
+def test_every_built_in_backend_keeps_channels_and_others_refuse(store: Store) -> None:
+    assert store.supports_channels is True
 
-    assert Base.supports_channels is False
-    store = open_store("memory://")
-    assert store.supports_channels
-    assert Base.channel_get.__qualname__ == "Store.channel_get"
-    with pytest.raises(ConfigurationError):
-        Base.channel_get(store, CHANNEL)
+    class ClaimsOnly(Store):
+        scheme: ClassVar[str] = "claims-only"
+
+        def claim(self, *args: Any) -> ClaimResult:
+            return ClaimResult.CLAIMED
+
+        def release(self, key: str, token: str) -> bool:
+            return True
+
+        def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+            return True
+
+        def state(self, key: str, now: float) -> str | None:
+            return None
+
+    old = ClaimsOnly()
+    assert old.supports_channels is False
+    for call in (
+        lambda: sync(old),
+        lambda: old.channel_get(CHANNEL),
+        lambda: begin(old, "r", 0),
+        lambda: old.channel_commit(CHANNEL, "r", 1, NOW),
+        lambda: old.channel_extend(CHANNEL, "r", NOW),
+        lambda: old.channel_release(CHANNEL, "r"),
+        lambda: old.channel_mark_claimed(CHANNEL, 1, NOW),
+        lambda: old.channel_claimable(),
+    ):
+        with pytest.raises(ConfigurationError, match="payment-channel state"):
+            call()
 
 
 # -- real races: of N concurrent begin-steps for one step exactly one wins ----------------------
