@@ -177,8 +177,8 @@ WHAT_IF = {
     "memory_store": "store memory:// instead of the SQLite default",
     "skip_facilitator_verify": "verify_with_facilitator=False (local verify + claim, then "
     "settle, which still simulates first)",
-    "no_resimulate": "LocalFacilitator with simulate_in_settle=False (verify just simulated, "
-    "and the claim keeps the authorization exclusive)",
+    "no_resimulate": "LocalFacilitator's SDK fallback with simulate_in_settle=False (the direct "
+    "path, which most payments take, is not affected)",
 }
 """Bench-only experiments on the x402gate side (``--what-if``): monkeypatches in the server
 process that estimate what a proposed change to gate/ or facilitators.py would buy. They are
@@ -263,11 +263,18 @@ def _instrument(app: Any, side: str, phases: _Phases) -> Any:
         phases.wrap_sync(gate.store, "claim", "  store.claim (in thread)")
         phases.wrap_sync(gate.store, "mark_used", "  store.mark_used (in thread)")
         phases.wrap_async(gate, "_store_call", "  gate._store_call (loop view)")
-        phases.wrap_async(gate.facilitator, "verify", "  facilitator.verify (loop view)")
-        phases.wrap_async(gate.facilitator, "settle", "  facilitator.settle (loop view)")
-        sdk = gate.facilitator._facilitator
-        phases.wrap_sync(sdk, "verify", "    SDK verify (in thread)")
-        phases.wrap_sync(sdk, "settle", "    SDK settle (in thread)")
+        facilitator = gate.facilitator
+        phases.wrap_async(facilitator, "verify", "  facilitator.verify (loop view)")
+        phases.wrap_async(facilitator, "settle", "  facilitator.settle (loop view)")
+        phases.wrap_sync(facilitator, "_verify", "    verify (in a chain thread)")
+        phases.wrap_sync(facilitator, "_settle", "    settle up to the broadcast (chain thread)")
+        direct = facilitator._direct
+        phases.wrap_sync(direct, "transfer", "      checks + calldata (direct path)")
+        phases.wrap_sync(direct, "send", "      nonce + sign + broadcast (direct path)")
+        phases.wrap_async(direct, "confirmed", "    receipt wait + check (on the loop)")
+        sdk = facilitator._facilitator
+        phases.wrap_sync(sdk, "verify", "      SDK verify (fallback; 0 when all went direct)")
+        phases.wrap_sync(sdk, "settle", "      SDK settle (fallback; 0 when all went direct)")
 
     # Each side's JSON-RPC round trips, by method: web3's HTTPProvider (official) or
     # x402gate's keep-alive transport.
@@ -286,7 +293,26 @@ def _instrument(app: Any, side: str, phases: _Phases) -> Any:
         return timed_call
 
     HTTPProvider._make_request = timed(HTTPProvider._make_request)  # type: ignore[method-assign]
-    JsonRpcTransport.make_request = timed(JsonRpcTransport.make_request)  # type: ignore[method-assign]
+
+    # x402gate's transport: every post (web3's calls, its own, JSON-RPC batches) by method.
+    exchange = JsonRpcTransport._exchange
+
+    def timed_exchange(self: Any, body: bytes, sending: bool) -> Any:
+        start = clock()
+        try:
+            return exchange(self, body, sending)
+        finally:
+            calls = json.loads(body)
+            if isinstance(calls, list):
+                names = sorted({c["method"] for c in calls})
+                label = f"batch of {'+'.join(names)}" if len(names) < 3 else "batch"
+            else:
+                label = calls["method"]
+            thread = threading.current_thread().name
+            where = " (receipt loop)" if thread == "x402gate-receipts" else ""
+            phases.add(f"  rpc {label}{where} (HTTP round trip)", clock() - start)
+
+    JsonRpcTransport._exchange = timed_exchange  # type: ignore[method-assign]
 
     async def timing(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -704,6 +730,10 @@ CATEGORIES = [
     ("SDK facilitator settle (web3, signing, RPC)", ("_settle_core",)),
     ("SDK facilitator verify (web3, RPC, ecrecover)", ("_verify_core", "ExactEvmScheme._verify")),
     ("x402gate store (SQLite)", ("stores/sqlite/", "stores/memory.py", "stores/redis/")),
+    (
+        "x402gate facilitator, direct path (checks, calldata, signing, JSON-RPC, receipts)",
+        ("x402gate/_direct.py", "x402gate/_tx.py", "x402gate/_rpc.py", "x402gate/facilitators.py"),
+    ),
     ("x402gate local verify (EIP-712, ecrecover)", ("x402gate/verify.py",)),
     ("x402gate gate + adapter (rest)", ("x402gate/",)),
     ("official middleware + x402 HTTP server (rest)", ("x402/http/", "x402/server")),

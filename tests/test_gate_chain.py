@@ -651,20 +651,23 @@ async def test_blocking_chain_calls_never_run_on_the_event_loop(
 ) -> None:
     # The facilitator talks to the chain through blocking JSON-RPC calls; they must all happen
     # in worker threads. Record the thread of every call the chain transport posts.
+    import json
     import threading
 
     from x402gate._rpc import JsonRpcTransport
 
     threads: list[int] = []
     methods: list[str] = []
-    original = JsonRpcTransport.make_request
+    original = JsonRpcTransport._exchange
 
-    def recording_send(self: Any, method: Any, params: Any) -> Any:
+    def recording_post(self: Any, body: bytes, sending: bool) -> Any:
+        # Every post goes through here: web3's calls, x402gate's own and JSON-RPC batches.
         threads.append(threading.get_ident())
-        methods.append(str(method))
-        return original(self, method, params)
+        calls = json.loads(body)
+        methods.extend(c["method"] for c in (calls if isinstance(calls, list) else [calls]))
+        return original(self, body, sending)
 
-    monkeypatch.setattr(JsonRpcTransport, "make_request", recording_send)
+    monkeypatch.setattr(JsonRpcTransport, "_exchange", recording_post)
     loop_thread = threading.get_ident()
     app = shop.app(gate)
     async with paying_httpx_client(

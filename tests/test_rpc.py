@@ -80,9 +80,14 @@ class _Handler(BaseHTTPRequestHandler):
         node = self.node
         body = self.rfile.read(int(self.headers["Content-Length"]))
         request = json.loads(body)
-        method = request["method"]
+        # A JSON-RPC batch counts each of its calls; it never carries a broadcast.
+        batch = request if isinstance(request, list) else [request]
+        method = batch[0]["method"]
         with node.lock:
-            node.calls[method] += 1
+            for call in batch:
+                node.calls[call["method"]] += 1
+            node.batches += isinstance(request, list)
+            node.posts += 1
             node.targets.append(self.path)
             node.authorizations.append(self.headers.get("Authorization"))
             fail = method == SEND and node.fail_sends > 0
@@ -101,8 +106,15 @@ class _Handler(BaseHTTPRequestHandler):
         if node.upstream is not None:
             answer = node.forward(body)
         else:
-            result = TX_HASH if method == SEND else "0x10"
-            answer = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode()
+            answers = [
+                {
+                    "jsonrpc": "2.0",
+                    "id": c["id"],
+                    "result": TX_HASH if c["method"] == SEND else "0x10",
+                }
+                for c in batch
+            ]
+            answer = json.dumps(answers if isinstance(request, list) else answers[0]).encode()
         if fail:  # fail_mode "after": the node took the transaction, the client hears 502
             self._answer(502, b"bad gateway")
             return
@@ -121,6 +133,8 @@ class RpcNode:
         self.connections = 0
         self.open = 0
         self.calls: Counter[str] = Counter()
+        self.batches = 0
+        self.posts = 0
         self.targets: list[str] = []
         self.authorizations: list[str | None] = []
         self.status = 200
@@ -521,28 +535,6 @@ async def test_unreachable_chain_is_unavailable_without_leaking_the_url(
 # --------------------------------------------------------------------------- on the local chain
 
 
-class ReceiptWaits:
-    """Counts :meth:`Signer.wait_for_transaction_receipt` calls in progress, and the peak."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-        original = Signer.wait_for_transaction_receipt
-
-        def counted(signer: Signer, tx_hash: str) -> Any:
-            with self.lock:
-                self.now += 1
-                self.peak = max(self.peak, self.now)
-            try:
-                return original(signer, tx_hash)
-            finally:
-                with self.lock:
-                    self.now -= 1
-
-        monkeypatch.setattr(Signer, "wait_for_transaction_receipt", counted)
-
-
 def requirements_for(token: TestToken, pay_to: str) -> PaymentRequirements:
     return build_requirements(token.asset, PRICE, pay_to, 300)
 
@@ -562,17 +554,17 @@ async def test_concurrent_settlements_overlap_and_all_land(
     payer: Any,
     pay_to: str,
     facilitator_account: Any,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """16 payments settled at once are all waiting for their receipts at the same moment: with
     automine off, nothing is mined until every one of them was broadcast, so settlements that
-    ran one after another could never all get there."""
-    waits = ReceiptWaits(monkeypatch)
+    ran one after another could never all get there. The facilitator has 4 chain threads: a
+    receipt wait holds none of them."""
     facilitator = LocalFacilitator(
         chain.rpc_url,
         facilitator_account.key.hex(),
         networks=chain.network,
         confirmation_timeout=30,
+        max_concurrency=4,
     )
     requirements = requirements_for(test_token, pay_to)
     payments = [sign_exact_payment(payer, requirements) for _ in range(16)]
@@ -582,7 +574,8 @@ async def test_concurrent_settlements_overlap_and_all_land(
         chain.rpc("evm_setAutomine", [False])
         try:
             settling = asyncio.gather(*(facilitator.settle(p, requirements) for p in payments))
-            all_waiting = await wait_until_async(lambda: waits.now == 16, timeout=20)
+            poller = facilitator._signer.receipts
+            all_waiting = await wait_until_async(lambda: poller.pending == 16, timeout=20)
             pending = chain.tx_count(facilitator.address) - first_nonce
             chain.rpc("evm_mine")
         finally:
@@ -591,7 +584,8 @@ async def test_concurrent_settlements_overlap_and_all_land(
     finally:
         await facilitator.aclose()
 
-    assert all_waiting, f"at most {waits.peak} settlements waited for a receipt at once"
+    assert all_waiting, f"{poller.pending} settlements waited for a receipt at once"
+    # No thread of the facilitator is held by a receipt wait: the poll loop calls back.
     assert pending == 16
     assert [r.success for r in results] == [True] * 16, [r.error_reason for r in results]
     hashes = {r.transaction for r in results}
@@ -775,3 +769,190 @@ def test_the_chain_id_is_asked_once_per_transport(node: Any) -> None:
     finally:
         transport.close()
     assert node.calls["eth_chainId"] == 1
+
+
+@pytest.mark.chain
+async def test_a_paid_request_costs_four_round_trips_to_the_node(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """Verify: one simulation. Settle: the simulation again batched with the gas price, the
+    broadcast, the receipt. The token's code, the chain id and the nonce are read once."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=10
+    )
+    requirements = requirements_for(test_token, pay_to)
+    try:
+        first = sign_exact_payment(payer, requirements)
+        assert (await facilitator.verify(first, requirements)).is_valid
+        assert (await facilitator.settle(first, requirements)).success
+        with relay.lock:
+            relay.calls.clear()
+            relay.posts = 0
+        payments = 5
+        for _ in range(payments):
+            payment = sign_exact_payment(payer, requirements)
+            assert (await facilitator.verify(payment, requirements)).is_valid
+            settled = await facilitator.settle(payment, requirements)
+            assert settled.success, settled.error_reason
+    finally:
+        await facilitator.aclose()
+    calls = dict(relay.calls)
+    assert calls.pop("eth_call") == 2 * payments
+    assert calls.pop("eth_gasPrice") == payments
+    assert calls.pop(SEND) == payments
+    receipts = calls.pop("eth_getTransactionReceipt")
+    assert payments <= receipts <= 2 * payments  # mined at once by anvil; at most one miss
+    assert calls == {}  # no eth_getCode, eth_chainId, eth_getTransactionCount any more
+    assert relay.posts <= 4 * payments + (receipts - payments)
+
+
+@pytest.mark.chain
+async def test_one_receipt_loop_serves_a_burst(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """Twelve settlements waiting together are polled by one thread, in batches: while the
+    chain mines nothing, each poll asks for every pending receipt in one post."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=30
+    )
+    requirements = requirements_for(test_token, pay_to)
+    payments = [sign_exact_payment(payer, requirements) for _ in range(12)]
+    try:
+        chain.rpc("evm_setAutomine", [False])
+        try:
+            settling = asyncio.gather(*(facilitator.settle(p, requirements) for p in payments))
+            pending = await wait_until_async(
+                lambda: relay.calls[SEND] == 12 and relay.batches > 0, timeout=20
+            )
+            await asyncio.sleep(0.3)
+            pollers = [t for t in threading.enumerate() if t.name == "x402gate-receipts"]
+            with relay.lock:
+                receipt_calls, batches = relay.calls["eth_getTransactionReceipt"], relay.batches
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", [True])
+        results = await asyncio.wait_for(settling, 60)
+    finally:
+        await facilitator.aclose()
+    assert pending
+    assert len(pollers) == 1
+    assert all(r.success for r in results), [r.error_reason for r in results]
+    receipt_posts = batches - 12  # the other batches: each settlement's simulation + gas price
+    assert receipt_calls >= 12 and receipt_posts >= 1
+    assert receipt_calls / receipt_posts >= 6  # polls ask for many receipts at once
+
+
+@pytest.mark.chain
+async def test_a_nonce_used_by_another_sender_of_the_key_is_skipped_without_a_gap(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """The key also sends from elsewhere (another process): the local counter is behind, the
+    node answers "nonce too low", and the transaction is signed again once with the node's
+    count. Nothing is left pending and nothing is sent twice."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=5
+    )
+    requirements = requirements_for(test_token, pay_to)
+    try:
+        first = await facilitator.settle(sign_exact_payment(payer, requirements), requirements)
+        assert first.success, first.error_reason
+        chain.transact(facilitator_account, to=Account.create().address, value=1)
+        second = await facilitator.settle(sign_exact_payment(payer, requirements), requirements)
+    finally:
+        await facilitator.aclose()
+    assert second.success, second.error_reason
+    assert relay.calls[SEND] == 3  # the refused one, then its second signature
+    assert test_token.balance_of(pay_to) == 2 * PRICE
+    assert chain.tx_count(facilitator.address) == chain.w3.eth.get_transaction_count(
+        facilitator.address,  # type: ignore[arg-type]
+        "latest",
+    )
+
+
+@pytest.mark.chain
+async def test_a_settlement_cancelled_while_awaiting_its_receipt_is_not_sent_again(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """The request waiting for the receipt goes away (cancelled); a retry of the same payment
+    waits for the transaction already sent instead of broadcasting another one."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=10
+    )
+    requirements = requirements_for(test_token, pay_to)
+    payment = sign_exact_payment(payer, requirements)
+    try:
+        chain.rpc("evm_setAutomine", [False])
+        try:
+            first = asyncio.ensure_future(facilitator.settle(payment, requirements))
+            receipts = facilitator._signer.receipts
+            assert await wait_until_async(lambda: receipts.pending == 1, timeout=10)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", [True])
+        again = await asyncio.wait_for(facilitator.settle(payment, requirements), 20)
+    finally:
+        await facilitator.aclose()
+    assert again.success, again.error_reason
+    assert relay.calls[SEND] == 1
+    assert test_token.balance_of(pay_to) == PRICE
+
+
+@pytest.mark.chain
+async def test_a_pending_settlement_is_reconciled_even_after_its_authorization_expired(
+    chain: LocalChain,
+    relay: RpcNode,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receipt does not come in time (``settlement_pending``); by the retry the
+    authorization has expired. The retry still waits for the transaction already sent (looked
+    up before any check, as the SDK's scheme does) instead of refusing a payment that lands."""
+    facilitator = LocalFacilitator(
+        relay.url, facilitator_account.key.hex(), networks=chain.network, confirmation_timeout=0.5
+    )
+    requirements = requirements_for(test_token, pay_to)
+    payment = sign_exact_payment(payer, requirements)
+    try:
+        chain.rpc("evm_setAutomine", [False])
+        try:
+            first = await asyncio.wait_for(facilitator.settle(payment, requirements), 20)
+            valid_before = int(payment.payload["authorization"]["validBefore"])
+            monkeypatch.setattr(time, "time", lambda: float(valid_before + 1))
+            chain.rpc("evm_mine")
+        finally:
+            chain.rpc("evm_setAutomine", [True])
+        again = await asyncio.wait_for(facilitator.settle(payment, requirements), 20)
+    finally:
+        monkeypatch.undo()
+        await facilitator.aclose()
+    assert not first.success and first.error_reason == "settlement_pending"
+    assert again.success, again.error_reason
+    assert again.transaction == first.transaction
+    assert relay.calls[SEND] == 1
+    assert test_token.balance_of(pay_to) == PRICE

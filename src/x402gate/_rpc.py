@@ -1,34 +1,54 @@
-"""The chain side of :class:`~x402gate.facilitators.LocalFacilitator`: a lean JSON-RPC transport
-and the official SDK's web3 signer with settlements that overlap.
+"""The chain side of :class:`~x402gate.facilitators.LocalFacilitator`: a lean JSON-RPC transport,
+one receipt poll loop for all pending settlements, and the official SDK's web3 signer with
+settlements that overlap.
 
-Imported lazily (web3 is heavy). Two things differ from the SDK's ``FacilitatorWeb3Signer`` as it
+Imported lazily (web3 is heavy). What differs from the SDK's ``FacilitatorWeb3Signer`` as it
 comes:
 
 * **Transport.** web3's ``HTTPProvider`` goes through ``requests`` on every call (session and
   proxy lookups, urllib3 pools): about 1 ms of CPU per RPC, and a settlement makes a dozen.
   :class:`JsonRpcTransport` posts over one keep-alive ``http.client`` connection per thread,
-  and remembers the chain id, which web3 asks for before every call it validates.
+  remembers the chain id, which web3 asks for before every call it validates, and offers
+  :meth:`~JsonRpcTransport.request` and :meth:`~JsonRpcTransport.batch` without web3 for the
+  direct settlement path (:mod:`x402gate._direct`).
 * **Concurrency.** Sending a settlement (reserve a nonce, sign, broadcast) is serialized; waiting
   for its receipt is not. When a broadcast fails, the nonce counter is re-read from the node
   before anyone else sends, so a failure never leaves a gap that would hold back later
-  transactions. Receipts are polled quickly at first (a local node mines at once; a real chain
-  needs seconds), then less often.
+  transactions.
+* **Receipts.** One :class:`ReceiptPoller` thread asks for the receipts of every pending
+  transaction in one JSON-RPC batch per poll, quickly at first (a local node mines at once; a
+  real chain needs seconds), then less often.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import logging
 import threading
 import time
 from base64 import b64encode
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from web3.exceptions import TimeExhausted, TransactionNotFound
+from web3.exceptions import TimeExhausted
 from web3.providers.base import JSONBaseProvider
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 
-__all__ = ["JsonRpcTransport", "RpcHttpError", "Signer", "redact_rpc_url"]
+from . import _json
+from ._tx import LegacyTransaction, TransactionKey
+
+__all__ = [
+    "JsonRpcTransport",
+    "ReceiptPoller",
+    "RpcError",
+    "RpcHttpError",
+    "Signer",
+    "redact_rpc_url",
+]
+
+logger = logging.getLogger("x402gate.facilitator")
 
 # Methods that change the chain: never sent twice by the transport on its own.
 _SENDING = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
@@ -41,6 +61,36 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 class RpcHttpError(OSError):
     """The node answered with an HTTP error status (an ``OSError``: the chain is unavailable)."""
+
+
+class RpcError(Exception):
+    """The node answered a call with a JSON-RPC error (a revert, a refused transaction).
+
+    ``message`` is the node's text; ``data`` its revert data, if any."""
+
+    def __init__(self, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+def _error_of(answer: Any) -> str:
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or "JSON-RPC error")[:500]
+    return "a JSON-RPC answer that is not one"
+
+
+def _answer(answer: Any) -> Any:
+    if not isinstance(answer, dict):
+        raise RpcError(_error_of(answer), None)
+    if "error" in answer:
+        error = answer["error"]
+        data = error.get("data") if isinstance(error, dict) else None
+        raise RpcError(_error_of(answer), data)
+    if "result" not in answer:
+        raise RpcError(_error_of(answer), None)
+    return answer["result"]
 
 
 def redact_rpc_url(url: str) -> str:
@@ -132,7 +182,19 @@ class JsonRpcTransport(JSONBaseProvider):
             # URL's chain does not change under a running facilitator.
             return {"jsonrpc": "2.0", "id": 0, "result": self._chain_id}
         body = self.encode_rpc_request(method, params)
-        sending = method in _SENDING
+        raw = self._exchange(body, method in _SENDING)
+        response = self.decode_rpc_response(raw)
+        if method == "eth_chainId" and isinstance(response.get("result"), str):
+            self._chain_id = response["result"]
+        return response
+
+    def _exchange(self, body: bytes, sending: bool) -> bytes:
+        """POST ``body`` over this thread's connection and return the answer's bytes.
+
+        A reused connection the server closed meanwhile is replaced and the call retried once,
+        unless it is ``sending`` (a broadcast may have reached the node: never sent twice)."""
+        if self._closed:
+            raise ConnectionError("the RPC transport is closed")
         entry: _Connection | None = getattr(self._local, "entry", None)
         if (
             entry is not None
@@ -145,24 +207,65 @@ class JsonRpcTransport(JSONBaseProvider):
         if entry is None:
             entry = self._open()
         try:
-            raw = self._post(entry, body)
+            return self._post(entry, body)
         except (OSError, http.client.HTTPException) as exc:
             self._drop(entry)
-            stale = isinstance(
-                exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError
-            )
+            stale = isinstance(exc, _STALE)
             if not (reused and stale and not sending):
                 if isinstance(exc, OSError):
                     raise
                 raise ConnectionError(f"RPC connection failed: {type(exc).__name__}") from exc
             try:
-                raw = self._post(self._open(), body)
+                return self._post(self._open(), body)
             except http.client.HTTPException as again:
                 raise ConnectionError(f"RPC connection failed: {type(again).__name__}") from again
-        response = self.decode_rpc_response(raw)
-        if method == "eth_chainId" and isinstance(response.get("result"), str):
-            self._chain_id = response["result"]
-        return response
+
+    def request(self, method: str, params: list[Any]) -> Any:
+        """One JSON-RPC call without web3: its ``result``, or :class:`RpcError` for an error
+        answer (a revert, say)."""
+        if method == "eth_chainId" and self._chain_id is not None:
+            return self._chain_id
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+            separators=(",", ":"),
+        ).encode()
+        answer = _answer(_json.loads(self._exchange(body, method in _SENDING)))
+        if method == "eth_chainId" and isinstance(answer, str):
+            self._chain_id = answer
+        return answer
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Several JSON-RPC calls in one round trip (a JSON-RPC batch), none of them a
+        broadcast: each call's ``result``, or the :class:`RpcError` it answered, in order."""
+        if any(method in _SENDING for method, _ in calls):
+            raise ValueError("a broadcast is never batched")
+        if not calls:
+            return []
+        body = json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": i, "method": method, "params": params}
+                for i, (method, params) in enumerate(calls)
+            ],
+            separators=(",", ":"),
+        ).encode()
+        answers = _json.loads(self._exchange(body, False))
+        if not isinstance(answers, list):
+            # Some nodes answer a whole batch with one error object.
+            raise RpcError(_error_of(answers), None)
+        by_id: dict[Any, Any] = {}
+        for answer in answers:
+            if isinstance(answer, dict):
+                by_id[answer.get("id")] = answer
+        results: list[Any] = []
+        for i in range(len(calls)):
+            answer = by_id.get(i)
+            if answer is None:
+                raise RpcError("the node left a batched call unanswered", None)
+            try:
+                results.append(_answer(answer))
+            except RpcError as exc:
+                results.append(exc)
+        return results
 
     def is_connected(self, show_traceback: bool = False) -> bool:
         try:
@@ -181,14 +284,171 @@ class JsonRpcTransport(JSONBaseProvider):
             entry.conn.close()
 
 
-class Signer(FacilitatorWeb3Signer):
-    """The SDK's web3 facilitator signer over :class:`JsonRpcTransport`, with overlapping
-    settlements (see the module docstring)."""
+ReceiptCallback = Callable[[dict[str, Any] | None, BaseException | None], None]
+"""Called once, from the poll thread, with the receipt or the error that ended the wait."""
 
-    # Receipt polling: every 2 ms for the first 50 ms, then backing off to 250 ms.
+
+class _Waiter:
+    __slots__ = ("callbacks", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.callbacks: list[ReceiptCallback] = []
+
+
+class ReceiptPoller:
+    """One poll loop for every transaction waiting for its receipt.
+
+    A thread of its own asks the node for the receipts of all pending transactions in one
+    JSON-RPC batch per poll: every 2 ms while a transaction was sent in the last 50 ms (a local
+    node mines at once), then less and less often, up to every 250 ms (a real chain needs
+    seconds). A burst of settlements costs one round trip per poll, not one per transaction, and
+    no thread waits per settlement (:meth:`watch` calls back). The thread starts with the first
+    transaction and ends when nothing has waited for a while.
+    """
+
     FIRST_POLLS_SECONDS = 0.05
     FAST_POLL_SECONDS = 0.002
     SLOW_POLL_SECONDS = 0.25
+    IDLE_SECONDS = 5.0
+    BATCH = 100
+
+    def __init__(self, transport: JsonRpcTransport) -> None:
+        self._transport = transport
+        self._lock = threading.Condition()
+        self._pending: dict[str, _Waiter] = {}
+        self._newest = 0.0  # monotonic time the latest transaction was added
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Transactions waiting for their receipt now."""
+        with self._lock:
+            return len(self._pending)
+
+    def watch(self, tx_hash: str, timeout: float, callback: ReceiptCallback) -> None:
+        """Call ``callback(receipt, None)`` once the receipt of ``tx_hash`` (``0x`` + 64
+        lowercase hex) is mined, or ``callback(None, error)``: ``TimeExhausted`` after
+        ``timeout`` seconds, or the poll's error (the node unreachable, say), when the
+        transaction's outcome is unknown. The callback runs in the poll thread: keep it short."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._closed:
+                waiter = self._pending.get(tx_hash)
+                if waiter is None:
+                    waiter = self._pending[tx_hash] = _Waiter(now + timeout)
+                else:
+                    waiter.deadline = max(waiter.deadline, now + timeout)
+                waiter.callbacks.append(callback)
+                self._newest = now
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="x402gate-receipts", daemon=True
+                    )
+                    self._thread.start()
+                self._lock.notify()
+                return
+        callback(None, ConnectionError("the RPC transport is closed"))
+
+    def wait(self, tx_hash: str, timeout: float) -> dict[str, Any]:
+        """:meth:`watch`, blocking this thread until the end; raises the error."""
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def finished(receipt: dict[str, Any] | None, error: BaseException | None) -> None:
+            outcome[:] = [receipt, error]
+            done.set()
+
+        self.watch(tx_hash, timeout, finished)
+        done.wait()
+        receipt, error = outcome
+        if error is not None:
+            raise error
+        assert receipt is not None
+        return dict(receipt)
+
+    def close(self) -> None:
+        """End every wait in progress with an error and stop the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+            waiting, self._pending = self._pending, {}
+        closed = ConnectionError("the RPC transport is closed")
+        for waiter in waiting.values():
+            _call_back(waiter, None, closed)
+
+    def _run(self) -> None:
+        delay = self.FAST_POLL_SECONDS
+        while True:
+            with self._lock:
+                idle_until = time.monotonic() + self.IDLE_SECONDS
+                while not self._pending and not self._closed:
+                    left = idle_until - time.monotonic()
+                    if left <= 0:
+                        self._thread = None
+                        return
+                    self._lock.wait(left)
+                if self._closed:
+                    self._thread = None
+                    return
+                hashes = list(self._pending)[: self.BATCH]
+            try:
+                answers = self._transport.batch(
+                    [("eth_getTransactionReceipt", [h]) for h in hashes]
+                )
+                failure: BaseException | None = None
+            except Exception as exc:  # every waiter of this poll learns it
+                answers, failure = [], exc
+            now = time.monotonic()
+            ended: list[tuple[_Waiter, dict[str, Any] | None, BaseException | None]] = []
+            with self._lock:
+                for i, tx_hash in enumerate(hashes):
+                    waiter = self._pending.get(tx_hash)
+                    if waiter is None:
+                        continue
+                    answer = answers[i] if failure is None else None
+                    if failure is not None:
+                        ended.append((waiter, None, failure))
+                    elif isinstance(answer, RpcError):
+                        ended.append((waiter, None, answer))
+                    elif isinstance(answer, dict):
+                        ended.append((waiter, answer, None))
+                    elif now >= waiter.deadline:
+                        ended.append((waiter, None, TimeExhausted(f"no receipt for {tx_hash}")))
+                    else:
+                        continue
+                    del self._pending[tx_hash]
+            for waiter, receipt, error in ended:
+                _call_back(waiter, receipt, error)
+            with self._lock:
+                if not self._pending or self._closed:
+                    continue
+                if now - self._newest < self.FIRST_POLLS_SECONDS:
+                    delay = self.FAST_POLL_SECONDS
+                else:
+                    delay = min(delay * 2, self.SLOW_POLL_SECONDS)
+                soonest = min(w.deadline for w in self._pending.values())
+                newest = self._newest
+                self._lock.wait(max(0.0, min(delay, soonest - time.monotonic())))
+                if self._newest != newest:
+                    delay = self.FAST_POLL_SECONDS
+
+
+def _call_back(
+    waiter: _Waiter, receipt: dict[str, Any] | None, error: BaseException | None
+) -> None:
+    for callback in waiter.callbacks:
+        try:
+            callback(receipt, error)
+        except Exception:  # one waiter's failure must not stop the loop for the others
+            logger.exception("receipt callback failed")
+
+
+class Signer(FacilitatorWeb3Signer):
+    """The SDK's web3 facilitator signer over :class:`JsonRpcTransport`, with overlapping
+    settlements (see the module docstring), and :meth:`send_call`, which broadcasts a call
+    built by x402gate itself (:mod:`x402gate._tx`) without web3."""
 
     def __init__(self, private_key: str, rpc_url: str, *, confirmation_timeout: float) -> None:
         super().__init__(private_key, rpc_url, confirmation_timeout_seconds=confirmation_timeout)
@@ -198,6 +458,21 @@ class Signer(FacilitatorWeb3Signer):
         self._w3.provider = self.transport
         self._send_lock = threading.Lock()
         self._timeout = float(confirmation_timeout)
+        self._key = TransactionKey(bytes(self._account.key))
+        self.receipts = ReceiptPoller(self.transport)
+        self._chain: int | None = None
+
+    @property
+    def confirmation_timeout(self) -> float:
+        """Seconds a settlement waits for its receipt before it is reported pending."""
+        return self._timeout
+
+    @property
+    def chain_id(self) -> int:
+        """The chain id of the RPC URL (asked once)."""
+        if self._chain is None:
+            self._chain = int(self.transport.request("eth_chainId", []), 16)
+        return self._chain
 
     def _sending(self, send: Any, *args: Any, **kwargs: Any) -> str:
         # Nonce, signature and broadcast under one lock: no other nonce is reserved between
@@ -217,6 +492,52 @@ class Signer(FacilitatorWeb3Signer):
     def send_transaction(self, *args: Any, **kwargs: Any) -> str:
         return self._sending(super().send_transaction, *args, **kwargs)
 
+    def send_call(self, to: bytes, data: bytes, gas_price: int) -> str:
+        """Sign and broadcast a call of ``data`` to ``to`` (the SDK signer's gas limit, a
+        legacy transaction at ``gas_price``); its hash, ``0x`` and lowercase hex.
+
+        The nonce comes from a counter read from the node once (pending count) and moved on
+        by each broadcast; every failure makes the next broadcast read the node's count again,
+        so no nonce is ever skipped or used twice by this process. A node answering "nonce too
+        low" did not take the transaction (another sender used the nonce): it is signed again
+        once with a fresh count."""
+        with self._send_lock:
+            for attempt in (1, 2):
+                try:
+                    return self._send_next(to, data, gas_price)
+                except RpcError as exc:
+                    self.forget_nonce()
+                    if attempt == 2 or "nonce too low" not in exc.message.lower():
+                        raise
+                except BaseException:
+                    self.forget_nonce()
+                    raise
+        raise AssertionError("unreachable")
+
+    def _send_next(self, to: bytes, data: bytes, gas_price: int) -> str:
+        with self._nonce_lock:
+            nonce = self._next_nonce
+        if nonce is None:
+            nonce = int(
+                self.transport.request(
+                    "eth_getTransactionCount", [self._account.address, "pending"]
+                ),
+                16,
+            )
+        tx = LegacyTransaction(
+            nonce=nonce,
+            gas_price=gas_price,
+            gas=self._gas_limit,
+            to=to,
+            data=data,
+            chain_id=self.chain_id,
+        )
+        raw, tx_hash = self._key.sign(tx)
+        self.transport.request("eth_sendRawTransaction", ["0x" + raw.hex()])
+        with self._nonce_lock:
+            self._next_nonce = nonce + 1
+        return "0x" + tx_hash.hex()
+
     def forget_nonce(self) -> None:
         """Take the node's pending count again at the next broadcast.
 
@@ -227,36 +548,20 @@ class Signer(FacilitatorWeb3Signer):
             self._next_nonce = None
 
     def wait_for_transaction_receipt(self, tx_hash: str) -> Any:
+        """The SDK's receipt type, from the shared poll loop (:class:`ReceiptPoller`)."""
         if not tx_hash.startswith("0x"):
             tx_hash = "0x" + tx_hash
-        start = time.monotonic()
-        deadline = start + self._timeout
-        delay = self.FAST_POLL_SECONDS
-        while True:
-            try:
-                receipt = self._w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-            except TransactionNotFound:
-                receipt = None
-            if receipt is not None:
-                return self._receipt(tx_hash, receipt)
-            now = time.monotonic()
-            if now >= deadline:
-                raise TimeExhausted(f"no receipt after {self._timeout:g} s")
-            if now - start > self.FIRST_POLLS_SECONDS:
-                delay = min(delay * 2, self.SLOW_POLL_SECONDS)
-            time.sleep(min(delay, deadline - now))
-
-    @staticmethod
-    def _receipt(tx_hash: str, receipt: Any) -> Any:
+        receipt = self.receipts.wait(tx_hash.lower(), self._timeout)
         from x402.mechanisms.evm.constants import TX_STATUS_SUCCESS
         from x402.mechanisms.evm.types import TransactionReceipt
 
         return TransactionReceipt(
-            status=TX_STATUS_SUCCESS if receipt["status"] == 1 else 0,
-            block_number=receipt["blockNumber"],
+            status=TX_STATUS_SUCCESS if receipt.get("status") == "0x1" else 0,
+            block_number=int(receipt.get("blockNumber") or "0x0", 16),
             tx_hash=tx_hash,
             logs=list(receipt.get("logs") or []),
         )
 
     def close(self) -> None:
+        self.receipts.close()
         self.transport.close()

@@ -4,9 +4,10 @@
   the official ``HTTPFacilitatorClient``. ``verify`` may fail over across several URLs; ``settle``
   goes to one URL only, because settling the same authorization twice through two services is
   exactly what must never happen blindly.
-* :class:`LocalFacilitator` settles in-process through web3 with the official exact-EVM
-  facilitator scheme, against an RPC URL and a funded key. Simulation before settle is on, so a
-  replayed or invalid authorization is refused before any transaction is broadcast.
+* :class:`LocalFacilitator` settles in-process against an RPC URL and a funded key: EOA payments
+  directly, everything else with the official exact-EVM facilitator scheme. The transfer is
+  simulated right before every broadcast, so a replayed, spent or invalid authorization is
+  refused before any transaction is sent.
 
 Both are async. Blocking work (web3, the SDK's sync ``get_supported``) runs in worker threads so
 the event loop never waits on the network. Errors become :class:`~x402gate.errors.FacilitatorError`
@@ -272,10 +273,14 @@ class LocalFacilitator:
         threads of this facilitator's own (a settlement waiting for its receipt never takes a
         thread the store needs). Broadcasts are serialized; receipt waits overlap.
 
-    The SDK's scheme and signer do the chain work; x402gate gives the signer a keep-alive
-    JSON-RPC transport (web3's default one spends about 1 ms of CPU per call), lets settlements
-    overlap while their broadcasts stay ordered, and polls receipts every few milliseconds at
-    first (see :mod:`x402gate._rpc`).
+    A payment by an EOA (a 65-byte signature that recovers to the payer) is verified and
+    settled by x402gate directly, doing what the SDK's scheme does in a fraction of its CPU: the
+    transfer simulated at verification and again right before its broadcast, the transaction
+    built from a calldata template and signed without web3, the nonce from a local counter, the
+    receipt from one poll loop shared by all pending settlements (see :mod:`x402gate._direct`).
+    Every other payment, and every refusal, goes through the SDK's scheme and signer, over a
+    keep-alive JSON-RPC transport (see :mod:`x402gate._rpc`). Settlements overlap while their
+    broadcasts stay ordered.
     """
 
     def __init__(
@@ -292,6 +297,7 @@ class LocalFacilitator:
         from x402 import x402FacilitatorSync
         from x402.mechanisms.evm.exact import register_exact_evm_facilitator
 
+        from ._direct import DirectExact
         from ._rpc import Signer, redact_rpc_url
         from .assets import normalize_network
 
@@ -322,6 +328,7 @@ class LocalFacilitator:
             )
         except Exception as exc:  # bad key format, unusable URL
             raise ConfigurationError("LocalFacilitator: invalid private key or RPC URL") from exc
+        self._direct = DirectExact(self._signer, self.networks)
         self._facilitator = x402FacilitatorSync()
         register_exact_evm_facilitator(
             self._facilitator, self._signer, networks=self.networks, simulate_in_settle=True
@@ -380,7 +387,7 @@ class LocalFacilitator:
     async def verify(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> VerifyResponse:
-        result = await self._run("verify", lambda: self._facilitator.verify(payload, requirements))
+        result = await self._run("verify", lambda: self._verify(payload, requirements))
         if not result.is_valid:
             await self._fail_closed_if_chain_down("verify", result.invalid_reason)
         return result
@@ -388,22 +395,82 @@ class LocalFacilitator:
     async def settle(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> SettleResponse:
-        def settle() -> SettleResponse:
+        from ._direct import Sent
+
+        def settle() -> Any:
             try:
-                result: SettleResponse = self._facilitator.settle(payload, requirements)
+                outcome = self._settle(payload, requirements)
             except Exception:
                 self._signer.forget_nonce()
                 raise
-            if not result.success:
+            if not isinstance(outcome, Sent) and not outcome.success:
                 # Not confirmed (dropped by a restarted node, say): re-read the node's count so
                 # later transactions do not queue behind a nonce that will never be mined.
                 self._signer.forget_nonce()
-            return result
+            return outcome
 
-        result = await self._run("settle", settle)
+        outcome = await self._run("settle", settle)
+        if isinstance(outcome, Sent):
+            # No thread waits for a receipt: the shared poll loop calls back.
+            result: SettleResponse = await self._direct.confirmed(outcome)
+            if not result.success:
+                self._signer.forget_nonce()
+        else:
+            result = outcome
         if not result.success and not result.transaction:
             await self._fail_closed_if_chain_down("settle", result.error_reason)
         return result
+
+    def _verify(self, payload: PaymentPayload, requirements: PaymentRequirements) -> VerifyResponse:
+        direct = self._direct
+        transfer = direct.transfer(payload, requirements)
+        if transfer is not None and direct.asset_has_code(transfer) and direct.simulate(transfer):
+            from x402.schemas import VerifyResponse
+
+            return VerifyResponse(is_valid=True, payer=transfer.payer)
+        # Refused, or not a plain EOA payment: the SDK's scheme decides and says why.
+        result: VerifyResponse = self._facilitator.verify(payload, requirements)
+        return result
+
+    def _settle(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+        """The chain thread's part of a settlement: the SDK's whole answer, or the direct
+        path's transaction sent (its receipt is awaited on the event loop), or its refusal."""
+        from x402.schemas import SettleResponse
+
+        direct = self._direct
+        sent = direct.pending(payload)
+        if sent is not None:
+            return sent
+        transfer = direct.transfer(payload, requirements)
+        if transfer is not None and direct.asset_has_code(transfer):
+            # The transfer simulated right before it is sent: spent meanwhile (by the payer
+            # or through another facilitator), or no longer possible for any other reason,
+            # it goes to the SDK below, which simulates too and refuses it, sending nothing.
+            gas_price = direct.simulate_with_gas_price(transfer)
+            if gas_price is not None:
+                try:
+                    return direct.send(transfer, gas_price)
+                except Exception as exc:
+                    from x402.mechanisms.evm.exact.eip3009_utils import (
+                        parse_eip3009_transfer_error,
+                    )
+
+                    reason = parse_eip3009_transfer_error(exc)
+                    logger.warning("local facilitator: broadcast refused (%s)", reason)
+                    return SettleResponse(
+                        success=False,
+                        error_reason=reason,
+                        error_message=str(exc)[:200],
+                        network=transfer.network,
+                        payer=transfer.payer,
+                        transaction="",
+                    )
+        return self._facilitator.settle(payload, requirements)
+
+    def settlement_block(self, transaction: str) -> int | None:
+        """The block a transaction this facilitator settled recently was mined in, as its
+        receipt said (``None`` when it is not one of the last few thousand)."""
+        return self._direct.block_of(transaction)
 
     async def aclose(self) -> None:
         """Stop the chain threads (waiting for calls in flight) and close the RPC connections."""

@@ -115,19 +115,33 @@ async def settle_in_flight(gate: PaymentGate, session: PaymentSession) -> None:
         # The facilitator vouched for the balance after its own settlement: nothing to keep.
         await gate._store_call_quietly(gate.store.in_flight_release, *held)
         return
-    gate.balances.forget(payment.asset, payment.payer)
+    # The payer's cached balance reading is kept: it is of an earlier block than this
+    # settlement, so the hold below keeps counting against it until it is replaced (at most
+    # balance_cache_seconds later). Dropping it would make the payer's next request read the
+    # chain again (two round trips) for the same answer.
     block: int | None = None
     if payment.transaction:
-        try:
-            block = await gate.balances.settlement_block(payment.network, payment.transaction)
-        except FacilitatorError as exc:
-            logger.warning("settlement block unknown, the hold stays until it lapses: %s", exc)
+        # The facilitator that just saw the receipt knows its block: no round trip for it.
+        block = _block_known_to(gate.facilitator, payment.transaction)
+        if block is None:
+            try:
+                block = await gate.balances.settlement_block(payment.network, payment.transaction)
+            except FacilitatorError as exc:
+                logger.warning("settlement block unknown, the hold stays until it lapses: %s", exc)
     # Readings of earlier blocks still show the money: the payment counts against them.
     until = IN_FLIGHT_UNSETTLED if block is None else block
     now = gate.clock.now()
     await gate._store_call_quietly(
         gate.store.in_flight_settle, *held, until, now + SETTLED_IN_FLIGHT_SECONDS, now
     )
+
+
+def _block_known_to(facilitator: Any, transaction: str) -> int | None:
+    from ..facilitators import LocalFacilitator
+
+    if isinstance(facilitator, LocalFacilitator):
+        return facilitator.settlement_block(transaction)
+    return None
 
 
 async def unknown_outcome_in_flight(gate: PaymentGate, session: PaymentSession) -> None:

@@ -1,0 +1,1 @@
+"""Tests of payment schemes on their own (no gate, no chain unless a test says so)."""
