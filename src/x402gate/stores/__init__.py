@@ -1,4 +1,4 @@
-"""Replay stores and credit ledgers, chosen by URL.
+"""Replay stores, credit ledgers and payment-channel state, chosen by URL.
 
 ``memory://``, ``sqlite:///path/to/file.db`` (the default), ``redis://host:port/db``. Backends
 register their scheme when their module is imported; drivers are imported only when a backend
@@ -21,6 +21,7 @@ from .base import (
     credit_account,
     replay_key,
 )
+from .channels import ChannelBegin, ChannelBeginOutcome, ChannelState, ChannelStep
 from .registry import DEFAULT_STORE_URL, open_store, register_scheme
 
 __all__ = [
@@ -28,6 +29,10 @@ __all__ = [
     "DEFAULT_STORE_URL",
     "MAX_CREDIT_AMOUNT",
     "MAX_IDEMPOTENT_RESPONSE_BYTES",
+    "ChannelBegin",
+    "ChannelBeginOutcome",
+    "ChannelState",
+    "ChannelStep",
     "ClaimResult",
     "CreditBalance",
     "CreditReservation",

@@ -164,6 +164,7 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Self
 
 from ..errors import ConfigurationError
+from .channels import ChannelBegin, ChannelState
 from .checks import check_payment_id, credit_account, replay_key
 from .records import (
     CREDIT_RECORD_RETENTION_SECONDS,
@@ -456,6 +457,90 @@ class Store(ABC):
     def _no_in_flight(self) -> ConfigurationError:
         return ConfigurationError(
             f"{type(self).__name__} cannot bound payments in flight (limit_in_flight)"
+        )
+
+    supports_channels: ClassVar[bool] = False
+    """True when the backend keeps payment-channel state (the ``channel_*`` operations; all
+    built-in ones do). The rules are in :mod:`x402gate.stores.channels`; the defaults raise
+    :class:`~x402gate.errors.ConfigurationError`, and the gate checks this flag before it offers
+    the ``batch-settlement`` scheme."""
+
+    def channel_sync(
+        self,
+        channel_id: str,
+        config: str,
+        *,
+        balance: int,
+        total_claimed: int,
+        withdraw_requested_at: int,
+        refund_nonce: int,
+        now: float,
+    ) -> ChannelState:
+        """Create the channel, or refresh its mirror of the chain read at ``now``.
+
+        ``balance`` and ``withdraw_requested_at`` are taken as read; ``total_claimed`` and
+        ``refund_nonce`` never go back. A channel known with another ``config`` raises
+        :class:`ValueError`. Answers the channel after the change.
+        """
+        raise self._no_channels()
+
+    def channel_get(self, channel_id: str) -> ChannelState | None:
+        """The channel as stored (its step shown even when expired), or None when unknown."""
+        raise self._no_channels()
+
+    def channel_begin(
+        self,
+        channel_id: str,
+        token: str,
+        *,
+        base: int,
+        max_claimable: int,
+        signature: str,
+        expires_at: float,
+        now: float,
+    ) -> ChannelBegin:
+        """Take the channel's step for ``token`` with a voucher signed on ``base``, atomically.
+
+        See :mod:`x402gate.stores.channels` for the outcomes and their order.
+        """
+        raise self._no_channels()
+
+    def channel_commit(
+        self, channel_id: str, token: str, charge: int, now: float
+    ) -> ChannelState | None:
+        """End ``token``'s step charging ``min(charge, max_claimable - base)``; keep its voucher.
+
+        Answers the channel after the commit, or None (nothing charged) when ``token`` does not
+        hold the step (already committed or released, taken over, unknown channel).
+        """
+        raise self._no_channels()
+
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        """Move the expiry of ``token``'s step to ``expires_at`` if later (a long answer is
+        still running); False when ``token`` does not hold the step."""
+        raise self._no_channels()
+
+    def channel_release(self, channel_id: str, token: str) -> bool:
+        """End ``token``'s step charging nothing; False when ``token`` does not hold it."""
+        raise self._no_channels()
+
+    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+        """Record the vouchers claimed on chain up to ``claimed`` (never beyond ``charged``).
+
+        ``total_claimed`` becomes the larger of itself and ``claimed``. False when the channel
+        is unknown or ``claimed`` exceeds its charged amount (nothing changed then).
+        """
+        raise self._no_channels()
+
+    def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
+        """Up to ``limit`` channels with ``charged > total_claimed``, ordered by their last
+        committed request, oldest first (a withdrawing payer's channel is flagged by
+        ``withdraw_requested_at``; the caller decides what to claim first)."""
+        raise self._no_channels()
+
+    def _no_channels(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"{type(self).__name__} cannot keep payment-channel state (batch-settlement)"
         )
 
     def ping(self) -> None:  # noqa: B027 - optional hook, a no-op is the right default

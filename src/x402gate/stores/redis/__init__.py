@@ -31,6 +31,9 @@ field per payment (``amount|until_block|expires_at``), checked and added by one 
 ledger's exact decimal arithmetic, so admissions of one payer from every host are serialized.
 The hash's Redis TTL follows its longest-lived entry (plus the grace below).
 
+Payment channels, under ``<prefix>channel:``: a hash per channel and a sorted set of the channels
+with vouchers left to claim; see :mod:`.channels`.
+
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to
 the caller's clock (``expires_at - now``) plus :data:`EXPIRY_GRACE_SECONDS`, so clock skew between
@@ -45,6 +48,7 @@ from typing import ClassVar
 
 from ...errors import ConfigurationError
 from ..urls import redact_url
+from .channels import RedisChannels
 from .connection import EXPIRY_GRACE_SECONDS
 from .credit import RedisCredit
 from .idempotency import RedisIdempotency
@@ -54,7 +58,7 @@ from .replay import RedisReplay
 __all__ = ["EXPIRY_GRACE_SECONDS", "RedisStore"]
 
 
-class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight):
+class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, RedisChannels):
     """Replay store in Redis (one server, or a primary with replicas), atomic through Lua.
 
     Give either ``url`` or ``client``. ``socket_timeout`` applies to clients built from a URL
@@ -69,6 +73,7 @@ class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight):
     supports_credit: ClassVar[bool] = True
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
+    supports_channels: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-__all__ = ["CREDIT", "IN_FLIGHT", "script"]
+__all__ = ["CHANNEL", "CREDIT", "IN_FLIGHT", "script"]
 
 CREDIT = ("credit_prelude",)
 """Preludes of the credit ledger scripts."""
 
 IN_FLIGHT = ("credit_prelude", "in_flight_prelude")
 """Preludes of the payments-in-flight scripts."""
+
+CHANNEL = ("credit_prelude", "channel_prelude")
+"""Preludes of the payment-channel scripts (the ledger's exact decimal arithmetic)."""
 
 
 @functools.cache

@@ -1,6 +1,7 @@
 """``sqlite:///path.db``: the embedded default, one file shared by every process on the host.
 
-Replay claims, idempotency records and the credit ledger live in one file.
+Replay claims, idempotency records, the credit ledger and payment-channel state live in one
+file.
 
 URLs: ``sqlite:///relative/path.db`` (relative to the working directory when the store is
 created), ``sqlite:////absolute/path.db``; query options ``timeout`` (seconds to wait for
@@ -25,7 +26,8 @@ How it stays correct:
   using a connection across fork) and opens its own on first use, so a store created before a
   pre-forking server spawns its workers is safe.
 * Each concern gets its own table and its own module (:mod:`.replay`, :mod:`.idempotency`,
-  :mod:`.credit`, :mod:`.in_flight`), over the shared connection (:mod:`.connection`);
+  :mod:`.credit`, :mod:`.in_flight`, :mod:`.channels`), over the shared connection
+  (:mod:`.connection`);
   :mod:`.schema` creates the tables and checks the file's version.
 * Credit amounts are stored as decimal text and computed with Python integers: SQLite's
   INTEGER is 64-bit and silently turns an overflowing sum into a float, while the ledger holds
@@ -57,6 +59,7 @@ import urllib.parse
 from typing import ClassVar
 
 from ...errors import ConfigurationError
+from .channels import SQLiteChannels
 from .credit import SQLiteCredit
 from .idempotency import SQLiteIdempotency
 from .in_flight import SQLiteInFlight
@@ -66,7 +69,7 @@ from .schema import SCHEMA_VERSION
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 
-class SQLiteStore(SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight):
+class SQLiteStore(SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight, SQLiteChannels):
     """Replay store in a SQLite file (WAL), safe across threads and processes of one host.
 
     ``path`` is made absolute when the store is created. The file and its tables are created on
@@ -80,6 +83,7 @@ class SQLiteStore(SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight)
     supports_credit: ClassVar[bool] = True
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
+    supports_channels: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:

@@ -1,7 +1,8 @@
 """The tables of the SQLite store and their version, created on a connection's first use.
 
 Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
-``x402gate_credit_*``, ``x402gate_in_flight``) and ``x402gate_meta`` records the schema version.
+``x402gate_credit_*``, ``x402gate_in_flight``,
+``x402gate_channel``) and ``x402gate_meta`` records the schema version.
 Adding a table is not a new version: tables are created when missing, and an older x402gate
 ignores tables it does not know, so old and new workers can share one file during a rolling
 upgrade. A file written by a newer version is refused.
@@ -90,6 +91,27 @@ CREATE TABLE IF NOT EXISTS x402gate_in_flight (
     PRIMARY KEY (account, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_in_flight_expires_at ON x402gate_in_flight (expires_at);
+CREATE TABLE IF NOT EXISTS x402gate_channel (
+    id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    balance TEXT NOT NULL,
+    total_claimed TEXT NOT NULL,
+    charged TEXT NOT NULL,
+    max_claimable TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    withdraw_requested_at TEXT NOT NULL,
+    refund_nonce TEXT NOT NULL,
+    synced_at REAL NOT NULL,
+    last_request_at REAL NOT NULL,
+    unclaimed INTEGER NOT NULL CHECK (unclaimed IN (0, 1)),
+    step_token TEXT,
+    step_base TEXT,
+    step_max_claimable TEXT,
+    step_signature TEXT,
+    step_expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_channel_unclaimed
+    ON x402gate_channel (last_request_at, id) WHERE unclaimed = 1;
 """
 
 

@@ -1,0 +1,188 @@
+"""Payment-channel state in the Redis store: one hash per channel, one script per step.
+
+``<prefix>channel:<id>`` holds the channel's fields (amounts as decimal text, compared and added
+exactly by the credit ledger's Lua arithmetic) and the step in progress in its ``step_*`` fields;
+``<prefix>channel:unclaimed`` is a sorted set of the channels with ``charged > total_claimed``,
+scored by their last committed request, for listing what to claim. Each operation that checks
+and sets is one script (``lua/channel_*.lua``), so the steps of one channel are serialised across
+every client and host on the server. Channel records never expire (they live as long as the
+escrow on chain): configure Redis without eviction. The rules are those of
+:mod:`x402gate.stores.channels`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..channels import (
+    ChannelBegin,
+    ChannelBeginOutcome,
+    ChannelState,
+    ChannelStep,
+    check_channel_amount,
+    check_channel_begin,
+    check_channel_id,
+    check_channel_limit,
+    check_channel_sync,
+)
+from .connection import RedisConnection, text
+from .scripts import CHANNEL, script
+
+if TYPE_CHECKING:
+    import redis as redis_module
+
+__all__ = ["RedisChannels"]
+
+
+def _state(fields: list[Any]) -> ChannelState | None:
+    """A channel from a script's flat ``HGETALL`` answer (None when empty)."""
+    if not fields:
+        return None
+    f = {text(fields[i]): text(fields[i + 1]) for i in range(0, len(fields), 2)}
+    step = None
+    if "step_token" in f:
+        step = ChannelStep(
+            f["step_token"],
+            int(f["step_base"]),
+            int(f["step_max_claimable"]),
+            f["step_signature"],
+            float(f["step_expires_at"]),
+        )
+    return ChannelState(
+        channel_id=f["id"],
+        config=f["config"],
+        balance=int(f["balance"]),
+        total_claimed=int(f["total_claimed"]),
+        charged=int(f["charged"]),
+        max_claimable=int(f["max_claimable"]),
+        signature=f["signature"],
+        withdraw_requested_at=int(f["withdraw_requested_at"]),
+        refund_nonce=int(f["refund_nonce"]),
+        synced_at=float(f["synced_at"]),
+        last_request_at=float(f["last_request_at"]),
+        step=step,
+    )
+
+
+class RedisChannels(RedisConnection):
+    """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
+
+    def _register_scripts(self, client: redis_module.Redis) -> None:
+        super()._register_scripts(client)
+        for name in ("sync", "begin", "commit", "extend", "release", "mark_claimed"):
+            registered = client.register_script(script(f"channel_{name}", CHANNEL))
+            setattr(self, f"_channel_{name}_script", registered)
+
+    def _channel_key(self, channel_id: str) -> str:
+        return f"{self.key_prefix}channel:{channel_id}"
+
+    def _channel(self, name: str, channel_id: str, now: float, *args: str) -> Any:
+        keys = [self._channel_key(channel_id), f"{self.key_prefix}channel:unclaimed"]
+        try:
+            return getattr(self, f"_channel_{name}_script")(
+                keys=keys, args=[f"{self.key_prefix}channel:", repr(float(now)), 0, *args]
+            )
+        except self._redis_errors as exc:
+            self._fail(f"channel_{name}", exc)
+
+    def channel_sync(
+        self,
+        channel_id: str,
+        config: str,
+        *,
+        balance: int,
+        total_claimed: int,
+        withdraw_requested_at: int,
+        refund_nonce: int,
+        now: float,
+    ) -> ChannelState:
+        channel_id = check_channel_sync(
+            channel_id, config, balance, total_claimed, withdraw_requested_at, refund_nonce
+        )
+        status, fields = self._channel(
+            "sync",
+            channel_id,
+            now,
+            channel_id,
+            config,
+            str(balance),
+            str(total_claimed),
+            str(withdraw_requested_at),
+            str(refund_nonce),
+        )
+        if text(status) == "config":
+            raise ValueError(f"channel {channel_id} is known with another config")
+        state = _state(fields)
+        assert state is not None
+        return state
+
+    def channel_get(self, channel_id: str) -> ChannelState | None:
+        channel_id = check_channel_id(channel_id)
+        try:
+            raw = self.client.hgetall(self._channel_key(channel_id))
+        except self._redis_errors as exc:
+            self._fail("channel_get", exc)
+        return _state([x for pair in raw.items() for x in pair])
+
+    def channel_begin(
+        self,
+        channel_id: str,
+        token: str,
+        *,
+        base: int,
+        max_claimable: int,
+        signature: str,
+        expires_at: float,
+        now: float,
+    ) -> ChannelBegin:
+        channel_id, signature = check_channel_begin(
+            channel_id, token, base, max_claimable, signature, expires_at, now
+        )
+        outcome, fields = self._channel(
+            "begin",
+            channel_id,
+            now,
+            token,
+            str(base),
+            str(max_claimable),
+            signature,
+            repr(float(expires_at)),
+        )
+        return ChannelBegin(ChannelBeginOutcome(text(outcome)), _state(fields))
+
+    def channel_commit(
+        self, channel_id: str, token: str, charge: int, now: float
+    ) -> ChannelState | None:
+        channel_id = check_channel_id(channel_id)
+        check_channel_amount(charge, "charge")
+        _, fields = self._channel("commit", channel_id, now, channel_id, token, str(charge))
+        return _state(fields)
+
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        answer = self._channel("extend", channel_id, 0.0, token, repr(float(expires_at)))
+        return int(answer) == 1
+
+    def channel_release(self, channel_id: str, token: str) -> bool:
+        channel_id = check_channel_id(channel_id)
+        return int(self._channel("release", channel_id, 0.0, token)) == 1
+
+    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        check_channel_amount(claimed, "claimed")
+        answer = self._channel("mark_claimed", channel_id, now, channel_id, str(claimed))
+        return int(answer) == 1
+
+    def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
+        check_channel_limit(limit)
+        try:
+            ids = self.client.zrange(f"{self.key_prefix}channel:unclaimed", 0, limit - 1)
+            pipe = self.client.pipeline(transaction=False)
+            for channel_id in ids:
+                pipe.hgetall(self._channel_key(text(channel_id)))
+            hashes = pipe.execute()
+        except self._redis_errors as exc:
+            self._fail("channel_claimable", exc)
+        states = [_state([x for pair in raw.items() for x in pair]) for raw in hashes]
+        # A channel claimed between the two reads is left out rather than listed stale.
+        return [s for s in states if s is not None and s.charged > s.total_claimed]

@@ -1,0 +1,242 @@
+"""Payment-channel state in the SQLite store: one row per channel, one transaction per step.
+
+Table ``x402gate_channel``: the channel's fields, amounts as decimal text (any ``uint256``; SQLite's
+INTEGER stops at 2**63), and the step in progress in the ``step_*`` columns (NULL when idle).
+Every operation reads the row, applies the rule of :mod:`x402gate.stores.channels` and writes it
+back in one ``BEGIN IMMEDIATE`` transaction, so the steps of one channel are serialised across
+every thread and process on the file. ``unclaimed`` (``charged > total_claimed``) is kept in the
+row so that listing the channels to claim reads an index, not the whole table.
+
+Durability: begin, commit and release are committed with ``ledger_synchronous`` like the credit
+ledger's spending writes. A commit lost to a power cut is a charge forfeited (the client's next
+voucher then gets the corrective 402 and is signed again on the older amount), which is what the
+scheme prescribes for a server that lost its state; never a charge taken twice. Syncs and claim
+records keep the store's ``synchronous``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from ..channels import (
+    ChannelBegin,
+    ChannelState,
+    ChannelStep,
+    check_channel_amount,
+    check_channel_begin,
+    check_channel_id,
+    check_channel_limit,
+    check_channel_sync,
+    mark_claimed,
+    step_begin,
+    step_commit,
+    step_extend,
+    step_release,
+    sync_channel,
+)
+from .connection import SQLiteConnection
+
+__all__ = ["SQLiteChannels"]
+
+_COLUMNS = (
+    "id, config, balance, total_claimed, charged, max_claimable, signature,"
+    " withdraw_requested_at, refund_nonce, synced_at, last_request_at,"
+    " step_token, step_base, step_max_claimable, step_signature, step_expires_at"
+)
+
+
+def _from_row(row: tuple[object, ...]) -> ChannelState:
+    (cid, config, balance, claimed, charged, ceiling, signature, withdraw, nonce, synced, last,
+     token, base, step_max, step_sig, step_exp) = row  # fmt: skip
+    step = None
+    if token is not None:
+        step = ChannelStep(
+            str(token), int(str(base)), int(str(step_max)), str(step_sig), float(str(step_exp))
+        )
+    return ChannelState(
+        channel_id=str(cid),
+        config=str(config),
+        balance=int(str(balance)),
+        total_claimed=int(str(claimed)),
+        charged=int(str(charged)),
+        max_claimable=int(str(ceiling)),
+        signature=str(signature),
+        withdraw_requested_at=int(str(withdraw)),
+        refund_nonce=int(str(nonce)),
+        synced_at=float(str(synced)),
+        last_request_at=float(str(last)),
+        step=step,
+    )
+
+
+def _to_row(state: ChannelState) -> tuple[object, ...]:
+    step = state.step
+    return (
+        state.channel_id,
+        state.config,
+        str(state.balance),
+        str(state.total_claimed),
+        str(state.charged),
+        str(state.max_claimable),
+        state.signature,
+        str(state.withdraw_requested_at),
+        str(state.refund_nonce),
+        float(state.synced_at),
+        float(state.last_request_at),
+        int(state.charged > state.total_claimed),
+        None if step is None else step.token,
+        None if step is None else str(step.base),
+        None if step is None else str(step.max_claimable),
+        None if step is None else step.signature,
+        None if step is None else float(step.expires_at),
+    )
+
+
+class SQLiteChannels(SQLiteConnection):
+    """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
+
+    def _channel_update(
+        self,
+        op: str,
+        channel_id: str,
+        rule: Callable[[ChannelState | None], ChannelState | None],
+        synchronous: str | None = None,
+    ) -> ChannelState | None:
+        """Read the row, apply ``rule``, write back what it answers (if anything changed)."""
+
+        def run(conn: sqlite3.Connection) -> ChannelState | None:
+            current = self._channel_row(conn, channel_id)
+            new = rule(current)
+            if new is not None and new != current:
+                conn.execute(
+                    f"INSERT OR REPLACE INTO x402gate_channel ({_COLUMNS}, unclaimed)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _reorder(_to_row(new)),
+                )
+            return new
+
+        return self._write(op, run, synchronous)
+
+    @staticmethod
+    def _channel_row(conn: sqlite3.Connection, channel_id: str) -> ChannelState | None:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM x402gate_channel WHERE id = ?", (channel_id,)
+        ).fetchone()
+        return None if row is None else _from_row(tuple(row))
+
+    def channel_sync(
+        self,
+        channel_id: str,
+        config: str,
+        *,
+        balance: int,
+        total_claimed: int,
+        withdraw_requested_at: int,
+        refund_nonce: int,
+        now: float,
+    ) -> ChannelState:
+        channel_id = check_channel_sync(
+            channel_id, config, balance, total_claimed, withdraw_requested_at, refund_nonce
+        )
+
+        def rule(current: ChannelState | None) -> ChannelState:
+            return sync_channel(
+                current,
+                channel_id,
+                config,
+                balance,
+                total_claimed,
+                withdraw_requested_at,
+                refund_nonce,
+                now,
+            )
+
+        state = self._channel_update("channel_sync", channel_id, rule)
+        assert state is not None
+        return state
+
+    def channel_get(self, channel_id: str) -> ChannelState | None:
+        channel_id = check_channel_id(channel_id)
+        return self._read("channel_get", lambda conn: self._channel_row(conn, channel_id))
+
+    def channel_begin(
+        self,
+        channel_id: str,
+        token: str,
+        *,
+        base: int,
+        max_claimable: int,
+        signature: str,
+        expires_at: float,
+        now: float,
+    ) -> ChannelBegin:
+        channel_id, signature = check_channel_begin(
+            channel_id, token, base, max_claimable, signature, expires_at, now
+        )
+        answers: list[ChannelBegin] = []
+
+        def rule(current: ChannelState | None) -> ChannelState | None:
+            answer = step_begin(current, token, base, max_claimable, signature, expires_at, now)
+            answers.append(answer)
+            return answer.state
+
+        self._channel_update("channel_begin", channel_id, rule, self.ledger_synchronous)
+        return answers[-1]
+
+    def channel_commit(
+        self, channel_id: str, token: str, charge: int, now: float
+    ) -> ChannelState | None:
+        channel_id = check_channel_id(channel_id)
+        check_channel_amount(charge, "charge")
+        return self._channel_update(
+            "channel_commit",
+            channel_id,
+            lambda current: step_commit(current, token, charge, now),
+            self.ledger_synchronous,
+        )
+
+    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        state = self._channel_update(
+            "channel_extend",
+            channel_id,
+            lambda current: step_extend(current, token, expires_at),
+            self.ledger_synchronous,
+        )
+        return state is not None
+
+    def channel_release(self, channel_id: str, token: str) -> bool:
+        channel_id = check_channel_id(channel_id)
+        state = self._channel_update(
+            "channel_release",
+            channel_id,
+            lambda current: step_release(current, token),
+            self.ledger_synchronous,
+        )
+        return state is not None
+
+    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+        channel_id = check_channel_id(channel_id)
+        check_channel_amount(claimed, "claimed")
+        state = self._channel_update(
+            "channel_mark_claimed", channel_id, lambda current: mark_claimed(current, claimed)
+        )
+        return state is not None
+
+    def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
+        check_channel_limit(limit)
+        rows = self._read(
+            "channel_claimable",
+            lambda conn: conn.execute(
+                f"SELECT {_COLUMNS} FROM x402gate_channel WHERE unclaimed = 1"
+                " ORDER BY last_request_at, id LIMIT ?",
+                (limit,),
+            ).fetchall(),
+        )
+        return [_from_row(tuple(row)) for row in rows]
+
+
+def _reorder(row: tuple[object, ...]) -> tuple[object, ...]:
+    """``_to_row`` puts ``unclaimed`` after ``last_request_at``; the INSERT wants it last."""
+    return (*row[:11], *row[12:], row[11])
