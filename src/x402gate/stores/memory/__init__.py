@@ -13,24 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, TypeVar
 
-from ..errors import ConfigurationError
-from .base import Store
-from .channels import (
-    ChannelBegin,
-    ChannelState,
-    check_channel_amount,
-    check_channel_begin,
-    check_channel_id,
-    check_channel_limit,
-    check_channel_sync,
-    mark_claimed,
-    step_begin,
-    step_commit,
-    step_extend,
-    step_release,
-    sync_channel,
-)
-from .checks import (
+from ...errors import ConfigurationError
+from ..base import Store
+from ..channels import ChannelState
+from ..checks import (
     check_block,
     check_credit_account,
     check_credit_amount,
@@ -41,7 +27,7 @@ from .checks import (
     check_idempotency_ttl,
     check_in_flight_admit,
 )
-from .records import (
+from ..records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
     MAX_CREDIT_AMOUNT,
@@ -51,6 +37,7 @@ from .records import (
     IdempotencyOutcome,
     IdempotencyResult,
 )
+from .channels import MemoryChannels
 
 __all__ = ["MemoryStore"]
 
@@ -111,7 +98,7 @@ class _TopUp:
     at: float
 
 
-class MemoryStore(Store):
+class MemoryStore(MemoryChannels, Store):
     """A dict behind a lock. Operations never do I/O, so the async gate calls them inline."""
 
     scheme: ClassVar[str] = "memory"
@@ -514,113 +501,6 @@ class MemoryStore(Store):
             del entries[entry_id]
         if not entries:
             del self._in_flight[account]
-
-    def channel_sync(
-        self,
-        channel_id: str,
-        config: str,
-        *,
-        balance: int,
-        total_claimed: int,
-        withdraw_requested_at: int,
-        refund_nonce: int,
-        now: float,
-    ) -> ChannelState:
-        channel_id = check_channel_sync(
-            channel_id, config, balance, total_claimed, withdraw_requested_at, refund_nonce
-        )
-        with self._lock:
-            state = sync_channel(
-                self._channels.get(channel_id),
-                channel_id,
-                config,
-                balance,
-                total_claimed,
-                withdraw_requested_at,
-                refund_nonce,
-                now,
-            )
-            self._channels[channel_id] = state
-            return state
-
-    def channel_get(self, channel_id: str) -> ChannelState | None:
-        channel_id = check_channel_id(channel_id)
-        with self._lock:
-            return self._channels.get(channel_id)
-
-    def channel_begin(
-        self,
-        channel_id: str,
-        token: str,
-        *,
-        base: int,
-        max_claimable: int,
-        signature: str,
-        expires_at: float,
-        now: float,
-    ) -> ChannelBegin:
-        channel_id, signature = check_channel_begin(
-            channel_id, token, base, max_claimable, signature, expires_at, now
-        )
-        with self._lock:
-            answer = step_begin(
-                self._channels.get(channel_id),
-                token,
-                base,
-                max_claimable,
-                signature,
-                expires_at,
-                now,
-            )
-            if answer.state is not None:
-                self._channels[channel_id] = answer.state
-            return answer
-
-    def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float
-    ) -> ChannelState | None:
-        channel_id = check_channel_id(channel_id)
-        check_channel_amount(charge, "charge")
-        with self._lock:
-            state = step_commit(self._channels.get(channel_id), token, charge, now)
-            if state is not None:
-                self._channels[channel_id] = state
-            return state
-
-    def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
-        channel_id = check_channel_id(channel_id)
-        with self._lock:
-            state = step_extend(self._channels.get(channel_id), token, expires_at)
-            if state is None:
-                return False
-            self._channels[channel_id] = state
-            return True
-
-    def channel_release(self, channel_id: str, token: str) -> bool:
-        channel_id = check_channel_id(channel_id)
-        with self._lock:
-            state = step_release(self._channels.get(channel_id), token)
-            if state is None:
-                return False
-            self._channels[channel_id] = state
-            return True
-
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
-        channel_id = check_channel_id(channel_id)
-        check_channel_amount(claimed, "claimed")
-        with self._lock:
-            state = mark_claimed(self._channels.get(channel_id), claimed)
-            if state is None:
-                return False
-            self._channels[channel_id] = state
-            return True
-
-    def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
-        check_channel_limit(limit)
-        with self._lock:
-            due = [c for c in self._channels.values() if c.charged > c.total_claimed]
-        due.sort(key=lambda c: (c.last_request_at, c.channel_id))
-        return due[:limit]
 
     def __len__(self) -> int:
         """Entries currently kept, expired ones not yet purged included."""
