@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .admission import IN_FLIGHT_GRACE_SECONDS, SETTLED_IN_FLIGHT_SECONDS
 from .challenge import PAYING_HEADERS
+from .channels import ChannelSettings
 from .charges import COMMIT_WAIT_SECONDS
 from .config import HOLD_MARGIN_SECONDS
 from .engine import PaymentGate
@@ -26,6 +27,7 @@ __all__ = [
     "PAYMENT_IDENTIFIER",
     "SETTLED_IN_FLIGHT_SECONDS",
     "STARTUP_CHECKS_ENV",
+    "ChannelSettings",
     "EventKind",
     "EventListener",
     "Payment",

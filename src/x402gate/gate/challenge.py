@@ -73,6 +73,11 @@ async def requirements(
                 500, "pricing_error", "the price of this request could not be computed"
             ) from exc
         accepts.append(build(asset, amount, pay_to[asset.network], timeout))
+    channels = gate.channel_scheme
+    if channels is not None and not route.price.metered:
+        # Flat routes: after ``exact`` (clients take the first option they support).
+        for asset, offer in zip(assets, list(accepts), strict=True):
+            accepts.append(channels.requirements(asset, int(offer.amount), offer.pay_to, timeout))
     return accepts
 
 

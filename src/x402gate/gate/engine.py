@@ -73,6 +73,7 @@ from . import (
     steps,
 )
 from . import startup as start_up
+from .channels import ChannelSettings
 from .charges import COMMIT_WAIT_SECONDS
 from .events import EventListener, PaymentEvent, emit
 from .failures import failure
@@ -81,6 +82,7 @@ from .startup import StartupChecks
 
 if TYPE_CHECKING:
     from ..facilitators import Facilitator
+    from ..schemes.batch_settlement import BatchSettlementScheme
 
 __all__ = ["PaymentGate"]
 
@@ -175,6 +177,7 @@ class PaymentGate:
         clock: Clock | None = None,
         startup_checks: StartupChecks = "fail",
         scheme: PaymentScheme | None = None,
+        channels: ChannelSettings | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -184,6 +187,16 @@ class PaymentGate:
             raise ConfigurationError("scheme must be a x402gate.schemes.PaymentScheme")
         self.scheme: PaymentScheme = scheme if scheme is not None else ExactScheme(facilitator)
         self.store = open_store(store)
+        self.channels = channels
+        self.channel_scheme: BatchSettlementScheme | None = None
+        self.channels_sync_seconds = 0.0
+        if channels is not None:
+            if not isinstance(channels, ChannelSettings):
+                raise ConfigurationError("channels must be a x402gate.gate.ChannelSettings")
+            if not getattr(self.store, "supports_channels", False):
+                raise ConfigurationError("this store keeps no payment-channel state")
+            self.channel_scheme = channels.scheme(facilitator)
+            self.channels_sync_seconds = float(channels.sync_seconds)
         self.max_timeout_seconds = config.check_timeout(max_timeout_seconds)
         self.verify_with_facilitator = bool(verify_with_facilitator)
         self.allow_smart_wallets = bool(allow_smart_wallets)

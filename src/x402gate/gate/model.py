@@ -119,6 +119,9 @@ class PaymentSession:
     recovered: bool = False
     """A retry of a payment already settled on chain whose first request was never answered:
     it is served without settling again (see :meth:`PaymentGate.begin`)."""
+    channel: Any = None
+    """Paid by a ``batch-settlement`` voucher: the channel step it holds
+    (:class:`~x402gate.gate.channels.ChannelStepHold`) until the charge is committed."""
     answering: bool = False
     """Settled, its answer on the way: the claim is *sending* until :meth:`PaymentGate.delivered`
     (with reconciliation on; see :meth:`PaymentGate._mark_served`)."""

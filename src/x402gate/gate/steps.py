@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from .. import protocol
 from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
 from ..request import RequestInfo
+from ..schemes.batch_settlement.codes import SCHEME as BATCH_SETTLEMENT
 from ..stores import ClaimResult, replay_key
 from .challenge import UNPAID
+from .channels import channel_abort, channel_begin, channel_finish
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .model import Payment, PaymentSession, Route
@@ -84,6 +86,10 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
         requirements = protocol.match_requirements(decoded, accepts)
     except PaymentError as exc:
         raise await reject(exc.code, exc.message) from None
+    if requirements.scheme == BATCH_SETTLEMENT and gate.channel_scheme is not None:
+        return await channel_begin(
+            gate, route, request, decoded.payload, requirements, accepts, reject
+        )
     try:
         auth = gate.scheme.check(
             decoded.payload.payload,
@@ -242,6 +248,8 @@ async def finish(
     """
     if session.done:
         return session.response_headers
+    if session.channel is not None:
+        return await channel_finish(gate, session, status_code)
     if session.recovered and session.route.settlement == "after":
         session.done = True
         if status_code >= 400:
@@ -288,6 +296,9 @@ async def _collected(
 async def abort(gate: PaymentGate, session: PaymentSession) -> None:
     """The handler raised: charge nothing and release the claim (if not settled yet)."""
     # A settled answer that never went out whole: a retry of the payment is served.
+    if session.channel is not None:
+        await channel_abort(gate, session)
+        return
     await gate.delivered(session, complete=False)
     if session.done:
         await gate._release_credit(session)

@@ -1,0 +1,324 @@
+"""Requests paid by ``batch-settlement`` vouchers: the gate's channel steps (opt-in).
+
+A gate built with ``channels=ChannelSettings(...)`` offers ``batch-settlement`` beside ``exact``
+on flat-priced routes. A request carrying a voucher is checked offline by the scheme, its
+deposit (if any) verified and settled by the facilitator, then takes its channel's step in the
+store (:meth:`~x402gate.stores.base.Store.channel_begin`: one request per cumulative step);
+after the handler, :func:`channel_finish` commits the charge (never above the voucher) only
+when the handler succeeded, and :func:`channel_abort` releases the step otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import protocol
+from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
+from ..schemes.batch_settlement import (
+    BatchSettlementScheme,
+    ChannelAuthorization,
+    ChannelView,
+    check_channel,
+    codes,
+    corrective_requirements,
+    payment_response_extra,
+)
+from ..stores.channels import ChannelBeginOutcome, ChannelState
+from .events import EventKind, PaymentEvent
+from .failures import failure, safe_code
+from .model import Payment, PaymentSession, Route
+
+if TYPE_CHECKING:
+    from x402.schemas import PaymentPayload, PaymentRequirements
+
+    from ..request import RequestInfo
+    from .engine import PaymentGate
+
+__all__ = ["ChannelSettings", "ChannelStepHold", "channel_abort", "channel_begin", "channel_finish"]
+
+logger = logging.getLogger("x402gate")
+
+Reject = Callable[[str, str, int], Awaitable[PaymentError]]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """How a gate takes ``batch-settlement`` payments.
+
+    :param receiver_authorizer: the address that signs claims and refunds for the receiver
+        (the gate's own key's address, or the one the facilitator advertises when delegated).
+    :param withdraw_delay: seconds a payer's timed withdrawal waits (900 s to 30 days).
+    :param min_deposit: smallest first deposit, atomic units (default 10 x the price).
+    :param sync_seconds: how old the store's mirror of a channel's chain figures may be
+        before a voucher is sent to the facilitator, which reads them again.
+    """
+
+    receiver_authorizer: str
+    withdraw_delay: int = codes.MIN_WITHDRAW_DELAY
+    min_deposit: int | None = None
+    sync_seconds: float = 60.0
+
+    def scheme(self, facilitator: Any) -> BatchSettlementScheme:
+        """The scheme these settings describe (checks them)."""
+        if not isinstance(self.sync_seconds, (int, float)) or not self.sync_seconds >= 0:
+            raise ConfigurationError("sync_seconds must be a non-negative number")
+        return BatchSettlementScheme(
+            facilitator,
+            receiver_authorizer=self.receiver_authorizer,
+            withdraw_delay=self.withdraw_delay,
+            min_deposit=self.min_deposit,
+        )
+
+
+@dataclass(slots=True)
+class ChannelStepHold:
+    """A request holding its channel's step: what :func:`channel_finish` commits."""
+
+    authorization: ChannelAuthorization
+    view: ChannelView
+    """The channel before this request's charge."""
+    token: str
+
+
+def _view(state: ChannelState) -> ChannelView:
+    return ChannelView(
+        channel_id=state.channel_id,
+        balance=state.balance,
+        total_claimed=state.total_claimed,
+        charged_cumulative_amount=state.charged,
+        withdraw_requested_at=state.withdraw_requested_at,
+        refund_nonce=state.refund_nonce,
+        signed_max_claimable=state.max_claimable or None,
+        signature=state.signature if state.max_claimable else None,
+    )
+
+
+def _int(value: Any) -> int:
+    number = int(str(value))
+    if number < 0:
+        raise ValueError("negative")
+    return number
+
+
+async def _sync(
+    gate: PaymentGate, channel_id: str, config: str, figures: Any, now: float
+) -> ChannelState:
+    """Mirror the chain figures a facilitator answered (``channelState`` or verify extra)."""
+    if not isinstance(figures, dict):
+        raise FacilitatorError("the facilitator answered no channel state")
+    try:
+        balance = _int(figures.get("balance", 0))
+        claimed = _int(figures.get("totalClaimed", 0))
+        withdraw = _int(figures.get("withdrawRequestedAt", 0))
+        refund_nonce = _int(figures.get("refundNonce", 0))
+    except (TypeError, ValueError):
+        raise FacilitatorError("the facilitator answered a malformed channel state") from None
+    state: ChannelState = await gate._store_call(
+        lambda: gate.store.channel_sync(
+            channel_id,
+            config,
+            balance=balance,
+            total_claimed=claimed,
+            withdraw_requested_at=withdraw,
+            refund_nonce=refund_nonce,
+            now=now,
+        )
+    )
+    return state
+
+
+async def channel_begin(
+    gate: PaymentGate,
+    route: Route,
+    request: RequestInfo,
+    payload: PaymentPayload,
+    requirements: PaymentRequirements,
+    accepts: list[PaymentRequirements],
+    reject: Reject,
+) -> PaymentSession:
+    """Everything before the handler for a ``batch-settlement`` payment (see the module)."""
+    scheme = gate.channel_scheme
+    assert scheme is not None
+    now = gate.clock.now()
+    try:
+        auth = scheme.check(
+            payload.payload, requirements, now=now, allow_unrecovered=gate.allow_smart_wallets
+        )
+    except PaymentError as exc:
+        raise await reject(exc.code, exc.message, exc.status_code) from None
+    if auth.kind == "refund":
+        raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
+    channel_id = auth.channel_id
+    config = json.dumps(payload.payload.get("channelConfig"), sort_keys=True, separators=(",", ":"))
+    try:
+        state = await gate._store_call(gate.store.channel_get, channel_id)
+        if auth.deposit is not None or not auth.recovered:
+            verdict = await scheme.verify(payload, requirements)
+            if not verdict.is_valid:
+                code = safe_code(verdict.invalid_reason, "payment_invalid")
+                raise await reject(code, "the facilitator refused this payment", 402)
+        if auth.deposit is not None:
+            settled = await scheme.settle(payload, requirements)
+            if not settled.success:
+                code = safe_code(settled.error_reason, "payment_invalid")
+                raise await reject(code, "the deposit could not be collected", 402)
+            figures = (settled.extra or {}).get("channelState")
+            state = await _sync(gate, channel_id, config, figures, gate.clock.now())
+        elif state is None or gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
+            verdict = await scheme.verify(payload, requirements)
+            if not verdict.is_valid:
+                code = safe_code(verdict.invalid_reason, "payment_invalid")
+                raise await reject(code, "the facilitator refused this payment", 402)
+            state = await _sync(gate, channel_id, config, verdict.extra, gate.clock.now())
+        token = secrets.token_hex(16)
+        timeout = route.max_timeout_seconds or gate.max_timeout_seconds
+        now = gate.clock.now()
+        begun = await gate._store_call(
+            lambda: gate.store.channel_begin(
+                channel_id,
+                token,
+                base=max(auth.max_claimable_amount - auth.value, 0),
+                max_claimable=auth.max_claimable_amount,
+                signature="0x" + auth.signature.hex(),
+                expires_at=now + timeout,
+                now=now,
+            )
+        )
+    except (StoreError, FacilitatorError) as exc:
+        logger.error("channel step failed: %s", exc)
+        await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="channel"))
+        raise failure(exc) from None
+    except ValueError as exc:
+        # The store refused what the client sent (a config it knows otherwise, a bad size).
+        logger.info("channel voucher refused by the store: %s", exc)
+        raise await reject(codes.VOUCHER_PAYLOAD, "the voucher was refused", 402) from None
+    outcome, state = begun.outcome, begun.state
+    if outcome is ChannelBeginOutcome.BUSY:
+        raise await reject(codes.CHANNEL_BUSY, "another request holds this channel: retry", 409)
+    if outcome is ChannelBeginOutcome.UNKNOWN or state is None:
+        raise await reject(codes.CHANNEL_NOT_FOUND, "this channel is not known", 402)
+    view = _view(state)
+    if outcome is ChannelBeginOutcome.MISMATCH:
+        raise await _corrective(gate, route, request, accepts, requirements, view)
+    if outcome is ChannelBeginOutcome.INSUFFICIENT:
+        raise await reject(
+            codes.CUMULATIVE_EXCEEDS_BALANCE, "the voucher is above the balance", 402
+        )
+    try:
+        check_channel(auth, view)
+    except PaymentError as exc:
+        await _release_step(gate, channel_id, token)
+        if exc.code == codes.CUMULATIVE_AMOUNT_MISMATCH:
+            raise await _corrective(gate, route, request, accepts, requirements, view) from None
+        raise await reject(exc.code, exc.message, exc.status_code) from None
+    asset = next(
+        a
+        for a in (route.assets or gate.assets)
+        if a.network == requirements.network and a.address == requirements.asset
+    )
+    payment = Payment(
+        payer=auth.payer,
+        amount=auth.value,
+        asset=asset,
+        pay_to=requirements.pay_to,
+        nonce=auth.nonce,
+        resource=request.resource,
+        valid_before=auth.valid_before,
+    )
+    session = PaymentSession(
+        route=route,
+        request=request,
+        payment=payment,
+        payload=payload,
+        requirements=requirements,
+        version=2,
+        key=f"channel:{channel_id}",
+        token=token,
+        started=gate.clock.now(),
+    )
+    session.channel = ChannelStepHold(auth, view, token)
+    session.deadline = gate._deadline(route, session.started)
+    await gate._emit(PaymentEvent(EventKind.VERIFIED, request, route, payment))
+    return session
+
+
+async def _corrective(
+    gate: PaymentGate,
+    route: Route,
+    request: RequestInfo,
+    accepts: list[PaymentRequirements],
+    requirements: PaymentRequirements,
+    view: ChannelView,
+) -> PaymentError:
+    """The corrective 402: the channel's terms with its state, so the client resumes."""
+    code = codes.CUMULATIVE_AMOUNT_MISMATCH
+    await gate._emit(PaymentEvent(EventKind.REJECTED, request, route, code=code, status=402))
+    fixed = [corrective_requirements(r, view) if r is requirements else r for r in accepts]
+    return gate._challenge(
+        route, request, fixed, code, "the voucher is not the channel's next step"
+    )
+
+
+async def _release_step(gate: PaymentGate, channel_id: str, token: str) -> None:
+    try:
+        await gate._store_call(gate.store.channel_release, channel_id, token)
+    except StoreError as exc:
+        # The step expires on its own and is then forfeited: nothing was charged.
+        logger.error("channel release failed: %s", exc)
+
+
+async def channel_finish(
+    gate: PaymentGate, session: PaymentSession, status_code: int
+) -> dict[str, str]:
+    """After the handler: commit the charge (status below 400) or release the step."""
+    hold = session.channel
+    assert hold is not None
+    session.done = True
+    channel_id = hold.authorization.channel_id
+    if status_code >= 400:
+        await _release_step(gate, channel_id, hold.token)
+        return {}
+    charge = session.payment.amount if session.charged is None else session.charged
+    charge = max(0, min(charge, hold.authorization.value))
+    try:
+        state = await gate._store_call(
+            gate.store.channel_commit, channel_id, hold.token, charge, gate.clock.now()
+        )
+    except StoreError as exc:
+        logger.error("channel commit failed: %s", exc)
+        await _release_step(gate, channel_id, hold.token)
+        raise failure(exc) from None
+    if state is None:
+        # The step was taken over (this request outlived it): its charge is forfeited, and
+        # its content is not served unpaid.
+        raise PaymentError(409, codes.CHANNEL_BUSY, "this request's channel step expired: retry")
+    charged = state.charged - hold.view.charged_cumulative_amount
+    session.charged = charged
+    from x402.schemas import SettleResponse
+
+    receipt = SettleResponse(
+        success=True,
+        transaction="",
+        network=session.requirements.network,
+        payer=session.payment.payer,
+        extra=payment_response_extra(hold.view, charged),
+    )
+    session.response_headers = {protocol.PAYMENT_RESPONSE: protocol.encode_settle_response(receipt)}
+    await gate._emit(
+        PaymentEvent(EventKind.SETTLED, session.request, session.route, session.payment)
+    )
+    return session.response_headers
+
+
+async def channel_abort(gate: PaymentGate, session: PaymentSession) -> None:
+    """The handler raised: charge nothing."""
+    hold = session.channel
+    if hold is None or session.done:
+        return
+    session.done = True
+    await _release_step(gate, hold.authorization.channel_id, hold.token)

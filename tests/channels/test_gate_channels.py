@@ -1,0 +1,215 @@
+"""A gate with channels on: the official client pays a real ASGI server by deposit, then vouchers.
+
+The official ``x402`` client (httpx transport, the batch-settlement client scheme) and the
+official facilitator run against our contracts on the local chain; the gate keeps the channel
+in its SQLite store, commits each charge after the handler succeeded, and answers with
+``chargedAmount`` and ``channelState``, which the client checks before signing its next voucher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from x402gate import PaymentGate
+from x402gate.gate import ChannelSettings
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from x402gate.testing import LocalChain, TestToken
+    from x402gate.testing.channels import ChannelContracts
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+PRICE = 1_000  # $0.001 in 6-decimal units
+DEPOSIT_FLOOR = 100_000
+
+
+class SdkFacilitator:
+    """The official batch-settlement facilitator behind the gate's async facilitator calls."""
+
+    def __init__(self, inner: Any, network: str) -> None:
+        self.inner = inner
+        self.network = network
+        self.verified = 0
+        self.settled = 0
+
+    async def verify(self, payload: Any, requirements: Any) -> Any:
+        self.verified += 1
+        return await asyncio.to_thread(self.inner.verify, payload, requirements)
+
+    async def settle(self, payload: Any, requirements: Any) -> Any:
+        self.settled += 1
+        return await asyncio.to_thread(self.inner.settle, payload, requirements)
+
+    async def supported(self) -> Any:
+        from x402.schemas import SupportedKind, SupportedResponse
+
+        kinds = [
+            SupportedKind(x402_version=2, scheme=name, network=self.network)
+            for name in ("exact", "batch-settlement")
+        ]
+        return SupportedResponse(kinds=kinds, extensions=[], signers={})
+
+
+@pytest.fixture
+def receiver_authorizer(chain: LocalChain) -> LocalAccount:
+    return chain.new_account()
+
+
+@pytest.fixture
+def facilitator(
+    chain: LocalChain,
+    channel_contracts: ChannelContracts,
+    facilitator_account: LocalAccount,
+    receiver_authorizer: LocalAccount,
+) -> SdkFacilitator:
+    from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+    from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
+    from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
+
+    return SdkFacilitator(
+        BatchSettlementEvmFacilitator(
+            FacilitatorWeb3Signer(
+                facilitator_account.key.hex(), chain.rpc_url, confirmation_timeout_seconds=10
+            ),
+            authorizer_signer=LocalAuthorizerSigner(receiver_authorizer.key.hex()),
+        ),
+        chain.network,
+    )
+
+
+def make_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from x402gate.asgi import PaymentMiddleware
+
+    async def paid(request: Request) -> Response:
+        runs["paid"] = runs.get("paid", 0) + 1
+        return JSONResponse({"content": "PAID", "payer": request.state.payment.payer})
+
+    async def error(request: Request) -> Response:
+        runs["error"] = runs.get("error", 0) + 1
+        return JSONResponse({"error": "down"}, status_code=503)
+
+    app = Starlette(routes=[Route("/paid", paid), Route("/error", error)])
+    return PaymentMiddleware(app, gate=gate, routes={"GET /paid": "$0.001", "GET /error": "$0.001"})
+
+
+@pytest.fixture
+def served(
+    chain: LocalChain,
+    test_token: TestToken,
+    facilitator: SdkFacilitator,
+    receiver_authorizer: LocalAccount,
+    tmp_path: Any,
+) -> Iterator[tuple[str, PaymentGate, dict[str, int], str]]:
+    from x402gate.demo import serve_in_thread
+
+    receiver = chain.new_account().address
+    gate = PaymentGate(
+        pay_to=receiver,
+        assets=test_token.asset,
+        facilitator=facilitator,
+        store=f"sqlite:///{tmp_path / 'gate.db'}",
+        startup_checks="off",
+        limit_in_flight=False,
+        channels=ChannelSettings(
+            receiver_authorizer=receiver_authorizer.address, min_deposit=DEPOSIT_FLOOR
+        ),
+    )
+    runs: dict[str, int] = {}
+    with serve_in_thread(make_app(gate, runs)) as base_url:
+        yield base_url, gate, runs, receiver
+    gate.close()
+
+
+def channel_client(payer: LocalAccount, test_token: TestToken) -> Any:
+    from x402 import x402Client
+    from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
+    from x402.mechanisms.evm.signers import EthAccountSigner
+
+    from x402gate.testing.clients import spend_controls_for
+
+    client = x402Client()
+    client.register(test_token.asset.network, BatchSettlementEvmScheme(EthAccountSigner(payer)))
+    client.set_spend_controls(spend_controls_for(test_token.asset))
+    return client
+
+
+def _decode(header: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(base64.b64decode(header))
+    return decoded
+
+
+async def test_challenge_offers_exact_then_batch_settlement(
+    served: Any, receiver_authorizer: LocalAccount
+) -> None:
+    base_url, _, _, receiver = served
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        response = await http.get("/paid")
+    assert response.status_code == 402
+    accepts = _decode(response.headers["payment-required"])["accepts"]
+    assert [a["scheme"] for a in accepts] == ["exact", "batch-settlement"]
+    offer = accepts[1]
+    assert offer["amount"] == str(PRICE)
+    assert offer["payTo"] == receiver
+    assert offer["extra"]["receiverAuthorizer"] == receiver_authorizer.address
+    assert offer["extra"]["withdrawDelay"] == 900
+    assert offer["extra"]["minDeposit"] == str(DEPOSIT_FLOOR)
+
+
+async def test_official_client_pays_n_requests_by_one_deposit_and_vouchers(
+    served: Any,
+    payer: LocalAccount,
+    test_token: TestToken,
+    channel_contracts: ChannelContracts,
+    facilitator: SdkFacilitator,
+) -> None:
+    from x402.http.clients import x402_httpx_transport
+
+    base_url, gate, runs, _ = served
+    client = channel_client(payer, test_token)
+    transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
+    n = 5
+    channel_id = ""
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
+        for step in range(1, n + 1):
+            response = await http.get("/paid")
+            assert response.status_code == 200, response.text
+            receipt = _decode(response.headers["payment-response"])
+            assert receipt["success"] is True
+            assert receipt["transaction"] == ""
+            assert receipt["extra"]["chargedAmount"] == str(PRICE)
+            state = receipt["extra"]["channelState"]
+            assert state["chargedCumulativeAmount"] == str(step * PRICE)
+            channel_id = state["channelId"]
+        # A failed handler charges nothing; the next voucher is still accepted.
+        failed = await http.get("/error")
+        assert failed.status_code == 503
+        again = await http.get("/paid")
+        assert again.status_code == 200, again.text
+        last = _decode(again.headers["payment-response"])["extra"]["channelState"]
+        assert last["chargedCumulativeAmount"] == str((n + 1) * PRICE)
+    assert runs == {"paid": n + 1, "error": 1}
+    # One deposit on chain (the only facilitator settle), nothing claimed yet.
+    assert facilitator.settled == 1
+    on_chain = channel_contracts.channel(channel_id)
+    assert on_chain.total_claimed == 0
+    assert on_chain.balance >= DEPOSIT_FLOOR
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None
+    assert stored.charged == (n + 1) * PRICE
+    assert stored.max_claimable == (n + 1) * PRICE
+    assert stored.step is None
