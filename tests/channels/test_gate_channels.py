@@ -135,15 +135,20 @@ def served(
     gate.close()
 
 
-def channel_client(payer: LocalAccount, test_token: TestToken) -> Any:
+def channel_client(payer: LocalAccount, test_token: TestToken, rpc_url: str | None = None) -> Any:
+    """The official client with the batch-settlement scheme only; with ``rpc_url`` it can read
+    the channel on chain (what its corrective-402 recovery needs)."""
     from x402 import x402Client
     from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
-    from x402.mechanisms.evm.signers import EthAccountSigner
+    from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
 
     from x402gate.testing.clients import spend_controls_for
 
     client = x402Client()
-    client.register(test_token.asset.network, BatchSettlementEvmScheme(EthAccountSigner(payer)))
+    signer: Any = EthAccountSigner(payer)
+    if rpc_url is not None:
+        signer = EthAccountSignerWithRPC(payer, rpc_url=rpc_url)
+    client.register(test_token.asset.network, BatchSettlementEvmScheme(signer))
     client.set_spend_controls(spend_controls_for(test_token.asset))
     return client
 
@@ -213,3 +218,118 @@ async def test_official_client_pays_n_requests_by_one_deposit_and_vouchers(
     assert stored.charged == (n + 1) * PRICE
     assert stored.max_claimable == (n + 1) * PRICE
     assert stored.step is None
+
+
+async def _open_channel(
+    base_url: str, payer: LocalAccount, test_token: TestToken
+) -> tuple[dict[str, Any], str]:
+    """One request paid by the official client's deposit: the batch offer and the channel."""
+    from x402.http.clients import x402_httpx_transport
+
+    client = channel_client(payer, test_token)
+    transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
+        response = await http.get("/paid")
+    assert response.status_code == 200, response.text
+    channel_id = _decode(response.headers["payment-response"])["extra"]["channelState"]["channelId"]
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        challenge = await http.get("/paid")
+    offer = _decode(challenge.headers["payment-required"])["accepts"][1]
+    return offer, channel_id
+
+
+def _voucher_header(
+    gate: PaymentGate, offer: dict[str, Any], channel_id: str, signer: LocalAccount, amount: int
+) -> str:
+    from x402 import PaymentPayload, PaymentRequirements
+    from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+    from x402.mechanisms.evm.signers import EthAccountSigner
+
+    from x402gate.protocol import b64json
+
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None
+    requirements = PaymentRequirements.model_validate(offer)
+    voucher = sign_voucher(EthAccountSigner(signer), channel_id, amount, requirements.network)
+    payload = PaymentPayload(
+        x402_version=2,
+        accepted=requirements,
+        payload={
+            "type": "voucher",
+            "channelConfig": json.loads(stored.config),
+            "voucher": voucher.to_dict(),
+        },
+    )
+    return b64json(payload.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+async def test_wrong_step_gets_the_corrective_402_and_bad_signer_is_refused(
+    served: Any, payer: LocalAccount, test_token: TestToken, chain: LocalChain
+) -> None:
+    base_url, gate, runs, _ = served
+    offer, channel_id = await _open_channel(base_url, payer, test_token)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        # A voucher on a base the server never charged (the client lost count).
+        header = _voucher_header(gate, offer, channel_id, payer, 5 * PRICE)
+        wrong = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})
+        assert wrong.status_code == 402
+        required = _decode(wrong.headers["payment-required"])
+        code = "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+        assert required["error"] == code
+        assert wrong.json()["error"] == code
+        corrective = required["accepts"][1]
+        assert corrective["extra"]["channelState"]["chargedCumulativeAmount"] == str(PRICE)
+        assert corrective["extra"]["voucherState"]["signedMaxClaimable"] == str(PRICE)
+        # A voucher for the right step signed by a stranger.
+        stranger = chain.new_account()
+        header = _voucher_header(gate, offer, channel_id, stranger, 2 * PRICE)
+        forged = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})
+        assert forged.status_code == 402
+        assert forged.json()["error"] == "invalid_batch_settlement_evm_voucher_signature"
+        # The right step: served once; the same voucher again is not served.
+        header = _voucher_header(gate, offer, channel_id, payer, 2 * PRICE)
+        good = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})
+        assert good.status_code == 200, good.text
+        replay = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})
+        assert replay.status_code == 402
+    assert runs == {"paid": 2}
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.charged == 2 * PRICE
+
+
+async def test_concurrent_requests_of_one_step_serve_exactly_one(
+    served: Any, payer: LocalAccount, test_token: TestToken
+) -> None:
+    base_url, gate, runs, _ = served
+    offer, channel_id = await _open_channel(base_url, payer, test_token)
+    header = _voucher_header(gate, offer, channel_id, payer, 2 * PRICE)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        answers = await asyncio.gather(
+            *(http.get("/paid", headers={"PAYMENT-SIGNATURE": header}) for _ in range(10))
+        )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(200) == 1, statuses
+    assert set(statuses) <= {200, 402, 409}
+    assert runs == {"paid": 2}
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.charged == 2 * PRICE
+
+
+async def test_a_client_that_lost_its_state_recovers_through_the_corrective_402(
+    served: Any, payer: LocalAccount, test_token: TestToken, chain: LocalChain
+) -> None:
+    from x402.http.clients import x402_httpx_transport
+
+    base_url, gate, runs, _ = served
+    _, channel_id = await _open_channel(base_url, payer, test_token)
+    # A fresh client of the same payer: no memory of the channel or of what was charged.
+    client = channel_client(payer, test_token, chain.rpc_url)
+    transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
+        first = await http.get("/paid")
+        assert first.status_code == 200, first.text
+        second = await http.get("/paid")
+        assert second.status_code == 200, second.text
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.charged == 3 * PRICE
+    assert runs == {"paid": 3}
