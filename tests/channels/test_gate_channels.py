@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from x402gate import PaymentGate
+from x402gate import Payment, PaymentGate
 from x402gate.gate import ChannelSettings
 
 if TYPE_CHECKING:
@@ -107,8 +107,35 @@ def make_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
     return PaymentMiddleware(app, gate=gate, routes={"GET /paid": "$0.001", "GET /error": "$0.001"})
 
 
-@pytest.fixture
+def make_fastapi_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
+    from fastapi import Depends, FastAPI
+    from fastapi.responses import JSONResponse
+
+    from x402gate.fastapi import install, require_payment
+
+    app = FastAPI()
+    install(app, gate)
+    price = require_payment("$0.001")
+
+    @app.get("/paid")
+    async def paid(payment: Payment = Depends(price)) -> dict[str, str]:  # noqa: B008
+        runs["paid"] = runs.get("paid", 0) + 1
+        return {"content": "PAID", "payer": payment.payer}
+
+    @app.get("/error", dependencies=[Depends(price)])
+    async def error() -> JSONResponse:
+        runs["error"] = runs.get("error", 0) + 1
+        return JSONResponse({"error": "down"}, status_code=503)
+
+    return app
+
+
+APPS = {"asgi": make_app, "fastapi": make_fastapi_app}
+
+
+@pytest.fixture(params=sorted(APPS))
 def served(
+    request: pytest.FixtureRequest,
     chain: LocalChain,
     test_token: TestToken,
     facilitator: SdkFacilitator,
@@ -130,7 +157,9 @@ def served(
         ),
     )
     runs: dict[str, int] = {}
-    with serve_in_thread(make_app(gate, runs)) as base_url:
+    if request.param == "fastapi":
+        pytest.importorskip("fastapi")
+    with serve_in_thread(APPS[request.param](gate, runs)) as base_url:
         yield base_url, gate, runs, receiver
     gate.close()
 
