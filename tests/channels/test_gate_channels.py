@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -41,12 +42,17 @@ class SdkFacilitator:
         self.network = network
         self.verified = 0
         self.settled = 0
+        self.down = False
 
     async def verify(self, payload: Any, requirements: Any) -> Any:
         self.verified += 1
         return await asyncio.to_thread(self.inner.verify, payload, requirements)
 
     async def settle(self, payload: Any, requirements: Any) -> Any:
+        if self.down:
+            from x402gate.errors import FacilitatorUnavailable
+
+            raise FacilitatorUnavailable("facilitator down")
         self.settled += 1
         return await asyncio.to_thread(self.inner.settle, payload, requirements)
 
@@ -103,8 +109,13 @@ def make_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
         runs["error"] = runs.get("error", 0) + 1
         return JSONResponse({"error": "down"}, status_code=503)
 
-    app = Starlette(routes=[Route("/paid", paid), Route("/error", error)])
-    return PaymentMiddleware(app, gate=gate, routes={"GET /paid": "$0.001", "GET /error": "$0.001"})
+    async def boom(request: Request) -> Response:
+        runs["boom"] = runs.get("boom", 0) + 1
+        raise RuntimeError("boom")
+
+    app = Starlette(routes=[Route("/paid", paid), Route("/error", error), Route("/boom", boom)])
+    prices = {"GET /paid": "$0.001", "GET /error": "$0.001", "GET /boom": "$0.001"}
+    return PaymentMiddleware(app, gate=gate, routes=prices)
 
 
 def make_fastapi_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
@@ -126,6 +137,11 @@ def make_fastapi_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
     async def error() -> JSONResponse:
         runs["error"] = runs.get("error", 0) + 1
         return JSONResponse({"error": "down"}, status_code=503)
+
+    @app.get("/boom", dependencies=[Depends(price)])
+    async def boom() -> None:
+        runs["boom"] = runs.get("boom", 0) + 1
+        raise RuntimeError("boom")
 
     return app
 
@@ -362,3 +378,87 @@ async def test_a_client_that_lost_its_state_recovers_through_the_corrective_402(
     stored = gate.store.channel_get(channel_id)
     assert stored is not None and stored.charged == 3 * PRICE
     assert runs == {"paid": 3}
+
+
+async def test_a_raising_handler_charges_nothing_and_a_down_facilitator_serves_nothing(
+    served: Any,
+    payer: LocalAccount,
+    test_token: TestToken,
+    facilitator: SdkFacilitator,
+    chain: LocalChain,
+) -> None:
+    base_url, gate, runs, _ = served
+    offer, channel_id = await _open_channel(base_url, payer, test_token)
+    header = _voucher_header(gate, offer, channel_id, payer, 2 * PRICE)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        with contextlib.suppress(httpx.HTTPError):  # the server may drop the connection
+            boom = await http.get("/boom", headers={"PAYMENT-SIGNATURE": header})
+            assert boom.status_code >= 500
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        stored = gate.store.channel_get(channel_id)
+        assert stored is not None and stored.charged == PRICE and stored.step is None
+        # The same step is then served (nothing was charged for the failed one).
+        good = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})
+        assert good.status_code == 200, good.text
+    assert runs == {"paid": 2, "boom": 1}
+    # A new payer's deposit while the facilitator is down: no content, nothing stored.
+    facilitator.down = True
+    from x402.http.clients import x402_httpx_transport
+
+    stranger = chain.new_account(eth_wei=10**18, token=test_token, token_amount=10_000_000)
+    client = channel_client(stranger, test_token)
+    transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
+        refused = await http.get("/paid")
+    assert refused.status_code in (502, 503), refused.text
+    assert runs == {"paid": 2, "boom": 1}
+
+
+class ExactOnly:
+    """A facilitator that supports ``exact`` only."""
+
+    async def verify(self, payload: Any, requirements: Any) -> Any:
+        raise AssertionError("not called")
+
+    async def settle(self, payload: Any, requirements: Any) -> Any:
+        raise AssertionError("not called")
+
+    async def supported(self) -> Any:
+        from x402.schemas import SupportedKind, SupportedResponse
+
+        kind = SupportedKind(x402_version=2, scheme="exact", network="eip155:84532")
+        return SupportedResponse(kinds=[kind], extensions=[], signers={})
+
+
+async def test_channel_settings_are_checked_and_the_facilitator_must_support_them(
+    tmp_path: Any,
+) -> None:
+    from x402gate.errors import ConfigurationError
+
+    authorizer = "0x" + "11" * 20
+    store = f"sqlite:///{tmp_path / 'gate.db'}"
+
+    def gate(settings: ChannelSettings) -> PaymentGate:
+        return PaymentGate(
+            pay_to="0x" + "22" * 20,
+            network="eip155:84532",
+            facilitator=ExactOnly(),
+            store=store,
+            limit_in_flight=False,
+            channels=settings,
+        )
+
+    for bad in (
+        ChannelSettings(receiver_authorizer="0x" + "00" * 20),
+        ChannelSettings(receiver_authorizer=authorizer, withdraw_delay=60),
+        ChannelSettings(receiver_authorizer=authorizer, min_deposit=0),
+        ChannelSettings(receiver_authorizer=authorizer, sync_seconds=-1),
+    ):
+        with pytest.raises(ConfigurationError):
+            gate(bad)
+    good = gate(ChannelSettings(receiver_authorizer=authorizer))
+    try:
+        with pytest.raises(ConfigurationError, match="batch-settlement"):
+            await good.startup()
+    finally:
+        good.close()

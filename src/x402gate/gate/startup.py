@@ -68,6 +68,14 @@ async def startup(gate: PaymentGate) -> None:
             raise ConfigurationError(
                 f"the facilitator does not support the {name} scheme on {', '.join(missing)}"
             )
+        if gate.channel_scheme is not None:
+            # Deposits go through the facilitator: channels need its batch-settlement support.
+            name = gate.channel_scheme.name
+            missing = sorted({a.network for a in gate.assets if (name, a.network) not in kinds})
+            if missing:
+                raise ConfigurationError(
+                    f"the facilitator does not support the {name} scheme on {', '.join(missing)}"
+                )
         gate._started = True
 
 
