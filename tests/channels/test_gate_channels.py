@@ -462,3 +462,29 @@ async def test_channel_settings_are_checked_and_the_facilitator_must_support_the
             await good.startup()
     finally:
         good.close()
+
+
+def test_official_requests_client_pays_by_vouchers(
+    served: Any, payer: LocalAccount, test_token: TestToken
+) -> None:
+    from x402 import x402ClientSync
+    from x402.http.clients import x402_requests
+    from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
+    from x402.mechanisms.evm.signers import EthAccountSigner
+
+    from x402gate.testing.clients import spend_controls_for
+
+    base_url, gate, runs, _ = served
+    client = x402ClientSync()
+    client.register(test_token.asset.network, BatchSettlementEvmScheme(EthAccountSigner(payer)))
+    client.set_spend_controls(spend_controls_for(test_token.asset))
+    with x402_requests(client) as session:
+        for step in range(1, 4):
+            response = session.get(f"{base_url}/paid", timeout=60)
+            assert response.status_code == 200, response.text
+            receipt = _decode(response.headers["payment-response"])
+            state = receipt["extra"]["channelState"]
+            assert state["chargedCumulativeAmount"] == str(step * PRICE)
+    stored = gate.store.channel_get(state["channelId"])
+    assert stored is not None and stored.charged == 3 * PRICE
+    assert runs == {"paid": 3}
