@@ -146,7 +146,26 @@ def make_fastapi_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
     return app
 
 
-APPS = {"asgi": make_app, "fastapi": make_fastapi_app}
+def make_wsgi_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
+    from x402gate.wsgi import PaymentMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        name = environ.get("PATH_INFO", "/").strip("/")
+        runs[name] = runs.get(name, 0) + 1
+        if name == "boom":
+            raise RuntimeError("boom")
+        if name == "error":
+            start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+            return [b'{"error": "down"}']
+        payer = environ["x402gate.payment"].payer
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"content": "PAID", "payer": payer}).encode()]
+
+    prices = {"GET /paid": "$0.001", "GET /error": "$0.001", "GET /boom": "$0.001"}
+    return PaymentMiddleware(app, gate=gate, routes=prices)
+
+
+APPS = {"asgi": make_app, "fastapi": make_fastapi_app, "wsgi": make_wsgi_app}
 
 
 @pytest.fixture(params=sorted(APPS))
@@ -159,6 +178,7 @@ def served(
     tmp_path: Any,
 ) -> Iterator[tuple[str, PaymentGate, dict[str, int], str]]:
     from x402gate.demo import serve_in_thread
+    from x402gate.testing.servers import serve_wsgi
 
     receiver = chain.new_account().address
     gate = PaymentGate(
@@ -175,7 +195,9 @@ def served(
     runs: dict[str, int] = {}
     if request.param == "fastapi":
         pytest.importorskip("fastapi")
-    with serve_in_thread(APPS[request.param](gate, runs)) as base_url:
+    app = APPS[request.param](gate, runs)
+    serve = serve_wsgi if request.param == "wsgi" else serve_in_thread
+    with serve(app) as base_url:
         yield base_url, gate, runs, receiver
     gate.close()
 
