@@ -306,7 +306,13 @@ async def _open_channel(
 
 
 def _voucher_header(
-    gate: PaymentGate, offer: dict[str, Any], channel_id: str, signer: LocalAccount, amount: int
+    gate: PaymentGate,
+    offer: dict[str, Any],
+    channel_id: str,
+    signer: LocalAccount,
+    amount: int,
+    *,
+    lower: bool = False,
 ) -> str:
     from x402 import PaymentPayload, PaymentRequirements
     from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
@@ -316,6 +322,9 @@ def _voucher_header(
 
     stored = gate.store.channel_get(channel_id)
     assert stored is not None
+    config = json.loads(stored.config)
+    if lower:  # another spelling of the same config (addresses not checksummed)
+        config = {k: v.lower() if isinstance(v, str) else v for k, v in config.items()}
     requirements = PaymentRequirements.model_validate(offer)
     voucher = sign_voucher(EthAccountSigner(signer), channel_id, amount, requirements.network)
     payload = PaymentPayload(
@@ -323,7 +332,7 @@ def _voucher_header(
         accepted=requirements,
         payload={
             "type": "voucher",
-            "channelConfig": json.loads(stored.config),
+            "channelConfig": config,
             "voucher": voucher.to_dict(),
         },
     )
@@ -354,7 +363,7 @@ async def test_wrong_step_gets_the_corrective_402_and_bad_signer_is_refused(
         assert forged.status_code == 402
         assert forged.json()["error"] == "invalid_batch_settlement_evm_voucher_signature"
         # The right step: served once; the same voucher again is not served.
-        header = _voucher_header(gate, offer, channel_id, payer, 2 * PRICE)
+        header = _voucher_header(gate, offer, channel_id, payer, 2 * PRICE, lower=True)
         good = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})
         assert good.status_code == 200, good.text
         replay = await http.get("/paid", headers={"PAYMENT-SIGNATURE": header})

@@ -154,7 +154,8 @@ async def channel_begin(
     if auth.kind == "refund":
         raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
     channel_id = auth.channel_id
-    config = json.dumps(payload.payload.get("channelConfig"), sort_keys=True, separators=(",", ":"))
+    # Canonical (checksummed, sorted): two clients spelling one config differently agree.
+    config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
     try:
         state = await gate._store_call(gate.store.channel_get, channel_id)
         if auth.deposit is not None or not auth.recovered:
