@@ -519,3 +519,55 @@ def test_official_requests_client_pays_by_vouchers(
     stored = gate.store.channel_get(state["channelId"])
     assert stored is not None and stored.charged == 3 * PRICE
     assert runs == {"paid": 3}
+
+
+async def test_two_servers_on_one_sqlite_file_serve_one_request_per_step(
+    chain: LocalChain,
+    test_token: TestToken,
+    facilitator: SdkFacilitator,
+    receiver_authorizer: LocalAccount,
+    payer: LocalAccount,
+    tmp_path: Any,
+) -> None:
+    from x402gate.demo import serve_in_thread
+
+    receiver = chain.new_account().address
+    gates = [
+        PaymentGate(
+            pay_to=receiver,
+            assets=test_token.asset,
+            facilitator=facilitator,
+            store=f"sqlite:///{tmp_path / 'shared.db'}",
+            startup_checks="off",
+            limit_in_flight=False,
+            channels=ChannelSettings(
+                receiver_authorizer=receiver_authorizer.address, min_deposit=DEPOSIT_FLOOR
+            ),
+        )
+        for _ in range(2)
+    ]
+    runs: dict[str, int] = {}
+    try:
+        with (
+            serve_in_thread(make_app(gates[0], runs)) as first,
+            serve_in_thread(make_app(gates[1], runs)) as second,
+        ):
+            offer, channel_id = await _open_channel(first, payer, test_token)
+            for step in (2, 3):
+                header = _voucher_header(gates[1], offer, channel_id, payer, step * PRICE)
+                async with httpx.AsyncClient(timeout=30) as http:
+                    answers = await asyncio.gather(
+                        *(
+                            http.get(f"{url}/paid", headers={"PAYMENT-SIGNATURE": header})
+                            for url in (first, second) * 10
+                        )
+                    )
+                statuses = [a.status_code for a in answers]
+                assert statuses.count(200) == 1, statuses
+                assert set(statuses) <= {200, 402, 409}
+        assert runs == {"paid": 3}
+        stored = gates[0].store.channel_get(channel_id)
+        assert stored is not None and stored.charged == 3 * PRICE
+    finally:
+        for gate in gates:
+            gate.close()
