@@ -70,6 +70,7 @@ def digests() -> dict[str, Callable[[], Any]]:
     from eth_account.messages import encode_typed_data
     from eth_hash.auto import keccak
 
+    from x402gate.testing.payments import TRANSFER_WITH_AUTHORIZATION_TYPES
     from x402gate.verify import eip3009_digest
 
     def ours() -> bytes:
@@ -92,22 +93,7 @@ def digests() -> dict[str, Callable[[], Any]]:
         }
         signable = encode_typed_data(
             full_message={
-                "types": {
-                    "EIP712Domain": [
-                        {"name": "name", "type": "string"},
-                        {"name": "version", "type": "string"},
-                        {"name": "chainId", "type": "uint256"},
-                        {"name": "verifyingContract", "type": "address"},
-                    ],
-                    "TransferWithAuthorization": [
-                        {"name": "from", "type": "address"},
-                        {"name": "to", "type": "address"},
-                        {"name": "value", "type": "uint256"},
-                        {"name": "validAfter", "type": "uint256"},
-                        {"name": "validBefore", "type": "uint256"},
-                        {"name": "nonce", "type": "bytes32"},
-                    ],
-                },
+                "types": TRANSFER_WITH_AUTHORIZATION_TYPES,
                 "primaryType": "TransferWithAuthorization",
                 "domain": DOMAIN,
                 "message": message,

@@ -41,6 +41,7 @@ from x402.mechanisms.evm.types import ExactEIP3009Payload
 from x402.mechanisms.evm.verify import verify_eoa_signature
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo
 
+from x402gate.testing.payments import TRANSFER_WITH_AUTHORIZATION_TYPES
 from x402gate.verify import verify_exact
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -117,22 +118,7 @@ def paths(
     def eth_account() -> bool:
         authorization = payload["authorization"]
         typed = {
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "TransferWithAuthorization": [
-                    {"name": "from", "type": "address"},
-                    {"name": "to", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "validAfter", "type": "uint256"},
-                    {"name": "validBefore", "type": "uint256"},
-                    {"name": "nonce", "type": "bytes32"},
-                ],
-            },
+            "types": TRANSFER_WITH_AUTHORIZATION_TYPES,
             "primaryType": "TransferWithAuthorization",
             "domain": {
                 "name": "USD Coin",

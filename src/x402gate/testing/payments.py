@@ -25,7 +25,31 @@ if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
     from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
-__all__ = ["decode_payment_required", "encode_payment", "sign_exact_payment", "sign_in_header"]
+__all__ = [
+    "TRANSFER_WITH_AUTHORIZATION_TYPES",
+    "decode_payment_required",
+    "encode_payment",
+    "sign_exact_payment",
+    "sign_in_header",
+]
+
+TRANSFER_WITH_AUTHORIZATION_TYPES: dict[str, list[dict[str, str]]] = {
+    "EIP712Domain": [
+        {"name": "name", "type": "string"},
+        {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"},
+        {"name": "verifyingContract", "type": "address"},
+    ],
+    "TransferWithAuthorization": [
+        {"name": "from", "type": "address"},
+        {"name": "to", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "validAfter", "type": "uint256"},
+        {"name": "validBefore", "type": "uint256"},
+        {"name": "nonce", "type": "bytes32"},
+    ],
+}
+"""The EIP-712 types of an EIP-3009 ``transferWithAuthorization``, as eth-account takes them."""
 
 
 def sign_exact_payment(
@@ -62,22 +86,7 @@ def sign_exact_payment(
         "nonce": nonce_bytes,
     }
     typed: dict[str, Any] = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"},
-                {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"},
-                {"name": "nonce", "type": "bytes32"},
-            ],
-        },
+        "types": TRANSFER_WITH_AUTHORIZATION_TYPES,
         "primaryType": "TransferWithAuthorization",
         "domain": {
             "name": domain_name or extra.get("name", ""),
