@@ -74,10 +74,15 @@ async def requirements(
             ) from exc
         accepts.append(build(asset, amount, pay_to[asset.network], timeout))
     channels = gate.channel_scheme
-    if channels is not None and not route.price.metered:
-        # Flat routes: after ``exact`` (clients take the first option they support).
-        for asset, offer in zip(assets, list(accepts), strict=True):
-            accepts.append(channels.requirements(asset, int(offer.amount), offer.pay_to, timeout))
+    if channels is not None:
+        offers = [
+            channels.requirements(asset, int(offer.amount), offer.pay_to, timeout)
+            for asset, offer in zip(assets, accepts, strict=True)
+        ]
+        # Clients take the first option they support. Metered routes list channels first: a
+        # voucher's ceiling is the quote and the charge is what was used, where ``exact``
+        # collects the whole quote. Flat routes list ``exact`` first.
+        accepts = offers + accepts if route.price.metered else accepts + offers
     return accepts
 
 
