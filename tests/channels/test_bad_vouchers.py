@@ -477,7 +477,12 @@ async def test_bad_payments_are_refused_with_the_spec_codes(
         kit.opening = opening
         channel_id = kit.channel_id()
         assert channel_contracts.channel(channel_id).balance == DEPOSIT
-        watched = [payer.address, channel_contracts.settlement.address, served.receiver]
+        watched = [
+            payer.address,
+            channel_contracts.settlement.address,
+            channel_contracts.collector.address,
+            served.receiver,
+        ]
         balances = [test_token.balance_of(a) for a in watched]
         settled = facilitator.settled
         secrets = [*served.secrets, payer.key.hex().removeprefix("0x")]
@@ -493,7 +498,11 @@ async def test_bad_payments_are_refused_with_the_spec_codes(
             if case.code.endswith("cumulative_amount_mismatch"):
                 offers = required.get("accepts", [{}, {}])
                 state = offers[-1].get("extra", {}).get("channelState", {})
-                if state.get("chargedCumulativeAmount") != str(PRICE):
+                voucher = offers[-1].get("extra", {}).get("voucherState", {})
+                if (
+                    state.get("chargedCumulativeAmount") != str(PRICE)
+                    or voucher.get("signature") != opening["voucher"]["signature"]
+                ):
                     faults.append(f"{case.name}: corrective 402 without the channel's state")
             shown = json.dumps(
                 [_strip_voucher_state(answer.json()), _strip_voucher_state(required)]
@@ -504,6 +513,9 @@ async def test_bad_payments_are_refused_with_the_spec_codes(
             stored = served.gate.store.channel_get(channel_id)
             if stored is None or stored.charged != PRICE or stored.step is not None:
                 faults.append(f"{case.name}: the channel's charged total moved")
+            if served.runs != {"paid": 1}:
+                faults.append(f"{case.name}: the handler ran")
+                served.runs["paid"] = 1
             if [test_token.balance_of(a) for a in watched] != balances:
                 faults.append(f"{case.name}: tokens moved")
         assert not faults, "\n".join(faults)
