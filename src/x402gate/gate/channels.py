@@ -73,6 +73,8 @@ before answering ``channel_busy`` (about a second in all). A client that pays it
 as soon as the previous answer arrived meets that answer's commit still running; it waits for it
 (and then gets the corrective 402 if it signed on an older count) instead of a 409."""
 
+_NOT_NEXT = "the voucher is not the channel's next step"
+
 
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
@@ -193,6 +195,17 @@ async def channel_begin(
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
     try:
         state = await gate._store_call(gate.store.channel_get, channel_id)
+        # Not the channel's next step (a replayed deposit, a stale or a zero voucher): the
+        # corrective 402 now, before the facilitator is asked about it.
+        base = auth.max_claimable_amount - auth.value
+        if (
+            base < 0
+            or auth.max_claimable_amount == 0
+            or (state is not None and base != state.charged)
+        ):
+            if state is None:
+                raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
+            raise await _corrective(gate, route, request, accepts, requirements, _view(state))
         if auth.deposit is not None or not auth.recovered:
             verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
@@ -315,9 +328,7 @@ async def _corrective(
     code = codes.CUMULATIVE_AMOUNT_MISMATCH
     await gate._emit(PaymentEvent(EventKind.REJECTED, request, route, code=code, status=402))
     fixed = [corrective_requirements(r, view) if r is requirements else r for r in accepts]
-    return gate._challenge(
-        route, request, fixed, code, "the voucher is not the channel's next step"
-    )
+    return gate._challenge(route, request, fixed, code, _NOT_NEXT)
 
 
 async def _release_step(gate: PaymentGate, channel_id: str, token: str) -> None:
