@@ -10,8 +10,9 @@ Two counters, because a metered answer (per token, per second) is paid before it
 ``charged`` is the protocol's ``chargedCumulativeAmount``: what the client was told and signs its
 next voucher on, so it moves by each request's full *step* (up to the voucher's ceiling).
 ``earned`` moves by what the request actually cost (the measured usage, never more than its
-step), and is what the seller claims on chain. For a flat price the two are the same. Once a
-voucher was kept, ``total_claimed <= earned <= charged <= max_claimable``.
+step), and is what the seller claims on chain. For a flat price the two are the same. Always
+``total_claimed <= earned <= charged``, and ``charged <= max_claimable`` once a voucher was kept
+(unless the chain showed more claimed than the store knew).
 
 The scheme serialises the requests of one channel: a voucher is signed on top of the charged
 cumulative amount the client last saw (its *base*), so two requests carrying vouchers on the same
