@@ -43,7 +43,7 @@ pytest.importorskip("starlette")
 # $1 per 1k input tokens, $2 per 1k output tokens: 1,000 / 2,000 atomic units a token.
 PRICES = TokenPrice(input="$1", output="$2", per=1_000)
 PROMPT = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
-DEPOSIT_FLOOR = 1_000_000
+DEPOSIT_FLOOR = 5_000_000  # $5: one deposit covers every request of a test
 SECOND = 1_000  # $0.001 a second
 
 
@@ -58,8 +58,17 @@ def openai_sse(prompt_tokens: int, completion_tokens: int) -> list[bytes]:
 
 def anthropic_sse(input_tokens: int, output_tokens: int) -> list[bytes]:
     events = [
-        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),  # noqa: E501
-        ("content_block_delta", {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}}),  # noqa: E501
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"usage": {"input_tokens": input_tokens, "output_tokens": 1}},
+            },
+        ),  # noqa: E501
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}},
+        ),  # noqa: E501
         ("message_delta", {"type": "message_delta", "usage": {"output_tokens": output_tokens}}),
         ("message_stop", {"type": "message_stop"}),
     ]
@@ -116,9 +125,7 @@ def make_asgi(gate: PaymentGate, runs: dict[str, int]) -> Any:
         await asyncio.sleep(0.3)
         return JSONResponse({"done": True})
 
-    app = Starlette(
-        routes=[Route("/v1/{kind}", chat, methods=["POST"]), Route("/work", work)]
-    )
+    app = Starlette(routes=[Route("/v1/{kind}", chat, methods=["POST"]), Route("/work", work)])
     return PaymentMiddleware(app, gate=gate, routes=routes(gate))
 
 
@@ -148,7 +155,9 @@ def make_wsgi(gate: PaymentGate, runs: dict[str, int]) -> Any:
 
 
 def make_flask(gate: PaymentGate, runs: dict[str, int]) -> Any:
-    flask = pytest.importorskip("flask")
+    pytest.importorskip("flask")
+    import flask
+
     from x402gate.flask import X402Gate, require_payment
 
     app = flask.Flask("metered")
@@ -177,7 +186,45 @@ def make_flask(gate: PaymentGate, runs: dict[str, int]) -> Any:
     return app
 
 
-APPS = {"asgi": make_asgi, "wsgi": make_wsgi, "flask": make_flask}
+def make_fastapi(gate: PaymentGate, runs: dict[str, int]) -> Any:
+    pytest.importorskip("fastapi")
+    from fastapi import Depends, FastAPI
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+    from x402gate.fastapi import install, require_payment
+
+    app = FastAPI()
+    install(app, gate)
+    per_token = require_payment(PerToken({"gpt-*": PRICES}))
+    per_second = require_payment(PerSecond("$0.001", max_seconds=2))
+
+    @app.post("/v1/{kind}", dependencies=[Depends(per_token)])
+    async def chat(kind: str) -> Response:
+        runs[kind] = runs.get(kind, 0) + 1
+        if kind == "broken":
+            raise RuntimeError("upstream failed before answering")
+        if kind == "refused":
+            return JSONResponse({"error": "overloaded"}, status_code=529)
+        if kind in BODIES:
+            return JSONResponse(BODIES[kind])
+
+        async def gen() -> AsyncIterator[bytes]:
+            for chunk in STREAMS[kind]:
+                yield chunk
+                await asyncio.sleep(0)
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    @app.get("/work", dependencies=[Depends(per_second)])
+    async def work() -> dict[str, bool]:
+        runs["work"] = runs.get("work", 0) + 1
+        await asyncio.sleep(0.3)
+        return {"done": True}
+
+    return app
+
+
+APPS = {"asgi": make_asgi, "fastapi": make_fastapi, "wsgi": make_wsgi, "flask": make_flask}
 
 
 @pytest.fixture(params=sorted(APPS))
@@ -200,13 +247,15 @@ def served(
         store=f"sqlite:///{tmp_path / 'gate.db'}",
         startup_checks="off",
         limit_in_flight=False,
+        secret=b"k" * 32,
+        public_origin="http://llm.test",
         channels=ChannelSettings(
             receiver_authorizer=receiver_authorizer.address, min_deposit=DEPOSIT_FLOOR
         ),
     )
     runs: dict[str, int] = {}
     app = APPS[request.param](gate, runs)
-    serve = serve_in_thread if request.param == "asgi" else serve_wsgi
+    serve = serve_in_thread if request.param in ("asgi", "fastapi") else serve_wsgi
     with serve(app) as base_url:
         yield base_url, gate, runs
     gate.close()
@@ -218,10 +267,14 @@ class Counting(httpx.AsyncBaseTransport):
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
         self.statuses: list[int] = []
+        self.refused_payments = 0
+        """402s answered to a request that carried a payment (corrective 402s included)."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         self.statuses.append(response.status_code)
+        if response.status_code == 402 and "payment-signature" in request.headers:
+            self.refused_payments += 1
         return response
 
     async def aclose(self) -> None:
@@ -280,20 +333,26 @@ async def test_per_token_answers_earn_the_tokens_used_and_the_client_keeps_payin
         # A failed handler (an error status, or one that raised) charges nothing.
         refused = await http.post("/v1/refused", json=PROMPT)
         assert refused.status_code == 529
-        with pytest.raises(httpx.HTTPError):
-            await http.post("/v1/broken", json=PROMPT)
+        # Servers close the connection of an app that raised: not one to reuse.
+        closing = {"Connection": "close"}
+        try:
+            broken = await http.post("/v1/broken", json=PROMPT, headers=closing)
+        except httpx.HTTPError:
+            pass  # waitress drops it without an answer
+        else:
+            assert broken.status_code == 500
         again = await http.post("/v1/openai-json", json=PROMPT)
         assert again.status_code == 200, again.text
         steps += int(receipt_of(again)["extra"]["chargedAmount"])
-    # One unpaid 402 at the start, then never a corrective one: the client kept in step.
-    assert wire.statuses.count(402) == 1, wire.statuses
+    # Never a corrective 402: the client's count kept in step with the server's.
+    assert wire.refused_payments == 0, wire.statuses
     assert facilitator.settled == 1  # the one deposit
     earned = sum(CHARGES[k] for k in order) + CHARGES["openai-json"]
     stored = gate.store.channel_get(channel_id)
     assert stored is not None
     assert stored.earned == earned
     assert stored.charged == steps
-    assert stored.max_claimable == steps
+    assert stored.charged <= stored.max_claimable  # the last voucher's ceiling
     assert stored.step is None
     on_chain = channel_contracts.channel(channel_id)
     assert on_chain.total_claimed == 0
@@ -321,7 +380,7 @@ async def test_per_second_answers_earn_the_time_they_ran(
             assert 300 <= charged < 1_000, charged
             total += charged
             channel_id = receipt["extra"]["channelState"]["channelId"]
-    assert wire.statuses.count(402) == 1, wire.statuses
+    assert wire.refused_payments == 0, wire.statuses
     stored = gate.store.channel_get(channel_id)
     assert stored is not None and stored.earned == stored.charged == total
     assert runs["work"] == 3
