@@ -1,0 +1,156 @@
+"""Faults around channel payments, with gate servers in processes of their own.
+
+* A server killed (SIGKILL) while its handler runs for a voucher: nothing was charged; the
+  step is held until it expires, then a restarted server serves the client's next voucher on
+  the same base, once; a client that lost its state recovers through the corrective 402.
+* The store down (the Redis process killed, a SQLite file locked): 503, no handler runs;
+  once it is back, paying goes on and the totals are right.
+* The facilitator down during a deposit: 502/503, no content, no channel; once it is back,
+  the client's retry deposits exactly once and a replayed deposit is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from x402gate.stores import open_store
+
+from ._kit import PRICE, channel_client, decode
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from x402gate.stores.channels import ChannelState
+    from x402gate.testing import LocalChain, TestToken
+
+    from ._server import GateProcess
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+
+MISMATCH = "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+Start = Callable[[dict[str, Any]], "GateProcess"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def runs(config: dict[str, Any], route: str) -> int:
+    """How many times the handler of ``route`` ran, in every process."""
+    return len(list(Path(config["runs"]).glob(f"{route}-*")))
+
+
+def channel(config: dict[str, Any], channel_id: str) -> ChannelState:
+    with open_store(config["store"]) as store:
+        state = store.channel_get(channel_id)
+    assert state is not None
+    return state
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """The network under the official client's transport: keeps every payment it sends."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.payments: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if "payment-signature" in request.headers:
+            self.payments.append(request.headers["payment-signature"])
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def official_http(client: Any, network: Recording | None = None) -> httpx.AsyncClient:
+    """An httpx client paying through the official x402 transport (over ``network``)."""
+    from x402.http.clients import x402_httpx_transport
+
+    transport = x402_httpx_transport(client, network or Recording())
+    return httpx.AsyncClient(transport=transport, timeout=60)
+
+
+def channel_of(response: httpx.Response) -> tuple[str, int]:
+    """The channel id and charged cumulative amount a paid answer reports."""
+    state = decode(response.headers["payment-response"])["extra"]["channelState"]
+    return state["channelId"], int(state["chargedCumulativeAmount"])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def config(request: pytest.FixtureRequest, gate_config: dict[str, Any]) -> dict[str, Any]:
+    """The gate processes' config on a SQLite file or on the tests' Redis server."""
+    if request.param == "sqlite":
+        return gate_config
+    return {**gate_config, "store": request.getfixturevalue("redis_url")}
+
+
+async def test_a_server_killed_while_its_handler_runs_charges_nothing(
+    config: dict[str, Any],
+    gate_processes: Start,
+    payer: LocalAccount,
+    test_token: TestToken,
+    chain: LocalChain,
+) -> None:
+    from x402.http.clients.httpx import PaymentError as ClientPaymentError
+
+    from ._server import BLOCK_TIMEOUT
+
+    first = gate_processes(config)
+    network = Recording()
+    async with official_http(channel_client(payer, test_token), network) as http:
+        opened = await http.get(f"{first.url}/paid")
+        assert opened.status_code == 200, opened.text
+        channel_id, charged = channel_of(opened)
+        assert charged == PRICE
+        # The client pays /block; its handler runs and waits; the server dies under it.
+        blocked = asyncio.create_task(http.get(f"{first.url}/block"))
+        await asyncio.to_thread(
+            wait_until, lambda: runs(config, "block") == 1, 30, "the /block handler"
+        )
+        held = channel(config, channel_id)
+        assert held.step is not None and held.step.base == PRICE
+        assert held.step.expires_at <= time.time() + BLOCK_TIMEOUT  # the route's timeout
+        first.kill()
+        with pytest.raises((httpx.TransportError, ClientPaymentError)):
+            await asyncio.wait_for(blocked, 30)
+        # Nothing was charged for it, and the dead request still holds the step.
+        after_kill = channel(config, channel_id)
+        assert after_kill.charged == PRICE and after_kill.max_claimable == PRICE
+        assert after_kill.step == held.step
+        restarted = gate_processes(config)
+        if time.time() < held.step.expires_at - 2:
+            # Before the step expires nobody can take it: no content, no handler run.
+            early = await http.get(f"{restarted.url}/paid")
+            assert early.status_code in (402, 409), early.text
+            assert "PAID" not in early.text
+            assert runs(config, "paid") == 1
+        # Once it expired, the client's next voucher (on the same base) is served, once.
+        await asyncio.sleep(max(0.0, held.step.expires_at - time.time()) + 0.5)
+        served = await http.get(f"{restarted.url}/paid")
+        assert served.status_code == 200, served.text
+        assert channel_of(served) == (channel_id, 2 * PRICE)
+        replay = {"PAYMENT-SIGNATURE": network.payments[-1]}
+    async with httpx.AsyncClient(timeout=30) as plain:
+        again = await plain.get(f"{restarted.url}/paid", headers=replay)
+    assert again.status_code == 402 and again.json()["error"] == MISMATCH
+    # A client of the same payer that lost its state recovers through the corrective 402.
+    async with official_http(channel_client(payer, test_token, chain.rpc_url)) as http:
+        recovered = await http.get(f"{restarted.url}/paid")
+    assert recovered.status_code == 200, recovered.text
+    assert channel_of(recovered) == (channel_id, 3 * PRICE)
+    final = channel(config, channel_id)
+    assert final.charged == 3 * PRICE == final.max_claimable and final.step is None
+    assert runs(config, "paid") == 3 and runs(config, "block") == 1
