@@ -12,8 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +94,77 @@ def channel_of(response: httpx.Response) -> tuple[str, int]:
     return state["channelId"], int(state["chargedCumulativeAmount"])
 
 
+class DurableRedis:
+    """A ``redis-server`` keeping its data in an append-only file synced on every write, so
+    that it can be killed (SIGKILL) and started again on the same port and directory with
+    nothing lost: a store that goes down and comes back."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "redis-server exited"
+            try:
+                return client.ping() is True
+            except redis.RedisError:
+                return False
+
+        try:
+            wait_until(answers, 20, "redis-server to answer")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
+    from x402gate.testing.redis_server import find_redis_server
+
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("X402GATE_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server not found (X402GATE_REQUIRE_REDIS=1)")
+        pytest.skip("redis-server not found")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = DurableRedis(binary, directory)
+    server.start()
+    yield server
+    server.kill()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def config(request: pytest.FixtureRequest, gate_config: dict[str, Any]) -> dict[str, Any]:
     """The gate processes' config on a SQLite file or on the tests' Redis server."""
@@ -154,3 +230,70 @@ async def test_a_server_killed_while_its_handler_runs_charges_nothing(
     final = channel(config, channel_id)
     assert final.charged == 3 * PRICE == final.max_claimable and final.step is None
     assert runs(config, "paid") == 3 and runs(config, "block") == 1
+
+
+@pytest.mark.redis
+async def test_redis_down_serves_nothing_and_paying_goes_on_once_it_is_back(
+    gate_config: dict[str, Any],
+    gate_processes: Start,
+    durable_redis: DurableRedis,
+    payer: LocalAccount,
+    test_token: TestToken,
+) -> None:
+    config = {**gate_config, "store": durable_redis.url}
+    servers = [gate_processes(config), gate_processes(config)]
+    async with official_http(channel_client(payer, test_token)) as http:
+        for step, server in enumerate(servers, start=1):
+            paid = await http.get(f"{server.url}/paid")
+            assert paid.status_code == 200, paid.text
+            channel_id, charged = channel_of(paid)
+            assert charged == step * PRICE
+        durable_redis.kill()
+        for server in servers:
+            down = await http.get(f"{server.url}/paid")
+            assert down.status_code == 503, down.text
+            assert "PAID" not in down.text
+        assert runs(config, "paid") == 2
+        durable_redis.start()
+        for step, server in enumerate(servers, start=3):
+            paid = await http.get(f"{server.url}/paid")
+            assert paid.status_code == 200, paid.text
+            assert channel_of(paid) == (channel_id, step * PRICE)
+    final = channel(config, channel_id)
+    assert final.charged == 4 * PRICE == final.max_claimable and final.step is None
+    assert runs(config, "paid") == 4
+
+
+async def test_a_locked_sqlite_file_serves_nothing_and_paying_goes_on_once_it_is_free(
+    gate_config: dict[str, Any],
+    gate_processes: Start,
+    payer: LocalAccount,
+    test_token: TestToken,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "locked.db"
+    config = {**gate_config, "store": f"sqlite:///{path}?timeout=1"}
+    servers = [gate_processes(config), gate_processes(config)]
+    async with official_http(channel_client(payer, test_token)) as http:
+        paid = await http.get(f"{servers[0].url}/paid")
+        assert paid.status_code == 200, paid.text
+        channel_id, _ = channel_of(paid)
+        # Another program takes the file's write lock and keeps it.
+        lock = sqlite3.connect(path, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            for server in servers:
+                down = await http.get(f"{server.url}/paid")
+                assert down.status_code == 503, down.text
+                assert "PAID" not in down.text
+            assert runs(config, "paid") == 1
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        for step, server in enumerate(servers, start=2):
+            paid = await http.get(f"{server.url}/paid")
+            assert paid.status_code == 200, paid.text
+            assert channel_of(paid) == (channel_id, step * PRICE)
+    final = channel(config, channel_id)
+    assert final.charged == 3 * PRICE == final.max_claimable and final.step is None
+    assert runs(config, "paid") == 3
