@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
     from x402gate.stores.channels import ChannelState
     from x402gate.testing import LocalChain, TestToken
+    from x402gate.testing.facilitator_server import FacilitatorServer
 
+    from ._kit import SdkFacilitator
     from ._server import GateProcess
 
 pytest.importorskip("uvicorn")
@@ -297,3 +299,57 @@ async def test_a_locked_sqlite_file_serves_nothing_and_paying_goes_on_once_it_is
     final = channel(config, channel_id)
     assert final.charged == 3 * PRICE == final.max_claimable and final.step is None
     assert runs(config, "paid") == 3
+
+
+async def test_a_deposit_while_the_facilitator_is_down_collects_nothing_and_its_retry_once(
+    gate_config: dict[str, Any],
+    gate_processes: Start,
+    facilitator_service: FacilitatorServer,
+    facilitator: SdkFacilitator,
+    chain: LocalChain,
+    test_token: TestToken,
+) -> None:
+    server = gate_processes(gate_config)
+    depositor = chain.new_account(eth_wei=10**18, token=test_token, token_amount=10_000_000)
+    before = test_token.balance_of(depositor.address)
+    async with httpx.AsyncClient(timeout=30) as plain:
+        challenge = await plain.get(f"{server.url}/paid")  # the gate has met its facilitator
+    assert challenge.status_code == 402
+    facilitator_service.stop()
+    network = Recording()
+    async with official_http(channel_client(depositor, test_token), network) as http:
+        refused = await http.get(f"{server.url}/paid")
+        assert refused.status_code in (502, 503), refused.text
+        assert "PAID" not in refused.text
+        # Nothing collected, no channel, no handler run.
+        assert test_token.balance_of(depositor.address) == before
+        channel_id = decode(network.payments[0])["payload"]["voucher"]["channelId"]
+        with open_store(gate_config["store"]) as store:
+            assert store.channel_get(channel_id) is None
+        assert runs(gate_config, "paid") == 0
+        facilitator_service.start()  # back, at the same address
+        paid = await http.get(f"{server.url}/paid")
+        assert paid.status_code == 200, paid.text
+    # The client's retry deposited once: one collection, one channel, funded by it.
+    assert len(network.payments) == 2
+    first, retry = (decode(p)["payload"] for p in network.payments)
+    assert first["type"] == retry["type"] == "deposit"
+    channel_id, charged = channel_of(paid)
+    assert retry["voucher"]["channelId"] == channel_id and charged == PRICE
+    deposit = int(retry["deposit"]["amount"])
+    assert test_token.balance_of(depositor.address) == before - deposit
+    assert facilitator.settled == 1
+    state = channel(gate_config, channel_id)
+    assert state.balance == deposit and state.charged == PRICE
+    assert runs(gate_config, "paid") == 1
+    # The deposit replayed: its authorization was used, so it is refused and collects nothing.
+    async with httpx.AsyncClient(timeout=30) as plain:
+        replayed = await plain.get(
+            f"{server.url}/paid", headers={"PAYMENT-SIGNATURE": network.payments[1]}
+        )
+    assert replayed.status_code == 402
+    assert replayed.json()["error"] == "invalid_batch_settlement_evm_deposit_simulation_failed"
+    assert test_token.balance_of(depositor.address) == before - deposit
+    assert facilitator.settled == 1
+    assert channel(gate_config, channel_id).charged == PRICE
+    assert runs(gate_config, "paid") == 1
