@@ -342,13 +342,23 @@ async def test_a_deposit_while_the_facilitator_is_down_collects_nothing_and_its_
     state = channel(gate_config, channel_id)
     assert state.balance == deposit and state.charged == PRICE
     assert runs(gate_config, "paid") == 1
-    # The deposit replayed: its authorization was used, so it is refused and collects nothing.
     async with httpx.AsyncClient(timeout=30) as plain:
+        # The deposit replayed: its voucher's step is charged, so it is refused with the
+        # corrective 402 (and, were it not, its used authorization would fail simulation).
         replayed = await plain.get(
             f"{server.url}/paid", headers={"PAYMENT-SIGNATURE": network.payments[1]}
         )
-    assert replayed.status_code == 402
-    assert replayed.json()["error"] == "invalid_batch_settlement_evm_deposit_simulation_failed"
+        assert replayed.status_code == 402
+        assert replayed.json()["error"] == MISMATCH
+        # The deposit the client gave up on (its authorization never used): not collected.
+        abandoned = await plain.get(
+            f"{server.url}/paid", headers={"PAYMENT-SIGNATURE": network.payments[0]}
+        )
+        assert abandoned.status_code == 402
+        assert abandoned.json()["error"] == MISMATCH
+        required = decode(abandoned.headers["payment-required"])
+        state_402 = required["accepts"][1]["extra"]["channelState"]
+        assert state_402["chargedCumulativeAmount"] == str(PRICE)
     assert test_token.balance_of(depositor.address) == before - deposit
     assert facilitator.settled == 1
     assert channel(gate_config, channel_id).charged == PRICE

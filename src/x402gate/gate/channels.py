@@ -158,6 +158,13 @@ async def channel_begin(
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
     try:
         state = await gate._store_call(gate.store.channel_get, channel_id)
+        # A deposit whose voucher (signed, checked offline) is on a step already charged (one
+        # the client gave up on, replayed later) cannot be served: it is not collected either,
+        # and the client gets the channel's state. ``charged`` never goes down: this is final.
+        stale = state is not None and auth.max_claimable_amount - auth.value < state.charged
+        if auth.deposit is not None and auth.recovered and stale:
+            assert state is not None
+            raise await _corrective(gate, route, request, accepts, requirements, _view(state))
         if auth.deposit is not None or not auth.recovered:
             verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
