@@ -6,7 +6,8 @@
 * The store down (the Redis process killed, a SQLite file locked): 503, no handler runs;
   once it is back, paying goes on and the totals are right.
 * The facilitator down during a deposit: 502/503, no content, no channel; once it is back,
-  the client's retry deposits exactly once and a replayed deposit is refused.
+  the client's retry deposits exactly once; replaying it, or the deposit the client gave up
+  on, is refused and collects nothing.
 """
 
 from __future__ import annotations
