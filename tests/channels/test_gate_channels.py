@@ -9,7 +9,6 @@ in its SQLite store, commits each charge after the handler succeeded, and answer
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import Iterator
@@ -21,6 +20,10 @@ import pytest
 from x402gate import Payment, PaymentGate
 from x402gate.gate import ChannelSettings
 
+from ._kit import DEPOSIT_FLOOR, PRICE, SdkFacilitator, channel_client, voucher_header
+from ._kit import decode as _decode
+from ._kit import open_channel as _open_channel
+
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
@@ -29,68 +32,6 @@ if TYPE_CHECKING:
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
-
-PRICE = 1_000  # $0.001 in 6-decimal units
-DEPOSIT_FLOOR = 100_000
-
-
-class SdkFacilitator:
-    """The official batch-settlement facilitator behind the gate's async facilitator calls."""
-
-    def __init__(self, inner: Any, network: str) -> None:
-        self.inner = inner
-        self.network = network
-        self.verified = 0
-        self.settled = 0
-        self.down = False
-
-    async def verify(self, payload: Any, requirements: Any) -> Any:
-        self.verified += 1
-        return await asyncio.to_thread(self.inner.verify, payload, requirements)
-
-    async def settle(self, payload: Any, requirements: Any) -> Any:
-        if self.down:
-            from x402gate.errors import FacilitatorUnavailable
-
-            raise FacilitatorUnavailable("facilitator down")
-        self.settled += 1
-        return await asyncio.to_thread(self.inner.settle, payload, requirements)
-
-    async def supported(self) -> Any:
-        from x402.schemas import SupportedKind, SupportedResponse
-
-        kinds = [
-            SupportedKind(x402_version=2, scheme=name, network=self.network)
-            for name in ("exact", "batch-settlement")
-        ]
-        return SupportedResponse(kinds=kinds, extensions=[], signers={})
-
-
-@pytest.fixture
-def receiver_authorizer(chain: LocalChain) -> LocalAccount:
-    return chain.new_account()
-
-
-@pytest.fixture
-def facilitator(
-    chain: LocalChain,
-    channel_contracts: ChannelContracts,
-    facilitator_account: LocalAccount,
-    receiver_authorizer: LocalAccount,
-) -> SdkFacilitator:
-    from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
-    from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
-    from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
-
-    return SdkFacilitator(
-        BatchSettlementEvmFacilitator(
-            FacilitatorWeb3Signer(
-                facilitator_account.key.hex(), chain.rpc_url, confirmation_timeout_seconds=10
-            ),
-            authorizer_signer=LocalAuthorizerSigner(receiver_authorizer.key.hex()),
-        ),
-        chain.network,
-    )
 
 
 def make_app(gate: PaymentGate, runs: dict[str, int]) -> Any:
@@ -202,29 +143,6 @@ def served(
     gate.close()
 
 
-def channel_client(payer: LocalAccount, test_token: TestToken, rpc_url: str | None = None) -> Any:
-    """The official client with the batch-settlement scheme only; with ``rpc_url`` it can read
-    the channel on chain (what its corrective-402 recovery needs)."""
-    from x402 import x402Client
-    from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
-    from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
-
-    from x402gate.testing.clients import spend_controls_for
-
-    client = x402Client()
-    signer: Any = EthAccountSigner(payer)
-    if rpc_url is not None:
-        signer = EthAccountSignerWithRPC(payer, rpc_url=rpc_url)
-    client.register(test_token.asset.network, BatchSettlementEvmScheme(signer))
-    client.set_spend_controls(spend_controls_for(test_token.asset))
-    return client
-
-
-def _decode(header: str) -> dict[str, Any]:
-    decoded: dict[str, Any] = json.loads(base64.b64decode(header))
-    return decoded
-
-
 async def test_challenge_offers_exact_then_batch_settlement(
     served: Any, receiver_authorizer: LocalAccount
 ) -> None:
@@ -287,24 +205,6 @@ async def test_official_client_pays_n_requests_by_one_deposit_and_vouchers(
     assert stored.step is None
 
 
-async def _open_channel(
-    base_url: str, payer: LocalAccount, test_token: TestToken
-) -> tuple[dict[str, Any], str]:
-    """One request paid by the official client's deposit: the batch offer and the channel."""
-    from x402.http.clients import x402_httpx_transport
-
-    client = channel_client(payer, test_token)
-    transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
-    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
-        response = await http.get("/paid")
-    assert response.status_code == 200, response.text
-    channel_id = _decode(response.headers["payment-response"])["extra"]["channelState"]["channelId"]
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        challenge = await http.get("/paid")
-    offer = _decode(challenge.headers["payment-required"])["accepts"][1]
-    return offer, channel_id
-
-
 def _voucher_header(
     gate: PaymentGate,
     offer: dict[str, Any],
@@ -314,29 +214,7 @@ def _voucher_header(
     *,
     lower: bool = False,
 ) -> str:
-    from x402 import PaymentPayload, PaymentRequirements
-    from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
-    from x402.mechanisms.evm.signers import EthAccountSigner
-
-    from x402gate.protocol import b64json
-
-    stored = gate.store.channel_get(channel_id)
-    assert stored is not None
-    config = json.loads(stored.config)
-    if lower:  # another spelling of the same config (addresses not checksummed)
-        config = {k: v.lower() if isinstance(v, str) else v for k, v in config.items()}
-    requirements = PaymentRequirements.model_validate(offer)
-    voucher = sign_voucher(EthAccountSigner(signer), channel_id, amount, requirements.network)
-    payload = PaymentPayload(
-        x402_version=2,
-        accepted=requirements,
-        payload={
-            "type": "voucher",
-            "channelConfig": config,
-            "voucher": voucher.to_dict(),
-        },
-    )
-    return b64json(payload.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return voucher_header(gate.store, offer, channel_id, signer, amount, lower=lower)
 
 
 async def test_wrong_step_gets_the_corrective_402_and_bad_signer_is_refused(

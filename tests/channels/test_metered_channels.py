@@ -24,12 +24,7 @@ from x402gate import PaymentGate
 from x402gate.gate import ChannelSettings
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 
-from .test_gate_channels import (  # noqa: F401  (fixtures)
-    SdkFacilitator,
-    channel_client,
-    facilitator,
-    receiver_authorizer,
-)
+from ._kit import SdkFacilitator, channel_client
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -64,11 +59,11 @@ def anthropic_sse(input_tokens: int, output_tokens: int) -> list[bytes]:
                 "type": "message_start",
                 "message": {"usage": {"input_tokens": input_tokens, "output_tokens": 1}},
             },
-        ),  # noqa: E501
+        ),
         (
             "content_block_delta",
             {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hi"}},
-        ),  # noqa: E501
+        ),
         ("message_delta", {"type": "message_delta", "usage": {"output_tokens": output_tokens}}),
         ("message_stop", {"type": "message_stop"}),
     ]
@@ -232,8 +227,8 @@ def served(
     request: pytest.FixtureRequest,
     chain: LocalChain,
     test_token: TestToken,
-    facilitator: SdkFacilitator,  # noqa: F811
-    receiver_authorizer: LocalAccount,  # noqa: F811
+    facilitator: SdkFacilitator,
+    receiver_authorizer: LocalAccount,
     channel_contracts: ChannelContracts,
     tmp_path: Any,
 ) -> Iterator[tuple[str, PaymentGate, dict[str, int]]]:
@@ -303,7 +298,7 @@ async def test_per_token_answers_earn_the_tokens_used_and_the_client_keeps_payin
     payer: LocalAccount,
     test_token: TestToken,
     channel_contracts: ChannelContracts,
-    facilitator: SdkFacilitator,  # noqa: F811
+    facilitator: SdkFacilitator,
 ) -> None:
     from x402.http.clients import x402_httpx_transport
 

@@ -46,13 +46,23 @@ _FAULTS = (
 
 
 class FacilitatorServer:
-    """An x402 facilitator HTTP service on a free loopback port (stdlib ``ThreadingHTTPServer``,
-    so faults can act on the socket itself)."""
+    """An x402 facilitator HTTP service on a loopback port (stdlib ``ThreadingHTTPServer``, so
+    faults can act on the socket itself).
+
+    ``port`` 0 takes a free one, kept in :attr:`port`: after :meth:`stop`, :meth:`start`
+    serves again at the same URL (a facilitator that was down and is up again).
+    """
 
     def __init__(
-        self, backend: Any, *, slow_seconds: float = 0.5, hang_seconds: float = 30.0
+        self,
+        backend: Any,
+        *,
+        slow_seconds: float = 0.5,
+        hang_seconds: float = 30.0,
+        port: int = 0,
     ) -> None:
         self.backend = backend
+        self.port = port
         self.faults: dict[str, str] = {}
         self.calls: Counter[str] = Counter()
         self.slow_seconds = slow_seconds
@@ -148,7 +158,8 @@ class FacilitatorServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._stopping.clear()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -157,7 +168,8 @@ class FacilitatorServer:
             daemon=True,
         )
         self._thread.start()
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.port = self._httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def stop(self) -> None:
