@@ -75,9 +75,14 @@ async def requirements(
         accepts.append(build(asset, amount, pay_to[asset.network], timeout))
     channels = gate.channel_scheme
     if channels is not None and not route.price.metered:
-        # Flat routes: after ``exact`` (clients take the first option they support).
-        for asset, offer in zip(assets, list(accepts), strict=True):
-            accepts.append(channels.requirements(asset, int(offer.amount), offer.pay_to, timeout))
+        # Flat routes: after ``exact`` unless configured first (clients take the first option
+        # they support).
+        offers = [
+            channels.requirements(asset, int(offer.amount), offer.pay_to, timeout)
+            for asset, offer in zip(assets, accepts, strict=True)
+        ]
+        prefer = gate.channels is not None and gate.channels.prefer
+        accepts = offers + accepts if prefer else accepts + offers
     return accepts
 
 

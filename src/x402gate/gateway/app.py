@@ -89,6 +89,7 @@ class Gateway:
             trusted_proxies=settings.trusted_proxies,
             # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
             reconcile=config.facilitator.chain_rpc_url,
+            channels=config.channels,
         )
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)

@@ -194,6 +194,8 @@ class GatewayFile(_Model):
     )
     upstreams: Annotated[dict[str, UpstreamSpec], Field(min_length=1)]
     routes: Annotated[dict[str, RouteSpec], Field(min_length=1)]
+    channels: dict[str, Any] | None = None
+    """``batch-settlement`` terms (:mod:`x402gate.settings.channels`), checked when compiled."""
 
 
 ALIASES: dict[Loc, str] = {
