@@ -222,6 +222,18 @@ class Compiler(PriceCompiler):
         except ChannelSettingsError as exc:
             for key, message in exc.problems:
                 self._add(("channels",) if key is None else ("channels", key), message)
+            return
+        if (
+            self.channels is not None
+            and self.channels.delegated
+            and self.file.facilitator.url is None
+        ):
+            key = next(k for k in self.file.channels if k.lower() == "receiver_authorizer")
+            self._add(
+                ("channels", key),
+                "local settlement has no facilitator to delegate to: give an address or "
+                "receiver_authorizer_key",
+            )
 
     def _store(self) -> None:
         try:
