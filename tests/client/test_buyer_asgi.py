@@ -18,6 +18,7 @@ import pytest
 
 from x402gate import PaymentGate
 from x402gate.client import SpendLimitExceeded, async_http_client, http_client
+from x402gate.credit import SESSION_HEADER
 from x402gate.facilitators import LocalFacilitator
 from x402gate.gate import ChannelSettings
 from x402gate.metering import PerToken, TokenPrice
@@ -143,6 +144,17 @@ async def test_anthropic_sdk_spends_the_credit_an_exact_payment_left(
     served: Any, payer: LocalAccount, test_token: TestToken, pay_to: str
 ) -> None:
     url, gate, facilitator = served
+    # The 402 says where the change of an exact payment goes, and how to spend it.
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 200, "messages": MESSAGES}
+    async with httpx.AsyncClient(base_url=url) as plain:
+        challenge = await plain.post("/v1/messages", json=body)
+    assert challenge.status_code == 402
+    assert SESSION_HEADER in challenge.json()["credit"]
+    offer = _decode(challenge.headers["payment-required"])["accepts"][0]
+    assert offer["scheme"] == "exact"
+    assert offer["extra"]["change"] == "credit"
+    assert offer["extra"]["sessionHeader"] == SESSION_HEADER
+
     recorder = Recorder(httpx.AsyncHTTPTransport())
     http = async_http_client(
         payer.key.hex(),
