@@ -177,3 +177,45 @@ def test_a_forked_worker_renews_its_own_holds(store: Store, tmp_path: Path) -> N
         keeper.close()
         KEEPER.clear()
     assert child.exitcode == 0
+
+
+def test_a_running_requests_channel_step_is_renewed_until_it_is_committed(store: Store) -> None:
+    """A streamed answer paid by a voucher outlives its step's lifetime: the keeper extends
+    the step while it runs, so no other request takes it over; once discarded, it is not."""
+    from x402gate.stores.channels import ChannelBeginOutcome
+
+    channel = "0x" + "ab" * 32
+    clock = Clock()
+    keeper = HoldKeeper(store, clock, TTL, poll_seconds=3600)
+    store.channel_sync(
+        channel,
+        '{"payer":"0x1"}',
+        balance=10_000,
+        total_claimed=0,
+        withdraw_requested_at=0,
+        refund_nonce=0,
+        now=clock.t,
+    )
+    begun = store.channel_begin(
+        channel, "t1", base=0, max_claimable=100, signature="0x" + "11" * 65,
+        expires_at=clock.t + 30, now=clock.t,
+    )  # fmt: skip
+    assert begun.outcome is ChannelBeginOutcome.STARTED
+    keeper.add_step(channel, "t1", clock.t + 30, 30.0)
+    clock.t += 20  # less than half of its lifetime left
+    assert keeper.renew() == 1
+    clock.t += 20  # past the first expiry: still held, by the renewal
+    other = store.channel_begin(
+        channel, "t2", base=0, max_claimable=100, signature="0x" + "22" * 65,
+        expires_at=clock.t + 30, now=clock.t,
+    )  # fmt: skip
+    assert other.outcome is ChannelBeginOutcome.BUSY
+    keeper.discard_step(channel, "t1")
+    clock.t += 60
+    assert keeper.renew() == 0
+    taken = store.channel_begin(
+        channel, "t2", base=0, max_claimable=100, signature="0x" + "22" * 65,
+        expires_at=clock.t + 30, now=clock.t,
+    )  # fmt: skip
+    assert taken.outcome is ChannelBeginOutcome.STARTED
+    keeper.close()

@@ -234,6 +234,29 @@ def test_the_matching_requirement_among_several_is_chosen() -> None:
     assert protocol.match_requirements(decoded, [requirements(), base]) == base
 
 
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"network": "eip155:8453"}, "network_mismatch"),
+        ({"asset": "0x" + "11" * 20}, "asset_mismatch"),
+        ({"amount": "1"}, "invalid_exact_evm_payload_authorization_value_mismatch"),
+    ],
+)
+def test_a_payment_of_the_second_offers_scheme_is_told_its_own_fault(
+    change: dict[str, Any], code: str
+) -> None:
+    # Compared with the exact offer listed first, every such payment was "unsupported_scheme".
+    channel = requirements().model_copy(update={"scheme": "batch-settlement"})
+    decoded = protocol.DecodedPayment(
+        payload=payload(channel.model_copy(update=change)),
+        version=2,
+        header=protocol.PAYMENT_SIGNATURE,
+    )
+    with pytest.raises(PaymentError) as info:
+        protocol.match_requirements(decoded, [requirements(), channel])
+    assert info.value.code == code
+
+
 def test_b64json_is_standard_padded_base64_of_compact_json() -> None:
     value = protocol.b64json({"a": 1, "b": "é"})
     assert base64.b64decode(value, validate=True).decode() == '{"a":1,"b":"é"}'

@@ -8,6 +8,11 @@ commit could then only charge what is left (see :meth:`~x402gate.stores.base.Sto
 remaining life fell under half the TTL. When the process dies the renewals stop with it, and
 its holds expire as before: the crash story is unchanged.
 
+It also renews the steps of payment channels held by running requests
+(:meth:`~x402gate.stores.base.Store.channel_extend`): a streamed answer paid by a voucher keeps
+its channel's step however long it runs, so that no other request takes the step over and its
+charge is not forfeited while it is still being served.
+
 The same thread renews the sign of life of paid answers on the way (a claim *sending*, see
 :meth:`~x402gate.stores.base.Store.mark_used`): a retry of the payment is served in their place
 only once they stopped renewing for the reconciler's grace time, so a long answer that is
@@ -62,6 +67,8 @@ class HoldKeeper:
         self._holds: dict[str, float] = {}  # reservation id -> the expiry last given to it
         # (claim key, token) -> (last sign of life given, grace): answers on the way.
         self._answers: dict[tuple[str, str], tuple[float, float]] = {}
+        # (channel id, token) -> (the expiry last given to the step, its lifetime).
+        self._steps: dict[tuple[str, str], tuple[float, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +85,7 @@ class HoldKeeper:
         self._thread = None
         self._holds = {}  # the parent's requests are the parent's to renew
         self._answers = {}
+        self._steps = {}
 
     def add(self, reservation_id: str, expires_at: float) -> None:
         """Keep ``reservation_id`` (expiring at ``expires_at``) alive from now on."""
@@ -96,6 +104,18 @@ class HoldKeeper:
         """The answer was handed over (or lost): stop renewing its sign of life."""
         with self._lock:
             self._answers.pop((key, token), None)
+
+    def add_step(self, channel_id: str, token: str, expires_at: float, lifetime: float) -> None:
+        """Keep the channel step ``token`` holds (expiring at ``expires_at``) alive from now
+        on, ``lifetime`` seconds at a time."""
+        with self._lock:
+            self._steps[(channel_id, token)] = (expires_at, lifetime)
+            self._start()
+
+    def discard_step(self, channel_id: str, token: str) -> None:
+        """The step was committed or released: stop renewing it."""
+        with self._lock:
+            self._steps.pop((channel_id, token), None)
 
     def _start(self) -> None:
         # Called with the lock held. Started on demand and ended when nothing is left to renew:
@@ -165,15 +185,44 @@ class HoldKeeper:
                     # answers the payment now; nothing more to keep alive here.
                     del self._answers[(key, token)]
                     logger.warning("an answer on the way was taken over by a retry")
+        renewed += self._renew_steps(now)
         with self._lock:
             self.passes += 1
+        return renewed
+
+    def _renew_steps(self, now: float) -> int:
+        with self._lock:
+            due = [
+                (key, lifetime)
+                for key, (expiry, lifetime) in self._steps.items()
+                if expiry - now <= lifetime / 2
+            ]
+        renewed = 0
+        for (channel_id, token), lifetime in due:
+            expires_at = now + lifetime
+            try:
+                kept = self._store.channel_extend(channel_id, token, expires_at)
+            except (StoreError, ConfigurationError, ValueError) as exc:
+                logger.warning("could not renew a channel step (will retry): %s", exc)
+                continue
+            with self._lock:
+                if (channel_id, token) not in self._steps:
+                    continue  # committed or released meanwhile
+                if kept:
+                    self._steps[(channel_id, token)] = (expires_at, lifetime)
+                    renewed += 1
+                else:
+                    # Taken over (this process stalled past the step's expiry): the charge of
+                    # this step is forfeited; its commit will say so.
+                    del self._steps[(channel_id, token)]
+                    logger.warning("a channel step expired while its request was still running")
         return renewed
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll):
             self.renew()
             with self._lock:
-                if not self._holds and not self._answers:
+                if not self._holds and not self._answers and not self._steps:
                     self._thread = None
                     return
 

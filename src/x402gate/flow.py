@@ -12,6 +12,9 @@ framework (the gate, its store and its facilitator do the I/O it asks for)::
         send(answer)                         # 402, 400, 409, 503...: the app does not run
         return
     run the app with flow.payment, and for its answer:
+        if flow.holds_answer(headers):       # metered, paid by a channel voucher, not a stream
+            collect the app's body (up to MAX_HELD_ANSWER_BYTES) and pass it whole:
+            start = await flow.response_start(status, headers, body)   # then send it as one chunk
         start = await flow.response_start(status, headers)
         if isinstance(start, Answer):
             send(start)                      # settlement failed: the app's content is dropped
@@ -48,9 +51,13 @@ if TYPE_CHECKING:
     from .gate import Payment, PaymentGate, PaymentSession, Route
     from .request import RequestInfo
 
-__all__ = ["Answer", "PaymentFlow"]
+__all__ = ["MAX_HELD_ANSWER_BYTES", "Answer", "PaymentFlow"]
 
 HeaderList = list[tuple[str, str]]
+
+MAX_HELD_ANSWER_BYTES = 1 << 20
+"""The most of a metered answer paid by a channel voucher an adapter holds back to measure it
+before its headers go out (see :meth:`PaymentFlow.holds_answer`); a larger one is streamed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,28 +200,54 @@ class PaymentFlow:
 
     # -- the answer ----------------------------------------------------------------------------
 
+    def holds_answer(self, headers: Iterable[tuple[str, str]]) -> bool:
+        """True when the adapter should hold the app's answer back and pass its body whole to
+        :meth:`response_start` (up to :data:`MAX_HELD_ANSWER_BYTES`; past that, or for a
+        server-sent-event stream, it streams as usual).
+
+        That is a metered route paid by a channel voucher: measured before its headers go
+        out, its payment response carries the exact charge. Streamed, it reports the whole
+        voucher step and the seller earns what was used (see :mod:`x402gate.gate.channels`)."""
+        session = self._session
+        if session is None or session.channel is None or not self.route.price.metered:
+            return False
+        content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+        return not content_type.lower().startswith("text/event-stream")
+
     async def response_start(
-        self, status: int, headers: Iterable[tuple[str, str]]
+        self, status: int, headers: Iterable[tuple[str, str]], body: bytes | None = None
     ) -> Answer | HeaderList:
         """The app starts its answer with ``status`` and ``headers``: settle (policy ``after``,
         status below 400) or release, and return the headers to send (the receipt added).
 
+        ``body`` is the whole answer when the adapter held it (:meth:`holds_answer`): it is
+        metered here, then sent through :meth:`body` and :meth:`sent` as usual.
+
         When settlement fails, returns the :class:`Answer` to send instead: then the app's
         content never goes out (:attr:`replaced`). Call it once, before any body byte."""
         session = self._require()
+        headers = list(headers)
         recording = session.idempotency is not None
+        usage = None
+        if body is not None and session.channel is not None and self.route.price.metered:
+            meter = _meter_for(headers)
+            meter.feed(body)
+            meter.close()
+            usage = meter.usage
         try:
-            extra = await self.gate.finish(session, status, recording=recording)
+            extra = await self.gate.finish(
+                session, status, recording=recording, whole=body is not None, usage=usage
+            )
         except PaymentError as exc:
             self.replaced = True
             return Answer.from_error(exc, self.accept)
-        return self._started(status, list(headers), extra, recording)
+        return self._started(status, headers, extra, recording)
 
     def response_start_sync(
-        self, status: int, headers: Iterable[tuple[str, str]]
+        self, status: int, headers: Iterable[tuple[str, str]], body: bytes | None = None
     ) -> Answer | HeaderList:
         """:meth:`response_start` from sync code."""
-        return run_sync(self.response_start(status, headers))
+        return run_sync(self.response_start(status, headers, body))
 
     def _started(
         self, status: int, headers: HeaderList, extra: dict[str, str], recording: bool
@@ -241,7 +274,7 @@ class PaymentFlow:
             return None
         if session.cut:
             return None
-        if session.reservation is not None:
+        if _metering(session):
             if session.deadline is not None and self.gate.answer_overdue(session):
                 # What the app makes after its paid maximum was not paid for.
                 session.cut = True
@@ -260,7 +293,7 @@ class PaymentFlow:
         if session is None or self.replaced:
             return
         gate = self.gate
-        metered = session.reservation is not None
+        metered = _metering(session)
         if metered and last and ok:
             # Started before the commit below, which the request's cancellation (the answer
             # is over) may interrupt.
@@ -287,9 +320,7 @@ class PaymentFlow:
         session = self._session
         if session is None or self.replaced:
             return
-        if not last or (
-            session.reservation is None and not session.answering and not self._recording
-        ):
+        if not last or (not _metering(session) and not session.answering and not self._recording):
             self._consume(session, chunk, ok)
             return
         run_sync(self.sent(chunk, last, ok=ok))
@@ -299,7 +330,7 @@ class PaymentFlow:
         delays no byte; the answer kept for retries stays within MAX_KEPT_BODY_BYTES."""
         if not chunk:
             return
-        if session.reservation is not None:
+        if _metering(session):
             if session.meter is None:
                 session.meter = _meter_for(self._headers)
             session.meter.feed(chunk)
@@ -333,7 +364,7 @@ class PaymentFlow:
         session = self._session
         if session is None or session.deadline is None:
             return None
-        if session.reservation is None or session.cut:
+        if not _metering(session) or session.cut:
             return None
         return session.deadline - self.gate.clock.now()
 
@@ -353,7 +384,7 @@ class PaymentFlow:
             await gate.abort(session)
         # A settled answer that never went out whole: a retry of the payment is served instead.
         await gate.delivered(session, complete=False)
-        if session.reservation is not None:
+        if _metering(session):
             await gate.complete(session, _usage(session))
         if session.done and session.idempotency is not None:
             await gate.record(session, 500, (), None)
@@ -366,7 +397,7 @@ class PaymentFlow:
         if (
             session.done
             and not session.answering
-            and session.reservation is None
+            and not _metering(session)
             and session.idempotency is None
             and session.commit_hold is None
         ):
@@ -377,6 +408,15 @@ class PaymentFlow:
         if self._session is None:
             raise RuntimeError("PaymentFlow: begin() has not accepted a payment")
         return self._session
+
+
+def _metering(session: PaymentSession) -> bool:
+    """A metered answer on its way whose charge is measured from what goes out: held on the
+    payer's credit, or a streamed answer paid by a channel voucher."""
+    if session.reservation is not None:
+        return True
+    hold = session.channel
+    return hold is not None and hold.streaming and not hold.finished
 
 
 def _meter_for(headers: HeaderList) -> Any:

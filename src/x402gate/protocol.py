@@ -284,8 +284,8 @@ def match_requirements(
 
     The client's ``accepted`` must equal one of ours on scheme, network, asset, amount, payTo
     and maxTimeoutSeconds, and carry our ``extra`` (it may add keys). Otherwise a 402 names the
-    first field that differs from the closest requirement (same network first), so a client
-    holding an old price or the wrong token learns what to change.
+    first field that differs from the closest requirement (same network first, then same
+    scheme), so a client holding an old price or the wrong token learns what to change.
     """
     accepted = decoded.payload.accepted
     if decoded.version == 1:
@@ -304,8 +304,10 @@ def match_requirements(
             and _extra_subset(req.extra, accepted.extra or {})
         ):
             return req
-    same_network = [r for r in accepts if r.network == accepted.network] or list(accepts)
-    closest = same_network[0]
+    # Same network first, then same scheme: a voucher for the wrong token is told "asset".
+    closest = min(
+        accepts, key=lambda r: (r.network != accepted.network, r.scheme != accepted.scheme)
+    )
     for field, ours, theirs in (
         ("scheme", closest.scheme, accepted.scheme),
         ("network", closest.network, accepted.network),

@@ -4,8 +4,10 @@ Hypothesis drives syncs, begins (on the right base, a stale one or a future one)
 extensions, releases, claims and clock ticks into a real store and into :class:`Model`, written
 here from the rules in :mod:`x402gate.stores.channels` and not from the backends' code; every
 answer must agree. Amounts above 2**64 come up, and the clock lands exactly on step expiries.
-Throughout, the charged amount never goes back, never passes the last accepted voucher, and a
-step's charge is taken at most once.
+Commits come with and without a metered step (the amount the client's counter moves by, beside the
+measured charge the seller earns). Throughout, the charged amount never goes back, never passes
+the last accepted voucher, a step's charge is taken at most once, and ``total_claimed <= earned
+<= charged``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ CHANNELS = st.sampled_from([0, 1])
 TOKENS = st.sampled_from(["t1", "t2", "t3"])
 CEILINGS = st.sampled_from([1, 2, 5, BIG])
 CHARGES = st.sampled_from([0, 1, 3, BIG, 2 * BIG])
+STEPS = st.sampled_from([None, None, 0, 2, 4, BIG, 3 * BIG])
 BALANCES = st.sampled_from([0, 4, 10, 3 * BIG])
 TTLS = st.sampled_from([1.0, 2.0, 5.0])
 
@@ -45,6 +48,7 @@ class Chan:
     balance: int
     total_claimed: int
     charged: int
+    earned: int
     max_claimable: int = 0
     step: tuple[str, int, int, float] | None = None  # token, base, ceiling, expires_at
     committed_steps: set[str] = field(default_factory=set)
@@ -56,12 +60,13 @@ class Model:
 
     def sync(self, c: int, balance: int, claimed: int) -> None:
         if c not in self.chans:
-            self.chans[c] = Chan(balance, claimed, claimed)
+            self.chans[c] = Chan(balance, claimed, claimed, claimed)
             return
         ch = self.chans[c]
         ch.balance = balance
         ch.total_claimed = max(ch.total_claimed, claimed)
         ch.charged = max(ch.charged, ch.total_claimed)
+        ch.earned = max(ch.earned, ch.total_claimed)
         if ch.step is not None and ch.step[1] != ch.charged:
             ch.step = None
 
@@ -82,12 +87,13 @@ class Model:
         ch.step = (token, base, ceiling, exp)
         return Out.STARTED
 
-    def commit(self, c: int, token: str, charge: int) -> int | None:
+    def commit(self, c: int, token: str, charge: int, step: int | None) -> int | None:
         ch = self.chans.get(c)
         if ch is None or ch.step is None or ch.step[0] != token:
             return None
         _, base, ceiling, _ = ch.step
-        ch.charged = min(base + charge, ceiling)
+        ch.charged = min(base + (charge if step is None else step), ceiling)
+        ch.earned += min(charge, ch.charged - base)
         ch.max_claimable = ceiling
         ch.step = None
         return ch.charged
@@ -108,7 +114,7 @@ class Model:
 
     def mark_claimed(self, c: int, amount: int) -> bool:
         ch = self.chans.get(c)
-        if ch is None or amount > ch.charged:
+        if ch is None or amount > ch.earned:
             return False
         ch.total_claimed = max(ch.total_claimed, amount)
         return True
@@ -149,10 +155,11 @@ class ChannelMachine(RuleBasedStateMachine):
             now=self.now,
         )
         ch = self.model.chans[c]
-        assert (got.balance, got.total_claimed, got.charged) == (
+        assert (got.balance, got.total_claimed, got.charged, got.earned) == (
             ch.balance,
             ch.total_claimed,
             ch.charged,
+            ch.earned,
         )
 
     @rule(
@@ -180,21 +187,26 @@ class ChannelMachine(RuleBasedStateMachine):
         if expected is not Out.UNKNOWN:
             assert got.state is not None and got.state.charged == self.model.chans[c].charged
 
-    @rule(c=CHANNELS, token=TOKENS, charge=CHARGES)
-    def commit(self, c: int, token: str, charge: int) -> None:
-        expected = self.model.commit(c, token, charge)
-        got = self.store.channel_commit(self.cid(c), token, charge, self.now)
+    @rule(c=CHANNELS, token=TOKENS, charge=CHARGES, step=STEPS)
+    def commit(self, c: int, token: str, charge: int, step: int | None) -> None:
+        expected = self.model.commit(c, token, charge, step)
+        if step is None:
+            got = self.store.channel_commit(self.cid(c), token, charge, self.now)
+        else:
+            got = self.store.channel_commit(self.cid(c), token, charge, self.now, step=step)
         event("commit: " + ("none" if expected is None else "charged"))
         assert (None if got is None else got.charged) == expected
         if got is not None:
+            assert got.earned == self.model.chans[c].earned
             assert got.max_claimable == self.model.chans[c].max_claimable
             assert got.signature == SIG and got.step is None
 
-    @rule(c=CHANNELS, charge=CHARGES)
-    def commit_holder(self, c: int, charge: int) -> None:
+    @rule(c=CHANNELS, charge=CHARGES, step=STEPS)
+    def commit_holder(self, c: int, charge: int, step: int | None) -> None:
         """Commit as the request holding the step (whether or not it expired)."""
         ch = self.model.chans.get(c)
-        self.commit(c, ch.step[0] if ch is not None and ch.step is not None else "t1", charge)
+        holder = ch.step[0] if ch is not None and ch.step is not None else "t1"
+        self.commit(c, holder, charge, step)
 
     @rule(c=CHANNELS, token=TOKENS, ttl=TTLS)
     def extend(self, c: int, token: str, ttl: float) -> None:
@@ -206,7 +218,7 @@ class ChannelMachine(RuleBasedStateMachine):
         expected = self.model.release(c, token)
         assert self.store.channel_release(self.cid(c), token) is expected
 
-    @rule(c=CHANNELS, amount=st.sampled_from([0, 1, 3, BIG, 3 * BIG]))
+    @rule(c=CHANNELS, amount=st.sampled_from([0, 1, 3, 4, BIG, 3 * BIG]))
     def mark_claimed(self, c: int, amount: int) -> None:
         expected = self.model.mark_claimed(c, amount)
         assert self.store.channel_mark_claimed(self.cid(c), amount, self.now) is expected
@@ -224,12 +236,13 @@ class ChannelMachine(RuleBasedStateMachine):
                 assert got is None
                 continue
             assert got is not None
-            assert (got.charged, got.total_claimed, got.max_claimable, got.balance) == (
-                ch.charged,
-                ch.total_claimed,
-                ch.max_claimable,
-                ch.balance,
-            )
+            assert (
+                got.charged,
+                got.earned,
+                got.total_claimed,
+                got.max_claimable,
+                got.balance,
+            ) == (ch.charged, ch.earned, ch.total_claimed, ch.max_claimable, ch.balance)
             step = (
                 None
                 if got.step is None
@@ -241,11 +254,13 @@ class ChannelMachine(RuleBasedStateMachine):
                 )
             )
             assert step == ch.step
-            assert got.total_claimed <= got.charged
+            assert got.total_claimed <= got.earned <= got.charged
+            # Never charged beyond the last voucher, unless the chain showed more claimed.
+            assert got.charged <= max(got.max_claimable, got.total_claimed)
         due = {s.channel_id for s in self.store.channel_claimable(limit=1000)}
         for c in (0, 1):
             ch = self.model.chans.get(c)
-            owed = ch is not None and ch.charged > ch.total_claimed
+            owed = ch is not None and ch.earned > ch.total_claimed
             assert (self.cid(c) in due) is owed
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,7 +64,12 @@ def begin(store: Store, token: str, base: int, ceiling: int = PRICE, **kw: Any) 
 def test_a_new_channel_starts_at_what_the_chain_says_was_claimed(store: Store) -> None:
     assert store.channel_get(CHANNEL) is None
     state = sync(store, total_claimed=500)
-    assert (state.balance, state.total_claimed, state.charged) == (BALANCE, 500, 500)
+    assert (state.balance, state.total_claimed, state.charged, state.earned) == (
+        BALANCE,
+        500,
+        500,
+        500,
+    )
     assert (state.max_claimable, state.signature, state.step) == (0, "0x", None)
     assert store.channel_get(CHANNEL.upper().replace("0X", "0x")) == state
     # A refresh takes the chain's balance and withdrawal, never goes back on claims.
@@ -213,12 +220,75 @@ def test_a_chain_ahead_of_the_store_ends_the_step_signed_below_it(store: Store) 
     assert sync(store, total_claimed=40).step is not None  # not passed: the step stays
 
 
+def test_a_metered_step_moves_charged_by_its_step_and_earned_by_its_charge(
+    store: Store,
+) -> None:
+    sync(store)
+    assert begin(store, "r1", 0).outcome is STARTED
+    state = store.channel_commit(CHANNEL, "r1", 300, NOW + 1, step=PRICE)
+    assert state is not None
+    # The client was told the full step and signs the next voucher on it; the seller earned 300.
+    assert (state.charged, state.earned, state.max_claimable) == (PRICE, 300, PRICE)
+    assert store.channel_get(CHANNEL) == state
+    assert begin(store, "r2", 300).outcome is ChannelBeginOutcome.MISMATCH
+    assert begin(store, "r2", PRICE, ceiling=50).outcome is STARTED
+    # A step beyond the voucher is cut to it, and so is a charge beyond the step.
+    after = store.channel_commit(CHANNEL, "r2", 10**30, NOW + 2, step=10**6)
+    assert after is not None
+    assert (after.charged, after.earned) == (PRICE + 50, 350)
+    # Without a step the whole charge is the step, as for a flat price.
+    assert begin(store, "r3", PRICE + 50).outcome is STARTED
+    flat = store.channel_commit(CHANNEL, "r3", 20, NOW + 3)
+    assert flat is not None and (flat.charged, flat.earned) == (PRICE + 70, 370)
+    # Nothing used: the step still moves the client's counter, nothing is earned.
+    assert begin(store, "r4", PRICE + 70).outcome is STARTED
+    idle = store.channel_commit(CHANNEL, "r4", 0, NOW + 4, step=5)
+    assert idle is not None and (idle.charged, idle.earned) == (PRICE + 75, 370)
+    with pytest.raises(ValueError):
+        store.channel_commit(CHANNEL, "r5", 1, NOW, step=-1)
+    with pytest.raises(ValueError):
+        store.channel_commit(CHANNEL, "r5", 1, NOW, step=2**256)
+    with pytest.raises(TypeError):
+        store.channel_commit(CHANNEL, "r5", 1, NOW, step="5")  # type: ignore[arg-type]
+
+
+def test_claims_stop_at_what_was_earned(store: Store) -> None:
+    sync(store)
+    assert begin(store, "r1", 0).outcome is STARTED
+    assert store.channel_commit(CHANNEL, "r1", 0, NOW + 1, step=PRICE) is not None
+    assert store.channel_claimable() == []  # charged the step, earned nothing: nothing to claim
+    assert not store.channel_mark_claimed(CHANNEL, 1, NOW)
+    assert begin(store, "r2", PRICE).outcome is STARTED
+    assert store.channel_commit(CHANNEL, "r2", 40, NOW + 2, step=PRICE) is not None
+    due = store.channel_claimable()
+    assert [(c.channel_id, c.earned, c.charged) for c in due] == [(CHANNEL, 40, 2 * PRICE)]
+    assert not store.channel_mark_claimed(CHANNEL, 41, NOW)
+    assert store.channel_mark_claimed(CHANNEL, 40, NOW)
+    assert store.channel_claimable() == []
+    state = store.channel_get(CHANNEL)
+    assert state is not None and (state.total_claimed, state.earned) == (40, 40)
+
+
+def test_a_chain_ahead_of_what_was_earned_raises_it(store: Store) -> None:
+    sync(store)
+    assert begin(store, "r1", 0).outcome is STARTED
+    assert store.channel_commit(CHANNEL, "r1", 10, NOW, step=PRICE) is not None
+    # Claimed on chain, not yet known here, within what was charged: earned, charged unchanged.
+    state = sync(store, total_claimed=60)
+    assert (state.total_claimed, state.earned, state.charged) == (60, 60, PRICE)
+    assert store.channel_claimable() == []
+    assert begin(store, "r2", PRICE).outcome is STARTED
+    # Beyond what was charged: both counters rise to it and the step below is forfeited.
+    state = sync(store, total_claimed=PRICE + 5)
+    assert (state.earned, state.charged, state.step) == (PRICE + 5, PRICE + 5, None)
+
+
 def test_money_is_any_uint256(store: Store) -> None:
     big = 2**256 - 1
     sync(store, balance=big)
     assert begin(store, "r", 0, ceiling=big).outcome is STARTED
     state = store.channel_commit(CHANNEL, "r", big, NOW)
-    assert state is not None and state.charged == big
+    assert state is not None and state.charged == big and state.earned == big
     assert store.channel_get(CHANNEL) == state
 
 
@@ -274,6 +344,92 @@ def test_every_built_in_backend_keeps_channels_and_others_refuse(store: Store) -
     ):
         with pytest.raises(ConfigurationError, match="payment-channel state"):
             call()
+
+
+# -- records written before ``earned`` existed: they earned what they charged ------------------
+
+# The channel table as the first schema version made it, before the ``earned`` column.
+_OLD_CHANNEL_TABLE = """
+CREATE TABLE x402gate_channel (
+    id TEXT PRIMARY KEY, config TEXT NOT NULL, balance TEXT NOT NULL,
+    total_claimed TEXT NOT NULL, charged TEXT NOT NULL, max_claimable TEXT NOT NULL,
+    signature TEXT NOT NULL, withdraw_requested_at TEXT NOT NULL, refund_nonce TEXT NOT NULL,
+    synced_at REAL NOT NULL, last_request_at REAL NOT NULL,
+    unclaimed INTEGER NOT NULL CHECK (unclaimed IN (0, 1)),
+    step_token TEXT, step_base TEXT, step_max_claimable TEXT, step_signature TEXT,
+    step_expires_at REAL
+) WITHOUT ROWID
+"""
+_OLD_COLUMNS = (
+    "id, config, balance, total_claimed, charged, max_claimable, signature,"
+    " withdraw_requested_at, refund_nonce, synced_at, last_request_at, unclaimed"
+)
+
+
+def _old_row(channel: str, charged: int, claimed: int) -> tuple[object, ...]:
+    return (channel, CONFIG, str(BALANCE), str(claimed), str(charged), str(charged), SIGNATURE,
+            "0", "0", NOW, NOW + 1, int(charged > claimed))  # fmt: skip
+
+
+def test_a_sqlite_file_from_before_earned_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE x402gate_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO x402gate_meta VALUES ('schema_version', '1')")
+        conn.execute(_OLD_CHANNEL_TABLE)
+        conn.execute(
+            f"INSERT INTO x402gate_channel ({_OLD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            _old_row(CHANNEL, 700, 200),
+        )
+    with open_store(f"sqlite:///{path}") as store:
+        state = store.channel_get(CHANNEL)
+        assert state is not None
+        assert (state.charged, state.earned, state.total_claimed) == (700, 700, 200)
+        assert [c.channel_id for c in store.channel_claimable()] == [CHANNEL]
+        # The next metered step builds on it.
+        assert begin(store, "r1", 700).outcome is STARTED
+        after = store.channel_commit(CHANNEL, "r1", 30, NOW + 2, step=100)
+        assert after is not None and (after.charged, after.earned) == (800, 730)
+        assert not store.channel_mark_claimed(CHANNEL, 731, NOW)
+        assert store.channel_mark_claimed(CHANNEL, 730, NOW)
+        assert store.channel_claimable() == []
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT earned FROM x402gate_channel").fetchall() == [("730",)]
+        # An older x402gate sharing the file writes rows without the column: read as charged.
+        with conn:
+            conn.execute(
+                f"INSERT INTO x402gate_channel ({_OLD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                _old_row(OTHER, 900, 0),
+            )
+    with open_store(f"sqlite:///{path}") as store:
+        other = store.channel_get(OTHER)
+        assert other is not None and (other.charged, other.earned) == (900, 900)
+        assert [c.channel_id for c in store.channel_claimable()] == [OTHER]
+        assert store.channel_mark_claimed(OTHER, 900, NOW)
+
+
+@pytest.mark.redis
+def test_a_redis_channel_from_before_earned_keeps_working(redis_url: str) -> None:
+    import redis
+
+    prefix = "chold:"
+    with open_store(f"{redis_url}?key_prefix={prefix}") as store:
+        sync(store)
+        assert begin(store, "r1", 0).outcome is STARTED
+        assert store.channel_commit(CHANNEL, "r1", PRICE, NOW + 1) is not None
+        client = redis.Redis.from_url(redis_url)
+        # What an older x402gate left: the same hash without the field.
+        assert client.hdel(f"{prefix}channel:{CHANNEL}", "earned") == 1
+        client.close()
+        state = store.channel_get(CHANNEL)
+        assert state is not None and (state.charged, state.earned) == (PRICE, PRICE)
+        assert [c.earned for c in store.channel_claimable()] == [PRICE]
+        assert begin(store, "r2", PRICE).outcome is STARTED
+        after = store.channel_commit(CHANNEL, "r2", 30, NOW + 2, step=100)
+        assert after is not None and (after.charged, after.earned) == (PRICE + 100, PRICE + 30)
+        assert not store.channel_mark_claimed(CHANNEL, PRICE + 31, NOW)
+        assert store.channel_mark_claimed(CHANNEL, PRICE + 30, NOW)
+        assert store.channel_claimable() == []
 
 
 # -- real races: of N concurrent begin-steps for one step exactly one wins ----------------------

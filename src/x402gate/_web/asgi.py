@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, PaymentError
-from ..flow import Answer
+from ..flow import MAX_HELD_ANSWER_BYTES, Answer
 from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..siwx import split_url
@@ -218,27 +218,54 @@ def flow_send(send: Send, flow: PaymentFlow) -> Send:
                         await deliver({"type": "http.response.body", "more_body": False})
             return
 
-    async def deliver(message: Message) -> None:
+    # A metered answer paid by a channel voucher is held back (start and body, up to
+    # MAX_HELD_ANSWER_BYTES) and measured before its headers go out (flow.holds_answer).
+    held: tuple[Message, list[tuple[str, str]]] | None = None
+    held_body: list[bytes] = []
+    held_size = 0
+
+    async def open_answer(
+        message: Message, headers: list[tuple[str, str]], whole: bytes | None
+    ) -> bool:
         nonlocal watchdog
+        start = await flow.response_start(int(message["status"]), headers, whole)
+        if isinstance(start, Answer):
+            await send_answer(send, start)
+            return False
+        await send({**message, "headers": _encoded(start)})
+        if turn is not None and flow.remaining() is not None:
+            watchdog = asyncio.ensure_future(end_at_deadline())
+        return True
+
+    async def deliver(message: Message) -> None:
+        nonlocal held, held_size
         if flow.cut:
             raise AnswerCut  # the answer is over: stop the app from making more
         kind = message["type"]
         if kind == "http.response.start":
             raw = message.get("headers", ())
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-            start = await flow.response_start(int(message["status"]), headers)
-            if isinstance(start, Answer):
-                await send_answer(send, start)
+            if flow.holds_answer(headers):
+                held = (message, headers)
                 return
-            await send({**message, "headers": _encoded(start)})
-            if turn is not None and flow.remaining() is not None:
-                watchdog = asyncio.ensure_future(end_at_deadline())
+            await open_answer(message, headers, None)
             return
         if kind != "http.response.body":
-            if not flow.replaced:
+            if not flow.replaced and held is None:
                 await send(message)
             return
         body, more = message.get("body", b""), message.get("more_body", False)
+        if held is not None:
+            held_body.append(body)
+            held_size += len(body)
+            if more and held_size <= MAX_HELD_ANSWER_BYTES:
+                return
+            (start, headers), held = held, None
+            body = b"".join(held_body)
+            held_body.clear()
+            if not await open_answer(start, headers, None if more else body):
+                return
+            message = {"type": "http.response.body", "body": body, "more_body": more}
         step = flow.body(body, not more)
         if step is None:
             return

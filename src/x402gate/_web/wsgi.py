@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..errors import PaymentError
-from ..flow import Answer, PaymentFlow
+from ..flow import MAX_HELD_ANSWER_BYTES, Answer, PaymentFlow
 from ..proxies import TrustedProxies
 from ..request import Headers, RequestInfo
 from ..siwx import split_url
@@ -215,15 +215,16 @@ class WSGIFlowResponse:
                 raise
             self.flow.sent_sync(step[0], step[1])
 
-    def _commit(self) -> None:
-        """Settle for the app's status, then start the real answer (the app's or the gate's)."""
+    def _commit(self, whole: bytes | None = None) -> None:
+        """Settle for the app's status, then start the real answer (the app's or the gate's).
+        ``whole`` is the app's whole body when it was held (:meth:`PaymentFlow.holds_answer`)."""
         if self.committed:
             return
         if self._status is None:
             raise RuntimeError("the WSGI app sent a body without calling start_response")
         self.committed = True
         code = int(self._status.split(None, 1)[0])
-        start = self.flow.response_start_sync(code, self._headers)
+        start = self.flow.response_start_sync(code, self._headers, whole)
         if isinstance(start, Answer):
             self._answer = start
             self._write = self._start_response(status_line(start.status), start.headers)
@@ -242,7 +243,21 @@ class WSGIFlowResponse:
                 first.append(next(iterator))
             except StopIteration:
                 break
-        self._commit()
+        whole = None
+        if not self.committed and self.flow.holds_answer(self._headers):
+            # Metered and paid by a channel voucher: measured whole before the headers go out,
+            # unless it outgrows the hold (then it streams).
+            try:
+                whole = _hold(iterator, first)
+            except BaseException:
+                try:
+                    close_iterable(result)
+                finally:
+                    self.flow.close_sync()  # the app failed: its step is released
+                raise
+            if whole is not None:
+                first = [whole] if whole else []
+        self._commit(whole)
         if self._answer is not None:
             try:
                 close_iterable(result)
@@ -250,3 +265,17 @@ class WSGIFlowResponse:
                 self.flow.close_sync()
             return [self._answer.body]
         return FlowBody(closing(iterator, result), self.flow, first)
+
+
+def _hold(iterator: Iterator[bytes], chunks: list[bytes]) -> bytes | None:
+    """Read the app's body into ``chunks`` until it ends (its bytes, joined) or outgrows
+    :data:`~x402gate.flow.MAX_HELD_ANSWER_BYTES` (``None``: ``chunks`` holds what was read)."""
+    size = sum(len(chunk) for chunk in chunks)
+    while size <= MAX_HELD_ANSWER_BYTES:
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None

@@ -67,8 +67,13 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
     if flow is None:
         return response
     try:
+        headers = list(response.items())
+        # Metered and paid by a channel voucher: measured whole before the headers go out.
+        whole = None
+        if not response.streaming and flow.holds_answer(headers):
+            whole = bytes(response.content)
         start = yield Step(
-            flow.response_start, flow.response_start_sync, (response.status_code, response.items())
+            flow.response_start, flow.response_start_sync, (response.status_code, headers, whole)
         )
         if isinstance(start, Answer):
             _discard(response)

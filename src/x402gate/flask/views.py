@@ -104,7 +104,12 @@ class PaidView:
         g.payment = flow.payment
         try:
             response = current_app.make_response(view(*args, **kwargs))
-            start = flow.response_start_sync(response.status_code, response.headers.items())
+            headers = list(response.headers.items())
+            # Metered and paid by a channel voucher: measured whole before the headers go out.
+            whole = None
+            if not response.is_streamed and flow.holds_answer(headers):
+                whole = response.get_data()
+            start = flow.response_start_sync(response.status_code, headers, whole)
         except BaseException:
             flow.close_sync()  # the view failed: nothing is charged
             raise

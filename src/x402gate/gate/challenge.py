@@ -81,14 +81,15 @@ async def requirements(
             ) from exc
         accepts.append(build(asset, amount, pay_to[asset.network], timeout))
     channels = gate.channel_scheme
-    if channels is not None and not route.price.metered:
-        # Flat routes: after ``exact`` unless configured first (clients take the first option
-        # they support).
+    if channels is not None:
         offers = [
             channels.requirements(asset, int(offer.amount), offer.pay_to, timeout)
             for asset, offer in zip(assets, accepts, strict=True)
         ]
-        prefer = gate.channels is not None and gate.channels.prefer
+        # Clients take the first option they support. Metered routes list channels first: a
+        # voucher's ceiling is the quote and the charge is what was used, where ``exact``
+        # collects the whole quote. Flat routes list ``exact`` first unless configured otherwise.
+        prefer = route.price.metered or (gate.channels is not None and gate.channels.prefer)
         accepts = offers + accepts if prefer else accepts + offers
     return accepts
 

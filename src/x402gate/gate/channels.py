@@ -1,15 +1,28 @@
 """Requests paid by ``batch-settlement`` vouchers: the gate's channel steps (opt-in).
 
 A gate built with ``channels=ChannelSettings(...)`` offers ``batch-settlement`` beside ``exact``
-on flat-priced routes. A request carrying a voucher is checked offline by the scheme, its
-deposit (if any) verified and settled by the facilitator, then takes its channel's step in the
-store (:meth:`~x402gate.stores.base.Store.channel_begin`: one request per cumulative step);
-after the handler, :func:`channel_finish` commits the charge (never above the voucher) only
-when the handler succeeded, and :func:`channel_abort` releases the step otherwise.
+(first on metered routes, after it on flat ones). A request carrying a voucher is checked
+offline by the scheme, its deposit (if any) verified and settled by the facilitator, then takes
+its channel's step in the store (:meth:`~x402gate.stores.base.Store.channel_begin`: one request
+per cumulative step); after the handler, :func:`channel_finish` commits the charge (never above
+the voucher) only when the handler succeeded, and :func:`channel_abort` releases the step
+otherwise.
+
+The voucher's ceiling is the request's quote; the charge is the price of the request: the whole
+ceiling on flat and dynamic routes, what was used on metered ones. A metered answer the adapter
+hands over whole (a JSON body) is measured before its headers go out, and its payment response
+carries the exact charge. A streamed one (server-sent events, or a body too large to hold) gets
+its headers before the usage is known: its payment response reports the whole ceiling as the
+step (``chargedAmount`` and ``channelState``), which keeps the client's count in step with the
+server's so that its next voucher matches, while the seller *earns* only what the stream used
+(:func:`channel_complete`, after its last byte, or what it used so far when the client left).
+The difference stays the payer's: claims collect what was earned, never the steps.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -28,7 +41,8 @@ from ..schemes.batch_settlement import (
     corrective_requirements,
     payment_response_extra,
 )
-from ..stores.channels import ChannelBeginOutcome, ChannelState
+from ..stores.channels import ChannelBegin, ChannelBeginOutcome, ChannelState
+from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .model import Payment, PaymentSession, Route
@@ -40,6 +54,7 @@ if TYPE_CHECKING:
     from .engine import PaymentGate
 
 __all__ = [
+    "BUSY_WAITS",
     "FACILITATOR",
     "ChannelSettings",
     "ChannelStepHold",
@@ -47,12 +62,21 @@ __all__ = [
     "authorizer_key_address",
     "channel_abort",
     "channel_begin",
+    "channel_complete",
     "channel_finish",
 ]
 
 logger = logging.getLogger("x402gate")
 
 Reject = Callable[[str, str, int], Awaitable[PaymentError]]
+
+BUSY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.4)
+"""Seconds a request meeting its channel's step held by another request waits, between tries,
+before answering ``channel_busy`` (about a second in all). A client that pays its next request
+as soon as the previous answer arrived meets that answer's commit still running; it waits for it
+(and then gets the corrective 402 if it signed on an older count) instead of a 409."""
+
+_NOT_NEXT = "the voucher is not the channel's next step"
 
 
 FACILITATOR: Final = "facilitator"
@@ -199,6 +223,13 @@ class ChannelStepHold:
     view: ChannelView
     """The channel before this request's charge."""
     token: str
+    earned: int = 0
+    """What the seller had earned on the channel before this request."""
+    streaming: bool = False
+    """A metered answer whose headers went out before its usage was known: its step is
+    committed by :func:`channel_complete`."""
+    finished: bool = False
+    """The step was committed or released."""
 
 
 def _view(state: ChannelState) -> ChannelView:
@@ -274,6 +305,17 @@ async def channel_begin(
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
     try:
         state = await gate._store_call(gate.store.channel_get, channel_id)
+        # Not the channel's next step (a replayed deposit, a stale or a zero voucher): the
+        # corrective 402 now, before the facilitator is asked about it.
+        base = auth.max_claimable_amount - auth.value
+        if (
+            base < 0
+            or auth.max_claimable_amount == 0
+            or (state is not None and base != state.charged)
+        ):
+            if state is None:
+                raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
+            raise await _corrective(gate, route, request, accepts, requirements, _view(state))
         if auth.deposit is not None or not auth.recovered:
             verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
@@ -294,18 +336,7 @@ async def channel_begin(
             state = await _sync(gate, channel_id, config, verdict.extra, gate.clock.now())
         token = secrets.token_hex(16)
         timeout = route.max_timeout_seconds or gate.max_timeout_seconds
-        now = gate.clock.now()
-        begun = await gate._store_call(
-            lambda: gate.store.channel_begin(
-                channel_id,
-                token,
-                base=max(auth.max_claimable_amount - auth.value, 0),
-                max_claimable=auth.max_claimable_amount,
-                signature="0x" + auth.signature.hex(),
-                expires_at=now + timeout,
-                now=now,
-            )
-        )
+        begun = await _take_step(gate, auth, token, timeout)
     except (StoreError, FacilitatorError) as exc:
         logger.error("channel step failed: %s", exc)
         await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="channel"))
@@ -320,6 +351,9 @@ async def channel_begin(
     if outcome is ChannelBeginOutcome.UNKNOWN or state is None:
         raise await reject(codes.CHANNEL_NOT_FOUND, "this channel is not known", 402)
     view = _view(state)
+    if outcome is ChannelBeginOutcome.STARTED:
+        # Renewed while the request runs (a long stream keeps its step).
+        gate.holds.add_step(channel_id, token, gate.clock.now() + timeout, float(timeout))
     if outcome is ChannelBeginOutcome.MISMATCH:
         raise await _corrective(gate, route, request, accepts, requirements, view)
     if outcome is ChannelBeginOutcome.INSUFFICIENT:
@@ -358,10 +392,38 @@ async def channel_begin(
         token=token,
         started=gate.clock.now(),
     )
-    session.channel = ChannelStepHold(auth, view, token)
+    session.channel = ChannelStepHold(auth, view, token, earned=state.earned)
+    session.quote = auth.value
     session.deadline = gate._deadline(route, session.started)
     await gate._emit(PaymentEvent(EventKind.VERIFIED, request, route, payment))
     return session
+
+
+async def _take_step(
+    gate: PaymentGate, auth: ChannelAuthorization, token: str, timeout: int
+) -> ChannelBegin:
+    """Begin the voucher's step; while another request holds it, wait a little for it."""
+    waits = iter(BUSY_WAITS)
+    while True:
+        now = gate.clock.now()
+        begun: ChannelBegin = await gate._store_call(
+            functools.partial(
+                gate.store.channel_begin,
+                auth.channel_id,
+                token,
+                base=max(auth.max_claimable_amount - auth.value, 0),
+                max_claimable=auth.max_claimable_amount,
+                signature="0x" + auth.signature.hex(),
+                expires_at=now + timeout,
+                now=now,
+            )
+        )
+        if begun.outcome is not ChannelBeginOutcome.BUSY:
+            return begun
+        delay = next(waits, None)
+        if delay is None:
+            return begun
+        await asyncio.sleep(delay)
 
 
 async def _corrective(
@@ -376,12 +438,11 @@ async def _corrective(
     code = codes.CUMULATIVE_AMOUNT_MISMATCH
     await gate._emit(PaymentEvent(EventKind.REJECTED, request, route, code=code, status=402))
     fixed = [corrective_requirements(r, view) if r is requirements else r for r in accepts]
-    return gate._challenge(
-        route, request, fixed, code, "the voucher is not the channel's next step"
-    )
+    return gate._challenge(route, request, fixed, code, _NOT_NEXT)
 
 
 async def _release_step(gate: PaymentGate, channel_id: str, token: str) -> None:
+    gate.holds.discard_step(channel_id, token)
     try:
         await gate._store_call(gate.store.channel_release, channel_id, token)
     except StoreError as exc:
@@ -390,32 +451,110 @@ async def _release_step(gate: PaymentGate, channel_id: str, token: str) -> None:
 
 
 async def channel_finish(
-    gate: PaymentGate, session: PaymentSession, status_code: int
+    gate: PaymentGate,
+    session: PaymentSession,
+    status_code: int,
+    *,
+    whole: bool = False,
+    usage: Any = None,
 ) -> dict[str, str]:
-    """After the handler: commit the charge (status below 400) or release the step."""
+    """After the handler answered: the headers to add (the payment response).
+
+    A status of 400 or more releases the step (nothing charged). A flat or dynamic price
+    commits the voucher's value now. A metered answer handed over ``whole`` is charged what it
+    used (``usage``, or the time it took) now; a streamed one reports its whole step and is
+    charged later by :func:`channel_complete`."""
     hold = session.channel
     assert hold is not None
     session.done = True
     channel_id = hold.authorization.channel_id
     if status_code >= 400:
+        hold.finished = True
         await _release_step(gate, channel_id, hold.token)
         return {}
-    charge = session.payment.amount if session.charged is None else session.charged
-    charge = max(0, min(charge, hold.authorization.value))
+    value = hold.authorization.value
+    if not session.route.price.metered:
+        charge = value
+    elif whole:
+        session.ended = gate.clock.now()
+        charge = usage_charge(gate, session, usage, value)
+    else:
+        # Streamed: the step at its ceiling now, the charge measured when the answer ends.
+        hold.streaming = True
+        session.response_headers = _receipt(session, hold.view, value)
+        return session.response_headers
+    state = await _commit(gate, session, charge, charge)
+    if state is None:
+        # The step was taken over (this request outlived it): its charge is forfeited, and
+        # its content is not served unpaid.
+        raise PaymentError(409, codes.CHANNEL_BUSY, "this request's channel step expired: retry")
+    session.response_headers = _receipt(
+        session, hold.view, state.charged - hold.view.charged_cumulative_amount
+    )
+    return session.response_headers
+
+
+async def channel_complete(gate: PaymentGate, session: PaymentSession, usage: Any = None) -> int:
+    """A streamed metered answer ended (or its client left): commit its step, earning what it
+    used (never above the voucher). Returns the charge; 0 when nothing could be committed (the
+    step then expires and is forfeited: never a double charge)."""
+    hold = session.channel
+    if hold is None or not hold.streaming or hold.finished:
+        return session.charged or 0
+    if session.ended is None:
+        session.ended = gate.clock.now()
+    value = hold.authorization.value
+    charge = usage_charge(gate, session, usage, value)
     try:
-        state = await gate._store_call(
-            gate.store.channel_commit, channel_id, hold.token, charge, gate.clock.now()
+        state = await _commit(gate, session, charge, value)
+    except PaymentError:
+        return 0
+    if state is None:
+        logger.warning("a streamed answer's channel step expired before its commit: forfeited")
+        return 0
+    return session.charged or 0
+
+
+async def _commit(
+    gate: PaymentGate, session: PaymentSession, charge: int, step: int
+) -> ChannelState | None:
+    """Commit the step (``step`` moves the voucher count, ``charge`` what the seller earns)."""
+    hold = session.channel
+    assert hold is not None
+    hold.finished = True
+    channel_id = hold.authorization.channel_id
+    gate.holds.discard_step(channel_id, hold.token)
+    try:
+        state: ChannelState | None = await gate._store_call(
+            lambda: gate.store.channel_commit(
+                channel_id, hold.token, charge, gate.clock.now(), step=step
+            )
         )
     except StoreError as exc:
         logger.error("channel commit failed: %s", exc)
         await _release_step(gate, channel_id, hold.token)
         raise failure(exc) from None
     if state is None:
-        # The step was taken over (this request outlived it): its charge is forfeited, and
-        # its content is not served unpaid.
-        raise PaymentError(409, codes.CHANNEL_BUSY, "this request's channel step expired: retry")
-    charged = state.charged - hold.view.charged_cumulative_amount
-    session.charged = charged
+        return None
+    session.charged = state.earned - hold.earned
+    await gate._emit(
+        PaymentEvent(EventKind.SETTLED, session.request, session.route, session.payment)
+    )
+    if session.route.price.metered:
+        await gate._emit(
+            PaymentEvent(
+                EventKind.CHARGED,
+                session.request,
+                session.route,
+                session.payment,
+                amount=session.charged,
+            )
+        )
+    return state
+
+
+def _receipt(session: PaymentSession, view: ChannelView, step: int) -> dict[str, str]:
+    """The payment-response header: the step taken and the channel after it."""
     from x402.schemas import SettleResponse
 
     receipt = SettleResponse(
@@ -423,13 +562,9 @@ async def channel_finish(
         transaction="",
         network=session.requirements.network,
         payer=session.payment.payer,
-        extra=payment_response_extra(hold.view, charged),
+        extra=payment_response_extra(view, step),
     )
-    session.response_headers = {protocol.PAYMENT_RESPONSE: protocol.encode_settle_response(receipt)}
-    await gate._emit(
-        PaymentEvent(EventKind.SETTLED, session.request, session.route, session.payment)
-    )
-    return session.response_headers
+    return {protocol.PAYMENT_RESPONSE: protocol.encode_settle_response(receipt)}
 
 
 async def channel_abort(gate: PaymentGate, session: PaymentSession) -> None:
@@ -438,4 +573,5 @@ async def channel_abort(gate: PaymentGate, session: PaymentSession) -> None:
     if hold is None or session.done:
         return
     session.done = True
+    hold.finished = True
     await _release_step(gate, hold.authorization.channel_id, hold.token)

@@ -34,6 +34,7 @@ __all__ = [
     "drop_hold",
     "hold_commit",
     "release_credit",
+    "usage_charge",
 ]
 
 logger = logging.getLogger("x402gate")
@@ -53,6 +54,10 @@ def hold_commit(gate: PaymentGate, session: PaymentSession) -> None:
     commit, the reservation keeps the whole quote out of the payer's available credit, so
     nothing can be overdrawn meanwhile.
     """
+    if session.channel is not None:
+        if session.ended is None:
+            session.ended = gate.clock.now()  # the step's commit is the store's to wait on
+        return
     if session.reservation is None or session.commit_hold is not None:
         return
     session.ended = gate.clock.now()
@@ -120,21 +125,15 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     the reservation is no longer renewed, stays held until it expires
     (``credit_ttl_seconds``) and then returns whole to the payer — never a double charge,
     never credit out of nothing."""
+    if session.channel is not None:
+        return await gate._channel_complete(session, usage)
     reservation, session.reservation = session.reservation, None
     if reservation is None:
         gate._drop_hold(session)
         return session.charged or 0
     gate.holds.discard(reservation)
     try:
-        from ..metering import PerSecond, Usage
-
-        if isinstance(session.route.price, PerSecond):
-            # Per-second routes charge the time from the handler's start to the answer's end.
-            ended = session.ended if session.ended is not None else gate.clock.now()
-            usage = Usage(seconds=max(0.0, ended - session.started))
-        # No usage reported costs the quote, as documented.
-        micros = session.route.price.charge(usage, session.request)
-        charge = min(scale_to_asset(micros, session.payment.asset.decimals), session.quote)
+        charge = usage_charge(gate, session, usage, session.quote)
         try:
             charged = await gate._store_call(
                 gate.store.credit_commit, reservation, charge, gate.clock.now()
@@ -157,6 +156,19 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
         )
     )
     return charged
+
+
+def usage_charge(gate: PaymentGate, session: PaymentSession, usage: Any, cap: int) -> int:
+    """What a metered answer costs, in the asset's atomic units, at most ``cap``: the price of
+    ``usage`` (what the answer reported; ``None`` costs the quote, as documented), or on
+    per-second routes of the time from the handler's start to the answer's end."""
+    from ..metering import PerSecond, Usage
+
+    if isinstance(session.route.price, PerSecond):
+        ended = session.ended if session.ended is not None else gate.clock.now()
+        usage = Usage(seconds=max(0.0, ended - session.started))
+    micros = session.route.price.charge(usage, session.request)
+    return min(scale_to_asset(micros, session.payment.asset.decimals), cap)
 
 
 async def release_credit(gate: PaymentGate, session: PaymentSession) -> None:

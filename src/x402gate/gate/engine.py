@@ -65,6 +65,7 @@ from ..stores.registry import DEFAULT_STORE_URL
 from . import (
     admission,
     challenge,
+    channels,
     charges,
     config,
     credit,
@@ -277,6 +278,7 @@ class PaymentGate:
     _credit_payment = credit.credit_payment
     _fund_reservation = credit.fund_reservation
     _credit_headers = credit.credit_headers
+    _channel_complete = channels.channel_complete
     _drop_hold = charges.drop_hold
     _await_commits = charges.await_commits
     _release_credit = charges.release_credit

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
@@ -64,7 +64,9 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             await gate._emit(PaymentEvent(EventKind.VERIFIED, request, route, credit.payment))
             return credit
         if route.credit_topup:
-            accepts = [gate._with_topup(route, r) for r in accepts]
+            accepts = [
+                r if r.scheme == BATCH_SETTLEMENT else gate._with_topup(route, r) for r in accepts
+            ]
     try:
         decoded = protocol.decode_payment(request.headers)
     except PaymentError as exc:
@@ -234,7 +236,13 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
 
 
 async def finish(
-    gate: PaymentGate, session: PaymentSession, status_code: int, *, recording: bool = False
+    gate: PaymentGate,
+    session: PaymentSession,
+    status_code: int,
+    *,
+    recording: bool = False,
+    whole: bool = False,
+    usage: Any = None,
 ) -> dict[str, str]:
     """After the handler answered with ``status_code``: the headers to add to its response.
 
@@ -245,11 +253,14 @@ async def finish(
     ``recording=True`` promises a later :meth:`record` of the whole answer (for retries with
     a payment identifier); otherwise retries are told the payment was already processed.
     Once the answer was handed to the server, integrations call :meth:`delivered`.
+
+    ``whole=True``: the adapter holds the whole answer, whose ``usage`` was measured (metered
+    routes paid by a channel voucher are then charged exactly before the headers go out).
     """
     if session.done:
         return session.response_headers
     if session.channel is not None:
-        return await channel_finish(gate, session, status_code)
+        return await channel_finish(gate, session, status_code, whole=whole, usage=usage)
     if session.recovered and session.route.settlement == "after":
         session.done = True
         if status_code >= 400:

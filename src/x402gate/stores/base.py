@@ -506,10 +506,14 @@ class Store(ABC):
         raise self._no_channels()
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float
+        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
     ) -> ChannelState | None:
-        """End ``token``'s step charging ``min(charge, max_claimable - base)``; keep its voucher.
+        """End ``token``'s step and keep its voucher, atomically.
 
+        With ``s = min(step, max_claimable - base)`` (``step`` defaults to ``charge``):
+        ``charged`` becomes ``base + s``, what the client signs its next voucher on, and
+        ``earned`` grows by ``min(charge, s)``, what the seller may claim. A metered answer
+        passes the step it announced in its payment response and the usage it measured.
         Answers the channel after the commit, or None (nothing charged) when ``token`` does not
         hold the step (already committed or released, taken over, unknown channel).
         """
@@ -525,15 +529,15 @@ class Store(ABC):
         raise self._no_channels()
 
     def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
-        """Record the vouchers claimed on chain up to ``claimed`` (never beyond ``charged``).
+        """Record the vouchers claimed on chain up to ``claimed`` (never beyond ``earned``).
 
         ``total_claimed`` becomes the larger of itself and ``claimed``. False when the channel
-        is unknown or ``claimed`` exceeds its charged amount (nothing changed then).
+        is unknown or ``claimed`` exceeds its earned amount (nothing changed then).
         """
         raise self._no_channels()
 
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
-        """Up to ``limit`` channels with ``charged > total_claimed``, ordered by their last
+        """Up to ``limit`` channels with ``earned > total_claimed``, ordered by their last
         committed request, oldest first (a withdrawing payer's channel is flagged by
         ``withdraw_requested_at``; the caller decides what to claim first)."""
         raise self._no_channels()

@@ -2,16 +2,24 @@
 
 The server's view of one escrow channel (:class:`ChannelState`): the part mirrored from the chain
 (``balance``, ``total_claimed``, ``withdraw_requested_at``, ``refund_nonce``, read at
-``synced_at``), the part only the server knows (``charged``, the charged cumulative amount, and
-the last voucher it accepted: ``max_claimable`` and its ``signature``), and the request that
-holds the channel right now (:class:`ChannelStep`).
+``synced_at``), the part only the server knows (``charged``, the charged cumulative amount;
+``earned``, what the seller may claim; the last voucher it accepted: ``max_claimable`` and its
+``signature``), and the request that holds the channel right now (:class:`ChannelStep`).
+
+Two counters, because a metered answer (per token, per second) is paid before its usage is known.
+``charged`` is the protocol's ``chargedCumulativeAmount``: what the client was told and signs its
+next voucher on, so it moves by each request's full *step* (up to the voucher's ceiling).
+``earned`` moves by what the request actually cost (the measured usage, never more than its
+step), and is what the seller claims on chain. For a flat price the two are the same. Always
+``total_claimed <= earned <= charged``, and ``charged <= max_claimable`` once a voucher was kept
+(unless the chain showed more claimed than the store knew).
 
 The scheme serialises the requests of one channel: a voucher is signed on top of the charged
 cumulative amount the client last saw (its *base*), so two requests carrying vouchers on the same
 base are the same *step* and only one of them may be served. The store makes that atomic:
 
 ``idle`` --begin (base == charged)--> ``stepping`` (held by one token until ``expires_at``)
-``stepping`` --commit(charge)--> ``idle`` (charged = base + charge, the voucher kept)
+``stepping`` --commit(charge, step)--> ``idle`` (charged = base + step, earned += charge)
 ``stepping`` --release--> ``idle`` (nothing charged)
 ``stepping`` --``now >= expires_at``, another begin--> taken over: the old step is forfeited
 
@@ -25,21 +33,23 @@ base are the same *step* and only one of them may be served. The store makes tha
   dead, it charged nothing, and its token can never commit afterwards (the spec's rule: a charge
   not committed is lost, never taken twice). Until another begin takes the channel, its own
   token may still commit or release it: nobody else moved the channel meanwhile.
-* :meth:`~x402gate.stores.base.Store.channel_commit` charges ``min(charge, max_claimable -
-  base)``: never above what the voucher signed. It keeps the voucher as the last accepted one
-  and ends the step. Committing a step that is not held by this token (committed already,
-  released, taken over, unknown) answers ``None`` and charges nothing.
+* :meth:`~x402gate.stores.base.Store.channel_commit` moves ``charged`` to ``base + s`` with
+  ``s = min(step, max_claimable - base)`` (``step`` defaults to ``charge``) and ``earned`` up by
+  ``min(charge, s)``: never above what the voucher signed, never more earned than charged. It
+  keeps the voucher as the last accepted one and ends the step. Committing a step that is not
+  held by this token (committed already, released, taken over, unknown) answers ``None`` and
+  charges nothing.
 * :meth:`~x402gate.stores.base.Store.channel_extend` moves the expiry of ``token``'s step later
   (never earlier): the gate renews it while a long answer (a stream) runs, so that its step is
   not taken over and its charge forfeited while it is still being served.
 * :meth:`~x402gate.stores.base.Store.channel_sync` creates a channel or refreshes its mirror of
   the chain; ``total_claimed`` and ``refund_nonce`` never go back, and the config a channel was
   created with never changes (a different one raises :class:`ValueError`). A chain showing more
-  claimed than was charged raises ``charged`` to it (the store had lost state) and ends a step
-  signed on the older amount, which is then forfeited.
+  claimed than the store knew raises ``earned`` and ``charged`` to it (the store had lost
+  state) and ends a step signed on an amount below the new ``charged``, which is then forfeited.
 * :meth:`~x402gate.stores.base.Store.channel_mark_claimed` records that the vouchers were
-  claimed on chain up to an amount (never beyond ``charged``, never backwards);
-  :meth:`~x402gate.stores.base.Store.channel_claimable` lists channels with ``charged >
+  claimed on chain up to an amount (never beyond ``earned``, never backwards);
+  :meth:`~x402gate.stores.base.Store.channel_claimable` lists channels with ``earned >
   total_claimed``, oldest request first.
 
 Amounts are integers in the asset's atomic units up to ``2**256 - 1``; what a client sends (the
@@ -64,6 +74,7 @@ __all__ = [
     "ChannelState",
     "ChannelStep",
     "check_channel_amount",
+    "check_channel_commit",
     "check_channel_config",
     "check_channel_id",
     "check_channel_limit",
@@ -134,7 +145,11 @@ class ChannelState:
     total_claimed: int
     """Claimed on chain so far (read from the chain, or recorded by a claim)."""
     charged: int
-    """The charged cumulative amount: what the served requests cost in total."""
+    """The charged cumulative amount: the sum of the served requests' steps, what the client
+    signs its next voucher on (the protocol's ``chargedCumulativeAmount``)."""
+    earned: int
+    """What the seller may claim: the sum of the served requests' actual charges (at most
+    ``charged``; equal to it when every request paid its full step)."""
     max_claimable: int
     """The last accepted voucher's ``maxClaimableAmount`` (0 before the first)."""
     signature: str
@@ -226,6 +241,15 @@ def check_channel_begin(
     return channel_id, signature
 
 
+def check_channel_commit(channel_id: str, charge: int, step: int | None) -> str:
+    """The checks every backend runs before a commit; answers the id normalised."""
+    channel_id = check_channel_id(channel_id)
+    check_channel_amount(charge, "charge")
+    if step is not None:
+        check_channel_amount(step, "step")
+    return channel_id
+
+
 # The transitions, as pure functions of the stored state: the memory and SQLite backends read
 # the state, call one of these and write the answer back inside one lock or transaction; the
 # Redis scripts implement the same rules in Lua.
@@ -256,11 +280,13 @@ def sync_channel(
             synced_at=now,
             last_request_at=0.0,
             step=None,
+            earned=total_claimed,
         )
     if current.config != config:
         raise ValueError(f"channel {channel_id} is known with another config")
     claimed = max(current.total_claimed, total_claimed)
-    # Claimed on chain is charged: a store that lost its state learns it back from the chain.
+    # Claimed on chain is earned and charged: a store that lost its state learns it back.
+    earned = max(current.earned, claimed)
     charged = max(current.charged, claimed)
     step = current.step
     if step is not None and step.base < charged:
@@ -270,6 +296,7 @@ def sync_channel(
         balance=balance,
         total_claimed=claimed,
         charged=charged,
+        earned=earned,
         step=step,
         withdraw_requested_at=withdraw_requested_at,
         refund_nonce=max(current.refund_nonce, refund_nonce),
@@ -323,18 +350,20 @@ def step_begin(
 
 
 def step_commit(
-    current: ChannelState | None, token: str, charge: int, now: float
+    current: ChannelState | None, token: str, charge: int, now: float, step: int | None = None
 ) -> ChannelState | None:
-    """The state after ``token`` commits ``charge``, or None when it does not hold the step."""
+    """The state after ``token`` commits ``charge`` in a ``step`` (``charge`` when None), or
+    None when it does not hold the channel's step."""
     if current is None or current.step is None or current.step.token != token:
         return None
-    step = current.step
-    charged = step.base + min(charge, step.max_claimable - step.base)
+    held = current.step
+    moved = min(charge if step is None else step, held.max_claimable - held.base)
     return replace(
         current,
-        charged=charged,
-        max_claimable=step.max_claimable,
-        signature=step.signature,
+        charged=held.base + moved,
+        earned=current.earned + min(charge, moved),
+        max_claimable=held.max_claimable,
+        signature=held.signature,
         last_request_at=float(now),
         step=None,
     )
@@ -357,6 +386,6 @@ def step_release(current: ChannelState | None, token: str) -> ChannelState | Non
 
 def mark_claimed(current: ChannelState | None, claimed: int) -> ChannelState | None:
     """The state after a claim up to ``claimed``, or None when refused."""
-    if current is None or claimed > current.charged:
+    if current is None or claimed > current.earned:
         return None
     return replace(current, total_claimed=max(current.total_claimed, claimed))

@@ -13,6 +13,7 @@ from ..channels import (
     ChannelState,
     check_channel_amount,
     check_channel_begin,
+    check_channel_commit,
     check_channel_id,
     check_channel_limit,
     check_channel_sync,
@@ -95,12 +96,11 @@ class MemoryChannels:
             return answer
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float
+        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
     ) -> ChannelState | None:
-        channel_id = check_channel_id(channel_id)
-        check_channel_amount(charge, "charge")
+        channel_id = check_channel_commit(channel_id, charge, step)
         with self._lock:
-            state = step_commit(self._channels.get(channel_id), token, charge, now)
+            state = step_commit(self._channels.get(channel_id), token, charge, now, step)
             if state is not None:
                 self._channels[channel_id] = state
             return state
@@ -136,6 +136,6 @@ class MemoryChannels:
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
         check_channel_limit(limit)
         with self._lock:
-            due = [c for c in self._channels.values() if c.charged > c.total_claimed]
+            due = [c for c in self._channels.values() if c.earned > c.total_claimed]
         due.sort(key=lambda c: (c.last_request_at, c.channel_id))
         return due[:limit]

@@ -2,11 +2,12 @@
 
 ``<prefix>channel:<id>`` holds the channel's fields (amounts as decimal text, compared and added
 exactly by the credit ledger's Lua arithmetic) and the step in progress in its ``step_*`` fields;
-``<prefix>channel:unclaimed`` is a sorted set of the channels with ``charged > total_claimed``,
-scored by their last committed request, for listing what to claim. Each operation that checks
-and sets is one script (``lua/channel_*.lua``), so the steps of one channel are serialised across
-every client and host on the server. Channel records never expire (they live as long as the
-escrow on chain): configure Redis without eviction. The rules are those of
+``<prefix>channel:unclaimed`` is a sorted set of the channels with ``earned > total_claimed``,
+scored by their last committed request, for listing what to claim. A hash without an ``earned``
+field (written by an older x402gate, which knew no other rule) earned what it charged. Each
+operation that checks and sets is one script (``lua/channel_*.lua``), so the steps of one channel
+are serialised across every client and host on the server. Channel records never expire (they
+live as long as the escrow on chain): configure Redis without eviction. The rules are those of
 :mod:`x402gate.stores.channels`.
 """
 
@@ -21,6 +22,7 @@ from ..channels import (
     ChannelStep,
     check_channel_amount,
     check_channel_begin,
+    check_channel_commit,
     check_channel_id,
     check_channel_limit,
     check_channel_sync,
@@ -54,6 +56,7 @@ def _state(fields: list[Any]) -> ChannelState | None:
         balance=int(f["balance"]),
         total_claimed=int(f["total_claimed"]),
         charged=int(f["charged"]),
+        earned=int(f.get("earned", f["charged"])),
         max_claimable=int(f["max_claimable"]),
         signature=f["signature"],
         withdraw_requested_at=int(f["withdraw_requested_at"]),
@@ -151,11 +154,13 @@ class RedisChannels(RedisConnection):
         return ChannelBegin(ChannelBeginOutcome(text(outcome)), _state(fields))
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float
+        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
     ) -> ChannelState | None:
-        channel_id = check_channel_id(channel_id)
-        check_channel_amount(charge, "charge")
-        _, fields = self._channel("commit", channel_id, now, channel_id, token, str(charge))
+        channel_id = check_channel_commit(channel_id, charge, step)
+        moved = charge if step is None else step
+        _, fields = self._channel(
+            "commit", channel_id, now, channel_id, token, str(charge), str(moved)
+        )
         return _state(fields)
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
@@ -185,4 +190,4 @@ class RedisChannels(RedisConnection):
             self._fail("channel_claimable", exc)
         states = [_state([x for pair in raw.items() for x in pair]) for raw in hashes]
         # A channel claimed between the two reads is left out rather than listed stale.
-        return [s for s in states if s is not None and s.charged > s.total_claimed]
+        return [s for s in states if s is not None and s.earned > s.total_claimed]

@@ -4,8 +4,13 @@ Table ``x402gate_channel``: the channel's fields, amounts as decimal text (any `
 INTEGER stops at 2**63), and the step in progress in the ``step_*`` columns (NULL when idle).
 Every operation reads the row, applies the rule of :mod:`x402gate.stores.channels` and writes it
 back in one ``BEGIN IMMEDIATE`` transaction, so the steps of one channel are serialised across
-every thread and process on the file. ``unclaimed`` (``charged > total_claimed``) is kept in the
+every thread and process on the file. ``unclaimed`` (``earned > total_claimed``) is kept in the
 row so that listing the channels to claim reads an index, not the whole table.
+
+``earned`` came after the table's first version: :mod:`~x402gate.stores.sqlite.schema` adds the
+column to an older file (its rows earned what they charged). The column may hold NULL, read as
+``charged``: an older x402gate sharing the file during an upgrade writes rows without it, and it
+knows no other rule (every step it serves earns what it charges).
 
 Durability: begin, commit and release are committed with ``ledger_synchronous`` like the credit
 ledger's spending writes. A commit lost to a power cut is a charge forfeited (the client's next
@@ -25,6 +30,7 @@ from ..channels import (
     ChannelStep,
     check_channel_amount,
     check_channel_begin,
+    check_channel_commit,
     check_channel_id,
     check_channel_limit,
     check_channel_sync,
@@ -42,13 +48,13 @@ __all__ = ["SQLiteChannels"]
 _COLUMNS = (
     "id, config, balance, total_claimed, charged, max_claimable, signature,"
     " withdraw_requested_at, refund_nonce, synced_at, last_request_at,"
-    " step_token, step_base, step_max_claimable, step_signature, step_expires_at"
+    " step_token, step_base, step_max_claimable, step_signature, step_expires_at, earned"
 )
 
 
 def _from_row(row: tuple[object, ...]) -> ChannelState:
     (cid, config, balance, claimed, charged, ceiling, signature, withdraw, nonce, synced, last,
-     token, base, step_max, step_sig, step_exp) = row  # fmt: skip
+     token, base, step_max, step_sig, step_exp, earned) = row  # fmt: skip
     step = None
     if token is not None:
         step = ChannelStep(
@@ -60,6 +66,7 @@ def _from_row(row: tuple[object, ...]) -> ChannelState:
         balance=int(str(balance)),
         total_claimed=int(str(claimed)),
         charged=int(str(charged)),
+        earned=int(str(charged if earned is None else earned)),
         max_claimable=int(str(ceiling)),
         signature=str(signature),
         withdraw_requested_at=int(str(withdraw)),
@@ -84,12 +91,13 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
         str(state.refund_nonce),
         float(state.synced_at),
         float(state.last_request_at),
-        int(state.charged > state.total_claimed),
+        int(state.earned > state.total_claimed),
         None if step is None else step.token,
         None if step is None else str(step.base),
         None if step is None else str(step.max_claimable),
         None if step is None else step.signature,
         None if step is None else float(step.expires_at),
+        str(state.earned),
     )
 
 
@@ -111,7 +119,7 @@ class SQLiteChannels(SQLiteConnection):
             if new is not None and new != current:
                 conn.execute(
                     f"INSERT OR REPLACE INTO x402gate_channel ({_COLUMNS}, unclaimed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _reorder(_to_row(new)),
                 )
             return new
@@ -185,14 +193,13 @@ class SQLiteChannels(SQLiteConnection):
         return answers[-1]
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float
+        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
     ) -> ChannelState | None:
-        channel_id = check_channel_id(channel_id)
-        check_channel_amount(charge, "charge")
+        channel_id = check_channel_commit(channel_id, charge, step)
         return self._channel_update(
             "channel_commit",
             channel_id,
-            lambda current: step_commit(current, token, charge, now),
+            lambda current: step_commit(current, token, charge, now, step),
             self.ledger_synchronous,
         )
 

@@ -5,7 +5,10 @@ Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
 ``x402gate_channel``) and ``x402gate_meta`` records the schema version.
 Adding a table is not a new version: tables are created when missing, and an older x402gate
 ignores tables it does not know, so old and new workers can share one file during a rolling
-upgrade. A file written by a newer version is refused.
+upgrade. Nor is adding a column that may hold NULL (:data:`COLUMNS`): it is added to an older
+file's table when missing, its existing rows filled in, and an older x402gate, which names the
+columns it reads and writes, leaves it NULL (the code says how a NULL reads). A file written by a
+newer version is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sqlite3
 
 from ...errors import StoreError
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "create_tables"]
+__all__ = ["COLUMNS", "SCHEMA", "SCHEMA_VERSION", "create_tables"]
 
 SCHEMA_VERSION = 1
 """The version this x402gate writes into ``x402gate_meta``; a newer file is refused."""
@@ -108,11 +111,28 @@ CREATE TABLE IF NOT EXISTS x402gate_channel (
     step_base TEXT,
     step_max_claimable TEXT,
     step_signature TEXT,
-    step_expires_at REAL
+    step_expires_at REAL,
+    earned TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_channel_unclaimed
     ON x402gate_channel (last_request_at, id) WHERE unclaimed = 1;
 """
+
+COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    # The channel's earned amount; the rows of a file older than it earned what they charged.
+    ("x402gate_channel", "earned", "TEXT", "UPDATE x402gate_channel SET earned = charged"),
+)
+"""Columns added after their table's first version: table, column, type, and the statement
+that fills the existing rows in when the column is added to an older file."""
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Add the :data:`COLUMNS` an older file lacks, filling its existing rows in."""
+    for table, column, kind, fill in COLUMNS:
+        present = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            conn.execute(fill)
 
 
 def create_tables(conn: sqlite3.Connection, path: str) -> None:
@@ -126,6 +146,7 @@ def create_tables(conn: sqlite3.Connection, path: str) -> None:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        _add_columns(conn)
         row = conn.execute(
             "SELECT value FROM x402gate_meta WHERE name = 'schema_version'"
         ).fetchone()

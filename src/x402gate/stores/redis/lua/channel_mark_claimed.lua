@@ -1,7 +1,7 @@
--- ARGV[4..] id, claimed. 1 when recorded, 0 for an unknown channel or above charged.
+-- ARGV[4..] id, claimed. 1 when recorded, 0 for an unknown channel or above earned.
 local id, claimed = ARGV[4], ARGV[5]
 local cur = redis.call('HMGET', CH, 'charged', 'total_claimed')
-if not cur[1] or cmp(claimed, cur[1]) > 0 then return 0 end
+if not cur[1] or cmp(claimed, earned()) > 0 then return 0 end
 redis.call('HSET', CH, 'total_claimed', max(cur[2], claimed))
 reindex(id)
 return 1
