@@ -1,8 +1,9 @@
 """The buyer helper with the official OpenAI and Anthropic SDKs through the gateway.
 
-The gateway is built from its file (``channels:`` on, per-token routes without a top-up) in
-front of the fake LLM provider and served by uvicorn as ``x402gate proxy`` serves it; the chain
-is the local anvil with our channel contracts at the canonical addresses.
+The gateway is built from its file (per-token routes without a top-up, ``channels:`` on unless
+a test turns them off) in front of the fake LLM provider and served by uvicorn as ``x402gate
+proxy`` serves it; the chain is the local anvil with our channel contracts at the canonical
+addresses.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ pytest.importorskip("uvicorn")
 pytestmark = pytest.mark.chain
 
 FLAT = 2_000  # $0.002
-MIN_DEPOSIT = 100_000  # $0.10
+MIN_DEPOSIT = 1_000_000  # $1
 IN_PRICE, OUT_PRICE = 1_000, 2_000  # micro-dollars a token: $1 / $2 per 1k
 MESSAGES = [{"role": "user", "content": "Tell me about the gateway."}]
 
@@ -55,9 +56,7 @@ facilitator:
   rpc_url: {rpc_url}
   private_key: ${{FACILITATOR_KEY}}
 store: sqlite:///{tmp}/gateway.db
-channels:
-  receiver_authorizer_key: ${{AUTHORIZER_KEY}}
-  min_deposit: {floor}
+{channels}
 upstreams:
   llm:
     url: {upstream}
@@ -79,14 +78,24 @@ routes:
 """
 
 
-@pytest.fixture
+CHANNELS = """\
+channels:
+  receiver_authorizer_key: ${{AUTHORIZER_KEY}}
+  min_deposit: {floor}"""
+
+
+@pytest.fixture(params=["channels"])
 def served(
+    request: pytest.FixtureRequest,
     chain: LocalChain,
     test_token: TestToken,
     facilitator_account: LocalAccount,
     pay_to: str,
     tmp_path: Path,
+    channel_contracts: ChannelContracts,
 ) -> Iterator[tuple[str, Gateway]]:
+    """The gateway; ``@pytest.mark.parametrize("served", ["exact"], indirect=True)`` turns its
+    channels off."""
     from x402gate.gateway import Gateway, parse_config
     from x402gate.gateway.app import server_stack
     from x402gate.testing.fake_llm import serve_asgi, serve_fake_llm
@@ -94,13 +103,14 @@ def served(
     authorizer = chain.new_account()
     with contextlib.ExitStack() as stack:
         upstream = stack.enter_context(serve_fake_llm())
+        channels = CHANNELS.format(floor=MIN_DEPOSIT) if request.param == "channels" else ""
         text = GATEWAY.format(
+            channels=channels,
             pay_to=pay_to,
             network=chain.network,
             token=test_token.asset.address,
             rpc_url=chain.rpc_url,
             tmp=tmp_path,
-            floor=MIN_DEPOSIT,
             upstream=upstream.url,
         )
         env = {
@@ -119,7 +129,7 @@ def _decode(header: str) -> dict[str, Any]:
     return decoded
 
 
-def test_openai_sdk_through_the_gateway_pays_by_one_deposit(
+def test_openai_sdk_through_the_gateway_pays_a_flat_route_by_one_deposit(
     served: Any,
     chain: LocalChain,
     payer: LocalAccount,
@@ -132,7 +142,7 @@ def test_openai_sdk_through_the_gateway_pays_by_one_deposit(
     http = http_client(
         payer.key.hex(),
         max_per_request="$0.01",
-        max_deposit="$0.50",
+        max_deposit="$2",
         max_total="$1",
         assets=test_token.asset,
         transport=recorder,
@@ -154,9 +164,67 @@ def test_openai_sdk_through_the_gateway_pays_by_one_deposit(
     assert channel_contracts.channel(channel_id).balance == MIN_DEPOSIT
 
 
+def _usage_charge(usage: Any) -> int:
+    if hasattr(usage, "prompt_tokens"):
+        return int(usage.prompt_tokens * IN_PRICE + usage.completion_tokens * OUT_PRICE)
+    return int(usage.input_tokens * IN_PRICE + usage.output_tokens * OUT_PRICE)
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+async def test_sdks_through_the_gateway_on_per_token_routes_pay_the_tokens_used(
+    sdk: str,
+    served: Any,
+    chain: LocalChain,
+    payer: LocalAccount,
+    test_token: TestToken,
+    facilitator_account: LocalAccount,
+    channel_contracts: ChannelContracts,
+) -> None:
+    """N calls, one deposit, the charged total equal to the tokens used."""
+    url, gateway = served
+    recorder = Recorder(httpx.AsyncHTTPTransport())
+    http = async_http_client(
+        payer.key.hex(),
+        max_per_request="$0.50",
+        max_deposit="$2",
+        max_total="$2",
+        assets=test_token.asset,
+        transport=recorder,
+    )
+    payer_before = test_token.balance_of(payer.address)
+    used = 0
+    n = 4
+    for _ in range(n):
+        if sdk == "openai":
+            gpt = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", http_client=http)
+            answer = await gpt.chat.completions.create(
+                model="gpt-test", max_tokens=100, messages=MESSAGES
+            )
+            used += _usage_charge(answer.usage)
+        else:
+            claude = anthropic.AsyncAnthropic(base_url=url, api_key="unused", http_client=http)
+            message = await claude.messages.create(
+                model="claude-sonnet-4-5", max_tokens=100, messages=MESSAGES
+            )
+            used += _usage_charge(message.usage)
+    await http.aclose()
+    assert [_decode(h)["accepted"]["scheme"] for h in recorder.payments] == ["batch-settlement"] * n
+    # One deposit: the only transaction, the only money that left the payer's wallet.
+    assert chain.tx_count(facilitator_account.address) == 1
+    assert payer_before - test_token.balance_of(payer.address) == MIN_DEPOSIT
+    channel_id = recorder.channel_ids()[-1]
+    assert channel_contracts.channel(channel_id).balance == MIN_DEPOSIT
+    stored = gateway.gate.store.channel_get(channel_id)
+    assert stored is not None
+    assert stored.earned == stored.charged == used
+    assert sum(int(r["extra"]["chargedAmount"]) for r in recorder.receipts) == used
+
+
+@pytest.mark.parametrize("served", ["exact"], indirect=True)
 async def test_anthropic_sdk_through_the_gateway_strands_no_credit(
     served: Any, payer: LocalAccount, test_token: TestToken, pay_to: str
 ) -> None:
+    """Without channels, per-token routes take exact: the session token spends the change."""
     url, gateway = served
     recorder = Recorder(httpx.AsyncHTTPTransport())
     http = async_http_client(
@@ -198,7 +266,7 @@ def test_spend_limits_refuse_before_the_gateway_sees_a_payment(
     http = http_client(
         payer.key.hex(),
         max_per_request="$0.10",  # a per-token quote of 200 output tokens is above $0.40
-        max_deposit="$1",
+        max_deposit="$2",
         max_total="$1",
         assets=test_token.asset,
         transport=recorder,
