@@ -4,13 +4,16 @@ Run from the repository: ``python examples/gateway/check.py`` (anvil must be fin
 ``X402GATE_ANVIL``). For every ``*.yaml`` here it validates the file as written, then swaps
 its payment terms for the local chain's (test USDC, a local facilitator) and its upstream URLs
 for the fake LLM provider of ``x402gate.testing.fake_llm``, serves it with the real command in
-a child process, and pays one call of each route with the official x402 client. Exit 0 when
-every call was paid and answered, and the upstream got the injected key.
+a child process, and pays one call of each route with the buyer client of ``x402gate.client``
+(the official x402 client underneath: a payment channel where the route offers one, ``exact``
+otherwise). Exit 0 when every call was paid and answered, and the upstream got the injected key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import queue
 import subprocess
@@ -22,10 +25,11 @@ from typing import Any
 
 import yaml
 
+from x402gate.client import async_http_client
+from x402gate.credit import SESSION_HEADER
 from x402gate.gateway import load_config
 from x402gate.gateway._yaml import read_yaml
 from x402gate.testing.chain import LocalChain
-from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.fake_llm import FakeLLM, serve_fake_llm
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +40,8 @@ ENV = {
     "OPENAI_API_KEY": KEY,
     "X402GATE_SECRET": "c" * 48,
     "PUBLIC_ORIGIN": "https://api.example.com",
+    # Signs channel claims; a fixed test key (a real one is the seller's secret).
+    "CHANNEL_AUTHORIZER_KEY": "0x" + "3c" * 32,
 }
 CALLS = {
     "/v1/messages": {"model": "claude-haiku-4-5", "max_tokens": 32, "messages": []},
@@ -99,11 +105,21 @@ def stop(process: subprocess.Popen[str]) -> None:
 
 
 async def pay(url: str, buyer: Any, token: Any, routes: list[str], llm: FakeLLM) -> None:
-    async with paying_httpx_client(buyer, asset=token, base_url=url, timeout=60) as client:
+    async with async_http_client(
+        buyer.key.hex(),
+        max_per_request="$1",
+        max_deposit="$5",
+        max_total="$10",
+        assets=token.asset,
+        base_url=url,
+        timeout=60,
+    ) as client:
         for key in routes:
             path = key.split(" ", 1)[1]
             response = await client.post(path, json=CALLS[path])
-            if response.status_code != 200 or "payment-response" not in response.headers:
+            # Paid now, or from the credit an earlier exact payment left (its session token).
+            paid = "payment-response" in response.headers or SESSION_HEADER in response.headers
+            if response.status_code != 200 or not paid:
                 raise SystemExit(f"check failed: {key}: {response.status_code} {response.text}")
             if (
                 llm.requests[-1].header("x-api-key") != KEY
@@ -112,7 +128,11 @@ async def pay(url: str, buyer: Any, token: Any, routes: list[str], llm: FakeLLM)
                 raise SystemExit(f"check failed: {key}: the upstream did not get the key")
             if KEY in response.text or KEY in str(response.headers):
                 raise SystemExit(f"check failed: {key}: the key reached the client")
-            print(f"  {key}: paid, {response.status_code}")
+            how = "from credit"
+            if "payment-response" in response.headers:
+                receipt = json.loads(base64.b64decode(response.headers["payment-response"]))
+                how = "by channel" if "channelState" in (receipt.get("extra") or {}) else "exact"
+            print(f"  {key}: paid {how}, {response.status_code}")
 
 
 def main() -> int:
@@ -121,6 +141,7 @@ def main() -> int:
         print(f"{path.name}: {load_config(path, env=ENV).summary()}")
     with tempfile.TemporaryDirectory() as tmp, LocalChain() as chain, serve_fake_llm() as llm:
         token = chain.deploy_token()
+        chain.place_channel_contracts()
         buyer = chain.new_account(eth_wei=0, token=token, token_amount=50_000_000)
         for path in files:
             facilitator = chain.new_account()

@@ -259,6 +259,24 @@ def _close_chain(executor: Any, signer: Any, wait: bool) -> None:
     signer.close()
 
 
+def _batch_settlement(signer: Any, authorizer_key: str | None) -> Any:
+    """The SDK's ``batch-settlement`` facilitator scheme on ``signer`` (gas), signing for
+    receivers with ``authorizer_key`` when given (the key never appears in a message)."""
+    from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
+
+    authorizer = None
+    if authorizer_key is not None:
+        from x402.mechanisms.evm.batch_settlement.authorizer_signer import (
+            LocalAuthorizerSigner,
+        )
+
+        from .gate.channels import authorizer_key_address
+
+        authorizer_key_address(authorizer_key)  # a clear error for a malformed key
+        authorizer = LocalAuthorizerSigner(authorizer_key.strip())
+    return BatchSettlementEvmFacilitator(signer, authorizer_signer=authorizer)
+
+
 class LocalFacilitator:
     """Verify and settle in-process through web3, with the official exact-EVM scheme.
 
@@ -272,6 +290,13 @@ class LocalFacilitator:
     :param max_concurrency: chain calls (verifications and settlements) running at once, in
         threads of this facilitator's own (a settlement waiting for its receipt never takes a
         thread the store needs). Broadcasts are serialized; receipt waits overlap.
+    :param receiver_authorizer_key: a private key (hex) that signs claims and refunds of
+        ``batch-settlement`` channels for receivers that delegate them: its address is
+        advertised as ``receiverAuthorizer`` in ``/supported``. Without it, deposits are still
+        verified and settled, and no ``receiverAuthorizer`` is advertised.
+
+    Both ``exact`` and ``batch-settlement`` (the official SDK's facilitator schemes) are
+    supported on every network.
 
     A payment by an EOA (a 65-byte signature that recovers to the payer) is verified and
     settled by x402gate directly, doing what the SDK's scheme does in a fraction of its CPU: the
@@ -291,6 +316,7 @@ class LocalFacilitator:
         networks: str | Sequence[str],
         confirmation_timeout: float = 30.0,
         max_concurrency: int = 32,
+        receiver_authorizer_key: str | None = None,
     ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -332,6 +358,9 @@ class LocalFacilitator:
         self._facilitator = x402FacilitatorSync()
         register_exact_evm_facilitator(
             self._facilitator, self._signer, networks=self.networks, simulate_in_settle=True
+        )
+        self._facilitator.register(
+            self.networks, _batch_settlement(self._signer, receiver_authorizer_key)
         )
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrency, thread_name_prefix="x402gate-chain"

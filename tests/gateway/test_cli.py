@@ -28,6 +28,7 @@ def test_check_accepts_a_valid_file(
     for name, value in {
         "PAY_TO": "0x1111111111111111111111111111111111111111",
         "ANTHROPIC_API_KEY": "sk-ant-secret-value",
+        "CHANNEL_AUTHORIZER_KEY": "0x" + "cd" * 32,
     }.items():
         monkeypatch.setenv(name, value)
     assert main(["proxy", "--check", str(EXAMPLES / "anthropic-glob.yaml")]) == 0
@@ -41,13 +42,14 @@ def test_check_lists_the_problems_and_fails(
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("PAY_TO", raising=False)
+    monkeypatch.setenv("CHANNEL_AUTHORIZER_KEY", "0x" + "cd" * 32)
     path = tmp_path / "gateway.yaml"
     path.write_text((EXAMPLES / "anthropic-glob.yaml").read_text())
     assert main(["proxy", "--check", str(path)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"{path}:13: pay_to: environment variable PAY_TO is not set",
-        f'{path}:24: upstreams.anthropic.headers["x-api-key"]: '
+        f"{path}:14: pay_to: environment variable PAY_TO is not set",
+        f'{path}:30: upstreams.anthropic.headers["x-api-key"]: '
         "environment variable ANTHROPIC_API_KEY is not set",
         f"{path}: invalid (2 problems)",
     ]

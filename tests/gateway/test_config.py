@@ -24,6 +24,7 @@ ENV = {
     "X402GATE_SECRET": "x" * 40,
     "PUBLIC_ORIGIN": "https://api.example.com",
     "FACILITATOR_KEY": KEY,
+    "CHANNEL_AUTHORIZER_KEY": "0x" + "cd" * 32,
 }
 
 BASE = """\
@@ -575,6 +576,10 @@ def test_the_examples_are_valid(name: str) -> None:
     config = load_config(EXAMPLES / f"{name}.yaml", env=ENV)
     assert config.routes
     assert SECRET not in repr(config)
+    # Every example offers payment channels, with no top-up forcing credit on exact payers.
+    assert config.channels is not None
+    assert "cd" * 32 not in repr(config)
+    assert all(plan.credit_topup is None for plan in config.routes)
 
 
 def test_example_prices() -> None:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .engine import PaymentGate
 
 __all__ = [
+    "CREDIT_NOTE",
     "PAYING_HEADERS",
     "UNPAID",
     "cached_challenge",
@@ -40,6 +41,12 @@ __all__ = [
 logger = logging.getLogger("x402gate")
 
 UNPAID = "this resource requires payment"
+CREDIT_NOTE = (
+    "metered route: an exact payment is charged what the request used and the change is kept "
+    f"as the payer's credit; send back the {SESSION_HEADER} header of the answer to spend it"
+)
+"""What a 402 of a metered route says about ``exact`` payments (in the offers' ``extra`` and the
+body), so that a client never pays the quote again and again while its change piles up."""
 PAYING_HEADERS = (protocol.PAYMENT_SIGNATURE, protocol.X_PAYMENT, SESSION_HEADER, SIWX_HEADER)
 """Request headers that make a request more than a plain "what does it cost?": a payment, a
 session token or a sign-in. Integrations that answer unpaid requests early check the same."""
@@ -81,8 +88,9 @@ async def requirements(
         ]
         # Clients take the first option they support. Metered routes list channels first: a
         # voucher's ceiling is the quote and the charge is what was used, where ``exact``
-        # collects the whole quote. Flat routes list ``exact`` first.
-        accepts = offers + accepts if route.price.metered else accepts + offers
+        # collects the whole quote. Flat routes list ``exact`` first unless configured otherwise.
+        prefer = route.price.metered or (gate.channels is not None and gate.channels.prefer)
+        accepts = offers + accepts if prefer else accepts + offers
     return accepts
 
 
@@ -112,6 +120,8 @@ def challenge(
         # Returning payers sign in to spend the credit left from earlier payments.
         networks = sorted({a.network for a in (route.assets or gate.assets)})
         extensions[SIWX_KEY] = gate.sign_in.declaration(request.url, networks, gate.clock.now())
+    if route.price.metered:
+        accepts = [_with_credit_terms(req) for req in accepts]
     resource = resource_info(route, request)
     required = protocol.build_payment_required(accepts, resource, code, extensions)
     document = required.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -124,9 +134,22 @@ def challenge(
     # never pay. It keeps the v2 resource and extensions, which v1 readers ignore.
     v1_document = protocol.build_payment_required_v1(accepts, resource, code)
     body = {**document, **(v1_document or {}), "message": message}
+    if route.price.metered:
+        body["credit"] = CREDIT_NOTE
     if extra_headers:
         headers.update(extra_headers)
     return PaymentError(status, code, message, headers=headers, body=body)
+
+
+def _with_credit_terms(req: PaymentRequirements) -> PaymentRequirements:
+    """An ``exact`` offer of a metered route, its ``extra`` saying where the change goes.
+
+    Only the 402 carries these keys: a client echoing them back still matches the gate's own
+    requirements (a client may add keys to ``extra``)."""
+    if req.scheme != "exact":
+        return req
+    extra = {**(req.extra or {}), "change": "credit", "sessionHeader": SESSION_HEADER}
+    return req.model_copy(update={"extra": extra})
 
 
 def plain_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> PaymentError | None:

@@ -196,8 +196,12 @@ class PaymentGate:
                 raise ConfigurationError("channels must be a x402gate.gate.ChannelSettings")
             if not getattr(self.store, "supports_channels", False):
                 raise ConfigurationError("this store keeps no payment-channel state")
-            self.channel_scheme = channels.scheme(facilitator)
+            channels.check()
             self.channels_sync_seconds = float(channels.sync_seconds)
+            if not channels.delegated:
+                # Delegated: the facilitator's authorizer is taken at start-up; no channel is
+                # offered before.
+                self.channel_scheme = channels.scheme(facilitator)
         self.max_timeout_seconds = config.check_timeout(max_timeout_seconds)
         self.verify_with_facilitator = bool(verify_with_facilitator)
         self.allow_smart_wallets = bool(allow_smart_wallets)

@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigurationError, FacilitatorError, FacilitatorUnavailable, StoreError
+from ..schemes.batch_settlement.codes import SCHEME as BATCH_SETTLEMENT
 
 if TYPE_CHECKING:
     from .engine import PaymentGate
@@ -68,14 +69,21 @@ async def startup(gate: PaymentGate) -> None:
             raise ConfigurationError(
                 f"the facilitator does not support the {name} scheme on {', '.join(missing)}"
             )
-        if gate.channel_scheme is not None:
+        if gate.channels is not None:
             # Deposits go through the facilitator: channels need its batch-settlement support.
-            name = gate.channel_scheme.name
+            from .channels import advertised_authorizer
+
+            name = BATCH_SETTLEMENT
             missing = sorted({a.network for a in gate.assets if (name, a.network) not in kinds})
             if missing:
                 raise ConfigurationError(
                     f"the facilitator does not support the {name} scheme on {', '.join(missing)}"
                 )
+            if gate.channel_scheme is None:
+                networks = sorted({a.network for a in gate.assets})
+                authorizer = advertised_authorizer(supported, networks)
+                gate.channel_scheme = gate.channels.scheme(gate.facilitator, authorizer)
+                logger.info("channels: the facilitator's receiver authorizer is %s", authorizer)
         gate._started = True
 
 

@@ -44,7 +44,14 @@ def build_facilitator(config: GatewayConfig) -> Facilitator:
         return HTTPFacilitator(spec.url, headers=headers or None, timeout=spec.timeout)
     assert spec.rpc_url is not None and spec.private_key is not None  # checked by the config
     networks = sorted({asset.network for asset in config.assets})
-    return LocalFacilitator(spec.rpc_url, spec.private_key.get_secret_value(), networks=networks)
+    # Local settlement signs channel claims with the gate's own receiver-authorizer key.
+    channels = config.channels
+    return LocalFacilitator(
+        spec.rpc_url,
+        spec.private_key.get_secret_value(),
+        networks=networks,
+        receiver_authorizer_key=channels.receiver_authorizer_key if channels else None,
+    )
 
 
 class Gateway:
@@ -89,6 +96,7 @@ class Gateway:
             trusted_proxies=settings.trusted_proxies,
             # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
             reconcile=config.facilitator.chain_rpc_url,
+            channels=config.channels,
         )
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)

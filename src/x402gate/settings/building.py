@@ -50,6 +50,7 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         limit_in_flight=settings.limit_in_flight,
         rpc_url=settings.rpc_url,
         startup_checks=settings.startup_checks,  # type: ignore[arg-type]
+        channels=settings.channels,
     )
     return gate, True
 

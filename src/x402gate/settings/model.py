@@ -17,6 +17,7 @@ from ..assets import Asset
 from ..errors import ConfigurationError
 from ..stores.registry import DEFAULT_STORE_URL
 from . import validators as check
+from .channels import read_channels
 
 __all__ = ["GATE_FIELDS", "SETTING_NAMES", "GateSettings", "given_names"]
 
@@ -53,6 +54,8 @@ class GateSettings(BaseModel):
     routes: dict[Any, Any] = Field(default_factory=dict)
     discovery: bool = False
     startup_checks: str = "fail"
+    channels: Any = None
+    """``batch-settlement`` terms (:mod:`x402gate.settings.channels`); ``None``: no channels."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -189,6 +192,11 @@ class GateSettings(BaseModel):
     @classmethod
     def _startup_checks(cls, value: Any) -> str:
         return check.check_startup_checks("fail" if value in (None, "") else value)
+
+    @field_validator("channels", mode="plain")
+    @classmethod
+    def _channels(cls, value: Any) -> Any:
+        return read_channels(value)
 
 
 def given_names(values: Mapping[str, Any]) -> frozenset[str]:

@@ -7,7 +7,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import SecretStr
 
@@ -23,6 +23,9 @@ from ...settings.validators import (
     check_trusted_proxies,
 )
 from .._yaml import Loc
+
+if TYPE_CHECKING:
+    from ...gate.channels import ChannelSettings
 from .errors import Problems, describe
 from .prices import PriceCompiler
 from .schema import HOP_BY_HOP, GatewayFile, RouteSpec, UpstreamSpec
@@ -62,11 +65,14 @@ class Compiler(PriceCompiler):
     def __init__(self, parsed: GatewayFile, problems: Problems) -> None:
         super().__init__(problems)
         self.file = parsed
+        self.channels: ChannelSettings | None = None
+        """The ``channels:`` section, once :meth:`run` read it."""
 
     def run(self) -> tuple[tuple[Asset, ...], dict[str, str], tuple[RoutePlan, ...]]:
         assets = self._assets()
         pay_to = self._pay_to(assets)
         self._facilitator()
+        self._channels()
         self._store()
         self._gateway()
         for name, upstream in self.file.upstreams.items():
@@ -203,6 +209,31 @@ class Compiler(PriceCompiler):
             self._add(loc, "local settlement needs private_key (the account that pays gas)")
         elif not _PRIVATE_KEY.match(spec.private_key.get_secret_value()):
             self._add((*loc, "private_key"), "expected 64 hexadecimal digits (32 bytes)")
+
+    def _channels(self) -> None:
+        """``channels:``: each wrong key named at its own line (no key's value is shown)."""
+        from ...settings.channels import ChannelSettingsError, read_channels
+
+        self.channels = None
+        if self.file.channels is None:
+            return
+        try:
+            self.channels = read_channels(self.file.channels)
+        except ChannelSettingsError as exc:
+            for key, message in exc.problems:
+                self._add(("channels",) if key is None else ("channels", key), message)
+            return
+        if (
+            self.channels is not None
+            and self.channels.delegated
+            and self.file.facilitator.url is None
+        ):
+            key = next(k for k in self.file.channels if k.lower() == "receiver_authorizer")
+            self._add(
+                ("channels", key),
+                "local settlement has no facilitator to delegate to: give an address or "
+                "receiver_authorizer_key",
+            )
 
     def _store(self) -> None:
         try:

@@ -59,6 +59,10 @@ def declared_secrets(parsed: GatewayFile) -> Iterator[str]:
         key = parsed.facilitator.private_key.get_secret_value()
         yield key
         yield key.removeprefix("0x")
+    authorizer_key = (parsed.channels or {}).get("receiver_authorizer_key")
+    if isinstance(authorizer_key, str) and authorizer_key:
+        yield authorizer_key
+        yield authorizer_key.removeprefix("0x")
     if parsed.gateway.secret is not None:
         yield parsed.gateway.secret.get_secret_value()
     if parsed.gateway.balance_rpc_url is not None:

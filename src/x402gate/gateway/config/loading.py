@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -18,6 +18,9 @@ from .compile import Compiler, RoutePlan
 from .environment import declared_secrets, interpolate
 from .errors import GatewayConfigError, Problem, Problems, describe, is_secret_loc, pydantic_message
 from .schema import ALIASES, FacilitatorSpec, GatewayFile, GatewaySection, UpstreamSpec
+
+if TYPE_CHECKING:
+    from ...gate.channels import ChannelSettings
 
 __all__ = ["GatewayConfig", "load_config", "parse_config"]
 
@@ -32,6 +35,8 @@ class GatewayConfig:
     pay_to: dict[str, str]
     routes: tuple[RoutePlan, ...]
     redactor: Redactor = field(repr=False)
+    channels: ChannelSettings | None = None
+    """``batch-settlement`` terms from ``channels:`` (``None``: the file offers no channels)."""
 
     @property
     def gateway(self) -> GatewaySection:
@@ -112,10 +117,13 @@ def parse_config(
 
     secrets.update(declared_secrets(parsed))
     problems.redactor = Redactor(secrets)
-    compiled = Compiler(parsed, problems).run()
+    compiler = Compiler(parsed, problems)
+    compiled = compiler.run()
     problems.raise_if_any()
     assets, pay_to, routes = compiled
-    return GatewayConfig(source, parsed, assets, pay_to, routes, Redactor(secrets))
+    return GatewayConfig(
+        source, parsed, assets, pay_to, routes, Redactor(secrets), channels=compiler.channels
+    )
 
 
 def _spelled(data: Mapping[str, Any]) -> dict[Loc, Loc]:

@@ -194,6 +194,9 @@ class GatewayFile(_Model):
     )
     upstreams: Annotated[dict[str, UpstreamSpec], Field(min_length=1)]
     routes: Annotated[dict[str, RouteSpec], Field(min_length=1)]
+    channels: dict[str, Any] | None = Field(default=None, repr=False)
+    """``batch-settlement`` terms (:mod:`x402gate.settings.channels`), checked when compiled;
+    kept out of ``repr``: they may hold the receiver authorizer's private key."""
 
 
 ALIASES: dict[Loc, str] = {
