@@ -268,3 +268,77 @@ async def test_without_a_usable_advertised_authorizer_no_channel_is_offered(
         await gate.aclose()
     assert status == 503
     assert accepts == []
+
+
+GATEWAY = """\
+pay_to: "0x2222222222222222222222222222222222222222"
+accepts: base-sepolia
+facilitator: {facilitator}
+upstreams:
+  api:
+    url: https://api.example.com
+routes:
+  "GET /data":
+    upstream: api
+    price: $0.001
+channels:
+{channels}
+"""
+
+LOCAL = "\n  rpc_url: http://127.0.0.1:8545\n  private_key: ${FACILITATOR_KEY}"
+
+
+def _gateway(channels: str, facilitator: str = "https://x402.org/facilitator") -> Any:
+    pytest.importorskip("yaml")
+    from x402gate.gateway import parse_config
+
+    text = GATEWAY.format(facilitator=facilitator, channels=channels)
+    env = {"FACILITATOR_KEY": "0x" + "cd" * 32, "AUTHORIZER_KEY": KEY}
+    return parse_config(text, source="gateway.yaml", env=env)
+
+
+def test_the_gateway_file_reads_a_channels_block() -> None:
+    config = _gateway("  receiver_authorizer: facilitator\n  prefer: true\n  min_deposit: 5000")
+    assert config.channels == ChannelSettings("facilitator", min_deposit=5000, prefer=True)
+    config = _gateway("  receiver_authorizer_key: ${AUTHORIZER_KEY}", facilitator=LOCAL)
+    assert config.channels is not None
+    assert config.channels.authorizer_address() == KEY_ADDRESS
+
+
+@pytest.mark.parametrize(
+    ("channels", "facilitator", "message"),
+    [
+        (
+            "  receiver_authorizer: facilitator",
+            LOCAL,
+            "gateway.yaml:14: channels.receiver_authorizer: local settlement has no facilitator "
+            "to delegate to",
+        ),
+        ("  prefer: true", None, "gateway.yaml:11: channels: receiver_authorizer is required"),
+        (
+            "  receiver_authorizer: facilitator\n  min_deposit: 0",
+            None,
+            "gateway.yaml:13: channels.min_deposit: must be above 0",
+        ),
+        (
+            "  receiver_authorizer: facilitator\n  withdraw_dealy: 900",
+            None,
+            "gateway.yaml:13: channels.withdraw_dealy: is not a channel setting (did you mean "
+            "'withdraw_delay'?)",
+        ),
+        (
+            "  receiver_authorizer_key: ${AUTHORIZER_KEY}x",
+            None,
+            "channels.receiver_authorizer_key: must be 64 hexadecimal digits",
+        ),
+    ],
+)
+def test_a_wrong_channels_block_is_named_by_line_and_field(
+    channels: str, facilitator: str | None, message: str
+) -> None:
+    from x402gate.gateway import GatewayConfigError
+
+    with pytest.raises(GatewayConfigError) as caught:
+        _gateway(channels, facilitator or "https://x402.org/facilitator")
+    assert message in str(caught.value)
+    assert "ab" * 32 not in str(caught.value)
