@@ -12,10 +12,15 @@ vouchers, and the server's charged total for the channel equal to N x the price.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import shutil
 import subprocess
+import sys
+import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from x402gate import PaymentGate
+from x402gate._runner import run_sync
 from x402gate.facilitators import LocalFacilitator
 from x402gate.gate import ChannelSettings
+from x402gate.testing.facilitator_server import FacilitatorServer
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -256,3 +263,281 @@ def test_ts_client_pays_a_gate_built_in_code_by_one_deposit_and_vouchers(
         assert stored.balance == DEPOSIT
     finally:
         gate.close()
+
+
+# -- servers whose channels come from their configuration ----------------------------------------
+
+
+@pytest.fixture
+def facilitator_service(
+    chain: LocalChain,
+    channel_contracts: ChannelContracts,
+    facilitator_account: LocalAccount,
+    authorizer: LocalAccount,
+) -> Iterator[FacilitatorServer]:
+    """A LocalFacilitator that signs for receivers with ``authorizer``, served over HTTP."""
+    inner = LocalFacilitator(
+        chain.rpc_url,
+        facilitator_account.key.hex(),
+        networks=chain.network,
+        receiver_authorizer_key=authorizer.key.hex(),
+    )
+    try:
+        with FacilitatorServer(inner) as server:
+            yield server
+    finally:
+        inner.close()
+
+
+def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: LocalAccount,
+    facilitator_account: LocalAccount,
+    facilitator_service: FacilitatorServer,
+    channel_contracts: ChannelContracts,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("flask")
+    pytest.importorskip("waitress")
+    from flask import Flask
+
+    from x402gate.flask import X402Gate
+    from x402gate.testing.servers import serve_wsgi
+
+    app = Flask(__name__)
+    app.config.update(
+        {
+            "X402GATE_PAY_TO": chain.new_account().address,
+            "X402GATE_ASSETS": [test_token.asset],
+            "X402GATE_FACILITATOR_URL": facilitator_service.url,
+            "X402GATE_STORE_URL": f"sqlite:///{tmp_path / 'flask.db'}",
+            "X402GATE_LIMIT_IN_FLIGHT": False,
+            "X402GATE_ROUTES": {"GET /paid": "$0.001"},
+            # The receiver authorizer is the one the facilitator advertises.
+            "X402GATE_CHANNELS": {"receiver_authorizer": "facilitator", "min_deposit": DEPOSIT},
+        }
+    )
+    runs: list[str] = []
+
+    @app.get("/paid")
+    def paid() -> dict[str, str]:
+        runs.append("paid")
+        return CONTENT
+
+    X402Gate(app)
+    gate = app.extensions["x402gate"].gate
+    before = test_token.balance_of(payer.address)
+    try:
+        with serve_wsgi(app) as base_url:
+            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+        channel_id = assert_paid_by_one_channel(report, N)
+        assert runs == ["paid"] * N
+        assert facilitator_service.calls["settle"] == 1
+        assert chain.tx_count(facilitator_account.address) == 1
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        stored = gate.store.channel_get(channel_id)
+        assert stored is not None and stored.charged == N * PRICE
+    finally:
+        run_sync(gate.aclose())  # on the sync runner's loop, where its HTTP client lives
+
+
+@contextlib.contextmanager
+def _django_site(runs: list[str], x402gate: dict[str, Any]) -> Iterator[str]:
+    """A Django project with one paid view and ``X402GATE = x402gate``, served by waitress.
+
+    Django's settings belong to the process: configured here unless another test module (the
+    Django integration tests, the conformance app) configured the same base settings first."""
+    pytest.importorskip("django")
+    pytest.importorskip("waitress")
+    import django
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+    from django.http import HttpRequest, JsonResponse
+    from django.test.utils import override_settings
+    from django.urls import path
+
+    from x402gate.testing.servers import serve_wsgi
+
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="x402gate-tests",
+            ALLOWED_HOSTS=["*"],
+            INSTALLED_APPS=["x402gate.django"],
+            MIDDLEWARE=["x402gate.django.PaymentMiddleware"],
+            ROOT_URLCONF=None,
+            USE_TZ=True,
+        )
+        django.setup()
+
+    def paid(request: HttpRequest) -> JsonResponse:
+        runs.append("paid")
+        return JsonResponse(CONTENT)
+
+    urlconf = types.ModuleType("ts_client_urls")
+    urlconf.urlpatterns = [path("paid", paid)]  # type: ignore[attr-defined]
+    with (
+        override_settings(ROOT_URLCONF=urlconf, X402GATE=x402gate),
+        serve_wsgi(get_wsgi_application()) as base_url,
+    ):
+        yield base_url
+
+
+def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: LocalAccount,
+    authorizer: LocalAccount,
+    facilitator_account: LocalAccount,
+    facilitator: CountingFacilitator,
+    channel_contracts: ChannelContracts,
+    tmp_path: Path,
+) -> None:
+    settings = {
+        "PAY_TO": chain.new_account().address,
+        "ASSETS": [test_token.asset],
+        "FACILITATOR": facilitator,
+        "STORE_URL": f"sqlite:///{tmp_path / 'django.db'}",
+        "LIMIT_IN_FLIGHT": False,
+        "ROUTES": {"GET /paid": "$0.001"},
+        "CHANNELS": {"RECEIVER_AUTHORIZER": authorizer.address, "MIN_DEPOSIT": DEPOSIT},
+    }
+    runs: list[str] = []
+    before = test_token.balance_of(payer.address)
+    with _django_site(runs, settings) as base_url:
+        from x402gate.django.conf import get_runtime
+
+        report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+        gate = get_runtime().gate
+        channel_id = assert_paid_by_one_channel(report, N)
+        stored = gate.store.channel_get(channel_id)
+    assert runs == ["paid"] * N
+    assert facilitator.settled == 1
+    assert chain.tx_count(facilitator_account.address) == 1
+    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+    assert stored is not None and stored.charged == N * PRICE
+
+
+GATEWAY_YAML = """\
+pay_to: "{pay_to}"
+accepts:
+  - network: "{network}"
+    asset: "{token}"
+    name: USD Coin
+    version: "2"
+facilitator:
+  rpc_url: {rpc_url}
+  private_key: ${{FACILITATOR_KEY}}
+store: {store}
+channels:
+  receiver_authorizer_key: ${{AUTHORIZER_KEY}}
+  min_deposit: {deposit}
+upstreams:
+  api:
+    url: {upstream}
+routes:
+  "GET /data/*":
+    upstream: api
+    path: /item/{{*}}
+    price: $0.001
+"""
+
+
+@contextlib.contextmanager
+def _proxy(config: Path, env: dict[str, str]) -> Iterator[str]:
+    """``x402gate proxy <config> --port 0`` in a child process; yields its URL."""
+    keep = ("PATH", "HOME", "LANG", "PYTHONPATH")
+    base = {k: v for k, v in os.environ.items() if k in keep}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "x402gate.cli", "proxy", str(config), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**base, **env},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def drain() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            output.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        try:
+            first = lines.get(timeout=60)
+        except queue.Empty:
+            pytest.fail("x402gate proxy did not start: " + "".join(output))
+        assert first.startswith("x402gate gateway on http://127.0.0.1:"), "".join(output)
+        yield first.split(" on ", 1)[1].split(": ", 1)[0]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: LocalAccount,
+    authorizer: LocalAccount,
+    facilitator_account: LocalAccount,
+    channel_contracts: ChannelContracts,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("yaml")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("waitress")
+    from x402gate.stores import open_store
+    from x402gate.testing.servers import serve_wsgi
+
+    upstream_paths: list[str] = []
+
+    def upstream(environ: dict[str, Any], start_response: Any) -> Any:
+        upstream_paths.append(environ.get("PATH_INFO", ""))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(CONTENT).encode()]
+
+    store_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    before = test_token.balance_of(payer.address)
+    with serve_wsgi(upstream) as upstream_url:
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            GATEWAY_YAML.format(
+                pay_to=chain.new_account().address,
+                network=chain.network,
+                token=test_token.address,
+                rpc_url=chain.rpc_url,
+                store=store_url,
+                deposit=DEPOSIT,
+                upstream=upstream_url,
+            )
+        )
+        env = {
+            "FACILITATOR_KEY": facilitator_account.key.hex(),
+            "AUTHORIZER_KEY": authorizer.key.hex(),
+        }
+        with _proxy(config, env) as base_url:
+            urls = [f"{base_url}/data/a", f"{base_url}/data/b"]
+            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls)
+    channel_id = assert_paid_by_one_channel(report, N)
+    assert upstream_paths == ["/item/a", "/item/b"] * (N // 2) + ["/item/a"] * (N % 2)
+    assert chain.tx_count(facilitator_account.address) == 1  # the deposit, and nothing else
+    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+    store = open_store(store_url)
+    try:
+        stored = store.channel_get(channel_id)
+    finally:
+        store.close()
+    assert stored is not None and stored.charged == N * PRICE
