@@ -169,6 +169,8 @@ def read_channels(value: Any) -> Any:
         name = _name(key)
         if name is None:
             guess = suggest(key, list(CHANNEL_KEYS)) if isinstance(key, str) else None
+            if guess is not None and isinstance(key, str) and key.isupper():
+                guess = guess.upper()  # in the writer's own spelling
             hint = f" (did you mean {guess!r}?)" if guess is not None else ""
             problems.append((str(key), f"is not a channel setting{hint}"))
             continue
