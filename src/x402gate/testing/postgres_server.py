@@ -53,10 +53,26 @@ def find_postgres_bin() -> str | None:
         if found:
             candidates.append(os.path.dirname(os.path.realpath(found)))
         candidates.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+    user = _run_as()
     for directory in candidates:
-        if all(os.access(os.path.join(directory, exe), os.X_OK) for exe in ("initdb", "postgres")):
+        executables = all(
+            os.access(os.path.join(directory, exe), os.X_OK) for exe in ("initdb", "postgres")
+        )
+        if executables and _runs(os.path.join(directory, "postgres"), user):
             return directory
     return None
+
+
+def _runs(binary: str, user: str | None) -> bool:
+    """Whether ``binary --version`` runs as ``user`` (a directory it cannot reach, run as root
+    through another user, would fail only later, at initdb)."""
+    try:
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, user=user, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def _run_as() -> str | None:
