@@ -53,19 +53,17 @@ def find_postgres_bin() -> str | None:
         if found:
             candidates.append(os.path.dirname(os.path.realpath(found)))
         candidates.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
-    user = _run_as()
     for directory in candidates:
         executables = all(
             os.access(os.path.join(directory, exe), os.X_OK) for exe in ("initdb", "postgres")
         )
-        if executables and _runs(os.path.join(directory, "postgres"), user):
+        if executables and _runs(os.path.join(directory, "postgres"), None):
             return directory
     return None
 
 
 def _runs(binary: str, user: str | None) -> bool:
-    """Whether ``binary --version`` runs as ``user`` (a directory it cannot reach, run as root
-    through another user, would fail only later, at initdb)."""
+    """Whether ``binary --version`` runs (as ``user`` when given)."""
     try:
         done = subprocess.run(
             [binary, "--version"], capture_output=True, user=user, timeout=30, check=False
@@ -136,11 +134,40 @@ class PostgresServer:
         user = _run_as()
         self._dir = tempfile.mkdtemp(prefix="x402gate-pg-")
         try:
+            if user is not None:
+                os.chown(self._dir, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+                if not _runs(os.path.join(bin_dir, "postgres"), user):
+                    bin_dir = self._relocate(bin_dir)
             self._spawn(bin_dir, user)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _relocate(self, bin_dir: str) -> str:
+        """Copy the installation into the server's directory: run as root, the binaries may sit
+        below a directory the server's own user cannot enter (a virtualenv under ``/root``).
+
+        PostgreSQL finds its files relative to its binary (``bin``, ``lib``, ``share`` under one
+        prefix), and the pgserver wheel's binaries find their shared libraries in
+        ``pgserver.libs`` two levels above that prefix: the copy keeps both layouts.
+        """
+        assert self._dir is not None
+        prefix = os.path.dirname(os.path.realpath(bin_dir))
+        install = os.path.join(self._dir, "install")
+        target = os.path.join(install, "package", "pginstall")
+        for part in ("bin", "lib", "share"):
+            if os.path.isdir(os.path.join(prefix, part)):
+                shutil.copytree(os.path.join(prefix, part), os.path.join(target, part))
+        wheel_libs = os.path.join(os.path.dirname(os.path.dirname(prefix)), "pgserver.libs")
+        if os.path.isdir(wheel_libs):
+            shutil.copytree(wheel_libs, os.path.join(install, "pgserver.libs"))
+        for root, _, files in os.walk(install):
+            os.chmod(root, 0o755)
+            for name in files:
+                path = os.path.join(root, name)
+                os.chmod(path, os.stat(path).st_mode | 0o444)
+        return os.path.join(target, "bin")
 
     def _spawn(self, bin_dir: str, user: str | None) -> None:
         assert self._dir is not None
@@ -148,8 +175,7 @@ class PostgresServer:
         os.mkdir(sockets)
         if user is not None:
             entry = pwd.getpwnam(user)
-            for path in (self._dir, sockets):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(sockets, entry.pw_uid, entry.pw_gid)
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         initdb = subprocess.run(
             [os.path.join(bin_dir, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
