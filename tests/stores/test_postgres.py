@@ -68,6 +68,18 @@ def test_bad_options_are_configuration_errors_without_the_password(query: str) -
     assert "s3cret" not in str(info.value)
 
 
+def test_a_url_without_a_host_reaches_the_server_by_its_socket(
+    postgres_server: PostgresServer,
+) -> None:
+    url = (
+        f"postgresql:///postgres?host={postgres_server.socket_dir}&port=5432&user=postgres"
+        "&schema=hostless"
+    )
+    assert open_store(url).conninfo.startswith("postgresql:///postgres?host=")
+    with open_store(url) as store:
+        assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
+
+
 def test_two_stores_on_one_database_share_claims(postgres_url: str) -> None:
     with open_store(postgres_url) as a, open_store(postgres_url) as b:
         assert a.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED

@@ -96,9 +96,8 @@ class PostgresStore(
                 ours[name] = value
             else:
                 rest.append((name, value))
-        conninfo = urllib.parse.urlunsplit(
-            (parts.scheme, parts.netloc, parts.path, urllib.parse.urlencode(rest), "")
-        )
+        # Spliced, not urlunsplit: that would turn "postgresql:///db" into "postgresql:/db".
+        conninfo = url.partition("?")[0] + (f"?{urllib.parse.urlencode(rest)}" if rest else "")
         try:
             min_size = int(ours.get("pool_min_size", "1"))
             max_size = int(ours.get("pool_max_size", "10"))
