@@ -75,8 +75,10 @@ def test_a_url_without_a_host_reaches_the_server_by_its_socket(
         f"postgresql:///postgres?host={postgres_server.socket_dir}&port=5432&user=postgres"
         "&schema=hostless"
     )
-    assert open_store(url).conninfo.startswith("postgresql:///postgres?host=")
-    with open_store(url) as store:
+    store = open_store(url)
+    assert isinstance(store, PostgresStore)
+    assert store.conninfo.startswith("postgresql:///postgres?host=")
+    with store:
         assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
 
 
