@@ -156,6 +156,26 @@ def test_a_connection_lost_mid_operation_fails_closed_then_the_store_recovers(
         assert store.claim("k", "GET /a", "t3", EXP, NOW) is ClaimResult.IN_FLIGHT
 
 
+def test_a_lock_held_by_a_stuck_transaction_fails_the_operation_closed(
+    postgres_url: str,
+    admin: Admin,
+) -> None:
+    name = schema_of(postgres_url)
+    with open_store(f"{postgres_url}&pool_timeout=0.5") as store:
+        store.ping()
+        with admin.transaction():
+            admin.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{name}:replay:k",)
+            )
+            started = time.monotonic()
+            with pytest.raises(StoreError) as info:
+                store.claim("k", "GET /a", "t1", EXP, NOW)
+            assert time.monotonic() - started < 5
+            assert "lock timeout" in str(info.value)
+        # The lock is gone with its transaction: the same claim goes through.
+        assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
+
+
 def test_an_unreachable_server_is_a_store_error_within_the_pool_timeout() -> None:
     with PostgresServer() as server:
         url = f"{server.fresh_url()}&pool_timeout=1"

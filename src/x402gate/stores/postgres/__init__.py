@@ -9,8 +9,9 @@ Options of the store itself, taken out of the URL before it reaches libpq:
 
 * ``pool_min_size`` (default 1) and ``pool_max_size`` (default 10): connections kept by the
   store's pool in each process (``psycopg_pool``); the gate's worker threads share them.
-* ``pool_timeout`` (seconds, default 5): how long an operation waits for a connection, and
-  the connect timeout; past it the operation fails closed with :class:`StoreError`.
+* ``pool_timeout`` (seconds, default 5): how long an operation waits for a connection, to
+  connect, or for a lock another transaction holds (``lock_timeout``); past it the operation
+  fails closed with :class:`StoreError`.
 * ``schema``: a schema of its own for the tables (created if missing), instead of the
   connection's ``search_path``.
 * ``migrate`` (``true``, the default, or ``false``): whether the store creates and migrates

@@ -167,14 +167,27 @@ class PostgresConnection(Store):
             "autocommit": True,
             "connect_timeout": max(1, round(self.timeout)),
         }
+        # Session settings of every pooled connection: a lock held by a stuck transaction fails
+        # an operation closed after ``timeout`` (lock_timeout) instead of hanging the request,
+        # and the server ends a transaction left idle by a vanished client (after a minute).
+        settings = [
+            f"SET lock_timeout = {round(self.timeout * 1000)}",
+            "SET idle_in_transaction_session_timeout = 60000",
+        ]
         if self.schema is not None:
-            kwargs["options"] = f"-c search_path={self.schema}"
+            settings.append(f'SET search_path TO "{self.schema}"')
+
+        def configure(conn: Any) -> None:
+            for statement in settings:
+                conn.execute(statement)
+
         pool = psycopg_pool.ConnectionPool(
             self.conninfo,
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout,
             kwargs=kwargs,
+            configure=configure,
             check=psycopg_pool.ConnectionPool.check_connection,
             open=False,
             name="x402gate",
