@@ -12,6 +12,7 @@ HEAVY = [
     "eth_account",
     "x402",
     "redis",
+    "psycopg",
     "flask",
     "django",
     "fastapi",
@@ -58,6 +59,12 @@ def test_metered_prices_stores_schemes_and_event_kinds_are_top_level_names() -> 
             "redis",
             "from x402gate.stores import open_store; open_store('redis://127.0.0.1:1/0')",
             "redis",
+        ),
+        (
+            "psycopg",
+            "from x402gate.stores import open_store; open_store('postgresql://127.0.0.1:1/db')"
+            ".ping()",
+            "postgres",
         ),
     ],
 )

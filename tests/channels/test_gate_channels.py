@@ -399,7 +399,12 @@ def test_official_requests_client_pays_by_vouchers(
     assert runs == {"paid": 3}
 
 
-async def test_two_servers_on_one_sqlite_file_serve_one_request_per_step(
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def test_two_servers_on_one_store_serve_one_request_per_step(
+    backend: str,
+    request: pytest.FixtureRequest,
     chain: LocalChain,
     test_token: TestToken,
     facilitator: SdkFacilitator,
@@ -409,13 +414,18 @@ async def test_two_servers_on_one_sqlite_file_serve_one_request_per_step(
 ) -> None:
     from x402gate.demo import serve_in_thread
 
+    store = (
+        f"sqlite:///{tmp_path / 'shared.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     receiver = chain.new_account().address
     gates = [
         PaymentGate(
             pay_to=receiver,
             assets=test_token.asset,
             facilitator=facilitator,
-            store=f"sqlite:///{tmp_path / 'shared.db'}",
+            store=store,
             startup_checks="off",
             limit_in_flight=False,
             channels=ChannelSettings(

@@ -1,8 +1,9 @@
 """One wallet's burst split over two server processes that share one store.
 
 Two uvicorn servers of :mod:`served_app` (each its own process and its own settlement key) share
-one SQLite file, or one real ``redis-server``. A wallet funded for K payments sends 50 paid
-requests at once, each with its own authorization, alternating between the two. The bound on
+one SQLite file, one real ``redis-server``, or one real PostgreSQL database. A wallet funded for
+K payments sends 50 paid requests at once, each with its own authorization, alternating between
+the two. The bound on
 payments in flight lives in the store, so together the two processes run the handler at most K
 times, every run is settled on chain, and every other request gets a 402 with a code.
 """
@@ -32,7 +33,11 @@ BURST = 50
 
 @pytest.mark.parametrize(
     "deployment",
-    ["sqlite-2-instances", pytest.param("redis-2-instances", marks=pytest.mark.redis)],
+    [
+        "sqlite-2-instances",
+        pytest.param("redis-2-instances", marks=pytest.mark.redis),
+        pytest.param("postgres-2-instances", marks=pytest.mark.postgres),
+    ],
 )
 async def test_a_burst_over_two_instances_runs_the_handler_at_most_k_times(
     deployment: str,
@@ -46,6 +51,8 @@ async def test_a_burst_over_two_instances_runs_the_handler_at_most_k_times(
     runs = tmp_path / "handler-runs"
     if deployment == "sqlite-2-instances":
         store = f"sqlite:///{tmp_path / 'x402gate.db'}"
+    elif deployment == "postgres-2-instances":
+        store = request.getfixturevalue("postgres_url")
     else:
         store = request.getfixturevalue("redis_url")
     # A settlement key per instance: two processes sending from one account would race for its

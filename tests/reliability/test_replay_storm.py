@@ -5,7 +5,8 @@ Two real deployments on loopback, each serving :mod:`served_app` with uvicorn in
 * ``sqlite-4-workers``: one uvicorn with ``--workers 4`` (four processes on one socket) sharing
   one SQLite replay store file;
 * ``redis-2-instances``: two separate uvicorn servers on two ports sharing one real
-  ``redis-server``, the requests split evenly between them.
+  ``redis-server``, the requests split evenly between them;
+* ``postgres-2-instances``: the same with one real PostgreSQL database.
 
 What a merchant needs from it: the handler runs exactly once, exactly one settlement transaction
 is sent (the facilitator account's nonce moves by one, nothing waits in the pool), no reverted
@@ -46,7 +47,11 @@ REPLAY = "invalid_exact_evm_nonce_already_used"
 
 @pytest.mark.parametrize(
     "deployment",
-    ["sqlite-4-workers", pytest.param("redis-2-instances", marks=pytest.mark.redis)],
+    [
+        "sqlite-4-workers",
+        pytest.param("redis-2-instances", marks=pytest.mark.redis),
+        pytest.param("postgres-2-instances", marks=pytest.mark.postgres),
+    ],
 )
 async def test_two_hundred_concurrent_submissions_of_one_payment_are_served_and_paid_once(
     deployment: str,
@@ -61,6 +66,8 @@ async def test_two_hundred_concurrent_submissions_of_one_payment_are_served_and_
     runs = tmp_path / "handler-runs"
     if deployment == "sqlite-4-workers":
         store = f"sqlite:///{tmp_path / 'replay.db'}"
+    elif deployment == "postgres-2-instances":
+        store = request.getfixturevalue("postgres_url")
     else:
         store = request.getfixturevalue("redis_url")
     env = app_env(

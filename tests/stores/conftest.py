@@ -1,7 +1,9 @@
 """One ``make_store`` fixture over every backend, so each rule is checked on each of them.
 
 The Redis server comes from the x402gate pytest plugin (``redis_url``); the Redis case is marked
-``redis`` and skips, or fails under ``X402GATE_REQUIRE_REDIS=1``, when no server can run.
+``redis`` and skips, or fails under ``X402GATE_REQUIRE_REDIS=1``, when no server can run; the
+PostgreSQL one likewise (``postgres_server``, ``X402GATE_REQUIRE_POSTGRES=1``), each store in a
+schema of its own.
 """
 
 from __future__ import annotations
@@ -13,17 +15,26 @@ from pathlib import Path
 import pytest
 
 from x402gate.stores import Store, open_store
+from x402gate.testing.postgres_server import PostgresServer
 
 StoreFactory = Callable[[], Store]
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
 )
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A factory of fresh, empty stores of one backend, each opened by URL."""
     backend: str = request.param
     redis_url: str = request.getfixturevalue("redis_url") if backend == "redis" else ""
+    postgres: PostgresServer | None = (
+        request.getfixturevalue("postgres_server") if backend == "postgres" else None
+    )
     counter = itertools.count()
     opened: list[Store] = []
 
@@ -34,6 +45,8 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
             # Durability is not what these tests check, and an fsync per operation would make
             # the model test wait on the disk; test_sqlite and test_atomicity use the default.
             return f"sqlite:///{tmp_path}/store-{n}.db?synchronous=normal"
+        if postgres is not None:
+            return postgres.fresh_url()  # a schema of its own
         # A prefix per store keeps stores apart on one server without flushing it.
         return f"{redis_url}?key_prefix=t{n}:"
 
@@ -54,7 +67,12 @@ def store(make_store: StoreFactory) -> Store:
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)],
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
 )
 def make_handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """A factory of handles on one and the same empty store of one backend.
@@ -69,6 +87,8 @@ def make_handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stor
         return
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path}/shared.db?synchronous=normal"
+    elif backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
     else:
         url = f"{request.getfixturevalue('redis_url')}?key_prefix=shared:"
     opened: list[Store] = []

@@ -179,3 +179,24 @@ def test_sqlite_store_survives_fork_while_another_thread_is_inside_it(tmp_path: 
     assert store.state("child", NOW) == "used"
     assert store.mark_used("parent", "p") is True
     store.close()
+
+
+@pytest.mark.usefixtures("fast_thread_switching")
+@pytest.mark.parametrize("sharing", ["one_store", "store_per_thread"])
+def test_16_threads_on_one_postgres_database(postgres_url: str, sharing: str) -> None:
+    # One store shares its pool among the threads; a store per thread gives each its own pool.
+    shared = open_store(f"{postgres_url}&pool_max_size=16")
+    race_keys = keys(40)
+    outcomes = run_threads(
+        lambda i: shared if sharing == "one_store" else postgres_url, 16, race_keys
+    )
+    assert_one_winner_per_key(outcomes, race_keys, shared)
+    shared.close()
+
+
+def test_4_processes_on_one_postgres_database(postgres_url: str) -> None:
+    # The schema does not exist yet: creating it is part of the race.
+    race_keys = keys(40)
+    outcomes = run_processes(postgres_url, 4, race_keys)
+    with open_store(postgres_url) as store:
+        assert_one_winner_per_key(outcomes, race_keys, store)

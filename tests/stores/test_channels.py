@@ -560,12 +560,21 @@ def test_two_redis_clients_chase_consecutive_steps(redis_url: str) -> None:
 # -- a server killed between its answer and its commit: the charge is forfeited, once ----------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
 def test_a_step_whose_process_was_killed_is_forfeited(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path}/killed.db"
+    elif backend == "postgres":
+        url = request.getfixturevalue("postgres_url")
     else:
         url = f"{request.getfixturevalue('redis_url')}?key_prefix=chkill:"
     with open_store(url) as store:

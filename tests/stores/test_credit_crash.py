@@ -27,10 +27,19 @@ TESTS_DIR = Path(__file__).resolve().parent.parent  # where the ``stores`` test 
 AFTER_EXPIRY = NOW + 30  # the workers' reservations expire at NOW + 30
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/ledger.db"  # synchronous=full, as in production
+    if request.param == "postgres":
+        postgres_url: str = request.getfixturevalue("postgres_url")
+        return postgres_url
     redis_url: str = request.getfixturevalue("redis_url")
     return f"{redis_url}?key_prefix=crash:"
 

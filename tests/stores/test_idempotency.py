@@ -23,6 +23,7 @@ from x402gate.stores import (
     open_store,
 )
 from x402gate.stores.memory import MemoryStore
+from x402gate.stores.postgres import PostgresStore
 from x402gate.stores.sqlite import SQLiteStore
 
 NEW = IdempotencyResult(IdempotencyOutcome.NEW)
@@ -275,6 +276,8 @@ def twin(store: Store) -> Store:
         return store
     if isinstance(store, SQLiteStore):
         return SQLiteStore(store.path, synchronous="normal")
+    if isinstance(store, PostgresStore):
+        return PostgresStore(store.conninfo, schema=store.schema)
     import redis
 
     from x402gate.stores.redis import RedisStore

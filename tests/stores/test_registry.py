@@ -19,6 +19,7 @@ from x402gate.stores import (
     registry,
 )
 from x402gate.stores.memory import MemoryStore
+from x402gate.stores.postgres import PostgresStore
 from x402gate.stores.sqlite import SQLiteStore
 
 NOW = 1_700_000_000.0
@@ -111,7 +112,9 @@ def test_unknown_scheme_names_the_accepted_ones_and_hides_the_password() -> None
         open_store("mongodb://admin:hunter2@db.example:27017/claims")
     message = str(caught.value)
     assert "unknown store URL scheme 'mongodb'" in message
-    assert "memory://, redis://, rediss://, sqlite://, unix://" in message
+    assert (
+        "memory://, postgres://, postgresql://, redis://, rediss://, sqlite://, unix://" in message
+    )
     assert "hunter2" not in message
 
 
@@ -188,7 +191,16 @@ def test_builtin_backends_are_found_again_after_the_registry_is_emptied(
 ) -> None:
     monkeypatch.setattr(registry, "_SCHEMES", {})  # their modules are imported already
     assert isinstance(open_store("memory://"), MemoryStore)
-    assert registry.accepted_schemes() == ["memory", "redis", "rediss", "sqlite", "unix"]
+    assert registry.accepted_schemes() == [
+        "memory",
+        "postgres",
+        "postgresql",
+        "redis",
+        "rediss",
+        "sqlite",
+        "unix",
+    ]
+    assert isinstance(open_store("postgres://localhost/db"), PostgresStore)
 
 
 def test_register_scheme_refuses_a_class_without_a_valid_scheme() -> None:

@@ -156,6 +156,7 @@ def test_flags_describe_the_backend(store: Store) -> None:
         "memory": (False, False),
         "sqlite": (True, True),
         "redis": (True, True),
+        "postgresql": (True, True),
     }[store.scheme]
     assert (store.blocking, store.shared_across_processes) == expected
 

@@ -34,6 +34,8 @@ _BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
     "redis": ("x402gate.stores.redis", "RedisStore"),
     "rediss": ("x402gate.stores.redis", "RedisStore"),
     "unix": ("x402gate.stores.redis", "RedisStore"),
+    "postgresql": ("x402gate.stores.postgres", "PostgresStore"),
+    "postgres": ("x402gate.stores.postgres", "PostgresStore"),
 }
 
 # RFC 3986 scheme syntax.
@@ -96,7 +98,9 @@ def open_store(url_or_store: str | Store | object) -> Store:
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — the default
       (:data:`DEFAULT_STORE_URL`), shared by every process on the host;
     * ``redis://[:password@]host:port/db``, ``rediss://...``, ``unix:///path/redis.sock`` —
-      shared by several hosts.
+      shared by several hosts;
+    * ``postgresql://user:password@host:port/db`` (or ``postgres://``) — shared by several
+      hosts, with transactions (needs the ``postgres`` extra).
 
     A :class:`Store` is returned as it is. Raises :class:`~x402gate.errors.ConfigurationError`
     for an unknown scheme or a malformed URL; messages never contain a password from the URL.
