@@ -24,7 +24,7 @@ import pytest
 from x402gate import PaymentGate
 from x402gate.gate import ChannelSettings
 
-from .test_gate_channels import SdkFacilitator
+from ._kit import SdkFacilitator
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -80,33 +80,6 @@ class Server:
     runs: dict[str, int]
     receiver: str
     secrets: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def receiver_authorizer(chain: LocalChain) -> LocalAccount:
-    return chain.new_account()
-
-
-@pytest.fixture
-def facilitator(
-    chain: LocalChain,
-    channel_contracts: ChannelContracts,
-    facilitator_account: LocalAccount,
-    receiver_authorizer: LocalAccount,
-) -> SdkFacilitator:
-    from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
-    from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
-    from x402.mechanisms.evm.signers import FacilitatorWeb3Signer
-
-    return SdkFacilitator(
-        BatchSettlementEvmFacilitator(
-            FacilitatorWeb3Signer(
-                facilitator_account.key.hex(), chain.rpc_url, confirmation_timeout_seconds=10
-            ),
-            authorizer_signer=LocalAuthorizerSigner(receiver_authorizer.key.hex()),
-        ),
-        chain.network,
-    )
 
 
 @pytest.fixture(params=["asgi", "wsgi"])
