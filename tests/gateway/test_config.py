@@ -236,10 +236,10 @@ INVALID: list[tuple[str, list[tuple[str, str]] | str, dict[str, str | None], str
     ),
     (
         "unknown store",
-        [("sqlite:///x402gate.db", "postgres://app:hunter22@db/x402")],
+        [("sqlite:///x402gate.db", "mongodb://app:hunter22@db/x402")],
         {},
         "store",
-        "postgres://app:***@db/x402",
+        "mongodb://app:***@db/x402",
     ),
     (
         "no upstream",
