@@ -274,7 +274,8 @@ async def _sync(
             withdraw_requested_at=withdraw,
             refund_nonce=refund_nonce,
             now=now,
-        )
+        ),
+        refusals=True,
     )
     return state
 
@@ -416,7 +417,8 @@ async def _take_step(
                 signature="0x" + auth.signature.hex(),
                 expires_at=now + timeout,
                 now=now,
-            )
+            ),
+            refusals=True,
         )
         if begun.outcome is not ChannelBeginOutcome.BUSY:
             return begun
