@@ -16,7 +16,8 @@
 // where answers are what the buyer's code got back (paymentResponse is the decoded
 // PAYMENT-RESPONSE header, null when absent) and exchanges are every HTTP request the client
 // really sent, paid meaning it carried a PAYMENT-SIGNATURE header. Exit status 0 when the line
-// was printed, 2 for a usage error.
+// was printed, 2 for a usage error. With X402_REQUEST_BODY set (a JSON text), every request is
+// a POST of that body as application/json (a metered route's request), else a GET.
 
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
 import { toClientEvmSigner } from "@x402/evm";
@@ -73,12 +74,19 @@ async function main() {
   };
   const pay = wrapFetchWithPayment(seen, client);
 
+  const body = process.env.X402_REQUEST_BODY;
   const answers = [];
   let error = null;
   try {
     for (let i = 0; i < count; i += 1) {
       const url = urls[i % urls.length];
-      const response = await pay(url, { signal: AbortSignal.timeout(TIMEOUT_MS) });
+      const init = { signal: AbortSignal.timeout(TIMEOUT_MS) };
+      if (body !== undefined) {
+        init.method = "POST";
+        init.headers = { "content-type": "application/json" };
+        init.body = body;
+      }
+      const response = await pay(url, init);
       const raw = response.headers.get("payment-response");
       answers.push({
         url,
