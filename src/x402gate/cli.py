@@ -1,4 +1,5 @@
-"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``, ``--version``."""
+"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
+``x402gate testing install-chain``, ``--version``."""
 
 from __future__ import annotations
 
@@ -46,6 +47,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
+    testing = sub.add_parser(
+        "testing",
+        help="the test kit's tools (x402gate.testing): install-chain",
+        description="Tools of the test kit (x402gate.testing and its pytest plugin).",
+    )
+    testing_sub = testing.add_subparsers(dest="testing_command", metavar="TOOL", required=True)
+    install = testing_sub.add_parser(
+        "install-chain",
+        help="install the pinned anvil from npm into the user cache and print its path",
+        description="Install the anvil version the test kit pins (npm, into a user cache "
+        "directory: $X402GATE_CACHE_DIR or ~/.cache/x402gate), unless it is there already, "
+        "and print the binary's path. The pytest fixtures then find it.",
+    )
+    install.add_argument("--force", action="store_true", help="install again even if present")
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -64,7 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "testing":
+        return _install_chain(force=args.force)
     return 2  # pragma: no cover
+
+
+def _install_chain(*, force: bool) -> int:
+    """``x402gate testing install-chain``: the pinned anvil's path on stdout, or why not."""
+    from .testing.anvil import ANVIL_VERSION, AnvilInstallError, install_anvil
+
+    try:
+        path = install_anvil(force=force)
+    except AnvilInstallError as exc:
+        print(f"x402gate testing install-chain: {exc}", file=sys.stderr)
+        return 1
+    print(f"anvil {ANVIL_VERSION} ready", file=sys.stderr)
+    print(path)
+    return 0
 
 
 def _proxy(args: argparse.Namespace) -> int:
