@@ -24,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"x402gate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", help="run a paid round trip on a local chain (needs the pinned anvil: npm ci)"
+        "demo",
+        help="run a paid round trip on a local chain (needs the pinned anvil: x402gate testing "
+        "install-chain)",
     )
     demo.add_argument("--json", action="store_true", help="also print the rows as JSON")
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the gate does")
