@@ -46,6 +46,7 @@ from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .model import Payment, PaymentSession, Route
+from .throttle import limit_payer
 
 if TYPE_CHECKING:
     from x402.schemas import PaymentPayload, PaymentRequirements
@@ -301,6 +302,9 @@ async def channel_begin(
         raise await reject(exc.code, exc.message, exc.status_code) from None
     if auth.kind == "refund":
         raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
+    if auth.recovered:
+        # The voucher's signature proves the payer: count it before any channel step.
+        await limit_payer(gate, route, request, auth.payer)
     channel_id = auth.channel_id
     # Canonical (checksummed, sorted): two clients spelling one config differently agree.
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
@@ -322,6 +326,9 @@ async def channel_begin(
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")
                 raise await reject(code, "the facilitator refused this payment", 402)
+            if not auth.recovered:
+                # Proven by the facilitator only: counted now, before a deposit is collected.
+                await limit_payer(gate, route, request, auth.payer)
         if auth.deposit is not None:
             settled = await scheme.settle(payload, requirements)
             if not settled.success:

@@ -56,6 +56,7 @@ from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
 from ..errors import ConfigurationError, StoreError
 from ..proxies import TrustedProxies
+from ..ratelimit import RateLimiter, RateLimitStrategy, check_strategy, default_storage_url
 from ..reconcile import ChainReconciler
 from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
@@ -152,6 +153,10 @@ class PaymentGate:
         :class:`ConfigurationError`; ``"warn"`` logs it and starts anyway (payments answer 503
         until it holds); ``"off"`` skips the check. The environment variable
         ``X402GATE_STARTUP_CHECKS`` overrides it.
+    :param rate_limit_storage: where the counters of routes' ``rate_limit`` live: a ``limits``
+        storage URL (``"memory://"``, ``"redis://host:6379/0"``). By default the store's Redis
+        when ``store`` is a Redis URL (shared by every instance), memory otherwise.
+    :param rate_limit_strategy: ``"moving-window"`` (the default) or ``"fixed-window"``.
     """
 
     def __init__(
@@ -179,6 +184,8 @@ class PaymentGate:
         startup_checks: StartupChecks = "fail",
         scheme: PaymentScheme | None = None,
         channels: ChannelSettings | None = None,
+        rate_limit_storage: str | None = None,
+        rate_limit_strategy: RateLimitStrategy = "moving-window",
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -188,6 +195,11 @@ class PaymentGate:
             raise ConfigurationError("scheme must be a x402gate.schemes.PaymentScheme")
         self.scheme: PaymentScheme = scheme if scheme is not None else ExactScheme(facilitator)
         self.store = open_store(store)
+        self.rate_limit_storage = (
+            rate_limit_storage if rate_limit_storage is not None else default_storage_url(store)
+        )
+        self.rate_limit_strategy: RateLimitStrategy = check_strategy(rate_limit_strategy)
+        self.rate_limiter: RateLimiter | None = None
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0

@@ -25,6 +25,7 @@ from .channels import channel_abort, channel_begin, channel_finish
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .model import Payment, PaymentSession, Route
+from .throttle import limit_ip, limit_payer
 
 if TYPE_CHECKING:
     from .engine import PaymentGate
@@ -49,6 +50,8 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="startup"))
             raise failure(exc) from None
 
+    # Per client address, before any work is done for the request (429, nothing priced).
+    await limit_ip(gate, route, request)
     # Everything after this names the configured public origin, never the client's Host.
     request.url = gate.public_url(request)
     cached = gate._plain_challenge(route, request)
@@ -101,6 +104,9 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
         )
     except PaymentError as exc:
         raise await reject(exc.code, exc.message, exc.status_code) from None
+    if auth.recovered:
+        # The signature proves the payer: count it before anything is claimed or verified.
+        await limit_payer(gate, route, request, auth.payer)
 
     try:
         payment_id = gate._payment_id(route, decoded.payload)
@@ -226,6 +232,13 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             await gate._release(session)
             code = safe_code(verdict.invalid_reason, "payment_invalid")
             raise await reject(code, "the facilitator refused this payment")
+    if not auth.recovered:
+        # Only the facilitator's verify proved this payer: count it now, nothing settled yet.
+        try:
+            await limit_payer(gate, route, request, auth.payer)
+        except PaymentError:
+            await gate._release(session)
+            raise
     await gate._emit(PaymentEvent(EventKind.VERIFIED, request, route, payment))
 
     if route.settlement == "before":
