@@ -45,6 +45,7 @@ __all__ = [
     "RateLimitStrategy",
     "RateLimiter",
     "as_rate_limit",
+    "check_storage_url",
     "check_strategy",
     "default_storage_url",
 ]
@@ -78,6 +79,22 @@ def check_strategy(strategy: Any) -> RateLimitStrategy:
             f"rate_limit_strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}"
         )
     return strategy  # type: ignore[no-any-return]
+
+
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel")
+"""``limits`` storages the counters may live in: one process, or a Redis shared by instances."""
+
+
+def check_storage_url(url: Any) -> str:
+    """``url`` if it names a counter storage (:data:`STORAGE_SCHEMES`); otherwise
+    :class:`ConfigurationError`. Nothing is connected to."""
+    scheme = url.partition("://")[0].lower() if isinstance(url, str) and "://" in url else None
+    if scheme not in STORAGE_SCHEMES:
+        shown = f"{scheme}://" if scheme else repr(url) if not isinstance(url, str) else "no URL"
+        raise ConfigurationError(
+            f"rate limit storage must be memory:// or a redis:// URL, not {shown}"
+        )
+    return url  # type: ignore[no-any-return]
 
 
 def _parse(text: Any, what: str) -> tuple[RateLimitItem, ...]:
@@ -196,10 +213,7 @@ class RateLimiter:
         key_prefix: str = "x402gate",
     ) -> None:
         check_strategy(strategy)
-        if not isinstance(storage, str) or "://" not in storage:
-            raise ConfigurationError(
-                "rate_limit_storage must be a storage URL like 'memory://' or 'redis://host'"
-            )
+        check_storage_url(storage)
         try:
             from limits.storage import Storage as SyncStorage
             from limits.storage import storage_from_string
@@ -208,8 +222,6 @@ class RateLimiter:
             raise ConfigurationError(
                 "rate limits need the 'limits' package: pip install 'x402gate[ratelimit]'"
             ) from None
-        if storage.startswith("async+"):
-            raise ConfigurationError("rate_limit_storage: give the synchronous URL (no 'async+')")
         try:
             built = storage_from_string(storage)
         except Exception as exc:

@@ -56,7 +56,13 @@ from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
 from ..errors import ConfigurationError, StoreError
 from ..proxies import TrustedProxies
-from ..ratelimit import RateLimiter, RateLimitStrategy, check_strategy, default_storage_url
+from ..ratelimit import (
+    RateLimiter,
+    RateLimitStrategy,
+    check_storage_url,
+    check_strategy,
+    default_storage_url,
+)
 from ..reconcile import ChainReconciler
 from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
@@ -196,7 +202,9 @@ class PaymentGate:
         self.scheme: PaymentScheme = scheme if scheme is not None else ExactScheme(facilitator)
         self.store = open_store(store)
         self.rate_limit_storage = (
-            rate_limit_storage if rate_limit_storage is not None else default_storage_url(store)
+            check_storage_url(rate_limit_storage)
+            if rate_limit_storage is not None
+            else default_storage_url(store)
         )
         self.rate_limit_strategy: RateLimitStrategy = check_strategy(rate_limit_strategy)
         self.rate_limiter: RateLimiter | None = None

@@ -97,6 +97,8 @@ class Gateway:
             # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
             reconcile=config.facilitator.chain_rpc_url,
             channels=config.channels,
+            rate_limit_storage=settings.rate_limit_storage,
+            rate_limit_strategy=settings.rate_limit_strategy,
         )
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)
@@ -109,6 +111,7 @@ class Gateway:
                 description=plan.description,
                 mime_type=plan.mime_type,
                 credit_topup=plan.credit_topup,
+                rate_limit=plan.rate_limit,
             )
             for plan in config.routes
         }

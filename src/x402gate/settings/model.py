@@ -56,6 +56,10 @@ class GateSettings(BaseModel):
     startup_checks: str = "fail"
     channels: Any = None
     """``batch-settlement`` terms (:mod:`x402gate.settings.channels`); ``None``: no channels."""
+    rate_limit_storage: str | None = None
+    """Where routes' ``rate_limit`` counters live (:mod:`x402gate.ratelimit`); ``None``: the
+    store's Redis when the store is one, memory otherwise."""
+    rate_limit_strategy: str = "moving-window"
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -192,6 +196,20 @@ class GateSettings(BaseModel):
     @classmethod
     def _startup_checks(cls, value: Any) -> str:
         return check.check_startup_checks("fail" if value in (None, "") else value)
+
+    @field_validator("rate_limit_storage", mode="plain")
+    @classmethod
+    def _rate_limit_storage(cls, value: Any) -> str | None:
+        from ..ratelimit import check_storage_url
+
+        return None if value in (None, "") else check_storage_url(value)
+
+    @field_validator("rate_limit_strategy", mode="plain")
+    @classmethod
+    def _rate_limit_strategy(cls, value: Any) -> str:
+        from ..ratelimit import check_strategy
+
+        return check_strategy("moving-window" if value in (None, "") else value)
 
     @field_validator("channels", mode="plain")
     @classmethod

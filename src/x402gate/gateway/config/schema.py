@@ -23,6 +23,7 @@ __all__ = [
     "FacilitatorSpec",
     "GatewayFile",
     "GatewaySection",
+    "RateLimitSpec",
     "RouteSpec",
     "RuleSpec",
     "UpstreamSpec",
@@ -87,6 +88,10 @@ class GatewaySection(_Model):
     startup_checks: Literal["fail", "warn", "off"] = "fail"
     upstream_client: Literal["aiohttp", "httpx", "builtin"] = "aiohttp"
     """The HTTP client that forwards to upstreams (:mod:`x402gate.gateway.clients`)."""
+    rate_limit_storage: str | None = None
+    """Where routes' ``rate_limit`` counters live (``memory://``, ``redis://...``); by default
+    the store's Redis when the store is one, memory otherwise."""
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
 
 
 class AcceptSpec(_Model):
@@ -138,6 +143,19 @@ class DecodeBodySpec(_Model):
     max_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
 
 
+def _rate_shorthand(value: Any) -> Any:
+    return {"per_ip": value} if isinstance(value, str) else value
+
+
+class RateLimitSpec(_Model):
+    """A route's ``rate_limit:``: a rate per client address (``"60/minute"``, also the
+    shorthand ``rate_limit: 60/minute``) and per payer (see :mod:`x402gate.ratelimit`)."""
+
+    per_ip: str | None = None
+    per_payer: str | None = None
+    scope: str | None = None
+
+
 class RuleSpec(_Model):
     """One item of a route's ``match:`` list: conditions (``when``, or ``where``) and a price."""
 
@@ -170,6 +188,7 @@ class RouteSpec(_Model):
     max_price: Any = None
     bytes_per_token: int = Field(default=1, ge=1, le=16)
     decode_body: DecodeBodySpec | None = None
+    rate_limit: Annotated[RateLimitSpec | None, BeforeValidator(_rate_shorthand)] = None
 
 
 class GatewayFile(_Model):
@@ -218,6 +237,7 @@ def known_names() -> list[str]:
         UpstreamSpec,
         RuleSpec,
         RouteSpec,
+        RateLimitSpec,
     ):
         names.update(model.model_fields)
     names.update(("where", *ALIASES.values()))
