@@ -178,6 +178,8 @@ def cached_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> P
     """
     if not gate._started or gate._listeners:
         return None
+    if route.rate_limit is not None and route.rate_limit.ip_items:
+        return None  # every request counts against the per-IP limit: begin() counts it
     request.url = gate.public_url(request)
     return plain_challenge(gate, route, request)
 
