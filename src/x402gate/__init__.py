@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .gate import EventKind, Payment, PaymentEvent, PaymentGate, Route
     from .metering import PerSecond, PerToken, TokenPrice
     from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .ratelimit import RateLimit
     from .reconcile import ChainReconciler
     from .request import RequestInfo
     from .schemes import ExactScheme, PaymentScheme
@@ -54,6 +55,7 @@ __all__ = [
     "PerSecond",
     "PerToken",
     "PriceStrategy",
+    "RateLimit",
     "RequestInfo",
     "Route",
     "Rule",
@@ -85,6 +87,7 @@ _LAZY = {
     "PriceStrategy": "pricing",
     "Rule": "pricing",
     "RequestInfo": "request",
+    "RateLimit": "ratelimit",
     "PerSecond": "metering",
     "PerToken": "metering",
     "TokenPrice": "metering",
