@@ -243,6 +243,8 @@ def assert_limited(response: httpx.Response, limit: int, window: int) -> int:
     assert response.headers["ratelimit-remaining"] == "0"
     assert response.headers["ratelimit-reset"] == str(retry_after)
     assert response.headers["ratelimit-policy"] == f"{limit};w={window}"
+    exposed = response.headers["access-control-expose-headers"]
+    assert "Retry-After" in exposed and "RateLimit-Reset" in exposed
     return retry_after
 
 
