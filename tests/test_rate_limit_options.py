@@ -181,14 +181,17 @@ async def test_unpaid_requests_over_the_per_ip_limit_get_429_without_a_challenge
         return JSONResponse({"content": "PAID"})
 
     gate = chain_gate(local_facilitator, test_token)
-    routes = {"GET /paid": {"price": "$0.01", "rate_limit": "3/minute"}, "GET /free": "$0.01"}
+    routes = {"GET /paid/*": {"price": "$0.01", "rate_limit": "3/minute"}, "GET /free": "$0.01"}
     app = PaymentMiddleware(
-        Starlette(routes=[Route("/paid", paid), Route("/free", paid)]), gate=gate, routes=routes
+        Starlette(routes=[Route("/paid/{name}", paid), Route("/free", paid)]),
+        gate=gate,
+        routes=routes,
     )
     with serve_in_thread(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            statuses = [(await client.get("/paid")).status_code for _ in range(5)]
-            limited = await client.get("/paid", headers={"Accept": "text/html"})
+            # Every path under the key counts against the key's one limit.
+            statuses = [(await client.get(f"/paid/{n}")).status_code for n in range(5)]
+            limited = await client.get("/paid/x", headers={"Accept": "text/html"})
             unlimited = [(await client.get("/free")).status_code for _ in range(5)]
     gate.close()
     assert statuses == [402, 402, 402, 429, 429]

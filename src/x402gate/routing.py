@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -252,6 +252,9 @@ class RouteTable:
                     raise ConfigurationError(f"route {key!r}: {exc}") from None
             else:
                 route = gate.route(spec)
+            if route.rate_limit is not None and route.rate_limit.scope is None:
+                # Counted per key: "/files/a" and "/files/b" under "GET /files/*" share a limit.
+                route = replace(route, rate_limit=route.rate_limit.scoped(key))
             entry = _Entry(pattern, route)
             problem = _shadowing(entry, entries)
             if problem is not None:

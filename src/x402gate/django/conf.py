@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
 from django.conf import settings
@@ -223,6 +223,9 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
             paths[key] = spec
             continue
         route = _route(gate, key, spec)
+        if route.rate_limit is not None and route.rate_limit.scope is None:
+            # Counted per key, whatever the view's path parameters, like a path key.
+            route = replace(route, rate_limit=route.rate_limit.scoped(key))
         views.append(ViewRoute(key, methods, name, route))
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 
