@@ -61,7 +61,8 @@ async def test_a_limited_voucher_takes_no_channel_step(
         runs.append(request.state.payment.payer)
         return JSONResponse({"content": "PAID"})
 
-    routes = {"GET /paid": {"price": "$0.001", "rate_limit": RateLimit(per_payer="2 per 3 seconds")}}
+    limit = RateLimit(per_payer="2 per 3 seconds")
+    routes = {"GET /paid": {"price": "$0.001", "rate_limit": limit}}
     app = PaymentMiddleware(Starlette(routes=[Route("/paid", paid)]), gate=gate, routes=routes)
     client = channel_client(payer, test_token)
     transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
