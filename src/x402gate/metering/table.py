@@ -13,8 +13,9 @@ broader one (``gpt-4o-mini*`` before ``gpt-4o*``): lookups take exact names firs
 matching glob, as :class:`~x402gate.metering.PerToken` does.
 
 The figures are list prices as published; a provider may change them at any time. Override a
-row per route (``models:`` in a gateway file, or your own mapping merged in front of
-:meth:`PriceTable.token_prices`), and check ``x402gate prices`` against the sources.
+row per route (``models:`` in a gateway file, or in Python a mapping merged over the table's:
+``{**table.token_prices(), "gpt-4o*": TokenPrice(...)}``), and check ``x402gate prices``
+against the sources.
 """
 
 from __future__ import annotations
