@@ -92,7 +92,7 @@ class UnitCompiler:
             return False
         priced = spec.price is not None or spec.models or spec.price_table is not None
         if not priced and spec.fallback in (None, REFUSE):
-            self._add((*loc, "price"), f"a {spec.type} route needs a price or models")
+            self._add((*loc, "price"), f"a route of type {spec.type} needs a price or models")
             return False
         return True
 
