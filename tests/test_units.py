@@ -279,3 +279,13 @@ def test_unit_prices_are_checked_when_configured() -> None:
         PerAudioSecond("$0.006", min_bitrate=0)
     with pytest.raises(ConfigurationError, match="size"):
         PerImage({"1024x1024": {}})
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    from x402gate.metering import audio, images, table, units
+
+    results = [doctest.testmod(module) for module in (audio, images, table, units)]
+    assert sum(result.attempted for result in results) >= 10
+    assert sum(result.failed for result in results) == 0

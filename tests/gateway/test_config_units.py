@@ -197,3 +197,11 @@ def test_the_media_example_is_valid() -> None:
     kinds = [type(plan.strategy) for plan in config.routes]
     assert kinds == [PerToken, PerInputToken, PerImage, PerCharacter, PerAudioSecond]
     assert config.channels is not None
+
+
+def test_the_source_distribution_ships_the_examples_and_docs() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((EXAMPLES.parents[1] / "pyproject.toml").read_text())
+    include = pyproject["tool"]["hatch"]["build"]["targets"]["sdist"]["include"]
+    assert {"examples", "docs", "README.md"} <= set(include)
