@@ -289,3 +289,10 @@ def test_docstring_examples() -> None:
     results = [doctest.testmod(module) for module in (audio, images, table, units)]
     assert sum(result.attempted for result in results) >= 10
     assert sum(result.failed for result in results) == 0
+
+
+def test_a_wav_byte_rate_inflated_above_the_sample_rate_is_not_believed() -> None:
+    audio = bytearray(wav_bytes(10))  # 8 kHz, 2-byte samples: 16000 bytes a second
+    audio[28:32] = (160_000).to_bytes(4, "little")  # claims ten times faster
+    info = audio_seconds(bytes(audio))
+    assert info is not None and info.seconds == 10

@@ -205,3 +205,23 @@ def test_the_source_distribution_ships_the_examples_and_docs() -> None:
     pyproject = tomllib.loads((EXAMPLES.parents[1] / "pyproject.toml").read_text())
     include = pyproject["tool"]["hatch"]["build"]["targets"]["sdist"]["include"]
     assert {"examples", "docs", "README.md"} <= set(include)
+
+
+def test_proxy_check_reports_the_new_keys_by_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from x402gate.cli import main
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "gateway.yaml"
+    lines = "type: transcription\nprice: $0.006\nmin_bitrat: 8000\nother_formats: all"
+    path.write_text(apply([route("upstream: anthropic\n" + lines)]))
+    assert main(["proxy", "--check", str(path)]) == 1
+    err = capsys.readouterr().err
+    text = path.read_text().splitlines()
+    for key, hint in (("min_bitrat", "did you mean 'min_bitrate'"), ("other_formats", "'size'")):
+        number = next(i for i, line in enumerate(text, 1) if line.strip().startswith(key))
+        assert f'{path}:{number}: routes["POST /v1/messages"].{key}: ' in err
+        assert hint in err
+    assert "invalid (2 problems)" in err

@@ -70,6 +70,11 @@ def _wav(data: memoryview) -> AudioInfo | None:
             if size < 16 or body + 16 > len(data):
                 return None
             byte_rate = _le(data, body + 8, 4)
+            # Decoders play PCM at sample rate x block size, not at the declared byte rate: a
+            # byte rate inflated to shorten the priced duration is not believed above it.
+            played = _le(data, body + 4, 4) * _le(data, body + 12, 2)
+            if 0 < played < byte_rate:
+                byte_rate = played
         elif chunk == b"data":
             if byte_rate <= 0:
                 return None  # no fmt chunk before the samples: no rate to read them at
