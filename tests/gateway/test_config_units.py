@@ -113,6 +113,12 @@ INVALID: list[tuple[str, str, str, str]] = [
         "min_bitrate",
         "not used by a speech route",
     ),
+    (
+        "metered images settled before",
+        "type: images\nsizes: {1x1: $1}\nsettlement: before",
+        "settlement",
+        "'before' is not available",
+    ),
 ]
 
 

@@ -49,6 +49,10 @@ UNIT_KEYS: dict[str, set[str]] = {
 }
 """The price keys each unit route type takes."""
 
+METERED_UNITS = ("images", "embeddings")
+"""Unit route types charged from the answer (speech and transcription are priced whole from
+the request)."""
+
 
 class UnitCompiler:
     """Compiles the unit route types, adding each mistake to ``problems``."""
@@ -100,6 +104,13 @@ class UnitCompiler:
         from ...metering import PerAudioSecond, PerCharacter, PerImage, PerInputToken
 
         kind = spec.type
+        if kind in METERED_UNITS and spec.settlement == "before":
+            self._add(
+                (*loc, "settlement"),
+                f"{kind} routes are charged what the answer holds, settled when it starts: "
+                "'before' is not available",
+            )
+            return None
         fallback = None if spec.fallback == REFUSE else spec.fallback
         if kind == "images":
             if spec.sizes is None and not spec.models:
