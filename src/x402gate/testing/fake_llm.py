@@ -18,7 +18,8 @@ A request header ``x-fake-llm`` tells it to misbehave:
 * ``set-cookie``: (echo paths) set a cookie, which a proxy must not replay for others.
 
 :func:`refusing_url` gives a loopback URL where connections are refused. Routes: ``POST
-/v1/messages`` (Anthropic), ``POST /v1/chat/completions`` (OpenAI), and any other path echoes
+/v1/messages`` (Anthropic), ``POST /v1/chat/completions`` (OpenAI), OpenAI's images, audio and
+embeddings endpoints (:mod:`x402gate.testing.fake_media`), and any other path echoes
 the method, path, query and body as JSON (never the headers: an echo of injected credentials
 would defeat the tests that check they stay upstream).
 
@@ -310,6 +311,8 @@ def create_app(llm: FakeLLM | None = None) -> Any:
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
+    from .fake_media import media_routes
+
     state = llm if llm is not None else FakeLLM()
 
     async def record(request: Request) -> RecordedRequest:
@@ -397,6 +400,7 @@ def create_app(llm: FakeLLM | None = None) -> Any:
         routes=[
             Route("/v1/messages", llm_endpoint, methods=["POST"]),
             Route("/v1/chat/completions", llm_endpoint, methods=["POST"]),
+            *media_routes(record, misbehave, _error_body),
             Route("/{path:path}", echo, methods=methods),
         ]
     )

@@ -147,7 +147,16 @@ class RuleSpec(_Model):
     price: Any
 
 
-RouteType = Literal["flat", "match", "token-based", "per-token"]
+RouteType = Literal[
+    "flat",
+    "match",
+    "token-based",
+    "per-token",
+    "images",
+    "speech",
+    "transcription",
+    "embeddings",
+]
 
 
 class RouteSpec(_Model):
@@ -170,6 +179,17 @@ class RouteSpec(_Model):
     max_price: Any = None
     bytes_per_token: int = Field(default=1, ge=1, le=16)
     decode_body: DecodeBodySpec | None = None
+    # The built-in model price table and the units of AI APIs (gateway/config/units.py).
+    price_table: Literal["builtin"] | None = None
+    per: int | None = Field(default=None, ge=1)
+    sizes: dict[str, Any] | None = None
+    default_size: str | None = None
+    default_quality: str | None = None
+    max_images: int | None = Field(default=None, ge=1, le=100)
+    max_characters: int | None = Field(default=None, ge=1)
+    min_bitrate: int | None = Field(default=None, ge=100)
+    max_seconds: int | None = Field(default=None, ge=1)
+    other_formats: Literal["size", "refuse"] | None = None
 
 
 class GatewayFile(_Model):
