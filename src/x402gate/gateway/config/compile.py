@@ -381,24 +381,31 @@ class Compiler(PriceCompiler):
     def _targets(
         self, loc: Loc, spec: RouteSpec
     ) -> tuple[tuple[TargetPlan, ...], dict[str, tuple[TargetPlan, ...]] | None, str | None] | None:
-        """The route's targets: its ``upstream``, or its ``targets`` list or mapping."""
-        if (spec.upstream is None) == (spec.targets is None):
+        """The route's targets: its ``upstream``, ``targets`` or ``targets_by_model``."""
+        given = [spec.upstream, spec.targets, spec.targets_by_model]
+        if sum(value is not None for value in given) != 1:
             self._add(
                 loc,
-                "give either upstream (one upstream) or targets (several, with fallback)",
+                "give one of upstream (one upstream), targets (several, with fallback) or "
+                "targets_by_model (several for each model)",
             )
             return None
         if spec.upstream is not None:
             if not self._upstream_name((*loc, "upstream"), spec.upstream):
                 return None
             return (TargetPlan(spec.upstream),), None, None
-        assert spec.targets is not None
-        lists = spec.targets if isinstance(spec.targets, dict) else {None: spec.targets}
+        lists: dict[str | None, list[TargetSpec]] = {}
+        if spec.targets is not None:
+            lists[None] = spec.targets
+        else:
+            lists.update(spec.targets_by_model or {})
         plans: dict[str | None, tuple[TargetPlan, ...]] = {}
         rewrites = False
         ok = True
         for model, items in lists.items():
-            list_loc: Loc = (*loc, "targets") if model is None else (*loc, "targets", model)
+            list_loc: Loc = (
+                (*loc, "targets") if model is None else (*loc, "targets_by_model", model)
+            )
             if model is not None and not model.strip():
                 self._add(list_loc, "a model name is not empty ('*' stands for any other)")
                 ok = False
@@ -422,7 +429,7 @@ class Compiler(PriceCompiler):
                 plan.append(_target_plan(item, index))
             plans[model] = tuple(plan)
         field_name: str | None = None
-        if rewrites or isinstance(spec.targets, dict):
+        if rewrites or spec.targets_by_model is not None:
             field_name = self._model_field(loc, spec)
             ok = ok and field_name is not None
         if not ok:

@@ -185,9 +185,10 @@ class RouteSpec(_Model):
     """One entry of ``routes:``, keyed ``"METHOD /path"``."""
 
     upstream: str | None = None
-    targets: TargetList | dict[str, TargetList] | None = None
-    """Several upstreams for the route (a list), or for each model it serves (a mapping of
-    model names, ``"*"`` for any other, to lists): tried in order, with fallback."""
+    targets: TargetList | None = None
+    """Several upstreams for the route: tried by priority and weight, with fallback."""
+    targets_by_model: dict[str, TargetList] | None = None
+    """Several upstreams for each model the route serves (``"*"``: any other model)."""
     path: str | None = None
     type: RouteType | None = None
     price: Any = None
