@@ -22,7 +22,7 @@ from ..routing import RouteTable
 from .config import GatewayConfig, load_config
 from .config.compile import TargetPlan
 from .forward import Forwarder, Target, capture_pattern, send_problem
-from .upstreams import TargetSet, Upstream, UpstreamTarget
+from .upstreams import TargetSet, Upstream, UpstreamReport, UpstreamTarget
 
 if TYPE_CHECKING:
     import uvicorn
@@ -153,16 +153,12 @@ class Gateway:
             )
         )
 
-    def upstream_stats(self) -> dict[str, dict[str, object]]:
+    def upstream_stats(self) -> dict[str, UpstreamReport]:
         """Per upstream (by its name in the file): successes, failures by kind, fallbacks,
         requests that skipped it (breaker open), latency to the answer's headers, and its
         breaker's state. Never its URL or headers."""
         return {
-            name: {
-                **upstream.stats.snapshot(),
-                "breaker": upstream.breaker.state,
-                "breaker_opens": upstream.breaker.opens,
-            }
+            name: upstream.stats.report(upstream.breaker)
             for name, upstream in self.upstreams.items()
         }
 

@@ -23,7 +23,7 @@ import ssl
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 import httpx
 
@@ -36,6 +36,7 @@ __all__ = [
     "FailureKind",
     "TargetSet",
     "Upstream",
+    "UpstreamReport",
     "UpstreamStats",
     "UpstreamTarget",
 ]
@@ -116,6 +117,20 @@ class Breaker:
         self.probing = False
 
 
+class UpstreamReport(TypedDict):
+    """One upstream's counters and breaker state (:meth:`Gateway.upstream_stats
+    <x402gate.gateway.Gateway.upstream_stats>`): no URL, no header."""
+
+    successes: int
+    failures: dict[str, int]
+    fallbacks: int
+    skipped: int
+    latency_seconds_mean: float
+    latency_seconds_max: float
+    breaker: Literal["closed", "open", "half-open"]
+    breaker_opens: int
+
+
 @dataclass(slots=True)
 class UpstreamStats:
     """What one upstream did, since the gateway started (counters only: bounded memory)."""
@@ -133,8 +148,8 @@ class UpstreamStats:
     """Sum, over successful attempts, of the time to the answer's status and headers."""
     latency_seconds_max: float = 0.0
 
-    def snapshot(self) -> dict[str, object]:
-        """The counters as plain values (a copy: safe to serialise or compare)."""
+    def report(self, breaker: Breaker) -> UpstreamReport:
+        """The counters and ``breaker``'s state as plain values (a copy: safe to serialise)."""
         mean = self.latency_seconds_total / self.successes if self.successes else 0.0
         return {
             "successes": self.successes,
@@ -143,6 +158,8 @@ class UpstreamStats:
             "skipped": self.skipped,
             "latency_seconds_mean": mean,
             "latency_seconds_max": self.latency_seconds_max,
+            "breaker": breaker.state,
+            "breaker_opens": breaker.opens,
         }
 
 
