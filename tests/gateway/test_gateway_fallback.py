@@ -310,3 +310,49 @@ async def test_discovery_lists_the_route_and_its_price_not_the_upstreams(
     assert "/flat/v1/messages" in document.text
     for secret in (llm.url, second.url, SECOND_KEY, UPSTREAM_KEY, PHYSICAL):
         assert secret.removeprefix("http://") not in text
+
+
+async def test_targets_by_model_send_each_model_to_its_own_upstreams(
+    gateway: GatewayFactory,
+    llm: FakeLLM,
+    second: FakeLLM,
+    payer: Any,
+    test_token: Any,
+) -> None:
+    routes = f"""\
+  "POST /by-model/v1/messages":
+    path: /v1/messages
+    price: $0.01
+    targets_by_model:
+      claude-sonnet-4-5: [{{upstream: second, model: {PHYSICAL}}}, llm]
+      "*": [llm]
+  "POST /only-sonnet/v1/messages":
+    path: /v1/messages
+    price: $0.01
+    targets_by_model:
+      claude-sonnet-4-5: [llm]
+"""
+    with (
+        refusing_url() as unused,
+        gateway(routes=file_text(unused, second.url, routes=routes)) as (
+            url,
+            _,
+        ),
+    ):
+        before = test_token.balance_of(payer.address)
+        async with paying(payer, test_token, url) as client:
+            sonnet = await client.post("/by-model/v1/messages", json=ANTHROPIC)
+            haiku = await client.post(
+                "/by-model/v1/messages", json={**ANTHROPIC, "model": "claude-haiku-4-5"}
+            )
+            unknown = await client.post(
+                "/only-sonnet/v1/messages", json={**ANTHROPIC, "model": "claude-haiku-4-5"}
+            )
+        assert sonnet.status_code == haiku.status_code == 200
+        assert sonnet.json()["model"] == PHYSICAL
+        assert haiku.json()["model"] == "claude-haiku-4-5"
+        assert unknown.status_code == 400
+        assert unknown.json()["error"] == "unknown_model"
+    assert [json.loads(r.body)["model"] for r in second.requests] == [PHYSICAL]
+    assert [json.loads(r.body)["model"] for r in llm.requests] == ["claude-haiku-4-5"]
+    assert test_token.balance_of(payer.address) == before - 2 * FLAT  # the unknown model: free
