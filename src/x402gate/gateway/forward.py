@@ -8,6 +8,10 @@ hop-by-hop and payment headers, plus the upstream's injected ones — and passes
 status, headers and body back as they arrive, chunk by chunk, so server-sent events stream
 through (the middleware meters them on the way out).
 
+A route with several targets (:mod:`~x402gate.gateway.upstreams`) tries them in turn: a target
+that cannot be reached, does not answer in time or answers 5xx, 429 or 402 is followed by the
+next, as long as nothing was sent to the client; the request was paid once, whichever answers.
+
 Failures charge nothing: an upstream answer of 400 or more goes back as it is (the middleware
 then releases the payment), an upstream that cannot be reached gets a 502 and one that does not
 answer in time a 504, both before anything was sent. A client that disconnects has its upstream
