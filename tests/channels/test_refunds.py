@@ -47,11 +47,6 @@ def _client(payer: LocalAccount, test_token: TestToken) -> tuple[Any, Any]:
     return client, scheme
 
 
-def _token_balance(test_token: TestToken, address: str) -> int:
-    balance: int = test_token.contract.functions.balanceOf(address).call()
-    return balance
-
-
 @pytest.fixture
 def serve_gate(
     chain: LocalChain,
@@ -124,7 +119,7 @@ async def test_a_cooperative_refund_claims_what_was_served_and_returns_the_rest(
         pytest.importorskip("fastapi")
     base_url, gate, runs = serve_gate(kind)
     client, scheme = _client(payer, test_token)
-    before = _token_balance(test_token, payer.address)
+    before = test_token.balance_of(payer.address)
     n = 3
     channel_id = await _pay(base_url, client, n)
     deposit = channel_contracts.channel(channel_id).balance
@@ -137,7 +132,7 @@ async def test_a_cooperative_refund_claims_what_was_served_and_returns_the_rest(
     assert runs == {"paid": n}  # neither the refund nor its probe ran the route
     on_chain = channel_contracts.channel(channel_id)
     assert (on_chain.total_claimed, on_chain.available) == (n * PRICE, 0)
-    assert _token_balance(test_token, payer.address) == before - n * PRICE
+    assert test_token.balance_of(payer.address) == before - n * PRICE
     stored = gate.store.channel_get(channel_id)
     assert stored is not None and stored.step is None
     assert (stored.balance, stored.total_claimed, stored.earned) == (
@@ -195,7 +190,7 @@ async def test_idle_channels_are_refunded_by_the_seller_with_its_own_key(
     test_token.mint(idle_payer.address, 10**9)
     idle_id = await _pay(base_url, _client(idle_payer, test_token)[0], 2)
     busy_id = await _pay(base_url, _client(payer, test_token)[0], 1)
-    before = _token_balance(test_token, idle_payer.address)
+    before = test_token.balance_of(idle_payer.address)
     deposit = channel_contracts.channel(idle_id).balance
     # The facilitator holds no authorizer key now: the refunder's own signatures must do.
     from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
@@ -219,7 +214,7 @@ async def test_idle_channels_are_refunded_by_the_seller_with_its_own_key(
     assert sorted(r.channel_id for r in done) == sorted([idle_id, busy_id])
     idle = next(r for r in done if r.channel_id == idle_id)
     assert (idle.refunded, idle.claimed) == (deposit - 2 * PRICE, 2 * PRICE)
-    assert _token_balance(test_token, idle_payer.address) == before + deposit - 2 * PRICE
+    assert test_token.balance_of(idle_payer.address) == before + deposit - 2 * PRICE
     assert channel_contracts.channel(idle_id) == (2 * PRICE, 2 * PRICE)
     # Nothing is left to refund: a second pass does nothing.
     assert await refunder.idle(WEEK) == []
