@@ -218,3 +218,44 @@ async def test_idle_channels_are_refunded_by_the_seller_with_its_own_key(
     assert channel_contracts.channel(idle_id) == (2 * PRICE, 2 * PRICE)
     # Nothing is left to refund: a second pass does nothing.
     assert await refunder.idle(WEEK) == []
+
+
+async def test_operators_list_channels_and_refund_one_from_the_command_line(
+    serve_gate: Any,
+    payer: LocalAccount,
+    test_token: TestToken,
+    channel_contracts: ChannelContracts,
+    facilitator_service: Any,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from x402gate.cli import main
+
+    base_url, _, _ = serve_gate("wsgi")
+    n = 4
+    channel_id = await _pay(base_url, _client(payer, test_token)[0], n)
+    deposit = channel_contracts.channel(channel_id).balance
+    before = test_token.balance_of(payer.address)
+    store = f"sqlite:///{tmp_path / 'wsgi.db'}"
+    capsys.readouterr()
+
+    assert await asyncio.to_thread(main, ["channels", "list", "--store", store, "--json"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["channel_id"] == channel_id and row["payer"] == payer.address
+    assert (row["balance"], row["charged"], row["earned"]) == (str(deposit), *[str(n * PRICE)] * 2)
+    assert (row["claimed"], row["unclaimed"]) == ("0", str(n * PRICE))
+    assert row["refundable"] == str(deposit - n * PRICE) and row["withdrawal"] is None
+
+    refund = ["channels", "refund", "--store", store, "--facilitator", facilitator_service.url]
+    assert await asyncio.to_thread(main, [*refund, "--json", channel_id]) == 0
+    (done,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (done["refunded"], done["claimed"]) == (str(deposit - n * PRICE), str(n * PRICE))
+    assert test_token.balance_of(payer.address) == before + deposit - n * PRICE
+    assert channel_contracts.channel(channel_id) == (n * PRICE, n * PRICE)
+    # Again: nothing left, said so, and a failure status for cron to see.
+    assert await asyncio.to_thread(main, [*refund, channel_id]) == 1
+    assert "refund_no_balance" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*refund, "--idle", "7d"]) == 0
+    assert "no idle channel" in capsys.readouterr().err
