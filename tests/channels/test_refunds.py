@@ -150,6 +150,36 @@ async def test_a_cooperative_refund_claims_what_was_served_and_returns_the_rest(
     assert runs == {"paid": n}
 
 
+@pytest.mark.chain
+async def test_the_typescript_client_refunds_its_channel(
+    serve_gate: Any,
+    chain: LocalChain,
+    payer: LocalAccount,
+    test_token: TestToken,
+    channel_contracts: ChannelContracts,
+) -> None:
+    from .test_ts_client import pay_with_ts_client
+
+    base_url, gate, runs = serve_gate("asgi")
+    before = test_token.balance_of(payer.address)
+    n = 3
+    report = await asyncio.to_thread(
+        pay_with_ts_client, payer, test_token, chain.rpc_url, n, f"{base_url}/paid", refund=True
+    )
+    assert [a["status"] for a in report["answers"]] == [200] * n
+    opened = report["answers"][0]["paymentResponse"]["extra"]["channelState"]
+    channel_id, deposit = opened["channelId"], int(opened["balance"])
+    refund = report["refund"]
+    assert refund["success"] is True and refund["transaction"], refund
+    on_chain = channel_contracts.channel(channel_id)
+    assert (on_chain.total_claimed, on_chain.available) == (n * PRICE, 0)
+    assert int(refund["amount"]) == deposit - n * PRICE
+    assert test_token.balance_of(payer.address) == before - n * PRICE
+    assert runs == {"paid": n}
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.balance == n * PRICE
+
+
 async def test_a_partial_refund_leaves_the_channel_open(
     serve_gate: Any,
     payer: LocalAccount,

@@ -65,9 +65,15 @@ def _node() -> str:
 
 
 def pay_with_ts_client(
-    payer: LocalAccount, token: TestToken, rpc_url: str, count: int, *urls: str
+    payer: LocalAccount,
+    token: TestToken,
+    rpc_url: str,
+    count: int,
+    *urls: str,
+    refund: bool = False,
 ) -> dict[str, Any]:
-    """Run the TypeScript payer for ``count`` requests over ``urls``; its decoded report."""
+    """Run the TypeScript payer for ``count`` requests over ``urls`` (then, with ``refund``,
+    its cooperative refund); its decoded report."""
     command = [_node(), str(PAYER_SCRIPT), token.asset.network, token.address, str(count), *urls]
     done = subprocess.run(
         command,
@@ -76,6 +82,7 @@ def pay_with_ts_client(
             **os.environ,
             "X402_PAYER_KEY": "0x" + bytes(payer.key).hex(),
             "X402_RPC_URL": rpc_url,
+            "X402_REFUND": "1" if refund else "0",
         },
         capture_output=True,
         text=True,
