@@ -494,7 +494,9 @@ def _proxy(config: Path, env: dict[str, str]) -> Iterator[str]:
         process.stderr.close()
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -537,14 +539,25 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
         }
         with _proxy(config, env) as base_url:
             urls = [f"{base_url}/data/a", f"{base_url}/data/b"]
-            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls)
+            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls, refund=refund)
     channel_id = assert_paid_by_one_channel(report, N)
+    # The refund ran no upstream call.
     assert upstream_paths == ["/item/a", "/item/b"] * (N // 2) + ["/item/a"] * (N % 2)
-    assert chain.tx_count(facilitator_account.address) == 1  # the deposit, and nothing else
-    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
     store = open_store(store_url)
     try:
         stored = store.channel_get(channel_id)
     finally:
         store.close()
     assert stored is not None and stored.charged == N * PRICE
+    if not refund:
+        assert chain.tx_count(facilitator_account.address) == 1  # the deposit, nothing else
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        return
+    # The deposit, then one transaction claiming what was served and refunding the rest.
+    assert chain.tx_count(facilitator_account.address) == 2
+    assert report["refund"]["success"] is True, report["refund"]
+    assert report["refund"]["amount"] == str(DEPOSIT - N * PRICE)
+    on_chain = channel_contracts.channel(channel_id)
+    assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+    assert test_token.balance_of(payer.address) == before - N * PRICE
+    assert (stored.balance, stored.total_claimed) == (N * PRICE, N * PRICE)

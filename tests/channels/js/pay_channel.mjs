@@ -93,7 +93,7 @@ async function main() {
       });
     }
     if (process.env.X402_REFUND === "1") {
-      refund = await scheme.refund(urls[0], { fetch: seen });
+      refund = await scheme.refund(urls[0]);
     }
   } catch (caught) {
     error = String((caught && caught.stack) || caught);
