@@ -138,6 +138,23 @@ def assert_one_deposit_on_chain(
     assert token.balance_of(payer.address) == before - DEPOSIT
 
 
+def assert_refunded(
+    report: dict[str, Any],
+    channel_contracts: ChannelContracts,
+    token: TestToken,
+    payer: LocalAccount,
+    before: int,
+    channel_id: str,
+) -> None:
+    """The client's cooperative refund returned everything but what was served: the seller's
+    share claimed in the same transaction, read from the chain."""
+    assert report["refund"] is not None and report["refund"]["success"] is True, report
+    assert report["refund"]["amount"] == str(DEPOSIT - N * PRICE)
+    on_chain = channel_contracts.channel(channel_id)
+    assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+    assert token.balance_of(payer.address) == before - N * PRICE
+
+
 # -- the facilitator: our LocalFacilitator, counted -----------------------------------------------
 
 
@@ -296,7 +313,9 @@ def facilitator_service(
         inner.close()
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -337,12 +356,17 @@ def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
     before = test_token.balance_of(payer.address)
     try:
         with serve_wsgi(app) as base_url:
-            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+            report = pay_with_ts_client(
+                payer, test_token, chain.rpc_url, N, f"{base_url}/paid", refund=refund
+            )
         channel_id = assert_paid_by_one_channel(report, N)
         assert runs == ["paid"] * N
-        assert facilitator_service.calls["settle"] == 1
-        assert chain.tx_count(facilitator_account.address) == 1
-        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        assert facilitator_service.calls["settle"] == 1 + refund
+        assert chain.tx_count(facilitator_account.address) == 1 + refund
+        if refund:
+            assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+        else:
+            assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
         stored = gate.store.channel_get(channel_id)
         assert stored is not None and stored.charged == N * PRICE
     finally:
@@ -391,7 +415,9 @@ def _django_site(runs: list[str], x402gate: dict[str, Any]) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -410,19 +436,29 @@ def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
         "ROUTES": {"GET /paid": "$0.001"},
         "CHANNELS": {"RECEIVER_AUTHORIZER": authorizer.address, "MIN_DEPOSIT": DEPOSIT},
     }
+    if refund:  # the facilitator signs for no receiver: the site signs its refunds itself
+        settings["CHANNELS"] = {
+            "RECEIVER_AUTHORIZER_KEY": authorizer.key.hex(),
+            "MIN_DEPOSIT": DEPOSIT,
+        }
     runs: list[str] = []
     before = test_token.balance_of(payer.address)
     with _django_site(runs, settings) as base_url:
         from x402gate.django.conf import get_runtime
 
-        report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+        report = pay_with_ts_client(
+            payer, test_token, chain.rpc_url, N, f"{base_url}/paid", refund=refund
+        )
         gate = get_runtime().gate
         channel_id = assert_paid_by_one_channel(report, N)
         stored = gate.store.channel_get(channel_id)
     assert runs == ["paid"] * N
-    assert facilitator.settled == 1
-    assert chain.tx_count(facilitator_account.address) == 1
-    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+    assert facilitator.settled == 1 + refund
+    assert chain.tx_count(facilitator_account.address) == 1 + refund
+    if refund:
+        assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+    else:
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
     assert stored is not None and stored.charged == N * PRICE
 
 
@@ -555,9 +591,5 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
         return
     # The deposit, then one transaction claiming what was served and refunding the rest.
     assert chain.tx_count(facilitator_account.address) == 2
-    assert report["refund"]["success"] is True, report["refund"]
-    assert report["refund"]["amount"] == str(DEPOSIT - N * PRICE)
-    on_chain = channel_contracts.channel(channel_id)
-    assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
-    assert test_token.balance_of(payer.address) == before - N * PRICE
+    assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
     assert (stored.balance, stored.total_claimed) == (N * PRICE, N * PRICE)
