@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> Any:
         help="return the unearned remainder of a channel, or of every idle one, to its payer",
     )
     _store_option(refund)
-    refund.add_argument("--facilitator", required=True, help="the facilitator's URL")
+    refund.add_argument("--facilitator", help="the facilitator's URL (with --store)")
     refund.add_argument(
         "--network",
         action="append",
@@ -87,11 +87,35 @@ def add_parser(sub: Any) -> Any:
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--store",
-        required=True,
         help="the gate's store URL (sqlite:///x402gate.db, redis://..., postgresql://...)",
     )
+    source.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a gateway file (gateway.yaml): its store, facilitator and channel settings",
+    )
+
+
+def _gateway(path: str) -> Any:
+    """The gateway a file describes (its gate's store, facilitator and channels), or None
+    after saying why not."""
+    from .errors import ConfigurationError
+    from .gateway.app import Gateway
+    from .gateway.config import GatewayConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except GatewayConfigError as exc:
+        print(f"{path}: invalid: {exc}", file=sys.stderr)
+        return None
+    try:
+        return Gateway(config)
+    except ConfigurationError as exc:
+        print(f"{path}: {config.redactor(str(exc))}", file=sys.stderr)
+        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,9 +175,16 @@ def _list(args: argparse.Namespace) -> int:
     from .errors import ConfigurationError, StoreError
     from .stores.channels import MAX_CHANNEL_LIST
 
-    store = _open(args.store)
-    if store is None:
-        return 1
+    gateway = None
+    if args.config is not None:
+        gateway = _gateway(args.config)
+        if gateway is None:
+            return 1
+        store = gateway.gate.store
+    else:
+        store = _open(args.store)
+        if store is None:
+            return 1
     try:
         after: str | None = None
         shown = 0
@@ -177,7 +208,10 @@ def _list(args: argparse.Namespace) -> int:
         print(f"x402gate channels list: {exc}", file=sys.stderr)
         return 1
     finally:
-        store.close()
+        if gateway is not None:
+            asyncio.run(gateway.aclose())
+        else:
+            store.close()
     if not args.json:
         print(f"{shown} channel{'s' if shown != 1 else ''}", file=sys.stderr)
     return 0
@@ -202,6 +236,18 @@ def _refund(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.config is not None:
+        gateway = _gateway(args.config)
+        if gateway is None:
+            return 1
+        try:
+            return asyncio.run(_refund_gateway(args, gateway, idle))
+        except ConfigurationError as exc:
+            print(f"x402gate channels refund: {exc}", file=sys.stderr)
+            return 1
+    if args.facilitator is None:
+        print("x402gate channels refund: --store needs --facilitator URL", file=sys.stderr)
+        return 2
     store = _open(args.store)
     if store is None:
         return 1
@@ -214,12 +260,25 @@ def _refund(args: argparse.Namespace) -> int:
         store.close()
 
 
+async def _refund_gateway(args: argparse.Namespace, gateway: Any, idle: float | None) -> int:
+    """``refund --config FILE``: the gateway's own store, facilitator, networks and key."""
+    from .gate.refunds import ChannelRefunder
+
+    try:
+        refunder = ChannelRefunder.for_gate(gateway.gate)
+        if args.network:
+            refunder.networks = list(args.network)
+        return await _refund_with(args, refunder, idle)
+    finally:
+        await gateway.aclose()
+
+
 async def _refund_async(
     args: argparse.Namespace, store: Store, key: str | None, idle: float | None
 ) -> int:
     from .errors import FacilitatorError, StoreError
     from .facilitators import HTTPFacilitator
-    from .gate.refunds import ChannelRefunder, RefundError, RefundResult
+    from .gate.refunds import ChannelRefunder
     from .schemes.batch_settlement import codes
 
     facilitator = HTTPFacilitator(args.facilitator)
@@ -236,6 +295,20 @@ async def _refund_async(
                 )
                 return 1
         refunder = ChannelRefunder(store, facilitator, networks, receiver_authorizer_key=key)
+        return await _refund_with(args, refunder, idle)
+    except (StoreError, FacilitatorError) as exc:
+        print(f"x402gate channels refund: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await facilitator.aclose()
+
+
+async def _refund_with(args: argparse.Namespace, refunder: Any, idle: float | None) -> int:
+    """Run the refund(s) ``args`` ask for with ``refunder``; print the outcome; the status."""
+    from .errors import FacilitatorError, StoreError
+    from .gate.refunds import RefundError, RefundResult
+
+    try:
         done: list[RefundResult] = []
         failed: dict[str, Exception] = {}
         if idle is None:
@@ -249,8 +322,6 @@ async def _refund_async(
     except (StoreError, FacilitatorError) as exc:
         print(f"x402gate channels refund: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await facilitator.aclose()
     for result in done:
         row = {
             "channel_id": result.channel_id,

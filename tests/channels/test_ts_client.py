@@ -540,6 +540,8 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
     facilitator_account: LocalAccount,
     channel_contracts: ChannelContracts,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytest.importorskip("yaml")
     pytest.importorskip("uvicorn")
@@ -588,6 +590,20 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
     if not refund:
         assert chain.tx_count(facilitator_account.address) == 1  # the deposit, nothing else
         assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        # The operator lists and refunds it with the gateway's own file (store, chain, key).
+        from x402gate.cli import main
+
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["channels", "list", "--config", str(config), "--json"]) == 0
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert (row["channel_id"], row["unclaimed"]) == (channel_id, str(N * PRICE))
+        assert main(["channels", "refund", "--config", str(config), channel_id]) == 0
+        assert f"refunded {DEPOSIT - N * PRICE} to the payer" in capsys.readouterr().out
+        on_chain = channel_contracts.channel(channel_id)
+        assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+        assert test_token.balance_of(payer.address) == before - N * PRICE
         return
     # The deposit, then one transaction claiming what was served and refunding the rest.
     assert chain.tx_count(facilitator_account.address) == 2

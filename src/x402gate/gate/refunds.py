@@ -154,6 +154,23 @@ class ChannelRefunder:
             self._signer = LocalAuthorizerSigner(key if key[:2] in ("0x", "0X") else "0x" + key)
         self.clock = clock
 
+    @classmethod
+    def for_gate(cls, gate: PaymentGate) -> ChannelRefunder:
+        """The refunder of a gate's channels: its store, facilitator, networks and (when it
+        signs itself) its receiver authorizer key. :class:`ConfigurationError` when the gate
+        takes no channels."""
+        from ..errors import ConfigurationError
+
+        if gate.channels is None:
+            raise ConfigurationError("this gate takes no payment channels (channels=...)")
+        return cls(
+            gate.store,
+            gate.facilitator,
+            [asset.network for asset in gate.assets],
+            receiver_authorizer_key=gate.channels.receiver_authorizer_key,
+            clock=gate.clock.now,
+        )
+
     def __repr__(self) -> str:
         signs = "own key" if self._signer is not None else "facilitator"
         return f"ChannelRefunder(networks={self.networks!r}, signs={signs})"
