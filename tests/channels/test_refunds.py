@@ -32,15 +32,21 @@ pytest.importorskip("starlette")
 WEEK = 7 * 24 * 3600
 
 
-def _client(payer: LocalAccount, test_token: TestToken) -> tuple[Any, Any]:
-    """The official client paying by channel, and its batch-settlement scheme (which refunds)."""
+def _client(
+    payer: LocalAccount, test_token: TestToken, rpc_url: str | None = None
+) -> tuple[Any, Any]:
+    """The official client paying by channel, and its batch-settlement scheme (which refunds);
+    with ``rpc_url`` it reads the chain to resume from a corrective 402."""
     from x402 import x402Client
     from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
-    from x402.mechanisms.evm.signers import EthAccountSigner
+    from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
 
     from x402gate.testing.clients import spend_controls_for
 
-    scheme = BatchSettlementEvmScheme(EthAccountSigner(payer))
+    signer: Any = EthAccountSigner(payer)
+    if rpc_url is not None:
+        signer = EthAccountSignerWithRPC(payer, rpc_url=rpc_url)
+    scheme = BatchSettlementEvmScheme(signer)
     client = x402Client()
     client.register(test_token.asset.network, scheme)
     client.set_spend_controls(spend_controls_for(test_token.asset))
@@ -148,6 +154,26 @@ async def test_a_cooperative_refund_claims_what_was_served_and_returns_the_rest(
     assert late.status_code == 402
     assert late.json()["error"] == "invalid_batch_settlement_evm_cumulative_exceeds_balance"
     assert runs == {"paid": n}
+
+
+async def test_a_refunded_channel_pays_again_after_a_new_deposit(
+    serve_gate: Any,
+    chain: LocalChain,
+    payer: LocalAccount,
+    test_token: TestToken,
+    channel_contracts: ChannelContracts,
+) -> None:
+    base_url, gate, runs = serve_gate("asgi")
+    client, scheme = _client(payer, test_token, chain.rpc_url)
+    channel_id = await _pay(base_url, client, 2)
+    assert (await asyncio.to_thread(scheme.refund, base_url + "/paid")).success is True
+    # The client forgot the channel; the corrective 402 resyncs it, and it deposits again.
+    assert await _pay(base_url, client, 2) == channel_id
+    assert runs == {"paid": 4}
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and (stored.charged, stored.total_claimed) == (4 * PRICE, 2 * PRICE)
+    on_chain = channel_contracts.channel(channel_id)
+    assert on_chain.balance == stored.balance > 2 * PRICE and on_chain.total_claimed == 2 * PRICE
 
 
 @pytest.mark.chain
