@@ -224,7 +224,8 @@ class ChannelRefunder:
         now = self.clock()
         held = False
         if state.balance > state.charged:
-            # The step every voucher must take: nothing is served while the refund runs.
+            # The step every voucher must take (its ceiling is never committed: the hold is
+            # only released): no request is served while the refund runs.
             begun = await self._call(
                 functools.partial(
                     self.store.channel_begin,
@@ -244,7 +245,7 @@ class ChannelRefunder:
             held, state = True, begun.state
         # Else no voucher fits the balance: none can be served without a deposit first.
         try:
-            return await self._execute(state, token, amount, voucher)
+            return await self._execute(state, amount, voucher)
         finally:
             if held:
                 try:
@@ -255,7 +256,6 @@ class ChannelRefunder:
     async def _execute(
         self,
         state: ChannelState,
-        token: str,
         amount: int | None,
         voucher: dict[str, Any] | None,
     ) -> RefundResult:
