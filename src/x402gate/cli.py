@@ -1,5 +1,6 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
-``x402gate prices``, ``x402gate testing install-chain``, ``--version``."""
+``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels list|refund``
+(:mod:`x402gate.channels_cli`), ``--version``."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     prices.add_argument("--json", action="store_true", help="print the table as JSON")
     prices.add_argument("--provider", help="only this provider's models (anthropic, openai...)")
+    from . import channels_cli
+
+    channels_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -98,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _install_chain(force=args.force)
     if args.command == "prices":
         return _prices(args)
+    if args.command == "channels":
+        logging.basicConfig(level=logging.WARNING)
+        return channels_cli.run(args)
     return 2  # pragma: no cover
 
 

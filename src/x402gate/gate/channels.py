@@ -300,7 +300,11 @@ async def channel_begin(
     except PaymentError as exc:
         raise await reject(exc.code, exc.message, exc.status_code) from None
     if auth.kind == "refund":
-        raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
+        from .refunds import cooperative_refund  # the route is not run
+
+        raise await cooperative_refund(
+            gate, route, request, payload, requirements, accepts, auth, reject
+        )
     channel_id = auth.channel_id
     # Canonical (checksummed, sorted): two clients spelling one config differently agree.
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
