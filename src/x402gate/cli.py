@@ -1,5 +1,6 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
-``x402gate testing install-chain``, ``--version``."""
+``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels list|refund``
+(:mod:`x402gate.channels_cli`), ``--version``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from .__about__ import __version__
 if TYPE_CHECKING:
     from .gateway.config import GatewayConfig
 
-__all__ = ["main"]
+__all__ = ["GATEWAY_DOCS_URL", "main"]
+
+GATEWAY_DOCS_URL = "https://x402gate.readthedocs.io/en/latest/gateway/"
+"""The gateway's documentation (``docs/gateway.md`` of the source distribution)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy",
         help="serve a paid gateway in front of HTTP APIs, from a YAML file (docs/gateway.md)",
         description="Charge per call for upstream HTTP APIs, as configured in a YAML file.",
+        epilog=f"Documentation: {GATEWAY_DOCS_URL} (docs/gateway.md in the source distribution); "
+        "example files: examples/gateway/.",
     )
     proxy.add_argument("config", help="the gateway file (e.g. gateway.yaml)")
     proxy.add_argument(
@@ -63,6 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and print the binary's path. The pytest fixtures then find it.",
     )
     install.add_argument("--force", action="store_true", help="install again even if present")
+    prices = sub.add_parser(
+        "prices",
+        help="print the built-in model price table (per-token prices, their sources and dates)",
+        description="The model price table shipped in this version, used by gateway routes "
+        "with price_table: builtin. Prices are US dollars per million tokens.",
+    )
+    prices.add_argument("--json", action="store_true", help="print the table as JSON")
+    prices.add_argument("--provider", help="only this provider's models (anthropic, openai...)")
+    from . import channels_cli
+
+    channels_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -83,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _proxy(args)
     if args.command == "testing":
         return _install_chain(force=args.force)
+    if args.command == "prices":
+        return _prices(args)
+    if args.command == "channels":
+        logging.basicConfig(level=logging.WARNING)
+        return channels_cli.run(args)
     return 2  # pragma: no cover
 
 
@@ -168,6 +190,44 @@ def _proxy(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0 if server.started else 1
+
+
+def _prices(args: argparse.Namespace) -> int:
+    """``x402gate prices``: the built-in table, as aligned text or JSON."""
+    import json
+
+    from .metering import builtin_prices
+    from .money import format_usd
+
+    table = builtin_prices()
+    rows = [r for r in table if args.provider is None or r.provider == args.provider.lower()]
+    if not rows:
+        print(f"x402gate prices: no model of provider {args.provider!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        document = table.as_dict()
+        document["models"] = [row.as_dict() for row in rows]
+        print(json.dumps(document, indent=2))
+        return 0
+    header = ("model", "provider", "kind", "input $/M", "output $/M", "read", "source")
+    lines = [
+        (
+            r.model,
+            r.provider,
+            r.kind,
+            format_usd(r.input),
+            format_usd(r.output) if r.kind == "text" else "-",
+            r.read,
+            r.source,
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *lines)) for i in range(len(header) - 1)]
+    print(f"x402gate price table {table.version} (US dollars per million tokens)")
+    for line in (header, *lines):
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*cells, line[-1]]))
+    return 0
 
 
 def _check_online(path: str, config: GatewayConfig) -> int:

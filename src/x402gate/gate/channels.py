@@ -301,7 +301,11 @@ async def channel_begin(
     except PaymentError as exc:
         raise await reject(exc.code, exc.message, exc.status_code) from None
     if auth.kind == "refund":
-        raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
+        from .refunds import cooperative_refund  # the route is not run
+
+        raise await cooperative_refund(
+            gate, route, request, payload, requirements, accepts, auth, reject
+        )
     if auth.recovered:
         # The voucher's signature proves the payer: count it before any channel step.
         await limit_payer(gate, route, request, auth.payer)
