@@ -322,18 +322,29 @@ async def test_a_client_address_over_its_limit_gets_a_429_before_any_payment_wor
         assert_limited(again, 2, 3)
 
 
-@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window"])
+@pytest.mark.parametrize(
+    ("strategy", "own_url"),
+    [("moving-window", False), ("fixed-window", False), ("moving-window", True)],
+    ids=["moving-store-redis", "fixed-store-redis", "moving-own-redis"],
+)
 async def test_two_instances_on_one_redis_share_the_counters(
     strategy: str,
+    own_url: bool,
     make_gate: Callable[..., PaymentGate],
     facilitator: CountedFacilitator,
     redis_url: str,
     payer: Any,
     test_token: Any,
+    tmp_path: Any,
 ) -> None:
-    # No rate_limit_storage: the counters live in the store's Redis.
-    one = make_gate(redis_url, rate_limit_strategy=strategy)
-    two = make_gate(redis_url, rate_limit_strategy=strategy)
+    if own_url:
+        # Stores of their own (SQLite files), counters in the Redis named for them.
+        one = make_gate(f"sqlite:///{tmp_path / 'one.db'}", rate_limit_storage=redis_url)
+        two = make_gate(f"sqlite:///{tmp_path / 'two.db'}", rate_limit_storage=redis_url)
+    else:
+        # No rate_limit_storage: the counters live in the store's Redis.
+        one = make_gate(redis_url, rate_limit_strategy=strategy)
+        two = make_gate(redis_url, rate_limit_strategy=strategy)
     assert one.rate_limit_storage == two.rate_limit_storage == redis_url
     start = test_token.balance_of(payer.address)
     with asgi_site(one) as first_url, wsgi_site(two) as second_url:
