@@ -1,4 +1,5 @@
-"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``, ``--version``."""
+"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
+``x402gate channels claim|settle`` (:mod:`x402gate.channels.cli`), ``--version``."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
+    channels = sub.add_parser(
+        "channels",
+        help="operate the payment channels a store keeps (batch-settlement)",
+        description="Operators' commands on payment channels (docs/channels.md).",
+    )
+    from .channels.cli import add_commands
+
+    add_commands(channels.add_subparsers(dest="channels_command", metavar="COMMAND"))
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -64,6 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "channels":
+        logging.basicConfig(level=logging.WARNING)
+        command = getattr(args, "channels_run", None)
+        if command is None:
+            channels.print_help()
+            return 2
+        status: int = command(args)
+        return status
     return 2  # pragma: no cover
 
 

@@ -183,6 +183,8 @@ class ClaimEngine:
     :param facilitator: the gate's facilitator (``settle`` takes the ``claim`` and ``settle``
         payloads; ``verify`` of a voucher reads a channel on chain).
     :param assets: the tokens the gate takes, which say each channel's network.
+    :param network: the network of channels in a token no asset names (the command line,
+        which knows no assets, claims on one network per run).
     :param pay_to: network → receiver to settle for when asked to settle without a claim
         first (the gate's ``pay_to``).
     :param authorizer_key: the receiver authorizer's private key, to sign claim batches here;
@@ -194,7 +196,8 @@ class ClaimEngine:
         store: Store,
         facilitator: Any,
         *,
-        assets: Sequence[Asset],
+        assets: Sequence[Asset] = (),
+        network: str | None = None,
         pay_to: Mapping[str, str] | None = None,
         authorizer_key: str | None = None,
         batch: int = 100,
@@ -205,6 +208,7 @@ class ClaimEngine:
         self.store = store
         self.facilitator = facilitator
         self.assets = list(assets)
+        self.network = network
         self.pay_to = dict(pay_to or {})
         self.batch = batch
         self.clock: Clock = clock or SystemClock()
@@ -233,7 +237,7 @@ class ClaimEngine:
         for asset in self.assets:
             if asset.address.lower() == token.lower():
                 return asset.network
-        return None
+        return self.network
 
     async def claimable(self, limit: int = MAX_CHANNEL_LIST) -> list[ChannelState]:
         """Channels with unclaimed value, oldest request first (at most ``limit``)."""
