@@ -407,8 +407,9 @@ class ClaimEngine:
             logger.warning("claims: a batch of %d channels failed: %s", len(rows), exc)
             return
         if not answer.success:
-            if answer.transaction:
-                self._suspect.update(ids)  # mined and reverted, or its receipt not seen
+            # Sent or not (a broadcast whose answer was lost looks like one never sent), read
+            # these channels on chain before claiming them again.
+            self._suspect.update(ids)
             if answer.error_reason == _SIMULATION_FAILED and len(rows) > 1:
                 half = len(rows) // 2
                 await self._claim_rows(rows[:half], report)
