@@ -11,6 +11,9 @@ killed. Its routes, all priced $0.001:
   directory, then answers like ``/paid``; its channel steps expire after
   ``max_timeout_seconds`` (10 s, the least a gate accepts).
 
+With ``claim`` in the config (:class:`~x402gate.channels.ClaimSettings` keywords), the gate runs
+its background claimer from the start.
+
 Every handler run leaves one file ``<route>-<pid>-<n>`` in the run directory before it answers,
 so the test counts handler runs across processes, including the runs of a killed process.
 """
@@ -44,6 +47,7 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
     from x402gate import PaymentGate
     from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import Asset
+    from x402gate.channels import ClaimSettings
     from x402gate.facilitators import HTTPFacilitator
     from x402gate.gate import ChannelSettings
 
@@ -58,7 +62,9 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
         startup_checks="off",
         limit_in_flight=False,
         channels=ChannelSettings(
-            receiver_authorizer=config["receiver_authorizer"], min_deposit=config["min_deposit"]
+            receiver_authorizer=config["receiver_authorizer"],
+            min_deposit=config["min_deposit"],
+            claim=ClaimSettings(**config["claim"]) if config.get("claim") else None,
         ),
     )
 
@@ -92,6 +98,10 @@ def serve() -> None:
 
     config = json.loads(sys.argv[1])
     app, gate = _app(config)
+    if config.get("claim"):
+        import asyncio
+
+        asyncio.run(gate.startup())  # starts the background claimer, as an app's start-up does
     try:
         with serve_in_thread(app) as url:
             print(url, flush=True)

@@ -15,7 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -41,11 +41,14 @@ pytestmark = pytest.mark.chain
 N = 5
 
 
-async def pay(base_url: str, payer: LocalAccount, test_token: TestToken, paths: list[str]) -> str:
-    """Each path paid by the official client (one deposit, then vouchers); the channel id."""
+async def pay(
+    base_url: str, payer: LocalAccount, test_token: TestToken, paths: list[str], client: Any = None
+) -> str:
+    """Each path paid by the official client (one deposit, then vouchers), or by ``client``
+    (which keeps its channel across calls); the channel id."""
     from x402.http.clients import x402_httpx_transport
 
-    client = channel_client(payer, test_token)
+    client = client or channel_client(payer, test_token)
     transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
     channel_id = ""
     async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:

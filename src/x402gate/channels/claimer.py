@@ -58,6 +58,8 @@ class BackgroundClaimer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._lost = False
+        self._taken_over = False
 
     @classmethod
     def for_gate(cls, gate: PaymentGate, settings: ClaimSettings) -> BackgroundClaimer:
@@ -99,6 +101,12 @@ class BackgroundClaimer:
         self._thread = None
 
     def _run(self) -> None:
+        # What a round imports, imported before any lease is taken (a first import can take
+        # seconds on a loaded machine).
+        import x402.mechanisms.evm.batch_settlement.authorizer_signer
+        import x402.mechanisms.evm.batch_settlement.types
+        import x402.schemas  # noqa: F401
+
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._loop())
@@ -121,6 +129,7 @@ class BackgroundClaimer:
         try:
             while not self._stop.is_set():
                 try:
+                    was_held = held
                     held = await self.engine._store(
                         store.lease_acquire,
                         self.name,
@@ -129,7 +138,21 @@ class BackgroundClaimer:
                         self.engine.clock.now(),
                     )
                     if held:
-                        await self.tick()
+                        if not was_held:
+                            # Taken over: the last holder may have died with a claim in
+                            # flight, so every channel is read on chain before it is claimed.
+                            self._taken_over = True
+                        self._lost = False
+                        done = threading.Event()
+                        keeper = threading.Thread(
+                            target=self._keep, args=(done,), name="x402gate-lease", daemon=True
+                        )
+                        keeper.start()
+                        try:
+                            await self.tick()
+                        finally:
+                            done.set()
+                            await asyncio.to_thread(keeper.join)
                 except (StoreError, FacilitatorError) as exc:
                     logger.warning("claimer: round failed, retried next tick: %s", exc)
                 except Exception:
@@ -150,11 +173,15 @@ class BackgroundClaimer:
         listed = await engine.claimable()
         if not listed:
             return None
-        if settings.withdrawals:
+        if self._taken_over:
+            engine._suspect.update(s.channel_id for s in listed)
+            self._taken_over = False
+        if settings.withdrawals or engine._suspect:
             stale = [
                 s
                 for s in listed
-                if now - s.synced_at >= settings.refresh_seconds or s.channel_id in engine._suspect
+                if (settings.withdrawals and now - s.synced_at >= settings.refresh_seconds)
+                or s.channel_id in engine._suspect
             ]
             if stale:
                 fresh = {s.channel_id: s for s in await engine.refresh(stale)}
@@ -188,8 +215,28 @@ class BackgroundClaimer:
             return "periodic"
         return None
 
+    def _keep(self, done: threading.Event) -> None:
+        """Renew the lease while a round runs (a claim waits for its receipt, which may take
+        longer than the lease), from a thread of its own so that nothing the round does can
+        delay it: the lease only expires when its holder stops."""
+        pause = min(self.settings.tick_seconds, self.settings.lease_seconds / 3)
+        store, clock = self.engine.store, self.engine.clock
+        while not done.wait(pause) and not self._lost:
+            try:
+                held = store.lease_acquire(
+                    self.name, self.holder, self.settings.lease_seconds, clock.now()
+                )
+            except StoreError as exc:
+                logger.warning("claimer: lease not renewed: %s", exc)
+                held = False
+            if not held:
+                self._lost = True
+                logger.warning("claimer: the lease was lost during a round; it stops")
+
     async def _renew(self) -> bool:
         """Renew the lease before sending anything: a holder that lost it sends nothing."""
+        if self._lost:
+            return False
         held: bool = await self.engine._store(
             self.engine.store.lease_acquire,
             self.name,
@@ -198,5 +245,6 @@ class BackgroundClaimer:
             self.engine.clock.now(),
         )
         if not held:
+            self._lost = True
             logger.warning("claimer: the lease moved to another claimer; this one stands by")
         return held
