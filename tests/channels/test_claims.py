@@ -278,3 +278,42 @@ def test_a_flask_app_delegating_to_its_facilitator_claims_in_the_background(
         finally:
             run_sync(gate.aclose())
             local.close()
+
+
+async def test_the_threshold_and_the_period_decide_when_a_round_runs(
+    served: tuple[str, PaymentGate, str],
+    payer: LocalAccount,
+    test_token: TestToken,
+    channel_contracts: ChannelContracts,
+    receiver_authorizer: LocalAccount,
+) -> None:
+    from x402gate.channels import BackgroundClaimer, ClaimSettings
+
+    base_url, gate, receiver = served
+    engine = ClaimEngine(
+        gate.store,
+        gate.facilitator,
+        assets=gate.assets,
+        pay_to=gate.pay_to,
+        authorizer_key=receiver_authorizer.key.hex(),
+    )
+    threshold = ClaimSettings(every=None, threshold=3 * PRICE, withdrawals=False)
+    claimer = BackgroundClaimer(engine, threshold, "threshold")
+    client = channel_client(payer, test_token)
+    channel_id = await pay(base_url, payer, test_token, ["/paid"] * 2, client)
+    assert await claimer.tick() is None  # 2 charges unclaimed: below the threshold
+    assert channel_contracts.channel(channel_id).total_claimed == 0
+    await pay(base_url, payer, test_token, ["/paid"], client)
+    report = await claimer.tick()  # 3: at the threshold
+    assert report is not None and report.amount == 3 * PRICE
+    assert test_token.balance_of(receiver) == 3 * PRICE
+
+    # Periodic: a round at once (the claimer just took over), then not before the period.
+    periodic = BackgroundClaimer(engine, ClaimSettings(every=3600, withdrawals=False), "p")
+    await pay(base_url, payer, test_token, ["/paid"], client)
+    report = await periodic.tick()
+    assert report is not None and report.amount == PRICE
+    await pay(base_url, payer, test_token, ["/paid"], client)
+    assert await periodic.tick() is None  # within the hour
+    assert channel_contracts.channel(channel_id).total_claimed == 4 * PRICE
+    assert test_token.balance_of(receiver) == 4 * PRICE
