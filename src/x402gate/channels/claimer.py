@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import FacilitatorError, StoreError
 from ..stores.channels import ChannelState
-from .claims import ClaimEngine, ClaimReport, ClaimSettings
+from .claims import ClaimEngine, ClaimReport, ClaimSettings, unclaimed
 
 if TYPE_CHECKING:
     from ..gate.engine import PaymentGate
@@ -206,10 +206,12 @@ class BackgroundClaimer:
 
     def _due(self, listed: list[ChannelState], now: float) -> str | None:
         settings = self.settings
+        listed = [s for s in listed if unclaimed(s) > 0]  # what a round could collect
+        if not listed:
+            return None
         if settings.withdrawals and any(s.withdraw_requested_at for s in listed):
             return "withdrawal"
-        unclaimed = sum(s.earned - s.total_claimed for s in listed)
-        if settings.threshold is not None and unclaimed >= settings.threshold:
+        if settings.threshold is not None and sum(map(unclaimed, listed)) >= settings.threshold:
             return "threshold"
         if settings.every is not None and now - self._last_round >= settings.every:
             return "periodic"

@@ -40,7 +40,14 @@ if TYPE_CHECKING:
     from ..assets import Asset
     from ..stores.base import Store
 
-__all__ = ["ClaimEngine", "ClaimReport", "ClaimSettings", "SettleReport"]
+__all__ = [
+    "ClaimEngine",
+    "ClaimReport",
+    "ClaimSettings",
+    "SettleReport",
+    "claim_ceiling",
+    "unclaimed",
+]
 
 logger = logging.getLogger("x402gate")
 
@@ -174,6 +181,17 @@ def _figure(figures: dict[str, Any], name: str) -> int:
     if value < 0:
         raise ValueError(name)
     return value
+
+
+def claim_ceiling(state: ChannelState) -> int:
+    """What a claim of the channel can bring its claimed total to now: what it earned, within
+    its last voucher and its balance (a payer's finished withdrawal may have left less)."""
+    return min(state.earned, state.max_claimable, state.balance)
+
+
+def unclaimed(state: ChannelState) -> int:
+    """What a claim of the channel would collect now."""
+    return max(claim_ceiling(state) - state.total_claimed, 0)
 
 
 class ClaimEngine:
@@ -330,7 +348,7 @@ class ClaimEngine:
                     token,
                 )
                 continue
-            amount = min(state.earned, state.max_claimable, state.balance)
+            amount = claim_ceiling(state)
             if amount <= state.total_claimed:
                 continue
             rows.append(_Row(state, config, network, amount))
