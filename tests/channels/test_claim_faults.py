@@ -295,3 +295,58 @@ async def test_a_withdrawing_payer_is_claimed_before_the_delay_and_nothing_is_lo
     assert test_token.balance_of(receiver) == N * PRICE
     assert channel_contracts.channel(channel_id).available == 0
     gate.close()
+
+
+async def test_after_a_finished_withdrawal_the_claim_collects_what_the_escrow_still_holds(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: LocalAccount,
+    receiver_authorizer: LocalAccount,
+    channel_contracts: ChannelContracts,
+    local: LocalFacilitator,
+    tmp_path: Path,
+) -> None:
+    """No claimer ran during the payer's withdrawal: the escrow now holds less than was
+    earned. The gate's claimer reads the channel on the chain itself (the local facilitator's
+    node), claims what is left once, and does not try again."""
+    from x402gate.demo import serve_in_thread
+
+    receiver = chain.new_account().address
+    gate = _gate(local, receiver, receiver_authorizer, tmp_path, test_token)
+    with serve_in_thread(make_app(gate, {})) as base_url:
+        channel_id = await pay(base_url, payer, test_token, ["/paid"] * N)
+    earned = N * PRICE
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.earned == earned
+    config = json.loads(stored.config)
+    config_tuple = (
+        config["payer"],
+        config["payerAuthorizer"],
+        config["receiver"],
+        config["receiverAuthorizer"],
+        config["token"],
+        int(config["withdrawDelay"]),
+        bytes.fromhex(config["salt"].removeprefix("0x")),
+    )
+    deposit = channel_contracts.channel(channel_id).balance
+    since = chain.w3.eth.block_number + 1
+    chain.set_balance(payer.address, 10**18)
+    escrow = channel_contracts.settlement.functions
+    chain.transact(payer, escrow.initiateWithdraw(config_tuple, deposit - earned // 2))
+    chain.rpc("evm_increaseTime", [int(config["withdrawDelay"]) + 1])
+    chain.transact(payer, escrow.finalizeWithdraw(config_tuple))
+    assert channel_contracts.channel(channel_id).balance == earned // 2
+
+    settings = ClaimSettings(refresh_seconds=0.001, tick_seconds=0.2, lease_seconds=5)
+    claimer = BackgroundClaimer.for_gate(gate, settings)
+    report = await claimer.tick()
+    assert report is not None and report.failures == [] and report.amount == earned // 2
+    assert test_token.balance_of(receiver) == earned // 2
+    assert await claimer.tick() is None  # nothing more can be collected: no further try
+    assert escrow_calls(chain, channel_contracts, since) == [
+        "initiateWithdraw:ok",
+        "finalizeWithdraw:ok",
+        "claimWithSignature:ok",
+        "settle:ok",
+    ]
+    gate.close()

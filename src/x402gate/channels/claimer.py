@@ -73,6 +73,7 @@ class BackgroundClaimer:
             gate.facilitator,
             assets=gate.assets,
             pay_to=gate.pay_to,
+            rpc_urls=gate.balances.rpc_urls,
             authorizer_key=channels.receiver_authorizer_key,
             batch=settings.batch,
             clock=gate.clock,

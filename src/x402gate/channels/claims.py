@@ -203,6 +203,10 @@ class ClaimEngine:
     :param assets: the tokens the gate takes, which say each channel's network.
     :param network: the network of channels in a token no asset names (the command line,
         which knows no assets, claims on one network per run).
+    :param rpc_urls: network → JSON-RPC URL to read channels from the chain directly (the
+        gate's, which a local facilitator gives); elsewhere they are read by verifying their
+        last voucher at the facilitator, which answers no figures once the channel's balance
+        fell below that voucher (a payer's finished withdrawal).
     :param pay_to: network → receiver to settle for when asked to settle without a claim
         first (the gate's ``pay_to``).
     :param authorizer_key: the receiver authorizer's private key, to sign claim batches here;
@@ -216,6 +220,7 @@ class ClaimEngine:
         *,
         assets: Sequence[Asset] = (),
         network: str | None = None,
+        rpc_urls: Mapping[str, str] | None = None,
         pay_to: Mapping[str, str] | None = None,
         authorizer_key: str | None = None,
         batch: int = 100,
@@ -227,6 +232,8 @@ class ClaimEngine:
         self.facilitator = facilitator
         self.assets = list(assets)
         self.network = network
+        self.rpc_urls = dict(rpc_urls or {})
+        self._readers: dict[str, Any] = {}
         self.pay_to = dict(pay_to or {})
         self.batch = batch
         self.clock: Clock = clock or SystemClock()
@@ -279,10 +286,44 @@ class ClaimEngine:
                 out.append(state)
         return out
 
+    def _read_chain(self, rpc_url: str, channel_id: str) -> dict[str, int]:
+        """The channel's figures read from the escrow (blocking: called in a thread)."""
+        contract = self._readers.get(rpc_url)
+        if contract is None:
+            from web3 import Web3
+            from x402.mechanisms.evm.batch_settlement.abi import BATCH_SETTLEMENT_ABI
+            from x402.mechanisms.evm.batch_settlement.constants import (
+                BATCH_SETTLEMENT_ADDRESS,
+            )
+
+            w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
+            address = Web3.to_checksum_address(BATCH_SETTLEMENT_ADDRESS)
+            contract = w3.eth.contract(address=address, abi=BATCH_SETTLEMENT_ABI)
+            self._readers[rpc_url] = contract
+        key = bytes.fromhex(channel_id.removeprefix("0x"))
+        try:
+            balance, claimed = contract.functions.channels(key).call()
+            _, initiated = contract.functions.pendingWithdrawals(key).call()
+            nonce = contract.functions.refundNonce(key).call()
+        except Exception as exc:  # any transport or node error: not read this time
+            raise FacilitatorError(f"chain read failed: {type(exc).__name__}") from None
+        return {
+            "balance": int(balance),
+            "totalClaimed": int(claimed),
+            "withdrawRequestedAt": int(initiated),
+            "refundNonce": int(nonce),
+        }
+
     async def _refresh_one(self, state: ChannelState) -> ChannelState:
         config = json.loads(state.config)
         network = self._network(str(config.get("token", "")))
-        if network is None or not state.max_claimable:
+        if network is None:
+            return state
+        rpc_url = self.rpc_urls.get(network)
+        if rpc_url is not None:
+            figures = await asyncio.to_thread(self._read_chain, rpc_url, state.channel_id)
+            return await self._mirror(state, figures)
+        if not state.max_claimable:
             return state
         requirements = _requirements(
             network,
@@ -312,7 +353,11 @@ class ClaimEngine:
             raise FacilitatorError(
                 f"the facilitator refused the voucher ({verdict.invalid_reason})"
             )
-        figures = verdict.extra or {}
+        return await self._mirror(state, verdict.extra or {})
+
+    async def _mirror(self, state: ChannelState, figures: dict[str, Any]) -> ChannelState:
+        """Take the chain's figures into the store."""
+        now = self.clock.now()
         synced: ChannelState = await self._store(
             lambda: self.store.channel_sync(
                 state.channel_id,

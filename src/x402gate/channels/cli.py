@@ -47,6 +47,11 @@ def add_commands(commands: Any) -> None:
         description="Claim every channel with unclaimed value, then settle to the receivers.",
     )
     _source_options(claim, store=True)
+    claim.add_argument(
+        "--rpc-url",
+        help="a JSON-RPC URL of the chain, to read the channels there directly (default: "
+        "through the facilitator)",
+    )
     claim.add_argument("--batch", type=int, default=100, help="channels per claim transaction")
     claim.add_argument("--no-settle", action="store_true", help="claim only; settle later")
     claim.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -126,6 +131,7 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
             gate.facilitator,
             assets=gate.assets,
             pay_to=gate.pay_to,
+            rpc_urls=gate.balances.rpc_urls,
             authorizer_key=gate.channels.receiver_authorizer_key,
             batch=batch,
         )
@@ -164,7 +170,15 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
             )
         network = found[0]
     try:
-        engine = ClaimEngine(store, facilitator, network=network, authorizer_key=key, batch=batch)
+        rpc_url = getattr(args, "rpc_url", None)
+        engine = ClaimEngine(
+            store,
+            facilitator,
+            network=network,
+            rpc_urls={network: rpc_url} if rpc_url else None,
+            authorizer_key=key,
+            batch=batch,
+        )
     except ConfigurationError as exc:
         store.close()
         return str(exc)
