@@ -1,8 +1,8 @@
 """Background claimers in several server processes on one store: several workers on one SQLite
-file, two instances on one Redis server. Only the holder of the store's lease claims, so every
-claim transaction on chain moves the claimed total (none duplicated, none reverted); when the
-holder is killed (SIGKILL: nothing is released) the lease expires and another process takes over
-and claims what was served since.
+file, two instances on one Redis server or one PostgreSQL database. Only the holder of the
+store's lease claims, so every claim transaction on chain moves the claimed total (none
+duplicated, none reverted); when the holder is killed (SIGKILL: nothing is released) the lease
+expires and another process takes over and claims what was served since.
 """
 
 from __future__ import annotations
@@ -62,7 +62,14 @@ def holder_pid(store_url: str, name: str) -> int | None:
     return None if holder is None else int(holder.split(":")[1])
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
 def test_one_claimer_at_a_time_and_the_lease_moves_when_its_holder_is_killed(
     backend: str,
     request: pytest.FixtureRequest,
@@ -76,6 +83,8 @@ def test_one_claimer_at_a_time_and_the_lease_moves_when_its_holder_is_killed(
     if backend == "redis":
         redis_url = request.getfixturevalue("redis_url")
         gate_config["store"] = f"{redis_url}?key_prefix=claims{uuid.uuid4().hex[:8]}:"
+    if backend == "postgres":
+        gate_config["store"] = request.getfixturevalue("postgres_url")
     gate_config["claim"] = CLAIM
     store_url = gate_config["store"]
     receiver = gate_config["pay_to"]
