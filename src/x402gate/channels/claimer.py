@@ -116,11 +116,14 @@ class BackgroundClaimer:
             loop.close()
 
     async def _close_facilitator(self) -> None:
-        # An HTTP facilitator keeps one client per event loop: close this loop's.
-        aclose = getattr(self.engine.facilitator, "aclose", None)
-        if aclose is not None and type(self.engine.facilitator).__name__ == "HTTPFacilitator":
+        # An HTTP facilitator keeps one client per event loop: close this loop's (other
+        # facilitators belong to the gate, which closes them).
+        from ..facilitators import HTTPFacilitator
+
+        facilitator = self.engine.facilitator
+        if isinstance(facilitator, HTTPFacilitator):
             try:
-                await aclose()
+                await facilitator.aclose()
             except Exception:  # closing is best effort
                 logger.debug("claimer: closing the facilitator client failed", exc_info=True)
 
