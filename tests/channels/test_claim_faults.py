@@ -306,15 +306,18 @@ async def test_after_a_finished_withdrawal_the_claim_collects_what_the_escrow_st
     local: LocalFacilitator,
     tmp_path: Path,
 ) -> None:
-    """No claimer ran during the payer's withdrawal: the escrow now holds less than was
-    earned. The gate's claimer reads the channel on the chain itself (the local facilitator's
-    node), claims what is left once, and does not try again."""
+    """No claimer ran during a payer's withdrawal: the escrow now holds less than was earned.
+    The gate's claimer reads the channel on the chain itself (the local facilitator's node),
+    claims what is left once and does not try again, and that channel does not hold up another
+    payer's, served later."""
     from x402gate.demo import serve_in_thread
 
     receiver = chain.new_account().address
+    other = chain.new_account(eth_wei=0, token=test_token, token_amount=10**8)
     gate = _gate(local, receiver, receiver_authorizer, tmp_path, test_token)
     with serve_in_thread(make_app(gate, {})) as base_url:
         channel_id = await pay(base_url, payer, test_token, ["/paid"] * N)
+        other_id = await pay(base_url, other, test_token, ["/paid"] * 2)
     earned = N * PRICE
     stored = gate.store.channel_get(channel_id)
     assert stored is not None and stored.earned == earned
@@ -337,15 +340,22 @@ async def test_after_a_finished_withdrawal_the_claim_collects_what_the_escrow_st
     chain.transact(payer, escrow.finalizeWithdraw(config_tuple))
     assert channel_contracts.channel(channel_id).balance == earned // 2
 
-    settings = ClaimSettings(refresh_seconds=0.001, tick_seconds=0.2, lease_seconds=5)
+    # One channel per claim transaction: the spent channel, listed first, is claimed for what
+    # is left, then passed over; the other payer's channel is claimed next.
+    settings = ClaimSettings(batch=1, refresh_seconds=0.001, tick_seconds=0.2, lease_seconds=5)
     claimer = BackgroundClaimer.for_gate(gate, settings)
     report = await claimer.tick()
-    assert report is not None and report.failures == [] and report.amount == earned // 2
-    assert test_token.balance_of(receiver) == earned // 2
-    assert await claimer.tick() is None  # nothing more can be collected: no further try
+    assert report is not None and report.failures == []
+    assert report.amount == earned // 2 + 2 * PRICE
+    assert channel_contracts.channel(channel_id).total_claimed == earned // 2
+    assert channel_contracts.channel(other_id).total_claimed == 2 * PRICE
+    assert test_token.balance_of(receiver) == earned // 2 + 2 * PRICE
+    claimer._last_round = 0.0  # the period is over: nothing can be collected, nothing is sent
+    assert await claimer.tick() is None
     assert escrow_calls(chain, channel_contracts, since) == [
         "initiateWithdraw:ok",
         "finalizeWithdraw:ok",
+        "claimWithSignature:ok",
         "claimWithSignature:ok",
         "settle:ok",
     ]

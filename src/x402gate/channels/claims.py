@@ -412,10 +412,19 @@ class ClaimEngine:
         those whose last claim had an unknown outcome). ``guard`` is awaited before each
         batch is sent; False stops the run (the background claimer renews its lease there)."""
         report = ClaimReport()
+        read: set[str] = set()  # channels read on chain in this run
         for _ in range(max_batches):
-            listed = list(states) if states is not None else await self.claimable(self.batch)
-            if refresh or (refresh is None and self._suspect):
-                stale = [s for s in listed if refresh or s.channel_id in self._suspect]
+            # Listed beyond one batch: channels that cannot be claimed now (their balance
+            # spent) are passed over instead of holding up the others.
+            listed = list(states) if states is not None else await self.claimable()
+            stale = [
+                s
+                for s in listed
+                if s.channel_id not in read
+                and (refresh or (refresh is None and s.channel_id in self._suspect))
+            ]
+            if stale:
+                read.update(s.channel_id for s in stale)
                 fresh = {s.channel_id: s for s in await self.refresh(stale)}
                 listed = [fresh.get(s.channel_id, s) for s in listed]
             rows = self._rows(sorted(listed, key=lambda s: s.withdraw_requested_at == 0))
