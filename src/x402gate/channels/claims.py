@@ -105,6 +105,10 @@ class ClaimSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ConfigurationError(f"claim {name} must be a positive number of seconds")
+        if self.every is None and self.threshold is None and not self.withdrawals:
+            raise ConfigurationError(
+                "claim needs a strategy: every, threshold or withdrawals (or no claim at all)"
+            )
         if self.lease_seconds < 2 * self.tick_seconds:
             raise ConfigurationError("claim lease_seconds must be at least twice tick_seconds")
         if self.threshold is not None and (
