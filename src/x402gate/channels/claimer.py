@@ -38,6 +38,11 @@ __all__ = ["BackgroundClaimer", "lease_name"]
 logger = logging.getLogger("x402gate")
 
 
+def _holder() -> str:
+    """A holder token unique to this claimer: host, process id and a random part."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
 def lease_name(receivers: list[str]) -> str:
     """The lease the claimers of one set of receivers share."""
     return "channel-claimer:" + ",".join(sorted({r.lower() for r in receivers}))[:160]
@@ -50,7 +55,7 @@ class BackgroundClaimer:
         self.engine = engine
         self.settings = settings
         self.name = name
-        self.holder = f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(6)}"
+        self.holder = _holder()
         self.rounds = 0
         """Claim rounds this claimer ran (for tests and tools)."""
         self.last_report: ClaimReport | None = None
@@ -88,6 +93,9 @@ class BackgroundClaimer:
         """Start the thread (again after a fork: threads do not survive one)."""
         if self.running:
             return
+        if self._pid != os.getpid():
+            # A forked copy: its own holder token, never its parent's.
+            self.holder = _holder()
         self._pid = os.getpid()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="x402gate-claimer", daemon=True)
