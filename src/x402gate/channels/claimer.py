@@ -86,6 +86,12 @@ class BackgroundClaimer:
         return cls(engine, settings, lease_name(receivers))
 
     @property
+    def forked(self) -> bool:
+        """Started in the parent of this process (a server that forks its workers after the
+        gate started): the thread did not survive the fork and must be started again."""
+        return self._thread is not None and self._pid != os.getpid()
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
 

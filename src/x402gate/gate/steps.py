@@ -48,6 +48,8 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             logger.error("x402gate start-up check failed: %s", exc)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="startup"))
             raise failure(exc) from None
+    elif gate.claimer is not None and gate.claimer.forked:
+        gate.claimer.start()  # a worker forked after start-up: threads do not survive a fork
 
     # Everything after this names the configured public origin, never the client's Host.
     request.url = gate.public_url(request)
