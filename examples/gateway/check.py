@@ -31,6 +31,7 @@ from x402gate.gateway import load_config
 from x402gate.gateway._yaml import read_yaml
 from x402gate.testing.chain import LocalChain
 from x402gate.testing.fake_llm import FakeLLM, serve_fake_llm
+from x402gate.testing.fake_media import wav_bytes
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-check-0123456789"
@@ -47,7 +48,12 @@ CALLS = {
     "/v1/messages": {"model": "claude-haiku-4-5", "max_tokens": 32, "messages": []},
     "/v1/messages/count_tokens": {"model": "claude-haiku-4-5", "messages": []},
     "/v1/chat/completions": {"model": "gpt-4o-mini", "max_tokens": 32, "messages": []},
+    "/v1/embeddings": {"model": "text-embedding-3-small", "input": "a paid embedding"},
+    "/v1/images/generations": {"model": "dall-e-3", "prompt": "a fox", "n": 1},
+    "/v1/audio/speech": {"model": "tts-1", "input": "Paid speech.", "voice": "alloy"},
 }
+UPLOADS = {"/v1/audio/transcriptions": {"model": "whisper-1"}}
+"""Multipart routes: these fields, and a one-second WAV file as ``file``."""
 
 
 def localize(path: Path, chain: LocalChain, token: Any, key: str, llm: FakeLLM, tmp: str) -> Path:
@@ -116,7 +122,11 @@ async def pay(url: str, buyer: Any, token: Any, routes: list[str], llm: FakeLLM)
     ) as client:
         for key in routes:
             path = key.split(" ", 1)[1]
-            response = await client.post(path, json=CALLS[path])
+            if path in UPLOADS:
+                audio = ("a.wav", wav_bytes(1.0), "audio/wav")
+                response = await client.post(path, data=UPLOADS[path], files={"file": audio})
+            else:
+                response = await client.post(path, json=CALLS[path])
             # Paid now, or from the credit an earlier exact payment left (its session token).
             paid = "payment-response" in response.headers or SESSION_HEADER in response.headers
             if response.status_code != 200 or not paid:

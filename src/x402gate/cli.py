@@ -1,5 +1,7 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
-``x402gate channels claim|settle`` (:mod:`x402gate.channels.cli`), ``--version``."""
+``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
+list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
+``--version``."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from .__about__ import __version__
 if TYPE_CHECKING:
     from .gateway.config import GatewayConfig
 
-__all__ = ["main"]
+__all__ = ["GATEWAY_DOCS_URL", "main"]
+
+GATEWAY_DOCS_URL = "https://x402gate.readthedocs.io/en/latest/gateway/"
+"""The gateway's documentation (``docs/gateway.md`` of the source distribution)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"x402gate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
-        "demo", help="run a paid round trip on a local chain (needs the pinned anvil: npm ci)"
+        "demo",
+        help="run a paid round trip on a local chain (needs the pinned anvil: x402gate testing "
+        "install-chain)",
     )
     demo.add_argument("--json", action="store_true", help="also print the rows as JSON")
     demo.add_argument("-v", "--verbose", action="store_true", help="log what the gate does")
@@ -32,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy",
         help="serve a paid gateway in front of HTTP APIs, from a YAML file (docs/gateway.md)",
         description="Charge per call for upstream HTTP APIs, as configured in a YAML file.",
+        epilog=f"Documentation: {GATEWAY_DOCS_URL} (docs/gateway.md in the source distribution); "
+        "example files: examples/gateway/.",
     )
     proxy.add_argument("config", help="the gateway file (e.g. gateway.yaml)")
     proxy.add_argument(
@@ -47,14 +56,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
-    channels = sub.add_parser(
-        "channels",
-        help="operate the payment channels a store keeps (batch-settlement)",
-        description="Operators' commands on payment channels (docs/channels.md).",
+    testing = sub.add_parser(
+        "testing",
+        help="the test kit's tools (x402gate.testing): install-chain",
+        description="Tools of the test kit (x402gate.testing and its pytest plugin).",
     )
+    testing_sub = testing.add_subparsers(dest="testing_command", metavar="TOOL", required=True)
+    install = testing_sub.add_parser(
+        "install-chain",
+        help="install the pinned anvil from npm into the user cache and print its path",
+        description="Install the anvil version the test kit pins (npm, into a user cache "
+        "directory: $X402GATE_CACHE_DIR or ~/.cache/x402gate), unless it is there already, "
+        "and print the binary's path. The pytest fixtures then find it.",
+    )
+    install.add_argument("--force", action="store_true", help="install again even if present")
+    prices = sub.add_parser(
+        "prices",
+        help="print the built-in model price table (per-token prices, their sources and dates)",
+        description="The model price table shipped in this version, used by gateway routes "
+        "with price_table: builtin. Prices are US dollars per million tokens.",
+    )
+    prices.add_argument("--json", action="store_true", help="print the table as JSON")
+    prices.add_argument("--provider", help="only this provider's models (anthropic, openai...)")
+    from . import channels_cli
     from .channels.cli import add_commands
 
-    add_commands(channels.add_subparsers(dest="channels_command", metavar="COMMAND"))
+    add_commands(channels_cli.add_parser(sub))
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -73,15 +100,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "testing":
+        return _install_chain(force=args.force)
+    if args.command == "prices":
+        return _prices(args)
     if args.command == "channels":
         logging.basicConfig(level=logging.WARNING)
-        command = getattr(args, "channels_run", None)
-        if command is None:
-            channels.print_help()
-            return 2
-        status: int = command(args)
-        return status
+        return channels_cli.run(args)
     return 2  # pragma: no cover
+
+
+def _install_chain(*, force: bool) -> int:
+    """``x402gate testing install-chain``: the pinned anvil's path on stdout, or why not."""
+    from .testing.anvil import ANVIL_VERSION, AnvilInstallError, install_anvil
+
+    try:
+        path = install_anvil(force=force)
+    except AnvilInstallError as exc:
+        print(f"x402gate testing install-chain: {exc}", file=sys.stderr)
+        return 1
+    print(f"anvil {ANVIL_VERSION} ready", file=sys.stderr)
+    print(path)
+    return 0
 
 
 def _proxy(args: argparse.Namespace) -> int:
@@ -152,6 +192,44 @@ def _proxy(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 0 if server.started else 1
+
+
+def _prices(args: argparse.Namespace) -> int:
+    """``x402gate prices``: the built-in table, as aligned text or JSON."""
+    import json
+
+    from .metering import builtin_prices
+    from .money import format_usd
+
+    table = builtin_prices()
+    rows = [r for r in table if args.provider is None or r.provider == args.provider.lower()]
+    if not rows:
+        print(f"x402gate prices: no model of provider {args.provider!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        document = table.as_dict()
+        document["models"] = [row.as_dict() for row in rows]
+        print(json.dumps(document, indent=2))
+        return 0
+    header = ("model", "provider", "kind", "input $/M", "output $/M", "read", "source")
+    lines = [
+        (
+            r.model,
+            r.provider,
+            r.kind,
+            format_usd(r.input),
+            format_usd(r.output) if r.kind == "text" else "-",
+            r.read,
+            r.source,
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *lines)) for i in range(len(header) - 1)]
+    print(f"x402gate price table {table.version} (US dollars per million tokens)")
+    for line in (header, *lines):
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*cells, line[-1]]))
+    return 0
 
 
 def _check_online(path: str, config: GatewayConfig) -> int:

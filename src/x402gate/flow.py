@@ -230,7 +230,7 @@ class PaymentFlow:
         recording = session.idempotency is not None
         usage = None
         if body is not None and session.channel is not None and self.route.price.metered:
-            meter = _meter_for(headers)
+            meter = _meter_for(self.route.price, headers)
             meter.feed(body)
             meter.close()
             usage = meter.usage
@@ -332,7 +332,7 @@ class PaymentFlow:
             return
         if _metering(session):
             if session.meter is None:
-                session.meter = _meter_for(self._headers)
+                session.meter = _meter_for(self.route.price, self._headers)
             session.meter.feed(chunk)
         if self._recording and ok:
             self._size += len(chunk)
@@ -419,11 +419,14 @@ def _metering(session: PaymentSession) -> bool:
     return hold is not None and hold.streaming and not hold.finished
 
 
-def _meter_for(headers: HeaderList) -> Any:
+def _meter_for(price: Any, headers: HeaderList) -> Any:
+    """The meter of an answer: the price strategy's own when it reads the answer its way
+    (``meter(content_type)``: images count their items), else the one of its content type."""
     from .metering import meter_for
 
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
-    return meter_for(content_type)
+    own = getattr(price, "meter", None)
+    return own(content_type) if callable(own) else meter_for(content_type)
 
 
 def _usage(session: PaymentSession) -> Any:

@@ -11,6 +11,12 @@ killed. Its routes, all priced $0.001:
   directory, then answers like ``/paid``; its channel steps expire after
   ``max_timeout_seconds`` (10 s, the least a gate accepts).
 
+Per-token routes (``POST``, OpenAI-shaped, priced by :data:`TOKEN_PRICES`, steps expiring like
+``/block``'s): ``/v1/json`` answers a JSON body using :data:`JSON_USAGE`; ``/v1/stream`` answers
+server-sent events: its first chunks (headers and payment response included) go out at once,
+then it waits for ``release`` like ``/block`` before sending the usage (:data:`STREAM_USAGE`)
+and the end of the stream.
+
 With ``claim`` in the config (:class:`~x402gate.channels.ClaimSettings` keywords), the gate runs
 its background claimer from the start.
 
@@ -27,21 +33,50 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BLOCK_TIMEOUT", "GateProcess", "serve"]
+__all__ = [
+    "BLOCK_TIMEOUT",
+    "JSON_USAGE",
+    "STREAM_USAGE",
+    "TOKEN_PRICES",
+    "GateProcess",
+    "serve",
+    "token_cost",
+]
 
 TESTS_DIR = Path(__file__).resolve().parent.parent  # where the ``channels`` test package lives
 _CHILD = "from channels._server import serve; serve()"
 BLOCK_TIMEOUT = 10
 """``max_timeout_seconds`` of ``/block``: how long its channel step is held before it expires."""
+TOKEN_PRICES = (1_000, 2_000)
+"""Atomic units an input and an output token cost on the per-token routes ($1 / $2 per 1k)."""
+JSON_USAGE = (7, 30)
+"""Input and output tokens a ``/v1/json`` answer reports."""
+STREAM_USAGE = (12, 40)
+"""Input and output tokens a ``/v1/stream`` answer reports once released."""
+
+
+def token_cost(usage: tuple[int, int]) -> int:
+    """What ``usage`` (input, output tokens) costs on the per-token routes."""
+    return usage[0] * TOKEN_PRICES[0] + usage[1] * TOKEN_PRICES[1]
+
+
+async def _released(runs: Path) -> None:
+    """Wait (at most a minute) for the file ``release`` in the run directory."""
+    import asyncio
+
+    deadline = time.monotonic() + 60
+    while not (runs / "release").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def _app(config: dict[str, Any]) -> tuple[Any, Any]:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     from x402gate import PaymentGate
@@ -50,6 +85,7 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
     from x402gate.channels import ClaimSettings
     from x402gate.facilitators import HTTPFacilitator
     from x402gate.gate import ChannelSettings
+    from x402gate.metering import PerToken, TokenPrice
 
     runs = Path(config["runs"])
     pid = os.getpid()
@@ -61,6 +97,8 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
         store=config["store"],
         startup_checks="off",
         limit_in_flight=False,
+        secret=b"k" * 32,  # metered routes issue session tokens
+        public_origin="http://gate.test",
         channels=ChannelSettings(
             receiver_authorizer=config["receiver_authorizer"],
             min_deposit=config["min_deposit"],
@@ -76,18 +114,43 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
         return JSONResponse({"content": "PAID", "pid": pid})
 
     async def block(request: Request) -> Response:
-        import asyncio
-
         record("block")
-        deadline = time.monotonic() + 60
-        while not (runs / "release").exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await _released(runs)
         return JSONResponse({"content": "PAID", "pid": pid})
 
-    app = Starlette(routes=[Route("/paid", paid), Route("/block", block)])
+    def usage(tokens: tuple[int, int]) -> dict[str, int]:
+        return {"prompt_tokens": tokens[0], "completion_tokens": tokens[1]}
+
+    async def chat(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        record(kind)
+        if kind == "json":
+            return JSONResponse({"content": "PAID", "choices": [], "usage": usage(JSON_USAGE)})
+
+        def event(data: dict[str, Any]) -> bytes:
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        async def events() -> AsyncIterator[bytes]:
+            for word in ("PAID", " words"):
+                yield event({"choices": [{"delta": {"content": word}}]})
+            await _released(runs)
+            yield event({"choices": [], "usage": usage(STREAM_USAGE)})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(
+        routes=[
+            Route("/paid", paid),
+            Route("/block", block),
+            Route("/v1/{kind}", chat, methods=["POST"]),
+        ]
+    )
+    prices = TokenPrice(input="$1", output="$2", per=1_000)  # TOKEN_PRICES
     routes = {
         "GET /paid": "$0.001",
         "GET /block": gate.route("$0.001", max_timeout_seconds=BLOCK_TIMEOUT),
+        "POST /v1/*": gate.route(PerToken({"gpt-*": prices}), max_timeout_seconds=BLOCK_TIMEOUT),
     }
     return PaymentMiddleware(app, gate=gate, routes=routes), gate
 

@@ -3,6 +3,9 @@
 * A server killed (SIGKILL) while its handler runs for a voucher: nothing was charged; the
   step is held until it expires, then a restarted server serves the client's next voucher on
   the same base, once; a client that lost its state recovers through the corrective 402.
+* A server killed mid-stream on a per-token route, after the payment response went out with
+  the headers and before the step was committed: that step is forfeited (nothing charged nor
+  earned), and the client, ahead of the store, goes on after one corrective 402.
 * The store down (the Redis process killed, a SQLite file locked): 503, no handler runs;
   once it is back, paying goes on and the totals are right.
 * The facilitator down during a deposit: 502/503, no content, no channel; once it is back,
@@ -364,3 +367,95 @@ async def test_a_deposit_while_the_facilitator_is_down_collects_nothing_and_its_
     assert facilitator.settled == 1
     assert channel(gate_config, channel_id).charged == PRICE
     assert runs(gate_config, "paid") == 1
+
+
+PROMPT = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+class Wire(Recording):
+    """:class:`Recording` that also counts the payments answered 402 (corrective ones too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if response.status_code == 402 and "payment-signature" in request.headers:
+            await response.aread()
+            self.refused.append(response.json().get("error", ""))
+        return response
+
+
+async def test_a_server_killed_mid_stream_forfeits_that_step_and_the_client_goes_on(
+    gate_config: dict[str, Any],
+    gate_processes: Start,
+    payer: LocalAccount,
+    test_token: TestToken,
+    chain: LocalChain,
+) -> None:
+    """A per-token stream: its headers (with the payment response) and first events went
+    out, then the server died before the step was committed. Nothing is charged or earned for
+    it; once the dead step expired, the client's next voucher gets the corrective 402 and
+    the client goes on paying on the store's count, one step at a time."""
+    from ._server import BLOCK_TIMEOUT, JSON_USAGE, STREAM_USAGE, token_cost
+
+    config = {**gate_config, "min_deposit": 5_000_000}
+    first = gate_processes(config)
+    wire = Wire()
+    async with official_http(channel_client(payer, test_token, chain.rpc_url), wire) as http:
+        opened = await http.post(f"{first.url}/v1/json", json=PROMPT)
+        assert opened.status_code == 200, opened.text
+        channel_id, charged = channel_of(opened)
+        assert charged == token_cost(JSON_USAGE)
+        async with http.stream("POST", f"{first.url}/v1/stream", json=PROMPT) as stream:
+            assert stream.status_code == 200
+            told = channel_of(stream)  # the whole step, sent with the headers
+            assert told[0] == channel_id and told[1] > charged
+            received = b""
+            chunks = stream.aiter_raw()
+            while b"PAID" not in received:
+                received += await chunks.__anext__()
+            held = channel(config, channel_id)
+            assert held.step is not None and held.step.base == charged
+            first.kill()
+            with pytest.raises(httpx.HTTPError):
+                async for chunk in chunks:
+                    received += chunk
+        assert b"usage" not in received  # the stream was cut before its end
+        # Nothing charged nor earned for the cut stream; its step is held until it expires.
+        after_kill = channel(config, channel_id)
+        assert after_kill.charged == after_kill.earned == charged
+        assert after_kill.step is not None and after_kill.step.token == held.step.token
+        assert after_kill.step.expires_at <= time.time() + BLOCK_TIMEOUT
+        restarted = gate_processes(config)
+        (Path(config["runs"]) / "release").touch()  # streams of the new server end at once
+        if time.time() < after_kill.step.expires_at - 2:
+            early = await http.post(f"{restarted.url}/v1/json", json=PROMPT)
+            assert early.status_code in (402, 409), early.text
+            assert "PAID" not in early.text
+            assert runs(config, "json") == 1
+        await asyncio.sleep(max(0.0, after_kill.step.expires_at - time.time()) + 0.5)
+        # The client signs on what it was told (the whole step); the store never charged it:
+        # the corrective 402, then a voucher on the store's count, served once.
+        served = await http.post(f"{restarted.url}/v1/json", json=PROMPT)
+        assert served.status_code == 200, served.text
+        assert channel_of(served) == (channel_id, charged + token_cost(JSON_USAGE))
+        streamed = await http.post(f"{restarted.url}/v1/stream", json=PROMPT)
+        assert streamed.status_code == 200, streamed.text
+        assert b"usage" in streamed.content
+        step = channel_of(streamed)[1] - (charged + token_cost(JSON_USAGE))
+        assert step >= token_cost(STREAM_USAGE)
+        again = await http.post(f"{restarted.url}/v1/json", json=PROMPT)
+        assert again.status_code == 200, again.text
+        assert channel_of(again)[1] == charged + 2 * token_cost(JSON_USAGE) + step
+    # The client was told of a step the store never charged: one corrective 402 (to the first
+    # voucher it sent the restarted server) set it right, and it never met another.
+    assert wire.refused == [MISMATCH], wire.refused
+    final = channel(config, channel_id)
+    assert final.step is None
+    assert final.charged == charged + 2 * token_cost(JSON_USAGE) + step
+    assert final.charged <= final.max_claimable
+    # Earned: the tokens of the answers delivered whole, nothing for the cut stream.
+    assert final.earned == 3 * token_cost(JSON_USAGE) + token_cost(STREAM_USAGE)
+    assert runs(config, "json") == 3 and runs(config, "stream") == 2

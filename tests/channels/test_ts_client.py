@@ -65,18 +65,30 @@ def _node() -> str:
 
 
 def pay_with_ts_client(
-    payer: LocalAccount, token: TestToken, rpc_url: str, count: int, *urls: str
+    payer: LocalAccount,
+    token: TestToken,
+    rpc_url: str,
+    count: int,
+    *urls: str,
+    body: dict[str, Any] | None = None,
+    refund: bool = False,
 ) -> dict[str, Any]:
-    """Run the TypeScript payer for ``count`` requests over ``urls``; its decoded report."""
+    """Run the TypeScript payer for ``count`` requests over ``urls`` (each a POST of ``body``
+    as JSON when given, else a GET; then, with ``refund``, its cooperative refund); its decoded
+    report."""
     command = [_node(), str(PAYER_SCRIPT), token.asset.network, token.address, str(count), *urls]
+    env = {
+        **os.environ,
+        "X402_PAYER_KEY": "0x" + bytes(payer.key).hex(),
+        "X402_RPC_URL": rpc_url,
+        "X402_REFUND": "1" if refund else "0",
+    }
+    if body is not None:
+        env["X402_REQUEST_BODY"] = json.dumps(body)
     done = subprocess.run(
         command,
         cwd=ROOT,
-        env={
-            **os.environ,
-            "X402_PAYER_KEY": "0x" + bytes(payer.key).hex(),
-            "X402_RPC_URL": rpc_url,
-        },
+        env=env,
         capture_output=True,
         text=True,
         timeout=NODE_TIMEOUT_SECONDS,
@@ -129,6 +141,23 @@ def assert_one_deposit_on_chain(
     assert on_chain.balance == DEPOSIT
     assert on_chain.total_claimed == 0
     assert token.balance_of(payer.address) == before - DEPOSIT
+
+
+def assert_refunded(
+    report: dict[str, Any],
+    channel_contracts: ChannelContracts,
+    token: TestToken,
+    payer: LocalAccount,
+    before: int,
+    channel_id: str,
+) -> None:
+    """The client's cooperative refund returned everything but what was served: the seller's
+    share claimed in the same transaction, read from the chain."""
+    assert report["refund"] is not None and report["refund"]["success"] is True, report
+    assert report["refund"]["amount"] == str(DEPOSIT - N * PRICE)
+    on_chain = channel_contracts.channel(channel_id)
+    assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+    assert token.balance_of(payer.address) == before - N * PRICE
 
 
 # -- the facilitator: our LocalFacilitator, counted -----------------------------------------------
@@ -265,6 +294,119 @@ def test_ts_client_pays_a_gate_built_in_code_by_one_deposit_and_vouchers(
         gate.close()
 
 
+# -- a per-token route ---------------------------------------------------------------------------
+
+PROMPT = {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+JSON_USAGE = {"prompt_tokens": 7, "completion_tokens": 30}
+STREAM_USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
+METERED_DEPOSIT = 1_000_000  # $1, the announced minimum: covers every request of the test
+
+
+def token_cost(usage: dict[str, int]) -> int:
+    """At $1 / $2 per 1k input / output tokens: 1,000 / 2,000 atomic units a token."""
+    return usage["prompt_tokens"] * 1_000 + usage["completion_tokens"] * 2_000
+
+
+def _per_token_app(gate: PaymentGate, runs: list[str]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    from x402gate.asgi import PaymentMiddleware
+    from x402gate.metering import PerToken, TokenPrice
+
+    async def chat(request: Request) -> Response:
+        kind = request.path_params["kind"]
+        runs.append(kind)
+        if kind == "json":
+            return JSONResponse({**CONTENT, "choices": [], "usage": JSON_USAGE})
+        events = [
+            {"choices": [{"delta": {"content": "PAID"}}]},
+            {"choices": [], "usage": STREAM_USAGE},
+        ]
+        lines = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+        return StreamingResponse(iter(lines), media_type="text/event-stream")
+
+    prices = TokenPrice(input="$1", output="$2", per=1_000)
+    app = Starlette(routes=[Route("/v1/{kind}", chat, methods=["POST"])])
+    routes = {"POST /v1/*": gate.route(PerToken({"gpt-*": prices}))}
+    return PaymentMiddleware(app, gate=gate, routes=routes)
+
+
+def test_ts_client_pays_a_per_token_route_json_and_stream_from_one_deposit(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: LocalAccount,
+    authorizer: LocalAccount,
+    facilitator: CountingFacilitator,
+    channel_contracts: ChannelContracts,
+    tmp_path: Path,
+) -> None:
+    """JSON answers are charged their tokens exactly; a stream reports its whole step with its
+    headers and earns the tokens it reported. The client checks each receipt and keeps signing:
+    no paid request is ever answered 402, one deposit, earned = the tokens used."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from x402gate.demo import serve_in_thread
+
+    gate = PaymentGate(
+        pay_to=chain.new_account().address,
+        assets=test_token.asset,
+        facilitator=facilitator,
+        store=f"sqlite:///{tmp_path / 'gate.db'}",
+        startup_checks="off",
+        limit_in_flight=False,
+        secret=b"k" * 32,
+        public_origin="http://llm.test",
+        channels=ChannelSettings(
+            receiver_authorizer=authorizer.address, min_deposit=METERED_DEPOSIT
+        ),
+    )
+    runs: list[str] = []
+    before = test_token.balance_of(payer.address)
+    count = 6
+    try:
+        with serve_in_thread(_per_token_app(gate, runs)) as base_url:
+            urls = (f"{base_url}/v1/json", f"{base_url}/v1/stream")
+            report = pay_with_ts_client(payer, test_token, chain.rpc_url, count, *urls, body=PROMPT)
+        answers = report["answers"]
+        assert [a["status"] for a in answers] == [200] * count, answers
+        used = {"json": token_cost(JSON_USAGE), "stream": token_cost(STREAM_USAGE)}
+        total = 0
+        channel_ids: set[str] = set()
+        for answer in answers:
+            kind = answer["url"].rsplit("/", 1)[-1]
+            assert "PAID" in answer["body"]
+            receipt = answer["paymentResponse"]
+            assert receipt is not None and receipt["success"] is True, receipt
+            charged = int(receipt["extra"]["chargedAmount"])
+            if kind == "json":
+                assert charged == used["json"]  # measured before the headers went out
+            else:
+                assert charged >= used["stream"]  # the whole step, earned as far as used
+            total += charged
+            state = receipt["extra"]["channelState"]
+            assert state["chargedCumulativeAmount"] == str(total)
+            channel_ids.add(state["channelId"])
+        assert len(channel_ids) == 1, channel_ids
+        channel_id = channel_ids.pop()
+        # Every paid request was served at once: the client never met a corrective 402.
+        paid = [e for e in report["exchanges"] if e["paid"]]
+        assert [e["status"] for e in paid] == [200] * count, report["exchanges"]
+        assert runs == ["json", "stream"] * (count // 2)
+        assert facilitator.settled == 1  # the deposit, and nothing else
+        on_chain = channel_contracts.channel(channel_id)
+        assert on_chain.balance == METERED_DEPOSIT and on_chain.total_claimed == 0
+        assert test_token.balance_of(payer.address) == before - METERED_DEPOSIT
+        stored = gate.store.channel_get(channel_id)
+        assert stored is not None and stored.step is None
+        assert stored.earned == (count // 2) * (used["json"] + used["stream"])
+        assert stored.charged == total <= stored.max_claimable
+    finally:
+        gate.close()
+
+
 # -- servers whose channels come from their configuration ----------------------------------------
 
 
@@ -289,7 +431,9 @@ def facilitator_service(
         inner.close()
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -330,12 +474,17 @@ def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
     before = test_token.balance_of(payer.address)
     try:
         with serve_wsgi(app) as base_url:
-            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+            report = pay_with_ts_client(
+                payer, test_token, chain.rpc_url, N, f"{base_url}/paid", refund=refund
+            )
         channel_id = assert_paid_by_one_channel(report, N)
         assert runs == ["paid"] * N
-        assert facilitator_service.calls["settle"] == 1
-        assert chain.tx_count(facilitator_account.address) == 1
-        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        assert facilitator_service.calls["settle"] == 1 + refund
+        assert chain.tx_count(facilitator_account.address) == 1 + refund
+        if refund:
+            assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+        else:
+            assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
         stored = gate.store.channel_get(channel_id)
         assert stored is not None and stored.charged == N * PRICE
     finally:
@@ -384,7 +533,9 @@ def _django_site(runs: list[str], x402gate: dict[str, Any]) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -403,19 +554,29 @@ def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
         "ROUTES": {"GET /paid": "$0.001"},
         "CHANNELS": {"RECEIVER_AUTHORIZER": authorizer.address, "MIN_DEPOSIT": DEPOSIT},
     }
+    if refund:  # the facilitator signs for no receiver: the site signs its refunds itself
+        settings["CHANNELS"] = {
+            "RECEIVER_AUTHORIZER_KEY": authorizer.key.hex(),
+            "MIN_DEPOSIT": DEPOSIT,
+        }
     runs: list[str] = []
     before = test_token.balance_of(payer.address)
     with _django_site(runs, settings) as base_url:
         from x402gate.django.conf import get_runtime
 
-        report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+        report = pay_with_ts_client(
+            payer, test_token, chain.rpc_url, N, f"{base_url}/paid", refund=refund
+        )
         gate = get_runtime().gate
         channel_id = assert_paid_by_one_channel(report, N)
         stored = gate.store.channel_get(channel_id)
     assert runs == ["paid"] * N
-    assert facilitator.settled == 1
-    assert chain.tx_count(facilitator_account.address) == 1
-    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+    assert facilitator.settled == 1 + refund
+    assert chain.tx_count(facilitator_account.address) == 1 + refund
+    if refund:
+        assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+    else:
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
     assert stored is not None and stored.charged == N * PRICE
 
 
@@ -487,7 +648,9 @@ def _proxy(config: Path, env: dict[str, str]) -> Iterator[str]:
         process.stderr.close()
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -495,6 +658,8 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
     facilitator_account: LocalAccount,
     channel_contracts: ChannelContracts,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytest.importorskip("yaml")
     pytest.importorskip("uvicorn")
@@ -530,14 +695,35 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
         }
         with _proxy(config, env) as base_url:
             urls = [f"{base_url}/data/a", f"{base_url}/data/b"]
-            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls)
+            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls, refund=refund)
     channel_id = assert_paid_by_one_channel(report, N)
+    # The refund ran no upstream call.
     assert upstream_paths == ["/item/a", "/item/b"] * (N // 2) + ["/item/a"] * (N % 2)
-    assert chain.tx_count(facilitator_account.address) == 1  # the deposit, and nothing else
-    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
     store = open_store(store_url)
     try:
         stored = store.channel_get(channel_id)
     finally:
         store.close()
     assert stored is not None and stored.charged == N * PRICE
+    if not refund:
+        assert chain.tx_count(facilitator_account.address) == 1  # the deposit, nothing else
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        # The operator lists and refunds it with the gateway's own file (store, chain, key).
+        from x402gate.cli import main
+
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["channels", "list", "--config", str(config), "--json"]) == 0
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert (row["channel_id"], row["unclaimed"]) == (channel_id, str(N * PRICE))
+        assert main(["channels", "refund", "--config", str(config), channel_id]) == 0
+        assert f"refunded {DEPOSIT - N * PRICE} to the payer" in capsys.readouterr().out
+        on_chain = channel_contracts.channel(channel_id)
+        assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+        assert test_token.balance_of(payer.address) == before - N * PRICE
+        return
+    # The deposit, then one transaction claiming what was served and refunding the rest.
+    assert chain.tx_count(facilitator_account.address) == 2
+    assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+    assert (stored.balance, stored.total_claimed) == (N * PRICE, N * PRICE)

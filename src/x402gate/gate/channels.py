@@ -283,7 +283,8 @@ async def _sync(
             withdraw_requested_at=withdraw,
             refund_nonce=refund_nonce,
             now=now,
-        )
+        ),
+        refusals=True,
     )
     return state
 
@@ -308,7 +309,11 @@ async def channel_begin(
     except PaymentError as exc:
         raise await reject(exc.code, exc.message, exc.status_code) from None
     if auth.kind == "refund":
-        raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
+        from .refunds import cooperative_refund  # the route is not run
+
+        raise await cooperative_refund(
+            gate, route, request, payload, requirements, accepts, auth, reject
+        )
     channel_id = auth.channel_id
     # Canonical (checksummed, sorted): two clients spelling one config differently agree.
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
@@ -425,7 +430,8 @@ async def _take_step(
                 signature="0x" + auth.signature.hex(),
                 expires_at=now + timeout,
                 now=now,
-            )
+            ),
+            refusals=True,
         )
         if begun.outcome is not ChannelBeginOutcome.BUSY:
             return begun

@@ -308,7 +308,11 @@ class PaymentGate:
         if self._listeners:
             await emit(self._listeners, event)
 
-    async def _store_call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _store_call(self, fn: Callable[..., T], *args: Any, refusals: bool = False) -> T:
+        """``fn(*args)`` on the store (in a thread when it blocks); any failure is a
+        :class:`StoreError` (503, fail closed). With ``refusals``, a :class:`ValueError` passes
+        through as it is: the store refused what the client sent (a channel config it knows
+        otherwise), which the caller answers as the client's bad payment, not an outage."""
         try:
             if self.store.blocking:
                 return await asyncio.to_thread(fn, *args)
@@ -316,6 +320,8 @@ class PaymentGate:
         except (StoreError, ConfigurationError):
             raise
         except Exception as exc:  # a backend bug must fail closed too
+            if refusals and isinstance(exc, ValueError):
+                raise
             raise StoreError(f"store operation failed: {type(exc).__name__}") from exc
 
     def public_url(self, request: RequestInfo) -> str:

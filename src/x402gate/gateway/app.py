@@ -20,7 +20,9 @@ from ..asgi import PaymentMiddleware
 from ..errors import ConfigurationError
 from ..routing import RouteTable
 from .config import GatewayConfig, load_config
-from .forward import Forwarder, Target, Upstream, capture_pattern, send_problem
+from .config.compile import TargetPlan
+from .forward import Forwarder, Target, capture_pattern, send_problem
+from .upstreams import TargetSet, Upstream, UpstreamReport, UpstreamTarget
 
 if TYPE_CHECKING:
     import uvicorn
@@ -116,7 +118,14 @@ class Gateway:
         targets: dict[int, Target] = {}
         for (_, route), plan in zip(self.table, config.routes, strict=True):
             capture = capture_pattern(plan.key) if plan.path is not None else None
-            targets[id(route)] = Target(plan, self.upstreams[plan.upstream], capture)
+            by_model = (
+                {model: self._target_set(items) for model, items in plan.model_targets.items()}
+                if plan.model_targets is not None
+                else None
+            )
+            targets[id(route)] = Target(
+                plan, self._target_set(plan.targets), capture, by_model=by_model
+            )
         self.forwarder = Forwarder(
             self.table, targets, on_startup=self.startup, on_shutdown=self.aclose
         )
@@ -135,6 +144,23 @@ class Gateway:
                 "peer; list your proxies in gateway.trusted_proxies instead"
             )
             self.app.trust_proxy_headers = True
+
+    def _target_set(self, plans: tuple[TargetPlan, ...]) -> TargetSet:
+        return TargetSet(
+            tuple(
+                UpstreamTarget(self.upstreams[p.upstream], p.model, p.weight, p.priority)
+                for p in plans
+            )
+        )
+
+    def upstream_stats(self) -> dict[str, UpstreamReport]:
+        """Per upstream (by its name in the file): successes, failures by kind, fallbacks,
+        requests that skipped it (breaker open), latency to the answer's headers, and its
+        breaker's state. Never its URL or headers."""
+        return {
+            name: upstream.stats.report(upstream.breaker)
+            for name, upstream in self.upstreams.items()
+        }
 
     def __repr__(self) -> str:
         return f"Gateway({self.config.source!r}, {len(self.config.routes)} routes)"

@@ -8,6 +8,10 @@ hop-by-hop and payment headers, plus the upstream's injected ones — and passes
 status, headers and body back as they arrive, chunk by chunk, so server-sent events stream
 through (the middleware meters them on the way out).
 
+A route with several targets (:mod:`~x402gate.gateway.upstreams`) tries them in turn: a target
+that cannot be reached, does not answer in time or answers 5xx, 429 or 402 is followed by the
+next, as long as nothing was sent to the client; the request was paid once, whichever answers.
+
 Failures charge nothing: an upstream answer of 400 or more goes back as it is (the middleware
 then releases the payment), an upstream that cannot be reached gets a 502 and one that does not
 answer in time a 504, both before anything was sent. A client that disconnects has its upstream
@@ -21,27 +25,17 @@ import asyncio
 import json
 import logging
 import re
-import ssl
-import weakref
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from .._web.types import Message, Receive, Scope, Send
 from ..routing import REST_GROUP, ROUTE_MATCH_KEY, RouteMatch, RoutePattern
-from .clients import (
-    DEFAULT_CLIENT,
-    UpstreamClient,
-    UpstreamError,
-    UpstreamOptions,
-    UpstreamResponse,
-    UpstreamTimeout,
-    client_class,
-)
-from .config import HOP_BY_HOP, RoutePlan, UpstreamSpec
+from .clients import UpstreamError, UpstreamResponse, UpstreamTimeout
+from .config import HOP_BY_HOP, RoutePlan
+from .upstreams import FALLBACK_STATUSES, FailureKind, TargetSet, Upstream, UpstreamTarget
 
 if TYPE_CHECKING:
     from ..routing import RouteTable
@@ -96,100 +90,6 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 _DROP_REQUEST = frozenset(h.encode() for h in DROPPED_REQUEST_HEADERS)
 _DROP_RESPONSE = frozenset(h.encode() for h in DROPPED_RESPONSE_HEADERS)
-_NOT_IN_TARGET = re.compile(rb"[^\x21-\x22\x24-\x7e]")  # visible ASCII but "#"
-
-
-def _percent_encode(match: re.Match[bytes]) -> bytes:
-    return b"%%%02X" % match.group()[0]
-
-
-class Upstream:
-    """One upstream: origin, path prefix, injected headers, timeout, a client per event loop.
-
-    The injected header values are secrets; they are read here only to build requests.
-
-    :param client: which :class:`~x402gate.gateway.clients.UpstreamClient` forwards
-        (``gateway.upstream_client``: ``aiohttp``, ``httpx`` or ``builtin``).
-    """
-
-    def __init__(self, name: str, spec: UpstreamSpec, *, client: str = DEFAULT_CLIENT) -> None:
-        self.name = name
-        self.client_name = client
-        self._client_class = client_class(client)  # a missing library fails the start
-        base = httpx.URL(spec.url)  # validated by the config; only parsed here
-        self.origin = f"{base.scheme}://{base.netloc.decode('ascii')}"
-        self.tls = base.scheme == "https"
-        self.host = base.raw_host.decode("ascii")
-        self.port = base.port or (443 if self.tls else 80)
-        self.host_header = base.netloc  # what httpx writes: the host, and a port not the default
-        self.prefix = base.raw_path.rstrip(b"/")
-        self.injected: tuple[tuple[bytes, bytes], ...] = tuple(
-            (k.lower().encode("latin-1"), v.get_secret_value().encode("latin-1"))
-            for k, v in spec.headers.items()
-        )
-        self.injected_names = frozenset(name for name, _ in self.injected)
-        self.drop = _DROP_REQUEST | self.injected_names
-        """Client headers never forwarded to this upstream: its injected ones are its own."""
-        self.timeout = spec.timeout
-        self.max_connections = spec.max_connections
-        self._ssl: ssl.SSLContext | None = None
-        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, UpstreamClient] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def __repr__(self) -> str:
-        return f"Upstream({self.name!r})"  # not the URL or the headers: logs show reprs
-
-    def pool(self) -> UpstreamClient:
-        """The upstream client of the running event loop (connections belong to one loop).
-
-        Every client keeps no cookies (one client's would go out with every other client's
-        requests) and follows no redirects (they would carry our credentials elsewhere).
-        """
-        loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is None:
-            if self.tls and self._ssl is None:
-                # httpx's verification (certifi's bundle); the environment's certificate
-                # settings, like its proxies and .netrc credentials, are not ours to add.
-                self._ssl = httpx.create_ssl_context(trust_env=False)
-                self._ssl.set_alpn_protocols(["http/1.1"])
-            options = UpstreamOptions(
-                self.host,
-                self.port,
-                # An injected Host (a virtual host behind the URL's address) replaces the URL's.
-                host_header=None if b"host" in self.injected_names else self.host_header,
-                ssl_context=self._ssl if self.tls else None,
-                timeout=self.timeout,
-                max_connections=self.max_connections,
-            )
-            pool = self._client_class.from_options(options)
-            self._pools[loop] = pool
-        return pool
-
-    def target(self, raw_path: bytes, query: bytes) -> bytes:
-        """The upstream request target for a request path (already percent-encoded) and query.
-
-        Bytes a request target cannot hold (controls, spaces, non-ASCII, which some servers
-        let through) and ``#`` (which would start a fragment) are percent-encoded: the upstream
-        gets the path the route table matched, as a valid request line.
-        """
-        target = self.prefix + raw_path + b"?" + query if query else self.prefix + raw_path
-        if _NOT_IN_TARGET.search(target) is not None:
-            target = _NOT_IN_TARGET.sub(_percent_encode, target)
-        return target
-
-    def url(self, raw_path: bytes, query: bytes) -> str:
-        """The full upstream URL of :meth:`target` (for messages and tests; never logged)."""
-        return self.origin + self.target(raw_path, query).decode("latin-1")
-
-    async def aclose(self) -> None:
-        """Close the connection pool of the running loop."""
-        pool = self._pools.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.aclose()
-
-
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*|\*)\}")
 
 
@@ -201,26 +101,48 @@ def capture_pattern(key: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one route's requests go."""
+    """Where one route's requests go: its targets, and the path rewrite."""
 
     plan: RoutePlan
-    upstream: Upstream
+    targets: TargetSet
+    """The route's targets (with ``targets:`` keyed by model: those of ``"*"``, if any)."""
     capture: re.Pattern[str] | None
     """Set when the route rewrites its path."""
-    drop: frozenset[bytes] = field(init=False)
-    """Client headers not forwarded (besides those a ``Connection`` header names)."""
-    added: tuple[tuple[bytes, bytes], ...] = field(init=False)
-    """Headers added to every request: the upstream's injected ones (and, on metered routes,
-    ``accept-encoding: identity``: usage is read from the answer as it passes, it must not
-    arrive compressed)."""
+    by_model: Mapping[str, TargetSet] | None = None
+    """With ``targets:`` keyed by model: model name → its targets."""
+    headers: Mapping[int, tuple[frozenset[bytes], tuple[tuple[bytes, bytes], ...]]] = field(
+        init=False
+    )
+    """``id(upstream)`` → the client headers not forwarded to it (besides those a
+    ``Connection`` header names) and the headers added to each request: its injected ones
+    (and, on metered routes, ``accept-encoding: identity``: usage is read from the answer as it
+    passes, it must not arrive compressed)."""
 
     def __post_init__(self) -> None:
-        drop, added = self.upstream.drop, self.upstream.injected
-        if self.plan.metered:
-            drop = drop | {b"accept-encoding"}
-            added = ((b"accept-encoding", b"identity"), *added)
-        object.__setattr__(self, "drop", drop)
-        object.__setattr__(self, "added", added)
+        sets = [self.targets, *(self.by_model or {}).values()]
+        headers = {}
+        for choice in (t for s in sets for t in s.targets):
+            upstream = choice.upstream
+            drop, added = _DROP_REQUEST | upstream.injected_names, upstream.injected
+            if self.plan.metered:
+                drop = drop | {b"accept-encoding"}
+                added = ((b"accept-encoding", b"identity"), *added)
+            headers[id(upstream)] = (drop, added)
+        object.__setattr__(self, "headers", headers)
+
+    @property
+    def upstream(self) -> Upstream:
+        """The first target's upstream (a one-upstream route's only one)."""
+        return self.targets.targets[0].upstream
+
+    def order(self, model: str | None) -> tuple[UpstreamTarget, ...]:
+        """The targets one request tries, in order (none: no target serves ``model``)."""
+        if self.by_model is None:
+            return self.targets.order()
+        chosen = self.by_model.get(model) if model is not None else None
+        if chosen is None:
+            chosen = self.by_model.get("*")
+        return () if chosen is None else chosen.order()
 
     def raw_path(self, scope: Scope, params: Mapping[str, str] | None = None) -> bytes | None:
         """The upstream path, percent-encoded; ``None`` when the rewrite cannot apply.
@@ -323,16 +245,17 @@ class Forwarder:
         if raw_path is None:  # pragma: no cover - see Target.raw_path
             await send_problem(send, 404, "not_found", "no route of this gateway matches")
             return
-        upstream = target.upstream
-        headers = _forwarded_headers(scope.get("headers") or (), target)
-        request_target = upstream.target(raw_path, scope.get("query_string", b""))
+        request = _Request(scope["method"], raw_path, scope.get("query_string", b""), body, target)
+        order = target.order(request.model() if target.by_model is not None else None)
+        if not order:
+            # The payment is released: an answer of 400 or more charges nothing.
+            await send_problem(send, 400, "unknown_model", "no upstream of this route serves it")
+            return
         task = asyncio.current_task()
         assert task is not None
         watch = _Watch(task, receive)
         try:
-            await self._exchange(
-                upstream, scope["method"], request_target, headers, body, send, watch
-            )
+            await self._exchange(request, order, scope.get("headers") or (), send, watch)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -342,32 +265,92 @@ class Forwarder:
 
     async def _exchange(
         self,
-        upstream: Upstream,
-        method: str,
-        request_target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        request: _Request,
+        order: tuple[UpstreamTarget, ...],
+        client_headers: Iterable[tuple[bytes, bytes]],
         send: Send,
         watch: _Watch,
     ) -> None:
-        try:
-            response = await upstream.pool().request(
-                method.encode("ascii"), request_target, headers, body
-            )
-        except UpstreamTimeout:
-            logger.warning("upstream %s did not answer in time", upstream.name)
-            watch.stop()
-            await send_problem(send, 504, "upstream_timeout", "the upstream did not answer in time")
-            return
-        except UpstreamError as exc:
-            logger.warning("upstream %s unreachable: %s", upstream.name, type(exc).__name__)
+        """Try the targets in order until one answers; relay that answer (or the last failure).
+
+        A target fails when it cannot be reached, does not answer in time, or answers with a
+        status in :data:`~x402gate.gateway.upstreams.FALLBACK_STATUSES`; the next one is tried
+        only then, before anything was sent to the client. With breakers (routes with several
+        targets), a target whose breaker is open is skipped.
+        """
+        breakers = request.target.plan.fallback
+        index = _next_allowed(order, 0, breakers)
+        if index is None:
             watch.stop()
             await send_problem(
-                send, 502, "upstream_unavailable", "the upstream could not be reached"
+                send, 503, "upstream_unavailable", "every upstream of this route is failing"
             )
             return
+        while True:
+            choice = order[index]
+            upstream = choice.upstream
+            stats = upstream.stats
+            failure: FailureKind | None = None
+            response: UpstreamResponse | None = None
+            started = time.perf_counter()
+            try:
+                response = await upstream.pool().request(
+                    request.method_bytes,
+                    upstream.target(request.raw_path, request.query),
+                    request.headers_for(choice, client_headers),
+                    request.body_for(choice),
+                )
+            except UpstreamTimeout:
+                failure = "timeout"
+            except UpstreamError:
+                failure = "unavailable"
+            except asyncio.CancelledError:
+                upstream.breaker.abandon()
+                raise
+            if response is not None and response.status_code in FALLBACK_STATUSES:
+                failure = "status"
+            if failure is None:
+                assert response is not None
+                elapsed = time.perf_counter() - started
+                stats.successes += 1
+                stats.latency_seconds_total += elapsed
+                if elapsed > stats.latency_seconds_max:
+                    stats.latency_seconds_max = elapsed
+                if breakers:
+                    upstream.breaker.success()
+                break
+            stats.failures[failure] += 1
+            if breakers:
+                upstream.breaker.failure()
+            following = _next_allowed(order, index + 1, breakers)
+            if following is None:
+                break
+            stats.fallbacks += 1
+            logger.info(
+                "upstream %s failed (%s), trying upstream %s",
+                upstream.name,
+                failure,
+                order[following].upstream.name,
+            )
+            if response is not None:
+                await response.aclose()
+            index = following
+        if response is None:
+            if failure == "timeout":
+                logger.warning("upstream %s did not answer in time", upstream.name)
+                watch.stop()
+                await send_problem(
+                    send, 504, "upstream_timeout", "the upstream did not answer in time"
+                )
+            else:
+                logger.warning("upstream %s could not be reached", upstream.name)
+                watch.stop()
+                await send_problem(
+                    send, 502, "upstream_unavailable", "the upstream could not be reached"
+                )
+            return
         try:
-            await self._relay(upstream, method, response, send, watch)
+            await self._relay(upstream, request.method, response, send, watch)
         finally:
             await response.aclose()  # also after a disconnect: the connection goes back or away
 
@@ -506,11 +489,74 @@ class _Watch:
         self._watcher.cancel()
 
 
+def _next_allowed(order: tuple[UpstreamTarget, ...], start: int, breakers: bool) -> int | None:
+    """The index of the first target from ``start`` its breaker lets through (counting the
+    others as skipped); ``None`` if none."""
+    for index in range(start, len(order)):
+        upstream = order[index].upstream
+        if not breakers or upstream.breaker.allow():
+            return index
+        upstream.stats.skipped += 1
+    return None
+
+
+class _Request:
+    """One paid request as the targets receive it: the body and headers made per target."""
+
+    __slots__ = ("_parsed", "body", "method", "method_bytes", "query", "raw_path", "target")
+
+    def __init__(
+        self, method: str, raw_path: bytes, query: bytes, body: bytes, target: Target
+    ) -> None:
+        self.method = method
+        self.method_bytes = method.encode("ascii")
+        self.raw_path = raw_path
+        self.query = query
+        self.body = body
+        self.target = target
+        self._parsed: dict[str, Any] | bool | None = False
+
+    def _json(self) -> dict[str, Any] | None:
+        if self._parsed is False:
+            try:
+                value = json.loads(self.body) if self.body else None
+            except ValueError:
+                value = None
+            self._parsed = value if isinstance(value, dict) else None
+        assert self._parsed is not True
+        return self._parsed
+
+    def model(self) -> str | None:
+        """The model the client asked for (the route's ``model_field``), if a string."""
+        field_name = self.target.plan.model_field
+        parsed = self._json() if field_name is not None else None
+        value = parsed.get(field_name) if parsed is not None and field_name else None
+        return value if isinstance(value, str) else None
+
+    def body_for(self, choice: UpstreamTarget) -> bytes:
+        """The body sent to ``choice``: the client's, with the model renamed if it says so."""
+        field_name = self.target.plan.model_field
+        if choice.model is None or field_name is None:
+            return self.body
+        parsed = self._json()
+        if parsed is None or not isinstance(parsed.get(field_name), str):
+            return self.body  # no model to rename: the body as sent
+        renamed = {**parsed, field_name: choice.model}
+        return json.dumps(renamed, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def headers_for(
+        self, choice: UpstreamTarget, raw_headers: Iterable[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        drop, added = self.target.headers[id(choice.upstream)]
+        return _forwarded_headers(raw_headers, drop, added)
+
+
 def _forwarded_headers(
-    raw_headers: Iterable[tuple[bytes, bytes]], target: Target
+    raw_headers: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes],
+    added: tuple[tuple[bytes, bytes], ...],
 ) -> list[tuple[bytes, bytes]]:
     """The client's headers minus the dropped ones, plus the target's added ones."""
-    drop = target.drop
     headers = []
     named: list[bytes] | None = None
     for name, value in raw_headers:
@@ -523,7 +569,7 @@ def _forwarded_headers(
     if named:  # a Connection header names more hop-by-hop headers: drop those too
         tokens = _connection_tokens((b"connection", value) for value in named)
         headers = [(k, v) for k, v in headers if k.lower() not in tokens]
-    headers.extend(target.added)
+    headers.extend(added)
     return headers
 
 

@@ -50,7 +50,9 @@ class Usage:
     :func:`usage_from_json`); ``output_tokens`` includes reasoning/thinking tokens; ``seconds`` is
     a measured duration (a float measurement is fine: money is computed from its shortest repr
     with exact fractions); ``model`` is the model the response names, for logs and hooks only
-    (charges use the model the request was quoted for).
+    (charges use the model the request was quoted for); ``images`` counts the images an answer
+    returned (image generation, see :class:`~x402gate.metering.PerImage`), shown in the repr
+    only when measured.
 
     >>> Usage(input_tokens=12, output_tokens=40)
     Usage(input_tokens=12, output_tokens=40, seconds=None, model=None)
@@ -62,9 +64,10 @@ class Usage:
     output_tokens: int | None = None
     seconds: float | None = None
     model: str | None = None
+    images: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("input_tokens", "output_tokens"):
+        for name in ("input_tokens", "output_tokens", "images"):
             value = getattr(self, name)
             if value is not None and not _is_count(value):
                 raise ValueError(f"Usage.{name} must be a non-negative int or None, got {value!r}")
@@ -72,6 +75,13 @@ class Usage:
             _measured_seconds(self.seconds)  # validates
         if self.model is not None and not isinstance(self.model, str):
             raise ValueError(f"Usage.model must be a string or None, got {self.model!r}")
+
+    def __repr__(self) -> str:
+        text = (
+            f"Usage(input_tokens={self.input_tokens!r}, output_tokens={self.output_tokens!r}, "
+            f"seconds={self.seconds!r}, model={self.model!r}"
+        )
+        return text + (")" if self.images is None else f", images={self.images!r})")
 
 
 def _counts(usage: Mapping[str, Any]) -> tuple[dict[str, int], int | None]:

@@ -543,6 +543,12 @@ class Store(LeaseOperations, ABC):
         ``withdraw_requested_at``; the caller decides what to claim first)."""
         raise self._no_channels()
 
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        """One page of every channel the store keeps, ordered by channel id: up to ``limit``
+        channels whose id is above ``after`` (``None`` for the first page; pass the last id of
+        a page to get the next). For operators' listings and idle refunds, not for requests."""
+        raise self._no_channels()
+
     def _no_channels(self) -> ConfigurationError:
         return ConfigurationError(
             f"{type(self).__name__} cannot keep payment-channel state (batch-settlement)"

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from ..assets import Asset
+from .anvil import ANVIL_VERSION, installed_anvil
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -59,8 +60,8 @@ __all__ = [
 ]
 
 ANVIL_INSTALL_HINT = (
-    "install the pinned anvil with `npm ci` in the x402gate repository "
-    "(package @foundry-rs/anvil-linux-amd64), or point X402GATE_ANVIL at an anvil binary"
+    f"install the pinned anvil {ANVIL_VERSION} with `x402gate testing install-chain` "
+    "(or `npm ci` in an x402gate checkout), or point X402GATE_ANVIL at an anvil binary"
 )
 
 _LISTENING_RE = re.compile(r"Listening on ([0-9A-Za-z.\-\[\]:]+):(\d+)")
@@ -82,8 +83,9 @@ def find_anvil() -> str | None:
 
     Looked up in order: ``$X402GATE_ANVIL``; ``node_modules/.bin/anvil`` in the current directory
     or any parent; the same next to this package (a repository checkout installed editable);
-    ``anvil`` on ``PATH``. The native binary is preferred to ``npx anvil``: a node wrapper adds
-    ~120 ms per start and swallows the SIGTERM meant for anvil.
+    the pinned anvil ``x402gate testing install-chain`` installed in the user's cache (see
+    :mod:`x402gate.testing.anvil`); ``anvil`` on ``PATH``. The native binary is preferred to
+    ``npx anvil``: a node wrapper adds ~120 ms per start and swallows the SIGTERM meant for anvil.
     """
     explicit = os.environ.get("X402GATE_ANVIL")
     if explicit:
@@ -100,7 +102,7 @@ def find_anvil() -> str | None:
             candidate = directory / "node_modules" / ".bin" / "anvil"
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
-    return shutil.which("anvil")
+    return installed_anvil() or shutil.which("anvil")
 
 
 def load_token_artifact() -> dict[str, Any]:

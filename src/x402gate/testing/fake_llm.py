@@ -18,7 +18,8 @@ A request header ``x-fake-llm`` tells it to misbehave:
 * ``set-cookie``: (echo paths) set a cookie, which a proxy must not replay for others.
 
 :func:`refusing_url` gives a loopback URL where connections are refused. Routes: ``POST
-/v1/messages`` (Anthropic), ``POST /v1/chat/completions`` (OpenAI), and any other path echoes
+/v1/messages`` (Anthropic), ``POST /v1/chat/completions`` (OpenAI), OpenAI's images, audio and
+embeddings endpoints (:mod:`x402gate.testing.fake_media`), and any other path echoes
 the method, path, query and body as JSON (never the headers: an echo of injected credentials
 would defeat the tests that check they stay upstream).
 
@@ -51,6 +52,7 @@ __all__ = [
     "refusing_url",
     "serve_asgi",
     "serve_fake_llm",
+    "unresponsive_url",
 ]
 
 CREATED = 1_700_000_000
@@ -90,6 +92,9 @@ class FakeLLM:
         """Base URL once served (``http://127.0.0.1:<port>``)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release: asyncio.Event | None = None
+        self.failure: str | None = None
+        """A misbehaviour for every request (a value of :data:`CONTROL_HEADER`, such as
+        ``"status-503"`` or ``"hang"``) that names none: one of several providers failing."""
 
     def release(self) -> None:
         """Let ``hold`` streams go on (thread-safe: tests call it from their own loop)."""
@@ -105,6 +110,7 @@ class FakeLLM:
     def clear(self) -> None:
         """Forget the recorded requests and close the gate of ``hold`` streams again."""
         self.requests.clear()
+        self.failure = None
         if self._loop is not None and self._release is not None:
             self._loop.call_soon_threadsafe(self._release.clear)
 
@@ -310,6 +316,8 @@ def create_app(llm: FakeLLM | None = None) -> Any:
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
+    from .fake_media import media_routes
+
     state = llm if llm is not None else FakeLLM()
 
     async def record(request: Request) -> RecordedRequest:
@@ -329,7 +337,7 @@ def create_app(llm: FakeLLM | None = None) -> Any:
         recorded.disconnected.set()
 
     async def misbehave(request: Request, recorded: RecordedRequest) -> Response | None:
-        control = request.headers.get(CONTROL_HEADER, "")
+        control = request.headers.get(CONTROL_HEADER) or state.failure or ""
         if control.startswith("status-"):
             status = int(control.removeprefix("status-"))
             return JSONResponse(_error_body(request.url.path, status), status_code=status)
@@ -339,7 +347,7 @@ def create_app(llm: FakeLLM | None = None) -> Any:
         return None
 
     def stream(request: Request, recorded: RecordedRequest, events: list[bytes]) -> Response:
-        control = request.headers.get(CONTROL_HEADER, "")
+        control = request.headers.get(CONTROL_HEADER) or state.failure or ""
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -397,6 +405,7 @@ def create_app(llm: FakeLLM | None = None) -> Any:
         routes=[
             Route("/v1/messages", llm_endpoint, methods=["POST"]),
             Route("/v1/chat/completions", llm_endpoint, methods=["POST"]),
+            *media_routes(record, misbehave, _error_body),
             Route("/{path:path}", echo, methods=methods),
         ]
     )
@@ -460,4 +469,30 @@ def refusing_url(host: str = "127.0.0.1") -> Iterator[str]:
     try:
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def unresponsive_url(host: str = "127.0.0.1") -> Iterator[str]:
+    """A URL on ``host`` where connecting times out, for as long as the block runs.
+
+    The port listens with a backlog of one that a few connections fill and nothing accepts:
+    the kernel then drops every new connection attempt, as a host that went dark does.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            fillers.append(filler)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect((host, port))
+        yield f"http://{host}:{port}"
+    finally:
+        for filler in fillers:
+            filler.close()
         sock.close()

@@ -16,7 +16,11 @@
 // where answers are what the buyer's code got back (paymentResponse is the decoded
 // PAYMENT-RESPONSE header, null when absent) and exchanges are every HTTP request the client
 // really sent, paid meaning it carried a PAYMENT-SIGNATURE header. Exit status 0 when the line
-// was printed, 2 for a usage error.
+// was printed, 2 for a usage error. With X402_REQUEST_BODY set (a JSON text), every request is
+// a POST of that body as application/json (a metered route's request), else a GET.
+//
+// With X402_REFUND=1 the buyer then asks for its channel's cooperative refund on the first url
+// (the scheme's refund): the output also has "refund", the settle response it got back.
 
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
 import { toClientEvmSigner } from "@x402/evm";
@@ -58,7 +62,8 @@ async function main() {
   const publicClient = createPublicClient({ transport: http(rpcUrl) });
   const signer = toClientEvmSigner(account, publicClient);
   const client = new x402Client();
-  client.register(network, new BatchSettlementEvmScheme(signer));
+  const scheme = new BatchSettlementEvmScheme(signer);
+  client.register(network, scheme);
   client.setSpendControls({
     allowedAssets: [{ network, asset, maxAmountPerPayment: MAX_AMOUNT_PER_PAYMENT }],
   });
@@ -73,12 +78,20 @@ async function main() {
   };
   const pay = wrapFetchWithPayment(seen, client);
 
+  const body = process.env.X402_REQUEST_BODY;
   const answers = [];
   let error = null;
+  let refund = null;
   try {
     for (let i = 0; i < count; i += 1) {
       const url = urls[i % urls.length];
-      const response = await pay(url, { signal: AbortSignal.timeout(TIMEOUT_MS) });
+      const init = { signal: AbortSignal.timeout(TIMEOUT_MS) };
+      if (body !== undefined) {
+        init.method = "POST";
+        init.headers = { "content-type": "application/json" };
+        init.body = body;
+      }
+      const response = await pay(url, init);
       const raw = response.headers.get("payment-response");
       answers.push({
         url,
@@ -87,10 +100,13 @@ async function main() {
         paymentResponse: decodeReceipt(raw),
       });
     }
+    if (process.env.X402_REFUND === "1") {
+      refund = await scheme.refund(urls[0]);
+    }
   } catch (caught) {
     error = String((caught && caught.stack) || caught);
   }
-  process.stdout.write(`${JSON.stringify({ answers, exchanges, error })}\n`);
+  process.stdout.write(`${JSON.stringify({ answers, exchanges, refund, error })}\n`);
 }
 
 await main();

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from ...gate.channels import ChannelSettings
 from .errors import Problems, describe
 from .prices import PriceCompiler
-from .schema import HOP_BY_HOP, GatewayFile, RouteSpec, UpstreamSpec
+from .schema import HOP_BY_HOP, GatewayFile, RouteSpec, TargetSpec, UpstreamSpec
 
-__all__ = ["Compiler", "RoutePlan"]
+__all__ = ["Compiler", "RoutePlan", "TargetPlan"]
 
 NOT_INJECTABLE = HOP_BY_HOP | {"content-length"}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -40,11 +40,22 @@ _PRIVATE_KEY = re.compile(r"^(?:0x)?[0-9a-fA-F]{64}$")
 
 
 @dataclass(frozen=True, slots=True)
+class TargetPlan:
+    """A validated item of a route's ``targets:`` (or the route's one ``upstream``)."""
+
+    upstream: str
+    model: str | None = None
+    weight: int = 1
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePlan:
     """A validated route: its key, the upstream, the path rewrite and the price strategy."""
 
     key: str
     upstream: str
+    """The upstream of a one-upstream route; with ``targets:``, the first target's."""
     path: str | None
     """Path rewrite: ``{name}`` takes a parameter of the key, ``{*}`` the rest of a ``/*`` key;
     ``None`` forwards the request path unchanged."""
@@ -53,10 +64,21 @@ class RoutePlan:
     description: str | None
     mime_type: str | None
     credit_topup: PriceLike | None
+    targets: tuple[TargetPlan, ...] = ()
+    """The route's targets in the file's order (one, for ``upstream:``)."""
+    model_targets: Mapping[str, tuple[TargetPlan, ...]] | None = None
+    """With ``targets:`` keyed by model: model name (``"*"``: any other) → its targets."""
+    model_field: str | None = None
+    """The top-level JSON body field that holds the model, when targets read or rewrite it."""
 
     @property
     def metered(self) -> bool:
         return self.strategy.metered
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the route has targets to fall back on (and breakers to skip them)."""
+        return self.model_targets is not None or len(self.targets) > 1
 
 
 class Compiler(PriceCompiler):
@@ -306,15 +328,8 @@ class Compiler(PriceCompiler):
         loc: Loc = ("routes", key)
         pattern = self._route_key(loc, key)
         ok = pattern is not None
-        if spec.upstream not in self.file.upstreams:
-            known = ", ".join(sorted(self.file.upstreams))
-            close = difflib.get_close_matches(spec.upstream, list(self.file.upstreams), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            self._add(
-                (*loc, "upstream"),
-                f"no upstream named {spec.upstream!r} ({hint}defined: {known})",
-            )
-            ok = False
+        routing = self._targets(loc, spec)
+        ok = routing is not None and ok
         if spec.path is not None and pattern is not None:
             ok = self._rewrite((*loc, "path"), spec.path, pattern) and ok
         strategy = self._pricing(loc, spec)
@@ -338,9 +353,14 @@ class Compiler(PriceCompiler):
             topup = self._price((*loc, "credit_topup"), spec.credit_topup)
             if topup is None:
                 return None
+        assert routing is not None
+        targets, model_targets, model_field = routing
         return RoutePlan(
             key=key,
-            upstream=spec.upstream,
+            upstream=targets[0].upstream,
+            targets=targets,
+            model_targets=model_targets,
+            model_field=model_field,
             path=spec.path,
             strategy=strategy,
             settlement=spec.settlement,
@@ -348,6 +368,91 @@ class Compiler(PriceCompiler):
             mime_type=spec.mime_type,
             credit_topup=topup,
         )
+
+    def _upstream_name(self, loc: Loc, name: str) -> bool:
+        if name in self.file.upstreams:
+            return True
+        known = ", ".join(sorted(self.file.upstreams))
+        close = difflib.get_close_matches(name, list(self.file.upstreams), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        self._add(loc, f"no upstream named {name!r} ({hint}defined: {known})")
+        return False
+
+    def _targets(
+        self, loc: Loc, spec: RouteSpec
+    ) -> tuple[tuple[TargetPlan, ...], dict[str, tuple[TargetPlan, ...]] | None, str | None] | None:
+        """The route's targets: its ``upstream``, ``targets`` or ``targets_by_model``."""
+        given = [spec.upstream, spec.targets, spec.targets_by_model]
+        if sum(value is not None for value in given) != 1:
+            self._add(
+                loc,
+                "give one of upstream (one upstream), targets (several, with fallback) or "
+                "targets_by_model (several for each model)",
+            )
+            return None
+        if spec.upstream is not None:
+            if not self._upstream_name((*loc, "upstream"), spec.upstream):
+                return None
+            return (TargetPlan(spec.upstream),), None, None
+        lists: dict[str | None, list[TargetSpec]] = {}
+        if spec.targets is not None:
+            lists[None] = spec.targets
+        else:
+            lists.update(spec.targets_by_model or {})
+        plans: dict[str | None, tuple[TargetPlan, ...]] = {}
+        rewrites = False
+        ok = True
+        for model, items in lists.items():
+            list_loc: Loc = (
+                (*loc, "targets") if model is None else (*loc, "targets_by_model", model)
+            )
+            if model is not None and not model.strip():
+                self._add(list_loc, "a model name is not empty ('*' stands for any other)")
+                ok = False
+            seen: set[str] = set()
+            plan: list[TargetPlan] = []
+            for index, item in enumerate(items):
+                item_loc: Loc = (*list_loc, index)
+                if not self._upstream_name((*item_loc, "upstream"), item.upstream):
+                    ok = False
+                    continue
+                if item.upstream in seen:
+                    self._add(
+                        (*item_loc, "upstream"),
+                        f"{item.upstream!r} is listed twice: a failed target is not retried "
+                        "(raise its weight instead)",
+                    )
+                    ok = False
+                    continue
+                seen.add(item.upstream)
+                rewrites = rewrites or item.model is not None
+                plan.append(_target_plan(item, index))
+            plans[model] = tuple(plan)
+        field_name: str | None = None
+        if rewrites or spec.targets_by_model is not None:
+            field_name = self._model_field(loc, spec)
+            ok = ok and field_name is not None
+        if not ok:
+            return None
+        if None in plans:
+            return plans[None], None, field_name
+        by_model = {str(k): v for k, v in plans.items()}
+        first = by_model.get("*") or next(iter(by_model.values()))
+        return first, by_model, field_name
+
+    def _model_field(self, loc: Loc, spec: RouteSpec) -> str | None:
+        """The body field a model-keyed or model-rewriting route reads (``body.<name>``)."""
+        path = spec.model_field
+        name = path.removeprefix("body.")
+        if path == name or not name or "." in name:
+            where = (*loc, "model_field") if "model_field" in spec.model_fields_set else loc
+            self._add(
+                where,
+                "targets that rewrite or choose by the model need it in a top-level field of a "
+                "JSON body: model_field: body.<field> (the default is body.model)",
+            )
+            return None
+        return name
 
     def _route_key(self, loc: Loc, key: str) -> RoutePattern | None:
         head, _, rest = key.strip().partition(" ")
@@ -383,6 +488,11 @@ class Compiler(PriceCompiler):
             self._add(loc, "unbalanced braces")
             return False
         return True
+
+
+def _target_plan(item: TargetSpec, index: int) -> TargetPlan:
+    priority = index if item.priority is None else item.priority
+    return TargetPlan(item.upstream, item.model, item.weight, priority)
 
 
 def _network_or_none(name: object) -> str | None:

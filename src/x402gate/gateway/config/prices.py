@@ -1,4 +1,5 @@
-"""Route prices in a gateway file: flat, match rules, model tables and per-token prices."""
+"""Route prices in a gateway file: flat, match rules, model tables and per-token prices (the
+units of AI APIs and the built-in price table: :mod:`.units`)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,16 @@ from ...pricing import MatchRules, ModelTable, PriceStrategy, Rule
 from .._yaml import Loc
 from .errors import Problems
 from .schema import RouteSpec
+from .units import REFUSE, UNIT_KEYS, UnitCompiler, builtin_models
 
 __all__ = ["PriceCompiler"]
 
 
-class PriceCompiler:
+class PriceCompiler(UnitCompiler):
     """Compiles the price fields of a route, adding each mistake to ``problems``."""
 
     def __init__(self, problems: Problems) -> None:
-        self.problems = problems
-
-    def _add(self, loc: Loc, message: str) -> None:
-        self.problems.add(loc, message)
+        super().__init__(problems)
 
     def _price(self, loc: Loc, value: Any) -> PriceLike | None:
         """The price as written once it is known to be valid (strategies parse it themselves:
@@ -42,9 +41,13 @@ class PriceCompiler:
 
     def _pricing(self, loc: Loc, spec: RouteSpec) -> PriceStrategy | None:
         kind = spec.type
+        if kind == "token-based" and spec.price_table is not None:
+            kind = "per-token"  # the table's prices are per token: the usage is charged
         if kind is None:
             if spec.match is not None:
                 kind = "match"
+            elif spec.price_table is not None:
+                kind = "per-token"
             elif spec.price is not None:
                 kind = "flat"
             else:
@@ -68,7 +71,9 @@ class PriceCompiler:
                 "max_output_tokens",
                 "max_price",
                 "bytes_per_token",
+                "price_table",
             },
+            **UNIT_KEYS,
         }[kind]
         priced = (
             "price",
@@ -81,6 +86,7 @@ class PriceCompiler:
             "max_output_tokens",
             "max_price",
             "bytes_per_token",
+            *sorted(set().union(*UNIT_KEYS.values()) - {"price", "models", "fallback"}),
         )
         stray = [name for name in priced if name in spec.model_fields_set and name not in allowed]
         for name in stray:
@@ -97,6 +103,8 @@ class PriceCompiler:
             return self._match(loc, spec)
         if kind == "token-based":
             return self._model_table(loc, spec)
+        if kind in UNIT_KEYS:
+            return self._unit(loc, spec)
         return self._per_token(loc, spec)
 
     def _match(self, loc: Loc, spec: RouteSpec) -> PriceStrategy | None:
@@ -171,12 +179,14 @@ class PriceCompiler:
             price = token_price((*loc, "models", model), value)
             if price is not None:
                 table[model] = price
+        if spec.price_table is not None:
+            table = builtin_models(table, "text")
         fallback = None
-        if spec.fallback is not None:
+        if spec.fallback is not None and spec.fallback != REFUSE:
             fallback = token_price((*loc, "fallback"), spec.fallback)
         single = None
         if spec.price is not None:
-            if spec.models or spec.fallback is not None:
+            if spec.models or spec.fallback is not None or spec.price_table is not None:
                 self._add(
                     (*loc, "price"),
                     "one price for every model, or models and a fallback: not both",

@@ -19,12 +19,14 @@ __all__ = [
     "HOP_BY_HOP",
     "KNOWN_NAMES",
     "AcceptSpec",
+    "BreakerSpec",
     "DecodeBodySpec",
     "FacilitatorSpec",
     "GatewayFile",
     "GatewaySection",
     "RouteSpec",
     "RuleSpec",
+    "TargetSpec",
     "UpstreamSpec",
 ]
 
@@ -113,6 +115,14 @@ class FacilitatorSpec(_Model):
     settlement reached the chain while the facilitator's answer was lost."""
 
 
+class BreakerSpec(_Model):
+    """An upstream's ``breaker:``: after ``failures`` failed calls in a row, routes with several
+    targets skip it for ``open_seconds``, then let one call through to probe it."""
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    open_seconds: float = Field(default=30.0, gt=0, le=86_400)
+
+
 class UpstreamSpec(_Model):
     """One entry of ``upstreams:``: where requests go and what the gateway adds to them."""
 
@@ -120,6 +130,27 @@ class UpstreamSpec(_Model):
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     timeout: float = Field(default=60.0, gt=0, le=3600)
     max_connections: int = Field(default=100, ge=1, le=10_000)
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
+
+
+def _target_shorthand(value: Any) -> Any:
+    return {"upstream": value} if isinstance(value, str) else value
+
+
+class TargetSpec(_Model):
+    """One item of a route's ``targets:``: an upstream that serves the route's logical model."""
+
+    upstream: str
+    model: str | None = Field(default=None, min_length=1)
+    """The model name this upstream is sent instead of the client's (its own name for it)."""
+    weight: int = Field(default=1, ge=1, le=1_000_000)
+    priority: int | None = Field(default=None, ge=0, le=1000)
+    """Lower levels are tried first; by default a target's position in its list."""
+
+
+TargetList = Annotated[
+    list[Annotated[TargetSpec, BeforeValidator(_target_shorthand)]], Field(min_length=1)
+]
 
 
 Encoding = Literal["gzip", "deflate"]
@@ -147,13 +178,26 @@ class RuleSpec(_Model):
     price: Any
 
 
-RouteType = Literal["flat", "match", "token-based", "per-token"]
+RouteType = Literal[
+    "flat",
+    "match",
+    "token-based",
+    "per-token",
+    "images",
+    "speech",
+    "transcription",
+    "embeddings",
+]
 
 
 class RouteSpec(_Model):
     """One entry of ``routes:``, keyed ``"METHOD /path"``."""
 
-    upstream: str
+    upstream: str | None = None
+    targets: TargetList | None = None
+    """Several upstreams for the route: tried by priority and weight, with fallback."""
+    targets_by_model: dict[str, TargetList] | None = None
+    """Several upstreams for each model the route serves (``"*"``: any other model)."""
     path: str | None = None
     type: RouteType | None = None
     price: Any = None
@@ -170,6 +214,17 @@ class RouteSpec(_Model):
     max_price: Any = None
     bytes_per_token: int = Field(default=1, ge=1, le=16)
     decode_body: DecodeBodySpec | None = None
+    # The built-in model price table and the units of AI APIs (gateway/config/units.py).
+    price_table: Literal["builtin"] | None = None
+    per: int | None = Field(default=None, ge=1)
+    sizes: dict[str, Any] | None = None
+    default_size: str | None = None
+    default_quality: str | None = None
+    max_images: int | None = Field(default=None, ge=1, le=100)
+    max_characters: int | None = Field(default=None, ge=1)
+    min_bitrate: int | None = Field(default=None, ge=100)
+    max_seconds: int | None = Field(default=None, ge=1)
+    other_formats: Literal["size", "refuse"] | None = None
 
 
 class GatewayFile(_Model):
@@ -216,6 +271,8 @@ def known_names() -> list[str]:
         AcceptSpec,
         FacilitatorSpec,
         UpstreamSpec,
+        BreakerSpec,
+        TargetSpec,
         RuleSpec,
         RouteSpec,
     ):

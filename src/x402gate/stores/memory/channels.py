@@ -16,6 +16,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
     mark_claimed,
     step_begin,
@@ -139,3 +140,10 @@ class MemoryChannels:
             due = [c for c in self._channels.values() if c.earned > c.total_claimed]
         due.sort(key=lambda c: (c.last_request_at, c.channel_id))
         return due[:limit]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        with self._lock:
+            page = [c for c in self._channels.values() if after is None or c.channel_id > after]
+        page.sort(key=lambda c: c.channel_id)
+        return page[:limit]

@@ -22,6 +22,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
     mark_claimed,
     step_begin,
@@ -222,6 +223,17 @@ class PostgresChannels(PostgresConnection):
                 f"SELECT {_COLUMNS} FROM x402gate_channel WHERE unclaimed"
                 " ORDER BY last_request_at, id LIMIT %s",
                 (limit,),
+            ).fetchall(),
+        )
+        return [_from_row(tuple(row)) for row in rows]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        rows = self._read(
+            "channel_list",
+            lambda conn: conn.execute(
+                f"SELECT {_COLUMNS} FROM x402gate_channel WHERE id > %s ORDER BY id LIMIT %s",
+                (after or "", limit),
             ).fetchall(),
         )
         return [_from_row(tuple(row)) for row in rows]

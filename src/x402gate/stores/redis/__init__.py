@@ -31,8 +31,8 @@ field per payment (``amount|until_block|expires_at``), checked and added by one 
 ledger's exact decimal arithmetic, so admissions of one payer from every host are serialized.
 The hash's Redis TTL follows its longest-lived entry (plus the grace below).
 
-Payment channels, under ``<prefix>channel:``: a hash per channel and a sorted set of the channels
-with vouchers left to claim; see :mod:`.channels`.
+Payment channels, under ``<prefix>channel:``: a hash per channel, a sorted set of the channels
+with vouchers left to claim and one of every channel id; see :mod:`.channels`.
 
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to

@@ -3,7 +3,9 @@
 ``<prefix>channel:<id>`` holds the channel's fields (amounts as decimal text, compared and added
 exactly by the credit ledger's Lua arithmetic) and the step in progress in its ``step_*`` fields;
 ``<prefix>channel:unclaimed`` is a sorted set of the channels with ``earned > total_claimed``,
-scored by their last committed request, for listing what to claim. A hash without an ``earned``
+scored by their last committed request, for listing what to claim; ``<prefix>channel:ids`` a
+sorted set of every channel id (all scored 0, so ordered by id), for listing them all (a
+channel written by an older x402gate joins it at its next sync). A hash without an ``earned``
 field (written by an older x402gate, which knew no other rule) earned what it charged. Each
 operation that checks and sets is one script (``lua/channel_*.lua``), so the steps of one channel
 are serialised across every client and host on the server. Channel records never expire (they
@@ -25,6 +27,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
 )
 from .connection import RedisConnection, text
@@ -79,6 +82,10 @@ class RedisChannels(RedisConnection):
     def _channel_key(self, channel_id: str) -> str:
         return f"{self.key_prefix}channel:{channel_id}"
 
+    @property
+    def _ids_key(self) -> str:
+        return f"{self.key_prefix}channel:ids"
+
     def _channel(self, name: str, channel_id: str, now: float, *args: str) -> Any:
         keys = [self._channel_key(channel_id), f"{self.key_prefix}channel:unclaimed"]
         try:
@@ -115,6 +122,11 @@ class RedisChannels(RedisConnection):
         )
         if text(status) == "config":
             raise ValueError(f"channel {channel_id} is known with another config")
+        try:
+            # Idempotent: a sync lost between the two commands adds it at the next one.
+            self.client.zadd(self._ids_key, {channel_id: 0}, nx=True)
+        except self._redis_errors as exc:
+            self._fail("channel_sync", exc)
         state = _state(fields)
         assert state is not None
         return state
@@ -191,3 +203,17 @@ class RedisChannels(RedisConnection):
         states = [_state([x for pair in raw.items() for x in pair]) for raw in hashes]
         # A channel claimed between the two reads is left out rather than listed stale.
         return [s for s in states if s is not None and s.earned > s.total_claimed]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        low = "-" if after is None else f"({after}"
+        try:
+            ids = self.client.zrangebylex(self._ids_key, low, "+", start=0, num=limit)
+            pipe = self.client.pipeline(transaction=False)
+            for channel_id in ids:
+                pipe.hgetall(self._channel_key(text(channel_id)))
+            hashes = pipe.execute()
+        except self._redis_errors as exc:
+            self._fail("channel_list", exc)
+        states = [_state([x for pair in raw.items() for x in pair]) for raw in hashes]
+        return [s for s in states if s is not None]

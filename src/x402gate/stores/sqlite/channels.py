@@ -33,6 +33,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
     mark_claimed,
     step_begin,
@@ -239,6 +240,17 @@ class SQLiteChannels(SQLiteConnection):
                 f"SELECT {_COLUMNS} FROM x402gate_channel WHERE unclaimed = 1"
                 " ORDER BY last_request_at, id LIMIT ?",
                 (limit,),
+            ).fetchall(),
+        )
+        return [_from_row(tuple(row)) for row in rows]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        rows = self._read(
+            "channel_list",
+            lambda conn: conn.execute(
+                f"SELECT {_COLUMNS} FROM x402gate_channel WHERE id > ? ORDER BY id LIMIT ?",
+                (after or "", limit),
             ).fetchall(),
         )
         return [_from_row(tuple(row)) for row in rows]
