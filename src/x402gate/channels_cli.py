@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> Any:
     """Add ``channels`` to the command's subparsers; answers its own subparsers."""
     channels = sub.add_parser(
         "channels",
-        help="list and refund the payment channels a store keeps (batch-settlement)",
+        help="list, refund, claim and settle the payment channels a store keeps",
         description="Operators' commands on payment channels (docs/channels.md).",
     )
     commands = channels.add_subparsers(dest="channels_command", metavar="COMMAND")
@@ -122,7 +122,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``channels`` subcommand ``args`` names; the exit status."""
     command = getattr(args, "channels_run", None)
     if command is None:
-        print("x402gate channels: name a command (list, refund); see --help", file=sys.stderr)
+        print(
+            "x402gate channels: name a command (list, refund, claim, settle); see --help",
+            file=sys.stderr,
+        )
         return 2
     status: int = command(args)
     return status

@@ -1,6 +1,7 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
-``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels list|refund``
-(:mod:`x402gate.channels_cli`), ``--version``."""
+``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
+list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
+``--version``."""
 
 from __future__ import annotations
 
@@ -78,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prices.add_argument("--json", action="store_true", help="print the table as JSON")
     prices.add_argument("--provider", help="only this provider's models (anthropic, openai...)")
     from . import channels_cli
+    from .channels.cli import add_commands
 
-    channels_cli.add_parser(sub)
+    add_commands(channels_cli.add_parser(sub))
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")

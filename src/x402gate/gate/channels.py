@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import protocol
+from ..channels.claims import ClaimSettings
 from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
 from ..schemes.batch_settlement import (
     BatchSettlementScheme,
@@ -104,6 +105,9 @@ class ChannelSettings:
         by ``repr``.
     :param prefer: list ``batch-settlement`` before ``exact`` on flat-priced routes (clients
         take the first option they support); metered routes always list it first.
+    :param claim: run the background claimer in every process of this gate
+        (:class:`~x402gate.channels.ClaimSettings`: when to claim and settle); ``None`` leaves
+        claims to ``x402gate channels claim`` (cron) or to :class:`~x402gate.channels.ClaimEngine`.
     """
 
     receiver_authorizer: str | None = None
@@ -112,6 +116,7 @@ class ChannelSettings:
     sync_seconds: float = 60.0
     receiver_authorizer_key: str | None = field(default=None, repr=False)
     prefer: bool = False
+    claim: ClaimSettings | None = None
 
     @property
     def delegated(self) -> bool:
@@ -142,6 +147,10 @@ class ChannelSettings:
             raise ConfigurationError("sync_seconds must be a non-negative number")
         if not isinstance(self.prefer, bool):
             raise ConfigurationError("prefer must be True or False")
+        if self.claim is not None:
+            if not isinstance(self.claim, ClaimSettings):
+                raise ConfigurationError("claim must be a x402gate.channels.ClaimSettings")
+            self.claim.check()
         address = self.authorizer_address()
         # The scheme checks the address and the terms; a delegated one is checked the same way
         # at start-up, so the terms are checked here with a stand-in address.

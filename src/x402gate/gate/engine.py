@@ -89,6 +89,7 @@ from .model import Route
 from .startup import StartupChecks
 
 if TYPE_CHECKING:
+    from ..channels.claimer import BackgroundClaimer
     from ..facilitators import Facilitator
     from ..schemes.batch_settlement import BatchSettlementScheme
 
@@ -211,6 +212,8 @@ class PaymentGate:
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
+        self.claimer: BackgroundClaimer | None = None
+        """The background claimer of this process, once started (``ChannelSettings(claim=)``)."""
         if channels is not None:
             if not isinstance(channels, ChannelSettings):
                 raise ConfigurationError("channels must be a x402gate.gate.ChannelSettings")
@@ -364,6 +367,8 @@ class PaymentGate:
 
     def close(self) -> None:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
+        if self.claimer is not None:
+            self.claimer.stop()
         self.holds.close()
         self.store.close()
 
@@ -372,6 +377,8 @@ class PaymentGate:
         pending: list[asyncio.Future[Any]] = [*self._commits, *self._deliveries]
         if pending:  # charges and deliveries of answers already sent: let them reach the store
             await asyncio.wait(pending, timeout=COMMIT_WAIT_SECONDS)
+        if self.claimer is not None:
+            await asyncio.to_thread(self.claimer.stop)
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()

@@ -49,6 +49,8 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             logger.error("x402gate start-up check failed: %s", exc)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="startup"))
             raise failure(exc) from None
+    elif gate.claimer is not None and gate.claimer.forked:
+        gate.claimer.start()  # a worker forked after start-up: threads do not survive a fork
 
     # Per client address, before any work is done for the request (429, nothing priced).
     await limit_ip(gate, route, request)

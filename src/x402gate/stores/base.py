@@ -166,6 +166,7 @@ from typing import ClassVar, Self
 from ..errors import ConfigurationError
 from .channels import ChannelBegin, ChannelState
 from .checks import check_payment_id, credit_account, replay_key
+from .leases import LeaseOperations
 from .records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
@@ -199,7 +200,7 @@ __all__ = [
 ]
 
 
-class Store(ABC):
+class Store(LeaseOperations, ABC):
     """Base class of every backend.
 
     Subclasses set :attr:`scheme` (the URL scheme they register under) and implement the
@@ -553,10 +554,10 @@ class Store(ABC):
             f"{type(self).__name__} cannot keep payment-channel state (batch-settlement)"
         )
 
-    def ping(self) -> None:  # noqa: B027 - optional hook, a no-op is the right default
+    def ping(self) -> None:
         """Raise :class:`~x402gate.errors.StoreError` when the backend is unreachable."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections and files."""
 
     def __enter__(self) -> Store:

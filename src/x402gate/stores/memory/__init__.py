@@ -38,6 +38,7 @@ from ..records import (
     IdempotencyResult,
 )
 from .channels import MemoryChannels
+from .leases import MemoryLeases
 
 __all__ = ["MemoryStore"]
 
@@ -98,7 +99,7 @@ class _TopUp:
     at: float
 
 
-class MemoryStore(MemoryChannels, Store):
+class MemoryStore(MemoryChannels, MemoryLeases, Store):
     """A dict behind a lock. Operations never do I/O, so the async gate calls them inline."""
 
     scheme: ClassVar[str] = "memory"
@@ -109,9 +110,11 @@ class MemoryStore(MemoryChannels, Store):
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_leases: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, expires_at)
         # Payment channels by id, under the same lock. A channel lives as long as its escrow
         # on chain, so channels are never forgotten (one small record per paying client).
         self._channels: dict[str, ChannelState] = {}

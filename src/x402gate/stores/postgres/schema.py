@@ -104,7 +104,15 @@ _V1 = (
     " ON x402gate_channel (last_request_at, id) WHERE unclaimed",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+_V2 = (
+    """CREATE TABLE IF NOT EXISTS x402gate_lease (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL)""",
+)
+"""Version 2: leases of background jobs (the channel claimer)."""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 """Statements per version: ``MIGRATIONS[n]`` takes a database at version ``n - 1`` (0: empty)
 to version ``n``. A released version's statements never change; a change is a new version."""
 

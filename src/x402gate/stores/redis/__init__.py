@@ -53,12 +53,15 @@ from .connection import EXPIRY_GRACE_SECONDS
 from .credit import RedisCredit
 from .idempotency import RedisIdempotency
 from .in_flight import RedisInFlight
+from .leases import RedisLeases
 from .replay import RedisReplay
 
 __all__ = ["EXPIRY_GRACE_SECONDS", "RedisStore"]
 
 
-class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, RedisChannels):
+class RedisStore(
+    RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, RedisChannels, RedisLeases
+):
     """Replay store in Redis (one server, or a primary with replicas), atomic through Lua.
 
     Give either ``url`` or ``client``. ``socket_timeout`` applies to clients built from a URL
@@ -74,6 +77,7 @@ class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, Redi
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_leases: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:

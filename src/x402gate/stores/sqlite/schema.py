@@ -116,6 +116,11 @@ CREATE TABLE IF NOT EXISTS x402gate_channel (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_channel_unclaimed
     ON x402gate_channel (last_request_at, id) WHERE unclaimed = 1;
+CREATE TABLE IF NOT EXISTS x402gate_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 COLUMNS: tuple[tuple[str, str, str, str], ...] = (
