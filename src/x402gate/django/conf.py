@@ -223,6 +223,7 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
             paths[key] = spec
             continue
         route = _route(gate, key, spec)
+        gate.telemetry.name_route(route, " ".join(key.split()))
         views.append(ViewRoute(key, methods, name, route))
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 

@@ -52,7 +52,8 @@ async def settle(gate: PaymentGate, session: PaymentSession) -> None:
     result: SettleResponse | None = None
     try:
         for _ in range(2):
-            result = await gate.scheme.settle(session.payload, session.requirements)
+            with gate.telemetry.step("settle", route, **{"x402gate.scheme": "exact"}):
+                result = await gate.scheme.settle(session.payload, session.requirements)
             # settlement_pending: broadcast but unconfirmed; asking again reconciles the same
             # transaction (the facilitator keys it by signature), it never sends a second one.
             if result.success or result.error_reason != "settlement_pending":

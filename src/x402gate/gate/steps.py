@@ -148,14 +148,15 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
         claim = ClaimResult.CLAIMED
     else:
         try:
-            claim = await gate._store_call(
-                gate.store.claim,
-                key,
-                request.resource,
-                token,
-                auth.valid_before,
-                gate.clock.now(),
-            )
+            with gate.telemetry.step("claim", route):
+                claim = await gate._store_call(
+                    gate.store.claim,
+                    key,
+                    request.resource,
+                    token,
+                    auth.valid_before,
+                    gate.clock.now(),
+                )
         except StoreError as exc:
             logger.error("replay store claim failed: %s", exc)
             await gate._abandon(idempotency)
@@ -217,7 +218,8 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
     vouch = gate.limit_in_flight and not session.on_chain
     if use_facilitator or vouch or not auth.recovered:
         try:
-            verdict = await gate.scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, **{"x402gate.scheme": requirements.scheme}):
+                verdict = await gate.scheme.verify(payload, requirements)
         except FacilitatorError as exc:
             await gate._release(session)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, payment, code="verify"))

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
     from ..facilitators import Facilitator
     from ..gate import PaymentGate
+    from ..observability.metrics import PaymentMetrics
     from ..stores import Store
+    from .config.schema import MetricsSpec
 
 __all__ = ["Gateway", "build_facilitator", "build_gateway", "server_stack", "uvicorn_config"]
 
@@ -98,6 +100,7 @@ class Gateway:
             reconcile=config.facilitator.chain_rpc_url,
             channels=config.channels,
         )
+        self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)
             for name, spec in config.upstreams.items()
@@ -258,3 +261,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _metrics(gate: PaymentGate, spec: MetricsSpec | None) -> PaymentMetrics | None:
+    """The gateway's metrics as ``gateway.metrics`` asks (``None`` without the key)."""
+    if spec is None:
+        return None
+    from ..observability.metrics import PaymentMetrics
+
+    token = spec.token.get_secret_value() if spec.token is not None else None
+    metrics = PaymentMetrics(gate, path=spec.path, token=token)
+    if spec.port is not None:
+        metrics.serve(spec.port, spec.host)
+    return metrics

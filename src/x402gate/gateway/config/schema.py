@@ -23,6 +23,7 @@ __all__ = [
     "FacilitatorSpec",
     "GatewayFile",
     "GatewaySection",
+    "MetricsSpec",
     "RouteSpec",
     "RuleSpec",
     "UpstreamSpec",
@@ -65,6 +66,19 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class MetricsSpec(_Model):
+    """``gateway.metrics``: Prometheus metrics (needs ``x402gate[metrics]``), on a path of
+    the gateway (never charged, before the routes) and/or a port of their own."""
+
+    path: str | None = Field(default="/metrics", pattern=r"^/")
+    token: SecretStr | None = Field(default=None, min_length=8)
+    """When set, a scrape on ``path`` needs ``Authorization: Bearer <token>``."""
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Also serve them on this port (no token there: bind ``host`` where only the scraper
+    reaches)."""
+    host: str = "127.0.0.1"
+
+
 class GatewaySection(_Model):
     """``gateway:``: how the gateway serves and takes payments."""
 
@@ -87,6 +101,7 @@ class GatewaySection(_Model):
     startup_checks: Literal["fail", "warn", "off"] = "fail"
     upstream_client: Literal["aiohttp", "httpx", "builtin"] = "aiohttp"
     """The HTTP client that forwards to upstreams (:mod:`x402gate.gateway.clients`)."""
+    metrics: MetricsSpec | None = None
 
 
 class AcceptSpec(_Model):
