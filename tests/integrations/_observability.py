@@ -224,7 +224,10 @@ def check_everything(outcome: Outcome, logs: Captured, test_token: Any) -> None:
     assert failed["payer"] == outcome.payer and "transaction" not in failed
     assert {r["level"] for r in logs.payments("challenged")} == {"DEBUG"}
     assert len(logs.payments("challenged")) == 3  # one unpaid request before each payment
-    assert len(logs.payments("verified")) == 2
+    assert [r["level"] for r in logs.payments("verified")] == ["DEBUG", "DEBUG"]
+    # One INFO line per request that offered a payment: its outcome.
+    info = [r.x402gate["event"] for r in logs.records if r.levelno == logging.INFO]  # type: ignore[attr-defined]
+    assert sorted(info) == ["rejected", "settle_failed", "settled"]
     text = "\n".join(logs.texts)
     assert outcome.transaction in text
     for secret in outcome.signatures + outcome.headers:

@@ -1,6 +1,10 @@
 """The payment log: one line per payment outcome on the ``x402gate.payments`` logger.
 
-Outcomes are logged at INFO (``challenged``, a 402 to a request without payment, at DEBUG) with
+Outcomes are logged at INFO: ``settled``, ``charged``, ``refunded``, ``rejected`` (a refusal,
+with its code), ``settle_failed``, ``recovered``, ``replayed``; ``error`` (a store or
+facilitator failure) at WARNING. The steps before an outcome are DEBUG: ``challenged`` (a 402
+to a request without payment), ``verified`` (the handler is about to run) and ``released``
+(the claim of a payment that was not charged). So a paid request makes one INFO line. Each has
 the route's label, the payer, the amount (atomic units), the asset, the network, the
 transaction and, for refusals and failures, the error code. Nothing else of the request goes
 in: never a header, a signature, a session token or a secret. Each record also carries these
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..gate.events import EventKind
@@ -23,12 +28,20 @@ from ..gate.events import EventKind
 if TYPE_CHECKING:
     from ..gate.events import PaymentEvent
 
-__all__ = ["PAYMENTS_LOGGER", "JsonFormatter", "PaymentLog", "event_fields"]
+__all__ = ["LEVELS", "PAYMENTS_LOGGER", "JsonFormatter", "PaymentLog", "event_fields"]
 
 PAYMENTS_LOGGER = "x402gate.payments"
 
-_DEBUG_KINDS = frozenset({EventKind.CHALLENGED})
-_WARNING_KINDS = frozenset({EventKind.ERROR})
+LEVELS: dict[EventKind, int] = {
+    **dict.fromkeys(EventKind, logging.INFO),
+    # Steps on the way to an outcome, not outcomes: a paid request's INFO line is its
+    # settlement (or its refusal, or its failure), one line per request.
+    EventKind.CHALLENGED: logging.DEBUG,
+    EventKind.VERIFIED: logging.DEBUG,
+    EventKind.RELEASED: logging.DEBUG,
+    EventKind.ERROR: logging.WARNING,
+}
+"""The level each kind of outcome is logged at by default (``PaymentLog(levels=...)``)."""
 
 
 def event_fields(event: PaymentEvent, route: str) -> dict[str, Any]:
@@ -53,27 +66,56 @@ def event_fields(event: PaymentEvent, route: str) -> dict[str, Any]:
     return fields
 
 
+class _Message:
+    """A payment record's message, ``payment settled route=... payer=...``: formatted only
+    when a handler formats the record (a record no handler writes costs no text)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        fields = self.fields
+        text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "event")
+        return f"payment {fields['event']} {text}"
+
+
 class PaymentLog:
-    """Writes each payment outcome to the ``x402gate.payments`` logger (see the module)."""
+    """Writes each payment outcome to the ``x402gate.payments`` logger (see the module).
 
-    __slots__ = ("logger",)
+    :param logger: where the records go (the ``x402gate.payments`` logger by default).
+    :param levels: the level of some kinds instead of :data:`LEVELS`' (``{"verified":
+        logging.INFO}`` adds a line when a payment lets the handler run).
+    """
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    __slots__ = ("levels", "logger")
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        levels: Mapping[str, int] | None = None,
+    ) -> None:
         self.logger = logger or logging.getLogger(PAYMENTS_LOGGER)
+        self.levels: dict[str, int] = {k.value: v for k, v in LEVELS.items()}
+        if levels:
+            for kind, level in levels.items():
+                self.levels[EventKind(kind).value] = int(level)
 
     def record(self, event: PaymentEvent, route: str) -> None:
-        kind = event.kind
-        if kind in _DEBUG_KINDS:
-            level = logging.DEBUG
-        elif kind in _WARNING_KINDS:
-            level = logging.WARNING
-        else:
-            level = logging.INFO
-        if not self.logger.isEnabledFor(level):
+        level = self.levels[event.kind]
+        logger = self.logger
+        if not logger.isEnabledFor(level):
             return
         fields = event_fields(event, route)
-        text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "event")
-        self.logger.log(level, "payment %s %s", kind, text, extra={"x402gate": fields})
+        # Built here rather than by logger.log: the caller's frame would always be this line,
+        # and looking it up is most of what a log call costs.
+        record = logger.makeRecord(
+            logger.name, level, __file__, 0, _Message(fields), None, None, "record"
+        )
+        record.x402gate = fields
+        logger.handle(record)
 
 
 _ISO = "%Y-%m-%dT%H:%M:%S"
@@ -86,15 +128,28 @@ class JsonFormatter(logging.Formatter):
     (the gate's errors, the gateway's) carry the message only, plus ``exc_info`` text if any.
     """
 
+    _second = -1
+    _stamp = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # one strftime per second, not per record
+            self._stamp = time.strftime(_ISO, time.gmtime(second))
+            self._second = second
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        created = time.gmtime(record.created)
+        fields = getattr(record, "x402gate", None)
+        if isinstance(fields, dict) and isinstance(record.msg, _Message):
+            message = f"payment {fields['event']}"  # the rest is in the fields beside it
+        else:
+            message = record.getMessage()
         document: dict[str, Any] = {
-            "time": f"{time.strftime(_ISO, created)}.{int(record.msecs):03d}Z",
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
-        fields = getattr(record, "x402gate", None)
         if isinstance(fields, dict):
             document.update(fields)
         if record.exc_info:

@@ -95,6 +95,9 @@ class PaymentMetrics:
         self._token = token.encode() if token is not None else None
         self._codes: set[str] = set()
         self._codes_lock = threading.Lock()
+        # The series' children by label values, found without prometheus_client's label checks
+        # (bounded like the labels: routes x kinds, steps, assets).
+        self._children: dict[tuple[str, ...], Any] = {}
         self.requests = Counter(
             "requests",
             "Paid-route requests by outcome",
@@ -146,7 +149,11 @@ class PaymentMetrics:
     def record(self, event: PaymentEvent, route: str) -> None:
         """Count one outcome (called by the gate's :class:`Telemetry`)."""
         kind = event.kind
-        self.requests.labels(route, kind.value).inc()
+        key = (route, kind.value)
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = self.requests.labels(*key)
+        counter.inc()
         if kind in _REFUSALS:
             self.refusals.labels(route, self._code(event.code)).inc()
             return
@@ -157,11 +164,19 @@ class PaymentMetrics:
         if (kind is EventKind.SETTLED and not metered) or kind is EventKind.CHARGED:
             amount = event.amount if kind is EventKind.CHARGED else payment.amount
             if amount:
-                self.revenue.labels(route, payment.asset.address, payment.asset.network).inc(amount)
+                key = (route, payment.asset.address, payment.asset.network)
+                revenue = self._children.get(key)
+                if revenue is None:
+                    revenue = self._children[key] = self.revenue.labels(*key)
+                revenue.inc(amount)
 
     def observe_step(self, step: str, route: str, seconds: float) -> None:
         """One timed step (``claim``, ``verify``, ``settle`` or ``handler``)."""
-        self.steps.labels(route, step).observe(seconds)
+        key = (route, step, "")
+        histogram = self._children.get(key)
+        if histogram is None:
+            histogram = self._children[key] = self.steps.labels(route, step)
+        histogram.observe(seconds)
 
     def _code(self, code: str | None) -> str:
         if code is None:
