@@ -247,7 +247,7 @@ def check_everything(outcome: Outcome, logs: Captured, test_token: Any) -> None:
     assert outcome.sample("x402gate_revenue_atomic_total", route=paid, **revenue) == PRICE
     assert outcome.total("x402gate_revenue_atomic_total") == PRICE  # nothing for the failure
     for route in (paid, spend):
-        for step in ("claim", "verify", "settle", "handler"):
+        for step in ("verify", "settle", "handler"):
             assert outcome.sample("x402gate_step_seconds_count", route=route, step=step) >= 1
     assert outcome.sample("x402gate_open_reservations") == 0
     assert outcome.sample("x402gate_open_channels") == 0

@@ -317,13 +317,13 @@ async def channel_begin(
                 raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
             raise await _corrective(gate, route, request, accepts, requirements, _view(state))
         if auth.deposit is not None or not auth.recovered:
-            with gate.telemetry.step("verify", route, **{"x402gate.scheme": "batch-settlement"}):
+            with gate.telemetry.step("verify", route, "batch-settlement"):
                 verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")
                 raise await reject(code, "the facilitator refused this payment", 402)
         if auth.deposit is not None:
-            with gate.telemetry.step("settle", route, **{"x402gate.scheme": "batch-settlement"}):
+            with gate.telemetry.step("settle", route, "batch-settlement"):
                 settled = await scheme.settle(payload, requirements)
             if not settled.success:
                 code = safe_code(settled.error_reason, "payment_invalid")
@@ -331,7 +331,7 @@ async def channel_begin(
             figures = (settled.extra or {}).get("channelState")
             state = await _sync(gate, channel_id, config, figures, gate.clock.now())
         elif state is None or gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
-            with gate.telemetry.step("verify", route, **{"x402gate.scheme": "batch-settlement"}):
+            with gate.telemetry.step("verify", route, "batch-settlement"):
                 verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")

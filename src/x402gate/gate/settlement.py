@@ -52,7 +52,7 @@ async def settle(gate: PaymentGate, session: PaymentSession) -> None:
     result: SettleResponse | None = None
     try:
         for _ in range(2):
-            with gate.telemetry.step("settle", route, **{"x402gate.scheme": "exact"}):
+            with gate.telemetry.step("settle", route, "exact"):
                 result = await gate.scheme.settle(session.payload, session.requirements)
             # settlement_pending: broadcast but unconfirmed; asking again reconciles the same
             # transaction (the facilitator keys it by signature), it never sends a second one.

@@ -218,7 +218,7 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
     vouch = gate.limit_in_flight and not session.on_chain
     if use_facilitator or vouch or not auth.recovered:
         try:
-            with gate.telemetry.step("verify", route, **{"x402gate.scheme": requirements.scheme}):
+            with gate.telemetry.step("verify", route, requirements.scheme):
                 verdict = await gate.scheme.verify(payload, requirements)
         except FacilitatorError as exc:
             await gate._release(session)

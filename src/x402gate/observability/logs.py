@@ -112,13 +112,15 @@ class PaymentLog:
         # Built here rather than by logger.log: the caller's frame would always be this line,
         # and looking it up is most of what a log call costs.
         record = logger.makeRecord(
-            logger.name, level, __file__, 0, _Message(fields), None, None, "record"
+            logger.name, level, __file__, 0, _Message(fields), (), None, "record"
         )
         record.x402gate = fields
         logger.handle(record)
 
 
 _ISO = "%Y-%m-%dT%H:%M:%S"
+# One encoder for every record: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -154,4 +156,4 @@ class JsonFormatter(logging.Formatter):
             document.update(fields)
         if record.exc_info:
             document["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(document, separators=(",", ":"), default=str)
+        return _ENCODER.encode(document)

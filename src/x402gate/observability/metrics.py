@@ -19,8 +19,8 @@ Series (``route`` is the route's label, bounded by the routes of the app; see
                                          codes only; at most :data:`MAX_CODES` distinct)
 ``x402gate_revenue_atomic_total``        revenue in the asset's atomic units by ``route``,
                                          ``asset`` (address) and ``network``
-``x402gate_step_seconds``                histogram by ``route`` and ``step``: ``claim``,
-                                         ``verify``, ``settle``, ``handler``
+``x402gate_step_seconds``                histogram by ``route`` and ``step``: ``verify``,
+                                         ``settle`` (the facilitator's), ``handler``
 ``x402gate_open_reservations``           credit reservations this process holds now
 ``x402gate_open_channels``               payment channels with a request running now
 =======================================  ===================================================
@@ -121,7 +121,7 @@ class PaymentMetrics:
         )
         self.steps = Histogram(
             "step_seconds",
-            "Latency of the payment steps (claim, verify, settle) and of the handler",
+            "Latency of the facilitator's verify and settle, and of the handler",
             ("route", "step"),
             namespace=namespace,
             registry=self.registry,
@@ -149,10 +149,9 @@ class PaymentMetrics:
     def record(self, event: PaymentEvent, route: str) -> None:
         """Count one outcome (called by the gate's :class:`Telemetry`)."""
         kind = event.kind
-        key = (route, kind.value)
-        counter = self._children.get(key)
+        counter = self._children.get((route, kind.value))
         if counter is None:
-            counter = self._children[key] = self.requests.labels(*key)
+            counter = self._children[(route, kind.value)] = self.requests.labels(route, kind.value)
         counter.inc()
         if kind in _REFUSALS:
             self.refusals.labels(route, self._code(event.code)).inc()
@@ -164,19 +163,24 @@ class PaymentMetrics:
         if (kind is EventKind.SETTLED and not metered) or kind is EventKind.CHARGED:
             amount = event.amount if kind is EventKind.CHARGED else payment.amount
             if amount:
-                key = (route, payment.asset.address, payment.asset.network)
+                asset = payment.asset
+                key = (route, asset.address, asset.network)
                 revenue = self._children.get(key)
                 if revenue is None:
                     revenue = self._children[key] = self.revenue.labels(*key)
                 revenue.inc(amount)
 
-    def observe_step(self, step: str, route: str, seconds: float) -> None:
-        """One timed step (``claim``, ``verify``, ``settle`` or ``handler``)."""
+    def step_histogram(self, step: str, route: str) -> Any:
+        """The latency histogram of ``step`` (``verify``, ``settle``, ``handler``) on ``route``."""
         key = (route, step, "")
         histogram = self._children.get(key)
         if histogram is None:
             histogram = self._children[key] = self.steps.labels(route, step)
-        histogram.observe(seconds)
+        return histogram
+
+    def observe_step(self, step: str, route: str, seconds: float) -> None:
+        """One timed step (``verify``, ``settle`` or ``handler``)."""
+        self.step_histogram(step, route).observe(seconds)
 
     def _code(self, code: str | None) -> str:
         if code is None:

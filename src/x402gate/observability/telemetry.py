@@ -37,7 +37,8 @@ __all__ = ["STEPS", "UNNAMED", "Telemetry"]
 logger = logging.getLogger("x402gate")
 
 STEPS = ("claim", "verify", "settle")
-"""The timed steps: the replay store's claim, the facilitator's verify and settle."""
+"""The steps in spans: the replay store's claim, the facilitator's verify and settle (the
+latter two, and the handler, also in the metrics' latency histogram)."""
 
 UNNAMED = "unnamed"
 """The route label of a route no integration named (a route driven by hand)."""
@@ -57,20 +58,13 @@ def _otel_tracer() -> Any:
 
 
 class _Step:
-    """Times one step for the metrics and wraps it in a span; a context manager."""
+    """Times one step into its histogram and wraps it in a span; a context manager."""
 
-    __slots__ = ("_cm", "_metrics", "_name", "_route", "_started")
+    __slots__ = ("_cm", "_histogram", "_started")
 
-    def __init__(self, telemetry: Telemetry, name: str, route: str, attributes: Any) -> None:
-        self._name = name
-        self._route = route
-        self._metrics = telemetry.metrics
-        tracer = telemetry.tracer
-        self._cm = (
-            tracer.start_as_current_span(f"x402gate.{name}", attributes=attributes)
-            if tracer is not None
-            else None
-        )
+    def __init__(self, histogram: Any, cm: Any) -> None:
+        self._histogram = histogram
+        self._cm = cm
         self._started = 0.0
 
     def __enter__(self) -> _Step:
@@ -80,8 +74,8 @@ class _Step:
         return self
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        if self._metrics is not None:
-            self._metrics.observe_step(self._name, self._route, time.perf_counter() - self._started)
+        if self._histogram is not None:
+            self._histogram.observe(time.perf_counter() - self._started)
         if self._cm is not None:
             self._cm.__exit__(kind, exc, tb)
 
@@ -145,16 +139,26 @@ class Telemetry:
         except Exception:  # an observer's failure must never break a payment
             logger.exception("x402gate telemetry failed on %s", event.kind)
 
-    def step(self, name: str, route: Route, **attributes: Any) -> Any:
-        """A context manager around the step ``name`` (one of :data:`STEPS`) of ``route``."""
-        if self.metrics is None and self.tracer is None:
+    def step(self, name: str, route: Route, scheme: str | None = None) -> Any:
+        """A context manager around the step ``name`` (one of :data:`STEPS`) of ``route``:
+        a span when tracing is on, and for ``verify`` and ``settle`` a latency sample."""
+        metrics, tracer = self.metrics, self.tracer
+        if tracer is None and (metrics is None or name == "claim"):
             return _NOTHING
         label = self.route_name(route)
-        attributes["x402gate.route"] = label
-        return _Step(self, name, label, attributes)
+        histogram = None
+        if metrics is not None and name != "claim":
+            histogram = metrics.step_histogram(name, label)
+        cm = None
+        if tracer is not None:
+            attributes = {"x402gate.route": label}
+            if scheme is not None:
+                attributes["x402gate.scheme"] = scheme
+            cm = tracer.start_as_current_span(f"x402gate.{name}", attributes=attributes)
+        return _Step(histogram, cm)
 
     def handler_done(self, route: Route, seconds: float) -> None:
         """The handler of ``route`` answered ``seconds`` after the payment let it run."""
         metrics = self.metrics
         if metrics is not None:
-            metrics.observe_step("handler", self.route_name(route), seconds)
+            metrics.step_histogram("handler", self.route_name(route)).observe(seconds)
