@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from x402gate import PaymentGate
@@ -264,6 +265,13 @@ def check_everything(outcome: Outcome, logs: Captured, test_token: Any) -> None:
     assert len(by_name.get("x402gate.settle", [])) >= 2  # the paid one and the failed one
     assert len(by_name.get("x402gate.verify", [])) >= 2
     assert len(by_name.get("x402gate.claim", [])) >= 2
+    # The failed settlement's span says so, with its code; the paid one's does not.
+    settles = {
+        s.attributes.get("x402gate.route"): s for s in by_name["x402gate.settle"] if s.attributes
+    }
+    assert settles[spend].status.status_code is StatusCode.ERROR
+    assert (settles[spend].attributes or {}).get("x402gate.code") == outcome.settle_failure
+    assert settles[paid].status.status_code is StatusCode.UNSET
     for span in ended:
         for value in (span.attributes or {}).values():
             assert all(str(value) != s for s in outcome.signatures)

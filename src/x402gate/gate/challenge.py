@@ -181,7 +181,7 @@ def cached_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> P
         return None
     request.url = gate.public_url(request)
     answer = plain_challenge(gate, route, request)
-    if answer is not None:
+    if answer is not None and gate.telemetry.wants(EventKind.CHALLENGED):
         gate.telemetry.observe(PaymentEvent(EventKind.CHALLENGED, request, route, status=402))
     return answer
 

@@ -218,8 +218,10 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
     vouch = gate.limit_in_flight and not session.on_chain
     if use_facilitator or vouch or not auth.recovered:
         try:
-            with gate.telemetry.step("verify", route, requirements.scheme):
+            with gate.telemetry.step("verify", route, requirements.scheme) as step:
                 verdict = await gate.scheme.verify(payload, requirements)
+                if not verdict.is_valid:
+                    step.refused(safe_code(verdict.invalid_reason, "payment_invalid"))
         except FacilitatorError as exc:
             await gate._release(session)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, payment, code="verify"))

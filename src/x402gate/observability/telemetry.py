@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..gate.events import PaymentEvent
+    from ..gate.events import EventKind, PaymentEvent
     from ..gate.model import Route
     from .logs import PaymentLog
     from .metrics import PaymentMetrics
@@ -60,18 +60,29 @@ def _otel_tracer() -> Any:
 class _Step:
     """Times one step into its histogram and wraps it in a span; a context manager."""
 
-    __slots__ = ("_cm", "_histogram", "_started")
+    __slots__ = ("_cm", "_histogram", "_span", "_started")
 
     def __init__(self, histogram: Any, cm: Any) -> None:
         self._histogram = histogram
         self._cm = cm
+        self._span: Any = None
         self._started = 0.0
 
     def __enter__(self) -> _Step:
         if self._cm is not None:
-            self._cm.__enter__()
+            self._span = self._cm.__enter__()
         self._started = time.perf_counter()
         return self
+
+    def refused(self, code: str) -> None:
+        """The step answered with a refusal (``code``, a sanitised error code): the span
+        says so."""
+        span = self._span
+        if span is not None:
+            from opentelemetry.trace import Status, StatusCode
+
+            span.set_attribute("x402gate.code", code)
+            span.set_status(Status(StatusCode.ERROR, code))
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if self._histogram is not None:
@@ -85,7 +96,10 @@ class _Nothing:
 
     __slots__ = ()
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _Nothing:
+        return self
+
+    def refused(self, code: str) -> None:
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
@@ -138,6 +152,14 @@ class Telemetry:
                 self.metrics.record(event, name)
         except Exception:  # an observer's failure must never break a payment
             logger.exception("x402gate telemetry failed on %s", event.kind)
+
+    def wants(self, kind: EventKind) -> bool:
+        """Whether an event of ``kind`` would be logged or counted (the 402 fast path asks, so
+        an unobserved 402 builds no event)."""
+        if self.metrics is not None:
+            return True
+        log = self.log
+        return log is not None and log.logger.isEnabledFor(log.levels[kind])
 
     def step(self, name: str, route: Route, scheme: str | None = None) -> Any:
         """A context manager around the step ``name`` (one of :data:`STEPS`) of ``route``:
