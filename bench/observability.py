@@ -1,12 +1,18 @@
-"""Benchmark: server CPU that payment logs and metrics add to a paid request, in one run.
+"""Benchmark: server CPU that payment logs and metrics add to a request, in one run.
 
 Run with ``.venv/bin/python bench/observability.py [--n 150] [--repeats 15]``. No chain, no
 network: a facilitator that answers at once (the time on the wire is not what is measured).
 
-Every variant pays the same way, in process: one :class:`~x402gate.flow.PaymentFlow` per
-request as the adapters drive it (``begin``: decode, local signature check, claim in the
-memory store, verify; the handler's answer through ``response_start``: settle; ``sent``: the
-answer delivered), each with its own authorization signed beforehand. Variants:
+Two paths (``--paths``), each request one :class:`~x402gate.flow.PaymentFlow` as the adapters
+drive it, on the memory store:
+
+* ``exact``: a paid request (``begin``: decode, local signature check, claim, verify; the
+  handler's answer through ``response_start``: settle; ``sent``: the answer delivered), each
+  with its own authorization signed beforehand;
+* ``credit``: a request served from the payer's credit with its session token, on a route
+  priced per second (reserve before the handler, charge what ran after the answer).
+
+Variants:
 
 * ``bare``: the gate's telemetry switched off (no log, no metrics, no spans): the baseline;
 * ``bare again``: the same, measured as a variant: what it "adds" is the noise floor;
@@ -45,10 +51,13 @@ from x402.schemas import SettleResponse, SupportedKind, SupportedResponse, Verif
 
 from x402gate import PaymentGate
 from x402gate.assets import Asset
+from x402gate.credit import SESSION_HEADER
 from x402gate.flow import PaymentFlow
 from x402gate.gate import Route
+from x402gate.metering import PerSecond
 from x402gate.observability import JsonFormatter, PaymentMetrics
 from x402gate.request import RequestInfo
+from x402gate.stores.base import credit_account
 from x402gate.testing.payments import encode_payment, sign_exact_payment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,7 +65,11 @@ from _common import git_state, header, median, print_table
 
 ASSET = Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC", "2")
 PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-URL = "https://api.example/paid"
+ORIGIN = "https://api.example"
+URL = f"{ORIGIN}/paid"
+CREDIT_PAYER = Account.create().address
+CREDIT_ACCOUNT = credit_account(ASSET.network, ASSET.address, CREDIT_PAYER)
+PATHS = {"exact": "paid (exact)", "credit": "from credit"}
 GOAL_US = 50.0
 
 
@@ -147,7 +160,8 @@ def _spans() -> None:
         gate.telemetry.tracer = provider.get_tracer("x402gate")
 
 
-def make_gate(name: str) -> tuple[PaymentGate, Route]:
+def make_gate(name: str, kind: str) -> tuple[PaymentGate, Route]:
+    """A fresh gate with variant ``name`` on, and its route for ``kind`` (``exact``, ``credit``)."""
     gate = PaymentGate(
         pay_to=PAY_TO,
         assets=ASSET,
@@ -156,8 +170,15 @@ def make_gate(name: str) -> tuple[PaymentGate, Route]:
         limit_in_flight=False,
         reconcile=False,
         startup_checks="off",
+        secret=b"s" * 32,
+        public_origin=ORIGIN,
     )
-    route = gate.route("$0.01")
+    if kind == "exact":
+        route = gate.route("$0.01")
+    else:
+        # $0.001 a second, at most one: each request reserves $0.001 and is charged what ran.
+        route = gate.route(PerSecond("$0.001", max_seconds=1))
+        gate.store.credit_topup(CREDIT_ACCOUNT, 10**12, "bench", time.time())
     gate.telemetry.name_route(route, "GET /paid")
     VARIANTS[name](gate)
     return gate, route
@@ -184,8 +205,18 @@ def sign(count: int) -> list[RequestInfo]:
     return [RequestInfo("GET", "/paid", headers={"PAYMENT-SIGNATURE": h}, url=URL) for h in out]
 
 
+def from_credit(gate: PaymentGate, count: int) -> list[RequestInfo]:
+    """``count`` requests of the payer whose credit the gate holds, with its session token."""
+    token = gate.session_tokens.issue(
+        CREDIT_PAYER, ASSET.network, ASSET.address, time.time(), origin=ORIGIN
+    )
+    return [
+        RequestInfo("GET", "/paid", headers={SESSION_HEADER: token}, url=URL) for _ in range(count)
+    ]
+
+
 async def serve(gate: PaymentGate, route: Route, requests: list[RequestInfo]) -> float:
-    """CPU seconds per paid request over ``requests``."""
+    """CPU seconds per request over ``requests`` (each paid, or served from credit)."""
     gc.collect()
     gc.disable()
     started = time.process_time()
@@ -194,29 +225,37 @@ async def serve(gate: PaymentGate, route: Route, requests: list[RequestInfo]) ->
         answer = await flow.begin()
         assert answer is None, answer
         await flow.response_start(200, [("content-type", "application/json")])
-        await flow.sent(b'{"ok":true}', True)
+        chunk = flow.body(b'{"ok":true}', True)
+        assert chunk is not None
+        await flow.sent(*chunk)
     spent = time.process_time() - started
     gc.enable()
     return spent / len(requests)
 
 
-async def run(n: int, repeats: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    warm = sign(50)
-    for name in VARIANTS:  # warm up every path (imports, caches) outside the timing
-        gate, route = make_gate(name)
-        await serve(gate, route, warm[:10])
+async def batch(name: str, kind: str, n: int) -> float:
+    gate, route = make_gate(name, kind)
+    requests = sign(n) if kind == "exact" else from_credit(gate, n)
+    try:
+        return await serve(gate, route, requests)
+    finally:
         await gate.aclose()
-        warm = warm[10:] or sign(50)
+
+
+async def run(kinds: list[str], n: int, repeats: int) -> dict[tuple[str, str], list[float]]:
+    results: dict[tuple[str, str], list[float]] = {
+        (kind, name): [] for kind in kinds for name in VARIANTS
+    }
+    for kind in kinds:
+        for name in VARIANTS:  # warm up every path (imports, caches) outside the timing
+            await batch(name, kind, 10)
     names = list(VARIANTS)
     for repeat in range(repeats):
         # Rotated each repeat: no variant always runs first (or right after another one).
         shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
-            requests = sign(n)
-            gate, route = make_gate(name)
-            results[name].append(await serve(gate, route, requests))
-            await gate.aclose()
+        for kind in kinds:
+            for name in names[shift:] + names[:shift]:
+                results[(kind, name)].append(await batch(name, kind, n))
     return results
 
 
@@ -224,6 +263,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=150, help="paid requests per batch")
     parser.add_argument("--repeats", type=int, default=15, help="batches per variant")
+    parser.add_argument(
+        "--paths",
+        type=lambda text: [p for p in text.split(",") if p],
+        default=list(PATHS),
+        help="comma-separated: exact (a paid request), credit (served from credit)",
+    )
     args = parser.parse_args()
     _log_to_memory()
     _spans()
@@ -234,24 +279,26 @@ def main() -> None:
             [git_state(), f"{args.n} requests x {args.repeats} batches per variant"],
         )
     )
-    results = asyncio.run(run(args.n, args.repeats))
-    bare_runs = results["bare"]
+    results = asyncio.run(run(args.paths, args.n, args.repeats))
 
-    def added_us(name: str) -> float:
-        # Paired by repeat: each batch is compared with the bare batch run just before it,
-        # under the same background load.
-        return median([(v - b) * 1e6 for v, b in zip(results[name], bare_runs, strict=True)])
+    def added_us(kind: str, name: str) -> float:
+        # Paired by repeat: each batch is compared with the bare batch of the same repeat,
+        # run under the same background load.
+        pairs = zip(results[(kind, name)], results[(kind, "bare")], strict=True)
+        return median([(v - b) * 1e6 for v, b in pairs])
 
     rows = []
-    for name, values in results.items():
+    for (kind, name), values in results.items():
         us = median(values) * 1e6
-        shown = "" if name == "bare" else f"{added_us(name):+.1f}"
-        rows.append((name, f"{us:.1f}", shown))
-    print_table(["variant", "CPU µs / paid request (median)", "added µs (median of pairs)"], rows)
-    added = added_us("logging+metrics")
-    verdict = "within" if added <= GOAL_US else "OVER"
-    goal = f"{GOAL_US:.0f} µs goal"
-    print(f"\nlogging+metrics add {added:.1f} µs per paid request: {verdict} the {goal}")
+        shown = "" if name == "bare" else f"{added_us(kind, name):+.1f}"
+        rows.append((f"{PATHS[kind]}: {name}", f"{us:.1f}", shown))
+    print_table(["path: variant", "CPU µs / request (median)", "added µs (median of pairs)"], rows)
+    print()
+    for kind in args.paths:
+        added = added_us(kind, "logging+metrics")
+        verdict = "within" if added <= GOAL_US else "OVER"
+        goal = f"{GOAL_US:.0f} µs goal"
+        print(f"{PATHS[kind]}: logging+metrics add {added:.1f} µs: {verdict} the {goal}")
 
 
 if __name__ == "__main__":
