@@ -223,9 +223,10 @@ def test_metrics_can_be_served_on_a_port_of_their_own() -> None:
         assert response.status_code == 200
         assert "x402gate_open_reservations 0.0" in response.text
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        metrics.close()
+    assert not thread.is_alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
 
 
 async def test_a_failing_observer_never_breaks_a_payment(records: Any) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 pytest.importorskip("prometheus_client")
@@ -148,6 +149,7 @@ gateway:
   metrics:
     path: /metrics
     token: ${{METRICS_TOKEN}}
+    port: 0
 pay_to: "{pay_to}"
 accepts:
   - network: "{network}"
@@ -217,6 +219,12 @@ def test_the_gateway_shows_each_outcome_in_logs_metrics_and_spans(
         with serve_upstream(gateway, lifespan="on") as url:
             served["url"] = url
             outcome, logs = run_scenario(gateway_site, gateway.gate, chain, test_token)
+            (port,) = gateway.metrics.ports  # the same series on a port of their own
+            scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            assert scraped.status_code == 200
+            settled = 'x402gate_requests_total{outcome="settled",route="GET /paid"} 1.0'
+            assert settled in scraped.text
+        assert gateway.metrics.ports == []  # closed with the gateway
     check_everything(outcome, logs, test_token)
     # The token is a secret of the file: never in a log line either.
     assert not any(TOKEN in line for line in logs.texts)

@@ -172,6 +172,8 @@ class Gateway:
         """Close the upstream connections of the running loop, the facilitator and the store."""
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
         await self.gate.aclose()
 
 

@@ -98,6 +98,7 @@ class PaymentMetrics:
         # The series' children by label values, found without prometheus_client's label checks
         # (bounded like the labels: routes x kinds, steps, assets).
         self._children: dict[tuple[str, ...], Any] = {}
+        self._servers: list[tuple[Any, Any]] = []
         self.requests = Counter(
             "requests",
             "Paid-route requests by outcome",
@@ -218,10 +219,26 @@ class PaymentMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         """Serve the metrics on ``addr:port`` from a thread of prometheus_client's own server
-        (no token there: bind it where only the scraper reaches). Returns (server, thread)."""
+        (no token there: bind it where only the scraper reaches) until :meth:`close`.
+        Returns (server, thread); ``port=0`` picks a free port (``server.server_address``)."""
         from prometheus_client import start_http_server
 
-        return start_http_server(port, addr, registry=self.registry)
+        served = start_http_server(port, addr, registry=self.registry)
+        self._servers.append(served)
+        return served
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports :meth:`serve` listens on (a ``port=0`` server's real port)."""
+        return [int(server.server_address[1]) for server, _ in self._servers]
+
+    def close(self) -> None:
+        """Stop the servers :meth:`serve` started."""
+        servers, self._servers = self._servers, []
+        for server, thread in servers:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
 
 
 def scrape_answer(
