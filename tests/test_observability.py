@@ -242,3 +242,39 @@ async def test_a_failing_observer_never_breaks_a_payment(records: Any) -> None:
     await gate.finish(session, 200)
     assert session.payment.transaction is not None
     assert any("telemetry failed" in r.getMessage() for r in records)
+
+
+def test_without_a_tracer_provider_no_span_is_opened_until_one_is_set() -> None:
+    # In a fresh interpreter: this process may have set the global provider already.
+    pytest.importorskip("opentelemetry.sdk")
+    code = """
+from x402gate import PaymentGate
+from x402gate.assets import Asset
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+class F:
+    async def supported(self): ...
+    async def verify(self, p, r): ...
+    async def settle(self, p, r): ...
+
+asset = Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC", "2")
+gate = PaymentGate(pay_to="0x" + "1" * 40, assets=asset, facilitator=F(), store="memory://")
+route = gate.route("$0.01")
+print(type(gate.telemetry.step("verify", route)).__name__)  # the shared no-op step
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with gate.telemetry.step("verify", route, "exact"):
+    pass
+print([span.name for span in exporter.get_finished_spans()])
+"""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split("\n")[:2] == ["_Nothing", "['x402gate.verify']"], done.stderr

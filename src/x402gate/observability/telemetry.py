@@ -12,8 +12,9 @@ What listens:
   per outcome on the ``x402gate.payments`` logger, which emits nothing until the application's
   logging configuration enables INFO (or DEBUG) for it;
 * metrics (:class:`~x402gate.observability.metrics.PaymentMetrics`), when built on the gate;
-* OpenTelemetry: a span per step when ``opentelemetry-api`` is installed (the spans go where
-  the application's tracer provider sends them; without an SDK they cost next to nothing).
+* OpenTelemetry: a span per step when ``opentelemetry-api`` is installed and the application
+  set a tracer provider (an SDK's; the spans go where it sends them). Before that no span is
+  opened, so the API alone, installed as another package's dependency, costs nothing.
 
 Route labels: logs and metrics name a route by the pattern it was configured with (``"GET
 /weather"`` in a route table, the framework's path pattern for a decorated view), never by the
@@ -55,6 +56,14 @@ def _otel_tracer() -> Any:
     from ..__about__ import __version__
 
     return trace.get_tracer("x402gate", __version__)
+
+
+def _provider_set() -> bool:
+    """Whether the application set a global tracer provider (an SDK's): until then the API's
+    spans record nothing, and the gate opens none (each would cost a few µs for nothing)."""
+    from opentelemetry import trace
+
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 class _Step:
@@ -123,8 +132,20 @@ class Telemetry:
 
         self.log: PaymentLog | None = PaymentLog()
         self.metrics: PaymentMetrics | None = None
-        self.tracer: Any = _otel_tracer()
+        self._tracer: Any = _otel_tracer()
+        # The global provider is looked at until one is set; a tracer given is used as it is.
+        self._tracing = False
         self._names: dict[int, tuple[Route, str]] = {}
+
+    @property
+    def tracer(self) -> Any:
+        """The OpenTelemetry tracer of the gate's spans (``None``: no spans)."""
+        return self._tracer
+
+    @tracer.setter
+    def tracer(self, tracer: Any) -> None:
+        self._tracer = tracer
+        self._tracing = tracer is not None
 
     # -- route labels --------------------------------------------------------------------------
 
@@ -164,7 +185,12 @@ class Telemetry:
     def step(self, name: str, route: Route, scheme: str | None = None) -> Any:
         """A context manager around the step ``name`` (one of :data:`STEPS`) of ``route``:
         a span when tracing is on, and for ``verify`` and ``settle`` a latency sample."""
-        metrics, tracer = self.metrics, self.tracer
+        metrics, tracer = self.metrics, self._tracer
+        if tracer is not None and not self._tracing:
+            if _provider_set():
+                self._tracing = True
+            else:
+                tracer = None
         if tracer is None and (metrics is None or name == "claim"):
             return _NOTHING
         label = self.route_name(route)
