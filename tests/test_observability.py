@@ -278,3 +278,36 @@ print([span.name for span in exporter.get_finished_spans()])
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split("\n")[:2] == ["_Nothing", "['x402gate.verify']"], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"pth": "/metrics"}, "unknown key"),
+        ({"path": "metrics"}, "path"),
+        ({"token": "short"}, "token"),
+        ({"port": 70000}, "port"),
+        ({"port": True}, "port"),
+        ("/metrics", "mapping"),
+    ],
+)
+def test_a_bad_metrics_setting_is_refused_by_name(value: Any, problem: str) -> None:
+    from x402gate.settings import SettingsError
+    from x402gate.settings.reading import FLASK, read_settings
+
+    with pytest.raises(SettingsError, match=problem) as info:
+        read_settings({"X402GATE_GATE": make_gate(), "X402GATE_METRICS": value}, FLASK)
+    assert "X402GATE_METRICS" in str(info.value)
+
+
+def test_the_metrics_setting_builds_metrics_once_per_gate() -> None:
+    from x402gate.observability.metrics import check_metrics_options, metrics_from_options
+
+    assert check_metrics_options(None) is None and check_metrics_options(False) is None
+    defaults = {"path": "/metrics", "token": None, "port": None, "host": "127.0.0.1"}
+    assert check_metrics_options(True) == defaults
+    gate = make_gate()
+    first = metrics_from_options(gate, {"path": "/m", "token": "0123456789"})
+    assert first is not None and first.path == "/m"
+    assert metrics_from_options(gate, {"path": "/other"}) is first  # a gate keeps its metrics
+    assert metrics_from_options(make_gate(), None) is None

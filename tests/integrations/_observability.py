@@ -29,6 +29,7 @@ from x402gate.observability import JsonFormatter, PaymentMetrics
 from x402gate.testing.payments import decode_payment_required, encode_payment, sign_exact_payment
 
 __all__ = [
+    "METRICS",
     "PRICE",
     "TOKEN",
     "Drain",
@@ -98,14 +99,22 @@ def captured_logs() -> Iterator[Captured]:
         logger.setLevel(level)
 
 
-def make_gate(facilitator: Any, test_token: Any, pay_to: str, tmp_path: Any) -> PaymentGate:
+METRICS = {"path": "/metrics", "token": TOKEN}
+"""The ``METRICS`` setting of the sites configured by settings (Django, Flask)."""
+
+
+def make_gate(
+    facilitator: Any, test_token: Any, pay_to: str, tmp_path: Any, *, metrics: bool = True
+) -> PaymentGate:
+    """The sites' gate; ``metrics=False`` when the site's settings add them."""
     gate = PaymentGate(
         pay_to=pay_to,
         assets=test_token.asset,
         facilitator=facilitator,
         store=f"sqlite:///{tmp_path / 'x402gate.db'}",
     )
-    PaymentMetrics(gate, path="/metrics", token=TOKEN)
+    if metrics:
+        PaymentMetrics(gate, path="/metrics", token=TOKEN)
     return gate
 
 

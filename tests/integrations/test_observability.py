@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 from x402gate import PaymentGate
 from x402gate._runner import run_sync
 
-from ._observability import Drain, Site, check_everything, make_gate, run_scenario
+from ._observability import METRICS, Drain, Site, check_everything, make_gate, run_scenario
 
 pytestmark = pytest.mark.chain
 
@@ -107,6 +107,7 @@ def flask_site(gate: PaymentGate, drain: Drain) -> Iterator[tuple[str, dict[str,
     from x402gate.testing.servers import serve_wsgi
 
     app = Flask(__name__)
+    app.config["X402GATE_METRICS"] = METRICS  # the metrics come from the app's config
     X402Gate(app, gate=gate)
 
     @app.get("/paid")
@@ -136,7 +137,7 @@ SITES: dict[str, Site] = {
 def test_an_operator_sees_each_outcome_in_logs_metrics_and_spans(
     site: str, chain: Any, test_token: Any, local_facilitator: Any, pay_to: str, tmp_path: Any
 ) -> None:
-    gate = make_gate(local_facilitator, test_token, pay_to, tmp_path)
+    gate = make_gate(local_facilitator, test_token, pay_to, tmp_path, metrics=site != "flask")
     try:
         outcome, logs = run_scenario(SITES[site], gate, chain, test_token)
     finally:

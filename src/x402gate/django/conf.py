@@ -45,6 +45,7 @@ from django.urls import Resolver404, resolve
 from .._runner import run_sync
 from ..errors import ConfigurationError
 from ..gate import PaymentGate, Route, StartupChecks
+from ..observability.metrics import metrics_from_options
 from ..options import check_route_options
 from ..routing import RouteTable, split_route_key
 from ..settings import (
@@ -167,6 +168,11 @@ class Settings:
     @property
     def DISCOVERY(self) -> Any:
         return self._get("DISCOVERY", False)
+
+    @property
+    def METRICS(self) -> Any:
+        """Prometheus metrics: ``{"path": "/metrics", "token": ..., "port": ...}``."""
+        return self._get("METRICS")
 
     @property
     def STARTUP_CHECKS(self) -> Any:
@@ -293,6 +299,7 @@ def get_runtime() -> Runtime:
             try:
                 gate, owned = build_gate()
                 table, views = build_routes(gate, conf.ROUTES)
+                metrics_from_options(gate, conf.METRICS)
             except (ConfigurationError, ImportError) as exc:
                 if gate is not None and owned:
                     gate.close()

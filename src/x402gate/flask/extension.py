@@ -16,7 +16,7 @@ from .._web.wsgi import base_url_of
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError
 from ..gate import PaymentGate, Route
-from ..observability.metrics import scrape_answer
+from ..observability.metrics import metrics_from_options, scrape_answer
 from ..request import Headers
 from ..settings import build_gate, gate_from_flask_config, read_flask_config
 from ..wsgi import PaymentMiddleware
@@ -70,11 +70,14 @@ class X402Gate:
             # The gate is given, not its settings: paid routes written there still count.
             routes = app.config.get("X402GATE_ROUTES") or {}
             discovery = discovery or app.config.get("X402GATE_DISCOVERY") is True
+            metrics = app.config.get("X402GATE_METRICS")
         else:
             settings = read_flask_config(app.config)
             gate, _ = build_gate(settings)
             routes, discovery = settings.routes, discovery or settings.discovery
+            metrics = settings.metrics
         try:
+            metrics_from_options(gate, metrics)
             gate.check_startup_sync()
             for endpoint, view in app.view_functions.items():
                 rules = [r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint]

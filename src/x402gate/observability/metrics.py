@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
@@ -48,7 +49,15 @@ if TYPE_CHECKING:
     from ..gate.engine import PaymentGate
     from ..gate.events import PaymentEvent
 
-__all__ = ["MAX_CODES", "PaymentMetrics", "Scrape", "scrape_answer"]
+__all__ = [
+    "MAX_CODES",
+    "METRICS_KEYS",
+    "PaymentMetrics",
+    "Scrape",
+    "check_metrics_options",
+    "metrics_from_options",
+    "scrape_answer",
+]
 
 MAX_CODES = 200
 """At most this many distinct refusal codes get a series; later ones count as ``other``."""
@@ -254,3 +263,53 @@ def scrape_answer(
     status, headers, body = metrics.scrape(authorization)
     headers.append(("Content-Length", str(len(body))))
     return Answer(status, headers, b"" if method == "HEAD" else body)
+
+
+METRICS_KEYS = ("path", "token", "port", "host")
+"""The keys of the ``METRICS`` setting (Django, Flask) and of ``gateway.metrics`` (YAML)."""
+
+
+def check_metrics_options(value: Any) -> dict[str, Any] | None:
+    """The ``METRICS`` setting checked: ``None`` (or ``False``), ``True`` (the defaults: path
+    ``/metrics``, no token, no port), or a mapping of :data:`METRICS_KEYS`
+    (``{"path": "/metrics", "token": "...", "port": 9464}``); ``ConfigurationError`` otherwise."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError("must be a mapping with path, token, port or host")
+    unknown = sorted(str(k) for k in value if k not in METRICS_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown key(s) {', '.join(unknown)}; known: path, token, port, host"
+        )
+    path = value.get("path", "/metrics")
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+        raise ConfigurationError(f"path must start with '/': {path!r}")
+    token = value.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) < 8):
+        raise ConfigurationError("token must be a string of 8 characters or more")
+    port = value.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        raise ConfigurationError(f"port must be an int from 0 to 65535: {port!r}")
+    host = value.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise ConfigurationError(f"host must be an address: {host!r}")
+    return {"path": path, "token": token, "port": port, "host": host}
+
+
+def metrics_from_options(gate: PaymentGate, value: Any) -> PaymentMetrics | None:
+    """The metrics a ``METRICS`` setting asks for, built on ``gate`` (and served on its port);
+    a gate that has metrics already keeps them."""
+    options = check_metrics_options(value)
+    if options is None:
+        return None
+    if gate.telemetry.metrics is not None:
+        return gate.telemetry.metrics
+    metrics = PaymentMetrics(gate, path=options["path"], token=options["token"])
+    if options["port"] is not None:
+        metrics.serve(options["port"], options["host"])
+    return metrics

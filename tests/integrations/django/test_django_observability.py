@@ -20,7 +20,7 @@ from x402gate import PaymentGate
 from x402gate._runner import run_sync
 from x402gate.django import require_payment
 
-from .._observability import Drain, check_everything, make_gate, run_scenario
+from .._observability import METRICS, Drain, check_everything, make_gate, run_scenario
 from .conftest import django_server
 
 pytestmark = pytest.mark.chain
@@ -48,7 +48,8 @@ def site(asgi: bool) -> Any:
                 return JsonResponse({"content": "PAID"})
 
         urls = [path("paid", paid), path("spend", spend)]
-        with django_server(urls, {"GATE": gate}, asgi=asgi) as url:
+        # The metrics come from the settings: METRICS builds them on the given gate.
+        with django_server(urls, {"GATE": gate, "METRICS": METRICS}, asgi=asgi) as url:
             yield url, {"/paid": "/paid", "/spend": "/spend"}
 
     return serve
@@ -58,7 +59,7 @@ def site(asgi: bool) -> Any:
 def test_django_shows_each_outcome_in_logs_metrics_and_spans(
     asgi: bool, chain: Any, test_token: Any, local_facilitator: Any, pay_to: str, tmp_path: Any
 ) -> None:
-    gate = make_gate(local_facilitator, test_token, pay_to, tmp_path)
+    gate = make_gate(local_facilitator, test_token, pay_to, tmp_path, metrics=False)
     try:
         outcome, logs = run_scenario(site(asgi), gate, chain, test_token)
     finally:
