@@ -56,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
+    proxy.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line (payment fields as keys)",
+    )
     testing = sub.add_parser(
         "testing",
         help="the test kit's tools (x402gate.testing): install-chain",
@@ -156,6 +162,10 @@ def _proxy(args: argparse.Namespace) -> int:
     redacting = RedactingFilter(config.redactor)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)
+        if args.log_format == "json":
+            from .observability import JsonFormatter
+
+            handler.setFormatter(JsonFormatter())
     try:
         gateway = Gateway(config)
     except ConfigurationError as exc:

@@ -261,6 +261,9 @@ class RouteTable:
                 raise ConfigurationError(problem)
             entries.append(entry)
         self._entries = tuple(entries)
+        for entry in entries:  # logs and metrics label each route by its key, never by a path
+            assert entry.route is not None
+            gate.telemetry.name_route(entry.route, " ".join(entry.key.split()))
 
     def find(self, method: str, path: str) -> RouteMatch | None:
         """The first entry matching this request, with its path parameters; ``None``: free."""

@@ -18,6 +18,7 @@ from ..money import scale_to_asset
 from ..pricing import Flat, resolve_quote
 from ..request import RequestInfo
 from ..siwx import SIWX_HEADER, SIWX_KEY
+from .events import EventKind, PaymentEvent
 from .idempotency import PAYMENT_IDENTIFIER, payment_identifier_extension
 from .model import Route
 
@@ -181,7 +182,10 @@ def cached_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> P
     if route.rate_limit is not None and route.rate_limit.ip_items:
         return None  # every request counts against the per-IP limit: begin() counts it
     request.url = gate.public_url(request)
-    return plain_challenge(gate, route, request)
+    answer = plain_challenge(gate, route, request)
+    if answer is not None and gate.telemetry.wants(EventKind.CHALLENGED):
+        gate.telemetry.observe(PaymentEvent(EventKind.CHALLENGED, request, route, status=402))
+    return answer
 
 
 def remember_challenge(

@@ -335,7 +335,8 @@ async def channel_begin(
                 raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
             raise await _corrective(gate, route, request, accepts, requirements, _view(state))
         if auth.deposit is not None or not auth.recovered:
-            verdict = await scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, "batch-settlement"):
+                verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")
                 raise await reject(code, "the facilitator refused this payment", 402)
@@ -343,14 +344,16 @@ async def channel_begin(
                 # Proven by the facilitator only: counted now, before a deposit is collected.
                 await limit_payer(gate, route, request, auth.payer)
         if auth.deposit is not None:
-            settled = await scheme.settle(payload, requirements)
+            with gate.telemetry.step("settle", route, "batch-settlement"):
+                settled = await scheme.settle(payload, requirements)
             if not settled.success:
                 code = safe_code(settled.error_reason, "payment_invalid")
                 raise await reject(code, "the deposit could not be collected", 402)
             figures = (settled.extra or {}).get("channelState")
             state = await _sync(gate, channel_id, config, figures, gate.clock.now())
         elif state is None or gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
-            verdict = await scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, "batch-settlement"):
+                verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")
                 raise await reject(code, "the facilitator refused this payment", 402)

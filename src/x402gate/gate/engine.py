@@ -55,6 +55,7 @@ from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
 from ..errors import ConfigurationError, StoreError
+from ..observability.telemetry import Telemetry
 from ..proxies import TrustedProxies
 from ..ratelimit import (
     RateLimiter,
@@ -247,6 +248,8 @@ class PaymentGate:
         # Renews the holds of requests still running, so an answer never outlives its hold.
         self.holds = HoldKeeper(self.store, self.clock, credit_ttl_seconds)
         self._listeners: list[EventListener] = []
+        self.telemetry = Telemetry()
+        """Payment logs, metrics and spans (:mod:`x402gate.observability`)."""
         # Credit accounts whose charge is being committed after the answer went out: the next
         # request of that payer waits for the commit before reserving (see hold_commit).
         self._pending_commits: dict[str, set[concurrent.futures.Future[None]]] = {}
@@ -325,6 +328,7 @@ class PaymentGate:
         return listener
 
     async def _emit(self, event: PaymentEvent) -> None:
+        self.telemetry.observe(event)
         if self._listeners:
             await emit(self._listeners, event)
 

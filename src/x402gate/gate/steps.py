@@ -156,14 +156,15 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
         claim = ClaimResult.CLAIMED
     else:
         try:
-            claim = await gate._store_call(
-                gate.store.claim,
-                key,
-                request.resource,
-                token,
-                auth.valid_before,
-                gate.clock.now(),
-            )
+            with gate.telemetry.step("claim", route):
+                claim = await gate._store_call(
+                    gate.store.claim,
+                    key,
+                    request.resource,
+                    token,
+                    auth.valid_before,
+                    gate.clock.now(),
+                )
         except StoreError as exc:
             logger.error("replay store claim failed: %s", exc)
             await gate._abandon(idempotency)
@@ -225,7 +226,10 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
     vouch = gate.limit_in_flight and not session.on_chain
     if use_facilitator or vouch or not auth.recovered:
         try:
-            verdict = await gate.scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, requirements.scheme) as step:
+                verdict = await gate.scheme.verify(payload, requirements)
+                if not verdict.is_valid:
+                    step.refused(safe_code(verdict.invalid_reason, "payment_invalid"))
         except FacilitatorError as exc:
             await gate._release(session)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, payment, code="verify"))

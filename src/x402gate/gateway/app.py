@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
     from ..facilitators import Facilitator
     from ..gate import PaymentGate
+    from ..observability.metrics import PaymentMetrics
     from ..stores import Store
+    from .config.schema import MetricsSpec
 
 __all__ = ["Gateway", "build_facilitator", "build_gateway", "server_stack", "uvicorn_config"]
 
@@ -102,6 +104,7 @@ class Gateway:
             rate_limit_storage=settings.rate_limit_storage,
             rate_limit_strategy=settings.rate_limit_strategy,
         )
+        self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)
             for name, spec in config.upstreams.items()
@@ -198,6 +201,8 @@ class Gateway:
         """Close the upstream connections of the running loop, the facilitator and the store."""
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
         await self.gate.aclose()
 
 
@@ -287,3 +292,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _metrics(gate: PaymentGate, spec: MetricsSpec | None) -> PaymentMetrics | None:
+    """The gateway's metrics as ``gateway.metrics`` asks (``None`` without the key)."""
+    if spec is None:
+        return None
+    from ..observability.metrics import PaymentMetrics
+
+    token = spec.token.get_secret_value() if spec.token is not None else None
+    metrics = PaymentMetrics(gate, path=spec.path, token=token)
+    if spec.port is not None:
+        metrics.serve(spec.port, spec.host)
+    return metrics

@@ -60,6 +60,9 @@ class GateSettings(BaseModel):
     """Where routes' ``rate_limit`` counters live (:mod:`x402gate.ratelimit`); ``None``: the
     store's Redis when the store is one, memory otherwise."""
     rate_limit_strategy: str = "moving-window"
+    metrics: Any = None
+    """Prometheus metrics (:func:`x402gate.observability.metrics.check_metrics_options`):
+    ``{"path": "/metrics", "token": ..., "port": ...}``; ``None``: none."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -216,6 +219,13 @@ class GateSettings(BaseModel):
     def _channels(cls, value: Any) -> Any:
         return read_channels(value)
 
+    @field_validator("metrics", mode="plain")
+    @classmethod
+    def _metrics(cls, value: Any) -> Any:
+        from ..observability.metrics import check_metrics_options
+
+        return check_metrics_options(value)
+
 
 def given_names(values: Mapping[str, Any]) -> frozenset[str]:
     """The settings ``values`` actually sets (``None`` counts as not written)."""
@@ -225,5 +235,11 @@ def given_names(values: Mapping[str, Any]) -> frozenset[str]:
 SETTING_NAMES: tuple[str, ...] = tuple(GateSettings.model_fields)
 """Every setting, in the model's lower-case spelling."""
 
-GATE_FIELDS = frozenset(SETTING_NAMES) - {"gate", "routes", "discovery", "startup_checks"}
+GATE_FIELDS = frozenset(SETTING_NAMES) - {
+    "gate",
+    "routes",
+    "discovery",
+    "startup_checks",
+    "metrics",
+}
 """Settings that describe a gate: they cannot be combined with ``gate``."""

@@ -24,6 +24,7 @@ __all__ = [
     "FacilitatorSpec",
     "GatewayFile",
     "GatewaySection",
+    "MetricsSpec",
     "RateLimitSpec",
     "RouteSpec",
     "RuleSpec",
@@ -68,6 +69,19 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class MetricsSpec(_Model):
+    """``gateway.metrics``: Prometheus metrics (needs ``x402gate[metrics]``), on a path of
+    the gateway (never charged, before the routes) and/or a port of their own."""
+
+    path: str | None = Field(default="/metrics", pattern=r"^/")
+    token: SecretStr | None = Field(default=None, min_length=8)
+    """When set, a scrape on ``path`` needs ``Authorization: Bearer <token>``."""
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Also serve them on this port (no token there: bind ``host`` where only the scraper
+    reaches)."""
+    host: str = "127.0.0.1"
+
+
 class GatewaySection(_Model):
     """``gateway:``: how the gateway serves and takes payments."""
 
@@ -94,6 +108,7 @@ class GatewaySection(_Model):
     """Where routes' ``rate_limit`` counters live (``memory://``, ``redis://...``); by default
     the store's Redis when the store is one, memory otherwise."""
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
+    metrics: MetricsSpec | None = None
 
 
 class AcceptSpec(_Model):
