@@ -24,6 +24,7 @@ from ..channels import (
     step_release,
     sync_channel,
 )
+from ..journal import JournalRow, check_journal_row
 
 __all__ = ["MemoryChannels"]
 
@@ -33,6 +34,9 @@ class MemoryChannels:
 
     _lock: threading.Lock
     _channels: dict[str, ChannelState]
+
+    def _journal_add(self, row: JournalRow) -> bool:
+        raise NotImplementedError  # the store's journal (MemoryJournal) provides it
 
     def channel_sync(
         self,
@@ -96,13 +100,25 @@ class MemoryChannels:
             return answer
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
+        if journal is not None:
+            check_journal_row(journal)
         with self._lock:
-            state = step_commit(self._channels.get(channel_id), token, charge, now, step)
+            before = self._channels.get(channel_id)
+            state = step_commit(before, token, charge, now, step)
             if state is not None:
                 self._channels[channel_id] = state
+                if journal is not None and before is not None:
+                    self._journal_add(journal.with_amount(state.earned - before.earned))
             return state
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:

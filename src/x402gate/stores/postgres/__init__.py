@@ -71,6 +71,7 @@ class PostgresStore(
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:

@@ -74,6 +74,7 @@ class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, Redi
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:

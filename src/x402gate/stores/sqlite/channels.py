@@ -41,7 +41,8 @@ from ..channels import (
     step_release,
     sync_channel,
 )
-from .connection import SQLiteConnection
+from ..journal import JournalRow, check_journal_row
+from .journal import SQLiteJournal
 
 __all__ = ["SQLiteChannels"]
 
@@ -101,7 +102,7 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
     )
 
 
-class SQLiteChannels(SQLiteConnection):
+class SQLiteChannels(SQLiteJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
     def _channel_update(
@@ -110,8 +111,10 @@ class SQLiteChannels(SQLiteConnection):
         channel_id: str,
         rule: Callable[[ChannelState | None], ChannelState | None],
         synchronous: str | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
-        """Read the row, apply ``rule``, write back what it answers (if anything changed)."""
+        """Read the row, apply ``rule``, write back what it answers (if anything changed);
+        with ``journal``, record the seller's earnings of this change in the same transaction."""
 
         def run(conn: sqlite3.Connection) -> ChannelState | None:
             current = self._channel_row(conn, channel_id)
@@ -122,6 +125,8 @@ class SQLiteChannels(SQLiteConnection):
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _reorder(_to_row(new)),
                 )
+            if journal is not None and new is not None and current is not None:
+                self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
             return new
 
         return self._write(op, run, synchronous)
@@ -193,14 +198,24 @@ class SQLiteChannels(SQLiteConnection):
         return answers[-1]
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
+        if journal is not None:
+            check_journal_row(journal)
         return self._channel_update(
             "channel_commit",
             channel_id,
             lambda current: step_commit(current, token, charge, now, step),
             self.ledger_synchronous,
+            journal,
         )
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
