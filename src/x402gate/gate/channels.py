@@ -45,6 +45,7 @@ from ..stores.channels import ChannelBegin, ChannelBeginOutcome, ChannelState
 from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
+from .journal import journaled, session_row
 from .model import Payment, PaymentSession, Route
 
 if TYPE_CHECKING:
@@ -524,10 +525,12 @@ async def _commit(
     hold.finished = True
     channel_id = hold.authorization.channel_id
     gate.holds.discard_step(channel_id, hold.token)
+    row = session_row(gate, session, "channel_charge", f"{channel_id}|{hold.token}")
+    extra = journaled(row)
     try:
         state: ChannelState | None = await gate._store_call(
             lambda: gate.store.channel_commit(
-                channel_id, hold.token, charge, gate.clock.now(), step=step
+                channel_id, hold.token, charge, gate.clock.now(), step=step, **extra
             )
         )
     except StoreError as exc:

@@ -19,6 +19,7 @@ from ..errors import StoreError
 from ..money import scale_to_asset
 from ..stores.base import credit_account
 from .events import EventKind, PaymentEvent
+from .journal import journaled, session_row
 from .model import PaymentSession, Route
 
 if TYPE_CHECKING:
@@ -135,8 +136,11 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     try:
         charge = usage_charge(gate, session, usage, session.quote)
         try:
+            row = session_row(gate, session, "charged", reservation)
+            extra = journaled(row)
+            now = gate.clock.now()
             charged = await gate._store_call(
-                gate.store.credit_commit, reservation, charge, gate.clock.now()
+                lambda: gate.store.credit_commit(reservation, charge, now, **extra)
             )
         except StoreError as exc:
             # The reservation expires and returns to the payer: the request was not charged.

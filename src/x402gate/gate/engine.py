@@ -61,6 +61,7 @@ from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
 from ..siwx import SignInWithX, parse_public_origins, split_url
 from ..stores import Store, open_store
+from ..stores.journal import JournalRetention
 from ..stores.registry import DEFAULT_STORE_URL
 from . import (
     admission,
@@ -73,6 +74,7 @@ from . import (
     settlement,
     steps,
 )
+from . import journal as payments_journal
 from . import startup as start_up
 from .channels import ChannelSettings
 from .charges import COMMIT_WAIT_SECONDS
@@ -152,6 +154,12 @@ class PaymentGate:
         :class:`ConfigurationError`; ``"warn"`` logs it and starts anyway (payments answer 503
         until it holds); ``"off"`` skips the check. The environment variable
         ``X402GATE_STARTUP_CHECKS`` overrides it.
+    :param journal: keep the payments journal in the store (on by default when the store can:
+        every built-in one does): one row per settled payment, charge and channel charge,
+        written with the commit it records, plus refusals and failures; read by
+        ``x402gate report`` and :mod:`x402gate.analytics`.
+    :param journal_retention: how long the journal keeps rows (a
+        :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
     """
 
     def __init__(
@@ -179,6 +187,8 @@ class PaymentGate:
         startup_checks: StartupChecks = "fail",
         scheme: PaymentScheme | None = None,
         channels: ChannelSettings | None = None,
+        journal: bool = True,
+        journal_retention: JournalRetention | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -188,6 +198,10 @@ class PaymentGate:
             raise ConfigurationError("scheme must be a x402gate.schemes.PaymentScheme")
         self.scheme: PaymentScheme = scheme if scheme is not None else ExactScheme(facilitator)
         self.store = open_store(store)
+        # The payments journal: kept whenever the store can keep it, unless turned off.
+        self.journal = bool(journal) and bool(getattr(self.store, "supports_journal", False))
+        if journal_retention is not None:
+            self.store.journal_retention = journal_retention
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -302,6 +316,8 @@ class PaymentGate:
         return listener
 
     async def _emit(self, event: PaymentEvent) -> None:
+        if self.journal:
+            await payments_journal.record_event(self, event)
         if self._listeners:
             await emit(self._listeners, event)
 

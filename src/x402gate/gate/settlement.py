@@ -19,6 +19,7 @@ from ..reconcile import ChainReadError
 from ..request import RequestInfo
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
+from .journal import journaled, session_row
 from .model import Payment, PaymentSession, Route
 
 if TYPE_CHECKING:
@@ -234,14 +235,20 @@ async def mark_served(gate: PaymentGate, session: PaymentSession) -> None:
     after reading the transfer on chain) is answered by that retry: this request must send
     nothing, or the payment would be answered twice.
     """
+    # The journal row is written by the same store transaction that marks the claim used.
+    row = session_row(gate, session, "settled", session.key)
+    extra = journaled(row)
     try:
         if gate.reconciler is None:
-            kept = await gate._store_call(gate.store.mark_used, session.key, session.token)
+            kept = await gate._store_call(
+                lambda: gate.store.mark_used(session.key, session.token, **extra)
+            )
         else:
             # "Sending" until the whole answer was handed to the server (delivered()): if
             # this request is lost before that, a retry of the payment is served instead.
+            now = gate.clock.now()
             kept = await gate._store_call(
-                gate.store.mark_used, session.key, session.token, gate.clock.now()
+                lambda: gate.store.mark_used(session.key, session.token, now, **extra)
             )
             if kept:
                 session.answering = True
