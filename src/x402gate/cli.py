@@ -1,4 +1,5 @@
-"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``, ``--version``."""
+"""The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
+``x402gate report --store URL``, ``--version``."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
+    from .analytics import command as report_command
+
+    report_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -64,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if args.command == "proxy":
         return _proxy(args)
+    if args.command == "report":
+        return report_command.run(args)
     return 2  # pragma: no cover
 
 
