@@ -142,7 +142,8 @@ def summarize(rows: Iterable[JournalRow], since: float, until: float) -> Report:
             continue
         day = dt.datetime.fromtimestamp(row.time, dt.UTC).date().isoformat()
         totals[(row.network, row.asset)].add(row)
-        groups["route"][(row.route, row.network, row.asset)].add(row)
+        if row.route:  # claims and settlements are per channel, not per route
+            groups["route"][(row.route, row.network, row.asset)].add(row)
         if row.payer:
             groups["payer"][(row.payer, row.network, row.asset)].add(row)
         groups["day"][(day, row.network, row.asset)].add(row)
