@@ -42,6 +42,7 @@ from ..schemes.batch_settlement import (
     payment_response_extra,
 )
 from ..stores.channels import ChannelBegin, ChannelBeginOutcome, ChannelState
+from . import payer_prices
 from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
@@ -475,7 +476,8 @@ async def channel_finish(
         return {}
     value = hold.authorization.value
     if not session.route.price.metered:
-        charge = value
+        # A payer-priced route charges the payer's price inside the voucher's ceiling.
+        charge = await payer_prices.channel_charge(gate, session, value)
     elif whole:
         session.ended = gate.clock.now()
         charge = usage_charge(gate, session, usage, value)
