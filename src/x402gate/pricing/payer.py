@@ -88,15 +88,18 @@ class PayerPrice(PriceStrategy):
         self.cache_seconds = float(cache_seconds)
 
     def quote(self, request: RequestInfo) -> int:
-        """The full price (what an anonymous request is quoted)."""
-        return parse_price(self.fn(request, None))
+        """The full price (what an anonymous request is quoted), in micro-dollars."""
+        return self._amount(request, None)
 
     def quote_for(self, request: RequestInfo, summary: PayerSummary | None) -> int:
         """The price for a payer with this history: never above :meth:`quote`."""
         full = self.quote(request)
         if summary is None:
             return full
-        return min(full, parse_price(self.fn(request, summary)))
+        return min(full, self._amount(request, summary))
+
+    def _amount(self, request: RequestInfo, summary: PayerSummary | None) -> int:
+        return parse_price(self.fn(request, summary))
 
     def describe(self) -> dict[str, Any]:
         return {"type": "payer_price", "period": self.period}
@@ -132,7 +135,10 @@ class Tiered(PayerPrice):
         self.tiers = tuple(parsed)
         super().__init__(self._price, period=period, cache_seconds=cache_seconds)
 
-    def _price(self, request: RequestInfo, summary: PayerSummary | None) -> int:
+    def _price(self, request: RequestInfo, summary: PayerSummary | None) -> str:
+        return format_usd(self._amount(request, summary))
+
+    def _amount(self, request: RequestInfo, summary: PayerSummary | None) -> int:
         price = self.base
         if summary is not None:
             for requests, tier_price in self.tiers:
