@@ -541,6 +541,7 @@ async def _commit(
         raise failure(exc) from None
     if state is None:
         return None
+    payer_prices.forget(gate, session.payment.payer)
     session.charged = state.earned - hold.earned
     await gate._emit(
         PaymentEvent(EventKind.SETTLED, session.request, session.route, session.payment)

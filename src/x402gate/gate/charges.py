@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import StoreError
 from ..money import scale_to_asset
 from ..stores.base import credit_account
+from . import payer_prices
 from .events import EventKind, PaymentEvent
 from .journal import journaled, session_row
 from .model import PaymentSession, Route
@@ -154,6 +155,7 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     finally:
         gate._drop_hold(session)
     session.charged = charged
+    payer_prices.forget(gate, session.payment.payer)
     await gate._emit(
         PaymentEvent(
             EventKind.CHARGED, session.request, session.route, session.payment, amount=charged

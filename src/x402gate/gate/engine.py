@@ -247,8 +247,8 @@ class PaymentGate:
         self._commits: set[asyncio.Future[int]] = set()
         self._deliveries: set[asyncio.Future[None]] = set()
         self._started = False
-        # Payer summaries of payer-priced routes: (payer, network, asset, period) -> (until, it).
-        self._payer_summaries: dict[tuple[str, str, str, float], tuple[float, Any]] = {}
+        # Payer summaries of payer-priced routes: payer -> (until, (network, asset, period), it).
+        self._payer_summaries: dict[str, tuple[float, tuple[str, str, float], Any]] = {}
         self._start_lock: asyncio.Lock | None = None
 
     # -- public entry points, each defined in the module of its concern --------------------

@@ -1,7 +1,8 @@
 """Prices that know the payer (:mod:`x402gate.pricing.payer`), as the gate applies them.
 
 The payer's :class:`~x402gate.pricing.payer.PayerSummary` comes from the store's payments
-journal, cached per payer and period for the strategy's ``cache_seconds`` in a bounded map.
+journal, cached per payer for the strategy's ``cache_seconds`` in a bounded map, and forgotten
+as soon as this gate journals a new payment of that payer (:func:`forget`).
 ``exact``: :func:`exact_quote` discounts the quote of a request whose session token names the
 payer (the 402 and its paid retry carry the same token). ``batch-settlement``:
 :func:`channel_charge` lowers the charge of a committed voucher inside its ceiling.
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .engine import PaymentGate
     from .model import PaymentSession
 
-__all__ = ["channel_charge", "exact_quote", "payer_summary"]
+__all__ = ["channel_charge", "exact_quote", "forget", "payer_summary"]
 
 logger = logging.getLogger("x402gate")
 
@@ -40,11 +41,11 @@ async def payer_summary(
     now = gate.clock.now()
     since = period_start(now, price.period)
     payer, asset = payer.lower(), asset.lower()
-    key = (payer, network, asset, since)
+    key = (network, asset, since)
     cache = gate._payer_summaries
-    hit = cache.get(key)
-    if hit is not None and hit[0] > now:
-        cached: PayerSummary = hit[1]
+    hit = cache.get(payer)
+    if hit is not None and hit[0] > now and hit[1] == key:
+        cached: PayerSummary = hit[2]
         return cached
     try:
         rows = await gate._store_call(gate.store.journal_rows, since, now + 1.0)
@@ -60,8 +61,14 @@ async def payer_summary(
     summary = PayerSummary(payer=payer, requests=requests, spent=spent, since=since)
     if len(cache) >= MAX_CACHED_PAYERS:
         cache.clear()
-    cache[key] = (now + price.cache_seconds, summary)
+    cache[payer] = (now + price.cache_seconds, key, summary)
     return summary
+
+
+def forget(gate: PaymentGate, payer: str) -> None:
+    """This gate just journaled a payment of ``payer``: its next quote reads the journal anew
+    (other processes see it once their cached summary expires)."""
+    gate._payer_summaries.pop(payer.lower(), None)
 
 
 async def exact_quote(gate: PaymentGate, price: PayerPrice, request: RequestInfo, full: int) -> int:

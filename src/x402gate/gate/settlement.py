@@ -17,6 +17,7 @@ from .. import protocol
 from ..errors import FacilitatorError, PaymentError, StoreError
 from ..reconcile import ChainReadError
 from ..request import RequestInfo
+from . import payer_prices
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .journal import journaled, session_row
@@ -255,6 +256,8 @@ async def mark_served(gate: PaymentGate, session: PaymentSession) -> None:
                 gate.holds.add_answer(
                     session.key, session.token, gate.reconciler.owner_grace_seconds
                 )
+        if kept and row is not None:
+            payer_prices.forget(gate, session.payment.payer)
     except StoreError as exc:
         logger.error("replay store mark_used failed after settlement: %s", exc)
         if gate.reconciler is None:

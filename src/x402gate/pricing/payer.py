@@ -12,8 +12,10 @@ The same request still gets the same quote:
   when the voucher is committed the payer is known and is charged the discounted price inside
   that ceiling.
 * ``exact``: a discounted quote only when the unpaid request already identifies its payer with
-  a session token (``X402GATE-SESSION``, the token metered routes hand out); the paid retry
-  carries the same token and is quoted the same. Any other request is quoted the full price.
+  a session token (``X402GATE-SESSION``): a paid answer of a payer-priced route carries one
+  when the gate has a ``public_origin`` (tokens are issued for it), and the client sends it
+  back; the paid retry carries the same token and is quoted the same. Any other request is
+  quoted the full price.
 
 The period's figures are cached per payer for ``cache_seconds`` (60 by default), so a 402 and
 its paid retry see the same summary and a busy payer costs one journal read a minute.
