@@ -114,3 +114,20 @@ def test_retention_is_checked() -> None:
     with pytest.raises(Exception, match=">= 1"):
         JournalRetention(rows=0)
     assert dataclasses.replace(JournalRetention(), rows=5).rows == 5
+
+
+def test_a_claim_records_what_it_adds_to_the_claimed_total(store: Store) -> None:
+    sync(store)
+    assert begin(store, "t1", 0).state is not None
+    assert store.channel_commit(CHANNEL, "t1", PRICE, NOW + 1) is not None
+    claim = row("k1", NOW + 2, outcome="claim", route="", transaction="0x" + "12" * 32)
+    assert store.channel_mark_claimed(CHANNEL, PRICE - 10, NOW + 2, journal=claim)
+    # Claiming up to the same total again adds nothing and writes nothing.
+    assert store.channel_mark_claimed(CHANNEL, PRICE - 10, NOW + 3, journal=row("k2"))
+    # Beyond what was earned: refused, nothing written.
+    assert not store.channel_mark_claimed(CHANNEL, PRICE + 1, NOW + 4, journal=row("k3"))
+    assert store.channel_mark_claimed(
+        CHANNEL, PRICE, NOW + 5, journal=row("k4", NOW + 5, outcome="claim")
+    )
+    rows = store.journal_rows()
+    assert [(r.id, r.amount) for r in rows] == [("k1", PRICE - 10), ("k4", 10)]

@@ -549,8 +549,13 @@ class Store(JournalMethods, ABC):
         """End ``token``'s step charging nothing; False when ``token`` does not hold it."""
         raise self._no_channels()
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         """Record the vouchers claimed on chain up to ``claimed`` (never beyond ``earned``).
+
+        With ``journal`` (a ``claim`` row), that row, its amount set to what this call adds to
+        ``total_claimed``, is appended in the same transaction when it adds something.
 
         ``total_claimed`` becomes the larger of itself and ``claimed``. False when the channel
         is unknown or ``claimed`` exceeds its earned amount (nothing changed then).

@@ -139,14 +139,22 @@ class MemoryChannels:
             self._channels[channel_id] = state
             return True
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
+        if journal is not None:
+            check_journal_row(journal)
         with self._lock:
-            state = mark_claimed(self._channels.get(channel_id), claimed)
-            if state is None:
+            before = self._channels.get(channel_id)
+            state = mark_claimed(before, claimed)
+            if state is None or before is None:
                 return False
             self._channels[channel_id] = state
+            added = state.total_claimed - before.total_claimed
+            if journal is not None and added > 0:
+                self._journal_add(journal.with_amount(added))
             return True
 
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:

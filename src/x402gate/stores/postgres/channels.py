@@ -105,6 +105,7 @@ class PostgresChannels(PostgresJournal):
         channel_id: str,
         rule: Callable[[ChannelState | None], ChannelState | None],
         journal: JournalRow | None = None,
+        claims: bool = False,
     ) -> ChannelState | None:
         """Lock the channel, read its row, apply ``rule``, write back what it answers; with
         ``journal``, record the seller's earnings of this change in the same transaction."""
@@ -116,7 +117,12 @@ class PostgresChannels(PostgresJournal):
             if new is not None and new != current:
                 conn.execute(_UPSERT, _to_row(new))
             if journal is not None and new is not None and current is not None:
-                self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
+                if claims:
+                    added = new.total_claimed - current.total_claimed
+                    if added > 0:
+                        self._journal_insert(conn, journal.with_amount(added))
+                else:
+                    self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
             return new
 
         return self._write(op, run)
@@ -221,11 +227,19 @@ class PostgresChannels(PostgresJournal):
         )
         return state is not None
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
+        if journal is not None:
+            check_journal_row(journal)
         state = self._channel_update(
-            "channel_mark_claimed", channel_id, lambda current: mark_claimed(current, claimed)
+            "channel_mark_claimed",
+            channel_id,
+            lambda current: mark_claimed(current, claimed),
+            journal,
+            claims=True,
         )
         return state is not None
 

@@ -189,10 +189,20 @@ class RedisChannels(RedisJournal):
         channel_id = check_channel_id(channel_id)
         return int(self._channel("release", channel_id, 0.0, token)) == 1
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
-        answer = self._channel("mark_claimed", channel_id, now, channel_id, str(claimed))
+        answer = self._channel(
+            "mark_claimed",
+            channel_id,
+            now,
+            channel_id,
+            str(claimed),
+            *self._journal_args(journal),
+        )
+        self._journal_after(journal)
         return int(answer) == 1
 
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:

@@ -112,9 +112,11 @@ class SQLiteChannels(SQLiteJournal):
         rule: Callable[[ChannelState | None], ChannelState | None],
         synchronous: str | None = None,
         journal: JournalRow | None = None,
+        claims: bool = False,
     ) -> ChannelState | None:
         """Read the row, apply ``rule``, write back what it answers (if anything changed);
-        with ``journal``, record the seller's earnings of this change in the same transaction."""
+        with ``journal``, record the seller's earnings of this change (with ``claims``, what it
+        adds to the claimed total) in the same transaction."""
 
         def run(conn: sqlite3.Connection) -> ChannelState | None:
             current = self._channel_row(conn, channel_id)
@@ -126,7 +128,12 @@ class SQLiteChannels(SQLiteJournal):
                     _reorder(_to_row(new)),
                 )
             if journal is not None and new is not None and current is not None:
-                self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
+                if claims:
+                    added = new.total_claimed - current.total_claimed
+                    if added > 0:
+                        self._journal_insert(conn, journal.with_amount(added))
+                else:
+                    self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
             return new
 
         return self._write(op, run, synchronous)
@@ -238,11 +245,20 @@ class SQLiteChannels(SQLiteJournal):
         )
         return state is not None
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
+        if journal is not None:
+            check_journal_row(journal)
         state = self._channel_update(
-            "channel_mark_claimed", channel_id, lambda current: mark_claimed(current, claimed)
+            "channel_mark_claimed",
+            channel_id,
+            lambda current: mark_claimed(current, claimed),
+            None,
+            journal,
+            claims=True,
         )
         return state is not None
 
