@@ -202,6 +202,7 @@ class PaymentGate:
         self.journal = bool(journal) and bool(getattr(self.store, "supports_journal", False))
         if journal_retention is not None:
             self.store.journal_retention = journal_retention
+        self._refusal_budget = payments_journal.RefusalBudget()
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..request import RequestInfo
     from .engine import PaymentGate
 
-__all__ = ["journaled", "record_event", "route_label", "session_row"]
+__all__ = ["RefusalBudget", "journaled", "record_event", "route_label", "session_row"]
 
 logger = logging.getLogger("x402gate")
 
@@ -77,10 +77,44 @@ def journaled(row: JournalRow | None) -> dict[str, Any]:
     return {} if row is None else {"journal": row}
 
 
+REFUSAL_ROWS_PER_SECOND = 50
+"""Rows of refusals and failures one gate writes per second at most: unpaid clients cannot make
+the journal grow faster than that (a flood beyond it is dropped, and logged once a second)."""
+
+
+class RefusalBudget:
+    """A per-second allowance of refusal rows (one window, reset each second)."""
+
+    __slots__ = ("dropped", "left", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.left = 0
+        self.dropped = 0
+
+    def take(self, now: float) -> bool:
+        second = int(now)
+        if second != self.second:
+            if self.dropped:
+                logger.warning(
+                    "payments journal: %d refusal rows dropped (over %d a second)",
+                    self.dropped,
+                    REFUSAL_ROWS_PER_SECOND,
+                )
+            self.second, self.left, self.dropped = second, REFUSAL_ROWS_PER_SECOND, 0
+        if self.left <= 0:
+            self.dropped += 1
+            return False
+        self.left -= 1
+        return True
+
+
 async def record_event(gate: PaymentGate, event: PaymentEvent) -> None:
     """Append the row of a refusal, failure or refund (other events need none)."""
     outcome = _EVENT_OUTCOMES.get(event.kind)
     if outcome is None or not gate.journal:
+        return
+    if outcome != "refunded" and not gate._refusal_budget.take(gate.clock.now()):
         return
     payment = event.payment
     row = JournalRow(
