@@ -51,6 +51,8 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         rpc_url=settings.rpc_url,
         startup_checks=settings.startup_checks,  # type: ignore[arg-type]
         channels=settings.channels,
+        journal=settings.journal,
+        journal_retention=settings.journal_retention,
     )
     return gate, True
 

@@ -56,6 +56,10 @@ class GateSettings(BaseModel):
     startup_checks: str = "fail"
     channels: Any = None
     """``batch-settlement`` terms (:mod:`x402gate.settings.channels`); ``None``: no channels."""
+    journal: bool = True
+    """Keep the payments journal in the store (docs/analytics.md)."""
+    journal_retention: Any = None
+    """``{"days": …, "rows": …}``: how long the journal keeps rows (``None``: the store's)."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -162,6 +166,7 @@ class GateSettings(BaseModel):
         "allow_smart_wallets",
         "limit_in_flight",
         "discovery",
+        "journal",
         mode="plain",
     )
     @classmethod
@@ -192,6 +197,11 @@ class GateSettings(BaseModel):
     @classmethod
     def _startup_checks(cls, value: Any) -> str:
         return check.check_startup_checks("fail" if value in (None, "") else value)
+
+    @field_validator("journal_retention", mode="plain")
+    @classmethod
+    def _journal_retention(cls, value: Any) -> Any:
+        return None if value is None else check.check_journal_retention(value)
 
     @field_validator("channels", mode="plain")
     @classmethod
