@@ -15,6 +15,7 @@ otherwise leave the real route unpaid.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -252,6 +253,9 @@ class RouteTable:
                     raise ConfigurationError(f"route {key!r}: {exc}") from None
             else:
                 route = gate.route(spec)
+            if route.name is None:
+                # Reports name the route by its key, not by each path it matches.
+                route = dataclasses.replace(route, name=pattern.key)
             entry = _Entry(pattern, route)
             problem = _shadowing(entry, entries)
             if problem is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError, StoreError
 from ..stores.journal import MAX_TEXT, JournalRow
 from .events import EventKind, PaymentEvent
-from .model import PaymentSession
+from .model import PaymentSession, Route
 
 if TYPE_CHECKING:
     from ..request import RequestInfo
@@ -35,8 +35,11 @@ _EVENT_OUTCOMES = {
 }
 
 
-def route_label(request: RequestInfo) -> str:
-    """``METHOD /path`` of the request, cut to what a row keeps."""
+def route_label(request: RequestInfo, route: Route | None = None) -> str:
+    """The route's name (its route-table key), else ``METHOD /path`` of the request, cut to
+    what a row keeps."""
+    if route is not None and route.name:
+        return route.name[:MAX_TEXT]
     return f"{request.method} {request.path}"[:MAX_TEXT]
 
 
@@ -59,7 +62,7 @@ def session_row(
     return JournalRow(
         id=_row_id(outcome, name),
         time=now,
-        route=route_label(session.request),
+        route=route_label(session.request, session.route),
         payer=payment.payer.lower()[:MAX_TEXT],
         amount=payment.amount,
         asset=payment.asset.address.lower()[:MAX_TEXT],
@@ -120,7 +123,7 @@ async def record_event(gate: PaymentGate, event: PaymentEvent) -> None:
     row = JournalRow(
         id=f"{outcome}:{uuid.uuid4().hex}",
         time=gate.clock.now(),
-        route=route_label(event.request),
+        route=route_label(event.request, event.route),
         payer="" if payment is None else payment.payer.lower()[:MAX_TEXT],
         amount=0 if payment is None else payment.amount,
         asset="" if payment is None else payment.asset.address.lower()[:MAX_TEXT],

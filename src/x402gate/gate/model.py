@@ -44,6 +44,9 @@ class Route:
     payment_identifier: PaymentIdentifier = "optional"
     credit_topup: int = 0
     """Metered routes: the least a payment tops up (micro-dollars); the rest stays as credit."""
+    name: str | None = None
+    """How reports name the route: its route-table key (``"GET /weather/{city}"``); ``None``
+    names each request by its method and path."""
 
 
 @dataclass(slots=True)

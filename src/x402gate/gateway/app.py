@@ -74,6 +74,7 @@ class Gateway:
         store: str | Store | None = None,
     ) -> None:
         from ..gate import PaymentGate
+        from ..stores.journal import JournalRetention
 
         self.config = config
         settings = config.gateway
@@ -97,6 +98,10 @@ class Gateway:
             # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
             reconcile=config.facilitator.chain_rpc_url,
             channels=config.channels,
+            journal=settings.journal,
+            journal_retention=JournalRetention(
+                days=settings.journal_retention_days, rows=settings.journal_retention_rows
+            ),
         )
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)

@@ -87,6 +87,10 @@ class GatewaySection(_Model):
     startup_checks: Literal["fail", "warn", "off"] = "fail"
     upstream_client: Literal["aiohttp", "httpx", "builtin"] = "aiohttp"
     """The HTTP client that forwards to upstreams (:mod:`x402gate.gateway.clients`)."""
+    journal: bool = True
+    """Keep the payments journal in the store (``x402gate report`` reads it)."""
+    journal_retention_days: float | None = Field(default=400.0, gt=0)
+    journal_retention_rows: int | None = Field(default=None, ge=1)
 
 
 class AcceptSpec(_Model):
