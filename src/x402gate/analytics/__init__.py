@@ -31,10 +31,10 @@ from ..stores.journal import JournalRow
 
 __all__ = ["Figures", "Report", "build_report", "percentile", "summarize"]
 
-EARNED = frozenset({"settled", "topped_up", "channel_charge"})
+EARNED = frozenset({"settled", "channel_charge"})
 """Outcomes whose amount the seller earned."""
 
-SERVED = frozenset({"settled", "topped_up", "charged", "channel_charge"})
+SERVED = frozenset({"settled", "charged", "channel_charge"})
 """Outcomes of a request served for money."""
 
 

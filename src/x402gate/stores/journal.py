@@ -43,8 +43,7 @@ __all__ = [
 ]
 
 OUTCOMES = (
-    "settled",  # an ``exact`` payment settled on chain
-    "topped_up",  # an ``exact`` payment credited to the payer's balance
+    "settled",  # an ``exact`` payment settled on chain (a metered route's top-up too)
     "charged",  # a charge taken from credit
     "refunded",  # money given back (a released reservation, a refund)
     "channel_charge",  # a payment-channel voucher's charge earned by the seller
