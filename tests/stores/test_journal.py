@@ -131,3 +131,13 @@ def test_a_claim_records_what_it_adds_to_the_claimed_total(store: Store) -> None
     )
     rows = store.journal_rows()
     assert [(r.id, r.amount) for r in rows] == [("k1", PRICE - 10), ("k4", 10)]
+
+
+def test_rows_of_one_payer(store: Store) -> None:
+    alice, bob = "0x" + "a1" * 20, "0x" + "b0" * 20
+    for n in range(6):
+        store.journal_append(row(f"p{n}", NOW + n, payer=alice if n % 2 else bob))
+    assert [r.id for r in store.journal_rows(payer=alice)] == ["p1", "p3", "p5"]
+    assert [r.id for r in store.journal_rows(NOW + 2, payer=bob)] == ["p2", "p4"]
+    assert [r.id for r in store.journal_rows(payer=bob, limit=1)] == ["p0"]
+    assert store.journal_rows(payer="0x" + "00" * 20) == []

@@ -48,7 +48,9 @@ async def payer_summary(
         cached: PayerSummary = hit[2]
         return cached
     try:
-        rows = await gate._store_call(gate.store.journal_rows, since, now + 1.0)
+        rows = await gate._store_call(
+            lambda: gate.store.journal_rows(since, now + 1.0, payer=payer)
+        )
     except (StoreError, ConfigurationError) as exc:
         logger.error("payments journal read failed, full price charged: %s", exc)
         return None

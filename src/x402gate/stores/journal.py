@@ -16,7 +16,7 @@ Rules, identical in every backend:
   ``credit_commit`` and ``channel_commit`` the store writes what was actually charged or
   earned, whatever the row passed in said.
 * :meth:`~x402gate.stores.base.Store.journal_rows` answers rows with ``since <= time < until``
-  in time order (ties by id), at most ``limit``.
+  in time order (ties by id), at most ``limit``, of one ``payer`` when given.
 * Retention (:class:`JournalRetention`): rows older than ``days`` and rows beyond the newest
   ``rows`` are pruned by :meth:`~x402gate.stores.base.Store.journal_prune`, which the stores also
   run from time to time on append. Nothing else ever deletes a row.
@@ -156,9 +156,15 @@ class JournalMethods:
         raise self._no_journal()
 
     def journal_rows(
-        self, since: float = float("-inf"), until: float = float("inf"), limit: int = 1_000_000
+        self,
+        since: float = float("-inf"),
+        until: float = float("inf"),
+        limit: int = 1_000_000,
+        *,
+        payer: str | None = None,
     ) -> list[JournalRow]:
-        """The rows with ``since <= time < until`` in time order, at most ``limit``."""
+        """The rows with ``since <= time < until`` in time order, at most ``limit``; with
+        ``payer``, only that payer's (as stored: lower case)."""
         raise self._no_journal()
 
     def journal_prune(self, now: float) -> int:

@@ -49,7 +49,12 @@ class MemoryJournal:
             return self._journal_add(row)
 
     def journal_rows(
-        self, since: float = float("-inf"), until: float = float("inf"), limit: int = 1_000_000
+        self,
+        since: float = float("-inf"),
+        until: float = float("inf"),
+        limit: int = 1_000_000,
+        *,
+        payer: str | None = None,
     ) -> list[JournalRow]:
         with self._lock:
             start = bisect.bisect_left(self._journal_order, (since, ""))
@@ -57,7 +62,9 @@ class MemoryJournal:
             for time, row_id in self._journal_order[start:]:
                 if time >= until or len(rows) >= limit:
                     break
-                rows.append(self._journal[row_id])
+                row = self._journal[row_id]
+                if payer is None or row.payer == payer:
+                    rows.append(row)
             return rows
 
     def journal_prune(self, now: float) -> int:

@@ -54,14 +54,26 @@ class PostgresJournal(PostgresConnection):
         return self._write("journal_append", lambda conn: self._journal_insert(conn, row))
 
     def journal_rows(
-        self, since: float = float("-inf"), until: float = float("inf"), limit: int = 1_000_000
+        self,
+        since: float = float("-inf"),
+        until: float = float("inf"),
+        limit: int = 1_000_000,
+        *,
+        payer: str | None = None,
     ) -> list[JournalRow]:
         def run(conn: Any) -> list[JournalRow]:
-            cursor = conn.execute(
-                f"SELECT {_FIELDS} FROM x402gate_journal WHERE time >= %s AND time < %s"
-                " ORDER BY time, id LIMIT %s",
-                (since, until, limit),
-            )
+            if payer is None:
+                cursor = conn.execute(
+                    f"SELECT {_FIELDS} FROM x402gate_journal WHERE time >= %s AND time < %s"
+                    " ORDER BY time, id LIMIT %s",
+                    (since, until, limit),
+                )
+            else:
+                cursor = conn.execute(
+                    f"SELECT {_FIELDS} FROM x402gate_journal"
+                    " WHERE payer = %s AND time >= %s AND time < %s ORDER BY time, id LIMIT %s",
+                    (payer, since, until, limit),
+                )
             return [_row(tuple(values)) for values in cursor.fetchall()]
 
         return self._read("journal_rows", run)

@@ -121,6 +121,7 @@ _V2 = (
         scheme TEXT NOT NULL,
         detail TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS x402gate_journal_time ON x402gate_journal (time, id)",
+    "CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time)",
 )
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}

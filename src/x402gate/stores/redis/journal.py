@@ -4,7 +4,8 @@
 ids by the row's time (ties by id, as Redis orders equal scores). A row recorded with a commit
 (``journal=`` of ``mark_used``, ``credit_commit``, ``channel_commit``) is written by the commit's
 own Lua script (:file:`lua/journal_prelude.lua`), so Redis runs both atomically; the script puts
-what it actually charged into the row. Pruning by retention is one Lua script too.
+what it actually charged into the row. Pruning by retention is one Lua script too. Reading one
+payer's rows reads the window and filters it (there is no index by payer).
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ class RedisJournal(RedisConnection):
         return int(done) == 1
 
     def journal_rows(
-        self, since: float = float("-inf"), until: float = float("inf"), limit: int = 1_000_000
+        self,
+        since: float = float("-inf"),
+        until: float = float("inf"),
+        limit: int = 1_000_000,
+        *,
+        payer: str | None = None,
     ) -> list[JournalRow]:
         rows_key, index = self._journal_keys()
         low = "-inf" if since == float("-inf") else repr(float(since))
@@ -76,7 +82,7 @@ class RedisJournal(RedisConnection):
         try:
             offset = 0
             while len(found) < limit:
-                count = min(_READ_BATCH, limit - len(found))
+                count = _READ_BATCH if payer is not None else min(_READ_BATCH, limit - len(found))
                 ids: list[Any] = self.client.zrangebyscore(
                     index, low, high, start=offset, num=count
                 )
@@ -84,10 +90,14 @@ class RedisJournal(RedisConnection):
                     break
                 offset += len(ids)
                 values = self.client.hmget(rows_key, ids)
-                found.extend(row_from_json(value) for value in values if value is not None)
+                for value in values:
+                    if value is not None:
+                        row = row_from_json(value)
+                        if payer is None or row.payer == payer:
+                            found.append(row)
         except self._redis_errors as exc:
             self._fail("journal_rows", exc)
-        return found
+        return found[:limit]
 
     def journal_prune(self, now: float) -> int:
         cutoff = self.journal_retention.cutoff(now)

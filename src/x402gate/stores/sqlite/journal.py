@@ -53,14 +53,26 @@ class SQLiteJournal(SQLiteConnection):
         return self._write("journal_append", lambda conn: self._journal_insert(conn, row))
 
     def journal_rows(
-        self, since: float = float("-inf"), until: float = float("inf"), limit: int = 1_000_000
+        self,
+        since: float = float("-inf"),
+        until: float = float("inf"),
+        limit: int = 1_000_000,
+        *,
+        payer: str | None = None,
     ) -> list[JournalRow]:
         def run(conn: sqlite3.Connection) -> list[JournalRow]:
-            cursor = conn.execute(
-                f"SELECT {_FIELDS} FROM x402gate_journal WHERE time >= ? AND time < ?"
-                " ORDER BY time, id LIMIT ?",
-                (since, until, limit),
-            )
+            if payer is None:
+                cursor = conn.execute(
+                    f"SELECT {_FIELDS} FROM x402gate_journal WHERE time >= ? AND time < ?"
+                    " ORDER BY time, id LIMIT ?",
+                    (since, until, limit),
+                )
+            else:
+                cursor = conn.execute(
+                    f"SELECT {_FIELDS} FROM x402gate_journal"
+                    " WHERE payer = ? AND time >= ? AND time < ? ORDER BY time, id LIMIT ?",
+                    (payer, since, until, limit),
+                )
             return [_row(tuple(values)) for values in cursor]
 
         return self._read("journal_rows", run)

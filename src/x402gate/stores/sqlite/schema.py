@@ -131,6 +131,7 @@ CREATE TABLE IF NOT EXISTS x402gate_journal (
     detail TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_journal_time ON x402gate_journal (time, id);
+CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time);
 """
 
 COLUMNS: tuple[tuple[str, str, str, str], ...] = (
