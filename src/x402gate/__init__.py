@@ -24,7 +24,17 @@ if TYPE_CHECKING:
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
     from .gate import EventKind, Payment, PaymentEvent, PaymentGate, Route
     from .metering import PerSecond, PerToken, TokenPrice
-    from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .pricing import (
+        DecodedBody,
+        Dynamic,
+        Flat,
+        MatchRules,
+        ModelTable,
+        PayerPrice,
+        PriceStrategy,
+        Rule,
+        Tiered,
+    )
     from .reconcile import ChainReconciler
     from .request import RequestInfo
     from .schemes import ExactScheme, PaymentScheme
@@ -46,6 +56,7 @@ __all__ = [
     "LocalFacilitator",
     "MatchRules",
     "ModelTable",
+    "PayerPrice",
     "Payment",
     "PaymentError",
     "PaymentEvent",
@@ -58,6 +69,7 @@ __all__ = [
     "Route",
     "Rule",
     "StoreError",
+    "Tiered",
     "TokenPrice",
     "X402GateError",
     "__version__",
@@ -82,6 +94,8 @@ _LAZY = {
     "Flat": "pricing",
     "MatchRules": "pricing",
     "ModelTable": "pricing",
+    "PayerPrice": "pricing",
+    "Tiered": "pricing",
     "PriceStrategy": "pricing",
     "Rule": "pricing",
     "RequestInfo": "request",
