@@ -141,3 +141,17 @@ def test_rows_of_one_payer(store: Store) -> None:
     assert [r.id for r in store.journal_rows(NOW + 2, payer=bob)] == ["p2", "p4"]
     assert [r.id for r in store.journal_rows(payer=bob, limit=1)] == ["p0"]
     assert store.journal_rows(payer="0x" + "00" * 20) == []
+
+
+def test_a_backlog_is_pruned_in_batches_to_the_last_row(store: Store) -> None:
+    store.journal_retention = JournalRetention(days=None, rows=None)
+    for n in range(2_500):
+        store.journal_append(row(f"b{n:05}", NOW + n * 0.001))
+    store.journal_retention = JournalRetention(days=1, rows=None)
+    assert store.journal_prune(NOW + 2 * 86400) == 2_500
+    assert store.journal_rows() == []
+    for n in range(1_200):
+        store.journal_append(row(f"c{n:05}", NOW + n * 0.001))
+    store.journal_retention = JournalRetention(days=None, rows=100)
+    assert store.journal_prune(NOW + 5) == 1_100
+    assert [r.id for r in store.journal_rows()] == [f"c{n:05}" for n in range(1_100, 1_200)]

@@ -3,7 +3,8 @@
 Rows recorded with a commit (``journal=`` of ``mark_used``, ``credit_commit``,
 ``channel_commit``) are inserted inside that commit's transaction by
 :meth:`PostgresJournal._journal_insert`. Amounts are ``NUMERIC(78, 0)``. Pruning by retention
-runs inside appending transactions, at most once per purge interval per process.
+runs inside appending transactions, at most once per purge interval per process (sooner while
+there is a backlog) and a purge batch at a time.
 """
 
 from __future__ import annotations
@@ -79,22 +80,34 @@ class PostgresJournal(PostgresConnection):
         return self._read("journal_rows", run)
 
     def journal_prune(self, now: float) -> int:
-        return self._write("journal_prune", lambda conn: self._journal_prune_in(conn, now))
+        deleted = 0
+        while True:  # in batches, so that no transaction runs long
+            batch = self._write("journal_prune", lambda conn: self._journal_prune_in(conn, now))
+            deleted += batch
+            if batch < self._PURGE_LIMIT:
+                return deleted
 
     def _journal_prune_in(self, conn: Any, now: float) -> int:
+        """Delete up to a purge batch of what retention no longer keeps: the oldest rows first,
+        by age, then beyond the newest ``rows``."""
         deleted = 0
         cutoff = self.journal_retention.cutoff(now)
         if cutoff is not None:
             deleted += int(
-                conn.execute("DELETE FROM x402gate_journal WHERE time < %s", (cutoff,)).rowcount
+                conn.execute(
+                    "DELETE FROM x402gate_journal WHERE id IN (SELECT id FROM x402gate_journal"
+                    " WHERE time < %s ORDER BY time, id LIMIT %s)",
+                    (cutoff, self._PURGE_LIMIT),
+                ).rowcount
             )
-        limit = self.journal_retention.rows
-        if limit is not None:
+        keep = self.journal_retention.rows
+        if keep is not None and deleted < self._PURGE_LIMIT:
             deleted += int(
                 conn.execute(
                     "DELETE FROM x402gate_journal WHERE id IN (SELECT id FROM x402gate_journal"
-                    " ORDER BY time DESC, id DESC OFFSET %s)",
-                    (limit,),
+                    " ORDER BY time, id LIMIT greatest(0, least(%s, (SELECT count(*) FROM"
+                    " x402gate_journal) - %s)))",
+                    (self._PURGE_LIMIT - deleted, keep),
                 ).rowcount
             )
         return deleted

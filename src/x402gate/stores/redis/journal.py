@@ -23,6 +23,7 @@ __all__ = ["RedisJournal"]
 
 _HEAD = '{"amount":"'
 _PRUNE_INTERVAL = 30.0
+_PRUNE_BATCH = 1000
 _READ_BATCH = 1000
 
 
@@ -55,8 +56,10 @@ class RedisJournal(RedisConnection):
         """Prune from time to time after an append (outside the commit: pruning is not part
         of what the commit records)."""
         if row is not None and row.time >= self._next_journal_prune:
-            self._next_journal_prune = row.time + _PRUNE_INTERVAL
-            self.journal_prune(row.time)
+            # One batch; a backlog is worked off by the next appends.
+            batch = self._journal_prune_batch("journal_append", row.time)
+            backlog = batch >= _PRUNE_BATCH
+            self._next_journal_prune = row.time if backlog else row.time + _PRUNE_INTERVAL
 
     def journal_append(self, row: JournalRow) -> bool:
         args = self._journal_args(row)
@@ -100,13 +103,18 @@ class RedisJournal(RedisConnection):
         return found[:limit]
 
     def journal_prune(self, now: float) -> int:
+        deleted = 0
+        while True:  # in batches: one Lua script never blocks the server for long
+            batch = self._journal_prune_batch("journal_prune", now)
+            deleted += batch
+            if batch < _PRUNE_BATCH:
+                return deleted
+
+    def _journal_prune_batch(self, op: str, now: float) -> int:
         cutoff = self.journal_retention.cutoff(now)
         keep = self.journal_retention.rows
+        args = ["" if cutoff is None else repr(cutoff), "" if keep is None else keep, _PRUNE_BATCH]
         try:
-            deleted = self._journal_prune_script(
-                keys=list(self._journal_keys()),
-                args=["" if cutoff is None else repr(cutoff), "" if keep is None else keep],
-            )
+            return int(self._journal_prune_script(keys=list(self._journal_keys()), args=args))
         except self._redis_errors as exc:
-            self._fail("journal_prune", exc)
-        return int(deleted)
+            self._fail(op, exc)

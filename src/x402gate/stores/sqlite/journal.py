@@ -3,7 +3,8 @@
 Rows recorded with a commit (``journal=`` of ``mark_used``, ``credit_commit``,
 ``channel_commit``) are inserted inside that commit's ``BEGIN IMMEDIATE`` transaction by
 :meth:`SQLiteJournal._journal_insert`. Amounts are decimal text, summed with Python integers.
-Pruning by retention runs inside the appending transactions, at most once per purge interval.
+Pruning by retention runs inside the appending transactions, at most once per purge interval
+(sooner while there is a backlog) and a purge batch at a time.
 """
 
 from __future__ import annotations
@@ -78,23 +79,31 @@ class SQLiteJournal(SQLiteConnection):
         return self._read("journal_rows", run)
 
     def journal_prune(self, now: float) -> int:
-        return self._write("journal_prune", lambda conn: self._journal_prune_in(conn, now))
+        deleted = 0
+        while True:  # in batches, so that no transaction holds the write lock for long
+            batch = self._write("journal_prune", lambda conn: self._journal_prune_in(conn, now))
+            deleted += batch
+            if batch < self._PURGE_LIMIT:
+                return deleted
 
     def _journal_prune_in(self, conn: sqlite3.Connection, now: float) -> int:
-        """Delete what retention no longer keeps (at most a purge batch by age per call when
-        pruning on append; every row when asked by :meth:`journal_prune`)."""
+        """Delete up to a purge batch of what retention no longer keeps: the oldest rows first,
+        by age, then beyond the newest ``rows``."""
         deleted = 0
         cutoff = self.journal_retention.cutoff(now)
         if cutoff is not None:
             deleted += conn.execute(
-                "DELETE FROM x402gate_journal WHERE time < ?", (cutoff,)
+                "DELETE FROM x402gate_journal WHERE id IN (SELECT id FROM x402gate_journal"
+                " WHERE time < ? ORDER BY time, id LIMIT ?)",
+                (cutoff, self._PURGE_LIMIT),
             ).rowcount
-        limit = self.journal_retention.rows
-        if limit is not None:
+        keep = self.journal_retention.rows
+        if keep is not None and deleted < self._PURGE_LIMIT:
             deleted += conn.execute(
                 "DELETE FROM x402gate_journal WHERE id IN (SELECT id FROM x402gate_journal"
-                " ORDER BY time DESC, id DESC LIMIT -1 OFFSET ?)",
-                (limit,),
+                " ORDER BY time, id LIMIT max(0, min(?, (SELECT count(*) FROM"
+                " x402gate_journal) - ?)))",
+                (self._PURGE_LIMIT - deleted, keep),
             ).rowcount
         return deleted
 
