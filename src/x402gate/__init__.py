@@ -24,7 +24,17 @@ if TYPE_CHECKING:
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
     from .gate import EventKind, Payment, PaymentEvent, PaymentGate, Route
     from .metering import PerSecond, PerToken, TokenPrice
-    from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .pricing import (
+        DecodedBody,
+        Dynamic,
+        Flat,
+        MatchRules,
+        ModelTable,
+        PayerPrice,
+        PriceStrategy,
+        Rule,
+        Tiered,
+    )
     from .ratelimit import RateLimit
     from .reconcile import ChainReconciler
     from .request import RequestInfo
@@ -47,6 +57,7 @@ __all__ = [
     "LocalFacilitator",
     "MatchRules",
     "ModelTable",
+    "PayerPrice",
     "Payment",
     "PaymentError",
     "PaymentEvent",
@@ -60,6 +71,7 @@ __all__ = [
     "Route",
     "Rule",
     "StoreError",
+    "Tiered",
     "TokenPrice",
     "X402GateError",
     "__version__",
@@ -84,6 +96,8 @@ _LAZY = {
     "Flat": "pricing",
     "MatchRules": "pricing",
     "ModelTable": "pricing",
+    "PayerPrice": "pricing",
+    "Tiered": "pricing",
     "PriceStrategy": "pricing",
     "Rule": "pricing",
     "RequestInfo": "request",

@@ -1,7 +1,7 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
 ``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
 list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
-``--version``."""
+``x402gate report --store URL``, ``--version``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .channels.cli import add_commands
 
     add_commands(channels_cli.add_parser(sub))
+    from .analytics import command as report_command
+
+    report_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -113,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "channels":
         logging.basicConfig(level=logging.WARNING)
         return channels_cli.run(args)
+    if args.command == "report":
+        return report_command.run(args)
     return 2  # pragma: no cover
 
 

@@ -15,6 +15,7 @@ otherwise leave the real route unpaid.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -255,6 +256,9 @@ class RouteTable:
             if route.rate_limit is not None and route.rate_limit.scope is None:
                 # Counted per key: "/files/a" and "/files/b" under "GET /files/*" share a limit.
                 route = replace(route, rate_limit=route.rate_limit.scoped(key))
+            if route.name is None:
+                # Reports name the route by its key, not by each path it matches.
+                route = dataclasses.replace(route, name=pattern.key)
             entry = _Entry(pattern, route)
             problem = _shadowing(entry, entries)
             if problem is not None:

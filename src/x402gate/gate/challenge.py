@@ -15,9 +15,10 @@ from .. import protocol
 from ..credit import SESSION_HEADER
 from ..errors import ConfigurationError, PaymentError
 from ..money import scale_to_asset
-from ..pricing import Flat, resolve_quote
+from ..pricing import Flat, PayerPrice, resolve_quote
 from ..request import RequestInfo
 from ..siwx import SIWX_HEADER, SIWX_KEY
+from . import payer_prices
 from .events import EventKind, PaymentEvent
 from .idempotency import PAYMENT_IDENTIFIER, payment_identifier_extension
 from .model import Route
@@ -60,6 +61,8 @@ async def requirements(
     """The payment requirements of this request (its quote in each accepted asset)."""
     try:
         quote = await resolve_quote(route.price, request)
+        if isinstance(route.price, PayerPrice):
+            quote = await payer_prices.exact_quote(gate, route.price, request, quote)
     except PaymentError:
         raise
     except ConfigurationError as exc:

@@ -43,9 +43,11 @@ from ..schemes.batch_settlement import (
     payment_response_extra,
 )
 from ..stores.channels import ChannelBegin, ChannelBeginOutcome, ChannelState
+from . import payer_prices
 from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
+from .journal import journaled, session_row
 from .model import Payment, PaymentSession, Route
 from .throttle import limit_payer
 
@@ -499,7 +501,8 @@ async def channel_finish(
         return {}
     value = hold.authorization.value
     if not session.route.price.metered:
-        charge = value
+        # A payer-priced route charges the payer's price inside the voucher's ceiling.
+        charge = await payer_prices.channel_charge(gate, session, value)
     elif whole:
         session.ended = gate.clock.now()
         charge = usage_charge(gate, session, usage, value)
@@ -549,10 +552,12 @@ async def _commit(
     hold.finished = True
     channel_id = hold.authorization.channel_id
     gate.holds.discard_step(channel_id, hold.token)
+    row = session_row(gate, session, "channel_charge", f"{channel_id}|{hold.token}")
+    extra = journaled(row)
     try:
         state: ChannelState | None = await gate._store_call(
             lambda: gate.store.channel_commit(
-                channel_id, hold.token, charge, gate.clock.now(), step=step
+                channel_id, hold.token, charge, gate.clock.now(), step=step, **extra
             )
         )
     except StoreError as exc:
@@ -561,6 +566,7 @@ async def _commit(
         raise failure(exc) from None
     if state is None:
         return None
+    payer_prices.forget(gate, session.payment.payer)
     session.charged = state.earned - hold.earned
     await gate._emit(
         PaymentEvent(EventKind.SETTLED, session.request, session.route, session.payment)

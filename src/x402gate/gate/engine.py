@@ -69,6 +69,7 @@ from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
 from ..siwx import SignInWithX, parse_public_origins, split_url
 from ..stores import Store, open_store
+from ..stores.journal import JournalRetention
 from ..stores.registry import DEFAULT_STORE_URL
 from . import (
     admission,
@@ -81,6 +82,7 @@ from . import (
     settlement,
     steps,
 )
+from . import journal as payments_journal
 from . import startup as start_up
 from .channels import ChannelSettings
 from .charges import COMMIT_WAIT_SECONDS
@@ -165,6 +167,12 @@ class PaymentGate:
         storage URL (``"memory://"``, ``"redis://host:6379/0"``). By default the store's Redis
         when ``store`` is a Redis URL (shared by every instance), memory otherwise.
     :param rate_limit_strategy: ``"moving-window"`` (the default) or ``"fixed-window"``.
+    :param journal: keep the payments journal in the store (on by default when the store can:
+        every built-in one does): one row per settled payment, charge and channel charge,
+        written with the commit it records, plus refusals and failures; read by
+        ``x402gate report`` and :mod:`x402gate.analytics`.
+    :param journal_retention: how long the journal keeps rows (a
+        :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
     """
 
     def __init__(
@@ -194,6 +202,8 @@ class PaymentGate:
         channels: ChannelSettings | None = None,
         rate_limit_storage: str | None = None,
         rate_limit_strategy: RateLimitStrategy = "moving-window",
+        journal: bool = True,
+        journal_retention: JournalRetention | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -210,6 +220,11 @@ class PaymentGate:
         )
         self.rate_limit_strategy: RateLimitStrategy = check_strategy(rate_limit_strategy)
         self.rate_limiter: RateLimiter | None = None
+        # The payments journal: kept whenever the store can keep it, unless turned off.
+        self.journal = bool(journal) and bool(getattr(self.store, "supports_journal", False))
+        if journal_retention is not None:
+            self.store.journal_retention = journal_retention
+        self._refusal_budget = payments_journal.RefusalBudget()
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -259,6 +274,8 @@ class PaymentGate:
         self._commits: set[asyncio.Future[int]] = set()
         self._deliveries: set[asyncio.Future[None]] = set()
         self._started = False
+        # Payer summaries of payer-priced routes: payer -> (until, (network, asset, period), it).
+        self._payer_summaries: dict[str, tuple[float, tuple[str, str, float], Any]] = {}
         self._start_lock: asyncio.Lock | None = None
 
     # -- public entry points, each defined in the module of its concern --------------------
@@ -329,6 +346,8 @@ class PaymentGate:
 
     async def _emit(self, event: PaymentEvent) -> None:
         self.telemetry.observe(event)
+        if self.journal:
+            await payments_journal.record_event(self, event)
         if self._listeners:
             await emit(self._listeners, event)
 

@@ -47,6 +47,9 @@ class Route:
     """Metered routes: the least a payment tops up (micro-dollars); the rest stays as credit."""
     rate_limit: RateLimit | None = None
     """Requests allowed per client address and per payer (see :mod:`x402gate.ratelimit`)."""
+    name: str | None = None
+    """How reports name the route: its route-table key (``"GET /weather/{city}"``); ``None``
+    names each request by its method and path."""
 
 
 @dataclass(slots=True)

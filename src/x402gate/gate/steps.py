@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
+from ..pricing import PayerPrice
 from ..request import RequestInfo
 from ..schemes.batch_settlement.codes import SCHEME as BATCH_SETTLEMENT
 from ..stores import ClaimResult, replay_key
@@ -317,6 +318,13 @@ async def _collected(
     funded (and its headers added), and the answer recorded unless the adapter records it."""
     if session.route.price.metered:
         await gate._fund_reservation(session)
+        session.response_headers.update(gate._credit_headers(session))
+    elif (
+        isinstance(session.route.price, PayerPrice)
+        and session.channel is None
+        and gate.public_origins
+    ):
+        # The session token names the payer: the next 402 can quote the payer's price.
         session.response_headers.update(gate._credit_headers(session))
     if not recording:
         await gate.record(session, status_code, (), None)

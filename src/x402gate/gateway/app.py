@@ -78,6 +78,7 @@ class Gateway:
         store: str | Store | None = None,
     ) -> None:
         from ..gate import PaymentGate
+        from ..stores.journal import JournalRetention
 
         self.config = config
         settings = config.gateway
@@ -103,6 +104,10 @@ class Gateway:
             channels=config.channels,
             rate_limit_storage=settings.rate_limit_storage,
             rate_limit_strategy=settings.rate_limit_strategy,
+            journal=settings.journal,
+            journal_retention=JournalRetention(
+                days=settings.journal_retention_days, rows=settings.journal_retention_rows
+            ),
         )
         self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {

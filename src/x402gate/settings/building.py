@@ -53,6 +53,8 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         channels=settings.channels,
         rate_limit_storage=settings.rate_limit_storage,
         rate_limit_strategy=settings.rate_limit_strategy,  # type: ignore[arg-type]
+        journal=settings.journal,
+        journal_retention=settings.journal_retention,
     )
     return gate, True
 

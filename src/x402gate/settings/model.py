@@ -63,6 +63,10 @@ class GateSettings(BaseModel):
     metrics: Any = None
     """Prometheus metrics (:func:`x402gate.observability.metrics.check_metrics_options`):
     ``{"path": "/metrics", "token": ..., "port": ...}``; ``None``: none."""
+    journal: bool = True
+    """Keep the payments journal in the store (docs/analytics.md)."""
+    journal_retention: Any = None
+    """``{"days": …, "rows": …}``: how long the journal keeps rows (``None``: the store's)."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -169,6 +173,7 @@ class GateSettings(BaseModel):
         "allow_smart_wallets",
         "limit_in_flight",
         "discovery",
+        "journal",
         mode="plain",
     )
     @classmethod
@@ -213,6 +218,11 @@ class GateSettings(BaseModel):
         from ..ratelimit import check_strategy
 
         return check_strategy("moving-window" if value in (None, "") else value)
+
+    @field_validator("journal_retention", mode="plain")
+    @classmethod
+    def _journal_retention(cls, value: Any) -> Any:
+        return None if value is None else check.check_journal_retention(value)
 
     @field_validator("channels", mode="plain")
     @classmethod

@@ -109,6 +109,10 @@ class GatewaySection(_Model):
     the store's Redis when the store is one, memory otherwise."""
     rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
     metrics: MetricsSpec | None = None
+    journal: bool = True
+    """Keep the payments journal in the store (``x402gate report`` reads it)."""
+    journal_retention_days: float | None = Field(default=400.0, gt=0)
+    journal_retention_rows: int | None = Field(default=None, ge=1)
 
 
 class AcceptSpec(_Model):

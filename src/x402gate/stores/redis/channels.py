@@ -30,7 +30,9 @@ from ..channels import (
     check_channel_page,
     check_channel_sync,
 )
-from .connection import RedisConnection, text
+from ..journal import JournalRow
+from .connection import text
+from .journal import RedisJournal
 from .scripts import CHANNEL, script
 
 if TYPE_CHECKING:
@@ -70,7 +72,7 @@ def _state(fields: list[Any]) -> ChannelState | None:
     )
 
 
-class RedisChannels(RedisConnection):
+class RedisChannels(RedisJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
     def _register_scripts(self, client: redis_module.Redis) -> None:
@@ -166,13 +168,28 @@ class RedisChannels(RedisConnection):
         return ChannelBegin(ChannelBeginOutcome(text(outcome)), _state(fields))
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
         moved = charge if step is None else step
         _, fields = self._channel(
-            "commit", channel_id, now, channel_id, token, str(charge), str(moved)
+            "commit",
+            channel_id,
+            now,
+            channel_id,
+            token,
+            str(charge),
+            str(moved),
+            *self._journal_args(journal),
         )
+        self._journal_after(journal)
         return _state(fields)
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
@@ -184,10 +201,20 @@ class RedisChannels(RedisConnection):
         channel_id = check_channel_id(channel_id)
         return int(self._channel("release", channel_id, 0.0, token)) == 1
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
-        answer = self._channel("mark_claimed", channel_id, now, channel_id, str(claimed))
+        answer = self._channel(
+            "mark_claimed",
+            channel_id,
+            now,
+            channel_id,
+            str(claimed),
+            *self._journal_args(journal),
+        )
+        self._journal_after(journal)
         return int(answer) == 1
 
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:

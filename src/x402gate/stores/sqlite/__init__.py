@@ -1,7 +1,7 @@
 """``sqlite:///path.db``: the embedded default, one file shared by every process on the host.
 
-Replay claims, idempotency records, the credit ledger and payment-channel state live in one
-file.
+Replay claims, idempotency records, the credit ledger, payment-channel state and the payments
+journal live in one file.
 
 URLs: ``sqlite:///relative/path.db`` (relative to the working directory when the store is
 created), ``sqlite:////absolute/path.db``; query options ``timeout`` (seconds to wait for
@@ -88,6 +88,7 @@ class SQLiteStore(
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
     supports_leases: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
