@@ -498,6 +498,12 @@ def main() -> None:
     parser.add_argument("--claim-channels", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=300, help="seconds per load at most")
     parser.add_argument("--quick", action="store_true", help="a smoke run, figures not for use")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="then one more voucher load on x402gate under py-spy (on PATH or $PY_SPY); the raw "
+        "profile goes to DIR and the functions with the most samples are printed",
+    )
     args = parser.parse_args()
     if args.serve:
         serve(json.loads(args.serve))
@@ -513,6 +519,8 @@ def main() -> None:
     per_channel = (
         1 + WARM_UP + (args.requests // args.channels + args.latency_requests) * args.rounds
     )
+    if args.profile:
+        per_channel += args.requests // args.channels
     figures = Figures()
     with (
         tempfile.TemporaryDirectory(prefix="x402gate-bench-channels-") as tmp_name,
@@ -628,6 +636,8 @@ def main() -> None:
                     + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in figures.rps.items()),
                     flush=True,
                 )
+            if args.profile:
+                profile_vouchers(servers["x402gate"], channels["x402gate"], per_stream, args)
             # exact: settled on chain one by one, so fewer requests, once.
             port = servers["x402gate"].port
             offer = fetch_offer(port, "exact")
@@ -651,6 +661,68 @@ def main() -> None:
         claim_total, claim_one = claim_gas(contracts, token, args.claim_channels)
     print(f"\nload average after: {load_average()}\n")
     report(figures, claim_total, claim_one, args)
+
+
+def profile_vouchers(server: Server, channels: list[Channel], per_stream: int, args: Any) -> None:
+    """One more voucher load with py-spy sampling the server; prints where its time goes."""
+    import os
+    import shutil
+    import signal
+
+    py_spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if py_spy is None:
+        print("--profile: py-spy not found (PATH or $PY_SPY)")
+        return
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "x402gate-vouchers.txt"
+    command = [py_spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "500"]
+    command += ["--gil", "--nonblocking", "--output", str(raw)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # let it attach
+        load = measure(server, [c.take(per_stream) for c in channels], True, args.timeout)
+    finally:  # stop py-spy by its PID: it writes the profile on SIGINT
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+    print(f"profiled load: {load.rps:.0f} req/s; raw profile in {raw}")
+    if raw.exists():
+        for line in summarize_profile(raw, 25):
+            print(line)
+
+
+def summarize_profile(path: Path, top: int) -> list[str]:
+    """Share of samples per function: inclusive (on the stack) and self (innermost frame)."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [
+            f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].split(":")[0]
+            for f in stack.split(";")[1:]
+        ]
+        for frame in set(frames):
+            inclusive[frame] += count
+        if frames:
+            own[frames[-1]] += count
+    if not total:
+        return ["(no samples)"]
+    lines = [f"{total} samples; inclusive %, self %, function:"]
+    for frame, count in inclusive.most_common(top):
+        lines.append(f"{100 * count / total:5.1f} {100 * own[frame] / total:5.1f}  {frame}")
+    lines.append("top self:")
+    for frame, count in own.most_common(top):
+        lines.append(f"{100 * count / total:5.1f}  {frame}")
+    return lines
 
 
 def report(figures: Figures, claim_total: int, claim_one: int, args: Any) -> None:

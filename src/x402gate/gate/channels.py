@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -302,7 +301,7 @@ async def channel_begin(
         raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
     channel_id = auth.channel_id
     # Canonical (checksummed, sorted): two clients spelling one config differently agree.
-    config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
+    config = auth.config.canonical()
     try:
         state = await gate._store_call(gate.store.channel_get, channel_id)
         # Not the channel's next step (a replayed deposit, a stale or a zero voucher): the

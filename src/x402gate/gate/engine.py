@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._holds import HoldKeeper
 from .._runner import run_sync
+from .._serial import SerialWorker
 from ..assets import Asset
 from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
@@ -188,6 +189,10 @@ class PaymentGate:
             raise ConfigurationError("scheme must be a x402gate.schemes.PaymentScheme")
         self.scheme: PaymentScheme = scheme if scheme is not None else ExactScheme(facilitator)
         self.store = open_store(store)
+        # A store that serves one call at a time gets one thread of its own (see _serial).
+        self._store_worker = (
+            SerialWorker("x402gate-store") if self.store.blocking and self.store.serial else None
+        )
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -307,6 +312,8 @@ class PaymentGate:
 
     async def _store_call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
+            if self._store_worker is not None:
+                return await self._store_worker.call(fn, *args)
             if self.store.blocking:
                 return await asyncio.to_thread(fn, *args)
             return fn(*args)
@@ -339,6 +346,8 @@ class PaymentGate:
     def close(self) -> None:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
         self.holds.close()
+        if self._store_worker is not None:
+            self._store_worker.close()
         self.store.close()
 
     async def aclose(self) -> None:
@@ -350,4 +359,6 @@ class PaymentGate:
         if closer is not None:
             await closer()
         self.holds.close()
+        if self._store_worker is not None:
+            self._store_worker.close()
         self.store.close()
