@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._holds import HoldKeeper
 from .._runner import run_sync
+from .._serial import SerialWorker
 from ..assets import Asset
 from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
@@ -225,6 +226,10 @@ class PaymentGate:
         if journal_retention is not None:
             self.store.journal_retention = journal_retention
         self._refusal_budget = payments_journal.RefusalBudget()
+        # A store that serves one call at a time gets one thread of its own (see _serial).
+        self._store_worker = (
+            SerialWorker("x402gate-store") if self.store.blocking and self.store.serial else None
+        )
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -357,6 +362,8 @@ class PaymentGate:
         through as it is: the store refused what the client sent (a channel config it knows
         otherwise), which the caller answers as the client's bad payment, not an outage."""
         try:
+            if self._store_worker is not None:
+                return await self._store_worker.call(fn, *args)
             if self.store.blocking:
                 return await asyncio.to_thread(fn, *args)
             return fn(*args)
@@ -393,6 +400,8 @@ class PaymentGate:
         if self.claimer is not None:
             self.claimer.stop()
         self.holds.close()
+        if self._store_worker is not None:
+            self._store_worker.close()
         self.store.close()
 
     async def aclose(self) -> None:
@@ -406,4 +415,6 @@ class PaymentGate:
         if closer is not None:
             await closer()
         self.holds.close()
+        if self._store_worker is not None:
+            self._store_worker.close()
         self.store.close()
