@@ -54,6 +54,7 @@ from ..assets import Asset
 from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
+from ..dashboard import Dashboard
 from ..errors import ConfigurationError, StoreError
 from ..proxies import TrustedProxies
 from ..reconcile import ChainReconciler
@@ -160,6 +161,9 @@ class PaymentGate:
         ``x402gate report`` and :mod:`x402gate.analytics`.
     :param journal_retention: how long the journal keeps rows (a
         :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
+    :param dashboard: serve the operator's dashboard of the journal (a
+        :class:`~x402gate.dashboard.Dashboard`, with its token and path) from every
+        integration; ``None`` (the default): no dashboard.
     """
 
     def __init__(
@@ -189,6 +193,7 @@ class PaymentGate:
         channels: ChannelSettings | None = None,
         journal: bool = True,
         journal_retention: JournalRetention | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -203,6 +208,9 @@ class PaymentGate:
         if journal_retention is not None:
             self.store.journal_retention = journal_retention
         self._refusal_budget = payments_journal.RefusalBudget()
+        if dashboard is not None and not isinstance(dashboard, Dashboard):
+            raise ConfigurationError("dashboard must be a x402gate.dashboard.Dashboard")
+        self.dashboard = dashboard
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0

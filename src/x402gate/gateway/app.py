@@ -102,6 +102,7 @@ class Gateway:
             journal_retention=JournalRetention(
                 days=settings.journal_retention_days, rows=settings.journal_retention_rows
             ),
+            dashboard=_dashboard(settings.dashboard),
         )
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)
@@ -263,3 +264,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _dashboard(spec: Any) -> Any:
+    """The gate's :class:`~x402gate.dashboard.Dashboard` of ``gateway.dashboard:``, if any."""
+    if spec is None:
+        return None
+    from ..dashboard import Dashboard
+
+    return Dashboard(spec.token.get_secret_value(), path=spec.path, days=spec.days)
