@@ -22,6 +22,7 @@ Every comparison is constant-time. Request bodies above 4 KiB are refused unread
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -179,6 +180,10 @@ class Dashboard:
             return _json(200, {"days": days, **to_data(report, self.top)})
         body = page.render(report, days=days, top=self.top, path=self.path)
         return page.answer(200, body, head=method == "HEAD")
+
+    async def handle_async(self, request: DashboardRequest, store: Store) -> DashboardAnswer:
+        """:meth:`handle` in a worker thread (the journal read blocks)."""
+        return await asyncio.to_thread(self.handle, request, store)
 
     def _sign_in(self, request: DashboardRequest) -> DashboardAnswer:
         from . import page
