@@ -17,7 +17,7 @@ TOKEN = "dashboard-token-0123456789abcdef"
 PATH = "/x402/dashboard"
 NETWORK = "eip155:84532"
 ASSET = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
-PAYERS = ["0x" + f"{n:02x}" * 20 for n in (0xA1, 0xB2, 0xC3)]
+PAYERS = ["0x" + f"{n:02x}" * 20 for n in range(0xA1, 0xAD)]  # 12 payers
 ROUTES = ["GET /weather", "POST /v1/chat"]
 
 
@@ -32,20 +32,25 @@ class Seed:
     refused: int
     errors: int
 
+    def top_payers(self, n: int = 10) -> list[tuple[str, int]]:
+        """The ``n`` payers who paid most, ties by address."""
+        return sorted(self.earned_by_payer.items(), key=lambda item: (-item[1], item[0]))[:n]
 
-def seed_journal(store: Any, now: float | None = None) -> Seed:
-    """Write 3 days of rows to ``store``'s journal: paid calls on two routes by three payers
-    at various prices, plus refusals and failures; every row inside the last 30 days."""
-    now = time.time() if now is None else now
+
+def seed_journal(store: Any, *, count: int = 36, payers: int = 3) -> Seed:
+    """Write ``count`` rows to ``store``'s journal, one every two hours back from an hour ago
+    (36: three days; 359: the 30 days the dashboard shows by default): paid calls on two routes
+    by ``payers`` payers at various prices, plus refusals and failures."""
+    now = time.time()
     rows: list[JournalRow] = []
-    for n in range(36):
+    for n in range(count):
         outcome = "refused" if n % 9 == 4 else "error" if n % 12 == 7 else "settled"
         rows.append(
             JournalRow(
                 id=f"row-{n}",
-                time=now - 3600 - n * 7200,  # 36 rows over three days
+                time=now - 3600 - n * 7200,
                 route=ROUTES[n % 2],
-                payer=PAYERS[n % 3] if outcome == "settled" or n % 2 else "",
+                payer=PAYERS[n % payers] if outcome == "settled" or n % 2 else "",
                 amount=1000 * (1 + n % 5) if outcome == "settled" else 0,
                 asset=ASSET,
                 network=NETWORK,
@@ -100,7 +105,7 @@ def check_served_dashboard(base_url: str, seed: Seed, *, secure: bool = False) -
         routes = {line["route"]: int(line["earned"]) for line in data["by_route"]}
         assert routes == seed.earned_by_route
         top = [(line["payer"], int(line["earned"])) for line in data["top_payers"]]
-        assert top == sorted(seed.earned_by_payer.items(), key=lambda item: -item[1])
+        assert top == seed.top_payers()
         overall = data["overall"]
         assert (overall["requests"], overall["refused"], overall["errors"]) == (
             seed.requests,

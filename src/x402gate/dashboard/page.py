@@ -150,8 +150,11 @@ def _short(asset: str) -> str:
 
 
 def _day_list(report: Report, days: int) -> list[str]:
+    """Every UTC day the window touches (its first and last partly): ``days`` + 1 at most."""
     last = dt.datetime.fromtimestamp(report.until, dt.UTC).date()
-    return [(last - dt.timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+    first = dt.datetime.fromtimestamp(report.since, dt.UTC).date()
+    count = min((last - first).days, days)
+    return [(last - dt.timedelta(days=n)).isoformat() for n in range(count, -1, -1)]
 
 
 def _chart(ident: str, title: str, series: list[tuple[str, list[int]]], days: list[str]) -> str:
