@@ -55,6 +55,7 @@ from ..assets import Asset
 from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
+from ..dashboard import Dashboard
 from ..errors import ConfigurationError, StoreError
 from ..observability.telemetry import Telemetry
 from ..proxies import TrustedProxies
@@ -174,6 +175,9 @@ class PaymentGate:
         ``x402gate report`` and :mod:`x402gate.analytics`.
     :param journal_retention: how long the journal keeps rows (a
         :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
+    :param dashboard: serve the operator's dashboard of the journal (a
+        :class:`~x402gate.dashboard.Dashboard`, with its token and path) from every
+        integration; ``None`` (the default): no dashboard.
     """
 
     def __init__(
@@ -205,6 +209,7 @@ class PaymentGate:
         rate_limit_strategy: RateLimitStrategy = "moving-window",
         journal: bool = True,
         journal_retention: JournalRetention | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -230,6 +235,9 @@ class PaymentGate:
         self._store_worker = (
             SerialWorker("x402gate-store") if self.store.blocking and self.store.serial else None
         )
+        if dashboard is not None and not isinstance(dashboard, Dashboard):
+            raise ConfigurationError("dashboard must be a x402gate.dashboard.Dashboard")
+        self.dashboard = dashboard
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
