@@ -13,7 +13,7 @@ live as long as the escrow on chain): configure Redis without eviction. The rule
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..channels import (
     ChannelBegin,
@@ -29,9 +29,6 @@ from ..channels import (
 )
 from .connection import RedisConnection, text
 from .scripts import CHANNEL, script
-
-if TYPE_CHECKING:
-    import redis as redis_module
 
 __all__ = ["RedisChannels"]
 
@@ -70,23 +67,20 @@ def _state(fields: list[Any]) -> ChannelState | None:
 class RedisChannels(RedisConnection):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         for name in ("sync", "begin", "commit", "extend", "release", "mark_claimed"):
             registered = client.register_script(script(f"channel_{name}", CHANNEL))
             setattr(self, f"_channel_{name}_script", registered)
 
     def _channel_key(self, channel_id: str) -> str:
-        return f"{self.key_prefix}channel:{channel_id}"
+        return f"{self._channel_prefix}{channel_id}"
 
     def _channel(self, name: str, channel_id: str, now: float, *args: str) -> Any:
-        keys = [self._channel_key(channel_id), f"{self.key_prefix}channel:unclaimed"]
-        try:
-            return getattr(self, f"_channel_{name}_script")(
-                keys=keys, args=[f"{self.key_prefix}channel:", repr(float(now)), 0, *args]
-            )
-        except self._redis_errors as exc:
-            self._fail(f"channel_{name}", exc)
+        keys = [self._channel_key(channel_id), f"{self._channel_prefix}unclaimed"]
+        args_ = [self._channel_prefix, repr(float(now)), 0, *args]
+        script_ = getattr(self, f"_channel_{name}_script")
+        return self._run(f"channel_{name}", script_, keys, args_, durable=True)
 
     def channel_sync(
         self,
@@ -181,7 +175,7 @@ class RedisChannels(RedisConnection):
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
         check_channel_limit(limit)
         try:
-            ids = self.client.zrange(f"{self.key_prefix}channel:unclaimed", 0, limit - 1)
+            ids = self.client.zrange(f"{self._channel_prefix}unclaimed", 0, limit - 1)
             pipe = self.client.pipeline(transaction=False)
             for channel_id in ids:
                 pipe.hgetall(self._channel_key(text(channel_id)))
