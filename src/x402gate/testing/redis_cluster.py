@@ -89,6 +89,11 @@ class _Group:
             server.stop()
 
     @property
+    def running(self) -> list[RedisServer]:
+        """The servers not stopped (a test may stop one to fail it over)."""
+        return [server for server in self.servers if server.pid is not None]
+
+    @property
     def pids(self) -> list[int]:
         """Process ids of the running servers."""
         return [server.pid for server in self.servers if server.pid is not None]
@@ -166,7 +171,7 @@ class LocalRedisCluster(_Group):
         )
 
     def _ready(self) -> bool:
-        for node in self.servers:
+        for node in self.running:
             if _info_cluster(node).get("cluster_state") != "ok":
                 return False
             replication = _info(node, "replication")
@@ -174,13 +179,13 @@ class LocalRedisCluster(_Group):
                 replication.get("master_link_status") != "up"
             ):
                 return False
-        roles = [_info(node, "replication").get("role") for node in self.servers]
+        roles = [_info(node, "replication").get("role") for node in self.running]
         return roles.count("master") == self.primary_count
 
     def primary_of(self, key: str) -> RedisServer:
         """The node that serves ``key``'s slot now."""
         slot = key_slot(key)
-        for node in self.servers:
+        for node in self.running:
             if _info(node, "replication").get("role") != "master":
                 continue
             for line in _text(node.command("CLUSTER", "NODES")).splitlines():
@@ -219,7 +224,7 @@ class LocalRedisCluster(_Group):
 
     def flushall(self) -> None:
         """Delete every key on every primary."""
-        for node in self.servers:
+        for node in self.running:
             if _info(node, "replication").get("role") == "master":
                 node.command("FLUSHALL")
 
