@@ -49,6 +49,8 @@ def _with(url: str, **options: object) -> str:
     ("url", "message"),
     [
         ("redis+cluster://127.0.0.1:7000/3", "no database number"),
+        ("redis+cluster:///?node=127.0.0.1:7000", "no seed node"),
+        ("redis+sentinel:///svc", "no sentinel"),
         ("redis+cluster://127.0.0.1:7000?node=nohost", "not host:port"),
         ("redis+sentinel://127.0.0.1:26379", "/<service>"),
         ("redis+sentinel://127.0.0.1:26379/svc/x", "/<service>"),
@@ -73,6 +75,12 @@ def test_sentinel_passwords_never_show() -> None:
         store.claim("k", "GET /a", "t", int(NOW) + 60, NOW)
     chain = f"{caught.value} {caught.value.__cause__}"
     assert "data-secret" not in chain and "sentinel-secret" not in chain
+
+
+def test_an_unreachable_cluster_is_a_store_error_without_the_password() -> None:
+    with pytest.raises(StoreError, match="cannot reach the cluster") as caught:
+        open_store("redis+cluster://:cluster-secret@127.0.0.1:1?socket_timeout=0.2")
+    assert "cluster-secret" not in str(caught.value) and caught.value.__cause__ is None
 
 
 def test_cluster_key_prefix_may_not_carry_its_own_hash_tag(redis_cluster_url: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, StoreError
 from ..urls import redact_url
 
 __all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "client_from_url", "url_secrets"]
@@ -75,16 +75,35 @@ def _redis_options(redis: Any, url: str, plain: str) -> dict[str, Any]:
 
 
 def client_from_url(redis: Any, url: str, socket_timeout: float) -> Any:
-    """A redis-py client for ``url``: ``redis.Redis``, ``RedisCluster`` or a Sentinel primary."""
+    """A redis-py client for ``url``: ``redis.Redis``, ``RedisCluster`` or a Sentinel primary.
+
+    :raises ConfigurationError: for a malformed URL or an unknown option.
+    :raises StoreError: when no seed of a Redis Cluster answers (redis-py reads the cluster's
+        slot map as it builds the client).
+    """
     scheme = url.partition("://")[0].lower()
     timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout}
+    parts = urllib.parse.urlsplit(url)
+    if scheme in CLUSTER_SCHEMES + SENTINEL_SCHEMES and not parts.hostname:
+        what = "seed node" if scheme in CLUSTER_SCHEMES else "sentinel"
+        raise ConfigurationError(f"Redis store URL {redact_url(url)!r}: no {what} host:port")
     try:
         if scheme in CLUSTER_SCHEMES:
             return _cluster_client(redis, url, timeouts)
         if scheme in SENTINEL_SCHEMES:
             return _sentinel_client(redis, url, timeouts)
         return _single_client(redis, url, timeouts)
-    except (ValueError, TypeError, redis.exceptions.RedisClusterException) as exc:
+    except ConfigurationError:
+        raise
+    except (redis.exceptions.RedisClusterException, redis.exceptions.RedisError) as exc:
+        # RedisCluster asks the seeds for the slot map as it is built: none answered.
+        message = f"{type(exc).__name__}: {exc}"
+        for secret in url_secrets(url):
+            message = message.replace(secret, "***")
+        raise StoreError(
+            f"Redis store {redact_url(url)}: cannot reach the cluster: {message}"
+        ) from None
+    except (ValueError, TypeError) as exc:
         raise ConfigurationError(
             f"Redis store URL {redact_url(url)!r} is not usable: {exc}"
         ) from None
