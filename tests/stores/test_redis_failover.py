@@ -93,14 +93,29 @@ def test_multi_key_scripts_keep_their_keys_in_one_slot(redis_cluster_url: str) -
     assert isinstance(store, RedisStore) and store.cluster
     store.credit_topup(ACCOUNT, TOP_UP, "ref-1", NOW)
     assert store.credit_reserve(ACCOUNT, HOLD, "res-1", EXPIRES, NOW)
-    store.channel_sync(_channel(1), CONFIG, balance=BALANCE, total_claimed=0,
-                       withdraw_requested_at=0, refund_nonce=0, now=NOW)  # fmt: skip
-    keys = [k.decode() for k in store.client.scan_iter(match="x402gate:*", target_nodes="all")]
-    keys += [k.decode() for k in store.client.scan_iter(match="{x402gate:*", target_nodes="all")]
-    ledger = {key_slot(k) for k in keys if k.startswith("{x402gate:credit}")}
-    channels = {key_slot(k) for k in keys if k.startswith("{x402gate:channel}")}
-    assert len([k for k in keys if k.startswith("{x402gate:credit}")]) >= 4
-    assert len(ledger) == 1 and len(channels) == 1
+    for i in range(12):
+        store.channel_sync(_channel(i), CONFIG, balance=BALANCE, total_claimed=0,
+                           withdraw_requested_at=0, refund_nonce=0, now=NOW)  # fmt: skip
+        token = f"t{i}"
+        store.channel_begin(_channel(i), token, base=0, max_claimable=PRICE,
+                            signature=SIGNATURE, expires_at=NOW + 60, now=NOW)  # fmt: skip
+        store.channel_commit(_channel(i), token, PRICE, NOW)
+    keys = [
+        k.decode() for k in store.client.scan_iter(match="{x402gate:*", target_nodes="primaries")
+    ]
+    ledger = [k for k in keys if k.startswith("{x402gate:credit}")]
+    assert len(ledger) >= 4 and len({key_slot(k) for k in ledger}) == 1
+    # Each channel's hash sits in the slot of the index it is listed in; channels spread.
+    channel_slots = set()
+    for i in range(12):
+        (key,) = [k for k in keys if k.endswith(_channel(i))]
+        tag = key[: key.index("}") + 1]
+        assert f"{tag}:unclaimed" in keys
+        assert key_slot(key) == key_slot(f"{tag}:unclaimed")
+        channel_slots.add(key_slot(key))
+    assert len(channel_slots) > 1
+    assert {s.channel_id for s in store.channel_claimable(100)} == {_channel(i) for i in range(12)}
+    assert len(store.channel_claimable(5)) == 5
     store.close()
 
 

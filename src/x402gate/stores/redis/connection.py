@@ -119,7 +119,7 @@ class RedisConnection(Store):
         self.wait_replicas = wait_replicas
         self.wait_timeout = float(wait_timeout)
         # On a cluster, every key a multi-key script reaches must hash to one slot: the whole
-        # credit ledger shares the tag {<prefix>credit}, the channels {<prefix>channel}.
+        # credit ledger shares the tag {<prefix>credit}; channels are placed by .channels.
         self._credit_prefix = f"{{{key_prefix}credit}}:" if self.cluster else f"{key_prefix}credit:"
         self._channel_prefix = (
             f"{{{key_prefix}channel}}:" if self.cluster else f"{key_prefix}channel:"
