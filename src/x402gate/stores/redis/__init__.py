@@ -26,8 +26,8 @@ to 2**53, and ``HINCRBY`` stops at 2**63, while the ledger holds any ``uint256``
 reaches keys it reads from another key (the reservations of an account), so on a Redis Cluster
 every ledger key carries the hash tag ``{<prefix>credit}`` (one slot: the ledger lives on one
 primary); channels share one of 16 tags with their index (:mod:`.channels`); claims, payment
-identifiers and each payer's payments in flight are single keys, spread over all primaries. Accounts, refs and held
-reservations never expire; finished reservations expire
+identifiers and each payer's payments in flight are single keys, spread over all primaries.
+Accounts, refs and held reservations never expire; finished reservations expire
 :data:`~x402gate.stores.base.CREDIT_RECORD_RETENTION_SECONDS` after their ``expires_at``.
 Configure Redis without eviction (``maxmemory-policy noeviction``) and with persistence (AOF)
 when it holds money.
