@@ -115,6 +115,10 @@ class Gateway:
             name: Upstream(name, spec, client=settings.upstream_client)
             for name, spec in config.upstreams.items()
         }
+        if self.metrics is not None:
+            from ..observability.upstreams import UpstreamCollector
+
+            self.metrics.registry.register(UpstreamCollector(self.upstream_stats))
         routes = {
             plan.key: self.gate.route(
                 plan.strategy,
