@@ -212,6 +212,70 @@ async def test_a_claim_whose_answer_was_lost_is_recorded_once_from_the_chain(
     assert row.transaction == "" and row.detail == "claimed on chain earlier"
 
 
+async def test_a_claim_a_request_mirrored_first_is_still_recorded(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: LocalAccount,
+    receiver_authorizer: LocalAccount,
+    channel_contracts: ChannelContracts,
+    gate: PaymentGate,
+    store_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A request reading the channel from the chain between the claim transaction and its mark
+    takes the new claimed total into the store first; the claim is recorded all the same."""
+    from x402gate.demo import serve_in_thread
+
+    with serve_in_thread(make_app(gate, {})) as base_url:
+        channel_id = await pay(base_url, payer, test_token, ["/paid"] * 2)
+    engine = ClaimEngine(
+        gate.store,
+        gate.facilitator,
+        assets=gate.assets,
+        pay_to=gate.pay_to,
+        authorizer_key=receiver_authorizer.key.hex(),
+        journal=gate.journal,
+    )
+    engine.store = _MirroredFirst(gate.store, channel_contracts)  # type: ignore[assignment]
+    claim = await engine.claim()
+    assert claim.failures == [] and len(claim.transactions) == 1
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.total_claimed == 2 * PRICE
+    moved = claimed_on_chain(chain, channel_contracts, claim.transactions)
+    assert report(capsys, store_url)["overall"]["claimed"] == str(moved[channel_id])
+    [row] = [r for r in gate.store.journal_rows() if r.outcome == "claim"]
+    assert row.transaction == claim.transactions[0]
+
+
+class _MirroredFirst:
+    """A store where the chain's figures of a channel reach the store just before each claim
+    mark (what a concurrent request reading a stale mirror does)."""
+
+    def __init__(self, store: Any, contracts: ChannelContracts) -> None:
+        self._store = store
+        self._contracts = contracts
+
+    def channel_mark_claimed(self, channel_id: str, *args: Any, **kwargs: Any) -> bool:
+        state = self._store.channel_get(channel_id)
+        on_chain = self._contracts.channel(channel_id)
+        self._store.channel_sync(
+            channel_id,
+            state.config,
+            balance=on_chain.balance,
+            total_claimed=on_chain.total_claimed,
+            withdraw_requested_at=0,
+            refund_nonce=0,
+            now=args[1],
+        )
+        synced = self._store.channel_get(channel_id)
+        assert synced.total_claimed == on_chain.total_claimed > state.total_claimed
+        answer: bool = self._store.channel_mark_claimed(channel_id, *args, **kwargs)
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class _Forgetful:
     """A store whose claim marks are lost (a process that died before writing them)."""
 

@@ -522,6 +522,11 @@ class ClaimEngine:
             ):
                 report.channels += 1
                 report.amount += row.amount - row.state.total_claimed
+                # A request that read the channel from the chain between the transaction and
+                # this mark took the new total into the store first, and the mark added
+                # nothing, so wrote no row: the row then goes in on its own. When the mark
+                # wrote it, this one has its id and changes nothing.
+                await self._append(entry)
             target = (row.network, str(row.config["receiver"]), str(row.config["token"]))
             if target not in report.settle:
                 report.settle.append(target)
