@@ -7,7 +7,7 @@ assets, ``pay_to`` and ``channels:`` settings, authorizer key included), or from
     x402gate channels claim --store sqlite:///x402gate.db --facilitator https://fac.example \\
         [--network eip155:8453] [--authorizer-key-env RECEIVER_AUTHORIZER_KEY] [--no-settle]
     x402gate channels settle --facilitator https://fac.example --receiver 0x... --token 0x... \\
-        [--network eip155:8453]
+        [--store sqlite:///x402gate.db] [--rpc-url URL] [--network eip155:8453]
 
 ``claim`` claims every channel with unclaimed value (in batches of ``--batch``), then settles to
 the receivers it claimed for (unless ``--no-settle``). The receiver authorizer's key, when the
@@ -17,6 +17,9 @@ facilitator signs. A claimer running in the servers and a cron job may overlap: 
 the same store lease as the background claimer, and waits for nothing (exit status 3 when another
 claimer holds it). Exit status 0 when everything went through, 1 when something failed (it is
 retried by the next run: nothing is recorded that the chain did not confirm).
+
+Both record every claim and settlement in the store's payments journal (:mod:`.journal`), as
+the background claimer does; ``settle`` needs ``--store`` (or ``--config``) for that.
 """
 
 from __future__ import annotations
