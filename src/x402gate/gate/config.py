@@ -21,6 +21,8 @@ from ..stores import Store
 from .model import Route
 
 if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..webhooks import WebhookDeliverer
     from .engine import PaymentGate
 
 __all__ = [
@@ -275,3 +277,33 @@ def secret_key(secret: bytes | str | None) -> bytes:
 def sign_in_key(key: bytes) -> bytes:
     """The sign-in challenges' key: ``key`` itself when long enough, else its digest."""
     return key if len(key) >= 32 else hashlib.sha256(key).digest()
+
+
+def webhook_deliverer(
+    gate: PaymentGate, webhooks: Any, delivery: Mapping[str, Any] | None, clock: Clock | None
+) -> WebhookDeliverer | None:
+    """The deliverer of the gate's webhook endpoints (None without endpoints); tells the store
+    which journal outcomes to queue for which endpoint."""
+    from ..webhooks import WebhookDeliverer, webhook_endpoints
+
+    endpoints = webhook_endpoints(webhooks)
+    if not endpoints:
+        return None
+    if not gate.journal or not getattr(gate.store, "supports_outbox", False):
+        raise ConfigurationError("webhooks need the payments journal and a store with an outbox")
+    options = dict(delivery or {})
+    allowed = {
+        "max_attempts",
+        "max_age_seconds",
+        "backoff_seconds",
+        "max_backoff_seconds",
+        "timeout_seconds",
+        "poll_seconds",
+        "page",
+        "concurrency",
+    }
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigurationError(f"unknown webhook delivery options: {', '.join(unknown)}")
+    gate.store.outbox_targets = tuple(endpoint.target() for endpoint in endpoints)
+    return WebhookDeliverer(gate.store, endpoints, clock=clock, **options)

@@ -86,6 +86,7 @@ from .startup import StartupChecks
 if TYPE_CHECKING:
     from ..facilitators import Facilitator
     from ..schemes.batch_settlement import BatchSettlementScheme
+    from ..webhooks import WebhookDeliverer, WebhookEndpoint
 
 __all__ = ["PaymentGate"]
 
@@ -160,6 +161,13 @@ class PaymentGate:
         ``x402gate report`` and :mod:`x402gate.analytics`.
     :param journal_retention: how long the journal keeps rows (a
         :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
+    :param webhooks: endpoints sent signed payment events
+        (:class:`~x402gate.webhooks.WebhookEndpoint` or mappings of ``url``, ``secret``,
+        ``events``, ``name``): queued in the store's outbox with their journal row, delivered
+        by a background thread started with the gate (docs/webhooks.md). Needs the journal.
+    :param webhook_delivery: options of the :class:`~x402gate.webhooks.WebhookDeliverer`
+        (``max_attempts``, ``max_age_seconds``, ``backoff_seconds``, ``max_backoff_seconds``,
+        ``timeout_seconds``, ``poll_seconds``, ``page``, ``concurrency``).
     """
 
     def __init__(
@@ -189,6 +197,8 @@ class PaymentGate:
         channels: ChannelSettings | None = None,
         journal: bool = True,
         journal_retention: JournalRetention | None = None,
+        webhooks: Sequence[WebhookEndpoint | Mapping[str, Any]] | None = None,
+        webhook_delivery: Mapping[str, Any] | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -203,6 +213,9 @@ class PaymentGate:
         if journal_retention is not None:
             self.store.journal_retention = journal_retention
         self._refusal_budget = payments_journal.RefusalBudget()
+        self.webhooks: WebhookDeliverer | None = config.webhook_deliverer(
+            self, webhooks, webhook_delivery, clock
+        )
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -357,6 +370,8 @@ class PaymentGate:
 
     def close(self) -> None:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.holds.close()
         self.store.close()
 
@@ -368,5 +383,7 @@ class PaymentGate:
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.stop)
         self.holds.close()
         self.store.close()

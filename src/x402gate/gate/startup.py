@@ -84,6 +84,8 @@ async def startup(gate: PaymentGate) -> None:
                 authorizer = advertised_authorizer(supported, networks)
                 gate.channel_scheme = gate.channels.scheme(gate.facilitator, authorizer)
                 logger.info("channels: the facilitator's receiver authorizer is %s", authorizer)
+        if gate.webhooks is not None:
+            gate.webhooks.start()
         gate._started = True
 
 

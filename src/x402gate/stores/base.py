@@ -167,6 +167,7 @@ from ..errors import ConfigurationError
 from .channels import ChannelBegin, ChannelState
 from .checks import check_payment_id, credit_account, replay_key
 from .journal import JournalMethods, JournalRow
+from .outbox import OutboxMethods
 from .records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
@@ -200,7 +201,7 @@ __all__ = [
 ]
 
 
-class Store(JournalMethods, ABC):
+class Store(JournalMethods, OutboxMethods, ABC):
     """Base class of every backend.
 
     Subclasses set :attr:`scheme` (the URL scheme they register under) and implement the

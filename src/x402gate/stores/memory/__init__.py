@@ -115,6 +115,7 @@ class MemoryStore(MemoryJournal, MemoryChannels, Store):
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

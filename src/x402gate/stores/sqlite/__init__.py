@@ -85,6 +85,7 @@ class SQLiteStore(SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight,
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
