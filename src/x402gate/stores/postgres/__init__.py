@@ -72,6 +72,7 @@ class PostgresStore(
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:

@@ -75,6 +75,7 @@ class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, Redi
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
