@@ -72,7 +72,7 @@ class RedisOutbox(RedisConnection):
     def outbox_due(self, now: float, limit: int) -> list[OutboxEntry]:
         due, attempts_key, errors_key = self._outbox_keys()[:3]
         try:
-            members = self.client.zrangebyscore(
+            members: list[Any] = self.client.zrangebyscore(
                 due, "-inf", repr(float(now)), start=0, num=limit, withscores=True
             )
             if not members:
@@ -111,7 +111,7 @@ class RedisOutbox(RedisConnection):
     def outbox_dead_rows(self, limit: int = 100) -> list[OutboxEntry]:
         dead, info = self._outbox_keys()[3:]
         try:
-            members = self.client.zrevrange(dead, 0, limit - 1, withscores=True)
+            members: list[Any] = self.client.zrevrange(dead, 0, limit - 1, withscores=True)
             if not members:
                 return []
             details = self.client.hmget(info, [member for member, _ in members])
