@@ -164,6 +164,8 @@ class WebhookDeliverer:
                 attempts,
                 error,
             )
+            # Counted first, so that the dead row says how many attempts failed.
+            self.store.outbox_retry(entry.endpoint, entry.event, now, error)
             self.store.outbox_dead(entry.endpoint, entry.event, now, error)
             return
         self.store.outbox_retry(entry.endpoint, entry.event, now + self.backoff(attempts), error)
