@@ -285,25 +285,13 @@ def webhook_deliverer(
     """The deliverer of the gate's webhook endpoints (None without endpoints); tells the store
     which journal outcomes to queue for which endpoint."""
     from ..webhooks import WebhookDeliverer, webhook_endpoints
+    from ..webhooks.deliverer import check_delivery_options
 
     endpoints = webhook_endpoints(webhooks)
     if not endpoints:
         return None
     if not gate.journal or not getattr(gate.store, "supports_outbox", False):
         raise ConfigurationError("webhooks need the payments journal and a store with an outbox")
-    options = dict(delivery or {})
-    allowed = {
-        "max_attempts",
-        "max_age_seconds",
-        "backoff_seconds",
-        "max_backoff_seconds",
-        "timeout_seconds",
-        "poll_seconds",
-        "page",
-        "concurrency",
-    }
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ConfigurationError(f"unknown webhook delivery options: {', '.join(unknown)}")
+    options = check_delivery_options(delivery or {})
     gate.store.outbox_targets = tuple(endpoint.target() for endpoint in endpoints)
     return WebhookDeliverer(gate.store, endpoints, clock=clock, **options)

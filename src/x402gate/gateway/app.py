@@ -102,6 +102,12 @@ class Gateway:
             journal_retention=JournalRetention(
                 days=settings.journal_retention_days, rows=settings.journal_retention_rows
             ),
+            webhooks=config.webhooks,
+            webhook_delivery=(
+                None
+                if config.file.webhook_delivery is None
+                else config.file.webhook_delivery.model_dump()
+            ),
         )
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)

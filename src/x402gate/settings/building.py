@@ -53,6 +53,8 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         channels=settings.channels,
         journal=settings.journal,
         journal_retention=settings.journal_retention,
+        webhooks=settings.webhooks,
+        webhook_delivery=settings.webhook_delivery,
     )
     return gate, True
 

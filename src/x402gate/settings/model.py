@@ -60,6 +60,11 @@ class GateSettings(BaseModel):
     """Keep the payments journal in the store (docs/analytics.md)."""
     journal_retention: Any = None
     """``{"days": …, "rows": …}``: how long the journal keeps rows (``None``: the store's)."""
+    webhooks: Any = None
+    """Endpoints sent signed payment events: a list of ``{"url", "secret", "events", "name"}``
+    (docs/webhooks.md)."""
+    webhook_delivery: Any = None
+    """Options of the webhook deliverer (``{"max_attempts": 12, ...}``)."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -202,6 +207,16 @@ class GateSettings(BaseModel):
     @classmethod
     def _journal_retention(cls, value: Any) -> Any:
         return None if value is None else check.check_journal_retention(value)
+
+    @field_validator("webhooks", mode="plain")
+    @classmethod
+    def _webhooks(cls, value: Any) -> Any:
+        return check.check_webhooks(value)
+
+    @field_validator("webhook_delivery", mode="plain")
+    @classmethod
+    def _webhook_delivery(cls, value: Any) -> Any:
+        return check.check_webhook_delivery(value)
 
     @field_validator("channels", mode="plain")
     @classmethod

@@ -29,12 +29,39 @@ from ..stores.outbox import OutboxEntry
 from .endpoints import WebhookEndpoint
 from .signing import event_body, signed_headers
 
-__all__ = ["LEASE_NAME", "WebhookDeliverer"]
+__all__ = ["DELIVERY_OPTIONS", "LEASE_NAME", "WebhookDeliverer", "check_delivery_options"]
 
 logger = logging.getLogger("x402gate.webhooks")
 
 LEASE_NAME = "x402gate-webhooks"
 """The store lease held by the instance that delivers."""
+
+DELIVERY_OPTIONS = (
+    "max_attempts",
+    "max_age_seconds",
+    "backoff_seconds",
+    "max_backoff_seconds",
+    "timeout_seconds",
+    "poll_seconds",
+    "page",
+    "concurrency",
+)
+"""The options a deliverer takes from configuration."""
+
+
+def check_delivery_options(raw: Any) -> dict[str, Any]:
+    """``raw`` checked: known names, positive numbers (whole ones for counts)."""
+    options: dict[str, Any] = dict(raw)
+    unknown = sorted(set(options) - set(DELIVERY_OPTIONS))
+    if unknown:
+        raise ConfigurationError(f"unknown webhook delivery options: {', '.join(unknown)}")
+    for name, value in options.items():
+        whole = name in ("max_attempts", "page", "concurrency")
+        kinds = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+            what = "a whole number" if whole else "a number"
+            raise ConfigurationError(f"webhook delivery {name} must be {what} above 0")
+    return options
 
 
 class WebhookDeliverer:
