@@ -7,13 +7,16 @@ import hashlib
 import hmac
 import json
 import time
+from pathlib import Path
 
 import pytest
 
+from x402gate.cli import main
 from x402gate.errors import ConfigurationError
 from x402gate.settings import SettingsError
 from x402gate.settings.building import build_gate, gate_from_flask_config
 from x402gate.settings.reading import read_django_setting
+from x402gate.stores import open_store
 from x402gate.stores.journal import JournalRow
 from x402gate.stores.memory import MemoryStore
 from x402gate.webhooks import WebhookDeliverer, WebhookEndpoint, event_body, verify_signature
@@ -122,3 +125,31 @@ def test_an_event_older_than_the_age_limit_is_dead_after_one_more_failure() -> N
 def test_only_http_urls_with_a_host_are_endpoints(url: str) -> None:
     with pytest.raises(ConfigurationError):
         WebhookEndpoint(url, SECRET)
+
+
+def test_the_command_shows_pending_and_dead_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with open_store(url) as store:
+        store.outbox_targets = (WebhookEndpoint("https://h.example/x", SECRET).target(),)
+        for i in range(3):
+            store.journal_append(
+                JournalRow(f"settled:{i}", 1_000.0 + i, "r", "p", 7, "a", "n", "settled")
+            )
+        store.outbox_retry("https://h.example/x", "settled:0", 2_000.0, "HTTP 503")
+        store.outbox_dead("https://h.example/x", "settled:0", 2_000.0, "HTTP 503")
+    assert main(["webhooks", "--store", url, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["pending"] == 2
+    (dead,) = shown["dead"]
+    assert (dead["event"], dead["attempts"], dead["error"], dead["amount"]) == (
+        "settled:0",
+        1,
+        "HTTP 503",
+        "7",
+    )
+    assert main(["webhooks", "--store", url]) == 0
+    text = capsys.readouterr().out
+    assert "pending: 2" in text and "settled:0" in text and "attempts=1" in text
+    assert main(["webhooks", "--store", "nowhere://x"]) == 1
