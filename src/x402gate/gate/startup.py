@@ -127,6 +127,9 @@ async def check_startup(gate: PaymentGate, mode: StartupChecks | None = None) ->
     ``mode`` is an integration's own setting for it (see :meth:`startup_mode`).
     """
     mode = gate.startup_mode(mode)
+    if gate.webhooks is not None:
+        # Events a previous process left in the outbox go out now, not at the first payment.
+        gate.webhooks.start()
     if mode == "off":
         return
     problem = await gate.startup_problem()
