@@ -245,3 +245,39 @@ def test_a_failing_endpoint_ends_dead_with_bounded_memory(tmp_path: Path) -> Non
     assert large < small * 2 + 256 * 1024, (small, large)
     small_store.close()
     store.close()
+
+
+@pytest.mark.slow
+def test_with_store_leases_one_instance_delivers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = open_store(url), open_store(url)
+    if not getattr(first, "supports_leases", False):
+        pytest.skip("this store keeps no leases")
+    port = _free_port()
+    out = tmp_path / "received.jsonl"
+    endpoint = WebhookEndpoint(f"http://127.0.0.1:{port}/hooks", SECRET)
+    for store in (first, second):
+        store.outbox_targets = (endpoint.target(),)
+    deliverers = [WebhookDeliverer(s, [endpoint], poll_seconds=0.05) for s in (first, second)]
+    now = time.time()
+    with receiver(port, out):
+        for deliverer in deliverers:
+            deliverer.start()
+        try:
+            for i in range(30):
+                store = (first, second)[i % 2]
+                store.journal_append(
+                    JournalRow(
+                        f"settled:{i:03d}", now, "GET /paid", "0xab", PRICE, "", "", "settled"
+                    )
+                )
+            wait_for(lambda: first.outbox_pending() == 0 and len(received(out)) >= 30)
+            holder = getattr(first, "lease_holder")("x402gate-webhooks", time.time())  # noqa: B009
+            assert holder in {d.holder for d in deliverers}
+        finally:
+            for deliverer in deliverers:
+                deliverer.stop()
+    ids = [line["id"] for line in received(out)]
+    assert sorted(ids) == [f"settled:{i:03d}" for i in range(30)]  # each once
+    first.close()
+    second.close()
