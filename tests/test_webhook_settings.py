@@ -153,3 +153,18 @@ def test_the_command_shows_pending_and_dead_rows(
     text = capsys.readouterr().out
     assert "pending: 2" in text and "settled:0" in text and "attempts=1" in text
     assert main(["webhooks", "--store", "nowhere://x"]) == 1
+
+
+def test_the_memory_store_says_its_outbox_is_lost_on_restart(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with caplog.at_level("WARNING", logger="x402gate"):
+        gate = gate_from_flask_config({**BASE, "X402GATE_WEBHOOKS": [HOOK]})
+        gate.close()
+    assert "lost on restart" in caplog.text
+    caplog.clear()
+    sqlite = {**BASE, "X402GATE_STORE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    with caplog.at_level("WARNING", logger="x402gate"):
+        gate = gate_from_flask_config({**sqlite, "X402GATE_WEBHOOKS": [HOOK]})
+        gate.close()
+    assert "lost on restart" not in caplog.text

@@ -7,6 +7,7 @@ misconfigured service stops at start-up instead of answering payments wrongly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
@@ -19,6 +20,8 @@ from ..pricing import as_strategy
 from ..reconcile import ChainReconciler
 from ..stores import Store
 from .model import Route
+
+logger = logging.getLogger("x402gate")
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -293,5 +296,11 @@ def webhook_deliverer(
     if not gate.journal or not getattr(gate.store, "supports_outbox", False):
         raise ConfigurationError("webhooks need the payments journal and a store with an outbox")
     options = check_delivery_options(delivery or {})
+    if not getattr(gate.store, "shared_across_processes", True):
+        logger.warning(
+            "webhooks: the %s store keeps its outbox in this process's memory; events not yet "
+            "delivered are lost on restart (use SQLite, Redis or PostgreSQL to keep them)",
+            getattr(gate.store, "scheme", "memory"),
+        )
     gate.store.outbox_targets = tuple(endpoint.target() for endpoint in endpoints)
     return WebhookDeliverer(gate.store, endpoints, clock=clock, **options)
