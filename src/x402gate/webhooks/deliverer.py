@@ -48,6 +48,9 @@ DELIVERY_OPTIONS = (
 )
 """The options a deliverer takes from configuration."""
 
+DEAD_LOG_SECONDS = 60.0
+"""Seconds between two warnings about dead rows of one endpoint."""
+
 
 def check_delivery_options(raw: Any) -> dict[str, Any]:
     """``raw`` checked: known names, positive numbers (whole ones for counts)."""
@@ -106,6 +109,9 @@ class WebhookDeliverer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._random = random.Random()
+        # endpoint -> (when a dead row was last logged, rows dead since): one entry per endpoint.
+        self._dead_logged: dict[str, tuple[float, int]] = {}
+        self._dead_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -184,18 +190,32 @@ class WebhookDeliverer:
             return
         attempts = entry.attempts + 1
         if attempts >= self.max_attempts or now - entry.created >= self.max_age_seconds:
-            logger.warning(
-                "webhook %s to %s dead after %d attempts: %s",
-                entry.event,
-                endpoint.name,
-                attempts,
-                error,
-            )
+            self._log_dead(endpoint.name, entry.event, attempts, error, now)
             # Counted first, so that the dead row says how many attempts failed.
             self.store.outbox_retry(entry.endpoint, entry.event, now, error)
             self.store.outbox_dead(entry.endpoint, entry.event, now, error)
             return
         self.store.outbox_retry(entry.endpoint, entry.event, now + self.backoff(attempts), error)
+
+    def _log_dead(self, endpoint: str, event: str, attempts: int, error: str, now: float) -> None:
+        """One warning per endpoint per :data:`DEAD_LOG_SECONDS` at most, with the count of
+        the rows that died since: an endpoint that is down does not flood the log."""
+        with self._dead_lock:
+            last, count = self._dead_logged.get(endpoint, (float("-inf"), 0))
+            count += 1
+            if now - last < DEAD_LOG_SECONDS:
+                self._dead_logged[endpoint] = (last, count)
+                return
+            self._dead_logged[endpoint] = (now, 0)
+        logger.warning(
+            "webhooks to %s: %d event(s) dead, the last %s after %d attempts: %s "
+            "(x402gate webhooks --store URL lists them)",
+            endpoint,
+            count,
+            event,
+            attempts,
+            error,
+        )
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next attempt after ``attempts`` failed ones: doubling from
