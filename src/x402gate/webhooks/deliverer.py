@@ -172,7 +172,12 @@ class WebhookDeliverer:
             return 0
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, "x402gate-webhook")
-        list(self._pool.map(self._attempt, entries))
+        for start in range(0, len(entries), self.concurrency):
+            # The lease is renewed between chunks (each lasts one timeout at most), so that a
+            # page of slow endpoints never outlives it; a lost lease ends the round.
+            if self._stop.is_set() or (start and not self._holds_lease()):
+                break
+            list(self._pool.map(self._attempt, entries[start : start + self.concurrency]))
         return len(entries)
 
     def _attempt(self, entry: OutboxEntry) -> None:
