@@ -172,6 +172,13 @@ class WebhookDeliverer:
             return 0
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, "x402gate-webhook")
+        if self._client is None:  # one client (and connection pool) shared by the workers
+            self._client = httpx.Client(
+                timeout=self._timeout,
+                follow_redirects=False,
+                transport=self._transport,
+                limits=httpx.Limits(max_connections=self.concurrency),
+            )
         for start in range(0, len(entries), self.concurrency):
             # The lease is renewed between chunks (each lasts one timeout at most), so that a
             # page of slow endpoints never outlives it; a lost lease ends the round.
@@ -234,13 +241,7 @@ class WebhookDeliverer:
         assert entry.row is not None
         body = event_body(entry.row)
         headers = signed_headers(endpoint.secret, entry.event, body, now)
-        if self._client is None:
-            self._client = httpx.Client(
-                timeout=self._timeout,
-                follow_redirects=False,
-                transport=self._transport,
-                limits=httpx.Limits(max_connections=self.concurrency),
-            )
+        assert self._client is not None
         try:
             with self._client.stream("POST", endpoint.url, content=body, headers=headers) as r:
                 status = r.status_code  # the answer's body is never read
