@@ -1,7 +1,7 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
 ``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
 list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
-``x402gate report --store URL``, ``--version``."""
+``x402gate report --store URL``, ``x402gate webhooks --store URL``, ``--version``."""
 
 from __future__ import annotations
 
@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .analytics import command as report_command
 
     report_command.add_parser(sub)
+    from .webhooks import command as webhooks_command
+
+    webhooks_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -118,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return channels_cli.run(args)
     if args.command == "report":
         return report_command.run(args)
+    if args.command == "webhooks":
+        return webhooks_command.run(args)
     return 2  # pragma: no cover
 
 

@@ -109,6 +109,12 @@ class Gateway:
                 days=settings.journal_retention_days, rows=settings.journal_retention_rows
             ),
             dashboard=_dashboard(settings.dashboard),
+            webhooks=config.webhooks,
+            webhook_delivery=(
+                None
+                if config.file.webhook_delivery is None
+                else config.file.webhook_delivery.model_dump()
+            ),
         )
         self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {

@@ -56,6 +56,8 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         journal=settings.journal,
         journal_retention=settings.journal_retention,
         dashboard=_dashboard(settings),
+        webhooks=settings.webhooks,
+        webhook_delivery=settings.webhook_delivery,
     )
     return gate, True
 

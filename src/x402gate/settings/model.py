@@ -71,6 +71,11 @@ class GateSettings(BaseModel):
     """The token of the operator's dashboard (``None``: no dashboard; docs/analytics.md)."""
     dashboard_path: str = "/x402/dashboard"
     """Where the dashboard is served."""
+    webhooks: Any = None
+    """Endpoints sent signed payment events: a list of ``{"url", "secret", "events", "name"}``
+    (docs/webhooks.md)."""
+    webhook_delivery: Any = None
+    """Options of the webhook deliverer (``{"max_attempts": 12, ...}``)."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -237,6 +242,16 @@ class GateSettings(BaseModel):
     @classmethod
     def _dashboard_path(cls, value: Any) -> str:
         return check.check_dashboard_path("/x402/dashboard" if value in (None, "") else value)
+
+    @field_validator("webhooks", mode="plain")
+    @classmethod
+    def _webhooks(cls, value: Any) -> Any:
+        return check.check_webhooks(value)
+
+    @field_validator("webhook_delivery", mode="plain")
+    @classmethod
+    def _webhook_delivery(cls, value: Any) -> Any:
+        return check.check_webhook_delivery(value)
 
     @field_validator("channels", mode="plain")
     @classmethod

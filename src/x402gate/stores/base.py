@@ -168,6 +168,7 @@ from .channels import ChannelBegin, ChannelState
 from .checks import check_payment_id, credit_account, replay_key
 from .journal import JournalMethods, JournalRow
 from .leases import LeaseOperations
+from .outbox import OutboxMethods
 from .records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
@@ -201,7 +202,7 @@ __all__ = [
 ]
 
 
-class Store(JournalMethods, LeaseOperations, ABC):
+class Store(JournalMethods, LeaseOperations, OutboxMethods, ABC):
     """Base class of every backend.
 
     Subclasses set :attr:`scheme` (the URL scheme they register under) and implement the

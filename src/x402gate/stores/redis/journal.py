@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..journal import JournalRow, check_journal_row, row_from_json, row_to_json
-from .connection import RedisConnection
+from .outbox import RedisOutbox
 from .scripts import JOURNAL, script
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ _PRUNE_BATCH = 1000
 _READ_BATCH = 1000
 
 
-class RedisJournal(RedisConnection):
-    """Append, read and prune journal rows."""
+class RedisJournal(RedisOutbox):
+    """Append, read and prune journal rows (a new row queued in the outbox with it)."""
 
     _next_journal_prune: float = float("-inf")
 
@@ -50,7 +50,9 @@ class RedisJournal(RedisConnection):
         marker = _HEAD + '0"'
         assert text.startswith(marker)  # sorted keys: the amount comes first
         rows, index = self._journal_keys()
-        return [rows, index, row.id, repr(float(row.time)), _HEAD, text[len(marker) - 1 :]]
+        tail = text[len(marker) - 1 :]
+        outbox = self._outbox_arg(row) if self.outbox_targets else ""
+        return [rows, index, row.id, repr(float(row.time)), _HEAD, tail, outbox]
 
     def _journal_after(self, row: JournalRow | None) -> None:
         """Prune from time to time after an append (outside the commit: pruning is not part

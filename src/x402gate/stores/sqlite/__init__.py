@@ -90,6 +90,7 @@ class SQLiteStore(
     supports_channels: ClassVar[bool] = True
     supports_leases: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import sqlite3
 
 from ..journal import JournalRow, check_journal_row
-from .connection import SQLiteConnection
+from .outbox import SQLiteOutbox
 
 __all__ = ["SQLiteJournal"]
 
 _FIELDS = "id, time, route, payer, amount, asset, network, outcome, tx, latency, scheme, detail"
 
 
-class SQLiteJournal(SQLiteConnection):
-    """Append, read and prune journal rows."""
+class SQLiteJournal(SQLiteOutbox):
+    """Append, read and prune journal rows (a new row queued in the outbox with it)."""
 
     _next_journal_prune: float = float("-inf")
 
@@ -44,10 +44,13 @@ class SQLiteJournal(SQLiteConnection):
                 row.detail,
             ),
         )
+        added = cursor.rowcount == 1
+        if added and self.outbox_targets:
+            self._outbox_insert(conn, row)
         if row.time >= self._next_journal_prune:
             deleted = self._journal_prune_in(conn, row.time)
             self._next_journal_prune = self._purge_after(deleted, row.time)
-        return cursor.rowcount == 1
+        return added
 
     def journal_append(self, row: JournalRow) -> bool:
         check_journal_row(row)
