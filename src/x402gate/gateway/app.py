@@ -31,7 +31,14 @@ if TYPE_CHECKING:
     from ..gate import PaymentGate
     from ..stores import Store
 
-__all__ = ["Gateway", "build_facilitator", "build_gateway", "server_stack", "uvicorn_config"]
+__all__ = [
+    "Gateway",
+    "build_facilitator",
+    "build_gateway",
+    "server_stack",
+    "uvicorn_config",
+    "uvicorn_options",
+]
 
 logger = logging.getLogger("x402gate.gateway")
 
@@ -252,7 +259,15 @@ def uvicorn_config(
     """
     import uvicorn
 
-    settings = app.config.gateway
+    return uvicorn.Config(app, **uvicorn_options(app.config, host=host, port=port, **options))
+
+
+def uvicorn_options(
+    config: GatewayConfig, *, host: str | None = None, port: int | None = None, **options: Any
+) -> dict[str, Any]:
+    """:func:`uvicorn_config`'s settings as keywords, for a server that builds its app itself
+    (the worker processes of ``x402gate proxy --workers``)."""
+    settings = config.gateway
     values: dict[str, Any] = {
         **server_stack(),
         "host": host if host is not None else settings.host,
@@ -265,7 +280,7 @@ def uvicorn_config(
         "timeout_graceful_shutdown": 10,
     }
     values.update(options)
-    return uvicorn.Config(app, **values)
+    return values
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
