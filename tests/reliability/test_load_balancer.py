@@ -1,0 +1,156 @@
+"""Many instances behind a real load balancer: HAProxy on loopback in front of four app
+processes (two uvicorn servers with ``--workers 2`` each, as two hosts would run them) sharing
+one real ``redis-server`` or one real PostgreSQL database.
+
+What a merchant needs from it:
+
+* a replay storm (one payment sent 200 times at once through the balancer) runs the handler
+  once, sends one transaction, never a reverted one, and refuses every other copy;
+* the credit ledger under concurrent spending through the balancer (one top-up, then every
+  request at once on its session): no overdraw, no double charge, the balance equals the
+  model's (top-up minus one charge per answer served);
+* the PostgreSQL server restarted in the middle of a load run: no paid content without a
+  payment, at most one settlement per authorization, and service again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from x402gate.credit import SESSION_HEADER
+from x402gate.testing.burst import requirements_of
+from x402gate.testing.load_balancer import LoadBalancer, require_haproxy
+from x402gate.testing.payments import sign_exact_payment
+
+from ._support import (
+    UvicornProcess,
+    app_env,
+    handler_runs,
+    payment_headers,
+    pending_nonce,
+    servers,
+    transactions,
+)
+from .served_app import METERED_CHARGE, METERED_TOPUP, PAID_CONTENT
+
+pytestmark = [pytest.mark.chain, pytest.mark.slow]
+
+PRICE = 10_000
+STORM = 200
+REPLAY = "invalid_exact_evm_nonce_already_used"
+HOSTS = 2
+WORKERS_PER_HOST = 2
+STORES = [
+    pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
+    pytest.param("postgres_url", marks=pytest.mark.postgres, id="postgres"),
+]
+
+Topology = Callable[..., contextlib.AbstractContextManager["Deployment"]]
+
+
+class Deployment:
+    """What a test sees of the topology: the balancer's URL and the app processes' ids."""
+
+    def __init__(self, balancer: LoadBalancer, processes: list[UvicornProcess]) -> None:
+        self.url = balancer.url
+        self.balancer = balancer
+        self.processes = processes
+        self.worker_pids = {pid for p in processes for pid in p.worker_pids}
+
+    def alive(self) -> bool:
+        return all(p.alive() for p in self.processes)
+
+
+@pytest.fixture
+def topology(
+    chain: Any, test_token: Any, pay_to: str, facilitator_account: Any, tmp_path: Path
+) -> Topology:
+    """``with topology(store, keys=...) as deployment``: ``HOSTS`` uvicorn servers of
+    ``WORKERS_PER_HOST`` workers each on ``store``, behind HAProxy. ``keys`` gives each server
+    its own settlement key (one account sending from several processes races for nonces)."""
+    binary = require_haproxy()
+
+    @contextlib.contextmanager
+    def start(store: str, *, keys: list[str] | None = None) -> Iterator[Deployment]:
+        keys = keys or [facilitator_account.key.hex()] * HOSTS
+        processes = [
+            UvicornProcess(
+                app_env(
+                    rpc_url=chain.rpc_url,
+                    facilitator_key=key,
+                    token=test_token.address,
+                    pay_to=pay_to,
+                    store=store,
+                    runs=tmp_path / "handler-runs",
+                ),
+                workers=WORKERS_PER_HOST,
+            )
+            for key in keys
+        ]
+        with servers(*processes) as started:
+            with LoadBalancer([p.url for p in started], binary=binary) as balancer:
+                yield Deployment(balancer, started)
+
+    return start
+
+
+@pytest.mark.parametrize("store_fixture", STORES)
+async def test_a_replay_storm_through_the_balancer_is_served_and_paid_once(
+    store_fixture: str,
+    request: pytest.FixtureRequest,
+    topology: Topology,
+    chain: Any,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+    tmp_path: Path,
+) -> None:
+    store = request.getfixturevalue(store_fixture)
+    with topology(store) as deployment:
+        requirements = await requirements_of(deployment.url, "/paid")
+        payload = sign_exact_payment(payer, requirements)
+        headers = payment_headers(payload)
+        first_block = chain.block_number() + 1
+        nonce_before = chain.tx_count(facilitator_account.address)
+        limits = httpx.Limits(max_connections=STORM, max_keepalive_connections=0)
+        started_at = time.monotonic()
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            responses = await asyncio.gather(
+                *(client.get(f"{deployment.url}/paid", headers=headers) for _ in range(STORM))
+            )
+        elapsed = time.monotonic() - started_at
+        assert deployment.alive()
+        worker_pids = deployment.worker_pids
+
+    statuses = collections.Counter(r.status_code for r in responses)
+    served_by = collections.Counter(r.headers["x-served-by"] for r in responses)
+    refusals = collections.Counter(r.json()["error"] for r in responses if r.status_code != 200)
+    print(
+        f"\n{store_fixture} behind haproxy: {STORM} submissions in {elapsed:.2f} s; "
+        f"statuses {dict(statuses)}; answered by pids {dict(served_by)}"
+    )
+    assert statuses == {200: 1, 402: STORM - 1}
+    assert refusals == {REPLAY: STORM - 1}
+    (paid,) = [r for r in responses if r.status_code == 200]
+    assert paid.json() == {"secret": PAID_CONTENT, "payer": payer.address}
+    assert all(PAID_CONTENT not in r.text for r in responses if r.status_code != 200)
+    # The balancer spread the storm over the instances: every worker of both servers answered.
+    assert {int(pid) for pid in served_by} == worker_pids
+    assert len(worker_pids) == HOSTS * WORKERS_PER_HOST
+
+    assert len(handler_runs(tmp_path / "handler-runs")) == 1
+    assert chain.tx_count(facilitator_account.address) == nonce_before + 1
+    assert pending_nonce(chain, facilitator_account.address) == nonce_before + 1
+    mined = transactions(chain, first_block)
+    assert [tx["status"] for tx in mined] == [1]
+    assert test_token.balance_of(pay_to) == PRICE
