@@ -17,6 +17,8 @@ settling on the test chain:
                                headers went out, before its body (the claim is marked used)
 ``X402GATE_TEST_OWNER_GRACE``  seconds a claim whose request vanished is left to it before a
                                retry found paid on chain takes it over (default 60)
+``X402GATE_TEST_SECRET``       the session-token secret (default: one per process, so a token
+                               works only on the process that issued it)
 =============================  ==========================================================
 
 Routes: ``GET /paid`` costs $0.01, and so does ``GET /slow`` (an answer streamed in
@@ -43,6 +45,7 @@ ENV_RUNS = "X402GATE_TEST_RUNS"
 ENV_DIE_SETTLED = "X402GATE_TEST_DIE_SETTLED"
 ENV_OWNER_GRACE = "X402GATE_TEST_OWNER_GRACE"
 ENV_DIE_ANSWERING = "X402GATE_TEST_DIE_ANSWERING"
+ENV_SECRET = "X402GATE_TEST_SECRET"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
 METERED_CHARGE = 12 * 1_000 + 40 * 2_000
 METERED_TOPUP = 500_000
@@ -127,6 +130,7 @@ def create_app() -> Any:
         ),
         # The metered route accepts sign-ins and session tokens, bound to this origin.
         public_origin="http://served-app.test",
+        secret=env[ENV_SECRET].encode() if env.get(ENV_SECRET) else None,
     )
     runs_file = env[ENV_RUNS]
 

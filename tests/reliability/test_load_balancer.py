@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,8 @@ import httpx
 import pytest
 
 from x402gate.credit import SESSION_HEADER
+from x402gate.metering import PerToken, TokenPrice
+from x402gate.request import RequestInfo
 from x402gate.testing.burst import requirements_of
 from x402gate.testing.load_balancer import LoadBalancer, require_haproxy
 from x402gate.testing.payments import sign_exact_payment
@@ -40,7 +43,7 @@ from ._support import (
     servers,
     transactions,
 )
-from .served_app import METERED_CHARGE, METERED_TOPUP, PAID_CONTENT
+from .served_app import ENV_SECRET, METERED_CHARGE, METERED_TOPUP, PAID_CONTENT
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 
@@ -49,6 +52,12 @@ STORM = 200
 REPLAY = "invalid_exact_evm_nonce_already_used"
 HOSTS = 2
 WORKERS_PER_HOST = 2
+BODY = json.dumps(
+    {"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+).encode()
+JSON = {"content-type": "application/json"}
+SPENDERS = 40
+SESSION_SECRET = "s" * 32
 STORES = [
     pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
     pytest.param("postgres_url", marks=pytest.mark.postgres, id="postgres"),
@@ -84,21 +93,28 @@ def topology(
         keys = keys or [facilitator_account.key.hex()] * HOSTS
         processes = [
             UvicornProcess(
-                app_env(
-                    rpc_url=chain.rpc_url,
-                    facilitator_key=key,
-                    token=test_token.address,
-                    pay_to=pay_to,
-                    store=store,
-                    runs=tmp_path / "handler-runs",
-                ),
+                {
+                    **app_env(
+                        rpc_url=chain.rpc_url,
+                        facilitator_key=key,
+                        token=test_token.address,
+                        pay_to=pay_to,
+                        store=store,
+                        runs=tmp_path / "handler-runs",
+                    ),
+                    # Every instance signs and reads session tokens with one secret, as a
+                    # deployment behind a balancer must: a token works wherever it lands.
+                    ENV_SECRET: SESSION_SECRET,
+                },
                 workers=WORKERS_PER_HOST,
             )
             for key in keys
         ]
-        with servers(*processes) as started:
-            with LoadBalancer([p.url for p in started], binary=binary) as balancer:
-                yield Deployment(balancer, started)
+        with (
+            servers(*processes) as started,
+            LoadBalancer([p.url for p in started], binary=binary) as balancer,
+        ):
+            yield Deployment(balancer, started)
 
     return start
 
@@ -154,3 +170,81 @@ async def test_a_replay_storm_through_the_balancer_is_served_and_paid_once(
     mined = transactions(chain, first_block)
     assert [tx["status"] for tx in mined] == [1]
     assert test_token.balance_of(pay_to) == PRICE
+
+
+@pytest.mark.parametrize("store_fixture", STORES)
+async def test_credit_spent_at_once_through_the_balancer_is_never_overdrawn_or_doubled(
+    store_fixture: str,
+    request: pytest.FixtureRequest,
+    topology: Topology,
+    test_token: Any,
+    payer: Any,
+    pay_to: str,
+    tmp_path: Path,
+) -> None:
+    store = request.getfixturevalue(store_fixture)
+    received_before = test_token.balance_of(pay_to)
+    with topology(store) as deployment:
+        # One top-up through the balancer: it pays for this answer and leaves credit.
+        requirements = await requirements_of(
+            deployment.url, "/metered", method="POST", content=BODY, headers=JSON
+        )
+        assert int(requirements.amount) == METERED_TOPUP
+        paid = {**JSON, **payment_headers(sign_exact_payment(payer, requirements))}
+        async with httpx.AsyncClient(base_url=deployment.url, timeout=60) as client:
+            topup = await client.post("/metered", content=BODY, headers=paid)
+            assert topup.status_code == 200, topup.text
+        session = {SESSION_HEADER: topup.headers[SESSION_HEADER], **JSON}
+
+        # Every spender at once, each on its own connection, so every server takes part.
+        limits = httpx.Limits(max_connections=SPENDERS, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=deployment.url, timeout=60, limits=limits) as client:
+            answers = await asyncio.gather(
+                *(client.post("/metered", content=BODY, headers=session) for _ in range(SPENDERS))
+            )
+            at_once = sum(a.status_code == 200 for a in answers)
+            balance = (await client.get("/.well-known/x402/credit", headers=session)).json()
+            # Then one at a time until the credit no longer covers a request's worst case.
+            one_by_one = 0
+            while True:
+                last = await client.post("/metered", content=BODY, headers=session)
+                if last.status_code != 200:
+                    break
+                one_by_one += 1
+                assert one_by_one <= 10, "the credit never ran out"
+            final = (await client.get("/.well-known/x402/credit", headers=session)).json()
+        assert deployment.alive()
+        hosts = [set(p.worker_pids) for p in deployment.processes]
+
+    statuses = collections.Counter(a.status_code for a in answers)
+    served_by = {int(a.headers["x-served-by"]) for a in answers}
+    print(
+        f"\n{store_fixture} behind haproxy: {SPENDERS} spenders at once: {dict(statuses)}, "
+        f"then {one_by_one} one by one; credit left {final['available']}"
+    )
+    assert set(statuses) <= {200, 402}
+    assert all(PAID_CONTENT not in a.text for a in answers if a.status_code != 200)
+    # The balancer sent spenders to both servers (which worker of a server accepts a
+    # connection is the kernel's choice).
+    assert all(served_by & host for host in hosts)
+
+    # The model: a request is served when the credit covers its worst case (its hold), each
+    # answer costs one charge, and nothing stays held once every request ended.
+    hold = PerToken(TokenPrice(input="$1", output="$2", per=1_000)).quote(
+        RequestInfo("POST", "/metered", body=BODY)
+    )
+    assert hold > METERED_CHARGE
+    assert at_once >= 1
+    assert balance["available"] == str(METERED_TOPUP - (1 + at_once) * METERED_CHARGE)
+    assert balance["reserved"] == "0"
+    model = METERED_TOPUP - METERED_CHARGE
+    while model >= hold:
+        model -= METERED_CHARGE
+    assert final["available"] == str(model)
+    assert final["reserved"] == "0"
+    assert at_once + one_by_one == (METERED_TOPUP - METERED_CHARGE - model) // METERED_CHARGE
+    assert last.status_code == 402
+    assert PAID_CONTENT not in last.text
+    assert len(handler_runs(tmp_path / "handler-runs")) == 1 + at_once + one_by_one
+    # One top-up, paid once.
+    assert test_token.balance_of(pay_to) - received_before == METERED_TOPUP
