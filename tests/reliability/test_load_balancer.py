@@ -33,6 +33,7 @@ from x402gate.request import RequestInfo
 from x402gate.testing.burst import requirements_of
 from x402gate.testing.load_balancer import LoadBalancer, require_haproxy
 from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.postgres_server import PostgresServer
 
 from ._support import (
     UvicornProcess,
@@ -83,13 +84,17 @@ class Deployment:
 def topology(
     chain: Any, test_token: Any, pay_to: str, facilitator_account: Any, tmp_path: Path
 ) -> Topology:
-    """``with topology(store, keys=...) as deployment``: ``HOSTS`` uvicorn servers of
-    ``WORKERS_PER_HOST`` workers each on ``store``, behind HAProxy. ``keys`` gives each server
-    its own settlement key (one account sending from several processes races for nonces)."""
+    """``with topology(store, keys=..., workers=...) as deployment``: one uvicorn server per
+    settlement key in ``keys`` (default: ``HOSTS`` servers sharing the facilitator's key) with
+    ``workers`` worker processes each (default ``WORKERS_PER_HOST``), on ``store``, behind
+    HAProxy. Servers that settle concurrently need a key each: one account sending from
+    several processes races for its transaction nonces."""
     binary = require_haproxy()
 
     @contextlib.contextmanager
-    def start(store: str, *, keys: list[str] | None = None) -> Iterator[Deployment]:
+    def start(
+        store: str, *, keys: list[str] | None = None, workers: int = WORKERS_PER_HOST
+    ) -> Iterator[Deployment]:
         keys = keys or [facilitator_account.key.hex()] * HOSTS
         processes = [
             UvicornProcess(
@@ -106,7 +111,7 @@ def topology(
                     # deployment behind a balancer must: a token works wherever it lands.
                     ENV_SECRET: SESSION_SECRET,
                 },
-                workers=WORKERS_PER_HOST,
+                workers=workers if workers > 1 else None,
             )
             for key in keys
         ]
@@ -248,3 +253,100 @@ async def test_credit_spent_at_once_through_the_balancer_is_never_overdrawn_or_d
     assert len(handler_runs(tmp_path / "handler-runs")) == 1 + at_once + one_by_one
     # One top-up, paid once.
     assert test_token.balance_of(pay_to) - received_before == METERED_TOPUP
+
+
+RESTART_AFTER = 4.0  # seconds of load before the database restarts
+RESTART_DOWN = 3.0  # seconds it stays down
+LOAD_AFTER = 6.0  # seconds of load once it is back
+CLIENTS = 4
+
+
+@pytest.mark.postgres
+async def test_postgres_restarted_under_load_never_serves_unpaid_or_settles_twice(
+    postgres_server: PostgresServer,
+    topology: Topology,
+    chain: Any,
+    test_token: Any,
+    pay_to: str,
+    facilitator_account: Any,
+    tmp_path: Path,
+) -> None:
+    # A server of its own: restarting the session's would cut every other test's store.
+    database = PostgresServer(postgres_server.bin_dir).start()
+    payer = chain.new_account(eth_wei=0, token=test_token, token_amount=10**9)
+    # Four single-process servers, each settling with its own key, so every paid request
+    # settles at once whatever instance it reaches.
+    accounts = [facilitator_account, *(chain.new_account(eth_wei=10**20) for _ in range(3))]
+    keys = [account.key.hex() for account in accounts]
+    senders = {account.address for account in accounts}
+    received_before = test_token.balance_of(pay_to)
+    first_block = chain.block_number() + 1
+    # nonce, when it was sent, when it was answered, the answer
+    sent: list[tuple[str, float, float, httpx.Response | None]] = []
+    try:
+        with topology(database.fresh_url(), keys=keys, workers=1) as deployment:
+            requirements = await requirements_of(deployment.url, "/paid")
+            limits = httpx.Limits(max_keepalive_connections=0)
+
+            async def client_loop(deadline: float) -> None:
+                async with httpx.AsyncClient(
+                    base_url=deployment.url, timeout=60, limits=limits
+                ) as client:
+                    while time.monotonic() < deadline:
+                        payload = sign_exact_payment(payer, requirements)
+                        nonce = payload.payload["authorization"]["nonce"]
+                        at = time.monotonic()
+                        try:
+                            answer: httpx.Response | None = await client.get(
+                                "/paid", headers=payment_headers(payload)
+                            )
+                        except httpx.TransportError:
+                            answer = None  # the connection was cut: no answer at all
+                        sent.append((nonce, at, time.monotonic(), answer))
+
+            started = time.monotonic()
+            deadline = started + RESTART_AFTER + RESTART_DOWN + LOAD_AFTER
+            load = [asyncio.create_task(client_loop(deadline)) for _ in range(CLIENTS)]
+            await asyncio.sleep(RESTART_AFTER)
+            down_at = time.monotonic()
+            await asyncio.to_thread(database.restart, down_seconds=RESTART_DOWN)
+            up_at = time.monotonic()
+            await asyncio.gather(*load)
+            assert deployment.alive()
+    finally:
+        database.stop()
+
+    answered = [(nonce, when, a) for nonce, _, when, a in sent if a is not None]
+    # Requests that met the outage: sent before the database was back, answered after it
+    # went down.
+    met_outage = [a for _, at, when, a in sent if at < up_at and when > down_at]
+    statuses = collections.Counter(a.status_code for _, _, a in answered)
+    served = [(nonce, when) for nonce, when, a in answered if a.status_code == 200]
+    print(
+        f"\npostgres restarted after {down_at - started:.1f} s, back after "
+        f"{up_at - down_at:.1f} s: {len(sent)} paid requests, statuses {dict(statuses)}, "
+        f"{len(sent) - len(answered)} without an answer; {len(met_outage)} met the outage: "
+        f"{dict(collections.Counter(a.status_code if a else None for a in met_outage))}"
+    )
+    assert met_outage
+    # Service before the restart and again once the database is back.
+    assert any(when < down_at for _, when in served)
+    assert any(when > up_at + 1 for _, when in served)
+    # Every refusal is a clear answer without the content.
+    assert set(statuses) <= {200, 402, 503}
+    assert all(PAID_CONTENT not in a.text for _, _, a in answered if a.status_code != 200)
+    assert all(a.json()["secret"] == PAID_CONTENT for _, _, a in answered if a.status_code == 200)
+
+    # No content without payment: every authorization whose content was served is used on
+    # chain; at most one settlement per authorization, never a reverted transaction.
+    nonces = [nonce for nonce, _, _, _ in sent]
+    assert len(set(nonces)) == len(nonces)
+    settled = {n for n in nonces if test_token.authorization_state(payer.address, n)}
+    assert {nonce for nonce, _ in served} <= settled
+    mined = transactions(chain, first_block)  # only settlements are sent from here on
+    assert {tx["from"] for tx in mined} <= senders
+    assert all(tx["status"] == 1 for tx in mined)
+    assert len(mined) == len(settled)
+    assert test_token.balance_of(pay_to) - received_before == PRICE * len(settled)
+    # The handler ran at most once per settled authorization (and for every answer served).
+    assert len(served) <= len(handler_runs(tmp_path / "handler-runs")) <= len(settled)
