@@ -3,6 +3,7 @@ refused on a store that lives in one process (``memory://``)."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import subprocess
 import sys
@@ -12,13 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from x402gate.cli import main
+from x402gate.credit import SESSION_HEADER
+from x402gate.gateway.workers import ENV_FILE, ENV_SECRET, worker_app
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.fake_llm import FakeLLM
 
 from .test_cli import _base_env
+
+SECRET_LINE = "  secret: ${SESSION_SECRET}\n"
 
 
 def _children(pid: int) -> set[int]:
@@ -76,7 +82,7 @@ async def test_two_workers_serve_one_port_and_stop_together(
 ) -> None:
     text, env = gateway_yaml()
     path = tmp_path / "gateway.yaml"
-    path.write_text(text)
+    path.write_text(text.replace(SECRET_LINE, ""))  # the workers draw one secret together
     command = [sys.executable, "-m", "x402gate.cli", "proxy", str(path), "--port", "0"]
     process = subprocess.Popen(
         [*command, "--workers", "2"],
@@ -108,11 +114,24 @@ async def test_two_workers_serve_one_port_and_stop_together(
                     "/glob/v1/messages",
                     json={"model": "claude-opus-4-1", "max_tokens": 5, "messages": []},
                 )
-                for _ in range(3)
+                for _ in range(2)
             ]
-        assert [a.status_code for a in answers] == [200, 200, 200], answers[-1].text
-        assert test_token.balance_of(pay_to) == 3 * 30_000
+            # A per-token route: the top-up leaves credit and a session token.
+            metered = await client.post(
+                "/v1/messages",
+                json={"model": "claude-opus-4-1", "max_tokens": 5, "messages": []},
+            )
+        assert [a.status_code for a in answers] == [200, 200], answers[-1].text
+        assert metered.status_code == 200, metered.text
+        assert test_token.balance_of(pay_to) == 2 * 30_000 + 500_000
         assert len(llm.requests) == 3
+        session = {SESSION_HEADER: metered.headers[SESSION_HEADER]}
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as fresh:
+            balances = await asyncio.gather(
+                *(fresh.get("/.well-known/x402/credit", headers=session) for _ in range(20))
+            )
+        assert {b.status_code for b in balances} == {200}
         # Two worker processes under the supervisor (spawned interpreters).
         deadline = time.monotonic() + 30
         workers: set[int] = set()
@@ -146,3 +165,39 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.chain
+async def test_workers_read_each_others_session_tokens(
+    gateway_yaml: Callable[..., tuple[str, dict[str, str]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    payer: Any,
+) -> None:
+    """Which worker accepts a connection is the kernel's choice: a token issued by one must
+    be valid on every other, also when the file sets no secret (the parent draws one)."""
+    text, env = gateway_yaml()
+    assert SECRET_LINE in text
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text.replace(SECRET_LINE, ""))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(ENV_FILE, str(path))
+
+    async def token_valid_elsewhere() -> bool:
+        issuer, reader = worker_app(), worker_app()
+        try:
+            asset = issuer.config.assets[0]
+            token = issuer.gate.session_tokens.issue(
+                payer.address, asset.network, asset.address, 1_000.0
+            )
+            return reader.gate.session_tokens.check(token, 1_001.0) is not None
+        finally:
+            for gateway in (issuer, reader):
+                await gateway.aclose()
+
+    monkeypatch.setenv(ENV_SECRET, "ab" * 32)
+    assert await token_valid_elsewhere()
+    # Without the drawn secret each process would have its own: the failure it prevents.
+    monkeypatch.delenv(ENV_SECRET)
+    assert not await token_valid_elsewhere()
