@@ -1,6 +1,7 @@
 """Many instances behind a real load balancer: HAProxy on loopback in front of four app
 processes (two uvicorn servers with ``--workers 2`` each, as two hosts would run them) sharing
-one real ``redis-server`` or one real PostgreSQL database.
+one real ``redis-server``, one real PostgreSQL database, or a local Redis Cluster (with the
+``redis_cluster_url`` fixture of the versions that have that store).
 
 What a merchant needs from it:
 
@@ -30,6 +31,7 @@ import pytest
 from x402gate.credit import SESSION_HEADER
 from x402gate.metering import PerToken, TokenPrice
 from x402gate.request import RequestInfo
+from x402gate.testing import _redis_fixtures
 from x402gate.testing.burst import requirements_of
 from x402gate.testing.load_balancer import LoadBalancer, require_haproxy
 from x402gate.testing.payments import sign_exact_payment
@@ -63,6 +65,8 @@ STORES = [
     pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
     pytest.param("postgres_url", marks=pytest.mark.postgres, id="postgres"),
 ]
+if hasattr(_redis_fixtures, "redis_cluster_url"):  # a version with the Redis Cluster store
+    STORES.append(pytest.param("redis_cluster_url", marks=pytest.mark.redis, id="redis-cluster"))
 
 Topology = Callable[..., contextlib.AbstractContextManager["Deployment"]]
 
