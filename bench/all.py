@@ -23,6 +23,7 @@ WHAT_IF = "memory_store,no_resimulate"
 # name -> (script, full arguments, --quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "verify": ("verify", [], ["--n", "500", "--repeats", "1"]),
+    "observability": ("observability", [], ["--n", "50", "--repeats", "2"]),
     "stores": ("stores", [], ["--n", "300", "--repeats", "1"]),
     "imports": ("imports", [], ["--runs", "3"]),
     "challenge": ("challenge", [], ["--duration", "1", "--rounds", "1"]),

@@ -123,9 +123,9 @@ def gate(store_url: str) -> Iterator[PaymentGate]:
 
 
 def delayed(fn: Callable[..., Any], seconds: float) -> Callable[..., Any]:
-    def slow(*args: Any) -> Any:
+    def slow(*args: Any, **kwargs: Any) -> Any:
         time.sleep(seconds)
-        return fn(*args)
+        return fn(*args, **kwargs)
 
     return slow
 
@@ -243,7 +243,7 @@ async def test_a_commit_that_fails_after_the_answer_charges_nothing_and_creates_
     funds = 10 * quote
     gate.store.credit_topup(ACCOUNT, funds, "ref-1", gate.clock.now())
 
-    def broken(reservation_id: str, charge: int, now: float) -> int:
+    def broken(reservation_id: str, charge: int, now: float, **kwargs: Any) -> int:
         raise StoreError("ledger down")
 
     real_commit = gate.store.credit_commit
@@ -301,9 +301,9 @@ async def test_per_second_charges_end_when_the_answer_ends_not_when_the_commit_r
     clock: Any = gate.clock
 
     def later_commit(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
             clock.t += 0.5  # half a second passes between the answer and the commit
-            return fn(*args)
+            return fn(*args, **kwargs)
 
         return run
 

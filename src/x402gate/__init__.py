@@ -24,7 +24,18 @@ if TYPE_CHECKING:
     from .facilitators import Facilitator, HTTPFacilitator, LocalFacilitator
     from .gate import EventKind, Payment, PaymentEvent, PaymentGate, Route
     from .metering import PerSecond, PerToken, TokenPrice
-    from .pricing import DecodedBody, Dynamic, Flat, MatchRules, ModelTable, PriceStrategy, Rule
+    from .pricing import (
+        DecodedBody,
+        Dynamic,
+        Flat,
+        MatchRules,
+        ModelTable,
+        PayerPrice,
+        PriceStrategy,
+        Rule,
+        Tiered,
+    )
+    from .ratelimit import RateLimit
     from .reconcile import ChainReconciler
     from .request import RequestInfo
     from .schemes import ExactScheme, PaymentScheme
@@ -46,6 +57,7 @@ __all__ = [
     "LocalFacilitator",
     "MatchRules",
     "ModelTable",
+    "PayerPrice",
     "Payment",
     "PaymentError",
     "PaymentEvent",
@@ -54,10 +66,12 @@ __all__ = [
     "PerSecond",
     "PerToken",
     "PriceStrategy",
+    "RateLimit",
     "RequestInfo",
     "Route",
     "Rule",
     "StoreError",
+    "Tiered",
     "TokenPrice",
     "X402GateError",
     "__version__",
@@ -82,9 +96,12 @@ _LAZY = {
     "Flat": "pricing",
     "MatchRules": "pricing",
     "ModelTable": "pricing",
+    "PayerPrice": "pricing",
+    "Tiered": "pricing",
     "PriceStrategy": "pricing",
     "Rule": "pricing",
     "RequestInfo": "request",
+    "RateLimit": "ratelimit",
     "PerSecond": "metering",
     "PerToken": "metering",
     "TokenPrice": "metering",

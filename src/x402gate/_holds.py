@@ -131,6 +131,11 @@ class HoldKeeper:
         with self._lock:
             self._holds.pop(reservation_id, None)
 
+    def counts(self) -> tuple[int, int]:
+        """(credit reservations, distinct channels) this process holds now."""
+        with self._lock:
+            return len(self._holds), len({channel for channel, _ in self._steps})
+
     def __contains__(self, reservation_id: object) -> bool:
         with self._lock:
             return reservation_id in self._holds

@@ -47,6 +47,7 @@ from ._web.types import ASGIApp, Message, Receive, Scope, Send
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
 from .flow import Answer, PaymentFlow
+from .observability.metrics import scrape_answer
 from .request import Headers
 from .routing import ROUTE_MATCH_KEY, check_routes_exist
 
@@ -99,6 +100,12 @@ class PaymentMiddleware(RouteTableMiddleware[ASGIApp]):
         if problem and not await self._routes_hold(scope, send):
             return
         method, path = scope["method"], scope["path"]
+        if self.gate.telemetry.metrics is not None:
+            headers = Headers.from_asgi(scope.get("headers", ()))
+            scrape = scrape_answer(self.gate, method, path, headers.get("authorization"))
+            if scrape is not None:
+                await send_answer(send, scrape)
+                return
         if method == "GET" and path == WELL_KNOWN_PATH and self.discovery:
             # Served before the route table: a catch-all paid route must not put it behind a 402.
             origin = public_origin(

@@ -1,5 +1,7 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
-``x402gate prices``, ``x402gate testing install-chain``, ``--version``."""
+``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
+list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
+``x402gate report --store URL``, ``--version``."""
 
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
+    proxy.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per log line (payment fields as keys)",
+    )
     testing = sub.add_parser(
         "testing",
         help="the test kit's tools (x402gate.testing): install-chain",
@@ -84,6 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     prices.add_argument("--json", action="store_true", help="print the table as JSON")
     prices.add_argument("--provider", help="only this provider's models (anthropic, openai...)")
+    from . import channels_cli
+    from .channels.cli import add_commands
+
+    add_commands(channels_cli.add_parser(sub))
+    from .analytics import command as report_command
+
+    report_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
@@ -108,6 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _install_chain(force=args.force)
     if args.command == "prices":
         return _prices(args)
+    if args.command == "channels":
+        logging.basicConfig(level=logging.WARNING)
+        return channels_cli.run(args)
+    if args.command == "report":
+        return report_command.run(args)
     return 2  # pragma: no cover
 
 
@@ -164,6 +184,10 @@ def _proxy(args: argparse.Namespace) -> int:
     redacting = RedactingFilter(config.redactor)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)
+        if args.log_format == "json":
+            from .observability import JsonFormatter
+
+            handler.setFormatter(JsonFormatter())
     try:
         gateway = Gateway(config)
     except ConfigurationError as exc:

@@ -81,7 +81,12 @@ class RequirePayment:
         gate = self.gate or settings.gate
         trust, proxies = settings.trust_proxy_headers, gate.trusted_proxies
         info = request_info_from_scope(scope, b"", trust_proxy_headers=trust, proxies=proxies)
-        return PaymentFlow(gate, self.route_for(gate), info)
+        route = self.route_for(gate)
+        # Logs and metrics label the route by its path template, never by the request's path.
+        template = getattr(scope.get("route"), "path", None)
+        if isinstance(template, str):
+            gate.telemetry.name_route(route, template)
+        return PaymentFlow(gate, route, info)
 
     def challenge(self, scope: Scope, settings: Settings) -> Answer | None:
         """The gate's cached 402 for an unpaid request of ``scope``, or ``None``."""

@@ -37,6 +37,7 @@ metered nor kept for retries, never touch it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,7 @@ class PaymentFlow:
     """
 
     __slots__ = (
+        "_began",
         "_chunks",
         "_headers",
         "_recording",
@@ -148,6 +150,7 @@ class PaymentFlow:
         self._headers: HeaderList = []
         self._chunks: list[bytes] | None = []
         self._size = 0
+        self._began = 0.0  # when the payment let the app run (perf_counter), for its latency
 
     # -- the decision --------------------------------------------------------------------------
 
@@ -171,6 +174,7 @@ class PaymentFlow:
             self._session = await self.gate.begin(self.route, self.request)
         except PaymentError as exc:
             return Answer.from_error(exc, self.accept)
+        self._began = time.perf_counter()
         return None
 
     def begin_sync(self) -> Answer | None:
@@ -183,6 +187,7 @@ class PaymentFlow:
             self._session = run_sync(self.gate.begin(self.route, self.request))
         except PaymentError as exc:
             return Answer.from_error(exc, self.accept)
+        self._began = time.perf_counter()
         return None
 
     @property
@@ -226,6 +231,7 @@ class PaymentFlow:
         When settlement fails, returns the :class:`Answer` to send instead: then the app's
         content never goes out (:attr:`replaced`). Call it once, before any body byte."""
         session = self._require()
+        self.gate.telemetry.handler_done(self.route, time.perf_counter() - self._began)
         headers = list(headers)
         recording = session.idempotency is not None
         usage = None

@@ -49,6 +49,9 @@ class RouteOptions(TypedDict, total=False):
     extensions: Mapping[str, Any] | None
     payment_identifier: PaymentIdentifierMode
     credit_topup: Any
+    rate_limit: Any
+    """A :class:`~x402gate.ratelimit.RateLimit`, a per-IP rate (``"10/minute"``) or a mapping
+    with ``per_ip``/``per_payer``."""
 
 
 ROUTE_OPTION_NAMES: tuple[str, ...] = tuple(RouteOptions.__annotations__)

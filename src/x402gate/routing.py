@@ -15,10 +15,11 @@ otherwise leave the real route unpaid.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -252,12 +253,21 @@ class RouteTable:
                     raise ConfigurationError(f"route {key!r}: {exc}") from None
             else:
                 route = gate.route(spec)
+            if route.rate_limit is not None and route.rate_limit.scope is None:
+                # Counted per key: "/files/a" and "/files/b" under "GET /files/*" share a limit.
+                route = replace(route, rate_limit=route.rate_limit.scoped(key))
+            if route.name is None:
+                # Reports name the route by its key, not by each path it matches.
+                route = dataclasses.replace(route, name=pattern.key)
             entry = _Entry(pattern, route)
             problem = _shadowing(entry, entries)
             if problem is not None:
                 raise ConfigurationError(problem)
             entries.append(entry)
         self._entries = tuple(entries)
+        for entry in entries:  # logs and metrics label each route by its key, never by a path
+            assert entry.route is not None
+            gate.telemetry.name_route(entry.route, " ".join(entry.key.split()))
 
     def find(self, method: str, path: str) -> RouteMatch | None:
         """The first entry matching this request, with its path parameters; ``None``: free."""

@@ -41,6 +41,7 @@ from ._web.wsgi import (
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import PaymentError
 from .flow import Answer, PaymentFlow
+from .observability.metrics import scrape_answer
 from .routing import check_routes_exist
 
 __all__ = [
@@ -91,6 +92,11 @@ class PaymentMiddleware(RouteTableMiddleware[WSGIApp]):
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         path = environ_text(environ.get("PATH_INFO", "") or "/")
+        if self.gate.telemetry.metrics is not None:
+            auth = environ.get("HTTP_AUTHORIZATION")
+            scrape = scrape_answer(self.gate, method, path, auth)
+            if scrape is not None:
+                return answer_response(start_response, scrape)
         if self.discovery and method == "GET" and path == WELL_KNOWN_PATH:
             return self._discovery(environ, start_response)
         if method == "GET" and path == CREDIT_PATH:

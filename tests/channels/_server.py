@@ -17,6 +17,9 @@ server-sent events: its first chunks (headers and payment response included) go 
 then it waits for ``release`` like ``/block`` before sending the usage (:data:`STREAM_USAGE`)
 and the end of the stream.
 
+With ``claim`` in the config (:class:`~x402gate.channels.ClaimSettings` keywords), the gate runs
+its background claimer from the start.
+
 Every handler run leaves one file ``<route>-<pid>-<n>`` in the run directory before it answers,
 so the test counts handler runs across processes, including the runs of a killed process.
 """
@@ -79,6 +82,7 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
     from x402gate import PaymentGate
     from x402gate.asgi import PaymentMiddleware
     from x402gate.assets import Asset
+    from x402gate.channels import ClaimSettings
     from x402gate.facilitators import HTTPFacilitator
     from x402gate.gate import ChannelSettings
     from x402gate.metering import PerToken, TokenPrice
@@ -96,7 +100,9 @@ def _app(config: dict[str, Any]) -> tuple[Any, Any]:
         secret=b"k" * 32,  # metered routes issue session tokens
         public_origin="http://gate.test",
         channels=ChannelSettings(
-            receiver_authorizer=config["receiver_authorizer"], min_deposit=config["min_deposit"]
+            receiver_authorizer=config["receiver_authorizer"],
+            min_deposit=config["min_deposit"],
+            claim=ClaimSettings(**config["claim"]) if config.get("claim") else None,
         ),
     )
 
@@ -155,6 +161,10 @@ def serve() -> None:
 
     config = json.loads(sys.argv[1])
     app, gate = _app(config)
+    if config.get("claim"):
+        import asyncio
+
+        asyncio.run(gate.startup())  # starts the background claimer, as an app's start-up does
     try:
         with serve_in_thread(app) as url:
             print(url, flush=True)

@@ -316,8 +316,9 @@ def _new_channel(kit: Kit) -> ChannelConfig:
     return replace(kit.config, salt=os.urandom(32))
 
 
-def _refund(kit: Kit) -> dict[str, Any]:
-    payload = kit.voucher(PRICE)
+def _stale_refund(kit: Kit) -> dict[str, Any]:
+    # A refund is signed on the charged total (PRICE here): one signed above it is stale.
+    payload = kit.voucher(2 * PRICE)
     payload["type"] = "refund"
     return payload
 
@@ -410,7 +411,9 @@ CASES: list[Case] = [
             DEPOSIT, PRICE, config=_new_channel(kit), valid_before=int(time.time()) - 60
         ),
     ),
-    _voucher_case("refund on a paid route", P + "refund_payload", _refund),
+    _voucher_case(
+        "refund on another charged total", P + "cumulative_amount_mismatch", _stale_refund
+    ),
 ]
 
 

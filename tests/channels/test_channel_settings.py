@@ -342,3 +342,40 @@ def test_a_wrong_channels_block_is_named_by_line_and_field(
         _gateway(channels, facilitator or "https://x402.org/facilitator")
     assert message in str(caught.value)
     assert "ab" * 32 not in str(caught.value)
+
+
+def test_the_claim_setting_configures_the_background_claimer() -> None:
+    from x402gate.channels import ClaimSettings
+
+    base = {"receiver_authorizer": AUTHORIZER}
+    assert flask(base).claim is None  # no claimer unless asked
+    assert flask({**base, "claim": True}).claim == ClaimSettings()
+    assert flask({**base, "claim": False}).claim is None
+    written = {"every": "600", "threshold": 5_000_000, "settle": "false", "lease_seconds": 90}
+    expected = ClaimSettings(every=600, threshold=5_000_000, settle=False, lease_seconds=90)
+    assert flask({**base, "claim": written}).claim == expected
+    upper = {k.upper(): v for k, v in written.items()}
+    django = read_django_setting(
+        {**{k.upper(): v for k, v in BASE.items()}, "CHANNELS": {**base, "CLAIM": upper}}
+    )
+    assert django.channels is not None and django.channels.claim == expected
+    # every: false leaves only the threshold and withdrawals.
+    assert flask({**base, "claim": {"every": False}}).claim == ClaimSettings(every=None)
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        ({"evry": 60}, "claim: evry is not a claim setting (did you mean 'every'?)"),
+        ({"every": 0}, "claim: every must be a positive number, not 0"),
+        ({"threshold": -1}, "claim: threshold must be a positive whole amount"),
+        ({"batch": 5000}, "claim: batch must be from 1 to 1000"),
+        ({"settle": "maybe"}, "claim: settle must be true or false, not 'maybe'"),
+        ({"tick_seconds": 10, "lease_seconds": 15}, "lease_seconds must be at least twice"),
+        (7, "claim must be true, false or a mapping, not 7"),
+    ],
+)
+def test_each_wrong_claim_setting_is_named(claim: Any, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        flask({"receiver_authorizer": AUTHORIZER, "claim": claim})
+    assert message in str(caught.value)

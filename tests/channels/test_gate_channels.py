@@ -459,3 +459,54 @@ async def test_two_servers_on_one_store_serve_one_request_per_step(
     finally:
         for gate in gates:
             gate.close()
+
+
+async def test_channel_payments_show_in_the_metrics_and_the_payment_log(
+    served: Any, payer: LocalAccount, test_token: TestToken
+) -> None:
+    pytest.importorskip("prometheus_client")
+    import logging
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from x402.http.clients import x402_httpx_transport
+
+    from x402gate.observability import PaymentMetrics
+
+    base_url, gate, _, _ = served
+    PaymentMetrics(gate, path="/metrics")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
+    logger = logging.getLogger("x402gate.payments")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    transport = x402_httpx_transport(channel_client(payer, test_token), httpx.AsyncHTTPTransport())
+    try:
+        async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
+            for _ in range(3):
+                assert (await http.get("/paid")).status_code == 200
+            scrape = await http.get("/metrics")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert scrape.status_code == 200
+    found = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(scrape.text)
+        for s in family.samples
+    }
+    asset, network = test_token.asset.address, test_token.asset.network
+    label = next(  # the route table's key, or FastAPI's path template
+        dict(ls)["route"] for name, ls in found if name == "x402gate_revenue_atomic_total"
+    )
+    assert label in ("GET /paid", "/paid")
+    revenue = {"route": label, "asset": asset, "network": network}
+    # Three voucher steps earned three prices; nothing is claimed on chain yet.
+    assert found[("x402gate_revenue_atomic_total", frozenset(revenue.items()))] == 3 * PRICE
+    settled = {"route": label, "outcome": "settled"}
+    assert found[("x402gate_requests_total", frozenset(settled.items()))] == 3
+    lines = [r.x402gate for r in records]  # type: ignore[attr-defined]
+    assert [(r["event"], r["payer"], r["amount"]) for r in lines] == [
+        ("settled", payer.address, PRICE)
+    ] * 3

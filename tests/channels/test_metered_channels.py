@@ -406,3 +406,35 @@ async def test_a_client_leaving_mid_stream_is_charged_what_it_used(
     assert stored is not None and stored.step is None
     assert stored.charged == 2 * CHARGES["openai-json"] + step
     assert 2 * CHARGES["openai-json"] <= stored.earned <= stored.charged
+
+
+async def test_a_refund_after_streams_returns_all_that_was_not_earned(
+    served: Any, payer: LocalAccount, test_token: TestToken, channel_contracts: ChannelContracts
+) -> None:
+    """Streams move the client's count by their whole step but earn only what they used: the
+    refund claims what was earned and returns the rest, the unused part of each step too."""
+    from x402.http.clients import x402_httpx_transport
+
+    from .test_refunds import _client
+
+    base_url, gate, runs = served
+    client, scheme = _client(payer, test_token)
+    before = test_token.balance_of(payer.address)
+    transport = x402_httpx_transport(client, httpx.AsyncHTTPTransport())
+    async with httpx.AsyncClient(base_url=base_url, transport=transport, timeout=60) as http:
+        for _ in range(2):
+            response = await http.post("/v1/openai-stream", json=PROMPT)
+            assert response.status_code == 200, response.text
+            channel_id = receipt_of(response)["extra"]["channelState"]["channelId"]
+    stored = gate.store.channel_get(channel_id)
+    assert stored is not None and stored.earned == 2 * CHARGES["openai-stream"] < stored.charged
+    deposit = channel_contracts.channel(channel_id).balance
+    ran = dict(runs)
+    # Any paid GET route of the gate backs the same channel.
+    settled = await asyncio.to_thread(scheme.refund, base_url + "/work")
+    assert settled.success is True
+    assert int(settled.amount) == deposit - stored.earned
+    assert runs == ran  # the route was not run
+    on_chain = channel_contracts.channel(channel_id)
+    assert (on_chain.total_claimed, on_chain.available) == (stored.earned, 0)
+    assert test_token.balance_of(payer.address) == before - stored.earned

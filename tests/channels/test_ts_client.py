@@ -71,14 +71,17 @@ def pay_with_ts_client(
     count: int,
     *urls: str,
     body: dict[str, Any] | None = None,
+    refund: bool = False,
 ) -> dict[str, Any]:
     """Run the TypeScript payer for ``count`` requests over ``urls`` (each a POST of ``body``
-    as JSON when given, else a GET); its decoded report."""
+    as JSON when given, else a GET; then, with ``refund``, its cooperative refund); its decoded
+    report."""
     command = [_node(), str(PAYER_SCRIPT), token.asset.network, token.address, str(count), *urls]
     env = {
         **os.environ,
         "X402_PAYER_KEY": "0x" + bytes(payer.key).hex(),
         "X402_RPC_URL": rpc_url,
+        "X402_REFUND": "1" if refund else "0",
     }
     if body is not None:
         env["X402_REQUEST_BODY"] = json.dumps(body)
@@ -138,6 +141,23 @@ def assert_one_deposit_on_chain(
     assert on_chain.balance == DEPOSIT
     assert on_chain.total_claimed == 0
     assert token.balance_of(payer.address) == before - DEPOSIT
+
+
+def assert_refunded(
+    report: dict[str, Any],
+    channel_contracts: ChannelContracts,
+    token: TestToken,
+    payer: LocalAccount,
+    before: int,
+    channel_id: str,
+) -> None:
+    """The client's cooperative refund returned everything but what was served: the seller's
+    share claimed in the same transaction, read from the chain."""
+    assert report["refund"] is not None and report["refund"]["success"] is True, report
+    assert report["refund"]["amount"] == str(DEPOSIT - N * PRICE)
+    on_chain = channel_contracts.channel(channel_id)
+    assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+    assert token.balance_of(payer.address) == before - N * PRICE
 
 
 # -- the facilitator: our LocalFacilitator, counted -----------------------------------------------
@@ -411,7 +431,9 @@ def facilitator_service(
         inner.close()
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -452,12 +474,17 @@ def test_ts_client_pays_a_flask_app_whose_channels_come_from_its_config(
     before = test_token.balance_of(payer.address)
     try:
         with serve_wsgi(app) as base_url:
-            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+            report = pay_with_ts_client(
+                payer, test_token, chain.rpc_url, N, f"{base_url}/paid", refund=refund
+            )
         channel_id = assert_paid_by_one_channel(report, N)
         assert runs == ["paid"] * N
-        assert facilitator_service.calls["settle"] == 1
-        assert chain.tx_count(facilitator_account.address) == 1
-        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        assert facilitator_service.calls["settle"] == 1 + refund
+        assert chain.tx_count(facilitator_account.address) == 1 + refund
+        if refund:
+            assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+        else:
+            assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
         stored = gate.store.channel_get(channel_id)
         assert stored is not None and stored.charged == N * PRICE
     finally:
@@ -506,7 +533,9 @@ def _django_site(runs: list[str], x402gate: dict[str, Any]) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -525,19 +554,29 @@ def test_ts_client_pays_a_django_site_whose_channels_come_from_its_settings(
         "ROUTES": {"GET /paid": "$0.001"},
         "CHANNELS": {"RECEIVER_AUTHORIZER": authorizer.address, "MIN_DEPOSIT": DEPOSIT},
     }
+    if refund:  # the facilitator signs for no receiver: the site signs its refunds itself
+        settings["CHANNELS"] = {
+            "RECEIVER_AUTHORIZER_KEY": authorizer.key.hex(),
+            "MIN_DEPOSIT": DEPOSIT,
+        }
     runs: list[str] = []
     before = test_token.balance_of(payer.address)
     with _django_site(runs, settings) as base_url:
         from x402gate.django.conf import get_runtime
 
-        report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, f"{base_url}/paid")
+        report = pay_with_ts_client(
+            payer, test_token, chain.rpc_url, N, f"{base_url}/paid", refund=refund
+        )
         gate = get_runtime().gate
         channel_id = assert_paid_by_one_channel(report, N)
         stored = gate.store.channel_get(channel_id)
     assert runs == ["paid"] * N
-    assert facilitator.settled == 1
-    assert chain.tx_count(facilitator_account.address) == 1
-    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+    assert facilitator.settled == 1 + refund
+    assert chain.tx_count(facilitator_account.address) == 1 + refund
+    if refund:
+        assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+    else:
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
     assert stored is not None and stored.charged == N * PRICE
 
 
@@ -609,7 +648,9 @@ def _proxy(config: Path, env: dict[str, str]) -> Iterator[str]:
         process.stderr.close()
 
 
+@pytest.mark.parametrize("refund", [False, True], ids=["pays", "pays-then-refunds"])
 def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
+    refund: bool,
     chain: LocalChain,
     test_token: TestToken,
     payer: LocalAccount,
@@ -617,6 +658,8 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
     facilitator_account: LocalAccount,
     channel_contracts: ChannelContracts,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytest.importorskip("yaml")
     pytest.importorskip("uvicorn")
@@ -652,14 +695,35 @@ def test_ts_client_pays_the_gateway_whose_channels_come_from_its_file(
         }
         with _proxy(config, env) as base_url:
             urls = [f"{base_url}/data/a", f"{base_url}/data/b"]
-            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls)
+            report = pay_with_ts_client(payer, test_token, chain.rpc_url, N, *urls, refund=refund)
     channel_id = assert_paid_by_one_channel(report, N)
+    # The refund ran no upstream call.
     assert upstream_paths == ["/item/a", "/item/b"] * (N // 2) + ["/item/a"] * (N % 2)
-    assert chain.tx_count(facilitator_account.address) == 1  # the deposit, and nothing else
-    assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
     store = open_store(store_url)
     try:
         stored = store.channel_get(channel_id)
     finally:
         store.close()
     assert stored is not None and stored.charged == N * PRICE
+    if not refund:
+        assert chain.tx_count(facilitator_account.address) == 1  # the deposit, nothing else
+        assert_one_deposit_on_chain(channel_contracts, test_token, payer, before, channel_id)
+        # The operator lists and refunds it with the gateway's own file (store, chain, key).
+        from x402gate.cli import main
+
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["channels", "list", "--config", str(config), "--json"]) == 0
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert (row["channel_id"], row["unclaimed"]) == (channel_id, str(N * PRICE))
+        assert main(["channels", "refund", "--config", str(config), channel_id]) == 0
+        assert f"refunded {DEPOSIT - N * PRICE} to the payer" in capsys.readouterr().out
+        on_chain = channel_contracts.channel(channel_id)
+        assert (on_chain.balance, on_chain.total_claimed) == (N * PRICE, N * PRICE)
+        assert test_token.balance_of(payer.address) == before - N * PRICE
+        return
+    # The deposit, then one transaction claiming what was served and refunding the rest.
+    assert chain.tx_count(facilitator_account.address) == 2
+    assert_refunded(report, channel_contracts, test_token, payer, before, channel_id)
+    assert (stored.balance, stored.total_claimed) == (N * PRICE, N * PRICE)

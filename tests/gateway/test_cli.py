@@ -3,6 +3,8 @@ process, paid with the official client on the local chain) without a secret in i
 
 from __future__ import annotations
 
+import contextlib
+import json
 import queue
 import subprocess
 import sys
@@ -60,11 +62,20 @@ def proxy_process(
     gateway_yaml: Callable[..., tuple[str, dict[str, str]]], tmp_path: Path
 ) -> Iterator[tuple[str, list[str]]]:
     """``x402gate proxy gateway.yaml --port 0 -v`` in a child process: its URL, its output."""
+    with run_proxy(gateway_yaml, tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def run_proxy(
+    gateway_yaml: Callable[..., tuple[str, dict[str, str]]], tmp_path: Path, *options: str
+) -> Iterator[tuple[str, list[str]]]:
     text, env = gateway_yaml()
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
+    command = [sys.executable, "-m", "x402gate.cli", "proxy", str(path), "--port", "0", "-v"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "x402gate.cli", "proxy", str(path), "--port", "0", "-v"],
+        [*command, *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -124,3 +135,25 @@ async def test_proxy_serves_a_file_and_never_prints_a_secret(
     logged = "".join(output)
     assert "POST /glob/v1/messages" in logged  # the access log is on
     assert UPSTREAM_KEY not in logged
+
+
+@pytest.mark.chain
+async def test_proxy_logs_each_payment_as_a_json_line(
+    gateway_yaml: Callable[..., tuple[str, dict[str, str]]],
+    tmp_path: Path,
+    llm: FakeLLM,
+    payer: Any,
+    test_token: Any,
+) -> None:
+    with run_proxy(gateway_yaml, tmp_path, "--log-format", "json") as (url, output):
+        async with paying_httpx_client(payer, asset=test_token, base_url=url, timeout=30) as client:
+            response = await client.get("/flat/x")
+        assert response.status_code == 200, response.text
+        receipt = response.headers["payment-response"]
+    records = [json.loads(line) for line in output[1:] if line.strip()]  # each one JSON
+    (settled,) = [r for r in records if r.get("event") == "settled"]
+    assert settled["logger"] == "x402gate.payments" and settled["level"] == "INFO"
+    assert settled["route"] == "GET /flat/*" and settled["payer"] == payer.address
+    assert settled["amount"] == 10_000 and settled["transaction"].startswith("0x")
+    logged = "".join(output)
+    assert UPSTREAM_KEY not in logged and receipt not in logged

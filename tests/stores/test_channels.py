@@ -324,7 +324,9 @@ def test_every_built_in_backend_keeps_channels_and_others_refuse(store: Store) -
         def release(self, key: str, token: str) -> bool:
             return True
 
-        def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        def mark_used(
+            self, key: str, token: str, now: float | None = None, *, journal: Any = None
+        ) -> bool:
             return True
 
         def state(self, key: str, now: float) -> str | None:

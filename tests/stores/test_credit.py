@@ -380,7 +380,9 @@ def test_every_built_in_backend_supports_credit_and_others_refuse(store: Store) 
         def release(self, key: str, token: str) -> bool:
             return True
 
-        def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        def mark_used(
+            self, key: str, token: str, now: float | None = None, *, journal: Any = None
+        ) -> bool:
             return True
 
         def state(self, key: str, now: float) -> str | None:

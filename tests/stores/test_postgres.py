@@ -215,14 +215,15 @@ def test_an_older_schema_is_migrated_once_keeping_its_rows(
     name = schema_of(postgres_url)
     with open_store(postgres_url) as store:
         assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
-    # The next x402gate adds a column: version 2.
+    # The next x402gate adds a column: one version more.
+    following = schema.SCHEMA_VERSION + 1
     step = ("ALTER TABLE x402gate_replay ADD COLUMN note TEXT NOT NULL DEFAULT 'v2'",)
-    monkeypatch.setattr(schema, "MIGRATIONS", {**schema.MIGRATIONS, 2: step})
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    # A version-1 database refuses a store that may not migrate it.
+    monkeypatch.setattr(schema, "MIGRATIONS", {**schema.MIGRATIONS, following: step})
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", following)
+    # A database of the version before refuses a store that may not migrate it.
     with open_store(f"{postgres_url}&migrate=false") as store, pytest.raises(StoreError):
         store.ping()
-    # Eight stores open at once: one migrates, the others wait for it and find version 2.
+    # Eight stores open at once: one migrates, the others wait for it and find the new version.
     stores = [open_store(postgres_url) for _ in range(8)]
     errors: list[BaseException] = []
 
@@ -245,7 +246,7 @@ def test_an_older_schema_is_migrated_once_keeping_its_rows(
         f"SELECT value FROM {name}.x402gate_meta WHERE name = 'schema_version'"
     ).fetchone()
     notes = admin.execute(f"SELECT note FROM {name}.x402gate_replay").fetchall()
-    assert version == ("2",) and notes == [("v2",)]
+    assert version == (str(following),) and notes == [("v2",)]
 
 
 def test_a_schema_from_a_newer_version_is_refused(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -231,7 +231,9 @@ def test_a_backend_without_from_url_says_so(monkeypatch: pytest.MonkeyPatch) -> 
         def release(self, key: str, token: str) -> bool:
             raise NotImplementedError
 
-        def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+        def mark_used(
+            self, key: str, token: str, now: float | None = None, *, journal: Any = None
+        ) -> bool:
             raise NotImplementedError
 
         def state(self, key: str, now: float) -> str | None:

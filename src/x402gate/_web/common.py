@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, PaymentError, StoredAnswer
 from ..protocol import EXPOSED_HEADERS
+from ..ratelimit import RATE_LIMIT_HEADERS
 from ..routing import AppRoute
 
 __all__ = [
@@ -69,6 +70,10 @@ def wants_html(accept: str | None) -> bool:
     return "text/html" in accept and "application/json" not in accept.split(",")[0]
 
 
+RATE_LIMITED_EXPOSED = ", ".join((EXPOSED_HEADERS, *RATE_LIMIT_HEADERS))
+"""What a browser's script may read of a 429: the payment headers and the rate limit's."""
+
+
 def render_error(
     exc: PaymentError, accept: str | None = None
 ) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -79,7 +84,9 @@ def render_error(
         return exc.status_code, stored, exc.raw_body
     headers = dict(exc.headers)
     headers.setdefault("Cache-Control", "no-store")
-    headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    headers["Access-Control-Expose-Headers"] = (
+        RATE_LIMITED_EXPOSED if exc.status_code == 429 else EXPOSED_HEADERS
+    )
     if wants_html(accept):
         title = "Payment required" if exc.status_code == 402 else f"Error {exc.status_code}"
         body = (

@@ -25,6 +25,8 @@ from starlette.routing import Match
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
 from ..flow import Answer
+from ..observability.metrics import scrape_answer
+from ..request import Headers
 from .asgi import FlowSlot, lifespan_with_checks, public_origin, run_with_slot, send_answer
 from .openapi import document_paid_operation
 from .types import ASGIApp, Receive, Scope, Send
@@ -272,6 +274,14 @@ class SettlementLayer:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        gate = self.settings.gate
+        if gate.telemetry.metrics is not None:
+            headers = Headers.from_asgi(scope.get("headers", ()))
+            authorization = headers.get("authorization")
+            scrape = scrape_answer(gate, scope["method"], scope["path"], authorization)
+            if scrape is not None:
+                await send_answer(send, scrape)
+                return
         if self.direct and self.settings.app is not None:
             # Unpaid, on a route whose payment dependency FastAPI would call first: the gate's
             # cached 402 without routing and dependency resolution, which cost more than it.

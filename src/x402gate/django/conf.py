@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
 from django.conf import settings
@@ -45,6 +45,7 @@ from django.urls import Resolver404, resolve
 from .._runner import run_sync
 from ..errors import ConfigurationError
 from ..gate import PaymentGate, Route, StartupChecks
+from ..observability.metrics import metrics_from_options
 from ..options import check_route_options
 from ..routing import RouteTable, split_route_key
 from ..settings import (
@@ -169,6 +170,11 @@ class Settings:
         return self._get("DISCOVERY", False)
 
     @property
+    def METRICS(self) -> Any:
+        """Prometheus metrics: ``{"path": "/metrics", "token": ..., "port": ...}``."""
+        return self._get("METRICS")
+
+    @property
     def STARTUP_CHECKS(self) -> Any:
         """What a failing start-up check does: ``"fail"`` (stop), ``"warn"``, ``"off"``."""
         return self._get("STARTUP_CHECKS", "fail")
@@ -223,6 +229,10 @@ def build_routes(gate: PaymentGate, routes: Any) -> tuple[RouteTable | None, tup
             paths[key] = spec
             continue
         route = _route(gate, key, spec)
+        if route.rate_limit is not None and route.rate_limit.scope is None:
+            # Counted per key, whatever the view's path parameters, like a path key.
+            route = replace(route, rate_limit=route.rate_limit.scoped(key))
+        gate.telemetry.name_route(route, " ".join(key.split()))
         views.append(ViewRoute(key, methods, name, route))
     return (RouteTable(gate, paths) if paths else None), tuple(views)
 
@@ -292,6 +302,7 @@ def get_runtime() -> Runtime:
             try:
                 gate, owned = build_gate()
                 table, views = build_routes(gate, conf.ROUTES)
+                metrics_from_options(gate, conf.METRICS)
             except (ConfigurationError, ImportError) as exc:
                 if gate is not None and owned:
                     gate.close()

@@ -84,12 +84,17 @@ def require_payment(price: Any, **options: Unpack[RouteOptions]) -> Callable[[V]
 
     def route_of(request: Any, state: RequestState, view: Any) -> Route | HttpResponse:
         try:
-            return state.runtime.route_for(paid)
+            route = state.runtime.route_for(paid)
         except ConfigurationError as exc:
             # Only for a view the start-up check could not see (a DRF view decorated below
             # @api_view): nothing is served, the problem is logged once.
             refused = route_refused(f"@require_payment view {view.__qualname__!r}", exc)
             return answer_response(Answer.from_error(refused, request.headers.get("accept")))
+        # Logs and metrics label the route by its URL pattern, never by the request's path.
+        match = getattr(request, "resolver_match", None)
+        pattern = getattr(match, "route", None) or view.__qualname__
+        state.runtime.gate.telemetry.name_route(route, "/" + str(pattern).lstrip("/"))
+        return route
 
     def decorate(view: V) -> V:
         if isinstance(view, type):

@@ -27,6 +27,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from .._web.body import AsyncFlowBody, FlowBody, whole_body
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..flow import Answer
+from ..observability.metrics import scrape_answer
 from ..request import RequestInfo
 from ..siwx import split_url
 from .conf import Runtime
@@ -51,6 +52,11 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
     runtime = state.runtime
     gate = runtime.gate
     path, method = request.path_info, request.method
+    if gate.telemetry.metrics is not None:
+        auth = request.headers.get("authorization")
+        scrape = scrape_answer(gate, str(method), path, auth)
+        if scrape is not None:
+            return answer_response(scrape)
     if runtime.discovery and path == WELL_KNOWN_PATH and method in ("GET", "HEAD"):
         return _discovery_response(request, runtime)
     if path == CREDIT_PATH and method == "GET":

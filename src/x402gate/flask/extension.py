@@ -16,6 +16,7 @@ from .._web.wsgi import base_url_of
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError
 from ..gate import PaymentGate, Route
+from ..observability.metrics import metrics_from_options, scrape_answer
 from ..request import Headers
 from ..settings import build_gate, gate_from_flask_config, read_flask_config
 from ..wsgi import PaymentMiddleware
@@ -69,11 +70,14 @@ class X402Gate:
             # The gate is given, not its settings: paid routes written there still count.
             routes = app.config.get("X402GATE_ROUTES") or {}
             discovery = discovery or app.config.get("X402GATE_DISCOVERY") is True
+            metrics = app.config.get("X402GATE_METRICS")
         else:
             settings = read_flask_config(app.config)
             gate, _ = build_gate(settings)
             routes, discovery = settings.routes, discovery or settings.discovery
+            metrics = settings.metrics
         try:
+            metrics_from_options(gate, metrics)
             gate.check_startup_sync()
             for endpoint, view in app.view_functions.items():
                 rules = [r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint]
@@ -100,6 +104,7 @@ class X402Gate:
         if discovery:
             app.add_url_rule(WELL_KNOWN_PATH, "x402gate_discovery", _discovery, methods=["GET"])
         app.add_url_rule(CREDIT_PATH, "x402gate_credit", _credit, methods=["GET"])
+        app.before_request(_metrics)
 
     @property
     def gate(self) -> PaymentGate:
@@ -136,6 +141,17 @@ def _check_views_added(app: Flask, gate: PaymentGate) -> None:
         add_url_rule(rule, endpoint, view_func, *args, **kwargs)
 
     app.add_url_rule = checked  # type: ignore[method-assign]
+
+
+def _metrics() -> Response | None:
+    # Before any view (a paid one included): a scrape is never charged.
+    gate = gate_state().gate
+    if gate.telemetry.metrics is None:
+        return None
+    scrape = scrape_answer(gate, request.method, request.path, request.headers.get("Authorization"))
+    if scrape is None:
+        return None
+    return Response(scrape.body, status=scrape.status, headers=scrape.headers)
 
 
 def _credit() -> Response:

@@ -93,6 +93,9 @@ class PaidView:
             route = self.route_for(gate)
         except ConfigurationError as exc:  # only when init_app could not see the view
             return _error(route_refused(f"@require_payment view {request.endpoint!r}", exc), accept)
+        # Logs and metrics label the route by its URL rule, never by the request's path.
+        rule = request.url_rule
+        gate.telemetry.name_route(route, rule.rule if rule is not None else str(request.endpoint))
         try:
             flow = PaymentFlow(gate, route, _request_info(state, gate))
         except PaymentError as exc:

@@ -15,9 +15,11 @@ from .. import protocol
 from ..credit import SESSION_HEADER
 from ..errors import ConfigurationError, PaymentError
 from ..money import scale_to_asset
-from ..pricing import Flat, resolve_quote
+from ..pricing import Flat, PayerPrice, resolve_quote
 from ..request import RequestInfo
 from ..siwx import SIWX_HEADER, SIWX_KEY
+from . import payer_prices
+from .events import EventKind, PaymentEvent
 from .idempotency import PAYMENT_IDENTIFIER, payment_identifier_extension
 from .model import Route
 
@@ -59,6 +61,8 @@ async def requirements(
     """The payment requirements of this request (its quote in each accepted asset)."""
     try:
         quote = await resolve_quote(route.price, request)
+        if isinstance(route.price, PayerPrice):
+            quote = await payer_prices.exact_quote(gate, route.price, request, quote)
     except PaymentError:
         raise
     except ConfigurationError as exc:
@@ -178,8 +182,13 @@ def cached_challenge(gate: PaymentGate, route: Route, request: RequestInfo) -> P
     """
     if not gate._started or gate._listeners:
         return None
+    if route.rate_limit is not None and route.rate_limit.ip_items:
+        return None  # every request counts against the per-IP limit: begin() counts it
     request.url = gate.public_url(request)
-    return plain_challenge(gate, route, request)
+    answer = plain_challenge(gate, route, request)
+    if answer is not None and gate.telemetry.wants(EventKind.CHALLENGED):
+        gate.telemetry.observe(PaymentEvent(EventKind.CHALLENGED, request, route, status=402))
+    return answer
 
 
 def remember_challenge(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import protocol
+from ..channels.claims import ClaimSettings
 from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
 from ..schemes.batch_settlement import (
     BatchSettlementScheme,
@@ -42,10 +43,13 @@ from ..schemes.batch_settlement import (
     payment_response_extra,
 )
 from ..stores.channels import ChannelBegin, ChannelBeginOutcome, ChannelState
+from . import payer_prices
 from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
+from .journal import journaled, session_row
 from .model import Payment, PaymentSession, Route
+from .throttle import limit_payer
 
 if TYPE_CHECKING:
     from x402.schemas import PaymentPayload, PaymentRequirements
@@ -103,6 +107,9 @@ class ChannelSettings:
         by ``repr``.
     :param prefer: list ``batch-settlement`` before ``exact`` on flat-priced routes (clients
         take the first option they support); metered routes always list it first.
+    :param claim: run the background claimer in every process of this gate
+        (:class:`~x402gate.channels.ClaimSettings`: when to claim and settle); ``None`` leaves
+        claims to ``x402gate channels claim`` (cron) or to :class:`~x402gate.channels.ClaimEngine`.
     """
 
     receiver_authorizer: str | None = None
@@ -111,6 +118,7 @@ class ChannelSettings:
     sync_seconds: float = 60.0
     receiver_authorizer_key: str | None = field(default=None, repr=False)
     prefer: bool = False
+    claim: ClaimSettings | None = None
 
     @property
     def delegated(self) -> bool:
@@ -141,6 +149,10 @@ class ChannelSettings:
             raise ConfigurationError("sync_seconds must be a non-negative number")
         if not isinstance(self.prefer, bool):
             raise ConfigurationError("prefer must be True or False")
+        if self.claim is not None:
+            if not isinstance(self.claim, ClaimSettings):
+                raise ConfigurationError("claim must be a x402gate.channels.ClaimSettings")
+            self.claim.check()
         address = self.authorizer_address()
         # The scheme checks the address and the terms; a delegated one is checked the same way
         # at start-up, so the terms are checked here with a stand-in address.
@@ -300,7 +312,14 @@ async def channel_begin(
     except PaymentError as exc:
         raise await reject(exc.code, exc.message, exc.status_code) from None
     if auth.kind == "refund":
-        raise await reject(codes.REFUND_PAYLOAD, "refunds are not taken on this route", 402)
+        from .refunds import cooperative_refund  # the route is not run
+
+        raise await cooperative_refund(
+            gate, route, request, payload, requirements, accepts, auth, reject
+        )
+    if auth.recovered:
+        # The voucher's signature proves the payer: count it before any channel step.
+        await limit_payer(gate, route, request, auth.payer)
     channel_id = auth.channel_id
     # Canonical (checksummed, sorted): two clients spelling one config differently agree.
     config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
@@ -318,19 +337,25 @@ async def channel_begin(
                 raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
             raise await _corrective(gate, route, request, accepts, requirements, _view(state))
         if auth.deposit is not None or not auth.recovered:
-            verdict = await scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, "batch-settlement"):
+                verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")
                 raise await reject(code, "the facilitator refused this payment", 402)
+            if not auth.recovered:
+                # Proven by the facilitator only: counted now, before a deposit is collected.
+                await limit_payer(gate, route, request, auth.payer)
         if auth.deposit is not None:
-            settled = await scheme.settle(payload, requirements)
+            with gate.telemetry.step("settle", route, "batch-settlement"):
+                settled = await scheme.settle(payload, requirements)
             if not settled.success:
                 code = safe_code(settled.error_reason, "payment_invalid")
                 raise await reject(code, "the deposit could not be collected", 402)
             figures = (settled.extra or {}).get("channelState")
             state = await _sync(gate, channel_id, config, figures, gate.clock.now())
         elif state is None or gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
-            verdict = await scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, "batch-settlement"):
+                verdict = await scheme.verify(payload, requirements)
             if not verdict.is_valid:
                 code = safe_code(verdict.invalid_reason, "payment_invalid")
                 raise await reject(code, "the facilitator refused this payment", 402)
@@ -476,7 +501,8 @@ async def channel_finish(
         return {}
     value = hold.authorization.value
     if not session.route.price.metered:
-        charge = value
+        # A payer-priced route charges the payer's price inside the voucher's ceiling.
+        charge = await payer_prices.channel_charge(gate, session, value)
     elif whole:
         session.ended = gate.clock.now()
         charge = usage_charge(gate, session, usage, value)
@@ -526,10 +552,12 @@ async def _commit(
     hold.finished = True
     channel_id = hold.authorization.channel_id
     gate.holds.discard_step(channel_id, hold.token)
+    row = session_row(gate, session, "channel_charge", f"{channel_id}|{hold.token}")
+    extra = journaled(row)
     try:
         state: ChannelState | None = await gate._store_call(
             lambda: gate.store.channel_commit(
-                channel_id, hold.token, charge, gate.clock.now(), step=step
+                channel_id, hold.token, charge, gate.clock.now(), step=step, **extra
             )
         )
     except StoreError as exc:
@@ -538,6 +566,7 @@ async def _commit(
         raise failure(exc) from None
     if state is None:
         return None
+    payer_prices.forget(gate, session.payment.payer)
     session.charged = state.earned - hold.earned
     await gate._emit(
         PaymentEvent(EventKind.SETTLED, session.request, session.route, session.payment)

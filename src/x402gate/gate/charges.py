@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import StoreError
 from ..money import scale_to_asset
 from ..stores.base import credit_account
+from . import payer_prices
 from .events import EventKind, PaymentEvent
+from .journal import journaled, session_row
 from .model import PaymentSession, Route
 
 if TYPE_CHECKING:
@@ -135,8 +137,11 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     try:
         charge = usage_charge(gate, session, usage, session.quote)
         try:
+            row = session_row(gate, session, "charged", reservation)
+            extra = journaled(row)
+            now = gate.clock.now()
             charged = await gate._store_call(
-                gate.store.credit_commit, reservation, charge, gate.clock.now()
+                lambda: gate.store.credit_commit(reservation, charge, now, **extra)
             )
         except StoreError as exc:
             # The reservation expires and returns to the payer: the request was not charged.
@@ -150,6 +155,7 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     finally:
         gate._drop_hold(session)
     session.charged = charged
+    payer_prices.forget(gate, session.payment.payer)
     await gate._emit(
         PaymentEvent(
             EventKind.CHARGED, session.request, session.route, session.payment, amount=charged

@@ -16,8 +16,10 @@ from ..errors import ConfigurationError
 from ..money import parse_price
 from ..options import RouteOptions, check_route_options
 from ..pricing import as_strategy
+from ..ratelimit import as_rate_limit
 from ..reconcile import ChainReconciler
 from ..stores import Store
+from . import throttle
 from .model import Route
 
 if TYPE_CHECKING:
@@ -155,6 +157,9 @@ def route(gate: PaymentGate, price: Any, **options: Unpack[RouteOptions]) -> Rou
     extensions = options.get("extensions")
     payment_identifier = options.get("payment_identifier", "optional")
     credit_topup = options.get("credit_topup")
+    rate_limit = as_rate_limit(options.get("rate_limit"))
+    if rate_limit is not None:
+        throttle.rate_limiter(gate)  # the storage is checked when the route is built
     if payment_identifier not in PAYMENT_IDENTIFIER_MODES:
         raise ConfigurationError(
             "payment_identifier must be one of "
@@ -213,6 +218,7 @@ def route(gate: PaymentGate, price: Any, **options: Unpack[RouteOptions]) -> Rou
         extensions=extensions,
         payment_identifier=payment_identifier,
         credit_topup=topup,
+        rate_limit=rate_limit,
     )
 
 

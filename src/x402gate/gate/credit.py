@@ -23,6 +23,7 @@ from ..stores import ClaimResult
 from ..stores.base import credit_account
 from .failures import failure
 from .model import Payment, PaymentSession, Route
+from .throttle import limit_payer
 
 if TYPE_CHECKING:
     from x402.schemas import PaymentRequirements
@@ -53,6 +54,8 @@ async def credit_path(
     claims = await gate._identify(route, request)
     if claims is None:
         return None, accepts
+    # A session token or sign-in names the payer: counted before any credit is reserved.
+    await limit_payer(gate, route, request, claims.payer)
     adjusted: list[PaymentRequirements] = []
     for req in accepts:
         if req.network != claims.network or req.asset.lower() != claims.asset:

@@ -55,12 +55,21 @@ from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
 from ..errors import ConfigurationError, StoreError
+from ..observability.telemetry import Telemetry
 from ..proxies import TrustedProxies
+from ..ratelimit import (
+    RateLimiter,
+    RateLimitStrategy,
+    check_storage_url,
+    check_strategy,
+    default_storage_url,
+)
 from ..reconcile import ChainReconciler
 from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
 from ..siwx import SignInWithX, parse_public_origins, split_url
 from ..stores import Store, open_store
+from ..stores.journal import JournalRetention
 from ..stores.registry import DEFAULT_STORE_URL
 from . import (
     admission,
@@ -73,6 +82,7 @@ from . import (
     settlement,
     steps,
 )
+from . import journal as payments_journal
 from . import startup as start_up
 from .channels import ChannelSettings
 from .charges import COMMIT_WAIT_SECONDS
@@ -82,6 +92,7 @@ from .model import Route
 from .startup import StartupChecks
 
 if TYPE_CHECKING:
+    from ..channels.claimer import BackgroundClaimer
     from ..facilitators import Facilitator
     from ..schemes.batch_settlement import BatchSettlementScheme
 
@@ -152,6 +163,16 @@ class PaymentGate:
         :class:`ConfigurationError`; ``"warn"`` logs it and starts anyway (payments answer 503
         until it holds); ``"off"`` skips the check. The environment variable
         ``X402GATE_STARTUP_CHECKS`` overrides it.
+    :param rate_limit_storage: where the counters of routes' ``rate_limit`` live: a ``limits``
+        storage URL (``"memory://"``, ``"redis://host:6379/0"``). By default the store's Redis
+        when ``store`` is a Redis URL (shared by every instance), memory otherwise.
+    :param rate_limit_strategy: ``"moving-window"`` (the default) or ``"fixed-window"``.
+    :param journal: keep the payments journal in the store (on by default when the store can:
+        every built-in one does): one row per settled payment, charge and channel charge,
+        written with the commit it records, plus refusals and failures; read by
+        ``x402gate report`` and :mod:`x402gate.analytics`.
+    :param journal_retention: how long the journal keeps rows (a
+        :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
     """
 
     def __init__(
@@ -179,6 +200,10 @@ class PaymentGate:
         startup_checks: StartupChecks = "fail",
         scheme: PaymentScheme | None = None,
         channels: ChannelSettings | None = None,
+        rate_limit_storage: str | None = None,
+        rate_limit_strategy: RateLimitStrategy = "moving-window",
+        journal: bool = True,
+        journal_retention: JournalRetention | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -188,9 +213,23 @@ class PaymentGate:
             raise ConfigurationError("scheme must be a x402gate.schemes.PaymentScheme")
         self.scheme: PaymentScheme = scheme if scheme is not None else ExactScheme(facilitator)
         self.store = open_store(store)
+        self.rate_limit_storage = (
+            check_storage_url(rate_limit_storage)
+            if rate_limit_storage is not None
+            else default_storage_url(store)
+        )
+        self.rate_limit_strategy: RateLimitStrategy = check_strategy(rate_limit_strategy)
+        self.rate_limiter: RateLimiter | None = None
+        # The payments journal: kept whenever the store can keep it, unless turned off.
+        self.journal = bool(journal) and bool(getattr(self.store, "supports_journal", False))
+        if journal_retention is not None:
+            self.store.journal_retention = journal_retention
+        self._refusal_budget = payments_journal.RefusalBudget()
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
+        self.claimer: BackgroundClaimer | None = None
+        """The background claimer of this process, once started (``ChannelSettings(claim=)``)."""
         if channels is not None:
             if not isinstance(channels, ChannelSettings):
                 raise ConfigurationError("channels must be a x402gate.gate.ChannelSettings")
@@ -224,6 +263,8 @@ class PaymentGate:
         # Renews the holds of requests still running, so an answer never outlives its hold.
         self.holds = HoldKeeper(self.store, self.clock, credit_ttl_seconds)
         self._listeners: list[EventListener] = []
+        self.telemetry = Telemetry()
+        """Payment logs, metrics and spans (:mod:`x402gate.observability`)."""
         # Credit accounts whose charge is being committed after the answer went out: the next
         # request of that payer waits for the commit before reserving (see hold_commit).
         self._pending_commits: dict[str, set[concurrent.futures.Future[None]]] = {}
@@ -233,6 +274,8 @@ class PaymentGate:
         self._commits: set[asyncio.Future[int]] = set()
         self._deliveries: set[asyncio.Future[None]] = set()
         self._started = False
+        # Payer summaries of payer-priced routes: payer -> (until, (network, asset, period), it).
+        self._payer_summaries: dict[str, tuple[float, tuple[str, str, float], Any]] = {}
         self._start_lock: asyncio.Lock | None = None
 
     # -- public entry points, each defined in the module of its concern --------------------
@@ -302,6 +345,9 @@ class PaymentGate:
         return listener
 
     async def _emit(self, event: PaymentEvent) -> None:
+        self.telemetry.observe(event)
+        if self.journal:
+            await payments_journal.record_event(self, event)
         if self._listeners:
             await emit(self._listeners, event)
 
@@ -344,6 +390,8 @@ class PaymentGate:
 
     def close(self) -> None:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
+        if self.claimer is not None:
+            self.claimer.stop()
         self.holds.close()
         self.store.close()
 
@@ -352,6 +400,8 @@ class PaymentGate:
         pending: list[asyncio.Future[Any]] = [*self._commits, *self._deliveries]
         if pending:  # charges and deliveries of answers already sent: let them reach the store
             await asyncio.wait(pending, timeout=COMMIT_WAIT_SECONDS)
+        if self.claimer is not None:
+            await asyncio.to_thread(self.claimer.stop)
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()

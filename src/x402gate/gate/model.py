@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..assets import Asset
 from ..options import PaymentIdentifierMode, SettlementPolicy
 from ..pricing import PriceStrategy
+from ..ratelimit import RateLimit
 from ..request import RequestInfo
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ class Route:
     payment_identifier: PaymentIdentifier = "optional"
     credit_topup: int = 0
     """Metered routes: the least a payment tops up (micro-dollars); the rest stays as credit."""
+    rate_limit: RateLimit | None = None
+    """Requests allowed per client address and per payer (see :mod:`x402gate.ratelimit`)."""
+    name: str | None = None
+    """How reports name the route: its route-table key (``"GET /weather/{city}"``); ``None``
+    names each request by its method and path."""
 
 
 @dataclass(slots=True)

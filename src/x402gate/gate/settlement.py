@@ -17,8 +17,10 @@ from .. import protocol
 from ..errors import FacilitatorError, PaymentError, StoreError
 from ..reconcile import ChainReadError
 from ..request import RequestInfo
+from . import payer_prices
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
+from .journal import journaled, session_row
 from .model import Payment, PaymentSession, Route
 
 if TYPE_CHECKING:
@@ -52,7 +54,10 @@ async def settle(gate: PaymentGate, session: PaymentSession) -> None:
     result: SettleResponse | None = None
     try:
         for _ in range(2):
-            result = await gate.scheme.settle(session.payload, session.requirements)
+            with gate.telemetry.step("settle", route, "exact") as step:
+                result = await gate.scheme.settle(session.payload, session.requirements)
+                if not result.success:
+                    step.refused(safe_code(result.error_reason, "settlement_failed"))
             # settlement_pending: broadcast but unconfirmed; asking again reconciles the same
             # transaction (the facilitator keys it by signature), it never sends a second one.
             if result.success or result.error_reason != "settlement_pending":
@@ -234,20 +239,28 @@ async def mark_served(gate: PaymentGate, session: PaymentSession) -> None:
     after reading the transfer on chain) is answered by that retry: this request must send
     nothing, or the payment would be answered twice.
     """
+    # The journal row is written by the same store transaction that marks the claim used.
+    row = session_row(gate, session, "settled", session.key)
+    extra = journaled(row)
     try:
         if gate.reconciler is None:
-            kept = await gate._store_call(gate.store.mark_used, session.key, session.token)
+            kept = await gate._store_call(
+                lambda: gate.store.mark_used(session.key, session.token, **extra)
+            )
         else:
             # "Sending" until the whole answer was handed to the server (delivered()): if
             # this request is lost before that, a retry of the payment is served instead.
+            now = gate.clock.now()
             kept = await gate._store_call(
-                gate.store.mark_used, session.key, session.token, gate.clock.now()
+                lambda: gate.store.mark_used(session.key, session.token, now, **extra)
             )
             if kept:
                 session.answering = True
                 gate.holds.add_answer(
                     session.key, session.token, gate.reconciler.owner_grace_seconds
                 )
+        if kept and row is not None:
+            payer_prices.forget(gate, session.payment.payer)
     except StoreError as exc:
         logger.error("replay store mark_used failed after settlement: %s", exc)
         if gate.reconciler is None:

@@ -85,6 +85,19 @@ async def startup(gate: PaymentGate) -> None:
                 gate.channel_scheme = gate.channels.scheme(gate.facilitator, authorizer)
                 logger.info("channels: the facilitator's receiver authorizer is %s", authorizer)
         gate._started = True
+        if gate.channels is not None and gate.channels.claim is not None:
+            start_claimer(gate)
+
+
+def start_claimer(gate: PaymentGate) -> None:
+    """Start the gate's background claimer in this process (``ChannelSettings(claim=...)``);
+    a claimer that is already running is left alone."""
+    from ..channels.claimer import BackgroundClaimer
+
+    assert gate.channels is not None and gate.channels.claim is not None
+    if gate.claimer is None:
+        gate.claimer = BackgroundClaimer.for_gate(gate, gate.channels.claim)
+    gate.claimer.start()
 
 
 async def startup_problem(gate: PaymentGate) -> str | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
+from ..pricing import PayerPrice
 from ..request import RequestInfo
 from ..schemes.batch_settlement.codes import SCHEME as BATCH_SETTLEMENT
 from ..stores import ClaimResult, replay_key
@@ -25,6 +26,7 @@ from .channels import channel_abort, channel_begin, channel_finish
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .model import Payment, PaymentSession, Route
+from .throttle import limit_ip, limit_payer
 
 if TYPE_CHECKING:
     from .engine import PaymentGate
@@ -48,7 +50,11 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             logger.error("x402gate start-up check failed: %s", exc)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="startup"))
             raise failure(exc) from None
+    elif gate.claimer is not None and gate.claimer.forked:
+        gate.claimer.start()  # a worker forked after start-up: threads do not survive a fork
 
+    # Per client address, before any work is done for the request (429, nothing priced).
+    await limit_ip(gate, route, request)
     # Everything after this names the configured public origin, never the client's Host.
     request.url = gate.public_url(request)
     cached = gate._plain_challenge(route, request)
@@ -101,6 +107,9 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
         )
     except PaymentError as exc:
         raise await reject(exc.code, exc.message, exc.status_code) from None
+    if auth.recovered:
+        # The signature proves the payer: count it before anything is claimed or verified.
+        await limit_payer(gate, route, request, auth.payer)
 
     try:
         payment_id = gate._payment_id(route, decoded.payload)
@@ -148,14 +157,15 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
         claim = ClaimResult.CLAIMED
     else:
         try:
-            claim = await gate._store_call(
-                gate.store.claim,
-                key,
-                request.resource,
-                token,
-                auth.valid_before,
-                gate.clock.now(),
-            )
+            with gate.telemetry.step("claim", route):
+                claim = await gate._store_call(
+                    gate.store.claim,
+                    key,
+                    request.resource,
+                    token,
+                    auth.valid_before,
+                    gate.clock.now(),
+                )
         except StoreError as exc:
             logger.error("replay store claim failed: %s", exc)
             await gate._abandon(idempotency)
@@ -217,7 +227,10 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
     vouch = gate.limit_in_flight and not session.on_chain
     if use_facilitator or vouch or not auth.recovered:
         try:
-            verdict = await gate.scheme.verify(payload, requirements)
+            with gate.telemetry.step("verify", route, requirements.scheme) as step:
+                verdict = await gate.scheme.verify(payload, requirements)
+                if not verdict.is_valid:
+                    step.refused(safe_code(verdict.invalid_reason, "payment_invalid"))
         except FacilitatorError as exc:
             await gate._release(session)
             await gate._emit(PaymentEvent(EventKind.ERROR, request, route, payment, code="verify"))
@@ -226,6 +239,13 @@ async def begin(gate: PaymentGate, route: Route, request: RequestInfo) -> Paymen
             await gate._release(session)
             code = safe_code(verdict.invalid_reason, "payment_invalid")
             raise await reject(code, "the facilitator refused this payment")
+    if not auth.recovered:
+        # Only the facilitator's verify proved this payer: count it now, nothing settled yet.
+        try:
+            await limit_payer(gate, route, request, auth.payer)
+        except PaymentError:
+            await gate._release(session)
+            raise
     await gate._emit(PaymentEvent(EventKind.VERIFIED, request, route, payment))
 
     if route.settlement == "before":
@@ -298,6 +318,13 @@ async def _collected(
     funded (and its headers added), and the answer recorded unless the adapter records it."""
     if session.route.price.metered:
         await gate._fund_reservation(session)
+        session.response_headers.update(gate._credit_headers(session))
+    elif (
+        isinstance(session.route.price, PayerPrice)
+        and session.channel is None
+        and gate.public_origins
+    ):
+        # The session token names the payer: the next 402 can quote the payer's price.
         session.response_headers.update(gate._credit_headers(session))
     if not recording:
         await gate.record(session, status_code, (), None)

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
     from ..facilitators import Facilitator
     from ..gate import PaymentGate
+    from ..observability.metrics import PaymentMetrics
     from ..stores import Store
+    from .config.schema import MetricsSpec
 
 __all__ = [
     "Gateway",
@@ -83,6 +85,7 @@ class Gateway:
         store: str | Store | None = None,
     ) -> None:
         from ..gate import PaymentGate
+        from ..stores.journal import JournalRetention
 
         self.config = config
         settings = config.gateway
@@ -106,7 +109,14 @@ class Gateway:
             # Local settlement reconciles from its own rpc_url; a service needs chain_rpc_url.
             reconcile=config.facilitator.chain_rpc_url,
             channels=config.channels,
+            rate_limit_storage=settings.rate_limit_storage,
+            rate_limit_strategy=settings.rate_limit_strategy,
+            journal=settings.journal,
+            journal_retention=JournalRetention(
+                days=settings.journal_retention_days, rows=settings.journal_retention_rows
+            ),
         )
+        self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)
             for name, spec in config.upstreams.items()
@@ -118,6 +128,7 @@ class Gateway:
                 description=plan.description,
                 mime_type=plan.mime_type,
                 credit_topup=plan.credit_topup,
+                rate_limit=plan.rate_limit,
             )
             for plan in config.routes
         }
@@ -202,6 +213,8 @@ class Gateway:
         """Close the upstream connections of the running loop, the facilitator and the store."""
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
         await self.gate.aclose()
 
 
@@ -299,3 +312,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _metrics(gate: PaymentGate, spec: MetricsSpec | None) -> PaymentMetrics | None:
+    """The gateway's metrics as ``gateway.metrics`` asks (``None`` without the key)."""
+    if spec is None:
+        return None
+    from ..observability.metrics import PaymentMetrics
+
+    token = spec.token.get_secret_value() if spec.token is not None else None
+    metrics = PaymentMetrics(gate, path=spec.path, token=token)
+    if spec.port is not None:
+        metrics.serve(spec.port, spec.host)
+    return metrics

@@ -11,7 +11,9 @@ Built-in strategies:
 * :class:`Dynamic`: a sync or async function of the request;
 * :class:`MatchRules`: ordered glob rules over method, path, query, headers and JSON body fields;
 * :class:`ModelTable`: an LLM model name (``body.model`` by default) to a price;
-* :class:`DecodedBody`: another strategy, over compressed bodies and forms decoded (bounded).
+* :class:`DecodedBody`: another strategy, over compressed bodies and forms decoded (bounded);
+* :class:`PayerPrice`, :class:`Tiered`: prices that know the payer's history (volume discounts
+  from the payments journal, see :mod:`~x402gate.pricing.payer`).
 
 One module per concern: :mod:`~x402gate.pricing.strategy` (the interface, :class:`Flat`,
 :class:`Dynamic`, resolving quotes), :mod:`~x402gate.pricing.fields` (reading request fields:
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 from .decoded import MAX_FORM_FIELDS, DecodedBody
 from .fields import PatternLike
+from .payer import PayerPrice, PayerSummary, Tiered
 from .rules import MatchRules, ModelTable, Rule
 from .strategy import (
     NO_PRICE_CODE,
@@ -66,9 +69,12 @@ __all__ = [
     "MatchRules",
     "ModelTable",
     "PatternLike",
+    "PayerPrice",
+    "PayerSummary",
     "PriceFunction",
     "PriceStrategy",
     "Rule",
+    "Tiered",
     "as_strategy",
     "resolve_quote",
     "resolve_quote_sync",

@@ -51,6 +51,10 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         rpc_url=settings.rpc_url,
         startup_checks=settings.startup_checks,  # type: ignore[arg-type]
         channels=settings.channels,
+        rate_limit_storage=settings.rate_limit_storage,
+        rate_limit_strategy=settings.rate_limit_strategy,  # type: ignore[arg-type]
+        journal=settings.journal,
+        journal_retention=settings.journal_retention,
     )
     return gate, True
 

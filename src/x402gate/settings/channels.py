@@ -11,6 +11,11 @@ same keys, in lower case (or, in Flask and Django, upper case)::
       min_deposit: 100000                  # atomic units of the token
       sync_seconds: 60
       prefer: false                        # true: flat routes offer batch-settlement first
+      claim:                               # the background claimer (or: true for defaults)
+        every: 3600                        # seconds between periodic rounds (false: none)
+        threshold: 5000000                 # a round once this much is unclaimed
+        withdrawals: true                  # a round when a payer starts a timed withdrawal
+        settle: true                       # sweep to pay_to after each round
 
 :func:`read_channels` turns that into a :class:`~x402gate.gate.ChannelSettings`, or raises
 :class:`ChannelSettingsError` naming every wrong key as it was written. A private key never
@@ -27,7 +32,7 @@ from ..errors import ConfigurationError
 from ..options import suggest
 from ..schemes.batch_settlement import codes
 
-__all__ = ["CHANNEL_KEYS", "ChannelSettingsError", "read_channels"]
+__all__ = ["CHANNEL_KEYS", "CLAIM_KEYS", "ChannelSettingsError", "read_channels"]
 
 CHANNEL_KEYS: tuple[str, ...] = (
     "receiver_authorizer",
@@ -36,6 +41,7 @@ CHANNEL_KEYS: tuple[str, ...] = (
     "min_deposit",
     "sync_seconds",
     "prefer",
+    "claim",
 )
 """The keys of the ``channels`` setting, in the model's lower-case spelling."""
 
@@ -129,6 +135,70 @@ def _key(value: Any) -> str:
     return value.strip()
 
 
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"claim {name} must be a positive number, not {_shown(value)}")
+    return float(value)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"claim {name} must be true or false, not {_shown(value)}")
+    return value
+
+
+CLAIM_KEYS: tuple[str, ...] = (
+    "every",
+    "threshold",
+    "withdrawals",
+    "refresh_seconds",
+    "batch",
+    "settle",
+    "tick_seconds",
+    "lease_seconds",
+)
+"""The keys of ``claim`` (:class:`~x402gate.channels.ClaimSettings`)."""
+
+
+def _claim(value: Any) -> Any:
+    """``true`` (the defaults), ``false`` (no claimer), a mapping of :data:`CLAIM_KEYS`, or
+    a :class:`~x402gate.channels.ClaimSettings`."""
+    from ..channels.claims import ClaimSettings
+
+    if isinstance(value, ClaimSettings):
+        value.check()
+        return value
+    if value is True or value is False or isinstance(value, str):
+        return ClaimSettings() if _flag(value, "") else None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"must be true, false or a mapping, not {_shown(value)}")
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        name = key.lower() if isinstance(key, str) and key in (key.lower(), key.upper()) else None
+        if name not in CLAIM_KEYS:
+            guess = suggest(key, list(CLAIM_KEYS)) if isinstance(key, str) else None
+            hint = f" (did you mean {guess!r}?)" if guess is not None else ""
+            raise ConfigurationError(f"{key!s:.40} is not a claim setting{hint}")
+        if item is None:
+            continue
+        if name in ("withdrawals", "settle"):
+            fields[name] = _flag(item, name)
+        elif name == "every" and item is False:
+            fields[name] = None
+        elif name in ("threshold", "batch"):
+            fields[name] = _whole(item, "atomic units" if name == "threshold" else "channels")
+        else:
+            fields[name] = _number(item, name)
+    settings = ClaimSettings(**fields)
+    settings.check()
+    return settings
+
+
 _CHECKS = {
     "receiver_authorizer": _receiver_authorizer,
     "receiver_authorizer_key": _key,
@@ -136,6 +206,7 @@ _CHECKS = {
     "min_deposit": _min_deposit,
     "sync_seconds": _sync_seconds,
     "prefer": _prefer,
+    "claim": _claim,
 }
 
 

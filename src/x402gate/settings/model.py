@@ -56,6 +56,17 @@ class GateSettings(BaseModel):
     startup_checks: str = "fail"
     channels: Any = None
     """``batch-settlement`` terms (:mod:`x402gate.settings.channels`); ``None``: no channels."""
+    rate_limit_storage: str | None = None
+    """Where routes' ``rate_limit`` counters live (:mod:`x402gate.ratelimit`); ``None``: the
+    store's Redis when the store is one, memory otherwise."""
+    rate_limit_strategy: str = "moving-window"
+    metrics: Any = None
+    """Prometheus metrics (:func:`x402gate.observability.metrics.check_metrics_options`):
+    ``{"path": "/metrics", "token": ..., "port": ...}``; ``None``: none."""
+    journal: bool = True
+    """Keep the payments journal in the store (docs/analytics.md)."""
+    journal_retention: Any = None
+    """``{"days": …, "rows": …}``: how long the journal keeps rows (``None``: the store's)."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -162,6 +173,7 @@ class GateSettings(BaseModel):
         "allow_smart_wallets",
         "limit_in_flight",
         "discovery",
+        "journal",
         mode="plain",
     )
     @classmethod
@@ -193,10 +205,36 @@ class GateSettings(BaseModel):
     def _startup_checks(cls, value: Any) -> str:
         return check.check_startup_checks("fail" if value in (None, "") else value)
 
+    @field_validator("rate_limit_storage", mode="plain")
+    @classmethod
+    def _rate_limit_storage(cls, value: Any) -> str | None:
+        from ..ratelimit import check_storage_url
+
+        return None if value in (None, "") else check_storage_url(value)
+
+    @field_validator("rate_limit_strategy", mode="plain")
+    @classmethod
+    def _rate_limit_strategy(cls, value: Any) -> str:
+        from ..ratelimit import check_strategy
+
+        return check_strategy("moving-window" if value in (None, "") else value)
+
+    @field_validator("journal_retention", mode="plain")
+    @classmethod
+    def _journal_retention(cls, value: Any) -> Any:
+        return None if value is None else check.check_journal_retention(value)
+
     @field_validator("channels", mode="plain")
     @classmethod
     def _channels(cls, value: Any) -> Any:
         return read_channels(value)
+
+    @field_validator("metrics", mode="plain")
+    @classmethod
+    def _metrics(cls, value: Any) -> Any:
+        from ..observability.metrics import check_metrics_options
+
+        return check_metrics_options(value)
 
 
 def given_names(values: Mapping[str, Any]) -> frozenset[str]:
@@ -207,5 +245,11 @@ def given_names(values: Mapping[str, Any]) -> frozenset[str]:
 SETTING_NAMES: tuple[str, ...] = tuple(GateSettings.model_fields)
 """Every setting, in the model's lower-case spelling."""
 
-GATE_FIELDS = frozenset(SETTING_NAMES) - {"gate", "routes", "discovery", "startup_checks"}
+GATE_FIELDS = frozenset(SETTING_NAMES) - {
+    "gate",
+    "routes",
+    "discovery",
+    "startup_checks",
+    "metrics",
+}
 """Settings that describe a gate: they cannot be combined with ``gate``."""

@@ -108,6 +108,25 @@ def check_max_timeout(value: Any) -> int:
     return seconds
 
 
+def check_journal_retention(value: Any) -> Any:
+    """How long the payments journal keeps rows: ``{"days": 90, "rows": 1000000}`` (either or
+    both; ``None`` for no limit of that kind) or an existing ``JournalRetention``."""
+    from collections.abc import Mapping
+
+    from ..stores.journal import JournalRetention
+
+    if isinstance(value, JournalRetention):
+        return value
+    if not isinstance(value, Mapping) or not set(value) <= {"days", "rows"} or not value:
+        raise ConfigurationError('must be a mapping such as {"days": 90} or {"rows": 1000000}')
+    days, rows = value.get("days"), value.get("rows")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)):
+        raise ConfigurationError(f"days must be a number, not {days!r}")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int)):
+        raise ConfigurationError(f"rows must be a whole number, not {rows!r}")
+    return JournalRetention(days=days, rows=rows)
+
+
 def check_positive_seconds(value: Any, most: float = 600.0) -> float:
     """A timeout in seconds: a number above zero and at most ``most``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:

@@ -166,6 +166,8 @@ from typing import ClassVar, Self
 from ..errors import ConfigurationError
 from .channels import ChannelBegin, ChannelState
 from .checks import check_payment_id, credit_account, replay_key
+from .journal import JournalMethods, JournalRow
+from .leases import LeaseOperations
 from .records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
@@ -199,7 +201,7 @@ __all__ = [
 ]
 
 
-class Store(ABC):
+class Store(JournalMethods, LeaseOperations, ABC):
     """Base class of every backend.
 
     Subclasses set :attr:`scheme` (the URL scheme they register under) and implement the
@@ -243,8 +245,13 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+    def mark_used(
+        self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
+    ) -> bool:
         """Held (or sending) by ``token`` → used (settled, and answered).
+
+        With ``journal`` (stores with :attr:`supports_journal`), that row is appended in the
+        same transaction when the answer is True.
 
         With ``now``: held by ``token`` → *sending* (settled, its answer on the way), alive at
         ``now``; repeated on a sending key it moves that stamp later (never earlier), which is
@@ -364,8 +371,13 @@ class Store(ABC):
         """
         raise self._no_credit()
 
-    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+    def credit_commit(
+        self, reservation_id: str, charge: int, now: float, *, journal: JournalRow | None = None
+    ) -> int:
         """Charge ``min(charge, reserved amount)`` of a live reservation, return the rest.
+
+        With ``journal``, that row, its amount set to what this call charged, is appended in the
+        same transaction when this call charged something.
 
         Answers what was charged: the first charge again when it was already committed, 0 for
         a released or unknown reservation (which is charged nothing). An expired reservation
@@ -506,9 +518,19 @@ class Store(ABC):
         raise self._no_channels()
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         """End ``token``'s step and keep its voucher, atomically.
+
+        With ``journal``, that row, its amount set to what the seller earned by this commit, is
+        appended in the same transaction when the commit happens.
 
         With ``s = min(step, max_claimable - base)`` (``step`` defaults to ``charge``):
         ``charged`` becomes ``base + s``, what the client signs its next voucher on, and
@@ -528,8 +550,13 @@ class Store(ABC):
         """End ``token``'s step charging nothing; False when ``token`` does not hold it."""
         raise self._no_channels()
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         """Record the vouchers claimed on chain up to ``claimed`` (never beyond ``earned``).
+
+        With ``journal`` (a ``claim`` row), that row, its amount set to what this call adds to
+        ``total_claimed``, is appended in the same transaction when it adds something.
 
         ``total_claimed`` becomes the larger of itself and ``claimed``. False when the channel
         is unknown or ``claimed`` exceeds its earned amount (nothing changed then).
@@ -542,15 +569,21 @@ class Store(ABC):
         ``withdraw_requested_at``; the caller decides what to claim first)."""
         raise self._no_channels()
 
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        """One page of every channel the store keeps, ordered by channel id: up to ``limit``
+        channels whose id is above ``after`` (``None`` for the first page; pass the last id of
+        a page to get the next). For operators' listings and idle refunds, not for requests."""
+        raise self._no_channels()
+
     def _no_channels(self) -> ConfigurationError:
         return ConfigurationError(
             f"{type(self).__name__} cannot keep payment-channel state (batch-settlement)"
         )
 
-    def ping(self) -> None:  # noqa: B027 - optional hook, a no-op is the right default
+    def ping(self) -> None:
         """Raise :class:`~x402gate.errors.StoreError` when the backend is unreachable."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections and files."""
 
     def __enter__(self) -> Store:

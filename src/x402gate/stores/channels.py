@@ -78,6 +78,7 @@ __all__ = [
     "check_channel_config",
     "check_channel_id",
     "check_channel_limit",
+    "check_channel_page",
     "check_channel_sync",
     "check_voucher_signature",
     "mark_claimed",
@@ -95,7 +96,8 @@ MAX_VOUCHER_SIGNATURE_LENGTH = 4096
 """Longest voucher signature kept, in hex characters (ERC-1271 wallets may sign long ones)."""
 
 MAX_CHANNEL_LIST = 1000
-"""Most channels one :meth:`~x402gate.stores.base.Store.channel_claimable` call answers."""
+"""Most channels one :meth:`~x402gate.stores.base.Store.channel_claimable` or
+:meth:`~x402gate.stores.base.Store.channel_list` call answers."""
 
 _CHANNEL_ID_RE = re.compile(r"0x[0-9a-fA-F]{64}")
 _SIGNATURE_RE = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
@@ -217,6 +219,13 @@ def check_channel_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_CHANNEL_LIST:
         raise ValueError(f"channel list limit must be 1 to {MAX_CHANNEL_LIST}, got {limit!r:.80}")
     return limit
+
+
+def check_channel_page(limit: int, after: str | None) -> str | None:
+    """The checks of a :meth:`~x402gate.stores.base.Store.channel_list` call: the limit, and
+    ``after`` lower-cased (``None`` for the first page)."""
+    check_channel_limit(limit)
+    return None if after is None else check_channel_id(after)
 
 
 def check_channel_begin(

@@ -18,6 +18,9 @@
 // really sent, paid meaning it carried a PAYMENT-SIGNATURE header. Exit status 0 when the line
 // was printed, 2 for a usage error. With X402_REQUEST_BODY set (a JSON text), every request is
 // a POST of that body as application/json (a metered route's request), else a GET.
+//
+// With X402_REFUND=1 the buyer then asks for its channel's cooperative refund on the first url
+// (the scheme's refund): the output also has "refund", the settle response it got back.
 
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
 import { toClientEvmSigner } from "@x402/evm";
@@ -59,7 +62,8 @@ async function main() {
   const publicClient = createPublicClient({ transport: http(rpcUrl) });
   const signer = toClientEvmSigner(account, publicClient);
   const client = new x402Client();
-  client.register(network, new BatchSettlementEvmScheme(signer));
+  const scheme = new BatchSettlementEvmScheme(signer);
+  client.register(network, scheme);
   client.setSpendControls({
     allowedAssets: [{ network, asset, maxAmountPerPayment: MAX_AMOUNT_PER_PAYMENT }],
   });
@@ -77,6 +81,7 @@ async function main() {
   const body = process.env.X402_REQUEST_BODY;
   const answers = [];
   let error = null;
+  let refund = null;
   try {
     for (let i = 0; i < count; i += 1) {
       const url = urls[i % urls.length];
@@ -95,10 +100,13 @@ async function main() {
         paymentResponse: decodeReceipt(raw),
       });
     }
+    if (process.env.X402_REFUND === "1") {
+      refund = await scheme.refund(urls[0]);
+    }
   } catch (caught) {
     error = String((caught && caught.stack) || caught);
   }
-  process.stdout.write(`${JSON.stringify({ answers, exchanges, error })}\n`);
+  process.stdout.write(`${JSON.stringify({ answers, exchanges, refund, error })}\n`);
 }
 
 await main();

@@ -15,6 +15,7 @@ from ...assets import Asset, is_address, normalize_network, usdc
 from ...errors import ConfigurationError
 from ...money import PriceLike
 from ...pricing import DecodedBody, PriceStrategy
+from ...ratelimit import RateLimit, as_rate_limit, check_storage_url
 from ...routing import RoutePattern, shadowed_keys
 from ...settings.validators import (
     check_address,
@@ -70,6 +71,7 @@ class RoutePlan:
     """With ``targets:`` keyed by model: model name (``"*"``: any other) → its targets."""
     model_field: str | None = None
     """The top-level JSON body field that holds the model, when targets read or rewrite it."""
+    rate_limit: RateLimit | None = None
 
     @property
     def metered(self) -> bool:
@@ -274,6 +276,11 @@ class Compiler(PriceCompiler):
             check_trusted_proxies(section.trusted_proxies)
         except ConfigurationError as exc:
             self._add(("gateway", "trusted_proxies"), str(exc))
+        if section.rate_limit_storage is not None:
+            try:
+                check_storage_url(section.rate_limit_storage)
+            except ConfigurationError as exc:
+                self._add(("gateway", "rate_limit_storage"), str(exc))
         secret = self.file.gateway.secret
         if secret is not None and len(secret.get_secret_value().encode()) < 32:
             self._add(
@@ -355,6 +362,11 @@ class Compiler(PriceCompiler):
                 return None
         assert routing is not None
         targets, model_targets, model_field = routing
+        rate_limit = None
+        if spec.rate_limit is not None:
+            rate_limit = self._rate_limit((*loc, "rate_limit"), key, spec)
+            if rate_limit is None:
+                return None
         return RoutePlan(
             key=key,
             upstream=targets[0].upstream,
@@ -367,7 +379,28 @@ class Compiler(PriceCompiler):
             description=spec.description,
             mime_type=spec.mime_type,
             credit_topup=topup,
+            rate_limit=rate_limit,
         )
+
+    def _rate_limit(self, loc: Loc, key: str, spec: RouteSpec) -> RateLimit | None:
+        """The route's limits, counted under its key unless the file names a scope."""
+        written = spec.rate_limit
+        assert written is not None
+        for name in ("per_ip", "per_payer"):
+            rate = getattr(written, name)
+            if rate is not None:
+                try:
+                    as_rate_limit({name: rate})
+                except ConfigurationError as exc:
+                    self._add((*loc, name), str(exc).split(": ", 1)[-1])
+                    return None
+        try:
+            limit = as_rate_limit(written.model_dump())
+        except ConfigurationError as exc:
+            self._add(loc, str(exc))
+            return None
+        assert limit is not None
+        return limit.scoped(key)
 
     def _upstream_name(self, loc: Loc, name: str) -> bool:
         if name in self.file.upstreams:

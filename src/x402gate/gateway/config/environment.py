@@ -65,6 +65,9 @@ def declared_secrets(parsed: GatewayFile) -> Iterator[str]:
         yield authorizer_key.removeprefix("0x")
     if parsed.gateway.secret is not None:
         yield parsed.gateway.secret.get_secret_value()
+    metrics = parsed.gateway.metrics
+    if metrics is not None and metrics.token is not None:
+        yield metrics.token.get_secret_value()
     if parsed.gateway.balance_rpc_url is not None:
         # Hosted nodes put the API key in the path: the whole URL is a secret.
         yield parsed.gateway.balance_rpc_url.get_secret_value()

@@ -24,6 +24,8 @@ __all__ = [
     "FacilitatorSpec",
     "GatewayFile",
     "GatewaySection",
+    "MetricsSpec",
+    "RateLimitSpec",
     "RouteSpec",
     "RuleSpec",
     "TargetSpec",
@@ -67,6 +69,19 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class MetricsSpec(_Model):
+    """``gateway.metrics``: Prometheus metrics (needs ``x402gate[metrics]``), on a path of
+    the gateway (never charged, before the routes) and/or a port of their own."""
+
+    path: str | None = Field(default="/metrics", pattern=r"^/")
+    token: SecretStr | None = Field(default=None, min_length=8)
+    """When set, a scrape on ``path`` needs ``Authorization: Bearer <token>``."""
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Also serve them on this port (no token there: bind ``host`` where only the scraper
+    reaches)."""
+    host: str = "127.0.0.1"
+
+
 class GatewaySection(_Model):
     """``gateway:``: how the gateway serves and takes payments."""
 
@@ -89,6 +104,15 @@ class GatewaySection(_Model):
     startup_checks: Literal["fail", "warn", "off"] = "fail"
     upstream_client: Literal["aiohttp", "httpx", "builtin"] = "aiohttp"
     """The HTTP client that forwards to upstreams (:mod:`x402gate.gateway.clients`)."""
+    rate_limit_storage: str | None = None
+    """Where routes' ``rate_limit`` counters live (``memory://``, ``redis://...``); by default
+    the store's Redis when the store is one, memory otherwise."""
+    rate_limit_strategy: Literal["moving-window", "fixed-window"] = "moving-window"
+    metrics: MetricsSpec | None = None
+    journal: bool = True
+    """Keep the payments journal in the store (``x402gate report`` reads it)."""
+    journal_retention_days: float | None = Field(default=400.0, gt=0)
+    journal_retention_rows: int | None = Field(default=None, ge=1)
 
 
 class AcceptSpec(_Model):
@@ -169,6 +193,19 @@ class DecodeBodySpec(_Model):
     max_bytes: int = Field(default=1 << 20, ge=1, le=1 << 30)
 
 
+def _rate_shorthand(value: Any) -> Any:
+    return {"per_ip": value} if isinstance(value, str) else value
+
+
+class RateLimitSpec(_Model):
+    """A route's ``rate_limit:``: a rate per client address (``"60/minute"``, also the
+    shorthand ``rate_limit: 60/minute``) and per payer (see :mod:`x402gate.ratelimit`)."""
+
+    per_ip: str | None = None
+    per_payer: str | None = None
+    scope: str | None = None
+
+
 class RuleSpec(_Model):
     """One item of a route's ``match:`` list: conditions (``when``, or ``where``) and a price."""
 
@@ -225,6 +262,7 @@ class RouteSpec(_Model):
     min_bitrate: int | None = Field(default=None, ge=100)
     max_seconds: int | None = Field(default=None, ge=1)
     other_formats: Literal["size", "refuse"] | None = None
+    rate_limit: Annotated[RateLimitSpec | None, BeforeValidator(_rate_shorthand)] = None
 
 
 class GatewayFile(_Model):
@@ -275,6 +313,7 @@ def known_names() -> list[str]:
         TargetSpec,
         RuleSpec,
         RouteSpec,
+        RateLimitSpec,
     ):
         names.update(model.model_fields)
     names.update(("where", *ALIASES.values()))

@@ -61,6 +61,7 @@ DEPOSIT_BELOW_MIN_DEPOSIT: Final = _P + "deposit_below_min_deposit"
 VOUCHER_PAYLOAD: Final = _P + "voucher_payload"
 REFUND_PAYLOAD: Final = _P + "refund_payload"
 REFUND_AMOUNT_INVALID: Final = _P + "refund_amount_invalid"
+REFUND_NO_BALANCE: Final = _P + "refund_no_balance"
 VALID_AFTER_IN_FUTURE: Final = _P + "payload_authorization_valid_after"
 VALID_BEFORE_EXPIRED: Final = _P + "payload_authorization_valid_before"
 RECEIVE_AUTHORIZATION_SIGNATURE: Final = _P + "receive_authorization_signature"
@@ -93,6 +94,7 @@ BATCH_SETTLEMENT_ERROR_CODES: Final = frozenset(
         VOUCHER_PAYLOAD,
         REFUND_PAYLOAD,
         REFUND_AMOUNT_INVALID,
+        REFUND_NO_BALANCE,
         VALID_AFTER_IN_FUTURE,
         VALID_BEFORE_EXPIRED,
         RECEIVE_AUTHORIZATION_SIGNATURE,

@@ -27,6 +27,7 @@ from ..checks import (
     check_idempotency_ttl,
     check_in_flight_admit,
 )
+from ..journal import JournalRow, check_journal_row
 from ..records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
@@ -38,6 +39,8 @@ from ..records import (
     IdempotencyResult,
 )
 from .channels import MemoryChannels
+from .journal import MemoryJournal
+from .leases import MemoryLeases
 
 __all__ = ["MemoryStore"]
 
@@ -98,8 +101,11 @@ class _TopUp:
     at: float
 
 
-class MemoryStore(MemoryChannels, Store):
-    """A dict behind a lock. Operations never do I/O, so the async gate calls them inline."""
+class MemoryStore(MemoryJournal, MemoryChannels, MemoryLeases, Store):
+    """A dict behind a lock. Operations never do I/O, so the async gate calls them inline.
+
+    The payments journal is kept in memory too (see :mod:`.journal`): lost on restart.
+    """
 
     scheme: ClassVar[str] = "memory"
     blocking: ClassVar[bool] = False
@@ -109,9 +115,13 @@ class MemoryStore(MemoryChannels, Store):
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_leases: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._journal_init()
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, expires_at)
         # Payment channels by id, under the same lock. A channel lives as long as its escrow
         # on chain, so channels are never forgotten (one small record per paying client).
         self._channels: dict[str, ChannelState] = {}
@@ -165,7 +175,11 @@ class MemoryStore(MemoryChannels, Store):
     def release(self, key: str, token: str) -> bool:
         return self._finish(key, token, RELEASED)
 
-    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+    def mark_used(
+        self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
+    ) -> bool:
+        if journal is not None:
+            check_journal_row(journal)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.token != token or entry.state == RELEASED:
@@ -175,6 +189,8 @@ class MemoryStore(MemoryChannels, Store):
             elif entry.state != USED:  # an answered claim stays answered
                 entry.state = SENDING
                 entry.alive_at = max(entry.alive_at, now)
+            if journal is not None:
+                self._journal_add(journal)
             return True
 
     def recovery_check(
@@ -326,9 +342,13 @@ class MemoryStore(MemoryChannels, Store):
             acct.reserved += amount
             return True
 
-    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+    def credit_commit(
+        self, reservation_id: str, charge: int, now: float, *, journal: JournalRow | None = None
+    ) -> int:
         check_credit_id(reservation_id, "reservation id")
         check_credit_amount(charge, "charge", zero=True)
+        if journal is not None:
+            check_journal_row(journal)
         with self._lock:
             self._purge_credit(now)
             reservation = self._live(reservation_id, now)
@@ -344,10 +364,14 @@ class MemoryStore(MemoryChannels, Store):
                     acct.available -= late
                     acct.charged += late
                     known.state, known.charged = "committed", late
+                    if journal is not None and late:
+                        self._journal_add(journal.with_amount(late))
                     return late
                 return known.charged if known.state == "committed" else 0
             charged = min(charge, reservation.amount)
             self._end_reservation(reservation_id, reservation, "committed", charged, now)
+            if journal is not None and charged:
+                self._journal_add(journal.with_amount(charged))
             return charged
 
     def credit_extend(self, reservation_id: str, expires_at: float, now: float) -> bool:

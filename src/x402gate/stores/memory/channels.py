@@ -16,6 +16,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
     mark_claimed,
     step_begin,
@@ -24,6 +25,7 @@ from ..channels import (
     step_release,
     sync_channel,
 )
+from ..journal import JournalRow, check_journal_row
 
 __all__ = ["MemoryChannels"]
 
@@ -33,6 +35,9 @@ class MemoryChannels:
 
     _lock: threading.Lock
     _channels: dict[str, ChannelState]
+
+    def _journal_add(self, row: JournalRow) -> bool:
+        raise NotImplementedError  # the store's journal (MemoryJournal) provides it
 
     def channel_sync(
         self,
@@ -96,13 +101,25 @@ class MemoryChannels:
             return answer
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
+        if journal is not None:
+            check_journal_row(journal)
         with self._lock:
-            state = step_commit(self._channels.get(channel_id), token, charge, now, step)
+            before = self._channels.get(channel_id)
+            state = step_commit(before, token, charge, now, step)
             if state is not None:
                 self._channels[channel_id] = state
+                if journal is not None and before is not None:
+                    self._journal_add(journal.with_amount(state.earned - before.earned))
             return state
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
@@ -123,14 +140,22 @@ class MemoryChannels:
             self._channels[channel_id] = state
             return True
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
+        if journal is not None:
+            check_journal_row(journal)
         with self._lock:
-            state = mark_claimed(self._channels.get(channel_id), claimed)
-            if state is None:
+            before = self._channels.get(channel_id)
+            state = mark_claimed(before, claimed)
+            if state is None or before is None:
                 return False
             self._channels[channel_id] = state
+            added = state.total_claimed - before.total_claimed
+            if journal is not None and added > 0:
+                self._journal_add(journal.with_amount(added))
             return True
 
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
@@ -139,3 +164,10 @@ class MemoryChannels:
             due = [c for c in self._channels.values() if c.earned > c.total_claimed]
         due.sort(key=lambda c: (c.last_request_at, c.channel_id))
         return due[:limit]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        with self._lock:
+            page = [c for c in self._channels.values() if after is None or c.channel_id > after]
+        page.sort(key=lambda c: c.channel_id)
+        return page[:limit]

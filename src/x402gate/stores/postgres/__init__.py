@@ -45,6 +45,7 @@ from .channels import PostgresChannels
 from .credit import PostgresCredit
 from .idempotency import PostgresIdempotency
 from .in_flight import PostgresInFlight
+from .leases import PostgresLeases
 from .replay import PostgresReplay
 from .schema import SCHEMA_VERSION, schema_statements
 
@@ -54,7 +55,12 @@ _OPTIONS = ("pool_min_size", "pool_max_size", "pool_timeout", "schema", "migrate
 
 
 class PostgresStore(
-    PostgresReplay, PostgresIdempotency, PostgresCredit, PostgresInFlight, PostgresChannels
+    PostgresReplay,
+    PostgresIdempotency,
+    PostgresCredit,
+    PostgresInFlight,
+    PostgresChannels,
+    PostgresLeases,
 ):
     """Store in a PostgreSQL database, safe across threads, processes and hosts.
 
@@ -71,6 +77,8 @@ class PostgresStore(
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_leases: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:

@@ -22,6 +22,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
     mark_claimed,
     step_begin,
@@ -30,7 +31,8 @@ from ..channels import (
     step_release,
     sync_channel,
 )
-from .connection import PostgresConnection
+from ..journal import JournalRow, check_journal_row
+from .journal import PostgresJournal
 
 __all__ = ["PostgresChannels"]
 
@@ -95,7 +97,7 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
     )
 
 
-class PostgresChannels(PostgresConnection):
+class PostgresChannels(PostgresJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
     def _channel_update(
@@ -103,8 +105,11 @@ class PostgresChannels(PostgresConnection):
         op: str,
         channel_id: str,
         rule: Callable[[ChannelState | None], ChannelState | None],
+        journal: JournalRow | None = None,
+        claims: bool = False,
     ) -> ChannelState | None:
-        """Lock the channel, read its row, apply ``rule``, write back what it answers."""
+        """Lock the channel, read its row, apply ``rule``, write back what it answers; with
+        ``journal``, record the seller's earnings of this change in the same transaction."""
 
         def run(conn: Any) -> ChannelState | None:
             self._lock(conn, "channel", channel_id)
@@ -112,6 +117,13 @@ class PostgresChannels(PostgresConnection):
             new = rule(current)
             if new is not None and new != current:
                 conn.execute(_UPSERT, _to_row(new))
+            if journal is not None and new is not None and current is not None:
+                if claims:
+                    added = new.total_claimed - current.total_claimed
+                    if added > 0:
+                        self._journal_insert(conn, journal.with_amount(added))
+                else:
+                    self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
             return new
 
         return self._write(op, run)
@@ -183,13 +195,23 @@ class PostgresChannels(PostgresConnection):
         return answers[-1]
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
+        if journal is not None:
+            check_journal_row(journal)
         return self._channel_update(
             "channel_commit",
             channel_id,
             lambda current: step_commit(current, token, charge, now, step),
+            journal,
         )
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
@@ -206,11 +228,19 @@ class PostgresChannels(PostgresConnection):
         )
         return state is not None
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
+        if journal is not None:
+            check_journal_row(journal)
         state = self._channel_update(
-            "channel_mark_claimed", channel_id, lambda current: mark_claimed(current, claimed)
+            "channel_mark_claimed",
+            channel_id,
+            lambda current: mark_claimed(current, claimed),
+            journal,
+            claims=True,
         )
         return state is not None
 
@@ -222,6 +252,17 @@ class PostgresChannels(PostgresConnection):
                 f"SELECT {_COLUMNS} FROM x402gate_channel WHERE unclaimed"
                 " ORDER BY last_request_at, id LIMIT %s",
                 (limit,),
+            ).fetchall(),
+        )
+        return [_from_row(tuple(row)) for row in rows]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        rows = self._read(
+            "channel_list",
+            lambda conn: conn.execute(
+                f"SELECT {_COLUMNS} FROM x402gate_channel WHERE id > %s ORDER BY id LIMIT %s",
+                (after or "", limit),
             ).fetchall(),
         )
         return [_from_row(tuple(row)) for row in rows]

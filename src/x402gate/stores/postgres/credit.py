@@ -20,13 +20,14 @@ from ..checks import (
     check_credit_id,
     check_credit_reserve,
 )
+from ..journal import JournalRow, check_journal_row
 from ..records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     MAX_CREDIT_AMOUNT,
     CreditBalance,
     CreditReservation,
 )
-from .connection import PostgresConnection
+from .journal import PostgresJournal
 
 __all__ = ["PostgresCredit"]
 
@@ -50,7 +51,7 @@ def _write_account(conn: Any, account: str, **values: int) -> None:
     )
 
 
-class PostgresCredit(PostgresConnection):
+class PostgresCredit(PostgresJournal):
     """Top-ups, reservations and their commit, release, extension and expiry."""
 
     def credit_topup(self, account: str, amount: int, ref: str, now: float) -> int:
@@ -139,26 +140,37 @@ class PostgresCredit(PostgresConnection):
 
         return self._write("credit_reserve", run)
 
-    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+    def credit_commit(
+        self, reservation_id: str, charge: int, now: float, *, journal: JournalRow | None = None
+    ) -> int:
         check_credit_id(reservation_id, "reservation id")
         check_credit_amount(charge, "charge", zero=True)
+        if journal is not None:
+            check_journal_row(journal)
 
         def run(conn: Any) -> int:
+            charged, fresh = commit(conn)
+            if fresh and charged and journal is not None:
+                self._journal_insert(conn, journal.with_amount(charged))
+            return charged
+
+        def commit(conn: Any) -> tuple[int, bool]:
             row = self._locked_reservation(conn, reservation_id)
             if row is None:
-                return 0
+                return 0, False
             self._purge_credit(conn, now)
             live = self._live(conn, reservation_id, now)
             if live is None:
                 row = self._locked_reservation(conn, reservation_id, lock=False)
                 if row is None:
-                    return 0
+                    return 0, False
                 if row[2] == "expired":
-                    return self._commit_late(conn, reservation_id, row[0], int(row[1]), charge)
-                return int(row[3]) if row[2] == "committed" else 0
+                    late = self._commit_late(conn, reservation_id, row[0], int(row[1]), charge)
+                    return late, True
+                return (int(row[3]) if row[2] == "committed" else 0), False
             charged = min(charge, live[1])
             self._end_reservation(conn, reservation_id, live[0], live[1], "committed", charged, now)
-            return charged
+            return charged, True
 
         return self._write("credit_commit", run)
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..journal import JournalRow, check_journal_row
 from ..records import ClaimResult
-from .connection import PostgresConnection
+from .journal import PostgresJournal
 
 __all__ = ["PostgresReplay"]
 
 
-class PostgresReplay(PostgresConnection):
+class PostgresReplay(PostgresJournal):
     """Claims, releases, recovery checks and take-overs of authorizations."""
 
     def claim(
@@ -70,7 +71,11 @@ class PostgresReplay(PostgresConnection):
 
         return self._write("release", run)
 
-    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+    def mark_used(
+        self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
+    ) -> bool:
+        if journal is not None:
+            check_journal_row(journal)
         if now is None:
 
             def answered(conn: Any) -> bool:
@@ -83,6 +88,8 @@ class PostgresReplay(PostgresConnection):
                 if cursor.rowcount != 1:
                     return False
                 conn.execute("DELETE FROM x402gate_answering WHERE key = %s", (key,))
+                if journal is not None:
+                    self._journal_insert(conn, journal)
                 return True
 
             return self._write("mark_used", answered)
@@ -97,6 +104,8 @@ class PostgresReplay(PostgresConnection):
             ).fetchone()
             if row is None or row[0] == "released":
                 return False
+            if journal is not None:
+                self._journal_insert(conn, journal)
             if row[0] == "used" and row[2] is None:
                 return True  # answered already: it stays answered
             conn.execute("UPDATE x402gate_replay SET state = 'used' WHERE key = %s", (key,))

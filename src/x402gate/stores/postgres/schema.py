@@ -2,7 +2,8 @@
 
 Each concern gets its own table, as in the SQLite store (``x402gate_replay``,
 ``x402gate_recovery``, ``x402gate_answering``, ``x402gate_idempotency``, ``x402gate_credit_*``,
-``x402gate_in_flight``, ``x402gate_channel``); ``x402gate_meta`` records the schema version.
+``x402gate_in_flight``, ``x402gate_channel``, ``x402gate_journal``); ``x402gate_meta`` records
+the schema version.
 Money is ``NUMERIC(78, 0)``: exact, and wide enough for any ``uint256``.
 
 :data:`MIGRATIONS` lists, per version, the statements that bring a database of the version
@@ -104,7 +105,30 @@ _V1 = (
     " ON x402gate_channel (last_request_at, id) WHERE unclaimed",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+# Version 2: leases of background jobs (the channel claimer) and the payments journal.
+_V2 = (
+    """CREATE TABLE IF NOT EXISTS x402gate_lease (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS x402gate_journal (
+        id TEXT PRIMARY KEY,
+        time DOUBLE PRECISION NOT NULL,
+        route TEXT NOT NULL,
+        payer TEXT NOT NULL,
+        amount NUMERIC(78, 0) NOT NULL,
+        asset TEXT NOT NULL,
+        network TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        tx TEXT NOT NULL,
+        latency DOUBLE PRECISION,
+        scheme TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS x402gate_journal_time ON x402gate_journal (time, id)",
+    "CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time)",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 """Statements per version: ``MIGRATIONS[n]`` takes a database at version ``n - 1`` (0: empty)
 to version ``n``. A released version's statements never change; a change is a new version."""
 

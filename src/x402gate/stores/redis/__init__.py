@@ -31,8 +31,8 @@ field per payment (``amount|until_block|expires_at``), checked and added by one 
 ledger's exact decimal arithmetic, so admissions of one payer from every host are serialized.
 The hash's Redis TTL follows its longest-lived entry (plus the grace below).
 
-Payment channels, under ``<prefix>channel:``: a hash per channel and a sorted set of the channels
-with vouchers left to claim; see :mod:`.channels`.
+Payment channels, under ``<prefix>channel:``: a hash per channel, a sorted set of the channels
+with vouchers left to claim and one of every channel id; see :mod:`.channels`.
 
 Expiry: the scripts judge liveness with the caller's ``now`` against the stored ``expires_at``,
 exactly like the other backends. The key's Redis TTL only collects garbage: it is set relative to
@@ -53,12 +53,15 @@ from .connection import EXPIRY_GRACE_SECONDS
 from .credit import RedisCredit
 from .idempotency import RedisIdempotency
 from .in_flight import RedisInFlight
+from .leases import RedisLeases
 from .replay import RedisReplay
 
 __all__ = ["EXPIRY_GRACE_SECONDS", "RedisStore"]
 
 
-class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, RedisChannels):
+class RedisStore(
+    RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, RedisChannels, RedisLeases
+):
     """Replay store in Redis (one server, or a primary with replicas), atomic through Lua.
 
     Give either ``url`` or ``client``. ``socket_timeout`` applies to clients built from a URL
@@ -74,6 +77,8 @@ class RedisStore(RedisReplay, RedisIdempotency, RedisCredit, RedisInFlight, Redi
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_leases: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:

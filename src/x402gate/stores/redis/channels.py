@@ -3,7 +3,9 @@
 ``<prefix>channel:<id>`` holds the channel's fields (amounts as decimal text, compared and added
 exactly by the credit ledger's Lua arithmetic) and the step in progress in its ``step_*`` fields;
 ``<prefix>channel:unclaimed`` is a sorted set of the channels with ``earned > total_claimed``,
-scored by their last committed request, for listing what to claim. A hash without an ``earned``
+scored by their last committed request, for listing what to claim; ``<prefix>channel:ids`` a
+sorted set of every channel id (all scored 0, so ordered by id), for listing them all (a
+channel written by an older x402gate joins it at its next sync). A hash without an ``earned``
 field (written by an older x402gate, which knew no other rule) earned what it charged. Each
 operation that checks and sets is one script (``lua/channel_*.lua``), so the steps of one channel
 are serialised across every client and host on the server. Channel records never expire (they
@@ -25,9 +27,12 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
 )
-from .connection import RedisConnection, text
+from ..journal import JournalRow
+from .connection import text
+from .journal import RedisJournal
 from .scripts import CHANNEL, script
 
 if TYPE_CHECKING:
@@ -67,7 +72,7 @@ def _state(fields: list[Any]) -> ChannelState | None:
     )
 
 
-class RedisChannels(RedisConnection):
+class RedisChannels(RedisJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
     def _register_scripts(self, client: redis_module.Redis) -> None:
@@ -78,6 +83,10 @@ class RedisChannels(RedisConnection):
 
     def _channel_key(self, channel_id: str) -> str:
         return f"{self.key_prefix}channel:{channel_id}"
+
+    @property
+    def _ids_key(self) -> str:
+        return f"{self.key_prefix}channel:ids"
 
     def _channel(self, name: str, channel_id: str, now: float, *args: str) -> Any:
         keys = [self._channel_key(channel_id), f"{self.key_prefix}channel:unclaimed"]
@@ -115,6 +124,11 @@ class RedisChannels(RedisConnection):
         )
         if text(status) == "config":
             raise ValueError(f"channel {channel_id} is known with another config")
+        try:
+            # Idempotent: a sync lost between the two commands adds it at the next one.
+            self.client.zadd(self._ids_key, {channel_id: 0}, nx=True)
+        except self._redis_errors as exc:
+            self._fail("channel_sync", exc)
         state = _state(fields)
         assert state is not None
         return state
@@ -154,13 +168,28 @@ class RedisChannels(RedisConnection):
         return ChannelBegin(ChannelBeginOutcome(text(outcome)), _state(fields))
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
         moved = charge if step is None else step
         _, fields = self._channel(
-            "commit", channel_id, now, channel_id, token, str(charge), str(moved)
+            "commit",
+            channel_id,
+            now,
+            channel_id,
+            token,
+            str(charge),
+            str(moved),
+            *self._journal_args(journal),
         )
+        self._journal_after(journal)
         return _state(fields)
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
@@ -172,10 +201,20 @@ class RedisChannels(RedisConnection):
         channel_id = check_channel_id(channel_id)
         return int(self._channel("release", channel_id, 0.0, token)) == 1
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
-        answer = self._channel("mark_claimed", channel_id, now, channel_id, str(claimed))
+        answer = self._channel(
+            "mark_claimed",
+            channel_id,
+            now,
+            channel_id,
+            str(claimed),
+            *self._journal_args(journal),
+        )
+        self._journal_after(journal)
         return int(answer) == 1
 
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
@@ -191,3 +230,17 @@ class RedisChannels(RedisConnection):
         states = [_state([x for pair in raw.items() for x in pair]) for raw in hashes]
         # A channel claimed between the two reads is left out rather than listed stale.
         return [s for s in states if s is not None and s.earned > s.total_claimed]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        low = "-" if after is None else f"({after}"
+        try:
+            ids = self.client.zrangebylex(self._ids_key, low, "+", start=0, num=limit)
+            pipe = self.client.pipeline(transaction=False)
+            for channel_id in ids:
+                pipe.hgetall(self._channel_key(text(channel_id)))
+            hashes = pipe.execute()
+        except self._redis_errors as exc:
+            self._fail("channel_list", exc)
+        states = [_state([x for pair in raw.items() for x in pair]) for raw in hashes]
+        return [s for s in states if s is not None]

@@ -18,8 +18,10 @@ from ..checks import (
     check_credit_id,
     check_credit_reserve,
 )
+from ..journal import JournalRow
 from ..records import MAX_CREDIT_AMOUNT, CreditBalance, CreditReservation
-from .connection import RedisConnection, text
+from .connection import text
+from .journal import RedisJournal
 from .scripts import CREDIT, script
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ __all__ = ["RedisCredit"]
 _RECONCILE_BATCH = 500
 
 
-class RedisCredit(RedisConnection):
+class RedisCredit(RedisJournal):
     """Top-ups, reservations and their commit, release, extension and expiry."""
 
     def _register_scripts(self, client: redis_module.Redis) -> None:
@@ -81,7 +83,9 @@ class RedisCredit(RedisConnection):
         )
         return int(answer) == 1
 
-    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+    def credit_commit(
+        self, reservation_id: str, charge: int, now: float, *, journal: JournalRow | None = None
+    ) -> int:
         check_credit_id(reservation_id, "reservation id")
         check_credit_amount(charge, "charge", zero=True)
         answer = self._credit(
@@ -91,7 +95,9 @@ class RedisCredit(RedisConnection):
             now,
             reservation_id,
             str(charge),
+            *self._journal_args(journal),
         )
+        self._journal_after(journal)
         return int(answer)
 
     def credit_release(self, reservation_id: str, now: float) -> bool:

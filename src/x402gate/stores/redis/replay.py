@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..journal import JournalRow
 from ..records import ClaimResult
-from .connection import EXPIRY_GRACE_SECONDS, RedisConnection, text
-from .scripts import script
+from .connection import EXPIRY_GRACE_SECONDS, text
+from .journal import RedisJournal
+from .scripts import JOURNAL, script
 
 if TYPE_CHECKING:
     import redis as redis_module
@@ -21,7 +23,7 @@ __all__ = ["RedisReplay"]
 _CLAIM_RESULTS = {result.value: result for result in ClaimResult}
 
 
-class RedisReplay(RedisConnection):
+class RedisReplay(RedisJournal):
     """Claims, releases, recovery checks and take-overs of authorizations."""
 
     def _register_scripts(self, client: redis_module.Redis) -> None:
@@ -29,7 +31,7 @@ class RedisReplay(RedisConnection):
         self._claim_script = client.register_script(script("claim"))
         self._finish_script = client.register_script(script("finish"))
         self._recovery_check_script = client.register_script(script("recovery_check"))
-        self._mark_used_script = client.register_script(script("mark_used"))
+        self._mark_used_script = client.register_script(script("mark_used", JOURNAL))
         self._take_over_script = client.register_script(script("take_over"))
 
     def _key(self, key: str) -> str:
@@ -50,13 +52,20 @@ class RedisReplay(RedisConnection):
     def release(self, key: str, token: str) -> bool:
         return self._finish("release", key, token, "released")
 
-    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+    def mark_used(
+        self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
+    ) -> bool:
+        extra = self._journal_args(journal)
+        if journal is not None:
+            extra.append(str(journal.amount))
         try:
             done = self._mark_used_script(
-                keys=[self._key(key)], args=[token, "" if now is None else repr(float(now))]
+                keys=[self._key(key)],
+                args=[token, "" if now is None else repr(float(now)), *extra],
             )
         except self._redis_errors as exc:
             self._fail("mark_used", exc)
+        self._journal_after(journal)
         return int(done) == 1
 
     def recovery_check(

@@ -11,15 +11,18 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-__all__ = ["CHANNEL", "CREDIT", "IN_FLIGHT", "script"]
+__all__ = ["CHANNEL", "CREDIT", "IN_FLIGHT", "JOURNAL", "script"]
 
-CREDIT = ("credit_prelude",)
+JOURNAL = ("journal_prelude",)
+"""Prelude of the scripts that write journal rows."""
+
+CREDIT = ("credit_prelude", "journal_prelude")
 """Preludes of the credit ledger scripts."""
 
 IN_FLIGHT = ("credit_prelude", "in_flight_prelude")
 """Preludes of the payments-in-flight scripts."""
 
-CHANNEL = ("credit_prelude", "channel_prelude")
+CHANNEL = ("credit_prelude", "channel_prelude", "journal_prelude")
 """Preludes of the payment-channel scripts (the ledger's exact decimal arithmetic)."""
 
 

@@ -1,7 +1,7 @@
 """``sqlite:///path.db``: the embedded default, one file shared by every process on the host.
 
-Replay claims, idempotency records, the credit ledger and payment-channel state live in one
-file.
+Replay claims, idempotency records, the credit ledger, payment-channel state and the payments
+journal live in one file.
 
 URLs: ``sqlite:///relative/path.db`` (relative to the working directory when the store is
 created), ``sqlite:////absolute/path.db``; query options ``timeout`` (seconds to wait for
@@ -63,13 +63,16 @@ from .channels import SQLiteChannels
 from .credit import SQLiteCredit
 from .idempotency import SQLiteIdempotency
 from .in_flight import SQLiteInFlight
+from .leases import SQLiteLeases
 from .replay import SQLiteReplay
 from .schema import SCHEMA_VERSION
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 
-class SQLiteStore(SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight, SQLiteChannels):
+class SQLiteStore(
+    SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight, SQLiteChannels, SQLiteLeases
+):
     """Replay store in a SQLite file (WAL), safe across threads and processes of one host.
 
     ``path`` is made absolute when the store is created. The file and its tables are created on
@@ -84,6 +87,8 @@ class SQLiteStore(SQLiteReplay, SQLiteIdempotency, SQLiteCredit, SQLiteInFlight,
     supports_in_flight: ClassVar[bool] = True
     supports_recovery: ClassVar[bool] = True
     supports_channels: ClassVar[bool] = True
+    supports_leases: ClassVar[bool] = True
+    supports_journal: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:

@@ -33,6 +33,7 @@ from ..channels import (
     check_channel_commit,
     check_channel_id,
     check_channel_limit,
+    check_channel_page,
     check_channel_sync,
     mark_claimed,
     step_begin,
@@ -41,7 +42,8 @@ from ..channels import (
     step_release,
     sync_channel,
 )
-from .connection import SQLiteConnection
+from ..journal import JournalRow, check_journal_row
+from .journal import SQLiteJournal
 
 __all__ = ["SQLiteChannels"]
 
@@ -101,7 +103,7 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
     )
 
 
-class SQLiteChannels(SQLiteConnection):
+class SQLiteChannels(SQLiteJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
     def _channel_update(
@@ -110,8 +112,12 @@ class SQLiteChannels(SQLiteConnection):
         channel_id: str,
         rule: Callable[[ChannelState | None], ChannelState | None],
         synchronous: str | None = None,
+        journal: JournalRow | None = None,
+        claims: bool = False,
     ) -> ChannelState | None:
-        """Read the row, apply ``rule``, write back what it answers (if anything changed)."""
+        """Read the row, apply ``rule``, write back what it answers (if anything changed);
+        with ``journal``, record the seller's earnings of this change (with ``claims``, what it
+        adds to the claimed total) in the same transaction."""
 
         def run(conn: sqlite3.Connection) -> ChannelState | None:
             current = self._channel_row(conn, channel_id)
@@ -122,6 +128,13 @@ class SQLiteChannels(SQLiteConnection):
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _reorder(_to_row(new)),
                 )
+            if journal is not None and new is not None and current is not None:
+                if claims:
+                    added = new.total_claimed - current.total_claimed
+                    if added > 0:
+                        self._journal_insert(conn, journal.with_amount(added))
+                else:
+                    self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
             return new
 
         return self._write(op, run, synchronous)
@@ -193,14 +206,24 @@ class SQLiteChannels(SQLiteConnection):
         return answers[-1]
 
     def channel_commit(
-        self, channel_id: str, token: str, charge: int, now: float, *, step: int | None = None
+        self,
+        channel_id: str,
+        token: str,
+        charge: int,
+        now: float,
+        *,
+        step: int | None = None,
+        journal: JournalRow | None = None,
     ) -> ChannelState | None:
         channel_id = check_channel_commit(channel_id, charge, step)
+        if journal is not None:
+            check_journal_row(journal)
         return self._channel_update(
             "channel_commit",
             channel_id,
             lambda current: step_commit(current, token, charge, now, step),
             self.ledger_synchronous,
+            journal,
         )
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
@@ -223,11 +246,20 @@ class SQLiteChannels(SQLiteConnection):
         )
         return state is not None
 
-    def channel_mark_claimed(self, channel_id: str, claimed: int, now: float) -> bool:
+    def channel_mark_claimed(
+        self, channel_id: str, claimed: int, now: float, *, journal: JournalRow | None = None
+    ) -> bool:
         channel_id = check_channel_id(channel_id)
         check_channel_amount(claimed, "claimed")
+        if journal is not None:
+            check_journal_row(journal)
         state = self._channel_update(
-            "channel_mark_claimed", channel_id, lambda current: mark_claimed(current, claimed)
+            "channel_mark_claimed",
+            channel_id,
+            lambda current: mark_claimed(current, claimed),
+            None,
+            journal,
+            claims=True,
         )
         return state is not None
 
@@ -239,6 +271,17 @@ class SQLiteChannels(SQLiteConnection):
                 f"SELECT {_COLUMNS} FROM x402gate_channel WHERE unclaimed = 1"
                 " ORDER BY last_request_at, id LIMIT ?",
                 (limit,),
+            ).fetchall(),
+        )
+        return [_from_row(tuple(row)) for row in rows]
+
+    def channel_list(self, limit: int = 100, after: str | None = None) -> list[ChannelState]:
+        after = check_channel_page(limit, after)
+        rows = self._read(
+            "channel_list",
+            lambda conn: conn.execute(
+                f"SELECT {_COLUMNS} FROM x402gate_channel WHERE id > ? ORDER BY id LIMIT ?",
+                (after or "", limit),
             ).fetchall(),
         )
         return [_from_row(tuple(row)) for row in rows]

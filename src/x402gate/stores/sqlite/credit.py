@@ -19,13 +19,14 @@ from ..checks import (
     check_credit_id,
     check_credit_reserve,
 )
+from ..journal import JournalRow, check_journal_row
 from ..records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     MAX_CREDIT_AMOUNT,
     CreditBalance,
     CreditReservation,
 )
-from .connection import SQLiteConnection
+from .journal import SQLiteJournal
 
 __all__ = ["SQLiteCredit"]
 
@@ -49,7 +50,7 @@ def _write_account(conn: sqlite3.Connection, account: str, **values: int) -> Non
     )
 
 
-class SQLiteCredit(SQLiteConnection):
+class SQLiteCredit(SQLiteJournal):
     """Top-ups, reservations and their commit, release, extension and expiry."""
 
     def credit_topup(self, account: str, amount: int, ref: str, now: float) -> int:
@@ -135,11 +136,21 @@ class SQLiteCredit(SQLiteConnection):
         # Not fsynced (unless ledger_synchronous=full): see the module documentation.
         return self._write("credit_reserve", run, synchronous=self.ledger_synchronous)
 
-    def credit_commit(self, reservation_id: str, charge: int, now: float) -> int:
+    def credit_commit(
+        self, reservation_id: str, charge: int, now: float, *, journal: JournalRow | None = None
+    ) -> int:
         check_credit_id(reservation_id, "reservation id")
         check_credit_amount(charge, "charge", zero=True)
+        if journal is not None:
+            check_journal_row(journal)
 
         def run(conn: sqlite3.Connection) -> int:
+            charged, fresh = commit(conn)
+            if fresh and charged and journal is not None:
+                self._journal_insert(conn, journal.with_amount(charged))
+            return charged
+
+        def commit(conn: sqlite3.Connection) -> tuple[int, bool]:
             self._purge_credit(conn, now)
             live = self._live(conn, reservation_id, now)
             if live is None:
@@ -149,13 +160,14 @@ class SQLiteCredit(SQLiteConnection):
                     (reservation_id,),
                 ).fetchone()
                 if row is None:
-                    return 0
+                    return 0, False
                 if row[2] == "expired":
-                    return self._commit_late(conn, reservation_id, row[0], int(row[1]), charge)
-                return int(row[3]) if row[2] == "committed" else 0
+                    late = self._commit_late(conn, reservation_id, row[0], int(row[1]), charge)
+                    return late, True
+                return (int(row[3]) if row[2] == "committed" else 0), False
             charged = min(charge, live[1])
             self._end_reservation(conn, reservation_id, live[0], live[1], "committed", charged, now)
-            return charged
+            return charged, True
 
         return self._write("credit_commit", run, synchronous=self.ledger_synchronous)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import sqlite3
 
+from ..journal import JournalRow, check_journal_row
 from ..records import ClaimResult
-from .connection import SQLiteConnection
+from .journal import SQLiteJournal
 
 __all__ = ["SQLiteReplay"]
 
 
-class SQLiteReplay(SQLiteConnection):
+class SQLiteReplay(SQLiteJournal):
     """Claims, releases, recovery checks and take-overs of authorizations."""
 
     def claim(
@@ -57,7 +58,16 @@ class SQLiteReplay(SQLiteConnection):
     def release(self, key: str, token: str) -> bool:
         return self._finish("release", key, token, "released")
 
-    def mark_used(self, key: str, token: str, now: float | None = None) -> bool:
+    def mark_used(
+        self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
+    ) -> bool:
+        if journal is not None:
+            check_journal_row(journal)
+        return self._mark_used(key, token, now, journal)
+
+    def _mark_used(
+        self, key: str, token: str, now: float | None, journal: JournalRow | None
+    ) -> bool:
         # "sending" is a used row with a row in x402gate_answering: files and workers of before
         # it see a used claim (a replay), which is the safe reading.
         if now is None:
@@ -71,6 +81,8 @@ class SQLiteReplay(SQLiteConnection):
                 if cursor.rowcount != 1:
                     return False
                 conn.execute("DELETE FROM x402gate_answering WHERE key = ?", (key,))
+                if journal is not None:
+                    self._journal_insert(conn, journal)
                 return True
 
             # Synced like every replay write: it comes after the answer went out (off the
@@ -86,6 +98,8 @@ class SQLiteReplay(SQLiteConnection):
             ).fetchone()
             if row is None or row[0] == "released":
                 return False
+            if journal is not None:
+                self._journal_insert(conn, journal)
             if row[0] == "used" and row[2] is None:
                 return True  # answered already: it stays answered
             conn.execute("UPDATE x402gate_replay SET state = 'used' WHERE key = ?", (key,))

@@ -2,7 +2,7 @@
 
 Each concern gets its own table (``x402gate_replay``, ``x402gate_idempotency``,
 ``x402gate_credit_*``, ``x402gate_in_flight``,
-``x402gate_channel``) and ``x402gate_meta`` records the schema version.
+``x402gate_channel``, ``x402gate_journal``) and ``x402gate_meta`` records the schema version.
 Adding a table is not a new version: tables are created when missing, and an older x402gate
 ignores tables it does not know, so old and new workers can share one file during a rolling
 upgrade. Nor is adding a column that may hold NULL (:data:`COLUMNS`): it is added to an older
@@ -116,6 +116,27 @@ CREATE TABLE IF NOT EXISTS x402gate_channel (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_channel_unclaimed
     ON x402gate_channel (last_request_at, id) WHERE unclaimed = 1;
+CREATE TABLE IF NOT EXISTS x402gate_lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402gate_journal (
+    id TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    route TEXT NOT NULL,
+    payer TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    network TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    tx TEXT NOT NULL,
+    latency REAL,
+    scheme TEXT NOT NULL,
+    detail TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS x402gate_journal_time ON x402gate_journal (time, id);
+CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time);
 """
 
 COLUMNS: tuple[tuple[str, str, str, str], ...] = (

@@ -1,5 +1,6 @@
 -- ARGV[4..] reservation id, then charge (commit) or nothing (release).
--- Commit answers the charge as text; release answers 1 or 0.
+-- Commit answers the charge as text; release answers 1 or 0. A commit records what it charged
+-- with the journal arguments (journal_prelude) from ARGV[6].
 local id, charge = ARGV[4], ARGV[5]
 local r = redis.call('HMGET', res_key(id), 'account', 'amount', 'state', 'expires_at', 'charged')
 local live = false
@@ -24,12 +25,14 @@ if charge then
                            'charged', add(bal[2] or '0', late))
             end
             redis.call('HSET', res_key(id), 'state', 'committed', 'charged', late)
+            if late ~= '0' then journal_write(6, late) end
             return late
         end
         return '0'
     end
     if cmp(charge, r[2]) > 0 then charge = r[2] end
     finish(id, r[1], r[2], 'committed', charge, r[4])
+    if charge ~= '0' then journal_write(6, charge) end
     return charge
 end
 if not live then

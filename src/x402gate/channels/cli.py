@@ -1,0 +1,273 @@
+"""``x402gate channels claim`` and ``x402gate channels settle``: claims and settlement from the
+command line, for cron or by hand.
+
+Either from the gateway file the server runs (``--config gateway.yaml``: its store, facilitator,
+assets, ``pay_to`` and ``channels:`` settings, authorizer key included), or from flags::
+
+    x402gate channels claim --store sqlite:///x402gate.db --facilitator https://fac.example \\
+        [--network eip155:8453] [--authorizer-key-env RECEIVER_AUTHORIZER_KEY] [--no-settle]
+    x402gate channels settle --facilitator https://fac.example --receiver 0x... --token 0x... \\
+        [--network eip155:8453]
+
+``claim`` claims every channel with unclaimed value (in batches of ``--batch``), then settles to
+the receivers it claimed for (unless ``--no-settle``). The receiver authorizer's key, when the
+seller signs claims itself, is read from the environment variable ``--authorizer-key-env``
+names, never from the command line (other users of the host can read it); without one the
+facilitator signs. A claimer running in the servers and a cron job may overlap: the command takes
+the same store lease as the background claimer, and waits for nothing (exit status 3 when another
+claimer holds it). Exit status 0 when everything went through, 1 when something failed (it is
+retried by the next run: nothing is recorded that the chain did not confirm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .claims import ClaimEngine
+
+__all__ = ["add_commands", "run_claim", "run_settle"]
+
+LOCKED = 3
+"""Exit status when another claimer holds the lease."""
+
+
+def add_commands(commands: Any) -> None:
+    """Add ``claim`` and ``settle`` to the ``channels`` subcommands (each sets
+    ``channels_run``)."""
+    claim = commands.add_parser(
+        "claim",
+        help="claim what the channels earned (one transaction per batch), then settle it",
+        description="Claim every channel with unclaimed value, then settle to the receivers.",
+    )
+    _source_options(claim, store=True)
+    claim.add_argument(
+        "--rpc-url",
+        help="a JSON-RPC URL of the chain, to read the channels there directly (default: "
+        "through the facilitator)",
+    )
+    claim.add_argument("--batch", type=int, default=100, help="channels per claim transaction")
+    claim.add_argument("--no-settle", action="store_true", help="claim only; settle later")
+    claim.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    claim.set_defaults(channels_run=run_claim)
+    settle = commands.add_parser(
+        "settle",
+        help="sweep what is claimed to the receiver",
+        description="Transfer everything claimed and not yet settled to each receiver.",
+    )
+    _source_options(settle, store=False)
+    settle.add_argument("--receiver", help="the receiver (pay_to) address")
+    settle.add_argument("--token", help="the token address")
+    settle.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    settle.set_defaults(channels_run=run_settle)
+
+
+def _source_options(parser: argparse.ArgumentParser, *, store: bool) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="the gateway file: its store, facilitator and channels"
+    )
+    if store:
+        parser.add_argument("--store", help="the gate's store URL (sqlite:///x402gate.db, ...)")
+    parser.add_argument("--facilitator", help="the facilitator's URL")
+    parser.add_argument(
+        "--network",
+        help="the network (CAIP-2) of the channels; default: the one the facilitator supports "
+        "batch-settlement on",
+    )
+    parser.add_argument(
+        "--authorizer-key-env",
+        metavar="VAR",
+        help="the environment variable holding the receiver authorizer's private key, when "
+        "the seller signs claims itself (default: the facilitator signs them)",
+    )
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"x402gate channels {command}: {message}", file=sys.stderr)
+    return 2
+
+
+class _Setup:
+    """The engine a command runs, and what to close afterwards."""
+
+    def __init__(self, engine: ClaimEngine, closers: list[Any]) -> None:
+        self.engine = engine
+        self.closers = closers
+
+    async def close(self) -> None:
+        for closer in self.closers:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
+    """The engine from ``--config`` or from the flags; a message when they do not make one."""
+    from ..errors import ConfigurationError, FacilitatorError, StoreError
+    from .claims import ClaimEngine
+
+    batch = getattr(args, "batch", 100)
+    if not 0 < batch <= 1000:
+        return "--batch must be from 1 to 1000"
+    if args.config:
+        from ..gateway.app import Gateway
+        from ..gateway.config import GatewayConfigError, load_config
+
+        try:
+            gateway = Gateway(load_config(args.config))
+        except (GatewayConfigError, ConfigurationError) as exc:
+            return f"{args.config}: {exc}"
+        gate = gateway.gate
+        if gate.channels is None:
+            return f"{args.config}: no channels: section"
+        engine = ClaimEngine(
+            gate.store,
+            gate.facilitator,
+            assets=gate.assets,
+            pay_to=gate.pay_to,
+            rpc_urls=gate.balances.rpc_urls,
+            authorizer_key=gate.channels.receiver_authorizer_key,
+            batch=batch,
+        )
+        return _Setup(engine, [gateway.aclose])
+    if not args.facilitator:
+        return "give --config FILE, or --facilitator URL (and --store URL)"
+    key = None
+    if args.authorizer_key_env:
+        key = os.environ.get(args.authorizer_key_env)
+        if not key:
+            return f"${args.authorizer_key_env} is not set"
+    from ..facilitators import HTTPFacilitator
+    from ..stores import open_store
+    from ..stores.memory import MemoryStore
+
+    try:
+        facilitator = HTTPFacilitator(args.facilitator)
+        store_url = getattr(args, "store", None)
+        if command == "claim" and not store_url:
+            return "give --store URL (the store the gate keeps its channels in)"
+        store = open_store(store_url) if store_url else MemoryStore()
+    except (ConfigurationError, StoreError, ValueError) as exc:
+        return str(exc)
+    network = args.network
+    if network is None:
+        try:
+            supported = await facilitator.supported()
+        except FacilitatorError as exc:
+            store.close()
+            return f"the facilitator did not answer: {exc}"
+        found = sorted({k.network for k in supported.kinds if k.scheme == "batch-settlement"})
+        if len(found) != 1:
+            store.close()
+            return "give --network: the facilitator supports batch-settlement on " + (
+                ", ".join(found) or "no network"
+            )
+        network = found[0]
+    try:
+        rpc_url = getattr(args, "rpc_url", None)
+        engine = ClaimEngine(
+            store,
+            facilitator,
+            network=network,
+            rpc_urls={network: rpc_url} if rpc_url else None,
+            authorizer_key=key,
+            batch=batch,
+        )
+    except ConfigurationError as exc:
+        store.close()
+        return str(exc)
+    return _Setup(engine, [facilitator.aclose, store.close])
+
+
+def run_claim(args: argparse.Namespace) -> int:
+    """``x402gate channels claim``: the exit status."""
+    return asyncio.run(_claim(args))
+
+
+async def _claim(args: argparse.Namespace) -> int:
+    from ..errors import StoreError
+    from .claimer import lease_name
+
+    setup = await _setup(args, "claim")
+    if isinstance(setup, str):
+        return _fail("claim", setup)
+    engine = setup.engine
+    receivers = sorted(set(engine.pay_to.values()))
+    name = lease_name(receivers) if receivers else "channel-claimer:cli"
+    holder = f"cli:{os.getpid()}:{secrets.token_hex(6)}"
+    try:
+        held = await engine._store(
+            engine.store.lease_acquire, name, holder, 600, engine.clock.now()
+        )
+        if not held:
+            _fail("claim", "another claimer holds the lease; nothing done")
+            await setup.close()
+            return LOCKED
+        try:
+            report = await engine.claim(refresh=True, max_batches=1000)
+            settled = None
+            if not args.no_settle and report.settle:
+                settled = await engine.settle(report.settle)
+        finally:
+            await engine._store(engine.store.lease_release, name, holder)
+    except StoreError as exc:
+        await setup.close()
+        return _fail("claim", f"store: {exc}")
+    await setup.close()
+    failures = report.failures + (settled.failures if settled else [])
+    settle_transactions = settled.transactions if settled else []
+    outcome = {
+        "channels": report.channels,
+        "claimed": str(report.amount),
+        "claim_transactions": report.transactions,
+        "settle_transactions": settle_transactions,
+        "failures": failures,
+    }
+    if args.json:
+        print(json.dumps(outcome))
+    else:
+        print(
+            f"claimed {report.amount} from {report.channels} channels in "
+            f"{len(report.transactions)} transactions; settled in "
+            f"{len(settle_transactions)} transactions"
+        )
+        for failure in failures:
+            print(f"failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_settle(args: argparse.Namespace) -> int:
+    """``x402gate channels settle``: the exit status."""
+    return asyncio.run(_settle(args))
+
+
+async def _settle(args: argparse.Namespace) -> int:
+    setup = await _setup(args, "settle")
+    if isinstance(setup, str):
+        return _fail("settle", setup)
+    engine = setup.engine
+    try:
+        if args.receiver or args.token:
+            if not (args.receiver and args.token) or engine.network is None:
+                return _fail("settle", "give both --receiver and --token (and --facilitator)")
+            targets = [(engine.network, args.receiver, args.token)]
+        else:
+            targets = engine.settle_targets()
+            if not targets:
+                return _fail("settle", "give --receiver and --token, or --config FILE")
+        report = await engine.settle(targets)
+    finally:
+        await setup.close()
+    if args.json:
+        print(json.dumps({"transactions": report.transactions, "failures": report.failures}))
+    else:
+        print(f"settled in {len(report.transactions)} transactions")
+        for failure in report.failures:
+            print(f"failed: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
