@@ -231,6 +231,7 @@ def _proxy(args: argparse.Namespace) -> int:
                 sock,
                 workers=args.workers,
                 verbose=args.verbose,
+                log_format=args.log_format,
                 host=settings.host,
                 port=settings.port,
                 log_config=None,

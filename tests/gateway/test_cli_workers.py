@@ -4,6 +4,7 @@ refused on a store that lives in one process (``memory://``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import subprocess
 import sys
@@ -85,7 +86,7 @@ async def test_two_workers_serve_one_port_and_stop_together(
     path.write_text(text.replace(SECRET_LINE, ""))  # the workers draw one secret together
     command = [sys.executable, "-m", "x402gate.cli", "proxy", str(path), "--port", "0"]
     process = subprocess.Popen(
-        [*command, "--workers", "2"],
+        [*command, "--workers", "2", "--log-format", "json"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -156,6 +157,9 @@ async def test_two_workers_serve_one_port_and_stop_together(
         assert process.stderr is not None
         process.stderr.close()
     assert process.returncode == 0, "".join(output)
+    # The workers log as the parent was told to: one JSON object per line.
+    logged = [json.loads(line) for line in output if "/glob/v1/messages" in line]
+    assert len(logged) >= 2
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
 

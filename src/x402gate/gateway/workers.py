@@ -31,6 +31,7 @@ from .redaction import RedactingFilter
 
 __all__ = [
     "ENV_FILE",
+    "ENV_LOG_FORMAT",
     "ENV_SECRET",
     "ENV_VERBOSE",
     "serve_workers",
@@ -42,6 +43,8 @@ ENV_FILE = "X402GATE_GATEWAY_FILE"
 """The gateway file a worker process reads (set by the parent before it starts the workers)."""
 ENV_VERBOSE = "X402GATE_GATEWAY_VERBOSE"
 """``1``: the workers log every payment step (``--verbose``)."""
+ENV_LOG_FORMAT = "X402GATE_GATEWAY_LOG_FORMAT"
+"""``json``: the workers log one JSON object per line (``--log-format json``)."""
 ENV_SECRET = "X402GATE_GATEWAY_WORKER_SECRET"
 """The session secret the parent drew for its workers when the file sets none (hex)."""
 
@@ -74,6 +77,10 @@ def _configure_logging(config: GatewayConfig) -> None:
     redacting = RedactingFilter(config.redactor)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redacting)
+        if os.environ.get(ENV_LOG_FORMAT) == "json":
+            from ..observability import JsonFormatter
+
+            handler.setFormatter(JsonFormatter())
 
 
 def worker_app() -> Gateway:
@@ -96,6 +103,7 @@ def serve_workers(
     *,
     workers: int,
     verbose: bool,
+    log_format: str = "text",
     **options: Any,
 ) -> None:
     """Serve the file at ``path`` with ``workers`` processes on the bound ``sock``.
@@ -112,6 +120,7 @@ def serve_workers(
     # Spawned workers inherit the environment: the file to read and how much to log.
     os.environ[ENV_FILE] = os.path.abspath(path)
     os.environ[ENV_VERBOSE] = "1" if verbose else "0"
+    os.environ[ENV_LOG_FORMAT] = log_format
     if config.gateway.secret is None:
         # One secret for every worker: a session token must work on whichever one reads it.
         os.environ[ENV_SECRET] = secrets.token_hex(32)
