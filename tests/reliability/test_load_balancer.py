@@ -34,7 +34,7 @@ from x402gate.request import RequestInfo
 from x402gate.testing import _redis_fixtures
 from x402gate.testing.burst import requirements_of
 from x402gate.testing.load_balancer import LoadBalancer, require_haproxy
-from x402gate.testing.payments import sign_exact_payment
+from x402gate.testing.payments import decode_payment_required, sign_exact_payment
 from x402gate.testing.postgres_server import PostgresServer
 
 from ._support import (
@@ -354,3 +354,103 @@ async def test_postgres_restarted_under_load_never_serves_unpaid_or_settles_twic
     assert test_token.balance_of(pay_to) - received_before == PRICE * len(settled)
     # The handler ran at most once per settled authorization (and for every answer served).
     assert len(served) <= len(handler_runs(tmp_path / "handler-runs")) <= len(settled)
+
+
+@pytest.mark.postgres
+async def test_postgres_restarted_while_credit_is_spent_charges_each_answer_once(
+    postgres_server: PostgresServer,
+    topology: Topology,
+    chain: Any,
+    test_token: Any,
+    facilitator_account: Any,
+    tmp_path: Path,
+) -> None:
+    database = PostgresServer(postgres_server.bin_dir).start()
+    accounts = [facilitator_account, *(chain.new_account(eth_wei=10**20) for _ in range(3))]
+    payers = [
+        chain.new_account(eth_wei=0, token=test_token, token_amount=10**9) for _ in range(CLIENTS)
+    ]
+    served: dict[str, int] = collections.Counter()  # payer -> answers served
+    topups: dict[str, list[str]] = collections.defaultdict(list)  # payer -> top-up nonces
+    statuses: collections.Counter[int | None] = collections.Counter()
+    try:
+        with topology(
+            database.fresh_url(), keys=[a.key.hex() for a in accounts], workers=1
+        ) as deployment:
+            limits = httpx.Limits(max_keepalive_connections=0)
+
+            async def spend(payer: Any, deadline: float) -> str | None:
+                """Spend credit until the deadline, topping up whenever it runs out; the
+                session token of the last top-up served."""
+                token: str | None = None
+                async with httpx.AsyncClient(
+                    base_url=deployment.url, timeout=60, limits=limits
+                ) as client:
+                    while time.monotonic() < deadline:
+                        headers = dict(JSON)
+                        if token is not None:
+                            headers[SESSION_HEADER] = token
+                        try:
+                            answer = await client.post("/metered", content=BODY, headers=headers)
+                        except httpx.TransportError:
+                            statuses[None] += 1
+                            continue
+                        statuses[answer.status_code] += 1
+                        if answer.status_code == 200:
+                            served[payer.address] += 1
+                            continue
+                        if answer.status_code != 402:
+                            assert PAID_CONTENT not in answer.text
+                            await asyncio.sleep(0.2)  # the store is down: try again soon
+                            continue
+                        required = decode_payment_required(answer.headers["payment-required"])
+                        payload = sign_exact_payment(payer, required.accepts[0])
+                        topups[payer.address].append(payload.payload["authorization"]["nonce"])
+                        try:
+                            paid = await client.post(
+                                "/metered",
+                                content=BODY,
+                                headers={**JSON, **payment_headers(payload)},
+                            )
+                        except httpx.TransportError:
+                            statuses[None] += 1
+                            continue
+                        statuses[paid.status_code] += 1
+                        if paid.status_code == 200:
+                            served[payer.address] += 1
+                            token = paid.headers[SESSION_HEADER]
+                        else:
+                            assert PAID_CONTENT not in paid.text
+                return token
+
+            started = time.monotonic()
+            deadline = started + RESTART_AFTER + RESTART_DOWN + LOAD_AFTER
+            load = [asyncio.create_task(spend(p, deadline)) for p in payers]
+            await asyncio.sleep(RESTART_AFTER)
+            await asyncio.to_thread(database.restart, down_seconds=RESTART_DOWN)
+            tokens = await asyncio.gather(*load)
+            balances = []
+            async with httpx.AsyncClient(base_url=deployment.url, timeout=60) as client:
+                for token in tokens:
+                    assert token is not None
+                    reply = await client.get(
+                        "/.well-known/x402/credit", headers={SESSION_HEADER: token}
+                    )
+                    assert reply.status_code == 200, reply.text
+                    balances.append(reply.json())
+    finally:
+        database.stop()
+
+    print(f"\npostgres restarted while spending credit: statuses {dict(statuses)}")
+    for payer, balance in zip(payers, balances, strict=True):
+        settled = [
+            n for n in topups[payer.address] if test_token.authorization_state(payer.address, n)
+        ]
+        model = len(settled) * METERED_TOPUP - served[payer.address] * METERED_CHARGE
+        print(
+            f"  {payer.address[:10]}: {len(settled)} top-ups, {served[payer.address]} answers, "
+            f"credit {balance['available']} (+{balance['reserved']} held), model {model}"
+        )
+        assert balance["reserved"] == "0"
+        # No charge lost (more credit than the model) and none doubled (less).
+        assert int(balance["available"]) == model
