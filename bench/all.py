@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "metered": ("metered", [], ["--n", "50"]),
     "metered-memory": ("metered", ["--store", "memory"], ["--n", "50", "--store", "memory"]),
     "gateway": ("gateway", [], ["--n", "50"]),
+    "channels": ("channels", [], ["--quick"]),
 }
 
 

@@ -44,6 +44,7 @@ from ._web.asgi import (
 from ._web.common import framework_routes
 from ._web.middleware import DEFAULT_MAX_BODY, RouteTableMiddleware
 from ._web.types import ASGIApp, Message, Receive, Scope, Send
+from .dashboard.web import serve_asgi
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import ConfigurationError, PaymentError
 from .flow import Answer, PaymentFlow
@@ -106,6 +107,9 @@ class PaymentMiddleware(RouteTableMiddleware[ASGIApp]):
             if scrape is not None:
                 await send_answer(send, scrape)
                 return
+        if self.gate.dashboard is not None and self.gate.dashboard.matches(path):
+            await serve_asgi(self.gate, scope, receive, send)  # never charged
+            return
         if method == "GET" and path == WELL_KNOWN_PATH and self.discovery:
             # Served before the route table: a catch-all paid route must not put it behind a 402.
             origin = public_origin(

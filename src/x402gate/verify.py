@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from coincurve import PublicKey
@@ -301,8 +302,7 @@ def _recover_eoa(signature: bytes, digest: bytes, expected: bytes) -> bytes | No
         )
     except ValueError:  # r out of range or no point: not a signature of anything
         return None
-    # Address = last 20 bytes of keccak(X || Y); compare bytes, checksum only for the result.
-    if keccak(public_key.format(compressed=False)[1:])[12:] != expected:
+    if _address_of(public_key.format(compressed=False)[1:]) != expected:
         return None
     return signature[:64] + bytes((v + 27,))
 
@@ -476,8 +476,21 @@ def _signature(payload: Mapping[str, Any]) -> bytes:
     _malformed("payload.signature must be 0x-prefixed hex with whole bytes")
 
 
+@lru_cache(maxsize=4096)
+def _address_of(public_key: bytes) -> bytes:
+    """The address of an uncompressed public key (``X || Y``): the last 20 bytes of its keccak.
+
+    Cached (bounded, under 150 bytes an entry): a payer signs every payment with one key, and
+    the keccak is a tenth of a voucher's check."""
+    return keccak(public_key)[12:]
+
+
+@lru_cache(maxsize=4096)
 def _checksum(address: bytes) -> str:
     """EIP-55 form of a raw address: one keccak and a few whole-string operations.
+
+    Cached (bounded, under 200 bytes an entry): the same few addresses (payers, receivers,
+    tokens) come back with every payment, and a channel's config names five of them.
 
     A letter is upper-cased where the matching nibble of keccak(lower-case hex) is >= 8. Doing
     that with integer masks over all 40 characters at once costs about a microsecond, where a

@@ -38,6 +38,7 @@ from ._web.wsgi import (
     request_info_from_environ,
     status_line,
 )
+from .dashboard.web import serve_wsgi
 from .discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from .errors import PaymentError
 from .flow import Answer, PaymentFlow
@@ -97,6 +98,8 @@ class PaymentMiddleware(RouteTableMiddleware[WSGIApp]):
             scrape = scrape_answer(self.gate, method, path, auth)
             if scrape is not None:
                 return answer_response(start_response, scrape)
+        if self.gate.dashboard is not None and self.gate.dashboard.matches(path):
+            return serve_wsgi(self.gate, environ, start_response)  # never charged
         if self.discovery and method == "GET" and path == WELL_KNOWN_PATH:
             return self._discovery(environ, start_response)
         if method == "GET" and path == CREDIT_PATH:

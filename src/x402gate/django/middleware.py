@@ -59,6 +59,8 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
             return answer_response(scrape)
     if runtime.discovery and path == WELL_KNOWN_PATH and method in ("GET", "HEAD"):
         return _discovery_response(request, runtime)
+    if gate.dashboard is not None and gate.dashboard.matches(path):
+        return (yield from _dashboard_response(request, state))  # never charged
     if path == CREDIT_PATH and method == "GET":
         code, document = yield Step(gate.credit_status, gate.credit_status_sync, (request.headers,))
         answer = JsonResponse(document, status=code)
@@ -109,6 +111,39 @@ def middleware_flow(request: HttpRequest, state: RequestState) -> Flow:
         if state.flow is not None:
             state.flow = None
             yield Step(flow.close, flow.close_sync)
+
+
+def _dashboard_response(request: HttpRequest, state: RequestState) -> Flow:
+    """The gate's dashboard (:mod:`x402gate.dashboard`), read off the loop under ASGI."""
+    from ..dashboard import MAX_FORM_BYTES, DashboardAnswer, DashboardRequest
+    from ..dashboard.web import too_large
+
+    gate = state.runtime.gate
+    dashboard = gate.dashboard
+    assert dashboard is not None
+    method = (request.method or "GET").upper()
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0) if method == "POST" else 0
+    except ValueError:
+        length = -1
+    answer: DashboardAnswer
+    if not 0 <= length <= MAX_FORM_BYTES:
+        answer = too_large()
+    else:
+        dashboard_request = DashboardRequest(
+            method=method,
+            query=request.META.get("QUERY_STRING", ""),
+            headers=request.headers,
+            body=request.body if length else b"",
+            https=request.is_secure(),
+        )
+        answer = yield Step(
+            dashboard.handle_async, dashboard.handle, (dashboard_request, gate.store)
+        )
+    response = HttpResponse(answer.body, status=answer.status)
+    for name, value in answer.headers:
+        response[name] = value
+    return response
 
 
 def _discard(response: HttpResponseBase) -> None:

@@ -105,6 +105,10 @@ class X402Gate:
             app.add_url_rule(WELL_KNOWN_PATH, "x402gate_discovery", _discovery, methods=["GET"])
         app.add_url_rule(CREDIT_PATH, "x402gate_credit", _credit, methods=["GET"])
         app.before_request(_metrics)
+        if gate.dashboard is not None:
+            app.add_url_rule(
+                gate.dashboard.path, "x402gate_dashboard", _dashboard, methods=["GET", "POST"]
+            )
 
     @property
     def gate(self) -> PaymentGate:
@@ -160,6 +164,18 @@ def _credit() -> Response:
     response.status_code = code
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _dashboard() -> Response:
+    from ..dashboard.web import serve_wsgi
+
+    captured: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
+        captured[:] = [status, headers]
+
+    body = b"".join(serve_wsgi(gate_state().gate, request.environ, start_response))
+    return Response(body, status=captured[0], headers=captured[1])
 
 
 def _discovery() -> Response:

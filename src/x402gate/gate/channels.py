@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol
-from ..channels.claims import ClaimSettings
-from ..errors import ConfigurationError, FacilitatorError, PaymentError, StoreError
+from ..errors import FacilitatorError, PaymentError, StoreError
 from ..schemes.batch_settlement import (
-    BatchSettlementScheme,
     ChannelAuthorization,
     ChannelView,
     check_channel,
@@ -44,6 +41,12 @@ from ..schemes.batch_settlement import (
 )
 from ..stores.channels import ChannelBegin, ChannelBeginOutcome, ChannelState
 from . import payer_prices
+from .channel_settings import (
+    FACILITATOR,
+    ChannelSettings,
+    advertised_authorizer,
+    authorizer_key_address,
+)
 from .charges import usage_charge
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
@@ -81,150 +84,6 @@ as soon as the previous answer arrived meets that answer's commit still running;
 (and then gets the corrective 402 if it signed on an older count) instead of a 409."""
 
 _NOT_NEXT = "the voucher is not the channel's next step"
-
-
-FACILITATOR: Final = "facilitator"
-"""``receiver_authorizer="facilitator"``: the facilitator signs claims and refunds (delegation)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSettings:
-    """How a gate takes ``batch-settlement`` payments.
-
-    The receiver is the gate's ``pay_to``. Who signs claims and refunds for it is given by
-    exactly one of ``receiver_authorizer`` and ``receiver_authorizer_key``.
-
-    :param receiver_authorizer: the address that signs claims and refunds for the receiver, or
-        ``"facilitator"`` to delegate them: the gate then takes the address the facilitator
-        advertises for ``batch-settlement`` in ``/supported`` (``extra.receiverAuthorizer``)
-        when it starts, and offers no channel until it has one.
-    :param withdraw_delay: seconds a payer's timed withdrawal waits (900 s to 30 days).
-    :param min_deposit: smallest first deposit, atomic units (default 10 x the price).
-    :param sync_seconds: how old the store's mirror of a channel's chain figures may be
-        before a voucher is sent to the facilitator, which reads them again.
-    :param receiver_authorizer_key: instead of ``receiver_authorizer``, the private key (hex)
-        whose address is the receiver authorizer; kept to sign claims, never logged nor shown
-        by ``repr``.
-    :param prefer: list ``batch-settlement`` before ``exact`` on flat-priced routes (clients
-        take the first option they support); metered routes always list it first.
-    :param claim: run the background claimer in every process of this gate
-        (:class:`~x402gate.channels.ClaimSettings`: when to claim and settle); ``None`` leaves
-        claims to ``x402gate channels claim`` (cron) or to :class:`~x402gate.channels.ClaimEngine`.
-    """
-
-    receiver_authorizer: str | None = None
-    withdraw_delay: int = codes.MIN_WITHDRAW_DELAY
-    min_deposit: int | None = None
-    sync_seconds: float = 60.0
-    receiver_authorizer_key: str | None = field(default=None, repr=False)
-    prefer: bool = False
-    claim: ClaimSettings | None = None
-
-    @property
-    def delegated(self) -> bool:
-        """Whether the facilitator's advertised authorizer is used (resolved at start-up)."""
-        return self.receiver_authorizer == FACILITATOR and self.receiver_authorizer_key is None
-
-    def authorizer_address(self) -> str | None:
-        """The receiver authorizer's address (of the key, when one is given); ``None`` when
-        delegated to the facilitator. Raises :class:`ConfigurationError` unless exactly one
-        of ``receiver_authorizer`` and ``receiver_authorizer_key`` is given."""
-        given_key = self.receiver_authorizer_key is not None
-        if (self.receiver_authorizer is not None) == given_key:
-            raise ConfigurationError(
-                "channels need exactly one of receiver_authorizer (an address, or "
-                "'facilitator') and receiver_authorizer_key"
-            )
-        if given_key:
-            return authorizer_key_address(self.receiver_authorizer_key)
-        if self.receiver_authorizer == FACILITATOR:
-            return None
-        return self.receiver_authorizer
-
-    def check(self) -> None:
-        """Check every value (:class:`ConfigurationError` naming the wrong one)."""
-        if not isinstance(self.sync_seconds, (int, float)) or isinstance(self.sync_seconds, bool):
-            raise ConfigurationError("sync_seconds must be a non-negative number")
-        if not self.sync_seconds >= 0:
-            raise ConfigurationError("sync_seconds must be a non-negative number")
-        if not isinstance(self.prefer, bool):
-            raise ConfigurationError("prefer must be True or False")
-        if self.claim is not None:
-            if not isinstance(self.claim, ClaimSettings):
-                raise ConfigurationError("claim must be a x402gate.channels.ClaimSettings")
-            self.claim.check()
-        address = self.authorizer_address()
-        # The scheme checks the address and the terms; a delegated one is checked the same way
-        # at start-up, so the terms are checked here with a stand-in address.
-        self.scheme(None, address or "0x" + "11" * 20)
-
-    def scheme(
-        self, facilitator: Any, receiver_authorizer: str | None = None
-    ) -> BatchSettlementScheme:
-        """The scheme these settings describe, with ``receiver_authorizer`` (the one the
-        facilitator advertises) when delegated; checks them."""
-        if receiver_authorizer is None:
-            receiver_authorizer = self.authorizer_address()
-            if receiver_authorizer is None:
-                raise ConfigurationError(
-                    "receiver_authorizer is delegated to the facilitator: it is known at start-up"
-                )
-        if not isinstance(self.sync_seconds, (int, float)) or not self.sync_seconds >= 0:
-            raise ConfigurationError("sync_seconds must be a non-negative number")
-        return BatchSettlementScheme(
-            facilitator,
-            receiver_authorizer=receiver_authorizer,
-            withdraw_delay=self.withdraw_delay,
-            min_deposit=self.min_deposit,
-        )
-
-
-def authorizer_key_address(key: Any) -> str:
-    """The address of a receiver-authorizer private key (64 hex digits, ``0x`` optional).
-
-    The message of a refused key never contains any of it."""
-    text = key.strip() if isinstance(key, str) else None
-    digits = text[2:] if text is not None and text[:2] in ("0x", "0X") else text
-    if digits is None or len(digits) != 64 or not all(c in _HEX for c in digits):
-        raise ConfigurationError("receiver_authorizer_key must be 64 hexadecimal digits (32 bytes)")
-    from eth_account import Account
-
-    try:
-        address: str = Account.from_key("0x" + digits).address
-    except Exception:  # zero or above the curve order: not a key
-        raise ConfigurationError("receiver_authorizer_key is not a valid private key") from None
-    return address
-
-
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-def advertised_authorizer(supported: Any, networks: Sequence[str]) -> str:
-    """The receiver authorizer a facilitator's ``/supported`` answer advertises for
-    ``batch-settlement`` on every one of ``networks`` (``extra.receiverAuthorizer``).
-
-    :class:`ConfigurationError` when a network has none (the facilitator signs nothing for
-    this receiver: no channel can be offered) or when they differ between networks."""
-    found: dict[str, str] = {}
-    for kind in supported.kinds:
-        extra = kind.extra if isinstance(kind.extra, dict) else {}
-        address = extra.get("receiverAuthorizer")
-        if kind.x402_version == 2 and kind.scheme == codes.SCHEME and isinstance(address, str):
-            found.setdefault(kind.network, address)
-    missing = sorted(set(networks) - set(found))
-    if missing:
-        raise ConfigurationError(
-            f"the facilitator advertises no receiverAuthorizer for {codes.SCHEME} on "
-            f"{', '.join(missing)}: set receiver_authorizer to an address or give "
-            "receiver_authorizer_key"
-        )
-    addresses = {found[network].lower() for network in networks}
-    if len(addresses) > 1:
-        raise ConfigurationError(
-            "the facilitator advertises a different receiverAuthorizer on each network: set "
-            "receiver_authorizer to one address or give receiver_authorizer_key"
-        )
-    return found[networks[0]]
 
 
 @dataclass(slots=True)
@@ -322,47 +181,19 @@ async def channel_begin(
         await limit_payer(gate, route, request, auth.payer)
     channel_id = auth.channel_id
     # Canonical (checksummed, sorted): two clients spelling one config differently agree.
-    config = json.dumps(auth.config.to_wire(), sort_keys=True, separators=(",", ":"))
+    config = auth.config.canonical()
+    timeout = route.max_timeout_seconds or gate.max_timeout_seconds
+    token = secrets.token_hex(16)
     try:
-        state = await gate._store_call(gate.store.channel_get, channel_id)
-        # Not the channel's next step (a replayed deposit, a stale or a zero voucher): the
-        # corrective 402 now, before the facilitator is asked about it.
-        base = auth.max_claimable_amount - auth.value
-        if (
-            base < 0
-            or auth.max_claimable_amount == 0
-            or (state is not None and base != state.charged)
-        ):
-            if state is None:
-                raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
-            raise await _corrective(gate, route, request, accepts, requirements, _view(state))
-        if auth.deposit is not None or not auth.recovered:
-            with gate.telemetry.step("verify", route, "batch-settlement"):
-                verdict = await scheme.verify(payload, requirements)
-            if not verdict.is_valid:
-                code = safe_code(verdict.invalid_reason, "payment_invalid")
-                raise await reject(code, "the facilitator refused this payment", 402)
-            if not auth.recovered:
-                # Proven by the facilitator only: counted now, before a deposit is collected.
-                await limit_payer(gate, route, request, auth.payer)
-        if auth.deposit is not None:
-            with gate.telemetry.step("settle", route, "batch-settlement"):
-                settled = await scheme.settle(payload, requirements)
-            if not settled.success:
-                code = safe_code(settled.error_reason, "payment_invalid")
-                raise await reject(code, "the deposit could not be collected", 402)
-            figures = (settled.extra or {}).get("channelState")
-            state = await _sync(gate, channel_id, config, figures, gate.clock.now())
-        elif state is None or gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
-            with gate.telemetry.step("verify", route, "batch-settlement"):
-                verdict = await scheme.verify(payload, requirements)
-            if not verdict.is_valid:
-                code = safe_code(verdict.invalid_reason, "payment_invalid")
-                raise await reject(code, "the facilitator refused this payment", 402)
-            state = await _sync(gate, channel_id, config, verdict.extra, gate.clock.now())
-        token = secrets.token_hex(16)
-        timeout = route.max_timeout_seconds or gate.max_timeout_seconds
-        begun = await _take_step(gate, auth, token, timeout)
+        # A signed voucher on a channel the store knows with fresh chain figures (nearly every
+        # request) takes its step at once: one store call, and the store's rule answers what
+        # a read first would have (unknown, not the next step, above the balance).
+        begun = await _fast_step(gate, auth, token, timeout)
+        if begun is None:
+            await _checked_step(
+                gate, route, request, payload, requirements, accepts, reject, auth, config
+            )
+            begun = await _take_step(gate, auth, token, timeout)
     except (StoreError, FacilitatorError) as exc:
         logger.error("channel step failed: %s", exc)
         await gate._emit(PaymentEvent(EventKind.ERROR, request, route, code="channel"))
@@ -423,6 +254,82 @@ async def channel_begin(
     session.deadline = gate._deadline(route, session.started)
     await gate._emit(PaymentEvent(EventKind.VERIFIED, request, route, payment))
     return session
+
+
+async def _fast_step(
+    gate: PaymentGate, auth: ChannelAuthorization, token: str, timeout: int
+) -> ChannelBegin | None:
+    """The step of a plain signed voucher, when the store's figures of its channel are fresh.
+
+    None when the facilitator must be asked first (a deposit, a signature that needs it, a
+    channel unknown here or figures older than ``sync_seconds``), or when the voucher cannot
+    be a next step at all: :func:`_checked_step` then does everything in order. A step this
+    took on stale figures is released before that."""
+    base = auth.max_claimable_amount - auth.value
+    if auth.deposit is not None or not auth.recovered or base < 0 or auth.max_claimable_amount == 0:
+        return None
+    begun = await _take_step(gate, auth, token, timeout)
+    state = begun.state
+    if state is None or begun.outcome is ChannelBeginOutcome.UNKNOWN:
+        return None
+    if gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
+        if begun.outcome is ChannelBeginOutcome.STARTED:
+            # The same token begins again after the facilitator's answer (were this release
+            # lost, that begin finds its own step).
+            await _release_step(gate, auth.channel_id, token)
+        return None
+    return begun
+
+
+async def _checked_step(
+    gate: PaymentGate,
+    route: Route,
+    request: RequestInfo,
+    payload: PaymentPayload,
+    requirements: PaymentRequirements,
+    accepts: list[PaymentRequirements],
+    reject: Reject,
+    auth: ChannelAuthorization,
+    config: str,
+) -> None:
+    """Before the step of a voucher :func:`_fast_step` did not take: the channel read, the
+    corrective 402 of a voucher that is not the next step, the facilitator's verdict (and the
+    deposit's settlement) when needed, and the chain figures mirrored."""
+    scheme = gate.channel_scheme
+    assert scheme is not None
+    channel_id = auth.channel_id
+    state = await gate._store_call(gate.store.channel_get, channel_id)
+    # Not the channel's next step (a replayed deposit, a stale or a zero voucher): the
+    # corrective 402 now, before the facilitator is asked about it.
+    base = auth.max_claimable_amount - auth.value
+    if base < 0 or auth.max_claimable_amount == 0 or (state is not None and base != state.charged):
+        if state is None:
+            raise await reject(codes.CUMULATIVE_AMOUNT_MISMATCH, _NOT_NEXT, 402)
+        raise await _corrective(gate, route, request, accepts, requirements, _view(state))
+    if auth.deposit is not None or not auth.recovered:
+        with gate.telemetry.step("verify", route, "batch-settlement"):
+            verdict = await scheme.verify(payload, requirements)
+        if not verdict.is_valid:
+            code = safe_code(verdict.invalid_reason, "payment_invalid")
+            raise await reject(code, "the facilitator refused this payment", 402)
+        if not auth.recovered:
+            # Proven by the facilitator only: counted now, before a deposit is collected.
+            await limit_payer(gate, route, request, auth.payer)
+    if auth.deposit is not None:
+        with gate.telemetry.step("settle", route, "batch-settlement"):
+            settled = await scheme.settle(payload, requirements)
+        if not settled.success:
+            code = safe_code(settled.error_reason, "payment_invalid")
+            raise await reject(code, "the deposit could not be collected", 402)
+        figures = (settled.extra or {}).get("channelState")
+        await _sync(gate, channel_id, config, figures, gate.clock.now())
+    elif state is None or gate.clock.now() - state.synced_at > gate.channels_sync_seconds:
+        with gate.telemetry.step("verify", route, "batch-settlement"):
+            verdict = await scheme.verify(payload, requirements)
+        if not verdict.is_valid:
+            code = safe_code(verdict.invalid_reason, "payment_invalid")
+            raise await reject(code, "the facilitator refused this payment", 402)
+        await _sync(gate, channel_id, config, verdict.extra, gate.clock.now())
 
 
 async def _take_step(
@@ -585,17 +492,18 @@ async def _commit(
 
 
 def _receipt(session: PaymentSession, view: ChannelView, step: int) -> dict[str, str]:
-    """The payment-response header: the step taken and the channel after it."""
-    from x402.schemas import SettleResponse
+    """The payment-response header: the step taken and the channel after it.
 
-    receipt = SettleResponse(
-        success=True,
-        transaction="",
-        network=session.requirements.network,
-        payer=session.payment.payer,
-        extra=payment_response_extra(view, step),
-    )
-    return {protocol.PAYMENT_RESPONSE: protocol.encode_settle_response(receipt)}
+    Written as the JSON the SDK's ``SettleResponse`` dumps (the same keys, in its order),
+    without building the model on every voucher."""
+    receipt = {
+        "success": True,
+        "payer": session.payment.payer,
+        "transaction": "",
+        "network": session.requirements.network,
+        "extra": payment_response_extra(view, step),
+    }
+    return {protocol.PAYMENT_RESPONSE: protocol.b64json(receipt)}
 
 
 async def channel_abort(gate: PaymentGate, session: PaymentSession) -> None:

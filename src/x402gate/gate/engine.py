@@ -50,10 +50,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._holds import HoldKeeper
 from .._runner import run_sync
+from .._serial import SerialWorker
 from ..assets import Asset
 from ..balances import ChainBalances
 from ..clock import Clock, SystemClock
 from ..credit import SessionTokens
+from ..dashboard import Dashboard
 from ..errors import ConfigurationError, StoreError
 from ..observability.telemetry import Telemetry
 from ..proxies import TrustedProxies
@@ -173,6 +175,9 @@ class PaymentGate:
         ``x402gate report`` and :mod:`x402gate.analytics`.
     :param journal_retention: how long the journal keeps rows (a
         :class:`~x402gate.stores.journal.JournalRetention`; by default the store's own).
+    :param dashboard: serve the operator's dashboard of the journal (a
+        :class:`~x402gate.dashboard.Dashboard`, with its token and path) from every
+        integration; ``None`` (the default): no dashboard.
     """
 
     def __init__(
@@ -204,6 +209,7 @@ class PaymentGate:
         rate_limit_strategy: RateLimitStrategy = "moving-window",
         journal: bool = True,
         journal_retention: JournalRetention | None = None,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -225,6 +231,13 @@ class PaymentGate:
         if journal_retention is not None:
             self.store.journal_retention = journal_retention
         self._refusal_budget = payments_journal.RefusalBudget()
+        # A store that serves one call at a time gets one thread of its own (see _serial).
+        self._store_worker = (
+            SerialWorker("x402gate-store") if self.store.blocking and self.store.serial else None
+        )
+        if dashboard is not None and not isinstance(dashboard, Dashboard):
+            raise ConfigurationError("dashboard must be a x402gate.dashboard.Dashboard")
+        self.dashboard = dashboard
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -357,6 +370,8 @@ class PaymentGate:
         through as it is: the store refused what the client sent (a channel config it knows
         otherwise), which the caller answers as the client's bad payment, not an outage."""
         try:
+            if self._store_worker is not None:
+                return await self._store_worker.call(fn, *args)
             if self.store.blocking:
                 return await asyncio.to_thread(fn, *args)
             return fn(*args)
@@ -393,6 +408,8 @@ class PaymentGate:
         if self.claimer is not None:
             self.claimer.stop()
         self.holds.close()
+        if self._store_worker is not None:
+            self._store_worker.close()
         self.store.close()
 
     async def aclose(self) -> None:
@@ -406,4 +423,6 @@ class PaymentGate:
         if closer is not None:
             await closer()
         self.holds.close()
+        if self._store_worker is not None:
+            self._store_worker.close()
         self.store.close()

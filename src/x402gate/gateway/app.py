@@ -115,6 +115,7 @@ class Gateway:
             journal_retention=JournalRetention(
                 days=settings.journal_retention_days, rows=settings.journal_retention_rows
             ),
+            dashboard=_dashboard(settings.dashboard),
         )
         self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {
@@ -325,3 +326,12 @@ def _metrics(gate: PaymentGate, spec: MetricsSpec | None) -> PaymentMetrics | No
     if spec.port is not None:
         metrics.serve(spec.port, spec.host)
     return metrics
+
+
+def _dashboard(spec: Any) -> Any:
+    """The gate's :class:`~x402gate.dashboard.Dashboard` of ``gateway.dashboard:``, if any."""
+    if spec is None:
+        return None
+    from ..dashboard import Dashboard
+
+    return Dashboard(spec.token.get_secret_value(), path=spec.path, days=spec.days)

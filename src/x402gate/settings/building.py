@@ -56,8 +56,17 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         rate_limit_strategy=settings.rate_limit_strategy,  # type: ignore[arg-type]
         journal=settings.journal,
         journal_retention=settings.journal_retention,
+        dashboard=_dashboard(settings),
     )
     return gate, True
+
+
+def _dashboard(settings: GateSettings) -> Any:
+    if settings.dashboard_token is None:
+        return None
+    from ..dashboard import Dashboard
+
+    return Dashboard(settings.dashboard_token, path=settings.dashboard_path)
 
 
 def gate_from_flask_config(config: Mapping[str, Any]) -> PaymentGate:

@@ -71,6 +71,10 @@ class GateSettings(BaseModel):
     """Keep the payments journal in the store (docs/analytics.md)."""
     journal_retention: Any = None
     """``{"days": …, "rows": …}``: how long the journal keeps rows (``None``: the store's)."""
+    dashboard_token: str | None = None
+    """The token of the operator's dashboard (``None``: no dashboard; docs/analytics.md)."""
+    dashboard_path: str = "/x402/dashboard"
+    """Where the dashboard is served."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -240,6 +244,16 @@ class GateSettings(BaseModel):
     @classmethod
     def _journal_retention(cls, value: Any) -> Any:
         return None if value is None else check.check_journal_retention(value)
+
+    @field_validator("dashboard_token", mode="plain")
+    @classmethod
+    def _dashboard_token(cls, value: Any) -> str | None:
+        return None if value in (None, "") else check.check_dashboard_token(value)
+
+    @field_validator("dashboard_path", mode="plain")
+    @classmethod
+    def _dashboard_path(cls, value: Any) -> str:
+        return check.check_dashboard_path("/x402/dashboard" if value in (None, "") else value)
 
     @field_validator("channels", mode="plain")
     @classmethod

@@ -108,6 +108,20 @@ def check_max_timeout(value: Any) -> int:
     return seconds
 
 
+def check_dashboard_token(value: Any) -> str:
+    """The dashboard's token: a string of at least 16 characters."""
+    if not isinstance(value, str) or len(value.strip()) < 16:
+        raise ConfigurationError("must be a string of at least 16 characters")
+    return value
+
+
+def check_dashboard_path(value: Any) -> str:
+    """The dashboard's path: starts with ``/``, no query."""
+    if not isinstance(value, str) or not value.startswith("/") or "?" in value:
+        raise ConfigurationError(f"must be a path starting with '/', not {value!r}")
+    return value
+
+
 def check_journal_retention(value: Any) -> Any:
     """How long the payments journal keeps rows: ``{"days": 90, "rows": 1000000}`` (either or
     both; ``None`` for no limit of that kind) or an existing ``JournalRetention``."""

@@ -218,6 +218,11 @@ class Store(JournalMethods, LeaseOperations, ABC):
     blocking: ClassVar[bool] = True
     """True when operations do I/O (the async gate then runs them in a worker thread)."""
 
+    serial: ClassVar[bool] = False
+    """True when a blocking backend runs its operations one at a time anyway (one connection
+    under one lock): the async gate then gives it one worker thread of its own instead of a
+    thread pool, which costs less per call and never makes it serve fewer calls at once."""
+
     shared_across_processes: ClassVar[bool] = False
     """True when several processes or hosts see the same data (SQLite file, Redis)."""
 

@@ -82,6 +82,15 @@ class MetricsSpec(_Model):
     host: str = "127.0.0.1"
 
 
+class DashboardSpec(_Model):
+    """``gateway.dashboard:``: the operator's dashboard of the journal (docs/analytics.md)."""
+
+    token: SecretStr = Field(min_length=16)
+    """The token that opens it (``${ENV_VAR}`` keeps it out of the file)."""
+    path: str = Field(default="/x402/dashboard", pattern=r"^/[^?#]*$")
+    days: int = Field(default=30, ge=1, le=400)
+
+
 class GatewaySection(_Model):
     """``gateway:``: how the gateway serves and takes payments."""
 
@@ -113,6 +122,8 @@ class GatewaySection(_Model):
     """Keep the payments journal in the store (``x402gate report`` reads it)."""
     journal_retention_days: float | None = Field(default=400.0, gt=0)
     journal_retention_rows: int | None = Field(default=None, ge=1)
+    dashboard: DashboardSpec | None = None
+    """Serve the operator's dashboard (off unless given, with its token)."""
 
 
 class AcceptSpec(_Model):

@@ -9,9 +9,11 @@ the field and the rule, never the client's value.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 from ...errors import PaymentError
@@ -71,6 +73,11 @@ class ChannelConfig:
             "salt": "0x" + self.salt.hex(),
         }
 
+    def canonical(self) -> str:
+        """:meth:`to_wire` as compact JSON with sorted keys: one spelling per channel, however
+        a client wrote its addresses (what a store keeps and compares). Cached."""
+        return _canonical(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Voucher:
@@ -125,6 +132,12 @@ class RouteTerms:
     token_name: str
     token_version: str
     max_timeout_seconds: int
+
+
+@lru_cache(maxsize=4096)
+def _canonical(config: ChannelConfig) -> str:
+    # Bounded (a few hundred bytes an entry): a channel's config comes back with every voucher.
+    return json.dumps(config.to_wire(), sort_keys=True, separators=(",", ":"))
 
 
 def parse_payload(payload: Mapping[str, Any]) -> Payload:

@@ -7,16 +7,13 @@ has the state ``sending`` and its last sign of life in ``alive_at``. The rules a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..journal import JournalRow
 from ..records import ClaimResult
 from .connection import EXPIRY_GRACE_SECONDS, text
 from .journal import RedisJournal
 from .scripts import JOURNAL, script
-
-if TYPE_CHECKING:
-    import redis as redis_module
 
 __all__ = ["RedisReplay"]
 
@@ -26,7 +23,7 @@ _CLAIM_RESULTS = {result.value: result for result in ClaimResult}
 class RedisReplay(RedisJournal):
     """Claims, releases, recovery checks and take-overs of authorizations."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         self._claim_script = client.register_script(script("claim"))
         self._finish_script = client.register_script(script("finish"))
