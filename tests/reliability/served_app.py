@@ -19,6 +19,8 @@ settling on the test chain:
                                retry found paid on chain takes it over (default 60)
 ``X402GATE_TEST_WEBHOOK``      when set: ``URL SECRET``, a webhook endpoint sent the payment
                                events (retried after 0.2 to 0.5 s)
+``X402GATE_TEST_SECRET``       the session-token secret (default: one per process, so a token
+                               works only on the process that issued it)
 =============================  ==========================================================
 
 Routes: ``GET /paid`` costs $0.01, and so does ``GET /slow`` (an answer streamed in
@@ -46,6 +48,7 @@ ENV_DIE_SETTLED = "X402GATE_TEST_DIE_SETTLED"
 ENV_OWNER_GRACE = "X402GATE_TEST_OWNER_GRACE"
 ENV_DIE_ANSWERING = "X402GATE_TEST_DIE_ANSWERING"
 ENV_WEBHOOK = "X402GATE_TEST_WEBHOOK"
+ENV_SECRET = "X402GATE_TEST_SECRET"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
 METERED_CHARGE = 12 * 1_000 + 40 * 2_000
 METERED_TOPUP = 500_000
@@ -143,6 +146,7 @@ def create_app() -> Any:
         # The metered route accepts sign-ins and session tokens, bound to this origin.
         public_origin="http://served-app.test",
         **webhook,
+        secret=env[ENV_SECRET].encode() if env.get(ENV_SECRET) else None,
     )
     runs_file = env[ENV_RUNS]
 

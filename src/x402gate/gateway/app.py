@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from ..stores import Store
     from .config.schema import MetricsSpec
 
-__all__ = ["Gateway", "build_facilitator", "build_gateway", "server_stack", "uvicorn_config"]
+__all__ = [
+    "Gateway",
+    "build_facilitator",
+    "build_gateway",
+    "server_stack",
+    "uvicorn_config",
+    "uvicorn_options",
+]
 
 logger = logging.getLogger("x402gate.gateway")
 
@@ -276,7 +283,15 @@ def uvicorn_config(
     """
     import uvicorn
 
-    settings = app.config.gateway
+    return uvicorn.Config(app, **uvicorn_options(app.config, host=host, port=port, **options))
+
+
+def uvicorn_options(
+    config: GatewayConfig, *, host: str | None = None, port: int | None = None, **options: Any
+) -> dict[str, Any]:
+    """:func:`uvicorn_config`'s settings as keywords, for a server that builds its app itself
+    (the worker processes of ``x402gate proxy --workers``)."""
+    settings = config.gateway
     values: dict[str, Any] = {
         **server_stack(),
         "host": host if host is not None else settings.host,
@@ -289,7 +304,7 @@ def uvicorn_config(
         "timeout_graceful_shutdown": 10,
     }
     values.update(options)
-    return uvicorn.Config(app, **values)
+    return values
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -47,6 +47,7 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         allow_smart_wallets=settings.allow_smart_wallets,
         public_origin=settings.public_origin,
         trusted_proxies=settings.trusted_proxies,
+        secret=settings.secret,
         limit_in_flight=settings.limit_in_flight,
         rpc_url=settings.rpc_url,
         startup_checks=settings.startup_checks,  # type: ignore[arg-type]

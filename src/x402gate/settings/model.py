@@ -49,6 +49,10 @@ class GateSettings(BaseModel):
     allow_smart_wallets: bool = False
     public_origin: tuple[str, ...] | None = None
     trusted_proxies: tuple[str, ...] = ()
+    secret: bytes | None = Field(default=None, repr=False)
+    """Key (32 bytes or more) of session tokens and sign-in challenges. Processes behind one
+    load balancer need the same: without it each draws its own, and a token issued by one
+    worker is refused by the next."""
     limit_in_flight: bool = True
     rpc_url: str | dict[str, str] | None = None
     routes: dict[Any, Any] = Field(default_factory=dict)
@@ -198,6 +202,19 @@ class GateSettings(BaseModel):
     @classmethod
     def _trusted_proxies(cls, value: Any) -> tuple[str, ...]:
         return () if value is None else check.check_trusted_proxies(value)
+
+    @field_validator("secret", mode="plain")
+    @classmethod
+    def _secret(cls, value: Any) -> bytes | None:
+        if value is None or value == "":
+            return None
+        key = value.encode() if isinstance(value, str) else value
+        # The value is never echoed: it is a secret.
+        if not isinstance(key, bytes) or len(key) < 32:
+            raise ConfigurationError(
+                "must be a string of at least 32 bytes (e.g. openssl rand -hex 32)"
+            )
+        return key
 
     @field_validator("rpc_url", mode="plain")
     @classmethod
