@@ -183,7 +183,7 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
                     for index in range(max(1, args.n // args.block)):
                         variant = variants[index % len(variants)]
                         if variant != "-":
-                            gateway.gate.store.blocking = variant == "thread"  # type: ignore[misc]
+                            gateway.gate.store.inline_first = variant == "inline"  # type: ignore[misc]
                         transport.cpu, transport.calls, transport.on = 0.0, 0, True
                         for _ in range(args.block):
                             response = await client.post(path, json=BODY)
@@ -215,7 +215,7 @@ def main() -> int:
     parser.add_argument(
         "--ab-store",
         action="store_true",
-        help="alternate blocks with every store call in a worker thread and on the event loop",
+        help="alternate blocks with every store call in a worker thread and inline first",
     )
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()

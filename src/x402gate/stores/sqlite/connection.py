@@ -15,11 +15,12 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar, TypeVar
 
 from ...errors import ConfigurationError, StoreError
 from ..base import Store
+from ..calls import WouldBlock
 from .schema import create_tables
 
 __all__ = ["SQLiteConnection"]
@@ -41,6 +42,14 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+# Per thread: the store whose calls run inline (see SQLiteConnection.inline), and whether
+# the current call has committed a transaction already.
+_INLINE = threading.local()
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
 
 class SQLiteConnection(Store):
     """The connection, lock and transaction plumbing every part of the SQLite store shares.
@@ -53,6 +62,9 @@ class SQLiteConnection(Store):
 
     _PURGE_INTERVAL: ClassVar[float] = 30.0
     """Seconds (of the callers' clock) between purges while there is no backlog."""
+
+    _CHECKPOINT_COMMITS: ClassVar[int] = 100
+    """Commits between two WAL checkpoints (SQLite's own, off here, run every 1000 pages)."""
 
     def __init__(
         self,
@@ -87,6 +99,8 @@ class SQLiteConnection(Store):
         self.ledger_synchronous = (
             "normal" if self.synchronous == "normal" else ledger_synchronous.lower()
         )
+        self._busy_ms = max(1, round(self.timeout * 1000))
+        self._commits = 0
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
@@ -97,6 +111,8 @@ class SQLiteConnection(Store):
 
     def ping(self) -> None:
         """Open the file and create the tables if needed; :class:`StoreError` if impossible."""
+        if getattr(_INLINE, "store", None) is self:
+            raise WouldBlock  # opening and creating wait on the disk: a worker thread's job
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             # SQLite only says "unable to open database file": name what is wrong.
@@ -123,21 +139,58 @@ class SQLiteConnection(Store):
                 except sqlite3.Error as exc:
                     raise self._error("close", exc) from exc
 
+    @contextlib.contextmanager
+    def inline(self) -> Iterator[None]:
+        """This thread's calls on the store run without waiting or raise :class:`WouldBlock`
+        (see :meth:`_take_lock`): the async gate's path for ledger and channel steps."""
+        previous = getattr(_INLINE, "store", None)
+        _INLINE.store, _INLINE.committed = self, False
+        try:
+            yield
+        finally:
+            _INLINE.store = previous
+
+    def _take_lock(self, needs_io: bool) -> bool:
+        """Take the store's lock; True when this transaction runs inline, without waiting.
+
+        Inside :meth:`inline`, a transaction that would ``fsync`` (``needs_io``), find the lock
+        held by another thread or the connection not yet open raises :class:`WouldBlock`, as
+        long as nothing of this call is committed yet; after that the call goes on waiting,
+        since running it again elsewhere would repeat what is done.
+        """
+        if getattr(_INLINE, "store", None) is self and not _INLINE.committed:
+            if not needs_io and self._lock.acquire(blocking=False):
+                if self._conn is not None:
+                    return True
+                self._lock.release()
+            raise WouldBlock
+        self._lock.acquire()
+        return False
+
     def _write(
         self, op: str, run: Callable[[sqlite3.Connection], T], synchronous: str | None = None
     ) -> T:
         """Run ``run`` in one ``BEGIN IMMEDIATE`` transaction; driver errors become StoreError.
 
         ``synchronous`` commits this one transaction with another sync level than the store's.
+        Inline (:meth:`inline`) only at ``normal``, which in WAL mode commits without
+        ``fsync``, and only while no checkpoint is due (checkpoints run in the worker thread);
+        another process's write lock then answers at once (``busy_timeout`` 0) and raises
+        :class:`WouldBlock`, while the worker thread waits up to ``timeout`` for it.
         """
-        relaxed = synchronous is not None and synchronous != self.synchronous
-        with self._lock:
+        level = synchronous if synchronous is not None else self.synchronous
+        relaxed = level != self.synchronous
+        due = self._commits >= self._CHECKPOINT_COMMITS
+        inline = self._take_lock(level == "full" or due)
+        try:
+            conn = self._connection()
+            if not inline:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             try:
-                conn = self._connection()
                 if relaxed:
-                    conn.execute(f"PRAGMA synchronous = {synchronous}")
+                    conn.execute(f"PRAGMA synchronous = {level}")
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
+                    self._begin(conn, inline)
                     try:
                         result = run(conn)
                         conn.execute("COMMIT")
@@ -148,22 +201,65 @@ class SQLiteConnection(Store):
                 finally:
                     if relaxed:
                         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                return result
-            except sqlite3.Error as exc:
-                # The connection may be in any state now (I/O error, failed rollback): start
-                # afresh next time rather than reason about it.
-                self._discard()
-                raise self._error(op, exc) from exc
+                self._commits += 1
+                if inline:
+                    _INLINE.committed = True
+                elif self._commits >= self._CHECKPOINT_COMMITS:
+                    self._checkpoint(conn)
+            finally:
+                if not inline:
+                    conn.execute("PRAGMA busy_timeout = 0")
+            return result
+        except sqlite3.Error as exc:
+            # The connection may be in any state now (I/O error, failed rollback): start
+            # afresh next time rather than reason about it.
+            self._discard()
+            raise self._error(op, exc) from exc
+        finally:
+            self._lock.release()
+
+    @staticmethod
+    def _begin(conn: sqlite3.Connection, inline: bool) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if inline and _busy(exc):
+                raise WouldBlock from None  # another process writes: wait in a thread
+            raise
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file (``PASSIVE``: never waits for readers). The
+        commit before it stands whatever happens here; a failed checkpoint is tried again
+        after the next commit."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            return
+        self._commits = 0
 
     def _read(self, op: str, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``run`` outside a transaction: one SELECT is a consistent snapshot on its own,
         and taking the write lock would only make readers queue behind writers."""
-        with self._lock:
+        inline = self._take_lock(False)
+        try:
+            conn = self._connection()
+            if inline:
+                try:
+                    return run(conn)
+                except sqlite3.OperationalError as exc:
+                    if _busy(exc):
+                        raise WouldBlock from None
+                    raise
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             try:
-                return run(self._connection())
-            except sqlite3.Error as exc:
-                self._discard()
-                raise self._error(op, exc) from exc
+                return run(conn)
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
+        except sqlite3.Error as exc:
+            self._discard()
+            raise self._error(op, exc) from exc
+        finally:
+            self._lock.release()
 
     def _purge_after(self, deleted: int, now: float) -> float:
         """When to purge next: at once after a full batch (a backlog), else after a while."""
@@ -178,6 +274,10 @@ class SQLiteConnection(Store):
                 self._enable_wal(conn)
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
                 create_tables(conn, self.path)
+                # Between calls the connection never waits: the worker thread's calls set
+                # the timeout for themselves. Checkpoints run there too (see _write).
+                conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             except BaseException:
                 conn.close()
                 raise
@@ -195,8 +295,7 @@ class SQLiteConnection(Store):
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
                 return
             except sqlite3.OperationalError as exc:
-                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() + delay > deadline:
+                if not _busy(exc) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
