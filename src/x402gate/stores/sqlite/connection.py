@@ -101,6 +101,7 @@ class SQLiteConnection(Store):
         )
         self._busy_ms = max(1, round(self.timeout * 1000))
         self._commits = 0
+        self._level: str | None = None  # the connection's synchronous level now
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
@@ -179,7 +180,6 @@ class SQLiteConnection(Store):
         :class:`WouldBlock`, while the worker thread waits up to ``timeout`` for it.
         """
         level = synchronous if synchronous is not None else self.synchronous
-        relaxed = level != self.synchronous
         due = self._commits >= self._CHECKPOINT_COMMITS
         inline = self._take_lock(level == "full" or due)
         try:
@@ -187,20 +187,18 @@ class SQLiteConnection(Store):
             if not inline:
                 conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             try:
-                if relaxed:
+                if level != self._level:  # left as it is afterwards: the next is often alike
+                    self._level = None
                     conn.execute(f"PRAGMA synchronous = {level}")
+                    self._level = level
+                self._begin(conn, inline)
                 try:
-                    self._begin(conn, inline)
-                    try:
-                        result = run(conn)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-                finally:
-                    if relaxed:
-                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                    result = run(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
                 self._commits += 1
                 if inline:
                     _INLINE.committed = True
@@ -273,6 +271,7 @@ class SQLiteConnection(Store):
             try:
                 self._enable_wal(conn)
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                self._level = self.synchronous
                 create_tables(conn, self.path)
                 # Between calls the connection never waits: the worker thread's calls set
                 # the timeout for themselves. Checkpoints run there too (see _write).
