@@ -63,8 +63,10 @@ class SQLiteConnection(Store):
     _PURGE_INTERVAL: ClassVar[float] = 30.0
     """Seconds (of the callers' clock) between purges while there is no backlog."""
 
-    _CHECKPOINT_COMMITS: ClassVar[int] = 100
-    """Commits between two WAL checkpoints (SQLite's own, off here, run every 1000 pages)."""
+    _CHECKPOINT_COMMITS: ClassVar[int] = 250
+    """Commits between two WAL checkpoints: a ledger step writes about 4 pages, so about as
+    often as SQLite's own checkpoint (every 1000 pages), which is off on the store's
+    connection because it would ``fsync`` in the committing call."""
 
     def __init__(
         self,
@@ -101,6 +103,7 @@ class SQLiteConnection(Store):
         )
         self._busy_ms = max(1, round(self.timeout * 1000))
         self._commits = 0
+        self._checkpointing = False
         self._level: str | None = None  # the connection's synchronous level now
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
@@ -175,13 +178,11 @@ class SQLiteConnection(Store):
 
         ``synchronous`` commits this one transaction with another sync level than the store's.
         Inline (:meth:`inline`) only at ``normal``, which in WAL mode commits without
-        ``fsync``, and only while no checkpoint is due (checkpoints run in the worker thread);
-        another process's write lock then answers at once (``busy_timeout`` 0) and raises
+        ``fsync``; another process's write lock then answers at once (``busy_timeout`` 0) and raises
         :class:`WouldBlock`, while the worker thread waits up to ``timeout`` for it.
         """
         level = synchronous if synchronous is not None else self.synchronous
-        due = self._commits >= self._CHECKPOINT_COMMITS
-        inline = self._take_lock(level == "full" or due)
+        inline = self._take_lock(level == "full")
         try:
             conn = self._connection()
             if not inline:
@@ -199,11 +200,14 @@ class SQLiteConnection(Store):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                self._commits += 1
                 if inline:
                     _INLINE.committed = True
-                elif self._commits >= self._CHECKPOINT_COMMITS:
-                    self._checkpoint(conn)
+                self._commits += 1
+                if self._commits >= self._CHECKPOINT_COMMITS and not self._checkpointing:
+                    self._commits, self._checkpointing = 0, True
+                    threading.Thread(
+                        target=self._checkpoint, name="x402gate-sqlite-checkpoint", daemon=True
+                    ).start()
             finally:
                 if not inline:
                     conn.execute("PRAGMA busy_timeout = 0")
@@ -225,15 +229,20 @@ class SQLiteConnection(Store):
                 raise WouldBlock from None  # another process writes: wait in a thread
             raise
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL into the database file (``PASSIVE``: never waits for readers). The
-        commit before it stands whatever happens here; a failed checkpoint is tried again
-        after the next commit."""
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file, in a thread of its own (``PASSIVE``: it waits
+        for no reader), so that no call on the event loop waits for its ``fsync``. It holds the
+        store's lock: with writes of this process going on it could never copy the whole WAL,
+        and SQLite starts a WAL over only after that. Meanwhile calls take the worker thread
+        and wait. A failure leaves the WAL to the next checkpoint."""
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
-            return
-        self._commits = 0
+            pass
+        finally:
+            self._checkpointing = False
 
     def _read(self, op: str, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``run`` outside a transaction: one SELECT is a consistent snapshot on its own,
@@ -310,6 +319,7 @@ class SQLiteConnection(Store):
         # Runs in the child right after fork(): the lock may have been held by a thread that
         # does not exist here, and the connection belongs to the parent.
         self._lock = threading.Lock()
+        self._checkpointing = False  # a checkpoint thread of the parent does not exist here
         if self._conn is not None:
             _ABANDONED.append(self._conn)
             self._conn = None
