@@ -178,8 +178,9 @@ class SQLiteConnection(Store):
 
         ``synchronous`` commits this one transaction with another sync level than the store's.
         Inline (:meth:`inline`) only at ``normal``, which in WAL mode commits without
-        ``fsync``; another process's write lock then answers at once (``busy_timeout`` 0) and raises
-        :class:`WouldBlock`, while the worker thread waits up to ``timeout`` for it.
+        ``fsync``; another process's write lock then answers at once (``busy_timeout`` 0) and
+        raises :class:`WouldBlock`, while the worker thread waits up to ``timeout`` for it.
+        Every :attr:`_CHECKPOINT_COMMITS` commits, a thread of its own checkpoints the WAL.
         """
         level = synchronous if synchronous is not None else self.synchronous
         inline = self._take_lock(level == "full")
@@ -283,7 +284,8 @@ class SQLiteConnection(Store):
                 self._level = self.synchronous
                 create_tables(conn, self.path)
                 # Between calls the connection never waits: the worker thread's calls set
-                # the timeout for themselves. Checkpoints run there too (see _write).
+                # the timeout for themselves. SQLite's own checkpoint would fsync in the
+                # committing call; _write starts one in a thread of its own instead.
                 conn.execute("PRAGMA busy_timeout = 0")
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
             except BaseException:
