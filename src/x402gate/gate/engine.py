@@ -71,6 +71,7 @@ from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
 from ..siwx import SignInWithX, parse_public_origins, split_url
 from ..stores import Store, open_store
+from ..stores.calls import call_store
 from ..stores.journal import JournalRetention
 from ..stores.registry import DEFAULT_STORE_URL
 from . import (
@@ -378,16 +379,13 @@ class PaymentGate:
             await emit(self._listeners, event)
 
     async def _store_call(self, fn: Callable[..., T], *args: Any, refusals: bool = False) -> T:
-        """``fn(*args)`` on the store (in a thread when it blocks); any failure is a
-        :class:`StoreError` (503, fail closed). With ``refusals``, a :class:`ValueError` passes
-        through as it is: the store refused what the client sent (a channel config it knows
-        otherwise), which the caller answers as the client's bad payment, not an outage."""
+        """``fn(*args)`` on the store (in a thread when it would block: :func:`call_store`);
+        any failure is a :class:`StoreError` (503, fail closed). With ``refusals``, a
+        :class:`ValueError` passes through as it is: the store refused what the client sent (a
+        channel config it knows otherwise), which the caller answers as the client's bad
+        payment, not an outage."""
         try:
-            if self._store_worker is not None:
-                return await self._store_worker.call(fn, *args)
-            if self.store.blocking:
-                return await asyncio.to_thread(fn, *args)
-            return fn(*args)
+            return await call_store(self.store, fn, *args, worker=self._store_worker)
         except (StoreError, ConfigurationError):
             raise
         except Exception as exc:  # a backend bug must fail closed too
