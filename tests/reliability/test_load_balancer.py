@@ -31,7 +31,6 @@ import pytest
 from x402gate.credit import SESSION_HEADER
 from x402gate.metering import PerToken, TokenPrice
 from x402gate.request import RequestInfo
-from x402gate.testing import _redis_fixtures
 from x402gate.testing.burst import requirements_of
 from x402gate.testing.load_balancer import LoadBalancer, require_haproxy
 from x402gate.testing.payments import decode_payment_required, sign_exact_payment
@@ -65,21 +64,7 @@ STORES = [
     pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
     pytest.param("postgres_url", marks=pytest.mark.postgres, id="postgres"),
 ]
-# Known failure, kept strict so that the fix shows: on a Redis Cluster the payments journal's
-# rows are written by the commit scripts (mark_used, credit_commit) under keys outside the
-# claim's slot, so the commit fails after the settlement and the payer gets a 503 instead of
-# the content. With the journal off (PaymentGate(journal=False)) both tests pass.
-CLUSTER_JOURNAL = pytest.mark.xfail(
-    strict=True,
-    reason="Redis Cluster: the journal's commit scripts touch keys outside the claim's slot; "
-    "mark_used fails after settlement (503 to a paying client)",
-)
-if hasattr(_redis_fixtures, "redis_cluster_url"):  # a version with the Redis Cluster store
-    STORES.append(
-        pytest.param(
-            "redis_cluster_url", marks=[pytest.mark.redis, CLUSTER_JOURNAL], id="redis-cluster"
-        )
-    )
+STORES.append(pytest.param("redis_cluster_url", marks=pytest.mark.redis, id="redis-cluster"))
 
 Topology = Callable[..., contextlib.AbstractContextManager["Deployment"]]
 

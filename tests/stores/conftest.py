@@ -120,3 +120,16 @@ def make_handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stor
     yield make
     for store in opened:
         store.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A Redis Cluster store keeps no webhook outbox (a gate refuses webhooks on one; see
+    test_webhooks_are_refused_on_a_cluster): the outbox tests leave that backend out."""
+    left_out = [
+        item
+        for item in items
+        if item.path.name == "test_outbox.py" and "[redis-cluster" in item.nodeid
+    ]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]

@@ -92,3 +92,27 @@ def test_a_pruned_journal_row_is_reported_missing(store: Store) -> None:
     store.journal_prune(NOW + 2 * 86400)
     (entry,) = store.outbox_due(NOW + 2 * 86400, 10)
     assert entry.event == "s1" and entry.row is None
+
+
+def test_webhooks_are_refused_on_a_cluster(redis_cluster_url: str) -> None:
+    import pytest
+    from eth_account import Account
+
+    from x402gate import PaymentGate
+    from x402gate.assets import Asset
+    from x402gate.errors import ConfigurationError
+
+    class Unused:  # no payment is made here
+        async def verify(self, *args: object) -> None: ...
+        async def settle(self, *args: object) -> None: ...
+        async def supported(self) -> None: ...
+
+    asset = Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "USDC", "2")
+    with pytest.raises(ConfigurationError, match="Redis Cluster"):
+        PaymentGate(
+            pay_to=Account.create().address,
+            assets=asset,
+            facilitator=Unused(),  # type: ignore[arg-type]
+            store=redis_cluster_url,
+            webhooks=[{"url": "https://hooks.example/x", "secret": "s" * 32}],
+        )

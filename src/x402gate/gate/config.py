@@ -301,6 +301,13 @@ def webhook_deliverer(
         return None
     if not gate.journal or not getattr(gate.store, "supports_outbox", False):
         raise ConfigurationError("webhooks need the payments journal and a store with an outbox")
+    if getattr(gate.store, "cluster", False) is True:
+        # The outbox row is written in the commit's own script, whose keys share the record's
+        # slot; one outbox cannot share a slot with every record of a cluster.
+        raise ConfigurationError(
+            "webhooks are not available on a Redis Cluster store: use a single Redis server, "
+            "a Sentinel-managed one, SQLite or PostgreSQL for a gate that sends webhooks"
+        )
     options = check_delivery_options(delivery or {})
     if not getattr(gate.store, "shared_across_processes", True):
         logger.warning(

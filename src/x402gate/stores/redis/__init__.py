@@ -25,8 +25,10 @@ text and the scripts add and compare them digit by digit: Lua numbers are double
 to 2**53, and ``HINCRBY`` stops at 2**63, while the ledger holds any ``uint256``. A script
 reaches keys it reads from another key (the reservations of an account), so on a Redis Cluster
 every ledger key carries the hash tag ``{<prefix>credit}`` (one slot: the ledger lives on one
-primary); channels share one of 16 tags with their index (:mod:`.channels`); claims, payment
-identifiers and each payer's payments in flight are single keys, spread over all primaries.
+primary); channels share one of 16 tags with their index (:mod:`.channels`), claims one of 16
+tags of their own (:mod:`.replay`), and each tag has its shard of the payments journal, which a
+commit writes in its own script (:mod:`.journal`); payment identifiers, each payer's payments in
+flight and leases are single keys, spread over all primaries.
 Accounts, refs and held reservations never expire; finished reservations expire
 :data:`~x402gate.stores.base.CREDIT_RECORD_RETENTION_SECONDS` after their ``expires_at``.
 Configure Redis without eviction (``maxmemory-policy noeviction``) and with persistence (AOF)

@@ -92,6 +92,10 @@ class RedisChannels(RedisJournal):
             return self._channel_prefix
         return f"{{{self.key_prefix}channel:{zlib.crc32(channel_id.encode()) % CHANNEL_BUCKETS}}}:"
 
+    def _journal_tags(self) -> list[str]:
+        tags = [f"{{{self.key_prefix}channel:{bucket}}}" for bucket in range(CHANNEL_BUCKETS)]
+        return [*super()._journal_tags(), *tags]
+
     def _channel_key(self, channel_id: str) -> str:
         return f"{self._bucket_prefix(channel_id)}{channel_id}"
 
@@ -201,7 +205,7 @@ class RedisChannels(RedisJournal):
             token,
             str(charge),
             str(moved),
-            *self._journal_args(journal),
+            *self._journal_args(journal, self._bucket_prefix(channel_id)[:-1]),
         )
         self._journal_after(journal)
         return _state(fields)
@@ -226,7 +230,7 @@ class RedisChannels(RedisJournal):
             now,
             channel_id,
             str(claimed),
-            *self._journal_args(journal),
+            *self._journal_args(journal, self._bucket_prefix(channel_id)[:-1]),
         )
         self._journal_after(journal)
         return int(answer) == 1

@@ -32,6 +32,9 @@ _RECONCILE_BATCH = 500
 class RedisCredit(RedisJournal):
     """Top-ups, reservations and their commit, release, extension and expiry."""
 
+    def _journal_tags(self) -> list[str]:
+        return [*super()._journal_tags(), self._credit_prefix[:-1]]
+
     def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         self._credit_topup_script = client.register_script(script("credit_topup", CREDIT))
@@ -92,7 +95,7 @@ class RedisCredit(RedisJournal):
             now,
             reservation_id,
             str(charge),
-            *self._journal_args(journal),
+            *self._journal_args(journal, self._credit_prefix[:-1]),
         )
         self._journal_after(journal)
         return int(answer)

@@ -1,8 +1,10 @@
 """Replay protection in the Redis store: claims on authorizations and their recovery.
 
-One hash per claimed authorization, ``<prefix>replay:<key>``; a claim whose answer is on the way
-has the state ``sending`` and its last sign of life in ``alive_at``. The rules are those of
-:class:`~x402gate.stores.base.Store`.
+One hash per claimed authorization, ``<prefix>replay:<key>`` (on a Redis Cluster
+``{<prefix>replay:<n>}:<key>``, one of :data:`~.journal.REPLAY_BUCKETS` hash tags chosen by a
+hash of the key, so that ``mark_used`` writes its journal row in the same slot); a claim whose
+answer is on the way has the state ``sending`` and its last sign of life in ``alive_at``. The
+rules are those of :class:`~x402gate.stores.base.Store`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class RedisReplay(RedisJournal):
         self._take_over_script = client.register_script(script("take_over"))
 
     def _key(self, key: str) -> str:
+        if self.cluster:  # next to its journal shard: one of REPLAY_BUCKETS hash tags
+            return f"{self._replay_tag(key)}:{key}"
         return f"{self.key_prefix}replay:{key}"
 
     def claim(
@@ -52,7 +56,7 @@ class RedisReplay(RedisJournal):
     def mark_used(
         self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
     ) -> bool:
-        extra = self._journal_args(journal)
+        extra = self._journal_args(journal, self._replay_tag(key) if self.cluster else "")
         if journal is not None:
             extra.append(str(journal.amount))
         try:
