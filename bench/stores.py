@@ -6,14 +6,21 @@ stopped by its PID; SQLite files live in a temporary directory.
 
 Backends: ``memory://``; ``sqlite:///…`` with ``synchronous=full`` (the default: every commit is
 fsynced) and ``synchronous=normal`` (WAL survives a process crash, may lose the last commits on
-power loss); ``redis://`` through redis-py (one Lua script per operation, one round trip).
+power loss); ``redis://`` through redis-py (one Lua script per operation, one round trip);
+``postgresql://`` through psycopg 3 on a throw-away server
+(:class:`x402gate.testing.postgres_server.PostgresServer`, unix socket, ``fsync=off`` as the
+test server runs: the figure is the store's round trips and SQL, not the disk).
 
 What one paid request costs the store:
 
 * ``claim + mark_used``: a fresh authorization is claimed for a resource, then marked used
   after settlement (two writes: what x402gate does per paid request);
 * ``idempotency begin + complete``: a fresh payment id is reserved, then its response (a
-  300-byte body) stored (what a route with the ``payment-identifier`` extension adds).
+  300-byte body) stored (what a route with the ``payment-identifier`` extension adds);
+* ``credit reserve + commit``: a fresh reservation on a funded account, then committed for
+  its full amount (what a metered route costs per request);
+* ``channel begin + commit``: one voucher step on a funded payment channel (what a
+  ``batch-settlement`` request costs).
 
 Each operation is timed on its own (one ``perf_counter_ns`` pair per call), from one thread, on
 fresh keys, after a warm-up; repeats go round-robin over the backends so background noise hits
@@ -88,6 +95,77 @@ def idempotency_ops(store: Any, n: int, prefix: str) -> dict[str, list[int]]:
     return {"idempotency_begin": begin, "idempotency_complete": complete}
 
 
+CHANNEL_CONFIG = '{"payer":"0x01","receiver":"0x02","salt":"0x00"}'
+SIGNATURE = "0x" + "11" * 65
+PRICE = 1000
+
+
+def credit_ops(store: Any, n: int, prefix: str) -> dict[str, list[int]]:
+    from x402gate.stores.checks import credit_account
+
+    clock = time.perf_counter_ns
+    now = time.time()
+    account = credit_account("eip155:8453", "0xabc", f"0x{prefix}")
+    store.credit_topup(account, PRICE * (n + 1), f"topup_{prefix}", now)
+    reserve: list[int] = []
+    commit: list[int] = []
+    for i in range(n):
+        reservation = f"res_{prefix}{i:024d}"
+        start = clock()
+        held = store.credit_reserve(account, PRICE, reservation, now + 300, now)
+        middle = clock()
+        charged = store.credit_commit(reservation, PRICE, now)
+        end = clock()
+        if held is not True or charged != PRICE:
+            raise SystemExit(f"{store!r}: credit_reserve {held}, credit_commit {charged}")
+        reserve.append(middle - start)
+        commit.append(end - middle)
+    return {"credit_reserve": reserve, "credit_commit": commit}
+
+
+def channel_ops(store: Any, n: int, prefix: str) -> dict[str, list[int]]:
+    from x402gate.stores.channels import ChannelBeginOutcome
+
+    clock = time.perf_counter_ns
+    now = time.time()
+    channel = "0x" + prefix.rjust(64, "0")
+    state = store.channel_sync(
+        channel,
+        CHANNEL_CONFIG,
+        balance=PRICE * (n + 1),
+        total_claimed=0,
+        withdraw_requested_at=0,
+        refund_nonce=0,
+        now=now,
+    )
+    charged = state.charged
+    begin: list[int] = []
+    commit: list[int] = []
+    for i in range(n):
+        token = f"step_{prefix}{i:024d}"
+        start = clock()
+        answer = store.channel_begin(
+            channel,
+            token,
+            base=charged,
+            max_claimable=charged + PRICE,
+            signature=SIGNATURE,
+            expires_at=now + 60,
+            now=now,
+        )
+        middle = clock()
+        after = store.channel_commit(channel, token, PRICE, now)
+        end = clock()
+        if answer.outcome is not ChannelBeginOutcome.STARTED or after is None:
+            raise SystemExit(f"{store!r}: channel_begin {answer.outcome}, commit {after}")
+        if after.charged != charged + PRICE:
+            raise SystemExit(f"{store!r}: channel charged {after.charged}, not {charged + PRICE}")
+        charged = after.charged
+        begin.append(middle - start)
+        commit.append(end - middle)
+    return {"channel_begin": begin, "channel_commit": commit}
+
+
 def timed(function: Callable[[], dict[str, list[int]]]) -> dict[str, list[int]]:
     gc.collect()
     gc.disable()
@@ -102,18 +180,23 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="operation pairs per backend/repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-redis", action="store_true", help="skip Redis")
+    parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     args = parser.parse_args()
 
     from x402gate.stores import open_store
+    from x402gate.testing.postgres_server import PostgresServer, find_postgres_bin
     from x402gate.testing.redis_server import RedisServer, find_redis_server
 
     started = time.monotonic()
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     redis_binary = None if args.no_redis else find_redis_server()
     redis_version = ""
+    postgres_bin = None if args.no_postgres else find_postgres_bin()
+    postgres_version = ""
     samples: dict[tuple[str, str], list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="x402gate-bench-") as tmp:
         server = RedisServer() if redis_binary else None
+        pg_server = PostgresServer() if postgres_bin else None
         try:
             urls = {
                 "memory": "memory://",
@@ -126,18 +209,31 @@ def main() -> None:
                 redis_version = subprocess.run(
                     [redis_binary, "--version"], capture_output=True, text=True, check=False
                 ).stdout.strip()
+            if pg_server is not None and postgres_bin is not None:
+                pg_server.start()
+                urls["postgresql (unix socket)"] = pg_server.fresh_url()
+                postgres_version = subprocess.run(
+                    [f"{postgres_bin}/postgres", "--version"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout.strip()
             stores = {name: open_store(url) for name, url in urls.items()}
             try:
                 for store in stores.values():
                     store.ping()
                     replay_ops(store, WARM_UP, "ff")
                     idempotency_ops(store, WARM_UP, "ff")
+                    credit_ops(store, WARM_UP, "ff")
+                    channel_ops(store, WARM_UP, "ff")
                 for repeat in range(args.repeats):
                     for name, store in stores.items():
                         prefix = f"{repeat:02x}"
                         for ops in (
                             timed(partial(replay_ops, store, args.n, prefix)),
                             timed(partial(idempotency_ops, store, args.n, prefix)),
+                            timed(partial(credit_ops, store, args.n, prefix)),
+                            timed(partial(channel_ops, store, args.n, prefix)),
                         ):
                             for op, values in ops.items():
                                 samples.setdefault((name, op), []).extend(values)
@@ -147,6 +243,8 @@ def main() -> None:
         finally:
             if server is not None:
                 server.stop()
+            if pg_server is not None:
+                pg_server.stop()
     elapsed = time.monotonic() - started
 
     import redis as redis_py  # only for its version in the header
@@ -156,26 +254,17 @@ def main() -> None:
         f"{args.repeats} repeats x {args.n} operation pairs per backend after {WARM_UP} "
         f"warm-up pairs ({elapsed:.1f} s); one thread; SQLite file in {tempfile.gettempdir()}; "
         f"sqlite3 {__import__('sqlite3').sqlite_version}; redis-py {redis_py.__version__}"
-        + (f"; {find_redis_server()}" if redis_binary else "; Redis skipped (no redis-server)"),
+        + (f"; {find_redis_server()}" if redis_binary else "; Redis skipped (no redis-server)")
+        + (
+            f"; psycopg {__import__('psycopg').__version__}"
+            if postgres_bin
+            else "; PostgreSQL skipped (no server binaries)"
+        ),
         f"load average before {load_before}, after "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     ]
     print(header("x402gate store benchmark, µs per call", ["x402gate"], extra))
-    rows = []
-    for name in dict.fromkeys(name for name, _ in samples):
-        row: list[object] = [name]
-        for first, second in (
-            ("claim", "mark_used"),
-            ("idempotency_begin", "idempotency_complete"),
-        ):
-            a, b = samples[(name, first)], samples[(name, second)]
-            pairs = [x + y for x, y in zip(a, b, strict=True)]
-            row += [
-                f"{median(a) / 1000:.1f} ({percentile(a, 0.9) / 1000:.1f})",
-                f"{median(b) / 1000:.1f} ({percentile(b, 0.9) / 1000:.1f})",
-                f"{median(pairs) / 1000:.1f}",
-            ]
-        rows.append(row)
+    names = list(dict.fromkeys(name for name, _ in samples))
     print_table(
         [
             "backend",
@@ -186,11 +275,52 @@ def main() -> None:
             "idem. complete",
             "begin+complete",
         ],
-        rows,
+        _rows(
+            samples, names, (("claim", "mark_used"), ("idempotency_begin", "idempotency_complete"))
+        ),
+    )
+    print()
+    print_table(
+        [
+            "backend",
+            "credit reserve",
+            "credit commit",
+            "reserve+commit",
+            "channel begin",
+            "channel commit",
+            "step (begin+commit)",
+        ],
+        _rows(
+            samples,
+            names,
+            (("credit_reserve", "credit_commit"), ("channel_begin", "channel_commit")),
+        ),
     )
     print("\nmedian (p90) µs per call; pair = median of the two calls' sum")
-    if redis_version:
-        print(redis_version)
+    for version in (redis_version, postgres_version):
+        if version:
+            print(version)
+
+
+def _rows(
+    samples: dict[tuple[str, str], list[int]],
+    names: list[str],
+    pairs: tuple[tuple[str, str], ...],
+) -> list[list[object]]:
+    """One row per backend: median (p90) of each call of each pair, and the pair's median."""
+    rows = []
+    for name in names:
+        row: list[object] = [name]
+        for first, second in pairs:
+            a, b = samples[(name, first)], samples[(name, second)]
+            both = [x + y for x, y in zip(a, b, strict=True)]
+            row += [
+                f"{median(a) / 1000:.1f} ({percentile(a, 0.9) / 1000:.1f})",
+                f"{median(b) / 1000:.1f} ({percentile(b, 0.9) / 1000:.1f})",
+                f"{median(both) / 1000:.1f}",
+            ]
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":
