@@ -45,14 +45,17 @@ class PostgresReplay(PostgresConnection):
                 )
                 return ClaimResult.CLAIMED
             # A new entry: nothing of an expired one carries over (its last recovery check).
-            conn.execute("DELETE FROM x402gate_recovery WHERE key = %s", (key,))
-            conn.execute("DELETE FROM x402gate_answering WHERE key = %s", (key,))
+            # One statement, one round trip: the three tables are distinct, so the parts of
+            # the statement do not see or touch each other's rows.
             conn.execute(
-                "INSERT INTO x402gate_replay (key, resource, token, state, expires_at)"
-                " VALUES (%s, %s, %s, 'held', %s) ON CONFLICT (key) DO UPDATE SET"
+                "WITH checked AS (DELETE FROM x402gate_recovery WHERE key = %(key)s),"
+                " answering AS (DELETE FROM x402gate_answering WHERE key = %(key)s)"
+                " INSERT INTO x402gate_replay (key, resource, token, state, expires_at)"
+                " VALUES (%(key)s, %(resource)s, %(token)s, 'held', %(expires)s)"
+                " ON CONFLICT (key) DO UPDATE SET"
                 " resource = EXCLUDED.resource, token = EXCLUDED.token, state = 'held',"
                 " expires_at = EXCLUDED.expires_at",
-                (key, resource, token, float(expires_at)),
+                {"key": key, "resource": resource, "token": token, "expires": float(expires_at)},
             )
             return ClaimResult.CLAIMED
 
@@ -75,15 +78,15 @@ class PostgresReplay(PostgresConnection):
 
             def answered(conn: Any) -> bool:
                 self._lock(conn, "replay", key)
-                cursor = conn.execute(
-                    "UPDATE x402gate_replay SET state = 'used'"
-                    " WHERE key = %s AND token = %s AND state IN ('held', 'used')",
-                    (key, token),
-                )
-                if cursor.rowcount != 1:
-                    return False
-                conn.execute("DELETE FROM x402gate_answering WHERE key = %s", (key,))
-                return True
+                # The update and the delete of its answering row in one statement.
+                row = conn.execute(
+                    "WITH used AS (UPDATE x402gate_replay SET state = 'used'"
+                    " WHERE key = %(key)s AND token = %(token)s AND state IN ('held', 'used')"
+                    " RETURNING key), answered AS (DELETE FROM x402gate_answering"
+                    " WHERE key IN (SELECT key FROM used)) SELECT count(*) FROM used",
+                    {"key": key, "token": token},
+                ).fetchone()
+                return bool(row[0] == 1)
 
             return self._write("mark_used", answered)
 
