@@ -102,13 +102,15 @@ class PostgresReplay(PostgresConnection):
                 return False
             if row[0] == "used" and row[2] is None:
                 return True  # answered already: it stays answered
-            conn.execute("UPDATE x402gate_replay SET state = 'used' WHERE key = %s", (key,))
+            # Both writes in one statement (two tables: neither part sees the other's row).
             conn.execute(
-                "INSERT INTO x402gate_answering (key, alive_at, expires_at) VALUES (%s, %s, %s)"
+                "WITH used AS (UPDATE x402gate_replay SET state = 'used' WHERE key = %(key)s)"
+                " INSERT INTO x402gate_answering (key, alive_at, expires_at)"
+                " VALUES (%(key)s, %(now)s, %(expires)s)"
                 " ON CONFLICT (key) DO UPDATE SET"
                 " alive_at = greatest(x402gate_answering.alive_at, EXCLUDED.alive_at),"
                 " expires_at = EXCLUDED.expires_at",
-                (key, float(now), row[1]),
+                {"key": key, "now": float(now), "expires": row[1]},
             )
             return True
 
