@@ -6,7 +6,10 @@ stopped by its PID; SQLite files live in a temporary directory.
 
 Backends: ``memory://``; ``sqlite:///…`` with ``synchronous=full`` (the default: every commit is
 fsynced) and ``synchronous=normal`` (WAL survives a process crash, may lose the last commits on
-power loss); ``redis://`` through redis-py (one Lua script per operation, one round trip).
+power loss); ``redis://`` through redis-py (one Lua script per operation, one round trip);
+``postgresql://`` through psycopg 3 on a throw-away server
+(:class:`x402gate.testing.postgres_server.PostgresServer`, unix socket, ``fsync=off`` as the
+test server runs: the figure is the store's round trips and SQL, not the disk).
 
 What one paid request costs the store:
 
@@ -14,9 +17,10 @@ What one paid request costs the store:
   after settlement (two writes: what x402gate does per paid request);
 * ``idempotency begin + complete``: a fresh payment id is reserved, then its response (a
   300-byte body) stored (what a route with the ``payment-identifier`` extension adds);
-* ``reserve + commit``: a credit reservation held, then charged (a request paid from credit);
-* ``channel step``: ``channel_begin`` then ``channel_commit`` on one payment channel (a request
-  paid by a channel voucher).
+* ``credit reserve + commit``: a fresh reservation on a funded account, then committed for
+  its full amount (what a metered route costs per request);
+* ``channel begin + commit``: one voucher step on a funded payment channel (what a
+  ``batch-settlement`` request costs).
 
 Redis Cluster: a local cluster of 3 primaries and 3 replicas
 (:class:`x402gate.testing.redis_cluster.LocalRedisCluster`), once as it is and once with
@@ -95,25 +99,29 @@ def idempotency_ops(store: Any, n: int, prefix: str) -> dict[str, list[int]]:
     return {"idempotency_begin": begin, "idempotency_complete": complete}
 
 
+CHANNEL_CONFIG = '{"payer":"0x01","receiver":"0x02","salt":"0x00"}'
+SIGNATURE = "0x" + "11" * 65
+PRICE = 1000
+
+
 def credit_ops(store: Any, n: int, prefix: str) -> dict[str, list[int]]:
-    """A fresh reservation held then committed per call pair (one credit-paid request)."""
-    from x402gate.stores import credit_account
+    from x402gate.stores.checks import credit_account
 
     clock = time.perf_counter_ns
     now = time.time()
-    account = credit_account("eip155:8453", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", "0xB")
-    store.credit_topup(account, 10**12, f"bench-{prefix}", now)
+    account = credit_account("eip155:8453", "0xabc", f"0x{prefix}")
+    store.credit_topup(account, PRICE * (n + 1), f"topup_{prefix}", now)
     reserve: list[int] = []
     commit: list[int] = []
     for i in range(n):
-        rid = f"res-{prefix}-{i}"
+        reservation = f"res_{prefix}{i:024d}"
         start = clock()
-        held = store.credit_reserve(account, 1000, rid, now + 300, now)
+        held = store.credit_reserve(account, PRICE, reservation, now + 300, now)
         middle = clock()
-        charged = store.credit_commit(rid, 700, now)
+        charged = store.credit_commit(reservation, PRICE, now)
         end = clock()
-        if held is not True or charged != 700:
-            raise SystemExit(f"{store!r}: reserve {held}, commit {charged}")
+        if held is not True or charged != PRICE:
+            raise SystemExit(f"{store!r}: credit_reserve {held}, credit_commit {charged}")
         reserve.append(middle - start)
         commit.append(end - middle)
     return {"credit_reserve": reserve, "credit_commit": commit}
@@ -126,30 +134,38 @@ def channel_ops(store: Any, n: int, prefix: str) -> dict[str, list[int]]:
     clock = time.perf_counter_ns
     now = time.time()
     channel = "0x" + prefix.rjust(64, "0")
-    config = '{"payer":"0x01","receiver":"0x02","salt":"0x00"}'
-    state = store.channel_sync(channel, config, balance=10**15, total_claimed=0,
-                               withdraw_requested_at=0, refund_nonce=0, now=now)  # fmt: skip
-    base = state.charged
+    state = store.channel_sync(
+        channel,
+        CHANNEL_CONFIG,
+        balance=PRICE * (n + 1),
+        total_claimed=0,
+        withdraw_requested_at=0,
+        refund_nonce=0,
+        now=now,
+    )
+    charged = state.charged
     begin: list[int] = []
     commit: list[int] = []
     for i in range(n):
-        token = f"{prefix}-{i}"
+        token = f"step_{prefix}{i:024d}"
         start = clock()
-        begun = store.channel_begin(
+        answer = store.channel_begin(
             channel,
             token,
-            base=base,
-            max_claimable=base + 1000,
-            signature="0x" + "11" * 65,
+            base=charged,
+            max_claimable=charged + PRICE,
+            signature=SIGNATURE,
             expires_at=now + 60,
             now=now,
         )
         middle = clock()
-        after = store.channel_commit(channel, token, 1000, now)
+        after = store.channel_commit(channel, token, PRICE, now)
         end = clock()
-        if begun.outcome is not ChannelBeginOutcome.STARTED or after is None:
-            raise SystemExit(f"{store!r}: channel begin {begun.outcome}")
-        base = after.charged
+        if answer.outcome is not ChannelBeginOutcome.STARTED or after is None:
+            raise SystemExit(f"{store!r}: channel_begin {answer.outcome}, commit {after}")
+        if after.charged != charged + PRICE:
+            raise SystemExit(f"{store!r}: channel charged {after.charged}, not {charged + PRICE}")
+        charged = after.charged
         begin.append(middle - start)
         commit.append(end - middle)
     return {"channel_begin": begin, "channel_commit": commit}
@@ -172,9 +188,11 @@ def main() -> None:
     parser.add_argument(
         "--no-cluster", action="store_true", help="skip the Redis Cluster (6 local nodes)"
     )
+    parser.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     args = parser.parse_args()
 
     from x402gate.stores import open_store
+    from x402gate.testing.postgres_server import PostgresServer, find_postgres_bin
     from x402gate.testing.redis_cluster import LocalRedisCluster
     from x402gate.testing.redis_server import RedisServer, find_redis_server
 
@@ -182,10 +200,13 @@ def main() -> None:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     redis_binary = None if args.no_redis else find_redis_server()
     redis_version = ""
+    postgres_bin = None if args.no_postgres else find_postgres_bin()
+    postgres_version = ""
     samples: dict[tuple[str, str], list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="x402gate-bench-") as tmp:
         server = RedisServer() if redis_binary else None
         cluster = LocalRedisCluster() if redis_binary and not args.no_cluster else None
+        pg_server = PostgresServer() if postgres_bin else None
         try:
             urls = {
                 "memory": "memory://",
@@ -203,6 +224,15 @@ def main() -> None:
                 urls["redis cluster (3 primaries + 3 replicas)"] = cluster.url
                 wait_url = f"{cluster.url}&wait_replicas=1&key_prefix=w:"
                 urls["redis cluster, wait_replicas=1"] = wait_url
+            if pg_server is not None and postgres_bin is not None:
+                pg_server.start()
+                urls["postgresql (unix socket)"] = pg_server.fresh_url()
+                postgres_version = subprocess.run(
+                    [f"{postgres_bin}/postgres", "--version"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout.strip()
             stores = {name: open_store(url) for name, url in urls.items()}
             try:
                 for store in stores.values():
@@ -230,6 +260,8 @@ def main() -> None:
                 server.stop()
             if cluster is not None:
                 cluster.stop()
+            if pg_server is not None:
+                pg_server.stop()
     elapsed = time.monotonic() - started
 
     import redis as redis_py  # only for its version in the header
@@ -239,36 +271,73 @@ def main() -> None:
         f"{args.repeats} repeats x {args.n} operation pairs per backend after {WARM_UP} "
         f"warm-up pairs ({elapsed:.1f} s); one thread; SQLite file in {tempfile.gettempdir()}; "
         f"sqlite3 {__import__('sqlite3').sqlite_version}; redis-py {redis_py.__version__}"
-        + (f"; {find_redis_server()}" if redis_binary else "; Redis skipped (no redis-server)"),
+        + (f"; {find_redis_server()}" if redis_binary else "; Redis skipped (no redis-server)")
+        + (
+            f"; psycopg {__import__('psycopg').__version__}"
+            if postgres_bin
+            else "; PostgreSQL skipped (no server binaries)"
+        ),
         f"load average before {load_before}, after "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     ]
     print(header("x402gate store benchmark, µs per call", ["x402gate"], extra))
-    pairs_of = [
-        ("claim", "mark_used"),
-        ("idempotency_begin", "idempotency_complete"),
-        ("credit_reserve", "credit_commit"),
-        ("channel_begin", "channel_commit"),
-    ]
-    rows: list[list[object]] = [[name] for name in dict.fromkeys(name for name, _ in samples)]
-    for row in rows:
-        for first, second in pairs_of:
-            a, b = samples[(str(row[0]), first)], samples[(str(row[0]), second)]
-            pairs = [x + y for x, y in zip(a, b, strict=True)]
+    names = list(dict.fromkeys(name for name, _ in samples))
+    print_table(
+        [
+            "backend",
+            "claim",
+            "mark_used",
+            "claim+mark_used",
+            "idem. begin",
+            "idem. complete",
+            "begin+complete",
+        ],
+        _rows(
+            samples, names, (("claim", "mark_used"), ("idempotency_begin", "idempotency_complete"))
+        ),
+    )
+    print()
+    print_table(
+        [
+            "backend",
+            "credit reserve",
+            "credit commit",
+            "reserve+commit",
+            "channel begin",
+            "channel commit",
+            "step (begin+commit)",
+        ],
+        _rows(
+            samples,
+            names,
+            (("credit_reserve", "credit_commit"), ("channel_begin", "channel_commit")),
+        ),
+    )
+    print("\nmedian (p90) µs per call; pair = median of the two calls' sum")
+    for version in (redis_version, postgres_version):
+        if version:
+            print(version)
+
+
+def _rows(
+    samples: dict[tuple[str, str], list[int]],
+    names: list[str],
+    pairs: tuple[tuple[str, str], ...],
+) -> list[list[object]]:
+    """One row per backend: median (p90) of each call of each pair, and the pair's median."""
+    rows = []
+    for name in names:
+        row: list[object] = [name]
+        for first, second in pairs:
+            a, b = samples[(name, first)], samples[(name, second)]
+            both = [x + y for x, y in zip(a, b, strict=True)]
             row += [
                 f"{median(a) / 1000:.1f} ({percentile(a, 0.9) / 1000:.1f})",
                 f"{median(b) / 1000:.1f} ({percentile(b, 0.9) / 1000:.1f})",
-                f"{median(pairs) / 1000:.1f}",
+                f"{median(both) / 1000:.1f}",
             ]
-    names = ["claim", "mark_used", "claim+mark_used", "idem. begin", "idem. complete"]
-    names += ["begin+complete"]
-    print_table(["backend", *names], [row[:7] for row in rows])
-    print()
-    names = ["reserve", "commit", "reserve+commit", "channel begin", "channel commit", "step"]
-    print_table(["backend", *names], [[row[0], *row[7:]] for row in rows])
-    print("\nmedian (p90) µs per call; pair = median of the two calls' sum")
-    if redis_version:
-        print(redis_version)
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ and the client (from ``/proc``), which moves much less than rps when the machine
 batch every payment is checked on chain: each paid request's authorization is used
 (``authorizationState``) and every refused one is not, and the payer's and payee's balances
 moved by exactly ``paid x price``.
+
+``--stores memory,sqlite,redis,postgres`` (or ``all``) runs one x402gate server per store, named
+``x402gate`` (SQLite, the default store) and ``x402gate@<store>``; ``--no-official`` leaves the
+official middleware out. Redis (:class:`x402gate.testing.redis_server.RedisServer`, loopback
+TCP) and PostgreSQL (:class:`x402gate.testing.postgres_server.PostgresServer`, unix socket,
+``fsync=off``, a fresh schema per server) run once for the whole run; the ``store CPU`` column is
+their CPU time per paid request (PostgreSQL's: the postmaster and every backend).
 """
 
 from __future__ import annotations
@@ -77,6 +84,8 @@ PRICE = "$0.001"
 AMOUNT = 1000  # atomic units of a 6-decimal token
 PATH = "/paid"
 SIDES = ("official", "x402gate")
+STORES = ("memory", "sqlite", "redis", "postgres")
+"""What ``--stores`` takes: ``sqlite`` is the ``x402gate`` server, others ``x402gate@<store>``."""
 FUNDS = 10**12
 
 
@@ -463,6 +472,7 @@ class Side:
     log_path: Path | None = None
     # every payment sent: (nonce, paid?)
     sent: list[tuple[str, bool]] = field(default_factory=list)
+    store_pid: int | None = None  # the Redis or PostgreSQL server's, for its CPU time
 
 
 def _b64json(value: str) -> Any:
@@ -525,9 +535,9 @@ async def send_payments(
         if after_warm_up is not None:
             after_warm_up()
         pids = dict(cpu_pids or {}, client=os.getpid())
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cpu_before = {name: _cpu_of(name, pid) for name, pid in pids.items()}
         timed, seconds = await run(headers)
-        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        cpu = {name: _cpu_of(name, pid) - cpu_before[name] for name, pid in pids.items()}
     codes: dict[str, int] = defaultdict(int)
     for _, paid, _, code in timed:
         if not paid:
@@ -543,6 +553,34 @@ async def send_payments(
         cpu=cpu,
     )
     return batch, [r[1] for r in warm], batch.paid
+
+
+def _cpu_of(name: str, pid: int) -> float:
+    """CPU seconds of ``pid``; for the ``store`` server, of it and all its descendants (a
+    PostgreSQL backend per connection is a child of the postmaster)."""
+    if name != "store":
+        return cpu_seconds(pid)
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            total += cpu_seconds(current)
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as children:
+                    pending += [int(child) for child in children.read().split()]
+    return total
+
+
+def store_url(name: str, args: Any, tmp: Path) -> tuple[str, int | None]:
+    """The store URL of server ``name`` and the PID of the store's server process, if any."""
+    store = name.split("+")[0].partition("@")[2] or "sqlite"
+    if store == "memory":
+        return "memory://", None
+    if store == "redis":
+        return args.redis_server.url, args.redis_server.pid
+    if store == "postgres":
+        return args.postgres_server.fresh_url(), args.postgres_server.pid
+    return f"sqlite:///{tmp / (name + '-replay.db')}", None
 
 
 def sign_many(side: Side, count: int) -> tuple[list[str], list[str]]:
@@ -644,6 +682,7 @@ def chain_block(names: list[str], args: Any, tmp: Path, phases: bool = False) ->
             rpc_url = stack.enter_context(rpc_delay(chain, args.rpc_delay_ms, tmp))
             for side in block.sides.values():  # start all, then wait: imports overlap
                 cfg = server_config(side, rpc_url, token, tmp, phases)
+                cfg["store_url"], side.store_pid = store_url(side.name, args, tmp)
                 if "+" in side.name:
                     cfg["side"], *cfg["what_if"] = side.name.split("+")
                 stack.callback(stop_server, side)
@@ -795,7 +834,8 @@ def run_block_batches(
                 concurrency,
                 warm_headers,
                 args.timeout,
-                cpu_pids={"server": side.process.pid, "anvil": block.chain.pid},
+                cpu_pids={"server": side.process.pid, "anvil": block.chain.pid}
+                | ({"store": side.store_pid} if side.store_pid else {}),
             )
         )
         batch.side = name
@@ -828,6 +868,13 @@ def run_rounds(
     return results, blocks, False
 
 
+_STORE_TEXT = {
+    "memory": "memory://",
+    "sqlite": "SQLite (WAL, full)",
+    "redis": "Redis (loopback TCP)",
+    "postgres": "PostgreSQL (unix socket, fsync off)",
+}
+
 RATIO_GOAL = 2.0
 """Goal: x402gate's paid requests/s over the official middleware's (docs/performance.md)."""
 CPU_GOAL_MS = 6.0
@@ -853,7 +900,9 @@ def result_rows(
 
             def cpu_ms(process: str, batches: list[Batch] = batches) -> str:
                 # CPU time per paid request, median over rounds: robust to a busy machine.
-                values = [1000 * b.cpu[process] / b.ok for b in batches if b.ok and b.cpu]
+                values = [
+                    1000 * b.cpu[process] / b.ok for b in batches if b.ok and process in b.cpu
+                ]
                 return f"{median(values):.1f}" if values else "-"
 
             rows.append(
@@ -867,6 +916,7 @@ def result_rows(
                     f"{1000 * percentile(latencies, 0.9):.1f}",
                     cpu_ms("server"),
                     cpu_ms("anvil"),
+                    cpu_ms("store"),
                     cpu_ms("client"),
                     refused,
                 ]
@@ -875,7 +925,7 @@ def result_rows(
 
 
 TABLE = ["server", "conc.", "paid/sent", "paid rps (median)", "rps range", "p50 ms", "p90 ms",
-         "server CPU ms/paid", "anvil CPU", "client CPU", "not paid"]  # fmt: skip
+         "server CPU ms/paid", "anvil CPU", "store CPU", "client CPU", "not paid"]  # fmt: skip
 
 
 def main() -> None:
@@ -908,6 +958,15 @@ def main() -> None:
         help="servers reach anvil through a loopback proxy adding this much to every RPC round "
         "trip (models a hosted RPC provider); 0 = direct",
     )
+    parser.add_argument(
+        "--stores",
+        default="sqlite",
+        help=f"x402gate servers to run, one per store, comma-separated from {', '.join(STORES)} "
+        "or 'all' (sqlite is the server named x402gate)",
+    )
+    parser.add_argument(
+        "--no-official", action="store_true", help="leave out the official x402 middleware"
+    )
     parser.add_argument("--rpc-proxy", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -924,14 +983,35 @@ def main() -> None:
     ]  # fmt: skip
     if {part for v in variants for part in v.split("+")} - set(WHAT_IF):
         raise SystemExit(f"unknown --what-if variant(s); known: {', '.join(WHAT_IF)}")
+    stores = list(STORES) if args.stores == "all" else [
+        s.strip() for s in args.stores.split(",") if s.strip()
+    ]  # fmt: skip
+    if not stores or set(stores) - set(STORES):
+        raise SystemExit(f"--stores takes {', '.join(STORES)} or all")
+    sides = [] if args.no_official else ["official"]
+    sides += ["x402gate" if s == "sqlite" else f"x402gate@{s}" for s in stores]
     started = time.monotonic()
     deadline = started + args.max_seconds
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="x402gate-bench-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="x402gate-bench-") as tmp_name,
+        contextlib.ExitStack() as servers,
+    ):
         tmp = Path(tmp_name)
-        results, blocks, stopped_early = run_rounds(
-            list(SIDES), levels, args.rounds, args, tmp, deadline
-        )
+        args.redis_server = args.postgres_server = None
+        if "redis" in stores:
+            from x402gate.testing.redis_server import RedisServer
+
+            args.redis_server = RedisServer()
+            servers.callback(args.redis_server.stop)
+            args.redis_server.start()
+        if "postgres" in stores:
+            from x402gate.testing.postgres_server import PostgresServer
+
+            args.postgres_server = PostgresServer()
+            servers.callback(args.postgres_server.stop)
+            args.postgres_server.start()
+        results, blocks, stopped_early = run_rounds(sides, levels, args.rounds, args, tmp, deadline)
         load_after = os.getloadavg()
         what_if_names = [*SIDES, *(f"x402gate+{v}" for v in variants)]
         what_if_results: dict[tuple[str, int], list[Batch]] = {}
@@ -954,8 +1034,9 @@ def main() -> None:
                 git_state(),
                 f"anvil {anvil}, a fresh chain and server process for every batch; 1 uvicorn "
                 f"worker per server (uvicorn's default stack); price {PRICE} = {AMOUNT} atomic; "
-                "x402gate store "
-                "SQLite (WAL, full); "
+                "x402gate stores "
+                + ", ".join(_STORE_TEXT[s] for s in stores)
+                + "; "
                 + (
                     f"RPC through a loopback proxy adding {args.rpc_delay_ms:g} ms per round trip"
                     if args.rpc_delay_ms > 0
@@ -969,7 +1050,7 @@ def main() -> None:
             ],
         )
     )
-    print_table(TABLE, result_rows(results, list(SIDES), levels))
+    print_table(TABLE, result_rows(results, sides, levels))
     print()
     for concurrency in levels:
         ours = results.get(("x402gate", concurrency))

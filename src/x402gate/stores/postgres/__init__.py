@@ -27,9 +27,10 @@ How it stays correct:
   every process and host; see :mod:`.connection` for why row locks alone do not suffice.
 * Amounts are ``NUMERIC(78, 0)``: exact, any ``uint256``. Sums are computed exactly.
 * Durability is the server's: a commit that answered is on disk (``synchronous_commit`` on).
-* A lost connection fails the operation with :class:`StoreError` (closed, never open); the
-  pool checks connections before use and replaces broken ones, so the store recovers by itself
-  once the server is reachable again.
+* A lost connection fails the operation with :class:`StoreError` (closed, never open); a
+  pooled connection found dead by an operation's ``BEGIN``, before anything of it ran, is
+  replaced and the operation runs on another, so the store recovers by itself once the server
+  is reachable again.
 * The schema is versioned in ``x402gate_meta`` and migrated on open, once, under an advisory
   lock (:mod:`.schema`); a database written by a newer x402gate is refused.
 """

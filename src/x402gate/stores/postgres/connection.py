@@ -16,8 +16,10 @@ if alone. A hash collision only makes two unrelated keys wait for each other.
 
 A lost connection fails closed: the operation raises :class:`StoreError` (it is not retried:
 its transaction may or may not have committed, and each operation is idempotent for its
-token, so the caller's retry is the safe one). The pool checks a connection before handing it
-out and replaces a broken one, so the next operation after the server is back succeeds.
+token, so the caller's retry is the safe one). Pooled connections are not checked before use
+(a round trip per operation): one found dead by the operation's ``BEGIN``, before anything was
+sent that could change a row, is discarded and the operation runs on another, so the next
+operation after the server is back succeeds.
 After ``fork()`` the child drops the inherited pool without closing it and opens its own.
 """
 
@@ -125,10 +127,28 @@ class PostgresConnection(Store):
             pool.close()
 
     def _write(self, op: str, run: Callable[[Any], T]) -> T:
-        """Run ``run(conn)`` in one transaction; driver errors become StoreError."""
+        """Run ``run(conn)`` in one transaction; driver errors become StoreError.
+
+        A pooled connection is not checked before use (that would cost a round trip per
+        operation): a connection found dead by the ``BEGIN`` itself, before anything of the
+        operation ran, is dropped and the operation starts over on another one, at most once per
+        pooled connection. A connection lost after ``BEGIN`` fails the operation closed.
+        """
         psycopg, _ = _driver()
         try:
-            with self._get_pool().connection() as conn, conn.transaction():
+            pool = self._get_pool()
+            for _ in range(self.max_size):
+                with pool.connection() as conn:
+                    begun = False
+                    try:
+                        with conn.transaction():
+                            begun = True
+                            return run(conn)
+                    except psycopg.OperationalError:
+                        if begun or not conn.broken:
+                            raise
+                # The pool discards the broken connection as it comes back.
+            with pool.connection() as conn, conn.transaction():
                 return run(conn)
         except psycopg.Error as exc:
             raise self._error(op, exc) from exc
@@ -136,8 +156,25 @@ class PostgresConnection(Store):
             raise self._error(op, exc) from exc
 
     def _read(self, op: str, run: Callable[[Any], T]) -> T:
-        """Run ``run(conn)`` on a pooled connection (autocommit: one statement, one snapshot)."""
-        return self._write(op, run)
+        """Run ``run(conn)``, one statement, on a pooled connection in autocommit: the statement
+        is its own transaction and snapshot, with no ``BEGIN`` and ``COMMIT`` round trips."""
+        psycopg, _ = _driver()
+        try:
+            pool = self._get_pool()
+            for _ in range(self.max_size):
+                with pool.connection() as conn:
+                    try:
+                        return run(conn)
+                    except psycopg.OperationalError:
+                        if not conn.broken:
+                            raise
+                # A read changes nothing: after a dead connection it is asked again.
+            with pool.connection() as conn:
+                return run(conn)
+        except psycopg.Error as exc:
+            raise self._error(op, exc) from exc
+        except _pool_errors() as exc:
+            raise self._error(op, exc) from exc
 
     def _lock(self, conn: Any, kind: str, *names: str) -> None:
         """Take the advisory lock of each ``kind:name`` until the transaction ends.
@@ -188,7 +225,6 @@ class PostgresConnection(Store):
             timeout=self.timeout,
             kwargs=kwargs,
             configure=configure,
-            check=psycopg_pool.ConnectionPool.check_connection,
             open=False,
             name="x402gate",
         )

@@ -41,14 +41,23 @@ def _read_account(conn: Any, account: str) -> CreditBalance | None:
     return None if row is None else CreditBalance(*(int(value) for value in row))
 
 
-def _write_account(conn: Any, account: str, **values: int) -> None:
+def _write_account(
+    conn: Any,
+    account: str,
+    along: tuple[str, tuple[object, ...]] | None = None,
+    **values: int,
+) -> None:
+    """Set the account's columns to ``values``; ``along`` (SQL and its parameters), a write to
+    another table, runs in the same statement (one round trip; neither sees the other's row)."""
     if any(value < 0 for value in values.values()):  # unreachable unless the rows were edited
         raise StoreError(f"credit account {account!r} would go negative: {values}")
     assignments = ", ".join(f"{name} = %s" for name in values)
-    conn.execute(
-        f"UPDATE x402gate_credit_account SET {assignments} WHERE account = %s",
-        (*values.values(), account),
-    )
+    statement = f"UPDATE x402gate_credit_account SET {assignments} WHERE account = %s"
+    params: tuple[object, ...] = (*values.values(), account)
+    if along is not None:
+        statement = f"WITH along AS ({along[0]}) {statement}"
+        params = (*along[1], *params)
+    conn.execute(statement, params)
 
 
 class PostgresCredit(PostgresJournal):
@@ -85,14 +94,14 @@ class PostgresCredit(PostgresJournal):
                 return balance.available
             if balance.topped_up + amount > MAX_CREDIT_AMOUNT:
                 raise ValueError(f"credit account {account!r} would exceed 2**256 - 1")
-            conn.execute(
-                "INSERT INTO x402gate_credit_topup (ref, account, amount, applied_at)"
-                " VALUES (%s, %s, %s, %s)",
-                (ref, account, amount, float(now)),
-            )
             _write_account(
                 conn,
                 account,
+                (
+                    "INSERT INTO x402gate_credit_topup (ref, account, amount, applied_at)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (ref, account, amount, float(now)),
+                ),
                 available=balance.available + amount,
                 topped_up=balance.topped_up + amount,
             )
@@ -124,15 +133,15 @@ class PostgresCredit(PostgresJournal):
             balance = _read_account(conn, account)
             if balance is None or balance.available < amount:
                 return False
-            conn.execute(
-                "INSERT INTO x402gate_credit_reservation"
-                " (id, account, amount, state, charged, expires_at, created_at)"
-                " VALUES (%s, %s, %s, 'held', 0, %s, %s)",
-                (reservation_id, account, amount, float(expires_at), float(now)),
-            )
             _write_account(
                 conn,
                 account,
+                (
+                    "INSERT INTO x402gate_credit_reservation"
+                    " (id, account, amount, state, charged, expires_at, created_at)"
+                    " VALUES (%s, %s, %s, 'held', 0, %s, %s)",
+                    (reservation_id, account, amount, float(expires_at), float(now)),
+                ),
                 available=balance.available - amount,
                 reserved=balance.reserved + amount,
             )
@@ -333,14 +342,14 @@ class PostgresCredit(PostgresJournal):
                 f"PostgreSQL store {self._where}: credit account {account!r} does not hold "
                 f"reservation {reservation_id!r}"
             )
-        conn.execute(
-            "UPDATE x402gate_credit_reservation SET state = %s, charged = %s, finished_at = %s"
-            " WHERE id = %s",
-            (state, charged, float(now), reservation_id),
-        )
         _write_account(
             conn,
             account,
+            (
+                "UPDATE x402gate_credit_reservation SET state = %s, charged = %s,"
+                " finished_at = %s WHERE id = %s",
+                (state, charged, float(now), reservation_id),
+            ),
             available=balance.available + amount - charged,
             reserved=balance.reserved - amount,
             charged=balance.charged + charged,

@@ -34,10 +34,16 @@ class PostgresInFlight(PostgresConnection):
 
         def run(conn: Any) -> bool:
             self._lock(conn, "in_flight", account)
-            self._purge_in_flight(conn, account, now)
+            self._purge_in_flight(conn, now)
+            # The account's expired entries are deleted and the live ones read in one
+            # statement: both parts see the same rows, so the read leaves out what the delete
+            # removes by the same condition.
             rows = conn.execute(
-                "SELECT id, amount, until_block FROM x402gate_in_flight WHERE account = %s",
-                (account,),
+                "WITH gone AS (DELETE FROM x402gate_in_flight"
+                " WHERE account = %(account)s AND expires_at <= %(now)s)"
+                " SELECT id, amount, until_block FROM x402gate_in_flight"
+                " WHERE account = %(account)s AND expires_at > %(now)s",
+                {"account": account, "now": float(now)},
             ).fetchall()
             for row_id, row_amount, _ in rows:
                 if row_id == entry_id:
@@ -92,11 +98,8 @@ class PostgresInFlight(PostgresConnection):
         )
         return int(row[0])
 
-    def _purge_in_flight(self, conn: Any, account: str, now: float) -> None:
-        conn.execute(
-            "DELETE FROM x402gate_in_flight WHERE account = %s AND expires_at <= %s",
-            (account, float(now)),
-        )
+    def _purge_in_flight(self, conn: Any, now: float) -> None:
+        """Now and then, a batch of every account's expired entries."""
         if now < self._next_in_flight_purge:
             return
         deleted = conn.execute(

@@ -46,14 +46,17 @@ class PostgresReplay(PostgresJournal):
                 )
                 return ClaimResult.CLAIMED
             # A new entry: nothing of an expired one carries over (its last recovery check).
-            conn.execute("DELETE FROM x402gate_recovery WHERE key = %s", (key,))
-            conn.execute("DELETE FROM x402gate_answering WHERE key = %s", (key,))
+            # One statement, one round trip: the three tables are distinct, so the parts of
+            # the statement do not see or touch each other's rows.
             conn.execute(
-                "INSERT INTO x402gate_replay (key, resource, token, state, expires_at)"
-                " VALUES (%s, %s, %s, 'held', %s) ON CONFLICT (key) DO UPDATE SET"
+                "WITH checked AS (DELETE FROM x402gate_recovery WHERE key = %(key)s),"
+                " answering AS (DELETE FROM x402gate_answering WHERE key = %(key)s)"
+                " INSERT INTO x402gate_replay (key, resource, token, state, expires_at)"
+                " VALUES (%(key)s, %(resource)s, %(token)s, 'held', %(expires)s)"
+                " ON CONFLICT (key) DO UPDATE SET"
                 " resource = EXCLUDED.resource, token = EXCLUDED.token, state = 'held',"
                 " expires_at = EXCLUDED.expires_at",
-                (key, resource, token, float(expires_at)),
+                {"key": key, "resource": resource, "token": token, "expires": float(expires_at)},
             )
             return ClaimResult.CLAIMED
 
@@ -80,14 +83,16 @@ class PostgresReplay(PostgresJournal):
 
             def answered(conn: Any) -> bool:
                 self._lock(conn, "replay", key)
-                cursor = conn.execute(
-                    "UPDATE x402gate_replay SET state = 'used'"
-                    " WHERE key = %s AND token = %s AND state IN ('held', 'used')",
-                    (key, token),
-                )
-                if cursor.rowcount != 1:
+                # The update and the delete of its answering row in one statement.
+                row = conn.execute(
+                    "WITH used AS (UPDATE x402gate_replay SET state = 'used'"
+                    " WHERE key = %(key)s AND token = %(token)s AND state IN ('held', 'used')"
+                    " RETURNING key), answered AS (DELETE FROM x402gate_answering"
+                    " WHERE key IN (SELECT key FROM used)) SELECT count(*) FROM used",
+                    {"key": key, "token": token},
+                ).fetchone()
+                if row[0] != 1:
                     return False
-                conn.execute("DELETE FROM x402gate_answering WHERE key = %s", (key,))
                 if journal is not None:
                     self._journal_insert(conn, journal)
                 return True
@@ -108,13 +113,15 @@ class PostgresReplay(PostgresJournal):
                 self._journal_insert(conn, journal)
             if row[0] == "used" and row[2] is None:
                 return True  # answered already: it stays answered
-            conn.execute("UPDATE x402gate_replay SET state = 'used' WHERE key = %s", (key,))
+            # Both writes in one statement (two tables: neither part sees the other's row).
             conn.execute(
-                "INSERT INTO x402gate_answering (key, alive_at, expires_at) VALUES (%s, %s, %s)"
+                "WITH used AS (UPDATE x402gate_replay SET state = 'used' WHERE key = %(key)s)"
+                " INSERT INTO x402gate_answering (key, alive_at, expires_at)"
+                " VALUES (%(key)s, %(now)s, %(expires)s)"
                 " ON CONFLICT (key) DO UPDATE SET"
                 " alive_at = greatest(x402gate_answering.alive_at, EXCLUDED.alive_at),"
                 " expires_at = EXCLUDED.expires_at",
-                (key, float(now), row[1]),
+                {"key": key, "now": float(now), "expires": row[1]},
             )
             return True
 
