@@ -148,6 +148,7 @@ class PaymentMiddleware(RouteTableMiddleware[ASGIApp]):
         scope = dict(scope)
         scope["state"] = {**(scope.get("state") or {}), "payment": flow.payment}
         scope["x402gate.payment"] = flow.payment
+        scope["x402gate.annotate"] = flow.annotate
         scope[ROUTE_MATCH_KEY] = found  # matched once: the app behind reads it (the gateway)
         replayed = False
 

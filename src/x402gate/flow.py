@@ -190,6 +190,12 @@ class PaymentFlow:
         self._began = time.perf_counter()
         return None
 
+    def annotate(self, note: str) -> None:
+        """Note how the request was served (the gateway: which upstream answered); kept with
+        the payment's journal row. Ignored before :meth:`begin` accepted a payment."""
+        if self._session is not None:
+            self._session.note = str(note)
+
     @property
     def payment(self) -> Payment | None:
         """The accepted payment, for the app (``None`` before :meth:`begin` accepted one).

@@ -389,3 +389,19 @@ async def test_the_metrics_count_each_upstreams_fallbacks_and_never_name_its_url
     # Upstreams by name only: no URL, no key.
     for secret in (first_url, second.url, SECOND_KEY, UPSTREAM_KEY):
         assert secret not in scrape.text
+
+
+async def test_the_journal_row_names_the_upstream_that_served_the_payment(
+    gateway: GatewayFactory, second: FakeLLM, payer: Any, test_token: Any
+) -> None:
+    with (
+        refusing_url() as first_url,
+        gateway(routes=file_text(first_url, second.url)) as (url, gw),
+    ):
+        async with paying(payer, test_token, url) as client:
+            response = await client.post("/flat/v1/messages", json=ANTHROPIC)
+        assert response.status_code == 200, response.text
+        rows = gw.gate.store.journal_rows()
+    settled = [row for row in rows if row.outcome == "settled"]
+    assert [row.detail for row in settled] == ["upstream=second"]
+    assert settled[0].amount == FLAT

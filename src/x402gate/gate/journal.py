@@ -71,6 +71,7 @@ def session_row(
         transaction=(payment.transaction or "")[:MAX_TEXT],
         latency=latency,
         scheme="batch-settlement" if session.channel is not None else "exact",
+        detail=session.note[:MAX_TEXT],
     )
 
 

@@ -125,6 +125,9 @@ class PaymentSession:
     recovered: bool = False
     """A retry of a payment already settled on chain whose first request was never answered:
     it is served without settling again (see :meth:`PaymentGate.begin`)."""
+    note: str = ""
+    """What the app noted about how it served the request (the gateway: the upstream that
+    answered), kept as the ``detail`` of the payment's journal row."""
     channel: Any = None
     """Paid by a ``batch-settlement`` voucher: the channel step it holds
     (:class:`~x402gate.gate.channels.ChannelStepHold`) until the charge is committed."""

@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -90,6 +90,9 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 _DROP_REQUEST = frozenset(h.encode() for h in DROPPED_REQUEST_HEADERS)
 _DROP_RESPONSE = frozenset(h.encode() for h in DROPPED_RESPONSE_HEADERS)
+_ANNOTATE = "x402gate.annotate"
+"""Where the payment middleware leaves its note taker (:meth:`PaymentFlow.annotate`)."""
+
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*|\*)\}")
 
 
@@ -255,7 +258,9 @@ class Forwarder:
         assert task is not None
         watch = _Watch(task, receive)
         try:
-            await self._exchange(request, order, scope.get("headers") or (), send, watch)
+            await self._exchange(
+                request, order, scope.get("headers") or (), send, watch, scope.get(_ANNOTATE)
+            )
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -270,6 +275,7 @@ class Forwarder:
         client_headers: Iterable[tuple[bytes, bytes]],
         send: Send,
         watch: _Watch,
+        annotate: Callable[[str], None] | None = None,
     ) -> None:
         """Try the targets in order until one answers; relay that answer (or the last failure).
 
@@ -318,6 +324,9 @@ class Forwarder:
                     stats.latency_seconds_max = elapsed
                 if breakers:
                     upstream.breaker.success()
+                if annotate is not None:
+                    # The payment's journal row names the upstream that served it.
+                    annotate(f"upstream={upstream.name}")
                 break
             stats.failures[failure] += 1
             if breakers:
