@@ -17,6 +17,11 @@ from .connection import SQLiteConnection
 __all__ = ["SQLiteJournal"]
 
 _FIELDS = "id, time, route, payer, amount, asset, network, outcome, tx, latency, scheme, detail"
+# One text for every insert: the driver's statement cache then finds it prepared.
+_INSERT = (
+    f"INSERT OR IGNORE INTO x402gate_journal ({_FIELDS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class SQLiteJournal(SQLiteConnection):
@@ -27,8 +32,7 @@ class SQLiteJournal(SQLiteConnection):
     def _journal_insert(self, conn: sqlite3.Connection, row: JournalRow) -> bool:
         """Insert ``row`` inside the caller's transaction; False when its id is known."""
         cursor = conn.execute(
-            f"INSERT OR IGNORE INTO x402gate_journal ({_FIELDS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT,
             (
                 row.id,
                 row.time,
