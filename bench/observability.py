@@ -5,7 +5,7 @@ Run with ``.venv/bin/python bench/observability.py [--n 150] [--repeats 15]``
 facilitator that answers at once (the time on the wire is not what is measured).
 
 Three paths, each request one :class:`~x402gate.flow.PaymentFlow` as the adapters drive it, on
-each store (``memory``, and ``sqlite``, the default store: a fresh file per batch):
+each store (``memory``, and ``sqlite``, the default store: a fresh file per gate):
 
 * ``exact``: a paid request (``begin``: decode, local signature check, claim, verify; the
   handler's answer through ``response_start``: settle; ``sent``: the answer delivered), each
@@ -31,12 +31,13 @@ Variants:
 * ``+spans``: the three, plus OpenTelemetry spans into the SDK's in-memory exporter (when the
   SDK is installed; shown for information).
 
-Each repeat runs every variant in turn (round-robin, so background load hits all of them),
-a batch of ``--n`` requests per variant, its CPU time read with ``time.process_time`` around
-the batch (every thread of the process: the store's worker thread too; garbage collector
-paused). The table gives the median CPU per request and what a variant adds: the median, over
-the repeats, of its batch minus the ``bare`` batch of the same repeat (pairs run seconds apart,
-under the same background load).
+Each repeat builds one fresh gate per variant (a fresh store) and serves their ``--n``
+requests interleaved: request ``i`` of every variant, then request ``i + 1``, the order of the
+variants rotated at each step, so that background load hits all of them alike. The CPU time of
+each request is read on its own with ``time.process_time`` (every thread of the process: the
+store's worker thread too; garbage collector paused). The table gives the median CPU per
+request and what a variant adds: the median, over every request, of its CPU minus that of the
+``bare`` request served beside it (microseconds apart, under the same background load).
 
 Other per-request features add a variant with :func:`variant` (name, a function that sets a
 fresh gate up), and the table shows them beside these.
@@ -198,7 +199,7 @@ def _spans() -> None:
 
     @variant("+spans")
     def with_spans(gate: PaymentGate) -> None:
-        exporter.clear()  # the exporter keeps every span: bounded by one batch
+        exporter.clear()  # the exporter keeps every span: bounded by one gate's requests
         assert gate.journal, "the store keeps no journal"
         PaymentMetrics(gate)
         gate.telemetry.tracer = provider.get_tracer("x402gate")
@@ -277,27 +278,23 @@ def from_credit(gate: PaymentGate, count: int) -> list[RequestInfo]:
     ]
 
 
-async def serve(gate: PaymentGate, route: Route, requests: list[RequestInfo]) -> float:
-    """CPU seconds per request over ``requests`` (each paid, or served from credit)."""
-    gc.collect()
-    gc.disable()
+async def serve_one(gate: PaymentGate, route: Route, request: RequestInfo) -> float:
+    """CPU seconds of one request (paid, served from credit or by a voucher), every thread of
+    the process counted (the store's worker thread too)."""
     started = time.process_time()
-    for request in requests:
-        flow = PaymentFlow(gate, route, request)
-        answer = await flow.begin()
-        assert answer is None, answer
-        await flow.response_start(200, [("content-type", "application/json")])
-        chunk = flow.body(b'{"ok":true}', True)
-        assert chunk is not None
-        await flow.sent(*chunk)
-    spent = time.process_time() - started
-    gc.enable()
-    return spent / len(requests)
+    flow = PaymentFlow(gate, route, request)
+    answer = await flow.begin()
+    assert answer is None, answer
+    await flow.response_start(200, [("content-type", "application/json")])
+    chunk = flow.body(b'{"ok":true}', True)
+    assert chunk is not None
+    await flow.sent(*chunk)
+    return time.process_time() - started
 
 
 class Vouchers:
     """One channel (payer, config, id) and its vouchers ``k x price`` for k = 1, 2..., signed
-    once: every batch runs on a fresh store, where the channel starts at zero again."""
+    once: every gate has a fresh store, where the channel starts at zero again."""
 
     def __init__(self) -> None:
         self.heads: list[str] = []
@@ -366,45 +363,63 @@ class Vouchers:
 VOUCHERS = Vouchers()
 
 
-async def batch(name: str, kind: str, store: str, n: int, folder: Path) -> float:
-    gate, route = make_gate(name, kind, store, folder)
+def requests_for(gate: PaymentGate, kind: str, n: int) -> list[RequestInfo]:
     if kind == "exact":
-        requests = sign(n)
-    elif kind == "credit":
-        requests = from_credit(gate, n)
-    else:
-        requests = VOUCHERS.requests(n)
-    try:
-        return await serve(gate, route, requests)
-    finally:
-        await gate.aclose()
+        return sign(n)
+    if kind == "credit":
+        return from_credit(gate, n)
+    return VOUCHERS.requests(n)
 
 
 Key = tuple[str, str, str]  # (store, path, variant)
 
 
+async def interleaved(
+    store: str, kind: str, names: list[str], n: int, folder: Path
+) -> dict[str, list[float]]:
+    """One fresh gate per variant, their ``n`` requests served in turn: request ``i`` of every
+    variant, then request ``i + 1``..., the order of the variants rotated at each step. The
+    CPU of each request is read on its own, so a variant and the baseline are compared on
+    requests served microseconds apart, under the same background load."""
+    gates = {name: make_gate(name, kind, store, folder) for name in names}
+    requests = {name: requests_for(gates[name][0], kind, n) for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(n):
+            shift = i % len(names)
+            for name in names[shift:] + names[:shift]:
+                gate, route = gates[name]
+                cpu[name].append(await serve_one(gate, route, requests[name][i]))
+    finally:
+        gc.enable()
+        for gate, _ in gates.values():
+            await gate.aclose()
+    return cpu
+
+
 async def run(stores: list[str], kinds: list[str], n: int, repeats: int) -> dict[Key, list[float]]:
+    """Per (store, path, variant), the CPU seconds of every measured request, in order: the
+    ``i``-th entries of two variants were served side by side."""
     results: dict[Key, list[float]] = {
         (store, kind, name): [] for store in stores for kind in kinds for name in VARIANTS
     }
     if "channel" in kinds:
         await VOUCHERS.prepare(n)
+    names = list(VARIANTS)
     with tempfile.TemporaryDirectory(prefix="x402gate-obs-") as tmp:
         folder = Path(tmp)
         for store in stores:
-            for kind in kinds:
-                for name in VARIANTS:  # warm up every path (imports, caches) outside the timing
-                    await batch(name, kind, store, 10, folder)
-        names = list(VARIANTS)
-        for repeat in range(repeats):
-            # Rotated each repeat: no variant always runs first (or right after another one).
-            shift = repeat % len(names)
+            for kind in kinds:  # warm up every path (imports, caches) outside the timing
+                await interleaved(store, kind, names, 10, folder)
+        for _ in range(repeats):
             for store in stores:
                 for kind in kinds:
-                    for name in names[shift:] + names[:shift]:
-                        key = (store, kind, name)
-                        results[key].append(await batch(name, kind, store, n, folder))
-                for path in folder.iterdir():  # one file per batch: drop them as they pile up
+                    cpu = await interleaved(store, kind, names, n, folder)
+                    for name in names:
+                        results[(store, kind, name)].extend(cpu[name])
+                for path in folder.iterdir():  # one file per gate: drop them as they pile up
                     path.unlink()
     return results
 
@@ -415,8 +430,8 @@ def _list(text: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=150, help="paid requests per batch")
-    parser.add_argument("--repeats", type=int, default=15, help="batches per variant")
+    parser.add_argument("--n", type=int, default=200, help="requests per gate")
+    parser.add_argument("--repeats", type=int, default=5, help="fresh gates per variant")
     parser.add_argument(
         "--paths",
         type=_list,
@@ -436,7 +451,7 @@ def main() -> None:
             ["x402gate", "x402", "prometheus-client", "opentelemetry-sdk"],
             [
                 git_state(),
-                f"{args.n} requests x {args.repeats} batches per variant",
+                f"{args.n} requests x {args.repeats} fresh gates per variant, interleaved",
                 f"load average before: {load_average()}",
             ],
         )
@@ -444,8 +459,7 @@ def main() -> None:
     results = asyncio.run(run(args.stores, args.paths, args.n, args.repeats))
 
     def added_us(store: str, kind: str, name: str) -> float:
-        # Paired by repeat: each batch is compared with the bare batch of the same repeat,
-        # run under the same background load.
+        # Paired by request: each is compared with the bare request served beside it.
         pairs = zip(results[(store, kind, name)], results[(store, kind, "bare")], strict=True)
         return median([(v - b) * 1e6 for v, b in pairs])
 
@@ -455,7 +469,12 @@ def main() -> None:
         shown = "" if name == "bare" else f"{added_us(store, kind, name):+.1f}"
         rows.append((f"{store}, {PATHS[kind]}: {name}", f"{us:.1f}", shown))
     print_table(
-        ["store, path: variant", "CPU µs / request (median)", "added µs (median of pairs)"], rows
+        [
+            "store, path: variant",
+            "CPU µs / request (median)",
+            "added µs (median of paired requests)",
+        ],
+        rows,
     )
     print(f"load average after: {load_average()}")
     print()
