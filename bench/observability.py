@@ -33,7 +33,8 @@ Variants:
 
 Each repeat builds one fresh gate per variant (a fresh store) and serves their ``--n``
 requests interleaved: request ``i`` of every variant, then request ``i + 1``, the order of the
-variants rotated at each step, so that background load hits all of them alike. The CPU time of
+variants shuffled at each step, so that background load (and whatever the request before left
+behind) hits all of them alike. The CPU time of
 each request is read on its own with ``time.process_time`` (every thread of the process: the
 store's worker thread too; garbage collector paused). The table gives the median CPU per
 request and what a variant adds: the median, over every request, of its CPU minus that of the
@@ -53,6 +54,7 @@ import io
 import itertools
 import json
 import logging
+import random
 import sys
 import tempfile
 import time
@@ -289,6 +291,8 @@ async def serve_one(gate: PaymentGate, route: Route, request: RequestInfo) -> fl
     chunk = flow.body(b'{"ok":true}', True)
     assert chunk is not None
     await flow.sent(*chunk)
+    for _ in range(3):  # what the request scheduled on the loop runs in its own reading
+        await asyncio.sleep(0)
     return time.process_time() - started
 
 
@@ -378,7 +382,7 @@ async def interleaved(
     store: str, kind: str, names: list[str], n: int, folder: Path
 ) -> dict[str, list[float]]:
     """One fresh gate per variant, their ``n`` requests served in turn: request ``i`` of every
-    variant, then request ``i + 1``..., the order of the variants rotated at each step. The
+    variant, then request ``i + 1``..., the order of the variants shuffled at each step. The
     CPU of each request is read on its own, so a variant and the baseline are compared on
     requests served microseconds apart, under the same background load."""
     gates = {name: make_gate(name, kind, store, folder) for name in names}
@@ -386,10 +390,14 @@ async def interleaved(
     cpu: dict[str, list[float]] = {name: [] for name in names}
     gc.collect()
     gc.disable()
+    order = list(names)
+    shuffle = random.Random(n).shuffle
     try:
         for i in range(n):
-            shift = i % len(names)
-            for name in names[shift:] + names[:shift]:
+            # A new order at each step: no variant always follows the same one (what a request
+            # leaves behind, a cold cache, a thread still busy, lands on any of them alike).
+            shuffle(order)
+            for name in order:
                 gate, route = gates[name]
                 cpu[name].append(await serve_one(gate, route, requests[name][i]))
     finally:

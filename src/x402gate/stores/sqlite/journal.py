@@ -31,23 +31,8 @@ class SQLiteJournal(SQLiteConnection):
 
     def _journal_insert(self, conn: sqlite3.Connection, row: JournalRow) -> bool:
         """Insert ``row`` inside the caller's transaction; False when its id is known."""
-        cursor = conn.execute(
-            _INSERT,
-            (
-                row.id,
-                row.time,
-                row.route,
-                row.payer,
-                str(row.amount),
-                row.asset,
-                row.network,
-                row.outcome,
-                row.transaction,
-                row.latency,
-                row.scheme,
-                row.detail,
-            ),
-        )
+        # The row's fields are the table's columns, in order; the amount is decimal text.
+        cursor = conn.execute(_INSERT, (*row[:4], str(row.amount), *row[5:]))
         if row.time >= self._next_journal_prune:
             deleted = self._journal_prune_in(conn, row.time)
             self._next_journal_prune = self._purge_after(deleted, row.time)
