@@ -127,8 +127,13 @@ def variant(name: str) -> Callable[[Setup], Setup]:
     return register
 
 
+LOG_STREAM = io.StringIO()
+"""Where the payment lines go; emptied before each set of gates (bounded, and every variant
+writes into a buffer of the same size)."""
+
+
 def _log_to_memory() -> None:
-    handler = logging.StreamHandler(io.StringIO())
+    handler = logging.StreamHandler(LOG_STREAM)
     handler.setFormatter(JsonFormatter())
     payments = logging.getLogger("x402gate.payments")
     payments.handlers[:] = [handler]
@@ -388,6 +393,8 @@ async def interleaved(
     gates = {name: make_gate(name, kind, store, folder) for name in names}
     requests = {name: requests_for(gates[name][0], kind, n) for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
+    LOG_STREAM.seek(0)
+    LOG_STREAM.truncate()
     gc.collect()
     gc.disable()
     order = list(names)
