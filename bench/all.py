@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "stores": ("stores", [], ["--n", "300", "--repeats", "1"]),
     "imports": ("imports", [], ["--runs", "3"]),
     "challenge": ("challenge", [], ["--duration", "1", "--rounds", "1"]),
+    "balanced": ("balanced", [], ["--duration", "1", "--rounds", "1"]),
     "throughput": (
         "throughput",
         ["--what-if", WHAT_IF, "--profile"],

@@ -320,20 +320,28 @@ async def test_per_second_charges_end_when_the_answer_ends_not_when_the_commit_r
 def test_sqlite_spending_writes_skip_the_fsync_and_top_ups_keep_it(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "ledger.db")  # synchronous=full by default
     assert (store.synchronous, store.ledger_synchronous) == ("full", "normal")
-    levels: list[str] = []
     now = time.time()
     conn = store._connection()
-    conn.set_trace_callback(lambda sql: levels.append(sql) if "synchronous" in sql else None)
+    level = ["full"]  # the connection's level, followed through the statements it runs
+    committed: list[str] = []  # the level of each COMMIT
+
+    def trace(sql: str) -> None:
+        if sql.startswith("PRAGMA synchronous = "):
+            level[0] = sql.rsplit(" ", 1)[1]
+        elif sql == "COMMIT":
+            committed.append(level[0])
+
+    conn.set_trace_callback(trace)
     store.credit_topup(ACCOUNT, 1_000, "ref", now)
-    assert levels == []  # money in: synced as the store is
-    relaxed = ["PRAGMA synchronous = normal", "PRAGMA synchronous = full"]
+    assert committed == ["full"]  # money in: synced as the store is
     assert store.credit_reserve(ACCOUNT, 100, "r1", int(now) + 60, now)
-    assert levels == relaxed
     assert store.credit_commit("r1", 40, now) == 40
     assert store.credit_reserve(ACCOUNT, 100, "r2", int(now) + 60, now)
     assert store.credit_release("r2", now)
+    assert committed == ["full"] + ["normal"] * 4
+    store.credit_topup(ACCOUNT, 1, "ref-2", now)
     conn.set_trace_callback(None)
-    assert levels == relaxed * 4
+    assert committed[-1] == "full"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
     # What a reservation wrote is visible to another connection at once (no overdraw across
     # processes), fsync or not.
@@ -342,7 +350,7 @@ def test_sqlite_spending_writes_skip_the_fsync_and_top_ups_keep_it(tmp_path: Pat
         "SELECT available, reserved, charged FROM x402gate_credit_account WHERE account = ?",
         (ACCOUNT,),
     ).fetchone()
-    assert row == ("960", "0", "40")
+    assert row == ("961", "0", "40")
     other.close()
     store.close()
 

@@ -246,6 +246,7 @@ async def test_per_second_charges_the_measured_time(
     assert test_token.balance_of(pay_to) == quote
 
 
+@pytest.mark.web3v7
 async def test_the_official_client_signs_in_with_x_and_spends_its_credit(
     gate: PaymentGate,
     chain: Any,

@@ -468,6 +468,13 @@ class Signer(FacilitatorWeb3Signer):
         return self._timeout
 
     @property
+    def web3(self) -> Any:
+        """The web3 instance over :attr:`transport`: the SDK's ``batch-settlement`` facilitator
+        decodes a settle transaction's ``Settled`` event with it, to answer the amount
+        settled."""
+        return self._w3
+
+    @property
     def chain_id(self) -> int:
         """The chain id of the RPC URL (asked once)."""
         if self._chain is None:

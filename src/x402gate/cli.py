@@ -1,7 +1,7 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
 ``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
 list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
-``x402gate report --store URL``, ``--version``."""
+``x402gate report --store URL``, ``x402gate webhooks --store URL``, ``--version``."""
 
 from __future__ import annotations
 
@@ -54,6 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     proxy.add_argument("--host", help="listen on this address instead of gateway.host")
     proxy.add_argument("--port", type=int, help="listen on this port instead of gateway.port")
+    proxy.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve with N processes on one socket (needs a shared store: sqlite, redis or "
+        "postgresql; refused with memory://)",
+    )
     proxy.add_argument("--no-access-log", action="store_true", help="do not log a line per request")
     proxy.add_argument("-v", "--verbose", action="store_true", help="log every payment step")
     proxy.add_argument(
@@ -91,9 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .analytics import command as report_command
 
     report_command.add_parser(sub)
+    from .webhooks import command as webhooks_command
+
+    webhooks_command.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "proxy" and args.online and not args.check:
         parser.error("--online goes with --check (serving runs the same checks at start-up)")
+    if args.command == "proxy" and args.workers < 1:
+        parser.error("--workers must be 1 or more")
     if args.command is None:
         parser.print_help()
         return 2
@@ -118,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return channels_cli.run(args)
     if args.command == "report":
         return report_command.run(args)
+    if args.command == "webhooks":
+        return webhooks_command.run(args)
     return 2  # pragma: no cover
 
 
@@ -152,6 +167,13 @@ def _proxy(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         return _check_online(args.config, config)
+
+    from .gateway.workers import serve_workers, shared_store_problem
+
+    problem = shared_store_problem(config.store, args.workers)
+    if problem is not None:
+        print(f"x402gate proxy: {problem}", file=sys.stderr)
+        return 1
 
     import uvicorn
 
@@ -196,11 +218,33 @@ def _proxy(args: argparse.Namespace) -> int:
         return 1
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    processes = f" ({args.workers} worker processes)" if args.workers > 1 else ""
     print(
-        f"x402gate gateway on http://{shown}:{port}: {config.summary()}",
+        f"x402gate gateway on http://{shown}:{port}{processes}: {config.summary()}",
         file=sys.stderr,
         flush=True,
     )
+    if args.workers > 1:
+        # The workers build their own gateway from the file; this one only proved it builds.
+        import asyncio
+
+        asyncio.run(gateway.aclose())
+        try:
+            serve_workers(
+                args.config,
+                config,
+                sock,
+                workers=args.workers,
+                verbose=args.verbose,
+                log_format=args.log_format,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=not args.no_access_log,
+            )
+        finally:
+            sock.close()
+        return 0
     server = uvicorn.Server(settings)
     try:
         server.run(sockets=[sock])

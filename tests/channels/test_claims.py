@@ -211,6 +211,16 @@ async def test_the_gateways_background_claimer_collects_every_charge(
             await asyncio.to_thread(wait_for, lambda: test_token.balance_of(receiver) == N * PRICE)
             claimer = gateway.gate.claimer
             assert claimer is not None and claimer.running
+            # The claim and the settlement are in the gateway's journal, with their amounts.
+            store = gateway.gate.store
+            await asyncio.to_thread(
+                wait_for,
+                lambda: (
+                    sum(r.amount for r in store.journal_rows() if r.outcome == "settle")
+                    == N * PRICE
+                ),
+            )
+            assert sum(r.amount for r in store.journal_rows() if r.outcome == "claim") == N * PRICE
         assert len(upstream.requests) == N
     assert channel_contracts.channel(channel_id).total_claimed == N * PRICE
     assert channel_contracts.receiver_account(receiver, test_token.address) == (N * PRICE,) * 2
@@ -272,6 +282,11 @@ def test_a_flask_app_delegating_to_its_facilitator_claims_in_the_background(
                 channel_id = run_sync(pay(base_url, payer, test_token, ["/paid"] * N))
                 wait_for(lambda: test_token.balance_of(receiver) == N * PRICE)
             assert gate.claimer is not None and gate.claimer.rounds >= 1
+            # The facilitator service answers the amount it settled: the journal records it.
+            wait_for(lambda: any(r.outcome == "settle" for r in gate.store.journal_rows()))
+            rows = gate.store.journal_rows()
+            assert sum(r.amount for r in rows if r.outcome == "claim") == N * PRICE
+            assert [r.amount for r in rows if r.outcome == "settle"] == [N * PRICE]
             assert channel_contracts.channel(channel_id).total_claimed == N * PRICE
             # The facilitator signed the claim: this app holds no authorizer key.
             assert gate.channels.receiver_authorizer_key is None

@@ -74,7 +74,9 @@ def test_claim_and_settle_from_flags(
     client = channel_client(payer, test_token)
     with serve_in_thread(make_app(gate, {})) as base_url:
         channel_id = asyncio.run(pay(base_url, payer, test_token, ["/paid"] * N, client))
+        # The facilitator reports no settled amounts: the chain's receipts give them.
         flags = ["--store", store_url, "--facilitator", facilitator_service.url, "--json"]
+        flags += ["--rpc-url", chain.rpc_url]
 
         # Nothing without a facilitator or a store to read.
         status, _, err = run(capsys, "claim", "--store", store_url)
@@ -112,13 +114,24 @@ def test_claim_and_settle_from_flags(
     assert outcome["settle_transactions"] == []
     assert channel_contracts.channel(channel_id).total_claimed == 2 * N * PRICE
     assert test_token.balance_of(receiver) == N * PRICE
-    settle = ["--facilitator", facilitator_service.url, "--json"]
+    settle = [*flags[:4], "--json", "--rpc-url", chain.rpc_url]
     target = ["--receiver", receiver, "--token", test_token.address]
     status, outcome, _ = run(capsys, "settle", *settle, *target)
     assert status == 0 and len(outcome["transactions"]) == 1
+    assert outcome["settled"] == str(N * PRICE)
     assert test_token.balance_of(receiver) == 2 * N * PRICE
     status, outcome, _ = run(capsys, "settle", *settle, *target)
-    assert status == 0 and outcome["transactions"] == []
+    assert status == 0 and outcome["transactions"] == [] and outcome["settled"] == "0"
+    # Every claim and settlement the commands made is in the gate's journal, with its
+    # transaction: the two claims and the two settlements, N charges each.
+    rows = gate.store.journal_rows()
+    claims = [r for r in rows if r.outcome == "claim"]
+    settles = [r for r in rows if r.outcome == "settle"]
+    assert [r.amount for r in claims] == [N * PRICE, N * PRICE]
+    assert [r.amount for r in settles] == [N * PRICE, N * PRICE]
+    assert {r.payer for r in claims} == {payer.address.lower()}
+    assert all(r.transaction.startswith("0x") for r in claims + settles)
+    assert {r.detail for r in settles} == {f"receiver {receiver.lower()}"}
     gate.close()
 
 
@@ -171,4 +184,10 @@ def test_claim_from_the_gateway_file(
     assert outcome["claimed"] == str(N * PRICE) and len(outcome["settle_transactions"]) == 1
     assert test_token.balance_of(receiver) == N * PRICE
     status, outcome, _ = run(capsys, "settle", "--config", str(path), "--json")
-    assert status == 0 and outcome == {"transactions": [], "failures": []}
+    assert status == 0 and outcome == {"settled": "0", "transactions": [], "failures": []}
+    # The claim and its settlement are in the gateway's journal.
+    with open_store(f"sqlite:///{tmp_path}/gateway.db") as store:
+        rows = store.journal_rows()
+    claimed = sum(r.amount for r in rows if r.outcome == "claim")
+    settled = sum(r.amount for r in rows if r.outcome == "settle")
+    assert claimed == settled == N * PRICE

@@ -356,3 +356,36 @@ async def test_targets_by_model_send_each_model_to_its_own_upstreams(
     assert [json.loads(r.body)["model"] for r in second.requests] == [PHYSICAL]
     assert [json.loads(r.body)["model"] for r in llm.requests] == ["claude-haiku-4-5"]
     assert test_token.balance_of(payer.address) == before - 2 * FLAT  # the unknown model: free
+
+
+async def test_the_metrics_count_each_upstreams_fallbacks_and_never_name_its_url(
+    gateway_yaml: Any, llm: FakeLLM, second: FakeLLM, payer: Any, test_token: Any
+) -> None:
+    from x402gate.gateway import Gateway, parse_config
+
+    from .conftest import serve_gateway
+
+    with refusing_url() as first_url:
+        text, env = gateway_yaml(routes=file_text(first_url, second.url))
+        text = text.replace("gateway:\n", "gateway:\n  metrics: {path: /metrics}\n", 1)
+        app = Gateway(parse_config(text, source="gateway.yaml", env=env))
+        with serve_gateway(app) as url:
+            async with paying(payer, test_token, url) as client:
+                response = await client.post("/flat/v1/messages", json=ANTHROPIC)
+                assert response.status_code == 200, response.text
+            async with httpx.AsyncClient(base_url=url, timeout=30) as plain:
+                scrape = await plain.get("/metrics")
+    assert scrape.status_code == 200
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in scrape.text.splitlines()
+        if line.startswith("x402gate_upstream_")
+    }
+    assert samples['x402gate_upstream_failures_total{kind="unavailable",upstream="first"}'] == 1
+    assert samples['x402gate_upstream_fallbacks_total{upstream="first"}'] == 1
+    assert samples['x402gate_upstream_successes_total{upstream="second"}'] == 1
+    assert samples['x402gate_upstream_breaker_state{state="closed",upstream="first"}'] == 1
+    assert samples['x402gate_upstream_latency_seconds_mean{upstream="second"}'] > 0
+    # Upstreams by name only: no URL, no key.
+    for secret in (first_url, second.url, SECOND_KEY, UPSTREAM_KEY):
+        assert secret not in scrape.text

@@ -17,6 +17,10 @@ settling on the test chain:
                                headers went out, before its body (the claim is marked used)
 ``X402GATE_TEST_OWNER_GRACE``  seconds a claim whose request vanished is left to it before a
                                retry found paid on chain takes it over (default 60)
+``X402GATE_TEST_WEBHOOK``      when set: ``URL SECRET``, a webhook endpoint sent the payment
+                               events (retried after 0.2 to 0.5 s)
+``X402GATE_TEST_SECRET``       the session-token secret (default: one per process, so a token
+                               works only on the process that issued it)
 =============================  ==========================================================
 
 Routes: ``GET /paid`` costs $0.01, and so does ``GET /slow`` (an answer streamed in
@@ -43,6 +47,8 @@ ENV_RUNS = "X402GATE_TEST_RUNS"
 ENV_DIE_SETTLED = "X402GATE_TEST_DIE_SETTLED"
 ENV_OWNER_GRACE = "X402GATE_TEST_OWNER_GRACE"
 ENV_DIE_ANSWERING = "X402GATE_TEST_DIE_ANSWERING"
+ENV_WEBHOOK = "X402GATE_TEST_WEBHOOK"
+ENV_SECRET = "X402GATE_TEST_SECRET"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 40}
 METERED_CHARGE = 12 * 1_000 + 40 * 2_000
 METERED_TOPUP = 500_000
@@ -117,6 +123,18 @@ def create_app() -> Any:
     )
     if env.get(ENV_DIE_SETTLED):
         facilitator = _DyingAfterSettlement(facilitator)
+    webhook: dict[str, Any] = {}
+    if env.get(ENV_WEBHOOK):
+        url, secret = env[ENV_WEBHOOK].split()
+        webhook = {
+            "webhooks": [{"url": url, "secret": secret}],
+            "webhook_delivery": {
+                "backoff_seconds": 0.2,
+                "max_backoff_seconds": 0.5,
+                "poll_seconds": 0.1,
+                "timeout_seconds": 5,
+            },
+        }
     gate = PaymentGate(
         pay_to=env[ENV_PAY_TO],
         assets=asset,
@@ -127,6 +145,8 @@ def create_app() -> Any:
         ),
         # The metered route accepts sign-ins and session tokens, bound to this origin.
         public_origin="http://served-app.test",
+        **webhook,
+        secret=env[ENV_SECRET].encode() if env.get(ENV_SECRET) else None,
     )
     runs_file = env[ENV_RUNS]
 

@@ -6,6 +6,8 @@ Two real deployments on loopback, each serving :mod:`served_app` with uvicorn in
   one SQLite replay store file;
 * ``redis-2-instances``: two separate uvicorn servers on two ports sharing one real
   ``redis-server``, the requests split evenly between them;
+* ``redis-cluster-2-instances`` and ``redis-sentinel-2-instances``: the same on a local Redis
+  Cluster (3 primaries, 3 replicas) and on a Sentinel-managed primary with its replica;
 * ``postgres-2-instances``: the same with one real PostgreSQL database.
 
 What a merchant needs from it: the handler runs exactly once, exactly one settlement transaction
@@ -50,6 +52,8 @@ REPLAY = "invalid_exact_evm_nonce_already_used"
     [
         "sqlite-4-workers",
         pytest.param("redis-2-instances", marks=pytest.mark.redis),
+        pytest.param("redis-cluster-2-instances", marks=pytest.mark.redis),
+        pytest.param("redis-sentinel-2-instances", marks=pytest.mark.redis),
         pytest.param("postgres-2-instances", marks=pytest.mark.postgres),
     ],
 )
@@ -68,6 +72,10 @@ async def test_two_hundred_concurrent_submissions_of_one_payment_are_served_and_
         store = f"sqlite:///{tmp_path / 'replay.db'}"
     elif deployment == "postgres-2-instances":
         store = request.getfixturevalue("postgres_url")
+    elif deployment == "redis-cluster-2-instances":
+        store = request.getfixturevalue("redis_cluster_url")
+    elif deployment == "redis-sentinel-2-instances":
+        store = request.getfixturevalue("redis_sentinel_url")
     else:
         store = request.getfixturevalue("redis_url")
     env = app_env(

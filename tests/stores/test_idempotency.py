@@ -283,7 +283,14 @@ def twin(store: Store) -> Store:
     from x402gate.stores.redis import RedisStore
 
     assert isinstance(store, RedisStore)
+    if store.cluster:
+        node = store.client.get_default_node()
+        cluster = redis.cluster.RedisCluster(host=node.host, port=node.port)
+        return RedisStore(client=cluster, key_prefix=store.key_prefix)
     pool = store.client.connection_pool
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        primary = pool.sentinel_manager.master_for(pool.service_name)
+        return RedisStore(client=primary, key_prefix=store.key_prefix)
     client = redis.Redis(connection_pool=redis.ConnectionPool(**pool.connection_kwargs))
     return RedisStore(client=client, key_prefix=store.key_prefix)
 

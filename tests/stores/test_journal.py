@@ -4,6 +4,7 @@ in time order, never twice, and pruned by retention."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
@@ -12,6 +13,7 @@ from x402gate.stores.base import MAX_CREDIT_AMOUNT, ClaimResult
 from x402gate.stores.journal import JournalRetention, JournalRow
 
 from ._channel_race import CHANNEL, NOW, PRICE
+from .conftest import StoreFactory
 from .test_channels import begin, sync
 
 ACCOUNT = "eip155:84532|0xusdc|0xpayer"
@@ -155,3 +157,48 @@ def test_a_backlog_is_pruned_in_batches_to_the_last_row(store: Store) -> None:
     store.journal_retention = JournalRetention(days=None, rows=100)
     assert store.journal_prune(NOW + 5) == 1_100
     assert [r.id for r in store.journal_rows()] == [f"c{n:05}" for n in range(1_100, 1_200)]
+
+
+def test_rows_of_one_time_read_back_by_id_a_page_at_a_time(store: Store) -> None:
+    # Enough rows that every shard of a sharded journal is read in several pages.
+    ids = [f"t{(n * 7919) % 600:03}" for n in range(600)]  # every id once, out of order
+    for row_id in ids:
+        store.journal_append(row(row_id, NOW + int(row_id[1:]) % 3, amount=int(row_id[1:])))
+    expected = sorted(ids, key=lambda i: (int(i[1:]) % 3, i))
+    assert [r.id for r in store.journal_rows()] == expected
+    assert [r.id for r in store.journal_rows(limit=250)] == expected[:250]
+    between = [r.id for r in store.journal_rows(NOW + 1, NOW + 2, limit=150)]
+    assert between == [i for i in expected if int(i[1:]) % 3 == 1][:150]
+    assert [r.amount for r in store.journal_rows(limit=3)] == [int(i[1:]) for i in expected[:3]]
+
+
+def test_hosts_pruning_by_count_at_once_never_delete_too_many(make_handle: StoreFactory) -> None:
+    first, second = make_handle(), make_handle()
+    for handle in (first, second):
+        handle.journal_retention = JournalRetention(days=None, rows=None)
+    for n in range(1_500):
+        first.journal_append(row(f"r{n:05}", NOW + n * 0.001))
+    keep = 50
+    newest = [f"r{n:05}" for n in range(1_500 - keep, 1_500)]
+    for handle in (first, second):
+        handle.journal_retention = JournalRetention(days=None, rows=keep)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def prune(handle: Store) -> None:
+        try:
+            barrier.wait()
+            handle.journal_prune(NOW + 5)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=prune, args=(h,)) for h in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    # Either may have left a batch for later, but neither deleted a row the count keeps.
+    assert [r.id for r in second.journal_rows()][-keep:] == newest
+    first.journal_prune(NOW + 5)
+    assert [r.id for r in second.journal_rows()] == newest

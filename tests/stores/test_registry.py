@@ -113,7 +113,8 @@ def test_unknown_scheme_names_the_accepted_ones_and_hides_the_password() -> None
     message = str(caught.value)
     assert "unknown store URL scheme 'mongodb'" in message
     assert (
-        "memory://, postgres://, postgresql://, redis://, rediss://, sqlite://, unix://" in message
+        "memory://, postgres://, postgresql://, redis://, redis+cluster://, redis+sentinel://, "
+        "rediss://, rediss+cluster://, sqlite://, unix://" in message
     )
     assert "hunter2" not in message
 
@@ -196,7 +197,10 @@ def test_builtin_backends_are_found_again_after_the_registry_is_emptied(
         "postgres",
         "postgresql",
         "redis",
+        "redis+cluster",
+        "redis+sentinel",
         "rediss",
+        "rediss+cluster",
         "sqlite",
         "unix",
     ]

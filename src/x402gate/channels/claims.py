@@ -35,10 +35,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..clock import Clock, SystemClock
 from ..errors import ConfigurationError, FacilitatorError
 from ..stores.channels import MAX_CHANNEL_LIST, ChannelState
+from .claim_settings import ClaimSettings
+from .journal import claim_row, read_settled_amount, settle_row, settled_amount
 
 if TYPE_CHECKING:
     from ..assets import Asset
     from ..stores.base import Store
+    from ..stores.journal import JournalRow
 
 __all__ = [
     "ClaimEngine",
@@ -57,75 +60,6 @@ SCHEME = "batch-settlement"
 _BELOW_CLAIMED = "invalid_batch_settlement_evm_cumulative_below_claimed"
 _SIMULATION_FAILED = "invalid_batch_settlement_evm_claim_simulation_failed"
 _NOTHING_TO_SETTLE = "invalid_batch_settlement_evm_nothing_to_settle"
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimSettings:
-    """When a gate's background claimer claims and settles (``ChannelSettings(claim=...)``).
-
-    Three strategies, each optional, checked every ``tick_seconds`` by the one claimer that
-    holds the store's lease:
-
-    :param every: periodic: a claim round when the claimer takes the lease and then every
-        ``every`` seconds while anything is unclaimed (``None``: never on a timer).
-    :param threshold: a round as soon as the unclaimed total of the listed channels reaches
-        this many atomic units of the token (``None``: off).
-    :param withdrawals: a round as soon as a channel with unclaimed value shows a timed
-        withdrawal started by its payer, long before its delay ends (the escrow lets the payer
-        take back only what was not claimed by then).
-    :param refresh_seconds: how old the store's mirror of a channel with unclaimed value may
-        get before it is read from the chain again (what reveals withdrawals; keep it well under
-        the channels' withdraw delay, 900 s at least).
-    :param batch: most channels per claim transaction.
-    :param settle: sweep the claimed amount to the receiver after each successful round.
-    :param tick_seconds: how often the claimer wakes up.
-    :param lease_seconds: how long the lease lasts unrenewed: when its holder dies, another
-        worker or instance takes over after at most this long.
-    """
-
-    every: float | None = 3600.0
-    threshold: int | None = None
-    withdrawals: bool = True
-    refresh_seconds: float = 300.0
-    batch: int = 100
-    settle: bool = True
-    tick_seconds: float = 5.0
-    lease_seconds: float = 60.0
-
-    def check(self) -> None:
-        """:class:`ConfigurationError` naming the first wrong value."""
-        seconds = {
-            "every": self.every,
-            "refresh_seconds": self.refresh_seconds,
-            "tick_seconds": self.tick_seconds,
-            "lease_seconds": self.lease_seconds,
-        }
-        for name, value in seconds.items():
-            if value is None and name == "every":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(f"claim {name} must be a positive number of seconds")
-        if self.every is None and self.threshold is None and not self.withdrawals:
-            raise ConfigurationError(
-                "claim needs a strategy: every, threshold or withdrawals (or no claim at all)"
-            )
-        if self.lease_seconds < 2 * self.tick_seconds:
-            raise ConfigurationError("claim lease_seconds must be at least twice tick_seconds")
-        if self.threshold is not None and (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, int)
-            or self.threshold <= 0
-        ):
-            raise ConfigurationError("claim threshold must be a positive whole amount")
-        if (
-            isinstance(self.batch, bool)
-            or not isinstance(self.batch, int)
-            or not 0 < self.batch <= MAX_CHANNEL_LIST
-        ):
-            raise ConfigurationError(f"claim batch must be from 1 to {MAX_CHANNEL_LIST}")
-        for name in ("withdrawals", "settle"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(f"claim {name} must be True or False")
 
 
 @dataclass(slots=True)
@@ -149,6 +83,8 @@ class SettleReport:
 
     transactions: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    amount: int = 0
+    """Atomic units transferred to the receivers, as the facilitator reported them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +151,9 @@ class ClaimEngine:
         first (the gate's ``pay_to``).
     :param authorizer_key: the receiver authorizer's private key, to sign claim batches here;
         ``None`` lets the facilitator sign them (delegated authorizer).
+    :param journal: record each claim and settlement in the store's payments journal
+        (:mod:`.journal`; default: whenever the store keeps one). A gate passes its own
+        ``journal`` setting.
     """
 
     def __init__(
@@ -229,6 +168,7 @@ class ClaimEngine:
         authorizer_key: str | None = None,
         batch: int = 100,
         clock: Clock | None = None,
+        journal: bool | None = None,
     ) -> None:
         if not getattr(store, "supports_channels", False):
             raise ConfigurationError("this store keeps no payment-channel state")
@@ -241,6 +181,9 @@ class ClaimEngine:
         self.pay_to = dict(pay_to or {})
         self.batch = batch
         self.clock: Clock = clock or SystemClock()
+        keeps = bool(getattr(store, "supports_journal", False))
+        self.journal = keeps if journal is None else bool(journal) and keeps
+        """Claims and settlements are written to the store's payments journal."""
         self._signer: Any = None
         if authorizer_key is not None:
             from x402.mechanisms.evm.batch_settlement.authorizer_signer import (
@@ -348,8 +291,15 @@ class ClaimEngine:
         if not verdict.is_valid:
             if verdict.invalid_reason == _BELOW_CLAIMED:
                 # On chain: totalClaimed >= the last voucher >= earned.
+                row = self._claim_row(
+                    config, state, network, state.earned, now, detail="claimed on chain earlier"
+                )
                 await self._store(
-                    self.store.channel_mark_claimed, state.channel_id, state.earned, now
+                    self.store.channel_mark_claimed,
+                    state.channel_id,
+                    state.earned,
+                    now,
+                    **self._journaled(row),
                 )
                 self._suspect.discard(state.channel_id)
                 fresh = await self._store(self.store.channel_get, state.channel_id)
@@ -374,7 +324,68 @@ class ClaimEngine:
             )
         )
         self._suspect.discard(state.channel_id)
+        if self.journal and synced.total_claimed > state.total_claimed:
+            # A claim found on chain that the store had not recorded (its answer was lost):
+            # its row has the id a recorded one would have had, so it never counts twice.
+            try:
+                config = json.loads(state.config)
+            except ValueError:
+                config = {}
+            network = self._network(str(config.get("token", ""))) or ""
+            row = self._claim_row(
+                config,
+                state,
+                network,
+                synced.total_claimed,
+                now,
+                detail="claimed on chain earlier",
+            )
+            await self._append(row)
         return synced
+
+    # ------------------------------------------------------------------ journal
+
+    def _claim_row(
+        self,
+        config: dict[str, Any],
+        state: ChannelState,
+        network: str,
+        total: int,
+        now: float,
+        *,
+        transaction: str = "",
+        detail: str = "",
+    ) -> JournalRow | None:
+        """The ``claim`` row taking ``state``'s claimed total to ``total`` (None without a
+        journal)."""
+        if not self.journal:
+            return None
+        return claim_row(
+            config,
+            state.channel_id,
+            network=network,
+            before=state.total_claimed,
+            total=total,
+            now=now,
+            transaction=transaction,
+            detail=detail,
+        )
+
+    @staticmethod
+    def _journaled(row: JournalRow | None) -> dict[str, Any]:
+        return {} if row is None else {"journal": row}
+
+    async def _append(self, row: JournalRow | None) -> None:
+        """Append a row written on its own; a failure is logged (the chain already moved the
+        money, and the next report would otherwise be the only one to miss it)."""
+        from ..errors import StoreError
+
+        if row is None:
+            return
+        try:
+            await self._store(self.store.journal_append, row)
+        except (StoreError, ConfigurationError, ValueError) as exc:
+            logger.error("claims: payments journal append failed: %s", exc)
 
     # ------------------------------------------------------------------ claims
 
@@ -495,14 +506,27 @@ class ClaimEngine:
             report.failures.append(f"claim of {len(rows)} channels: {reason}")
             logger.warning("claims: a batch of %d channels was refused: %s", len(rows), reason)
             return
-        report.transactions.append(str(answer.transaction))
+        transaction = str(answer.transaction or "")
+        report.transactions.append(transaction)
         now = self.clock.now()
         for row in rows:
+            entry = self._claim_row(
+                row.config, row.state, network, row.amount, now, transaction=transaction
+            )
             if await self._store(
-                self.store.channel_mark_claimed, row.state.channel_id, row.amount, now
+                self.store.channel_mark_claimed,
+                row.state.channel_id,
+                row.amount,
+                now,
+                **self._journaled(entry),
             ):
                 report.channels += 1
                 report.amount += row.amount - row.state.total_claimed
+                # A request that read the channel from the chain between the transaction and
+                # this mark took the new total into the store first, and the mark added
+                # nothing, so wrote no row: the row then goes in on its own. When the mark
+                # wrote it, this one has its id and changes nothing.
+                await self._append(entry)
             target = (row.network, str(row.config["receiver"]), str(row.config["token"]))
             if target not in report.settle:
                 report.settle.append(target)
@@ -511,6 +535,22 @@ class ClaimEngine:
         )
 
     # ------------------------------------------------------------------ settle
+
+    async def _read_settled(
+        self, network: str, transaction: str, receiver: str, token: str
+    ) -> int | None:
+        """What a settle transaction transferred, read from the chain (None without an RPC
+        URL of the network, or when it cannot be read)."""
+        rpc_url = self.rpc_urls.get(network)
+        if rpc_url is None or not transaction:
+            return None
+        try:
+            return await asyncio.to_thread(
+                read_settled_amount, rpc_url, transaction, receiver, token
+            )
+        except Exception as exc:  # any transport or node error: recorded as unknown
+            logger.warning("claims: settlement %s not read from chain: %s", transaction, exc)
+            return None
 
     def settle_targets(self) -> list[tuple[str, str, str]]:
         """``(network, receiver, token)`` for every configured receiver and asset."""
@@ -533,8 +573,17 @@ class ClaimEngine:
                 report.failures.append(f"settle {receiver}: {exc}")
                 continue
             if answer.success:
-                report.transactions.append(str(answer.transaction))
-                logger.info("claims: settled to %s in %s", receiver, answer.transaction)
+                transaction = str(answer.transaction or "")
+                report.transactions.append(transaction)
+                amount = settled_amount(answer)
+                if amount is None:
+                    amount = await self._read_settled(network, transaction, receiver, token)
+                report.amount += amount or 0
+                logger.info("claims: settled to %s in %s", receiver, transaction)
+                if self.journal:
+                    await self._append(
+                        settle_row(network, receiver, token, transaction, amount, self.clock.now())
+                    )
             elif answer.error_reason != _NOTHING_TO_SETTLE:
                 report.failures.append(f"settle {receiver}: {answer.error_reason}")
         return report

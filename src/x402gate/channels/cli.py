@@ -7,7 +7,7 @@ assets, ``pay_to`` and ``channels:`` settings, authorizer key included), or from
     x402gate channels claim --store sqlite:///x402gate.db --facilitator https://fac.example \\
         [--network eip155:8453] [--authorizer-key-env RECEIVER_AUTHORIZER_KEY] [--no-settle]
     x402gate channels settle --facilitator https://fac.example --receiver 0x... --token 0x... \\
-        [--network eip155:8453]
+        [--store sqlite:///x402gate.db] [--rpc-url URL] [--network eip155:8453]
 
 ``claim`` claims every channel with unclaimed value (in batches of ``--batch``), then settles to
 the receivers it claimed for (unless ``--no-settle``). The receiver authorizer's key, when the
@@ -17,6 +17,9 @@ facilitator signs. A claimer running in the servers and a cron job may overlap: 
 the same store lease as the background claimer, and waits for nothing (exit status 3 when another
 claimer holds it). Exit status 0 when everything went through, 1 when something failed (it is
 retried by the next run: nothing is recorded that the chain did not confirm).
+
+Both record every claim and settlement in the store's payments journal (:mod:`.journal`), as
+the background claimer does; ``settle`` needs ``--store`` (or ``--config``) for that.
 """
 
 from __future__ import annotations
@@ -47,11 +50,6 @@ def add_commands(commands: Any) -> None:
         description="Claim every channel with unclaimed value, then settle to the receivers.",
     )
     _source_options(claim, store=True)
-    claim.add_argument(
-        "--rpc-url",
-        help="a JSON-RPC URL of the chain, to read the channels there directly (default: "
-        "through the facilitator)",
-    )
     claim.add_argument("--batch", type=int, default=100, help="channels per claim transaction")
     claim.add_argument("--no-settle", action="store_true", help="claim only; settle later")
     claim.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -72,13 +70,22 @@ def _source_options(parser: argparse.ArgumentParser, *, store: bool) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="the gateway file: its store, facilitator and channels"
     )
-    if store:
-        parser.add_argument("--store", help="the gate's store URL (sqlite:///x402gate.db, ...)")
+    parser.add_argument(
+        "--store",
+        help="the gate's store URL (sqlite:///x402gate.db, ...): its channels, and its payments "
+        "journal, which records each claim and settlement"
+        + ("" if store else " (optional: without it the settlement is recorded nowhere)"),
+    )
     parser.add_argument("--facilitator", help="the facilitator's URL")
     parser.add_argument(
         "--network",
         help="the network (CAIP-2) of the channels; default: the one the facilitator supports "
         "batch-settlement on",
+    )
+    parser.add_argument(
+        "--rpc-url",
+        help="a JSON-RPC URL of the chain, to read the channels and the settled amounts there "
+        "directly (default: through the facilitator, which may not report the amounts)",
     )
     parser.add_argument(
         "--authorizer-key-env",
@@ -134,6 +141,7 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
             rpc_urls=gate.balances.rpc_urls,
             authorizer_key=gate.channels.receiver_authorizer_key,
             batch=batch,
+            journal=gate.journal,
         )
         return _Setup(engine, [gateway.aclose])
     if not args.facilitator:
@@ -226,6 +234,7 @@ async def _claim(args: argparse.Namespace) -> int:
         "channels": report.channels,
         "claimed": str(report.amount),
         "claim_transactions": report.transactions,
+        "settled": str(settled.amount if settled else 0),
         "settle_transactions": settle_transactions,
         "failures": failures,
     }
@@ -234,8 +243,8 @@ async def _claim(args: argparse.Namespace) -> int:
     else:
         print(
             f"claimed {report.amount} from {report.channels} channels in "
-            f"{len(report.transactions)} transactions; settled in "
-            f"{len(settle_transactions)} transactions"
+            f"{len(report.transactions)} transactions; settled "
+            f"{settled.amount if settled else 0} in {len(settle_transactions)} transactions"
         )
         for failure in failures:
             print(f"failed: {failure}", file=sys.stderr)
@@ -265,9 +274,14 @@ async def _settle(args: argparse.Namespace) -> int:
     finally:
         await setup.close()
     if args.json:
-        print(json.dumps({"transactions": report.transactions, "failures": report.failures}))
+        outcome = {
+            "settled": str(report.amount),
+            "transactions": report.transactions,
+            "failures": report.failures,
+        }
+        print(json.dumps(outcome))
     else:
-        print(f"settled in {len(report.transactions)} transactions")
+        print(f"settled {report.amount} in {len(report.transactions)} transactions")
         for failure in report.failures:
             print(f"failed: {failure}", file=sys.stderr)
     return 1 if report.failures else 0

@@ -7,6 +7,7 @@ misconfigured service stops at start-up instead of answering payments wrongly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
@@ -22,7 +23,11 @@ from ..stores import Store
 from . import throttle
 from .model import Route
 
+logger = logging.getLogger("x402gate")
+
 if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..webhooks import WebhookDeliverer
     from .engine import PaymentGate
 
 __all__ = [
@@ -281,3 +286,34 @@ def secret_key(secret: bytes | str | None) -> bytes:
 def sign_in_key(key: bytes) -> bytes:
     """The sign-in challenges' key: ``key`` itself when long enough, else its digest."""
     return key if len(key) >= 32 else hashlib.sha256(key).digest()
+
+
+def webhook_deliverer(
+    gate: PaymentGate, webhooks: Any, delivery: Mapping[str, Any] | None, clock: Clock | None
+) -> WebhookDeliverer | None:
+    """The deliverer of the gate's webhook endpoints (None without endpoints); tells the store
+    which journal outcomes to queue for which endpoint."""
+    from ..webhooks import WebhookDeliverer, webhook_endpoints
+    from ..webhooks.deliverer import check_delivery_options
+
+    endpoints = webhook_endpoints(webhooks)
+    if not endpoints:
+        return None
+    if not gate.journal or not getattr(gate.store, "supports_outbox", False):
+        raise ConfigurationError("webhooks need the payments journal and a store with an outbox")
+    if getattr(gate.store, "cluster", False) is True:
+        # The outbox row is written in the commit's own script, whose keys share the record's
+        # slot; one outbox cannot share a slot with every record of a cluster.
+        raise ConfigurationError(
+            "webhooks are not available on a Redis Cluster store: use a single Redis server, "
+            "a Sentinel-managed one, SQLite or PostgreSQL for a gate that sends webhooks"
+        )
+    options = check_delivery_options(delivery or {})
+    if not getattr(gate.store, "shared_across_processes", True):
+        logger.warning(
+            "webhooks: the %s store keeps its outbox in this process's memory; events not yet "
+            "delivered are lost on restart (use SQLite, Redis or PostgreSQL to keep them)",
+            getattr(gate.store, "scheme", "memory"),
+        )
+    gate.store.outbox_targets = tuple(endpoint.target() for endpoint in endpoints)
+    return WebhookDeliverer(gate.store, endpoints, clock=clock, **options)

@@ -71,6 +71,7 @@ from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
 from ..siwx import SignInWithX, parse_public_origins, split_url
 from ..stores import Store, open_store
+from ..stores.calls import call_store
 from ..stores.journal import JournalRetention
 from ..stores.registry import DEFAULT_STORE_URL
 from . import (
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
     from ..channels.claimer import BackgroundClaimer
     from ..facilitators import Facilitator
     from ..schemes.batch_settlement import BatchSettlementScheme
+    from ..webhooks import WebhookDeliverer, WebhookEndpoint
 
 __all__ = ["PaymentGate"]
 
@@ -178,6 +180,13 @@ class PaymentGate:
     :param dashboard: serve the operator's dashboard of the journal (a
         :class:`~x402gate.dashboard.Dashboard`, with its token and path) from every
         integration; ``None`` (the default): no dashboard.
+    :param webhooks: endpoints sent signed payment events
+        (:class:`~x402gate.webhooks.WebhookEndpoint` or mappings of ``url``, ``secret``,
+        ``events``, ``name``): queued in the store's outbox with their journal row, delivered
+        by a background thread started with the gate (docs/webhooks.md). Needs the journal.
+    :param webhook_delivery: options of the :class:`~x402gate.webhooks.WebhookDeliverer`
+        (``max_attempts``, ``max_age_seconds``, ``backoff_seconds``, ``max_backoff_seconds``,
+        ``timeout_seconds``, ``poll_seconds``, ``page``, ``concurrency``).
     """
 
     def __init__(
@@ -210,6 +219,8 @@ class PaymentGate:
         journal: bool = True,
         journal_retention: JournalRetention | None = None,
         dashboard: Dashboard | None = None,
+        webhooks: Sequence[WebhookEndpoint | Mapping[str, Any]] | None = None,
+        webhook_delivery: Mapping[str, Any] | None = None,
     ) -> None:
         self.startup_checks: StartupChecks = start_up.check_startup_mode(startup_checks)
         self.assets = config.resolve_assets(network, assets)
@@ -238,6 +249,9 @@ class PaymentGate:
         if dashboard is not None and not isinstance(dashboard, Dashboard):
             raise ConfigurationError("dashboard must be a x402gate.dashboard.Dashboard")
         self.dashboard = dashboard
+        self.webhooks: WebhookDeliverer | None = config.webhook_deliverer(
+            self, webhooks, webhook_delivery, clock
+        )
         self.channels = channels
         self.channel_scheme: BatchSettlementScheme | None = None
         self.channels_sync_seconds = 0.0
@@ -367,16 +381,13 @@ class PaymentGate:
             await emit(self._listeners, event)
 
     async def _store_call(self, fn: Callable[..., T], *args: Any, refusals: bool = False) -> T:
-        """``fn(*args)`` on the store (in a thread when it blocks); any failure is a
-        :class:`StoreError` (503, fail closed). With ``refusals``, a :class:`ValueError` passes
-        through as it is: the store refused what the client sent (a channel config it knows
-        otherwise), which the caller answers as the client's bad payment, not an outage."""
+        """``fn(*args)`` on the store (in a thread when it would block: :func:`call_store`);
+        any failure is a :class:`StoreError` (503, fail closed). With ``refusals``, a
+        :class:`ValueError` passes through as it is: the store refused what the client sent (a
+        channel config it knows otherwise), which the caller answers as the client's bad
+        payment, not an outage."""
         try:
-            if self._store_worker is not None:
-                return await self._store_worker.call(fn, *args)
-            if self.store.blocking:
-                return await asyncio.to_thread(fn, *args)
-            return fn(*args)
+            return await call_store(self.store, fn, *args, worker=self._store_worker)
         except (StoreError, ConfigurationError):
             raise
         except Exception as exc:  # a backend bug must fail closed too
@@ -409,6 +420,8 @@ class PaymentGate:
         """Close the store (sync code; async code prefers :meth:`aclose`)."""
         if self.claimer is not None:
             self.claimer.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.holds.close()
         if self._store_worker is not None:
             self._store_worker.close()
@@ -424,6 +437,8 @@ class PaymentGate:
         closer = getattr(self.facilitator, "aclose", None)
         if closer is not None:
             await closer()
+        if self.webhooks is not None:
+            await asyncio.to_thread(self.webhooks.stop)
         self.holds.close()
         if self._store_worker is not None:
             self._store_worker.close()

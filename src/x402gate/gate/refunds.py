@@ -26,7 +26,6 @@ claim itself; otherwise (an address, or ``"facilitator"``) the facilitator's aut
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..errors import FacilitatorError, PaymentError, StoreError
 from ..schemes.batch_settlement import codes
+from ..stores.calls import call_store
 from ..stores.channels import MAX_CHANNEL_LIST, ChannelBeginOutcome, ChannelState
 from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
@@ -177,9 +177,7 @@ class ChannelRefunder:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            if self.store.blocking:
-                return await asyncio.to_thread(fn, *args)
-            return fn(*args)
+            return await call_store(self.store, fn, *args)
         except (StoreError, ValueError):
             raise
         except Exception as exc:  # a backend bug must fail closed too

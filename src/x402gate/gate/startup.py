@@ -84,6 +84,8 @@ async def startup(gate: PaymentGate) -> None:
                 authorizer = advertised_authorizer(supported, networks)
                 gate.channel_scheme = gate.channels.scheme(gate.facilitator, authorizer)
                 logger.info("channels: the facilitator's receiver authorizer is %s", authorizer)
+        if gate.webhooks is not None:
+            gate.webhooks.start()
         gate._started = True
         if gate.channels is not None and gate.channels.claim is not None:
             start_claimer(gate)
@@ -138,6 +140,9 @@ async def check_startup(gate: PaymentGate, mode: StartupChecks | None = None) ->
     ``mode`` is an integration's own setting for it (see :meth:`startup_mode`).
     """
     mode = gate.startup_mode(mode)
+    if gate.webhooks is not None:
+        # Events a previous process left in the outbox go out now, not at the first payment.
+        gate.webhooks.start()
     if mode == "off":
         return
     problem = await gate.startup_problem()

@@ -33,7 +33,14 @@ if TYPE_CHECKING:
     from ..stores import Store
     from .config.schema import MetricsSpec
 
-__all__ = ["Gateway", "build_facilitator", "build_gateway", "server_stack", "uvicorn_config"]
+__all__ = [
+    "Gateway",
+    "build_facilitator",
+    "build_gateway",
+    "server_stack",
+    "uvicorn_config",
+    "uvicorn_options",
+]
 
 logger = logging.getLogger("x402gate.gateway")
 
@@ -109,12 +116,22 @@ class Gateway:
                 days=settings.journal_retention_days, rows=settings.journal_retention_rows
             ),
             dashboard=_dashboard(settings.dashboard),
+            webhooks=config.webhooks,
+            webhook_delivery=(
+                None
+                if config.file.webhook_delivery is None
+                else config.file.webhook_delivery.model_dump()
+            ),
         )
         self.metrics = _metrics(self.gate, settings.metrics)
         self.upstreams = {
             name: Upstream(name, spec, client=settings.upstream_client)
             for name, spec in config.upstreams.items()
         }
+        if self.metrics is not None:
+            from ..observability.upstreams import UpstreamCollector
+
+            self.metrics.registry.register(UpstreamCollector(self.upstream_stats))
         routes = {
             plan.key: self.gate.route(
                 plan.strategy,
@@ -266,7 +283,15 @@ def uvicorn_config(
     """
     import uvicorn
 
-    settings = app.config.gateway
+    return uvicorn.Config(app, **uvicorn_options(app.config, host=host, port=port, **options))
+
+
+def uvicorn_options(
+    config: GatewayConfig, *, host: str | None = None, port: int | None = None, **options: Any
+) -> dict[str, Any]:
+    """:func:`uvicorn_config`'s settings as keywords, for a server that builds its app itself
+    (the worker processes of ``x402gate proxy --workers``)."""
+    settings = config.gateway
     values: dict[str, Any] = {
         **server_stack(),
         "host": host if host is not None else settings.host,
@@ -279,7 +304,7 @@ def uvicorn_config(
         "timeout_graceful_shutdown": 10,
     }
     values.update(options)
-    return uvicorn.Config(app, **values)
+    return values
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

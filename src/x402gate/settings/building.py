@@ -47,6 +47,7 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         allow_smart_wallets=settings.allow_smart_wallets,
         public_origin=settings.public_origin,
         trusted_proxies=settings.trusted_proxies,
+        secret=settings.secret,
         limit_in_flight=settings.limit_in_flight,
         rpc_url=settings.rpc_url,
         startup_checks=settings.startup_checks,  # type: ignore[arg-type]
@@ -56,6 +57,8 @@ def build_gate(settings: GateSettings) -> tuple[PaymentGate, bool]:
         journal=settings.journal,
         journal_retention=settings.journal_retention,
         dashboard=_dashboard(settings),
+        webhooks=settings.webhooks,
+        webhook_delivery=settings.webhook_delivery,
     )
     return gate, True
 

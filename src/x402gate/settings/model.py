@@ -49,6 +49,10 @@ class GateSettings(BaseModel):
     allow_smart_wallets: bool = False
     public_origin: tuple[str, ...] | None = None
     trusted_proxies: tuple[str, ...] = ()
+    secret: bytes | None = Field(default=None, repr=False)
+    """Key (32 bytes or more) of session tokens and sign-in challenges. Processes behind one
+    load balancer need the same: without it each draws its own, and a token issued by one
+    worker is refused by the next."""
     limit_in_flight: bool = True
     rpc_url: str | dict[str, str] | None = None
     routes: dict[Any, Any] = Field(default_factory=dict)
@@ -71,6 +75,11 @@ class GateSettings(BaseModel):
     """The token of the operator's dashboard (``None``: no dashboard; docs/analytics.md)."""
     dashboard_path: str = "/x402/dashboard"
     """Where the dashboard is served."""
+    webhooks: Any = None
+    """Endpoints sent signed payment events: a list of ``{"url", "secret", "events", "name"}``
+    (docs/webhooks.md)."""
+    webhook_delivery: Any = None
+    """Options of the webhook deliverer (``{"max_attempts": 12, ...}``)."""
 
     def __init__(self, **values: Any) -> None:
         """Check ``values`` (setting name → value as written); ``ValidationError`` otherwise."""
@@ -194,6 +203,19 @@ class GateSettings(BaseModel):
     def _trusted_proxies(cls, value: Any) -> tuple[str, ...]:
         return () if value is None else check.check_trusted_proxies(value)
 
+    @field_validator("secret", mode="plain")
+    @classmethod
+    def _secret(cls, value: Any) -> bytes | None:
+        if value is None or value == "":
+            return None
+        key = value.encode() if isinstance(value, str) else value
+        # The value is never echoed: it is a secret.
+        if not isinstance(key, bytes) or len(key) < 32:
+            raise ConfigurationError(
+                "must be a string of at least 32 bytes (e.g. openssl rand -hex 32)"
+            )
+        return key
+
     @field_validator("rpc_url", mode="plain")
     @classmethod
     def _rpc_url(cls, value: Any) -> str | dict[str, str] | None:
@@ -237,6 +259,16 @@ class GateSettings(BaseModel):
     @classmethod
     def _dashboard_path(cls, value: Any) -> str:
         return check.check_dashboard_path("/x402/dashboard" if value in (None, "") else value)
+
+    @field_validator("webhooks", mode="plain")
+    @classmethod
+    def _webhooks(cls, value: Any) -> Any:
+        return check.check_webhooks(value)
+
+    @field_validator("webhook_delivery", mode="plain")
+    @classmethod
+    def _webhook_delivery(cls, value: Any) -> Any:
+        return check.check_webhook_delivery(value)
 
     @field_validator("channels", mode="plain")
     @classmethod

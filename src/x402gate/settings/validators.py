@@ -141,6 +141,27 @@ def check_journal_retention(value: Any) -> Any:
     return JournalRetention(days=days, rows=rows)
 
 
+def check_webhooks(value: Any) -> Any:
+    """Webhook endpoints: a list of mappings ``{"url", "secret", "events", "name"}`` (or
+    :class:`~x402gate.webhooks.WebhookEndpoint` objects); ``None`` for none."""
+    from ..webhooks import webhook_endpoints
+
+    return webhook_endpoints(value) or None
+
+
+def check_webhook_delivery(value: Any) -> Any:
+    """Options of the webhook deliverer, checked (``None``: the defaults)."""
+    from collections.abc import Mapping
+
+    from ..webhooks.deliverer import check_delivery_options
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ConfigurationError('must be a mapping such as {"max_attempts": 12}')
+    return check_delivery_options(value)
+
+
 def check_positive_seconds(value: Any, most: float = 600.0) -> float:
     """A timeout in seconds: a number above zero and at most ``most``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:

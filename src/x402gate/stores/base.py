@@ -155,19 +155,23 @@ the wallet can pay for. An entry records ``until_block``:
 Every operation is atomic across threads, and across processes / hosts for backends that are
 shared (SQLite file, Redis). Backends wrap every driver error in
 :class:`~x402gate.errors.StoreError`. Methods are synchronous; the gate calls stores whose
-:attr:`Store.blocking` is true from a worker thread so the event loop never waits on I/O.
+:attr:`Store.blocking` is true from a worker thread so the event loop never waits on I/O (or on
+the loop when the backend can tell it will not wait: :attr:`Store.inline_first`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from typing import ClassVar, Self
 
 from ..errors import ConfigurationError
+from .calls import WouldBlock
 from .channels import ChannelBegin, ChannelState
 from .checks import check_payment_id, credit_account, replay_key
 from .journal import JournalMethods, JournalRow
 from .leases import LeaseOperations
+from .outbox import OutboxMethods
 from .records import (
     CREDIT_RECORD_RETENTION_SECONDS,
     IN_FLIGHT_UNSETTLED,
@@ -201,7 +205,7 @@ __all__ = [
 ]
 
 
-class Store(JournalMethods, LeaseOperations, ABC):
+class Store(JournalMethods, LeaseOperations, OutboxMethods, ABC):
     """Base class of every backend.
 
     Subclasses set :attr:`scheme` (the URL scheme they register under) and implement the
@@ -222,6 +226,16 @@ class Store(JournalMethods, LeaseOperations, ABC):
     """True when a blocking backend runs its operations one at a time anyway (one connection
     under one lock): the async gate then gives it one worker thread of its own instead of a
     thread pool, which costs less per call and never makes it serve fewer calls at once."""
+
+    inline_first: ClassVar[bool] = False
+    """True when a blocking backend tries each call on the caller's thread first, inside
+    :meth:`inline` (see :mod:`x402gate.stores.calls`)."""
+
+    def inline(self) -> AbstractContextManager[None]:
+        """A context in which this thread's calls raise :class:`~x402gate.stores.calls.
+        WouldBlock` instead of waiting, before they change anything. Only backends that set
+        :attr:`inline_first` implement it."""
+        raise WouldBlock
 
     shared_across_processes: ClassVar[bool] = False
     """True when several processes or hosts see the same data (SQLite file, Redis)."""

@@ -34,6 +34,9 @@ _BUILTIN_BACKENDS: dict[str, tuple[str, str]] = {
     "redis": ("x402gate.stores.redis", "RedisStore"),
     "rediss": ("x402gate.stores.redis", "RedisStore"),
     "unix": ("x402gate.stores.redis", "RedisStore"),
+    "redis+cluster": ("x402gate.stores.redis", "RedisStore"),
+    "rediss+cluster": ("x402gate.stores.redis", "RedisStore"),
+    "redis+sentinel": ("x402gate.stores.redis", "RedisStore"),
     "postgresql": ("x402gate.stores.postgres", "PostgresStore"),
     "postgres": ("x402gate.stores.postgres", "PostgresStore"),
 }
@@ -98,7 +101,8 @@ def open_store(url_or_store: str | Store | object) -> Store:
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — the default
       (:data:`DEFAULT_STORE_URL`), shared by every process on the host;
     * ``redis://[:password@]host:port/db``, ``rediss://...``, ``unix:///path/redis.sock`` —
-      shared by several hosts;
+      shared by several hosts; ``redis+cluster://host:port`` (Redis Cluster) and
+      ``redis+sentinel://host:port/<service>`` (a primary managed by Sentinel);
     * ``postgresql://user:password@host:port/db`` (or ``postgres://``) — shared by several
       hosts, with transactions (needs the ``postgres`` extra).
 
@@ -112,7 +116,10 @@ def open_store(url_or_store: str | Store | object) -> Store:
     # A redis client can only exist if redis was imported by the caller, so checking
     # sys.modules keeps the import lazy.
     redis_module = sys.modules.get("redis")
-    if redis_module is not None and isinstance(url_or_store, redis_module.Redis):
+    cluster_module = sys.modules.get("redis.cluster")
+    if (redis_module is not None and isinstance(url_or_store, redis_module.Redis)) or (
+        cluster_module is not None and isinstance(url_or_store, cluster_module.RedisCluster)
+    ):
         from .redis import RedisStore
 
         return RedisStore(client=url_or_store)

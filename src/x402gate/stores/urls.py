@@ -8,7 +8,7 @@ __all__ = ["redact_url"]
 
 
 def redact_url(url: str) -> str:
-    """``url`` with passwords (user info or ``password=`` option) replaced by ``***``.
+    """``url`` with passwords (user info, ``password=`` or ``sentinel_password=``) as ``***``.
 
     Safe for messages and logs. A URL too malformed to tell where a password would be is
     shown by its scheme only.
@@ -28,10 +28,10 @@ def redact_url(url: str) -> str:
         user = parts.netloc.rpartition("@")[0].partition(":")[0]
         hostport = parts.netloc.rpartition("@")[2]
         redacted = f"{url[:start]}{user}:***@{hostport}{url[start + len(parts.netloc) :]}"
-    if any(name == "password" for name, _ in query):
+    if any(name.endswith("password") for name, _ in query):
         base, _, rest = redacted.partition("?")
         _, hash_sign, fragment = rest.partition("#")
-        safe = [(name, "***" if name == "password" else value) for name, value in query]
+        safe = [(name, "***" if name.endswith("password") else value) for name, value in query]
         redacted = f"{base}?{urllib.parse.urlencode(safe, safe='*/:')}{hash_sign}{fragment}"
     return redacted
 

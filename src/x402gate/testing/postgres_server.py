@@ -22,6 +22,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -33,6 +34,9 @@ __all__ = ["PostgresServer", "PostgresServerError", "find_postgres_bin"]
 
 ENV_BIN = "X402GATE_POSTGRES_BIN"
 _PORT = 5432  # names the socket file only: the server listens on no TCP port
+
+
+_READY = "ready to accept connections"
 
 
 class PostgresServerError(RuntimeError):
@@ -99,6 +103,7 @@ class PostgresServer:
         self.start_timeout = start_timeout
         self._dir: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._launch: tuple[str, str | None] | None = None  # (bin dir, user) once initialised
 
     @property
     def pid(self) -> int | None:
@@ -187,8 +192,18 @@ class PostgresServer:
             raise PostgresServerError(
                 "initdb failed:\n" + (initdb.stdout + initdb.stderr).decode(errors="replace")
             )
+        self._launch = (bin_dir, user)
+        self._postmaster(bin_dir, user)
+
+    def _postmaster(self, bin_dir: str, user: str | None) -> None:
+        """Start ``postgres`` on the initialised data directory and wait until it is ready."""
+        assert self._dir is not None
+        data, sockets = os.path.join(self._dir, "data"), os.path.join(self._dir, "socket")
+        env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         log_path = os.path.join(self._dir, "postgres.log")
-        with open(log_path, "wb") as log:
+        # A restart appends to the log: only what this start writes says it is ready.
+        offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        with open(log_path, "ab") as log:
             if user is not None:
                 os.chown(log_path, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
             self._proc = subprocess.Popen(
@@ -203,19 +218,20 @@ class PostgresServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise PostgresServerError(f"postgres exited while starting:\n{self._log()}")
-            if socket_file.exists() and "ready to accept connections" in self._log():
+            if socket_file.exists() and _READY in self._log(offset):
                 return
             time.sleep(0.05)
         raise PostgresServerError(
             f"postgres did not start in {self.start_timeout}s:\n{self._log()}"
         )
 
-    def _log(self) -> str:
+    def _log(self, offset: int = 0) -> str:
         if self._dir is None:
             return "(no log)"
         try:
-            with open(os.path.join(self._dir, "postgres.log"), errors="replace") as log:
-                return log.read()[-4000:]
+            with open(os.path.join(self._dir, "postgres.log"), "rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")[-4000:]
         except OSError:
             return "(no log)"
 
@@ -232,6 +248,22 @@ class PostgresServer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def restart(self, *, down_seconds: float = 0.0) -> None:
+        """Stop the server (a fast shutdown: every connection is cut) and start it again on
+        the same data and socket, as an operator's restart does; it stays down
+        ``down_seconds`` in between. Clients reconnect to the same URL once it is back."""
+        self._require_running()
+        assert self._proc is not None and self._launch is not None
+        proc, self._proc = self._proc, None
+        proc.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        time.sleep(down_seconds)
+        self._postmaster(*self._launch)
 
     def _require_running(self) -> None:
         if self._proc is None:

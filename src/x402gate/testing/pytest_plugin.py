@@ -30,13 +30,29 @@ from ._chain_fixtures import (
 )
 
 try:
-    from ._redis_fixtures import redis_server, redis_url
+    from ._redis_fixtures import (
+        redis_cluster,
+        redis_cluster_url,
+        redis_sentinel,
+        redis_sentinel_url,
+        redis_server,
+        redis_url,
+    )
 except ModuleNotFoundError as exc:  # pragma: no cover - only while the module does not exist
     if exc.name != f"{__package__}._redis_fixtures":
         raise
     _REDIS_FIXTURES: frozenset[str] = frozenset()
 else:
-    _REDIS_FIXTURES = frozenset({"redis_server", "redis_url"})
+    _REDIS_FIXTURES = frozenset(
+        {
+            "redis_server",
+            "redis_url",
+            "redis_cluster",
+            "redis_cluster_url",
+            "redis_sentinel",
+            "redis_sentinel_url",
+        }
+    )
 
 try:
     from ._postgres_fixtures import postgres_server, postgres_url
@@ -60,7 +76,14 @@ __all__ = [
     "test_token",
 ]
 if _REDIS_FIXTURES:
-    __all__ += ["redis_server", "redis_url"]
+    __all__ += [
+        "redis_cluster",
+        "redis_cluster_url",
+        "redis_sentinel",
+        "redis_sentinel_url",
+        "redis_server",
+        "redis_url",
+    ]
 if _POSTGRES_FIXTURES:
     __all__ += ["postgres_server", "postgres_url"]
 

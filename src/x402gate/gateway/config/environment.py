@@ -63,6 +63,8 @@ def declared_secrets(parsed: GatewayFile) -> Iterator[str]:
     if isinstance(authorizer_key, str) and authorizer_key:
         yield authorizer_key
         yield authorizer_key.removeprefix("0x")
+    for webhook in parsed.webhooks:
+        yield webhook.secret.get_secret_value()
     if parsed.gateway.secret is not None:
         yield parsed.gateway.secret.get_secret_value()
     metrics = parsed.gateway.metrics

@@ -21,6 +21,7 @@ from .schema import ALIASES, FacilitatorSpec, GatewayFile, GatewaySection, Upstr
 
 if TYPE_CHECKING:
     from ...gate.channels import ChannelSettings
+    from ...webhooks import WebhookEndpoint
 
 __all__ = ["GatewayConfig", "load_config", "parse_config"]
 
@@ -37,6 +38,8 @@ class GatewayConfig:
     redactor: Redactor = field(repr=False)
     channels: ChannelSettings | None = None
     """``batch-settlement`` terms from ``channels:`` (``None``: the file offers no channels)."""
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    """The endpoints of ``webhooks:``, checked."""
 
     @property
     def gateway(self) -> GatewaySection:
@@ -122,7 +125,14 @@ def parse_config(
     problems.raise_if_any()
     assets, pay_to, routes = compiled
     return GatewayConfig(
-        source, parsed, assets, pay_to, routes, Redactor(secrets), channels=compiler.channels
+        source,
+        parsed,
+        assets,
+        pay_to,
+        routes,
+        Redactor(secrets),
+        channels=compiler.channels,
+        webhooks=compiler.webhooks,
     )
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "RuleSpec",
     "TargetSpec",
     "UpstreamSpec",
+    "WebhookDeliverySpec",
+    "WebhookSpec",
 ]
 
 DEFAULT_MAX_BODY_BYTES = 10 << 20
@@ -276,6 +278,26 @@ class RouteSpec(_Model):
     rate_limit: Annotated[RateLimitSpec | None, BeforeValidator(_rate_shorthand)] = None
 
 
+class WebhookSpec(_Model):
+    """One item of ``webhooks:``: a receiver of signed payment events (docs/webhooks.md)."""
+
+    url: str
+    secret: SecretStr
+    events: list[str] | None = None
+    name: str | None = None
+
+
+class WebhookDeliverySpec(_Model):
+    """``webhook_delivery:``: how the outbox is delivered (retries, backoff, timeouts)."""
+
+    max_attempts: int = Field(default=12, ge=1, le=1000)
+    max_age_seconds: float = Field(default=3 * 86400.0, gt=0)
+    backoff_seconds: float = Field(default=1.0, gt=0, le=3600)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0, le=86_400)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
+
 class GatewayFile(_Model):
     """The whole file, as written (after ``${VAR}`` substitution)."""
 
@@ -298,6 +320,8 @@ class GatewayFile(_Model):
     )
     upstreams: Annotated[dict[str, UpstreamSpec], Field(min_length=1)]
     routes: Annotated[dict[str, RouteSpec], Field(min_length=1)]
+    webhooks: list[WebhookSpec] = Field(default_factory=list)
+    webhook_delivery: WebhookDeliverySpec | None = None
     channels: dict[str, Any] | None = Field(default=None, repr=False)
     """``batch-settlement`` terms (:mod:`x402gate.settings.channels`), checked when compiled;
     kept out of ``repr``: they may hold the receiver authorizer's private key."""
@@ -325,6 +349,8 @@ def known_names() -> list[str]:
         RuleSpec,
         RouteSpec,
         RateLimitSpec,
+        WebhookSpec,
+        WebhookDeliverySpec,
     ):
         names.update(model.model_fields)
     names.update(("where", *ALIASES.values()))

@@ -117,6 +117,7 @@ class MemoryStore(MemoryJournal, MemoryChannels, MemoryLeases, Store):
     supports_channels: ClassVar[bool] = True
     supports_leases: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

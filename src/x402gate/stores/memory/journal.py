@@ -11,6 +11,7 @@ import bisect
 import threading
 
 from ..journal import JournalRetention, JournalRow, check_journal_row
+from .outbox import MemoryOutbox
 
 __all__ = ["MemoryJournal"]
 
@@ -18,8 +19,9 @@ _PRUNE_EVERY = 1024
 """Appends between two prunes by age (a prune by count runs as soon as the count is over)."""
 
 
-class MemoryJournal:
-    """Rows by id, and their (time, id) order for reports; under the store's lock."""
+class MemoryJournal(MemoryOutbox):
+    """Rows by id, and their (time, id) order for reports; under the store's lock. A new row
+    is queued in the webhook outbox under the same lock."""
 
     _lock: threading.Lock
     journal_retention: JournalRetention = JournalRetention(days=400.0, rows=100_000)
@@ -28,6 +30,7 @@ class MemoryJournal:
         self._journal: dict[str, JournalRow] = {}
         self._journal_order: list[tuple[float, str]] = []
         self._journal_appends = 0
+        self._outbox_init()
 
     def _journal_add(self, row: JournalRow) -> bool:
         """Append under the lock (the caller holds it); False when the id is known."""
@@ -36,6 +39,8 @@ class MemoryJournal:
         self._journal[row.id] = row
         bisect.insort(self._journal_order, (row.time, row.id))
         self._journal_appends += 1
+        if self.outbox_targets:
+            self._outbox_add(row)
         limit = self.journal_retention.rows
         if (limit is not None and len(self._journal) > limit) or (
             self._journal_appends % _PRUNE_EVERY == 0

@@ -79,6 +79,7 @@ class PostgresStore(
     supports_channels: ClassVar[bool] = True
     supports_leases: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..journal import JournalRow, check_journal_row
-from .connection import PostgresConnection
+from .outbox import PostgresOutbox
 
 __all__ = ["PostgresJournal"]
 
 _FIELDS = "id, time, route, payer, amount, asset, network, outcome, tx, latency, scheme, detail"
 
 
-class PostgresJournal(PostgresConnection):
-    """Append, read and prune journal rows."""
+class PostgresJournal(PostgresOutbox):
+    """Append, read and prune journal rows (a new row queued in the outbox with it)."""
 
     _next_journal_prune: float = float("-inf")
 
@@ -45,10 +45,13 @@ class PostgresJournal(PostgresConnection):
                 row.detail,
             ),
         )
+        added = bool(cursor.rowcount == 1)
+        if added and self.outbox_targets:
+            self._outbox_insert(conn, row)
         if row.time >= self._next_journal_prune:
             deleted = self._journal_prune_in(conn, row.time)
             self._next_journal_prune = self._purge_after(deleted, row.time)
-        return bool(cursor.rowcount == 1)
+        return added
 
     def journal_append(self, row: JournalRow) -> bool:
         check_journal_row(row)

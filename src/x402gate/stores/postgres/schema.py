@@ -128,7 +128,21 @@ _V2 = (
     "CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time)",
 )
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+# Version 3: the webhook outbox.
+_V3 = (
+    """CREATE TABLE IF NOT EXISTS x402gate_outbox (
+        endpoint TEXT NOT NULL,
+        event TEXT NOT NULL,
+        due DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL,
+        created DOUBLE PRECISION NOT NULL,
+        dead BOOLEAN NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (endpoint, event))""",
+    "CREATE INDEX IF NOT EXISTS x402gate_outbox_due ON x402gate_outbox (dead, due)",
+)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 """Statements per version: ``MIGRATIONS[n]`` takes a database at version ``n - 1`` (0: empty)
 to version ``n``. A released version's statements never change; a change is a new version."""
 

@@ -9,13 +9,17 @@ channel written by an older x402gate joins it at its next sync). A hash without 
 field (written by an older x402gate, which knew no other rule) earned what it charged. Each
 operation that checks and sets is one script (``lua/channel_*.lua``), so the steps of one channel
 are serialised across every client and host on the server. Channel records never expire (they
-live as long as the escrow on chain): configure Redis without eviction. The rules are those of
+live as long as the escrow on chain): configure Redis without eviction. On a Redis Cluster each
+channel's hash and the index it belongs to share one of :data:`CHANNEL_BUCKETS` hash tags
+(``{<prefix>channel:<n>}:<id>``, ``{<prefix>channel:<n>}:unclaimed``), so channels spread over
+the primaries. The rules are those of
 :mod:`x402gate.stores.channels`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import zlib
+from typing import Any
 
 from ..channels import (
     ChannelBegin,
@@ -35,10 +39,11 @@ from .connection import text
 from .journal import RedisJournal
 from .scripts import CHANNEL, script
 
-if TYPE_CHECKING:
-    import redis as redis_module
+__all__ = ["CHANNEL_BUCKETS", "RedisChannels"]
 
-__all__ = ["RedisChannels"]
+CHANNEL_BUCKETS = 16
+"""On a Redis Cluster, channels spread over this many hash tags, ``{<prefix>channel:<n>}``, each
+holding its channels' hashes and their own index of channels to claim (a script reaches both)."""
 
 
 def _state(fields: list[Any]) -> ChannelState | None:
@@ -75,27 +80,40 @@ def _state(fields: list[Any]) -> ChannelState | None:
 class RedisChannels(RedisJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         for name in ("sync", "begin", "commit", "extend", "release", "mark_claimed"):
             registered = client.register_script(script(f"channel_{name}", CHANNEL))
             setattr(self, f"_channel_{name}_script", registered)
 
+    def _bucket_prefix(self, channel_id: str) -> str:
+        """Where a channel's keys live: on a cluster, one of :data:`CHANNEL_BUCKETS` hash tags."""
+        if not self.cluster:
+            return self._channel_prefix
+        return f"{{{self.key_prefix}channel:{zlib.crc32(channel_id.encode()) % CHANNEL_BUCKETS}}}:"
+
+    def _journal_tags(self) -> list[str]:
+        tags = [f"{{{self.key_prefix}channel:{bucket}}}" for bucket in range(CHANNEL_BUCKETS)]
+        return [*super()._journal_tags(), *tags]
+
     def _channel_key(self, channel_id: str) -> str:
-        return f"{self.key_prefix}channel:{channel_id}"
+        return f"{self._bucket_prefix(channel_id)}{channel_id}"
+
+    def _unclaimed_keys(self) -> list[str]:
+        if not self.cluster:
+            return [f"{self._channel_prefix}unclaimed"]
+        tags = (f"{{{self.key_prefix}channel:{bucket}}}" for bucket in range(CHANNEL_BUCKETS))
+        return [f"{tag}:unclaimed" for tag in tags]
 
     @property
     def _ids_key(self) -> str:
         return f"{self.key_prefix}channel:ids"
 
     def _channel(self, name: str, channel_id: str, now: float, *args: str) -> Any:
-        keys = [self._channel_key(channel_id), f"{self.key_prefix}channel:unclaimed"]
-        try:
-            return getattr(self, f"_channel_{name}_script")(
-                keys=keys, args=[f"{self.key_prefix}channel:", repr(float(now)), 0, *args]
-            )
-        except self._redis_errors as exc:
-            self._fail(f"channel_{name}", exc)
+        keys = [self._channel_key(channel_id), f"{self._bucket_prefix(channel_id)}unclaimed"]
+        args_ = [self._channel_prefix, repr(float(now)), 0, *args]
+        script_ = getattr(self, f"_channel_{name}_script")
+        return self._run(f"channel_{name}", script_, keys, args_, durable=True)
 
     def channel_sync(
         self,
@@ -187,7 +205,7 @@ class RedisChannels(RedisJournal):
             token,
             str(charge),
             str(moved),
-            *self._journal_args(journal),
+            *self._journal_args(journal, self._bucket_prefix(channel_id)[:-1]),
         )
         self._journal_after(journal)
         return _state(fields)
@@ -212,7 +230,7 @@ class RedisChannels(RedisJournal):
             now,
             channel_id,
             str(claimed),
-            *self._journal_args(journal),
+            *self._journal_args(journal, self._bucket_prefix(channel_id)[:-1]),
         )
         self._journal_after(journal)
         return int(answer) == 1
@@ -220,7 +238,18 @@ class RedisChannels(RedisJournal):
     def channel_claimable(self, limit: int = 100) -> list[ChannelState]:
         check_channel_limit(limit)
         try:
-            ids = self.client.zrange(f"{self.key_prefix}channel:unclaimed", 0, limit - 1)
+            keys = self._unclaimed_keys()
+            if len(keys) == 1:
+                ids = self.client.zrange(keys[0], 0, limit - 1)
+            else:
+                # One index per bucket of a cluster: the first ``limit`` of each, merged in the
+                # order of one index (score, then member).
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.zrange(key, 0, limit - 1, withscores=True)
+                entries = [entry for found in pipe.execute() for entry in found]
+                entries.sort(key=lambda entry: (entry[1], entry[0]))
+                ids = [member for member, _ in entries[:limit]]
             pipe = self.client.pipeline(transaction=False)
             for channel_id in ids:
                 pipe.hgetall(self._channel_key(text(channel_id)))

@@ -10,7 +10,7 @@ compare amounts as decimal text (``lua/credit_prelude.lua``). The rules are thos
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..checks import (
     check_credit_account,
@@ -24,9 +24,6 @@ from .connection import text
 from .journal import RedisJournal
 from .scripts import CREDIT, script
 
-if TYPE_CHECKING:
-    import redis as redis_module
-
 __all__ = ["RedisCredit"]
 
 _RECONCILE_BATCH = 500
@@ -35,7 +32,10 @@ _RECONCILE_BATCH = 500
 class RedisCredit(RedisJournal):
     """Top-ups, reservations and their commit, release, extension and expiry."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _journal_tags(self) -> list[str]:
+        return [*super()._journal_tags(), self._credit_prefix[:-1]]
+
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         self._credit_topup_script = client.register_script(script("credit_topup", CREDIT))
         self._credit_reserve_script = client.register_script(script("credit_reserve", CREDIT))
@@ -95,7 +95,7 @@ class RedisCredit(RedisJournal):
             now,
             reservation_id,
             str(charge),
-            *self._journal_args(journal),
+            *self._journal_args(journal, self._credit_prefix[:-1]),
         )
         self._journal_after(journal)
         return int(answer)
@@ -131,6 +131,7 @@ class RedisCredit(RedisJournal):
             [self._credit_key("acct", account)],
             now,
             account,
+            durable=False,
         )
         return CreditBalance(*(0 if value is None else int(value) for value in answer))
 
@@ -156,7 +157,7 @@ class RedisCredit(RedisJournal):
             answer = self._credit(
                 "credit_reconcile",
                 self._credit_reconcile_script,
-                [f"{self.key_prefix}credit:expiry"],
+                [f"{self._credit_prefix}expiry"],
                 now,
                 _RECONCILE_BATCH,
             )

@@ -8,15 +8,12 @@ of :class:`~x402gate.stores.base.Store`.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..checks import check_idempotency_args, check_idempotency_response, check_idempotency_ttl
 from ..records import IdempotencyOutcome, IdempotencyResult
 from .connection import EXPIRY_GRACE_SECONDS, RedisConnection, text
 from .scripts import script
-
-if TYPE_CHECKING:
-    import redis as redis_module
 
 __all__ = ["RedisIdempotency"]
 
@@ -26,7 +23,7 @@ _IDEM_OUTCOMES = {outcome.value: outcome for outcome in IdempotencyOutcome}
 class RedisIdempotency(RedisConnection):
     """Reserving a payment identifier, storing its answer, replaying it."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         self._idem_begin_script = client.register_script(script("idempotency_begin"))
         self._idem_complete_script = client.register_script(script("idempotency_complete"))

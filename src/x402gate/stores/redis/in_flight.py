@@ -9,15 +9,12 @@ TTL follows its longest-lived entry (plus the grace). The rules are those of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..checks import check_block, check_in_flight_admit
 from ..records import IN_FLIGHT_UNSETTLED
 from .connection import EXPIRY_GRACE_SECONDS, RedisConnection, text
 from .scripts import IN_FLIGHT, script
-
-if TYPE_CHECKING:
-    import redis as redis_module
 
 __all__ = ["RedisInFlight"]
 
@@ -25,11 +22,17 @@ __all__ = ["RedisInFlight"]
 class RedisInFlight(RedisConnection):
     """Admitting, settling and releasing payments in flight, and their total per reading."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         admit, settle = script("in_flight_admit", IN_FLIGHT), script("in_flight_settle", IN_FLIGHT)
         self._in_flight_admit_script = client.register_script(admit)
         self._in_flight_settle_script = client.register_script(settle)
+
+    def _in_flight_key(self, account: str) -> str:
+        # One key per payer; on a cluster its own hash tag spreads payers over the shards.
+        if self.cluster:
+            return f"{{{self.key_prefix}credit:inflight:{account}}}"
+        return self._credit_key("inflight", account)
 
     def in_flight_admit(
         self,
@@ -47,7 +50,7 @@ class RedisInFlight(RedisConnection):
         answer = self._credit(
             "in_flight_admit",
             self._in_flight_admit_script,
-            [self._credit_key("inflight", account)],
+            [self._in_flight_key(account)],
             now,
             entry_id,
             str(amount),
@@ -66,7 +69,7 @@ class RedisInFlight(RedisConnection):
         answer = self._credit(
             "in_flight_settle",
             self._in_flight_settle_script,
-            [self._credit_key("inflight", account)],
+            [self._in_flight_key(account)],
             now,
             entry_id,
             str(block),
@@ -77,13 +80,13 @@ class RedisInFlight(RedisConnection):
 
     def in_flight_release(self, account: str, entry_id: str) -> bool:
         try:
-            return int(self.client.hdel(self._credit_key("inflight", account), entry_id)) == 1
+            return int(self.client.hdel(self._in_flight_key(account), entry_id)) == 1
         except self._redis_errors as exc:
             self._fail("in_flight_release", exc)
 
     def in_flight_total(self, account: str, block: int, now: float) -> int:
         try:
-            entries = self.client.hgetall(self._credit_key("inflight", account))
+            entries = self.client.hgetall(self._in_flight_key(account))
         except self._redis_errors as exc:
             self._fail("in_flight_total", exc)
         total = 0

@@ -1,22 +1,21 @@
 """Replay protection in the Redis store: claims on authorizations and their recovery.
 
-One hash per claimed authorization, ``<prefix>replay:<key>``; a claim whose answer is on the way
-has the state ``sending`` and its last sign of life in ``alive_at``. The rules are those of
-:class:`~x402gate.stores.base.Store`.
+One hash per claimed authorization, ``<prefix>replay:<key>`` (on a Redis Cluster
+``{<prefix>replay:<n>}:<key>``, one of :data:`~.journal.REPLAY_BUCKETS` hash tags chosen by a
+hash of the key, so that ``mark_used`` writes its journal row in the same slot); a claim whose
+answer is on the way has the state ``sending`` and its last sign of life in ``alive_at``. The
+rules are those of :class:`~x402gate.stores.base.Store`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..journal import JournalRow
 from ..records import ClaimResult
 from .connection import EXPIRY_GRACE_SECONDS, text
 from .journal import RedisJournal
 from .scripts import JOURNAL, script
-
-if TYPE_CHECKING:
-    import redis as redis_module
 
 __all__ = ["RedisReplay"]
 
@@ -26,7 +25,7 @@ _CLAIM_RESULTS = {result.value: result for result in ClaimResult}
 class RedisReplay(RedisJournal):
     """Claims, releases, recovery checks and take-overs of authorizations."""
 
-    def _register_scripts(self, client: redis_module.Redis) -> None:
+    def _register_scripts(self, client: Any) -> None:
         super()._register_scripts(client)
         self._claim_script = client.register_script(script("claim"))
         self._finish_script = client.register_script(script("finish"))
@@ -35,6 +34,8 @@ class RedisReplay(RedisJournal):
         self._take_over_script = client.register_script(script("take_over"))
 
     def _key(self, key: str) -> str:
+        if self.cluster:  # next to its journal shard: one of REPLAY_BUCKETS hash tags
+            return f"{self._replay_tag(key)}:{key}"
         return f"{self.key_prefix}replay:{key}"
 
     def claim(
@@ -55,7 +56,7 @@ class RedisReplay(RedisJournal):
     def mark_used(
         self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
     ) -> bool:
-        extra = self._journal_args(journal)
+        extra = self._journal_args(journal, self._replay_tag(key) if self.cluster else "")
         if journal is not None:
             extra.append(str(journal.amount))
         try:

@@ -82,6 +82,7 @@ class SQLiteStore(
     scheme: ClassVar[str] = "sqlite"
     blocking: ClassVar[bool] = True
     serial: ClassVar[bool] = True
+    inline_first: ClassVar[bool] = True
     shared_across_processes: ClassVar[bool] = True
     supports_idempotency: ClassVar[bool] = True
     supports_credit: ClassVar[bool] = True
@@ -90,6 +91,7 @@ class SQLiteStore(
     supports_channels: ClassVar[bool] = True
     supports_leases: ClassVar[bool] = True
     supports_journal: ClassVar[bool] = True
+    supports_outbox: ClassVar[bool] = True
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:

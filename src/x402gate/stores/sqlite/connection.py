@@ -15,11 +15,12 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar, TypeVar
 
 from ...errors import ConfigurationError, StoreError
 from ..base import Store
+from ..calls import WouldBlock
 from .schema import create_tables
 
 __all__ = ["SQLiteConnection"]
@@ -41,6 +42,14 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+# Per thread: the store whose calls run inline (see SQLiteConnection.inline), and whether
+# the current call has committed a transaction already.
+_INLINE = threading.local()
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
 
 class SQLiteConnection(Store):
     """The connection, lock and transaction plumbing every part of the SQLite store shares.
@@ -53,6 +62,11 @@ class SQLiteConnection(Store):
 
     _PURGE_INTERVAL: ClassVar[float] = 30.0
     """Seconds (of the callers' clock) between purges while there is no backlog."""
+
+    _CHECKPOINT_COMMITS: ClassVar[int] = 250
+    """Commits between two WAL checkpoints: a ledger step writes about 4 pages, so about as
+    often as SQLite's own checkpoint (every 1000 pages), which is off on the store's
+    connection because it would ``fsync`` in the committing call."""
 
     def __init__(
         self,
@@ -87,6 +101,10 @@ class SQLiteConnection(Store):
         self.ledger_synchronous = (
             "normal" if self.synchronous == "normal" else ledger_synchronous.lower()
         )
+        self._busy_ms = max(1, round(self.timeout * 1000))
+        self._commits = 0
+        self._checkpointing = False
+        self._level: str | None = None  # the connection's synchronous level now
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
@@ -97,6 +115,8 @@ class SQLiteConnection(Store):
 
     def ping(self) -> None:
         """Open the file and create the tables if needed; :class:`StoreError` if impossible."""
+        if getattr(_INLINE, "store", None) is self:
+            raise WouldBlock  # opening and creating wait on the disk: a worker thread's job
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             # SQLite only says "unable to open database file": name what is wrong.
@@ -123,47 +143,131 @@ class SQLiteConnection(Store):
                 except sqlite3.Error as exc:
                     raise self._error("close", exc) from exc
 
+    @contextlib.contextmanager
+    def inline(self) -> Iterator[None]:
+        """This thread's calls on the store run without waiting or raise :class:`WouldBlock`
+        (see :meth:`_take_lock`): the async gate's path for ledger and channel steps."""
+        previous = getattr(_INLINE, "store", None)
+        _INLINE.store, _INLINE.committed = self, False
+        try:
+            yield
+        finally:
+            _INLINE.store = previous
+
+    def _take_lock(self, needs_io: bool) -> bool:
+        """Take the store's lock; True when this transaction runs inline, without waiting.
+
+        Inside :meth:`inline`, a transaction that would ``fsync`` (``needs_io``), find the lock
+        held by another thread or the connection not yet open raises :class:`WouldBlock`, as
+        long as nothing of this call is committed yet; after that the call goes on waiting,
+        since running it again elsewhere would repeat what is done.
+        """
+        if getattr(_INLINE, "store", None) is self and not _INLINE.committed:
+            if not needs_io and self._lock.acquire(blocking=False):
+                if self._conn is not None:
+                    return True
+                self._lock.release()
+            raise WouldBlock
+        self._lock.acquire()
+        return False
+
     def _write(
         self, op: str, run: Callable[[sqlite3.Connection], T], synchronous: str | None = None
     ) -> T:
         """Run ``run`` in one ``BEGIN IMMEDIATE`` transaction; driver errors become StoreError.
 
         ``synchronous`` commits this one transaction with another sync level than the store's.
+        Inline (:meth:`inline`) only at ``normal``, which in WAL mode commits without
+        ``fsync``; another process's write lock then answers at once (``busy_timeout`` 0) and
+        raises :class:`WouldBlock`, while the worker thread waits up to ``timeout`` for it.
+        Every :attr:`_CHECKPOINT_COMMITS` commits, a thread of its own checkpoints the WAL.
         """
-        relaxed = synchronous is not None and synchronous != self.synchronous
-        with self._lock:
+        level = synchronous if synchronous is not None else self.synchronous
+        inline = self._take_lock(level == "full")
+        try:
+            conn = self._connection()
+            if not inline:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             try:
-                conn = self._connection()
-                if relaxed:
-                    conn.execute(f"PRAGMA synchronous = {synchronous}")
+                if level != self._level:  # left as it is afterwards: the next is often alike
+                    self._level = None
+                    conn.execute(f"PRAGMA synchronous = {level}")
+                    self._level = level
+                self._begin(conn, inline)
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = run(conn)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-                finally:
-                    if relaxed:
-                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                return result
-            except sqlite3.Error as exc:
-                # The connection may be in any state now (I/O error, failed rollback): start
-                # afresh next time rather than reason about it.
-                self._discard()
-                raise self._error(op, exc) from exc
+                    result = run(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                if inline:
+                    _INLINE.committed = True
+                self._commits += 1
+                if self._commits >= self._CHECKPOINT_COMMITS and not self._checkpointing:
+                    self._commits, self._checkpointing = 0, True
+                    threading.Thread(
+                        target=self._checkpoint, name="x402gate-sqlite-checkpoint", daemon=True
+                    ).start()
+            finally:
+                if not inline:
+                    conn.execute("PRAGMA busy_timeout = 0")
+            return result
+        except sqlite3.Error as exc:
+            # The connection may be in any state now (I/O error, failed rollback): start
+            # afresh next time rather than reason about it.
+            self._discard()
+            raise self._error(op, exc) from exc
+        finally:
+            self._lock.release()
+
+    @staticmethod
+    def _begin(conn: sqlite3.Connection, inline: bool) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if inline and _busy(exc):
+                raise WouldBlock from None  # another process writes: wait in a thread
+            raise
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file, in a thread of its own (``PASSIVE``: it waits
+        for no reader), so that no call on the event loop waits for its ``fsync``. It holds the
+        store's lock: with writes of this process going on it could never copy the whole WAL,
+        and SQLite starts a WAL over only after that. Meanwhile calls take the worker thread
+        and wait. A failure leaves the WAL to the next checkpoint."""
+        try:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
+        finally:
+            self._checkpointing = False
 
     def _read(self, op: str, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``run`` outside a transaction: one SELECT is a consistent snapshot on its own,
         and taking the write lock would only make readers queue behind writers."""
-        with self._lock:
+        inline = self._take_lock(False)
+        try:
+            conn = self._connection()
+            if inline:
+                try:
+                    return run(conn)
+                except sqlite3.OperationalError as exc:
+                    if _busy(exc):
+                        raise WouldBlock from None
+                    raise
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             try:
-                return run(self._connection())
-            except sqlite3.Error as exc:
-                self._discard()
-                raise self._error(op, exc) from exc
+                return run(conn)
+            finally:
+                conn.execute("PRAGMA busy_timeout = 0")
+        except sqlite3.Error as exc:
+            self._discard()
+            raise self._error(op, exc) from exc
+        finally:
+            self._lock.release()
 
     def _purge_after(self, deleted: int, now: float) -> float:
         """When to purge next: at once after a full batch (a backlog), else after a while."""
@@ -177,7 +281,13 @@ class SQLiteConnection(Store):
             try:
                 self._enable_wal(conn)
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                self._level = self.synchronous
                 create_tables(conn, self.path)
+                # Between calls the connection never waits: the worker thread's calls set
+                # the timeout for themselves. SQLite's own checkpoint would fsync in the
+                # committing call; _write starts one in a thread of its own instead.
+                conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             except BaseException:
                 conn.close()
                 raise
@@ -195,8 +305,7 @@ class SQLiteConnection(Store):
                 conn.execute("PRAGMA journal_mode = WAL").fetchone()
                 return
             except sqlite3.OperationalError as exc:
-                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() + delay > deadline:
+                if not _busy(exc) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -212,6 +321,7 @@ class SQLiteConnection(Store):
         # Runs in the child right after fork(): the lock may have been held by a thread that
         # does not exist here, and the connection belongs to the parent.
         self._lock = threading.Lock()
+        self._checkpointing = False  # a checkpoint thread of the parent does not exist here
         if self._conn is not None:
             _ABANDONED.append(self._conn)
             self._conn = None

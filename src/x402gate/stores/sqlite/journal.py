@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..journal import JournalRow, check_journal_row
-from .connection import SQLiteConnection
+from .outbox import SQLiteOutbox
 
 __all__ = ["SQLiteJournal"]
 
@@ -24,8 +24,8 @@ _INSERT = (
 )
 
 
-class SQLiteJournal(SQLiteConnection):
-    """Append, read and prune journal rows."""
+class SQLiteJournal(SQLiteOutbox):
+    """Append, read and prune journal rows (a new row queued in the outbox with it)."""
 
     _next_journal_prune: float = float("-inf")
 
@@ -33,10 +33,13 @@ class SQLiteJournal(SQLiteConnection):
         """Insert ``row`` inside the caller's transaction; False when its id is known."""
         # The row's fields are the table's columns, in order; the amount is decimal text.
         cursor = conn.execute(_INSERT, (*row[:4], str(row.amount), *row[5:]))
+        added = cursor.rowcount == 1
+        if added and self.outbox_targets:
+            self._outbox_insert(conn, row)
         if row.time >= self._next_journal_prune:
             deleted = self._journal_prune_in(conn, row.time)
             self._next_journal_prune = self._purge_after(deleted, row.time)
-        return cursor.rowcount == 1
+        return added
 
     def journal_append(self, row: JournalRow) -> bool:
         check_journal_row(row)

@@ -137,6 +137,17 @@ CREATE TABLE IF NOT EXISTS x402gate_journal (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS x402gate_journal_time ON x402gate_journal (time, id);
 CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time);
+CREATE TABLE IF NOT EXISTS x402gate_outbox (
+    endpoint TEXT NOT NULL,
+    event TEXT NOT NULL,
+    due REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    created REAL NOT NULL,
+    dead INTEGER NOT NULL CHECK (dead IN (0, 1)),
+    error TEXT NOT NULL,
+    PRIMARY KEY (endpoint, event)
+);
+CREATE INDEX IF NOT EXISTS x402gate_outbox_due ON x402gate_outbox (dead, due);
 """
 
 COLUMNS: tuple[tuple[str, str, str, str], ...] = (
