@@ -373,7 +373,9 @@ class PaymentGate:
 
     async def _emit(self, event: PaymentEvent) -> None:
         self.telemetry.observe(event)
-        if self.journal:
+        if self.journal and event.kind in payments_journal.EVENT_OUTCOMES:
+            # Only refusals, failures and refunds have a row of their own (a served request's
+            # row is written by its commit): the others cost no call.
             await payments_journal.record_event(self, event)
         if self._listeners:
             await emit(self._listeners, event)

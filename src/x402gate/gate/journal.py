@@ -23,11 +23,18 @@ if TYPE_CHECKING:
     from ..request import RequestInfo
     from .engine import PaymentGate
 
-__all__ = ["RefusalBudget", "journaled", "record_event", "route_label", "session_row"]
+__all__ = [
+    "EVENT_OUTCOMES",
+    "RefusalBudget",
+    "journaled",
+    "record_event",
+    "route_label",
+    "session_row",
+]
 
 logger = logging.getLogger("x402gate")
 
-_EVENT_OUTCOMES = {
+EVENT_OUTCOMES: dict[EventKind, str] = {
     EventKind.REJECTED: "refused",
     EventKind.SETTLE_FAILED: "refused",
     EventKind.ERROR: "error",
@@ -115,7 +122,7 @@ class RefusalBudget:
 
 async def record_event(gate: PaymentGate, event: PaymentEvent) -> None:
     """Append the row of a refusal, failure or refund (other events need none)."""
-    outcome = _EVENT_OUTCOMES.get(event.kind)
+    outcome = EVENT_OUTCOMES.get(event.kind)
     if outcome is None or not gate.journal:
         return
     if outcome != "refunded" and not gate._refusal_budget.take(gate.clock.now()):

@@ -17,6 +17,11 @@ from .outbox import SQLiteOutbox
 __all__ = ["SQLiteJournal"]
 
 _FIELDS = "id, time, route, payer, amount, asset, network, outcome, tx, latency, scheme, detail"
+# One text for every insert: the driver's statement cache then finds it prepared.
+_INSERT = (
+    f"INSERT OR IGNORE INTO x402gate_journal ({_FIELDS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class SQLiteJournal(SQLiteOutbox):
@@ -26,24 +31,8 @@ class SQLiteJournal(SQLiteOutbox):
 
     def _journal_insert(self, conn: sqlite3.Connection, row: JournalRow) -> bool:
         """Insert ``row`` inside the caller's transaction; False when its id is known."""
-        cursor = conn.execute(
-            f"INSERT OR IGNORE INTO x402gate_journal ({_FIELDS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.id,
-                row.time,
-                row.route,
-                row.payer,
-                str(row.amount),
-                row.asset,
-                row.network,
-                row.outcome,
-                row.transaction,
-                row.latency,
-                row.scheme,
-                row.detail,
-            ),
-        )
+        # The row's fields are the table's columns, in order; the amount is decimal text.
+        cursor = conn.execute(_INSERT, (*row[:4], str(row.amount), *row[5:]))
         added = cursor.rowcount == 1
         if added and self.outbox_targets:
             self._outbox_insert(conn, row)
