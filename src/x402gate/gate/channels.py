@@ -147,7 +147,6 @@ async def _sync(
             now=now,
         ),
         refusals=True,
-        inline=True,
     )
     return state
 
@@ -299,7 +298,7 @@ async def _checked_step(
     scheme = gate.channel_scheme
     assert scheme is not None
     channel_id = auth.channel_id
-    state = await gate._store_call(gate.store.channel_get, channel_id, inline=True)
+    state = await gate._store_call(gate.store.channel_get, channel_id)
     # Not the channel's next step (a replayed deposit, a stale or a zero voucher): the
     # corrective 402 now, before the facilitator is asked about it.
     base = auth.max_claimable_amount - auth.value
@@ -352,7 +351,6 @@ async def _take_step(
                 now=now,
             ),
             refusals=True,
-            inline=True,
         )
         if begun.outcome is not ChannelBeginOutcome.BUSY:
             return begun
@@ -380,7 +378,7 @@ async def _corrective(
 async def _release_step(gate: PaymentGate, channel_id: str, token: str) -> None:
     gate.holds.discard_step(channel_id, token)
     try:
-        await gate._store_call(gate.store.channel_release, channel_id, token, inline=True)
+        await gate._store_call(gate.store.channel_release, channel_id, token)
     except StoreError as exc:
         # The step expires on its own and is then forfeited: nothing was charged.
         logger.error("channel release failed: %s", exc)
@@ -467,8 +465,7 @@ async def _commit(
         state: ChannelState | None = await gate._store_call(
             lambda: gate.store.channel_commit(
                 channel_id, hold.token, charge, gate.clock.now(), step=step, **extra
-            ),
-            inline=True,
+            )
         )
     except StoreError as exc:
         logger.error("channel commit failed: %s", exc)

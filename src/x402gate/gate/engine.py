@@ -71,7 +71,6 @@ from ..request import RequestInfo
 from ..schemes import ExactScheme, PaymentScheme
 from ..siwx import SignInWithX, parse_public_origins, split_url
 from ..stores import Store, open_store
-from ..stores.base import WouldWait
 from ..stores.journal import JournalRetention
 from ..stores.registry import DEFAULT_STORE_URL
 from . import (
@@ -236,11 +235,6 @@ class PaymentGate:
         self._store_worker = (
             SerialWorker("x402gate-store") if self.store.blocking and self.store.serial else None
         )
-        # A store that can try a call without waiting (SQLite: connection and write lock free)
-        # runs short calls on the loop, the worker thread taking only those that would wait.
-        self._store_nowait: Callable[..., Any] | None = (
-            getattr(self.store, "call_nowait", None) if self._store_worker is not None else None
-        )
         if dashboard is not None and not isinstance(dashboard, Dashboard):
             raise ConfigurationError("dashboard must be a x402gate.dashboard.Dashboard")
         self.dashboard = dashboard
@@ -370,23 +364,13 @@ class PaymentGate:
         if self._listeners:
             await emit(self._listeners, event)
 
-    async def _store_call(
-        self, fn: Callable[..., T], *args: Any, refusals: bool = False, inline: bool = False
-    ) -> T:
+    async def _store_call(self, fn: Callable[..., T], *args: Any, refusals: bool = False) -> T:
         """``fn(*args)`` on the store (in a thread when it blocks); any failure is a
         :class:`StoreError` (503, fail closed). With ``refusals``, a :class:`ValueError` passes
         through as it is: the store refused what the client sent (a channel config it knows
-        otherwise), which the caller answers as the client's bad payment, not an outage.
-        With ``inline`` (a call of one short transaction), a store that can try it without
-        waiting runs it here on the loop, and hands it to its thread only if it would wait."""
+        otherwise), which the caller answers as the client's bad payment, not an outage."""
         try:
             if self._store_worker is not None:
-                if inline and self._store_nowait is not None:
-                    try:
-                        result: T = self._store_nowait(fn, *args)
-                        return result
-                    except WouldWait:
-                        pass
                 return await self._store_worker.call(fn, *args)
             if self.store.blocking:
                 return await asyncio.to_thread(fn, *args)

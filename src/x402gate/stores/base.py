@@ -195,17 +195,10 @@ __all__ = [
     "IdempotencyOutcome",
     "IdempotencyResult",
     "Store",
-    "WouldWait",
     "check_payment_id",
     "credit_account",
     "replay_key",
 ]
-
-
-class WouldWait(Exception):
-    """A store call tried without waiting (a store's ``call_nowait``) would have had to wait:
-    its connection or the file's write lock is taken by another thread or process, or a purge
-    is due. Nothing was written; run the call again where waiting is allowed."""
 
 
 class Store(JournalMethods, LeaseOperations, ABC):

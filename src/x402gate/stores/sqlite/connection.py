@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import ClassVar, TypeVar
 
 from ...errors import ConfigurationError, StoreError
-from ..base import Store, WouldWait
+from ..base import Store
 from .schema import create_tables
 
 __all__ = ["SQLiteConnection"]
@@ -27,19 +27,11 @@ __all__ = ["SQLiteConnection"]
 T = TypeVar("T")
 
 _SYNCHRONOUS = ("full", "normal")
-_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
 
 # Stores whose inherited connection must be dropped in a forked child.
 _LIVE_STORES: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 # Connections inherited through fork: kept referenced so they are never closed in the child.
 _ABANDONED: list[sqlite3.Connection] = []
-
-
-def _busy(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-    )
 
 
 def _after_fork_in_child() -> None:
@@ -61,11 +53,6 @@ class SQLiteConnection(Store):
 
     _PURGE_INTERVAL: ClassVar[float] = 30.0
     """Seconds (of the callers' clock) between purges while there is no backlog."""
-
-    _INLINE_WRITES: ClassVar[int] = 256
-    """Inline writes in a row at most: the next goes to the waiting path, whose commit runs
-    SQLite's automatic checkpoint when the WAL has grown past its threshold. This bounds the
-    WAL while inline writes, which never checkpoint, keep the event loop free of fsyncs."""
 
     def __init__(
         self,
@@ -102,15 +89,6 @@ class SQLiteConnection(Store):
         )
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        # ``nowait`` is True in a thread running an inline attempt (call_nowait): its calls
-        # must not wait, for the lock or on SQLite's busy handler.
-        self._local = threading.local()
-        # The connection's current PRAGMA synchronous: switched only when a write needs another.
-        self._conn_synchronous = ""
-        # Whether the connection is set for inline attempts (see _set_nowait), and how many
-        # writes ran inline since the last one on the waiting path.
-        self._conn_nowait = False
-        self._inline_writes = 0
         self._next_purge = float("-inf")
         self._next_idem_purge = float("-inf")
         self._next_credit_purge = float("-inf")
@@ -139,7 +117,6 @@ class SQLiteConnection(Store):
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            self._conn_synchronous = ""
             if conn is not None:
                 try:
                     conn.close()
@@ -152,97 +129,41 @@ class SQLiteConnection(Store):
         """Run ``run`` in one ``BEGIN IMMEDIATE`` transaction; driver errors become StoreError.
 
         ``synchronous`` commits this one transaction with another sync level than the store's.
-        In an inline attempt (:meth:`call_nowait`) it raises :class:`WouldWait` instead of
-        waiting for the connection or the file's write lock, with nothing written.
         """
-        nowait = getattr(self._local, "nowait", False)
-        level = synchronous or self.synchronous
-        if nowait:
-            if level == "full" or self._inline_writes >= self._INLINE_WRITES:
-                # An fsync, or time for a checkpoint (which fsyncs): for the waiting path.
-                raise WouldWait(op)
-            if not self._lock.acquire(blocking=False):
-                raise WouldWait(op)
-        else:
-            self._lock.acquire()
-        try:
-            conn = self._connection()
-            if level != self._conn_synchronous:
-                conn.execute(f"PRAGMA synchronous = {level}")
-                self._conn_synchronous = level
-            if nowait != self._conn_nowait:
-                self._set_nowait(conn, nowait)
+        relaxed = synchronous is not None and synchronous != self.synchronous
+        with self._lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                result = run(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._inline_writes = self._inline_writes + 1 if nowait else 0
-            return result
-        except sqlite3.Error as exc:
-            conn_now = self._conn
-            if nowait and _busy(exc) and conn_now is not None and not conn_now.in_transaction:
-                raise WouldWait(op) from exc
-            # The connection may be in any state now (I/O error, failed rollback): start
-            # afresh next time rather than reason about it.
-            self._discard()
-            raise self._error(op, exc) from exc
-        finally:
-            self._lock.release()
-
-    def _set_nowait(self, conn: sqlite3.Connection, nowait: bool) -> None:
-        """Switch the connection between inline attempts (no busy wait, no automatic
-        checkpoint: both would make the event loop wait) and the waiting path (the store's
-        busy timeout, SQLite's automatic checkpoint). Switched only on a change of path."""
-        if nowait:
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-        else:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
-        self._conn_nowait = nowait
-
-    def call_nowait(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` now, in this thread, if it needs no waiting; else :class:`WouldWait`.
-
-        For an event loop: a write whose connection and file lock are free is a few tens of
-        microseconds in WAL mode, less than handing it to a thread. Taken connection or lock
-        (another thread or process writing), or a purge due: :class:`WouldWait`, nothing
-        written, and the caller runs the call where it may wait.
-        """
-        local = self._local
-        local.nowait = True
-        try:
-            return fn(*args)
-        finally:
-            local.nowait = False
+                conn = self._connection()
+                if relaxed:
+                    conn.execute(f"PRAGMA synchronous = {synchronous}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = run(conn)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                finally:
+                    if relaxed:
+                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                return result
+            except sqlite3.Error as exc:
+                # The connection may be in any state now (I/O error, failed rollback): start
+                # afresh next time rather than reason about it.
+                self._discard()
+                raise self._error(op, exc) from exc
 
     def _read(self, op: str, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``run`` outside a transaction: one SELECT is a consistent snapshot on its own,
         and taking the write lock would only make readers queue behind writers."""
-        nowait = getattr(self._local, "nowait", False)
-        if nowait:
-            if not self._lock.acquire(blocking=False):
-                raise WouldWait(op)
-        else:
-            self._lock.acquire()
-        try:
-            return run(self._connection())
-        except sqlite3.Error as exc:
-            self._discard()
-            raise self._error(op, exc) from exc
-        finally:
-            self._lock.release()
-
-    def _purge_due(self, due: bool) -> bool:
-        """``due``, unless this is an inline attempt: a purge (up to ``_PURGE_LIMIT`` rows)
-        waits for the worker thread, so :class:`WouldWait` (the transaction rolls back)."""
-        if due and getattr(self._local, "nowait", False):
-            raise WouldWait("purge")
-        return due
+        with self._lock:
+            try:
+                return run(self._connection())
+            except sqlite3.Error as exc:
+                self._discard()
+                raise self._error(op, exc) from exc
 
     def _purge_after(self, deleted: int, now: float) -> float:
         """When to purge next: at once after a full batch (a backlog), else after a while."""
@@ -261,8 +182,6 @@ class SQLiteConnection(Store):
                 conn.close()
                 raise
             self._conn = conn
-            self._conn_synchronous = self.synchronous
-            self._conn_nowait = False
         return self._conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -284,7 +203,6 @@ class SQLiteConnection(Store):
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
-        self._conn_synchronous = ""
         if conn is not None:
             # Already failing: the original error is the one worth reporting.
             with contextlib.suppress(sqlite3.Error):
@@ -294,8 +212,6 @@ class SQLiteConnection(Store):
         # Runs in the child right after fork(): the lock may have been held by a thread that
         # does not exist here, and the connection belongs to the parent.
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._conn_synchronous = ""
         if self._conn is not None:
             _ABANDONED.append(self._conn)
             self._conn = None

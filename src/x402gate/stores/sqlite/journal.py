@@ -44,7 +44,7 @@ class SQLiteJournal(SQLiteConnection):
                 row.detail,
             ),
         )
-        if self._purge_due(row.time >= self._next_journal_prune):
+        if row.time >= self._next_journal_prune:
             deleted = self._journal_prune_in(conn, row.time)
             self._next_journal_prune = self._purge_after(deleted, row.time)
         return cursor.rowcount == 1
