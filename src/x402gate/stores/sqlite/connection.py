@@ -89,6 +89,9 @@ class SQLiteConnection(Store):
         )
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # The connection's PRAGMA synchronous: switched only when a write needs another level,
+        # so a run of ledger writes (a channel's steps, credit) costs no PRAGMA statements.
+        self._conn_synchronous = ""
         self._next_purge = float("-inf")
         self._next_idem_purge = float("-inf")
         self._next_credit_purge = float("-inf")
@@ -117,6 +120,7 @@ class SQLiteConnection(Store):
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
+            self._conn_synchronous = ""
             if conn is not None:
                 try:
                     conn.close()
@@ -130,24 +134,21 @@ class SQLiteConnection(Store):
 
         ``synchronous`` commits this one transaction with another sync level than the store's.
         """
-        relaxed = synchronous is not None and synchronous != self.synchronous
+        level = synchronous or self.synchronous
         with self._lock:
             try:
                 conn = self._connection()
-                if relaxed:
-                    conn.execute(f"PRAGMA synchronous = {synchronous}")
+                if level != self._conn_synchronous:
+                    conn.execute(f"PRAGMA synchronous = {level}")
+                    self._conn_synchronous = level
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = run(conn)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-                finally:
-                    if relaxed:
-                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                    result = run(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
                 return result
             except sqlite3.Error as exc:
                 # The connection may be in any state now (I/O error, failed rollback): start
@@ -182,6 +183,7 @@ class SQLiteConnection(Store):
                 conn.close()
                 raise
             self._conn = conn
+            self._conn_synchronous = self.synchronous
         return self._conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -203,6 +205,7 @@ class SQLiteConnection(Store):
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
+        self._conn_synchronous = ""
         if conn is not None:
             # Already failing: the original error is the one worth reporting.
             with contextlib.suppress(sqlite3.Error):
@@ -212,6 +215,7 @@ class SQLiteConnection(Store):
         # Runs in the child right after fork(): the lock may have been held by a thread that
         # does not exist here, and the connection belongs to the parent.
         self._lock = threading.Lock()
+        self._conn_synchronous = ""
         if self._conn is not None:
             _ABANDONED.append(self._conn)
             self._conn = None
