@@ -4,7 +4,8 @@ Every backend concern (:mod:`.replay`, :mod:`.idempotency`, :mod:`.credit`, :mod
 builds on :class:`SQLiteConnection`: writes run in one ``BEGIN IMMEDIATE`` transaction through
 :meth:`SQLiteConnection._write`, reads through :meth:`SQLiteConnection._read`, and driver errors
 become :class:`~x402gate.errors.StoreError`. After ``fork()`` the child drops the inherited
-connection without closing it and opens its own on first use.
+connection without closing it and opens its own on first use; a fork waits until no thread
+of the process is inside one of the store's transactions (see ``_before_fork``).
 """
 
 from __future__ import annotations
@@ -35,12 +36,38 @@ _LIVE_STORES: weakref.WeakSet[SQLiteConnection] = weakref.WeakSet()
 _ABANDONED: list[sqlite3.Connection] = []
 
 
+# Stores whose lock _before_fork took, released again on both sides of the fork.
+_HELD_FOR_FORK: list[SQLiteConnection] = []
+# How long a fork waits for a transaction another thread has under way.
+_FORK_WAIT_SECONDS = 10.0
+
+
+def _before_fork() -> None:
+    # A fork in the middle of another thread's transaction would leave the child's copy of
+    # SQLite's per-process lock table saying the file is locked by a connection that no thread
+    # of the child will ever finish: every new connection of the child then gets SQLITE_BUSY.
+    # So the fork waits until no store of this process is inside a transaction.
+    for store in list(_LIVE_STORES):
+        if store._lock.acquire(timeout=_FORK_WAIT_SECONDS):
+            _HELD_FOR_FORK.append(store)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD_FOR_FORK:
+        _HELD_FOR_FORK.pop()._lock.release()
+
+
 def _after_fork_in_child() -> None:
+    _HELD_FOR_FORK.clear()  # each store gets a new lock below
     for store in list(_LIVE_STORES):
         store._drop_after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 # Per thread: the store whose calls run inline (see SQLiteConnection.inline), and whether
 # the current call has committed a transaction already.

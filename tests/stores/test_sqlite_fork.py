@@ -1,0 +1,60 @@
+"""A process forked while another thread of the parent is inside a SQLite transaction: the
+child's own connections work at once (the fork waits for that transaction to end)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from x402gate.stores import open_store
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork")
+
+
+def _child(url: str, results: Any) -> None:
+    try:
+        with open_store(url) as store:
+            results.put(store.lease_acquire("child-job", "child", 60, time.time()))
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_a_fork_during_another_threads_transaction_leaves_the_child_a_working_store(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'gate.db'}"
+    store: Any = open_store(url)
+    try:
+        assert store.lease_acquire("parent-job", "parent", 60, time.time())
+        inside, done = threading.Event(), threading.Event()
+
+        def transaction() -> None:
+            # Another thread of the parent holds the store (and the file's write lock) for a
+            # moment, as a background claimer's write does.
+            with store._lock:
+                conn = store._connection()
+                conn.execute("BEGIN IMMEDIATE")
+                inside.set()
+                done.wait(5)
+                conn.execute("COMMIT")
+
+        writer = threading.Thread(target=transaction)
+        writer.start()
+        assert inside.wait(5)
+        threading.Timer(0.3, done.set).start()
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_child, args=(url, results))
+        child.start()
+        answer = results.get(timeout=30)
+        child.join(30)
+        writer.join(5)
+    finally:
+        store.close()
+    assert answer is True
