@@ -174,3 +174,49 @@ def test_a_gate_runs_sqlite_calls_that_would_wait_in_its_store_thread_and_memory
         finally:
             gate.close()
         assert name == (expected or threading.current_thread().name)
+
+
+def test_idle_is_done_once_the_calls_queued_ran() -> None:
+    worker = SerialWorker("test-serial")
+    release = threading.Event()
+
+    async def main() -> None:
+        assert worker.idle() is None  # nothing queued
+        first = asyncio.ensure_future(worker.call(release.wait, 5))
+        last = asyncio.ensure_future(worker.call(sum, (1, 2)))
+        await asyncio.sleep(0)
+        idle = worker.idle()
+        assert idle is not None
+        await asyncio.sleep(0.05)
+        assert not idle.done()  # the first call still runs
+        release.set()
+        await asyncio.wait_for(idle, 5)
+        assert first.done() and last.done() and await last == 3
+        assert worker.idle() is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+
+
+def test_idle_never_fails_when_the_last_caller_stops_waiting() -> None:
+    worker = SerialWorker("test-serial")
+    release = threading.Event()
+
+    async def main() -> None:
+        first = asyncio.ensure_future(worker.call(release.wait, 5))
+        last = asyncio.ensure_future(worker.call(sum, (1, 2)))
+        await asyncio.sleep(0)
+        idle = worker.idle()
+        assert idle is not None
+        last.cancel()
+        await asyncio.wait_for(idle, 5)
+        assert idle.result() is None
+        release.set()
+        assert await first is True
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()

@@ -7,6 +7,10 @@ wake up only to queue on the store's lock while holding the GIL. :class:`SerialW
 thread per gate that takes calls from a queue and hands each result back to the caller's event
 loop: the event loop still never waits on the store's I/O, at a fraction of the cost per call.
 
+A caller that would rather run a call itself once the worker is done (a store that runs calls
+inline when it can, :mod:`x402gate.stores.calls`) asks :meth:`SerialWorker.idle` for a future
+done when the calls queued so far have run.
+
 The thread starts on first use (again in a forked child, which does not inherit it) and stops
 when the worker is closed or dropped; calls made after :meth:`SerialWorker.close` run in the
 default thread pool, as before there was a worker.
@@ -71,6 +75,9 @@ class SerialWorker:
         self._pid = 0
         self._closed = False
         self._finalizer: weakref.finalize[Any, SerialWorker] | None = None
+        # The future of the call queued last: the calls run in order, so once it is done every
+        # call queued before it is too.
+        self._last: asyncio.Future[Any] | None = None
 
     def _queue(self) -> queue.SimpleQueue[_Item | None]:
         items = self._items
@@ -95,7 +102,28 @@ class SerialWorker:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue().put((fn, args, loop, future))
+        self._last = future
         return await future
+
+    def idle(self) -> asyncio.Future[None] | None:
+        """``None`` when no call queued from the running loop is still under way, else a
+        future of that loop, done (never failed) once they all ran, or sooner when the last
+        caller stopped waiting. A hint for the caller's timing only: a store call run inline
+        afterwards still finds out for itself whether it would wait."""
+        last = self._last
+        if last is None or last.done():
+            return None
+        loop = asyncio.get_running_loop()
+        if last.get_loop() is not loop:
+            return None
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        last.add_done_callback(wake)
+        return waiter
 
     def close(self) -> None:
         """Stop the thread once the calls already queued have run."""

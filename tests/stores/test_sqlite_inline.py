@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from x402gate._serial import SerialWorker
 from x402gate.stores import credit_account
 from x402gate.stores.calls import WouldBlock, call_store
 from x402gate.stores.sqlite import SQLiteStore
@@ -121,3 +122,42 @@ def test_checkpoints_keep_the_wal_bounded(tmp_path: Path, store: SQLiteStore) ->
     assert wal < 2000 * page, wal
     assert store.credit_balance(ACCOUNT, NOW).charged == 600
     assert threading.active_count() <= threads_before + 1  # the loop's executor aside
+
+
+def test_a_call_behind_the_worker_waits_for_it_and_then_runs_inline(store: SQLiteStore) -> None:
+    """One call had to go to the worker thread (the store's lock was held, as by a
+    checkpoint): the next call waits for it on the loop and then runs inline, so the worker
+    does not stay busy with every call after it."""
+    worker = SerialWorker("test-store")
+    begun: list[int] = []
+    conn = store._conn
+    assert conn is not None
+    conn.set_trace_callback(
+        lambda statement: (
+            begun.append(threading.get_ident()) if statement == "BEGIN IMMEDIATE" else None
+        )
+    )
+
+    async def two_reservations() -> tuple[int, bool, bool]:
+        loop_thread = threading.get_ident()
+        store._lock.acquire()  # held elsewhere: the first call cannot run inline
+        first = asyncio.ensure_future(
+            call_store(store, store.credit_reserve, ACCOUNT, 5, "r1", NOW + 60, NOW, worker=worker)
+        )
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(
+            call_store(store, store.credit_reserve, ACCOUNT, 7, "r2", NOW + 60, NOW, worker=worker)
+        )
+        await asyncio.sleep(0.05)
+        assert not first.done() and not second.done()
+        store._lock.release()
+        return loop_thread, await first, await second
+
+    try:
+        loop_thread, first, second = asyncio.run(two_reservations())
+    finally:
+        conn.set_trace_callback(None)
+        worker.close()
+    assert (first, second) == (True, True)
+    assert [thread == loop_thread for thread in begun] == [False, True]
+    assert store.credit_balance(ACCOUNT, NOW).reserved == 12

@@ -9,6 +9,12 @@ again, and on a loaded machine the wake-up much longer. So a backend can say
 with :class:`WouldBlock`, before it changed anything, whatever would make it wait (a lock
 held by another thread or process, an ``fsync``, a connection not yet open); the call then
 runs in a worker thread as before.
+
+A call that finds the store's worker thread still running calls handed to it first waits for
+them (on the event loop, without a thread hop) and then tries inline. Handing it to the
+worker instead, as it would fail inline while the worker holds the store's lock, keeps the
+worker busy for the next call, and that one's, so that one call that had to wait (an
+``fsync``, a checkpoint) would turn every later call into a thread hop.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ async def call_store(
     if not store.blocking:
         return fn(*args)
     if store.inline_first:
+        if worker is not None:
+            idle = worker.idle()
+            if idle is not None:
+                await idle
         try:
             with store.inline():
                 return fn(*args)
