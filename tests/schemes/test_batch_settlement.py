@@ -520,3 +520,25 @@ def test_bad_server_requirements_fail_closed(change: dict[str, Any], code: str) 
     assert code in caught.value.code
     assert caught.value.code in codes.BATCH_SETTLEMENT_ERROR_CODES
     assert caught.value.status_code == 402
+
+
+def test_route_terms_follow_each_requirement_they_are_read_from() -> None:
+    """The terms are remembered per requirement: another price, receiver or delay on the same
+    route reads as its own terms, and a bad requirement is refused every time."""
+    from x402gate.schemes.batch_settlement import route_terms
+
+    first = route_terms(requirements())
+    assert route_terms(requirements()) == first
+    assert route_terms(requirements(2 * PRICE)).amount == 2 * PRICE
+    other = make_scheme().requirements(ASSET, PRICE, AUTHORIZER, 300)
+    assert route_terms(other).receiver == bytes.fromhex(AUTHORIZER[2:])
+    delayed = requirements()
+    delayed.extra = {**delayed.extra, "withdrawDelay": first.withdraw_delay + 60}
+    assert route_terms(delayed).withdraw_delay == first.withdraw_delay + 60
+    broken = requirements()
+    broken.extra = {**broken.extra, "withdrawDelay": True}
+    for _ in range(2):
+        with pytest.raises(PaymentError) as caught:
+            route_terms(broken)
+        assert caught.value.code == codes.WITHDRAW_DELAY_OUT_OF_RANGE
+    assert route_terms(requirements()) == first

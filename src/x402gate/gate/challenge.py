@@ -58,7 +58,10 @@ CHALLENGE_CACHE_SIZE = 1024
 async def requirements(
     gate: PaymentGate, route: Route, request: RequestInfo
 ) -> list[PaymentRequirements]:
-    """The payment requirements of this request (its quote in each accepted asset)."""
+    """The payment requirements of this request (its quote in each accepted asset).
+
+    They depend on the route and the quote only, so a route's offers at a quote are built once
+    and kept (bounded, :data:`CHALLENGE_CACHE_SIZE`); each request gets a list of its own."""
     try:
         quote = await resolve_quote(route.price, request)
         if isinstance(route.price, PayerPrice):
@@ -70,6 +73,21 @@ async def requirements(
         raise PaymentError(
             500, "pricing_error", "the price of this request could not be computed"
         ) from exc
+    # The channel scheme is set at start-up when the facilitator names its authorizer.
+    key = (id(route), quote, id(gate.channel_scheme))
+    cached = gate._offers.get(key)
+    if cached is not None and cached[0] is route:
+        return list(cached[1])
+    accepts = _offers(gate, route, quote)
+    if len(gate._offers) >= CHALLENGE_CACHE_SIZE:
+        gate._offers.clear()
+    gate._offers[key] = (route, tuple(accepts))
+    return accepts
+
+
+def _offers(gate: PaymentGate, route: Route, quote: int) -> list[PaymentRequirements]:
+    """The route's requirements at ``quote``: ``exact`` and, with channels, ``batch-settlement``
+    in each of its assets."""
     assets = route.assets or gate.assets
     pay_to = route.pay_to or gate.pay_to
     timeout = route.max_timeout_seconds or gate.max_timeout_seconds

@@ -297,6 +297,9 @@ class PaymentGate:
         self._pending_commits: dict[str, set[concurrent.futures.Future[None]]] = {}
         # (id(route), url) -> (route, headers, body) of the plain 402 of flat-priced routes.
         self._challenges: dict[tuple[int, str], tuple[Route, dict[str, str], Any]] = {}
+        # A route's offers at one quote (challenge.requirements): (route, quote, channel
+        # scheme) -> (route, offers).
+        self._offers: dict[tuple[int, int, int], tuple[Route, tuple[Any, ...]]] = {}
         self._pending_lock = threading.Lock()
         self._commits: set[asyncio.Future[int]] = set()
         self._deliveries: set[asyncio.Future[None]] = set()

@@ -195,13 +195,44 @@ def parse_payload(payload: Mapping[str, Any]) -> Payload:
     return Payload("refund", config, voucher, refund_amount=refund_amount)
 
 
+_TERMS: dict[tuple[Any, ...], RouteTerms] = {}
+_MAX_TERMS: Final = 1024
+"""Terms remembered at most (a route's requirement per asset and price: a handful)."""
+
+
 def route_terms(requirements: PaymentRequirements) -> RouteTerms:
     """The terms of one of the server's own ``batch-settlement`` requirements.
 
     A fault here is a server misconfiguration, not the client's: it is refused with the
     requirement-side codes (``..._scheme``, ``..._network_mismatch``,
     ``..._missing_eip712_domain``, ``..._receiver_authorizer_mismatch``) so the gate fails closed.
+    Every voucher asks for the terms of the same few requirements: the parsed terms are
+    remembered by the requirement's content (bounded); refusals are not.
     """
+    extra = requirements.extra or {}
+    try:
+        key = (
+            requirements.scheme,
+            requirements.network,
+            requirements.asset,
+            requirements.amount,
+            requirements.pay_to,
+            requirements.max_timeout_seconds,
+            # With each value's type: 1 and True are one key, not one term.
+            *[(name, type(value), value) for name, value in extra.items()],
+        )
+        terms = _TERMS.get(key)
+    except TypeError:  # a value of ``extra`` that cannot be a key: parsed every time
+        return _route_terms(requirements)
+    if terms is None:
+        terms = _route_terms(requirements)
+        if len(_TERMS) >= _MAX_TERMS:
+            _TERMS.clear()
+        _TERMS[key] = terms
+    return terms
+
+
+def _route_terms(requirements: PaymentRequirements) -> RouteTerms:
     if requirements.scheme != codes.SCHEME:
         raise PaymentError(402, codes.INVALID_SCHEME, "the requirement is not batch-settlement")
     match = _NETWORK_RE.fullmatch(requirements.network)
