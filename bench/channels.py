@@ -758,12 +758,26 @@ def report(figures: Figures, claim_total: int, claim_one: int, args: Any) -> Non
     ours = median(figures.rps.get("x402gate vouchers", []))
     official = median(figures.rps.get("official SDK vouchers", []))
     added = median(figures.p50.get("x402gate vouchers", [])) - base_p50
+    share = ours / base_rps if base_rps else 0.0
+    ratio = ours / official if official else 0.0
     print()
     print(
-        f"x402gate vouchers: {ours:.0f} req/s (goal ≥ 1,000), {ours / base_rps:.0%} of unprotected "
-        f"(goal ≥ 25 %), added p50 {added:.2f} ms (goal < 1 ms), {ours / official:.1f}x the "
+        f"x402gate vouchers: {ours:.0f} req/s (goal ≥ 1,000), {share:.0%} of unprotected "
+        f"(goal ≥ 25 %), added p50 {added:.2f} ms (goal < 1 ms), {ratio:.1f}x the "
         "official SDK server (goal ≥ 2x)"
     )
+    cpu = median(figures.cpu_us.get("x402gate vouchers", []))
+    official_cpu = median(figures.cpu_us.get("official SDK vouchers", []))
+    print(
+        f"server CPU per voucher: x402gate {cpu:.0f} µs, official SDK server {official_cpu:.0f} µs"
+    )
+    for goal, met in (
+        (f"≥ 1,000 voucher req/s: {ours:.0f}", ours >= 1000),
+        (f"≥ 25 % of the unprotected route: {share:.0%}", share >= 0.25),
+        (f"added p50 < 1 ms: {added:.2f} ms", added < 1.0),
+        (f"≥ 2x the official SDK server: {ratio:.1f}x", ratio >= 2.0),
+    ):
+        print(f"goal {goal}: {'met' if met else 'NOT MET'}")
     if figures.failures:
         print(f"FAILED requests: {dict(figures.failures)}")
     print()
