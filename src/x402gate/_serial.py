@@ -78,6 +78,7 @@ class SerialWorker:
         # The future of the call queued last: the calls run in order, so once it is done every
         # call queued before it is too.
         self._last: asyncio.Future[Any] | None = None
+        self._last_pid = 0
 
     def _queue(self) -> queue.SimpleQueue[_Item | None]:
         items = self._items
@@ -102,7 +103,7 @@ class SerialWorker:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue().put((fn, args, loop, future))
-        self._last = future
+        self._last, self._last_pid = future, os.getpid()
         return await future
 
     def idle(self) -> asyncio.Future[None] | None:
@@ -111,8 +112,8 @@ class SerialWorker:
         caller stopped waiting. A hint for the caller's timing only: a store call run inline
         afterwards still finds out for itself whether it would wait."""
         last = self._last
-        if last is None or last.done():
-            return None
+        if last is None or last.done() or self._last_pid != os.getpid():
+            return None  # (a forked child: the thread that was to run it is not here)
         loop = asyncio.get_running_loop()
         if last.get_loop() is not loop:
             return None

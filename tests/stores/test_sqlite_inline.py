@@ -83,8 +83,9 @@ def test_a_write_lock_held_elsewhere_sends_the_call_to_a_thread(store: SQLiteSto
 
 
 def test_writes_that_fsync_never_run_inline(store: SQLiteStore) -> None:
-    with store.inline(), pytest.raises(WouldBlock):
+    with store.inline(), pytest.raises(WouldBlock) as refused:
         store.credit_topup(ACCOUNT, 5, "topup-2", NOW)  # money in: synchronous=full
+    assert not refused.value.busy  # it would wait itself: straight to the worker thread
     assert store.credit_balance(ACCOUNT, NOW).topped_up == 1_000_000
     with store.inline():
         assert store.credit_reserve(ACCOUNT, 5, "r1", NOW + 60, NOW) is True
@@ -95,8 +96,11 @@ def test_a_busy_store_lock_sends_the_call_to_a_thread(store: SQLiteStore) -> Non
     not wait for it."""
     store._lock.acquire()
     try:
-        with store.inline(), pytest.raises(WouldBlock):
+        with store.inline(), pytest.raises(WouldBlock) as refused:
             store.credit_balance(ACCOUNT, NOW)
+        with store.inline(), pytest.raises(WouldBlock) as busy:
+            store.credit_reserve(ACCOUNT, 5, "r1", NOW + 60, NOW)  # no fsync of its own
+        assert busy.value.busy  # only another thread's transaction stands in the way
     finally:
         store._lock.release()
 

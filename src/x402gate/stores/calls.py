@@ -10,11 +10,12 @@ with :class:`WouldBlock`, before it changed anything, whatever would make it wai
 held by another thread or process, an ``fsync``, a connection not yet open); the call then
 runs in a worker thread as before.
 
-A call that finds the store's worker thread still running calls handed to it first waits for
-them (on the event loop, without a thread hop) and then tries inline. Handing it to the
-worker instead, as it would fail inline while the worker holds the store's lock, keeps the
-worker busy for the next call, and that one's, so that one call that had to wait (an
-``fsync``, a checkpoint) would turn every later call into a thread hop.
+A call that finds the store's lock held by the store's worker thread (:attr:`WouldBlock.busy`)
+waits on the event loop for the calls the worker has under way, then tries inline once more.
+Handing it to the worker instead keeps the worker busy for the next call, and that one's, so
+that one call that had to wait (an ``fsync``, a checkpoint) would turn every later call into a
+thread hop. A call that would wait itself (an ``fsync``, another process's write lock) goes
+to the worker at once, behind the calls already there.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ T = TypeVar("T")
 
 class WouldBlock(Exception):
     """A store call tried inline (:meth:`Store.inline`) would have to wait; nothing changed,
-    so the caller runs it again in a worker thread."""
+    so the caller runs it again in a worker thread. ``busy``: only because another thread of
+    this process holds the store (the call itself would not wait), so it may run inline once
+    that thread is done."""
+
+    def __init__(self, *args: object, busy: bool = False) -> None:
+        super().__init__(*args)
+        self.busy = busy
 
 
 async def call_store(
@@ -46,15 +53,20 @@ async def call_store(
     if not store.blocking:
         return fn(*args)
     if store.inline_first:
-        if worker is not None:
-            idle = worker.idle()
-            if idle is not None:
-                await idle
+        idle = None
         try:
             with store.inline():
                 return fn(*args)
-        except WouldBlock:
-            pass
+        except WouldBlock as exc:
+            if exc.busy and worker is not None:
+                idle = worker.idle()
+        if idle is not None:
+            await idle  # the worker's calls ran: the store's lock is likely free now
+            try:
+                with store.inline():
+                    return fn(*args)
+            except WouldBlock:
+                pass
     if worker is not None:
         return await worker.call(fn, *args)
     return await asyncio.to_thread(fn, *args)

@@ -190,10 +190,13 @@ class SQLiteConnection(Store):
         since running it again elsewhere would repeat what is done.
         """
         if getattr(_INLINE, "store", None) is self and not _INLINE.committed:
-            if not needs_io and self._lock.acquire(blocking=False):
-                if self._conn is not None:
-                    return True
-                self._lock.release()
+            if needs_io:
+                raise WouldBlock
+            if not self._lock.acquire(blocking=False):
+                raise WouldBlock(busy=True)  # another thread's transaction: soon over
+            if self._conn is not None:
+                return True
+            self._lock.release()
             raise WouldBlock
         self._lock.acquire()
         return False
