@@ -96,7 +96,7 @@ def test_a_busy_store_lock_sends_the_call_to_a_thread(store: SQLiteStore) -> Non
     not wait for it."""
     store._lock.acquire()
     try:
-        with store.inline(), pytest.raises(WouldBlock) as refused:
+        with store.inline(), pytest.raises(WouldBlock):
             store.credit_balance(ACCOUNT, NOW)
         with store.inline(), pytest.raises(WouldBlock) as busy:
             store.credit_reserve(ACCOUNT, 5, "r1", NOW + 60, NOW)  # no fsync of its own
