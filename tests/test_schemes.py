@@ -206,3 +206,36 @@ async def test_the_start_up_check_names_the_gate_scheme() -> None:
         store="memory://",
     )
     assert "upto scheme" in (await gate.startup_problem() or "")
+
+
+async def test_a_scheme_of_the_applications_own_is_asked_for_every_offer() -> None:
+    """The built-in schemes' offers are kept per route and quote; an application's scheme may
+    answer differently each time (a rotating payee, a fresh term), so it is asked every time."""
+
+    class Rotating(FakeUpto):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def requirements(
+            self, asset: Asset, amount: int, pay_to: str, max_timeout_seconds: int
+        ) -> PaymentRequirements:
+            self.calls += 1
+            req = super().requirements(asset, amount, pay_to, max_timeout_seconds)
+            return req.model_copy(update={"extra": {"term": self.calls}})
+
+    scheme = Rotating()
+    gate = PaymentGate(pay_to=PAY_TO, facilitator=Facilitator("upto"), assets=ASSET, scheme=scheme)
+    route = gate.route("$0.05")
+    (first,) = await gate.requirements(route, request())
+    (second,) = await gate.requirements(route, request())
+    assert (first.extra, second.extra) == ({"term": 1}, {"term": 2})
+
+    built_in = PaymentGate(
+        pay_to=PAY_TO, facilitator=Facilitator("exact"), assets=ASSET, store="memory://"
+    )
+    route = built_in.route("$0.05")
+    (one,) = await built_in.requirements(route, request())
+    (again,) = await built_in.requirements(route, request())
+    assert one == again and one.amount == "50000"
+    assert (await built_in.requirements(built_in.route("$0.07"), request()))[0].amount == "70000"

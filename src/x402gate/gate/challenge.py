@@ -17,6 +17,7 @@ from ..errors import ConfigurationError, PaymentError
 from ..money import scale_to_asset
 from ..pricing import Flat, PayerPrice, resolve_quote
 from ..request import RequestInfo
+from ..schemes import ExactScheme
 from ..siwx import SIWX_HEADER, SIWX_KEY
 from . import payer_prices
 from .events import EventKind, PaymentEvent
@@ -60,8 +61,9 @@ async def requirements(
 ) -> list[PaymentRequirements]:
     """The payment requirements of this request (its quote in each accepted asset).
 
-    They depend on the route and the quote only, so a route's offers at a quote are built once
-    and kept (bounded, :data:`CHALLENGE_CACHE_SIZE`); each request gets a list of its own."""
+    With the built-in schemes they depend on the route and the quote only, so a route's offers
+    at a quote are built once and kept (bounded, :data:`CHALLENGE_CACHE_SIZE`); each request
+    gets a list of its own."""
     try:
         quote = await resolve_quote(route.price, request)
         if isinstance(route.price, PayerPrice):
@@ -73,6 +75,9 @@ async def requirements(
         raise PaymentError(
             500, "pricing_error", "the price of this request could not be computed"
         ) from exc
+    if type(gate.scheme) is not ExactScheme:
+        # A scheme of the application's own may answer differently from one call to the next.
+        return _offers(gate, route, quote)
     # The channel scheme is set at start-up when the facilitator names its authorizer.
     key = (id(route), quote, id(gate.channel_scheme))
     cached = gate._offers.get(key)
