@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from x402gate.channels_cli import parse_duration
+from x402gate.channels.cli.common import parse_duration
 from x402gate.cli import main
 
 

@@ -18,7 +18,7 @@ the same store lease as the background claimer, and waits for nothing (exit stat
 claimer holds it). Exit status 0 when everything went through, 1 when something failed (it is
 retried by the next run: nothing is recorded that the chain did not confirm).
 
-Both record every claim and settlement in the store's payments journal (:mod:`.journal`), as
+Both record every claim and settlement in the store's payments journal (:mod:`..journal`), as
 the background claimer does; ``settle`` needs ``--store`` (or ``--config``) for that.
 """
 
@@ -32,16 +32,18 @@ import secrets
 import sys
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .claims import ClaimEngine
+from .common import GatewayRefused, Refusal, batch_networks, fail, open_gateway, read_authorizer_key
 
-__all__ = ["add_commands", "run_claim", "run_settle"]
+if TYPE_CHECKING:
+    from ..claims import ClaimEngine
+
+__all__ = ["LOCKED", "add_claim_settle", "run_claim", "run_settle"]
 
 LOCKED = 3
 """Exit status when another claimer holds the lease."""
 
 
-def add_commands(commands: Any) -> None:
+def add_claim_settle(commands: Any) -> None:
     """Add ``claim`` and ``settle`` to the ``channels`` subcommands (each sets
     ``channels_run``)."""
     claim = commands.add_parser(
@@ -95,11 +97,6 @@ def _source_options(parser: argparse.ArgumentParser, *, store: bool) -> None:
     )
 
 
-def _fail(command: str, message: str) -> int:
-    print(f"x402gate channels {command}: {message}", file=sys.stderr)
-    return 2
-
-
 class _Setup:
     """The engine a command runs, and what to close afterwards."""
 
@@ -116,22 +113,20 @@ class _Setup:
 
 async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
     """The engine from ``--config`` or from the flags; a message when they do not make one."""
-    from ..errors import ConfigurationError, FacilitatorError, StoreError
-    from .claims import ClaimEngine
+    from ...errors import ConfigurationError, FacilitatorError, StoreError
+    from ..claims import ClaimEngine
 
     batch = getattr(args, "batch", 100)
     if not 0 < batch <= 1000:
         return "--batch must be from 1 to 1000"
     if args.config:
-        from ..gateway.app import Gateway
-        from ..gateway.config import GatewayConfigError, load_config
-
         try:
-            gateway = Gateway(load_config(args.config))
-        except (GatewayConfigError, ConfigurationError) as exc:
+            gateway = open_gateway(args.config)
+        except GatewayRefused as exc:
             return f"{args.config}: {exc}"
         gate = gateway.gate
         if gate.channels is None:
+            await gateway.aclose()
             return f"{args.config}: no channels: section"
         engine = ClaimEngine(
             gate.store,
@@ -146,14 +141,13 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
         return _Setup(engine, [gateway.aclose])
     if not args.facilitator:
         return "give --config FILE, or --facilitator URL (and --store URL)"
-    key = None
-    if args.authorizer_key_env:
-        key = os.environ.get(args.authorizer_key_env)
-        if not key:
-            return f"${args.authorizer_key_env} is not set"
-    from ..facilitators import HTTPFacilitator
-    from ..stores import open_store
-    from ..stores.memory import MemoryStore
+    try:
+        key = read_authorizer_key(args)
+    except Refusal as exc:
+        return str(exc)
+    from ...facilitators import HTTPFacilitator
+    from ...stores import open_store
+    from ...stores.memory import MemoryStore
 
     try:
         facilitator = HTTPFacilitator(args.facilitator)
@@ -166,11 +160,10 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
     network = args.network
     if network is None:
         try:
-            supported = await facilitator.supported()
+            found = sorted(set(await batch_networks(facilitator)))
         except FacilitatorError as exc:
             store.close()
             return f"the facilitator did not answer: {exc}"
-        found = sorted({k.network for k in supported.kinds if k.scheme == "batch-settlement"})
         if len(found) != 1:
             store.close()
             return "give --network: the facilitator supports batch-settlement on " + (
@@ -199,12 +192,12 @@ def run_claim(args: argparse.Namespace) -> int:
 
 
 async def _claim(args: argparse.Namespace) -> int:
-    from ..errors import StoreError
-    from .claimer import lease_name
+    from ...errors import StoreError
+    from ..claimer import lease_name
 
     setup = await _setup(args, "claim")
     if isinstance(setup, str):
-        return _fail("claim", setup)
+        return fail("claim", setup)
     engine = setup.engine
     receivers = sorted(set(engine.pay_to.values()))
     name = lease_name(receivers) if receivers else "channel-claimer:cli"
@@ -214,7 +207,7 @@ async def _claim(args: argparse.Namespace) -> int:
             engine.store.lease_acquire, name, holder, 600, engine.clock.now()
         )
         if not held:
-            _fail("claim", "another claimer holds the lease; nothing done")
+            fail("claim", "another claimer holds the lease; nothing done")
             await setup.close()
             return LOCKED
         try:
@@ -226,7 +219,7 @@ async def _claim(args: argparse.Namespace) -> int:
             await engine._store(engine.store.lease_release, name, holder)
     except StoreError as exc:
         await setup.close()
-        return _fail("claim", f"store: {exc}")
+        return fail("claim", f"store: {exc}")
     await setup.close()
     failures = report.failures + (settled.failures if settled else [])
     settle_transactions = settled.transactions if settled else []
@@ -259,17 +252,17 @@ def run_settle(args: argparse.Namespace) -> int:
 async def _settle(args: argparse.Namespace) -> int:
     setup = await _setup(args, "settle")
     if isinstance(setup, str):
-        return _fail("settle", setup)
+        return fail("settle", setup)
     engine = setup.engine
     try:
         if args.receiver or args.token:
             if not (args.receiver and args.token) or engine.network is None:
-                return _fail("settle", "give both --receiver and --token (and --facilitator)")
+                return fail("settle", "give both --receiver and --token (and --facilitator)")
             targets = [(engine.network, args.receiver, args.token)]
         else:
             targets = engine.settle_targets()
             if not targets:
-                return _fail("settle", "give --receiver and --token, or --config FILE")
+                return fail("settle", "give --receiver and --token, or --config FILE")
         report = await engine.settle(targets)
     finally:
         await setup.close()
