@@ -14,9 +14,11 @@ the receivers it claimed for (unless ``--no-settle``). The receiver authorizer's
 seller signs claims itself, is read from the environment variable ``--authorizer-key-env``
 names, never from the command line (other users of the host can read it); without one the
 facilitator signs. A claimer running in the servers and a cron job may overlap: the command takes
-the same store lease as the background claimer, and waits for nothing (exit status 3 when another
-claimer holds it). Exit status 0 when everything went through, 1 when something failed (it is
-retried by the next run: nothing is recorded that the chain did not confirm).
+the store's claim lease (:data:`~x402gate.channels.claimer.CLAIM_LEASE`, the one the background
+claimers take, from flags as from ``--config``) and waits for nothing: exit status 3
+(:data:`LOCKED`) when another claimer holds it. Exit status 0 when everything went through, 1
+when something failed (it is retried by the next run: nothing is recorded that the chain did not
+confirm).
 
 Both record every claim and settlement in the store's payments journal (:mod:`..journal`), as
 the background claimer does; ``settle`` needs ``--store`` (or ``--config``) for that.
@@ -40,7 +42,11 @@ if TYPE_CHECKING:
 __all__ = ["LOCKED", "add_claim_settle", "run_claim", "run_settle"]
 
 LOCKED = 3
-"""Exit status when another claimer holds the lease."""
+"""Exit status when another claimer holds the store's claim lease."""
+
+LEASE_SECONDS = 600.0
+"""How long the claim lease is held for without renewal: it is renewed before each batch, and
+a run that dies leaves it to expire after this."""
 
 
 def add_claim_settle(commands: Any) -> None:
@@ -193,34 +199,49 @@ def run_claim(args: argparse.Namespace) -> int:
 
 async def _claim(args: argparse.Namespace) -> int:
     from ...errors import StoreError
-    from ..claimer import lease_name
+    from ..claimer import CLAIM_LEASE
 
     setup = await _setup(args, "claim")
     if isinstance(setup, str):
         return fail("claim", setup)
     engine = setup.engine
-    receivers = sorted(set(engine.pay_to.values()))
-    name = lease_name(receivers) if receivers else "channel-claimer:cli"
+    store = engine.store
     holder = f"cli:{os.getpid()}:{secrets.token_hex(6)}"
-    try:
-        held = await engine._store(
-            engine.store.lease_acquire, name, holder, 600, engine.clock.now()
+    lost = False
+
+    async def renew() -> bool:
+        """Keep the lease before each batch (a long run outlives ``LEASE_SECONDS``); False
+        when another claimer took it: the run stops there."""
+        nonlocal lost
+        held: bool = await engine._store(
+            store.lease_acquire, CLAIM_LEASE, holder, LEASE_SECONDS, engine.clock.now()
         )
-        if not held:
-            fail("claim", "another claimer holds the lease; nothing done")
+        lost = lost or not held
+        return held
+
+    try:
+        if not await renew():
+            who = await engine._store(store.lease_holder, CLAIM_LEASE, engine.clock.now())
+            fail(
+                "claim",
+                f"the store's claim lease is held by {who or 'another claimer'} (a server's "
+                "background claimer, or another run of this command); nothing done",
+            )
             await setup.close()
             return LOCKED
         try:
-            report = await engine.claim(refresh=True, max_batches=1000)
+            report = await engine.claim(refresh=True, max_batches=1000, guard=renew)
             settled = None
-            if not args.no_settle and report.settle:
+            if not lost and not args.no_settle and report.settle:
                 settled = await engine.settle(report.settle)
         finally:
-            await engine._store(engine.store.lease_release, name, holder)
+            await engine._store(store.lease_release, CLAIM_LEASE, holder)
     except StoreError as exc:
         await setup.close()
         return fail("claim", f"store: {exc}")
     await setup.close()
+    if lost:
+        report.failures.append("another claimer took the store's claim lease; the rest is left")
     failures = report.failures + (settled.failures if settled else [])
     settle_transactions = settled.transactions if settled else []
     outcome = {
