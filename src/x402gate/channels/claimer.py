@@ -33,7 +33,7 @@ from .claims import ClaimEngine, ClaimReport, ClaimSettings, unclaimed
 if TYPE_CHECKING:
     from ..gate.engine import PaymentGate
 
-__all__ = ["CLAIM_LEASE", "BackgroundClaimer"]
+__all__ = ["CLAIM_LEASE", "BackgroundClaimer", "gate_engine"]
 
 logger = logging.getLogger("x402gate")
 
@@ -47,6 +47,25 @@ CLAIM_LEASE = "channel-claimer"
 """The lease whose holder claims a store's channels: the background claimers of every process
 and ``x402gate channels claim``, whatever gave them the store (a gate, a gateway file, flags).
 One per store, as a claim round takes every claimable channel in it."""
+
+
+def gate_engine(gate: PaymentGate, batch: int) -> ClaimEngine:
+    """The claim engine of ``gate`` (its store, facilitator, assets, ``pay_to``, RPC URLs, clock
+    and journal setting), signing with its ``receiver_authorizer_key`` or letting its
+    facilitator sign; for its background claimer and for ``x402gate channels claim --config``."""
+    channels = gate.channels
+    assert channels is not None
+    return ClaimEngine(
+        gate.store,
+        gate.facilitator,
+        assets=gate.assets,
+        pay_to=gate.pay_to,
+        rpc_urls=gate.balances.rpc_urls,
+        authorizer_key=channels.receiver_authorizer_key,
+        batch=batch,
+        clock=gate.clock,
+        journal=gate.journal,
+    )
 
 
 class BackgroundClaimer:
@@ -71,20 +90,7 @@ class BackgroundClaimer:
     def for_gate(cls, gate: PaymentGate, settings: ClaimSettings) -> BackgroundClaimer:
         """The claimer of ``gate``, signing claims with its ``receiver_authorizer_key`` (or
         letting its facilitator sign them)."""
-        channels = gate.channels
-        assert channels is not None
-        engine = ClaimEngine(
-            gate.store,
-            gate.facilitator,
-            assets=gate.assets,
-            pay_to=gate.pay_to,
-            rpc_urls=gate.balances.rpc_urls,
-            authorizer_key=channels.receiver_authorizer_key,
-            batch=settings.batch,
-            clock=gate.clock,
-            journal=gate.journal,
-        )
-        return cls(engine, settings, CLAIM_LEASE)
+        return cls(gate_engine(gate, settings.batch), settings, CLAIM_LEASE)
 
     @property
     def forked(self) -> bool:

@@ -32,8 +32,10 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ..claimer import CLAIM_LEASE, gate_engine
 from .common import GatewayRefused, Refusal, batch_networks, fail, open_gateway, read_authorizer_key
 
 if TYPE_CHECKING:
@@ -134,17 +136,7 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
         if gate.channels is None:
             await gateway.aclose()
             return f"{args.config}: no channels: section"
-        engine = ClaimEngine(
-            gate.store,
-            gate.facilitator,
-            assets=gate.assets,
-            pay_to=gate.pay_to,
-            rpc_urls=gate.balances.rpc_urls,
-            authorizer_key=gate.channels.receiver_authorizer_key,
-            batch=batch,
-            journal=gate.journal,
-        )
-        return _Setup(engine, [gateway.aclose])
+        return _Setup(gate_engine(gate, batch), [gateway.aclose])
     if not args.facilitator:
         return "give --config FILE, or --facilitator URL (and --store URL)"
     try:
@@ -194,17 +186,36 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
 
 def run_claim(args: argparse.Namespace) -> int:
     """``x402gate channels claim``: the exit status."""
-    return asyncio.run(_claim(args))
+    return _run(args, "claim", _claim)
 
 
-async def _claim(args: argparse.Namespace) -> int:
+def run_settle(args: argparse.Namespace) -> int:
+    """``x402gate channels settle``: the exit status."""
+    return _run(args, "settle", _settle)
+
+
+def _run(
+    args: argparse.Namespace,
+    command: str,
+    body: Callable[[argparse.Namespace, ClaimEngine], Awaitable[int]],
+) -> int:
+    """Set up the engine ``args`` describe, run ``body`` with it, close what was opened."""
+
+    async def main() -> int:
+        setup = await _setup(args, command)
+        if isinstance(setup, str):
+            return fail(command, setup)
+        try:
+            return await body(args, setup.engine)
+        finally:
+            await setup.close()
+
+    return asyncio.run(main())
+
+
+async def _claim(args: argparse.Namespace, engine: ClaimEngine) -> int:
     from ...errors import StoreError
-    from ..claimer import CLAIM_LEASE
 
-    setup = await _setup(args, "claim")
-    if isinstance(setup, str):
-        return fail("claim", setup)
-    engine = setup.engine
     store = engine.store
     holder = f"cli:{os.getpid()}:{secrets.token_hex(6)}"
     lost = False
@@ -227,7 +238,6 @@ async def _claim(args: argparse.Namespace) -> int:
                 f"the store's claim lease is held by {who or 'another claimer'} (a server's "
                 "background claimer, or another run of this command); nothing done",
             )
-            await setup.close()
             return LOCKED
         try:
             report = await engine.claim(refresh=True, max_batches=1000, guard=renew)
@@ -237,9 +247,7 @@ async def _claim(args: argparse.Namespace) -> int:
         finally:
             await engine._store(store.lease_release, CLAIM_LEASE, holder)
     except StoreError as exc:
-        await setup.close()
         return fail("claim", f"store: {exc}")
-    await setup.close()
     if lost:
         report.failures.append("another claimer took the store's claim lease; the rest is left")
     failures = report.failures + (settled.failures if settled else [])
@@ -265,28 +273,16 @@ async def _claim(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def run_settle(args: argparse.Namespace) -> int:
-    """``x402gate channels settle``: the exit status."""
-    return asyncio.run(_settle(args))
-
-
-async def _settle(args: argparse.Namespace) -> int:
-    setup = await _setup(args, "settle")
-    if isinstance(setup, str):
-        return fail("settle", setup)
-    engine = setup.engine
-    try:
-        if args.receiver or args.token:
-            if not (args.receiver and args.token) or engine.network is None:
-                return fail("settle", "give both --receiver and --token (and --facilitator)")
-            targets = [(engine.network, args.receiver, args.token)]
-        else:
-            targets = engine.settle_targets()
-            if not targets:
-                return fail("settle", "give --receiver and --token, or --config FILE")
-        report = await engine.settle(targets)
-    finally:
-        await setup.close()
+async def _settle(args: argparse.Namespace, engine: ClaimEngine) -> int:
+    if args.receiver or args.token:
+        if not (args.receiver and args.token) or engine.network is None:
+            return fail("settle", "give both --receiver and --token (and --facilitator)")
+        targets = [(engine.network, args.receiver, args.token)]
+    else:
+        targets = engine.settle_targets()
+        if not targets:
+            return fail("settle", "give --receiver and --token, or --config FILE")
+    report = await engine.settle(targets)
     if args.json:
         outcome = {
             "settled": str(report.amount),
