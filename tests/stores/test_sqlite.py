@@ -120,3 +120,82 @@ def test_a_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE x402gate_meta SET value = '99' WHERE name = 'schema_version'")
     with SQLiteStore(tmp_path / "claims.db") as store, pytest.raises(StoreError, match="newer"):
         store.claim("k", "GET /a", "t1", EXP, NOW)
+
+
+FIRST_JOURNAL = """
+CREATE TABLE x402gate_journal (
+    id TEXT PRIMARY KEY, time REAL NOT NULL, route TEXT NOT NULL, payer TEXT NOT NULL,
+    amount TEXT NOT NULL, asset TEXT NOT NULL, network TEXT NOT NULL, outcome TEXT NOT NULL,
+    tx TEXT NOT NULL, latency REAL, scheme TEXT NOT NULL, detail TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX x402gate_journal_time ON x402gate_journal (time, id);
+CREATE INDEX x402gate_journal_payer ON x402gate_journal (payer, time)
+"""
+
+
+def test_a_journal_keyed_by_id_is_rekeyed_by_time_with_its_rows(tmp_path: Path) -> None:
+    from x402gate.stores.journal import JournalRow
+
+    path = tmp_path / "journal.db"
+    with closing(sqlite3.connect(path)) as conn, conn:  # a file written before the change
+        for statement in FIRST_JOURNAL.split(";"):
+            conn.execute(statement)
+        for i, amount in enumerate((5, 2**200)):
+            conn.execute(
+                "INSERT INTO x402gate_journal VALUES (?, ?, 'GET /a', '0xp', ?, '0xa', 'n',"
+                " 'settled', '0xt', NULL, 'exact', '')",
+                (f"settled:{i}", NOW + i, str(amount)),
+            )
+    with SQLiteStore(path) as store:
+        old = store.journal_rows()
+        assert [(r.id, r.amount, r.latency) for r in old] == [
+            ("settled:0", 5, None),
+            ("settled:1", 2**200, None),
+        ]
+        again = old[0]._replace(time=NOW + 9)  # a known id is still a duplicate
+        assert store.journal_append(again) is False
+        new = JournalRow("charged:2", NOW + 2, "GET /a", "0xp", 7, "0xa", "n", "charged")
+        assert store.journal_append(new) is True
+        assert [r.id for r in store.journal_rows(payer="0xp")] == [
+            "settled:0",
+            "settled:1",
+            "charged:2",
+        ]
+    with closing(sqlite3.connect(path)) as conn:
+        info = conn.execute("PRAGMA table_info(x402gate_journal)").fetchall()
+        keys = [r[1] for r in sorted(info, key=lambda r: int(r[5])) if r[5]]
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(x402gate_journal)")}
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert keys == ["time", "id"]
+    assert {"x402gate_journal_id", "x402gate_journal_payer"} <= indexes
+    assert "x402gate_journal_time" not in indexes
+    assert "x402gate_journal_by_id" not in tables
+
+
+def test_the_journal_queries_use_the_table_key_and_the_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with SQLiteStore(path) as store:
+        store.ping()
+    with closing(sqlite3.connect(path)) as conn:
+
+        def plan(sql: str, *args: object) -> str:
+            return " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+        by_time = plan(
+            "SELECT id FROM x402gate_journal WHERE time >= ? AND time < ? ORDER BY time, id",
+            0,
+            1,
+        )
+        by_payer = plan(
+            "SELECT id FROM x402gate_journal WHERE payer = ? AND time >= ? AND time < ?"
+            " ORDER BY time, id",
+            "0xp",
+            0,
+            1,
+        )
+        by_id = plan("SELECT time FROM x402gate_journal WHERE id = ?", "x")
+    assert "SEARCH x402gate_journal USING PRIMARY KEY (time>? AND time<?)" in by_time
+    assert "TEMP B-TREE" not in by_time
+    assert "x402gate_journal_payer (payer=? AND time>? AND time<?)" in by_payer
+    assert "TEMP B-TREE" not in by_payer
+    assert "x402gate_journal_id (id=?)" in by_id
