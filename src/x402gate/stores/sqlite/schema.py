@@ -7,12 +7,8 @@ Adding a table is not a new version: tables are created when missing, and an old
 ignores tables it does not know, so old and new workers can share one file during a rolling
 upgrade. Nor is adding a column that may hold NULL (:data:`COLUMNS`): it is added to an older
 file's table when missing, its existing rows filled in, and an older x402gate, which names the
-columns it reads and writes, leaves it NULL (the code says how a NULL reads). Nor is the
-journal's new key: ``x402gate_journal`` was first keyed by ``id``, with an index on ``(time,
-id)``; it is keyed by ``(time, id)`` now, with a unique index on ``id`` (each insert lands at the
-table's end and touches one tree fewer), and an older file's journal is rebuilt so on its first
-opening. An older x402gate reads and writes that table as it did (it names its columns, and the
-unique index keeps ids unique). A file written by a newer version is refused.
+columns it reads and writes, leaves it NULL (the code says how a NULL reads). A file written by a
+newer version is refused.
 """
 
 from __future__ import annotations
@@ -126,7 +122,7 @@ CREATE TABLE IF NOT EXISTS x402gate_lease (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS x402gate_journal (
-    id TEXT NOT NULL,
+    id TEXT PRIMARY KEY,
     time REAL NOT NULL,
     route TEXT NOT NULL,
     payer TEXT NOT NULL,
@@ -137,10 +133,9 @@ CREATE TABLE IF NOT EXISTS x402gate_journal (
     tx TEXT NOT NULL,
     latency REAL,
     scheme TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    PRIMARY KEY (time, id)
+    detail TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS x402gate_journal_id ON x402gate_journal (id);
+CREATE INDEX IF NOT EXISTS x402gate_journal_time ON x402gate_journal (time, id);
 CREATE INDEX IF NOT EXISTS x402gate_journal_payer ON x402gate_journal (payer, time);
 CREATE TABLE IF NOT EXISTS x402gate_outbox (
     endpoint TEXT NOT NULL,
@@ -172,43 +167,6 @@ def _add_columns(conn: sqlite3.Connection) -> None:
             conn.execute(fill)
 
 
-_JOURNAL_COLUMNS = (
-    "id, time, route, payer, amount, asset, network, outcome, tx, latency, scheme, detail"
-)
-
-
-def _journal_keyed_by_id(conn: sqlite3.Connection) -> bool:
-    """Whether the file's journal is the first layout: a table keyed by ``id`` (with an index
-    on ``(time, id)``). The current one is keyed by ``(time, id)``, so that rows, appended in
-    time order, land at the table's end, with a unique index on ``id``."""
-    keys = [str(row[1]) for row in conn.execute("PRAGMA table_info(x402gate_journal)") if row[5]]
-    return keys == ["id"]
-
-
-def _rekey_journal(conn: sqlite3.Connection) -> bool:
-    """Set a first-layout journal aside before :data:`SCHEMA` creates the current one (its
-    rows are then copied by :func:`_copy_journal`); False when there is nothing to move.
-
-    Every start also drops ``x402gate_journal_time``: an older x402gate sharing the file
-    during a rolling upgrade recreates it on its own start, and it is redundant (the table's
-    key is that order) and costs every insert."""
-    conn.execute("DROP INDEX IF EXISTS x402gate_journal_time")
-    if not _journal_keyed_by_id(conn):
-        return False
-    conn.execute("DROP INDEX IF EXISTS x402gate_journal_payer")
-    conn.execute("ALTER TABLE x402gate_journal RENAME TO x402gate_journal_by_id")
-    return True
-
-
-def _copy_journal(conn: sqlite3.Connection) -> None:
-    """Move the rows of the journal set aside by :func:`_rekey_journal` into the new table."""
-    conn.execute(
-        f"INSERT OR IGNORE INTO x402gate_journal ({_JOURNAL_COLUMNS})"
-        f" SELECT {_JOURNAL_COLUMNS} FROM x402gate_journal_by_id"
-    )
-    conn.execute("DROP TABLE x402gate_journal_by_id")
-
-
 def create_tables(conn: sqlite3.Connection, path: str) -> None:
     """Create the missing tables and check the file's version, in one write transaction.
 
@@ -217,12 +175,9 @@ def create_tables(conn: sqlite3.Connection, path: str) -> None:
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rekeyed = _rekey_journal(conn)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        if rekeyed:
-            _copy_journal(conn)
         _add_columns(conn)
         row = conn.execute(
             "SELECT value FROM x402gate_meta WHERE name = 'schema_version'"
