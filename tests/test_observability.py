@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -150,6 +151,28 @@ def test_the_json_formatter_writes_payment_fields_as_keys() -> None:
     plain = json.loads(JsonFormatter().format(other))
     assert plain["message"] == "failed x" and "ValueError: boom" in plain["exc_info"]
     assert "event" not in plain
+
+
+def test_a_json_line_is_what_json_dumps_writes_of_its_fields() -> None:
+    # Odd values in a record's fields: text to escape, an amount beyond 64 bits, an object
+    # that JSON cannot write (written as its text), nested values.
+    fields = {
+        "event": "settled",
+        "route": 'GET /caf\u00e9 "x"\n',
+        "amount": 2**256 - 1,
+        "latency": 0.25,
+        "payer": None,
+        "from_credit": True,
+        "asset": Decimal("1.5"),
+        "extra": [1, {"k": "v"}],
+    }
+    record = logging.LogRecord("x402gate.payments", logging.INFO, "f", 1, "m", (), None)
+    record.x402gate = fields
+    line = JsonFormatter().format(record)
+    head = {"time": json.loads(line)["time"], "level": "INFO"}
+    head |= {"logger": "x402gate.payments", "message": "m"}
+    assert line == json.dumps({**head, **fields}, separators=(",", ":"), default=str)
+    assert json.loads(line)["amount"] == 2**256 - 1
 
 
 def test_log_levels_can_be_changed_per_kind() -> None:

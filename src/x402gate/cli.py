@@ -1,6 +1,6 @@
 """The ``x402gate`` command: ``x402gate demo``, ``x402gate proxy gateway.yaml``,
 ``x402gate prices``, ``x402gate testing install-chain``, ``x402gate channels
-list|refund|claim|settle`` (:mod:`x402gate.channels_cli`, :mod:`x402gate.channels.cli`),
+list|refund|claim|settle`` (:mod:`x402gate.channels.cli`),
 ``x402gate report --store URL``, ``x402gate webhooks --store URL``, ``--version``."""
 
 from __future__ import annotations
@@ -92,10 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     prices.add_argument("--json", action="store_true", help="print the table as JSON")
     prices.add_argument("--provider", help="only this provider's models (anthropic, openai...)")
-    from . import channels_cli
-    from .channels.cli import add_commands
+    from .channels import cli as channels_command
 
-    add_commands(channels_cli.add_parser(sub))
+    channels_command.add_parser(sub)
     from .analytics import command as report_command
 
     report_command.add_parser(sub)
@@ -128,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _prices(args)
     if args.command == "channels":
         logging.basicConfig(level=logging.WARNING)
-        return channels_cli.run(args)
+        return channels_command.run(args)
     if args.command == "report":
         return report_command.run(args)
     if args.command == "webhooks":

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from x402gate.channels.claimer import lease_name
+from x402gate.channels.claimer import CLAIM_LEASE
 from x402gate.stores import open_store
 
 from ._kit import PRICE, channel_client
@@ -88,7 +88,7 @@ def test_one_claimer_at_a_time_and_the_lease_moves_when_its_holder_is_killed(
     gate_config["claim"] = CLAIM
     store_url = gate_config["store"]
     receiver = gate_config["pay_to"]
-    name = lease_name([receiver])
+    name = CLAIM_LEASE
     since = chain.w3.eth.block_number + 1
     processes = [gate_processes(gate_config) for _ in range(3 if backend == "sqlite" else 2)]
     by_pid = {p.proc.pid: p for p in processes}

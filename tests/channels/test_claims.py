@@ -113,6 +113,11 @@ async def test_a_claim_and_a_settle_move_exactly_the_charges_to_the_seller(
     paths = ["/paid"] * 3 + ["/error"] + ["/paid"] * (N - 3)  # a failed handler charges nothing
     channel_id = await pay(base_url, payer, test_token, paths)
     deposit = channel_contracts.channel(channel_id).balance
+    # A claimer signing for another seller (a shared store) passes this channel over.
+    other = ClaimEngine(gate.store, gate.facilitator, assets=gate.assets, authorizer_key="11" * 32)
+    skipped = await other.claim()
+    assert (skipped.channels, skipped.transactions, skipped.failures) == (0, [], [])
+    assert channel_contracts.channel(channel_id).total_claimed == 0
     engine = ClaimEngine(
         gate.store,
         gate.facilitator,

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from x402gate import PaymentGate
+from x402gate.channels.claimer import CLAIM_LEASE
 from x402gate.cli import main
 from x402gate.gate import ChannelSettings
 from x402gate.stores import open_store
@@ -84,12 +86,12 @@ def test_claim_and_settle_from_flags(
         status, _, err = run(capsys, "claim", "--facilitator", facilitator_service.url)
         assert status == 2 and "--store" in err
 
-        # Another claimer holds the lease: nothing is done.
+        # Another claimer holds the store's claim lease: nothing is done.
         with open_store(store_url) as store:
-            assert store.lease_acquire("channel-claimer:cli", "someone", 30, 1e12)
+            assert store.lease_acquire(CLAIM_LEASE, "someone", 30, time.time())
             status, _, err = run(capsys, "claim", *flags)
-            assert status == 3 and "lease" in err
-            assert store.lease_release("channel-claimer:cli", "someone")
+            assert status == 3 and "lease is held by someone" in err
+            assert store.lease_release(CLAIM_LEASE, "someone")
         assert channel_contracts.channel(channel_id).total_claimed == 0
 
         # The facilitator signs (this command holds no key): claimed and settled.

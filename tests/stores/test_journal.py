@@ -67,6 +67,16 @@ def test_a_settled_claim_writes_its_row_with_it_and_only_then(store: Store) -> N
     assert store.state("k1", NOW) == "used"
 
 
+def test_a_malformed_row_refuses_the_mark_and_leaves_the_claim_as_it_was(store: Store) -> None:
+    assert store.claim("k1", "GET /a", "t1", int(NOW) + 60, NOW) is ClaimResult.CLAIMED
+    for now in (None, NOW):
+        with pytest.raises(ValueError):
+            store.mark_used("k1", "t1", now, journal=row("r1", amount=-1))
+    assert store.state("k1", NOW) == "held" and store.journal_rows() == []
+    assert store.mark_used("k1", "t1", journal=row("r1"))
+    assert [r.id for r in store.journal_rows()] == ["r1"]
+
+
 def test_a_credit_commit_records_what_it_charged(store: Store) -> None:
     store.credit_topup(ACCOUNT, 10_000, "tx1", NOW)
     assert store.credit_reserve(ACCOUNT, 4_000, "res1", NOW + 60, NOW)

@@ -40,3 +40,20 @@ def test_a_reclaimed_entry_is_not_forgotten_at_its_first_expiry() -> None:
         store.claim(f"other{i}", "GET /a", "t", EXP, NOW + 2)
     assert store.state("k", NOW + 2) == "held"
     assert store.mark_used("k", "t2") is True
+
+
+def test_the_memory_journal_stays_within_its_rows_plus_a_64th() -> None:
+    from x402gate.stores.journal import JournalRetention, JournalRow
+
+    store = MemoryStore()
+    store.journal_retention = JournalRetention(days=None, rows=640)
+    start = 1_700_000_000.0
+    most = 0
+    for n in range(2_000):
+        store.journal_append(
+            JournalRow(f"r{n:05}", start + n, "GET /a", "0xp", 1, "0xa", "n", "settled")
+        )
+        most = max(most, len(store.journal_rows()))
+    assert most == 640 + 10  # appends prune in batches of a 64th, never beyond
+    store.journal_prune(start + 2_000)  # a prune keeps exactly what retention says
+    assert [r.id for r in store.journal_rows()] == [f"r{n:05}" for n in range(1_360, 2_000)]

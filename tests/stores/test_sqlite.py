@@ -120,3 +120,31 @@ def test_a_schema_from_a_newer_version_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE x402gate_meta SET value = '99' WHERE name = 'schema_version'")
     with SQLiteStore(tmp_path / "claims.db") as store, pytest.raises(StoreError, match="newer"):
         store.claim("k", "GET /a", "t1", EXP, NOW)
+
+
+def test_the_journal_queries_read_an_index_in_order(tmp_path: Path) -> None:
+    # The report reads a period in (time, id) order, the payer summary one payer's period:
+    # both from an index, never a scan of the journal or a sort of what they read.
+    path = tmp_path / "journal.db"
+    with SQLiteStore(path) as store:
+        store.ping()
+    with closing(sqlite3.connect(path)) as conn:
+
+        def plan(sql: str, *args: object) -> str:
+            return " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+
+        by_time = plan(
+            "SELECT id FROM x402gate_journal WHERE time >= ? AND time < ? ORDER BY time, id",
+            0,
+            1,
+        )
+        by_payer = plan(
+            "SELECT id FROM x402gate_journal WHERE payer = ? AND time >= ? AND time < ?"
+            " ORDER BY time, id",
+            "0xp",
+            0,
+            1,
+        )
+    assert "x402gate_journal_time (time>? AND time<?)" in by_time
+    assert "x402gate_journal_payer (payer=? AND time>? AND time<?)" in by_payer
+    assert "TEMP B-TREE" not in by_time + by_payer

@@ -3,11 +3,11 @@
 A gate built with ``ChannelSettings(claim=ClaimSettings(...))`` starts one claimer per process
 when it starts (:meth:`~x402gate.PaymentGate.startup`, which every integration runs at start-up
 or on the first paid request) and stops it when the gate is closed. Every worker and instance
-sharing the store runs one; only the one holding the store's lease
-(:mod:`x402gate.stores.leases`, named after the receivers) does anything, so one claim
-transaction goes out per round whatever the number of processes. The holder renews its lease
-every tick; when it dies the lease expires after ``lease_seconds`` and another claimer takes
-over.
+sharing the store runs one; only the one holding the store's claim lease
+(:mod:`x402gate.stores.leases`, :data:`CLAIM_LEASE`, which ``x402gate channels claim`` takes
+too) does anything, so one claim transaction goes out per round whatever the number of
+processes. The holder renews its lease every tick; when it dies the lease expires after
+``lease_seconds`` and another claimer takes over.
 
 Each tick the holder lists the channels with unclaimed value, reads the ones whose mirror is
 older than ``refresh_seconds`` from the chain, and runs a round when a strategy says so:
@@ -33,7 +33,7 @@ from .claims import ClaimEngine, ClaimReport, ClaimSettings, unclaimed
 if TYPE_CHECKING:
     from ..gate.engine import PaymentGate
 
-__all__ = ["BackgroundClaimer", "lease_name"]
+__all__ = ["CLAIM_LEASE", "BackgroundClaimer", "gate_engine"]
 
 logger = logging.getLogger("x402gate")
 
@@ -43,9 +43,29 @@ def _holder() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
-def lease_name(receivers: list[str]) -> str:
-    """The lease the claimers of one set of receivers share."""
-    return "channel-claimer:" + ",".join(sorted({r.lower() for r in receivers}))[:160]
+CLAIM_LEASE = "channel-claimer"
+"""The lease whose holder claims a store's channels: the background claimers of every process
+and ``x402gate channels claim``, whatever gave them the store (a gate, a gateway file, flags).
+One per store, as a claim round takes every claimable channel in it."""
+
+
+def gate_engine(gate: PaymentGate, batch: int) -> ClaimEngine:
+    """The claim engine of ``gate`` (its store, facilitator, assets, ``pay_to``, RPC URLs, clock
+    and journal setting), signing with its ``receiver_authorizer_key`` or letting its
+    facilitator sign; for its background claimer and for ``x402gate channels claim --config``."""
+    channels = gate.channels
+    assert channels is not None
+    return ClaimEngine(
+        gate.store,
+        gate.facilitator,
+        assets=gate.assets,
+        pay_to=gate.pay_to,
+        rpc_urls=gate.balances.rpc_urls,
+        authorizer_key=channels.receiver_authorizer_key,
+        batch=batch,
+        clock=gate.clock,
+        journal=gate.journal,
+    )
 
 
 class BackgroundClaimer:
@@ -70,21 +90,7 @@ class BackgroundClaimer:
     def for_gate(cls, gate: PaymentGate, settings: ClaimSettings) -> BackgroundClaimer:
         """The claimer of ``gate``, signing claims with its ``receiver_authorizer_key`` (or
         letting its facilitator sign them)."""
-        channels = gate.channels
-        assert channels is not None
-        receivers = sorted(set(gate.pay_to.values()))
-        engine = ClaimEngine(
-            gate.store,
-            gate.facilitator,
-            assets=gate.assets,
-            pay_to=gate.pay_to,
-            rpc_urls=gate.balances.rpc_urls,
-            authorizer_key=channels.receiver_authorizer_key,
-            batch=settings.batch,
-            clock=gate.clock,
-            journal=gate.journal,
-        )
-        return cls(engine, settings, lease_name(receivers))
+        return cls(gate_engine(gate, settings.batch), settings, CLAIM_LEASE)
 
     @property
     def forked(self) -> bool:

@@ -185,6 +185,7 @@ class ClaimEngine:
         self.journal = keeps if journal is None else bool(journal) and keeps
         """Claims and settlements are written to the store's payments journal."""
         self._signer: Any = None
+        self._signer_address = ""
         if authorizer_key is not None:
             from x402.mechanisms.evm.batch_settlement.authorizer_signer import (
                 LocalAuthorizerSigner,
@@ -194,6 +195,7 @@ class ClaimEngine:
 
             authorizer_key_address(authorizer_key)  # checked; its message shows none of it
             self._signer = LocalAuthorizerSigner(authorizer_key.strip())
+            self._signer_address = str(self._signer.address).lower()
         self._suspect: set[str] = set()
         """Channels of a batch whose outcome is unknown: read from the chain before the next."""
 
@@ -407,6 +409,12 @@ class ClaimEngine:
                     state.channel_id,
                     token,
                 )
+                continue
+            if self._signer is not None and (
+                str(config.get("receiverAuthorizer", "")).lower() != self._signer_address
+            ):
+                # Another seller's channel in a shared store: this key cannot sign its claim,
+                # and a batch holding it would be refused on chain. Its own claimer takes it.
                 continue
             amount = claim_ceiling(state)
             if amount <= state.total_claimed:

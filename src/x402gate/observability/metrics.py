@@ -159,9 +159,11 @@ class PaymentMetrics:
     def record(self, event: PaymentEvent, route: str) -> None:
         """Count one outcome (called by the gate's :class:`Telemetry`)."""
         kind = event.kind
-        counter = self._children.get((route, kind.value))
+        # Keyed by the kind itself: a StrEnum member hashes and compares as its value, and
+        # reading ``.value`` is a descriptor call on every event.
+        counter = self._children.get((route, kind))
         if counter is None:
-            counter = self._children[(route, kind.value)] = self.requests.labels(route, kind.value)
+            counter = self._children[(route, kind)] = self.requests.labels(route, kind.value)
         counter.inc()
         if kind in _REFUSALS:
             self.refusals.labels(route, self._code(event.code)).inc()

@@ -82,7 +82,10 @@ class JournalRow(NamedTuple):
     detail: str = ""
 
     def with_amount(self, amount: int) -> JournalRow:
-        """This row with the amount the store actually moved."""
+        """This row with the amount the store actually moved (the row itself when that is its
+        amount already: no copy on every commit that charged what was asked)."""
+        if amount == self.amount:
+            return self
         return JournalRow._make((*self[:4], amount, *self[5:]))
 
 

@@ -2,7 +2,8 @@
 
 A restart forgets them, like everything else in this store, and several worker processes each
 keep their own: use a shared store for a journal to report on. Memory stays bounded: the
-memory store keeps the newest 100,000 rows unless :attr:`journal_retention` says otherwise.
+memory store keeps the newest 100,000 rows unless :attr:`journal_retention` says otherwise
+(appends prune the excess in batches of a 64th of that; :meth:`journal_prune` to the row).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from .outbox import MemoryOutbox
 __all__ = ["MemoryJournal"]
 
 _PRUNE_EVERY = 1024
-"""Appends between two prunes by age (a prune by count runs as soon as the count is over)."""
+"""Appends between two prunes by age."""
+
+_OVER = 64
+"""A prune by count runs on append once the journal is over its ``rows`` by a 64th of them
+(at once below 64 rows): dropping the oldest row shifts the whole time-ordered list, which at
+100,000 rows cost every append some 16 µs when done one row at a time."""
 
 
 class MemoryJournal(MemoryOutbox):
@@ -42,7 +48,7 @@ class MemoryJournal(MemoryOutbox):
         if self.outbox_targets:
             self._outbox_add(row)
         limit = self.journal_retention.rows
-        if (limit is not None and len(self._journal) > limit) or (
+        if (limit is not None and len(self._journal) > limit + limit // _OVER) or (
             self._journal_appends % _PRUNE_EVERY == 0
         ):
             self._journal_prune_locked(row.time)

@@ -61,8 +61,9 @@ class SQLiteReplay(SQLiteJournal):
     def mark_used(
         self, key: str, token: str, now: float | None = None, *, journal: JournalRow | None = None
     ) -> bool:
-        if journal is not None:
-            check_journal_row(journal)
+        # The row is checked in the transaction (before it changes anything), not here: a
+        # synced mark_used is first tried inline, refused (WouldBlock) and run again in the
+        # worker thread, and the row would be checked twice.
         return self._mark_used(key, token, now, journal)
 
     def _mark_used(
@@ -73,6 +74,8 @@ class SQLiteReplay(SQLiteJournal):
         if now is None:
 
             def answered(conn: sqlite3.Connection) -> bool:
+                if journal is not None:
+                    check_journal_row(journal)
                 cursor = conn.execute(
                     "UPDATE x402gate_replay SET state = 'used'"
                     " WHERE key = ? AND token = ? AND state IN ('held', 'used')",
@@ -90,6 +93,8 @@ class SQLiteReplay(SQLiteJournal):
             return self._write("mark_used", answered)
 
         def sending(conn: sqlite3.Connection) -> bool:
+            if journal is not None:
+                check_journal_row(journal)
             row = conn.execute(
                 "SELECT r.state, r.expires_at, a.key FROM x402gate_replay AS r"
                 " LEFT JOIN x402gate_answering AS a ON a.key = r.key"

@@ -14,11 +14,13 @@ the receivers it claimed for (unless ``--no-settle``). The receiver authorizer's
 seller signs claims itself, is read from the environment variable ``--authorizer-key-env``
 names, never from the command line (other users of the host can read it); without one the
 facilitator signs. A claimer running in the servers and a cron job may overlap: the command takes
-the same store lease as the background claimer, and waits for nothing (exit status 3 when another
-claimer holds it). Exit status 0 when everything went through, 1 when something failed (it is
-retried by the next run: nothing is recorded that the chain did not confirm).
+the store's claim lease (:data:`~x402gate.channels.claimer.CLAIM_LEASE`, the one the background
+claimers take, from flags as from ``--config``) and waits for nothing: exit status 3
+(:data:`LOCKED`) when another claimer holds it. Exit status 0 when everything went through, 1
+when something failed (it is retried by the next run: nothing is recorded that the chain did not
+confirm).
 
-Both record every claim and settlement in the store's payments journal (:mod:`.journal`), as
+Both record every claim and settlement in the store's payments journal (:mod:`..journal`), as
 the background claimer does; ``settle`` needs ``--store`` (or ``--config``) for that.
 """
 
@@ -30,18 +32,26 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from .claims import ClaimEngine
+from ..claimer import CLAIM_LEASE, gate_engine
+from .common import GatewayRefused, Refusal, batch_networks, fail, open_gateway, read_authorizer_key
 
-__all__ = ["add_commands", "run_claim", "run_settle"]
+if TYPE_CHECKING:
+    from ..claims import ClaimEngine
+
+__all__ = ["LOCKED", "add_claim_settle", "run_claim", "run_settle"]
 
 LOCKED = 3
-"""Exit status when another claimer holds the lease."""
+"""Exit status when another claimer holds the store's claim lease."""
+
+LEASE_SECONDS = 600.0
+"""How long the claim lease is held for without renewal: it is renewed before each batch, and
+a run that dies leaves it to expire after this."""
 
 
-def add_commands(commands: Any) -> None:
+def add_claim_settle(commands: Any) -> None:
     """Add ``claim`` and ``settle`` to the ``channels`` subcommands (each sets
     ``channels_run``)."""
     claim = commands.add_parser(
@@ -95,11 +105,6 @@ def _source_options(parser: argparse.ArgumentParser, *, store: bool) -> None:
     )
 
 
-def _fail(command: str, message: str) -> int:
-    print(f"x402gate channels {command}: {message}", file=sys.stderr)
-    return 2
-
-
 class _Setup:
     """The engine a command runs, and what to close afterwards."""
 
@@ -116,44 +121,31 @@ class _Setup:
 
 async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
     """The engine from ``--config`` or from the flags; a message when they do not make one."""
-    from ..errors import ConfigurationError, FacilitatorError, StoreError
-    from .claims import ClaimEngine
+    from ...errors import ConfigurationError, FacilitatorError, StoreError
+    from ..claims import ClaimEngine
 
     batch = getattr(args, "batch", 100)
     if not 0 < batch <= 1000:
         return "--batch must be from 1 to 1000"
     if args.config:
-        from ..gateway.app import Gateway
-        from ..gateway.config import GatewayConfigError, load_config
-
         try:
-            gateway = Gateway(load_config(args.config))
-        except (GatewayConfigError, ConfigurationError) as exc:
+            gateway = open_gateway(args.config)
+        except GatewayRefused as exc:
             return f"{args.config}: {exc}"
         gate = gateway.gate
         if gate.channels is None:
+            await gateway.aclose()
             return f"{args.config}: no channels: section"
-        engine = ClaimEngine(
-            gate.store,
-            gate.facilitator,
-            assets=gate.assets,
-            pay_to=gate.pay_to,
-            rpc_urls=gate.balances.rpc_urls,
-            authorizer_key=gate.channels.receiver_authorizer_key,
-            batch=batch,
-            journal=gate.journal,
-        )
-        return _Setup(engine, [gateway.aclose])
+        return _Setup(gate_engine(gate, batch), [gateway.aclose])
     if not args.facilitator:
         return "give --config FILE, or --facilitator URL (and --store URL)"
-    key = None
-    if args.authorizer_key_env:
-        key = os.environ.get(args.authorizer_key_env)
-        if not key:
-            return f"${args.authorizer_key_env} is not set"
-    from ..facilitators import HTTPFacilitator
-    from ..stores import open_store
-    from ..stores.memory import MemoryStore
+    try:
+        key = read_authorizer_key(args)
+    except Refusal as exc:
+        return str(exc)
+    from ...facilitators import HTTPFacilitator
+    from ...stores import open_store
+    from ...stores.memory import MemoryStore
 
     try:
         facilitator = HTTPFacilitator(args.facilitator)
@@ -166,11 +158,10 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
     network = args.network
     if network is None:
         try:
-            supported = await facilitator.supported()
+            found = sorted(set(await batch_networks(facilitator)))
         except FacilitatorError as exc:
             store.close()
             return f"the facilitator did not answer: {exc}"
-        found = sorted({k.network for k in supported.kinds if k.scheme == "batch-settlement"})
         if len(found) != 1:
             store.close()
             return "give --network: the facilitator supports batch-settlement on " + (
@@ -195,39 +186,70 @@ async def _setup(args: argparse.Namespace, command: str) -> _Setup | str:
 
 def run_claim(args: argparse.Namespace) -> int:
     """``x402gate channels claim``: the exit status."""
-    return asyncio.run(_claim(args))
+    return _run(args, "claim", _claim)
 
 
-async def _claim(args: argparse.Namespace) -> int:
-    from ..errors import StoreError
-    from .claimer import lease_name
+def run_settle(args: argparse.Namespace) -> int:
+    """``x402gate channels settle``: the exit status."""
+    return _run(args, "settle", _settle)
 
-    setup = await _setup(args, "claim")
-    if isinstance(setup, str):
-        return _fail("claim", setup)
-    engine = setup.engine
-    receivers = sorted(set(engine.pay_to.values()))
-    name = lease_name(receivers) if receivers else "channel-claimer:cli"
-    holder = f"cli:{os.getpid()}:{secrets.token_hex(6)}"
-    try:
-        held = await engine._store(
-            engine.store.lease_acquire, name, holder, 600, engine.clock.now()
-        )
-        if not held:
-            _fail("claim", "another claimer holds the lease; nothing done")
+
+def _run(
+    args: argparse.Namespace,
+    command: str,
+    body: Callable[[argparse.Namespace, ClaimEngine], Awaitable[int]],
+) -> int:
+    """Set up the engine ``args`` describe, run ``body`` with it, close what was opened."""
+
+    async def main() -> int:
+        setup = await _setup(args, command)
+        if isinstance(setup, str):
+            return fail(command, setup)
+        try:
+            return await body(args, setup.engine)
+        finally:
             await setup.close()
+
+    return asyncio.run(main())
+
+
+async def _claim(args: argparse.Namespace, engine: ClaimEngine) -> int:
+    from ...errors import StoreError
+
+    store = engine.store
+    holder = f"cli:{os.getpid()}:{secrets.token_hex(6)}"
+    lost = False
+
+    async def renew() -> bool:
+        """Keep the lease before each batch (a long run outlives ``LEASE_SECONDS``); False
+        when another claimer took it: the run stops there."""
+        nonlocal lost
+        held: bool = await engine._store(
+            store.lease_acquire, CLAIM_LEASE, holder, LEASE_SECONDS, engine.clock.now()
+        )
+        lost = lost or not held
+        return held
+
+    try:
+        if not await renew():
+            who = await engine._store(store.lease_holder, CLAIM_LEASE, engine.clock.now())
+            fail(
+                "claim",
+                f"the store's claim lease is held by {who or 'another claimer'} (a server's "
+                "background claimer, or another run of this command); nothing done",
+            )
             return LOCKED
         try:
-            report = await engine.claim(refresh=True, max_batches=1000)
+            report = await engine.claim(refresh=True, max_batches=1000, guard=renew)
             settled = None
-            if not args.no_settle and report.settle:
+            if not lost and not args.no_settle and report.settle:
                 settled = await engine.settle(report.settle)
         finally:
-            await engine._store(engine.store.lease_release, name, holder)
+            await engine._store(store.lease_release, CLAIM_LEASE, holder)
     except StoreError as exc:
-        await setup.close()
-        return _fail("claim", f"store: {exc}")
-    await setup.close()
+        return fail("claim", f"store: {exc}")
+    if lost:
+        report.failures.append("another claimer took the store's claim lease; the rest is left")
     failures = report.failures + (settled.failures if settled else [])
     settle_transactions = settled.transactions if settled else []
     outcome = {
@@ -251,28 +273,16 @@ async def _claim(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def run_settle(args: argparse.Namespace) -> int:
-    """``x402gate channels settle``: the exit status."""
-    return asyncio.run(_settle(args))
-
-
-async def _settle(args: argparse.Namespace) -> int:
-    setup = await _setup(args, "settle")
-    if isinstance(setup, str):
-        return _fail("settle", setup)
-    engine = setup.engine
-    try:
-        if args.receiver or args.token:
-            if not (args.receiver and args.token) or engine.network is None:
-                return _fail("settle", "give both --receiver and --token (and --facilitator)")
-            targets = [(engine.network, args.receiver, args.token)]
-        else:
-            targets = engine.settle_targets()
-            if not targets:
-                return _fail("settle", "give --receiver and --token, or --config FILE")
-        report = await engine.settle(targets)
-    finally:
-        await setup.close()
+async def _settle(args: argparse.Namespace, engine: ClaimEngine) -> int:
+    if args.receiver or args.token:
+        if not (args.receiver and args.token) or engine.network is None:
+            return fail("settle", "give both --receiver and --token (and --facilitator)")
+        targets = [(engine.network, args.receiver, args.token)]
+    else:
+        targets = engine.settle_targets()
+        if not targets:
+            return fail("settle", "give --receiver and --token, or --config FILE")
+    report = await engine.settle(targets)
     if args.json:
         outcome = {
             "settled": str(report.amount),
