@@ -25,10 +25,17 @@ Two load modes, interleaved in every round (the order rotating between rounds):
   same work per second. Each row says whether the offered rate was reached.
 
 CPU per answer is process CPU time from ``/proc`` (user + system) over the answers: the
-instances' (summed), HAProxy's and wrk's. The goal: the instances' CPU per 402 answer does not
-grow with instances (within ``--tolerance``, ±5 %), so the answers scale with the cores. The
-verdict compares 2 with 1 instance at equal paced load, and sets the growth of the 402 route
-against the control's: what the control grows too is the machine's, not x402gate's.
+instances' (summed), HAProxy's and wrk's; next to it the instances' event-loop wake-ups per
+answer (voluntary context switches of their main threads): an event loop that wakes up for
+fewer answers at a time spends its fixed cost per wake-up over fewer of them.
+
+The goal: the instances' CPU per 402 answer does not grow with instances (within
+``--tolerance``, +5 %), so the answers scale with the cores. The verdict compares 2 with 1
+instance at equal total load and at equal load per instance (1 instance at 4,000/s against 2
+at 8,000/s), and sets the growth of the 402 against the control's: what the control grows too
+is the machine's, not x402gate's. Answers scale with cores when, on top, a second saturated
+instance turns the cores one instance left idle into answers (UNDECIDED when other work left
+none idle).
 
 Before the rounds, ``strace -c -f`` follows one instance for a paced second of 402 answers and
 counts the system calls that would mean shared state per answer (file I/O and locks on the
@@ -108,6 +115,7 @@ class Sample(NamedTuple):
     balancer: float  # HAProxy's CPU seconds per answer (0 when direct)
     client: float  # wrk's CPU seconds per answer
     idle: float  # share of the machine's CPU time left idle during the measurement
+    wakeups: float  # the instances' event-loop threads' sleeps (voluntary switches) per answer
 
 
 class Run(NamedTuple):
@@ -149,6 +157,16 @@ def plan(rates: Sequence[int]) -> list[Run]:
         for front in (ONE, TWO)
     ]
     return runs
+
+
+def sleeps(pid: int) -> int:
+    """Voluntary context switches of ``pid``'s main thread (the event loop): each one is a
+    sleep in ``epoll_wait`` (or another blocking call) and the wake-up after it."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
 
 
 def machine_cpu() -> tuple[int, int]:
@@ -303,10 +321,12 @@ def main() -> None:
                     cpu_before = sum(cpu_seconds(pid) for pid in pids)
                     lb_before = cpu_seconds(balancer) if balancer else 0.0
                     idle_before, total_before = machine_cpu()
+                    sleeps_before = sum(sleeps(pid) for pid in pids)
                     count, seconds, non_2xx, client = run_wrk(
                         wrk, url, connections, args.duration, script, run.offered
                     )
                     idle_after, total_after = machine_cpu()
+                    woken = sum(sleeps(pid) for pid in pids) - sleeps_before
                     idle = (idle_after - idle_before) / max(1, total_after - total_before)
                     cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
                     lb_cpu = (cpu_seconds(balancer) - lb_before) if balancer else 0.0
@@ -314,7 +334,14 @@ def main() -> None:
                     if non_2xx != expected or not count:
                         raise SystemExit(f"{run}: {non_2xx} of {count} answers were not 2xx")
                     samples[run].append(
-                        Sample(count / seconds, cpu / count, lb_cpu / count, client / count, idle)
+                        Sample(
+                            count / seconds,
+                            cpu / count,
+                            lb_cpu / count,
+                            client / count,
+                            idle,
+                            woken / count,
+                        )
                     )
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
@@ -353,7 +380,8 @@ def report(samples: dict[Run, list[Sample]], rates: Sequence[int], tolerance: fl
     """The table and the verdict lines."""
     med = {run: _medians(values) for run, values in samples.items()}
     headers = ["load", "front", "route", "answers/s", "instances' CPU µs/answer",
-               "haproxy µs/answer", "wrk µs/answer", "machine idle"]  # fmt: skip
+               "haproxy µs/answer", "wrk µs/answer", "instances' wake-ups/answer",
+               "machine idle"]  # fmt: skip
     rows = []
     for run, m in med.items():
         load = "saturated" if run.mode == "saturated" else f"paced {run.offered:,}/s"
@@ -367,6 +395,7 @@ def report(samples: dict[Run, list[Sample]], rates: Sequence[int], tolerance: fl
                 f"{1e6 * m.app:.0f}",
                 f"{1e6 * m.balancer:.0f}" if run.front != DIRECT else "-",
                 f"{1e6 * m.client:.0f}",
+                f"{m.wakeups:.2f}",
                 f"{m.idle:.0%}",
             ]
         )
@@ -387,7 +416,8 @@ def report(samples: dict[Run, list[Sample]], rates: Sequence[int], tolerance: fl
         print(
             f"  equal total load, paced {rate:,}/s (each of 2 instances gets half): instances' "
             f"CPU per 402 {c_growth(x1, x2)}, control {c_growth(c1, c2)}; 402 beyond the "
-            f"control {own_us:+.1%} (in µs) / {own_share:+.1%} (in proportion)"
+            f"control {own_us:+.1%} (in µs) / {own_share:+.1%} (in proportion); event-loop "
+            f"wake-ups per 402 {x1.wakeups:.2f} -> {x2.wakeups:.2f}"
         )
     for rate in rates:
         if 2 * rate not in rates:
