@@ -1,7 +1,7 @@
 """Benchmark: 402 answers per second and CPU per answer behind a load balancer, 1 instance vs 2.
 
 Run with ``.venv/bin/python bench/balanced.py [--duration 3] [--rounds 3] [--rates 4000,8000]``
-(about 2.5 minutes). Loopback only; every process it starts (the app instances, HAProxy, anvil,
+(under 3 minutes). Loopback only; every process it starts (the app instances, HAProxy, anvil,
 wrk, strace) is stopped by its PID. Needs ``haproxy`` and ``wrk`` (Debian packages; wrk is built
 with LuaJIT there) and, for the shared-nothing check, ``strace``.
 
@@ -37,7 +37,7 @@ is the machine's, not x402gate's. Answers scale with cores when, on top, a secon
 instance turns the cores one instance left idle into answers (UNDECIDED when other work left
 none idle).
 
-Before the rounds, ``strace -c -f`` follows one instance for a paced second of 402 answers and
+Before the rounds, ``strace -c -f`` follows one instance for 2 s of paced 402 answers and
 counts the system calls that would mean shared state per answer (file I/O and locks on the
 SQLite store, opens, fsyncs): a 402 must need none, so 2 instances cannot contend on anything.
 """
