@@ -441,11 +441,14 @@ def report(samples: dict[Run, list[Sample]], rates: Sequence[int], tolerance: fl
         f"control {own_us:+.1%} / {own_share:+.1%}; haproxy "
         f"{1e6 * xs1.balancer:.0f} -> {1e6 * xs2.balancer:.0f} µs"
     )
-    used1 = (xs1.app + xs1.balancer + xs1.client) * xs1.rate
-    used2 = (xs2.app + xs2.balancer + xs2.client) * xs2.rate
+    all1, all2 = (m.app + m.balancer + m.client for m in (xs1, xs2))
+    call1, call2 = (m.app + m.balancer + m.client for m in (cs1, cs2))
     print(
-        f"  answers/s saturated {xs1.rate:,.0f} -> {xs2.rate:,.0f} ({xs2.rate / xs1.rate:.2f}x);"
-        f" cores used by instances + haproxy + wrk {used1:.2f} -> {used2:.2f}, machine idle "
+        f"  answers/s saturated {xs1.rate:,.0f} -> {xs2.rate:,.0f} ({xs2.rate / xs1.rate:.2f}x), "
+        f"control {cs1.rate:,.0f} -> {cs2.rate:,.0f} ({cs2.rate / cs1.rate:.2f}x); CPU per 402 "
+        f"of instances + haproxy + wrk {1e6 * all1:.0f} -> {1e6 * all2:.0f} µs "
+        f"({all2 / all1 - 1:+.1%}, control {call2 / call1 - 1:+.1%}); cores they use "
+        f"{all1 * xs1.rate:.2f} -> {all2 * xs2.rate:.2f}; machine idle "
         f"{xs1.idle:.0%} -> {xs2.idle:.0%}"
     )
     goal = all(checks)
@@ -472,15 +475,19 @@ def report(samples: dict[Run, list[Sample]], rates: Sequence[int], tolerance: fl
             f"met (CPU per answer does not grow; the second instance turns idle cores "
             f"{xs1.idle:.0%} -> {xs2.idle:.0%} into answers, {xs2.rate / xs1.rate:.2f}x)"
         )
+    elif not goal:
+        scaling = "NOT met (CPU per 402 answer grows with instances)"
+    elif xs2.rate <= xs1.rate:
+        scaling = (
+            f"NOT met on this machine: 2 instances answer {xs2.rate / xs1.rate:.2f}x; the "
+            f"cores 1 instance left idle ({xs1.idle:.0%}) went to contention "
+            f"(CPU per answer of all processes {all2 / all1 - 1:+.1%}, the control's "
+            f"{call2 / call1 - 1:+.1%})"
+        )
     else:
         scaling = (
-            "NOT met ("
-            + (
-                "CPU per answer grows"
-                if not goal
-                else "2 instances leave cores idle or answer less"
-            )
-            + ")"
+            f"NOT met on this machine: 2 instances answer {xs2.rate / xs1.rate:.2f}x but leave "
+            f"{xs2.idle:.0%} of the cores idle (1 instance: {xs1.idle:.0%})"
         )
     print(f"GOAL answers scale with cores: {scaling}")
 
