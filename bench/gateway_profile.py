@@ -203,6 +203,10 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
                 stats = pstats.Stats(profiler, stream=out)
                 stats.sort_stats(order).print_stats(args.top)
                 print(out.getvalue())
+            for pattern in args.callers:
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).print_callers(pattern)
+                print(out.getvalue())
 
 
 def main() -> int:
@@ -218,6 +222,13 @@ def main() -> int:
         help="alternate blocks with every store call in a worker thread and inline first",
     )
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--callers",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --profile cprofile, also print who calls the functions matching PATTERN",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, tmp))
