@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from ...errors import ConfigurationError, StoreError
@@ -272,7 +273,9 @@ class SQLiteConnection(Store):
         checkpoint."""
         try:
             with contextlib.suppress(sqlite3.Error):  # the second pass then copies it all
-                side = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                # mode=rw: a store closed and removed meanwhile is not created again here.
+                uri = Path(self.path).as_uri() + "?mode=rw"
+                side = sqlite3.connect(uri, uri=True, isolation_level=None)
                 try:
                     side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 finally:
