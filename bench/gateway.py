@@ -85,6 +85,7 @@ STORES = {
 }
 GOAL_US = 1000
 GOAL_P99_US = 3000
+SYNC_SECONDS = 60.0  # channels.sync_seconds: CONFIG leaves it at its default
 
 CONFIG = """\
 gateway:
@@ -274,10 +275,12 @@ async def measure(
         direct, via = f"{upstream[1]}/v1/messages", f"{gateway[1]}/v1/messages"
         fallback = f"{gateway[1]}/fallback/v1/messages"
         channel = f"{gateway[1]}/channel/v1/messages"
+        deposited: float | None = None
         for _ in range(30):  # warm-up: connections, caches, lazy imports, the breaker opening
             await timed(client, direct, 200)
             await timed(client, via, 200, headers=paid)
             await timed(buyer, channel, 200)  # the first deposits
+            deposited = deposited or time.monotonic()
             await timed(client, fallback, 200, headers=paid)
             await timed(client, via, 402)
             await first_byte(client, direct)
@@ -289,6 +292,16 @@ async def measure(
             results["channel"].append(timer.paid[-1])
             results["fallback"].append(await timed(client, fallback, 200, headers=paid))
             results["challenge"].append(await timed(client, via, 402))
+        # The gateway mirrors a channel's chain figures at the deposit and asks the facilitator
+        # (the chain) again only once they are older than sync_seconds: say whether any timed
+        # voucher could have waited for that.
+        assert deposited is not None
+        since = time.monotonic() - deposited
+        fresh = "none" if since < SYNC_SECONDS else f"at most {int(since // SYNC_SECONDS)}"
+        print(
+            f"timed vouchers ended {since:.1f} s after the deposit (sync_seconds "
+            f"{SYNC_SECONDS:.0f}): chain reads among them: {fresh}"
+        )
         for _ in range(max(50, n // 2)):
             results["ttfb_direct"].append(await first_byte(client, direct))
             results["ttfb_gateway"].append(await first_byte(client, via, headers=paid))

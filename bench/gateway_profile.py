@@ -91,26 +91,37 @@ class CountingTransport(httpx.AsyncBaseTransport):
     """An httpx transport around the ASGI one that adds up the CPU time and the profile of
     the gateway's ASGI calls only (the paying client's signing stays outside)."""
 
-    def __init__(self, app: Any, profiler: cProfile.Profile | None) -> None:
+    def __init__(
+        self, app: Any, profiler: cProfile.Profile | None, *, paid_only: bool = False
+    ) -> None:
         self.inner = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         self.profiler = profiler
+        self.paid_only = paid_only  # profile only the requests that carry a payment
         self.cpu = 0.0
         self.calls = 0
+        self.paid_cpu = 0.0  # of the requests that carry a payment (a voucher), apart
+        self.paid_calls = 0
         self.on = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self.on:
             return await self.inner.handle_async_request(request)
-        if self.profiler is not None:
-            self.profiler.enable()
+        paid = "payment-signature" in request.headers
+        profiler = self.profiler if paid or not self.paid_only else None
+        if profiler is not None:
+            profiler.enable()
         start = time.process_time()
         try:
             return await self.inner.handle_async_request(request)
         finally:
-            self.cpu += time.process_time() - start
+            spent = time.process_time() - start
+            self.cpu += spent
             self.calls += 1
-            if self.profiler is not None:
-                self.profiler.disable()
+            if paid:
+                self.paid_cpu += spent
+                self.paid_calls += 1
+            if profiler is not None:
+                profiler.disable()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -148,7 +159,7 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
         results: dict[str, float] = {}
         try:
             for kind in args.kind.split(","):
-                transport = CountingTransport(gateway, profiler)
+                transport = CountingTransport(gateway, profiler, paid_only=args.paid_only)
                 if kind == "credit":
                     async with paying_httpx_client(
                         buyer, asset=token, base_url="http://gateway.bench", transport=transport
@@ -180,19 +191,30 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
                         response = await client.post(path, json=BODY)
                         assert response.status_code == 200, response.text
                     blocks: dict[str, list[float]] = {v: [] for v in variants}
+                    paid_blocks: dict[str, list[float]] = {v: [] for v in variants}
                     for index in range(max(1, args.n // args.block)):
                         variant = variants[index % len(variants)]
                         if variant != "-":
                             gateway.gate.store.inline_first = variant == "inline"  # type: ignore[misc]
                         transport.cpu, transport.calls, transport.on = 0.0, 0, True
+                        transport.paid_cpu, transport.paid_calls = 0.0, 0
                         for _ in range(args.block):
                             response = await client.post(path, json=BODY)
                             assert response.status_code == 200, response.text
                         transport.on = False
                         blocks[variant].append(transport.cpu / transport.calls * 1e6)
+                        if transport.paid_calls and transport.paid_calls < transport.calls:
+                            paid_blocks[variant].append(
+                                transport.paid_cpu / transport.paid_calls * 1e6
+                            )
                 for variant, figures in blocks.items():
                     name = kind if variant == "-" else f"{kind}, store calls {variant}"
                     results[name] = statistics.median(figures)
+                    if paid_blocks[variant]:
+                        # A voucher call is its 402 and then the request paid by the voucher.
+                        results[f"{name}: the paid request alone"] = statistics.median(
+                            paid_blocks[variant]
+                        )
         finally:
             await gateway.aclose()
         for kind, us in results.items():
@@ -202,6 +224,10 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
                 out = io.StringIO()
                 stats = pstats.Stats(profiler, stream=out)
                 stats.sort_stats(order).print_stats(args.top)
+                print(out.getvalue())
+            for pattern in args.callers:
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).print_callers(pattern)
                 print(out.getvalue())
 
 
@@ -218,6 +244,18 @@ def main() -> int:
         help="alternate blocks with every store call in a worker thread and inline first",
     )
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--paid-only",
+        action="store_true",
+        help="profile only the requests that carry a payment (not a voucher call's 402)",
+    )
+    parser.add_argument(
+        "--callers",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --profile cprofile, also print who calls the functions matching PATTERN",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, tmp))

@@ -753,6 +753,35 @@ def test_output_bound_from_the_body(limits: dict[str, Any], bound: int) -> None:
     assert pricing.quote(post(limits)) == bound
 
 
+def test_quote_and_charge_estimate_the_input_once_per_request() -> None:
+    """The charge caps at the quote the request was offered: one estimate serves both, and a
+    request whose body was replaced (an adapter reading it late) is estimated again."""
+    calls: list[bytes] = []
+
+    def estimate(request: RequestInfo) -> int:
+        calls.append(request.body)
+        return len(request.body)
+
+    pricing = PerToken(TokenPrice("$1", "$1"), estimate_input=estimate)
+    request = post({"max_tokens": 100, "prompt": "hello"})
+    quote = pricing.quote(request)
+    assert quote == len(request.body) + 100
+    assert pricing.charge(None, request) == quote
+    assert pricing.charge(Usage(input_tokens=3, output_tokens=4), request) == 7
+    assert len(calls) == 1
+    other = PerToken(TokenPrice("$2", "$2"), estimate_input=estimate)
+    assert other.quote(request) == 2 * quote  # each strategy its own figures
+    assert len(calls) == 2
+    request.body = json.dumps({"max_tokens": 100, "prompt": "hello again"}).encode()
+    assert pricing.quote(request) == len(request.body) + 100
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("value", [0, 7, -12, 10**30, True, False, None, 1.5, -2e-9])
+def test_input_estimate_counts_scalars_as_their_json_text(value: Any) -> None:
+    assert estimate_input_tokens(post({"k": value})) == 1 + len(json.dumps(value))
+
+
 def test_route_maxima_cap_the_request() -> None:
     pricing = PerToken(TokenPrice("$1", "$1"), max_input_tokens=10, max_output_tokens=500)
     small, large = post({"max_tokens": 20}), post({"max_tokens": 10**6, "prompt": "x" * 5000})

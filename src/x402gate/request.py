@@ -7,12 +7,14 @@ callables that need more (a Flask ``Request``, a Starlette ``Request``, a Django
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from . import _json
 from .errors import PaymentError
+
+T = TypeVar("T")
 
 __all__ = [
     "AMBIGUOUS_CODE",
@@ -124,6 +126,7 @@ class RequestInfo:
 
     __slots__ = (
         "_json",
+        "_memo",
         "_plain",
         "_query",
         "_repeated_query",
@@ -158,6 +161,7 @@ class RequestInfo:
         self.native = native
         self.client = client
         self._json: Any = _NOT_PARSED
+        self._memo: dict[object, tuple[bytes, str, Any]] | None = None
         self._plain = False  # the body was decoded for pricing (see pricing.DecodedBody)
         self._query: dict[str, str] | None = None
         self._repeated_query: frozenset[str] = frozenset()
@@ -197,6 +201,21 @@ class RequestInfo:
         value: str | None = self.headers.get(name)
         if value is not None and self.headers.repeated(name):
             raise ambiguous(f"header {name.lower()!r}")
+        return value
+
+    def memo(self, key: object, compute: Callable[[], T]) -> T:
+        """``compute()``, run once per request for ``key`` while the body and query string are
+        the ones it read (a figure several steps derive from the body, such as a per-token
+        price's bounds, which both the quote and the charge need). An exception is not kept."""
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        else:
+            kept = memo.get(key)
+            if kept is not None and kept[0] is self.body and kept[1] is self.query_string:
+                return cast("T", kept[2])
+        value = compute()
+        memo[key] = (self.body, self.query_string, value)
         return value
 
     def unsupported_body(self) -> str | None:

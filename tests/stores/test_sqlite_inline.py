@@ -7,9 +7,10 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,6 +127,43 @@ def test_checkpoints_keep_the_wal_bounded(tmp_path: Path, store: SQLiteStore) ->
     assert wal < 2000 * page, wal
     assert store.credit_balance(ACCOUNT, NOW).charged == 600
     assert threading.active_count() <= threads_before + 1  # the loop's executor aside
+
+
+def test_a_checkpoint_waits_for_the_disk_without_the_store_lock(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint copies the WAL first on a connection of its own, the store's lock free
+    (calls go on meanwhile), then under the lock only what was written since: afterwards the
+    whole WAL is in the database file, so the next write starts it over."""
+    passes: list[tuple[str, bool]] = []  # (which connection, the store's lock held)
+    real_connect = sqlite3.connect
+
+    def traced(name: str) -> Callable[[str], None]:
+        def trace(statement: str) -> None:
+            if "wal_checkpoint" in statement:
+                passes.append((name, store._lock.locked()))
+
+        return trace
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = real_connect(*args, **kwargs)
+        conn.set_trace_callback(traced("own"))
+        return conn
+
+    for i in range(20):
+        assert store.credit_reserve(ACCOUNT, 1, f"r{i}", NOW + 60, NOW)
+    conn = store._conn
+    assert conn is not None
+    conn.set_trace_callback(traced("store's"))
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    try:
+        store._checkpoint()
+    finally:
+        conn.set_trace_callback(None)
+    assert passes == [("own", False), ("store's", True)]
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, copied) == (0, frames) and frames > 0
+    assert store.credit_balance(ACCOUNT, NOW).reserved == 20
 
 
 def test_a_call_behind_the_worker_waits_for_it_and_then_runs_inline(store: SQLiteStore) -> None:

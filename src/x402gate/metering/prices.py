@@ -177,6 +177,8 @@ def estimate_input_tokens(request: RequestInfo, *, bytes_per_token: int = 1) -> 
                     stack.append(value)
             elif isinstance(node, list):
                 stack.extend(node)
+            elif type(node) is int:
+                total += len(repr(node))  # its JSON text, without the encoder's set-up
             else:
                 total += len(json.dumps(node))
     return ceil_div(total, bytes_per_token)
@@ -372,10 +374,21 @@ class PerToken(PriceStrategy):
             raise _bad_request("the request's worst case is too large to quote: lower max_tokens")
         return max(cost, 1)
 
+    def _worst_case(self, request: RequestInfo) -> tuple[TokenPrice, int, int | None, int]:
+        """The request's price, input and output bounds and quote, computed once per request:
+        the quote and the charge both need them, and the input estimate walks the whole body."""
+
+        def compute() -> tuple[TokenPrice, int, int | None, int]:
+            price = self.price_for(request)
+            inputs = self.input_bound(request)
+            outputs = self.output_bound(request)
+            return price, inputs, outputs, self._quote(price, inputs, outputs)
+
+        return request.memo(self, compute)  # keyed by this strategy (hashed by identity)
+
     def quote(self, request: RequestInfo) -> int:
         """Micro-dollars for the request's worst case (see the class documentation)."""
-        price = self.price_for(request)
-        return self._quote(price, self.input_bound(request), self.output_bound(request))
+        return self._worst_case(request)[3]
 
     def charge(self, usage: Usage | None, request: RequestInfo | None = None) -> int:
         """Micro-dollars for the measured ``usage`` of ``request``, never above its quote.
@@ -387,10 +400,7 @@ class PerToken(PriceStrategy):
             raise TypeError(f"usage must be a Usage or None, got {type(usage).__name__}")
         if request is None:
             raise TypeError("PerToken.charge needs the request it quoted: charge(usage, request)")
-        price = self.price_for(request)
-        inputs = self.input_bound(request)
-        outputs = self.output_bound(request)
-        quote = self._quote(price, inputs, outputs)
+        price, inputs, outputs, quote = self._worst_case(request)
         if usage is None:
             return quote
         if usage.input_tokens is not None:

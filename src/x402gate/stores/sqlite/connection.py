@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from ...errors import ConfigurationError, StoreError
@@ -262,11 +263,23 @@ class SQLiteConnection(Store):
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file, in a thread of its own (``PASSIVE``: it waits
-        for no reader), so that no call on the event loop waits for its ``fsync``. It holds the
-        store's lock: with writes of this process going on it could never copy the whole WAL,
-        and SQLite starts a WAL over only after that. Meanwhile calls take the worker thread
-        and wait. A failure leaves the WAL to the next checkpoint."""
+        for no reader), so that no call on the event loop waits for its ``fsync``.
+
+        Two passes. The first, on a connection of its own and without the store's lock, copies
+        the WAL as it is and waits for the disk while calls go on. The second holds the store's
+        lock (with writes of this process going on, a checkpoint could never copy the whole
+        WAL, and SQLite starts a WAL over only after that) and copies only the few frames
+        written meanwhile, so calls wait for it briefly. A failure leaves the WAL to the next
+        checkpoint."""
         try:
+            with contextlib.suppress(sqlite3.Error):  # the second pass then copies it all
+                # mode=rw: a store closed and removed meanwhile is not created again here.
+                uri = Path(self.path).as_uri() + "?mode=rw"
+                side = sqlite3.connect(uri, uri=True, isolation_level=None)
+                try:
+                    side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                finally:
+                    side.close()
             with self._lock:
                 if self._conn is not None:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
