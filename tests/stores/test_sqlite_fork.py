@@ -4,6 +4,7 @@ child's own connections work at once (the fork waits for that transaction to end
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import sys
 import threading
 import time
@@ -55,6 +56,42 @@ def test_a_fork_during_another_threads_transaction_leaves_the_child_a_working_st
         answer = results.get(timeout=30)
         child.join(30)
         writer.join(5)
+    finally:
+        store.close()
+    assert answer is True
+
+
+def test_a_fork_during_a_checkpoints_first_pass_leaves_the_child_a_working_store(
+    tmp_path: Path,
+) -> None:
+    # A checkpoint's first pass copies the WAL on a connection of its own, outside the store's
+    # lock; a fork waits for it as for a transaction.
+    url = f"sqlite:///{tmp_path / 'gate.db'}"
+    store: Any = open_store(url)
+    try:
+        assert store.lease_acquire("parent-job", "parent", 60, time.time())
+        inside, done = threading.Event(), threading.Event()
+
+        def first_pass() -> None:
+            with store._side_lock:
+                side = sqlite3.connect(str(tmp_path / "gate.db"), isolation_level=None)
+                side.execute("BEGIN IMMEDIATE")  # the file locked, as a checkpoint can
+                inside.set()
+                done.wait(5)
+                side.execute("COMMIT")
+                side.close()
+
+        worker = threading.Thread(target=first_pass)
+        worker.start()
+        assert inside.wait(5)
+        threading.Timer(0.3, done.set).start()
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_child, args=(url, results))
+        child.start()
+        answer = results.get(timeout=30)
+        child.join(30)
+        worker.join(5)
     finally:
         store.close()
     assert answer is True

@@ -38,7 +38,7 @@ _ABANDONED: list[sqlite3.Connection] = []
 
 
 # Stores whose lock _before_fork took, released again on both sides of the fork.
-_HELD_FOR_FORK: list[SQLiteConnection] = []
+_HELD_FOR_FORK: list[tuple[SQLiteConnection, bool, bool]] = []
 # How long a fork waits for a transaction another thread has under way.
 _FORK_WAIT_SECONDS = 10.0
 
@@ -48,14 +48,21 @@ def _before_fork() -> None:
     # SQLite's per-process lock table saying the file is locked by a connection that no thread
     # of the child will ever finish: every new connection of the child then gets SQLITE_BUSY.
     # So the fork waits until no store of this process is inside a transaction.
+    # A checkpoint's first pass runs outside the store's lock, on a connection of its own:
+    # it is waited for too.
     for store in list(_LIVE_STORES):
-        if store._lock.acquire(timeout=_FORK_WAIT_SECONDS):
-            _HELD_FOR_FORK.append(store)
+        side = store._side_lock.acquire(timeout=_FORK_WAIT_SECONDS)
+        main = store._lock.acquire(timeout=_FORK_WAIT_SECONDS)
+        _HELD_FOR_FORK.append((store, side, main))
 
 
 def _after_fork_in_parent() -> None:
     while _HELD_FOR_FORK:
-        _HELD_FOR_FORK.pop()._lock.release()
+        store, side, main = _HELD_FOR_FORK.pop()
+        if main:
+            store._lock.release()
+        if side:
+            store._side_lock.release()
 
 
 def _after_fork_in_child() -> None:
@@ -134,6 +141,7 @@ class SQLiteConnection(Store):
         self._checkpointing = False
         self._level: str | None = None  # the connection's synchronous level now
         self._lock = threading.Lock()
+        self._side_lock = threading.Lock()  # a checkpoint's first pass
         self._conn: sqlite3.Connection | None = None
         self._next_purge = float("-inf")
         self._next_idem_purge = float("-inf")
@@ -272,9 +280,10 @@ class SQLiteConnection(Store):
         written meanwhile, so calls wait for it briefly. A failure leaves the WAL to the next
         checkpoint."""
         try:
-            with contextlib.suppress(sqlite3.Error):  # the second pass then copies it all
+            with self._side_lock, contextlib.suppress(sqlite3.Error, ValueError, OSError):
+                # On failure the second pass copies it all.
                 # mode=rw: a store closed and removed meanwhile is not created again here.
-                uri = Path(self.path).as_uri() + "?mode=rw"
+                uri = Path(self.path).resolve().as_uri() + "?mode=rw"
                 side = sqlite3.connect(uri, uri=True, isolation_level=None)
                 try:
                     side.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -364,6 +373,7 @@ class SQLiteConnection(Store):
         # Runs in the child right after fork(): the lock may have been held by a thread that
         # does not exist here, and the connection belongs to the parent.
         self._lock = threading.Lock()
+        self._side_lock = threading.Lock()
         self._checkpointing = False  # a checkpoint thread of the parent does not exist here
         if self._conn is not None:
             _ABANDONED.append(self._conn)
