@@ -10,9 +10,11 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -226,3 +228,20 @@ def git_state() -> str:
     except (OSError, subprocess.SubprocessError):
         return "x402gate source: unknown git state"
     return f"x402gate source: git {commit}" + (" + uncommitted changes in src/" if dirty else "")
+
+
+def read_wrk(out: str, url: str) -> tuple[int, float, int]:
+    """wrk's summary: requests, seconds and non-2xx/3xx answers; socket errors to stderr."""
+    match = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
+    if match is None:
+        raise SystemExit(f"cannot read wrk's output:\n{out}")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(3)]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if errors:
+        print(f"  wrk socket errors on {url}: {errors.group(1)}", file=sys.stderr)
+    return (
+        int(match.group(1)),
+        float(match.group(2)) * scale,
+        int(non_2xx.group(1)) if non_2xx else 0,
+    )

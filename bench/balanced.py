@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -62,7 +61,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import child_server, cpu_seconds, git_state, header, median, print_table
+from _common import (
+    child_server,
+    cpu_seconds,
+    git_state,
+    header,
+    median,
+    print_table,
+    read_wrk,
+)
 from challenge import build_app, check_answer
 
 DIRECT, ONE, TWO = "direct, 1 instance", "haproxy, 1 instance", "haproxy, 2 instances"
@@ -190,16 +197,8 @@ def run_wrk(
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    match = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
-    if match is None:
-        raise SystemExit(f"cannot read wrk's output:\n{out}")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(3)]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    if errors:
-        print(f"  wrk socket errors on {url}: {errors.group(1)}", file=sys.stderr)
-    count = int(match.group(1))
-    return count, float(match.group(2)) * scale, int(non_2xx.group(1)) if non_2xx else 0, client
+    count, seconds_taken, non_2xx = read_wrk(out, url)
+    return count, seconds_taken, non_2xx, client
 
 
 def strace_check(

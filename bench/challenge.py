@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from _common import (
     header,
     median,
     print_table,
+    read_wrk,
     serve_uvicorn,
     versions,
 )
@@ -171,19 +171,7 @@ def run_wrk(wrk: str, url: str, connections: int, seconds: float) -> tuple[int, 
         timeout=seconds + 60,
         check=True,
     ).stdout
-    match = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
-    if match is None:
-        raise SystemExit(f"cannot read wrk's output:\n{out}")
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(3)]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    if errors:
-        print(f"  wrk socket errors on {url}: {errors.group(1)}", file=sys.stderr)
-    return (
-        int(match.group(1)),
-        float(match.group(2)) * scale,
-        int(non_2xx.group(1)) if non_2xx else 0,
-    )
+    return read_wrk(out, url)
 
 
 async def run_httpx(url: str, connections: int, seconds: float) -> tuple[int, float, int]:
