@@ -290,3 +290,33 @@ async def test_a_v1_payment_gets_a_v1_receipt_naming_the_network_by_its_v1_name(
     # The facilitator was asked in v2 terms, with the server's own requirement.
     (settled,) = facilitator.settled
     assert settled.x402_version == 2 and settled.accepted == req
+
+
+class RecordingStore(MemoryStore):
+    """A memory store that records which of its operations were called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if not name.startswith("_") and name != "calls" and callable(value):
+            super().__getattribute__("calls").append(name)
+        return value
+
+
+async def test_an_unpaid_request_on_a_flat_route_shares_nothing_with_other_instances() -> None:
+    # A 402 is answered from the process's own cache: no store operation, so instances behind a
+    # load balancer do not contend over a store for requests that pay nothing.
+    store = RecordingStore()
+    gate = make_gate(store=store)
+    route = gate.route("$0.01")
+    await _challenge_of(gate, route, request())  # the first 402 builds the cached terms
+    store.calls.clear()
+    for _ in range(20):
+        assert (await _challenge_of(gate, route, request())).status_code == 402
+    assert store.calls == []
+    paid = await gate.begin(route, await paid_request(gate, route))
+    assert store.calls  # a payment does use the store (the recorder works)
+    await gate.abort(paid)
