@@ -924,6 +924,46 @@ def result_rows(
     return rows
 
 
+STORE_GOAL = 0.85
+"""A store's paid requests/s at least this share of the memory store's: not the store's limit."""
+
+
+def print_chain_verdict(results: dict[tuple[str, int], list[Batch]], levels: list[int]) -> None:
+    """Is settlement throughput limited by the chain or by the store? Against the memory store
+    (no store cost at all: what is left is the chain, the facilitator and the server), each
+    shared store's paid requests/s, paired round by round."""
+    for concurrency in levels:
+        memory = results.get(("x402gate@memory", concurrency))
+        if not memory:
+            continue
+        base = median([b.rps for b in memory])
+        chain = median([1000 * b.cpu["anvil"] / b.ok for b in memory if b.ok and "anvil" in b.cpu])
+        p50 = 1000 * median([x for b in memory for x in b.latencies])
+        print(
+            f"chain or store, concurrency {concurrency}: memory store {base:.1f} paid/s, p50 "
+            f"{p50:.1f} ms per paid request (anvil CPU {chain:.1f} ms per paid request)"
+        )
+        for name, label in (
+            ("x402gate", "SQLite"),
+            ("x402gate@redis", "Redis"),
+            ("x402gate@postgres", "PostgreSQL"),
+        ):
+            batches = results.get((name, concurrency))
+            if not batches:
+                continue
+            paired = [a.rps / b.rps for a, b in zip(batches, memory, strict=False) if b.rps]
+            share = median(paired) if paired else 0.0
+            verdict = (
+                "the chain is the limit, not the store"
+                if share >= STORE_GOAL
+                else "the server's CPU is the limit, the store's work in it (not the chain)"
+            )
+            print(
+                f"  {label}: {median([b.rps for b in batches]):.1f} paid/s, {share:.2f}x the "
+                f"memory store's (paired per round; goal >= {STORE_GOAL:.2f}x): {verdict}"
+            )
+
+
 TABLE = ["server", "conc.", "paid/sent", "paid rps (median)", "rps range", "p50 ms", "p90 ms",
          "server CPU ms/paid", "anvil CPU", "store CPU", "client CPU", "not paid"]  # fmt: skip
 
@@ -1066,6 +1106,7 @@ def main() -> None:
                 f"x402gate server CPU {cpu:.1f} ms per paid request (goal <= {CPU_GOAL_MS:g} ms: "
                 f"{'met' if cpu <= CPU_GOAL_MS else 'NOT met'})"
             )
+    print_chain_verdict(results, levels)
     if what_if_results:
         print(
             f"\nwhat-if (bench-only monkeypatches of the x402gate server, NOT shipped "
