@@ -235,15 +235,18 @@ async def test_the_next_request_right_after_the_answer_sees_the_committed_balanc
     assert not gate._pending_commits
 
 
-async def test_a_commit_that_fails_after_the_answer_charges_nothing_and_creates_nothing(
+async def test_a_commit_the_store_refuses_is_retried_then_owed_until_the_store_is_back(
     gate: PaymentGate, caplog: pytest.LogCaptureFixture
 ) -> None:
+    gate.store_retry_seconds = 0.3  # the request's own retries, kept short here
     app = build(gate)
     quote = await quote_of(gate, "/chat")
     funds = 10 * quote
     gate.store.credit_topup(ACCOUNT, funds, "ref-1", gate.clock.now())
+    attempts: list[float] = []
 
     def broken(reservation_id: str, charge: int, now: float, **kwargs: Any) -> int:
+        attempts.append(time.monotonic())
         raise StoreError("ledger down")
 
     real_commit = gate.store.credit_commit
@@ -256,20 +259,27 @@ async def test_a_commit_that_fails_after_the_answer_charges_nothing_and_creates_
         await gate.balance(PAYER)  # the (failing) commit is over
     assert status == 200 and body.endswith(b"data: [DONE]\n\n")  # the answer went out whole
     assert "credit commit failed" in caplog.text and token not in caplog.text
+    # Tried again for the retry budget, then left to the background.
+    assert len(attempts) >= 3 and attempts[-1] - attempts[0] < 1.0
+    assert [w.split()[:2] for w in gate.holds.owed()] == [["credit", "charge"]]
     assert not gate._pending_commits  # the next request does not wait for a dead commit
-    # The reservation still holds the quote: nothing charged, nothing given back yet.
+    # The reservation still holds the quote: nothing charged yet, nothing given back.
     balance = gate.store.credit_balance(ACCOUNT, gate.clock.now())
     assert (balance.available, balance.reserved, balance.charged) == (funds - quote, quote, 0)
-    # The payer is served on from what is left, and the next commit works again.
+    gate.holds.renew()  # a background pass while the store is still down: still owed
+    assert len(gate.holds.owed()) == 1
+    # The store is back: the payer is served on, and the owed charge is taken once.
     gate.store.credit_commit = real_commit  # type: ignore[method-assign]
     assert (await call(app, "/chat", token))[0] == 200
     await gate.balance(PAYER)
-    # Once the hold expires, the whole quote is back: no charge, no credit out of nothing.
+    gate.holds.renew()
+    gate.holds.renew()  # a second pass changes nothing: the commit is idempotent
+    assert gate.holds.owed() == []
     gate.clock.t += gate.credit_ttl_seconds + 1  # type: ignore[attr-defined]
     balance = gate.store.credit_balance(ACCOUNT, gate.clock.now())
     assert balance.reserved == 0 and balance.topped_up == funds
     assert balance.available + balance.charged == funds
-    assert balance.charged == 1_000  # the second request only (one output token)
+    assert balance.charged == 2 * 1_000  # both answers (one output token each)
 
 
 async def test_a_late_commit_never_lets_the_payer_overdraw(gate: PaymentGate) -> None:

@@ -18,6 +18,7 @@ from starlette.routing import Route as StarletteRoute
 from x402gate import LocalFacilitator, PaymentGate
 from x402gate.asgi import PaymentMiddleware
 from x402gate.credit import SESSION_HEADER
+from x402gate.errors import StoreError
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 from x402gate.testing.clients import paying_httpx_client
 from x402gate.testing.payments import decode_payment_required
@@ -288,3 +289,88 @@ async def test_the_official_client_signs_in_with_x_and_spends_its_credit(
     assert chain.tx_count(facilitator.address) == 1
     assert test_token.balance_of(pay_to) == TOPUP
     assert await gate.balance(payer.address) == TOPUP - 2 * (12 * 1_000 + 40 * 2_000)
+
+
+class Outage:
+    """Makes one store method fail, as a database restarting would, while ``down`` is set."""
+
+    def __init__(self, gate: PaymentGate, method: str) -> None:
+        self.real = getattr(gate.store, method)
+        self.down = True
+        self.failed = 0
+
+        def flaky(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                self.failed += 1
+                raise StoreError("connection refused")
+            return self.real(*args, **kwargs)
+
+        setattr(gate.store, method, flaky)
+
+
+async def test_a_store_back_within_the_retry_budget_serves_the_paid_request(
+    gate: PaymentGate, test_token: Any, payer: Any, pay_to: str
+) -> None:
+    app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
+    outage = Outage(gate, "credit_topup")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.5, setattr, outage, "down", False)  # back half a second later
+    async with client_for(payer, test_token, app) as client:
+        paid = await client.post("/v1/openai-stream", json=PROMPT)
+    assert paid.status_code == 200 and outage.failed >= 2
+    assert test_token.balance_of(pay_to) == TOPUP
+    assert await gate.balance(payer.address) == TOPUP - (12 * 1_000 + 40 * 2_000)
+    assert gate.holds.owed() == []
+
+
+async def test_a_top_up_settled_during_a_store_outage_is_credited_once_it_is_back(
+    gate: PaymentGate, test_token: Any, payer: Any, pay_to: str
+) -> None:
+    gate.store_retry_seconds = 0.2
+    app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
+    outage = Outage(gate, "credit_topup")
+    async with client_for(payer, test_token, app) as client:
+        paid = await client.post("/v1/openai-stream", json=PROMPT)
+    # Settled on chain, not served: the payer is told its payment is credit to come, and
+    # gets the token to spend it with.
+    assert test_token.balance_of(pay_to) == TOPUP
+    assert paid.status_code == 503
+    assert paid.json()["error"] == "store_unavailable"
+    assert "do not pay again" in paid.json()["message"]
+    token = paid.headers[SESSION_HEADER]
+    assert len(gate.holds.owed()) == 1
+    gate.holds.renew()  # the store is still down: still owed
+    assert len(gate.holds.owed()) == 1
+    outage.down = False
+    gate.holds.renew()
+    assert gate.holds.owed() == []
+    assert await gate.balance(payer.address) == TOPUP
+    # The payer spends it with the token: no second payment, no second transaction.
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
+    ) as plain:
+        served = await plain.post("/v1/openai-stream", json=PROMPT, headers={SESSION_HEADER: token})
+    assert served.status_code == 200
+    assert test_token.balance_of(pay_to) == TOPUP
+    assert await gate.balance(payer.address) == TOPUP - (12 * 1_000 + 40 * 2_000)
+
+
+async def test_a_top_up_whose_hold_the_store_refuses_is_credit_spent_with_the_token(
+    gate: PaymentGate, test_token: Any, payer: Any
+) -> None:
+    gate.store_retry_seconds = 0.2
+    app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
+    outage = Outage(gate, "credit_reserve")
+    async with client_for(payer, test_token, app) as client:
+        paid = await client.post("/v1/openai-stream", json=PROMPT)
+    assert paid.status_code == 503 and SESSION_HEADER in paid.headers
+    assert gate.holds.owed() == []  # the top-up itself went through
+    outage.down = False
+    assert await gate.balance(payer.address) == TOPUP
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
+    ) as plain:
+        served = await plain.post(
+            "/v1/openai-stream", json=PROMPT, headers={SESSION_HEADER: paid.headers[SESSION_HEADER]}
+        )
+    assert served.status_code == 200

@@ -17,6 +17,11 @@ The same thread renews the sign of life of paid answers on the way (a claim *sen
 :meth:`~x402gate.stores.base.Store.mark_used`): a retry of the payment is served in their place
 only once they stopped renewing for the reconciler's grace time, so a long answer that is
 still running is never answered a second time.
+
+Last, it applies the store writes a settlement left owed (:meth:`HoldKeeper.owe`): a credit
+top-up or the charge of a metered answer that the store refused even after the request's own
+retries (a database restarting, a primary failing over). The money has moved on chain by then;
+each such write is idempotent, so the thread repeats it every pass until the store takes it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, StoreError
@@ -33,11 +39,15 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .stores.base import Store
 
-__all__ = ["HoldKeeper"]
+__all__ = ["MAX_OWED", "HoldKeeper"]
 
 logger = logging.getLogger("x402gate")
 
 _KEEPERS: weakref.WeakSet[HoldKeeper] = weakref.WeakSet()
+
+MAX_OWED = 10_000
+"""How many owed writes one process keeps at most: past it, a write is logged and dropped
+rather than let an outage grow the process's memory without bound."""
 
 
 def _after_fork_in_child() -> None:
@@ -69,6 +79,8 @@ class HoldKeeper:
         self._answers: dict[tuple[str, str], tuple[float, float]] = {}
         # (channel id, token) -> (the expiry last given to the step, its lifetime).
         self._steps: dict[tuple[str, str], tuple[float, float]] = {}
+        # What -> the write (given the time of the attempt): applied once the store takes it.
+        self._owed: dict[str, Callable[[float], object]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,6 +98,8 @@ class HoldKeeper:
         self._holds = {}  # the parent's requests are the parent's to renew
         self._answers = {}
         self._steps = {}
+        # Writes owed by the parent's requests: applied by the parent (the child never saw them).
+        self._owed = {}
 
     def add(self, reservation_id: str, expires_at: float) -> None:
         """Keep ``reservation_id`` (expiring at ``expires_at``) alive from now on."""
@@ -116,6 +130,41 @@ class HoldKeeper:
         """The step was committed or released: stop renewing it."""
         with self._lock:
             self._steps.pop((channel_id, token), None)
+
+    def owe(self, what: str, write: Callable[[float], object]) -> bool:
+        """Apply ``write(now)`` on a later pass, and on every pass until it succeeds: a store
+        write a settlement left owed. ``what`` names it in the logs (no secret in it) and keys
+        it: owing the same ``what`` twice keeps one. False when :data:`MAX_OWED` writes are
+        already waiting: then it is logged as lost."""
+        with self._lock:
+            if what not in self._owed and len(self._owed) >= MAX_OWED:
+                logger.error("too many store writes owed; dropped: %s", what)
+                return False
+            self._owed[what] = write
+            self._start()
+        logger.warning("store write owed after settlement, retried in the background: %s", what)
+        return True
+
+    def owed(self) -> list[str]:
+        """What is still owed (for tests and the operator)."""
+        with self._lock:
+            return list(self._owed)
+
+    def _apply_owed(self, now: float) -> int:
+        with self._lock:
+            owed = list(self._owed.items())
+        applied = 0
+        for what, write in owed:
+            try:
+                write(now)
+            except Exception as exc:  # a store outage in any shape: tried again next pass
+                logger.debug("an owed store write failed again (will retry): %s", exc)
+                continue
+            with self._lock:
+                self._owed.pop(what, None)
+            applied += 1
+            logger.warning("an owed store write was applied: %s", what)
+        return applied
 
     def _start(self) -> None:
         # Called with the lock held. Started on demand and ended when nothing is left to renew:
@@ -191,6 +240,7 @@ class HoldKeeper:
                     del self._answers[(key, token)]
                     logger.warning("an answer on the way was taken over by a retry")
         renewed += self._renew_steps(now)
+        renewed += self._apply_owed(now)
         with self._lock:
             self.passes += 1
         return renewed
@@ -227,17 +277,22 @@ class HoldKeeper:
         while not self._stop.wait(self._poll):
             self.renew()
             with self._lock:
-                if not self._holds and not self._answers and not self._steps:
+                if not (self._holds or self._answers or self._steps or self._owed):
                     self._thread = None
                     return
 
     def close(self) -> None:
-        """Stop renewing (the gate is closing); holds left expire by themselves."""
+        """Stop renewing (the gate is closing); holds left expire by themselves. Owed writes
+        get one last try; any still refused are logged, since nothing applies them after."""
         self._stop.set()
         with self._lock:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        if self._owed:
+            self._apply_owed(self._clock.now())
+            for what in self.owed():
+                logger.error("store write owed after settlement left unapplied: %s", what)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

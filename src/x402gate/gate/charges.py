@@ -22,6 +22,7 @@ from . import payer_prices
 from .events import EventKind, PaymentEvent
 from .journal import journaled, session_row
 from .model import PaymentSession, Route
+from .settled_writes import settled_write
 
 if TYPE_CHECKING:
     from .engine import PaymentGate
@@ -123,10 +124,10 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     Called after the last body message went out (see :meth:`hold_commit`), the commit is off
     the client's critical path. Until then the reservation is renewed (:attr:`holds`), however
     long the answer ran; a commit that still comes after its expiry charges what the payer
-    has available (see ``Store.credit_commit``). When the commit fails, nothing is charged:
-    the reservation is no longer renewed, stays held until it expires
-    (``credit_ttl_seconds``) and then returns whole to the payer — never a double charge,
-    never credit out of nothing."""
+    has available (see ``Store.credit_commit``). A commit the store refuses is retried
+    (``store_retry_seconds``), then left to the background thread, which commits it once the
+    store is back; this returns 0 then. Never a double charge, never credit out of
+    nothing."""
     if session.channel is not None:
         return await gate._channel_complete(session, usage)
     reservation, session.reservation = session.reservation, None
@@ -140,16 +141,22 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
             row = session_row(gate, session, "charged", reservation)
             extra = journaled(row)
             now = gate.clock.now()
-            charged = await gate._store_call(
-                lambda: gate.store.credit_commit(reservation, charge, now, **extra)
+            store = gate.store
+            charged = await settled_write(
+                gate, lambda: store.credit_commit(reservation, charge, now, **extra)
             )
         except StoreError as exc:
-            # The reservation expires and returns to the payer: the request was not charged.
+            # The answer went out: its charge is owed. The background thread commits it once
+            # the store is back (a commit is idempotent per reservation; one that comes after
+            # the hold expired charges only what the payer has available then).
             logger.error(
-                "credit commit failed for %s (reservation left to expire back to the "
-                "payer, nothing charged): %s",
+                "credit commit failed for %s (left to the background): %s",
                 session.request.resource,
                 exc,
+            )
+            gate.holds.owe(
+                f"credit charge {reservation}",
+                lambda now: store.credit_commit(reservation, charge, now, **extra),
             )
             return 0
     finally:

@@ -23,6 +23,7 @@ from ..stores import ClaimResult
 from ..stores.base import credit_account
 from .failures import failure
 from .model import Payment, PaymentSession, Route
+from .settled_writes import settled_write
 from .throttle import limit_payer
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "credit_status",
     "fund_reservation",
     "identify",
+    "owe_topup",
     "token_claims",
     "with_topup",
 ]
@@ -195,27 +197,57 @@ def credit_session(
 
 
 async def credit_payment(gate: PaymentGate, session: PaymentSession) -> None:
-    """Credit what a metered payment paid on chain, once per authorization; a failure is
-    logged (the next retry of the payment credits it)."""
+    """Credit what a metered payment paid on chain, once per authorization. A store that
+    still refuses it after the retries gets it from the background thread once it is back."""
     payment = session.payment
     account = credit_account(payment.network, payment.asset.address, payment.payer)
     try:
-        await gate._store_call(
-            gate.store.credit_topup, account, payment.amount, session.key, gate.clock.now()
+        await settled_write(
+            gate, gate.store.credit_topup, account, payment.amount, session.key, gate.clock.now()
         )
     except StoreError as exc:
         logger.error("credit ledger failed after a recovered payment: %s", exc)
+        owe_topup(gate, account, payment.amount, session.key)
+
+
+def owe_topup(gate: PaymentGate, account: str, amount: int, ref: str) -> None:
+    """Leave a settled payment's top-up to the background thread (idempotent per ``ref``)."""
+    store = gate.store
+
+    def write(now: float) -> None:
+        store.credit_topup(account, amount, ref, now)
+
+    gate.holds.owe(f"credit top-up {ref}", write)
 
 
 async def fund_reservation(gate: PaymentGate, session: PaymentSession) -> None:
-    """After a metered payment settled: credit what was paid, then hold the quote."""
+    """After a metered payment settled: credit what was paid, then hold the quote.
+
+    Both writes are retried while the store fails (:func:`settled_write`). If the top-up is
+    still refused, it is owed (applied in the background once the store is back) and the
+    payer is told so with a 503 that carries its session token, as is a payer whose top-up
+    went through but whose hold did not: either way the payment is credit, spent with that
+    token on a retry, and paying again is never needed."""
     payment = session.payment
     account = credit_account(payment.network, payment.asset.address, payment.payer)
     reservation = secrets.token_hex(16)
     now = gate.clock.now()
     try:
-        await gate._store_call(gate.store.credit_topup, account, payment.amount, session.key, now)
-        reserved = await gate._store_call(
+        await settled_write(
+            gate, gate.store.credit_topup, account, payment.amount, session.key, now
+        )
+    except StoreError as exc:
+        logger.error("credit ledger failed after settlement: %s", exc)
+        owe_topup(gate, account, payment.amount, session.key)
+        raise _credited_later(
+            gate,
+            session,
+            "your payment was received and is added to your credit once the "
+            "payment store is back; retry with the session token, do not pay again",
+        ) from None
+    try:
+        reserved = await settled_write(
+            gate,
             gate.store.credit_reserve,
             account,
             session.quote,
@@ -225,7 +257,12 @@ async def fund_reservation(gate: PaymentGate, session: PaymentSession) -> None:
         )
     except StoreError as exc:
         logger.error("credit ledger failed after settlement: %s", exc)
-        raise failure(exc) from None
+        raise _credited_later(
+            gate,
+            session,
+            "your payment was added to your credit; the payment store is "
+            "unavailable, retry with the session token, do not pay again",
+        ) from None
     if not reserved:
         # Paid, but another request of the same payer took the credit meanwhile: nothing is
         # lost (the payment is credit now); the payer retries with its session token.
@@ -237,6 +274,13 @@ async def fund_reservation(gate: PaymentGate, session: PaymentSession) -> None:
         )
     gate.holds.add(reservation, int(now) + gate.credit_ttl_seconds)
     session.reservation = reservation
+
+
+def _credited_later(gate: PaymentGate, session: PaymentSession, message: str) -> PaymentError:
+    """The 503 of a metered payment that settled but could not fund its request: the session
+    token goes with it, since the payment is (or will be) the payer's credit."""
+    headers = {"Cache-Control": "no-store", "Retry-After": "1", **gate._credit_headers(session)}
+    return PaymentError(503, "store_unavailable", message, headers=headers)
 
 
 def credit_headers(gate: PaymentGate, session: PaymentSession) -> dict[str, str]:

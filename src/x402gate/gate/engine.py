@@ -92,6 +92,7 @@ from .charges import COMMIT_WAIT_SECONDS
 from .events import EventListener, PaymentEvent, emit
 from .failures import failure
 from .model import Route
+from .settled_writes import check_store_retry
 from .startup import StartupChecks
 
 if TYPE_CHECKING:
@@ -133,6 +134,11 @@ class PaymentGate:
         renewed (every second, when less than half of it is left), so an answer may run longer;
         a per-second route's ``max_seconds`` must still fit in it with
         :data:`HOLD_MARGIN_SECONDS` to spare.
+    :param store_retry_seconds: how long a store write that follows a settlement (the claim
+        marked used, a metered payment's credit, an answer's charge) is tried again while the
+        store fails, before the request gives up; the money has moved by then. A credit top-up
+        or charge still refused is applied in the background once the store is back
+        (:mod:`x402gate.gate.settled_writes`). ``0`` tries once.
     :param public_origin: the origin clients reach the service at (``"https://api.example.com"``),
         or a list of them. Payment requirements, sign-in challenges and session tokens name it
         instead of the request's ``Host``, and sign-ins and tokens are accepted for it only.
@@ -204,6 +210,7 @@ class PaymentGate:
         secret: bytes | str | None = None,
         session_tokens: SessionTokens | None = None,
         credit_ttl_seconds: int = 3600,
+        store_retry_seconds: float = 10.0,
         public_origin: str | Sequence[str] | None = None,
         trusted_proxies: Sequence[str] = (),
         limit_in_flight: bool = True,
@@ -276,6 +283,7 @@ class PaymentGate:
         self.session_tokens = session_tokens or SessionTokens(key)
         self.sign_in = SignInWithX(config.sign_in_key(key))
         self.credit_ttl_seconds = config.check_credit_ttl(credit_ttl_seconds)
+        self.store_retry_seconds = check_store_retry(store_retry_seconds)
         self.public_origins: tuple[str, ...] = (
             parse_public_origins(public_origin) if public_origin is not None else ()
         )

@@ -22,6 +22,7 @@ from .events import EventKind, PaymentEvent
 from .failures import failure, safe_code
 from .journal import journaled, session_row
 from .model import Payment, PaymentSession, Route
+from .settled_writes import settled_write
 
 if TYPE_CHECKING:
     from x402.schemas import PaymentRequirements, SettleResponse
@@ -250,9 +251,13 @@ async def mark_served(gate: PaymentGate, session: PaymentSession) -> None:
         else:
             # "Sending" until the whole answer was handed to the server (delivered()): if
             # this request is lost before that, a retry of the payment is served instead.
+            # Retried while the store fails, within half the grace a retry of the payment
+            # leaves this request before taking its claim over.
             now = gate.clock.now()
-            kept = await gate._store_call(
-                lambda: gate.store.mark_used(session.key, session.token, now, **extra)
+            kept = await settled_write(
+                gate,
+                lambda: gate.store.mark_used(session.key, session.token, now, **extra),
+                budget=min(gate.store_retry_seconds, gate.reconciler.owner_grace_seconds / 2),
             )
             if kept:
                 session.answering = True
