@@ -956,3 +956,34 @@ async def test_a_pending_settlement_is_reconciled_even_after_its_authorization_e
     assert again.transaction == first.transaction
     assert relay.calls[SEND] == 1
     assert test_token.balance_of(pay_to) == PRICE
+
+
+@pytest.mark.chain
+async def test_two_processes_settling_from_one_key_at_once_all_land(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """Two servers share one settlement key (each with its own nonce counter, as two worker
+    processes have) and settle at the same time: each collision on a nonce is signed again
+    with the node's count, so every valid payment settles, once."""
+    requirements = requirements_for(test_token, pay_to)
+    facilitators = [
+        LocalFacilitator(chain.rpc_url, facilitator_account.key.hex(), networks=chain.network)
+        for _ in range(2)
+    ]
+    payments = [sign_exact_payment(payer, requirements) for _ in range(40)]
+    try:
+        results = await asyncio.gather(
+            *(
+                facilitators[i % 2].settle(payment, requirements)
+                for i, payment in enumerate(payments)
+            )
+        )
+    finally:
+        for facilitator in facilitators:
+            await facilitator.aclose()
+    assert [(r.error_reason, r.error_message) for r in results if not r.success] == []
+    assert test_token.balance_of(pay_to) == PRICE * len(payments)

@@ -37,6 +37,7 @@ from web3.providers.base import JSONBaseProvider
 from x402.mechanisms.evm import FacilitatorWeb3Signer
 
 from . import _json
+from ._sender_lock import SenderLock
 from ._tx import LegacyTransaction, TransactionKey
 
 __all__ = [
@@ -445,6 +446,17 @@ def _call_back(
             logger.exception("receipt callback failed")
 
 
+NONCE_ATTEMPTS = 5
+"""How many times a settlement is signed when the node says its nonce is taken."""
+
+_NONCE_TAKEN = ("nonce too low", "replacement transaction underpriced")
+
+
+def _nonce_taken(message: str) -> bool:
+    lowered = message.lower()
+    return any(text in lowered for text in _NONCE_TAKEN)
+
+
 class Signer(FacilitatorWeb3Signer):
     """The SDK's web3 facilitator signer over :class:`JsonRpcTransport`, with overlapping
     settlements (see the module docstring), and :meth:`send_call`, which broadcasts a call
@@ -461,6 +473,8 @@ class Signer(FacilitatorWeb3Signer):
         self._key = TransactionKey(bytes(self._account.key))
         self.receipts = ReceiptPoller(self.transport)
         self._chain: int | None = None
+        # Other processes of this host sending from the same account wait their turn.
+        self._host_lock = SenderLock(rpc_url, self._account.address)
 
     @property
     def confirmation_timeout(self) -> float:
@@ -485,12 +499,15 @@ class Signer(FacilitatorWeb3Signer):
         # Nonce, signature and broadcast under one lock: no other nonce is reserved between
         # them, so after a failed broadcast the node's own count is the right next nonce
         # (it includes this transaction if the node took it after all).
-        with self._send_lock:
+        with self._send_lock, self._host_lock.held() as others_sent:
+            if others_sent:
+                self.forget_nonce()
             try:
                 tx_hash: str = send(*args, **kwargs)
             except BaseException:
                 self.forget_nonce()
                 raise
+            self._host_lock.sent()
             return tx_hash
 
     def write_contract(self, *args: Any, **kwargs: Any) -> str:
@@ -505,20 +522,28 @@ class Signer(FacilitatorWeb3Signer):
 
         The nonce comes from a counter read from the node once (pending count) and moved on
         by each broadcast; every failure makes the next broadcast read the node's count again,
-        so no nonce is ever skipped or used twice by this process. A node answering "nonce too
-        low" did not take the transaction (another sender used the nonce): it is signed again
-        once with a fresh count."""
-        with self._send_lock:
-            for attempt in (1, 2):
+        so no nonce is ever skipped or used twice by this process. Other processes of this
+        host sending from the account take turns with it (:class:`SenderLock`), and the count
+        is read again after one of them sent. A node answering that the nonce is taken ("nonce
+        too low", "replacement transaction underpriced": another sender, on another host,
+        used it) did not take the transaction: it is signed again with a fresh count, up to
+        :data:`NONCE_ATTEMPTS` times."""
+        with self._send_lock, self._host_lock.held() as others_sent:
+            if others_sent:
+                self.forget_nonce()
+            for attempt in range(1, NONCE_ATTEMPTS + 1):
                 try:
-                    return self._send_next(to, data, gas_price)
+                    tx_hash = self._send_next(to, data, gas_price)
                 except RpcError as exc:
                     self.forget_nonce()
-                    if attempt == 2 or "nonce too low" not in exc.message.lower():
+                    if attempt == NONCE_ATTEMPTS or not _nonce_taken(exc.message):
                         raise
+                    continue
                 except BaseException:
                     self.forget_nonce()
                     raise
+                self._host_lock.sent()
+                return tx_hash
         raise AssertionError("unreachable")
 
     def _send_next(self, to: bytes, data: bytes, gas_price: int) -> str:
@@ -570,5 +595,6 @@ class Signer(FacilitatorWeb3Signer):
         )
 
     def close(self) -> None:
+        self._host_lock.close()
         self.receipts.close()
         self.transport.close()

@@ -119,6 +119,23 @@ def test_multi_key_scripts_keep_their_keys_in_one_slot(redis_cluster_url: str) -
     store.close()
 
 
+def test_closing_a_sentinel_store_closes_its_connections_to_the_sentinels(
+    redis_sentinel_url: str,
+) -> None:
+    store = open_store(redis_sentinel_url)
+    assert store.claim("k", "GET /a", "t", int(NOW) + 60, NOW) is ClaimResult.CLAIMED
+    pools = [store.client.connection_pool]  # type: ignore[attr-defined]
+    pools += [s.connection_pool for s in pools[0].sentinel_manager.sentinels]
+
+    def open_sockets() -> int:
+        return sum(c._sock is not None for p in pools for c in p._available_connections)
+
+    # Asking a sentinel for the primary, then the primary: two connections at least.
+    assert open_sockets() >= 2
+    store.close()
+    assert open_sockets() == 0
+
+
 # -- wait_replicas ---------------------------------------------------------------------------
 
 
@@ -201,8 +218,11 @@ def _step_channel(store: Store, worker: int, ledger: _Ledger, stop: threading.Ev
             unknown += 1
             time.sleep(0.05)
             # A step whose commit went unanswered still holds the channel: release it, as the
-            # gate does, so the next step can begin (a committed step is not released).
-            while not stop.is_set():
+            # gate does, so the next step can begin (a committed step is not released). Kept
+            # up past the end of the run, as long as the store may take to come back: a step
+            # left held at the end would only expire later.
+            give_up = time.monotonic() + 30
+            while time.monotonic() < give_up:
                 try:
                     store.channel_release(channel, token)
                     break

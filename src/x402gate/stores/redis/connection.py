@@ -205,6 +205,12 @@ class RedisConnection(Store):
         if self._owns_client:
             try:
                 self.client.close()
+                # A client from a redis+sentinel:// URL also holds one connection to each
+                # sentinel it asked for the primary: those are this store's to close too.
+                pool = getattr(self.client, "connection_pool", None)
+                manager = getattr(pool, "sentinel_manager", None)
+                for sentinel in getattr(manager, "sentinels", ()):
+                    sentinel.close()
             except self._redis_errors as exc:
                 self._fail("close", exc)
 
