@@ -308,6 +308,25 @@ class Outage:
         setattr(gate.store, method, flaky)
 
 
+async def pay_during_outage(
+    gate: PaymentGate, payer: Any, test_token: Any, method: str
+) -> tuple[Any, Outage, httpx.Response]:
+    """A paid request while ``method`` of the store fails past the (short) retry budget."""
+    gate.store_retry_seconds = 0.2
+    app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
+    outage = Outage(gate, method)
+    async with client_for(payer, test_token, app) as client:
+        paid = await client.post("/v1/openai-stream", json=PROMPT)
+    return app, outage, paid
+
+
+async def spend_credit(app: Any, token: str) -> httpx.Response:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
+    ) as plain:
+        return await plain.post("/v1/openai-stream", json=PROMPT, headers={SESSION_HEADER: token})
+
+
 async def test_a_store_back_within_the_retry_budget_serves_the_paid_request(
     gate: PaymentGate, test_token: Any, payer: Any, pay_to: str
 ) -> None:
@@ -326,11 +345,7 @@ async def test_a_store_back_within_the_retry_budget_serves_the_paid_request(
 async def test_a_top_up_settled_during_a_store_outage_is_credited_once_it_is_back(
     gate: PaymentGate, test_token: Any, payer: Any, pay_to: str
 ) -> None:
-    gate.store_retry_seconds = 0.2
-    app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
-    outage = Outage(gate, "credit_topup")
-    async with client_for(payer, test_token, app) as client:
-        paid = await client.post("/v1/openai-stream", json=PROMPT)
+    app, outage, paid = await pay_during_outage(gate, payer, test_token, "credit_topup")
     # Settled on chain, not served: the payer is told its payment is credit to come, and
     # gets the token to spend it with.
     assert test_token.balance_of(pay_to) == TOPUP
@@ -346,11 +361,7 @@ async def test_a_top_up_settled_during_a_store_outage_is_credited_once_it_is_bac
     assert gate.holds.owed() == []
     assert await gate.balance(payer.address) == TOPUP
     # The payer spends it with the token: no second payment, no second transaction.
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
-    ) as plain:
-        served = await plain.post("/v1/openai-stream", json=PROMPT, headers={SESSION_HEADER: token})
-    assert served.status_code == 200
+    assert (await spend_credit(app, token)).status_code == 200
     assert test_token.balance_of(pay_to) == TOPUP
     assert await gate.balance(payer.address) == TOPUP - (12 * 1_000 + 40 * 2_000)
 
@@ -358,19 +369,9 @@ async def test_a_top_up_settled_during_a_store_outage_is_credited_once_it_is_bac
 async def test_a_top_up_whose_hold_the_store_refuses_is_credit_spent_with_the_token(
     gate: PaymentGate, test_token: Any, payer: Any
 ) -> None:
-    gate.store_retry_seconds = 0.2
-    app = llm_app(gate, {"openai-stream": openai_sse(12, 40)}, {})
-    outage = Outage(gate, "credit_reserve")
-    async with client_for(payer, test_token, app) as client:
-        paid = await client.post("/v1/openai-stream", json=PROMPT)
+    app, outage, paid = await pay_during_outage(gate, payer, test_token, "credit_reserve")
     assert paid.status_code == 503 and SESSION_HEADER in paid.headers
     assert gate.holds.owed() == []  # the top-up itself went through
     outage.down = False
     assert await gate.balance(payer.address) == TOPUP
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://llm.test"
-    ) as plain:
-        served = await plain.post(
-            "/v1/openai-stream", json=PROMPT, headers={SESSION_HEADER: paid.headers[SESSION_HEADER]}
-        )
-    assert served.status_code == 200
+    assert (await spend_credit(app, paid.headers[SESSION_HEADER])).status_code == 200
