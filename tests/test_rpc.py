@@ -987,3 +987,38 @@ async def test_two_processes_settling_from_one_key_at_once_all_land(
             await facilitator.aclose()
     assert [(r.error_reason, r.error_message) for r in results if not r.success] == []
     assert test_token.balance_of(pay_to) == PRICE * len(payments)
+
+
+@pytest.mark.chain
+async def test_one_payment_settled_by_two_senders_of_one_key_sends_one_transaction(
+    chain: LocalChain,
+    test_token: TestToken,
+    payer: Any,
+    pay_to: str,
+    facilitator_account: Any,
+) -> None:
+    """Two servers both took the same authorization (a claim lost in a store failover): both
+    simulated it before either sent. The second to get the account's turn finds the first's
+    transaction and sends nothing: one settlement, no reverted transaction paid for."""
+    requirements = requirements_for(test_token, pay_to)
+    facilitators = [
+        LocalFacilitator(chain.rpc_url, facilitator_account.key.hex(), networks=chain.network)
+        for _ in range(2)
+    ]
+    first_block = chain.block_number() + 1
+    payments = [sign_exact_payment(payer, requirements) for _ in range(10)]
+    try:
+        results = await asyncio.gather(
+            *(f.settle(payment, requirements) for payment in payments for f in facilitators)
+        )
+    finally:
+        for facilitator in facilitators:
+            await facilitator.aclose()
+    assert sum(r.success for r in results) == len(payments)
+    assert test_token.balance_of(pay_to) == PRICE * len(payments)
+    statuses = [
+        int(chain.w3.eth.get_transaction_receipt(tx["hash"])["status"])  # type: ignore[call-overload]
+        for number in range(first_block, chain.block_number() + 1)
+        for tx in chain.w3.eth.get_block(number, full_transactions=True)["transactions"]
+    ]
+    assert statuses == [1] * len(payments)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -70,4 +71,24 @@ def test_an_unopenable_lock_file_leaves_the_sender_on_its_own(tmp_path: Path) ->
     with lock.held() as others_sent:
         assert not others_sent
         lock.sent()
+    lock.close()
+
+
+def test_a_stamp_left_by_a_process_gone_long_ago_does_not_make_the_account_shared(
+    tmp_path: Path,
+) -> None:
+    lock = SenderLock(URL, ADDRESS, directory=str(tmp_path))
+    lock.path.write_bytes(f"{7:016x}{int(time.time()) - 3600:010x}abcdef".encode())
+    with lock.held() as others_sent:
+        assert others_sent  # the node's count is read again all the same
+    assert not lock.shared  # but no second simulation before each broadcast
+    assert lock.sends() == 7
+    with lock.held():
+        lock.sent()
+    assert lock.sends() == 8
+    other = SenderLock(URL, ADDRESS, directory=str(tmp_path))
+    with other.held() as others_sent:
+        assert others_sent
+    assert other.shared  # a stamp of a moment ago: another process sends now
+    other.close()
     lock.close()

@@ -227,10 +227,11 @@ class DirectExact:
             self._assets[transfer.token_hex] = now + _ASSET_CODE_SECONDS
         return True
 
-    def simulate(self, transfer: Transfer) -> bool:
-        """True when the transfer would succeed now (``eth_call``); a revert is False."""
+    def simulate(self, transfer: Transfer, block: str = "latest") -> bool:
+        """True when the transfer would succeed now (``eth_call``); a revert is False.
+        ``block="pending"`` counts the transactions the node has not mined yet too."""
         try:
-            self._signer.transport.request("eth_call", [transfer.call(self._sender), "latest"])
+            self._signer.transport.request("eth_call", [transfer.call(self._sender), block])
         except RpcError:
             return False
         return True
@@ -271,8 +272,22 @@ class DirectExact:
             while len(self._pending) > _CHECKED_KEPT:
                 self._pending.popitem(last=False)
 
-    def send(self, transfer: Transfer, gas_price: int) -> Sent:
-        return Sent(transfer, self._signer.send_call(transfer.token, transfer.calldata, gas_price))
+    def host_sends(self) -> int:
+        """Take before simulating a transfer, for :meth:`send`."""
+        return self._signer.host_sends()
+
+    def send(self, transfer: Transfer, gas_price: int, simulated_after: int = 0) -> Sent:
+        """Broadcast the transfer. Simulated again first when other processes of this host
+        send from the account and one did since ``simulated_after`` (:meth:`host_sends`):
+        :class:`~x402gate._rpc.StaleSimulation` when it no longer succeeds, nothing sent."""
+        tx_hash = self._signer.send_call(
+            transfer.token,
+            transfer.calldata,
+            gas_price,
+            still_valid=lambda: self.simulate(transfer, "pending"),
+            simulated_after=simulated_after,
+        )
+        return Sent(transfer, tx_hash)
 
     async def confirmed(self, sent: Sent) -> SettleResponse:
         """Wait for the receipt, on the event loop (the shared poll loop calls back), and judge

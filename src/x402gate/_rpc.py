@@ -46,6 +46,7 @@ __all__ = [
     "RpcError",
     "RpcHttpError",
     "Signer",
+    "StaleSimulation",
     "redact_rpc_url",
 ]
 
@@ -446,6 +447,10 @@ def _call_back(
             logger.exception("receipt callback failed")
 
 
+class StaleSimulation(Exception):
+    """A call simulated before its sender's turn no longer succeeds: it was not sent."""
+
+
 NONCE_ATTEMPTS = 5
 """How many times a settlement is signed when the node says its nonce is taken."""
 
@@ -516,7 +521,14 @@ class Signer(FacilitatorWeb3Signer):
     def send_transaction(self, *args: Any, **kwargs: Any) -> str:
         return self._sending(super().send_transaction, *args, **kwargs)
 
-    def send_call(self, to: bytes, data: bytes, gas_price: int) -> str:
+    def send_call(
+        self,
+        to: bytes,
+        data: bytes,
+        gas_price: int,
+        still_valid: Callable[[], bool] | None = None,
+        simulated_after: int = 0,
+    ) -> str:
         """Sign and broadcast a call of ``data`` to ``to`` (the SDK signer's gas limit, a
         legacy transaction at ``gas_price``); its hash, ``0x`` and lowercase hex.
 
@@ -527,10 +539,25 @@ class Signer(FacilitatorWeb3Signer):
         is read again after one of them sent. A node answering that the nonce is taken ("nonce
         too low", "replacement transaction underpriced": another sender, on another host,
         used it) did not take the transaction: it is signed again with a fresh count, up to
-        :data:`NONCE_ATTEMPTS` times."""
+        :data:`NONCE_ATTEMPTS` times.
+
+        ``still_valid`` checks the call again (a simulation) when other processes send from
+        the account too and a broadcast went out since :meth:`host_sends` answered
+        ``simulated_after`` (taken before the caller's simulation): another process may have
+        sent the very same transfer meanwhile (two servers that both took one authorization,
+        when a store failover lost a claim). Then :class:`StaleSimulation` is raised and
+        nothing is sent: no reverted transaction to pay for. A process that sends alone never
+        pays for that second simulation."""
         with self._send_lock, self._host_lock.held() as others_sent:
             if others_sent:
                 self.forget_nonce()
+            if (
+                still_valid is not None
+                and self._host_lock.shared
+                and self._host_lock.sends() != simulated_after
+                and not still_valid()
+            ):
+                raise StaleSimulation("the call no longer succeeds: another sender went first")
             for attempt in range(1, NONCE_ATTEMPTS + 1):
                 try:
                     tx_hash = self._send_next(to, data, gas_price)
@@ -569,6 +596,11 @@ class Signer(FacilitatorWeb3Signer):
         with self._nonce_lock:
             self._next_nonce = nonce + 1
         return "0x" + tx_hash.hex()
+
+    def host_sends(self) -> int:
+        """The count of broadcasts from this account by the processes of this host (see
+        :meth:`send_call`'s ``simulated_after``)."""
+        return self._host_lock.sends()
 
     def forget_nonce(self) -> None:
         """Take the node's pending count again at the next broadcast.

@@ -27,6 +27,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,23 @@ __all__ = ["SenderLock"]
 logger = logging.getLogger("x402gate.facilitator")
 
 _LOCKS: weakref.WeakSet[SenderLock] = weakref.WeakSet()
+
+_STAMP = 32  # bytes: a broadcast count (16 hex digits), its Unix time (10), 6 random digits
+_LIVE = 60.0  # seconds: a stamp younger than this at a first turn is a live process's
+
+
+def _count(stamp: bytes) -> int:
+    try:
+        return int(stamp[:16], 16)
+    except ValueError:
+        return 0  # empty, or not a file of this release
+
+
+def _written(stamp: bytes) -> float:
+    try:
+        return float(int(stamp[16:26], 16))
+    except ValueError:
+        return 0.0
 
 
 def _after_fork_in_child() -> None:
@@ -58,6 +76,9 @@ class SenderLock:
         self.path = Path(directory or tempfile.gettempdir()) / f"x402gate-sender-{digest}.lock"
         self._fd: int | None = None
         self._mine: bytes | None = None  # the stamp this process wrote last
+        self.shared = False
+        """True once another process was seen sending from the account: from then on a
+        simulation made before the turn is made again when anyone sent in between."""
         self._threads = threading.Lock()
         self._open()
         _LOCKS.add(self)
@@ -74,6 +95,7 @@ class SenderLock:
     def _reopen(self) -> None:
         self._threads = threading.Lock()
         self._mine = None
+        self.shared = False
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -90,18 +112,35 @@ class SenderLock:
                 return
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                stamp = os.pread(fd, 16, 0)
-                yield stamp != (self._mine or b"")
+                stamp = os.pread(fd, _STAMP, 0)
+                others = stamp != (self._mine or b"")
+                if others and stamp and not self.shared:
+                    # Another process sends from the account now, unless this is the stamp of
+                    # one that ended long ago, found at this process's first turn.
+                    self.shared = self._mine is not None or time.time() - _written(stamp) < _LIVE
+                yield others
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def sends(self) -> int:
+        """How many broadcasts the host's senders stamped so far (no lock: a snapshot to
+        compare with :meth:`sends` under the lock later)."""
+        fd = self._fd
+        if fd is None:
+            return 0
+        try:
+            return _count(os.pread(fd, _STAMP, 0))
+        except OSError:
+            return 0
 
     def sent(self) -> None:
         """A broadcast went out under :meth:`held`: stamp the file so the others know."""
         fd = self._fd
         if fd is None:
             return
-        stamp = os.urandom(8).hex().encode()
         try:
+            count = _count(os.pread(fd, _STAMP, 0)) + 1
+            stamp = f"{count:016x}{int(time.time()):010x}{os.urandom(3).hex()}".encode()
             os.pwrite(fd, stamp, 0)
         except OSError as exc:
             logger.warning("the cross-process sender lock could not be stamped: %s", exc)

@@ -466,6 +466,8 @@ class LocalFacilitator:
         path's transaction sent (its receipt is awaited on the event loop), or its refusal."""
         from x402.schemas import SettleResponse
 
+        from ._rpc import StaleSimulation
+
         direct = self._direct
         sent = direct.pending(payload)
         if sent is not None:
@@ -475,10 +477,13 @@ class LocalFacilitator:
             # The transfer simulated right before it is sent: spent meanwhile (by the payer
             # or through another facilitator), or no longer possible for any other reason,
             # it goes to the SDK below, which simulates too and refuses it, sending nothing.
+            simulated_after = direct.host_sends()
             gas_price = direct.simulate_with_gas_price(transfer)
             if gas_price is not None:
                 try:
-                    return direct.send(transfer, gas_price)
+                    return direct.send(transfer, gas_price, simulated_after)
+                except StaleSimulation:
+                    pass  # another process sent it first: the SDK below refuses it, says why
                 except Exception as exc:
                     from x402.mechanisms.evm.exact.eip3009_utils import (
                         parse_eip3009_transfer_error,
