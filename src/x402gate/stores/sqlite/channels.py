@@ -12,6 +12,13 @@ column to an older file (its rows earned what they charged). The column may hold
 ``charged``: an older x402gate sharing the file during an upgrade writes rows without it, and it
 knows no other rule (every step it serves earns what it charges).
 
+The two steps of every paid request take the fewest statements: a begin on an idle (or
+expired) channel whose voucher is its next step is one ``UPDATE ... RETURNING`` in a transaction
+of its own (its ``WHERE`` is :func:`~x402gate.stores.channels.step_begin`'s rule for that case;
+any other case runs the rule on the row read in a transaction); a commit updates the changed
+columns guarded by what the begin answered (the step's token, ``earned``, ``total_claimed``),
+and reads the row and runs the rule only when something else moved the channel meanwhile.
+
 Durability: begin, commit and release are committed with ``ledger_synchronous`` like the credit
 ledger's spending writes. A commit lost to a power cut is a charge forfeited (the client's next
 voucher then gets the corrective 402 and is signed again on the older amount), which is what the
@@ -23,9 +30,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from typing import ClassVar
 
 from ..channels import (
     ChannelBegin,
+    ChannelBeginOutcome,
     ChannelState,
     ChannelStep,
     check_channel_amount,
@@ -52,6 +61,36 @@ _COLUMNS = (
     " withdraw_requested_at, refund_nonce, synced_at, last_request_at,"
     " step_token, step_base, step_max_claimable, step_signature, step_expires_at, earned"
 )
+
+
+_REPLACE = (
+    f"INSERT OR REPLACE INTO x402gate_channel ({_COLUMNS}, unclaimed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# A begin on an idle channel, or one whose step expired (forfeited), when the voucher is the
+# next step and within the balance: step_begin's STARTED case. Amounts are decimal text without
+# leading zeros, so of two, the longer is the larger and equal lengths compare as text.
+_BEGIN_STEP = (
+    "UPDATE x402gate_channel SET step_token = ?, step_base = ?, step_max_claimable = ?,"
+    " step_signature = ?, step_expires_at = ?"
+    " WHERE id = ? AND charged = ?"
+    " AND (step_token IS NULL OR (step_token != ? AND step_expires_at <= ?))"
+    " AND substr(balance, 1, 1) != '0'"
+    " AND (length(balance) > ? OR (length(balance) = ? AND balance >= ?))"
+    f" RETURNING {_COLUMNS}"
+)
+# The commit of a step whose channel nothing else moved since its begin: step_commit's answer
+# depends on the row only through the step (its token) and ``earned``; ``unclaimed`` on
+# ``total_claimed`` too. A NULL ``earned`` (a row of an older x402gate) never matches.
+_COMMIT_STEP = (
+    "UPDATE x402gate_channel SET charged = ?, earned = ?, max_claimable = ?, signature = ?,"
+    " last_request_at = ?, unclaimed = ?, step_token = NULL, step_base = NULL,"
+    " step_max_claimable = NULL, step_signature = NULL, step_expires_at = NULL"
+    " WHERE id = ? AND step_token = ? AND earned = ? AND total_claimed = ?"
+    f" RETURNING {_COLUMNS}"
+)
+# UPDATE ... RETURNING came with SQLite 3.35; an older library takes the rule's path always.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
 def _from_row(row: tuple[object, ...]) -> ChannelState:
@@ -106,6 +145,25 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
 class SQLiteChannels(SQLiteJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
+    _STEPS_KEPT: ClassVar[int] = 4096
+    """Steps begun here whose state is remembered until their commit (a guess the commit's
+    guarded update checks: a step forgotten or moved meanwhile takes the rule's path)."""
+
+    _steps: dict[tuple[str, str], ChannelState] | None = None
+
+    def _remember_step(self, state: ChannelState) -> None:
+        steps = self._steps
+        if steps is None:
+            steps = self._steps = {}
+        elif len(steps) >= self._STEPS_KEPT:
+            steps.clear()  # steps never committed nor released (their requests died)
+        assert state.step is not None
+        steps[(state.channel_id, state.step.token)] = state
+
+    def _begun(self, channel_id: str, token: str) -> ChannelState | None:
+        steps = self._steps
+        return None if steps is None else steps.pop((channel_id, token), None)
+
     def _channel_update(
         self,
         op: str,
@@ -123,11 +181,7 @@ class SQLiteChannels(SQLiteJournal):
             current = self._channel_row(conn, channel_id)
             new = rule(current)
             if new is not None and new != current:
-                conn.execute(
-                    f"INSERT OR REPLACE INTO x402gate_channel ({_COLUMNS}, unclaimed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _reorder(_to_row(new)),
-                )
+                conn.execute(_REPLACE, _reorder(_to_row(new)))
             if journal is not None and new is not None and current is not None:
                 if claims:
                     added = new.total_claimed - current.total_claimed
@@ -195,6 +249,31 @@ class SQLiteChannels(SQLiteJournal):
         channel_id, signature = check_channel_begin(
             channel_id, token, base, max_claimable, signature, expires_at, now
         )
+        if _RETURNING:
+            amount = str(max_claimable)
+            rows = self._write_one(
+                "channel_begin",
+                _BEGIN_STEP,
+                (
+                    token,
+                    str(base),
+                    amount,
+                    signature,
+                    float(expires_at),
+                    channel_id,
+                    str(base),
+                    token,
+                    now,
+                    len(amount),
+                    len(amount),
+                    amount,
+                ),
+                self.ledger_synchronous,
+            )
+            if rows:
+                state = _from_row(rows[0])
+                self._remember_step(state)
+                return ChannelBegin(ChannelBeginOutcome.STARTED, state)
         answers: list[ChannelBegin] = []
 
         def rule(current: ChannelState | None) -> ChannelState | None:
@@ -203,7 +282,10 @@ class SQLiteChannels(SQLiteJournal):
             return answer.state
 
         self._channel_update("channel_begin", channel_id, rule, self.ledger_synchronous)
-        return answers[-1]
+        answer = answers[-1]
+        if answer.outcome is ChannelBeginOutcome.STARTED and answer.state is not None:
+            self._remember_step(answer.state)
+        return answer
 
     def channel_commit(
         self,
@@ -218,13 +300,45 @@ class SQLiteChannels(SQLiteJournal):
         channel_id = check_channel_commit(channel_id, charge, step)
         if journal is not None:
             check_journal_row(journal)
-        return self._channel_update(
-            "channel_commit",
+        begun = self._begun(channel_id, token)
+        guess = None if begun is None else step_commit(begun, token, charge, now, step)
+        if guess is None or begun is None or not _RETURNING:
+            return self._channel_update(
+                "channel_commit",
+                channel_id,
+                lambda current: step_commit(current, token, charge, now, step),
+                self.ledger_synchronous,
+                journal,
+            )
+        values = (
+            str(guess.charged),
+            str(guess.earned),
+            str(guess.max_claimable),
+            guess.signature,
+            float(guess.last_request_at),
+            int(guess.earned > guess.total_claimed),
             channel_id,
-            lambda current: step_commit(current, token, charge, now, step),
-            self.ledger_synchronous,
-            journal,
+            token,
+            str(begun.earned),
+            str(begun.total_claimed),
         )
+
+        def run(conn: sqlite3.Connection) -> ChannelState | None:
+            row = conn.execute(_COMMIT_STEP, values).fetchone()
+            if row is None:  # moved since the begin (a sync, a claim, taken over): the rule
+                current = self._channel_row(conn, channel_id)
+                new = step_commit(current, token, charge, now, step)
+                if new is not None:
+                    conn.execute(_REPLACE, _reorder(_to_row(new)))
+                    if journal is not None and current is not None:
+                        self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
+                return new
+            new = _from_row(tuple(row))
+            if journal is not None:
+                self._journal_insert(conn, journal.with_amount(new.earned - begun.earned))
+            return new
+
+        return self._write("channel_commit", run, self.ledger_synchronous)
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
         channel_id = check_channel_id(channel_id)
@@ -238,6 +352,7 @@ class SQLiteChannels(SQLiteJournal):
 
     def channel_release(self, channel_id: str, token: str) -> bool:
         channel_id = check_channel_id(channel_id)
+        self._begun(channel_id, token)
         state = self._channel_update(
             "channel_release",
             channel_id,
