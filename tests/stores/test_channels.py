@@ -142,6 +142,30 @@ def test_unknown_channels_and_vouchers_above_the_balance(store: Store) -> None:
     assert begin(store, "r1", 0).outcome is STARTED
 
 
+@pytest.mark.parametrize(
+    ("balance", "ceiling", "outcome"),
+    [
+        (1000, 999, STARTED),
+        (1000, 1000, STARTED),
+        (1000, 1001, ChannelBeginOutcome.INSUFFICIENT),
+        (999, 1000, ChannelBeginOutcome.INSUFFICIENT),  # fewer digits
+        (10**20, 10**19 + 1, STARTED),  # more digits
+        (10**20, 9 * 10**19 + 9, STARTED),  # more digits, a larger first digit below
+        (2 * 10**19, 10**20, ChannelBeginOutcome.INSUFFICIENT),
+        (0, 1, ChannelBeginOutcome.INSUFFICIENT),
+        (2**256 - 1, 2**256 - 1, STARTED),
+    ],
+)
+def test_a_voucher_is_held_to_the_balance_at_any_size(
+    store: Store, balance: int, ceiling: int, outcome: ChannelBeginOutcome
+) -> None:
+    sync(store, balance=balance)
+    answer = begin(store, "r1", 0, ceiling=ceiling)
+    assert answer.outcome is outcome
+    assert store.channel_get(CHANNEL) == answer.state
+    assert (answer.state.step is not None) == (outcome is STARTED)
+
+
 def test_an_expired_step_is_taken_over_and_its_charge_forfeited(store: Store) -> None:
     sync(store)
     assert begin(store, "dead", 0, expires_at=NOW + 10).outcome is STARTED
