@@ -12,12 +12,13 @@ column to an older file (its rows earned what they charged). The column may hold
 ``charged``: an older x402gate sharing the file during an upgrade writes rows without it, and it
 knows no other rule (every step it serves earns what it charges).
 
-The two steps of every paid request take the fewest statements: a begin on an idle (or
-expired) channel whose voucher is its next step is one ``UPDATE ... RETURNING`` in a transaction
-of its own (its ``WHERE`` is :func:`~x402gate.stores.channels.step_begin`'s rule for that case;
-any other case runs the rule on the row read in a transaction); a commit updates the changed
-columns guarded by what the begin answered (the step's token, ``earned``, ``total_claimed``),
-and reads the row and runs the rule only when something else moved the channel meanwhile.
+Each store remembers the row as it last read or wrote it, per channel (bounded). An operation
+applies its rule to that row and writes the change with an ``UPDATE`` of the changed columns
+guarded by every column of the remembered row: one statement, no read, for the steps of a
+channel that only this store moves (a begin is then a transaction of one statement). When the
+guard finds the row changed (another process, a forgotten channel), nothing is written and the
+operation reads the row and applies its rule to it, as every operation does without a
+remembered row; the answer is the rule's on the stored row either way.
 
 Durability: begin, commit and release are committed with ``ledger_synchronous`` like the credit
 ledger's spending writes. A commit lost to a power cut is a charge forfeited (the client's next
@@ -34,7 +35,6 @@ from typing import ClassVar
 
 from ..channels import (
     ChannelBegin,
-    ChannelBeginOutcome,
     ChannelState,
     ChannelStep,
     check_channel_amount,
@@ -63,34 +63,51 @@ _COLUMNS = (
 )
 
 
+# The columns in the order of _to_row: a row as stored (what a guarded update compares).
+_ROW = (
+    "id",
+    "config",
+    "balance",
+    "total_claimed",
+    "charged",
+    "max_claimable",
+    "signature",
+    "withdraw_requested_at",
+    "refund_nonce",
+    "synced_at",
+    "last_request_at",
+    "unclaimed",
+    "step_token",
+    "step_base",
+    "step_max_claimable",
+    "step_signature",
+    "step_expires_at",
+    "earned",
+)
+_SELECT_ROW = f"SELECT {', '.join(_ROW)} FROM x402gate_channel WHERE id = ?"
 _REPLACE = (
-    f"INSERT OR REPLACE INTO x402gate_channel ({_COLUMNS}, unclaimed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR REPLACE INTO x402gate_channel ({', '.join(_ROW)})"
+    f" VALUES ({', '.join('?' * len(_ROW))})"
 )
-# A begin on an idle channel, or one whose step expired (forfeited), when the voucher is the
-# next step and within the balance: step_begin's STARTED case. Amounts are decimal text without
-# leading zeros, so of two, the longer is the larger and equal lengths compare as text.
-_BEGIN_STEP = (
-    "UPDATE x402gate_channel SET step_token = ?, step_base = ?, step_max_claimable = ?,"
-    " step_signature = ?, step_expires_at = ?"
-    " WHERE id = ? AND charged = ?"
-    " AND (step_token IS NULL OR (step_token != ? AND step_expires_at <= ?))"
-    " AND substr(balance, 1, 1) != '0'"
-    " AND (length(balance) > ? OR (length(balance) = ? AND balance >= ?))"
-    f" RETURNING {_COLUMNS}"
-)
-# The commit of a step whose channel nothing else moved since its begin: step_commit's answer
-# depends on the row only through the step (its token) and ``earned``; ``unclaimed`` on
-# ``total_claimed`` too. A NULL ``earned`` (a row of an older x402gate) never matches.
-_COMMIT_STEP = (
-    "UPDATE x402gate_channel SET charged = ?, earned = ?, max_claimable = ?, signature = ?,"
-    " last_request_at = ?, unclaimed = ?, step_token = NULL, step_base = NULL,"
-    " step_max_claimable = NULL, step_signature = NULL, step_expires_at = NULL"
-    " WHERE id = ? AND step_token = ? AND earned = ? AND total_claimed = ?"
-    f" RETURNING {_COLUMNS}"
-)
-# UPDATE ... RETURNING came with SQLite 3.35; an older library takes the rule's path always.
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+_GUARD = " AND ".join(f"{column} IS ?" for column in _ROW[1:])
+_UPDATES: dict[tuple[int, ...], str] = {}
+
+
+def _update_sql(changed: tuple[int, ...]) -> str:
+    """``UPDATE`` of the columns at ``changed`` (positions in :data:`_ROW`) of the row whose
+    every column is as given after them."""
+    sql = _UPDATES.get(changed)
+    if sql is None:
+        assignments = ", ".join(f"{_ROW[i]} = ?" for i in changed)
+        sql = f"UPDATE x402gate_channel SET {assignments} WHERE id = ? AND {_GUARD}"
+        if len(_UPDATES) < 256:  # a handful of column sets in practice
+            _UPDATES[changed] = sql
+    return sql
+
+
+def _from_stored(row: tuple[object, ...]) -> ChannelState:
+    """The state of a row read in :data:`_ROW` order."""
+    return _from_row((*row[:11], *row[12:]))
 
 
 def _from_row(row: tuple[object, ...]) -> ChannelState:
@@ -145,24 +162,18 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
 class SQLiteChannels(SQLiteJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
-    _STEPS_KEPT: ClassVar[int] = 4096
-    """Steps begun here whose state is remembered until their commit (a guess the commit's
-    guarded update checks: a step forgotten or moved meanwhile takes the rule's path)."""
+    _ROWS_KEPT: ClassVar[int] = 1024
+    """Channels whose row this store remembers at most (see the module)."""
 
-    _steps: dict[tuple[str, str], ChannelState] | None = None
+    _rows: dict[str, tuple[ChannelState, tuple[object, ...]]] | None = None
 
-    def _remember_step(self, state: ChannelState) -> None:
-        steps = self._steps
-        if steps is None:
-            steps = self._steps = {}
-        elif len(steps) >= self._STEPS_KEPT:
-            steps.clear()  # steps never committed nor released (their requests died)
-        assert state.step is not None
-        steps[(state.channel_id, state.step.token)] = state
-
-    def _begun(self, channel_id: str, token: str) -> ChannelState | None:
-        steps = self._steps
-        return None if steps is None else steps.pop((channel_id, token), None)
+    def _remember(self, state: ChannelState, row: tuple[object, ...]) -> None:
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = {}
+        elif len(rows) >= self._ROWS_KEPT and state.channel_id not in rows:
+            rows.clear()
+        rows[state.channel_id] = (state, row)
 
     def _channel_update(
         self,
@@ -173,25 +184,72 @@ class SQLiteChannels(SQLiteJournal):
         journal: JournalRow | None = None,
         claims: bool = False,
     ) -> ChannelState | None:
-        """Read the row, apply ``rule``, write back what it answers (if anything changed);
-        with ``journal``, record the seller's earnings of this change (with ``claims``, what it
-        adds to the claimed total) in the same transaction."""
+        """Apply ``rule`` to the row and write back what it answers (if anything changed); with
+        ``journal``, record the seller's earnings of this change (with ``claims``, what it adds
+        to the claimed total) in the same transaction. The remembered row first (see the
+        module): a change written from it is one guarded ``UPDATE``."""
+        known = None if self._rows is None else self._rows.get(channel_id)
+        guess: ChannelState | None = None
+        if known is not None:
+            guess = rule(known[0])
+            if guess is None or guess == known[0]:
+                known = None  # nothing to write: the answer needs the stored row
+        if known is not None and journal is None:
+            # One statement, committed on its own.
+            assert guess is not None
+            row = _to_row(guess)
+            sql, args = self._guarded(known[1], row)
+            if self._write_changes(op, sql, args, synchronous):
+                self._remember(guess, row)
+                return guess
 
         def run(conn: sqlite3.Connection) -> ChannelState | None:
-            current = self._channel_row(conn, channel_id)
+            if known is not None and journal is not None:
+                assert guess is not None
+                row = _to_row(guess)
+                sql, args = self._guarded(known[1], row)
+                if conn.execute(sql, args).rowcount == 1:
+                    self._journal(conn, journal, known[0], guess, claims)
+                    self._remember(guess, row)
+                    return guess
+            stored = conn.execute(_SELECT_ROW, (channel_id,)).fetchone()
+            current = None if stored is None else _from_stored(tuple(stored))
             new = rule(current)
             if new is not None and new != current:
-                conn.execute(_REPLACE, _reorder(_to_row(new)))
+                row = _to_row(new)
+                conn.execute(_REPLACE, row)
+                self._remember(new, row)
+            elif current is not None:
+                assert stored is not None
+                self._remember(current, tuple(stored))
             if journal is not None and new is not None and current is not None:
-                if claims:
-                    added = new.total_claimed - current.total_claimed
-                    if added > 0:
-                        self._journal_insert(conn, journal.with_amount(added))
-                else:
-                    self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
+                self._journal(conn, journal, current, new, claims)
             return new
 
         return self._write(op, run, synchronous)
+
+    @staticmethod
+    def _guarded(
+        old: tuple[object, ...], new: tuple[object, ...]
+    ) -> tuple[str, tuple[object, ...]]:
+        """The guarded ``UPDATE`` from the stored row ``old`` to ``new`` (both as _to_row)."""
+        changed = tuple(i for i in range(1, len(_ROW)) if new[i] != old[i])
+        return _update_sql(changed), (*(new[i] for i in changed), *old)
+
+    def _journal(
+        self,
+        conn: sqlite3.Connection,
+        journal: JournalRow,
+        current: ChannelState,
+        new: ChannelState,
+        claims: bool,
+    ) -> None:
+        if claims:
+            added = new.total_claimed - current.total_claimed
+            if added > 0:
+                self._journal_insert(conn, journal.with_amount(added))
+        else:
+            self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
 
     @staticmethod
     def _channel_row(conn: sqlite3.Connection, channel_id: str) -> ChannelState | None:
@@ -249,31 +307,6 @@ class SQLiteChannels(SQLiteJournal):
         channel_id, signature = check_channel_begin(
             channel_id, token, base, max_claimable, signature, expires_at, now
         )
-        if _RETURNING:
-            amount = str(max_claimable)
-            rows = self._write_one(
-                "channel_begin",
-                _BEGIN_STEP,
-                (
-                    token,
-                    str(base),
-                    amount,
-                    signature,
-                    float(expires_at),
-                    channel_id,
-                    str(base),
-                    token,
-                    now,
-                    len(amount),
-                    len(amount),
-                    amount,
-                ),
-                self.ledger_synchronous,
-            )
-            if rows:
-                state = _from_row(rows[0])
-                self._remember_step(state)
-                return ChannelBegin(ChannelBeginOutcome.STARTED, state)
         answers: list[ChannelBegin] = []
 
         def rule(current: ChannelState | None) -> ChannelState | None:
@@ -282,10 +315,7 @@ class SQLiteChannels(SQLiteJournal):
             return answer.state
 
         self._channel_update("channel_begin", channel_id, rule, self.ledger_synchronous)
-        answer = answers[-1]
-        if answer.outcome is ChannelBeginOutcome.STARTED and answer.state is not None:
-            self._remember_step(answer.state)
-        return answer
+        return answers[-1]
 
     def channel_commit(
         self,
@@ -300,45 +330,13 @@ class SQLiteChannels(SQLiteJournal):
         channel_id = check_channel_commit(channel_id, charge, step)
         if journal is not None:
             check_journal_row(journal)
-        begun = self._begun(channel_id, token)
-        guess = None if begun is None else step_commit(begun, token, charge, now, step)
-        if guess is None or begun is None or not _RETURNING:
-            return self._channel_update(
-                "channel_commit",
-                channel_id,
-                lambda current: step_commit(current, token, charge, now, step),
-                self.ledger_synchronous,
-                journal,
-            )
-        values = (
-            str(guess.charged),
-            str(guess.earned),
-            str(guess.max_claimable),
-            guess.signature,
-            float(guess.last_request_at),
-            int(guess.earned > guess.total_claimed),
+        return self._channel_update(
+            "channel_commit",
             channel_id,
-            token,
-            str(begun.earned),
-            str(begun.total_claimed),
+            lambda current: step_commit(current, token, charge, now, step),
+            self.ledger_synchronous,
+            journal,
         )
-
-        def run(conn: sqlite3.Connection) -> ChannelState | None:
-            row = conn.execute(_COMMIT_STEP, values).fetchone()
-            if row is None:  # moved since the begin (a sync, a claim, taken over): the rule
-                current = self._channel_row(conn, channel_id)
-                new = step_commit(current, token, charge, now, step)
-                if new is not None:
-                    conn.execute(_REPLACE, _reorder(_to_row(new)))
-                    if journal is not None and current is not None:
-                        self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
-                return new
-            new = _from_row(tuple(row))
-            if journal is not None:
-                self._journal_insert(conn, journal.with_amount(new.earned - begun.earned))
-            return new
-
-        return self._write("channel_commit", run, self.ledger_synchronous)
 
     def channel_extend(self, channel_id: str, token: str, expires_at: float) -> bool:
         channel_id = check_channel_id(channel_id)
@@ -352,7 +350,6 @@ class SQLiteChannels(SQLiteJournal):
 
     def channel_release(self, channel_id: str, token: str) -> bool:
         channel_id = check_channel_id(channel_id)
-        self._begun(channel_id, token)
         state = self._channel_update(
             "channel_release",
             channel_id,
@@ -400,8 +397,3 @@ class SQLiteChannels(SQLiteJournal):
             ).fetchall(),
         )
         return [_from_row(tuple(row)) for row in rows]
-
-
-def _reorder(row: tuple[object, ...]) -> tuple[object, ...]:
-    """``_to_row`` puts ``unclaimed`` after ``last_request_at``; the INSERT wants it last."""
-    return (*row[:11], *row[12:], row[11])

@@ -253,10 +253,10 @@ class SQLiteConnection(Store):
         finally:
             self._lock.release()
 
-    def _write_one(
+    def _write_changes(
         self, op: str, sql: str, args: tuple[object, ...], synchronous: str | None = None
-    ) -> list[tuple[object, ...]]:
-        """One write statement as a transaction of its own: the rows it returns.
+    ) -> bool:
+        """One ``UPDATE`` as a transaction of its own; True when it changed a row.
 
         What :meth:`_write` does for a transaction of one statement, in one call to SQLite
         instead of three (no ``BEGIN IMMEDIATE`` and ``COMMIT`` of their own): an autocommit
@@ -274,20 +274,18 @@ class SQLiteConnection(Store):
                     self._level = None
                     conn.execute(f"PRAGMA synchronous = {level}")
                     self._level = level
-                before = conn.total_changes
                 try:
-                    # fetchall: the statement runs to its end, which commits it.
-                    rows = conn.execute(sql, args).fetchall()
+                    changed = conn.execute(sql, args).rowcount > 0
                 except sqlite3.OperationalError as exc:
                     if inline and _busy(exc) and not conn.in_transaction:
                         raise WouldBlock from None  # another process writes: wait in a thread
                     raise
-                if conn.total_changes != before:  # else nothing was written: no commit
+                if changed:  # else nothing was written: no commit
                     self._committed(inline)
             finally:
                 if not inline:
                     conn.execute("PRAGMA busy_timeout = 0")
-            return [tuple(row) for row in rows]
+            return changed
         except sqlite3.Error as exc:
             self._discard()
             raise self._error(op, exc) from exc
