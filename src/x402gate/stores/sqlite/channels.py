@@ -190,27 +190,26 @@ class SQLiteChannels(SQLiteJournal):
         module): a change written from it is one guarded ``UPDATE``."""
         known = None if self._rows is None else self._rows.get(channel_id)
         guess: ChannelState | None = None
+        plan: tuple[tuple[object, ...], str, tuple[object, ...]] | None = None
         if known is not None:
             guess = rule(known[0])
-            if guess is None or guess == known[0]:
-                known = None  # nothing to write: the answer needs the stored row
-        if known is not None and journal is None:
+            # Nothing to write: the answer needs the stored row, read below.
+            if guess is not None and guess != known[0]:
+                plan = self._guarded(known[1], _to_row(guess))
+        if plan is not None and journal is None:
             # One statement, committed on its own.
             assert guess is not None
-            row = _to_row(guess)
-            sql, args = self._guarded(known[1], row)
-            if self._write_changes(op, sql, args, synchronous):
-                self._remember(guess, row)
+            if self._write_changes(op, plan[1], plan[2], synchronous):
+                self._remember(guess, plan[0])
                 return guess
+            plan = None
 
         def run(conn: sqlite3.Connection) -> ChannelState | None:
-            if known is not None and journal is not None:
-                assert guess is not None
-                row = _to_row(guess)
-                sql, args = self._guarded(known[1], row)
-                if conn.execute(sql, args).rowcount == 1:
+            if plan is not None:
+                assert guess is not None and known is not None and journal is not None
+                if conn.execute(plan[1], plan[2]).rowcount == 1:
                     self._journal(conn, journal, known[0], guess, claims)
-                    self._remember(guess, row)
+                    self._remember(guess, plan[0])
                     return guess
             stored = conn.execute(_SELECT_ROW, (channel_id,)).fetchone()
             current = None if stored is None else _from_stored(tuple(stored))
@@ -231,10 +230,13 @@ class SQLiteChannels(SQLiteJournal):
     @staticmethod
     def _guarded(
         old: tuple[object, ...], new: tuple[object, ...]
-    ) -> tuple[str, tuple[object, ...]]:
-        """The guarded ``UPDATE`` from the stored row ``old`` to ``new`` (both as _to_row)."""
+    ) -> tuple[tuple[object, ...], str, tuple[object, ...]] | None:
+        """``new`` and the guarded ``UPDATE`` from the stored row ``old`` to it (both in
+        :data:`_ROW` order); None when no column differs."""
         changed = tuple(i for i in range(1, len(_ROW)) if new[i] != old[i])
-        return _update_sql(changed), (*(new[i] for i in changed), *old)
+        if not changed or new[0] != old[0]:
+            return None
+        return new, _update_sql(changed), (*(new[i] for i in changed), *old)
 
     def _journal(
         self,
