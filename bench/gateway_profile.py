@@ -219,6 +219,8 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
             await gateway.aclose()
         for kind, us in results.items():
             print(f"gateway CPU per request, {kind} ({args.store}): {us:.0f} µs (median of blocks)")
+        if profiler is not None and args.dump:
+            profiler.dump_stats(args.dump)
         if profiler is not None:
             for order in ("cumulative", "tottime"):
                 out = io.StringIO()
@@ -255,6 +257,11 @@ def main() -> int:
         default=[],
         metavar="PATTERN",
         help="with --profile cprofile, also print who calls the functions matching PATTERN",
+    )
+    parser.add_argument(
+        "--dump",
+        metavar="PATH",
+        help="with --profile cprofile, also write the profile there (for pstats or snakeviz)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -142,6 +142,30 @@ def test_unknown_channels_and_vouchers_above_the_balance(store: Store) -> None:
     assert begin(store, "r1", 0).outcome is STARTED
 
 
+@pytest.mark.parametrize(
+    ("balance", "ceiling", "outcome"),
+    [
+        (1000, 999, STARTED),
+        (1000, 1000, STARTED),
+        (1000, 1001, ChannelBeginOutcome.INSUFFICIENT),
+        (999, 1000, ChannelBeginOutcome.INSUFFICIENT),  # fewer digits
+        (10**20, 10**19 + 1, STARTED),  # more digits
+        (10**20, 9 * 10**19 + 9, STARTED),  # more digits, a larger first digit below
+        (2 * 10**19, 10**20, ChannelBeginOutcome.INSUFFICIENT),
+        (0, 1, ChannelBeginOutcome.INSUFFICIENT),
+        (2**256 - 1, 2**256 - 1, STARTED),
+    ],
+)
+def test_a_voucher_is_held_to_the_balance_at_any_size(
+    store: Store, balance: int, ceiling: int, outcome: ChannelBeginOutcome
+) -> None:
+    sync(store, balance=balance)
+    answer = begin(store, "r1", 0, ceiling=ceiling)
+    assert answer.outcome is outcome
+    assert store.channel_get(CHANNEL) == answer.state
+    assert (answer.state.step is not None) == (outcome is STARTED)
+
+
 def test_an_expired_step_is_taken_over_and_its_charge_forfeited(store: Store) -> None:
     sync(store)
     assert begin(store, "dead", 0, expires_at=NOW + 10).outcome is STARTED
@@ -349,6 +373,43 @@ def test_every_built_in_backend_keeps_channels_and_others_refuse(store: Store) -
 
 
 # -- records written before ``earned`` existed: they earned what they charged ------------------
+
+
+def test_sqlite_stores_on_one_file_see_each_others_steps(tmp_path: Path) -> None:
+    # Two stores on one file, as two processes of a server: each remembers the rows it last
+    # wrote, and each must still act on what the other wrote since.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with open_store(url) as a, open_store(url) as b:
+        sync(a)
+        assert begin(a, "r1", 0).outcome is STARTED
+        assert a.channel_commit(CHANNEL, "r1", 50, NOW, step=PRICE) is not None
+        assert begin(a, "r2", PRICE).outcome is STARTED
+        # While r2 runs, the other process records a claim and newer chain figures.
+        assert b.channel_mark_claimed(CHANNEL, 50, NOW + 1)
+        sync(b, balance=10**9, total_claimed=PRICE - 10, now=NOW + 2)
+        state = a.channel_commit(CHANNEL, "r2", 30, NOW + 3, step=PRICE)
+        assert state is not None
+        assert (state.charged, state.earned, state.total_claimed, state.balance) == (
+            2 * PRICE,
+            PRICE + 20,
+            PRICE - 10,
+            10**9,
+        )
+        assert b.channel_get(CHANNEL) == state
+        # b last saw the channel before that commit; its next step builds on the commit.
+        assert begin(b, "r3", PRICE).outcome is ChannelBeginOutcome.MISMATCH
+        assert begin(b, "r3", 2 * PRICE).outcome is STARTED
+        # a last wrote the channel idle: it finds b's step.
+        assert begin(a, "r4", 2 * PRICE).outcome is ChannelBeginOutcome.BUSY
+        assert a.channel_commit(CHANNEL, "r3", PRICE, NOW + 4) is not None  # the token's, wherever
+        assert b.channel_commit(CHANNEL, "r3", PRICE, NOW + 4) is None
+        after = a.channel_get(CHANNEL)
+        assert after is not None and (after.charged, after.earned, after.step) == (
+            3 * PRICE,
+            2 * PRICE + 20,
+            None,
+        )
+
 
 # The channel table as the first schema version made it, before the ``earned`` column.
 _OLD_CHANNEL_TABLE = """

@@ -105,6 +105,32 @@ def test_a_channel_commit_records_what_the_seller_earned(store: Store) -> None:
     assert [(r.id, r.amount, r.outcome) for r in rows] == [("h1", PRICE, "channel_charge")]
 
 
+def test_a_commit_keeps_what_moved_the_channel_while_its_request_ran(store: Store) -> None:
+    sync(store)
+    assert begin(store, "t1", 0).outcome is not None
+    assert store.channel_commit(CHANNEL, "t1", 50, NOW, step=PRICE) is not None
+    assert begin(store, "t2", PRICE).state is not None
+    # While t2's request runs: a claim of what was earned, then the chain's figures, which
+    # show more claimed (within what was charged, so t2's step stands) and a new balance.
+    assert store.channel_mark_claimed(CHANNEL, 50, NOW + 1)
+    moved = sync(store, balance=10**9, total_claimed=PRICE - 10, now=NOW + 2)
+    assert (moved.earned, moved.step is not None) == (PRICE - 10, True)
+    state = store.channel_commit(
+        CHANNEL, "t2", 30, NOW + 3, step=PRICE, journal=row("h2", outcome="channel_charge")
+    )
+    assert state is not None
+    assert (state.charged, state.earned, state.total_claimed, state.balance) == (
+        2 * PRICE,
+        PRICE + 20,
+        PRICE - 10,
+        10**9,
+    )
+    assert store.channel_get(CHANNEL) == state
+    assert [(c.channel_id, c.earned) for c in store.channel_claimable()] == [(CHANNEL, PRICE + 20)]
+    # The row says what this request earned, whatever else moved the channel.
+    assert [(r.id, r.amount) for r in store.journal_rows()] == [("h2", 30)]
+
+
 def test_retention_prunes_by_age_and_by_count(store: Store) -> None:
     store.journal_retention = JournalRetention(days=1, rows=None)
     for i in range(5):

@@ -271,7 +271,39 @@ def _route_terms(requirements: PaymentRequirements) -> RouteTerms:
     )
 
 
+_CONFIGS: dict[tuple[Any, ...], ChannelConfig] = {}
+_MAX_CONFIGS: Final = 1024
+"""Channel configs remembered at most: every voucher of a channel repeats its config, and
+reading it (five addresses and a salt, each matched and decoded) is a tenth of a voucher's
+check. Keyed by the fields exactly as sent, so only a config read and accepted before is
+taken from here; bounded, since anyone can send configs."""
+_CONFIG_KEYS: Final = (
+    "payer",
+    "payerAuthorizer",
+    "receiver",
+    "receiverAuthorizer",
+    "token",
+    "withdrawDelay",
+    "salt",
+)
+
+
 def _config(fields: _Fields, raw: Mapping[str, Any]) -> ChannelConfig:
+    key = tuple(raw.get(name) for name in _CONFIG_KEYS)
+    # Strings and a plain int only (hashable, and no True standing for 1).
+    if type(key[5]) is not int or not all(type(key[i]) is str for i in (0, 1, 2, 3, 4, 6)):
+        return _read_config(fields, raw)  # refused there
+    known = _CONFIGS.get(key)
+    if known is not None:
+        return known
+    config = _read_config(fields, raw)
+    if len(_CONFIGS) >= _MAX_CONFIGS:
+        _CONFIGS.clear()
+    _CONFIGS[key] = config
+    return config
+
+
+def _read_config(fields: _Fields, raw: Mapping[str, Any]) -> ChannelConfig:
     where = "channelConfig"
     delay = raw.get("withdrawDelay")
     if type(delay) is not int or not 0 <= delay < _UINT40:

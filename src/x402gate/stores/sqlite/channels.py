@@ -12,6 +12,14 @@ column to an older file (its rows earned what they charged). The column may hold
 ``charged``: an older x402gate sharing the file during an upgrade writes rows without it, and it
 knows no other rule (every step it serves earns what it charges).
 
+Each store remembers the row as it last read or wrote it, per channel (bounded). An operation
+applies its rule to that row and writes the change with an ``UPDATE`` of the changed columns
+guarded by every column of the remembered row: one statement, no read, for the steps of a
+channel that only this store moves (a begin is then a transaction of one statement). When the
+guard finds the row changed (another process, a forgotten channel), nothing is written and the
+operation reads the row and applies its rule to it, as every operation does without a
+remembered row; the answer is the rule's on the stored row either way.
+
 Durability: begin, commit and release are committed with ``ledger_synchronous`` like the credit
 ledger's spending writes. A commit lost to a power cut is a charge forfeited (the client's next
 voucher then gets the corrective 402 and is signed again on the older amount), which is what the
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from typing import ClassVar
 
 from ..channels import (
     ChannelBegin,
@@ -52,6 +61,53 @@ _COLUMNS = (
     " withdraw_requested_at, refund_nonce, synced_at, last_request_at,"
     " step_token, step_base, step_max_claimable, step_signature, step_expires_at, earned"
 )
+
+
+# The columns in the order of _to_row: a row as stored (what a guarded update compares).
+_ROW = (
+    "id",
+    "config",
+    "balance",
+    "total_claimed",
+    "charged",
+    "max_claimable",
+    "signature",
+    "withdraw_requested_at",
+    "refund_nonce",
+    "synced_at",
+    "last_request_at",
+    "unclaimed",
+    "step_token",
+    "step_base",
+    "step_max_claimable",
+    "step_signature",
+    "step_expires_at",
+    "earned",
+)
+_SELECT_ROW = f"SELECT {', '.join(_ROW)} FROM x402gate_channel WHERE id = ?"
+_REPLACE = (
+    f"INSERT OR REPLACE INTO x402gate_channel ({', '.join(_ROW)})"
+    f" VALUES ({', '.join('?' * len(_ROW))})"
+)
+_GUARD = " AND ".join(f"{column} IS ?" for column in _ROW[1:])
+_UPDATES: dict[tuple[int, ...], str] = {}
+
+
+def _update_sql(changed: tuple[int, ...]) -> str:
+    """``UPDATE`` of the columns at ``changed`` (positions in :data:`_ROW`) of the row whose
+    every column is as given after them."""
+    sql = _UPDATES.get(changed)
+    if sql is None:
+        assignments = ", ".join(f"{_ROW[i]} = ?" for i in changed)
+        sql = f"UPDATE x402gate_channel SET {assignments} WHERE id = ? AND {_GUARD}"
+        if len(_UPDATES) < 256:  # a handful of column sets in practice
+            _UPDATES[changed] = sql
+    return sql
+
+
+def _from_stored(row: tuple[object, ...]) -> ChannelState:
+    """The state of a row read in :data:`_ROW` order."""
+    return _from_row((*row[:11], *row[12:]))
 
 
 def _from_row(row: tuple[object, ...]) -> ChannelState:
@@ -106,6 +162,19 @@ def _to_row(state: ChannelState) -> tuple[object, ...]:
 class SQLiteChannels(SQLiteJournal):
     """Payment-channel state: syncs, steps (begin, commit, release) and claims."""
 
+    _ROWS_KEPT: ClassVar[int] = 1024
+    """Channels whose row this store remembers at most (see the module)."""
+
+    _rows: dict[str, tuple[ChannelState, tuple[object, ...]]] | None = None
+
+    def _remember(self, state: ChannelState, row: tuple[object, ...]) -> None:
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = {}
+        elif len(rows) >= self._ROWS_KEPT and state.channel_id not in rows:
+            rows.clear()
+        rows[state.channel_id] = (state, row)
+
     def _channel_update(
         self,
         op: str,
@@ -115,29 +184,74 @@ class SQLiteChannels(SQLiteJournal):
         journal: JournalRow | None = None,
         claims: bool = False,
     ) -> ChannelState | None:
-        """Read the row, apply ``rule``, write back what it answers (if anything changed);
-        with ``journal``, record the seller's earnings of this change (with ``claims``, what it
-        adds to the claimed total) in the same transaction."""
+        """Apply ``rule`` to the row and write back what it answers (if anything changed); with
+        ``journal``, record the seller's earnings of this change (with ``claims``, what it adds
+        to the claimed total) in the same transaction. The remembered row first (see the
+        module): a change written from it is one guarded ``UPDATE``."""
+        known = None if self._rows is None else self._rows.get(channel_id)
+        guess: ChannelState | None = None
+        plan: tuple[tuple[object, ...], str, tuple[object, ...]] | None = None
+        if known is not None:
+            guess = rule(known[0])
+            # Nothing to write: the answer needs the stored row, read below.
+            if guess is not None and guess != known[0]:
+                plan = self._guarded(known[1], _to_row(guess))
+        if plan is not None and journal is None:
+            # One statement, committed on its own.
+            assert guess is not None
+            if self._write_changes(op, plan[1], plan[2], synchronous):
+                self._remember(guess, plan[0])
+                return guess
+            plan = None
 
         def run(conn: sqlite3.Connection) -> ChannelState | None:
-            current = self._channel_row(conn, channel_id)
+            if plan is not None:
+                assert guess is not None and known is not None and journal is not None
+                if conn.execute(plan[1], plan[2]).rowcount == 1:
+                    self._journal(conn, journal, known[0], guess, claims)
+                    self._remember(guess, plan[0])
+                    return guess
+            stored = conn.execute(_SELECT_ROW, (channel_id,)).fetchone()
+            current = None if stored is None else _from_stored(tuple(stored))
             new = rule(current)
             if new is not None and new != current:
-                conn.execute(
-                    f"INSERT OR REPLACE INTO x402gate_channel ({_COLUMNS}, unclaimed)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _reorder(_to_row(new)),
-                )
+                row = _to_row(new)
+                conn.execute(_REPLACE, row)
+                self._remember(new, row)
+            elif current is not None:
+                assert stored is not None
+                self._remember(current, tuple(stored))
             if journal is not None and new is not None and current is not None:
-                if claims:
-                    added = new.total_claimed - current.total_claimed
-                    if added > 0:
-                        self._journal_insert(conn, journal.with_amount(added))
-                else:
-                    self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
+                self._journal(conn, journal, current, new, claims)
             return new
 
         return self._write(op, run, synchronous)
+
+    @staticmethod
+    def _guarded(
+        old: tuple[object, ...], new: tuple[object, ...]
+    ) -> tuple[tuple[object, ...], str, tuple[object, ...]] | None:
+        """``new`` and the guarded ``UPDATE`` from the stored row ``old`` to it (both in
+        :data:`_ROW` order); None when no column differs."""
+        changed = tuple(i for i in range(1, len(_ROW)) if new[i] != old[i])
+        if not changed or new[0] != old[0]:
+            return None
+        return new, _update_sql(changed), (*(new[i] for i in changed), *old)
+
+    def _journal(
+        self,
+        conn: sqlite3.Connection,
+        journal: JournalRow,
+        current: ChannelState,
+        new: ChannelState,
+        claims: bool,
+    ) -> None:
+        if claims:
+            added = new.total_claimed - current.total_claimed
+            if added > 0:
+                self._journal_insert(conn, journal.with_amount(added))
+        else:
+            self._journal_insert(conn, journal.with_amount(new.earned - current.earned))
 
     @staticmethod
     def _channel_row(conn: sqlite3.Connection, channel_id: str) -> ChannelState | None:
@@ -285,8 +399,3 @@ class SQLiteChannels(SQLiteJournal):
             ).fetchall(),
         )
         return [_from_row(tuple(row)) for row in rows]
-
-
-def _reorder(row: tuple[object, ...]) -> tuple[object, ...]:
-    """``_to_row`` puts ``unclaimed`` after ``last_request_at``; the INSERT wants it last."""
-    return (*row[:11], *row[12:], row[11])

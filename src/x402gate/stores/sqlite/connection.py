@@ -240,14 +240,7 @@ class SQLiteConnection(Store):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-                if inline:
-                    _INLINE.committed = True
-                self._commits += 1
-                if self._commits >= self._CHECKPOINT_COMMITS and not self._checkpointing:
-                    self._commits, self._checkpointing = 0, True
-                    threading.Thread(
-                        target=self._checkpoint, name="x402gate-sqlite-checkpoint", daemon=True
-                    ).start()
+                self._committed(inline)
             finally:
                 if not inline:
                     conn.execute("PRAGMA busy_timeout = 0")
@@ -259,6 +252,56 @@ class SQLiteConnection(Store):
             raise self._error(op, exc) from exc
         finally:
             self._lock.release()
+
+    def _write_changes(
+        self, op: str, sql: str, args: tuple[object, ...], synchronous: str | None = None
+    ) -> bool:
+        """One ``UPDATE`` as a transaction of its own; True when it changed a row.
+
+        What :meth:`_write` does for a transaction of one statement, in one call to SQLite
+        instead of three (no ``BEGIN IMMEDIATE`` and ``COMMIT`` of their own): an autocommit
+        statement takes the write lock when it starts and commits when it is done, so it is as
+        atomic and as durable (same ``synchronous`` rule). A statement that fails changes
+        nothing; inline, another process's write lock raises :class:`WouldBlock`."""
+        level = synchronous if synchronous is not None else self.synchronous
+        inline = self._take_lock(level == "full")
+        try:
+            conn = self._connection()
+            if not inline:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            try:
+                if level != self._level:
+                    self._level = None
+                    conn.execute(f"PRAGMA synchronous = {level}")
+                    self._level = level
+                try:
+                    changed = conn.execute(sql, args).rowcount > 0
+                except sqlite3.OperationalError as exc:
+                    if inline and _busy(exc) and not conn.in_transaction:
+                        raise WouldBlock from None  # another process writes: wait in a thread
+                    raise
+                if changed:  # else nothing was written: no commit
+                    self._committed(inline)
+            finally:
+                if not inline:
+                    conn.execute("PRAGMA busy_timeout = 0")
+            return changed
+        except sqlite3.Error as exc:
+            self._discard()
+            raise self._error(op, exc) from exc
+        finally:
+            self._lock.release()
+
+    def _committed(self, inline: bool) -> None:
+        """Count a commit; every :attr:`_CHECKPOINT_COMMITS`, checkpoint in a thread."""
+        if inline:
+            _INLINE.committed = True
+        self._commits += 1
+        if self._commits >= self._CHECKPOINT_COMMITS and not self._checkpointing:
+            self._commits, self._checkpointing = 0, True
+            threading.Thread(
+                target=self._checkpoint, name="x402gate-sqlite-checkpoint", daemon=True
+            ).start()
 
     @staticmethod
     def _begin(conn: sqlite3.Connection, inline: bool) -> None:
