@@ -423,12 +423,12 @@ class PaymentFlow:
 
 
 def _metering(session: PaymentSession) -> bool:
-    """A metered answer on its way whose charge is measured from what goes out: held on the
-    payer's credit, or a streamed answer paid by a channel voucher."""
+    """A metered answer on its way whose charge is committed once it went out: held on the
+    payer's credit, or paid by a channel voucher (streamed, or held whole)."""
     if session.reservation is not None:
         return True
     hold = session.channel
-    return hold is not None and hold.streaming and not hold.finished
+    return hold is not None and (hold.streaming or hold.deferred is not None) and not hold.finished
 
 
 def _meter_for(price: Any, headers: HeaderList) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -142,3 +143,14 @@ def voucher_header(
         payload={"type": "voucher", "channelConfig": config, "voucher": voucher.to_dict()},
     )
     return b64json(payload.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+async def committed_channel(store: Any, channel_id: str, timeout: float = 5.0) -> Any:
+    """The channel's stored state once no step is held: a metered answer's commit runs after
+    its last byte went out, so right after the client got it the step may still be held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = store.channel_get(channel_id)
+        if state is None or state.step is None or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.01)

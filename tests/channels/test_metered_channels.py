@@ -24,7 +24,7 @@ from x402gate import PaymentGate
 from x402gate.gate import ChannelSettings
 from x402gate.metering import PerSecond, PerToken, TokenPrice
 
-from ._kit import SdkFacilitator, channel_client
+from ._kit import SdkFacilitator, channel_client, committed_channel
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -343,7 +343,7 @@ async def test_per_token_answers_earn_the_tokens_used_and_the_client_keeps_payin
     assert wire.refused_payments == 0, wire.statuses
     assert facilitator.settled == 1  # the one deposit
     earned = sum(CHARGES[k] for k in order) + CHARGES["openai-json"]
-    stored = gate.store.channel_get(channel_id)
+    stored = await committed_channel(gate.store, channel_id)
     assert stored is not None
     assert stored.earned == earned
     assert stored.charged == steps
@@ -376,7 +376,7 @@ async def test_per_second_answers_earn_the_time_they_ran(
             total += charged
             channel_id = receipt["extra"]["channelState"]["channelId"]
     assert wire.refused_payments == 0, wire.statuses
-    stored = gate.store.channel_get(channel_id)
+    stored = await committed_channel(gate.store, channel_id)
     assert stored is not None and stored.earned == stored.charged == total
     assert runs["work"] == 3
 
@@ -402,7 +402,7 @@ async def test_a_client_leaving_mid_stream_is_charged_what_it_used(
         # The next paid request is served: the step was committed, not left held.
         after = await http.post("/v1/openai-json", json=PROMPT)
         assert after.status_code == 200, after.text
-    stored = gate.store.channel_get(channel_id)
+    stored = await committed_channel(gate.store, channel_id)
     assert stored is not None and stored.step is None
     assert stored.charged == 2 * CHARGES["openai-json"] + step
     assert 2 * CHARGES["openai-json"] <= stored.earned <= stored.charged

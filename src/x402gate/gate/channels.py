@@ -99,8 +99,17 @@ class ChannelStepHold:
     streaming: bool = False
     """A metered answer whose headers went out before its usage was known: its step is
     committed by :func:`channel_complete`."""
+    deferred: int | None = None
+    """A metered answer held whole: its charge, measured before the headers, committed by
+    :func:`channel_complete` once the answer went out (off the client's wait, as a credit
+    charge is)."""
     finished: bool = False
     """The step was committed or released."""
+
+
+def channel_commit_key(channel_id: str) -> str:
+    """The key a channel's commit after the send is awaited under (see ``hold_commit``)."""
+    return f"channel|{channel_id}"
 
 
 def _view(state: ChannelState) -> ChannelView:
@@ -335,7 +344,10 @@ async def _checked_step(
 async def _take_step(
     gate: PaymentGate, auth: ChannelAuthorization, token: str, timeout: int
 ) -> ChannelBegin:
-    """Begin the voucher's step; while another request holds it, wait a little for it."""
+    """Begin the voucher's step; while another request holds it, wait a little for it (for
+    an answer of this process whose commit runs after its send, until that commit is done)."""
+    if gate._pending_commits:
+        await gate._await_commits(channel_commit_key(auth.channel_id))
     waits = iter(BUSY_WAITS)
     while True:
         now = gate.clock.now()
@@ -411,8 +423,12 @@ async def channel_finish(
         # A payer-priced route charges the payer's price inside the voucher's ceiling.
         charge = await payer_prices.channel_charge(gate, session, value)
     elif whole:
+        # Measured now; committed once the answer went out (channel_complete), as a streamed
+        # answer's step is. The receipt names the step the commit takes.
         session.ended = gate.clock.now()
-        charge = usage_charge(gate, session, usage, value)
+        hold.deferred = usage_charge(gate, session, usage, value)
+        session.response_headers = _receipt(session, hold.view, hold.deferred)
+        return session.response_headers
     else:
         # Streamed: the step at its ceiling now, the charge measured when the answer ends.
         hold.streaming = True
@@ -430,22 +446,26 @@ async def channel_finish(
 
 
 async def channel_complete(gate: PaymentGate, session: PaymentSession, usage: Any = None) -> int:
-    """A streamed metered answer ended (or its client left): commit its step, earning what it
-    used (never above the voucher). Returns the charge; 0 when nothing could be committed (the
-    step then expires and is forfeited: never a double charge)."""
+    """A metered answer ended (or its client left): commit its step, earning what it used
+    (never above the voucher). A streamed answer's step is the voucher's whole value; a whole
+    answer's is the charge it was measured at. Returns the charge; 0 when nothing could be
+    committed (the step then expires and is forfeited: never a double charge)."""
     hold = session.channel
-    if hold is None or not hold.streaming or hold.finished:
+    if hold is None or hold.finished or not (hold.streaming or hold.deferred is not None):
         return session.charged or 0
-    if session.ended is None:
-        session.ended = gate.clock.now()
-    value = hold.authorization.value
-    charge = usage_charge(gate, session, usage, value)
+    if hold.deferred is not None:
+        charge = step = hold.deferred
+    else:
+        if session.ended is None:
+            session.ended = gate.clock.now()
+        step = hold.authorization.value
+        charge = usage_charge(gate, session, usage, step)
     try:
-        state = await _commit(gate, session, charge, value)
+        state = await _commit(gate, session, charge, step)
     except PaymentError:
         return 0
     if state is None:
-        logger.warning("a streamed answer's channel step expired before its commit: forfeited")
+        logger.warning("a metered answer's channel step expired before its commit: forfeited")
         return 0
     return session.charged or 0
 

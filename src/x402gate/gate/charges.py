@@ -59,13 +59,20 @@ def hold_commit(gate: PaymentGate, session: PaymentSession) -> None:
     """
     if session.channel is not None:
         if session.ended is None:
-            session.ended = gate.clock.now()  # the step's commit is the store's to wait on
+            session.ended = gate.clock.now()
+        if session.commit_hold is not None:
+            return
+        # The next voucher of the channel in this process waits for the commit rather than
+        # meeting the step still held (see channels._take_step).
+        from .channels import channel_commit_key
+
+        account = channel_commit_key(session.channel.authorization.channel_id)
+    elif session.reservation is None or session.commit_hold is not None:
         return
-    if session.reservation is None or session.commit_hold is not None:
-        return
-    session.ended = gate.clock.now()
-    payment = session.payment
-    account = credit_account(payment.network, payment.asset.address, payment.payer)
+    else:
+        session.ended = gate.clock.now()
+        payment = session.payment
+        account = credit_account(payment.network, payment.asset.address, payment.payer)
     future: concurrent.futures.Future[None] = concurrent.futures.Future()
     with gate._pending_lock:
         gate._pending_commits.setdefault(account, set()).add(future)
@@ -129,7 +136,10 @@ async def complete(gate: PaymentGate, session: PaymentSession, usage: Any = None
     store is back; this returns 0 then. Never a double charge, never credit out of
     nothing."""
     if session.channel is not None:
-        return await gate._channel_complete(session, usage)
+        try:
+            return await gate._channel_complete(session, usage)
+        finally:
+            gate._drop_hold(session)
     reservation, session.reservation = session.reservation, None
     if reservation is None:
         gate._drop_hold(session)
