@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import weakref
@@ -115,8 +116,9 @@ def load_token_artifact() -> dict[str, Any]:
     return artifact
 
 
-def _stop_process(process: subprocess.Popen[str]) -> None:
-    """SIGTERM our own child (never anything found by name), then SIGKILL if it hangs."""
+def _stop_process(process: subprocess.Popen[str], cache: str | None = None) -> None:
+    """SIGTERM our own child (never anything found by name), then SIGKILL if it hangs; then
+    remove the node's state directory (``cache``)."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -124,6 +126,8 @@ def _stop_process(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 class LocalChain:
@@ -145,6 +149,7 @@ class LocalChain:
         self.host = host
         self._process: subprocess.Popen[str] | None = None
         self._port: int | None = None
+        self._cache = ""  # the node's state directory, made at each start
         self._output: collections.deque[str] = collections.deque(maxlen=200)
         self._listening = threading.Event()
         self._reader: threading.Thread | None = None
@@ -168,6 +173,7 @@ class LocalChain:
         self.anvil = binary
         # A stopped LocalChain may be started again: forget everything about the old node.
         self._port = None
+        self._cache = tempfile.mkdtemp(prefix="x402gate-anvil-")
         self._listening = threading.Event()
         self._output.clear()
         self._deployer = None
@@ -181,6 +187,11 @@ class LocalChain:
             "0",  # the OS picks a free port atomically; we read it back from stdout
             "--chain-id",
             str(self.chain_id),
+            # Anvil persists states under ~/.foundry/anvil/tmp by default and leaves them
+            # there when stopped: tens of gigabytes over a few hundred test sessions. A
+            # directory of this node's own instead, removed when it stops.
+            "--cache-path",
+            self._cache,
         ]
         try:
             process = subprocess.Popen(
@@ -194,11 +205,12 @@ class LocalChain:
                 errors="replace",
             )
         except OSError as exc:
+            shutil.rmtree(self._cache, ignore_errors=True)
             raise ChainUnavailable(
                 f"cannot run anvil at {binary!r} ({exc}): {ANVIL_INSTALL_HINT}"
             ) from exc
         self._process = process
-        self._finalizer = weakref.finalize(self, _stop_process, process)
+        self._finalizer = weakref.finalize(self, _stop_process, process, self._cache)
         # Anvil logs every request; the pipe must be drained for the node's whole life or it
         # blocks once the pipe buffer fills, so one daemon thread reads until EOF.
         self._reader = threading.Thread(
@@ -275,7 +287,7 @@ class LocalChain:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        _stop_process(process)
+        _stop_process(process, self._cache)
         if self._reader is not None:
             self._reader.join(timeout=_STOP_TIMEOUT_SECONDS)
             self._reader = None
