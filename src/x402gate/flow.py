@@ -342,7 +342,9 @@ class PaymentFlow:
         delays no byte; the answer kept for retries stays within MAX_KEPT_BODY_BYTES."""
         if not chunk:
             return
-        if _metering(session):
+        hold = session.channel
+        if _metering(session) and (hold is None or hold.deferred is None):
+            # (A whole answer paid by a voucher was measured before its headers.)
             if session.meter is None:
                 session.meter = _meter_for(self.route.price, self._headers)
             session.meter.feed(chunk)
